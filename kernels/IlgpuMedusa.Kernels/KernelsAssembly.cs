@@ -1,0 +1,6 @@
+namespace IlgpuMedusa.Kernels;
+
+/// <summary>Marker for the kernels assembly.</summary>
+public static class KernelsAssembly
+{
+}

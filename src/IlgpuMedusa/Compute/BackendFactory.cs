@@ -1,0 +1,47 @@
+using IlgpuMedusa.Compute.Host;
+
+namespace IlgpuMedusa.Compute;
+
+/// <summary>What device to run on and how.</summary>
+public sealed record DeviceOptions
+{
+    /// <summary>The device kind; <see cref="DeviceKind.Auto"/> picks CUDA, then an OpenCL GPU, then the host.</summary>
+    public DeviceKind Kind { get; init; } = DeviceKind.Auto;
+    /// <summary>Index among the devices of that kind (for machines with several).</summary>
+    public int Index { get; init; }
+    /// <summary>Allow a CPU OpenCL implementation (PoCL). Also enabled by ILGPU_MEDUSA_ALLOW_CPU_OPENCL=1.</summary>
+    public bool AllowCpuOpenCL { get; init; }
+    /// <summary>Host backend threads (default: all cores).</summary>
+    public int? HostThreads { get; init; }
+
+    /// <summary>True when CPU OpenCL is allowed by the option or the environment.</summary>
+    public bool CpuOpenCLAllowed => AllowCpuOpenCL || Environment.GetEnvironmentVariable("ILGPU_MEDUSA_ALLOW_CPU_OPENCL") == "1";
+
+    /// <summary>Parses --device text.</summary>
+    public static DeviceKind ParseKind(string text) => text.ToLowerInvariant() switch
+    {
+        "auto" => DeviceKind.Auto,
+        "host" or "cpu" => DeviceKind.Host,
+        "cuda" => DeviceKind.Cuda,
+        "opencl" => DeviceKind.OpenCL,
+        "cpu-emulator" => DeviceKind.CpuEmulator,
+        _ => throw new ArgumentException($"--device: unknown device '{text}'; expected auto, cuda, opencl, host or cpu-emulator.", nameof(text)),
+    };
+}
+
+/// <summary>Creates the backend for <see cref="DeviceOptions"/>.</summary>
+public static class BackendFactory
+{
+    /// <summary>Hook for the accelerator backends (set by the ILGPU backend); returns null when none fits.</summary>
+    internal static Func<DeviceOptions, IComputeBackend?>? AcceleratorFactory { get; set; }
+
+    /// <summary>Creates a backend. Throws <see cref="ArgumentException"/> listing what is available when the device cannot be used.</summary>
+    public static IComputeBackend Create(DeviceOptions options)
+    {
+        if (options.Kind == DeviceKind.Host) return new HostBackend(options.HostThreads);
+        var accelerator = AcceleratorFactory?.Invoke(options);
+        if (accelerator is not null) return accelerator;
+        if (options.Kind == DeviceKind.Auto) return new HostBackend(options.HostThreads);
+        throw new ArgumentException($"--device {options.Kind}: no such device is available (only the host backend is).", nameof(options));
+    }
+}

@@ -1,0 +1,443 @@
+using System.Buffers;
+using System.Numerics.Tensors;
+using System.Runtime.InteropServices;
+using IlgpuMedusa.Models;
+
+namespace IlgpuMedusa.Compute.Host;
+
+/// <summary>
+/// The CPU backend: System.Numerics.Tensors for the inner loops, Parallel.For across rows. It is the production
+/// CPU path and the reference the ILGPU kernels are tested against, so every op is written the obvious way.
+/// </summary>
+public sealed unsafe class HostBackend : IComputeBackend
+{
+    /// <summary>Below this many multiply-adds an op runs on one thread; thread hand-off costs more than it saves.</summary>
+    private const long ParallelThreshold = 48 * 1024;
+    private readonly int _threads;
+
+    /// <summary>Creates the backend using up to <paramref name="threads"/> threads (default: all cores).</summary>
+    public HostBackend(int? threads = null)
+    {
+        _threads = Math.Max(1, threads ?? Environment.ProcessorCount);
+    }
+
+    /// <inheritdoc />
+    public DeviceKind Kind => DeviceKind.Host;
+
+    /// <inheritdoc />
+    public string DeviceName => $"host ({_threads} threads, {RuntimeInformation.ProcessArchitecture}{(System.Runtime.Intrinsics.Vector256.IsHardwareAccelerated ? ", 256-bit SIMD" : "")})";
+
+    /// <inheritdoc />
+    public DeviceTensor Allocate(DType type, int rows, int columns)
+    {
+        var buffer = new NativeBuffer((long)rows * columns * DTypeInfo.SizeOf(type));
+        NativeMemory.Clear((void*)buffer.Pointer, (nuint)buffer.Length);
+        return new HostTensor(this, type, rows, columns, buffer);
+    }
+
+    /// <inheritdoc />
+    public DeviceTensor UploadWeight(IReadOnlyList<TensorData> parts, DType storeAs)
+    {
+        if (parts.Count == 0) throw new ArgumentException("no weight parts", nameof(parts));
+        int columns = Columns(parts[0]);
+        int rows = 0;
+        foreach (var p in parts)
+        {
+            if (Columns(p) != columns)
+                throw new ArgumentException($"weight parts have different widths: '{parts[0].Name}' {parts[0].ShapeText} vs '{p.Name}' {p.ShapeText}", nameof(parts));
+            rows += checked((int)(p.ElementCount / columns));
+        }
+        if (parts.Count == 1 && parts[0].Type == storeAs)
+            return new HostTensor(this, storeAs, rows, columns, parts[0].Pointer); // zero-copy: the mapped file is the weight
+
+        var result = (HostTensor)Allocate(storeAs, rows, columns);
+        var destination = new Span<byte>((void*)result.Pointer, checked((int)result.ByteLength));
+        int elementSize = DTypeInfo.SizeOf(storeAs);
+        long offset = 0;
+        float[] scratch = [];
+        foreach (var p in parts)
+        {
+            int count = checked((int)p.ElementCount);
+            var target = destination.Slice(checked((int)(offset * elementSize)), count * elementSize);
+            if (p.Type == storeAs)
+            {
+                p.Bytes.CopyTo(target);
+            }
+            else
+            {
+                if (scratch.Length < count) scratch = new float[count];
+                HalfConversions.ToSingle(p.Type, p.Bytes, scratch.AsSpan(0, count));
+                HalfConversions.FromSingle(storeAs, scratch.AsSpan(0, count), target);
+            }
+            offset += count;
+        }
+        return result;
+    }
+
+    private static int Columns(TensorData t) => t.Shape.Length == 1 ? t.Shape[0] : t.Shape[^1];
+
+    /// <inheritdoc />
+    public void Upload(DeviceTensor destination, ReadOnlySpan<float> source) => source.CopyTo(Check(destination, DType.F32, source.Length).Floats);
+
+    /// <inheritdoc />
+    public void Upload(DeviceTensor destination, ReadOnlySpan<int> source) => source.CopyTo(Check(destination, DType.I32, source.Length).Ints);
+
+    /// <inheritdoc />
+    public void Download(DeviceTensor source, Span<float> destination) => Check(source, DType.F32, destination.Length).Floats.CopyTo(destination);
+
+    /// <inheritdoc />
+    public void Download(DeviceTensor source, Span<int> destination) => Check(source, DType.I32, destination.Length).Ints.CopyTo(destination);
+
+    private HostTensor Check(DeviceTensor tensor, DType type, int length)
+    {
+        var t = Own(tensor);
+        if (t.Type != type || t.Length != length)
+            throw new ArgumentException($"copy of {length} {type} values does not fit tensor {t.ShapeText}");
+        return t;
+    }
+
+    /// <inheritdoc />
+    public KvCache AllocateKvCache(KvCacheLayout layout) => new HostKvCache(this, layout);
+
+    /// <inheritdoc />
+    public void Synchronize()
+    {
+    }
+
+    /// <inheritdoc />
+    public void Embedding(DeviceTensor output, DeviceTensor tokens, DeviceTensor table)
+    {
+        var o = Own(output);
+        var ids = Own(tokens).Ints;
+        var w = Own(table);
+        Shapes.Embedding(o, tokens, w);
+        for (int t = 0; t < o.Rows; t++)
+        {
+            int id = ids[t];
+            if ((uint)id >= (uint)w.Rows) throw new ArgumentOutOfRangeException(nameof(tokens), $"token id {id} outside the vocabulary of {w.Rows}");
+            DecodeRow(w, id, o.FloatRow(t));
+        }
+    }
+
+    /// <inheritdoc />
+    public void RmsNorm(DeviceTensor output, DeviceTensor input, DeviceTensor weight, float eps)
+    {
+        var o = Own(output);
+        var x = Own(input);
+        var w = Own(weight);
+        Shapes.RmsNorm(o, x, w);
+        float[] decodedWeight = ArrayPool<float>.Shared.Rent(w.Columns);
+        var wf = decodedWeight.AsSpan(0, w.Columns);
+        DecodeRow(w, 0, wf);
+        for (int t = 0; t < x.Rows; t++)
+        {
+            var row = x.FloatRow(t);
+            float sumSquares = TensorPrimitives.SumOfSquares(row);
+            float scale = 1f / MathF.Sqrt(sumSquares / row.Length + eps);
+            var dst = o.FloatRow(t);
+            TensorPrimitives.Multiply(row, scale, dst);
+            TensorPrimitives.Multiply(dst, wf, dst);
+        }
+        ArrayPool<float>.Shared.Return(decodedWeight);
+    }
+
+    /// <inheritdoc />
+    public void MatMul(DeviceTensor output, DeviceTensor input, DeviceTensor weight, bool accumulate)
+    {
+        var o = Own(output);
+        var x = Own(input);
+        var w = Own(weight);
+        Shapes.MatMul(o, x, w);
+        int n = w.Rows, k = w.Columns, tokens = x.Rows;
+        long work = (long)n * k * tokens;
+        int chunks = work < ParallelThreshold ? 1 : Math.Min(n, _threads * 4);
+        if (chunks == 1) MatMulRows(o, x, w, 0, n, accumulate);
+        else
+        {
+            Parallel.For(0, chunks, new ParallelOptions { MaxDegreeOfParallelism = _threads }, c =>
+            {
+                int start = (int)((long)n * c / chunks), end = (int)((long)n * (c + 1) / chunks);
+                MatMulRows(o, x, w, start, end, accumulate);
+            });
+        }
+    }
+
+    private static void MatMulRows(HostTensor o, HostTensor x, HostTensor w, int start, int end, bool accumulate)
+    {
+        int k = w.Columns, tokens = x.Rows, n = w.Rows;
+        float* outBase = (float*)o.Pointer;
+        float* inBase = (float*)x.Pointer;
+        float[]? rented = w.Type == DType.F32 ? null : ArrayPool<float>.Shared.Rent(k);
+        for (int row = start; row < end; row++)
+        {
+            ReadOnlySpan<float> wRow;
+            if (rented is null) wRow = new ReadOnlySpan<float>((float*)w.Pointer + (long)row * k, k);
+            else
+            {
+                DecodeRow(w, row, rented.AsSpan(0, k));
+                wRow = rented.AsSpan(0, k);
+            }
+            for (int t = 0; t < tokens; t++)
+            {
+                float dot = TensorPrimitives.Dot(new ReadOnlySpan<float>(inBase + (long)t * k, k), wRow);
+                float* target = outBase + (long)t * n + row;
+                *target = accumulate ? *target + dot : dot;
+            }
+        }
+        if (rented is not null) ArrayPool<float>.Shared.Return(rented);
+    }
+
+    /// <summary>Decodes one row of a float tensor of any dtype into float32.</summary>
+    private static void DecodeRow(HostTensor tensor, int row, Span<float> destination)
+    {
+        int size = DTypeInfo.SizeOf(tensor.Type);
+        var bytes = new ReadOnlySpan<byte>((byte*)tensor.Pointer + (long)row * tensor.Columns * size, tensor.Columns * size);
+        HalfConversions.ToSingle(tensor.Type, bytes, destination);
+    }
+
+    /// <inheritdoc />
+    public void Rope(DeviceTensor x, DeviceTensor positions, int heads, int headDim, float theta)
+    {
+        var t = Own(x);
+        var pos = Own(positions).Ints;
+        Shapes.Rope(t, positions, heads, headDim);
+        int half = headDim / 2;
+        for (int row = 0; row < t.Rows; row++)
+        {
+            var r = t.FloatRow(row);
+            float p = pos[row];
+            for (int j = 0; j < half; j++)
+            {
+                float frequency = 1f / MathF.Pow(theta, 2f * j / headDim);
+                float angle = p * frequency;
+                float cos = MathF.Cos(angle), sin = MathF.Sin(angle);
+                for (int h = 0; h < heads; h++)
+                {
+                    int i = h * headDim + j;
+                    float a = r[i], b = r[i + half];
+                    r[i] = a * cos - b * sin;
+                    r[i + half] = a * sin + b * cos;
+                }
+            }
+        }
+    }
+
+    /// <inheritdoc />
+    public void KvWrite(KvCache cache, int layer, DeviceTensor qkv, int queryHeads, DeviceTensor blockTable, int startPosition)
+    {
+        var c = OwnCache(cache);
+        var q = Own(qkv);
+        var table = Own(blockTable).Ints;
+        var l = c.Layout;
+        Shapes.KvWrite(l, layer, q, queryHeads, blockTable, startPosition);
+        int kOffset = queryHeads * l.HeadDim;
+        for (int t = 0; t < q.Rows; t++)
+        {
+            long slot = PhysicalSlot(l, table, startPosition + t);
+            var row = q.FloatRow(t);
+            row.Slice(kOffset, l.KvDim).CopyTo(c.Slot(layer, 0, slot));
+            row.Slice(kOffset + l.KvDim, l.KvDim).CopyTo(c.Slot(layer, 1, slot));
+        }
+    }
+
+    private static long PhysicalSlot(KvCacheLayout layout, ReadOnlySpan<int> table, int position)
+    {
+        int block = table[position / layout.BlockSize];
+        if ((uint)block >= (uint)layout.BlockCount)
+            throw new InvalidOperationException($"block table entry {block} for position {position} is outside the pool of {layout.BlockCount} blocks");
+        return (long)block * layout.BlockSize + position % layout.BlockSize;
+    }
+
+    /// <inheritdoc />
+    public void Attention(DeviceTensor output, DeviceTensor qkv, KvCache cache, int layer, DeviceTensor blockTable, int committed, DeviceTensor? mask)
+    {
+        var o = Own(output);
+        var q = Own(qkv);
+        var c = OwnCache(cache);
+        var l = c.Layout;
+        var tableTensor = Own(blockTable);
+        HostTensor? m = mask is null ? null : Own(mask);
+        Shapes.Attention(o, q, l, blockTable, committed, mask);
+        int heads = o.Columns / l.HeadDim, tokens = q.Rows, groups = heads / l.KvHeads, dh = l.HeadDim;
+        float scale = 1f / MathF.Sqrt(dh);
+        long work = (long)tokens * heads * (committed + tokens) * dh;
+        int items = tokens * heads;
+        void Run(int item)
+        {
+            int t = item / heads, h = item % heads, kvHead = h / groups;
+            var table = tableTensor.Ints;
+            int keys = committed + tokens;
+            float[] scoresArray = ArrayPool<float>.Shared.Rent(keys);
+            var scores = scoresArray.AsSpan(0, keys);
+            var query = q.FloatRow(t).Slice(h * dh, dh);
+            var maskRow = m is null ? default : m.Ints.Slice(t * tokens, tokens);
+            float max = float.NegativeInfinity;
+            for (int j = 0; j < keys; j++)
+            {
+                bool visible = j < committed || (m is null ? j - committed <= t : maskRow[j - committed] != 0);
+                if (!visible)
+                {
+                    scores[j] = float.NegativeInfinity;
+                    continue;
+                }
+                var key = c.Slot(layer, 0, PhysicalSlot(l, table, j)).Slice(kvHead * dh, dh);
+                float s = TensorPrimitives.Dot(query, key) * scale;
+                scores[j] = s;
+                if (s > max) max = s;
+            }
+            float sum = 0;
+            for (int j = 0; j < keys; j++)
+            {
+                float e = float.IsNegativeInfinity(scores[j]) ? 0f : MathF.Exp(scores[j] - max);
+                scores[j] = e;
+                sum += e;
+            }
+            var result = o.FloatRow(t).Slice(h * dh, dh);
+            result.Clear();
+            for (int j = 0; j < keys; j++)
+            {
+                if (scores[j] == 0f) continue;
+                var value = c.Slot(layer, 1, PhysicalSlot(l, table, j)).Slice(kvHead * dh, dh);
+                TensorPrimitives.MultiplyAdd(value, scores[j] / sum, result, result);
+            }
+            ArrayPool<float>.Shared.Return(scoresArray);
+        }
+        if (work < ParallelThreshold || items == 1) for (int i = 0; i < items; i++) Run(i);
+        else Parallel.For(0, items, new ParallelOptions { MaxDegreeOfParallelism = _threads }, Run);
+    }
+
+    /// <inheritdoc />
+    public void SwiGlu(DeviceTensor output, DeviceTensor gateUp)
+    {
+        var o = Own(output);
+        var g = Own(gateUp);
+        Shapes.SwiGlu(o, g);
+        int f = o.Columns;
+        for (int t = 0; t < o.Rows; t++)
+        {
+            var row = g.FloatRow(t);
+            var gate = row[..f];
+            var up = row[f..];
+            var dst = o.FloatRow(t);
+            // silu(g) = g · sigmoid(g)
+            TensorPrimitives.Sigmoid(gate, dst);
+            TensorPrimitives.Multiply(dst, gate, dst);
+            TensorPrimitives.Multiply(dst, up, dst);
+        }
+    }
+
+    /// <inheritdoc />
+    public void Add(DeviceTensor output, DeviceTensor a, DeviceTensor b)
+    {
+        var o = Own(output);
+        var x = Own(a);
+        var y = Own(b);
+        Shapes.SameShape(nameof(Add), o, x, y);
+        TensorPrimitives.Add(x.Floats, y.Floats, o.Floats);
+    }
+
+    /// <inheritdoc />
+    public void ArgMax(DeviceTensor output, DeviceTensor logits)
+    {
+        var o = Own(output);
+        var x = Own(logits);
+        Shapes.ArgMax(o, x);
+        for (int t = 0; t < x.Rows; t++) o.Ints[t] = TensorPrimitives.IndexOfMax(x.FloatRow(t));
+    }
+
+    /// <inheritdoc />
+    public void TopK(DeviceTensor indices, DeviceTensor values, DeviceTensor logits)
+    {
+        var idx = Own(indices);
+        var val = Own(values);
+        var x = Own(logits);
+        Shapes.TopK(idx, val, x);
+        int k = idx.Columns;
+        for (int t = 0; t < x.Rows; t++)
+        {
+            var row = x.FloatRow(t);
+            var outIdx = idx.Ints.Slice(t * k, k);
+            var outVal = val.FloatRow(t);
+            int count = 0;
+            // Insertion into a sorted list of k: stable for ties because a later equal value never moves ahead.
+            for (int i = 0; i < row.Length; i++)
+            {
+                float v = row[i];
+                if (count == k && !(v > outVal[k - 1])) continue;
+                int pos = count < k ? count : k - 1;
+                while (pos > 0 && v > outVal[pos - 1])
+                {
+                    if (pos < k)
+                    {
+                        outVal[pos] = outVal[pos - 1];
+                        outIdx[pos] = outIdx[pos - 1];
+                    }
+                    pos--;
+                }
+                outVal[pos] = v;
+                outIdx[pos] = i;
+                if (count < k) count++;
+            }
+        }
+    }
+
+    /// <inheritdoc />
+    public void SoftmaxStats(DeviceTensor output, DeviceTensor logits)
+    {
+        var o = Own(output);
+        var x = Own(logits);
+        Shapes.SoftmaxStats(o, x);
+        for (int t = 0; t < x.Rows; t++)
+        {
+            var row = x.FloatRow(t);
+            float max = TensorPrimitives.Max(row);
+            double sum = 0, weighted = 0;
+            foreach (float v in row)
+            {
+                double e = Math.Exp(v - max);
+                sum += e;
+                weighted += e * (v - max);
+            }
+            double logSum = Math.Log(sum);
+            // H = −Σ p ln p with p = e^(x−m)/Z: H = ln Z − Σ p (x − m)
+            var r = o.FloatRow(t);
+            r[0] = max;
+            r[1] = (float)(max + logSum);
+            r[2] = (float)(logSum - weighted / sum);
+        }
+    }
+
+    /// <inheritdoc />
+    public void KvCompact(KvCache cache, DeviceTensor blockTable, DeviceTensor sources, int destinationStart)
+    {
+        var c = OwnCache(cache);
+        var table = Own(blockTable).Ints;
+        var src = Own(sources).Ints;
+        Shapes.KvCompact(c.Layout, blockTable, sources, destinationStart);
+        var l = c.Layout;
+        for (int i = 0; i < src.Length; i++)
+        {
+            if (src[i] == destinationStart + i) continue;
+            long from = PhysicalSlot(l, table, src[i]), to = PhysicalSlot(l, table, destinationStart + i);
+            for (int layer = 0; layer < l.Layers; layer++)
+            {
+                for (int part = 0; part < 2; part++) c.Slot(layer, part, from).CopyTo(c.Slot(layer, part, to));
+            }
+        }
+    }
+
+    private HostTensor Own(DeviceTensor tensor) =>
+        tensor as HostTensor is { } t && ReferenceEquals(t.Backend, this)
+            ? t
+            : throw new ArgumentException($"tensor {tensor.ShapeText} does not belong to the host backend");
+
+    private HostKvCache OwnCache(KvCache cache) =>
+        cache as HostKvCache is { } c && ReferenceEquals(c.Backend, this)
+            ? c
+            : throw new ArgumentException("KV cache does not belong to the host backend");
+
+    /// <inheritdoc />
+    public void Dispose()
+    {
+    }
+}

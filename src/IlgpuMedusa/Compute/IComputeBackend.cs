@@ -1,0 +1,124 @@
+using IlgpuMedusa.Models;
+
+namespace IlgpuMedusa.Compute;
+
+/// <summary>Which kind of device a backend runs on.</summary>
+public enum DeviceKind
+{
+    /// <summary>Pick the best available: CUDA, then an OpenCL GPU ILGPU accepts, then the host backend.</summary>
+    Auto,
+    /// <summary>The SIMD CPU backend (System.Numerics.Tensors + Parallel.For).</summary>
+    Host,
+    /// <summary>An NVIDIA GPU through ILGPU's CUDA backend (PTX).</summary>
+    Cuda,
+    /// <summary>An OpenCL device through ILGPU's OpenCL backend.</summary>
+    OpenCL,
+    /// <summary>ILGPU's CPU accelerator, an emulator of GPU semantics. For tests only: slow.</summary>
+    CpuEmulator,
+}
+
+/// <summary>
+/// The op set of the runtime: small and model-shaped. Shapes use the glossary of the README:
+/// T tokens in the step, S committed sequence length, D model dim, H heads, Hkv kv heads, Dh head dim,
+/// F FFN dim, V vocab, B KV block size. Every op exists on the host backend (the reference) and on the ILGPU
+/// backend; conformance tests hold the kernels to the host results. Ops are asynchronous on accelerators;
+/// downloads synchronise.
+/// </summary>
+public interface IComputeBackend : IDisposable
+{
+    /// <summary>The device kind.</summary>
+    DeviceKind Kind { get; }
+
+    /// <summary>Human-readable device name.</summary>
+    string DeviceName { get; }
+
+    /// <summary>Allocates a zero-filled tensor.</summary>
+    DeviceTensor Allocate(DType type, int rows, int columns);
+
+    /// <summary>
+    /// Uploads a weight matrix made of the row blocks <paramref name="parts"/> stacked in order (all with the same
+    /// column count), stored as <paramref name="storeAs"/> (F32, F16 or BF16). One-dimensional parts become one row.
+    /// The host backend keeps F32 memory-mapped data in place when no conversion or stacking is needed.
+    /// </summary>
+    DeviceTensor UploadWeight(IReadOnlyList<TensorData> parts, DType storeAs);
+
+    /// <summary>Copies host floats into an F32 tensor (lengths must match).</summary>
+    void Upload(DeviceTensor destination, ReadOnlySpan<float> source);
+
+    /// <summary>Copies host ints into an I32 tensor (lengths must match).</summary>
+    void Upload(DeviceTensor destination, ReadOnlySpan<int> source);
+
+    /// <summary>Copies an F32 tensor to the host (waits for pending work).</summary>
+    void Download(DeviceTensor source, Span<float> destination);
+
+    /// <summary>Copies an I32 tensor to the host (waits for pending work).</summary>
+    void Download(DeviceTensor source, Span<int> destination);
+
+    /// <summary>Allocates a zero-filled KV cache.</summary>
+    KvCache AllocateKvCache(KvCacheLayout layout);
+
+    /// <summary>Waits for all queued work.</summary>
+    void Synchronize();
+
+    /// <summary>output[t, :] = table[tokens[t], :]. output F32[T, D], tokens I32[T, 1], table [V, D] of any float dtype.</summary>
+    void Embedding(DeviceTensor output, DeviceTensor tokens, DeviceTensor table);
+
+    /// <summary>output[t] = input[t] / sqrt(mean(input[t]²) + eps) ⊙ weight. output, input F32[T, D]; weight [1, D].</summary>
+    void RmsNorm(DeviceTensor output, DeviceTensor input, DeviceTensor weight, float eps);
+
+    /// <summary>
+    /// output[T, N] = (accumulate ? output : 0) + input[T, K] · weight[N, K]ᵀ. weight in F32, F16 or BF16.
+    /// With <paramref name="accumulate"/> the residual add is fused into the projection.
+    /// </summary>
+    void MatMul(DeviceTensor output, DeviceTensor input, DeviceTensor weight, bool accumulate);
+
+    /// <summary>
+    /// Rotary embedding in place, rotate-half form, on the first <paramref name="heads"/> · <paramref name="headDim"/>
+    /// columns of each row of x F32[T, W]: for head h and j &lt; Dh/2, with angle = positions[t] · θ^(−2j/Dh) (float32 math),
+    /// (a, b) = (x[h·Dh + j], x[h·Dh + j + Dh/2]) becomes (a·cos − b·sin, a·sin + b·cos).
+    /// </summary>
+    void Rope(DeviceTensor x, DeviceTensor positions, int heads, int headDim, float theta);
+
+    /// <summary>
+    /// Writes the keys and values of T new tokens into the cache. qkv F32[T, (H + 2Hkv)·Dh] holds Q | K | V per row;
+    /// K starts at column <paramref name="queryHeads"/> · Dh. Token t goes to logical position <paramref name="startPosition"/> + t,
+    /// physical slot blockTable[p / B] · B + p mod B. blockTable I32[1, n].
+    /// </summary>
+    void KvWrite(KvCache cache, int layer, DeviceTensor qkv, int queryHeads, DeviceTensor blockTable, int startPosition);
+
+    /// <summary>
+    /// Attention of T new queries over S = <paramref name="committed"/> committed keys plus the T new keys (already
+    /// written at logical positions S..S+T−1). Query t sees key j when j &lt; S, or when mask[t, j − S] ≠ 0; with no mask,
+    /// when j − S ≤ t (causal). Scores are q·k / √Dh, softmax over visible keys, output = Σ p·v. Query head h reads
+    /// kv head h / (H / Hkv). output F32[T, H·Dh]; qkv as in <see cref="KvWrite"/>; mask I32[T, T] or null.
+    /// </summary>
+    void Attention(DeviceTensor output, DeviceTensor qkv, KvCache cache, int layer, DeviceTensor blockTable, int committed, DeviceTensor? mask);
+
+    /// <summary>output[t, i] = silu(gateUp[t, i]) · gateUp[t, F + i]. output F32[T, F], gateUp F32[T, 2F]; silu(g) = g / (1 + e^−g).</summary>
+    void SwiGlu(DeviceTensor output, DeviceTensor gateUp);
+
+    /// <summary>output = a + b elementwise, all F32 of one shape (output may be a).</summary>
+    void Add(DeviceTensor output, DeviceTensor a, DeviceTensor b);
+
+    /// <summary>output[t] = index of the largest logits[t, :] (the lowest index on ties). output I32[T, 1], logits F32[T, V].</summary>
+    void ArgMax(DeviceTensor output, DeviceTensor logits);
+
+    /// <summary>
+    /// The k largest logits of each row, in descending order (ties: lower index first).
+    /// indices I32[T, k], values F32[T, k], logits F32[T, V], k ≤ V.
+    /// </summary>
+    void TopK(DeviceTensor indices, DeviceTensor values, DeviceTensor logits);
+
+    /// <summary>
+    /// Softmax statistics per row: output[t] = (max, log Σ exp(x), entropy = −Σ p ln p) in nats.
+    /// output F32[T, 3], logits F32[T, V].
+    /// </summary>
+    void SoftmaxStats(DeviceTensor output, DeviceTensor logits);
+
+    /// <summary>
+    /// For every layer, keys and values: copies logical position sources[i] to logical position
+    /// <paramref name="destinationStart"/> + i, in order of i (sources strictly increasing and sources[i] ≥ destinationStart + i,
+    /// so reads happen before the slot is overwritten). sources I32[n, 1].
+    /// </summary>
+    void KvCompact(KvCache cache, DeviceTensor blockTable, DeviceTensor sources, int destinationStart);
+}

@@ -1,0 +1,38 @@
+using IlgpuMedusa.Compute;
+using IlgpuMedusa.Models;
+
+namespace IlgpuMedusa.Generation;
+
+/// <summary>How an <see cref="InferenceEngine"/> is built: which model, on which device, with how much KV memory.</summary>
+public sealed record EngineOptions
+{
+    /// <summary>The model directory (Hugging Face or llama2.c layout).</summary>
+    public required string ModelPath { get; init; }
+    /// <summary>Device selection.</summary>
+    public DeviceOptions Device { get; init; } = new();
+    /// <summary>Element type of the weight matrices on the device (default: as in the checkpoint).</summary>
+    public DType? WeightsType { get; init; }
+    /// <summary>KV cache budget in MiB (default: room for <see cref="DefaultKvSequences"/> full-context sequences).</summary>
+    public int? KvBudgetMb { get; init; }
+    /// <summary>Token slots per KV block.</summary>
+    public int KvBlockSize { get; init; } = 16;
+    /// <summary>Largest number of prompt tokens run in one prefill forward (longer prompts are chunked).</summary>
+    public int PrefillChunk { get; init; } = 256;
+
+    /// <summary>Full-context sequences the default KV budget holds.</summary>
+    public const int DefaultKvSequences = 4;
+
+    /// <summary>Throws <see cref="ArgumentException"/> naming the bad option.</summary>
+    public EngineOptions Validate()
+    {
+        if (string.IsNullOrWhiteSpace(ModelPath))
+            throw new ArgumentException("ModelPath (--model) must name a model directory.", nameof(ModelPath));
+        if (KvBudgetMb is <= 0)
+            throw new ArgumentOutOfRangeException(nameof(KvBudgetMb), KvBudgetMb, "KvBudgetMb (--kv-budget-mb) must be positive.");
+        if (KvBlockSize <= 0)
+            throw new ArgumentOutOfRangeException(nameof(KvBlockSize), KvBlockSize, "KvBlockSize must be positive.");
+        if (PrefillChunk <= 0)
+            throw new ArgumentOutOfRangeException(nameof(PrefillChunk), PrefillChunk, "PrefillChunk must be positive.");
+        return this;
+    }
+}

@@ -1,0 +1,70 @@
+namespace IlgpuMedusa.Generation;
+
+/// <summary>Options of one generation request. Defaults live here and nowhere else.</summary>
+public sealed record GenerationOptions
+{
+    /// <summary>Most tokens to generate; null means until an end token or the end of the model's context.</summary>
+    public int? MaxTokens { get; init; } = 256;
+
+    /// <summary>How tokens are chosen.</summary>
+    public Sampling Sampling { get; init; } = Sampling.Greedy;
+
+    /// <summary>Seed of the sampler's random stream (ignored by greedy sampling).</summary>
+    public ulong Seed { get; init; } = 42;
+
+    /// <summary>Generation stops after text containing any of these strings (the stop text is not returned).</summary>
+    public IReadOnlyList<string> StopSequences { get; init; } = [];
+
+    /// <summary>Whether the prompt is preceded by BOS (the usual Llama convention).</summary>
+    public bool AddBos { get; init; } = true;
+
+    /// <summary>Throws <see cref="ArgumentException"/> naming the bad option.</summary>
+    public GenerationOptions Validate()
+    {
+        if (MaxTokens is <= 0)
+            throw new ArgumentOutOfRangeException(nameof(MaxTokens), MaxTokens, "MaxTokens (--max-tokens) must be a positive number of tokens.");
+        ArgumentNullException.ThrowIfNull(Sampling, nameof(Sampling));
+        foreach (var s in StopSequences)
+            if (string.IsNullOrEmpty(s)) throw new ArgumentException("StopSequences must not contain empty strings.", nameof(StopSequences));
+        return this;
+    }
+}
+
+/// <summary>Why a generation ended.</summary>
+public enum FinishReason
+{
+    /// <summary>The model produced an end token.</summary>
+    EndToken,
+    /// <summary>MaxTokens were generated.</summary>
+    MaxTokens,
+    /// <summary>A stop sequence appeared.</summary>
+    StopSequence,
+    /// <summary>The model's context is full.</summary>
+    ContextFull,
+    /// <summary>The caller cancelled.</summary>
+    Cancelled,
+}
+
+/// <summary>A piece of streamed output: the text that became complete and the ids accepted in this step.</summary>
+/// <param name="Text">Text delta (may be empty while a UTF-8 character is incomplete).</param>
+/// <param name="TokenIds">Ids accepted in this step.</param>
+public sealed record GeneratedPiece(string Text, IReadOnlyList<int> TokenIds);
+
+/// <summary>Counters of one generation.</summary>
+public sealed class GenerationStats
+{
+    /// <summary>Prompt tokens, BOS included.</summary>
+    public int PromptTokens { get; internal set; }
+    /// <summary>Tokens generated (end token excluded).</summary>
+    public int GeneratedTokens { get; internal set; }
+    /// <summary>Forward passes after the prefill.</summary>
+    public int Steps { get; internal set; }
+    /// <summary>Seconds spent in the prefill.</summary>
+    public double PrefillSeconds { get; internal set; }
+    /// <summary>Seconds spent decoding (after the prefill).</summary>
+    public double DecodeSeconds { get; internal set; }
+    /// <summary>Why it ended.</summary>
+    public FinishReason FinishReason { get; internal set; }
+    /// <summary>Generated tokens per second of decoding.</summary>
+    public double DecodeTokensPerSecond => DecodeSeconds > 0 ? GeneratedTokens / DecodeSeconds : 0;
+}

@@ -1,0 +1,142 @@
+using System.Numerics.Tensors;
+
+namespace IlgpuMedusa.Generation;
+
+/// <summary>How the next token is chosen from the logits. A closed set: <see cref="Greedy"/> or <see cref="Temperature"/>.</summary>
+public abstract record Sampling
+{
+    private Sampling()
+    {
+    }
+
+    /// <summary>Always the most likely token (ties: lowest id). Deterministic.</summary>
+    public static Sampling Greedy { get; } = new GreedySampling();
+
+    /// <summary>Softmax at <paramref name="temperature"/>, optionally cut to the top-p nucleus, then a seeded draw.</summary>
+    public static Sampling Temperature(float temperature, float topP = 1f) => new TemperatureSampling(temperature, topP);
+
+    /// <summary>Greedy decoding.</summary>
+    public sealed record GreedySampling : Sampling;
+
+    /// <summary>Temperature (and top-p) sampling.</summary>
+    public sealed record TemperatureSampling : Sampling
+    {
+        /// <summary>Creates the sampling; throws <see cref="ArgumentOutOfRangeException"/> naming the bad value.</summary>
+        public TemperatureSampling(float temperature, float topP)
+        {
+            if (!(temperature > 0) || float.IsInfinity(temperature))
+                throw new ArgumentOutOfRangeException(nameof(temperature), temperature, "temperature must be a positive number (use greedy sampling for temperature 0).");
+            if (!(topP > 0 && topP <= 1))
+                throw new ArgumentOutOfRangeException(nameof(topP), topP, "top-p must be in (0, 1].");
+            TemperatureValue = temperature;
+            TopP = topP;
+        }
+
+        /// <summary>Softmax temperature.</summary>
+        public float TemperatureValue { get; }
+        /// <summary>Nucleus mass in (0, 1]; 1 keeps the whole distribution.</summary>
+        public float TopP { get; }
+    }
+
+    /// <summary>Builds a sampling from CLI-style numbers: temperature 0 is greedy.</summary>
+    public static Sampling From(float temperature, float topP)
+    {
+        if (!(topP > 0 && topP <= 1)) throw new ArgumentOutOfRangeException(nameof(topP), topP, "top-p must be in (0, 1].");
+        if (temperature < 0 || float.IsNaN(temperature)) throw new ArgumentOutOfRangeException(nameof(temperature), temperature, "temperature must be >= 0.");
+        return temperature == 0 ? Greedy : Temperature(temperature, topP);
+    }
+}
+
+/// <summary>
+/// Picks tokens from host logits under a <see cref="Sampling"/>, with its own seeded generator (xorshift64*), so a seed
+/// gives the same tokens on every machine and .NET version.
+/// </summary>
+public sealed class Sampler
+{
+    private readonly Sampling _sampling;
+    private ulong _state;
+    private float[] _probabilities = [];
+    private int[] _order = [];
+
+    /// <summary>Creates a sampler; <paramref name="seed"/> fixes the random stream.</summary>
+    public Sampler(Sampling sampling, ulong seed)
+    {
+        _sampling = sampling;
+        _state = seed == 0 ? 0x9E3779B97F4A7C15UL : seed;
+    }
+
+    /// <summary>True when the choice is the argmax (no randomness).</summary>
+    public bool IsGreedy => _sampling is Sampling.GreedySampling;
+
+    /// <summary>A uniform number in [0, 1).</summary>
+    public float NextUniform()
+    {
+        _state ^= _state >> 12;
+        _state ^= _state << 25;
+        _state ^= _state >> 27;
+        return ((_state * 0x2545F4914F6CDD1DUL) >> 40) / 16777216f;
+    }
+
+    /// <summary>Chooses a token from one row of logits.</summary>
+    public int Sample(ReadOnlySpan<float> logits)
+    {
+        switch (_sampling)
+        {
+            case Sampling.GreedySampling:
+                return TensorPrimitives.IndexOfMax(logits);
+            case Sampling.TemperatureSampling t:
+                if (_probabilities.Length < logits.Length)
+                {
+                    _probabilities = new float[logits.Length];
+                    _order = new int[logits.Length];
+                }
+                var p = _probabilities.AsSpan(0, logits.Length);
+                TensorPrimitives.Divide(logits, t.TemperatureValue, p);
+                TensorPrimitives.SoftMax(p, p);
+                return t.TopP < 1f ? SampleTopP(p, t.TopP) : SampleFull(p);
+            default:
+                throw new InvalidOperationException($"unknown sampling {_sampling}");
+        }
+    }
+
+    private int SampleFull(ReadOnlySpan<float> p)
+    {
+        float r = NextUniform(), cumulative = 0;
+        for (int i = 0; i < p.Length; i++)
+        {
+            cumulative += p[i];
+            if (r < cumulative) return i;
+        }
+        return p.Length - 1; // rounding
+    }
+
+    /// <summary>Top-p: sort by probability, keep the smallest prefix whose mass reaches p, draw within it.</summary>
+    private int SampleTopP(ReadOnlySpan<float> p, float topP)
+    {
+        // Tokens below (1 - p)/(n - 1) can never be in the nucleus; filtering them first keeps the sort short.
+        float cutoff = (1f - topP) / (p.Length - 1);
+        int n = 0;
+        for (int i = 0; i < p.Length; i++) if (p[i] >= cutoff) _order[n++] = i;
+        var order = _order.AsSpan(0, n);
+        var probabilities = _probabilities;
+        order.Sort((a, b) => probabilities[b].CompareTo(probabilities[a]) is var c && c != 0 ? c : a.CompareTo(b));
+        float mass = 0;
+        int last = n - 1;
+        for (int i = 0; i < n; i++)
+        {
+            mass += p[order[i]];
+            if (mass > topP)
+            {
+                last = i;
+                break;
+            }
+        }
+        float r = NextUniform() * mass, cumulative = 0;
+        for (int i = 0; i <= last; i++)
+        {
+            cumulative += p[order[i]];
+            if (r < cumulative) return order[i];
+        }
+        return order[last];
+    }
+}

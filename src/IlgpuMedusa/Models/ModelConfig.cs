@@ -1,0 +1,64 @@
+namespace IlgpuMedusa.Models;
+
+/// <summary>
+/// The runtime description of a Llama-family transformer, independent of the checkpoint format it came from.
+/// Shape glossary: D = <see cref="Dim"/>, F = <see cref="HiddenDim"/>, L = <see cref="Layers"/>,
+/// H = <see cref="Heads"/>, Hkv = <see cref="KvHeads"/>, Dh = <see cref="HeadDim"/>, V = <see cref="VocabSize"/>.
+/// </summary>
+public sealed record ModelConfig
+{
+    /// <summary>Model width D.</summary>
+    public required int Dim { get; init; }
+    /// <summary>Feed-forward width F.</summary>
+    public required int HiddenDim { get; init; }
+    /// <summary>Number of transformer blocks L.</summary>
+    public required int Layers { get; init; }
+    /// <summary>Query heads H.</summary>
+    public required int Heads { get; init; }
+    /// <summary>Key/value heads Hkv (grouped-query attention when smaller than H).</summary>
+    public required int KvHeads { get; init; }
+    /// <summary>Vocabulary size V.</summary>
+    public required int VocabSize { get; init; }
+    /// <summary>Longest sequence (prompt + generated) the model supports.</summary>
+    public required int MaxSequenceLength { get; init; }
+    /// <summary>RoPE base θ.</summary>
+    public float RopeTheta { get; init; } = 10000f;
+    /// <summary>RMSNorm epsilon.</summary>
+    public float RmsNormEps { get; init; } = 1e-5f;
+    /// <summary>True when the output classifier shares the token-embedding matrix.</summary>
+    public bool TiedEmbeddings { get; init; }
+    /// <summary>Beginning-of-sequence token id.</summary>
+    public int BosTokenId { get; init; } = 1;
+    /// <summary>Token ids that end generation.</summary>
+    public IReadOnlyList<int> EndTokenIds { get; init; } = [2];
+    /// <summary>Where the configuration came from (for messages).</summary>
+    public string Source { get; init; } = "";
+
+    /// <summary>Head dimension Dh = D / H.</summary>
+    public int HeadDim => Dim / Heads;
+    /// <summary>Width of the fused Q|K|V projection output: (H + 2 Hkv) Dh.</summary>
+    public int QkvDim => (Heads + 2 * KvHeads) * HeadDim;
+    /// <summary>Width of one token's keys (or values): Hkv Dh.</summary>
+    public int KvDim => KvHeads * HeadDim;
+
+    /// <summary>Throws <see cref="InvalidDataException"/> when the numbers cannot describe a working model.</summary>
+    public ModelConfig Validate()
+    {
+        void Require(bool ok, string what)
+        {
+            if (!ok) throw new InvalidDataException($"{Source}: invalid model configuration: {what}.");
+        }
+        Require(Dim > 0, $"dim must be positive, got {Dim}");
+        Require(HiddenDim > 0, $"hidden_dim must be positive, got {HiddenDim}");
+        Require(Layers > 0, $"n_layers must be positive, got {Layers}");
+        Require(Heads > 0 && Dim % Heads == 0, $"n_heads ({Heads}) must be positive and divide dim ({Dim})");
+        Require(HeadDim % 2 == 0, $"head dim ({HeadDim}) must be even for RoPE");
+        Require(KvHeads > 0 && Heads % KvHeads == 0, $"n_kv_heads ({KvHeads}) must be positive and divide n_heads ({Heads})");
+        Require(VocabSize > 0, $"vocab_size must be positive, got {VocabSize}");
+        Require(MaxSequenceLength > 0, $"max sequence length must be positive, got {MaxSequenceLength}");
+        Require(RopeTheta > 0, $"rope_theta must be positive, got {RopeTheta}");
+        Require(RmsNormEps > 0, $"rms_norm_eps must be positive, got {RmsNormEps}");
+        Require(BosTokenId >= 0 && BosTokenId < VocabSize, $"bos_token_id {BosTokenId} outside the vocabulary");
+        return this;
+    }
+}

@@ -1,0 +1,33 @@
+namespace IlgpuMedusa.Tokenization;
+
+/// <summary>Text to token ids and back, for one model's vocabulary.</summary>
+public interface ITextTokenizer
+{
+    /// <summary>Number of tokens in the vocabulary.</summary>
+    int VocabularySize { get; }
+
+    /// <summary>Beginning-of-sequence id.</summary>
+    int BosId { get; }
+
+    /// <summary>End-of-sequence id.</summary>
+    int EosId { get; }
+
+    /// <summary>Encodes text with SentencePiece Llama rules (dummy prefix, byte fallback); BOS first when <paramref name="addBos"/>.</summary>
+    IReadOnlyList<int> Encode(string text, bool addBos);
+
+    /// <summary>Decodes ids to text (special tokens such as BOS/EOS produce no text).</summary>
+    string Decode(IEnumerable<int> ids);
+
+    /// <summary>A decoder for streaming that never emits half a UTF-8 character.</summary>
+    IStreamingDetokenizer CreateStreamingDetokenizer();
+}
+
+/// <summary>Turns a stream of generated ids into text deltas, holding back incomplete UTF-8 sequences.</summary>
+public interface IStreamingDetokenizer
+{
+    /// <summary>Adds one generated id; returns the text that is now complete (possibly empty).</summary>
+    string Append(int tokenId);
+
+    /// <summary>Returns whatever text is still held back (incomplete bytes become U+FFFD).</summary>
+    string Flush();
+}

@@ -1,0 +1,91 @@
+using IlgpuMedusa.Compute;
+using IlgpuMedusa.Models;
+
+namespace IlgpuMedusa.Transformer;
+
+/// <summary>
+/// Activation buffers for forwards of up to <see cref="MaxTokens"/> tokens, allocated once on the backend so the
+/// decode loop allocates nothing. Also holds the device copies of the per-step inputs (tokens, positions, mask).
+/// </summary>
+public sealed class ForwardWorkspace : IDisposable
+{
+    /// <summary>Allocates the buffers for <paramref name="config"/> and at most <paramref name="maxTokens"/> tokens per forward, and <paramref name="maxLogitRows"/> logits rows.</summary>
+    public ForwardWorkspace(IComputeBackend backend, ModelConfig config, int maxTokens, int maxLogitRows)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(maxTokens, 1);
+        ArgumentOutOfRangeException.ThrowIfLessThan(maxLogitRows, 1);
+        Backend = backend;
+        MaxTokens = maxTokens;
+        Residual = backend.Allocate(DType.F32, maxTokens, config.Dim);
+        Normed = backend.Allocate(DType.F32, maxTokens, config.Dim);
+        Qkv = backend.Allocate(DType.F32, maxTokens, config.QkvDim);
+        Attention = backend.Allocate(DType.F32, maxTokens, config.Heads * config.HeadDim);
+        GateUp = backend.Allocate(DType.F32, maxTokens, 2 * config.HiddenDim);
+        Ffn = backend.Allocate(DType.F32, maxTokens, config.HiddenDim);
+        Logits = backend.Allocate(DType.F32, maxLogitRows, config.VocabSize);
+        Tokens = backend.Allocate(DType.I32, maxTokens, 1);
+        Positions = backend.Allocate(DType.I32, maxTokens, 1);
+        ArgMax = backend.Allocate(DType.I32, maxLogitRows, 1);
+    }
+
+    /// <summary>The backend.</summary>
+    public IComputeBackend Backend { get; }
+    /// <summary>Largest T of one forward.</summary>
+    public int MaxTokens { get; }
+    /// <summary>x, the residual stream [T, D].</summary>
+    public DeviceTensor Residual { get; }
+    /// <summary>norm(x) [T, D]; after a forward, the final hidden states.</summary>
+    public DeviceTensor Normed { get; }
+    /// <summary>Q | K | V [T, (H + 2Hkv)·Dh].</summary>
+    public DeviceTensor Qkv { get; }
+    /// <summary>Attention output [T, H·Dh].</summary>
+    public DeviceTensor Attention { get; }
+    /// <summary>Gate | up projections [T, 2F].</summary>
+    public DeviceTensor GateUp { get; }
+    /// <summary>SwiGLU output [T, F].</summary>
+    public DeviceTensor Ffn { get; }
+    /// <summary>Logits [rows, V].</summary>
+    public DeviceTensor Logits { get; }
+    /// <summary>Token ids [T, 1].</summary>
+    public DeviceTensor Tokens { get; }
+    /// <summary>RoPE positions [T, 1].</summary>
+    public DeviceTensor Positions { get; }
+    /// <summary>Argmax of logits rows [rows, 1].</summary>
+    public DeviceTensor ArgMax { get; }
+
+    /// <summary>Uploads tokens and positions and returns the inputs of a causal forward of these tokens.</summary>
+    public ForwardInputs Prepare(ReadOnlySpan<int> tokens, ReadOnlySpan<int> positions, DeviceTensor? mask = null)
+    {
+        if (tokens.Length == 0 || tokens.Length > MaxTokens)
+            throw new ArgumentException($"a forward takes 1..{MaxTokens} tokens, got {tokens.Length}");
+        if (positions.Length != tokens.Length)
+            throw new ArgumentException($"{tokens.Length} tokens but {positions.Length} positions");
+        var t = Tokens.Slice(0, tokens.Length);
+        var p = Positions.Slice(0, tokens.Length);
+        Backend.Upload(t, tokens);
+        Backend.Upload(p, positions);
+        return new ForwardInputs(tokens.Length, t, p, mask);
+    }
+
+    /// <summary>Frees the buffers.</summary>
+    public void Dispose()
+    {
+        Residual.Dispose();
+        Normed.Dispose();
+        Qkv.Dispose();
+        Attention.Dispose();
+        GateUp.Dispose();
+        Ffn.Dispose();
+        Logits.Dispose();
+        Tokens.Dispose();
+        Positions.Dispose();
+        ArgMax.Dispose();
+    }
+}
+
+/// <summary>The device-side inputs of one forward: T tokens, their RoPE positions, and the T x T mask (null = causal).</summary>
+/// <param name="Count">T.</param>
+/// <param name="Tokens">I32[T, 1].</param>
+/// <param name="Positions">I32[T, 1].</param>
+/// <param name="Mask">I32[T, T] or null for causal.</param>
+public readonly record struct ForwardInputs(int Count, DeviceTensor Tokens, DeviceTensor Positions, DeviceTensor? Mask);

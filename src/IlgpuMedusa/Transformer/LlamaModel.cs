@@ -1,0 +1,165 @@
+using IlgpuMedusa.Compute;
+using IlgpuMedusa.Models;
+using IlgpuMedusa.Scheduling;
+using N = IlgpuMedusa.Models.LlamaTensorNames;
+
+namespace IlgpuMedusa.Transformer;
+
+/// <summary>Weights of one transformer block on a backend.</summary>
+internal sealed class LayerWeights : IDisposable
+{
+    public required DeviceTensor AttentionNorm { get; init; } // [1, D]
+    public required DeviceTensor Qkv { get; init; }           // [(H + 2Hkv)·Dh, D]: Wq | Wk | Wv stacked
+    public required DeviceTensor Output { get; init; }        // [D, H·Dh]
+    public required DeviceTensor FfnNorm { get; init; }       // [1, D]
+    public required DeviceTensor GateUp { get; init; }        // [2F, D]: W_gate | W_up stacked
+    public required DeviceTensor Down { get; init; }          // [D, F]
+
+    public void Dispose()
+    {
+        AttentionNorm.Dispose();
+        Qkv.Dispose();
+        Output.Dispose();
+        FfnNorm.Dispose();
+        GateUp.Dispose();
+        Down.Dispose();
+    }
+}
+
+/// <summary>
+/// A Llama-family transformer on an <see cref="IComputeBackend"/>. One forward serves prefill (T prompt tokens,
+/// causal), decoding (T = 1) and tree verification (T tree nodes, explicit positions and a T x T mask).
+/// The model holds weights only; the KV cache, positions and mask arrive as arguments.
+/// </summary>
+public sealed class LlamaModel : IDisposable
+{
+    private readonly LayerWeights[] _layers;
+    private readonly DeviceTensor _embedding;   // [V, D]
+    private readonly DeviceTensor _finalNorm;   // [1, D]
+    private readonly DeviceTensor _classifier;  // [V, D] (the embedding when tied)
+
+    private LlamaModel(ModelConfig config, IComputeBackend backend, LayerWeights[] layers, DeviceTensor embedding, DeviceTensor finalNorm, DeviceTensor classifier)
+    {
+        Config = config;
+        Backend = backend;
+        _layers = layers;
+        _embedding = embedding;
+        _finalNorm = finalNorm;
+        _classifier = classifier;
+    }
+
+    /// <summary>The model's shape.</summary>
+    public ModelConfig Config { get; }
+    /// <summary>The backend running it.</summary>
+    public IComputeBackend Backend { get; }
+    /// <summary>Element type of the matrices on the backend.</summary>
+    public DType WeightType { get; private init; }
+
+    /// <summary>
+    /// Uploads the weights of <paramref name="checkpoint"/> to <paramref name="backend"/>, checking every shape.
+    /// Matrices are stored as <paramref name="weightType"/> (default: the checkpoint's own type); norms stay F32.
+    /// </summary>
+    public static LlamaModel Load(ICheckpoint checkpoint, IComputeBackend backend, DType? weightType = null, IProgress<double>? progress = null)
+    {
+        var c = checkpoint.Config;
+        int d = c.Dim, f = c.HiddenDim, dh = c.HeadDim;
+        var embeddingData = checkpoint.GetTensor(N.Embedding, c.VocabSize, d);
+        var type = weightType ?? embeddingData.Type;
+        var created = new List<IDisposable>();
+        T Keep<T>(T t) where T : IDisposable
+        {
+            created.Add(t);
+            return t;
+        }
+        DeviceTensor Matrix(params TensorData[] parts) => Keep(backend.UploadWeight(parts, type));
+        DeviceTensor Vector(string name) => Keep(backend.UploadWeight([checkpoint.GetTensor(name, d)], DType.F32));
+        try
+        {
+            var layers = new LayerWeights[c.Layers];
+            for (int i = 0; i < c.Layers; i++)
+            {
+                layers[i] = new LayerWeights
+                {
+                    AttentionNorm = Vector(N.AttentionNorm(i)),
+                    Qkv = Matrix(
+                        checkpoint.GetTensor(N.Query(i), c.Heads * dh, d),
+                        checkpoint.GetTensor(N.Key(i), c.KvHeads * dh, d),
+                        checkpoint.GetTensor(N.Value(i), c.KvHeads * dh, d)),
+                    Output = Matrix(checkpoint.GetTensor(N.Output(i), d, c.Heads * dh)),
+                    FfnNorm = Vector(N.FfnNorm(i)),
+                    GateUp = Matrix(checkpoint.GetTensor(N.Gate(i), f, d), checkpoint.GetTensor(N.Up(i), f, d)),
+                    Down = Matrix(checkpoint.GetTensor(N.Down(i), d, f)),
+                };
+                progress?.Report((i + 1.0) / (c.Layers + 1));
+            }
+            var embedding = Matrix(embeddingData);
+            var classifier = c.TiedEmbeddings ? embedding : Matrix(checkpoint.GetTensor(N.Classifier, c.VocabSize, d));
+            var finalNorm = Vector(N.FinalNorm);
+            progress?.Report(1.0);
+            return new LlamaModel(c, backend, layers, embedding, finalNorm, classifier) { WeightType = type };
+        }
+        catch
+        {
+            foreach (var item in created) item.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// Runs T = <see cref="ForwardInputs.Count"/> tokens through every block and the final norm.
+    /// Their keys and values are written to logical positions S..S+T−1 of <paramref name="sequence"/>, where
+    /// S = <paramref name="committed"/>; they attend to all S committed positions plus the new tokens the mask allows.
+    /// Returns the final hidden states F32[T, D] (a view of the workspace, valid until the next forward).
+    /// </summary>
+    public DeviceTensor Forward(ForwardWorkspace workspace, ForwardInputs inputs, KvSequence sequence, int committed)
+    {
+        int t = inputs.Count;
+        sequence.EnsureCapacity(committed + t);
+        sequence.SyncBlockTable();
+        var b = Backend;
+        var x = workspace.Residual.Slice(0, t);       // [T, D]
+        var xNorm = workspace.Normed.Slice(0, t);     // [T, D]
+        var qkv = workspace.Qkv.Slice(0, t);          // [T, (H + 2Hkv)·Dh]
+        var attention = workspace.Attention.Slice(0, t); // [T, H·Dh]
+        var gateUp = workspace.GateUp.Slice(0, t);    // [T, 2F]
+        var ffn = workspace.Ffn.Slice(0, t);          // [T, F]
+        var mask = inputs.Mask;
+
+        b.Embedding(x, inputs.Tokens, _embedding);
+        for (int layer = 0; layer < _layers.Length; layer++)
+        {
+            var w = _layers[layer];
+            // Attention block: x += Wo · attention(rope(Wqkv · norm(x)))
+            b.RmsNorm(xNorm, x, w.AttentionNorm, Config.RmsNormEps);
+            b.MatMul(qkv, xNorm, w.Qkv, accumulate: false);
+            b.Rope(qkv, inputs.Positions, Config.Heads + Config.KvHeads, Config.HeadDim, Config.RopeTheta);
+            b.KvWrite(sequence.Cache, layer, qkv, Config.Heads, sequence.DeviceBlockTable, committed);
+            b.Attention(attention, qkv, sequence.Cache, layer, sequence.DeviceBlockTable, committed, mask);
+            b.MatMul(x, attention, w.Output, accumulate: true);
+            // Feed-forward block: x += W_down · (silu(W_gate · norm(x)) ⊙ W_up · norm(x))
+            b.RmsNorm(xNorm, x, w.FfnNorm, Config.RmsNormEps);
+            b.MatMul(gateUp, xNorm, w.GateUp, accumulate: false);
+            b.SwiGlu(ffn, gateUp);
+            b.MatMul(x, ffn, w.Down, accumulate: true);
+        }
+        b.RmsNorm(xNorm, x, _finalNorm, Config.RmsNormEps);
+        return xNorm;
+    }
+
+    /// <summary>Logits F32[n, V] of hidden rows F32[n, D], written into the workspace's logits buffer.</summary>
+    public DeviceTensor Logits(ForwardWorkspace workspace, DeviceTensor hidden)
+    {
+        var logits = workspace.Logits.Slice(0, hidden.Rows);
+        Backend.MatMul(logits, hidden, _classifier, accumulate: false);
+        return logits;
+    }
+
+    /// <summary>Frees the weights.</summary>
+    public void Dispose()
+    {
+        foreach (var l in _layers) l.Dispose();
+        _embedding.Dispose();
+        _finalNorm.Dispose();
+        if (!ReferenceEquals(_classifier, _embedding)) _classifier.Dispose();
+    }
+}

@@ -1,0 +1,1 @@
+namespace IlgpuMedusa.Tests;
