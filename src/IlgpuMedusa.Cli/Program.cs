@@ -1,1 +1,37 @@
-return 0;
+using System.CommandLine;
+using IlgpuMedusa.Cli.Commands;
+
+namespace IlgpuMedusa.Cli;
+
+/// <summary>Entry point of the <c>ilgpu-medusa</c> command.</summary>
+public static class Program
+{
+    /// <summary>Runs the command line; returns the process exit code (0 success, 1 error, 2 usage error).</summary>
+    public static int Main(string[] args)
+    {
+        var root = new RootCommand("IlgpuMedusa: LLM inference in pure .NET with ILGPU kernels and Medusa decoding.")
+        {
+            FetchDemoCommand.Create(),
+            GenerateCommand.Create(),
+            TokenizeCommand.Create(),
+            BenchCommand.Create(),
+            DevicesCommand.Create(),
+        };
+        var parse = root.Parse(args);
+        if (parse.Errors.Count > 0)
+        {
+            foreach (var error in parse.Errors) Console.Error.WriteLine($"error: {error.Message}");
+            Console.Error.WriteLine("Run 'ilgpu-medusa --help' for usage.");
+            return 2;
+        }
+        try
+        {
+            return parse.Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
+        }
+        catch (Exception e) when (CliErrors.IsUserError(e))
+        {
+            Console.Error.WriteLine($"error: {CliErrors.Describe(e)}");
+            return 1;
+        }
+    }
+}

@@ -1,0 +1,84 @@
+using System.CommandLine;
+using IlgpuMedusa.Compute;
+using IlgpuMedusa.Generation;
+using IlgpuMedusa.Models;
+
+namespace IlgpuMedusa.Cli.Commands;
+
+/// <summary>Options shared by the commands that load a model.</summary>
+internal sealed class CommonOptions
+{
+    public Option<string> Model { get; } = new("--model", "-m")
+    {
+        Description = $"Model directory (Hugging Face or llama2.c layout). The demo model at {DemoModel.DefaultDirectory} is fetched when missing.",
+        DefaultValueFactory = _ => DemoModel.DefaultDirectory,
+    };
+
+    public Option<string> Device { get; } = new("--device")
+    {
+        Description = "auto | cuda | opencl | host | cpu-emulator (auto: CUDA, then an OpenCL GPU, then host).",
+        DefaultValueFactory = _ => "auto",
+    };
+
+    public Option<bool> AllowCpuOpenCL { get; } = new("--allow-cpu-opencl")
+    {
+        Description = "Allow a CPU OpenCL implementation such as PoCL (also ILGPU_MEDUSA_ALLOW_CPU_OPENCL=1).",
+    };
+
+    public Option<string?> WeightsDtype { get; } = new("--weights-dtype")
+    {
+        Description = "Store weight matrices on the device as f32, f16 or bf16 (default: as in the checkpoint).",
+    };
+
+    public Option<int?> KvBudgetMb { get; } = new("--kv-budget-mb")
+    {
+        Description = "KV cache budget in MiB (default: room for 4 full-context sequences).",
+    };
+
+    public Option<int?> Threads { get; } = new("--threads")
+    {
+        Description = "Threads of the host backend (default: all cores).",
+    };
+
+    public void AddTo(Command command)
+    {
+        command.Options.Add(Model);
+        command.Options.Add(Device);
+        command.Options.Add(AllowCpuOpenCL);
+        command.Options.Add(WeightsDtype);
+        command.Options.Add(KvBudgetMb);
+        command.Options.Add(Threads);
+    }
+
+    public EngineOptions ToEngineOptions(ParseResult parse)
+    {
+        var dtype = parse.GetValue(WeightsDtype);
+        return new EngineOptions
+        {
+            ModelPath = parse.GetValue(Model)!,
+            Device = new DeviceOptions
+            {
+                Kind = DeviceOptions.ParseKind(parse.GetValue(Device)!),
+                AllowCpuOpenCL = parse.GetValue(AllowCpuOpenCL),
+                HostThreads = parse.GetValue(Threads),
+            },
+            WeightsType = dtype is null ? null : DTypeInfo.ParseFloat(dtype, "--weights-dtype"),
+            KvBudgetMb = parse.GetValue(KvBudgetMb),
+        }.Validate();
+    }
+
+    /// <summary>Loads the engine, fetching the demo model first when the default directory is asked for and missing.</summary>
+    public static InferenceEngine LoadEngine(EngineOptions options)
+    {
+        EnsureDemoIfDefault(options.ModelPath);
+        using var progress = new ConsoleProgress("loading model");
+        return InferenceEngine.Load(options, progress);
+    }
+
+    public static void EnsureDemoIfDefault(string modelPath)
+    {
+        if (Path.GetFullPath(modelPath) != Path.GetFullPath(DemoModel.DefaultDirectory) || Directory.Exists(modelPath) && DemoModel.IsValid(modelPath)) return;
+        Console.Error.WriteLine($"The demo model is not in {modelPath}; fetching it.");
+        FetchDemoCommand.Fetch(modelPath);
+    }
+}

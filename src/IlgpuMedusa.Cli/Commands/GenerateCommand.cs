@@ -1,0 +1,83 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Text;
+using System.Text.Json;
+using IlgpuMedusa.Generation;
+
+namespace IlgpuMedusa.Cli.Commands;
+
+/// <summary><c>generate --model DIR --prompt TEXT ...</c>: streams a continuation, or prints one JSON object with --json.</summary>
+internal static class GenerateCommand
+{
+    public static Command Create()
+    {
+        var common = new CommonOptions();
+        var prompt = new Option<string>("--prompt", "-p") { Description = "The prompt.", Required = true };
+        var maxTokens = new Option<int>("--max-tokens", "-n") { Description = "Most tokens to generate.", DefaultValueFactory = _ => 256 };
+        var temperature = new Option<float>("--temperature", "-t") { Description = "Sampling temperature; 0 is greedy.", DefaultValueFactory = _ => 0f };
+        var topP = new Option<float>("--top-p") { Description = "Nucleus sampling mass in (0, 1].", DefaultValueFactory = _ => 1f };
+        var seed = new Option<ulong>("--seed") { Description = "Random seed for sampling.", DefaultValueFactory = _ => 42UL };
+        var stop = new Option<string[]>("--stop") { Description = "Stop sequence (repeatable).", AllowMultipleArgumentsPerToken = false };
+        var json = new Option<bool>("--json") { Description = "Print one JSON object instead of streaming text." };
+        var command = new Command("generate", "Generate a continuation of a prompt.") { prompt, maxTokens, temperature, topP, seed, stop, json };
+        common.AddTo(command);
+        command.SetAction((parse, cancellationToken) =>
+        {
+            var options = new GenerationOptions
+            {
+                MaxTokens = parse.GetValue(maxTokens),
+                Sampling = Sampling.From(parse.GetValue(temperature), parse.GetValue(topP)),
+                Seed = parse.GetValue(seed),
+                StopSequences = parse.GetValue(stop) ?? [],
+            }.Validate();
+            var engineOptions = common.ToEngineOptions(parse);
+            using var engine = CommonOptions.LoadEngine(engineOptions);
+            Run(engine, parse.GetValue(prompt)!, options, parse.GetValue(json), cancellationToken);
+            return Task.FromResult(0);
+        });
+        return command;
+    }
+
+    private static void Run(InferenceEngine engine, string prompt, GenerationOptions options, bool json, CancellationToken cancellationToken)
+    {
+        var ids = engine.EncodePrompt(prompt, options);
+        var stats = new GenerationStats();
+        var text = new StringBuilder();
+        var tokens = new List<int>();
+        var clock = Stopwatch.StartNew();
+        if (!json) Console.Write(prompt);
+        foreach (var piece in engine.Generate(ids, options, stats, cancellationToken))
+        {
+            text.Append(piece.Text);
+            tokens.AddRange(piece.TokenIds);
+            if (!json)
+            {
+                Console.Write(piece.Text);
+                Console.Out.Flush();
+            }
+        }
+        double seconds = clock.Elapsed.TotalSeconds;
+        if (json)
+        {
+            var result = new Dictionary<string, object>
+            {
+                ["text"] = text.ToString(),
+                ["tokens"] = tokens,
+                ["prompt_tokens"] = stats.PromptTokens,
+                ["generated_tokens"] = stats.GeneratedTokens,
+                ["seconds"] = Math.Round(seconds, 4),
+                ["tokens_per_second"] = Math.Round(stats.GeneratedTokens / Math.Max(seconds, 1e-9), 2),
+                ["decode_tokens_per_second"] = Math.Round(stats.DecodeTokensPerSecond, 2),
+                ["finish_reason"] = stats.FinishReason.ToString(),
+                ["device"] = engine.DeviceName,
+            };
+            Console.WriteLine(JsonSerializer.Serialize(result));
+        }
+        else
+        {
+            Console.WriteLine();
+            Console.Error.WriteLine(
+                $"[{stats.GeneratedTokens} tokens, {stats.DecodeTokensPerSecond:0.0} tok/s decode, prefill {stats.PromptTokens} tokens in {stats.PrefillSeconds * 1000:0} ms, {stats.FinishReason}, {engine.DeviceName}]");
+        }
+    }
+}
