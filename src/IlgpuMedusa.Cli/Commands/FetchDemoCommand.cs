@@ -23,8 +23,9 @@ internal static class FetchDemoCommand
 
     public static void Fetch(string directory)
     {
-        using var progress = new ConsoleProgress("fetch-demo");
-        var fetched = DemoModel.EnsureAsync(directory, new Progress(progress)).GetAwaiter().GetResult();
+        bool fetched;
+        using (var progress = new ConsoleProgress("fetch-demo"))
+            fetched = DemoModel.EnsureAsync(directory, new Progress(progress)).GetAwaiter().GetResult();
         Console.Error.WriteLine(fetched
             ? $"The demo model is in {directory} (sha256 verified)."
             : $"A verified copy of the demo model is already in {directory}; nothing to do.");

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Runs the whole test suite from a fresh clone: installs what the tests need (PoCL for the OpenCL kernel tests,
+# the independent JavaScript tokenizer the tokenizer tests compare against), fetches the demo model, then runs
+# `dotnet test`. Extra arguments go to `dotnet test` (e.g. --filter Tokenization).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+    echo "error: '$*' needs root; run it by hand or as root." >&2; return 1; fi
+}
+
+# OpenCL on the CPU (PoCL) so every kernel is really JIT-compiled to OpenCL C and run.
+# ILGPU loads libOpenCL.so by that exact name, which only ocl-icd-opencl-dev provides.
+if ! ldconfig -p | grep -q 'libOpenCL.so ' || ! [ -e /etc/OpenCL/vendors/pocl.icd ]; then
+  echo "== installing PoCL (OpenCL on the CPU)"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pocl-opencl-icd ocl-icd-libopencl1 ocl-icd-opencl-dev >/dev/null
+fi
+
+if ! command -v npm >/dev/null; then
+  echo "== installing Node.js and npm"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+fi
+
+if [ -f tests/tools/llama-tokenizer-js/package.json ] && [ ! -d tests/tools/llama-tokenizer-js/node_modules ]; then
+  echo "== installing the reference tokenizer (llama-tokenizer-js)"
+  npm ci --silent --prefix tests/tools/llama-tokenizer-js
+fi
+
+echo "== building"
+dotnet build IlgpuMedusa.sln -c Release -nologo -v quiet
+
+echo "== fetching the demo model"
+dotnet run --project src/IlgpuMedusa.Cli -c Release --no-build -- fetch-demo --dir models/stories15M
+
+echo "== testing"
+dotnet test IlgpuMedusa.sln -c Release --no-build -nologo "$@"
