@@ -15,6 +15,7 @@ public static class Program
             GenerateCommand.Create(),
             TokenizeCommand.Create(),
             BenchCommand.Create(),
+            ProfileCommand.Create(),
             DevicesCommand.Create(),
         };
         var parse = root.Parse(args);

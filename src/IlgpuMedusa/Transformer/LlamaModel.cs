@@ -55,6 +55,18 @@ public sealed class LlamaModel : IDisposable
     /// <summary>Element type of the matrices on the backend.</summary>
     public DType WeightType { get; private init; }
 
+    /// <summary>Bytes of weights one forward reads (every matrix and norm; the embedding table only when it is also the classifier).</summary>
+    public long WeightBytesPerForward
+    {
+        get
+        {
+            long bytes = _finalNorm.ByteLength + _classifier.ByteLength;
+            foreach (var l in _layers)
+                bytes += l.AttentionNorm.ByteLength + l.Qkv.ByteLength + l.Output.ByteLength + l.FfnNorm.ByteLength + l.GateUp.ByteLength + l.Down.ByteLength;
+            return bytes;
+        }
+    }
+
     /// <summary>
     /// Uploads the weights of <paramref name="checkpoint"/> to <paramref name="backend"/>, checking every shape.
     /// Matrices are stored as <paramref name="weightType"/> (default: the checkpoint's own type); norms stay F32.

@@ -9,7 +9,7 @@ namespace IlgpuMedusa.Compute.Host;
 /// The CPU backend: System.Numerics.Tensors for the inner loops, Parallel.For across rows. It is the production
 /// CPU path and the reference the ILGPU kernels are tested against, so every op is written the obvious way.
 /// </summary>
-public sealed unsafe class HostBackend : IComputeBackend
+public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
 {
     /// <summary>Below this many multiply-adds an op runs on one thread; thread hand-off costs more than it saves.</summary>
     private const long ParallelThreshold = 48 * 1024;
@@ -156,7 +156,7 @@ public sealed unsafe class HostBackend : IComputeBackend
         {
             Parallel.For(0, chunks, new ParallelOptions { MaxDegreeOfParallelism = _threads }, c =>
             {
-                int start = (int)((long)n * c / chunks), end = (int)((long)n * (c + 1) / chunks);
+                int start = (int)((long)n * c / chunks) & ~3, end = c == chunks - 1 ? n : (int)((long)n * (c + 1) / chunks) & ~3;
                 MatMulRows(o, x, w, start, end, accumulate);
             });
         }
@@ -164,25 +164,22 @@ public sealed unsafe class HostBackend : IComputeBackend
 
     private static void MatMulRows(HostTensor o, HostTensor x, HostTensor w, int start, int end, bool accumulate)
     {
+        const int Block = 4;
         int k = w.Columns, tokens = x.Rows, n = w.Rows;
         float* outBase = (float*)o.Pointer;
         float* inBase = (float*)x.Pointer;
-        float[]? rented = w.Type == DType.F32 ? null : ArrayPool<float>.Shared.Rent(k);
-        for (int row = start; row < end; row++)
+        float[]? rented = w.Type == DType.F32 ? null : ArrayPool<float>.Shared.Rent(Block * k);
+        for (int row = start; row < end; row += Block)
         {
-            ReadOnlySpan<float> wRow;
-            if (rented is null) wRow = new ReadOnlySpan<float>((float*)w.Pointer + (long)row * k, k);
-            else
+            int rows = Math.Min(Block, end - row);
+            if (rented is null)
             {
-                DecodeRow(w, row, rented.AsSpan(0, k));
-                wRow = rented.AsSpan(0, k);
+                HostMatMul.RowBlock((float*)w.Pointer + (long)row * k, rows, k, inBase, tokens, outBase, n, row, accumulate);
+                continue;
             }
-            for (int t = 0; t < tokens; t++)
-            {
-                float dot = TensorPrimitives.Dot(new ReadOnlySpan<float>(inBase + (long)t * k, k), wRow);
-                float* target = outBase + (long)t * n + row;
-                *target = accumulate ? *target + dot : dot;
-            }
+            for (int i = 0; i < rows; i++) DecodeRow(w, row + i, rented.AsSpan(i * k, k));
+            fixed (float* decoded = rented)
+                HostMatMul.RowBlock(decoded, rows, k, inBase, tokens, outBase, n, row, accumulate);
         }
         if (rented is not null) ArrayPool<float>.Shared.Return(rented);
     }
@@ -435,6 +432,24 @@ public sealed unsafe class HostBackend : IComputeBackend
         cache as HostKvCache is { } c && ReferenceEquals(c.Backend, this)
             ? c
             : throw new ArgumentException("KV cache does not belong to the host backend");
+
+    /// <inheritdoc />
+    public double MeasureCopyBandwidth(long bytes, int repeats)
+    {
+        using var source = new NativeBuffer(bytes);
+        using var destination = new NativeBuffer(bytes);
+        NativeMemory.Fill((void*)source.Pointer, (nuint)bytes, 1);
+        NativeMemory.Clear((void*)destination.Pointer, (nuint)bytes);
+        var seconds = new List<double>();
+        for (int r = 0; r < Math.Max(1, repeats); r++)
+        {
+            long start = System.Diagnostics.Stopwatch.GetTimestamp();
+            Buffer.MemoryCopy((void*)source.Pointer, (void*)destination.Pointer, bytes, bytes);
+            seconds.Add(System.Diagnostics.Stopwatch.GetElapsedTime(start).TotalSeconds);
+        }
+        seconds.Sort();
+        return 2.0 * bytes / seconds[seconds.Count / 2] / 1e9;
+    }
 
     /// <inheritdoc />
     public void Dispose()

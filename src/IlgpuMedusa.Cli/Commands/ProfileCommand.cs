@@ -1,0 +1,192 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Globalization;
+using System.Text.Json;
+using IlgpuMedusa.Compute;
+using IlgpuMedusa.Models;
+using IlgpuMedusa.Transformer;
+
+namespace IlgpuMedusa.Cli.Commands;
+
+/// <summary>
+/// <c>profile</c>: low-level speed figures of one model on one device, from token ids (no text): prefill tokens/s,
+/// greedy decode tokens/s, the time of one tree-verification forward for several tree sizes, the weight bandwidth a
+/// decode step achieves, and the device's copy bandwidth for comparison. Used by the GPU benchmark kit.
+/// </summary>
+internal static class ProfileCommand
+{
+    public static Command Create()
+    {
+        var common = new CommonOptions();
+        var promptIds = new Option<string?>("--prompt-ids") { Description = "JSON file with the prompt's token ids (an array)." };
+        var promptTokens = new Option<int>("--prompt-tokens") { Description = "Without --prompt-ids: length of a seeded random prompt.", DefaultValueFactory = _ => 128 };
+        var decodeTokens = new Option<int>("--decode-tokens") { Description = "Greedy decode steps to time.", DefaultValueFactory = _ => 128 };
+        var greedyTokens = new Option<int>("--greedy-tokens") { Description = "How many of the generated ids to print.", DefaultValueFactory = _ => 32 };
+        var treeSizes = new Option<string>("--tree-sizes") { Description = "Comma-separated tree sizes (tokens per verification forward) to time.", DefaultValueFactory = _ => "1,4,16,64" };
+        var repeats = new Option<int>("--repeats") { Description = "Timed repeats of each tree size (the median is reported).", DefaultValueFactory = _ => 10 };
+        var copyMb = new Option<int>("--copy-mb") { Description = "Buffer size of the copy-bandwidth measurement in MiB (0 skips it).", DefaultValueFactory = _ => 1024 };
+        var json = new Option<bool>("--json") { Description = "Print one JSON object." };
+        var command = new Command("profile", "Measure prefill, decode and tree-verification speed and bandwidth from token ids.")
+        {
+            promptIds, promptTokens, decodeTokens, greedyTokens, treeSizes, repeats, copyMb, json,
+        };
+        common.AddTo(command);
+        command.SetAction((parse, cancellationToken) =>
+        {
+            var sizes = ParseSizes(parse.GetValue(treeSizes)!);
+            int decode = Positive(parse.GetValue(decodeTokens), "--decode-tokens");
+            int reps = Positive(parse.GetValue(repeats), "--repeats");
+            var engineOptions = common.ToEngineOptions(parse);
+            CommonOptions.EnsureDemoIfDefault(engineOptions.ModelPath);
+            using var checkpoint = ModelDirectory.OpenCheckpoint(engineOptions.ModelPath);
+            var config = checkpoint.Config;
+            int[] prompt = parse.GetValue(promptIds) is { } file
+                ? ReadIds(file, config.VocabSize)
+                : RandomIds(Positive(parse.GetValue(promptTokens), "--prompt-tokens"), config.VocabSize);
+            int needed = prompt.Length + decode + sizes.Max();
+            if (needed > config.MaxSequenceLength)
+                throw new ArgumentException($"prompt ({prompt.Length}) + --decode-tokens ({decode}) + largest tree ({sizes.Max()}) = {needed} exceeds the model's context of {config.MaxSequenceLength}.");
+            var result = Run(checkpoint, engineOptions, prompt, decode, Math.Min(parse.GetValue(greedyTokens), decode), sizes, reps, parse.GetValue(copyMb), needed, cancellationToken);
+            if (parse.GetValue(json)) Console.WriteLine(JsonSerializer.Serialize(result));
+            else foreach (var (k, v) in result) Console.WriteLine($"{k,-30} {(v is int[] a ? string.Join(' ', a) : v is Dictionary<string, double> d ? string.Join(", ", d.Select(p => $"{p.Key}: {p.Value}")) : v)}");
+            return Task.FromResult(0);
+        });
+        return command;
+    }
+
+    private static Dictionary<string, object> Run(ICheckpoint checkpoint, Generation.EngineOptions options, int[] prompt, int decode, int greedy, int[] sizes, int repeats, int copyMb, int needed, CancellationToken cancellationToken)
+    {
+        var log = Console.Error;
+        var clock = Stopwatch.StartNew();
+        using var backend = BackendFactory.Create(options.Device);
+        log.WriteLine($"[profile] device: {backend.DeviceName}");
+        using var model = LlamaModel.Load(checkpoint, backend, options.WeightsType);
+        backend.Synchronize();
+        log.WriteLine($"[profile] weights loaded in {clock.Elapsed.TotalSeconds:0.0} s ({model.WeightBytesPerForward / 1e9:0.00} GB per forward, {model.WeightType})");
+        var c = model.Config;
+        using var pool = Scheduling.KvBlockPool.FromBudget(backend, c.Layers, c.KvHeads, c.HeadDim, options.KvBlockSize,
+            (long)(needed + options.KvBlockSize) * 2 * c.Layers * c.KvDim * sizeof(float));
+        using var workspace = new ForwardWorkspace(backend, c, Math.Max(prompt.Length, sizes.Max()), 1);
+        int[] argMax = new int[1];
+        int Greedy(DeviceTensor hidden)
+        {
+            var logits = model.Logits(workspace, hidden.Slice(hidden.Rows - 1, 1));
+            var id = workspace.ArgMax.Slice(0, 1);
+            backend.ArgMax(id, logits);
+            backend.Download(id, argMax);
+            return argMax[0];
+        }
+        var positions = Enumerable.Range(0, Math.Max(prompt.Length, sizes.Max())).ToArray();
+
+        // Warm-up: compiles every kernel variant used below (prefill shape, one token, tree shapes).
+        using (var warm = pool.CreateSequence(needed))
+        {
+            Greedy(model.Forward(workspace, workspace.Prepare(prompt, positions.AsSpan(0, prompt.Length)), warm, 0));
+            foreach (int t in sizes) Greedy(model.Forward(workspace, workspace.Prepare(Enumerable.Repeat(prompt[0], t).ToArray(), positions.AsSpan(0, t)), warm, prompt.Length));
+        }
+        log.WriteLine($"[profile] warm-up done at {clock.Elapsed.TotalSeconds:0.0} s");
+
+        using var sequence = pool.CreateSequence(needed);
+        var prefillClock = Stopwatch.StartNew();
+        int next = Greedy(model.Forward(workspace, workspace.Prepare(prompt, positions.AsSpan(0, prompt.Length)), sequence, 0));
+        double prefillSeconds = prefillClock.Elapsed.TotalSeconds;
+
+        var generated = new List<int> { next };
+        int position = prompt.Length;
+        int[] one = new int[1], onePosition = new int[1];
+        var decodeClock = Stopwatch.StartNew();
+        for (int i = 1; i < decode; i++)
+        {
+            cancellationToken.ThrowIfCancellationRequested();
+            one[0] = next;
+            onePosition[0] = position;
+            next = Greedy(model.Forward(workspace, workspace.Prepare(one, onePosition), sequence, position));
+            generated.Add(next);
+            position++;
+        }
+        double decodeSeconds = decodeClock.Elapsed.TotalSeconds;
+        double stepSeconds = decodeSeconds / Math.Max(1, decode - 1);
+        log.WriteLine($"[profile] prefill {prompt.Length} tokens in {prefillSeconds * 1000:0.0} ms; decode {1 / stepSeconds:0.0} tok/s");
+
+        // Tree verification: T tokens after the committed sequence, positions S + depth of a chain (the cost does not depend on the mask's shape).
+        var treeMs = new Dictionary<string, double>();
+        foreach (int t in sizes)
+        {
+            var ids = Enumerable.Repeat(next, t).ToArray();
+            var treePositions = Enumerable.Range(position, t).ToArray();
+            var times = new List<double>();
+            for (int r = 0; r < repeats; r++)
+            {
+                var sw = Stopwatch.StartNew();
+                Greedy(model.Forward(workspace, workspace.Prepare(ids, treePositions), sequence, position));
+                times.Add(sw.Elapsed.TotalMilliseconds);
+            }
+            times.Sort();
+            treeMs[t.ToString(CultureInfo.InvariantCulture)] = Math.Round(times[times.Count / 2], 3);
+        }
+        log.WriteLine($"[profile] tree steps (ms): {string.Join(", ", treeMs.Select(p => $"{p.Key}: {p.Value}"))}");
+
+        double copy = 0;
+        if (copyMb > 0 && backend is IDeviceDiagnostics diagnostics)
+        {
+            copy = diagnostics.MeasureCopyBandwidth(copyMb * 1024L * 1024L, 10);
+            log.WriteLine($"[profile] copy bandwidth {copy:0.0} GB/s");
+        }
+        double weightBandwidth = model.WeightBytesPerForward / stepSeconds / 1e9;
+        return new Dictionary<string, object>
+        {
+            ["device"] = backend.DeviceName,
+            ["weights_dtype"] = model.WeightType.ToString(),
+            ["weights_bytes"] = model.WeightBytesPerForward,
+            ["prefill_tokens"] = prompt.Length,
+            ["prefill_seconds"] = Math.Round(prefillSeconds, 5),
+            ["prefill_tokens_per_second"] = Math.Round(prompt.Length / prefillSeconds, 1),
+            ["decode_tokens_per_second"] = Math.Round(1 / stepSeconds, 2),
+            ["decode_step_ms"] = Math.Round(stepSeconds * 1000, 3),
+            ["tree_step_ms"] = treeMs,
+            ["weight_bandwidth_gb_per_s"] = Math.Round(weightBandwidth, 1),
+            ["copy_bandwidth_gb_per_s"] = Math.Round(copy, 1),
+            ["greedy_tokens"] = generated.Take(greedy).ToArray(),
+        };
+    }
+
+    private static int Positive(int value, string name) =>
+        value > 0 ? value : throw new ArgumentOutOfRangeException(name, value, $"{name} must be positive.");
+
+    private static int[] ParseSizes(string text)
+    {
+        var parts = text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        var sizes = new int[parts.Length];
+        for (int i = 0; i < parts.Length; i++)
+            if (!int.TryParse(parts[i], CultureInfo.InvariantCulture, out sizes[i]) || sizes[i] <= 0)
+                throw new ArgumentException($"--tree-sizes: '{parts[i]}' is not a positive integer.");
+        return sizes.Length > 0 ? sizes : throw new ArgumentException("--tree-sizes: no sizes given.");
+    }
+
+    private static int[] ReadIds(string file, int vocabulary)
+    {
+        if (!File.Exists(file)) throw new FileNotFoundException($"--prompt-ids: file '{file}' not found.", file);
+        int[]? ids;
+        try
+        {
+            ids = JsonSerializer.Deserialize<int[]>(File.ReadAllText(file));
+        }
+        catch (JsonException e)
+        {
+            throw new InvalidDataException($"--prompt-ids: {file} is not a JSON array of integers: {e.Message}", e);
+        }
+        if (ids is null || ids.Length == 0) throw new InvalidDataException($"--prompt-ids: {file} holds no ids.");
+        foreach (var id in ids)
+            if ((uint)id >= (uint)vocabulary) throw new InvalidDataException($"--prompt-ids: id {id} in {file} is outside the vocabulary of {vocabulary}.");
+        return ids;
+    }
+
+    private static int[] RandomIds(int count, int vocabulary)
+    {
+        var random = new Random(1234);
+        var ids = new int[count];
+        ids[0] = 1;
+        for (int i = 1; i < count; i++) ids[i] = random.Next(3, vocabulary);
+        return ids;
+    }
+}
