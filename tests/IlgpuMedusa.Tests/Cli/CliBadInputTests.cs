@@ -6,7 +6,8 @@ public class CliBadInputTests
     private static void AssertCleanFailure(CliRunner.Result result, params string[] mustMention)
     {
         Assert.NotEqual(0, result.ExitCode);
-        Assert.StartsWith("error: ", result.StandardError.TrimStart(), StringComparison.Ordinal);
+        var lastLine = result.StandardError.TrimEnd().Split('\n')[^1];
+        Assert.StartsWith("error: ", lastLine, StringComparison.Ordinal);
         Assert.DoesNotContain("Unhandled exception", result.StandardError, StringComparison.Ordinal);
         Assert.DoesNotContain("   at ", result.StandardError, StringComparison.Ordinal); // no stack trace
         foreach (var text in mustMention) Assert.Contains(text, result.StandardError, StringComparison.OrdinalIgnoreCase);

@@ -1,0 +1,44 @@
+namespace IlgpuMedusa.Medusa;
+
+/// <summary>
+/// Named candidate trees. <c>mc_sim_7b_63</c> is Medusa's default tree (63 paths + root = 64 nodes, depth 4), found by
+/// its authors with simulated acceptance rates of Vicuna-7B heads; its paths are ordered from most to least useful,
+/// so its first k paths form the smaller trees <c>tree-8</c>, <c>tree-16</c> and <c>tree-32</c> (k + 1 nodes).
+/// <c>chain-d</c> is a single path of depth d taking each head's top-1 (vLLM's Medusa shape).
+/// </summary>
+public static class TreePresets
+{
+    /// <summary>Medusa's mc_sim_7b_63 paths (data from the Medusa reference).</summary>
+    public static readonly IReadOnlyList<int[]> McSim7b63 =
+    [
+        [0], [0, 0], [1], [0, 1], [2], [0, 0, 0], [1, 0], [0, 2], [3], [0, 3], [4], [0, 4], [2, 0], [0, 5], [0, 0, 1],
+        [5], [0, 6], [6], [0, 7], [0, 1, 0], [1, 1], [7], [0, 8], [0, 0, 2], [3, 0], [0, 9], [8], [9], [1, 0, 0],
+        [0, 2, 0], [1, 2], [0, 0, 3], [4, 0], [2, 1], [0, 0, 4], [0, 0, 5], [0, 0, 0, 0], [0, 1, 1], [0, 0, 6],
+        [0, 3, 0], [5, 0], [1, 3], [0, 0, 7], [0, 0, 8], [0, 0, 9], [6, 0], [0, 4, 0], [1, 4], [7, 0], [0, 1, 2],
+        [2, 0, 0], [3, 1], [2, 2], [8, 0], [0, 5, 0], [1, 5], [1, 0, 1], [0, 2, 1], [9, 0], [0, 6, 0], [0, 0, 0, 1],
+        [1, 6], [0, 7, 0],
+    ];
+
+    /// <summary>The preset used when none is named.</summary>
+    public const string Default = "mc_sim_7b_63";
+
+    /// <summary>All preset names.</summary>
+    public static IReadOnlyList<string> Names { get; } =
+        ["mc_sim_7b_63", "tree-32", "tree-16", "tree-8", "chain-1", "chain-2", "chain-3", "chain-4", "chain-5"];
+
+    /// <summary>The paths of a preset.</summary>
+    public static bool TryGet(string name, out IReadOnlyList<int[]> paths)
+    {
+        paths = name switch
+        {
+            "mc_sim_7b_63" => McSim7b63,
+            "tree-32" => McSim7b63.Take(31).ToArray(),
+            "tree-16" => McSim7b63.Take(15).ToArray(),
+            "tree-8" => McSim7b63.Take(7).ToArray(),
+            _ when name.StartsWith("chain-", StringComparison.Ordinal) && int.TryParse(name.AsSpan(6), out int depth) && depth is >= 1 and <= 16 =>
+                Enumerable.Range(1, depth).Select(d => new int[d]).ToArray(),
+            _ => [],
+        };
+        return paths.Count > 0;
+    }
+}
