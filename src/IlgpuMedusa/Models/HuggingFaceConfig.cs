@@ -1,0 +1,223 @@
+using System.Text.Json;
+
+namespace IlgpuMedusa.Models;
+
+/// <summary>
+/// Reads a Hugging Face <c>config.json</c> (LlamaForCausalLM or MistralForCausalLM) and the optional
+/// <c>generation_config.json</c> beside it into a <see cref="ModelConfig"/>. The defaults below are those of the
+/// file format (transformers' LlamaConfig), used only when a field is absent from the file. Features the runtime does
+/// not implement (RoPE scaling, projection biases, other activations, a head_dim other than hidden_size / heads) are
+/// rejected rather than silently computed wrong.
+/// </summary>
+public static class HuggingFaceConfig
+{
+    /// <summary>The file name of the model configuration.</summary>
+    public const string FileName = "config.json";
+    /// <summary>The file name of the optional generation defaults (its eos_token_id overrides config.json's).</summary>
+    public const string GenerationFileName = "generation_config.json";
+
+    /// <summary>Architectures this runtime runs (they share the Llama block).</summary>
+    public static IReadOnlyList<string> SupportedArchitectures { get; } = ["LlamaForCausalLM", "MistralForCausalLM"];
+
+    /// <summary>rope_theta when absent (LlamaConfig's default).</summary>
+    public const float DefaultRopeTheta = 10000f;
+    /// <summary>rms_norm_eps when absent (LlamaConfig's default).</summary>
+    public const float DefaultRmsNormEps = 1e-6f;
+    /// <summary>bos_token_id when absent (LlamaConfig's default).</summary>
+    public const int DefaultBosTokenId = 1;
+    /// <summary>eos_token_id when absent (LlamaConfig's default).</summary>
+    public const int DefaultEosTokenId = 2;
+
+    /// <summary>Reads <c>config.json</c> (and <c>generation_config.json</c> when present) from <paramref name="directory"/>.</summary>
+    public static ModelConfig Load(string directory)
+    {
+        var path = Path.Combine(directory, FileName);
+        if (!File.Exists(path)) throw new FileNotFoundException($"{path}: file not found.", path);
+        var config = Parse(path, File.ReadAllBytes(path));
+        var generationPath = Path.Combine(directory, GenerationFileName);
+        if (File.Exists(generationPath))
+        {
+            using var generation = ParseDocument(generationPath, File.ReadAllBytes(generationPath));
+            var reader = new Fields(generationPath, generation.RootElement);
+            if (reader.EosTokenIds() is { } eos) config = config with { EndTokenIds = reader.CheckIds("eos_token_id", eos, config.VocabSize) };
+        }
+        return config.Validate();
+    }
+
+    /// <summary>Parses the bytes of a config.json; <paramref name="path"/> names it in messages.</summary>
+    public static ModelConfig Parse(string path, ReadOnlySpan<byte> json)
+    {
+        using var document = ParseDocument(path, json.ToArray());
+        var f = new Fields(path, document.RootElement);
+        f.RequireArchitecture();
+        f.RejectUnsupported();
+
+        int dim = f.RequiredInt("hidden_size");
+        int heads = f.RequiredInt("num_attention_heads");
+        int vocab = f.RequiredInt("vocab_size");
+        if (f.OptionalInt("head_dim") is int headDim && (heads <= 0 || headDim * heads != dim))
+            throw f.Error($"head_dim {headDim} is not hidden_size / num_attention_heads ({dim} / {heads}); such models are not supported");
+        int maxPositions = f.RequiredInt("max_position_embeddings");
+        // Mistral's sliding window: inside the window, windowed attention equals full attention, so cap the context there.
+        if (f.OptionalInt("sliding_window") is int window && window > 0 && window < maxPositions) maxPositions = window;
+
+        return new ModelConfig
+        {
+            Dim = dim,
+            HiddenDim = f.RequiredInt("intermediate_size"),
+            Layers = f.RequiredInt("num_hidden_layers"),
+            Heads = heads,
+            KvHeads = f.OptionalInt("num_key_value_heads") ?? heads,
+            VocabSize = vocab,
+            MaxSequenceLength = maxPositions,
+            RopeTheta = f.RopeTheta() ?? DefaultRopeTheta,
+            RmsNormEps = f.OptionalFloat("rms_norm_eps") ?? DefaultRmsNormEps,
+            TiedEmbeddings = f.OptionalBool("tie_word_embeddings") ?? false,
+            BosTokenId = f.OptionalInt("bos_token_id") ?? DefaultBosTokenId,
+            EndTokenIds = f.CheckIds("eos_token_id", f.EosTokenIds() ?? [DefaultEosTokenId], vocab),
+            Source = path,
+        }.Validate();
+    }
+
+    private static JsonDocument ParseDocument(string path, byte[] json)
+    {
+        try
+        {
+            var document = JsonDocument.Parse(json, new JsonDocumentOptions { CommentHandling = JsonCommentHandling.Skip, AllowTrailingCommas = true });
+            if (document.RootElement.ValueKind != JsonValueKind.Object)
+            {
+                document.Dispose();
+                throw new InvalidDataException($"{path}: expected a JSON object.");
+            }
+            return document;
+        }
+        catch (JsonException e)
+        {
+            throw new InvalidDataException($"{path}: not valid JSON: {e.Message}", e);
+        }
+    }
+
+    /// <summary>Typed access to the fields of one JSON object, with messages naming the file and field.</summary>
+    private readonly struct Fields(string path, JsonElement root)
+    {
+        public InvalidDataException Error(string what) => new($"{path}: {what}.");
+
+        private JsonElement? Get(string name) =>
+            root.TryGetProperty(name, out var value) && value.ValueKind != JsonValueKind.Null ? value : null;
+
+        public int RequiredInt(string name) =>
+            OptionalInt(name) ?? throw Error($"missing required field '{name}'");
+
+        public int? OptionalInt(string name)
+        {
+            if (Get(name) is not { } value) return null;
+            return value.ValueKind == JsonValueKind.Number && value.TryGetInt32(out int x)
+                ? x
+                : throw Error($"field '{name}' must be an integer, found {value.GetRawText()}");
+        }
+
+        public float? OptionalFloat(string name)
+        {
+            if (Get(name) is not { } value) return null;
+            return value.ValueKind == JsonValueKind.Number && value.TryGetSingle(out float x) && float.IsFinite(x)
+                ? x
+                : throw Error($"field '{name}' must be a number, found {value.GetRawText()}");
+        }
+
+        public bool? OptionalBool(string name)
+        {
+            if (Get(name) is not { } value) return null;
+            return value.ValueKind switch
+            {
+                JsonValueKind.True => true,
+                JsonValueKind.False => false,
+                _ => throw Error($"field '{name}' must be true or false, found {value.GetRawText()}"),
+            };
+        }
+
+        /// <summary>eos_token_id: an integer or a list of integers.</summary>
+        public int[]? EosTokenIds()
+        {
+            const string name = "eos_token_id";
+            if (Get(name) is not { } value) return null;
+            if (value.ValueKind == JsonValueKind.Number) return [OptionalInt(name)!.Value];
+            if (value.ValueKind != JsonValueKind.Array || value.GetArrayLength() == 0)
+                throw Error($"field '{name}' must be an integer or a non-empty list of integers, found {value.GetRawText()}");
+            var ids = new int[value.GetArrayLength()];
+            int i = 0;
+            foreach (var item in value.EnumerateArray())
+            {
+                if (item.ValueKind != JsonValueKind.Number || !item.TryGetInt32(out ids[i]))
+                    throw Error($"field '{name}' entry {i} must be an integer, found {item.GetRawText()}");
+                i++;
+            }
+            return ids;
+        }
+
+        public int[] CheckIds(string name, int[] ids, int vocab)
+        {
+            foreach (int id in ids)
+                if (id < 0 || id >= vocab) throw Error($"field '{name}' holds {id}, outside the vocabulary of {vocab} tokens");
+            return ids;
+        }
+
+        public void RequireArchitecture()
+        {
+            if (Get("architectures") is { } list)
+            {
+                if (list.ValueKind != JsonValueKind.Array)
+                    throw Error($"field 'architectures' must be a list of names, found {list.GetRawText()}");
+                var names = list.EnumerateArray().Select(e => e.ValueKind == JsonValueKind.String ? e.GetString()! : e.GetRawText()).ToArray();
+                if (names.Length == 0 || !names.All(SupportedArchitectures.Contains))
+                    throw Error($"architectures [{string.Join(", ", names)}] is not supported; supported: {string.Join(", ", SupportedArchitectures)}");
+                return;
+            }
+            // Old configs may lack 'architectures'; their model_type still says what they are.
+            string? modelType = Get("model_type") is { ValueKind: JsonValueKind.String } t ? t.GetString() : null;
+            if (modelType is not ("llama" or "mistral"))
+                throw Error($"missing required field 'architectures' (and model_type '{modelType}' is not llama or mistral); supported: {string.Join(", ", SupportedArchitectures)}");
+        }
+
+        /// <summary>
+        /// rope_theta: top level (transformers 4) or inside rope_parameters (transformers 5 writes
+        /// <c>"rope_parameters": {"rope_type": "default", "rope_theta": ...}</c>).
+        /// </summary>
+        public float? RopeTheta()
+        {
+            if (OptionalFloat("rope_theta") is float theta) return theta;
+            if (Get("rope_parameters") is { ValueKind: JsonValueKind.Object } rope)
+                return new Fields(path, rope).OptionalFloat("rope_theta");
+            return null;
+        }
+
+        /// <summary>The rope_type (or legacy type) of a RoPE parameter object; "default" when it names none.</summary>
+        private static string? RopeType(JsonElement rope)
+        {
+            if (rope.ValueKind != JsonValueKind.Object) return null;
+            foreach (var key in new[] { "rope_type", "type" })
+            {
+                if (rope.TryGetProperty(key, out var value))
+                    return value.ValueKind == JsonValueKind.String ? value.GetString() : null;
+            }
+            return "default";
+        }
+
+        public void RejectUnsupported()
+        {
+            foreach (var name in new[] { "rope_scaling", "rope_parameters" })
+            {
+                if (Get(name) is { } rope && RopeType(rope) is not "default")
+                    throw Error($"field '{name}' ({rope.GetRawText()}) is not supported: this runtime implements plain RoPE only");
+            }
+            if (OptionalBool("attention_bias") == true)
+                throw Error("field 'attention_bias' is true: projection biases are not supported");
+            if (OptionalBool("mlp_bias") == true)
+                throw Error("field 'mlp_bias' is true: projection biases are not supported");
+            foreach (var name in new[] { "hidden_act", "hidden_activation" })
+            {
+                if (Get(name) is { } act && (act.ValueKind != JsonValueKind.String || act.GetString() is not ("silu" or "swish")))
+                    throw Error($"field '{name}' is {act.GetRawText()}: only silu (SwiGLU) is supported");
+            }
+        }
+    }
+}
