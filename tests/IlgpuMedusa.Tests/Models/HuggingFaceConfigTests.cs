@@ -1,0 +1,174 @@
+using System.Text;
+using IlgpuMedusa.Models;
+
+namespace IlgpuMedusa.Tests.Models;
+
+/// <summary>config.json (and generation_config.json) to <see cref="ModelConfig"/>.</summary>
+public sealed class HuggingFaceConfigTests
+{
+    private const string Path = "/models/x/config.json";
+
+    /// <summary>The fields of TinyLlama-1.1B-Chat's config.json (a real LlamaForCausalLM with grouped-query attention).</summary>
+    private const string TinyLlama = """
+        {
+          "architectures": ["LlamaForCausalLM"],
+          "bos_token_id": 1,
+          "eos_token_id": 2,
+          "hidden_act": "silu",
+          "hidden_size": 2048,
+          "initializer_range": 0.02,
+          "intermediate_size": 5632,
+          "max_position_embeddings": 2048,
+          "model_type": "llama",
+          "num_attention_heads": 32,
+          "num_hidden_layers": 22,
+          "num_key_value_heads": 4,
+          "pretraining_tp": 1,
+          "rms_norm_eps": 1e-05,
+          "rope_scaling": null,
+          "rope_theta": 10000.0,
+          "tie_word_embeddings": false,
+          "torch_dtype": "bfloat16",
+          "transformers_version": "4.35.0",
+          "use_cache": true,
+          "vocab_size": 32000
+        }
+        """;
+
+    private static ModelConfig Parse(string json) => HuggingFaceConfig.Parse(Path, Encoding.UTF8.GetBytes(json));
+
+    private static string Without(string json, string field) =>
+        string.Join('\n', json.Split('\n').Where(line => !line.TrimStart().StartsWith($"\"{field}\"", StringComparison.Ordinal)));
+
+    [Fact]
+    public void Real_llama_config_is_read_field_by_field()
+    {
+        var c = Parse(TinyLlama);
+        Assert.Equal(2048, c.Dim);
+        Assert.Equal(5632, c.HiddenDim);
+        Assert.Equal(22, c.Layers);
+        Assert.Equal(32, c.Heads);
+        Assert.Equal(4, c.KvHeads);
+        Assert.Equal(64, c.HeadDim);
+        Assert.Equal(32000, c.VocabSize);
+        Assert.Equal(2048, c.MaxSequenceLength);
+        Assert.Equal(10000f, c.RopeTheta);
+        Assert.Equal(1e-5f, c.RmsNormEps);
+        Assert.False(c.TiedEmbeddings);
+        Assert.Equal(1, c.BosTokenId);
+        Assert.Equal([2], c.EndTokenIds);
+        Assert.Equal(Path, c.Source);
+    }
+
+    [Fact]
+    public void Absent_optional_fields_take_the_format_defaults()
+    {
+        var json = TinyLlama;
+        foreach (var f in new[] { "num_key_value_heads", "rope_theta", "rms_norm_eps", "tie_word_embeddings", "bos_token_id", "eos_token_id" })
+            json = Without(json, f);
+        var c = Parse(json);
+        Assert.Equal(32, c.KvHeads);
+        Assert.Equal(10000f, c.RopeTheta);
+        Assert.Equal(1e-6f, c.RmsNormEps);
+        Assert.False(c.TiedEmbeddings);
+        Assert.Equal(1, c.BosTokenId);
+        Assert.Equal([2], c.EndTokenIds);
+    }
+
+    [Fact]
+    public void Eos_may_be_a_list()
+    {
+        var c = Parse(TinyLlama.Replace("\"eos_token_id\": 2", "\"eos_token_id\": [2, 32000]").Replace("\"vocab_size\": 32000", "\"vocab_size\": 32002"));
+        Assert.Equal([2, 32000], c.EndTokenIds);
+    }
+
+    [Fact]
+    public void Rope_theta_inside_rope_parameters_is_read()
+    {
+        var c = Parse(Without(TinyLlama, "rope_theta").Replace("\"rope_scaling\": null", "\"rope_parameters\": {\"rope_type\": \"default\", \"rope_theta\": 500000.0}"));
+        Assert.Equal(500000f, c.RopeTheta);
+    }
+
+    [Fact]
+    public void Mistral_sliding_window_caps_the_context()
+    {
+        var c = Parse(TinyLlama.Replace("LlamaForCausalLM", "MistralForCausalLM").Replace("\"use_cache\": true", "\"sliding_window\": 1024"));
+        Assert.Equal(1024, c.MaxSequenceLength);
+    }
+
+    [Theory]
+    [InlineData("hidden_size")]
+    [InlineData("intermediate_size")]
+    [InlineData("num_hidden_layers")]
+    [InlineData("num_attention_heads")]
+    [InlineData("vocab_size")]
+    [InlineData("max_position_embeddings")]
+    public void Missing_required_field_is_named(string field)
+    {
+        var e = Assert.Throws<InvalidDataException>(() => Parse(Without(TinyLlama, field)));
+        Assert.Equal($"{Path}: missing required field '{field}'.", e.Message);
+    }
+
+    [Fact]
+    public void Field_of_the_wrong_type_is_named()
+    {
+        var e = Assert.Throws<InvalidDataException>(() => Parse(TinyLlama.Replace("\"hidden_size\": 2048", "\"hidden_size\": \"2048\"")));
+        Assert.Contains("config.json: field 'hidden_size' must be an integer, found \"2048\"", e.Message);
+    }
+
+    [Fact]
+    public void Other_architectures_are_rejected_by_name()
+    {
+        var e = Assert.Throws<InvalidDataException>(() => Parse(TinyLlama.Replace("LlamaForCausalLM", "GPT2LMHeadModel")));
+        Assert.Contains("config.json", e.Message);
+        Assert.Contains("GPT2LMHeadModel", e.Message);
+        Assert.Contains("LlamaForCausalLM", e.Message);
+    }
+
+    [Fact]
+    public void Head_dim_other_than_hidden_over_heads_is_not_supported()
+    {
+        var e = Assert.Throws<InvalidDataException>(() => Parse(TinyLlama.Replace("\"use_cache\": true", "\"head_dim\": 128")));
+        Assert.Contains("head_dim 128", e.Message);
+        Assert.Contains("not supported", e.Message);
+        Assert.Equal(64, Parse(TinyLlama.Replace("\"use_cache\": true", "\"head_dim\": 64")).HeadDim);
+    }
+
+    [Fact]
+    public void Rope_scaling_is_rejected_rather_than_ignored()
+    {
+        var e = Assert.Throws<InvalidDataException>(() => Parse(TinyLlama.Replace("\"rope_scaling\": null", "\"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": 8.0}")));
+        Assert.Contains("'rope_scaling'", e.Message);
+        Assert.Contains("not supported", e.Message);
+    }
+
+    [Fact]
+    public void Eos_outside_the_vocabulary_is_rejected()
+    {
+        var e = Assert.Throws<InvalidDataException>(() => Parse(TinyLlama.Replace("\"eos_token_id\": 2", "\"eos_token_id\": [2, 32000]")));
+        Assert.Contains("'eos_token_id' holds 32000", e.Message);
+    }
+
+    [Fact]
+    public void Generation_config_eos_overrides_config_eos()
+    {
+        var dir = TestModels.TempDirectory("hf-genconfig");
+        File.WriteAllText(System.IO.Path.Combine(dir, "config.json"), TinyLlama);
+        File.WriteAllText(System.IO.Path.Combine(dir, "generation_config.json"), """{"bos_token_id": 1, "eos_token_id": [2, 7], "max_length": 2048}""");
+        var c = HuggingFaceConfig.Load(dir);
+        Assert.Equal([2, 7], c.EndTokenIds);
+    }
+
+    [Fact]
+    public void Written_config_reads_back_identically()
+    {
+        var config = Parse(TinyLlama) with { TiedEmbeddings = true, EndTokenIds = [1, 2], RopeTheta = 500000f, RmsNormEps = 1e-5f };
+        using var stream = new MemoryStream();
+        ModelConverter.WriteConfig(stream, config, DType.BF16);
+        var text = Encoding.UTF8.GetString(stream.ToArray());
+        Assert.Contains("\"torch_dtype\": \"bfloat16\"", text);
+        var back = HuggingFaceConfig.Parse(Path, stream.ToArray());
+        Assert.Equal(config with { EndTokenIds = back.EndTokenIds }, back);
+        Assert.Equal([1, 2], back.EndTokenIds);
+    }
+}
