@@ -1,0 +1,88 @@
+using System.Runtime.InteropServices;
+using System.Text.Json;
+using IlgpuMedusa.Compute.Host;
+using IlgpuMedusa.Models;
+using IlgpuMedusa.Scheduling;
+using IlgpuMedusa.Transformer;
+using Xunit.Abstractions;
+
+namespace IlgpuMedusa.Tests.Models;
+
+/// <summary>
+/// Our readers and forward pass against files written by the reference libraries (safetensors, transformers):
+/// see Reference/README.md for how they were made. Golden values here come from those libraries, not from us.
+/// </summary>
+public sealed class ReferenceFilesTests(ITestOutputHelper output)
+{
+    private static string ReferenceDirectory
+    {
+        get
+        {
+            var dir = Path.Combine(TestModels.RepositoryRoot, "tests", "IlgpuMedusa.Tests", "Models", "Reference");
+            if (!Directory.Exists(dir)) Assert.Fail($"the reference files are missing from '{dir}'; they are in the repository (regenerate with {dir}/generate.py).");
+            return dir;
+        }
+    }
+
+    [Fact]
+    public void File_written_by_safetensors_reads_with_its_bits()
+    {
+        using var file = SafetensorsFile.Open(Path.Combine(ReferenceDirectory, "reference.safetensors"));
+        using var bits = JsonDocument.Parse(File.ReadAllBytes(Path.Combine(ReferenceDirectory, "reference-bits.json")));
+        Assert.Equal("pt", file.Metadata["format"]);
+        Assert.Equal("written by safetensors", file.Metadata["note"]);
+        Assert.Equal(4, file.Tensors.Count);
+        Assert.Equal(bits.RootElement.GetProperty("a.f32").EnumerateArray().Select(e => e.GetInt32()),
+            MemoryMarshal.Cast<byte, int>(file.Tensors["a.f32"].Bytes).ToArray());
+        foreach (var (name, type) in new[] { ("b.f16", DType.F16), ("c.bf16", DType.BF16) })
+        {
+            Assert.Equal(type, file.Tensors[name].Type);
+            Assert.Equal(bits.RootElement.GetProperty(name).EnumerateArray().Select(e => (short)e.GetInt32()),
+                MemoryMarshal.Cast<byte, short>(file.Tensors[name].Bytes).ToArray());
+        }
+        Assert.Equal([2, 2], file.Tensors["b.f16"].Shape);
+        Assert.Equal([0, 3], file.Tensors["d.empty"].Shape);
+        // The values torch wrote, decoded by us: 3e-5 is an f16 subnormal (503 · 2^-24), 65504 is f16's largest finite.
+        Assert.Equal([1f, -2.5f, 503 * MathF.Pow(2, -24), 65504f], file.Tensors["b.f16"].ToFloatArray());
+    }
+
+    [Theory]
+    [InlineData("tiny", "tiny-logits.json", DType.F32, 6)]
+    [InlineData("tiny-bf16", "tiny-bf16-logits.json", DType.BF16, 1)]
+    public void Transformers_saved_llama_gives_transformers_logits(string model, string logitsFile, DType type, int files)
+    {
+        var dir = Path.Combine(ReferenceDirectory, model);
+        using var reference = JsonDocument.Parse(File.ReadAllBytes(Path.Combine(ReferenceDirectory, logitsFile)));
+        var tokens = reference.RootElement.GetProperty("tokens").EnumerateArray().Select(e => e.GetInt32()).ToArray();
+        var expected = reference.RootElement.GetProperty("logits").EnumerateArray()
+            .Select(row => row.EnumerateArray().Select(e => e.GetSingle()).ToArray()).ToArray();
+
+        using var checkpoint = (HuggingFaceCheckpoint)ModelDirectory.OpenCheckpoint(dir);
+        Assert.Equal(files, checkpoint.Files.Count);
+        var c = checkpoint.Config;
+        Assert.Equal((64, 160, 2, 4, 2, 16, 256, 128), (c.Dim, c.HiddenDim, c.Layers, c.Heads, c.KvHeads, c.HeadDim, c.VocabSize, c.MaxSequenceLength));
+        Assert.Equal((10000f, 1e-6f, false), (c.RopeTheta, c.RmsNormEps, c.TiedEmbeddings));
+        Assert.Equal([2], c.EndTokenIds);
+
+        using var backend = new HostBackend();
+        using var llama = LlamaModel.Load(checkpoint, backend);
+        Assert.Equal(type, llama.WeightType);
+        using var pool = KvBlockPool.FromBudget(backend, c.Layers, c.KvHeads, c.HeadDim, 16, 2L * c.Layers * c.KvDim * sizeof(float) * 32);
+        using var workspace = new ForwardWorkspace(backend, c, tokens.Length, tokens.Length);
+        using var sequence = pool.CreateSequence(tokens.Length);
+        var hidden = llama.Forward(workspace, workspace.Prepare(tokens, Enumerable.Range(0, tokens.Length).ToArray()), sequence, 0);
+        var actual = new float[tokens.Length * c.VocabSize];
+        backend.Download(llama.Logits(workspace, hidden), actual);
+
+        float max = 0, scale = 0;
+        for (int t = 0; t < tokens.Length; t++)
+            for (int v = 0; v < c.VocabSize; v++)
+            {
+                max = Math.Max(max, Math.Abs(actual[t * c.VocabSize + v] - expected[t][v]));
+                scale = Math.Max(scale, Math.Abs(expected[t][v]));
+            }
+        output.WriteLine($"{model}: max |Δlogit| vs transformers = {max} (max |logit| {scale})");
+        // Both sides compute in float32 from the same weights; only summation order differs (about 1e-6 relative).
+        Assert.True(max <= 1e-4f, $"{model}: logits differ from transformers' by {max}");
+    }
+}
