@@ -75,6 +75,7 @@ public sealed class LayoutEquivalenceTests(ITestOutputHelper output)
 
         // f32: the same numbers in another layout; only summation order could differ, and it does not here.
         var f32 = TestModels.TempDirectory("convert-f32");
+        using var deleteF32 = new DeleteOnDispose(f32);
         ModelConverter.Convert(source, f32, DType.F32, progress: null, force: true);
         Assert.True(File.Exists(Path.Combine(f32, "tokenizer.model")));
         var f32Logits = PrefillLogits(f32, out var f32Config);
@@ -94,6 +95,7 @@ public sealed class LayoutEquivalenceTests(ITestOutputHelper output)
         foreach (var (dtype, unitRoundoff) in new[] { (DType.F16, Math.Pow(2, -11)), (DType.BF16, Math.Pow(2, -8)) })
         {
             var dir = TestModels.TempDirectory("convert-" + dtype);
+            using var deleteDir = new DeleteOnDispose(dir);
             ModelConverter.Convert(source, dir, dtype, progress: null, force: true);
             var logits = PrefillLogits(dir, out _);
             float difference = MaxAbsDifference(reference, logits);
@@ -177,6 +179,15 @@ public sealed class LayoutEquivalenceTests(ITestOutputHelper output)
         public void Dispose()
         {
             foreach (var (pin, _) in _permuted.Values) pin.Dispose();
+        }
+    }
+
+    /// <summary>Removes a converted model (tens of MB) when the test ends, pass or fail.</summary>
+    private sealed class DeleteOnDispose(string directory) : IDisposable
+    {
+        public void Dispose()
+        {
+            if (Directory.Exists(directory)) Directory.Delete(directory, recursive: true);
         }
     }
 
