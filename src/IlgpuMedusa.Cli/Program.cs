@@ -14,6 +14,7 @@ public static class Program
             FetchDemoCommand.Create(),
             GenerateCommand.Create(),
             TokenizeCommand.Create(),
+            ConvertCommand.Create(),
             BenchCommand.Create(),
             ProfileCommand.Create(),
             DevicesCommand.Create(),

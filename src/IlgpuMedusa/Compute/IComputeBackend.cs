@@ -97,6 +97,13 @@ public interface IComputeBackend : IDisposable
     /// <summary>output[t, i] = silu(gateUp[t, i]) · gateUp[t, F + i]. output F32[T, F], gateUp F32[T, 2F]; silu(g) = g / (1 + e^−g).</summary>
     void SwiGlu(DeviceTensor output, DeviceTensor gateUp);
 
+    /// <summary>
+    /// The Medusa ResBlock's second half: output[r, i] = input[r, i] + silu(linear[r, i] + bias[0, i]).
+    /// output, input, linear F32[R, D] (output may be input); bias [1, D] of any float dtype.
+    /// </summary>
+    void SiluResidual(DeviceTensor output, DeviceTensor input, DeviceTensor linear, DeviceTensor bias) =>
+        throw new NotSupportedException($"{DeviceName}: SiluResidual (Medusa heads) is not implemented on this backend yet.");
+
     /// <summary>output = a + b elementwise, all F32 of one shape (output may be a).</summary>
     void Add(DeviceTensor output, DeviceTensor a, DeviceTensor b);
 

@@ -109,6 +109,14 @@ internal static class Shapes
             () => $"shapes differ: {output.ShapeText}, {a.ShapeText}, {b.ShapeText}");
     }
 
+    public static void SiluResidual(DeviceTensor output, DeviceTensor input, DeviceTensor linear, DeviceTensor bias)
+    {
+        SameShape(nameof(SiluResidual), output, input, linear);
+        Weight(nameof(SiluResidual), "bias", bias);
+        Require(bias.Rows == 1 && bias.Columns == output.Columns, nameof(SiluResidual),
+            () => $"bias {bias.ShapeText} must be [1, {output.Columns}]");
+    }
+
     public static void ArgMax(DeviceTensor output, DeviceTensor logits)
     {
         Int(nameof(ArgMax), "output", output);

@@ -14,6 +14,12 @@ public sealed record EngineOptions
     public DType? WeightsType { get; init; }
     /// <summary>KV cache budget in MiB (default: room for <see cref="DefaultKvSequences"/> full-context sequences).</summary>
     public int? KvBudgetMb { get; init; }
+    /// <summary>
+    /// Medusa heads: null or "auto" = <c>medusa_lm_head.safetensors</c> in the model directory (or the heads shipped for the
+    /// demo model) when present; "none" = no heads; otherwise a heads file or directory.
+    /// </summary>
+    public string? Heads { get; init; }
+
     /// <summary>Token slots per KV block.</summary>
     public int KvBlockSize { get; init; } = 16;
     /// <summary>Largest number of prompt tokens run in one prefill forward (longer prompts are chunked).</summary>

@@ -18,12 +18,24 @@ public sealed record GenerationOptions
     /// <summary>Whether the prompt is preceded by BOS (the usual Llama convention).</summary>
     public bool AddBos { get; init; } = true;
 
+    /// <summary>Decode with the engine's Medusa heads when it has them (false: one token per forward).</summary>
+    public bool UseMedusa { get; init; } = true;
+
+    /// <summary>Medusa tree: a preset name or a JSON file of paths (null: <see cref="Medusa.TreePresets.Default"/>).</summary>
+    public string? Tree { get; init; }
+
+    /// <summary>How Medusa candidates are accepted.</summary>
+    public Medusa.Acceptance Acceptance { get; init; } = Medusa.Acceptance.Greedy;
+
     /// <summary>Throws <see cref="ArgumentException"/> naming the bad option.</summary>
     public GenerationOptions Validate()
     {
         if (MaxTokens is <= 0)
             throw new ArgumentOutOfRangeException(nameof(MaxTokens), MaxTokens, "MaxTokens (--max-tokens) must be a positive number of tokens.");
         ArgumentNullException.ThrowIfNull(Sampling, nameof(Sampling));
+        ArgumentNullException.ThrowIfNull(Acceptance, nameof(Acceptance));
+        if (Tree is not null && string.IsNullOrWhiteSpace(Tree))
+            throw new ArgumentException("Tree (--tree) must name a preset or a JSON file.", nameof(Tree));
         foreach (var s in StopSequences)
             if (string.IsNullOrEmpty(s)) throw new ArgumentException("StopSequences must not contain empty strings.", nameof(StopSequences));
         return this;
@@ -65,6 +77,10 @@ public sealed class GenerationStats
     public double DecodeSeconds { get; internal set; }
     /// <summary>Why it ended.</summary>
     public FinishReason FinishReason { get; internal set; }
+    /// <summary>Medusa acceptance counters; null when decoding was autoregressive.</summary>
+    public Medusa.MedusaStats? Medusa { get; internal set; }
+    /// <summary>The tree used, when Medusa decoded.</summary>
+    public string? Tree { get; internal set; }
     /// <summary>Generated tokens per second of decoding.</summary>
     public double DecodeTokensPerSecond => DecodeSeconds > 0 ? GeneratedTokens / DecodeSeconds : 0;
 }

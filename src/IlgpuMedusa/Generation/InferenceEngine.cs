@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Runtime.CompilerServices;
 using System.Threading.Channels;
 using IlgpuMedusa.Compute;
+using IlgpuMedusa.Medusa;
 using IlgpuMedusa.Models;
 using IlgpuMedusa.Scheduling;
 using IlgpuMedusa.Tokenization;
@@ -31,11 +32,15 @@ public sealed class InferenceEngine : IInferenceEngine, IDisposable
 {
     private readonly ICheckpoint _checkpoint;
     private readonly ForwardWorkspace _workspace;
-    private readonly float[] _logitsRow;
-    private readonly int[] _argMax = new int[1];
     private readonly SemaphoreSlim _gate = new(1, 1);
 
-    private InferenceEngine(EngineOptions options, ICheckpoint checkpoint, ITextTokenizer tokenizer, IComputeBackend backend, LlamaModel model, KvBlockPool pool)
+    private readonly MedusaHeadsCheckpoint? _headsCheckpoint;
+
+    /// <summary>Largest tree (nodes) a forward can verify; the workspace is sized for it.</summary>
+    public const int MaxTreeNodes = 64;
+
+    private InferenceEngine(EngineOptions options, ICheckpoint checkpoint, ITextTokenizer tokenizer, IComputeBackend backend, LlamaModel model, KvBlockPool pool,
+        MedusaHeadsCheckpoint? headsCheckpoint, MedusaHeads? heads)
     {
         Options = options;
         _checkpoint = checkpoint;
@@ -43,9 +48,14 @@ public sealed class InferenceEngine : IInferenceEngine, IDisposable
         Backend = backend;
         Model = model;
         Pool = pool;
-        _workspace = new ForwardWorkspace(backend, model.Config, Math.Min(options.PrefillChunk, model.Config.MaxSequenceLength), 1);
-        _logitsRow = new float[model.Config.VocabSize];
+        _headsCheckpoint = headsCheckpoint;
+        Heads = heads;
+        int maxTokens = Math.Max(Math.Min(options.PrefillChunk, model.Config.MaxSequenceLength), heads is null ? 1 : MaxTreeNodes);
+        _workspace = new ForwardWorkspace(backend, model.Config, maxTokens, heads is null ? 1 : MaxTreeNodes);
     }
+
+    /// <summary>The Medusa heads, or null when the engine decodes autoregressively only.</summary>
+    public MedusaHeads? Heads { get; }
 
     /// <summary>The options the engine was built with.</summary>
     public EngineOptions Options { get; }
@@ -69,6 +79,8 @@ public sealed class InferenceEngine : IInferenceEngine, IDisposable
         var checkpoint = ModelDirectory.OpenCheckpoint(options.ModelPath);
         IComputeBackend? backend = null;
         LlamaModel? model = null;
+        MedusaHeadsCheckpoint? headsCheckpoint = null;
+        MedusaHeads? heads = null;
         try
         {
             var tokenizer = ModelDirectory.OpenTokenizer(options.ModelPath);
@@ -82,15 +94,33 @@ public sealed class InferenceEngine : IInferenceEngine, IDisposable
                 ? mb * 1024L * 1024L
                 : EngineOptions.DefaultKvSequences * (long)c.MaxSequenceLength * 2 * c.Layers * c.KvDim * sizeof(float);
             var pool = KvBlockPool.FromBudget(backend, c.Layers, c.KvHeads, c.HeadDim, options.KvBlockSize, budget);
-            return new InferenceEngine(options, checkpoint, tokenizer, backend, model, pool);
+            var headsPath = FindHeads(options);
+            if (headsPath is not null)
+            {
+                headsCheckpoint = MedusaHeadsCheckpoint.Open(headsPath);
+                heads = MedusaHeads.Load(headsCheckpoint, model);
+            }
+            return new InferenceEngine(options, checkpoint, tokenizer, backend, model, pool, headsCheckpoint, heads);
         }
         catch
         {
+            heads?.Dispose();
+            headsCheckpoint?.Dispose();
             model?.Dispose();
             backend?.Dispose();
             checkpoint.Dispose();
             throw;
         }
+    }
+
+    /// <summary>The heads file named by <see cref="EngineOptions.Heads"/>, or null for none.</summary>
+    private static string? FindHeads(EngineOptions options)
+    {
+        var spec = options.Heads ?? "auto";
+        if (spec.Equals("none", StringComparison.OrdinalIgnoreCase)) return null;
+        if (!spec.Equals("auto", StringComparison.OrdinalIgnoreCase)) return spec;
+        var released = Path.Combine(options.ModelPath, MedusaHeadsCheckpoint.ReleasedFileName);
+        return File.Exists(released) ? released : null;
     }
 
     /// <summary>Encodes a prompt and checks it fits the context.</summary>
@@ -154,18 +184,33 @@ public sealed class InferenceEngine : IInferenceEngine, IDisposable
         var c = Config;
         int maxNew = Math.Min(options.MaxTokens ?? int.MaxValue, c.MaxSequenceLength - promptIds.Count);
         var sampler = new Sampler(options.Sampling, options.Seed);
-        var detokenizer = Tokenizer.CreateStreamingDetokenizer();
+        bool continuesText = promptIds.Any(id => id != Tokenizer.BosId);
+        var detokenizer = Tokenizer.CreateStreamingDetokenizer(continuesText);
         var stops = new StopSequenceFilter(options.StopSequences);
         stats.PromptTokens = promptIds.Count;
-        using var sequence = Pool.CreateSequence(Math.Min(c.MaxSequenceLength, promptIds.Count + maxNew));
+        var tree = options.UseMedusa && Heads is not null ? Tree(options.Tree) : null;
+        int slack = tree?.Topology.NodeCount ?? 1;
+        using var sequence = Pool.CreateSequence(Math.Min(c.MaxSequenceLength, promptIds.Count + maxNew + slack));
+        ITokenDecoder decoder;
+        if (tree is not null)
+        {
+            stats.Medusa = new MedusaStats(Heads!.HeadCount);
+            stats.Tree = tree.Topology.Name;
+            decoder = new MedusaDecoder(Model, _workspace, sequence, sampler, Heads, tree.Topology, tree.Mask, options.Acceptance, stats.Medusa);
+        }
+        else
+        {
+            decoder = new AutoregressiveDecoder(Model, _workspace, sequence, sampler);
+        }
 
+        var accepted = new List<int>(16);
         var clock = Stopwatch.StartNew();
-        int next = Prefill(promptIds, sequence, sampler);
+        decoder.Prefill(promptIds as int[] ?? [.. promptIds], accepted);
         stats.PrefillSeconds = clock.Elapsed.TotalSeconds;
         clock.Restart();
-        int position = promptIds.Count;
-        int[] single = new int[1];
         stats.FinishReason = FinishReason.MaxTokens;
+        var text = new System.Text.StringBuilder();
+        bool finished = false;
         while (true)
         {
             if (cancellationToken.IsCancellationRequested)
@@ -173,83 +218,70 @@ public sealed class InferenceEngine : IInferenceEngine, IDisposable
                 stats.FinishReason = FinishReason.Cancelled;
                 break;
             }
-            if (c.EndTokenIds.Contains(next))
+            text.Clear();
+            int taken = 0;
+            foreach (int token in accepted)
             {
-                stats.FinishReason = FinishReason.EndToken;
-                break;
+                if (c.EndTokenIds.Contains(token))
+                {
+                    stats.FinishReason = FinishReason.EndToken;
+                    finished = true;
+                    break;
+                }
+                stats.GeneratedTokens++;
+                taken++;
+                text.Append(stops.Push(detokenizer.Append(token)));
+                if (stops.Stopped)
+                {
+                    stats.FinishReason = FinishReason.StopSequence;
+                    finished = true;
+                    break;
+                }
+                if (stats.GeneratedTokens >= maxNew)
+                {
+                    stats.FinishReason = stats.GeneratedTokens >= (options.MaxTokens ?? int.MaxValue) ? FinishReason.MaxTokens : FinishReason.ContextFull;
+                    finished = true;
+                    break;
+                }
             }
-            stats.GeneratedTokens++;
-            var text = stops.Push(detokenizer.Append(next));
-            single[0] = next;
             stats.DecodeSeconds = clock.Elapsed.TotalSeconds;
-            yield return new GeneratedPiece(text, single.ToArray());
-            if (stops.Stopped)
-            {
-                stats.FinishReason = FinishReason.StopSequence;
-                break;
-            }
-            if (stats.GeneratedTokens >= maxNew)
-            {
-                stats.FinishReason = stats.GeneratedTokens >= (options.MaxTokens ?? int.MaxValue) ? FinishReason.MaxTokens : FinishReason.ContextFull;
-                break;
-            }
-            next = Step(next, position, sequence, sampler);
+            if (taken > 0) yield return new GeneratedPiece(text.ToString(), accepted.GetRange(0, taken));
+            if (finished) break;
+            accepted.Clear();
+            decoder.Step(accepted);
             stats.Steps++;
-            position++;
         }
         stats.DecodeSeconds = clock.Elapsed.TotalSeconds;
         var tail = stops.Push(detokenizer.Flush()) + stops.Flush();
         if (tail.Length > 0) yield return new GeneratedPiece(tail, []);
     }
 
-    /// <summary>Runs the prompt through the model in chunks; returns the first generated token.</summary>
-    private int Prefill(IReadOnlyList<int> promptIds, KvSequence sequence, Sampler sampler)
-    {
-        int chunk = _workspace.MaxTokens;
-        var ids = promptIds as int[] ?? promptIds.ToArray();
-        var positions = new int[Math.Min(chunk, ids.Length)];
-        DeviceTensor? hidden = null;
-        for (int start = 0; start < ids.Length; start += chunk)
-        {
-            int count = Math.Min(chunk, ids.Length - start);
-            for (int i = 0; i < count; i++) positions[i] = start + i;
-            var inputs = _workspace.Prepare(ids.AsSpan(start, count), positions.AsSpan(0, count));
-            hidden = Model.Forward(_workspace, inputs, sequence, start);
-        }
-        return SampleLast(hidden!, sampler);
-    }
+    /// <summary>A compiled tree and its mask on the device.</summary>
+    private sealed record CompiledTree(TreeTopology Topology, DeviceTensor Mask);
 
-    private readonly int[] _stepToken = new int[1];
-    private readonly int[] _stepPosition = new int[1];
+    private readonly Dictionary<string, CompiledTree> _trees = new(StringComparer.Ordinal);
 
-    private int Step(int token, int position, KvSequence sequence, Sampler sampler)
+    private CompiledTree Tree(string? name)
     {
-        _stepToken[0] = token;
-        _stepPosition[0] = position;
-        var inputs = _workspace.Prepare(_stepToken, _stepPosition);
-        var hidden = Model.Forward(_workspace, inputs, sequence, position);
-        return SampleLast(hidden, sampler);
-    }
-
-    private int SampleLast(DeviceTensor hidden, Sampler sampler)
-    {
-        var logits = Model.Logits(_workspace, hidden.Slice(hidden.Rows - 1, 1));
-        if (sampler.IsGreedy)
-        {
-            // Only one id crosses to the host.
-            var argMax = _workspace.ArgMax.Slice(0, 1);
-            Backend.ArgMax(argMax, logits);
-            Backend.Download(argMax, _argMax);
-            return _argMax[0];
-        }
-        Backend.Download(logits, _logitsRow);
-        return sampler.Sample(_logitsRow);
+        name ??= TreePresets.Default;
+        if (_trees.TryGetValue(name, out var compiled)) return compiled;
+        var topology = TreeTopology.Resolve(name, Heads!.HeadCount, MedusaHeads.TopK);
+        if (topology.NodeCount > MaxTreeNodes)
+            throw new ArgumentException($"tree '{name}' has {topology.NodeCount} nodes; at most {MaxTreeNodes} are verified in one forward.");
+        var mask = Backend.Allocate(DType.I32, topology.NodeCount, topology.NodeCount);
+        Backend.Upload(mask, topology.Mask);
+        compiled = new CompiledTree(topology, mask);
+        _trees[name] = compiled;
+        return compiled;
     }
 
     /// <summary>Frees the device memory and closes the checkpoint.</summary>
     public void Dispose()
     {
+        foreach (var tree in _trees.Values) tree.Mask.Dispose();
         _workspace.Dispose();
+        Heads?.Dispose();
+        _headsCheckpoint?.Dispose();
         Pool.Dispose();
         Model.Dispose();
         Backend.Dispose();

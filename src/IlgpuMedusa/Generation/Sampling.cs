@@ -68,6 +68,9 @@ public sealed class Sampler
     /// <summary>True when the choice is the argmax (no randomness).</summary>
     public bool IsGreedy => _sampling is Sampling.GreedySampling;
 
+    /// <summary>The softmax temperature (1 for greedy sampling).</summary>
+    public float Temperature => _sampling is Sampling.TemperatureSampling t ? t.TemperatureValue : 1f;
+
     /// <summary>A uniform number in [0, 1).</summary>
     public float NextUniform()
     {

@@ -18,8 +18,12 @@ public interface ITextTokenizer
     /// <summary>Decodes ids to text (special tokens such as BOS/EOS produce no text).</summary>
     string Decode(IEnumerable<int> ids);
 
-    /// <summary>A decoder for streaming that never emits half a UTF-8 character.</summary>
-    IStreamingDetokenizer CreateStreamingDetokenizer();
+    /// <summary>
+    /// A decoder for streaming that never emits half a UTF-8 character. At the start of a text the first piece's
+    /// dummy-prefix space is dropped (as <see cref="Decode"/> does); when <paramref name="continuesText"/> is true the ids
+    /// continue text already shown (a prompt), so that space is a real space between words and is kept.
+    /// </summary>
+    IStreamingDetokenizer CreateStreamingDetokenizer(bool continuesText = false);
 }
 
 /// <summary>Turns a stream of generated ids into text deltas, holding back incomplete UTF-8 sequences.</summary>

@@ -76,7 +76,7 @@ public sealed class LlamaTextTokenizer : ITextTokenizer
     }
 
     /// <inheritdoc/>
-    public IStreamingDetokenizer CreateStreamingDetokenizer() => new SentencePieceStreamingDetokenizer(_table);
+    public IStreamingDetokenizer CreateStreamingDetokenizer(bool continuesText = false) => new SentencePieceStreamingDetokenizer(_table, continuesText);
 
     /// <summary>The vocabulary as the streaming detokenizer sees it; for tests.</summary>
     internal SentencePieceDecodingTable DecodingTable => _table;

@@ -10,7 +10,7 @@ namespace IlgpuMedusa.Tokenization;
 /// <item>byte tokens <c>&lt;0xNN&gt;</c> go through one UTF-8 decoder that holds an incomplete character until its last byte arrives;</item>
 /// <item>any other id ends a byte run: bytes still incomplete then become U+FFFD, as in Decode;</item>
 /// <item>BOS, EOS and <c>&lt;unk&gt;</c> give no text;</item>
-/// <item>the first non-empty piece loses its leading U+2581 (the dummy-prefix space added by encoding);</item>
+/// <item>the first non-empty piece loses its leading U+2581 (the dummy-prefix space added by encoding), unless the ids continue earlier text;</item>
 /// <item>U+2581 is shown as ' ' everywhere, in decoded bytes too.</item>
 /// </list>
 /// </summary>
@@ -23,10 +23,10 @@ internal sealed class SentencePieceStreamingDetokenizer : IStreamingDetokenizer
     private readonly Decoder _utf8 = new UTF8Encoding(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: false).GetDecoder();
     private bool _prefixPending;
 
-    public SentencePieceStreamingDetokenizer(SentencePieceDecodingTable table)
+    public SentencePieceStreamingDetokenizer(SentencePieceDecodingTable table, bool continuesText = false)
     {
         _table = table;
-        _prefixPending = table.AddDummyPrefix;
+        _prefixPending = table.AddDummyPrefix && !continuesText;
     }
 
     /// <inheritdoc/>

@@ -52,6 +52,12 @@ public sealed class LlamaModel : IDisposable
     public ModelConfig Config { get; }
     /// <summary>The backend running it.</summary>
     public IComputeBackend Backend { get; }
+    /// <summary>The output classifier [V, D] on the backend (Medusa heads with a shared lm_head use it too).</summary>
+    internal DeviceTensor Classifier => _classifier;
+
+    /// <summary>The signature of this model (stored with trained Medusa heads; see <see cref="ModelSignature"/>).</summary>
+    public ModelSignature Signature { get; private init; } = null!;
+
     /// <summary>Element type of the matrices on the backend.</summary>
     public DType WeightType { get; private init; }
 
@@ -108,7 +114,7 @@ public sealed class LlamaModel : IDisposable
             var classifier = c.TiedEmbeddings ? embedding : Matrix(checkpoint.GetTensor(N.Classifier, c.VocabSize, d));
             var finalNorm = Vector(N.FinalNorm);
             progress?.Report(1.0);
-            return new LlamaModel(c, backend, layers, embedding, finalNorm, classifier) { WeightType = type };
+            return new LlamaModel(c, backend, layers, embedding, finalNorm, classifier) { WeightType = type, Signature = ModelSignature.Of(checkpoint) };
         }
         catch
         {

@@ -324,6 +324,30 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
     }
 
     /// <inheritdoc />
+    public void SiluResidual(DeviceTensor output, DeviceTensor input, DeviceTensor linear, DeviceTensor bias)
+    {
+        var o = Own(output);
+        var x = Own(input);
+        var lin = Own(linear);
+        var b = Own(bias);
+        Shapes.SiluResidual(o, x, lin, b);
+        float[] rented = ArrayPool<float>.Shared.Rent(3 * o.Columns);
+        var decodedBias = rented.AsSpan(0, o.Columns);
+        var z = rented.AsSpan(o.Columns, o.Columns);
+        var silu = rented.AsSpan(2 * o.Columns, o.Columns);
+        DecodeRow(b, 0, decodedBias);
+        for (int r = 0; r < o.Rows; r++)
+        {
+            // silu(z) = z · sigmoid(z), z = linear + bias; output may alias input, so it is written last
+            TensorPrimitives.Add(lin.FloatRow(r), decodedBias, z);
+            TensorPrimitives.Sigmoid(z, silu);
+            TensorPrimitives.Multiply(silu, z, silu);
+            TensorPrimitives.Add(silu, x.FloatRow(r), o.FloatRow(r));
+        }
+        ArrayPool<float>.Shared.Return(rented);
+    }
+
+    /// <inheritdoc />
     public void Add(DeviceTensor output, DeviceTensor a, DeviceTensor b)
     {
         var o = Own(output);

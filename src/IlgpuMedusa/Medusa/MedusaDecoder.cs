@@ -1,0 +1,227 @@
+using IlgpuMedusa.Compute;
+using IlgpuMedusa.Generation;
+using IlgpuMedusa.Scheduling;
+using IlgpuMedusa.Transformer;
+
+namespace IlgpuMedusa.Medusa;
+
+/// <summary>
+/// Medusa decoding of one sequence. Each step:
+/// <list type="number">
+/// <item>candidates: the pending base token at the root, and for node n at depth d the (TopKIndices[n])-th best token
+/// of head d − 1, predicted from the hidden state of the last accepted position;</item>
+/// <item>one forward of the N tree tokens at positions S + depth under the tree mask (their KV goes to slots S..S+N−1);</item>
+/// <item>the posterior evaluator picks the path with the most accepted nodes;</item>
+/// <item>the accepted nodes' KV entries are compacted to slots S, S+1, ...; the rest is dropped by moving S;</item>
+/// <item>the last accepted node's logits give the next pending token ("bonus") and its hidden state feeds the heads:
+/// no extra forward pass.</item>
+/// </list>
+/// With greedy acceptance and greedy sampling every emitted token is the base model's argmax given the tokens before it,
+/// so the output equals plain greedy decoding.
+/// </summary>
+internal sealed class MedusaDecoder : DecoderBase
+{
+    private readonly MedusaHeads _heads;
+    private readonly TreeTopology _tree;
+    private readonly DeviceTensor _mask;      // I32[N, N], owned by the engine's tree cache
+    private readonly Acceptance _acceptance;
+    private readonly MedusaStats _stats;
+    private readonly int[] _tokens;           // [N] node tokens
+    private readonly int[] _positions;        // [N]
+    private readonly int[] _argMax;           // [N]
+    private readonly int[] _topK;             // [heads · TopK] latest head predictions
+    private readonly int[] _sources;          // compaction sources
+    private readonly DeviceTensor _deviceSources;
+    private float[] _logits = [];             // [N · V] for typical acceptance
+    private float[] _probability = [];
+    private float[] _entropy = [];
+    private readonly AutoregressiveFallback _fallback;
+
+    public MedusaDecoder(LlamaModel model, ForwardWorkspace workspace, KvSequence sequence, Sampler sampler,
+        MedusaHeads heads, TreeTopology tree, DeviceTensor mask, Acceptance acceptance, MedusaStats stats)
+        : base(model, workspace, sequence, sampler)
+    {
+        if (tree.MaxDepth > heads.HeadCount)
+            throw new ArgumentException($"tree '{tree.Name}' has depth {tree.MaxDepth} but only {heads.HeadCount} Medusa heads are loaded.");
+        if (tree.TopKPerDepth.Any(k => k > MedusaHeads.TopK))
+            throw new ArgumentException($"tree '{tree.Name}' uses top-k indices beyond the {MedusaHeads.TopK} each head provides.");
+        if (tree.NodeCount > workspace.MaxTokens || tree.NodeCount > workspace.Logits.Rows)
+            throw new ArgumentException($"tree '{tree.Name}' has {tree.NodeCount} nodes; the workspace holds {Math.Min(workspace.MaxTokens, workspace.Logits.Rows)}.");
+        _heads = heads;
+        _tree = tree;
+        _mask = mask;
+        _acceptance = acceptance;
+        _stats = stats;
+        int n = tree.NodeCount;
+        _tokens = new int[n];
+        _positions = new int[n];
+        _argMax = new int[n];
+        _topK = new int[heads.HeadCount * MedusaHeads.TopK];
+        _sources = new int[tree.MaxDepth + 1];
+        _deviceSources = Backend.Allocate(Models.DType.I32, tree.MaxDepth + 1, 1);
+        _fallback = new AutoregressiveFallback(this);
+    }
+
+    protected override void AfterPrefill(DeviceTensor lastHidden) => _heads.Predict(lastHidden).CopyTo(_topK);
+
+    public override void Step(List<int> accepted)
+    {
+        int n = _tree.NodeCount;
+        if (Committed + n > Sequence.MaxTokens)
+        {
+            // Near the end of the context the whole tree no longer fits: finish token by token.
+            _fallback.Step(accepted);
+            return;
+        }
+        int s = Committed;
+        _tokens[0] = Pending;
+        _positions[0] = s;
+        for (int node = 1; node < n; node++)
+        {
+            int depth = _tree.Depths[node];
+            _tokens[node] = _topK[(depth - 1) * MedusaHeads.TopK + _tree.TopKIndices[node]];
+            _positions[node] = s + depth;
+        }
+        var hidden = Model.Forward(Workspace, Workspace.Prepare(_tokens.AsSpan(0, n), _positions.AsSpan(0, n), _mask), Sequence, s);
+        var logits = Model.Logits(Workspace, hidden);
+        var path = Evaluate(logits);
+        var nodes = _tree.Paths[path.Path];
+        int length = path.Length;
+
+        // Move the accepted nodes' KV entries from slots S + node to S, S+1, ... (no-op when they are already there).
+        bool moved = false;
+        for (int i = 0; i < length; i++)
+        {
+            _sources[i] = s + nodes[i];
+            moved |= nodes[i] != i;
+        }
+        if (moved)
+        {
+            var sources = _deviceSources.Slice(0, length);
+            Backend.Upload(sources, _sources.AsSpan(0, length));
+            Backend.KvCompact(Sequence.Cache, Sequence.DeviceBlockTable, sources, s);
+        }
+        Committed = s + length;
+
+        for (int i = 1; i < length; i++) accepted.Add(_tokens[nodes[i]]);
+        int last = nodes[length - 1];
+        Pending = Sampler.IsGreedy && _acceptance is Acceptance.GreedyAcceptance ? _argMax[last] : Choose(logits.Slice(last, 1));
+        accepted.Add(Pending);
+        _heads.Predict(hidden.Slice(last, 1)).CopyTo(_topK);
+        _stats.Record(length);
+    }
+
+    private AcceptedPath Evaluate(DeviceTensor logits)
+    {
+        int n = _tree.NodeCount;
+        if (_acceptance is Acceptance.TypicalAcceptance typical)
+        {
+            ComputePosteriors(logits);
+            return PosteriorEvaluator.Typical(_tree, typical, _probability, _entropy);
+        }
+        var ids = Workspace.ArgMax.Slice(0, n);
+        Backend.ArgMax(ids, logits);
+        Backend.Download(ids, _argMax.AsSpan(0, n));
+        return PosteriorEvaluator.Greedy(_tree, _tokens, _argMax);
+    }
+
+    /// <summary>
+    /// For typical acceptance: p(token of n | parent of n) and the parent's entropy, from softmax(logits / τ) with τ the
+    /// sampling temperature (1 for greedy sampling).
+    /// </summary>
+    private void ComputePosteriors(DeviceTensor logits)
+    {
+        int n = _tree.NodeCount, v = logits.Columns;
+        if (_logits.Length != n * v)
+        {
+            _logits = new float[n * v];
+            _probability = new float[n];
+            _entropy = new float[n];
+        }
+        Backend.Download(logits, _logits);
+        float temperature = Sampler.Temperature;
+        Span<float> logSumExp = stackalloc float[n];
+        Span<float> entropy = stackalloc float[n];
+        for (int row = 0; row < n; row++)
+        {
+            var x = _logits.AsSpan(row * v, v);
+            float max = System.Numerics.Tensors.TensorPrimitives.Max(x) / temperature;
+            double sum = 0, weighted = 0;
+            foreach (float raw in x)
+            {
+                float z = raw / temperature - max;
+                double e = Math.Exp(z);
+                sum += e;
+                weighted += e * z;
+            }
+            logSumExp[row] = (float)(max + Math.Log(sum));
+            entropy[row] = (float)(Math.Log(sum) - weighted / sum); // H = ln Z − E[z]
+        }
+        for (int node = 1; node < n; node++)
+        {
+            int parent = _tree.Parents[node];
+            _probability[node] = MathF.Exp(_logits[parent * v + _tokens[node]] / temperature - logSumExp[parent]);
+            _entropy[node] = entropy[parent];
+        }
+    }
+
+    /// <summary>A single-token step for the end of the context, keeping the heads fed.</summary>
+    private sealed class AutoregressiveFallback(MedusaDecoder owner)
+    {
+        private readonly int[] _token = new int[1];
+        private readonly int[] _position = new int[1];
+
+        public void Step(List<int> accepted)
+        {
+            _token[0] = owner.Pending;
+            _position[0] = owner.Committed;
+            var hidden = owner.Model.Forward(owner.Workspace, owner.Workspace.Prepare(_token, _position), owner.Sequence, owner.Committed);
+            owner.Committed++;
+            owner.Pending = owner.Choose(owner.Model.Logits(owner.Workspace, hidden));
+            accepted.Add(owner.Pending);
+            owner._heads.Predict(hidden).CopyTo(owner._topK);
+            owner._stats.Record(1);
+        }
+    }
+}
+
+/// <summary>Acceptance statistics of Medusa decoding.</summary>
+public sealed class MedusaStats
+{
+    private readonly long[] _histogram;
+
+    /// <summary>Creates counters for heads of the given count (accepted lengths 1..heads + 1).</summary>
+    public MedusaStats(int heads) => _histogram = new long[heads + 2];
+
+    /// <summary>Verification steps.</summary>
+    public long Steps { get; private set; }
+    /// <summary>Tokens emitted by those steps (accepted tree nodes plus the bonus token).</summary>
+    public long Tokens { get; private set; }
+    /// <summary>Mean tokens per step.</summary>
+    public double MeanAccepted => Steps == 0 ? 0 : (double)Tokens / Steps;
+    /// <summary>Histogram: index k = steps that emitted k tokens.</summary>
+    public IReadOnlyList<long> AcceptHistogram => _histogram;
+
+    /// <summary>
+    /// Hit rate of head i: the fraction of steps whose accepted path went past depth i + 1, i.e. head i's candidate was
+    /// kept (it needs every head before it to have been kept too).
+    /// </summary>
+    public double[] HeadHitRates()
+    {
+        var rates = new double[_histogram.Length - 2];
+        for (int head = 0; head < rates.Length; head++)
+        {
+            long hits = 0;
+            for (int k = head + 2; k < _histogram.Length; k++) hits += _histogram[k];
+            rates[head] = Steps == 0 ? 0 : (double)hits / Steps;
+        }
+        return rates;
+    }
+
+    internal void Record(int emitted)
+    {
+        Steps++;
+        Tokens += emitted;
+        _histogram[Math.Min(emitted, _histogram.Length - 1)]++;
+    }
+}

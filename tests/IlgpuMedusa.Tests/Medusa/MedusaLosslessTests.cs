@@ -1,0 +1,129 @@
+using IlgpuMedusa.Compute;
+using IlgpuMedusa.Generation;
+using IlgpuMedusa.Medusa;
+using IlgpuMedusa.Models;
+using IlgpuMedusa.Transformer;
+
+namespace IlgpuMedusa.Tests.Medusa;
+
+/// <summary>Random (untrained) heads for the demo model, written once per test class.</summary>
+public sealed class RandomHeadsFixture : IDisposable
+{
+    public RandomHeadsFixture()
+    {
+        Directory = TestModels.TempDirectory("random-heads");
+        using var checkpoint = ModelDirectory.OpenCheckpoint(TestModels.Stories15MDirectory);
+        HeadsPath = Path.Combine(Directory, "random-heads.safetensors");
+        var weights = MedusaHeadWeights.CreateRandom(checkpoint.Config, heads: 4, layers: 1, seed: 7);
+        MedusaHeadsCheckpoint.Write(HeadsPath, weights, ModelSignature.Of(checkpoint));
+        Engine = InferenceEngine.Load(new EngineOptions
+        {
+            ModelPath = TestModels.Stories15MDirectory,
+            Device = new DeviceOptions { Kind = DeviceKind.Host },
+            Heads = HeadsPath,
+        });
+    }
+
+    public string Directory { get; }
+    public string HeadsPath { get; }
+    public InferenceEngine Engine { get; }
+
+    public void Dispose() => Engine.Dispose();
+}
+
+/// <summary>
+/// The lossless invariant: with greedy sampling and greedy acceptance, Medusa emits exactly the tokens plain greedy
+/// decoding emits, whatever the heads guess and whatever the tree.
+/// </summary>
+public class MedusaLosslessTests(RandomHeadsFixture fixture) : IClassFixture<RandomHeadsFixture>
+{
+    public static TheoryData<string, string> Cases()
+    {
+        var data = new TheoryData<string, string>();
+        foreach (var tree in new[] { "chain-1", "chain-4", "tree-8", "tree-16", "mc_sim_7b_63" })
+            foreach (var prompt in new[] { "Once upon a time", "The little dog was", "Tom had a red ball. He" })
+                data.Add(tree, prompt);
+        return data;
+    }
+
+    private static (List<int> Ids, string Text, GenerationStats Stats) Run(InferenceEngine engine, string prompt, GenerationOptions options)
+    {
+        var stats = new GenerationStats();
+        var ids = new List<int>();
+        var text = "";
+        foreach (var piece in engine.Generate(engine.EncodePrompt(prompt, options), options, stats))
+        {
+            ids.AddRange(piece.TokenIds);
+            text += piece.Text;
+        }
+        return (ids, text, stats);
+    }
+
+    [Theory]
+    [MemberData(nameof(Cases))]
+    public void GreedyMedusaEqualsGreedyDecoding(string tree, string prompt)
+    {
+        var plain = Run(fixture.Engine, prompt, new GenerationOptions { MaxTokens = 80, UseMedusa = false });
+        var medusa = Run(fixture.Engine, prompt, new GenerationOptions { MaxTokens = 80, Tree = tree });
+        Assert.Null(plain.Stats.Medusa);
+        Assert.NotNull(medusa.Stats.Medusa);
+        Assert.Equal(tree, medusa.Stats.Tree);
+        Assert.Equal(plain.Ids, medusa.Ids);
+        Assert.Equal(plain.Text, medusa.Text);
+        Assert.Equal(plain.Stats.FinishReason, medusa.Stats.FinishReason);
+        // Every step emits at least one token, so steps never exceed tokens.
+        Assert.True(medusa.Stats.Medusa!.Steps <= medusa.Ids.Count);
+        Assert.True(medusa.Stats.Medusa.MeanAccepted >= 1.0);
+    }
+
+    [Fact]
+    public void KvCacheAfterMedusaStepsEqualsKvCacheAfterGreedyDecoding()
+    {
+        var engine = fixture.Engine;
+        var c = engine.Config;
+        int[] prompt = [1, 9038, 2501, 263, 931];
+        using var workspace = new ForwardWorkspace(engine.Backend, c, 64, 64);
+        var tree = TreeTopology.Resolve("mc_sim_7b_63", engine.Heads!.HeadCount);
+        using var mask = engine.Backend.Allocate(DType.I32, tree.NodeCount, tree.NodeCount);
+        engine.Backend.Upload(mask, tree.Mask);
+
+        using var medusaSequence = engine.Pool.CreateSequence(c.MaxSequenceLength);
+        var medusa = new MedusaDecoder(engine.Model, workspace, medusaSequence, new Sampler(Sampling.Greedy, 1), engine.Heads, tree, mask, Acceptance.Greedy, new MedusaStats(4));
+        var medusaTokens = new List<int>();
+        medusa.Prefill(prompt, medusaTokens);
+        for (int step = 0; step < 12; step++) medusa.Step(medusaTokens);
+
+        using var plainSequence = engine.Pool.CreateSequence(c.MaxSequenceLength);
+        var plain = new AutoregressiveDecoder(engine.Model, workspace, plainSequence, new Sampler(Sampling.Greedy, 1));
+        var plainTokens = new List<int>();
+        plain.Prefill(prompt, plainTokens);
+        while (plainTokens.Count < medusaTokens.Count) plain.Step(plainTokens);
+        Assert.Equal(plainTokens, medusaTokens);
+
+        // Positions 0 .. prompt + emitted − 2 are committed in both caches (the last emitted token is still pending).
+        int committed = prompt.Length + medusaTokens.Count - 1;
+        var a = new float[c.KvDim];
+        var b = new float[c.KvDim];
+        for (int layer = 0; layer < c.Layers; layer++)
+            for (int part = 0; part < 2; part++)
+                for (int position = 0; position < committed; position++)
+                {
+                    engine.Pool.Cache.ReadSlot(layer, part, medusaSequence.PhysicalSlot(position), a);
+                    engine.Pool.Cache.ReadSlot(layer, part, plainSequence.PhysicalSlot(position), b);
+                    for (int i = 0; i < a.Length; i++)
+                        Assert.True(Math.Abs(a[i] - b[i]) <= 1e-5f * (1 + Math.Abs(b[i])),
+                            $"layer {layer} {(part == 0 ? "K" : "V")} position {position} element {i}: {a[i]} vs {b[i]}");
+                }
+    }
+
+    [Fact]
+    public void TypicalAcceptanceRunsAndReportsStatistics()
+    {
+        var (ids, text, stats) = Run(fixture.Engine, "Once upon a time", new GenerationOptions { MaxTokens = 60, Acceptance = Acceptance.Typical() });
+        Assert.Equal(60, ids.Count);
+        Assert.False(string.IsNullOrWhiteSpace(text));
+        Assert.NotNull(stats.Medusa);
+        Assert.Equal(stats.Medusa!.Steps, stats.Medusa.AcceptHistogram.Sum());
+        Assert.Equal(4, stats.Medusa.HeadHitRates().Length);
+    }
+}
