@@ -14,14 +14,14 @@ public class ReferenceOutputTests
     private const string Prompt = "Once upon a time";
     private static readonly string Reference = File.ReadAllText(Path.Combine(AppContext.BaseDirectory, "TestData", "llama2c-greedy-once-upon-a-time-256.txt")).TrimEnd('\n');
 
-    private static (string Text, List<int> Ids, GenerationStats Stats) Generate(string modelDirectory, int maxTokens)
+    private static (string Text, List<int> Ids, GenerationStats Stats) Generate(string modelDirectory, int maxTokens, string prompt = Prompt)
     {
-        using var engine = InferenceEngine.Load(new EngineOptions { ModelPath = modelDirectory, Device = new DeviceOptions { Kind = DeviceKind.Host } });
+        using var engine = InferenceEngine.Load(new EngineOptions { ModelPath = modelDirectory, Device = new DeviceOptions { Kind = DeviceKind.Host }, Heads = "none" });
         var options = new GenerationOptions { MaxTokens = maxTokens };
         var stats = new GenerationStats();
         var text = "";
         var ids = new List<int>();
-        foreach (var piece in engine.Generate(engine.EncodePrompt(Prompt, options), options, stats))
+        foreach (var piece in engine.Generate(engine.EncodePrompt(prompt, options), options, stats))
         {
             text += piece.Text;
             ids.AddRange(piece.TokenIds);
@@ -37,6 +37,33 @@ public class ReferenceOutputTests
         Assert.Equal(FinishReason.EndToken, stats.FinishReason);
         Assert.Equal(Reference, Prompt + text);
         Assert.True(ids.Count >= 60, $"only {ids.Count} tokens generated");
+    }
+
+    [Fact]
+    public void ConvertedHuggingFaceLayout_MatchesLlama2cFirst100Tokens()
+    {
+        var converted = Path.Combine(TestModels.TempDirectory("hf-f32"), "model");
+        try
+        {
+            IlgpuMedusa.Models.ModelConverter.Convert(TestModels.Stories15MDirectory, converted, IlgpuMedusa.Models.DType.F32);
+            Assert.True(File.Exists(Path.Combine(converted, "model.safetensors")));
+            var (text, ids, _) = Generate(converted, 100);
+            Assert.Equal(100, ids.Count);
+            Assert.StartsWith(Prompt + text, Reference, StringComparison.Ordinal);
+        }
+        finally
+        {
+            Directory.Delete(Path.GetDirectoryName(converted)!, recursive: true);
+        }
+    }
+
+    [Fact]
+    public void ContinuationKeepsTheSpaceBeforeItsFirstWord()
+    {
+        // After "Once upon a time," llama2.c continues with " there" (a piece with a leading space).
+        var (text, _, _) = Generate(TestModels.Stories15MDirectory, 20, "Once upon a time,");
+        Assert.StartsWith(" there was a little girl", text, StringComparison.Ordinal);
+        Assert.StartsWith("Once upon a time," + text, Reference, StringComparison.Ordinal);
     }
 
     [Fact]
