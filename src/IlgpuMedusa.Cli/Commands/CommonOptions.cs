@@ -35,6 +35,12 @@ internal sealed class CommonOptions
         Description = "KV cache budget in MiB (default: room for 4 full-context sequences).",
     };
 
+    public Option<string> Heads { get; } = new("--heads")
+    {
+        Description = "Medusa heads: auto (medusa_lm_head.safetensors in the model directory when present), none, or a heads file.",
+        DefaultValueFactory = _ => "auto",
+    };
+
     public Option<int?> Threads { get; } = new("--threads")
     {
         Description = "Threads of the host backend (default: all cores).",
@@ -48,6 +54,7 @@ internal sealed class CommonOptions
         command.Options.Add(WeightsDtype);
         command.Options.Add(KvBudgetMb);
         command.Options.Add(Threads);
+        command.Options.Add(Heads);
     }
 
     public EngineOptions ToEngineOptions(ParseResult parse)
@@ -64,6 +71,7 @@ internal sealed class CommonOptions
             },
             WeightsType = dtype is null ? null : DTypeInfo.ParseFloat(dtype, "--weights-dtype"),
             KvBudgetMb = parse.GetValue(KvBudgetMb),
+            Heads = parse.GetValue(Heads),
         }.Validate();
     }
 

@@ -19,7 +19,9 @@ internal static class GenerateCommand
         var seed = new Option<ulong>("--seed") { Description = "Random seed for sampling.", DefaultValueFactory = _ => 42UL };
         var stop = new Option<string[]>("--stop") { Description = "Stop sequence (repeatable).", AllowMultipleArgumentsPerToken = false };
         var json = new Option<bool>("--json") { Description = "Print one JSON object instead of streaming text." };
-        var command = new Command("generate", "Generate a continuation of a prompt.") { prompt, maxTokens, temperature, topP, seed, stop, json };
+        var tree = new Option<string?>("--tree") { Description = $"Medusa tree: a preset ({string.Join(", ", IlgpuMedusa.Medusa.TreePresets.Names)}) or a JSON file of paths." };
+        var acceptance = new Option<string>("--acceptance") { Description = "Medusa acceptance: greedy (lossless) or typical.", DefaultValueFactory = _ => "greedy" };
+        var command = new Command("generate", "Generate a continuation of a prompt.") { prompt, maxTokens, temperature, topP, seed, stop, json, tree, acceptance };
         common.AddTo(command);
         command.SetAction((parse, cancellationToken) =>
         {
@@ -29,6 +31,8 @@ internal static class GenerateCommand
                 Sampling = Sampling.From(parse.GetValue(temperature), parse.GetValue(topP)),
                 Seed = parse.GetValue(seed),
                 StopSequences = parse.GetValue(stop) ?? [],
+                Tree = parse.GetValue(tree),
+                Acceptance = IlgpuMedusa.Medusa.Acceptance.Parse(parse.GetValue(acceptance)!),
             }.Validate();
             var engineOptions = common.ToEngineOptions(parse);
             using var engine = CommonOptions.LoadEngine(engineOptions);
@@ -70,14 +74,21 @@ internal static class GenerateCommand
                 ["decode_tokens_per_second"] = Math.Round(stats.DecodeTokensPerSecond, 2),
                 ["finish_reason"] = stats.FinishReason.ToString(),
                 ["device"] = engine.DeviceName,
+                ["medusa"] = stats.Medusa is not null,
+                ["steps"] = stats.Medusa?.Steps ?? stats.Steps + 1,
+                ["mean_accepted"] = Math.Round(stats.Medusa?.MeanAccepted ?? 1.0, 3),
+                ["accept_histogram"] = stats.Medusa?.AcceptHistogram ?? [],
+                ["head_hit_rates"] = stats.Medusa?.HeadHitRates().Select(r => Math.Round(r, 3)).ToArray() ?? [],
+                ["tree"] = stats.Tree ?? "",
             };
             Console.WriteLine(JsonSerializer.Serialize(result));
         }
         else
         {
             Console.WriteLine();
+            var medusa = stats.Medusa is { } m ? $", Medusa {stats.Tree}: {m.MeanAccepted:0.00} tokens/step" : ", no Medusa";
             Console.Error.WriteLine(
-                $"[{stats.GeneratedTokens} tokens, {stats.DecodeTokensPerSecond:0.0} tok/s decode, prefill {stats.PromptTokens} tokens in {stats.PrefillSeconds * 1000:0} ms, {stats.FinishReason}, {engine.DeviceName}]");
+                $"[{stats.GeneratedTokens} tokens, {stats.DecodeTokensPerSecond:0.0} tok/s decode{medusa}, prefill {stats.PromptTokens} tokens in {stats.PrefillSeconds * 1000:0} ms, {stats.FinishReason}, {engine.DeviceName}]");
         }
     }
 }
