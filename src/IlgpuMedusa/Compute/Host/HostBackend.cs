@@ -6,7 +6,7 @@ using IlgpuMedusa.Models;
 namespace IlgpuMedusa.Compute.Host;
 
 /// <summary>
-/// The CPU backend: System.Numerics.Tensors for the inner loops, Parallel.For across rows. It is the production
+/// The CPU backend: System.Numerics.Tensors and a four-row SIMD matmul for the inner loops, a spinning fork-join pool (HostWorkers) across rows. It is the production
 /// CPU path and the reference the ILGPU kernels are tested against, so every op is written the obvious way.
 /// </summary>
 public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
@@ -14,11 +14,13 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
     /// <summary>Below this many multiply-adds an op runs on one thread; thread hand-off costs more than it saves.</summary>
     private const long ParallelThreshold = 48 * 1024;
     private readonly int _threads;
+    private readonly HostWorkers _workers;
 
     /// <summary>Creates the backend using up to <paramref name="threads"/> threads (default: all cores).</summary>
     public HostBackend(int? threads = null)
     {
         _threads = Math.Max(1, threads ?? Environment.ProcessorCount);
+        _workers = new HostWorkers(_threads);
     }
 
     /// <inheritdoc />
@@ -154,7 +156,7 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
         if (chunks == 1) MatMulRows(o, x, w, 0, n, accumulate);
         else
         {
-            Parallel.For(0, chunks, new ParallelOptions { MaxDegreeOfParallelism = _threads }, c =>
+            _workers.For(chunks, c =>
             {
                 int start = (int)((long)n * c / chunks) & ~3, end = c == chunks - 1 ? n : (int)((long)n * (c + 1) / chunks) & ~3;
                 MatMulRows(o, x, w, start, end, accumulate);
@@ -300,7 +302,7 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
             ArrayPool<float>.Shared.Return(scoresArray);
         }
         if (work < ParallelThreshold || items == 1) for (int i = 0; i < items; i++) Run(i);
-        else Parallel.For(0, items, new ParallelOptions { MaxDegreeOfParallelism = _threads }, Run);
+        else _workers.For(items, Run);
     }
 
     /// <inheritdoc />
@@ -476,7 +478,5 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
     }
 
     /// <inheritdoc />
-    public void Dispose()
-    {
-    }
+    public void Dispose() => _workers.Dispose();
 }
