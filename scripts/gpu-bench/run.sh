@@ -1,0 +1,339 @@
+#!/usr/bin/env bash
+# The GPU benchmark kit's run. On the GPU machine, from the repository root, with .gpu-kit carried
+# (scripts/gpu-bench/prepare.sh builds it; docs/benchmarks.md says how to invoke it):
+#
+#   bash scripts/gpu-bench/run.sh             # 7B shape then ~1B shape: our runtime, then transformers; < 8 minutes
+#   bash scripts/gpu-bench/run.sh --dry-run   # the same script here: stories15M converted to f16, host backend,
+#                                             # transformers skipped (scripts/gpu-bench/dry-run.sh builds and calls it)
+#
+# Options: --device D (cuda; dry run: host, or opencl with ILGPU_MEDUSA_ALLOW_CPU_OPENCL=1), --shapes 7b,1b,
+#   --budget-s S (480; dry run 150), --prompt-tokens N (512; 64), --decode-tokens N (128; 16), --greedy-tokens N (32; 8),
+#   --tree-sizes 1,4,16,64, --no-compile (skip the static-cache + torch.compile runs), --kit-runtime (dry run: unpack
+#   and use the carried .NET runtime, as on the GPU machine).
+# Environment: OUT (results folder, default ./gpu-bench-results): gpu-bench.json, run.log, raw.tar.gz land there;
+#   GPU_BENCH_WORK (scratch, default /tmp/gpu-bench or /tmp/gpu-bench-dry); GPU_BENCH_MODELS (default /tmp/models);
+#   GPU_BENCH_APP (the command that runs our CLI instead of `dotnet .gpu-kit/app/ilgpu-medusa.dll`; for testing).
+#
+# Every step runs under `timeout` inside one overall budget, most important results first; a failed step is reported
+# (its stderr tail goes into gpu-bench.json) and the run goes on with whatever does not depend on it. The exit code is
+# 1 when a step failed or timed out, else 0.
+set -uo pipefail
+cd "$(dirname "$0")/../.." || exit 1
+ROOT=$PWD
+KIT=$ROOT/.gpu-kit
+SCRIPTS=$ROOT/scripts/gpu-bench
+
+DRY_RUN=0 KIT_RUNTIME="" COMPILE=1
+DEVICE="" SHAPES="" BUDGET_S="" PROMPT_TOKENS="" DECODE_TOKENS="" GREEDY_TOKENS="" TREE_SIZES="1,4,16,64"
+while (($#)); do
+  case $1 in
+    --dry-run) DRY_RUN=1 ;;
+    --kit-runtime) KIT_RUNTIME=1 ;;
+    --no-compile) COMPILE=0 ;;
+    --device) DEVICE=$2; shift ;;
+    --shapes) SHAPES=$2; shift ;;
+    --budget-s) BUDGET_S=$2; shift ;;
+    --prompt-tokens) PROMPT_TOKENS=$2; shift ;;
+    --decode-tokens) DECODE_TOKENS=$2; shift ;;
+    --greedy-tokens) GREEDY_TOKENS=$2; shift ;;
+    --tree-sizes) TREE_SIZES=$2; shift ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    *) echo "run.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+if ((DRY_RUN)); then
+  MODE=dry-run
+  : "${DEVICE:=host}" "${SHAPES:=tiny}" "${BUDGET_S:=150}" "${PROMPT_TOKENS:=64}" "${DECODE_TOKENS:=16}" "${GREEDY_TOKENS:=8}" "${KIT_RUNTIME:=0}"
+  WORK=${GPU_BENCH_WORK:-/tmp/gpu-bench-dry}
+else
+  MODE=gpu
+  : "${DEVICE:=cuda}" "${SHAPES:=7b,1b}" "${BUDGET_S:=480}" "${PROMPT_TOKENS:=512}" "${DECODE_TOKENS:=128}" "${GREEDY_TOKENS:=32}" "${KIT_RUNTIME:=1}"
+  WORK=${GPU_BENCH_WORK:-/tmp/gpu-bench}
+fi
+IFS=, read -ra SHAPE_LIST <<<"$SHAPES"
+RAW=$WORK/raw
+RESULTS=${OUT:-$ROOT/gpu-bench-results}
+rm -rf "$RAW" && mkdir -p "$RAW" "$RESULTS" || exit 1
+
+# Everything printed also goes to $RESULTS/run.log, which comes back from the GPU machine even if the call is cut off.
+exec > >(tee "$RESULTS/run.log") 2>&1
+TEE_PID=$!
+
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1 DOTNET_SKIP_FIRST_TIME_EXPERIENCE=1
+export TORCHINDUCTOR_CACHE_DIR=$WORK/inductor-cache
+
+START=$SECONDS
+DEADLINE=$((START + BUDGET_S))
+RESERVE_S=25   # kept back for the report at the end
+MIN_STEP_S=12  # a step that would get less than this is skipped instead
+FAILED=()
+
+note() { printf '[+%3ds %(%H:%M:%S)T] %s\n' "$((SECONDS - START))" -1 "$*"; }
+prefix_lines() { local line; while IFS= read -r line || [[ -n $line ]]; do printf '    %(%H:%M:%S)T | %s\n' -1 "$line"; done; }
+
+# record NAME STATUS RC SECONDS LIMIT: one line of steps.tsv (report.py reads it).
+record() {
+  printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "$5" >>"$RAW/steps.tsv"
+  case $2 in failed|timeout) FAILED+=("$1") ;; esac
+}
+
+# relabel NAME STATUS: changes a recorded step's status (a failure with a working fallback is not a failure).
+relabel() {
+  local name=$1 status=$2 kept=() f
+  [[ -f $RAW/steps.tsv ]] && sed -i "s/^$name\t[a-z]*\t/$name\t$status\t/" "$RAW/steps.tsv"
+  for f in "${FAILED[@]}"; do [[ $f == "$name" ]] || kept+=("$f"); done
+  FAILED=("${kept[@]}")
+}
+
+skip_step() { note "SKIP  $1: $2"; printf '%s\n' "$2" >"$RAW/$1.err"; record "$1" skipped - 0 0; }
+
+# step_limit WANT: the seconds a step may take now: WANT, or what is left of the budget (minus the reserve).
+step_limit() {
+  local left=$((DEADLINE - SECONDS - RESERVE_S))
+  echo $(($1 < left ? $1 : left))
+}
+
+# run_step NAME WANT_S CMD...: runs CMD under timeout; stdout -> $RAW/NAME.out (its tail is shown afterwards),
+# stderr -> $RAW/NAME.err and the console, line by line with the time. Returns 0 when the command succeeded.
+run_step() {
+  local name=$1 limit t0 rc status
+  limit=$(step_limit "$2")
+  shift 2
+  if ((limit < MIN_STEP_S)); then
+    skip_step "$name" "not started: only $((DEADLINE - SECONDS))s of the ${BUDGET_S}s budget left"
+    return 3
+  fi
+  note "START $name (limit ${limit}s): $*"
+  t0=$SECONDS
+  timeout --kill-after=10 "$limit" "$@" 2>&1 >"$RAW/$name.out" </dev/null | tee "$RAW/$name.err" | prefix_lines
+  rc=${PIPESTATUS[0]}
+  case $rc in 0) status=ok ;; 124|137) status=timeout ;; *) status=failed ;; esac
+  record "$name" "$status" "$rc" "$((SECONDS - t0))" "$limit"
+  if [[ -s $RAW/$name.out ]]; then
+    tail -n 25 "$RAW/$name.out" | cut -c1-2000 | sed 's/^/    > /'
+  fi
+  note "END   $name: $status (exit $rc, $((SECONDS - t0))s)"
+  [[ $status == ok ]]
+}
+
+# ---------------------------------------------------------------- environment
+env_value() { printf '%s=%s\n' "$1" "$2" >>"$RAW/env.txt"; printf '    %-24s %s\n' "$1" "$2"; }
+
+find_libcuda() {
+  # Prints the libcuda.so* paths found: the loader cache first, then the usual driver folders (stubs left out).
+  {
+    ldconfig -p 2>/dev/null | awk '/libcuda\.so/ {print $NF}'
+    local d f
+    for d in /usr/lib/x86_64-linux-gnu /usr/local/nvidia/lib64 /usr/local/nvidia/lib /usr/lib64 /usr/lib \
+             /lib/x86_64-linux-gnu /usr/local/cuda/lib64 /usr/local/cuda/compat /run/nvidia/driver/usr/lib64; do
+      for f in "$d"/libcuda.so*; do [[ -e $f ]] && echo "$f"; done
+    done
+  } | grep -v '/stubs/' | awk '!seen[$0]++'
+}
+
+setup_libcuda() {
+  # ILGPU opens the driver as "cuda", which .NET resolves to libcuda.so: the unversioned name that only the driver's
+  # development files provide. When only libcuda.so.1 is there, point a libcuda.so in $WORK/lib at it.
+  local found chosen dir
+  found=$(find_libcuda)
+  env_value libcuda_found "$(echo "$found" | tr '\n' ' ')"
+  chosen=$(echo "$found" | grep -m1 '/libcuda\.so\.1$' || true)
+  [[ -n $chosen ]] || chosen=$(echo "$found" | grep -m1 . || true)
+  if [[ -z $chosen ]]; then
+    env_value libcuda "not found"
+    return
+  fi
+  dir=$(dirname "$chosen")
+  if [[ -e $dir/libcuda.so ]]; then
+    export LD_LIBRARY_PATH=$dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+    env_value libcuda "$dir/libcuda.so -> $(readlink -f "$dir/libcuda.so")"
+  else
+    mkdir -p "$WORK/lib" && ln -sf "$(readlink -f "$chosen")" "$WORK/lib/libcuda.so"
+    export LD_LIBRARY_PATH=$WORK/lib:$dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+    env_value libcuda "$chosen (no libcuda.so beside it: linked $WORK/lib/libcuda.so to $(readlink -f "$chosen"))"
+  fi
+  env_value LD_LIBRARY_PATH "$LD_LIBRARY_PATH"
+}
+
+environment_report() {
+  note "== environment ($MODE mode, device $DEVICE, shapes $SHAPES, budget ${BUDGET_S}s)"
+  env_value mode "$MODE"
+  env_value commit "$(head -c 200 "$KIT/COMMIT" 2>/dev/null | tr '\n' ' ' || echo '?')"
+  env_value kernel "$(uname -sr)"
+  env_value cpus "$(nproc)"
+  env_value memory "$(free -g 2>/dev/null | awk '/^Mem:/ {print $2 " GiB, " $7 " GiB available"}')"
+  env_value glibc "$(ldd --version 2>&1 | head -n1)"
+  env_value tmp_free "$(df -Ph /tmp | awk 'NR==2 {print $4}')"
+  if command -v nvidia-smi >/dev/null; then
+    timeout 30 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >"$RAW/nvidia-smi.csv" 2>&1
+    env_value gpu "$(head -n1 "$RAW/nvidia-smi.csv")"
+    timeout 30 nvidia-smi >"$RAW/nvidia-smi.txt" 2>&1
+    env_value cuda_driver_api "$(grep -o 'CUDA Version: *[0-9.]*' "$RAW/nvidia-smi.txt" | grep -o '[0-9.]*$')"
+  else
+    env_value gpu "none (no nvidia-smi)"
+  fi
+  env_value nvcc "$( (command -v nvcc && nvcc --version | tail -n1) 2>/dev/null | tr '\n' ' ')"
+  setup_libcuda
+  if ldconfig -p 2>/dev/null | grep -q 'libicuuc\.so' || compgen -G '/usr/lib/x86_64-linux-gnu/libicuuc.so*' >/dev/null; then
+    env_value libicu "found"
+  else
+    export DOTNET_SYSTEM_GLOBALIZATION_INVARIANT=1
+    env_value libicu "not found: DOTNET_SYSTEM_GLOBALIZATION_INVARIANT=1"
+  fi
+  env_value python "$(command -v python3) $(python3 --version 2>&1)"
+  env_value python_packages "$(timeout 30 python3 -c '
+import importlib.metadata as m
+out = []
+for name in ("torch", "transformers", "safetensors", "accelerate"):
+    try: out.append(f"{name} {m.version(name)}")
+    except Exception: out.append(f"{name} missing")
+print(", ".join(out))' 2>&1)"
+  if ((!DRY_RUN)); then
+    env_value torch_cuda "$(timeout 60 python3 -c '
+import torch
+print(torch.version.cuda, torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")' 2>&1 | tail -n1)"
+  fi
+}
+
+# ---------------------------------------------------------------- our runtime
+APP=()
+setup_app() {
+  local dotnet
+  if [[ -n ${GPU_BENCH_APP:-} ]]; then
+    read -ra APP <<<"$GPU_BENCH_APP"
+    env_value app "GPU_BENCH_APP: ${APP[*]}"
+    return 0
+  fi
+  if ((KIT_RUNTIME)); then
+    local dir=${GPU_BENCH_DOTNET_DIR:-/tmp/dotnet}
+    if [[ ! -f $KIT/dotnet-runtime.tar.xz ]]; then
+      note "FAIL  unpack-runtime: $KIT/dotnet-runtime.tar.xz is missing (run scripts/gpu-bench/prepare.sh, carry .gpu-kit)"
+      echo "$KIT/dotnet-runtime.tar.xz is missing" >"$RAW/unpack-runtime.err"
+      record unpack-runtime failed 1 0 0
+      return 1
+    fi
+    # shellcheck disable=SC2016 # $1 and $2 are the inner shell's arguments
+    run_step unpack-runtime 90 bash -c 'rm -rf "$1" && mkdir -p "$1" && tar -xJf "$2" -C "$1" && "$1/dotnet" --list-runtimes' \
+      _ "$dir" "$KIT/dotnet-runtime.tar.xz" || return 1
+    export DOTNET_ROOT=$dir
+    dotnet=$dir/dotnet
+  else
+    dotnet=$(command -v dotnet) || { skip_step devices "no dotnet on PATH"; return 1; }
+  fi
+  if [[ ! -f $KIT/app/ilgpu-medusa.dll ]]; then
+    skip_step devices "$KIT/app/ilgpu-medusa.dll is missing: run scripts/gpu-bench/prepare.sh"
+    return 1
+  fi
+  APP=("$dotnet" "$KIT/app/ilgpu-medusa.dll")
+  env_value app "${APP[*]}"
+}
+
+ours_profile() {  # ours_profile SHAPE MODEL_DIR PROMPT_IDS WANT_S
+  local extra=()
+  ((DRY_RUN)) && extra=(--copy-mb 256)  # a 1 GiB copy takes ~10 s on a small CPU
+  run_step "ours-$1" "$4" "${APP[@]}" profile --model "$2" --device "$DEVICE" --prompt-ids "$3" \
+    --decode-tokens "$DECODE_TOKENS" --greedy-tokens "$GREEDY_TOKENS" --tree-sizes "$TREE_SIZES" --json "${extra[@]}"
+}
+
+# ---------------------------------------------------------------- the run
+environment_report
+HAVE_APP=0
+if setup_app; then
+  # Whatever `devices` says, profile is still tried: its own error message is the next thing to learn from.
+  run_step devices 60 "${APP[@]}" devices
+  HAVE_APP=1
+fi
+
+declare -A MODEL_OK=()
+if ((DRY_RUN)); then
+  note "== dry run: transformers side skipped (no torch here); the model is stories15M converted to f16"
+  demo=$ROOT/models/stories15M
+  if [[ ! -f $demo/stories15M.bin ]] && ((HAVE_APP)); then
+    run_step fetch-demo 180 "${APP[@]}" fetch-demo --dir "$demo"
+  fi
+  for shape in "${SHAPE_LIST[@]}"; do
+    dir=$WORK/models/$shape
+    prompt_dir=$WORK/prompt-$shape
+    rm -rf "$dir"
+    model=$dir
+    if ! ((HAVE_APP)) || ! run_step "make-$shape" 120 "${APP[@]}" convert --model "$demo" --out "$dir" --dtype f16; then
+      # Until `convert` exists the llama2.c checkpoint itself is profiled; the step is marked, not failed.
+      note "WARNING: convert did not produce $dir; profiling the llama2.c checkpoint $demo directly instead"
+      relabel "make-$shape" fallback
+      model=$demo
+    fi
+    run_step "prompt-$shape" 30 python3 "$SCRIPTS/make_model.py" --prompt-only --out "$prompt_dir" --prompt-tokens "$PROMPT_TOKENS"
+    if ((HAVE_APP)); then
+      ours_profile "$shape" "$model" "$prompt_dir/prompt_ids.json" 120
+    else
+      skip_step "ours-$shape" "no runnable app"
+    fi
+    skip_step "hf-eager-$shape" "dry run: transformers side skipped"
+    skip_step "hf-compiled-$shape" "dry run: transformers side skipped"
+  done
+else
+  MODELS_ROOT=${GPU_BENCH_MODELS:-/tmp/models}
+  mkdir -p "$MODELS_ROOT"
+  free_gib=$(df -Pk "$MODELS_ROOT" | awk 'NR==2 {print int($4 / 1048576)}')
+  if ((free_gib < 18)) && [[ -z ${GPU_BENCH_MODELS:-} ]]; then
+    note "WARNING: only ${free_gib} GiB free under $MODELS_ROOT; using $ROOT/.gpu-bench-models"
+    MODELS_ROOT=$ROOT/.gpu-bench-models
+    mkdir -p "$MODELS_ROOT"
+  fi
+  declare -A MAKE_S=([7b]=180 [1b]=90) OURS_S=([7b]=180 [1b]=120) HF_S=([7b]=150 [1b]=90) COMPILED_S=([7b]=300 [1b]=200)
+  for shape in "${SHAPE_LIST[@]}"; do
+    note "== shape $shape"
+    dir=$MODELS_ROOT/$shape
+    if run_step "make-$shape" "${MAKE_S[$shape]:-120}" python3 "$SCRIPTS/make_model.py" --shape "$shape" --out "$dir" \
+         --prompt-tokens "$PROMPT_TOKENS" --tokenizer-dir "$KIT"; then
+      MODEL_OK[$shape]=1
+    fi
+    if [[ -z ${MODEL_OK[$shape]:-} ]]; then
+      skip_step "ours-$shape" "no model (make-$shape did not finish)"
+      skip_step "hf-eager-$shape" "no model (make-$shape did not finish)"
+      continue
+    fi
+    if ((HAVE_APP)); then
+      ours_profile "$shape" "$dir" "$dir/prompt_ids.json" "${OURS_S[$shape]:-120}"
+    else
+      skip_step "ours-$shape" "no runnable app (see the unpack-runtime / devices steps)"
+    fi
+    ours_arg=()
+    [[ -s $RAW/ours-$shape.out ]] && ours_arg=(--ours-output "$RAW/ours-$shape.out")
+    run_step "hf-eager-$shape" "${HF_S[$shape]:-90}" python3 "$SCRIPTS/hf_reference.py" --model "$dir" --mode eager \
+      --greedy-tokens "$GREEDY_TOKENS" --decode-tokens "$DECODE_TOKENS" --copy-bandwidth "${ours_arg[@]}" \
+      --out "$RAW/hf-eager-$shape.json"
+  done
+  # Last, and only with the time that is left: static cache + torch.compile (compiling takes a minute or more).
+  for shape in "${SHAPE_LIST[@]}"; do
+    if ((!COMPILE)); then skip_step "hf-compiled-$shape" "--no-compile"; continue; fi
+    if [[ -z ${MODEL_OK[$shape]:-} ]]; then skip_step "hf-compiled-$shape" "no model"; continue; fi
+    dir=$MODELS_ROOT/$shape
+    limit=$(step_limit "${COMPILED_S[$shape]:-200}")
+    run_step "hf-compiled-$shape" "$limit" python3 "$SCRIPTS/hf_reference.py" --model "$dir" --mode compiled \
+      --decode-tokens "$DECODE_TOKENS" --time-budget-s "$((limit > 20 ? limit - 10 : limit))" \
+      --out "$RAW/hf-compiled-$shape.json"
+  done
+fi
+
+# ---------------------------------------------------------------- report
+note "== report"
+report_args=(--raw "$RAW" --shapes "$SHAPES" --mode "$MODE" --commit-file "$KIT/COMMIT" --out "$RESULTS/gpu-bench.json")
+((DRY_RUN)) && report_args+=(--require-ours)
+timeout 60 python3 "$SCRIPTS/report.py" "${report_args[@]}"
+report_rc=$?
+((report_rc == 0)) || FAILED+=("report")
+tar -czf "$RESULTS/raw.tar.gz" -C "$WORK" raw 2>/dev/null
+mapfile -t FAILED < <(printf '%s\n' "${FAILED[@]}" | grep . || true)
+note "done in $((SECONDS - START))s; results in $RESULTS (gpu-bench.json, run.log, raw.tar.gz)"
+if ((${#FAILED[@]})); then
+  note "failed: ${FAILED[*]}"
+  status=1
+else
+  status=0
+fi
+exec >&- 2>&-
+wait "$TEE_PID" 2>/dev/null
+exit "$status"
