@@ -48,6 +48,9 @@ if ((DRY_RUN)); then
   WORK=${GPU_BENCH_WORK:-/tmp/gpu-bench-dry}
 else
   MODE=gpu
+  # .NET's write-xor-execute double mapping of JIT code is an extra risk under sandboxed kernels (gVisor) and buys
+  # nothing for a benchmark.
+  export DOTNET_EnableWriteXorExecute=0
   : "${DEVICE:=cuda}" "${SHAPES:=7b,1b}" "${BUDGET_S:=480}" "${PROMPT_TOKENS:=512}" "${DECODE_TOKENS:=128}" "${GREEDY_TOKENS:=32}" "${KIT_RUNTIME:=1}"
   WORK=${GPU_BENCH_WORK:-/tmp/gpu-bench}
 fi
@@ -166,10 +169,13 @@ environment_report() {
   env_value memory "$(free -g 2>/dev/null | awk '/^Mem:/ {print $2 " GiB, " $7 " GiB available"}')"
   env_value glibc "$(ldd --version 2>&1 | head -n1)"
   env_value tmp_free "$(df -Ph /tmp | awk 'NR==2 {print $4}')"
-  if command -v nvidia-smi >/dev/null; then
-    timeout 30 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >"$RAW/nvidia-smi.csv" 2>&1
+  local smi f
+  smi=$(command -v nvidia-smi)
+  for f in /usr/local/nvidia/bin/nvidia-smi /usr/bin/nvidia-smi; do [[ -z $smi && -x $f ]] && smi=$f; done
+  if [[ -n $smi ]]; then
+    timeout 30 "$smi" --query-gpu=name,driver_version,memory.total --format=csv,noheader >"$RAW/nvidia-smi.csv" 2>&1
     env_value gpu "$(head -n1 "$RAW/nvidia-smi.csv")"
-    timeout 30 nvidia-smi >"$RAW/nvidia-smi.txt" 2>&1
+    timeout 30 "$smi" >"$RAW/nvidia-smi.txt" 2>&1
     env_value cuda_driver_api "$(grep -o 'CUDA Version: *[0-9.]*' "$RAW/nvidia-smi.txt" | grep -o '[0-9.]*$')"
   else
     env_value gpu "none (no nvidia-smi)"
@@ -214,9 +220,13 @@ setup_app() {
       record unpack-runtime failed 1 0 0
       return 1
     fi
+    # tar needs the xz program for .tar.xz, which slim images lack; Python's tarfile reads it with its own lzma.
     # shellcheck disable=SC2016 # $1 and $2 are the inner shell's arguments
-    run_step unpack-runtime 90 bash -c 'rm -rf "$1" && mkdir -p "$1" && tar -xJf "$2" -C "$1" && "$1/dotnet" --list-runtimes' \
-      _ "$dir" "$KIT/dotnet-runtime.tar.xz" || return 1
+    run_step unpack-runtime 90 bash -c 'rm -rf "$1" && mkdir -p "$1" &&
+      if command -v xz >/dev/null; then tar -xJf "$2" -C "$1"; else
+        echo "no xz program: unpacking with python3 tarfile" >&2
+        python3 -c "import sys, tarfile; tarfile.open(sys.argv[1], \"r:xz\").extractall(sys.argv[2])" "$2" "$1"; fi &&
+      "$1/dotnet" --list-runtimes' _ "$dir" "$KIT/dotnet-runtime.tar.xz" || return 1
     export DOTNET_ROOT=$dir
     dotnet=$dir/dotnet
   else
