@@ -1,4 +1,5 @@
 using IlgpuMedusa.Compute.Host;
+using IlgpuMedusa.Compute.Ilgpu;
 
 namespace IlgpuMedusa.Compute;
 
@@ -32,8 +33,12 @@ public sealed record DeviceOptions
 /// <summary>Creates the backend for <see cref="DeviceOptions"/>.</summary>
 public static class BackendFactory
 {
-    /// <summary>Hook for the accelerator backends (set by the ILGPU backend); returns null when none fits.</summary>
-    internal static Func<DeviceOptions, IComputeBackend?>? AcceleratorFactory { get; set; }
+    /// <summary>
+    /// Hook for the accelerator backends; returns null when none fits (then Auto falls back to the host). Defaults to the
+    /// ILGPU backend, which throws <see cref="ArgumentException"/> listing what is available when a requested device
+    /// cannot be used.
+    /// </summary>
+    internal static Func<DeviceOptions, IComputeBackend?>? AcceleratorFactory { get; set; } = IlgpuBackend.TryCreate;
 
     /// <summary>Creates a backend. Throws <see cref="ArgumentException"/> listing what is available when the device cannot be used.</summary>
     public static IComputeBackend Create(DeviceOptions options)

@@ -1,0 +1,125 @@
+using System.Reflection;
+using ILGPU;
+using ILGPU.Runtime;
+using ILGPU.Runtime.CPU;
+using ILGPU.Runtime.OpenCL;
+
+namespace IlgpuMedusa.Kernels;
+
+/// <summary>
+/// Every launcher, loaded once for one accelerator (compiling all kernels up front, so the hot path never compiles).
+/// </summary>
+public sealed class KernelSet
+{
+    /// <summary>Compiles and loads every kernel for <paramref name="accelerator"/> with <paramref name="groupSize"/> threads per group.</summary>
+    public KernelSet(Accelerator accelerator, int groupSize)
+    {
+        ArgumentNullException.ThrowIfNull(accelerator);
+        KernelLimits.CheckGroupSize(groupSize);
+        GroupSize = groupSize;
+        Embedding = new EmbeddingLauncher(accelerator);
+        RmsNorm = new RmsNormLauncher(accelerator, groupSize);
+        MatMul = new MatMulLauncher(accelerator, groupSize);
+        Rope = new RopeLauncher(accelerator);
+        KvWrite = new KvWriteLauncher(accelerator);
+        Attention = new AttentionLauncher(accelerator, groupSize);
+        SwiGlu = new SwiGluLauncher(accelerator);
+        Add = new AddLauncher(accelerator);
+        ArgMax = new ArgMaxLauncher(accelerator, groupSize);
+        TopK = new TopKLauncher(accelerator, groupSize);
+        SoftmaxStats = new SoftmaxStatsLauncher(accelerator, groupSize);
+        KvCompact = new KvCompactLauncher(accelerator);
+    }
+
+    /// <summary>Threads per group of the grouped kernels.</summary>
+    public int GroupSize { get; }
+    /// <summary>Embedding gather.</summary>
+    public EmbeddingLauncher Embedding { get; }
+    /// <summary>RMSNorm.</summary>
+    public RmsNormLauncher RmsNorm { get; }
+    /// <summary>Matmul (vector, skinny, tiled).</summary>
+    public MatMulLauncher MatMul { get; }
+    /// <summary>Rotary embedding.</summary>
+    public RopeLauncher Rope { get; }
+    /// <summary>KV write.</summary>
+    public KvWriteLauncher KvWrite { get; }
+    /// <summary>Attention.</summary>
+    public AttentionLauncher Attention { get; }
+    /// <summary>SwiGLU.</summary>
+    public SwiGluLauncher SwiGlu { get; }
+    /// <summary>Elementwise add.</summary>
+    public AddLauncher Add { get; }
+    /// <summary>Argmax per row.</summary>
+    public ArgMaxLauncher ArgMax { get; }
+    /// <summary>Top-k per row.</summary>
+    public TopKLauncher TopK { get; }
+    /// <summary>Softmax statistics per row.</summary>
+    public SoftmaxStatsLauncher SoftmaxStats { get; }
+    /// <summary>KV compaction.</summary>
+    public KvCompactLauncher KvCompact { get; }
+
+    /// <summary>
+    /// The group size for an accelerator: 256 on GPUs (8 warps: enough loads in flight per group, cheap barriers);
+    /// 64 on a CPU OpenCL (PoCL runs a group's work-items as vectorised loops on one core, and fewer items per barrier
+    /// region measured faster); 32 on ILGPU's CPU emulator (one OS thread per work-item, barriers are expensive).
+    /// Always a power of two within the device's limit.
+    /// </summary>
+    public static int DefaultGroupSize(Accelerator accelerator)
+    {
+        ArgumentNullException.ThrowIfNull(accelerator);
+        int wanted = accelerator switch
+        {
+            CPUAccelerator => 32,
+            CLAccelerator cl when cl.DeviceType.HasFlag(CLDeviceType.CL_DEVICE_TYPE_CPU) => 64,
+            _ => 256,
+        };
+        int limit = Math.Min(accelerator.MaxNumThreadsPerGroup, KernelLimits.MaxGroupSize);
+        while (wanted > limit) wanted /= 2;
+        return Math.Max(wanted, 1);
+    }
+}
+
+/// <summary>Every kernel method the launchers load, with the generic instantiations they use: for compile checks.</summary>
+public static class KernelCatalog
+{
+    /// <summary>A kernel: its name, method, and whether it is implicitly grouped (index first parameter).</summary>
+    /// <param name="Name">Readable name.</param>
+    /// <param name="Method">The (constructed) kernel method.</param>
+    /// <param name="ImplicitlyGrouped">True for index-first kernels, false for explicitly grouped ones.</param>
+    public sealed record Entry(string Name, MethodInfo Method, bool ImplicitlyGrouped);
+
+    /// <summary>All kernels.</summary>
+    public static IReadOnlyList<Entry> All { get; } = Build();
+
+    private static List<Entry> Build()
+    {
+        Delegate[] kernels =
+        [
+            (Action<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, EmbeddingArgs>)EmbeddingKernel.Run<float, F32Format>,
+            (Action<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<ushort>, EmbeddingArgs>)EmbeddingKernel.Run<ushort, F16Format>,
+            (Action<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<ushort>, EmbeddingArgs>)EmbeddingKernel.Run<ushort, BF16Format>,
+            (Action<ArrayView<float>, ArrayView<float>, ArrayView<float>, RmsNormArgs>)RmsNormKernel.Run<float, F32Format>,
+            (Action<ArrayView<float>, ArrayView<float>, ArrayView<ushort>, RmsNormArgs>)RmsNormKernel.Run<ushort, F16Format>,
+            (Action<ArrayView<float>, ArrayView<float>, ArrayView<ushort>, RmsNormArgs>)RmsNormKernel.Run<ushort, BF16Format>,
+            (Action<ArrayView<float>, ArrayView<float>, ArrayView<float>, MatMulArgs>)MatMulKernels.Vector<float, F32Format>,
+            (Action<ArrayView<float>, ArrayView<float>, ArrayView<uint>, MatMulArgs>)MatMulKernels.Vector<uint, F16Format>,
+            (Action<ArrayView<float>, ArrayView<float>, ArrayView<uint>, MatMulArgs>)MatMulKernels.Vector<uint, BF16Format>,
+            (Action<ArrayView<float>, ArrayView<float>, ArrayView<float>, MatMulArgs>)MatMulKernels.Skinny<float, F32Format>,
+            (Action<ArrayView<float>, ArrayView<float>, ArrayView<uint>, MatMulArgs>)MatMulKernels.Skinny<uint, F16Format>,
+            (Action<ArrayView<float>, ArrayView<float>, ArrayView<uint>, MatMulArgs>)MatMulKernels.Skinny<uint, BF16Format>,
+            (Action<ArrayView<float>, ArrayView<float>, ArrayView<float>, MatMulArgs>)MatMulKernels.Tiled<float, F32Format>,
+            (Action<ArrayView<float>, ArrayView<float>, ArrayView<ushort>, MatMulArgs>)MatMulKernels.Tiled<ushort, F16Format>,
+            (Action<ArrayView<float>, ArrayView<float>, ArrayView<ushort>, MatMulArgs>)MatMulKernels.Tiled<ushort, BF16Format>,
+            (Action<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, RopeArgs>)RopeKernel.Run,
+            (Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, KvWriteArgs>)KvWriteKernel.Run,
+            (Action<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, AttentionArgs>)AttentionKernel.Run,
+            (Action<Index1D, ArrayView<float>, ArrayView<float>, SwiGluArgs>)SwiGluKernel.Run,
+            (Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, AddArgs>)AddKernel.Run,
+            (Action<ArrayView<int>, ArrayView<float>, RowArgs>)ArgMaxKernel.Run,
+            (Action<ArrayView<int>, ArrayView<float>, ArrayView<float>, RowArgs>)TopKKernel.Run,
+            (Action<ArrayView<float>, ArrayView<float>, RowArgs>)SoftmaxStatsKernel.Run,
+            (Action<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<int>, KvCompactArgs>)KvCompactKernel.Run,
+        ];
+        return kernels.Select(k => new Entry(KernelLoader.NameOf(k.Method), k.Method, KernelLoader.IsImplicitlyGrouped(k.Method))).ToList();
+    }
+}

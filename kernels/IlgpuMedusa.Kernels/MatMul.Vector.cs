@@ -1,0 +1,124 @@
+using ILGPU;
+
+namespace IlgpuMedusa.Kernels;
+
+/// <summary>The matmul kernels: output[T, N] = (accumulate ? output : 0) + input[T, K] · W[N, K]ᵀ.</summary>
+public static partial class MatMulKernels
+{
+    /// <summary>Weight rows one group of the vector and skinny kernels computes.</summary>
+    public const int RowsPerGroup = 4;
+
+    /// <summary>
+    /// GEMV, one token per grid row: group (x, t) computes output[t, 4x .. 4x+3]. Thread i reads packs i, i + G, ...
+    /// of each of the four weight rows, so consecutive threads read consecutive words (coalesced), two packs per
+    /// iteration to keep more loads in flight; then one shared-memory tree reduction sums the four rows at once.
+    /// Grid: (⌈N/4⌉, T) groups of G threads (a power of two).
+    /// </summary>
+    /// <param name="output">F32[T, N].</param>
+    /// <param name="input">F32[T, K].</param>
+    /// <param name="weight">[N, stride] packs (see <see cref="IPackFormat{TPack}"/>).</param>
+    /// <param name="args">Shapes; WeightStride in packs.</param>
+    public static void Vector<TPack, TFormat>(ArrayView<float> output, ArrayView<float> input, ArrayView<TPack> weight, MatMulArgs args)
+        where TPack : unmanaged
+        where TFormat : struct, IPackFormat<TPack>
+    {
+        var partial = SharedMemory.Allocate<float>(RowsPerGroup * KernelLimits.MaxGroupSize);
+        const int M = KernelLimits.MaxGroupSize;
+        int tid = Group.IdxX;
+        int groupSize = Group.DimX;
+        int row0 = Grid.IdxX * RowsPerGroup;
+        int token = Grid.IdxY;
+        int last = args.Rows - 1;
+        // Rows past N re-read row N−1 (no branch in the loop) and are not written.
+        long w0 = (long)row0 * args.WeightStride;
+        long w1 = (long)IntMin(row0 + 1, last) * args.WeightStride;
+        long w2 = (long)IntMin(row0 + 2, last) * args.WeightStride;
+        long w3 = (long)IntMin(row0 + 3, last) * args.WeightStride;
+        long x0 = (long)token * args.Columns;
+        var f = default(TFormat);
+        float s0 = 0f, s1 = 0f, s2 = 0f, s3 = 0f;
+        if (f.Width == 1)
+        {
+            int packs = args.Columns;
+            int p = tid;
+            for (; p + groupSize < packs; p += 2 * groupSize)
+            {
+                int q = p + groupSize;
+                float xa = input[x0 + p];
+                float xb = input[x0 + q];
+                TPack a0 = weight[w0 + p], a1 = weight[w1 + p], a2 = weight[w2 + p], a3 = weight[w3 + p];
+                TPack b0 = weight[w0 + q], b1 = weight[w1 + q], b2 = weight[w2 + q], b3 = weight[w3 + q];
+                s0 += f.First(a0) * xa + f.First(b0) * xb;
+                s1 += f.First(a1) * xa + f.First(b1) * xb;
+                s2 += f.First(a2) * xa + f.First(b2) * xb;
+                s3 += f.First(a3) * xa + f.First(b3) * xb;
+            }
+            if (p < packs)
+            {
+                float xa = input[x0 + p];
+                s0 += f.First(weight[w0 + p]) * xa;
+                s1 += f.First(weight[w1 + p]) * xa;
+                s2 += f.First(weight[w2 + p]) * xa;
+                s3 += f.First(weight[w3 + p]) * xa;
+            }
+        }
+        else
+        {
+            int packs = args.Columns / 2; // full pairs; an odd K leaves one element in the zero-padded last pair
+            int p = tid;
+            for (; p + groupSize < packs; p += 2 * groupSize)
+            {
+                int q = p + groupSize;
+                float xa = input[x0 + 2 * p], xb = input[x0 + 2 * p + 1];
+                float xc = input[x0 + 2 * q], xd = input[x0 + 2 * q + 1];
+                TPack a0 = weight[w0 + p], a1 = weight[w1 + p], a2 = weight[w2 + p], a3 = weight[w3 + p];
+                TPack b0 = weight[w0 + q], b1 = weight[w1 + q], b2 = weight[w2 + q], b3 = weight[w3 + q];
+                s0 += f.First(a0) * xa + f.Second(a0) * xb + f.First(b0) * xc + f.Second(b0) * xd;
+                s1 += f.First(a1) * xa + f.Second(a1) * xb + f.First(b1) * xc + f.Second(b1) * xd;
+                s2 += f.First(a2) * xa + f.Second(a2) * xb + f.First(b2) * xc + f.Second(b2) * xd;
+                s3 += f.First(a3) * xa + f.Second(a3) * xb + f.First(b3) * xc + f.Second(b3) * xd;
+            }
+            if (p < packs)
+            {
+                float xa = input[x0 + 2 * p], xb = input[x0 + 2 * p + 1];
+                TPack a0 = weight[w0 + p], a1 = weight[w1 + p], a2 = weight[w2 + p], a3 = weight[w3 + p];
+                s0 += f.First(a0) * xa + f.Second(a0) * xb;
+                s1 += f.First(a1) * xa + f.Second(a1) * xb;
+                s2 += f.First(a2) * xa + f.Second(a2) * xb;
+                s3 += f.First(a3) * xa + f.Second(a3) * xb;
+            }
+            if ((args.Columns & 1) != 0 && tid == 0)
+            {
+                float xa = input[x0 + args.Columns - 1];
+                s0 += f.First(weight[w0 + packs]) * xa;
+                s1 += f.First(weight[w1 + packs]) * xa;
+                s2 += f.First(weight[w2 + packs]) * xa;
+                s3 += f.First(weight[w3 + packs]) * xa;
+            }
+        }
+        partial[tid] = s0;
+        partial[M + tid] = s1;
+        partial[2 * M + tid] = s2;
+        partial[3 * M + tid] = s3;
+        Group.Barrier();
+        for (int stride = groupSize / 2; stride > 0; stride >>= 1)
+        {
+            if (tid < stride)
+            {
+                partial[tid] += partial[tid + stride];
+                partial[M + tid] += partial[M + tid + stride];
+                partial[2 * M + tid] += partial[2 * M + tid + stride];
+                partial[3 * M + tid] += partial[3 * M + tid + stride];
+            }
+            Group.Barrier();
+        }
+        if (tid < RowsPerGroup && row0 + tid < args.Rows)
+        {
+            float v = partial[tid * M];
+            long o = (long)token * args.Rows + row0 + tid;
+            output[o] = args.Accumulate != 0 ? output[o] + v : v;
+        }
+    }
+
+    private static int IntMin(int a, int b) => a < b ? a : b;
+}

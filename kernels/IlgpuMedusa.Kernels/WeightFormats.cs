@@ -1,0 +1,106 @@
+using ILGPU;
+
+namespace IlgpuMedusa.Kernels;
+
+/// <summary>
+/// Decodes one stored weight element to float32. Kernels are generic over a struct implementing this, so each
+/// storage type compiles to its own kernel (no branch on the dtype at run time).
+/// </summary>
+/// <typeparam name="TElement">How one element is stored: <see cref="float"/> or the raw bits as <see cref="ushort"/>.</typeparam>
+public interface IElementFormat<TElement>
+    where TElement : unmanaged
+{
+    /// <summary>The element as float32.</summary>
+    float Decode(TElement raw);
+}
+
+/// <summary>
+/// Decodes a pack of <see cref="Width"/> consecutive weight elements, the unit a matrix-vector kernel loads per thread:
+/// one float, or two 16-bit values in one 32-bit word (two bytes per thread would halve the width of each coalesced load).
+/// </summary>
+/// <typeparam name="TPack">The pack type: <see cref="float"/> or <see cref="uint"/> holding two 16-bit values.</typeparam>
+public interface IPackFormat<TPack>
+    where TPack : unmanaged
+{
+    /// <summary>Elements per pack (1 or 2).</summary>
+    int Width { get; }
+
+    /// <summary>Element 0 (the one at the lower address).</summary>
+    float First(TPack pack);
+
+    /// <summary>Element 1 (only meaningful when <see cref="Width"/> is 2).</summary>
+    float Second(TPack pack);
+}
+
+/// <summary>float32 weights.</summary>
+public readonly struct F32Format : IElementFormat<float>, IPackFormat<float>
+{
+    /// <inheritdoc />
+    public int Width => 1;
+
+    /// <inheritdoc />
+    public float Decode(float raw) => raw;
+
+    /// <inheritdoc />
+    public float First(float pack) => pack;
+
+    /// <inheritdoc />
+    public float Second(float pack) => 0f;
+}
+
+/// <summary>IEEE binary16 weights stored as raw bits, decoded by hand (ILGPU's Half type does not build on every OpenCL).</summary>
+public readonly struct F16Format : IElementFormat<ushort>, IPackFormat<uint>
+{
+    /// <inheritdoc />
+    public int Width => 2;
+
+    /// <inheritdoc />
+    public float Decode(ushort raw) => HalfBits.ToSingle(raw);
+
+    /// <inheritdoc />
+    public float First(uint pack) => HalfBits.ToSingle(pack & 0xFFFFu);
+
+    /// <inheritdoc />
+    public float Second(uint pack) => HalfBits.ToSingle(pack >> 16);
+}
+
+/// <summary>bfloat16 weights: the stored bits are the top half of a float32.</summary>
+public readonly struct BF16Format : IElementFormat<ushort>, IPackFormat<uint>
+{
+    /// <inheritdoc />
+    public int Width => 2;
+
+    /// <inheritdoc />
+    public float Decode(ushort raw) => Interop.IntAsFloat((uint)raw << 16);
+
+    /// <inheritdoc />
+    public float First(uint pack) => Interop.IntAsFloat(pack << 16);
+
+    /// <inheritdoc />
+    public float Second(uint pack) => Interop.IntAsFloat(pack & 0xFFFF0000u);
+}
+
+/// <summary>IEEE binary16 to float32 by bit manipulation; exact for every input (normals, subnormals, ±0, ±inf, NaN).</summary>
+public static class HalfBits
+{
+    /// <summary>Decodes the binary16 value in the low 16 bits of <paramref name="bits"/>.</summary>
+    public static float ToSingle(uint bits)
+    {
+        uint sign = (bits & 0x8000u) << 16;
+        // Exponent and mantissa moved to float32 positions: the 5-bit exponent lands in bits 23..27.
+        uint magnitude = (bits & 0x7FFFu) << 13;
+        uint exponent = magnitude & 0x0F800000u;
+        magnitude += (127u - 15u) << 23; // re-bias the exponent
+        if (exponent == 0x0F800000u)
+        {
+            magnitude += (128u - 16u) << 23; // inf / NaN: exponent all ones
+        }
+        else if (exponent == 0)
+        {
+            // Subnormal (or zero): value = m · 2^-24. Build 2^-14 · (1 + m/1024) and subtract 2^-14, exactly.
+            magnitude += 1u << 23;
+            magnitude = Interop.FloatAsInt(Interop.IntAsFloat(magnitude) - Interop.IntAsFloat(113u << 23));
+        }
+        return Interop.IntAsFloat(magnitude | sign);
+    }
+}

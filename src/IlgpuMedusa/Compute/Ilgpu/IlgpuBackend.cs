@@ -1,0 +1,455 @@
+using System.Runtime.InteropServices;
+using ILGPU;
+using ILGPU.Runtime;
+using ILGPU.Runtime.CPU;
+using ILGPU.Runtime.Cuda;
+using ILGPU.Runtime.OpenCL;
+using IlgpuMedusa.Kernels;
+using IlgpuMedusa.Models;
+
+namespace IlgpuMedusa.Compute.Ilgpu;
+
+/// <summary>
+/// The accelerator backend: the op set as ILGPU kernels (kernels/IlgpuMedusa.Kernels) on one CUDA, OpenCL or emulated
+/// device. It owns the ILGPU context, the accelerator, one stream and the loaded kernels (all compiled when the backend
+/// is created). Ops only queue work on the stream; <see cref="Download(DeviceTensor, Span{float})"/> and
+/// <see cref="Synchronize"/> wait. Nothing is allocated per op and nothing crosses to the host outside Upload/Download
+/// (the RoPE frequency table is uploaded once per distinct (Dh, θ)).
+/// </summary>
+public sealed class IlgpuBackend : IComputeBackend
+{
+    private readonly Context _context;
+    private readonly Accelerator _accelerator;
+    private readonly AcceleratorStream _stream;
+    private readonly KernelSet _kernels;
+    private readonly MemoryBuffer1D<int, Stride1D.Dense> _noMask;
+    private readonly Dictionary<(int HeadDim, float Theta), MemoryBuffer1D<float, Stride1D.Dense>> _ropeFrequencies = [];
+    private bool _disposed;
+
+    private IlgpuBackend(Context context, Accelerator accelerator, DeviceKind kind, int? groupSize)
+    {
+        _context = context;
+        _accelerator = accelerator;
+        Kind = kind;
+        _stream = accelerator.CreateStream();
+        _kernels = new KernelSet(accelerator, groupSize ?? KernelSet.DefaultGroupSize(accelerator));
+        _noMask = accelerator.Allocate1D<int>(1);
+        _noMask.MemSetToZero(_stream);
+        DeviceName = $"{accelerator.Name} ({IlgpuDeviceInfo.KindText(kind)}, {MemoryText(accelerator)}, warp {accelerator.WarpSize}, group {_kernels.GroupSize})";
+    }
+
+    /// <inheritdoc />
+    public DeviceKind Kind { get; }
+
+    /// <inheritdoc />
+    public string DeviceName { get; }
+
+    /// <summary>Threads per group of the grouped kernels on this device.</summary>
+    public int GroupSize => _kernels.GroupSize;
+
+    /// <summary>The ILGPU accelerator (for diagnostics and benchmarks).</summary>
+    public Accelerator Accelerator => _accelerator;
+
+    private static string MemoryText(Accelerator accelerator) =>
+        accelerator is CPUAccelerator ? "host memory" : $"{accelerator.MemorySize / (1024.0 * 1024 * 1024):0.#} GiB";
+
+    /// <summary>
+    /// Creates the backend <paramref name="options"/> ask for, or returns null when the host backend should be used:
+    /// for <see cref="DeviceKind.Host"/>, and for <see cref="DeviceKind.Auto"/> when no CUDA GPU or OpenCL GPU works.
+    /// Throws <see cref="ArgumentException"/> listing what is available when a requested device cannot be used.
+    /// </summary>
+    public static IlgpuBackend? TryCreate(DeviceOptions options) => TryCreate(options, groupSize: null);
+
+    /// <summary><see cref="TryCreate(DeviceOptions)"/> with a forced group size (a power of two ≤ 256; tests and tuning).</summary>
+    internal static IlgpuBackend? TryCreate(DeviceOptions options, int? groupSize)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        if (options.Kind == DeviceKind.Host) return null;
+        var context = IlgpuDevices.CreateContext(out var cudaError);
+        try
+        {
+            var devices = IlgpuDevices.Enumerate(context).ToList();
+            if (options.Kind == DeviceKind.Auto)
+            {
+                foreach (var (kind, _, device) in devices)
+                {
+                    bool gpu = kind == DeviceKind.Cuda || (device is CLDevice cl && cl.DeviceType.HasFlag(CLDeviceType.CL_DEVICE_TYPE_GPU));
+                    if (!gpu || IlgpuDevices.StaticReason(device, options) is not null) continue;
+                    try
+                    {
+                        return Start(context, device, kind, groupSize);
+                    }
+                    catch (Exception e) when (e is not KernelLoadException)
+                    {
+                        // Not usable after all (driver, memory, ...): try the next one, then the host.
+                    }
+                }
+                context.Dispose();
+                return null;
+            }
+
+            var match = devices.FirstOrDefault(d => d.Kind == options.Kind && d.Index == options.Index);
+            if (match.Device is null)
+                throw Unavailable(options, $"there is no {IlgpuDeviceInfo.KindText(options.Kind)} device #{options.Index}" +
+                    (options.Kind == DeviceKind.Cuda && cudaError is not null ? $" (CUDA could not be initialised: {cudaError})" : ""));
+            if (IlgpuDevices.StaticReason(match.Device, options) is { } reason)
+                throw Unavailable(options, $"{IlgpuDeviceInfo.KindText(match.Kind)} #{match.Index} '{match.Device.Name}' cannot be used: {reason}");
+            try
+            {
+                return Start(context, match.Device, match.Kind, groupSize);
+            }
+            catch (Exception e) when (e is not KernelLoadException and not ArgumentException)
+            {
+                throw Unavailable(options, $"{IlgpuDeviceInfo.KindText(match.Kind)} #{match.Index} '{match.Device.Name}' failed to start: {e.GetType().Name}: {e.Message}", e);
+            }
+        }
+        catch
+        {
+            context.Dispose();
+            throw;
+        }
+    }
+
+    private static IlgpuBackend Start(Context context, Device device, DeviceKind kind, int? groupSize)
+    {
+        var accelerator = IlgpuDevices.CreateAccelerator(context, device);
+        try
+        {
+            return new IlgpuBackend(context, accelerator, kind, groupSize);
+        }
+        catch
+        {
+            accelerator.Dispose();
+            throw;
+        }
+    }
+
+    private static ArgumentException Unavailable(DeviceOptions options, string what, Exception? inner = null)
+    {
+        string available;
+        try
+        {
+            available = IlgpuDevices.AvailableText(IlgpuDevices.Describe(options));
+        }
+        catch (Exception e)
+        {
+            available = $"host (listing accelerators failed: {e.Message})";
+        }
+        return new ArgumentException($"--device {IlgpuDeviceInfo.KindText(options.Kind)}: {what}. Available: {available}", nameof(options), inner);
+    }
+
+    // ---------------------------------------------------------------- memory
+
+    /// <inheritdoc />
+    public DeviceTensor Allocate(DType type, int rows, int columns)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        ArgumentOutOfRangeException.ThrowIfNegative(rows);
+        ArgumentOutOfRangeException.ThrowIfNegative(columns);
+        int stride = IlgpuTensor.StrideFor(type, columns);
+        long bytes = (long)rows * stride * DTypeInfo.SizeOf(type);
+        MemoryBuffer1D<byte, Stride1D.Dense> buffer;
+        try
+        {
+            buffer = _accelerator.Allocate1D<byte>(Math.Max(bytes, 4));
+        }
+        catch (Exception e) when (e is not ArgumentException)
+        {
+            throw new InvalidOperationException(
+                $"cannot allocate {type}[{rows}, {columns}] ({bytes / (1024.0 * 1024):0.##} MiB) on {DeviceName}: {e.Message}", e);
+        }
+        buffer.MemSetToZero(_stream);
+        return new IlgpuTensor(this, type, rows, columns, stride, buffer.View.SubView(0, bytes), buffer);
+    }
+
+    /// <inheritdoc />
+    public DeviceTensor UploadWeight(IReadOnlyList<TensorData> parts, DType storeAs)
+    {
+        ArgumentNullException.ThrowIfNull(parts);
+        if (parts.Count == 0) throw new ArgumentException("no weight parts", nameof(parts));
+        if (storeAs is not (DType.F32 or DType.F16 or DType.BF16))
+            throw new ArgumentException($"weights are stored as F32, F16 or BF16, not {storeAs}", nameof(storeAs));
+        int columns = Columns(parts[0]);
+        int rows = 0;
+        foreach (var p in parts)
+        {
+            if (Columns(p) != columns)
+                throw new ArgumentException($"weight parts have different widths: '{parts[0].Name}' {parts[0].ShapeText} vs '{p.Name}' {p.ShapeText}", nameof(parts));
+            rows += checked((int)(p.ElementCount / columns));
+        }
+        var tensor = (IlgpuTensor)Allocate(storeAs, rows, columns);
+        try
+        {
+            int row = 0;
+            foreach (var p in parts)
+            {
+                int partRows = (int)(p.ElementCount / columns);
+                CopyRows(tensor, row, p, partRows);
+                row += partRows;
+            }
+            _stream.Synchronize();
+            return tensor;
+        }
+        catch
+        {
+            tensor.Dispose();
+            throw;
+        }
+    }
+
+    private static int Columns(TensorData t) => t.Shape.Length == 1 ? t.Shape[0] : t.Shape[^1];
+
+    /// <summary>Converts a part on the host (in chunks of rows, to bound the temporary memory) and copies it into its rows.</summary>
+    private unsafe void CopyRows(IlgpuTensor tensor, int firstRow, TensorData part, int rows)
+    {
+        int columns = tensor.Columns, stride = tensor.RowStride, size = DTypeInfo.SizeOf(tensor.Type);
+        long rowBytes = (long)stride * size;
+        if (part.Type == tensor.Type && stride == columns)
+        {
+            // Same encoding, no padding: straight from the (memory-mapped) checkpoint, in pieces that fit a span.
+            long total = (long)rows * rowBytes, done = 0;
+            while (done < total)
+            {
+                int piece = (int)Math.Min(total - done, 1L << 30);
+                var source = new ReadOnlySpan<byte>((byte*)part.Pointer + done, piece);
+                tensor.Raw.SubView(firstRow * rowBytes + done, piece).CopyFromCPU(_stream, source);
+                done += piece;
+            }
+            return;
+        }
+        int chunkRows = (int)Math.Clamp((4L << 20) / Math.Max(1, rowBytes), 1, Math.Max(1, rows));
+        var floats = new float[(long)chunkRows * columns];
+        var bytes = new byte[chunkRows * rowBytes];
+        int sourceSize = DTypeInfo.SizeOf(part.Type);
+        for (int start = 0; start < rows; start += chunkRows)
+        {
+            int count = Math.Min(chunkRows, rows - start);
+            var source = new ReadOnlySpan<byte>((byte*)part.Pointer + (long)start * columns * sourceSize, count * columns * sourceSize);
+            HalfConversions.ToSingle(part.Type, source, floats.AsSpan(0, count * columns));
+            Array.Clear(bytes);
+            for (int r = 0; r < count; r++)
+                HalfConversions.FromSingle(tensor.Type, floats.AsSpan(r * columns, columns), bytes.AsSpan((int)(r * rowBytes), columns * size));
+            tensor.Raw.SubView((firstRow + start) * rowBytes, count * rowBytes).CopyFromCPU(_stream, bytes.AsSpan(0, (int)(count * rowBytes)));
+        }
+    }
+
+    /// <inheritdoc />
+    public void Upload(DeviceTensor destination, ReadOnlySpan<float> source) =>
+        Check(destination, DType.F32, source.Length).Raw.CopyFromCPU(_stream, MemoryMarshal.AsBytes(source));
+
+    /// <inheritdoc />
+    public void Upload(DeviceTensor destination, ReadOnlySpan<int> source) =>
+        Check(destination, DType.I32, source.Length).Raw.CopyFromCPU(_stream, MemoryMarshal.AsBytes(source));
+
+    /// <inheritdoc />
+    public void Download(DeviceTensor source, Span<float> destination) =>
+        Check(source, DType.F32, destination.Length).Raw.CopyToCPU(_stream, MemoryMarshal.AsBytes(destination));
+
+    /// <inheritdoc />
+    public void Download(DeviceTensor source, Span<int> destination) =>
+        Check(source, DType.I32, destination.Length).Raw.CopyToCPU(_stream, MemoryMarshal.AsBytes(destination));
+
+    private IlgpuTensor Check(DeviceTensor tensor, DType type, int length)
+    {
+        var t = Own(tensor);
+        if (t.Type != type || t.Length != length)
+            throw new ArgumentException($"copy of {length} {type} values does not fit tensor {t.ShapeText}");
+        return t;
+    }
+
+    /// <inheritdoc />
+    public KvCache AllocateKvCache(KvCacheLayout layout)
+    {
+        ArgumentNullException.ThrowIfNull(layout);
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        MemoryBuffer1D<float, Stride1D.Dense> buffer;
+        try
+        {
+            buffer = _accelerator.Allocate1D<float>(Math.Max(1, layout.TotalFloats));
+        }
+        catch (Exception e) when (e is not ArgumentException)
+        {
+            throw new InvalidOperationException(
+                $"the KV cache ({layout.BlockCount} blocks of {layout.BlockSize} tokens, {layout.TotalBytes / (1024.0 * 1024):0.##} MiB) does not fit on " +
+                $"{DeviceName}: {e.Message}. Lower the KV budget.", e);
+        }
+        buffer.MemSetToZero(_stream);
+        return new IlgpuKvCache(this, layout, buffer, _stream);
+    }
+
+    /// <inheritdoc />
+    public void Synchronize() => _stream.Synchronize();
+
+    // ---------------------------------------------------------------- ops
+
+    /// <inheritdoc />
+    public void Embedding(DeviceTensor output, DeviceTensor tokens, DeviceTensor table)
+    {
+        var o = Own(output);
+        var ids = Own(tokens);
+        var w = Own(table);
+        Shapes.Embedding(o, ids, w);
+        _kernels.Embedding.Launch(_stream, o.Floats, ids.Ints, w.AsWeight(), o.Rows);
+    }
+
+    /// <inheritdoc />
+    public void RmsNorm(DeviceTensor output, DeviceTensor input, DeviceTensor weight, float eps)
+    {
+        var o = Own(output);
+        var x = Own(input);
+        var w = Own(weight);
+        Shapes.RmsNorm(o, x, w);
+        _kernels.RmsNorm.Launch(_stream, o.Floats, x.Floats, w.AsWeight(), x.Rows, eps);
+    }
+
+    /// <inheritdoc />
+    public void MatMul(DeviceTensor output, DeviceTensor input, DeviceTensor weight, bool accumulate) =>
+        MatMul(output, input, weight, accumulate, MatMulPath.Auto);
+
+    /// <summary><see cref="MatMul(DeviceTensor, DeviceTensor, DeviceTensor, bool)"/> on a chosen kernel path (tests, tuning).</summary>
+    internal void MatMul(DeviceTensor output, DeviceTensor input, DeviceTensor weight, bool accumulate, MatMulPath path)
+    {
+        var o = Own(output);
+        var x = Own(input);
+        var w = Own(weight);
+        Shapes.MatMul(o, x, w);
+        _kernels.MatMul.Launch(_stream, o.Floats, x.Floats, w.AsWeight(), x.Rows, accumulate, path);
+    }
+
+    /// <inheritdoc />
+    public void Rope(DeviceTensor x, DeviceTensor positions, int heads, int headDim, float theta)
+    {
+        var t = Own(x);
+        var p = Own(positions);
+        Shapes.Rope(t, p, heads, headDim);
+        _kernels.Rope.Launch(_stream, t.Floats, p.Ints, RopeFrequencies(headDim, theta), t.Rows, t.Columns, heads, headDim);
+    }
+
+    private ArrayView<float> RopeFrequencies(int headDim, float theta)
+    {
+        if (!_ropeFrequencies.TryGetValue((headDim, theta), out var buffer))
+        {
+            buffer = _accelerator.Allocate1D(RopeLauncher.Frequencies(headDim, theta));
+            _ropeFrequencies[(headDim, theta)] = buffer;
+        }
+        return buffer.View;
+    }
+
+    /// <inheritdoc />
+    public void KvWrite(KvCache cache, int layer, DeviceTensor qkv, int queryHeads, DeviceTensor blockTable, int startPosition)
+    {
+        var c = OwnCache(cache);
+        var q = Own(qkv);
+        var table = Own(blockTable);
+        var l = c.Layout;
+        Shapes.KvWrite(l, layer, q, queryHeads, table, startPosition);
+        var args = new KvWriteArgs(q.Rows, l.KvDim, q.Columns, queryHeads * l.HeadDim, l.BlockSize, startPosition);
+        _kernels.KvWrite.Launch(_stream, c.Plane(layer, 0), c.Plane(layer, 1), q.Floats, table.Ints, args);
+    }
+
+    /// <inheritdoc />
+    public void Attention(DeviceTensor output, DeviceTensor qkv, KvCache cache, int layer, DeviceTensor blockTable, int committed, DeviceTensor? mask)
+    {
+        var o = Own(output);
+        var q = Own(qkv);
+        var c = OwnCache(cache);
+        var table = Own(blockTable);
+        var m = mask is null ? null : Own(mask);
+        var l = c.Layout;
+        Shapes.Attention(o, q, l, table, committed, m);
+        if ((uint)layer >= (uint)l.Layers) throw new ArgumentException($"Attention: layer {layer} outside [0, {l.Layers})");
+        var args = new AttentionArgs(q.Rows, o.Columns / l.HeadDim, l.KvHeads, l.HeadDim, q.Columns, committed, l.BlockSize, m is not null);
+        _kernels.Attention.Launch(_stream, o.Floats, q.Floats, c.Plane(layer, 0), c.Plane(layer, 1), table.Ints, m?.Ints ?? _noMask.View, args);
+    }
+
+    /// <inheritdoc />
+    public void SwiGlu(DeviceTensor output, DeviceTensor gateUp)
+    {
+        var o = Own(output);
+        var g = Own(gateUp);
+        Shapes.SwiGlu(o, g);
+        _kernels.SwiGlu.Launch(_stream, o.Floats, g.Floats, o.Rows, o.Columns);
+    }
+
+    /// <inheritdoc />
+    public void Add(DeviceTensor output, DeviceTensor a, DeviceTensor b)
+    {
+        var o = Own(output);
+        var x = Own(a);
+        var y = Own(b);
+        Shapes.SameShape(nameof(Add), o, x, y);
+        _kernels.Add.Launch(_stream, o.Floats, x.Floats, y.Floats, checked((int)o.Length));
+    }
+
+    /// <inheritdoc />
+    public void ArgMax(DeviceTensor output, DeviceTensor logits)
+    {
+        var o = Own(output);
+        var x = Own(logits);
+        Shapes.ArgMax(o, x);
+        _kernels.ArgMax.Launch(_stream, o.Ints, x.Floats, x.Rows, x.Columns);
+    }
+
+    /// <inheritdoc />
+    public void TopK(DeviceTensor indices, DeviceTensor values, DeviceTensor logits)
+    {
+        var i = Own(indices);
+        var v = Own(values);
+        var x = Own(logits);
+        Shapes.TopK(i, v, x);
+        _kernels.TopK.Launch(_stream, i.Ints, v.Floats, x.Floats, x.Rows, x.Columns, i.Columns);
+    }
+
+    /// <inheritdoc />
+    public void SoftmaxStats(DeviceTensor output, DeviceTensor logits)
+    {
+        var o = Own(output);
+        var x = Own(logits);
+        Shapes.SoftmaxStats(o, x);
+        _kernels.SoftmaxStats.Launch(_stream, o.Floats, x.Floats, x.Rows, x.Columns);
+    }
+
+    /// <inheritdoc />
+    public void KvCompact(KvCache cache, DeviceTensor blockTable, DeviceTensor sources, int destinationStart)
+    {
+        var c = OwnCache(cache);
+        var table = Own(blockTable);
+        var s = Own(sources);
+        var l = c.Layout;
+        Shapes.KvCompact(l, table, s, destinationStart);
+        var args = new KvCompactArgs(2 * l.Layers, l.FloatsPerLayerPart, l.KvDim, l.BlockSize, s.Rows, destinationStart);
+        _kernels.KvCompact.Launch(_stream, c.All, table.Ints, s.Ints, args);
+    }
+
+    private IlgpuTensor Own(DeviceTensor tensor)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        return tensor as IlgpuTensor is { } t && ReferenceEquals(t.Backend, this)
+            ? t
+            : throw new ArgumentException($"tensor {tensor.ShapeText} does not belong to this ILGPU backend ({DeviceName})");
+    }
+
+    private IlgpuKvCache OwnCache(KvCache cache) =>
+        cache as IlgpuKvCache is { } c && ReferenceEquals(c.Backend, this)
+            ? c
+            : throw new ArgumentException($"KV cache does not belong to this ILGPU backend ({DeviceName})");
+
+    /// <summary>Waits for queued work, then frees the stream, the accelerator (with every buffer still on it) and the context.</summary>
+    public void Dispose()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        try
+        {
+            _stream.Synchronize();
+        }
+        finally
+        {
+            foreach (var buffer in _ropeFrequencies.Values) buffer.Dispose();
+            _noMask.Dispose();
+            _stream.Dispose();
+            _accelerator.Dispose();
+            _context.Dispose();
+        }
+    }
+}

@@ -1,0 +1,418 @@
+using IlgpuMedusa.Compute;
+using IlgpuMedusa.Compute.Ilgpu;
+using IlgpuMedusa.Models;
+
+namespace IlgpuMedusa.Kernels.Tests;
+
+/// <summary>Shapes one accelerator is tested with: tiny on the emulator (about 1 µs per thread, slow barriers), moderate on PoCL.</summary>
+/// <param name="Widths">Row lengths (D, F, V) around the warp and group sizes.</param>
+/// <param name="MatMuls">(T, N, K) triples covering the vector (T = 1), skinny (T ≤ 16) and tiled (T &gt; 16) kernels.</param>
+/// <param name="HeadDims">Attention head dimensions, including one above the group size.</param>
+/// <param name="LongContext">S for the long-context attention test.</param>
+/// <param name="Vocabulary">V for the argmax / top-k / softmax tests' largest row.</param>
+public sealed record TestSizes(int[] Widths, (int T, int N, int K)[] MatMuls, int[] HeadDims, int LongContext, int Vocabulary);
+
+/// <summary>
+/// Every op of <see cref="IlgpuBackend"/> against <see cref="Compute.Host.HostBackend"/> on random data of awkward
+/// sizes, for F32, F16 and BF16 weights. Written once; each derived class runs it on one accelerator.
+/// </summary>
+public abstract class ConformanceTests
+{
+    private static readonly int[] TopKs = [1, 5, 16];
+
+    /// <summary>Creates the suite.</summary>
+    protected ConformanceTests(Accelerators accelerators)
+    {
+        Accelerators = accelerators;
+    }
+
+    /// <summary>The shared backends.</summary>
+    protected Accelerators Accelerators { get; }
+
+    /// <summary>The device under test.</summary>
+    protected abstract IlgpuBackend Device { get; }
+
+    /// <summary>The shapes for this device.</summary>
+    protected abstract TestSizes Sizes { get; }
+
+    private Twin NewTwin(int seed) => new(Accelerators.Host, Device, seed);
+
+    /// <summary>Embedding gather of every weight dtype.</summary>
+    [Theory]
+    [InlineData(DType.F32)]
+    [InlineData(DType.F16)]
+    [InlineData(DType.BF16)]
+    public void Embedding_matches_host(DType type)
+    {
+        using var twin = NewTwin(1);
+        foreach (int d in Sizes.Widths)
+        {
+            const int vocabulary = 37;
+            var table = twin.RandomWeight(type, vocabulary, d);
+            var tokens = twin.Ints(4, 1, [0, 36, 5, 5]);
+            var output = twin.Zeros(DType.F32, 4, d);
+            Accelerators.Host.Embedding(output.Host, tokens.Host, table.Host);
+            Device.Embedding(output.Device, tokens.Device, table.Device);
+            Twin.AssertClose(output, Tolerance.Exact, $"Embedding {type} D={d}");
+        }
+    }
+
+    /// <summary>RMSNorm with a weight of every dtype.</summary>
+    [Theory]
+    [InlineData(DType.F32)]
+    [InlineData(DType.F16)]
+    [InlineData(DType.BF16)]
+    public void RmsNorm_matches_host(DType type)
+    {
+        using var twin = NewTwin(2);
+        foreach (int d in Sizes.Widths)
+        {
+            foreach (int t in new[] { 1, 3 })
+            {
+                var x = twin.RandomTensor(t, d, 3f);
+                var weight = twin.RandomWeight(type, 1, d);
+                var output = twin.Zeros(DType.F32, t, d);
+                Accelerators.Host.RmsNorm(output.Host, x.Host, weight.Host, 1e-5f);
+                Device.RmsNorm(output.Device, x.Device, weight.Device, 1e-5f);
+                Twin.AssertClose(output, Tolerance.ForSum(DType.F32, d), $"RmsNorm {type} T={t} D={d}");
+            }
+        }
+    }
+
+    /// <summary>Matmul through the automatic path choice, with and without accumulation.</summary>
+    [Theory]
+    [InlineData(DType.F32)]
+    [InlineData(DType.F16)]
+    [InlineData(DType.BF16)]
+    public void MatMul_matches_host(DType type)
+    {
+        using var twin = NewTwin(3);
+        foreach (var (t, n, k) in Sizes.MatMuls)
+        {
+            var x = twin.RandomTensor(t, k);
+            var weight = twin.RandomWeight(type, n, k);
+            foreach (bool accumulate in new[] { false, true })
+            {
+                var output = twin.RandomTensor(t, n);
+                Accelerators.Host.MatMul(output.Host, x.Host, weight.Host, accumulate);
+                Device.MatMul(output.Device, x.Device, weight.Device, accumulate);
+                Twin.AssertClose(output, Tolerance.ForSum(type, k), $"MatMul {type} T={t} N={n} K={k} accumulate={accumulate} ({MatMulLauncher.Choose(t)})");
+            }
+        }
+    }
+
+    /// <summary>Each of the three matmul kernels forced on the same awkward shape.</summary>
+    [Theory]
+    [InlineData(DType.F32)]
+    [InlineData(DType.F16)]
+    [InlineData(DType.BF16)]
+    public void MatMul_every_kernel_path_matches_host(DType type)
+    {
+        using var twin = NewTwin(4);
+        const int t = 5, n = 33, k = 35;
+        var x = twin.RandomTensor(t, k);
+        var weight = twin.RandomWeight(type, n, k);
+        var expected = twin.Zeros(DType.F32, t, n);
+        Accelerators.Host.MatMul(expected.Host, x.Host, weight.Host, accumulate: false);
+        var reference = Twin.Read(expected.Host);
+        foreach (var path in new[] { MatMulPath.Vector, MatMulPath.Skinny, MatMulPath.Tiled })
+        {
+            var output = Device.Allocate(DType.F32, t, n);
+            try
+            {
+                Device.MatMul(output, x.Device, weight.Device, accumulate: false, path);
+                Twin.AssertClose(reference, Twin.Read(output), Tolerance.ForSum(type, k), $"MatMul {type} via {path}");
+            }
+            finally
+            {
+                output.Dispose();
+            }
+        }
+    }
+
+    /// <summary>The matmul writes into row views of a larger buffer (as the model's workspaces do).</summary>
+    [Fact]
+    public void MatMul_on_row_views_matches_host()
+    {
+        using var twin = NewTwin(5);
+        var x = twin.RandomTensor(6, 31);
+        var weight = twin.RandomWeight(DType.F16, 9, 31);
+        var output = twin.Zeros(DType.F32, 6, 9);
+        Accelerators.Host.MatMul(output.Host.Slice(2, 3), x.Host.Slice(1, 3), weight.Host, accumulate: false);
+        Device.MatMul(output.Device.Slice(2, 3), x.Device.Slice(1, 3), weight.Device, accumulate: false);
+        Twin.AssertClose(output, Tolerance.ForSum(DType.F16, 31), "MatMul on views");
+    }
+
+    /// <summary>RoPE on the first heads of wider rows, at positions up to a few thousand.</summary>
+    [Theory]
+    [InlineData(2)]
+    [InlineData(8)]
+    [InlineData(34)]
+    public void Rope_matches_host(int headDim)
+    {
+        using var twin = NewTwin(6);
+        const int tokens = 4, heads = 3;
+        int width = (heads + 1) * headDim + 1; // an unrotated head and one more column
+        var x = twin.RandomTensor(tokens, width, 2f);
+        var positions = twin.Ints(tokens, 1, [0, 1, 255, 4095]);
+        Accelerators.Host.Rope(x.Host, positions.Host, heads, headDim, 10000f);
+        Device.Rope(x.Device, positions.Device, heads, headDim, 10000f);
+        // cos/sin of the same float angle: device sin/cos differ from .NET's by ~1e-7 after the exact range reduction.
+        Twin.AssertClose(x, new Tolerance(2e-6, 1e-5), $"Rope Dh={headDim}");
+    }
+
+    /// <summary>KV write through a scrambled block table, starting mid-block.</summary>
+    [Fact]
+    public void KvWrite_matches_host()
+    {
+        using var twin = NewTwin(7);
+        var layout = new KvCacheLayout(Layers: 2, KvHeads: 2, HeadDim: 3, BlockSize: 4, BlockCount: 6);
+        var caches = twin.Cache(layout);
+        var table = twin.Ints(1, 4, [5, 2, 0, 3]);
+        const int heads = 4, tokens = 6;
+        int qkvWidth = (heads + 2 * layout.KvHeads) * layout.HeadDim + 2;
+        for (int layer = 0; layer < layout.Layers; layer++)
+        {
+            var qkv = twin.RandomTensor(tokens, qkvWidth);
+            Accelerators.Host.KvWrite(caches.Host, layer, qkv.Host, heads, table.Host, startPosition: 3);
+            Device.KvWrite(caches.Device, layer, qkv.Device, heads, table.Device, startPosition: 3);
+        }
+        Twin.AssertCachesClose(caches, Tolerance.Exact, "KvWrite");
+    }
+
+    /// <summary>Causal prefill from an empty cache, grouped-query heads.</summary>
+    [Fact]
+    public void Attention_causal_prefill_matches_host()
+    {
+        foreach (int dh in Sizes.HeadDims)
+            CheckAttention(committed: 0, tokens: 5, heads: 4, kvHeads: 2, headDim: dh, blockSize: 4, table: [3, 0, 1], mask: null, seed: 10);
+    }
+
+    /// <summary>One new token over a committed prefix spanning several blocks of a scrambled table.</summary>
+    [Fact]
+    public void Attention_decode_over_scrambled_blocks_matches_host()
+    {
+        foreach (int dh in Sizes.HeadDims)
+            CheckAttention(committed: 37, tokens: 1, heads: 2, kvHeads: 1, headDim: dh, blockSize: 8, table: [4, 1, 7, 0, 2], mask: null, seed: 11);
+    }
+
+    /// <summary>Tree verification: a hand-made tree mask over a committed prefix.</summary>
+    [Fact]
+    public void Attention_tree_mask_matches_host()
+    {
+        // Tree: 0 is the root; 1 and 2 are its children; 3 is a child of 1; 4 a child of 3. Each node sees its ancestors and itself.
+        int[] mask =
+        [
+            1, 0, 0, 0, 0,
+            1, 1, 0, 0, 0,
+            1, 0, 1, 0, 0,
+            1, 1, 0, 1, 0,
+            1, 1, 0, 1, 1,
+        ];
+        foreach (int dh in Sizes.HeadDims)
+            CheckAttention(committed: 9, tokens: 5, heads: 2, kvHeads: 2, headDim: dh, blockSize: 4, table: [2, 5, 0, 4], mask: mask, seed: 12);
+    }
+
+    /// <summary>A long committed prefix: many key chunks of the online softmax.</summary>
+    [Fact]
+    public void Attention_long_context_matches_host()
+    {
+        int s = Sizes.LongContext;
+        const int blockSize = 16;
+        int blocks = (s + 2 + blockSize - 1) / blockSize;
+        var table = Enumerable.Range(0, blocks).Select(i => (i * 7 + 3) % blocks).ToArray(); // a permutation (7 is coprime with blocks below)
+        Assert.Equal(blocks, table.Distinct().Count());
+        CheckAttention(committed: s, tokens: 2, heads: 2, kvHeads: 1, headDim: Sizes.HeadDims[^1], blockSize: blockSize, table: table, mask: null, seed: 13);
+    }
+
+    private void CheckAttention(int committed, int tokens, int heads, int kvHeads, int headDim, int blockSize, int[] table, int[]? mask, int seed)
+    {
+        using var twin = NewTwin(seed);
+        var layout = new KvCacheLayout(Layers: 2, KvHeads: kvHeads, HeadDim: headDim, BlockSize: blockSize, BlockCount: table.Max() + 1);
+        var caches = twin.Cache(layout);
+        var blockTable = twin.Ints(1, table.Length, table);
+        int width = (heads + 2 * kvHeads) * headDim;
+        const int layer = 1;
+        if (committed > 0)
+        {
+            var prefix = twin.RandomTensor(committed, width);
+            Accelerators.Host.KvWrite(caches.Host, layer, prefix.Host, heads, blockTable.Host, 0);
+            Device.KvWrite(caches.Device, layer, prefix.Device, heads, blockTable.Device, 0);
+        }
+        var qkv = twin.RandomTensor(tokens, width, 2f);
+        Accelerators.Host.KvWrite(caches.Host, layer, qkv.Host, heads, blockTable.Host, committed);
+        Device.KvWrite(caches.Device, layer, qkv.Device, heads, blockTable.Device, committed);
+        var maskPair = mask is null ? (TensorPair?)null : twin.Ints(tokens, tokens, mask);
+        var output = twin.Zeros(DType.F32, tokens, heads * headDim);
+        Accelerators.Host.Attention(output.Host, qkv.Host, caches.Host, layer, blockTable.Host, committed, maskPair?.Host);
+        Device.Attention(output.Device, qkv.Device, caches.Device, layer, blockTable.Device, committed, maskPair?.Device);
+        // The output is a softmax-weighted average of values ≤ 1: its error follows the scores' (sums of Dh terms), not S.
+        Twin.AssertClose(output, Tolerance.ForSum(DType.F32, headDim),
+            $"Attention S={committed} T={tokens} H={heads} Hkv={kvHeads} Dh={headDim} B={blockSize} mask={(mask is null ? "causal" : "tree")}");
+    }
+
+    /// <summary>SwiGLU over awkward widths.</summary>
+    [Fact]
+    public void SwiGlu_matches_host()
+    {
+        using var twin = NewTwin(14);
+        foreach (int f in Sizes.Widths)
+        {
+            var gateUp = twin.RandomTensor(3, 2 * f, 6f);
+            var output = twin.Zeros(DType.F32, 3, f);
+            Accelerators.Host.SwiGlu(output.Host, gateUp.Host);
+            Device.SwiGlu(output.Device, gateUp.Device);
+            Twin.AssertClose(output, Tolerance.Transcendental, $"SwiGlu F={f}");
+        }
+    }
+
+    /// <summary>Elementwise add, in place and not.</summary>
+    [Fact]
+    public void Add_matches_host()
+    {
+        using var twin = NewTwin(15);
+        foreach (int d in Sizes.Widths)
+        {
+            var a = twin.RandomTensor(3, d);
+            var b = twin.RandomTensor(3, d);
+            var output = twin.Zeros(DType.F32, 3, d);
+            Accelerators.Host.Add(output.Host, a.Host, b.Host);
+            Device.Add(output.Device, a.Device, b.Device);
+            Twin.AssertClose(output, Tolerance.Exact, $"Add D={d}");
+            Accelerators.Host.Add(a.Host, a.Host, b.Host);
+            Device.Add(a.Device, a.Device, b.Device);
+            Twin.AssertClose(a, Tolerance.Exact, $"Add in place D={d}");
+        }
+    }
+
+    /// <summary>Argmax with the maximum planted twice: the lower index wins.</summary>
+    [Fact]
+    public void ArgMax_matches_host_lowest_index_on_ties()
+    {
+        using var twin = NewTwin(16);
+        foreach (int v in Sizes.Widths.Append(Sizes.Vocabulary))
+        {
+            var data = twin.RandomFloats(3 * v, 4f);
+            if (v > 2)
+            {
+                data[0 * v + v - 1] = 9f; // row 0: tie between the last and a middle index
+                data[0 * v + v / 2] = 9f;
+                data[1 * v + 1] = 9f;     // row 1: tie between index 1 and the last
+                data[1 * v + v - 1] = 9f;
+            }
+            var logits = twin.Floats(3, v, data);
+            var output = twin.Zeros(DType.I32, 3, 1);
+            Accelerators.Host.ArgMax(output.Host, logits.Host);
+            Device.ArgMax(output.Device, logits.Device);
+            Twin.AssertSame(output, $"ArgMax V={v}");
+        }
+    }
+
+    /// <summary>Top-k for several k, with tied values: sorted descending, ties lower index first.</summary>
+    [Fact]
+    public void TopK_matches_host_with_ties()
+    {
+        using var twin = NewTwin(17);
+        foreach (int v in Sizes.Widths.Append(Sizes.Vocabulary))
+        {
+            foreach (int k in TopKs.Where(k => k <= v))
+            {
+                // Values on a coarse grid so that ties are common.
+                var data = twin.RandomFloats(3 * v, 8f).Select(x => MathF.Round(x)).ToArray();
+                var logits = twin.Floats(3, v, data);
+                var indices = twin.Zeros(DType.I32, 3, k);
+                var values = twin.Zeros(DType.F32, 3, k);
+                Accelerators.Host.TopK(indices.Host, values.Host, logits.Host);
+                Device.TopK(indices.Device, values.Device, logits.Device);
+                Twin.AssertSame(indices, $"TopK indices V={v} k={k}");
+                Twin.AssertClose(values, Tolerance.Exact, $"TopK values V={v} k={k}");
+            }
+        }
+    }
+
+    /// <summary>Softmax statistics (max, log-sum-exp, entropy).</summary>
+    [Fact]
+    public void SoftmaxStats_matches_host()
+    {
+        using var twin = NewTwin(18);
+        foreach (int v in Sizes.Widths.Append(Sizes.Vocabulary))
+        {
+            var logits = twin.RandomTensor(3, v, 6f);
+            var output = twin.Zeros(DType.F32, 3, 3);
+            Accelerators.Host.SoftmaxStats(output.Host, logits.Host);
+            Device.SoftmaxStats(output.Device, logits.Device);
+            // Host sums in float64; the kernel in float32 over V terms of at most 1.
+            Twin.AssertClose(output, new Tolerance(1e-5 + 1e-7 * v, 1e-5), $"SoftmaxStats V={v}");
+        }
+    }
+
+    /// <summary>KV compaction along an overlapping path, [S+0, S+2, S+5] → S..S+2, and a longer one across blocks.</summary>
+    [Theory]
+    [InlineData(new[] { 0, 2, 5 })]
+    [InlineData(new[] { 1, 3, 4, 8, 9 })]
+    public void KvCompact_matches_host(int[] offsets)
+    {
+        using var twin = NewTwin(19);
+        var layout = new KvCacheLayout(Layers: 3, KvHeads: 2, HeadDim: 5, BlockSize: 4, BlockCount: 5);
+        var caches = twin.Cache(layout);
+        var table = twin.Ints(1, 5, [3, 0, 4, 1, 2]);
+        const int heads = 2, committed = 6, tree = 11;
+        int width = (heads + 2 * layout.KvHeads) * layout.HeadDim;
+        for (int layer = 0; layer < layout.Layers; layer++)
+        {
+            var qkv = twin.RandomTensor(committed + tree, width);
+            Accelerators.Host.KvWrite(caches.Host, layer, qkv.Host, heads, table.Host, 0);
+            Device.KvWrite(caches.Device, layer, qkv.Device, heads, table.Device, 0);
+        }
+        var sources = twin.Ints(offsets.Length, 1, offsets.Select(o => committed + o).ToArray());
+        Accelerators.Host.KvCompact(caches.Host, table.Host, sources.Host, committed);
+        Device.KvCompact(caches.Device, table.Device, sources.Device, committed);
+        Twin.AssertCachesClose(caches, Tolerance.Exact, $"KvCompact [{string.Join(", ", offsets)}]");
+    }
+
+    /// <summary>Bad shapes and foreign tensors are rejected before any work is queued.</summary>
+    [Fact]
+    public void Bad_arguments_throw_with_shapes()
+    {
+        using var twin = NewTwin(20);
+        var x = twin.RandomTensor(2, 5);
+        var weight = twin.RandomWeight(DType.F16, 3, 4);
+        var output = twin.Zeros(DType.F32, 2, 3);
+        var error = Assert.Throws<ArgumentException>(() => Device.MatMul(output.Device, x.Device, weight.Device, accumulate: false));
+        Assert.Contains("[2, 5]", error.Message);
+        var foreign = Assert.Throws<ArgumentException>(() => Device.Add(output.Device, output.Host, output.Device));
+        Assert.Contains("does not belong", foreign.Message);
+    }
+}
+
+/// <summary>The suite on ILGPU's CPU emulator (warp 32, groups of 32): tiny shapes.</summary>
+[Collection(AcceleratorCollection.Name)]
+public sealed class CpuEmulatorConformanceTests(Accelerators accelerators) : ConformanceTests(accelerators)
+{
+    /// <inheritdoc />
+    protected override IlgpuBackend Device => Accelerators.Emulator;
+
+    /// <inheritdoc />
+    protected override TestSizes Sizes { get; } = new(
+        Widths: [1, 31, 32, 33, 257],
+        MatMuls: [(1, 1, 1), (1, 33, 31), (1, 7, 257), (3, 31, 33), (5, 9, 32), (17, 33, 31)],
+        HeadDims: [8, 40],
+        LongContext: 70,
+        Vocabulary: 300);
+}
+
+/// <summary>The suite on OpenCL (PoCL here, through the CPU OpenCL opt-in): moderate shapes.</summary>
+[Collection(AcceleratorCollection.Name)]
+public sealed class OpenCLConformanceTests(Accelerators accelerators) : ConformanceTests(accelerators)
+{
+    /// <inheritdoc />
+    protected override IlgpuBackend Device => Accelerators.OpenCL;
+
+    /// <inheritdoc />
+    protected override TestSizes Sizes { get; } = new(
+        Widths: [1, 31, 32, 33, 257, 1000],
+        MatMuls: [(1, 1, 1), (1, 33, 31), (1, 257, 288), (1, 1000, 257), (3, 257, 33), (5, 100, 288), (16, 65, 129), (17, 33, 31), (64, 200, 288), (129, 130, 65)],
+        HeadDims: [8, 64, 128],
+        LongContext: 1500,
+        Vocabulary: 32000);
+}
