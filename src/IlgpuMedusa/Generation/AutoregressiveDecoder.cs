@@ -5,61 +5,138 @@ using IlgpuMedusa.Transformer;
 namespace IlgpuMedusa.Generation;
 
 /// <summary>
-/// A decoding strategy for one sequence: <see cref="Prefill"/> runs the prompt, then each <see cref="Step"/> is one
-/// forward pass that appends at least one accepted token. The last appended token is "pending": chosen, emitted, but not
-/// yet in the KV cache; the next step feeds it.
+/// The logits a sequence asked for in one forward: rows F32[n, V] on the device, and their argmax on the host when
+/// the scheduler computed it (it does for every row; greedy decoding needs nothing else).
 /// </summary>
-internal interface ITokenDecoder
+internal readonly ref struct StepLogits
 {
-    /// <summary>Runs the prompt (positions 0..n−1) and appends the first generated token.</summary>
-    void Prefill(ReadOnlySpan<int> prompt, List<int> accepted);
+    public StepLogits(DeviceTensor rows, ReadOnlySpan<int> argMax)
+    {
+        Rows = rows;
+        ArgMax = argMax;
+    }
 
-    /// <summary>One forward pass; appends the tokens it accepted (≥ 1).</summary>
-    void Step(List<int> accepted);
+    /// <summary>Logits rows on the device.</summary>
+    public DeviceTensor Rows { get; }
+    /// <summary>Argmax of each row.</summary>
+    public ReadOnlySpan<int> ArgMax { get; }
 }
 
-/// <summary>Shared pieces of the decoders: the forward workspace and how a logits row becomes a token.</summary>
-internal abstract class DecoderBase : ITokenDecoder
+/// <summary>
+/// A decoding strategy for one sequence, split in two halves so a scheduler can run many sequences in one forward:
+/// <see cref="Plan"/> says which tokens to feed (a prompt chunk, the pending token, or a Medusa tree), the scheduler runs
+/// the batched forward and the logits of the rows asked for, then <see cref="Complete"/> consumes them and appends the
+/// accepted tokens. The last appended token is "pending": chosen and emitted, not yet in the KV cache.
+/// </summary>
+internal abstract class SequenceDecoder
 {
-    private readonly int[] _oneId = new int[1];
+    private readonly int[] _prompt;
+    private readonly bool _resume;
+    private int _prefilled;
+    private int[] _planTokens = new int[1];
+    private int[] _planPositions = new int[1];
     private float[] _row = [];
 
-    protected DecoderBase(LlamaModel model, ForwardWorkspace workspace, KvSequence sequence, Sampler sampler)
+    /// <summary>
+    /// Starts a sequence. <paramref name="prompt"/> is prefilled first. When <paramref name="resumePending"/> is set the
+    /// sequence was preempted earlier: <paramref name="prompt"/> holds every token before the pending one, and the pending
+    /// token is already emitted, so the prefill recomputes the cache without choosing a new token.
+    /// </summary>
+    protected SequenceDecoder(LlamaModel model, KvSequence sequence, Sampler sampler, int[] prompt, int? resumePending)
     {
         Model = model;
-        Workspace = workspace;
         Sequence = sequence;
         Sampler = sampler;
+        _prompt = prompt;
+        _resume = resumePending is not null;
+        Pending = resumePending ?? -1;
     }
 
     protected LlamaModel Model { get; }
-    protected ForwardWorkspace Workspace { get; }
-    protected KvSequence Sequence { get; }
+    public KvSequence Sequence { get; }
     protected Sampler Sampler { get; }
     protected IComputeBackend Backend => Model.Backend;
 
     /// <summary>Tokens in the KV cache (S).</summary>
-    protected int Committed { get; set; }
+    public int Committed { get; protected set; }
+    /// <summary>The chosen, emitted, not yet cached token (−1 before the prefill ends).</summary>
+    public int Pending { get; protected set; }
+    /// <summary>True while prompt tokens remain to be run.</summary>
+    public bool Prefilling => _prefilled < _prompt.Length;
 
-    /// <summary>The chosen but not yet cached token.</summary>
-    protected int Pending { get; set; }
+    /// <summary>Tokens of the planned forward.</summary>
+    public ReadOnlySpan<int> PlanTokens => _planTokens.AsSpan(0, PlanCount);
+    /// <summary>RoPE positions of the planned forward.</summary>
+    public ReadOnlySpan<int> PlanPositions => _planPositions.AsSpan(0, PlanCount);
+    /// <summary>Rows of the planned forward (0: nothing planned).</summary>
+    public int PlanCount { get; private set; }
+    /// <summary>Tree mask of the planned forward (null: causal).</summary>
+    public DeviceTensor? PlanMask { get; private set; }
+    /// <summary>First row (within the plan) whose logits <see cref="Complete"/> needs; rows from there to the end.</summary>
+    public int PlanLogitsFrom { get; private set; }
 
-    public virtual void Prefill(ReadOnlySpan<int> prompt, List<int> accepted)
+    /// <summary>Rows this decoder's next step needs at least (a prefill can be cut to fit a batch).</summary>
+    public int NextStepMinimum => Prefilling ? 1 : StepSize;
+
+    /// <summary>Rows of a decode step.</summary>
+    protected abstract int StepSize { get; }
+
+    /// <summary>Plans the next forward within <paramref name="budget"/> rows; false when it does not fit.</summary>
+    public bool Plan(int budget)
     {
-        int chunk = Workspace.MaxTokens;
-        var positionArray = new int[Math.Min(chunk, prompt.Length)];
-        DeviceTensor? hidden = null;
-        for (int start = 0; start < prompt.Length; start += chunk)
+        PlanCount = 0;
+        if (Prefilling)
         {
-            int count = Math.Min(chunk, prompt.Length - start);
-            for (int i = 0; i < count; i++) positionArray[i] = start + i;
-            hidden = Model.Forward(Workspace, Workspace.Prepare(prompt.Slice(start, count), positionArray.AsSpan(0, count)), Sequence, start);
+            int count = Math.Min(budget, _prompt.Length - _prefilled);
+            if (count <= 0) return false;
+            Reserve(count);
+            for (int i = 0; i < count; i++)
+            {
+                _planTokens[i] = _prompt[_prefilled + i];
+                _planPositions[i] = _prefilled + i;
+            }
+            PlanCount = count;
+            PlanMask = null;
+            PlanLogitsFrom = _prefilled + count == _prompt.Length && !_resume ? count - 1 : count;
+            return true;
         }
-        Committed = prompt.Length;
-        var last = hidden!.Slice(hidden.Rows - 1, 1);
-        Pending = Choose(Model.Logits(Workspace, last));
-        accepted.Add(Pending);
-        AfterPrefill(last);
+        if (StepSize > budget) return false;
+        Reserve(StepSize);
+        PlanCount = PlanStep(_planTokens, _planPositions, out var mask, out int logitsFrom);
+        PlanMask = mask;
+        PlanLogitsFrom = logitsFrom;
+        return true;
+    }
+
+    private void Reserve(int count)
+    {
+        if (_planTokens.Length < count)
+        {
+            _planTokens = new int[count];
+            _planPositions = new int[count];
+        }
+    }
+
+    /// <summary>Fills the tokens and positions of a decode step; returns the row count.</summary>
+    protected abstract int PlanStep(int[] tokens, int[] positions, out DeviceTensor? mask, out int logitsFrom);
+
+    /// <summary>Consumes the planned forward: <paramref name="hidden"/> = its rows' final hidden states F32[PlanCount, D].</summary>
+    public void Complete(DeviceTensor hidden, StepLogits logits, List<int> accepted)
+    {
+        if (Prefilling)
+        {
+            _prefilled += PlanCount;
+            Committed = _prefilled;
+            if (Prefilling) return;
+            if (!_resume)
+            {
+                Pending = Choose(logits, 0);
+                accepted.Add(Pending);
+            }
+            AfterPrefill(hidden.Slice(hidden.Rows - 1, 1));
+            return;
+        }
+        CompleteStep(hidden, logits, accepted);
     }
 
     /// <summary>Called with the final hidden state of the last prompt token.</summary>
@@ -67,42 +144,88 @@ internal abstract class DecoderBase : ITokenDecoder
     {
     }
 
-    public abstract void Step(List<int> accepted);
+    /// <summary>Consumes a decode step.</summary>
+    protected abstract void CompleteStep(DeviceTensor hidden, StepLogits logits, List<int> accepted);
 
-    /// <summary>Chooses a token from one logits row F32[1, V]: on the device for greedy, else on the host.</summary>
-    protected int Choose(DeviceTensor logitsRow)
+    /// <summary>Chooses a token from logits row <paramref name="row"/>: its argmax for greedy sampling, else a draw on the host.</summary>
+    protected int Choose(StepLogits logits, int row)
     {
-        if (Sampler.IsGreedy)
-        {
-            var id = Workspace.ArgMax.Slice(0, 1);
-            Backend.ArgMax(id, logitsRow);
-            Backend.Download(id, _oneId);
-            return _oneId[0];
-        }
-        if (_row.Length != logitsRow.Columns) _row = new float[logitsRow.Columns];
-        Backend.Download(logitsRow, _row);
+        if (Sampler.IsGreedy) return logits.ArgMax[row];
+        var r = logits.Rows.Slice(row, 1);
+        if (_row.Length != r.Columns) _row = new float[r.Columns];
+        Backend.Download(r, _row);
         return Sampler.Sample(_row);
     }
 }
 
 /// <summary>Plain decoding: one token per forward.</summary>
-internal sealed class AutoregressiveDecoder : DecoderBase
+internal sealed class AutoregressiveDecoder : SequenceDecoder
 {
-    private readonly int[] _token = new int[1];
-    private readonly int[] _position = new int[1];
-
-    public AutoregressiveDecoder(LlamaModel model, ForwardWorkspace workspace, KvSequence sequence, Sampler sampler)
-        : base(model, workspace, sequence, sampler)
+    public AutoregressiveDecoder(LlamaModel model, KvSequence sequence, Sampler sampler, int[] prompt, int? resumePending = null)
+        : base(model, sequence, sampler, prompt, resumePending)
     {
     }
 
-    public override void Step(List<int> accepted)
+    protected override int StepSize => 1;
+
+    protected override int PlanStep(int[] tokens, int[] positions, out DeviceTensor? mask, out int logitsFrom)
     {
-        _token[0] = Pending;
-        _position[0] = Committed;
-        var hidden = Model.Forward(Workspace, Workspace.Prepare(_token, _position), Sequence, Committed);
+        tokens[0] = Pending;
+        positions[0] = Committed;
+        mask = null;
+        logitsFrom = 0;
+        return 1;
+    }
+
+    protected override void CompleteStep(DeviceTensor hidden, StepLogits logits, List<int> accepted)
+    {
         Committed++;
-        Pending = Choose(Model.Logits(Workspace, hidden));
+        Pending = Choose(logits, 0);
         accepted.Add(Pending);
+    }
+}
+
+/// <summary>
+/// Runs one decoder on its own (a batch of one): plan, forward, logits of the rows asked for, argmax, complete.
+/// The scheduler does the same for many decoders at once.
+/// </summary>
+internal sealed class SingleSequenceRunner
+{
+    private readonly LlamaModel _model;
+    private readonly ForwardWorkspace _workspace;
+    private readonly SequenceDecoder _decoder;
+    private int[] _argMax = [];
+
+    public SingleSequenceRunner(LlamaModel model, ForwardWorkspace workspace, SequenceDecoder decoder)
+    {
+        _model = model;
+        _workspace = workspace;
+        _decoder = decoder;
+    }
+
+    /// <summary>Runs forwards until the decoder has appended at least one token.</summary>
+    public void Advance(List<int> accepted)
+    {
+        int before = accepted.Count;
+        while (accepted.Count == before)
+        {
+            if (!_decoder.Plan(_workspace.MaxTokens))
+                throw new InvalidOperationException($"a decode step needs {_decoder.NextStepMinimum} rows but the workspace holds {_workspace.MaxTokens}");
+            int n = _decoder.PlanCount;
+            var inputs = _workspace.Prepare(_decoder.PlanTokens, _decoder.PlanPositions, _decoder.PlanMask);
+            var hidden = _model.Forward(_workspace, inputs, _decoder.Sequence, _decoder.Committed);
+            int from = _decoder.PlanLogitsFrom, rows = n - from;
+            if (rows == 0)
+            {
+                _decoder.Complete(hidden, default, accepted);
+                continue;
+            }
+            var logits = _model.Logits(_workspace, hidden.Slice(from, rows));
+            var ids = _workspace.ArgMax.Slice(0, rows);
+            _model.Backend.ArgMax(ids, logits);
+            if (_argMax.Length < rows) _argMax = new int[rows];
+            _model.Backend.Download(ids, _argMax.AsSpan(0, rows));
+            _decoder.Complete(hidden, new StepLogits(logits, _argMax.AsSpan(0, rows)), accepted);
+        }
     }
 }

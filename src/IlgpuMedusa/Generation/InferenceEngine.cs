@@ -35,6 +35,7 @@ public sealed class InferenceEngine : IInferenceEngine, IDisposable
     private readonly SemaphoreSlim _gate = new(1, 1);
 
     private readonly MedusaHeadsCheckpoint? _headsCheckpoint;
+    private bool _disposed;
 
     /// <summary>Largest tree (nodes) a forward can verify; the workspace is sized for it.</summary>
     public const int MaxTreeNodes = 64;
@@ -142,13 +143,28 @@ public sealed class InferenceEngine : IInferenceEngine, IDisposable
     {
         options.Validate();
         var ids = EncodePrompt(prompt, options); // fail fast, before the worker starts
+        await foreach (var piece in GenerateAsync(ids, options, new GenerationStats(), cancellationToken).ConfigureAwait(false))
+            yield return piece;
+    }
+
+    /// <summary>
+    /// Streams the continuation of <paramref name="promptIds"/>, generated on a worker thread; <paramref name="stats"/> is
+    /// final once the enumeration ends. The worker stops when <paramref name="cancellationToken"/> is cancelled (the
+    /// enumeration then throws <see cref="OperationCanceledException"/>) or when the caller stops enumerating (break,
+    /// dispose, exception): either way the sequence's KV blocks are back in the pool before the enumerator's disposal completes.
+    /// </summary>
+    public async IAsyncEnumerable<GeneratedPiece> GenerateAsync(IReadOnlyList<int> promptIds, GenerationOptions options, GenerationStats stats,
+        [EnumeratorCancellation] CancellationToken cancellationToken = default)
+    {
+        options.Validate();
+        using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         var channel = Channel.CreateBounded<GeneratedPiece>(new BoundedChannelOptions(64) { SingleReader = true, SingleWriter = true });
         var worker = Task.Run(() =>
         {
             try
             {
-                foreach (var piece in Generate(ids, options, new GenerationStats(), cancellationToken))
-                    channel.Writer.WriteAsync(piece, cancellationToken).AsTask().GetAwaiter().GetResult();
+                foreach (var piece in Generate(promptIds, options, stats, stop.Token))
+                    channel.Writer.WriteAsync(piece, stop.Token).AsTask().GetAwaiter().GetResult();
                 channel.Writer.Complete();
             }
             catch (Exception e)
@@ -156,9 +172,18 @@ public sealed class InferenceEngine : IInferenceEngine, IDisposable
                 channel.Writer.Complete(e);
             }
         }, CancellationToken.None);
-        await foreach (var piece in channel.Reader.ReadAllAsync(cancellationToken).ConfigureAwait(false))
-            yield return piece;
-        await worker.ConfigureAwait(false);
+        try
+        {
+            await foreach (var piece in channel.Reader.ReadAllAsync(cancellationToken).ConfigureAwait(false))
+                yield return piece;
+        }
+        finally
+        {
+            // A caller that stopped reading leaves the worker blocked on a full channel: stop it, and wait until its
+            // sequence is disposed. The worker never throws (its exceptions went to the channel).
+            await stop.CancelAsync().ConfigureAwait(false);
+            await worker.ConfigureAwait(false);
+        }
     }
 
     /// <summary>
@@ -191,21 +216,24 @@ public sealed class InferenceEngine : IInferenceEngine, IDisposable
         var tree = options.UseMedusa && Heads is not null ? Tree(options.Tree) : null;
         int slack = tree?.Topology.NodeCount ?? 1;
         using var sequence = Pool.CreateSequence(Math.Min(c.MaxSequenceLength, promptIds.Count + maxNew + slack));
-        ITokenDecoder decoder;
+        var prompt = promptIds as int[] ?? [.. promptIds];
+        SequenceDecoder decoder;
         if (tree is not null)
         {
             stats.Medusa = new MedusaStats(Heads!.HeadCount);
             stats.Tree = tree.Topology.Name;
-            decoder = new MedusaDecoder(Model, _workspace, sequence, sampler, Heads, tree.Topology, tree.Mask, options.Acceptance, stats.Medusa);
+            decoder = new MedusaDecoder(Model, sequence, sampler, prompt, null, Heads, tree.Topology, tree.Mask, options.Acceptance, stats.Medusa);
         }
         else
         {
-            decoder = new AutoregressiveDecoder(Model, _workspace, sequence, sampler);
+            decoder = new AutoregressiveDecoder(Model, sequence, sampler, prompt);
         }
+        using var release = new DecoderRelease(decoder);
+        var runner = new SingleSequenceRunner(Model, _workspace, decoder);
 
         var accepted = new List<int>(16);
         var clock = Stopwatch.StartNew();
-        decoder.Prefill(promptIds as int[] ?? [.. promptIds], accepted);
+        runner.Advance(accepted);
         stats.PrefillSeconds = clock.Elapsed.TotalSeconds;
         clock.Restart();
         stats.FinishReason = FinishReason.MaxTokens;
@@ -248,12 +276,18 @@ public sealed class InferenceEngine : IInferenceEngine, IDisposable
             if (taken > 0) yield return new GeneratedPiece(text.ToString(), accepted.GetRange(0, taken));
             if (finished) break;
             accepted.Clear();
-            decoder.Step(accepted);
+            runner.Advance(accepted);
             stats.Steps++;
         }
         stats.DecodeSeconds = clock.Elapsed.TotalSeconds;
         var tail = stops.Push(detokenizer.Flush()) + stops.Flush();
         if (tail.Length > 0) yield return new GeneratedPiece(tail, []);
+    }
+
+    /// <summary>Frees a decoder's own device buffers when its generation ends.</summary>
+    private readonly struct DecoderRelease(SequenceDecoder decoder) : IDisposable
+    {
+        public void Dispose() => (decoder as MedusaDecoder)?.Release();
     }
 
     /// <summary>A compiled tree and its mask on the device.</summary>
@@ -278,6 +312,8 @@ public sealed class InferenceEngine : IInferenceEngine, IDisposable
     /// <summary>Frees the device memory and closes the checkpoint.</summary>
     public void Dispose()
     {
+        if (_disposed) return; // the DI container may dispose the one engine under two service types
+        _disposed = true;
         foreach (var tree in _trees.Values) tree.Mask.Dispose();
         _workspace.Dispose();
         Heads?.Dispose();

@@ -19,72 +19,88 @@ namespace IlgpuMedusa.Medusa;
 /// With greedy acceptance and greedy sampling every emitted token is the base model's argmax given the tokens before it,
 /// so the output equals plain greedy decoding.
 /// </summary>
-internal sealed class MedusaDecoder : DecoderBase
+internal sealed class MedusaDecoder : SequenceDecoder
 {
     private readonly MedusaHeads _heads;
     private readonly TreeTopology _tree;
     private readonly DeviceTensor _mask;      // I32[N, N], owned by the engine's tree cache
     private readonly Acceptance _acceptance;
     private readonly MedusaStats _stats;
-    private readonly int[] _tokens;           // [N] node tokens
-    private readonly int[] _positions;        // [N]
-    private readonly int[] _argMax;           // [N]
     private readonly int[] _topK;             // [heads · TopK] latest head predictions
     private readonly int[] _sources;          // compaction sources
     private readonly DeviceTensor _deviceSources;
+    private int[] _tokens = [];               // node tokens of the planned tree
+    private bool _fallback;                   // the planned step is a single token (end of context)
     private float[] _logits = [];             // [N · V] for typical acceptance
     private float[] _probability = [];
     private float[] _entropy = [];
-    private readonly AutoregressiveFallback _fallback;
 
-    public MedusaDecoder(LlamaModel model, ForwardWorkspace workspace, KvSequence sequence, Sampler sampler,
+    public MedusaDecoder(LlamaModel model, KvSequence sequence, Sampler sampler, int[] prompt, int? resumePending,
         MedusaHeads heads, TreeTopology tree, DeviceTensor mask, Acceptance acceptance, MedusaStats stats)
-        : base(model, workspace, sequence, sampler)
+        : base(model, sequence, sampler, prompt, resumePending)
     {
         if (tree.MaxDepth > heads.HeadCount)
             throw new ArgumentException($"tree '{tree.Name}' has depth {tree.MaxDepth} but only {heads.HeadCount} Medusa heads are loaded.");
         if (tree.TopKPerDepth.Any(k => k > MedusaHeads.TopK))
             throw new ArgumentException($"tree '{tree.Name}' uses top-k indices beyond the {MedusaHeads.TopK} each head provides.");
-        if (tree.NodeCount > workspace.MaxTokens || tree.NodeCount > workspace.Logits.Rows)
-            throw new ArgumentException($"tree '{tree.Name}' has {tree.NodeCount} nodes; the workspace holds {Math.Min(workspace.MaxTokens, workspace.Logits.Rows)}.");
         _heads = heads;
         _tree = tree;
         _mask = mask;
         _acceptance = acceptance;
         _stats = stats;
-        int n = tree.NodeCount;
-        _tokens = new int[n];
-        _positions = new int[n];
-        _argMax = new int[n];
         _topK = new int[heads.HeadCount * MedusaHeads.TopK];
         _sources = new int[tree.MaxDepth + 1];
         _deviceSources = Backend.Allocate(Models.DType.I32, tree.MaxDepth + 1, 1);
-        _fallback = new AutoregressiveFallback(this);
     }
+
+    /// <summary>Frees the device buffer of compaction sources.</summary>
+    public void Release() => _deviceSources.Dispose();
+
+    protected override int StepSize => Committed + _tree.NodeCount > Sequence.MaxTokens ? 1 : _tree.NodeCount;
 
     protected override void AfterPrefill(DeviceTensor lastHidden) => _heads.Predict(lastHidden).CopyTo(_topK);
 
-    public override void Step(List<int> accepted)
+    protected override int PlanStep(int[] tokens, int[] positions, out DeviceTensor? mask, out int logitsFrom)
     {
-        int n = _tree.NodeCount;
-        if (Committed + n > Sequence.MaxTokens)
+        logitsFrom = 0;
+        int s = Committed;
+        tokens[0] = Pending;
+        positions[0] = s;
+        _fallback = StepSize == 1;
+        if (_fallback)
         {
             // Near the end of the context the whole tree no longer fits: finish token by token.
-            _fallback.Step(accepted);
-            return;
+            mask = null;
+            return 1;
         }
-        int s = Committed;
-        _tokens[0] = Pending;
-        _positions[0] = s;
+        int n = _tree.NodeCount;
         for (int node = 1; node < n; node++)
         {
             int depth = _tree.Depths[node];
-            _tokens[node] = _topK[(depth - 1) * MedusaHeads.TopK + _tree.TopKIndices[node]];
-            _positions[node] = s + depth;
+            tokens[node] = _topK[(depth - 1) * MedusaHeads.TopK + _tree.TopKIndices[node]];
+            positions[node] = s + depth;
         }
-        var hidden = Model.Forward(Workspace, Workspace.Prepare(_tokens.AsSpan(0, n), _positions.AsSpan(0, n), _mask), Sequence, s);
-        var logits = Model.Logits(Workspace, hidden);
-        var path = Evaluate(logits);
+        if (_tokens.Length < n) _tokens = new int[n];
+        tokens.AsSpan(0, n).CopyTo(_tokens);
+        mask = _mask;
+        return n;
+    }
+
+    protected override void CompleteStep(DeviceTensor hidden, StepLogits logits, List<int> accepted)
+    {
+        int s = Committed;
+        if (_fallback)
+        {
+            Committed = s + 1;
+            Pending = Choose(logits, 0);
+            accepted.Add(Pending);
+            _heads.Predict(hidden.Slice(0, 1)).CopyTo(_topK);
+            _stats.Record(1);
+            return;
+        }
+        var path = _acceptance is Acceptance.TypicalAcceptance typical
+            ? PosteriorEvaluator.Typical(_tree, typical, Posteriors(logits.Rows, out var entropy), entropy)
+            : PosteriorEvaluator.Greedy(_tree, _tokens, logits.ArgMax);
         var nodes = _tree.Paths[path.Path];
         int length = path.Length;
 
@@ -105,31 +121,17 @@ internal sealed class MedusaDecoder : DecoderBase
 
         for (int i = 1; i < length; i++) accepted.Add(_tokens[nodes[i]]);
         int last = nodes[length - 1];
-        Pending = Sampler.IsGreedy && _acceptance is Acceptance.GreedyAcceptance ? _argMax[last] : Choose(logits.Slice(last, 1));
+        Pending = Choose(logits, last);
         accepted.Add(Pending);
         _heads.Predict(hidden.Slice(last, 1)).CopyTo(_topK);
         _stats.Record(length);
-    }
-
-    private AcceptedPath Evaluate(DeviceTensor logits)
-    {
-        int n = _tree.NodeCount;
-        if (_acceptance is Acceptance.TypicalAcceptance typical)
-        {
-            ComputePosteriors(logits);
-            return PosteriorEvaluator.Typical(_tree, typical, _probability, _entropy);
-        }
-        var ids = Workspace.ArgMax.Slice(0, n);
-        Backend.ArgMax(ids, logits);
-        Backend.Download(ids, _argMax.AsSpan(0, n));
-        return PosteriorEvaluator.Greedy(_tree, _tokens, _argMax);
     }
 
     /// <summary>
     /// For typical acceptance: p(token of n | parent of n) and the parent's entropy, from softmax(logits / τ) with τ the
     /// sampling temperature (1 for greedy sampling).
     /// </summary>
-    private void ComputePosteriors(DeviceTensor logits)
+    private float[] Posteriors(DeviceTensor logits, out float[] parentEntropy)
     {
         int n = _tree.NodeCount, v = logits.Columns;
         if (_logits.Length != n * v)
@@ -163,25 +165,8 @@ internal sealed class MedusaDecoder : DecoderBase
             _probability[node] = MathF.Exp(_logits[parent * v + _tokens[node]] / temperature - logSumExp[parent]);
             _entropy[node] = entropy[parent];
         }
-    }
-
-    /// <summary>A single-token step for the end of the context, keeping the heads fed.</summary>
-    private sealed class AutoregressiveFallback(MedusaDecoder owner)
-    {
-        private readonly int[] _token = new int[1];
-        private readonly int[] _position = new int[1];
-
-        public void Step(List<int> accepted)
-        {
-            _token[0] = owner.Pending;
-            _position[0] = owner.Committed;
-            var hidden = owner.Model.Forward(owner.Workspace, owner.Workspace.Prepare(_token, _position), owner.Sequence, owner.Committed);
-            owner.Committed++;
-            owner.Pending = owner.Choose(owner.Model.Logits(owner.Workspace, hidden));
-            accepted.Add(owner.Pending);
-            owner._heads.Predict(hidden).CopyTo(owner._topK);
-            owner._stats.Record(1);
-        }
+        parentEntropy = _entropy;
+        return _probability;
     }
 }
 

@@ -26,6 +26,8 @@ public sealed class ForwardWorkspace : IDisposable
         Tokens = backend.Allocate(DType.I32, maxTokens, 1);
         Positions = backend.Allocate(DType.I32, maxTokens, 1);
         ArgMax = backend.Allocate(DType.I32, maxLogitRows, 1);
+        Gathered = backend.Allocate(DType.F32, maxLogitRows, config.Dim);
+        GatherRows = backend.Allocate(DType.I32, maxLogitRows, 1);
     }
 
     /// <summary>The backend.</summary>
@@ -52,6 +54,14 @@ public sealed class ForwardWorkspace : IDisposable
     public DeviceTensor Positions { get; }
     /// <summary>Argmax of logits rows [rows, 1].</summary>
     public DeviceTensor ArgMax { get; }
+
+    /// <summary>Hidden rows gathered for the logits of a batched step [rows, D].</summary>
+    public DeviceTensor Gathered { get; }
+    /// <summary>Indices of the gathered rows [rows, 1].</summary>
+    public DeviceTensor GatherRows { get; }
+
+    /// <summary>A reusable one-segment list for single-sequence forwards (no allocation per step).</summary>
+    internal ForwardSegment[] SingleSegment { get; } = new ForwardSegment[1];
 
     /// <summary>Uploads tokens and positions and returns the inputs of a causal forward of these tokens.</summary>
     public ForwardInputs Prepare(ReadOnlySpan<int> tokens, ReadOnlySpan<int> positions, DeviceTensor? mask = null)
@@ -80,8 +90,18 @@ public sealed class ForwardWorkspace : IDisposable
         Tokens.Dispose();
         Positions.Dispose();
         ArgMax.Dispose();
+        Gathered.Dispose();
+        GatherRows.Dispose();
     }
 }
+
+/// <summary>One sequence's rows in a batched forward.</summary>
+/// <param name="Sequence">Its KV cache share.</param>
+/// <param name="Committed">S: positions already in its cache.</param>
+/// <param name="Start">First input row.</param>
+/// <param name="Count">Rows (its T).</param>
+/// <param name="Mask">I32[Count, Count] tree mask, or null for causal.</param>
+public readonly record struct ForwardSegment(Scheduling.KvSequence Sequence, int Committed, int Start, int Count, DeviceTensor? Mask);
 
 /// <summary>The device-side inputs of one forward: T tokens, their RoPE positions, and the T x T mask (null = causal).</summary>
 /// <param name="Count">T.</param>

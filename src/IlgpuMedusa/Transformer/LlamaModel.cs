@@ -124,16 +124,37 @@ public sealed class LlamaModel : IDisposable
     }
 
     /// <summary>
-    /// Runs T = <see cref="ForwardInputs.Count"/> tokens through every block and the final norm.
+    /// Runs T = <see cref="ForwardInputs.Count"/> tokens of one sequence through every block and the final norm.
     /// Their keys and values are written to logical positions S..S+T−1 of <paramref name="sequence"/>, where
     /// S = <paramref name="committed"/>; they attend to all S committed positions plus the new tokens the mask allows.
     /// Returns the final hidden states F32[T, D] (a view of the workspace, valid until the next forward).
     /// </summary>
     public DeviceTensor Forward(ForwardWorkspace workspace, ForwardInputs inputs, KvSequence sequence, int committed)
     {
+        var single = workspace.SingleSegment;
+        single[0] = new ForwardSegment(sequence, committed, 0, inputs.Count, inputs.Mask);
+        return Forward(workspace, inputs, single);
+    }
+
+    /// <summary>
+    /// Runs the tokens of several sequences in one pass: row block [Start, Start + Count) of the inputs belongs to
+    /// segment i's sequence (its KV positions Committed.., its own mask). Everything but attention and the KV write is
+    /// shared across the batch, so each weight matrix is read once for all sequences.
+    /// Returns the final hidden states F32[T, D] (a view of the workspace, valid until the next forward).
+    /// </summary>
+    public DeviceTensor Forward(ForwardWorkspace workspace, ForwardInputs inputs, IReadOnlyList<ForwardSegment> segments)
+    {
         int t = inputs.Count;
-        sequence.EnsureCapacity(committed + t);
-        sequence.SyncBlockTable();
+        int covered = 0;
+        foreach (var segment in segments)
+        {
+            if (segment.Start != covered || segment.Count <= 0)
+                throw new ArgumentException($"forward segments must tile the {t} input rows in order; got a segment at {segment.Start} of {segment.Count} after {covered} rows");
+            covered += segment.Count;
+            segment.Sequence.EnsureCapacity(segment.Committed + segment.Count);
+            segment.Sequence.SyncBlockTable();
+        }
+        if (covered != t) throw new ArgumentException($"forward segments cover {covered} rows but there are {t} tokens");
         var b = Backend;
         var x = workspace.Residual.Slice(0, t);       // [T, D]
         var xNorm = workspace.Normed.Slice(0, t);     // [T, D]
@@ -141,7 +162,6 @@ public sealed class LlamaModel : IDisposable
         var attention = workspace.Attention.Slice(0, t); // [T, H·Dh]
         var gateUp = workspace.GateUp.Slice(0, t);    // [T, 2F]
         var ffn = workspace.Ffn.Slice(0, t);          // [T, F]
-        var mask = inputs.Mask;
 
         b.Embedding(x, inputs.Tokens, _embedding);
         for (int layer = 0; layer < _layers.Length; layer++)
@@ -151,8 +171,14 @@ public sealed class LlamaModel : IDisposable
             b.RmsNorm(xNorm, x, w.AttentionNorm, Config.RmsNormEps);
             b.MatMul(qkv, xNorm, w.Qkv, accumulate: false);
             b.Rope(qkv, inputs.Positions, Config.Heads + Config.KvHeads, Config.HeadDim, Config.RopeTheta);
-            b.KvWrite(sequence.Cache, layer, qkv, Config.Heads, sequence.DeviceBlockTable, committed);
-            b.Attention(attention, qkv, sequence.Cache, layer, sequence.DeviceBlockTable, committed, mask);
+            foreach (var segment in segments)
+            {
+                var rows = segments.Count == 1 ? qkv : qkv.Slice(segment.Start, segment.Count);
+                var output = segments.Count == 1 ? attention : attention.Slice(segment.Start, segment.Count);
+                var cache = segment.Sequence.Cache;
+                b.KvWrite(cache, layer, rows, Config.Heads, segment.Sequence.DeviceBlockTable, segment.Committed);
+                b.Attention(output, rows, cache, layer, segment.Sequence.DeviceBlockTable, segment.Committed, segment.Mask);
+            }
             b.MatMul(x, attention, w.Output, accumulate: true);
             // Feed-forward block: x += W_down · (silu(W_gate · norm(x)) ⊙ W_up · norm(x))
             b.RmsNorm(xNorm, x, w.FfnNorm, Config.RmsNormEps);

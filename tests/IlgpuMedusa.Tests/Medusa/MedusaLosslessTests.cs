@@ -88,16 +88,16 @@ public class MedusaLosslessTests(RandomHeadsFixture fixture) : IClassFixture<Ran
         engine.Backend.Upload(mask, tree.Mask);
 
         using var medusaSequence = engine.Pool.CreateSequence(c.MaxSequenceLength);
-        var medusa = new MedusaDecoder(engine.Model, workspace, medusaSequence, new Sampler(Sampling.Greedy, 1), engine.Heads, tree, mask, Acceptance.Greedy, new MedusaStats(4));
+        var medusa = new MedusaDecoder(engine.Model, medusaSequence, new Sampler(Sampling.Greedy, 1), prompt, null, engine.Heads, tree, mask, Acceptance.Greedy, new MedusaStats(4));
+        var medusaRunner = new SingleSequenceRunner(engine.Model, workspace, medusa);
         var medusaTokens = new List<int>();
-        medusa.Prefill(prompt, medusaTokens);
-        for (int step = 0; step < 12; step++) medusa.Step(medusaTokens);
+        for (int step = 0; step < 13; step++) medusaRunner.Advance(medusaTokens); // prefill + 12 tree steps
+        medusa.Release();
 
         using var plainSequence = engine.Pool.CreateSequence(c.MaxSequenceLength);
-        var plain = new AutoregressiveDecoder(engine.Model, workspace, plainSequence, new Sampler(Sampling.Greedy, 1));
+        var plain = new SingleSequenceRunner(engine.Model, workspace, new AutoregressiveDecoder(engine.Model, plainSequence, new Sampler(Sampling.Greedy, 1), prompt));
         var plainTokens = new List<int>();
-        plain.Prefill(prompt, plainTokens);
-        while (plainTokens.Count < medusaTokens.Count) plain.Step(plainTokens);
+        while (plainTokens.Count < medusaTokens.Count) plain.Advance(plainTokens);
         Assert.Equal(plainTokens, medusaTokens);
 
         // Positions 0 .. prompt + emitted − 2 are committed in both caches (the last emitted token is still pending).

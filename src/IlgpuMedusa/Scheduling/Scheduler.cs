@@ -1,0 +1,431 @@
+using System.Diagnostics;
+using System.Threading.Channels;
+using IlgpuMedusa.Compute;
+using IlgpuMedusa.Generation;
+using IlgpuMedusa.Medusa;
+using IlgpuMedusa.Models;
+using IlgpuMedusa.Tokenization;
+using IlgpuMedusa.Transformer;
+
+namespace IlgpuMedusa.Scheduling;
+
+/// <summary>A snapshot of the scheduler's counters.</summary>
+/// <param name="Running">Sequences holding KV blocks.</param>
+/// <param name="Waiting">Sequences waiting for admission (new or preempted).</param>
+/// <param name="Preemptions">Sequences preempted so far (their blocks freed, to be recomputed).</param>
+/// <param name="BlocksUsed">KV blocks held by sequences.</param>
+/// <param name="BlocksFree">KV blocks free.</param>
+/// <param name="Steps">Batched forwards run.</param>
+/// <param name="GeneratedTokens">Tokens emitted to callers.</param>
+/// <param name="TokensPerSecond">Emitted tokens per second of busy time.</param>
+/// <param name="MeanAcceptedPerStep">Tokens emitted per sequence-step (1 without Medusa).</param>
+public sealed record SchedulerStats(int Running, int Waiting, long Preemptions, int BlocksUsed, int BlocksFree, long Steps,
+    long GeneratedTokens, double TokensPerSecond, double MeanAcceptedPerStep);
+
+/// <summary>
+/// Continuous batching: one loop serves every request. Each iteration it admits waiting sequences the KV pool can
+/// take, asks every running sequence for its next forward (a prompt chunk, one token, or a Medusa tree), runs all of
+/// them side by side in ONE forward pass (each sequence with its own positions, block table and mask), computes the
+/// logits of the rows that matter, and lets each sequence accept its tokens. Sequences join and leave between steps.
+/// When the pool runs short the newest sequence is preempted: its blocks are freed and it is recomputed later from its
+/// tokens, so no request that fits alone ever fails and no other sequence's cache is touched.
+/// </summary>
+public sealed class Scheduler : IDisposable
+{
+    private readonly LlamaModel _model;
+    private readonly MedusaHeads? _heads;
+    private readonly KvBlockPool _pool;
+    private readonly ForwardWorkspace _workspace;
+    private readonly ITextTokenizer _tokenizer;
+    private readonly Func<string?, (TreeTopology Topology, DeviceTensor Mask)> _trees;
+    private readonly Lock _lock = new();
+    private readonly Queue<Request> _waiting = new();
+    private readonly List<Request> _running = [];
+    private readonly SemaphoreSlim _wake = new(0);
+    private readonly Thread _loop;
+    private readonly List<ForwardSegment> _segments = [];
+    private readonly List<Request> _batch = [];
+    private int[] _tokens = [];
+    private int[] _positions = [];
+    private int[] _gather = [];
+    private int[] _argMax = [];
+    private volatile bool _disposed;
+    private long _preemptions, _steps, _generated, _sequenceSteps, _sequenceTokens;
+    private double _busySeconds;
+
+    internal Scheduler(LlamaModel model, MedusaHeads? heads, KvBlockPool pool, ForwardWorkspace workspace, ITextTokenizer tokenizer,
+        Func<string?, (TreeTopology, DeviceTensor)> trees)
+    {
+        _model = model;
+        _heads = heads;
+        _pool = pool;
+        _workspace = workspace;
+        _tokenizer = tokenizer;
+        _trees = trees;
+        _loop = new Thread(Loop) { IsBackground = true, Name = "ilgpu-medusa scheduler" };
+        _loop.Start();
+    }
+
+    /// <summary>Most tokens in one batched forward.</summary>
+    public int MaxBatchTokens => _workspace.MaxTokens;
+
+    /// <summary>The current counters.</summary>
+    public SchedulerStats Stats
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return new SchedulerStats(_running.Count, _waiting.Count, _preemptions, _pool.BlockCount - _pool.FreeBlocks, _pool.FreeBlocks,
+                    _steps, _generated, _busySeconds > 0 ? _generated / _busySeconds : 0,
+                    _sequenceSteps > 0 ? (double)_sequenceTokens / _sequenceSteps : 0);
+            }
+        }
+    }
+
+    /// <summary>
+    /// Queues a request; its pieces arrive on the returned reader, which completes when it ends (or faults with the
+    /// error that ended it). Throws <see cref="KvPoolExhaustedException"/> at once for a request that can never fit.
+    /// </summary>
+    internal ChannelReader<GeneratedPiece> Submit(int[] prompt, GenerationOptions options, GenerationStats stats, CancellationToken cancellationToken)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        var c = _model.Config;
+        int maxNew = Math.Min(options.MaxTokens ?? int.MaxValue, c.MaxSequenceLength - prompt.Length);
+        (TreeTopology Topology, DeviceTensor Mask)? tree = options.UseMedusa && _heads is not null ? _trees(options.Tree) : null;
+        int slack = tree?.Topology.NodeCount ?? 1;
+        int maxTokens = Math.Min(c.MaxSequenceLength, prompt.Length + maxNew + slack);
+        int blocks = _pool.BlocksFor(maxTokens);
+        if (blocks > _pool.BlockCount)
+            throw new KvPoolExhaustedException(
+                $"this request needs up to {maxTokens} KV positions ({blocks} blocks of {_pool.BlockSize}) but the whole pool has {_pool.BlockCount} blocks " +
+                $"(budget {KvBlockPool.Megabytes(_pool.BudgetBytes)}). Raise the KV budget or lower MaxTokens.");
+        if (tree is { } t && t.Topology.NodeCount > MaxBatchTokens)
+            throw new ArgumentException($"tree '{t.Topology.Name}' has {t.Topology.NodeCount} nodes but a batch holds {MaxBatchTokens} tokens.");
+        var request = new Request(prompt, options, stats, maxNew, maxTokens, tree,
+            _tokenizer.CreateStreamingDetokenizer(prompt.Any(id => id != _tokenizer.BosId)), new Sampler(options.Sampling, options.Seed), cancellationToken);
+        stats.PromptTokens = prompt.Length;
+        stats.FinishReason = FinishReason.MaxTokens;
+        if (tree is { } tr)
+        {
+            stats.Medusa = new MedusaStats(_heads!.HeadCount);
+            stats.Tree = tr.Topology.Name;
+        }
+        lock (_lock) _waiting.Enqueue(request);
+        _wake.Release();
+        return request.Output.Reader;
+    }
+
+    private sealed class Request(int[] prompt, GenerationOptions options, GenerationStats stats, int maxNew, int maxTokens,
+        (TreeTopology Topology, DeviceTensor Mask)? tree, IStreamingDetokenizer detokenizer, Sampler sampler, CancellationToken cancellation)
+    {
+        public int[] Prompt { get; } = prompt;
+        public GenerationOptions Options { get; } = options;
+        public GenerationStats Stats { get; } = stats;
+        public CancellationToken Cancellation { get; } = cancellation;
+        public int MaxNew { get; } = maxNew;
+        public int MaxTokens { get; } = maxTokens;
+        public (TreeTopology Topology, DeviceTensor Mask)? Tree { get; } = tree;
+        public IStreamingDetokenizer Detokenizer { get; } = detokenizer;
+        public StopSequenceFilter Stops { get; } = new(options.StopSequences);
+        public Sampler Sampler { get; } = sampler;
+        public Channel<GeneratedPiece> Output { get; } = Channel.CreateUnbounded<GeneratedPiece>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
+        public List<int> Emitted { get; } = [];
+        public List<int> Accepted { get; } = new(16);
+        public Stopwatch Clock { get; } = new();
+        public KvSequence? Sequence { get; set; }
+        public SequenceDecoder? Decoder { get; set; }
+        public bool Done { get; set; }
+    }
+
+    private void Loop()
+    {
+        while (!_disposed)
+        {
+            bool idle;
+            lock (_lock) idle = _running.Count == 0 && _waiting.Count == 0;
+            if (idle)
+            {
+                _wake.Wait(TimeSpan.FromMilliseconds(200));
+                continue;
+            }
+            try
+            {
+                Iterate();
+            }
+            catch (Exception e)
+            {
+                // A device or model failure ends every request in flight with that error; the loop lives on.
+                lock (_lock)
+                {
+                    foreach (var r in _running.Concat(_waiting).ToArray()) Finish(r, e);
+                    _running.Clear();
+                    _waiting.Clear();
+                }
+            }
+        }
+        lock (_lock)
+        {
+            foreach (var r in _running.Concat(_waiting).ToArray()) Finish(r, new ObjectDisposedException(nameof(Scheduler), "the engine was disposed"));
+            _running.Clear();
+            _waiting.Clear();
+        }
+    }
+
+    private void Iterate()
+    {
+        var clock = Stopwatch.StartNew();
+        lock (_lock)
+        {
+            DropCancelled();
+            Admit();
+            BuildBatch();
+        }
+        if (_batch.Count == 0) return;
+        RunBatch();
+        lock (_lock)
+        {
+            _steps++;
+            _busySeconds += clock.Elapsed.TotalSeconds;
+            foreach (var r in _batch.Where(r => r.Done).ToArray()) _running.Remove(r);
+        }
+    }
+
+    private void DropCancelled()
+    {
+        foreach (var r in _running.Where(r => r.Cancellation.IsCancellationRequested).ToArray())
+        {
+            r.Stats.FinishReason = FinishReason.Cancelled;
+            Finish(r, null);
+            _running.Remove(r);
+        }
+        if (_waiting.Any(r => r.Cancellation.IsCancellationRequested))
+        {
+            var keep = _waiting.Where(r => !r.Cancellation.IsCancellationRequested).ToArray();
+            foreach (var r in _waiting.Where(r => r.Cancellation.IsCancellationRequested))
+            {
+                r.Stats.FinishReason = FinishReason.Cancelled;
+                Finish(r, null);
+            }
+            _waiting.Clear();
+            foreach (var r in keep) _waiting.Enqueue(r);
+        }
+    }
+
+    /// <summary>Starts waiting sequences, oldest first, while the pool has free blocks for their first forward.</summary>
+    private void Admit()
+    {
+        while (_waiting.Count > 0)
+        {
+            var r = _waiting.Peek();
+            int first = r.Prompt.Length + r.Emitted.Count;
+            if (_pool.BlocksFor(Math.Min(first + 1, r.MaxTokens)) > _pool.FreeBlocks && _running.Count > 0) break;
+            _waiting.Dequeue();
+            r.Sequence = _pool.CreateSequence(r.MaxTokens);
+            r.Decoder = CreateDecoder(r);
+            if (!r.Clock.IsRunning) r.Clock.Start();
+            _running.Add(r);
+        }
+    }
+
+    private SequenceDecoder CreateDecoder(Request r)
+    {
+        // A preempted sequence resumes from everything it emitted: all but the last token are recomputed into the cache,
+        // the last stays pending.
+        int[] prompt = r.Emitted.Count == 0 ? r.Prompt : [.. r.Prompt, .. r.Emitted.Take(r.Emitted.Count - 1)];
+        int? pending = r.Emitted.Count == 0 ? null : r.Emitted[^1];
+        if (r.Tree is { } tree)
+            return new MedusaDecoder(_model, r.Sequence!, r.Sampler, prompt, pending, _heads!, tree.Topology, tree.Mask, r.Options.Acceptance, r.Stats.Medusa!);
+        return new AutoregressiveDecoder(_model, r.Sequence!, r.Sampler, prompt, pending);
+    }
+
+    /// <summary>Plans each running sequence's next forward into one batch, reserving KV blocks (preempting when short).</summary>
+    private void BuildBatch()
+    {
+        _batch.Clear();
+        _segments.Clear();
+        int used = 0, logitRows = 0;
+        for (int i = 0; i < _running.Count; i++)
+        {
+            var r = _running[i];
+            var decoder = r.Decoder!;
+            if (!decoder.Plan(MaxBatchTokens - used)) continue;
+            if (!Reserve(r, decoder.Committed + decoder.PlanCount)) continue; // r itself was preempted
+            i = _running.IndexOf(r); // preemption may have removed later entries only
+            int count = decoder.PlanCount;
+            EnsureArrays(used + count);
+            decoder.PlanTokens.CopyTo(_tokens.AsSpan(used));
+            decoder.PlanPositions.CopyTo(_positions.AsSpan(used));
+            for (int row = decoder.PlanLogitsFrom; row < count; row++) _gather[logitRows++] = used + row;
+            _segments.Add(new ForwardSegment(r.Sequence!, decoder.Committed, used, count, decoder.PlanMask));
+            _batch.Add(r);
+            used += count;
+        }
+    }
+
+    /// <summary>Makes sure <paramref name="r"/> holds blocks for <paramref name="tokens"/> positions, preempting the newest others.</summary>
+    private bool Reserve(Request r, int tokens)
+    {
+        while (true)
+        {
+            int needed = _pool.BlocksFor(tokens) - r.Sequence!.BlockCount;
+            if (needed <= _pool.FreeBlocks)
+            {
+                r.Sequence.EnsureCapacity(tokens);
+                return true;
+            }
+            var victim = _running[^1];
+            Preempt(victim);
+            if (ReferenceEquals(victim, r)) return false;
+        }
+    }
+
+    private void Preempt(Request r)
+    {
+        (r.Decoder as MedusaDecoder)?.Release();
+        r.Decoder = null;
+        r.Sequence?.Dispose();
+        r.Sequence = null;
+        _running.Remove(r);
+        _batch.Remove(r);
+        _preemptions++;
+        // Back to the front of the queue: it is older than anything still waiting.
+        var rest = _waiting.ToArray();
+        _waiting.Clear();
+        _waiting.Enqueue(r);
+        foreach (var w in rest) _waiting.Enqueue(w);
+    }
+
+    private void EnsureArrays(int rows)
+    {
+        if (_tokens.Length >= rows) return;
+        int size = Math.Max(rows, MaxBatchTokens);
+        Array.Resize(ref _tokens, size);
+        Array.Resize(ref _positions, size);
+        Array.Resize(ref _gather, size);
+        Array.Resize(ref _argMax, size);
+    }
+
+    private void RunBatch()
+    {
+        int rows = _segments[^1].Start + _segments[^1].Count;
+        var b = _model.Backend;
+        var inputs = _workspace.Prepare(_tokens.AsSpan(0, rows), _positions.AsSpan(0, rows));
+        var hidden = _model.Forward(_workspace, inputs, _segments);
+
+        // Logits only for the rows some sequence needs (the last prompt row, the decoded token, every tree node).
+        int needed = 0;
+        foreach (var r in _batch) needed += r.Decoder!.PlanCount - r.Decoder.PlanLogitsFrom;
+        DeviceTensor? logits = null;
+        if (needed > 0)
+        {
+            var indices = _workspace.GatherRows.Slice(0, needed);
+            b.Upload(indices, _gather.AsSpan(0, needed));
+            var gathered = _workspace.Gathered.Slice(0, needed);
+            b.Embedding(gathered, indices, hidden);
+            logits = _model.Logits(_workspace, gathered);
+            var ids = _workspace.ArgMax.Slice(0, needed);
+            b.ArgMax(ids, logits);
+            b.Download(ids, _argMax.AsSpan(0, needed));
+        }
+
+        int logitRow = 0;
+        for (int i = 0; i < _batch.Count; i++)
+        {
+            var r = _batch[i];
+            var segment = _segments[i];
+            var decoder = r.Decoder!;
+            int count = decoder.PlanCount - decoder.PlanLogitsFrom;
+            var stepLogits = count == 0 ? default : new StepLogits(logits!.Slice(logitRow, count), _argMax.AsSpan(logitRow, count));
+            logitRow += count;
+            r.Accepted.Clear();
+            bool wasPrefilling = decoder.Prefilling;
+            decoder.Complete(hidden.Slice(segment.Start, segment.Count), stepLogits, r.Accepted);
+            if (!wasPrefilling)
+            {
+                r.Stats.Steps++;
+                lock (_lock)
+                {
+                    _sequenceSteps++;
+                    _sequenceTokens += r.Accepted.Count;
+                }
+            }
+            else if (!decoder.Prefilling)
+            {
+                r.Stats.PrefillSeconds = r.Clock.Elapsed.TotalSeconds;
+                r.Clock.Restart();
+            }
+            Emit(r);
+        }
+    }
+
+    /// <summary>Streams the accepted tokens of a step, ending the request at an end token, a stop sequence or its limit.</summary>
+    private void Emit(Request r)
+    {
+        if (r.Accepted.Count == 0) return;
+        var c = _model.Config;
+        var text = new System.Text.StringBuilder();
+        int taken = 0;
+        bool finished = false;
+        foreach (int token in r.Accepted)
+        {
+            if (c.EndTokenIds.Contains(token))
+            {
+                r.Stats.FinishReason = FinishReason.EndToken;
+                finished = true;
+                break;
+            }
+            r.Stats.GeneratedTokens++;
+            r.Emitted.Add(token);
+            taken++;
+            text.Append(r.Stops.Push(r.Detokenizer.Append(token)));
+            if (r.Stops.Stopped)
+            {
+                r.Stats.FinishReason = FinishReason.StopSequence;
+                finished = true;
+                break;
+            }
+            if (r.Stats.GeneratedTokens >= r.MaxNew)
+            {
+                r.Stats.FinishReason = r.Stats.GeneratedTokens >= (r.Options.MaxTokens ?? int.MaxValue) ? FinishReason.MaxTokens : FinishReason.ContextFull;
+                finished = true;
+                break;
+            }
+        }
+        r.Stats.DecodeSeconds = r.Clock.Elapsed.TotalSeconds;
+        lock (_lock) _generated += taken;
+        if (taken > 0) r.Output.Writer.TryWrite(new GeneratedPiece(text.ToString(), r.Accepted.GetRange(0, taken)));
+        if (finished)
+        {
+            lock (_lock) Finish(r, null);
+        }
+    }
+
+    /// <summary>Ends a request: frees its blocks at once and completes its stream.</summary>
+    private static void Finish(Request r, Exception? error)
+    {
+        if (r.Done) return;
+        r.Done = true;
+        (r.Decoder as MedusaDecoder)?.Release();
+        r.Decoder = null;
+        r.Sequence?.Dispose();
+        r.Sequence = null;
+        r.Stats.DecodeSeconds = r.Clock.Elapsed.TotalSeconds;
+        if (error is null)
+        {
+            var tail = r.Stops.Push(r.Detokenizer.Flush()) + r.Stops.Flush();
+            if (tail.Length > 0) r.Output.Writer.TryWrite(new GeneratedPiece(tail, []));
+        }
+        r.Output.Writer.TryComplete(error);
+    }
+
+    /// <summary>Stops the loop; requests still in flight end with <see cref="ObjectDisposedException"/>.</summary>
+    public void Dispose()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        _wake.Release();
+        _loop.Join();
+        _wake.Dispose();
+    }
+}
