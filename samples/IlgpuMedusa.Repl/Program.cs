@@ -1,44 +1,44 @@
 using IlgpuMedusa.Compute;
 using IlgpuMedusa.Generation;
 using IlgpuMedusa.Models;
+using IlgpuMedusa.Repl;
+using IlgpuMedusa.Scheduling;
 
-// A minimal REPL on the library: read a line, stream its continuation, repeat. Works on a terminal and on piped input.
-// Ctrl+C stops the running generation and keeps the REPL alive.
-// Usage: dotnet run --project samples/IlgpuMedusa.Repl -c Release -- [model directory] [device]
-var modelPath = args.Length > 0 ? args[0] : DemoModel.DefaultDirectory;
+// The sample REPL: streams continuations of the demo model (or --model) as Medusa accepts tokens, with /commands.
+// On a terminal it draws progress bars and colours; with redirected input or output it reads and writes plain lines,
+// so it can be scripted:  printf 'Once upon a time\n/stats\n/quit\n' | dotnet run --project samples/IlgpuMedusa.Repl -c Release
+ReplArguments arguments;
 try
 {
-    var device = args.Length > 1 ? DeviceOptions.ParseKind(args[1]) : DeviceKind.Auto;
-    if (modelPath == DemoModel.DefaultDirectory && await DemoModel.EnsureAsync(modelPath))
-        Console.Error.WriteLine($"Fetched the demo model into {modelPath}.");
-    using var engine = InferenceEngine.Load(new EngineOptions { ModelPath = modelPath, Device = new DeviceOptions { Kind = device } });
-    Console.Error.WriteLine($"IlgpuMedusa REPL: {modelPath} on {engine.DeviceName}. Type a prompt; an empty line or /quit exits.");
-    var options = new GenerationOptions { MaxTokens = 200 };
-    CancellationTokenSource? running = null;
-    Console.CancelKeyPress += (_, e) =>
-    {
-        e.Cancel = true;
-        running?.Cancel();
-    };
-    while (true)
-    {
-        Console.Write("> ");
-        var line = Console.ReadLine();
-        if (line is null || line.Trim() is "" or "/quit") break;
-        using (running = new CancellationTokenSource())
-        {
-            var stats = new GenerationStats();
-            Console.Write(line);
-            foreach (var piece in engine.Generate(engine.EncodePrompt(line, options), options, stats, running.Token))
-                Console.Write(piece.Text);
-            Console.WriteLine();
-            Console.Error.WriteLine($"[{stats.GeneratedTokens} tokens, {stats.DecodeTokensPerSecond:0.0} tok/s, {stats.FinishReason}]");
-        }
-        running = null;
-    }
+    arguments = ReplArguments.Parse(args);
+}
+catch (ArgumentException e)
+{
+    Console.Error.WriteLine($"error: {e.Message}");
+    Console.Error.WriteLine(ReplArguments.Usage);
+    return 2;
+}
+if (arguments.Help)
+{
+    Console.WriteLine(ReplArguments.Usage);
     return 0;
 }
-catch (Exception e) when (e is ArgumentException or IOException or InvalidDataException or InvalidOperationException)
+
+bool ansi = !Console.IsOutputRedirected;
+bool interactive = ansi && !Console.IsInputRedirected && !Console.IsErrorRedirected;
+var console = Startup.CreateConsole(ansi);
+try
+{
+    var modelPath = arguments.ModelPath ?? DemoModel.DefaultDirectory;
+    if (arguments.ModelPath is null) await Startup.FetchDemoAsync(modelPath, console, interactive);
+    var options = new EngineOptions { ModelPath = modelPath, Device = new DeviceOptions { Kind = arguments.Device }, Heads = arguments.Heads };
+    using var engine = Startup.LoadEngine(options, console, interactive);
+    var session = new ReplSession(engine, console, promptVisible: !Console.IsInputRedirected, arguments.Template, arguments.MaxTokens);
+    // Ctrl+C while a reply runs stops that reply; at the prompt it ends the REPL as usual.
+    Console.CancelKeyPress += (_, e) => e.Cancel = session.CancelRunning();
+    return await session.RunAsync(Console.In);
+}
+catch (Exception e) when (e is ArgumentException or IOException or InvalidDataException or InvalidOperationException or KvPoolExhaustedException)
 {
     Console.Error.WriteLine($"error: {e.Message}");
     return 1;

@@ -1,0 +1,197 @@
+using System.Text;
+using System.Text.Json;
+using IlgpuMedusa.Tokenization;
+using Microsoft.Extensions.AI;
+
+namespace IlgpuMedusa.Hosting;
+
+/// <summary>How chat messages become a prompt.</summary>
+public enum ChatTemplateKind
+{
+    /// <summary>Chosen from the model directory by <see cref="ChatTemplate.Detect"/> (plain for llama2.c and other base models).</summary>
+    Auto,
+    /// <summary>Completion for base models: the message texts concatenated, the model continues them.</summary>
+    Plain,
+    /// <summary>Llama-2-chat: <c>[INST] &lt;&lt;SYS&gt;&gt;\n...\n&lt;&lt;/SYS&gt;&gt;\n\n... [/INST]</c>, each turn between BOS and EOS.</summary>
+    Llama2Chat,
+    /// <summary>Vicuna v1.1: <c>A chat between a curious user and an artificial intelligence assistant... USER: ... ASSISTANT:</c>.</summary>
+    Vicuna,
+}
+
+/// <summary>A piece of a templated prompt, encoded on its own so that BOS and EOS are ids, never text a user could type.</summary>
+/// <param name="Text">The text (encoded with the tokenizer's dummy-prefix rule).</param>
+/// <param name="Bos">BOS goes before the text.</param>
+/// <param name="Eos">EOS goes after the text.</param>
+public readonly record struct ChatPromptSegment(string Text, bool Bos, bool Eos);
+
+/// <summary>The chat templates: messages to prompt segments, segments to token ids.</summary>
+public static class ChatTemplate
+{
+    /// <summary>Vicuna v1.1's system prompt, used when the conversation has none.</summary>
+    public const string VicunaSystemPrompt =
+        "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, detailed, and polite answers to the user's questions.";
+
+    /// <summary>
+    /// The template a model directory calls for: the <c>chat_template</c> of its tokenizer_config.json when there is one
+    /// ("[INST]" means Llama-2-chat, "ASSISTANT:" Vicuna), else its name or config.json's <c>_name_or_path</c> ("vicuna",
+    /// or "llama-2"/"llama2" with "chat"), else <see cref="ChatTemplateKind.Plain"/> (llama2.c checkpoints and base models).
+    /// </summary>
+    public static ChatTemplateKind Detect(string modelDirectory)
+    {
+        ArgumentNullException.ThrowIfNull(modelDirectory);
+        var template = ReadJsonString(Path.Combine(modelDirectory, "tokenizer_config.json"), "chat_template");
+        if (template is not null)
+        {
+            if (template.Contains("[INST]", StringComparison.Ordinal)) return ChatTemplateKind.Llama2Chat;
+            if (template.Contains("ASSISTANT:", StringComparison.Ordinal)) return ChatTemplateKind.Vicuna;
+        }
+        var names = new[]
+        {
+            Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(modelDirectory))),
+            ReadJsonString(Path.Combine(modelDirectory, "config.json"), "_name_or_path") ?? "",
+        };
+        foreach (var name in names.Select(n => n.ToLowerInvariant()))
+        {
+            if (name.Contains("vicuna", StringComparison.Ordinal)) return ChatTemplateKind.Vicuna;
+            if ((name.Contains("llama-2", StringComparison.Ordinal) || name.Contains("llama2", StringComparison.Ordinal)) && name.Contains("chat", StringComparison.Ordinal))
+                return ChatTemplateKind.Llama2Chat;
+        }
+        return ChatTemplateKind.Plain;
+    }
+
+    /// <summary>
+    /// Lays out <paramref name="messages"/> (and <paramref name="instructions"/>, a system prompt placed first) in the
+    /// template. System messages join the system prompt; every other role but the assistant's counts as the user's.
+    /// The prompt ends where the assistant's reply begins.
+    /// </summary>
+    public static IReadOnlyList<ChatPromptSegment> Apply(ChatTemplateKind kind, IEnumerable<ChatMessage> messages, string? instructions = null)
+    {
+        ArgumentNullException.ThrowIfNull(messages);
+        var list = messages.ToList();
+        return kind switch
+        {
+            ChatTemplateKind.Plain => [Plain(list, instructions)],
+            ChatTemplateKind.Llama2Chat => Llama2Chat(System(list, instructions), Turns(list)),
+            ChatTemplateKind.Vicuna => Vicuna(System(list, instructions), Turns(list)),
+            _ => throw new ArgumentException($"chat template {kind} must be resolved to Plain, Llama2Chat or Vicuna first (see ChatTemplate.Detect).", nameof(kind)),
+        };
+    }
+
+    /// <summary>Token ids of the segments: per segment, BOS if asked, the encoded text, EOS if asked.</summary>
+    public static IReadOnlyList<int> Encode(IEnumerable<ChatPromptSegment> segments, ITextTokenizer tokenizer)
+    {
+        ArgumentNullException.ThrowIfNull(segments);
+        ArgumentNullException.ThrowIfNull(tokenizer);
+        var ids = new List<int>();
+        foreach (var segment in segments)
+        {
+            if (segment.Text.Length > 0) ids.AddRange(tokenizer.Encode(segment.Text, segment.Bos));
+            else if (segment.Bos) ids.Add(tokenizer.BosId);
+            if (segment.Eos) ids.Add(tokenizer.EosId);
+        }
+        return ids;
+    }
+
+    /// <summary>The segments as one string with <c>&lt;s&gt;</c> and <c>&lt;/s&gt;</c> for BOS and EOS (for display and tests).</summary>
+    public static string Render(IEnumerable<ChatPromptSegment> segments) =>
+        string.Concat(segments.Select(s => (s.Bos ? "<s>" : "") + s.Text + (s.Eos ? "</s>" : "")));
+
+    private static ChatPromptSegment Plain(List<ChatMessage> messages, string? instructions)
+    {
+        var text = new StringBuilder(instructions);
+        foreach (var m in messages) text.Append(m.Text);
+        return new ChatPromptSegment(text.ToString(), Bos: true, Eos: false);
+    }
+
+    /// <summary>The system prompt: the instructions, then every system message, one per line; null when there is none.</summary>
+    private static string? System(List<ChatMessage> messages, string? instructions)
+    {
+        var parts = new List<string>();
+        if (!string.IsNullOrWhiteSpace(instructions)) parts.Add(instructions.Trim());
+        parts.AddRange(messages.Where(m => m.Role == ChatRole.System).Select(m => m.Text.Trim()).Where(t => t.Length > 0));
+        return parts.Count == 0 ? null : string.Join('\n', parts);
+    }
+
+    /// <summary>User/assistant turns; consecutive messages of one side are joined by a newline.</summary>
+    private static List<(string User, string? Assistant)> Turns(List<ChatMessage> messages)
+    {
+        var turns = new List<(string User, string? Assistant)>();
+        foreach (var m in messages.Where(m => m.Role != ChatRole.System))
+        {
+            var text = m.Text.Trim();
+            if (m.Role == ChatRole.Assistant)
+            {
+                if (turns.Count == 0) turns.Add(("", text));
+                else turns[^1] = (turns[^1].User, turns[^1].Assistant is null ? text : turns[^1].Assistant + "\n" + text);
+            }
+            else if (turns.Count > 0 && turns[^1].Assistant is null)
+            {
+                turns[^1] = (turns[^1].User + "\n" + text, null);
+            }
+            else
+            {
+                turns.Add((text, null));
+            }
+        }
+        return turns;
+    }
+
+    /// <summary>
+    /// Meta's chat_completion layout: "[INST] {user} [/INST] {assistant} " between BOS and EOS per answered turn, the
+    /// system prompt wrapped in &lt;&lt;SYS&gt;&gt; at the start of the first user text, and "[INST] {user} [/INST]" after BOS last.
+    /// </summary>
+    private static List<ChatPromptSegment> Llama2Chat(string? system, List<(string User, string? Assistant)> turns)
+    {
+        if (turns.Count == 0 || turns[^1].Assistant is not null) turns.Add(("", null));
+        if (system is not null) turns[0] = ($"<<SYS>>\n{system}\n<</SYS>>\n\n{turns[0].User}", turns[0].Assistant);
+        var segments = new List<ChatPromptSegment>();
+        foreach (var (user, assistant) in turns)
+            segments.Add(assistant is null
+                ? new ChatPromptSegment($"[INST] {user} [/INST]", Bos: true, Eos: false)
+                : new ChatPromptSegment($"[INST] {user} [/INST] {assistant} ", Bos: true, Eos: true));
+        return segments;
+    }
+
+    /// <summary>FastChat's vicuna_v1.1: "{system} USER: {user} ASSISTANT: {assistant}&lt;/s&gt;USER: ... ASSISTANT:".</summary>
+    private static List<ChatPromptSegment> Vicuna(string? system, List<(string User, string? Assistant)> turns)
+    {
+        if (turns.Count == 0 || turns[^1].Assistant is not null) turns.Add(("", null));
+        var segments = new List<ChatPromptSegment>();
+        var text = new StringBuilder(system ?? VicunaSystemPrompt).Append(' ');
+        bool first = true;
+        foreach (var (user, assistant) in turns)
+        {
+            text.Append("USER: ").Append(user).Append(" ASSISTANT:");
+            if (assistant is null) break;
+            text.Append(' ').Append(assistant);
+            segments.Add(new ChatPromptSegment(text.ToString(), Bos: first, Eos: true));
+            text.Clear();
+            first = false;
+        }
+        segments.Add(new ChatPromptSegment(text.ToString(), Bos: first, Eos: false));
+        return segments;
+    }
+
+    private static string? ReadJsonString(string path, string property)
+    {
+        if (!File.Exists(path)) return null;
+        try
+        {
+            using var document = JsonDocument.Parse(File.ReadAllText(path));
+            if (document.RootElement.ValueKind != JsonValueKind.Object || !document.RootElement.TryGetProperty(property, out var value)) return null;
+            // chat_template is a string, or a list of {name, template} objects
+            return value.ValueKind switch
+            {
+                JsonValueKind.String => value.GetString(),
+                JsonValueKind.Array => string.Join('\n', value.EnumerateArray()
+                    .Where(e => e.ValueKind == JsonValueKind.Object && e.TryGetProperty("template", out var t) && t.ValueKind == JsonValueKind.String)
+                    .Select(e => e.GetProperty("template").GetString())),
+                _ => null,
+            };
+        }
+        catch (JsonException)
+        {
+            return null; // a broken side file does not decide the template
+        }
+    }
+}

@@ -1,0 +1,254 @@
+using System.Runtime.CompilerServices;
+using System.Text;
+using System.Text.Json;
+using IlgpuMedusa.Generation;
+using Microsoft.Extensions.AI;
+
+namespace IlgpuMedusa.Hosting;
+
+/// <summary>Keys of <see cref="ChatOptions.AdditionalProperties"/> that <see cref="IlgpuMedusaChatClient"/> understands.</summary>
+public static class IlgpuMedusaChatOptionKeys
+{
+    /// <summary>bool (or "on"/"off"): decode with the Medusa heads when the engine has them.</summary>
+    public const string Medusa = "medusa";
+    /// <summary>string: the Medusa tree, a preset name or a JSON file of paths.</summary>
+    public const string Tree = "medusa_tree";
+    /// <summary>string: Medusa acceptance, "greedy" (lossless) or "typical".</summary>
+    public const string Acceptance = "medusa_acceptance";
+}
+
+/// <summary>
+/// A Microsoft.Extensions.AI <see cref="IChatClient"/> on an <see cref="InferenceEngine"/>: messages go through a
+/// <see cref="ChatTemplate"/>, <see cref="ChatOptions"/> map to <see cref="GenerationOptions"/>, and the response carries
+/// <see cref="UsageDetails"/> and a finish reason (<see cref="ChatFinishReason.Stop"/> for an end token or stop sequence,
+/// <see cref="ChatFinishReason.Length"/> for the token limit or a full context). Unsupported options (tools, response
+/// formats, penalties, top-k) are ignored. The client does not own the engine: disposing it leaves the engine alone.
+/// </summary>
+public sealed class IlgpuMedusaChatClient : IChatClient
+{
+    private readonly InferenceEngine _engine;
+    private readonly ChatClientMetadata _metadata;
+
+    /// <summary>Creates a client; <paramref name="template"/> Auto is resolved from the model directory.</summary>
+    /// <param name="engine">The engine (owned by the caller).</param>
+    /// <param name="template">The chat template.</param>
+    /// <param name="defaults">Generation options of requests before their <see cref="ChatOptions"/> apply (default: <see cref="GenerationOptions"/>'s).</param>
+    public IlgpuMedusaChatClient(InferenceEngine engine, ChatTemplateKind template = ChatTemplateKind.Auto, GenerationOptions? defaults = null)
+    {
+        ArgumentNullException.ThrowIfNull(engine);
+        _engine = engine;
+        Template = template == ChatTemplateKind.Auto ? ChatTemplate.Detect(engine.Options.ModelPath) : template;
+        Defaults = (defaults ?? new GenerationOptions()).Validate();
+        ModelId = Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(engine.Options.ModelPath)));
+        _metadata = new ChatClientMetadata("ilgpu-medusa", null, ModelId);
+    }
+
+    /// <summary>The template in use (never Auto).</summary>
+    public ChatTemplateKind Template { get; }
+    /// <summary>Generation options before a request's <see cref="ChatOptions"/> apply.</summary>
+    public GenerationOptions Defaults { get; }
+    /// <summary>The model's name (its directory's name).</summary>
+    public string ModelId { get; }
+
+    /// <summary>
+    /// Maps <paramref name="options"/> onto <see cref="Defaults"/>: MaxOutputTokens, Temperature (0 = greedy), TopP, Seed,
+    /// StopSequences, and the <see cref="IlgpuMedusaChatOptionKeys"/> properties. Throws <see cref="ArgumentException"/>
+    /// naming the bad option.
+    /// </summary>
+    public GenerationOptions ToGenerationOptions(ChatOptions? options)
+    {
+        var result = Defaults;
+        if (options is null) return result;
+        if (options.MaxOutputTokens is { } max)
+        {
+            if (max <= 0) throw new ArgumentOutOfRangeException(nameof(options), max, "ChatOptions.MaxOutputTokens must be a positive number of tokens.");
+            result = result with { MaxTokens = max };
+        }
+        if (options.Temperature is { } t && !(t >= 0 && float.IsFinite(t)))
+            throw new ArgumentOutOfRangeException(nameof(options), t, "ChatOptions.Temperature must be 0 (greedy) or more.");
+        if (options.TopP is { } p && !(p > 0 && p <= 1))
+            throw new ArgumentOutOfRangeException(nameof(options), p, "ChatOptions.TopP must be in (0, 1].");
+        if (options.Temperature is not null || options.TopP is not null)
+        {
+            float temperature = options.Temperature ?? (result.Sampling is Sampling.TemperatureSampling current ? current.TemperatureValue : 1f);
+            result = result with { Sampling = temperature == 0 ? Sampling.Greedy : Sampling.Temperature(temperature, options.TopP ?? 1f) };
+        }
+        if (options.Seed is { } seed) result = result with { Seed = unchecked((ulong)seed) };
+        if (options.StopSequences is { Count: > 0 } stops)
+        {
+            if (stops.Any(string.IsNullOrEmpty)) throw new ArgumentException("ChatOptions.StopSequences must not contain empty strings.", nameof(options));
+            result = result with { StopSequences = [.. stops] };
+        }
+        if (options.AdditionalProperties is { } properties)
+        {
+            if (properties.TryGetValue(IlgpuMedusaChatOptionKeys.Medusa, out var medusa)) result = result with { UseMedusa = ReadSwitch(medusa) };
+            if (properties.TryGetValue(IlgpuMedusaChatOptionKeys.Tree, out var tree))
+            {
+                var name = ReadString(IlgpuMedusaChatOptionKeys.Tree, tree);
+                result = Keyed(IlgpuMedusaChatOptionKeys.Tree, () => (result with { Tree = name ?? Defaults.Tree }).Validate());
+            }
+            if (properties.TryGetValue(IlgpuMedusaChatOptionKeys.Acceptance, out var acceptance))
+            {
+                var text = ReadString(IlgpuMedusaChatOptionKeys.Acceptance, acceptance);
+                result = Keyed(IlgpuMedusaChatOptionKeys.Acceptance,
+                    () => result with { Acceptance = text is null ? Defaults.Acceptance : IlgpuMedusa.Medusa.Acceptance.Parse(text) });
+            }
+        }
+        return result.Validate();
+    }
+
+    /// <summary>Runs <paramref name="map"/>; an <see cref="ArgumentException"/> is rethrown naming the property.</summary>
+    private static GenerationOptions Keyed(string key, Func<GenerationOptions> map)
+    {
+        try
+        {
+            return map();
+        }
+        catch (ArgumentException e)
+        {
+            throw new ArgumentException($"ChatOptions.AdditionalProperties[\"{key}\"]: {e.Message}", key, e);
+        }
+    }
+
+    /// <summary>The prompt ids of <paramref name="messages"/> under <see cref="Template"/>, checked against the context.</summary>
+    public IReadOnlyList<int> EncodeMessages(IEnumerable<ChatMessage> messages, ChatOptions? options = null)
+    {
+        var ids = ChatTemplate.Encode(ChatTemplate.Apply(Template, messages, options?.Instructions), _engine.Tokenizer);
+        if (ids.Count >= _engine.Config.MaxSequenceLength)
+            throw new ArgumentException(
+                $"the prompt is {ids.Count} tokens but the model's context is {_engine.Config.MaxSequenceLength}: it must leave room for at least one generated token.",
+                nameof(messages));
+        return ids;
+    }
+
+    /// <inheritdoc />
+    public async Task<ChatResponse> GetResponseAsync(IEnumerable<ChatMessage> messages, ChatOptions? options = null, CancellationToken cancellationToken = default)
+    {
+        var (ids, generation) = Prepare(messages, options);
+        var stats = new GenerationStats();
+        var text = new StringBuilder();
+        await foreach (var piece in _engine.GenerateAsync(ids, generation, stats, cancellationToken).ConfigureAwait(false))
+            text.Append(piece.Text);
+        var reply = text.ToString();
+        if (Template != ChatTemplateKind.Plain) reply = reply.TrimStart();
+        return new ChatResponse(new ChatMessage(ChatRole.Assistant, reply) { MessageId = NewId() })
+        {
+            ResponseId = NewId(),
+            ModelId = ModelId,
+            CreatedAt = DateTimeOffset.UtcNow,
+            FinishReason = FinishReasonOf(stats),
+            Usage = UsageOf(stats),
+            AdditionalProperties = PropertiesOf(stats),
+        };
+    }
+
+    /// <inheritdoc />
+    public async IAsyncEnumerable<ChatResponseUpdate> GetStreamingResponseAsync(IEnumerable<ChatMessage> messages, ChatOptions? options = null,
+        [EnumeratorCancellation] CancellationToken cancellationToken = default)
+    {
+        var (ids, generation) = Prepare(messages, options);
+        var stats = new GenerationStats();
+        string responseId = NewId(), messageId = NewId();
+        var created = DateTimeOffset.UtcNow;
+        bool started = Template == ChatTemplateKind.Plain; // a chat reply's first space is the template's, not the answer's
+        await foreach (var piece in _engine.GenerateAsync(ids, generation, stats, cancellationToken).ConfigureAwait(false))
+        {
+            var text = started ? piece.Text : piece.Text.TrimStart();
+            started |= text.Length > 0;
+            if (text.Length == 0) continue;
+            yield return new ChatResponseUpdate(ChatRole.Assistant, text)
+            {
+                ResponseId = responseId,
+                MessageId = messageId,
+                ModelId = ModelId,
+                CreatedAt = created,
+            };
+        }
+        yield return new ChatResponseUpdate(ChatRole.Assistant, [new UsageContent(UsageOf(stats))])
+        {
+            ResponseId = responseId,
+            MessageId = messageId,
+            ModelId = ModelId,
+            CreatedAt = created,
+            FinishReason = FinishReasonOf(stats),
+            AdditionalProperties = PropertiesOf(stats),
+        };
+    }
+
+    /// <inheritdoc />
+    public object? GetService(Type serviceType, object? serviceKey = null)
+    {
+        ArgumentNullException.ThrowIfNull(serviceType);
+        if (serviceKey is not null) return null;
+        if (serviceType == typeof(ChatClientMetadata)) return _metadata;
+        if (serviceType.IsInstanceOfType(this)) return this;
+        if (serviceType.IsInstanceOfType(_engine)) return _engine;
+        return null;
+    }
+
+    /// <summary>Nothing to free: the engine belongs to whoever created it (the DI container, or the caller).</summary>
+    public void Dispose()
+    {
+    }
+
+    private (IReadOnlyList<int> Ids, GenerationOptions Options) Prepare(IEnumerable<ChatMessage> messages, ChatOptions? options)
+    {
+        ArgumentNullException.ThrowIfNull(messages);
+        var generation = ToGenerationOptions(options);
+        return (EncodeMessages(messages, options), generation);
+    }
+
+    private static ChatFinishReason FinishReasonOf(GenerationStats stats) => stats.FinishReason switch
+    {
+        FinishReason.MaxTokens or FinishReason.ContextFull => ChatFinishReason.Length,
+        _ => ChatFinishReason.Stop,
+    };
+
+    private static UsageDetails UsageOf(GenerationStats stats) => new()
+    {
+        InputTokenCount = stats.PromptTokens,
+        OutputTokenCount = stats.GeneratedTokens,
+        TotalTokenCount = stats.PromptTokens + stats.GeneratedTokens,
+    };
+
+    /// <summary>Decoding statistics, for callers who want them: tokens/s, steps, and Medusa's mean accepted tokens per step.</summary>
+    private static AdditionalPropertiesDictionary PropertiesOf(GenerationStats stats)
+    {
+        var properties = new AdditionalPropertiesDictionary
+        {
+            ["decode_tokens_per_second"] = Math.Round(stats.DecodeTokensPerSecond, 2),
+            ["prefill_seconds"] = Math.Round(stats.PrefillSeconds, 4),
+            ["decode_seconds"] = Math.Round(stats.DecodeSeconds, 4),
+            ["medusa"] = stats.Medusa is not null,
+        };
+        if (stats.Medusa is { } medusa)
+        {
+            properties["medusa_tree"] = stats.Tree;
+            properties["medusa_steps"] = medusa.Steps;
+            properties["medusa_mean_accepted"] = Math.Round(medusa.MeanAccepted, 3);
+        }
+        return properties;
+    }
+
+    private static string NewId() => Guid.NewGuid().ToString("N");
+
+    private static bool ReadSwitch(object? value) => value switch
+    {
+        bool b => b,
+        string s when s.Equals("on", StringComparison.OrdinalIgnoreCase) || s.Equals("true", StringComparison.OrdinalIgnoreCase) => true,
+        string s when s.Equals("off", StringComparison.OrdinalIgnoreCase) || s.Equals("false", StringComparison.OrdinalIgnoreCase) => false,
+        JsonElement { ValueKind: JsonValueKind.True } => true,
+        JsonElement { ValueKind: JsonValueKind.False } => false,
+        JsonElement { ValueKind: JsonValueKind.String } e => ReadSwitch(e.GetString()),
+        _ => throw new ArgumentException($"ChatOptions.AdditionalProperties[\"{IlgpuMedusaChatOptionKeys.Medusa}\"] must be true/false (or \"on\"/\"off\"), got {value ?? "null"}.", nameof(value)),
+    };
+
+    private static string? ReadString(string key, object? value) => value switch
+    {
+        null => null,
+        string s => s,
+        JsonElement { ValueKind: JsonValueKind.String } e => e.GetString(),
+        JsonElement { ValueKind: JsonValueKind.Null } => null,
+        _ => throw new ArgumentException($"ChatOptions.AdditionalProperties[\"{key}\"] must be a string, got {value}.", nameof(value)),
+    };
+}
