@@ -9,7 +9,7 @@ namespace IlgpuMedusa.Kernels;
 /// <summary>
 /// Every launcher, loaded once for one accelerator (compiling all kernels up front, so the hot path never compiles).
 /// </summary>
-public sealed class KernelSet
+public sealed class KernelSet : IDisposable
 {
     /// <summary>Compiles and loads every kernel for <paramref name="accelerator"/> with <paramref name="groupSize"/> threads per group.</summary>
     public KernelSet(Accelerator accelerator, int groupSize)
@@ -58,6 +58,9 @@ public sealed class KernelSet
     /// <summary>KV compaction.</summary>
     public KvCompactLauncher KvCompact { get; }
 
+    /// <summary>Frees the launchers' buffers.</summary>
+    public void Dispose() => Attention.Dispose();
+
     /// <summary>
     /// The group size for an accelerator: 256 on GPUs (8 warps: enough loads in flight per group, cheap barriers);
     /// 32 on a CPU OpenCL (PoCL runs a group's work-items as vectorised loops on one core; the 32000×288 GEMV took
@@ -83,11 +86,12 @@ public sealed class KernelSet
 /// <summary>Every kernel method the launchers load, with the generic instantiations they use: for compile checks.</summary>
 public static class KernelCatalog
 {
-    /// <summary>A kernel: its name, method, and whether it is implicitly grouped (index first parameter).</summary>
+    /// <summary>A kernel: its name, method, whether it is implicitly grouped, and whether it is a CUDA-only variant.</summary>
     /// <param name="Name">Readable name.</param>
     /// <param name="Method">The (constructed) kernel method.</param>
     /// <param name="ImplicitlyGrouped">True for index-first kernels, false for explicitly grouped ones.</param>
-    public sealed record Entry(string Name, MethodInfo Method, bool ImplicitlyGrouped);
+    /// <param name="CudaOnly">True for variants outside the portable subset (ILGPU's Half type), loaded on CUDA only.</param>
+    public sealed record Entry(string Name, MethodInfo Method, bool ImplicitlyGrouped, bool CudaOnly);
 
     /// <summary>All kernels.</summary>
     public static IReadOnlyList<Entry> All { get; } = Build();
@@ -111,9 +115,13 @@ public static class KernelCatalog
             (Action<ArrayView<float>, ArrayView<float>, ArrayView<float>, MatMulArgs>)MatMulKernels.Tiled<float, F32Format>,
             (Action<ArrayView<float>, ArrayView<float>, ArrayView<ushort>, MatMulArgs>)MatMulKernels.Tiled<ushort, F16Format>,
             (Action<ArrayView<float>, ArrayView<float>, ArrayView<ushort>, MatMulArgs>)MatMulKernels.Tiled<ushort, BF16Format>,
+            (Action<ArrayView<float>, ArrayView<float>, ArrayView<uint>, MatMulArgs>)MatMulKernels.Vector<uint, F16NativeFormat>,
+            (Action<ArrayView<float>, ArrayView<float>, ArrayView<uint>, MatMulArgs>)MatMulKernels.Skinny<uint, F16NativeFormat>,
+            (Action<ArrayView<float>, ArrayView<float>, ArrayView<ushort>, MatMulArgs>)MatMulKernels.Tiled<ushort, F16NativeFormat>,
             (Action<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, RopeArgs>)RopeKernel.Run,
             (Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, KvWriteArgs>)KvWriteKernel.Run,
-            (Action<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, AttentionArgs>)AttentionKernel.Run,
+            (Action<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, AttentionArgs>)AttentionKernel.Run,
+            (Action<Index1D, ArrayView<float>, ArrayView<float>, AttentionArgs>)AttentionKernel.Combine,
             (Action<Index1D, ArrayView<float>, ArrayView<float>, SwiGluArgs>)SwiGluKernel.Run,
             (Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, AddArgs>)AddKernel.Run,
             (Action<ArrayView<int>, ArrayView<float>, RowArgs>)ArgMaxKernel.Run,
@@ -121,6 +129,7 @@ public static class KernelCatalog
             (Action<ArrayView<float>, ArrayView<float>, RowArgs>)SoftmaxStatsKernel.Run,
             (Action<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<int>, KvCompactArgs>)KvCompactKernel.Run,
         ];
-        return kernels.Select(k => new Entry(KernelLoader.NameOf(k.Method), k.Method, KernelLoader.IsImplicitlyGrouped(k.Method))).ToList();
+        return kernels.Select(k => new Entry(KernelLoader.NameOf(k.Method), k.Method, KernelLoader.IsImplicitlyGrouped(k.Method),
+            k.Method.IsGenericMethod && k.Method.GetGenericArguments().Contains(typeof(F16NativeFormat)))).ToList();
     }
 }

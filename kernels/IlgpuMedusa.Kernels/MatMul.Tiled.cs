@@ -4,7 +4,7 @@ namespace IlgpuMedusa.Kernels;
 
 public static partial class MatMulKernels
 {
-    /// <summary>K elements per shared-memory tile step of the tiled kernel.</summary>
+    /// <summary>Most k values per shared-memory step of the tiled kernel (the step is √G: 16, 8 or 4).</summary>
     public const int TileDepth = 16;
 
     /// <summary>Largest tile edge (tokens or rows) of the tiled kernel: 4 · √256.</summary>
@@ -21,10 +21,11 @@ public static partial class MatMulKernels
 
     /// <summary>
     /// Tiled matmul for larger T: group (x, y) computes the output tile tokens [y·E, y·E + E) × rows [x·E, x·E + E),
-    /// E = 4·S with S = √G. Each step stages E tokens × 16 k of the input and E rows × 16 k of the weights (decoded to
-    /// float) in shared memory; thread (tx, ty) then accumulates a 4 × 4 micro-tile: tokens ty + i·S, rows tx + j·S
-    /// (strided so that a warp's shared reads and global writes are contiguous). Edges are zero-filled.
-    /// Grid: (⌈N/E⌉, ⌈T/E⌉) groups of G ∈ {16, 64, 256} threads.
+    /// E = 4·S with S = √G. Each step stages E tokens × S values of k of the input and E rows × S of the weights (decoded
+    /// to float) in shared memory, four values per thread, while the next step's values are already being loaded into
+    /// registers (so global latency overlaps the arithmetic); thread (tx, ty) accumulates a 4 × 4 micro-tile: tokens
+    /// ty + i·S, rows tx + j·S (strided so that a warp's shared reads and global writes are contiguous). Edges are
+    /// zero-filled. Grid: (⌈N/E⌉, ⌈T/E⌉) groups of G ∈ {16, 64, 256} threads.
     /// </summary>
     /// <param name="output">F32[T, N].</param>
     /// <param name="input">F32[T, K].</param>
@@ -38,32 +39,37 @@ public static partial class MatMulKernels
         var ws = SharedMemory.Allocate<float>(TileDepth * MaxTile); // ws[kk · 64 + row]
         int tid = Group.IdxX;
         int groupSize = Group.DimX;
-        int side = groupSize == 256 ? 16 : groupSize == 64 ? 8 : 4;
+        int side = groupSize == 256 ? 16 : groupSize == 64 ? 8 : 4; // also the k depth of one step
         int edge = 4 * side;
         int tx = tid % side;
         int ty = tid / side;
         int row0 = Grid.IdxX * edge;
         int token0 = Grid.IdxY * edge;
-        var f = default(TFormat);
         var c0 = new Vec4(0f, 0f, 0f, 0f); // token ty, rows tx + j·S
         var c1 = c0;                        // token ty + S
         var c2 = c0;                        // token ty + 2S
         var c3 = c0;                        // token ty + 3S
-        int stageSize = edge * TileDepth;
-        for (int k0 = 0; k0 < args.Columns; k0 += TileDepth)
+        // Staging: this thread loads k = k0 + tx of tokens / rows ty + i·S (i < 4).
+        var nextX = StageInput(input, args, token0 + ty, side, tx);
+        var nextW = StageWeight<TElement, TFormat>(weight, args, row0 + ty, side, tx);
+        for (int k0 = 0; k0 < args.Columns; k0 += side)
         {
-            for (int e = tid; e < stageSize; e += groupSize)
-            {
-                int kk = e % TileDepth;
-                int local = e / TileDepth;
-                int k = k0 + kk;
-                int token = token0 + local;
-                int row = row0 + local;
-                xs[kk * MaxTile + local] = token < args.Tokens && k < args.Columns ? input[(long)token * args.Columns + k] : 0f;
-                ws[kk * MaxTile + local] = row < args.Rows && k < args.Columns ? f.Decode(weight[(long)row * args.WeightStride + k]) : 0f;
-            }
+            int slot = tx * MaxTile + ty;
+            xs[slot] = nextX.X;
+            xs[slot + side] = nextX.Y;
+            xs[slot + 2 * side] = nextX.Z;
+            xs[slot + 3 * side] = nextX.W;
+            ws[slot] = nextW.X;
+            ws[slot + side] = nextW.Y;
+            ws[slot + 2 * side] = nextW.Z;
+            ws[slot + 3 * side] = nextW.W;
             Group.Barrier();
-            for (int kk = 0; kk < TileDepth; kk++)
+            if (k0 + side < args.Columns)
+            {
+                nextX = StageInput(input, args, token0 + ty, side, k0 + side + tx);
+                nextW = StageWeight<TElement, TFormat>(weight, args, row0 + ty, side, k0 + side + tx);
+            }
+            for (int kk = 0; kk < side; kk++)
             {
                 int xBase = kk * MaxTile + ty;
                 int wBase = kk * MaxTile + tx;
@@ -79,6 +85,31 @@ public static partial class MatMulKernels
         WriteRow(output, args, token0 + ty + side, row0 + tx, side, c1);
         WriteRow(output, args, token0 + ty + 2 * side, row0 + tx, side, c2);
         WriteRow(output, args, token0 + ty + 3 * side, row0 + tx, side, c3);
+    }
+
+    /// <summary>input[token + i·S, k] for i &lt; 4, zero outside [T, K].</summary>
+    private static Vec4 StageInput(ArrayView<float> input, MatMulArgs args, int token, int side, int k)
+    {
+        bool inK = k < args.Columns;
+        return new Vec4(
+            inK && token < args.Tokens ? input[(long)token * args.Columns + k] : 0f,
+            inK && token + side < args.Tokens ? input[(long)(token + side) * args.Columns + k] : 0f,
+            inK && token + 2 * side < args.Tokens ? input[(long)(token + 2 * side) * args.Columns + k] : 0f,
+            inK && token + 3 * side < args.Tokens ? input[(long)(token + 3 * side) * args.Columns + k] : 0f);
+    }
+
+    /// <summary>weight[row + i·S, k] decoded, for i &lt; 4, zero outside [N, K].</summary>
+    private static Vec4 StageWeight<TElement, TFormat>(ArrayView<TElement> weight, MatMulArgs args, int row, int side, int k)
+        where TElement : unmanaged
+        where TFormat : struct, IElementFormat<TElement>
+    {
+        var f = default(TFormat);
+        bool inK = k < args.Columns;
+        return new Vec4(
+            inK && row < args.Rows ? f.Decode(weight[(long)row * args.WeightStride + k]) : 0f,
+            inK && row + side < args.Rows ? f.Decode(weight[(long)(row + side) * args.WeightStride + k]) : 0f,
+            inK && row + 2 * side < args.Rows ? f.Decode(weight[(long)(row + 2 * side) * args.WeightStride + k]) : 0f,
+            inK && row + 3 * side < args.Rows ? f.Decode(weight[(long)(row + 3 * side) * args.WeightStride + k]) : 0f);
     }
 
     private static void WriteRow(ArrayView<float> output, MatMulArgs args, int token, int row, int side, Vec4 values)

@@ -41,40 +41,81 @@ public enum MatMulPath
     Tiled,
 }
 
-/// <summary>
-/// Launches the matmul kernels, output[T, N] = (accumulate ? output : 0) + input[T, K] · W[N, K]ᵀ; one instance per accelerator.
-/// T = 1 (decoding) is a GEMV and memory-bound: the vector kernel streams each weight row once with coalesced loads.
-/// Small T (tree verification) uses the skinny kernel, which reads the weights once for four tokens; larger T (prefill,
-/// big trees) uses the tiled kernel, which reuses each loaded weight tile for 4·√G tokens.
-/// </summary>
-public sealed class MatMulLauncher
+/// <summary>How the matmul launcher runs on one device (measured on an H200 and the 2-core PoCL machine).</summary>
+/// <param name="GroupSize">Threads per group of the vector (T = 1) kernel.</param>
+/// <param name="SkinnyGroupSize">Threads per group of the skinny kernel.</param>
+/// <param name="TiledGroupSize">Threads per group of the tiled kernel: 16, 64 or 256.</param>
+/// <param name="SkinnyMaxTokens">Largest T sent to the skinny kernel by <see cref="MatMulPath.Auto"/>.</param>
+/// <param name="NativeHalf">Decode F16 with ILGPU's Half conversion (<see cref="F16NativeFormat"/>; CUDA, emulator).</param>
+public readonly record struct MatMulTuning(int GroupSize, int SkinnyGroupSize, int TiledGroupSize, int SkinnyMaxTokens, bool NativeHalf)
 {
-    /// <summary>Largest T sent to the skinny kernel by <see cref="MatMulPath.Auto"/>.</summary>
-    public const int SkinnyMaxTokens = 16;
-
-    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, MatMulArgs>[] _f32 = new Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, MatMulArgs>[3];
-    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<uint>, MatMulArgs>[] _pairs = new Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<uint>, MatMulArgs>[4];
-    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<ushort>, MatMulArgs>[] _halves = new Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<ushort>, MatMulArgs>[2];
-    private readonly int _groupSize;
-    private readonly int _tiledGroupSize;
-
-    /// <summary>Compiles and loads the nine kernels (three paths × three storage types).</summary>
-    public MatMulLauncher(Accelerator accelerator, int groupSize)
+    /// <summary>
+    /// GPUs: 256-thread GEMV groups, 128-thread skinny groups (about 10% faster than 256 on an H200) and the skinny kernel
+    /// up to T = 64 (per token it costs the same at any T, and beat the tiled kernel up to T = 64 on 4096×4096,
+    /// 11008×4096 and 4096×11008; the two were level at T = 128). CPUs (PoCL, emulator): the given group size and the
+    /// tiled kernel from T = 17 (it was faster at T = 64 on PoCL).
+    /// </summary>
+    public static MatMulTuning For(Accelerator accelerator, int groupSize)
     {
         ArgumentNullException.ThrowIfNull(accelerator);
         KernelLimits.CheckGroupSize(groupSize);
-        _groupSize = groupSize;
-        _tiledGroupSize = groupSize >= 256 ? 256 : groupSize >= 64 ? 64 : 16;
+        bool gpu = accelerator.AcceleratorType == AcceleratorType.Cuda
+            || (accelerator is ILGPU.Runtime.OpenCL.CLAccelerator cl && !cl.DeviceType.HasFlag(ILGPU.Runtime.OpenCL.CLDeviceType.CL_DEVICE_TYPE_CPU));
+        int tiled = groupSize >= 256 ? 256 : groupSize >= 64 ? 64 : 16;
+        return gpu
+            ? new(groupSize, Math.Min(groupSize, 128), tiled, 64, accelerator.AcceleratorType == AcceleratorType.Cuda)
+            : new(groupSize, groupSize, tiled, 16, false);
+    }
+}
+
+/// <summary>
+/// Launches the matmul kernels, output[T, N] = (accumulate ? output : 0) + input[T, K] · W[N, K]ᵀ; one instance per accelerator.
+/// T = 1 (decoding) is a GEMV and memory-bound: the vector kernel streams each weight row once with coalesced loads.
+/// Small T (tree verification) uses the skinny kernel, which reads the weights once per four tokens; larger T (prefill)
+/// uses the tiled kernel, which reuses each loaded weight tile for 4·√G tokens.
+/// </summary>
+public sealed class MatMulLauncher
+{
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, MatMulArgs>[] _f32 = new Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, MatMulArgs>[3];
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<uint>, MatMulArgs>[] _pairs = new Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<uint>, MatMulArgs>[4];
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<ushort>, MatMulArgs>[] _halves = new Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<ushort>, MatMulArgs>[2];
+
+    /// <summary>Compiles and loads the nine kernels (three paths × three storage types) with the device's tuning.</summary>
+    public MatMulLauncher(Accelerator accelerator, int groupSize)
+        : this(accelerator, MatMulTuning.For(accelerator, groupSize))
+    {
+    }
+
+    /// <summary>Compiles and loads the nine kernels with an explicit tuning.</summary>
+    public MatMulLauncher(Accelerator accelerator, MatMulTuning tuning)
+    {
+        ArgumentNullException.ThrowIfNull(accelerator);
+        KernelLimits.CheckGroupSize(tuning.GroupSize);
+        KernelLimits.CheckGroupSize(tuning.SkinnyGroupSize);
+        MatMulKernels.TileFor(tuning.TiledGroupSize);
+        Tuning = tuning;
         _f32[0] = Load<float>(accelerator, MatMulKernels.Vector<float, F32Format>);
         _f32[1] = Load<float>(accelerator, MatMulKernels.Skinny<float, F32Format>);
         _f32[2] = Load<float>(accelerator, MatMulKernels.Tiled<float, F32Format>);
-        _pairs[0] = Load<uint>(accelerator, MatMulKernels.Vector<uint, F16Format>);
-        _pairs[1] = Load<uint>(accelerator, MatMulKernels.Skinny<uint, F16Format>);
+        if (tuning.NativeHalf)
+        {
+            _pairs[0] = Load<uint>(accelerator, MatMulKernels.Vector<uint, F16NativeFormat>);
+            _pairs[1] = Load<uint>(accelerator, MatMulKernels.Skinny<uint, F16NativeFormat>);
+            _halves[0] = Load<ushort>(accelerator, MatMulKernels.Tiled<ushort, F16NativeFormat>);
+        }
+        else
+        {
+            _pairs[0] = Load<uint>(accelerator, MatMulKernels.Vector<uint, F16Format>);
+            _pairs[1] = Load<uint>(accelerator, MatMulKernels.Skinny<uint, F16Format>);
+            _halves[0] = Load<ushort>(accelerator, MatMulKernels.Tiled<ushort, F16Format>);
+        }
         _pairs[2] = Load<uint>(accelerator, MatMulKernels.Vector<uint, BF16Format>);
         _pairs[3] = Load<uint>(accelerator, MatMulKernels.Skinny<uint, BF16Format>);
-        _halves[0] = Load<ushort>(accelerator, MatMulKernels.Tiled<ushort, F16Format>);
         _halves[1] = Load<ushort>(accelerator, MatMulKernels.Tiled<ushort, BF16Format>);
     }
+
+    /// <summary>Group sizes, path thresholds and F16 decoding in use.</summary>
+    public MatMulTuning Tuning { get; }
 
     private static Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<T>, MatMulArgs> Load<T>(
         Accelerator accelerator, Action<ArrayView<float>, ArrayView<float>, ArrayView<T>, MatMulArgs> kernel)
@@ -82,7 +123,7 @@ public sealed class MatMulLauncher
         KernelLoader.Load(accelerator, kernel, () => accelerator.LoadKernel(kernel));
 
     /// <summary>The path <see cref="MatMulPath.Auto"/> takes for T tokens.</summary>
-    public static MatMulPath Choose(int tokens) => tokens == 1 ? MatMulPath.Vector : tokens <= SkinnyMaxTokens ? MatMulPath.Skinny : MatMulPath.Tiled;
+    public MatMulPath Choose(int tokens) => tokens == 1 ? MatMulPath.Vector : tokens <= Tuning.SkinnyMaxTokens ? MatMulPath.Skinny : MatMulPath.Tiled;
 
     /// <summary>output F32[T, N] and input F32[T, K] contiguous; weight [N, K].</summary>
     public void Launch(AcceleratorStream stream, ArrayView<float> output, ArrayView<float> input, WeightView weight, int tokens, bool accumulate, MatMulPath path = MatMulPath.Auto)
@@ -97,8 +138,8 @@ public sealed class MatMulLauncher
         MatMulArgs args;
         if (path == MatMulPath.Tiled)
         {
-            int tile = MatMulKernels.TileFor(_tiledGroupSize);
-            config = new KernelConfig(new Index2D((n + tile - 1) / tile, (tokens + tile - 1) / tile), new Index2D(_tiledGroupSize, 1));
+            int tile = MatMulKernels.TileFor(Tuning.TiledGroupSize);
+            config = new KernelConfig(new Index2D((n + tile - 1) / tile, (tokens + tile - 1) / tile), new Index2D(Tuning.TiledGroupSize, 1));
             args = new MatMulArgs(tokens, n, k, weight.RowStride, accumulate);
             switch (weight.Storage)
             {
@@ -108,9 +149,9 @@ public sealed class MatMulLauncher
             }
             return;
         }
-        int slot = path == MatMulPath.Vector ? 0 : 1;
-        int tokenGroups = path == MatMulPath.Vector ? tokens : 1;
-        config = new KernelConfig(new Index2D(rowGroups, tokenGroups), new Index2D(_groupSize, 1));
+        bool vector = path == MatMulPath.Vector;
+        int slot = vector ? 0 : 1;
+        config = new KernelConfig(new Index2D(rowGroups, vector ? tokens : 1), new Index2D(vector ? Tuning.GroupSize : Tuning.SkinnyGroupSize, 1));
         args = new MatMulArgs(tokens, n, k, weight.PackStride, accumulate);
         switch (weight.Storage)
         {

@@ -57,6 +57,21 @@ public abstract class ConformanceTests
         }
     }
 
+    /// <summary>Every one of the 65,536 binary16 bit patterns decodes exactly as on the host (through the embedding gather).</summary>
+    [Fact]
+    public void F16_decoding_is_exact_for_every_bit_pattern()
+    {
+        using var twin = NewTwin(23);
+        var values = new float[65536];
+        for (int i = 0; i < values.Length; i++) values[i] = (float)BitConverter.UInt16BitsToHalf((ushort)i);
+        var table = twin.Weight(DType.F16, 2, 32768, values);
+        var tokens = twin.Ints(2, 1, [0, 1]);
+        var output = twin.Zeros(DType.F32, 2, 32768);
+        Accelerators.Host.Embedding(output.Host, tokens.Host, table.Host);
+        Device.Embedding(output.Device, tokens.Device, table.Device);
+        Twin.AssertClose(output, Tolerance.Exact, "F16 decoding");
+    }
+
     /// <summary>RMSNorm with a weight of every dtype.</summary>
     [Theory]
     [InlineData(DType.F32)]
@@ -96,7 +111,7 @@ public abstract class ConformanceTests
                 var output = twin.RandomTensor(t, n);
                 Accelerators.Host.MatMul(output.Host, x.Host, weight.Host, accumulate);
                 Device.MatMul(output.Device, x.Device, weight.Device, accumulate);
-                Twin.AssertClose(output, Tolerance.ForSum(type, k), $"MatMul {type} T={t} N={n} K={k} accumulate={accumulate} ({MatMulLauncher.Choose(t)})");
+                Twin.AssertClose(output, Tolerance.ForSum(type, k), $"MatMul {type} T={t} N={n} K={k} accumulate={accumulate} ({Device.Kernels.MatMul.Choose(t)})");
             }
         }
     }
@@ -225,7 +240,27 @@ public abstract class ConformanceTests
         CheckAttention(committed: s, tokens: 2, heads: 2, kvHeads: 1, headDim: Sizes.HeadDims[^1], blockSize: blockSize, table: table, mask: null, seed: 13);
     }
 
-    private void CheckAttention(int committed, int tokens, int heads, int kvHeads, int headDim, int blockSize, int[] table, int[]? mask, int seed)
+    /// <summary>Key splits (flash-decoding) merged by the combine kernel, including splits left empty, causal and tree mask.</summary>
+    [Theory]
+    [InlineData(2)]
+    [InlineData(5)]
+    [InlineData(64)]
+    public void Attention_with_key_splits_matches_host(int splits)
+    {
+        int s = Sizes.LongContext;
+        int blocks = (s + 5 + 15) / 16;
+        var table = Enumerable.Range(0, blocks).Reverse().ToArray();
+        CheckAttention(committed: s, tokens: 1, heads: 2, kvHeads: 1, headDim: Sizes.HeadDims[0], blockSize: 16, table: table, mask: null, seed: 21, splits: splits);
+        int[] mask =
+        [
+            1, 0, 0,
+            1, 1, 0,
+            1, 0, 1,
+        ];
+        CheckAttention(committed: s, tokens: 3, heads: 2, kvHeads: 2, headDim: Sizes.HeadDims[^1], blockSize: 16, table: table, mask: mask, seed: 22, splits: Math.Min(splits, 8));
+    }
+
+    private void CheckAttention(int committed, int tokens, int heads, int kvHeads, int headDim, int blockSize, int[] table, int[]? mask, int seed, int? splits = null)
     {
         using var twin = NewTwin(seed);
         var layout = new KvCacheLayout(Layers: 2, KvHeads: kvHeads, HeadDim: headDim, BlockSize: blockSize, BlockCount: table.Max() + 1);
@@ -245,10 +280,10 @@ public abstract class ConformanceTests
         var maskPair = mask is null ? (TensorPair?)null : twin.Ints(tokens, tokens, mask);
         var output = twin.Zeros(DType.F32, tokens, heads * headDim);
         Accelerators.Host.Attention(output.Host, qkv.Host, caches.Host, layer, blockTable.Host, committed, maskPair?.Host);
-        Device.Attention(output.Device, qkv.Device, caches.Device, layer, blockTable.Device, committed, maskPair?.Device);
+        Device.Attention(output.Device, qkv.Device, caches.Device, layer, blockTable.Device, committed, maskPair?.Device, splits);
         // The output is a softmax-weighted average of values ≤ 1: its error follows the scores' (sums of Dh terms), not S.
         Twin.AssertClose(output, Tolerance.ForSum(DType.F32, headDim),
-            $"Attention S={committed} T={tokens} H={heads} Hkv={kvHeads} Dh={headDim} B={blockSize} mask={(mask is null ? "causal" : "tree")}");
+            $"Attention S={committed} T={tokens} H={heads} Hkv={kvHeads} Dh={headDim} B={blockSize} mask={(mask is null ? "causal" : "tree")} splits={splits?.ToString() ?? "auto"}");
     }
 
     /// <summary>SwiGLU over awkward widths.</summary>
@@ -389,6 +424,30 @@ public abstract class ConformanceTests
 [Collection(AcceleratorCollection.Name)]
 public sealed class CpuEmulatorConformanceTests(Accelerators accelerators) : ConformanceTests(accelerators)
 {
+    /// <summary>
+    /// The CUDA-only F16 variant (ILGPU's Half conversion) on every matmul path: it cannot build on PoCL, so besides CUDA
+    /// itself the emulator is where it is held to the host.
+    /// </summary>
+    [Fact]
+    public void MatMul_native_half_kernels_match_host()
+    {
+        var accelerator = Device.Accelerator;
+        var launcher = new MatMulLauncher(accelerator, MatMulTuning.For(accelerator, 32) with { NativeHalf = true });
+        using var twin = new Twin(Accelerators.Host, Device, 24);
+        const int t = 5, n = 33, k = 35;
+        var x = twin.RandomTensor(t, k);
+        var weight = twin.RandomWeight(DType.F16, n, k);
+        var expected = twin.Zeros(DType.F32, t, n);
+        Accelerators.Host.MatMul(expected.Host, x.Host, weight.Host, accumulate: false);
+        foreach (var path in new[] { MatMulPath.Vector, MatMulPath.Skinny, MatMulPath.Tiled })
+        {
+            var output = (IlgpuTensor)expected.Device;
+            launcher.Launch(accelerator.DefaultStream, output.Floats, ((IlgpuTensor)x.Device).Floats, ((IlgpuTensor)weight.Device).AsWeight(), t, false, path);
+            accelerator.DefaultStream.Synchronize();
+            Twin.AssertClose(Twin.Read(expected.Host), Twin.Read(output), Tolerance.ForSum(DType.F16, k), $"native-half MatMul via {path}");
+        }
+    }
+
     /// <inheritdoc />
     protected override IlgpuBackend Device => Accelerators.Emulator;
 

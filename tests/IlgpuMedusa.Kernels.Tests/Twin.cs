@@ -119,7 +119,7 @@ public sealed unsafe class Twin : IDisposable
         for (int i = 0; i < expected.Length; i++)
         {
             float e = expected[i], a = actual[i];
-            if (float.IsNaN(e) && float.IsNaN(a)) continue;
+            if ((float.IsNaN(e) && float.IsNaN(a)) || e == a) continue; // e == a also covers equal infinities
             double error = Math.Abs((double)e - a);
             double allowed = tolerance.Absolute + tolerance.Relative * Math.Abs(e);
             if (!(error <= allowed) && (bad < 0 || error - allowed > worst))

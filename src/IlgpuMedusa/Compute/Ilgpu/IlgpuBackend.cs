@@ -50,6 +50,9 @@ public sealed class IlgpuBackend : IComputeBackend
     /// <summary>The ILGPU accelerator (for diagnostics and benchmarks).</summary>
     public Accelerator Accelerator => _accelerator;
 
+    /// <summary>The loaded launchers (tests, tuning).</summary>
+    internal KernelSet Kernels => _kernels;
+
     private static string MemoryText(Accelerator accelerator) =>
         accelerator is CPUAccelerator ? "host memory" : $"{accelerator.MemorySize / (1024.0 * 1024 * 1024):0.#} GiB";
 
@@ -348,7 +351,14 @@ public sealed class IlgpuBackend : IComputeBackend
     }
 
     /// <inheritdoc />
-    public void Attention(DeviceTensor output, DeviceTensor qkv, KvCache cache, int layer, DeviceTensor blockTable, int committed, DeviceTensor? mask)
+    public void Attention(DeviceTensor output, DeviceTensor qkv, KvCache cache, int layer, DeviceTensor blockTable, int committed, DeviceTensor? mask) =>
+        Attention(output, qkv, cache, layer, blockTable, committed, mask, splits: null);
+
+    /// <summary>
+    /// <see cref="Attention(DeviceTensor, DeviceTensor, KvCache, int, DeviceTensor, int, DeviceTensor?)"/> with a forced
+    /// number of key splits (tests; null: the launcher chooses from the device size).
+    /// </summary>
+    internal void Attention(DeviceTensor output, DeviceTensor qkv, KvCache cache, int layer, DeviceTensor blockTable, int committed, DeviceTensor? mask, int? splits)
     {
         var o = Own(output);
         var q = Own(qkv);
@@ -359,7 +369,7 @@ public sealed class IlgpuBackend : IComputeBackend
         Shapes.Attention(o, q, l, table, committed, m);
         if ((uint)layer >= (uint)l.Layers) throw new ArgumentException($"Attention: layer {layer} outside [0, {l.Layers})");
         var args = new AttentionArgs(q.Rows, o.Columns / l.HeadDim, l.KvHeads, l.HeadDim, q.Columns, committed, l.BlockSize, m is not null);
-        _kernels.Attention.Launch(_stream, o.Floats, q.Floats, c.Plane(layer, 0), c.Plane(layer, 1), table.Ints, m?.Ints ?? _noMask.View, args);
+        _kernels.Attention.Launch(_stream, o.Floats, q.Floats, c.Plane(layer, 0), c.Plane(layer, 1), table.Ints, m?.Ints ?? _noMask.View, args, splits);
     }
 
     /// <inheritdoc />
@@ -446,6 +456,7 @@ public sealed class IlgpuBackend : IComputeBackend
         finally
         {
             foreach (var buffer in _ropeFrequencies.Values) buffer.Dispose();
+            _kernels.Dispose();
             _noMask.Dispose();
             _stream.Dispose();
             _accelerator.Dispose();

@@ -15,7 +15,7 @@ namespace IlgpuMedusa.Compute.Ilgpu;
 /// <param name="Details">Platform, device type, versions (for people).</param>
 /// <param name="IsCpu">True for a CPU device (a CPU OpenCL such as PoCL, or the emulator).</param>
 /// <param name="MemoryBytes">Device memory in bytes (0 when unknown or unbounded).</param>
-/// <param name="WarpSize">Threads per warp (OpenCL: the preferred work-group size multiple as ILGPU reports it).</param>
+/// <param name="WarpSize">Threads per warp (OpenCL: what ILGPU measures on an accelerator; 0 when none could be created).</param>
 /// <param name="MaxGroupSize">Most threads per group.</param>
 /// <param name="Multiprocessors">Streaming multiprocessors / compute units.</param>
 /// <param name="Usable">Whether the backend can run on it with the given options.</param>
@@ -66,11 +66,13 @@ public static class IlgpuDevices
         {
             string? reason = StaticReason(device, options);
             bool usable = reason is null;
+            int? warpSize = null;
             if (usable)
             {
                 try
                 {
                     using var accelerator = CreateAccelerator(context, device);
+                    warpSize = accelerator.WarpSize; // OpenCL devices report theirs only once an accelerator exists
                 }
                 catch (Exception e)
                 {
@@ -81,7 +83,7 @@ public static class IlgpuDevices
             if (usable && kind == DeviceKind.CpuEmulator) reason = "tests only: an emulator, about 1 µs per thread";
             if (usable && device is CLDevice { DeviceType: var type } && type.HasFlag(CLDeviceType.CL_DEVICE_TYPE_CPU))
                 reason = "CPU OpenCL, allowed by option";
-            result.Add(Info(kind, index, device, usable, reason));
+            result.Add(Info(kind, index, device, usable, reason, warpSize));
         }
         if (cudaError is not null)
             result.Insert(0, new IlgpuDeviceInfo(DeviceKind.Cuda, -1, "(CUDA)", cudaError, false, 0, 0, 0, 0, false, $"CUDA could not be initialised: {cudaError}"));
@@ -179,7 +181,7 @@ public static class IlgpuDevices
         property.SetValue(device.Capabilities, true);
     }
 
-    private static IlgpuDeviceInfo Info(DeviceKind kind, int index, Device device, bool usable, string? reason)
+    private static IlgpuDeviceInfo Info(DeviceKind kind, int index, Device device, bool usable, string? reason, int? warpSize)
     {
         string details = device switch
         {
@@ -190,7 +192,7 @@ public static class IlgpuDevices
         };
         bool isCpu = device is CPUDevice || (device is CLDevice c && c.DeviceType.HasFlag(CLDeviceType.CL_DEVICE_TYPE_CPU));
         long memory = device is CPUDevice ? 0 : device.MemorySize;
-        return new IlgpuDeviceInfo(kind, index, device.Name, details, isCpu, memory, device.WarpSize, device.MaxNumThreadsPerGroup,
+        return new IlgpuDeviceInfo(kind, index, device.Name, details, isCpu, memory, warpSize ?? device.WarpSize, device.MaxNumThreadsPerGroup,
             device.NumMultiprocessors, usable, reason);
     }
 }
