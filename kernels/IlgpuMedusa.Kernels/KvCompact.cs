@@ -35,7 +35,8 @@ public readonly struct KvCompactArgs
 /// KV compaction after tree acceptance: logical position sources[i] is copied to destinationStart + i, for every layer,
 /// keys and values. Race-free by construction: each thread owns one column (plane, c) of the whole cache and copies
 /// i = 0, 1, ... in order, so with sources increasing and sources[i] ≥ destinationStart + i every read happens before
-/// any write to that slot (e.g. [S+0, S+2, S+5] → S..S+2 reads S+2 before... writing S+1, and S+5 before writing S+2).
+/// any write to that slot. Example [S+0, S+2, S+5] → S..S+2: i = 0 is in place; i = 1 reads S+2 and writes S+1;
+/// i = 2 reads S+5 and writes S+2, which step 1 has already read.
 /// </summary>
 public static class KvCompactKernel
 {
