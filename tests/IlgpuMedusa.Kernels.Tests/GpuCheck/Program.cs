@@ -1,0 +1,121 @@
+using System.Diagnostics;
+using System.Reflection;
+using ILGPU;
+using ILGPU.Runtime;
+using IlgpuMedusa.Compute;
+using IlgpuMedusa.Compute.Ilgpu;
+using IlgpuMedusa.Kernels;
+using IlgpuMedusa.Kernels.GpuCheck;
+using IlgpuMedusa.Kernels.Tests;
+using IlgpuMedusa.Models;
+using IlgpuMedusa.Scheduling;
+using IlgpuMedusa.Transformer;
+
+// Usage: IlgpuMedusa.Kernels.GpuCheck [cuda|opencl|cpu-emulator] [--quick]
+// 1. lists the devices; 2. runs the kernel conformance suite on the device against the host backend (GPU-sized shapes);
+// 3. times the matmul paths, attention with and without key splits; 4. decodes with a random-weight model of
+// TinyLlama-1.1B's shape in fp16. Exit code 1 when a conformance check fails. --quick: tiny shapes (to try it on a CPU).
+var kind = DeviceOptions.ParseKind(args.FirstOrDefault(a => !a.StartsWith("--", StringComparison.Ordinal)) ?? "cuda");
+bool quick = args.Contains("--quick");
+var clock = Stopwatch.StartNew();
+void Log(string text) => Console.WriteLine($"[{clock.Elapsed.TotalSeconds,6:F1}s] {text}");
+
+Log("devices:");
+foreach (var d in IlgpuDevices.Describe(new DeviceOptions { AllowCpuOpenCL = true })) Log($"  {d.Summary} | {d.Details}");
+using var backend = IlgpuBackend.TryCreate(new DeviceOptions { Kind = kind, AllowCpuOpenCL = true })
+    ?? throw new InvalidOperationException($"no {kind} backend");
+Log($"backend: {backend.DeviceName}; matmul {backend.Kernels.MatMul.Tuning}");
+
+int failed = Conformance(backend, quick, Log);
+var bench = new Bench(backend.Accelerator, quick, Log);
+bench.LaunchOverhead();
+bench.MatMul();
+bench.Attention();
+EndToEnd(backend, quick, Log);
+Log(failed == 0 ? "done" : $"done: {failed} conformance checks FAILED");
+return failed == 0 ? 0 : 1;
+
+static int Conformance(IlgpuBackend backend, bool quick, Action<string> log)
+{
+    using var accelerators = new Accelerators();
+    var suite = new DeviceSuite(accelerators, backend, quick);
+    int pass = 0, fail = 0;
+    var tests = typeof(ConformanceTests).GetMethods(BindingFlags.Public | BindingFlags.Instance).Where(m => m.GetCustomAttributes<FactAttribute>().Any());
+    foreach (var method in tests)
+    {
+        var cases = method.GetCustomAttributes<InlineDataAttribute>().SelectMany(a => a.GetData(method)).ToList();
+        if (cases.Count == 0) cases.Add([]);
+        foreach (var arguments in cases)
+        {
+            var name = $"{method.Name}({string.Join(", ", arguments.Select(a => a is Array array ? "[" + string.Join(",", array.Cast<object>()) + "]" : a))})";
+            try
+            {
+                method.Invoke(suite, arguments);
+                pass++;
+            }
+            catch (TargetInvocationException e)
+            {
+                fail++;
+                var message = e.InnerException?.Message ?? e.Message;
+                log($"  FAIL {name}: {message[..Math.Min(message.Length, 600)]}");
+            }
+        }
+    }
+    log($"conformance: {pass} passed, {fail} failed");
+    return fail;
+}
+
+static void EndToEnd(IlgpuBackend backend, bool quick, Action<string> log)
+{
+    var config = quick
+        ? new ModelConfig { Dim = 64, HiddenDim = 172, Layers = 2, Heads = 4, KvHeads = 2, VocabSize = 300, MaxSequenceLength = 512, TiedEmbeddings = true, Source = "random" }
+        : new ModelConfig { Dim = 2048, HiddenDim = 5632, Layers = 22, Heads = 32, KvHeads = 4, VocabSize = 32000, MaxSequenceLength = 2048, TiedEmbeddings = true, Source = "random" };
+    using var checkpoint = new RandomCheckpoint(config);
+    using var model = LlamaModel.Load(checkpoint, backend, DType.F16);
+    using var pool = KvBlockPool.FromBudget(backend, config.Layers, config.KvHeads, config.HeadDim, 16, 2L * config.MaxSequenceLength * 2 * config.Layers * config.KvDim * 4);
+    using var workspace = new ForwardWorkspace(backend, config, 256, 1);
+    int prompt = quick ? 16 : 128, steps = quick ? 8 : 128;
+    var ids = Enumerable.Range(0, prompt).Select(i => i * 37 % config.VocabSize).ToArray();
+    var positions = Enumerable.Range(0, prompt).ToArray();
+    var argMax = new int[1];
+    int Next(DeviceTensor hidden)
+    {
+        var logits = model.Logits(workspace, hidden.Slice(hidden.Rows - 1, 1));
+        var result = workspace.ArgMax.Slice(0, 1);
+        backend.ArgMax(result, logits);
+        backend.Download(result, argMax);
+        return argMax[0];
+    }
+    double weightBytes = (config.Layers * ((double)config.QkvDim * config.Dim + (double)config.Dim * config.Dim + 3.0 * config.HiddenDim * config.Dim)
+        + (double)config.VocabSize * config.Dim) * 2;
+    for (int round = 0; round < 2; round++)
+    {
+        using var sequence = pool.CreateSequence(config.MaxSequenceLength);
+        var sw = Stopwatch.StartNew();
+        int next = Next(model.Forward(workspace, workspace.Prepare(ids, positions), sequence, 0));
+        double prefillMs = sw.Elapsed.TotalMilliseconds;
+        sw.Restart();
+        int[] token = new int[1], position = new int[1];
+        for (int i = 0; i < steps; i++)
+        {
+            token[0] = next;
+            position[0] = prompt + i;
+            next = Next(model.Forward(workspace, workspace.Prepare(token, position), sequence, prompt + i));
+        }
+        double perToken = sw.Elapsed.TotalSeconds / steps;
+        log($"e2e {config.Layers}-layer D={config.Dim} F={config.HiddenDim} V={config.VocabSize} fp16, round {round}: prefill {prompt} tokens {prefillMs:F1} ms; " +
+            $"decode {1 / perToken:F1} tok/s ({perToken * 1000:F2} ms/token, {weightBytes / 1e9 / perToken:F0} GB/s of weights)");
+    }
+}
+
+/// <summary>The conformance suite on the device under test, with GPU-sized shapes.</summary>
+internal sealed class DeviceSuite(Accelerators accelerators, IlgpuBackend device, bool quick) : ConformanceTests(accelerators)
+{
+    protected override IlgpuBackend Device => device;
+
+    protected override TestSizes Sizes { get; } = quick
+        ? new([1, 31, 33], [(1, 33, 31), (17, 33, 31)], [8, 40], 70, 300)
+        : new([1, 31, 32, 33, 257, 1000, 4096],
+            [(1, 1, 1), (1, 33, 31), (1, 4096, 4096), (1, 11008, 4096), (3, 257, 33), (5, 100, 288), (16, 65, 129), (17, 33, 31), (64, 1000, 4096), (65, 300, 1000), (256, 300, 1000)],
+            [8, 64, 128, 256], 5000, 32000);
+}
