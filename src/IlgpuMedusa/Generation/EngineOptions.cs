@@ -22,8 +22,11 @@ public sealed record EngineOptions
 
     /// <summary>Token slots per KV block.</summary>
     public int KvBlockSize { get; init; } = 16;
-    /// <summary>Largest number of prompt tokens run in one prefill forward (longer prompts are chunked).</summary>
-    public int PrefillChunk { get; init; } = 256;
+    /// <summary>
+    /// Most tokens in one batched forward: prompt chunks (longer prompts are split), decoded tokens and Medusa trees of
+    /// every running sequence together. Also the most logits rows one step computes.
+    /// </summary>
+    public int MaxBatchTokens { get; init; } = 256;
 
     /// <summary>Full-context sequences the default KV budget holds.</summary>
     public const int DefaultKvSequences = 4;
@@ -37,8 +40,8 @@ public sealed record EngineOptions
             throw new ArgumentOutOfRangeException(nameof(KvBudgetMb), KvBudgetMb, "KvBudgetMb (--kv-budget-mb) must be positive.");
         if (KvBlockSize <= 0)
             throw new ArgumentOutOfRangeException(nameof(KvBlockSize), KvBlockSize, "KvBlockSize must be positive.");
-        if (PrefillChunk <= 0)
-            throw new ArgumentOutOfRangeException(nameof(PrefillChunk), PrefillChunk, "PrefillChunk must be positive.");
+        if (MaxBatchTokens <= 0)
+            throw new ArgumentOutOfRangeException(nameof(MaxBatchTokens), MaxBatchTokens, "MaxBatchTokens must be positive.");
         return this;
     }
 }

@@ -42,8 +42,8 @@ public sealed class IlgpuMedusaOptions
     /// <summary>Token slots per KV block.</summary>
     public int? KvBlockSize { get; set; }
 
-    /// <summary>Largest prompt chunk run in one prefill forward.</summary>
-    public int? PrefillChunk { get; set; }
+    /// <summary>Most tokens in one batched forward (prompt chunks, decoded tokens and trees of all running sequences).</summary>
+    public int? MaxBatchTokens { get; set; }
 
     /// <summary>Run one tiny generation right after loading, so kernels are compiled before the first request (default true).</summary>
     public bool WarmUp { get; set; } = true;
@@ -78,7 +78,7 @@ public sealed class IlgpuMedusaOptions
         return engine with
         {
             KvBlockSize = KvBlockSize ?? engine.KvBlockSize,
-            PrefillChunk = PrefillChunk ?? engine.PrefillChunk,
+            MaxBatchTokens = MaxBatchTokens ?? engine.MaxBatchTokens,
         };
     }
 

@@ -39,8 +39,8 @@ public sealed class IlgpuMedusaOptionsValidator : IValidateOptions<IlgpuMedusaOp
             yield return $"{Prefix}KvBudgetMb must be a positive number of MiB, got {o.KvBudgetMb}.";
         if (o.KvBlockSize is <= 0)
             yield return $"{Prefix}KvBlockSize must be positive, got {o.KvBlockSize}.";
-        if (o.PrefillChunk is <= 0)
-            yield return $"{Prefix}PrefillChunk must be positive, got {o.PrefillChunk}.";
+        if (o.MaxBatchTokens is <= 0)
+            yield return $"{Prefix}MaxBatchTokens must be positive, got {o.MaxBatchTokens}.";
         if (o.Heads is { } heads && !IsKeyword(heads) && !File.Exists(heads) && !Directory.Exists(heads))
             yield return $"{Prefix}Heads '{heads}' is neither auto, none, nor an existing heads file or directory.";
         if (!Enum.IsDefined(o.ChatTemplate))

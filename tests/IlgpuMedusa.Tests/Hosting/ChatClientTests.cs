@@ -51,7 +51,9 @@ public sealed class ChatClientTests(DemoEngineFixture fixture) : IClassFixture<D
     public async Task Streaming_YieldsPieces_ThenFinishReasonAndUsage()
     {
         var updates = new List<ChatResponseUpdate>();
-        await foreach (var update in _client.GetStreamingResponseAsync(HostingTestSupport.Prompt, new ChatOptions { MaxOutputTokens = 20 }))
+        // One token per forward (Medusa off), so one update per token: the reply must arrive piece by piece.
+        var options = new ChatOptions { MaxOutputTokens = 20, AdditionalProperties = new() { [IlgpuMedusaChatOptionKeys.Medusa] = false } };
+        await foreach (var update in _client.GetStreamingResponseAsync(HostingTestSupport.Prompt, options))
             updates.Add(update);
         Assert.True(updates.Count >= 10, $"only {updates.Count} updates: the reply did not stream");
         Assert.All(updates, u => Assert.Equal(ChatRole.Assistant, u.Role));
