@@ -24,6 +24,7 @@ public sealed class KernelSet : IDisposable
         KvWrite = new KvWriteLauncher(accelerator);
         Attention = new AttentionLauncher(accelerator, groupSize);
         SwiGlu = new SwiGluLauncher(accelerator);
+        SiluResidual = new SiluResidualLauncher(accelerator);
         Add = new AddLauncher(accelerator);
         ArgMax = new ArgMaxLauncher(accelerator, groupSize);
         TopK = new TopKLauncher(accelerator, groupSize);
@@ -47,6 +48,8 @@ public sealed class KernelSet : IDisposable
     public AttentionLauncher Attention { get; }
     /// <summary>SwiGLU.</summary>
     public SwiGluLauncher SwiGlu { get; }
+    /// <summary>Medusa ResBlock residual.</summary>
+    public SiluResidualLauncher SiluResidual { get; }
     /// <summary>Elementwise add.</summary>
     public AddLauncher Add { get; }
     /// <summary>Argmax per row.</summary>
@@ -123,6 +126,7 @@ public static class KernelCatalog
             (Action<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, AttentionArgs>)AttentionKernel.Run,
             (Action<Index1D, ArrayView<float>, ArrayView<float>, AttentionArgs>)AttentionKernel.Combine,
             (Action<Index1D, ArrayView<float>, ArrayView<float>, SwiGluArgs>)SwiGluKernel.Run,
+            (Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, SiluResidualArgs>)SiluResidualKernel.Run,
             (Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, AddArgs>)AddKernel.Run,
             (Action<ArrayView<int>, ArrayView<float>, RowArgs>)ArgMaxKernel.Run,
             (Action<ArrayView<int>, ArrayView<float>, ArrayView<float>, RowArgs>)TopKKernel.Run,

@@ -301,6 +301,26 @@ public abstract class ConformanceTests
         }
     }
 
+    /// <summary>Medusa ResBlock residual, into a new tensor and in place.</summary>
+    [Fact]
+    public void SiluResidual_matches_host()
+    {
+        using var twin = NewTwin(21);
+        foreach (int d in Sizes.Widths)
+        {
+            var input = twin.RandomTensor(3, d, 2f);
+            var linear = twin.RandomTensor(3, d, 6f);
+            var bias = twin.RandomTensor(1, d);
+            var output = twin.Zeros(DType.F32, 3, d);
+            Accelerators.Host.SiluResidual(output.Host, input.Host, linear.Host, bias.Host);
+            Device.SiluResidual(output.Device, input.Device, linear.Device, bias.Device);
+            Twin.AssertClose(output, Tolerance.Transcendental, $"SiluResidual D={d}");
+            Accelerators.Host.SiluResidual(input.Host, input.Host, linear.Host, bias.Host);
+            Device.SiluResidual(input.Device, input.Device, linear.Device, bias.Device);
+            Twin.AssertClose(input, Tolerance.Transcendental, $"SiluResidual in place D={d}");
+        }
+    }
+
     /// <summary>Elementwise add, in place and not.</summary>
     [Fact]
     public void Add_matches_host()

@@ -16,7 +16,7 @@ namespace IlgpuMedusa.Compute.Ilgpu;
 /// <see cref="Synchronize"/> wait. Nothing is allocated per op and nothing crosses to the host outside Upload/Download
 /// (the RoPE frequency table is uploaded once per distinct (Dh, θ)).
 /// </summary>
-public sealed class IlgpuBackend : IComputeBackend
+public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
 {
     private readonly Context _context;
     private readonly Accelerator _accelerator;
@@ -382,6 +382,18 @@ public sealed class IlgpuBackend : IComputeBackend
     }
 
     /// <inheritdoc />
+    public void SiluResidual(DeviceTensor output, DeviceTensor input, DeviceTensor linear, DeviceTensor bias)
+    {
+        var o = Own(output);
+        var x = Own(input);
+        var lin = Own(linear);
+        var b = Own(bias);
+        Shapes.SiluResidual(o, x, lin, b);
+        if (b.Type != DType.F32) throw new ArgumentException($"SiluResidual: the bias must be F32 on {DeviceName}, got {b.ShapeText}", nameof(bias));
+        _kernels.SiluResidual.Launch(_stream, o.Floats, x.Floats, lin.Floats, b.Floats, o.Rows, o.Columns);
+    }
+
+    /// <inheritdoc />
     public void Add(DeviceTensor output, DeviceTensor a, DeviceTensor b)
     {
         var o = Own(output);
@@ -443,6 +455,28 @@ public sealed class IlgpuBackend : IComputeBackend
         cache as IlgpuKvCache is { } c && ReferenceEquals(c.Backend, this)
             ? c
             : throw new ArgumentException($"KV cache does not belong to this ILGPU backend ({DeviceName})");
+
+    /// <inheritdoc />
+    public double MeasureCopyBandwidth(long bytes, int repeats)
+    {
+        long floats = Math.Max(1, bytes / sizeof(float));
+        using var source = _accelerator.Allocate1D<float>(floats);
+        using var destination = _accelerator.Allocate1D<float>(floats);
+        source.View.MemSetToZero(_stream);
+        source.View.CopyTo(_stream, destination.View); // warm-up
+        _stream.Synchronize();
+        var seconds = new List<double>();
+        for (int r = 0; r < Math.Max(1, repeats); r++)
+        {
+            long start = System.Diagnostics.Stopwatch.GetTimestamp();
+            source.View.CopyTo(_stream, destination.View);
+            _stream.Synchronize();
+            seconds.Add(System.Diagnostics.Stopwatch.GetElapsedTime(start).TotalSeconds);
+        }
+        seconds.Sort();
+        // bytes read plus bytes written, as the benchmark kit counts them
+        return 2.0 * floats * sizeof(float) / seconds[seconds.Count / 2] / 1e9;
+    }
 
     /// <summary>Waits for queued work, then frees the stream, the accelerator (with every buffer still on it) and the context.</summary>
     public void Dispose()
