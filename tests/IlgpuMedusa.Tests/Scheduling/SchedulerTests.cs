@@ -1,0 +1,134 @@
+using IlgpuMedusa.Compute;
+using IlgpuMedusa.Generation;
+using IlgpuMedusa.Models;
+using IlgpuMedusa.Scheduling;
+using IlgpuMedusa.Tests.Medusa;
+
+namespace IlgpuMedusa.Tests.Scheduling;
+
+/// <summary>One request of a mixed batch.</summary>
+public sealed record MixedRequest(string Prompt, int MaxTokens, bool Medusa, string? Tree, float Temperature = 0);
+
+/// <summary>
+/// Continuous batching must be invisible in the output: each sequence's tokens in a batch equal its tokens when run
+/// alone, whatever runs beside it, and the KV pool ends all-free.
+/// </summary>
+public class SchedulerTests(RandomHeadsFixture heads) : IClassFixture<RandomHeadsFixture>
+{
+    internal static readonly MixedRequest[] Mixed =
+    [
+        new("Once upon a time", 40, Medusa: true, "mc_sim_7b_63"),
+        new("The little dog was", 25, Medusa: false, null),
+        new("Tom had a red ball. He", 33, Medusa: true, "chain-2"),
+        new("One day, a bird", 18, Medusa: true, "tree-8"),
+        new("Lily and her mom went to the park", 30, Medusa: false, null),
+        new("The sun was", 12, Medusa: true, "tree-16"),
+        new("There was a big tree", 36, Medusa: true, "chain-4"),
+        new("Sam liked to", 22, Medusa: false, null, Temperature: 0.9f),
+    ];
+
+    internal static GenerationOptions OptionsFor(MixedRequest r) => new()
+    {
+        MaxTokens = r.MaxTokens,
+        UseMedusa = r.Medusa,
+        Tree = r.Tree,
+        Sampling = r.Temperature > 0 ? Sampling.Temperature(r.Temperature) : Sampling.Greedy,
+        Seed = 11,
+    };
+
+    internal static async Task<List<int>> RunAsync(InferenceEngine engine, MixedRequest r)
+    {
+        var ids = new List<int>();
+        var options = OptionsFor(r);
+        await foreach (var piece in engine.GenerateAsync(engine.EncodePrompt(r.Prompt, options), options, new GenerationStats()))
+            ids.AddRange(piece.TokenIds);
+        return ids;
+    }
+
+    internal static async Task AssertBatchEqualsAlone(InferenceEngine engine, IReadOnlyList<MixedRequest> requests)
+    {
+        int freeAtStart = engine.Pool.FreeBlocks;
+        var alone = new List<List<int>>();
+        foreach (var r in requests) alone.Add(await RunAsync(engine, r));
+        long stepsBefore = engine.SchedulerStats.Steps;
+        var together = await Task.WhenAll(requests.Select(r => Task.Run(() => RunAsync(engine, r))));
+        long batchedSteps = engine.SchedulerStats.Steps - stepsBefore;
+        for (int i = 0; i < requests.Count; i++)
+            Assert.True(alone[i].SequenceEqual(together[i]),
+                $"request {i} ('{requests[i].Prompt}', medusa {requests[i].Medusa}, tree {requests[i].Tree}): batched output differs from alone\nalone:    {string.Join(' ', alone[i])}\nbatched:  {string.Join(' ', together[i])}");
+        Assert.Equal(freeAtStart, engine.Pool.FreeBlocks);
+        // Run alone, the requests took at least max(tokens) forwards; together they share forwards.
+        int longest = together.Max(t => t.Count);
+        Assert.True(batchedSteps < together.Sum(t => t.Count), $"{batchedSteps} forwards for {together.Sum(t => t.Count)} tokens: nothing was batched");
+        Assert.True(batchedSteps >= 1 && longest > 0);
+    }
+
+    [Fact]
+    public async Task EightMixedRequests_BatchedEqualAlone_OnHost()
+    {
+        await AssertBatchEqualsAlone(heads.Engine, Mixed);
+        var stats = heads.Engine.SchedulerStats;
+        Assert.Equal(0, stats.Running);
+        Assert.Equal(0, stats.Waiting);
+        Assert.Equal(stats.BlocksFree, heads.Engine.Pool.BlockCount);
+    }
+
+    [Fact]
+    public async Task EightMixedRequests_BatchedEqualAlone_OnOpenCL()
+    {
+        // OpenCL on the CPU (PoCL): every kernel JIT-compiled to OpenCL C. Shorter requests: it runs at tens of tokens/s.
+        using var engine = InferenceEngine.Load(new EngineOptions
+        {
+            ModelPath = TestModels.Stories15MDirectory,
+            Device = new DeviceOptions { Kind = DeviceKind.OpenCL, AllowCpuOpenCL = true },
+            Heads = heads.HeadsPath,
+        });
+        Assert.Equal(DeviceKind.OpenCL, engine.Backend.Kind);
+        await AssertBatchEqualsAlone(engine, Mixed.Select(r => r with { MaxTokens = Math.Min(r.MaxTokens, 16) }).ToArray());
+    }
+
+    [Fact]
+    public async Task MoreRequestsThanThePoolHolds_WaitOrArePreempted_AndFinishLikeAlone()
+    {
+        // 3 MiB of KV = 14 blocks of 16 tokens (216 KiB each; about two sequences of these requests); six requests that
+        // each fit alone must queue, and growing ones must preempt the newest.
+        using var engine = InferenceEngine.Load(new EngineOptions
+        {
+            ModelPath = TestModels.Stories15MDirectory,
+            Device = new DeviceOptions { Kind = DeviceKind.Host },
+            Heads = heads.HeadsPath,
+            KvBudgetMb = 3,
+        });
+        Assert.Equal(14, engine.Pool.BlockCount);
+        MixedRequest[] requests =
+        [
+            new("Once upon a time", 90, Medusa: false, null),
+            new("The little dog was", 90, Medusa: true, "chain-2"),
+            new("Tom had a red ball. He", 80, Medusa: false, null),
+            new("One day, a bird", 90, Medusa: true, "chain-3"),
+            new("Lily and her mom went to the park", 70, Medusa: false, null),
+            new("There was a big tree", 90, Medusa: true, "chain-1"),
+        ];
+        await AssertBatchEqualsAlone(engine, requests);
+        var stats = engine.SchedulerStats;
+        Assert.True(stats.Preemptions > 0, $"no preemption happened ({stats})");
+        Assert.Equal(engine.Pool.BlockCount, engine.Pool.FreeBlocks);
+    }
+
+    [Fact]
+    public void RequestThatCanNeverFit_FailsAtOnce()
+    {
+        using var engine = InferenceEngine.Load(new EngineOptions
+        {
+            ModelPath = TestModels.Stories15MDirectory,
+            Device = new DeviceOptions { Kind = DeviceKind.Host },
+            Heads = "none",
+            KvBudgetMb = 1, // 4 blocks = 64 positions
+        });
+        var options = new GenerationOptions { MaxTokens = 200 };
+        var e = Assert.Throws<KvPoolExhaustedException>(() => engine.Generate(engine.EncodePrompt("Once upon a time", options), options, new GenerationStats()));
+        Assert.Contains("4 blocks", e.Message, StringComparison.Ordinal);
+        Assert.Contains("KV budget", e.Message, StringComparison.Ordinal);
+        Assert.Equal(engine.Pool.BlockCount, engine.Pool.FreeBlocks);
+    }
+}
