@@ -279,6 +279,9 @@ internal sealed class ReplSession
         _console.Write(chart);
         _console.MarkupLine(Markup.Escape(FormattableString.Invariant(
             $"Session totals: {_totals.Replies} {(_totals.Replies == 1 ? "reply" : "replies")}, {_totals.Tokens} tokens in {_totals.Steps} steps, {MeanAccepted(_totals.Tokens, _totals.Steps):0.00} accepted tokens/step, {(_totals.DecodeSeconds > 0 ? _totals.Tokens / _totals.DecodeSeconds : 0):0.0} tokens/s decoding.")));
+        var s = _engine.SchedulerStats;
+        _console.MarkupLine(Markup.Escape(FormattableString.Invariant(
+            $"Scheduler: {s.Running} running, {s.Waiting} waiting, {s.Preemptions} preempted so far, KV blocks {s.BlocksUsed} used / {s.BlocksFree} free, {s.Steps} batched forwards, {s.TokensPerSecond:0.0} tokens/s while busy, {s.MeanAcceptedPerStep:0.00} tokens per sequence-step.")));
     }
 
     private void Error(string message) => _console.MarkupLine("[red]error:[/] " + Markup.Escape(message));
