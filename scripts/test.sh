@@ -36,4 +36,6 @@ echo "== fetching the demo model"
 dotnet run --project src/IlgpuMedusa.Cli -c Release --no-build -- fetch-demo --dir models/stories15M
 
 echo "== testing"
+# The long soak (1,000 generations) is kept out of the default run: ./scripts/test.sh --filter Category=Long runs it.
+if [ $# -eq 0 ]; then set -- --filter "Category!=Long"; fi
 dotnet test IlgpuMedusa.sln -c Release --no-build -nologo "$@"
