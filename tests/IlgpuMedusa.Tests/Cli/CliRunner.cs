@@ -9,7 +9,10 @@ public static class CliRunner
 
     public static Result Run(params string[] args) => RunIn(TestModels.RepositoryRoot, args);
 
-    public static Result RunIn(string workingDirectory, params string[] args)
+    public static Result RunIn(string workingDirectory, params string[] args) => RunWith(workingDirectory, null, args);
+
+    /// <summary>Runs with extra environment variables (e.g. a PATH holding a fake npm).</summary>
+    public static Result RunWith(string workingDirectory, IReadOnlyDictionary<string, string>? environment, params string[] args)
     {
         var dll = Path.Combine(AppContext.BaseDirectory, "ilgpu-medusa.dll");
         Assert.True(File.Exists(dll), $"the CLI was not built next to the tests: {dll}");
@@ -19,6 +22,7 @@ public static class CliRunner
             RedirectStandardError = true,
             WorkingDirectory = workingDirectory,
         };
+        if (environment is not null) foreach (var (key, value) in environment) start.Environment[key] = value;
         start.ArgumentList.Add(dll);
         foreach (var a in args) start.ArgumentList.Add(a);
         using var process = Process.Start(start)!;
