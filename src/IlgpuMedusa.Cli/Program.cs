@@ -16,6 +16,7 @@ public static class Program
             TokenizeCommand.Create(),
             ConvertCommand.Create(),
             BenchCommand.Create(),
+            TrainHeadsCommand.Create(),
             ProfileCommand.Create(),
             DevicesCommand.Create(),
         };

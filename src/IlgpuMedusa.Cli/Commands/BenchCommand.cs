@@ -1,13 +1,18 @@
 using System.CommandLine;
 using System.Diagnostics;
+using System.Globalization;
 using System.Text.Json;
 using IlgpuMedusa.Generation;
+using IlgpuMedusa.Medusa;
 
 namespace IlgpuMedusa.Cli.Commands;
 
 /// <summary>
-/// <c>bench</c>: decodes a set of prompts greedily and reports prefill and decode tokens/s and peak memory.
-/// Runs are interleaved prompt by prompt so that machine noise hits every configuration alike.
+/// <c>bench</c>: decodes the same prompts greedily, autoregressively and with Medusa, alternating configuration by
+/// configuration within each prompt so that machine noise hits all alike. Reports decode tokens/s of each and their ratio,
+/// Medusa's mean accepted tokens per step and per-head hit rates, prefill tokens/s and peak memory. With
+/// <c>--sweep-trees</c> every tree preset (and each <c>--tree</c> file) is measured the same way and the fastest is
+/// recommended.
 /// </summary>
 internal static class BenchCommand
 {
@@ -24,18 +29,33 @@ internal static class BenchCommand
         var common = new CommonOptions();
         var prompts = new Option<string?>("--prompts") { Description = "File with one prompt per line (default: four built-in story openings)." };
         var maxTokens = new Option<int>("--max-tokens", "-n") { Description = "Tokens to generate per prompt.", DefaultValueFactory = _ => 128 };
-        var runs = new Option<int>("--runs") { Description = "Passes over the prompts (the first pass is a warm-up and is not counted).", DefaultValueFactory = _ => 3 };
+        var runs = new Option<int>("--runs") { Description = "Measured passes over the prompts.", DefaultValueFactory = _ => 1 };
+        var warmup = new Option<int>("--warmup") { Description = "Prompts decoded first with every configuration and not counted (JIT, page faults).", DefaultValueFactory = _ => 2 };
+        var tree = new Option<string[]>("--tree")
+        {
+            Description = $"Medusa tree: a preset ({string.Join(", ", TreePresets.Names)}), a JSON file of paths, or (with --sweep-trees) a folder of JSON files. Repeatable with --sweep-trees.",
+            AllowMultipleArgumentsPerToken = false,
+        };
+        var sweep = new Option<bool>("--sweep-trees") { Description = "Measure every tree preset (plus each --tree) and recommend the fastest." };
         var json = new Option<bool>("--json") { Description = "Print one JSON object." };
-        var command = new Command("bench", "Measure prefill and decode speed and peak memory.") { prompts, maxTokens, runs, json };
+        var command = new Command("bench", "Measure autoregressive and Medusa decoding side by side (tokens/s, accepted tokens per step, memory).")
+        {
+            prompts, maxTokens, runs, warmup, tree, sweep, json,
+        };
         common.AddTo(command);
         command.SetAction((parse, cancellationToken) =>
         {
             var promptList = parse.GetValue(prompts) is { } file ? ReadPrompts(file) : DefaultPrompts;
-            int n = parse.GetValue(maxTokens), passes = parse.GetValue(runs);
+            int n = parse.GetValue(maxTokens), passes = parse.GetValue(runs), warm = parse.GetValue(warmup);
             if (n <= 0) throw new ArgumentOutOfRangeException(nameof(maxTokens), n, "--max-tokens must be positive.");
-            if (passes < 2) throw new ArgumentOutOfRangeException(nameof(runs), passes, "--runs must be at least 2 (one warm-up pass plus one measured pass).");
+            if (passes < 1) throw new ArgumentOutOfRangeException(nameof(runs), passes, "--runs must be at least 1.");
+            if (warm < 0) throw new ArgumentOutOfRangeException(nameof(warmup), warm, "--warmup must be >= 0.");
+            var trees = parse.GetValue(tree) ?? [];
+            bool sweepTrees = parse.GetValue(sweep);
+            if (!sweepTrees && trees.Length > 1) throw new ArgumentException("--tree: give one tree, or several with --sweep-trees.");
             using var engine = CommonOptions.LoadEngine(common.ToEngineOptions(parse));
-            var result = Measure(engine, promptList, n, passes, cancellationToken);
+            var configurations = Configurations(engine, trees, sweepTrees);
+            var result = Measure(engine, promptList, configurations, n, passes, warm, cancellationToken);
             if (parse.GetValue(json)) Console.WriteLine(JsonSerializer.Serialize(result));
             else Print(result);
             return Task.FromResult(0);
@@ -46,50 +66,172 @@ internal static class BenchCommand
     private static string[] ReadPrompts(string file)
     {
         if (!File.Exists(file)) throw new FileNotFoundException($"--prompts: file '{file}' not found.", file);
-        var lines = File.ReadAllLines(file).Where(l => l.Trim().Length > 0).ToArray();
+        var lines = File.ReadAllLines(file).Where(l => l.Trim().Length > 0 && !l.TrimStart().StartsWith('#')).ToArray();
         return lines.Length > 0 ? lines : throw new InvalidDataException($"--prompts: file '{file}' has no prompts.");
     }
 
-    private static Dictionary<string, object> Measure(InferenceEngine engine, string[] prompts, int maxTokens, int passes, CancellationToken cancellationToken)
+    /// <summary>A decoding configuration: autoregressive (Tree null) or Medusa with a tree.</summary>
+    private sealed record Configuration(string Name, string? Tree, int Nodes);
+
+    private static List<Configuration> Configurations(InferenceEngine engine, string[] trees, bool sweep)
     {
-        var options = new GenerationOptions { MaxTokens = maxTokens, Sampling = Sampling.Greedy };
-        var decodeRates = new List<double>();
-        var prefillRates = new List<double>();
-        long generated = 0;
-        double decodeSeconds = 0;
-        for (int pass = 0; pass < passes; pass++)
+        var list = new List<Configuration> { new("autoregressive", null, 1) };
+        if (engine.Heads is not { } heads)
         {
-            foreach (var prompt in prompts)
+            if (trees.Length > 0 || sweep)
+                throw new ArgumentException("--tree/--sweep-trees need Medusa heads: the model directory has no medusa_lm_head.safetensors; train some with train-heads or pass --heads FILE.");
+            return list;
+        }
+        var names = new List<string>();
+        if (sweep)
+        {
+            foreach (var preset in TreePresets.Names)
+                if (TreePresets.TryGet(preset, out var paths) && paths.Max(p => p.Length) <= heads.HeadCount) names.Add(preset);
+        }
+        foreach (var t in trees)
+        {
+            if (sweep && Directory.Exists(t)) names.AddRange(Directory.GetFiles(t, "*.json").Order(StringComparer.Ordinal));
+            else names.Add(t);
+        }
+        if (names.Count == 0) names.Add(TreePresets.Default);
+        foreach (var name in names.Distinct())
+        {
+            var topology = TreeTopology.Resolve(name, heads.HeadCount, MedusaHeads.TopK);
+            if (topology.NodeCount > InferenceEngine.MaxTreeNodes)
+                throw new ArgumentException($"tree '{name}' has {topology.NodeCount} nodes; at most {InferenceEngine.MaxTreeNodes} are verified in one forward.");
+            list.Add(new Configuration("medusa " + topology.Name, name, topology.NodeCount));
+        }
+        return list;
+    }
+
+    /// <summary>Counters of one configuration over all measured prompts.</summary>
+    private sealed class Totals
+    {
+        public long Generated;
+        public long DecodeSteps;
+        public double DecodeSeconds;
+        public long MedusaSteps;
+        public long MedusaTokens;
+        public long[] Histogram = [];
+        public readonly List<double> Rates = [];
+        public readonly List<double> PrefillRates = [];
+        public int Identical;
+        public int Compared;
+    }
+
+    private static Dictionary<string, object> Measure(InferenceEngine engine, string[] prompts, List<Configuration> configurations, int maxTokens, int passes, int warmup,
+        CancellationToken cancellationToken)
+    {
+        var totals = configurations.Select(_ => new Totals()).ToArray();
+        var encoded = prompts.Select(p => engine.EncodePrompt(p, new GenerationOptions())).ToArray();
+        var warmupPrompts = Enumerable.Range(0, Math.Min(warmup, prompts.Length)).Select(i => (i, false));
+        var measured = Enumerable.Range(0, passes).SelectMany(_ => Enumerable.Range(0, prompts.Length).Select(i => (i, true)));
+        var order = warmupPrompts.Concat(measured).ToArray();
+        using var progress = new ConsoleProgress("bench");
+        int done = 0;
+        foreach (var (index, counted) in order)
+        {
+            List<int>? reference = null;
+            for (int c = 0; c < configurations.Count; c++)
             {
                 cancellationToken.ThrowIfCancellationRequested();
+                var config = configurations[c];
+                var options = new GenerationOptions { MaxTokens = maxTokens, Sampling = Sampling.Greedy, UseMedusa = config.Tree is not null, Tree = config.Tree };
                 var stats = new GenerationStats();
-                foreach (var _ in engine.Generate(engine.EncodePrompt(prompt, options), options, stats, cancellationToken))
+                var tokens = new List<int>(maxTokens);
+                foreach (var piece in engine.Generate(encoded[index], options, stats, cancellationToken)) tokens.AddRange(piece.TokenIds);
+                if (!counted) continue;
+                var t = totals[c];
+                t.Generated += stats.GeneratedTokens;
+                t.DecodeSeconds += stats.DecodeSeconds;
+                t.DecodeSteps += stats.Steps;
+                t.Rates.Add(stats.DecodeTokensPerSecond);
+                t.PrefillRates.Add(stats.PromptTokens / Math.Max(stats.PrefillSeconds, 1e-9));
+                if (stats.Medusa is { } m)
                 {
+                    t.MedusaSteps += m.Steps;
+                    t.MedusaTokens += m.Tokens;
+                    if (t.Histogram.Length < m.AcceptHistogram.Count) Array.Resize(ref t.Histogram, m.AcceptHistogram.Count);
+                    for (int k = 0; k < m.AcceptHistogram.Count; k++) t.Histogram[k] += m.AcceptHistogram[k];
                 }
-                if (pass == 0) continue; // warm-up: JIT, page faults of the mapped weights
-                decodeRates.Add(stats.DecodeTokensPerSecond);
-                prefillRates.Add(stats.PromptTokens / Math.Max(stats.PrefillSeconds, 1e-9));
-                generated += stats.GeneratedTokens;
-                decodeSeconds += stats.DecodeSeconds;
+                if (reference is null) reference = tokens;
+                else
+                {
+                    t.Compared++;
+                    if (reference.SequenceEqual(tokens)) t.Identical++;
+                }
             }
+            progress.Report(++done / (double)order.Length);
         }
+
         using var self = Process.GetCurrentProcess();
         self.Refresh();
-        long weightsBytes = Directory.GetFiles(engine.Options.ModelPath).Where(f => f.EndsWith(".bin", StringComparison.Ordinal) && !f.EndsWith("tokenizer.bin", StringComparison.Ordinal) || f.EndsWith(".safetensors", StringComparison.Ordinal)).Sum(f => new FileInfo(f).Length);
-        return new Dictionary<string, object>
+        var rows = new List<Dictionary<string, object>>();
+        double baseline = Rate(totals[0]);
+        for (int c = 0; c < configurations.Count; c++)
+        {
+            var t = totals[c];
+            var config = configurations[c];
+            double rate = Rate(t);
+            var row = new Dictionary<string, object>
+            {
+                ["name"] = config.Name,
+                ["tree_nodes"] = config.Tree is null ? 0 : config.Nodes,
+                ["generated_tokens"] = t.Generated,
+                ["decode_tokens_per_second"] = Math.Round(rate, 2),
+                ["decode_tokens_per_second_median"] = Math.Round(Median(t.Rates), 2),
+                ["speedup"] = Math.Round(rate / Math.Max(baseline, 1e-9), 3),
+                ["ms_per_step"] = Math.Round(1000 * t.DecodeSeconds / Math.Max(1, t.DecodeSteps), 3),
+            };
+            if (config.Tree is not null)
+            {
+                double meanAccepted = t.MedusaSteps == 0 ? 0 : (double)t.MedusaTokens / t.MedusaSteps;
+                row["mean_accepted"] = Math.Round(meanAccepted, 3);
+                row["step_cost_vs_autoregressive"] = Math.Round(meanAccepted / Math.Max(rate / Math.Max(baseline, 1e-9), 1e-9), 3);
+                row["accept_histogram"] = t.Histogram;
+                row["head_hit_rates"] = HitRates(t).Select(r => Math.Round(r, 3)).ToArray();
+                row["identical_to_autoregressive"] = $"{t.Identical}/{t.Compared}";
+            }
+            rows.Add(row);
+        }
+        long weightsBytes = Directory.GetFiles(engine.Options.ModelPath)
+            .Where(f => f.EndsWith(".bin", StringComparison.Ordinal) && !f.EndsWith("tokenizer.bin", StringComparison.Ordinal) || f.EndsWith(".safetensors", StringComparison.Ordinal))
+            .Sum(f => new FileInfo(f).Length);
+        var result = new Dictionary<string, object>
         {
             ["device"] = engine.DeviceName,
+            ["heads"] = engine.Heads is { } h ? $"{h.HeadCount} heads x {h.LayerCount} ResBlocks ({h.Source})" : "none",
             ["prompts"] = prompts.Length,
             ["max_tokens"] = maxTokens,
-            ["measured_passes"] = passes - 1,
-            ["generated_tokens"] = generated,
-            ["decode_tokens_per_second"] = Math.Round(generated / Math.Max(decodeSeconds, 1e-9), 2),
-            ["decode_tokens_per_second_median"] = Math.Round(Median(decodeRates), 2),
-            ["prefill_tokens_per_second_median"] = Math.Round(Median(prefillRates), 2),
+            ["measured_passes"] = passes,
+            ["prefill_tokens_per_second_median"] = Math.Round(Median(totals[0].PrefillRates), 2),
             ["peak_working_set_mb"] = Math.Round(self.PeakWorkingSet64 / 1048576.0, 1),
             ["weights_file_mb"] = Math.Round(weightsBytes / 1048576.0, 1),
             ["kv_cache_mb"] = Math.Round(engine.Pool.Layout.TotalBytes / 1048576.0, 1),
+            ["configurations"] = rows,
         };
+        if (configurations.Count > 2)
+        {
+            var best = rows.Skip(1).MaxBy(r => (double)r["decode_tokens_per_second"])!;
+            result["recommended_tree"] = configurations[rows.IndexOf(best)].Tree!;
+        }
+        return result;
+    }
+
+    private static double Rate(Totals t) => t.Generated / Math.Max(t.DecodeSeconds, 1e-9);
+
+    /// <summary>Head i's hit rate: the fraction of steps whose accepted path went past depth i + 1.</summary>
+    private static double[] HitRates(Totals t)
+    {
+        long steps = t.Histogram.Sum();
+        var rates = new double[Math.Max(0, t.Histogram.Length - 2)];
+        for (int head = 0; head < rates.Length; head++)
+        {
+            long hits = 0;
+            for (int k = head + 2; k < t.Histogram.Length; k++) hits += t.Histogram[k];
+            rates[head] = steps == 0 ? 0 : (double)hits / steps;
+        }
+        return rates;
     }
 
     private static double Median(List<double> values)
@@ -101,6 +243,25 @@ internal static class BenchCommand
 
     private static void Print(Dictionary<string, object> result)
     {
-        foreach (var (key, value) in result) Console.WriteLine($"{key,-34} {value}");
+        var inv = CultureInfo.InvariantCulture;
+        foreach (var (key, value) in result)
+            if (key is not "configurations" and not "recommended_tree") Console.WriteLine($"{key,-34} {value}");
+        var rows = (List<Dictionary<string, object>>)result["configurations"];
+        Console.WriteLine();
+        Console.WriteLine($"{"configuration",-32} {"nodes",5} {"tok/s",8} {"median",8} {"speedup",7} {"ms/step",8} {"accepted",8}  {"head hit rates",-24} identical");
+        foreach (var r in rows)
+        {
+            string accepted = r.TryGetValue("mean_accepted", out var a) ? ((double)a).ToString("0.00", inv) : "1.00";
+            string hits = r.TryGetValue("head_hit_rates", out var h) ? string.Join(' ', ((double[])h).Select(x => x.ToString("0.00", inv))) : "";
+            string identical = r.TryGetValue("identical_to_autoregressive", out var i) ? (string)i : "";
+            Console.WriteLine(string.Create(inv,
+                $"{(string)r["name"],-32} {r["tree_nodes"],5} {(double)r["decode_tokens_per_second"],8:0.0} {(double)r["decode_tokens_per_second_median"],8:0.0} {(double)r["speedup"],6:0.00}x {(double)r["ms_per_step"],8:0.00} {accepted,8}  {hits,-24} {identical}"));
+        }
+        if (result.TryGetValue("recommended_tree", out var best))
+        {
+            var row = rows.First(r => (string)r["name"] != "autoregressive" && (double)r["decode_tokens_per_second"] == rows.Skip(1).Max(x => (double)x["decode_tokens_per_second"]));
+            Console.WriteLine();
+            Console.WriteLine(string.Create(inv, $"recommended tree on this device: {best} ({(double)row["decode_tokens_per_second"]:0.0} tok/s, {(double)row["speedup"]:0.00}x autoregressive)"));
+        }
     }
 }

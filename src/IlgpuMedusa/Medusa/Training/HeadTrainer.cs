@@ -1,0 +1,311 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text.Json;
+using IlgpuMedusa.Compute.Host;
+using IlgpuMedusa.Models;
+using IlgpuMedusa.Transformer;
+
+namespace IlgpuMedusa.Medusa.Training;
+
+/// <summary>Progress of <see cref="HeadTrainer.Run"/>.</summary>
+/// <param name="Stage">What is happening.</param>
+/// <param name="Fraction">0..1 within the stage.</param>
+/// <param name="TokensPerSecond">Positions (training) or tokens (data) per second, when known.</param>
+/// <param name="HeadLosses">Recent mean cross-entropy of each head (training only).</param>
+/// <param name="Remaining">Estimated time left in the stage.</param>
+public sealed record HeadTrainingProgress(string Stage, double Fraction, double? TokensPerSecond = null, IReadOnlyList<double>? HeadLosses = null, TimeSpan? Remaining = null);
+
+/// <summary>What a training run did and how good the heads are.</summary>
+public sealed record HeadTrainingReport
+{
+    /// <summary>The heads file written.</summary>
+    public required string OutputPath { get; init; }
+    /// <summary>Where the text came from.</summary>
+    public required string Data { get; init; }
+    /// <summary>Training tokens (sequences' tokens in all).</summary>
+    public required long TrainingTokens { get; init; }
+    /// <summary>Training positions (hidden states with a target for head 0).</summary>
+    public required int TrainingPositions { get; init; }
+    /// <summary>Held-out positions (model-generated, never trained on).</summary>
+    public required int HeldOutPositions { get; init; }
+    /// <summary>Optimizer steps.</summary>
+    public required int Steps { get; init; }
+    /// <summary>Passes over the training positions.</summary>
+    public required double Epochs { get; init; }
+    /// <summary>Seconds spent making the data (generation or prefill, held-out text included).</summary>
+    public required double DataSeconds { get; init; }
+    /// <summary>Seconds spent in the optimizer loop.</summary>
+    public required double TrainingSeconds { get; init; }
+    /// <summary>Held-out score of each head before training (a zero-initialised head is the base lm_head, so it predicts t + 1).</summary>
+    public required IReadOnlyList<HeadScore> Before { get; init; }
+    /// <summary>Held-out score of each head after training.</summary>
+    public required IReadOnlyList<HeadScore> After { get; init; }
+}
+
+/// <summary>Heads fresh from <see cref="HeadTrainer.Train"/>.</summary>
+/// <param name="Weights">The parameters.</param>
+/// <param name="Steps">Optimizer steps.</param>
+/// <param name="Epochs">Passes over the training positions.</param>
+/// <param name="Seconds">Seconds in the optimizer loop.</param>
+/// <param name="Before">Held-out score of each head before training.</param>
+/// <param name="After">Held-out score of each head after training.</param>
+public sealed record TrainedHeads(MedusaHeadWeights Weights, int Steps, double Epochs, double Seconds, IReadOnlyList<HeadScore> Before, IReadOnlyList<HeadScore> After);
+
+/// <summary>
+/// Trains Medusa heads for a model on the host: makes the data (self-distillation or a text file) and held-out text,
+/// computes the hidden states once, runs AdamW over shuffled batches, scores the heads on the held-out text and writes the
+/// heads with the facts of the run in the file's metadata.
+/// </summary>
+public static class HeadTrainer
+{
+    /// <summary>
+    /// Runs the whole training. Fails fast, before any long work, when the output file cannot be written, the data file is
+    /// missing or empty, or the model directory is missing.
+    /// </summary>
+    /// <param name="modelDirectory">The base model.</param>
+    /// <param name="outputPath">The heads file to write.</param>
+    /// <param name="options">Training options.</param>
+    /// <param name="storeAs">Element type of the written tensors.</param>
+    /// <param name="command">The command line, recorded in the file.</param>
+    /// <param name="progress">Progress reports.</param>
+    /// <param name="cancellationToken">Checked every step.</param>
+    public static HeadTrainingReport Run(string modelDirectory, string outputPath, HeadTrainingOptions options, DType storeAs = DType.F16, string? command = null,
+        IProgress<HeadTrainingProgress>? progress = null, CancellationToken cancellationToken = default)
+    {
+        options.Validate();
+        CheckWritable(outputPath);
+        if (options.DataFile is { } dataFile) TextFileData.CheckReadable(dataFile);
+        int threads = options.Threads ?? Environment.ProcessorCount;
+        using var checkpoint = ModelDirectory.OpenCheckpoint(modelDirectory);
+        var tokenizer = ModelDirectory.OpenTokenizer(modelDirectory);
+        using var backend = new HostBackend(threads);
+        using var model = LlamaModel.Load(checkpoint, backend, DType.F32);
+        var c = model.Config;
+
+        var clock = Stopwatch.StartNew();
+        IReadOnlyList<HiddenSequence>? heldOutSequences = SelfDistillation.Generate(model, tokenizer, options.HeldOutTokens, options.Temperature, options.Streams, options.Seed + 7919,
+            Stage(progress, "generating held-out text", options.HeldOutTokens, clock), cancellationToken);
+        var heldOut = TrainingCorpus.Build(heldOutSequences, options.Heads, c.Dim, "held-out text");
+        heldOutSequences = null;
+
+        IReadOnlyList<HiddenSequence>? sequences;
+        string data;
+        var dataClock = Stopwatch.StartNew();
+        if (options.DataFile is { } file)
+        {
+            var chunks = TextFileData.Chunks(file, tokenizer, c.MaxSequenceLength, options.Tokens);
+            sequences = TextFileData.Prefill(model, chunks, Stage(progress, $"reading {Path.GetFileName(file)}", chunks.Sum(x => x.Length), dataClock), cancellationToken);
+            data = $"file {Path.GetFileName(file)}";
+        }
+        else
+        {
+            int tokens = options.Tokens ?? HeadTrainingOptions.DefaultGeneratedTokens;
+            sequences = SelfDistillation.Generate(model, tokenizer, tokens, options.Temperature, options.Streams, options.Seed,
+                Stage(progress, "generating training text", tokens, dataClock), cancellationToken);
+            data = string.Create(CultureInfo.InvariantCulture, $"self-distillation, temperature {options.Temperature}");
+        }
+        var corpus = TrainingCorpus.Build(sequences, options.Heads, c.Dim, options.DataFile ?? "generated text");
+        data += $", {corpus.Sequences} sequences";
+        sequences = null;
+        double dataSeconds = clock.Elapsed.TotalSeconds;
+
+        var classifier = checkpoint.GetTensor(c.TiedEmbeddings ? LlamaTensorNames.Embedding : LlamaTensorNames.Classifier, c.VocabSize, c.Dim).ToFloatArray();
+        var trained = Train(corpus, heldOut, classifier, c, options, progress, cancellationToken);
+        var report = new HeadTrainingReport
+        {
+            OutputPath = outputPath,
+            Data = data,
+            TrainingTokens = corpus.Tokens,
+            TrainingPositions = corpus.Positions,
+            HeldOutPositions = heldOut.Positions,
+            Steps = trained.Steps,
+            Epochs = trained.Epochs,
+            DataSeconds = dataSeconds,
+            TrainingSeconds = trained.Seconds,
+            Before = trained.Before,
+            After = trained.After,
+        };
+        MedusaHeadsCheckpoint.Write(outputPath, trained.Weights, model.Signature, Metadata(report, options, command), storeAs);
+        return report;
+    }
+
+    /// <summary>
+    /// Trains heads on a prepared corpus: initialises them (zero ResBlocks unless <see cref="HeadTrainingOptions.InitScale"/>;
+    /// own lm_heads copied from <paramref name="classifier"/>), scores them on <paramref name="heldOut"/>, runs AdamW, scores again.
+    /// </summary>
+    /// <param name="corpus">Training positions.</param>
+    /// <param name="heldOut">Held-out positions.</param>
+    /// <param name="classifier">The base model's lm_head [V, D], row-major.</param>
+    /// <param name="config">The base model's configuration.</param>
+    /// <param name="options">Training options (data options are not used here).</param>
+    /// <param name="progress">Progress reports.</param>
+    /// <param name="cancellationToken">Checked every step.</param>
+    public static TrainedHeads Train(TrainingCorpus corpus, TrainingCorpus heldOut, float[] classifier, ModelConfig config, HeadTrainingOptions options,
+        IProgress<HeadTrainingProgress>? progress = null, CancellationToken cancellationToken = default)
+    {
+        options.Validate();
+        if (corpus.HeadCount < options.Heads || heldOut.HeadCount < options.Heads)
+            throw new ArgumentException($"the corpora have targets for {Math.Min(corpus.HeadCount, heldOut.HeadCount)} heads, but {options.Heads} are to be trained.");
+        int threads = options.Threads ?? Environment.ProcessorCount;
+        var weights = MedusaHeadWeights.CreateRandom(config, options.Heads, options.Layers, options.Seed, options.InitScale, options.SharedLmHead ? null : classifier);
+        var heads = new TrainableHeads(weights, classifier, threads);
+        var before = Evaluate(heads, heldOut, options.BatchSize, progress, "scoring the initial heads", cancellationToken);
+        var clock = Stopwatch.StartNew();
+        var (steps, epochs) = Optimize(heads, corpus, options, threads, progress, cancellationToken);
+        double seconds = clock.Elapsed.TotalSeconds;
+        var after = Evaluate(heads, heldOut, options.BatchSize, progress, "scoring the trained heads", cancellationToken);
+        return new TrainedHeads(weights, steps, epochs, seconds, before, after);
+    }
+
+    /// <summary>Throws <see cref="IOException"/> naming the file when it cannot be created (tried with a probe file next to it).</summary>
+    public static void CheckWritable(string outputPath)
+    {
+        if (string.IsNullOrWhiteSpace(outputPath)) throw new ArgumentException("--out must name the heads file to write.");
+        if (Directory.Exists(outputPath)) throw new IOException($"--out: '{outputPath}' is a directory; name the heads file to write (e.g. {Path.Combine(outputPath, MedusaHeadsCheckpoint.ReleasedFileName)}).");
+        var full = Path.GetFullPath(outputPath);
+        var probe = full + ".probe-" + Guid.NewGuid().ToString("N")[..8];
+        try
+        {
+            Directory.CreateDirectory(Path.GetDirectoryName(full)!);
+            using (File.Create(probe, 1, FileOptions.DeleteOnClose))
+            {
+            }
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or NotSupportedException)
+        {
+            throw new IOException($"--out: cannot write the heads file '{outputPath}': {e.Message}", e);
+        }
+    }
+
+    private static Progress? Stage(IProgress<HeadTrainingProgress>? progress, string stage, long units, Stopwatch clock)
+    {
+        if (progress is null) return null;
+        clock.Restart();
+        return new Progress(value =>
+        {
+            double seconds = clock.Elapsed.TotalSeconds;
+            double? rate = seconds > 0.5 ? value * units / seconds : null;
+            TimeSpan? left = value > 0.01 ? TimeSpan.FromSeconds(seconds * (1 - value) / value) : null;
+            progress.Report(new HeadTrainingProgress(stage, value, rate, null, left));
+        });
+    }
+
+    private sealed class Progress(Action<double> report) : IProgress<double>
+    {
+        public void Report(double value) => report(value);
+    }
+
+    /// <summary>The optimizer loop; returns the steps taken and the epochs they covered.</summary>
+    private static (int Steps, double Epochs) Optimize(TrainableHeads heads, TrainingCorpus corpus, HeadTrainingOptions options, int threads,
+        IProgress<HeadTrainingProgress>? progress, CancellationToken cancellationToken)
+    {
+        var w = heads.Weights;
+        int k = w.HeadCount, d = w.HiddenSize, batch = Math.Min(options.BatchSize, corpus.Positions);
+        int perEpoch = (corpus.Positions + batch - 1) / batch;
+        int total = options.Steps ?? (options.Epochs ?? HeadTrainingOptions.DefaultEpochs) * perEpoch;
+        var tensors = new List<(float[], float[], bool)>();
+        for (int h = 0; h < k; h++)
+        {
+            for (int l = 0; l < w.LayerCount; l++)
+            {
+                tensors.Add((w.Linear[h][l], heads.LinearGradient[h][l], true));
+                tensors.Add((w.Bias[h][l], heads.BiasGradient[h][l], false));
+            }
+            if (w.LmHeads is { } lm) tensors.Add((lm[h], heads.LmHeadGradient![h], true));
+        }
+        var optimizer = new AdamW(tensors, options.WeightDecay, threads);
+        var random = new Random(options.Seed);
+        var order = Enumerable.Range(0, corpus.Positions).ToArray();
+        var hidden = new float[batch * d];
+        var targets = new int[k][];
+        for (int h = 0; h < k; h++) targets[h] = new int[batch];
+        var recent = new double[k];
+        var clock = Stopwatch.StartNew();
+        double lastReport = -1;
+        long positions = 0;
+        int cursor = corpus.Positions;
+        for (int step = 0; step < total; step++)
+        {
+            cancellationToken.ThrowIfCancellationRequested();
+            if (cursor >= corpus.Positions)
+            {
+                random.Shuffle(order);
+                cursor = 0;
+            }
+            int m = Math.Min(batch, corpus.Positions - cursor);
+            for (int r = 0; r < m; r++)
+            {
+                int p = order[cursor + r];
+                corpus.Hidden.AsSpan(p * d, d).CopyTo(hidden.AsSpan(r * d, d));
+                for (int h = 0; h < k; h++) targets[h][r] = corpus.Targets[p * k + h];
+            }
+            cursor += m;
+            for (int h = 0; h < k; h++)
+            {
+                var score = heads.Backward(h, hidden.AsSpan(0, m * d), targets[h].AsSpan(0, m));
+                if (score.Count > 0) recent[h] = step == 0 ? score.Loss : 0.95 * recent[h] + 0.05 * score.Loss;
+            }
+            optimizer.Step(AdamW.Schedule(step, total, options.LearningRate));
+            if (w.LmHeads is not null) heads.LmHeadsChanged();
+            positions += m;
+            double seconds = clock.Elapsed.TotalSeconds;
+            if (progress is not null && (seconds - lastReport >= 0.5 || step == total - 1))
+            {
+                lastReport = seconds;
+                progress.Report(new HeadTrainingProgress("training", (step + 1.0) / total, positions / seconds, [.. recent],
+                    TimeSpan.FromSeconds(seconds / (step + 1) * (total - step - 1))));
+            }
+        }
+        return (total, (double)positions / corpus.Positions);
+    }
+
+    /// <summary>Scores every head on the held-out positions.</summary>
+    internal static HeadScore[] Evaluate(TrainableHeads heads, TrainingCorpus corpus, int batch, IProgress<HeadTrainingProgress>? progress, string stage,
+        CancellationToken cancellationToken)
+    {
+        int k = corpus.HeadCount, d = corpus.Dim;
+        var scores = new HeadScore[k];
+        var targets = new int[batch];
+        var clock = Stopwatch.StartNew();
+        for (int start = 0; start < corpus.Positions; start += batch)
+        {
+            cancellationToken.ThrowIfCancellationRequested();
+            int m = Math.Min(batch, corpus.Positions - start);
+            var hidden = corpus.Hidden.AsSpan(start * d, m * d);
+            for (int h = 0; h < k; h++)
+            {
+                for (int r = 0; r < m; r++) targets[r] = corpus.Targets[(start + r) * k + h];
+                scores[h].Add(heads.Evaluate(h, hidden, targets.AsSpan(0, m)));
+            }
+            double done = (double)(start + m) / corpus.Positions;
+            progress?.Report(new HeadTrainingProgress(stage, done, (start + m) / clock.Elapsed.TotalSeconds, null,
+                TimeSpan.FromSeconds(clock.Elapsed.TotalSeconds * (1 - done) / done)));
+        }
+        return scores;
+    }
+
+    private static Dictionary<string, string> Metadata(HeadTrainingReport report, HeadTrainingOptions options, string? command)
+    {
+        static string Number(double value) => value.ToString("0.####", CultureInfo.InvariantCulture);
+        var meta = new Dictionary<string, string>
+        {
+            ["trained_by"] = "ilgpu-medusa train-heads",
+            ["training_command"] = command ?? "",
+            ["training_data"] = report.Data,
+            ["training_tokens"] = report.TrainingTokens.ToString(CultureInfo.InvariantCulture),
+            ["training_positions"] = report.TrainingPositions.ToString(CultureInfo.InvariantCulture),
+            ["training_steps"] = report.Steps.ToString(CultureInfo.InvariantCulture),
+            ["training_epochs"] = Number(report.Epochs),
+            ["training_batch"] = options.BatchSize.ToString(CultureInfo.InvariantCulture),
+            ["training_learning_rate"] = Number(options.LearningRate),
+            ["training_seed"] = options.Seed.ToString(CultureInfo.InvariantCulture),
+            ["training_seconds"] = Number(report.TrainingSeconds),
+            ["data_seconds"] = Number(report.DataSeconds),
+            ["heldout_positions"] = report.HeldOutPositions.ToString(CultureInfo.InvariantCulture),
+            ["heldout_top1"] = JsonSerializer.Serialize(report.After.Select(s => Math.Round(s.Top1Accuracy, 4))),
+            ["heldout_top5"] = JsonSerializer.Serialize(report.After.Select(s => Math.Round(s.Top5Accuracy, 4))),
+            ["heldout_loss"] = JsonSerializer.Serialize(report.After.Select(s => Math.Round(s.Loss, 4))),
+        };
+        return meta;
+    }
+}

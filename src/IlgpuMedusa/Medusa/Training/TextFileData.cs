@@ -1,0 +1,77 @@
+using System.Text;
+using IlgpuMedusa.Models;
+using IlgpuMedusa.Scheduling;
+using IlgpuMedusa.Tokenization;
+using IlgpuMedusa.Transformer;
+
+namespace IlgpuMedusa.Medusa.Training;
+
+/// <summary>
+/// Training text from a user's UTF-8 file: paragraphs (separated by blank lines) are tokenized, cut into chunks of at most
+/// the model's context (each starting with BOS), and every chunk is run once through the model (one prefill forward)
+/// to get the hidden state of each of its positions.
+/// </summary>
+public static class TextFileData
+{
+    /// <summary>
+    /// Checks that <paramref name="path"/> exists and holds some text; throws <see cref="FileNotFoundException"/> or
+    /// <see cref="InvalidDataException"/> naming the file. Cheap: used before the model loads.
+    /// </summary>
+    public static void CheckReadable(string path)
+    {
+        if (!File.Exists(path)) throw new FileNotFoundException($"--data: training text file '{path}' not found.", path);
+        if (string.IsNullOrWhiteSpace(File.ReadAllText(path, Encoding.UTF8)))
+            throw new InvalidDataException($"--data: training text file '{path}' is empty.");
+    }
+
+    /// <summary>The chunks of token ids (BOS first, at most <paramref name="context"/> long) of a file, up to <paramref name="maxTokens"/> tokens.</summary>
+    public static IReadOnlyList<int[]> Chunks(string path, ITextTokenizer tokenizer, int context, int? maxTokens)
+    {
+        CheckReadable(path);
+        var text = File.ReadAllText(path, Encoding.UTF8).Replace("\r\n", "\n", StringComparison.Ordinal);
+        var chunks = new List<int[]>();
+        long total = 0;
+        foreach (var paragraph in text.Split("\n\n", StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+        {
+            // Encoding one paragraph at a time keeps each tokenizer call short (its cost grows with the length of a call).
+            var ids = tokenizer.Encode(paragraph, addBos: false);
+            for (int start = 0; start < ids.Count; start += context - 1)
+            {
+                int count = Math.Min(context - 1, ids.Count - start);
+                if (maxTokens is int cap) count = (int)Math.Min(count, cap - total - 1);
+                if (count <= 0) return chunks;
+                var chunk = new int[count + 1];
+                chunk[0] = tokenizer.BosId;
+                for (int i = 0; i < count; i++) chunk[i + 1] = ids[start + i];
+                chunks.Add(chunk);
+                total += chunk.Length;
+            }
+        }
+        return chunks;
+    }
+
+    /// <summary>Runs each chunk through <paramref name="model"/> and keeps its hidden states.</summary>
+    public static IReadOnlyList<HiddenSequence> Prefill(LlamaModel model, IReadOnlyList<int[]> chunks, IProgress<double>? progress = null, CancellationToken cancellationToken = default)
+    {
+        var c = model.Config;
+        var b = model.Backend;
+        int longest = chunks.Count == 0 ? 1 : chunks.Max(x => x.Length);
+        using var pool = KvBlockPool.FromBudget(b, c.Layers, c.KvHeads, c.HeadDim, 16, ((longest + 15) / 16) * 16L * 2 * c.Layers * c.KvDim * sizeof(float));
+        using var workspace = new ForwardWorkspace(b, c, longest, 1);
+        var positions = Enumerable.Range(0, longest).ToArray();
+        var result = new List<HiddenSequence>(chunks.Count);
+        long total = chunks.Sum(x => (long)x.Length), done = 0;
+        foreach (var chunk in chunks)
+        {
+            cancellationToken.ThrowIfCancellationRequested();
+            using var sequence = pool.CreateSequence(chunk.Length);
+            var hidden = model.Forward(workspace, workspace.Prepare(chunk, positions.AsSpan(0, chunk.Length)), sequence, 0);
+            var rows = new float[chunk.Length * c.Dim];
+            b.Download(hidden, rows);
+            result.Add(new HiddenSequence(chunk, rows));
+            done += chunk.Length;
+            progress?.Report((double)done / total);
+        }
+        return result;
+    }
+}

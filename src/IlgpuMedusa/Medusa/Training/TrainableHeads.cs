@@ -1,0 +1,297 @@
+using System.Numerics.Tensors;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
+using IlgpuMedusa.Models;
+
+namespace IlgpuMedusa.Medusa.Training;
+
+/// <summary>Loss and accuracy counters of one head over some positions.</summary>
+public struct HeadScore
+{
+    /// <summary>Positions that had a target.</summary>
+    public long Count;
+    /// <summary>Σ cross-entropy (nats).</summary>
+    public double LossSum;
+    /// <summary>Positions whose target was the head's best token.</summary>
+    public long Top1;
+    /// <summary>Positions whose target was among the head's 5 best tokens.</summary>
+    public long Top5;
+
+    /// <summary>Mean cross-entropy.</summary>
+    public readonly double Loss => Count == 0 ? 0 : LossSum / Count;
+    /// <summary>Top-1 accuracy.</summary>
+    public readonly double Top1Accuracy => Count == 0 ? 0 : (double)Top1 / Count;
+    /// <summary>Top-5 accuracy.</summary>
+    public readonly double Top5Accuracy => Count == 0 ? 0 : (double)Top5 / Count;
+
+    /// <summary>Adds another score.</summary>
+    public void Add(HeadScore other)
+    {
+        Count += other.Count;
+        LossSum += other.LossSum;
+        Top1 += other.Top1;
+        Top5 += other.Top5;
+    }
+}
+
+/// <summary>
+/// Medusa heads being trained on the host, with hand-written gradients. For one head on a batch of M positions:
+/// <code>
+/// z₀ = h                                  [M, D]   final-normed hidden states (frozen backbone)
+/// a_l = z_l Wᵀ + b,  z_{l+1} = z_l + SiLU(a_l)     ResBlocks, SiLU(a) = a·σ(a)
+/// logits = z_L Uᵀ                          [M, V]   U = the base lm_head E (shared, frozen) or the head's own
+/// loss = mean over positions with a target of (logsumexp(logits) − logits[y])
+/// </code>
+/// and backwards: G = ∂loss/∂logits = (softmax − onehot(y)) / count; ∂z_L = G U; ∂U = Gᵀ z_L (own lm_head only);
+/// per block from the last: g = ∂z_{l+1} ⊙ SiLU'(a_l) with SiLU'(a) = σ(a)(1 + a(1 − σ(a))), ∂W = gᵀ z_l, ∂b = Σ_rows g,
+/// ∂z_l = ∂z_{l+1} + g W. The two [M, V] x D products dominate; both run on <see cref="TrainingGemm"/>.
+/// </summary>
+internal sealed unsafe class TrainableHeads
+{
+    private readonly int _threads;
+    private readonly float[] _classifier;        // [V, D] frozen base lm_head
+    private readonly float[]?[] _packed;         // [head] Uᵀ packed for the logits product; shared heads use one
+    private readonly int[] _packedVersion;
+    private readonly int[] _version;
+    private int _capacity;
+    private float[][] _z = [];                   // [layer + 1][M·D]
+    private float[][] _a = [];                   // [layer][M·D] pre-activations a_l
+    private float[] _logits = [];                // [M·V], then G in place
+    private float[] _dz = [];                    // [M·D]
+    private float[] _g = [];                     // [M·D]
+    private float[] _transposed = [];            // [D·D] Wᵀ
+    private float[] _rowLoss = [];               // [M]
+
+    public TrainableHeads(MedusaHeadWeights weights, float[] classifier, int threads)
+    {
+        if (classifier.Length != (long)weights.VocabSize * weights.HiddenSize)
+            throw new ArgumentException($"the base lm_head has {classifier.Length} values, expected [{weights.VocabSize}, {weights.HiddenSize}]");
+        Weights = weights;
+        _classifier = classifier;
+        _threads = Math.Max(1, threads);
+        int heads = weights.HeadCount, layers = weights.LayerCount, d = weights.HiddenSize;
+        LinearGradient = Enumerable.Range(0, heads).Select(_ => Enumerable.Range(0, layers).Select(_ => new float[d * d]).ToArray()).ToArray();
+        BiasGradient = Enumerable.Range(0, heads).Select(_ => Enumerable.Range(0, layers).Select(_ => new float[d]).ToArray()).ToArray();
+        LmHeadGradient = weights.LmHeads is null ? null : Enumerable.Range(0, heads).Select(_ => new float[classifier.Length]).ToArray();
+        _packed = new float[]?[weights.LmHeads is null ? 1 : heads];
+        _packedVersion = Enumerable.Repeat(-1, _packed.Length).ToArray();
+        _version = new int[_packed.Length];
+    }
+
+    /// <summary>The parameters (updated in place by the optimizer).</summary>
+    public MedusaHeadWeights Weights { get; }
+    /// <summary>∂loss/∂W per [head][layer], written by <see cref="Backward"/>.</summary>
+    public float[][][] LinearGradient { get; }
+    /// <summary>∂loss/∂b per [head][layer].</summary>
+    public float[][][] BiasGradient { get; }
+    /// <summary>∂loss/∂U per head (own lm_heads only).</summary>
+    public float[][]? LmHeadGradient { get; }
+
+    private int D => Weights.HiddenSize;
+    private int V => Weights.VocabSize;
+
+    /// <summary>Tells the heads that the optimizer changed the own lm_heads (their packed copies are stale).</summary>
+    public void LmHeadsChanged()
+    {
+        for (int i = 0; i < _version.Length; i++) _version[i]++;
+    }
+
+    /// <summary>
+    /// Forward and backward of head <paramref name="head"/> on M = <paramref name="targets"/>.Length positions:
+    /// <paramref name="hidden"/> [M, D], targets −1 for "no target". Overwrites the head's gradients with those of the mean
+    /// loss and returns the score (loss, accuracy) of the batch.
+    /// </summary>
+    public HeadScore Backward(int head, ReadOnlySpan<float> hidden, ReadOnlySpan<int> targets)
+    {
+        int m = targets.Length;
+        Forward(head, hidden, m);
+        var score = Score(targets, m, gradients: true);
+        BackwardFromLogits(head, m);
+        return score;
+    }
+
+    /// <summary>Forward only: the score of head <paramref name="head"/> on these positions.</summary>
+    public HeadScore Evaluate(int head, ReadOnlySpan<float> hidden, ReadOnlySpan<int> targets)
+    {
+        Forward(head, hidden, targets.Length);
+        return Score(targets, targets.Length, gradients: false);
+    }
+
+    private void Ensure(int m)
+    {
+        if (m <= _capacity) return;
+        int layers = Weights.LayerCount, d = D;
+        _z = Enumerable.Range(0, layers + 1).Select(_ => new float[m * d]).ToArray();
+        _a = Enumerable.Range(0, layers).Select(_ => new float[m * d]).ToArray();
+        _logits = new float[(long)m * V];
+        _dz = new float[m * d];
+        _g = new float[m * d];
+        _transposed = new float[d * d];
+        _rowLoss = new float[m];
+        _capacity = m;
+    }
+
+    private float[] Packed(int head)
+    {
+        int slot = Weights.LmHeads is null ? 0 : head;
+        if (_packed[slot] is { } p && _packedVersion[slot] == _version[slot]) return p;
+        var source = Weights.LmHeads is { } own ? own[head] : _classifier;
+        p = _packed[slot] ?? new float[TrainingGemm.PackedLength(V, D)];
+        TrainingGemm.PackTransposed(source, V, D, p, _threads);
+        _packed[slot] = p;
+        _packedVersion[slot] = _version[slot];
+        return p;
+    }
+
+    private float[] LmHead(int head) => Weights.LmHeads is { } own ? own[head] : _classifier;
+
+    /// <summary>z₀ = h, the ResBlocks, then logits = z_L Uᵀ into <see cref="_logits"/>.</summary>
+    private void Forward(int head, ReadOnlySpan<float> hidden, int m)
+    {
+        int d = D;
+        if (hidden.Length != m * d) throw new ArgumentException($"hidden states of {hidden.Length} floats are not [{m}, {d}]");
+        Ensure(m);
+        hidden.CopyTo(_z[0]);
+        for (int l = 0; l < Weights.LayerCount; l++)
+        {
+            var w = Weights.Linear[head][l];
+            var bias = Weights.Bias[head][l];
+            Transpose(w, _transposed, d);
+            var z = _z[l];
+            var a = _a[l];
+            var next = _z[l + 1];
+            fixed (float* pz = z, pa = a, pt = _transposed)
+                TrainingGemm.Multiply(m, d, d, GemmA.RowMajor(pz, d), GemmB.RowMajor(pt, d), pa, d, accumulate: false, _threads);
+            for (int r = 0; r < m; r++)
+            {
+                var ar = a.AsSpan(r * d, d);
+                var nr = next.AsSpan(r * d, d);
+                TensorPrimitives.Add(ar, bias, ar);
+                TensorPrimitives.Sigmoid(ar, nr);                   // σ(a)
+                TensorPrimitives.Multiply(nr, ar, nr);              // SiLU(a)
+                TensorPrimitives.Add(nr, z.AsSpan(r * d, d), nr);   // z + SiLU(a)
+            }
+        }
+        var packed = Packed(head);
+        fixed (float* pz = _z[Weights.LayerCount], pp = packed, pl = _logits)
+            TrainingGemm.Multiply(m, V, d, GemmA.RowMajor(pz, d), GemmB.Packed(pp, d), pl, V, accumulate: false, _threads);
+    }
+
+    /// <summary>
+    /// Per row: cross-entropy and the target's rank; the row is overwritten with the softmax, and with
+    /// <paramref name="gradients"/> becomes G = (softmax − onehot) / count (rows without a target become 0).
+    /// </summary>
+    private HeadScore Score(ReadOnlySpan<int> targets, int m, bool gradients)
+    {
+        int v = V;
+        int count = 0;
+        foreach (int t in targets) if (t >= 0) count++;
+        var ranks = new int[m];
+        var targetArray = targets.ToArray();
+        float scale = count == 0 ? 0 : 1f / count;
+        var logits = _logits;
+        var rowLoss = _rowLoss;
+        void Row(int r)
+        {
+            var row = logits.AsSpan(r * v, v);
+            int y = targetArray[r];
+            if (y < 0)
+            {
+                if (gradients) row.Clear();
+                ranks[r] = -1;
+                return;
+            }
+            if ((uint)y >= (uint)v) throw new ArgumentOutOfRangeException(nameof(targets), $"target {y} outside the vocabulary of {v}");
+            float target = row[y];
+            ranks[r] = CountGreater(row, target);
+            // softmax in place: p = exp(logits − max) / Σ; cross-entropy = ln Σ − (logit_y − max)
+            float max = TensorPrimitives.Max(row);
+            TensorPrimitives.Subtract(row, max, row);
+            TensorPrimitives.Exp(row, row);
+            float sum = TensorPrimitives.Sum(row);
+            rowLoss[r] = MathF.Log(sum) - (target - max);
+            if (gradients)
+            {
+                TensorPrimitives.Multiply(row, scale / sum, row);
+                row[y] -= scale;
+            }
+        }
+        if (m * (long)v < 1 << 16 || _threads == 1) for (int r = 0; r < m; r++) Row(r);
+        else Parallel.For(0, m, new ParallelOptions { MaxDegreeOfParallelism = _threads }, Row);
+        var score = new HeadScore();
+        for (int r = 0; r < m; r++)
+        {
+            if (ranks[r] < 0) continue;
+            score.Count++;
+            score.LossSum += rowLoss[r];
+            if (ranks[r] == 0) score.Top1++;
+            if (ranks[r] < 5) score.Top5++;
+        }
+        return score;
+    }
+
+    /// <summary>How many values of <paramref name="row"/> are greater than <paramref name="value"/> (the target's 0-based rank).</summary>
+    private static int CountGreater(ReadOnlySpan<float> row, float value)
+    {
+        int i = 0, count = 0;
+        if (Vector256.IsHardwareAccelerated && row.Length >= 8)
+        {
+            var threshold = Vector256.Create(value);
+            var counts = Vector256<int>.Zero;
+            ref float start = ref MemoryMarshal.GetReference(row);
+            for (; i <= row.Length - 8; i += 8)
+                counts -= Vector256.GreaterThan(Vector256.LoadUnsafe(ref start, (nuint)i), threshold).AsInt32(); // true lanes are −1
+            count = Vector256.Sum(counts);
+        }
+        for (; i < row.Length; i++)
+            if (row[i] > value) count++;
+        return count;
+    }
+
+    /// <summary>From G in <see cref="_logits"/> back to the head's parameter gradients.</summary>
+    private void BackwardFromLogits(int head, int m)
+    {
+        int d = D, v = V, layers = Weights.LayerCount;
+        var lm = LmHead(head);
+        fixed (float* pl = _logits, pu = lm, pdz = _dz, pzl = _z[layers])
+        {
+            // ∂z_L = G U   [M, V] · [V, D]
+            TrainingGemm.Multiply(m, d, v, GemmA.RowMajor(pl, v), GemmB.RowMajor(pu, d), pdz, d, accumulate: false, _threads);
+            if (LmHeadGradient is { } lmGradient)
+            {
+                // ∂U = Gᵀ z_L   [V, M] · [M, D]
+                fixed (float* pgu = lmGradient[head])
+                    TrainingGemm.Multiply(v, d, m, GemmA.Transposed(pl, v), GemmB.RowMajor(pzl, d), pgu, d, accumulate: false, _threads);
+            }
+        }
+        for (int l = layers - 1; l >= 0; l--)
+        {
+            var a = _a[l];
+            var g = _g;
+            var dz = _dz;
+            // g = ∂z_{l+1} ⊙ σ(a)(1 + a(1 − σ(a)))
+            for (int i = 0; i < m * d; i++)
+            {
+                float x = a[i];
+                float s = 1f / (1f + MathF.Exp(-x));
+                g[i] = dz[i] * s * (1f + x * (1f - s));
+            }
+            var bias = BiasGradient[head][l];
+            Array.Clear(bias);
+            for (int r = 0; r < m; r++) TensorPrimitives.Add(bias, g.AsSpan(r * d, d), bias);
+            fixed (float* pg = g, pz = _z[l], pw = Weights.Linear[head][l], pgw = LinearGradient[head][l], pdz = dz)
+            {
+                // ∂W = gᵀ z_l   [D, M] · [M, D]
+                TrainingGemm.Multiply(d, d, m, GemmA.Transposed(pg, d), GemmB.RowMajor(pz, d), pgw, d, accumulate: false, _threads);
+                // ∂z_l = ∂z_{l+1} + g W (not needed below the first block: the backbone is frozen)
+                if (l > 0) TrainingGemm.Multiply(m, d, d, GemmA.RowMajor(pg, d), GemmB.RowMajor(pw, d), pdz, d, accumulate: true, _threads);
+            }
+        }
+    }
+
+    private static void Transpose(float[] source, float[] destination, int d)
+    {
+        for (int i = 0; i < d; i++)
+            for (int j = 0; j < d; j++) destination[j * d + i] = source[i * d + j];
+    }
+}

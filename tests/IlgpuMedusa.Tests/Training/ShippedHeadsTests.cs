@@ -1,0 +1,116 @@
+using System.Text.Json;
+using IlgpuMedusa.Compute;
+using IlgpuMedusa.Generation;
+using IlgpuMedusa.Models;
+using IlgpuMedusa.Tests.Cli;
+
+namespace IlgpuMedusa.Tests.Training;
+
+/// <summary>The Medusa heads shipped for the demo model: installed next to it, found by "auto", lossless and useful.</summary>
+public class ShippedHeadsTests
+{
+    [Fact]
+    public void InstallWritesTheHeadsOnceAndNeverReplacesTheUsersOwn()
+    {
+        var dir = TestModels.TempDirectory("shipped-heads");
+        var target = Path.Combine(dir, MedusaHeadsCheckpoint.ReleasedFileName);
+        Assert.True(DemoModel.InstallShippedHeads(dir));
+        Assert.Equal(DemoModel.ShippedHeads(), File.ReadAllBytes(target));
+        Assert.False(DemoModel.InstallShippedHeads(dir)); // already there
+        File.WriteAllBytes(target, [1, 2, 3]);
+        Assert.False(DemoModel.InstallShippedHeads(dir)); // someone else's file
+        Assert.Equal([1, 2, 3], File.ReadAllBytes(target));
+        File.Delete(target);
+        Assert.True(DemoModel.InstallShippedHeads(dir));
+    }
+
+    [Fact]
+    public void ShippedHeadsFitTheDemoModelAndRecordTheirTraining()
+    {
+        var dir = TestModels.TempDirectory("shipped-heads");
+        DemoModel.InstallShippedHeads(dir);
+        using var heads = MedusaHeadsCheckpoint.Open(dir);
+        Assert.Equal(4, heads.HeadCount);
+        Assert.Equal(1, heads.LayerCount);
+        Assert.True(heads.SharedLmHead);
+        Assert.Equal(DType.F16, heads.Linear(0, 0).Type);
+        Assert.True(new FileInfo(heads.Path).Length < 1024 * 1024);
+        using var checkpoint = ModelDirectory.OpenCheckpoint(TestModels.Stories15MDirectory);
+        Assert.True(heads.BaseModel!.Matches(ModelSignature.Of(checkpoint)));
+        var top1 = JsonSerializer.Deserialize<double[]>(heads.Metadata["heldout_top1"])!;
+        Assert.Equal(4, top1.Length);
+        Assert.True(top1[0] > 0.2, $"head 0's held-out top-1 is {top1[0]}");
+        Assert.Contains("train-heads", heads.Metadata["training_command"]);
+    }
+
+    [Fact]
+    public void AutoFindsTheInstalledHeadsAndGreedyMedusaStaysLosslessWithMoreThanOneTokenPerStep()
+    {
+        var dir = TestModels.TempDirectory("shipped-heads");
+        try
+        {
+            foreach (var file in new[] { "stories15M.bin", "tokenizer.bin" }) File.Copy(Path.Combine(TestModels.Stories15MDirectory, file), Path.Combine(dir, file));
+            DemoModel.InstallShippedHeads(dir);
+            GreedyMedusaWithAutoHeads(dir);
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true); // 60 MB
+        }
+    }
+
+    private static void GreedyMedusaWithAutoHeads(string dir)
+    {
+        using var engine = InferenceEngine.Load(new EngineOptions { ModelPath = dir, Device = new DeviceOptions { Kind = DeviceKind.Host } });
+        Assert.NotNull(engine.Heads);
+        var prompt = engine.EncodePrompt("Once upon a time", new GenerationOptions());
+        List<int> Run(GenerationOptions options, GenerationStats stats) => engine.Generate(prompt, options, stats).SelectMany(p => p.TokenIds).ToList();
+        var plain = Run(new GenerationOptions { MaxTokens = 100, UseMedusa = false }, new GenerationStats());
+        var stats = new GenerationStats();
+        var medusa = Run(new GenerationOptions { MaxTokens = 100, Tree = "tree-16" }, stats);
+        Assert.Equal(plain, medusa);
+        Assert.True(stats.Medusa!.MeanAccepted > 1.3, $"mean accepted {stats.Medusa.MeanAccepted}");
+    }
+
+    [Fact]
+    public void BenchAlternatesAutoregressiveAndMedusaAndReportsAcceptance()
+    {
+        var dir = TestModels.TempDirectory("bench");
+        DemoModel.InstallShippedHeads(dir);
+        var prompts = Path.Combine(dir, "prompts.txt");
+        File.WriteAllText(prompts, "# two prompts\nThe old bear sat by the river and\nMia found a tiny blue key under her bed.\n");
+        var result = CliRunner.Run("bench", "--model", TestModels.Stories15MDirectory, "--device", "host", "--heads", Path.Combine(dir, MedusaHeadsCheckpoint.ReleasedFileName),
+            "--prompts", prompts, "--max-tokens", "24", "--warmup", "1", "--tree", "chain-2", "--json");
+        Assert.True(result.ExitCode == 0, result.StandardError);
+        using var json = JsonDocument.Parse(result.StandardOutput);
+        var root = json.RootElement;
+        Assert.Equal(2, root.GetProperty("prompts").GetInt32());
+        Assert.True(root.GetProperty("peak_working_set_mb").GetDouble() > 0);
+        Assert.True(root.GetProperty("prefill_tokens_per_second_median").GetDouble() > 0);
+        var configurations = root.GetProperty("configurations").EnumerateArray().ToArray();
+        Assert.Equal(["autoregressive", "medusa chain-2"], configurations.Select(c => c.GetProperty("name").GetString()));
+        Assert.Equal(48, configurations[0].GetProperty("generated_tokens").GetInt64());
+        var medusa = configurations[1];
+        Assert.Equal("2/2", medusa.GetProperty("identical_to_autoregressive").GetString());
+        Assert.True(medusa.GetProperty("mean_accepted").GetDouble() >= 1);
+        Assert.Equal(4, medusa.GetProperty("head_hit_rates").GetArrayLength()); // one per loaded head
+        Assert.True(medusa.GetProperty("speedup").GetDouble() > 0);
+    }
+
+    [Fact]
+    public void SweepRecommendsOneOfTheMeasuredTrees()
+    {
+        var dir = TestModels.TempDirectory("bench");
+        DemoModel.InstallShippedHeads(dir);
+        var prompts = Path.Combine(dir, "prompts.txt");
+        File.WriteAllText(prompts, "The old bear sat by the river and\n");
+        var trees = Path.Combine(TestModels.RepositoryRoot, "heads", "trees");
+        var result = CliRunner.Run("bench", "--model", TestModels.Stories15MDirectory, "--device", "host", "--heads", Path.Combine(dir, MedusaHeadsCheckpoint.ReleasedFileName),
+            "--prompts", prompts, "--max-tokens", "8", "--warmup", "0", "--sweep-trees", "--tree", trees);
+        Assert.True(result.ExitCode == 0, result.StandardError);
+        Assert.Contains("recommended tree on this device:", result.StandardOutput);
+        foreach (var preset in new[] { "mc_sim_7b_63", "tree-8", "chain-1", "chain-4" }) Assert.Contains("medusa " + preset, result.StandardOutput);
+        Assert.DoesNotContain("chain-5", result.StandardOutput); // deeper than the 4 heads
+        Assert.Contains(".json", result.StandardOutput);
+    }
+}

@@ -1,0 +1,123 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text.Json;
+using IlgpuMedusa.Models;
+using IlgpuMedusa.Tests.Cli;
+
+namespace IlgpuMedusa.Tests.Training;
+
+/// <summary>The train-heads command end to end on tiny data, and its refusals of bad input.</summary>
+public class TrainHeadsCommandTests
+{
+    [Fact]
+    public void TrainsForAFewStepsTheHeldOutLossFallsAndTheFileRecordsTheRun()
+    {
+        var dir = TestModels.TempDirectory("train-heads");
+        var output = Path.Combine(dir, "heads.safetensors");
+        var result = CliRunner.Run("train-heads", "--model", TestModels.Stories15MDirectory, "--out", output,
+            "--tokens", "1500", "--eval-tokens", "600", "--steps", "25", "--batch", "64", "--learning-rate", "0.005", "--seed", "3");
+        Assert.True(result.ExitCode == 0, result.StandardError);
+        Assert.Contains("training:", result.StandardError); // progress on stderr
+
+        // "   0  t+2        1.0 % -> 12.0 %   9.0 % -> 30.0 %  12.20 ->  7.10"
+        var rows = result.StandardOutput.Split('\n').Where(l => l.TrimStart().Length > 0 && char.IsDigit(l.TrimStart()[0]) && l.Contains("t+", StringComparison.Ordinal)).ToArray();
+        Assert.Equal(4, rows.Length);
+        foreach (var row in rows)
+        {
+            var loss = row[(row.LastIndexOf('%') + 1)..].Split("->", StringSplitOptions.TrimEntries);
+            double before = double.Parse(loss[0], CultureInfo.InvariantCulture), after = double.Parse(loss[1], CultureInfo.InvariantCulture);
+            Assert.True(after < before - 0.5, $"held-out loss did not fall: {row}");
+        }
+
+        using var heads = MedusaHeadsCheckpoint.Open(output);
+        Assert.Equal(4, heads.HeadCount);
+        Assert.Equal(1, heads.LayerCount);
+        Assert.True(heads.SharedLmHead);
+        Assert.Equal(DType.F16, heads.Linear(0, 0).Type);
+        Assert.Contains("train-heads", heads.Metadata["training_command"]);
+        Assert.Equal("25", heads.Metadata["training_steps"]);
+        Assert.Equal(4, JsonSerializer.Deserialize<double[]>(heads.Metadata["heldout_top1"])!.Length);
+        Assert.Equal(4, JsonSerializer.Deserialize<double[]>(heads.Metadata["heldout_top5"])!.Length);
+        Assert.True(long.Parse(heads.Metadata["training_tokens"], CultureInfo.InvariantCulture) >= 1400);
+        Assert.True(double.Parse(heads.Metadata["training_seconds"], CultureInfo.InvariantCulture) > 0);
+        using var checkpoint = ModelDirectory.OpenCheckpoint(TestModels.Stories15MDirectory);
+        Assert.True(heads.BaseModel!.Matches(ModelSignature.Of(checkpoint)));
+    }
+
+    [Fact]
+    public void OwnLmHeadsWriteTheReleasedLayout()
+    {
+        var dir = TestModels.TempDirectory("train-heads");
+        var output = Path.Combine(dir, "released.safetensors");
+        var result = CliRunner.Run("train-heads", "--model", TestModels.Stories15MDirectory, "--out", output, "--heads", "2", "--shared-lm-head", "false",
+            "--tokens", "600", "--eval-tokens", "300", "--steps", "2", "--batch", "32");
+        Assert.True(result.ExitCode == 0, result.StandardError);
+        using var heads = MedusaHeadsCheckpoint.Open(output);
+        Assert.Equal(2, heads.HeadCount);
+        Assert.False(heads.SharedLmHead);
+        Assert.Equal([32000, 288], heads.LmHead(1).Shape);
+    }
+
+    [Fact]
+    public void UnwritableOutputFailsBeforeAnyWork()
+    {
+        var dir = TestModels.TempDirectory("train-heads");
+        var blocker = Path.Combine(dir, "a-file");
+        File.WriteAllText(blocker, "");
+        var output = Path.Combine(blocker, "heads.safetensors"); // a directory that cannot exist
+        var clock = Stopwatch.StartNew();
+        var result = CliRunner.Run("train-heads", "--model", TestModels.Stories15MDirectory, "--out", output);
+        Assert.Equal(1, result.ExitCode);
+        Assert.StartsWith("error: --out: cannot write the heads file", result.StandardError.Trim());
+        Assert.Contains(output, result.StandardError);
+        Assert.DoesNotContain("generating", result.StandardError);
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(30), "the check must come before the data generation");
+    }
+
+    [Fact]
+    public void MissingModelDirectoryIsNamed()
+    {
+        var dir = TestModels.TempDirectory("train-heads");
+        var missing = Path.Combine(dir, "no-model-here");
+        var result = CliRunner.Run("train-heads", "--model", missing, "--out", Path.Combine(dir, "heads.safetensors"));
+        Assert.Equal(1, result.ExitCode);
+        Assert.StartsWith("error: model directory", result.StandardError.Trim());
+        Assert.Contains(missing, result.StandardError);
+    }
+
+    [Fact]
+    public void EmptyOrTooShortDataFileIsNamed()
+    {
+        var dir = TestModels.TempDirectory("train-heads");
+        var empty = Path.Combine(dir, "empty.txt");
+        File.WriteAllText(empty, "\n");
+        var result = CliRunner.Run("train-heads", "--model", TestModels.Stories15MDirectory, "--out", Path.Combine(dir, "h.safetensors"), "--data", empty);
+        Assert.Equal(1, result.ExitCode);
+        Assert.Equal($"error: --data: training text file '{empty}' is empty.", result.StandardError.Trim());
+
+        var tiny = Path.Combine(dir, "tiny.txt");
+        File.WriteAllText(tiny, "Hi.\n\nOk.");
+        result = CliRunner.Run("train-heads", "--model", TestModels.Stories15MDirectory, "--out", Path.Combine(dir, "h.safetensors"), "--data", tiny,
+            "--eval-tokens", "300");
+        Assert.Equal(1, result.ExitCode);
+        Assert.Contains(tiny, result.StandardError);
+        Assert.Contains("too little text to train 4 heads", result.StandardError);
+        Assert.False(File.Exists(Path.Combine(dir, "h.safetensors")));
+    }
+
+    [Fact]
+    public void TrainsFromATextFile()
+    {
+        var dir = TestModels.TempDirectory("train-heads");
+        var data = Path.Combine(dir, "stories.txt");
+        File.WriteAllText(data, string.Join("\n\n", Enumerable.Range(0, 12).Select(i =>
+            $"Once upon a time, there was a little dog named Spot number {i}. Spot liked to run in the park with his friend Tim. One day, they found a big red ball.")));
+        var output = Path.Combine(dir, "heads.safetensors");
+        var result = CliRunner.Run("train-heads", "--model", TestModels.Stories15MDirectory, "--out", output, "--data", data,
+            "--eval-tokens", "300", "--epochs", "1", "--batch", "64");
+        Assert.True(result.ExitCode == 0, result.StandardError);
+        Assert.Contains("data: file stories.txt, 12 sequences", result.StandardOutput);
+        using var heads = MedusaHeadsCheckpoint.Open(output);
+        Assert.Contains("stories.txt", heads.Metadata["training_data"]);
+    }
+}
