@@ -38,9 +38,10 @@ internal static class BenchCommand
         };
         var sweep = new Option<bool>("--sweep-trees") { Description = "Measure every tree preset (plus each --tree) and recommend the fastest." };
         var json = new Option<bool>("--json") { Description = "Print one JSON object." };
+        var concurrency = new Option<string?>("--concurrency") { Description = "Comma-separated numbers of simultaneous requests (e.g. 1,2,4,8,16): total and per-sequence tokens/s with and without Medusa under continuous batching." };
         var command = new Command("bench", "Measure autoregressive and Medusa decoding side by side (tokens/s, accepted tokens per step, memory).")
         {
-            prompts, maxTokens, runs, warmup, tree, sweep, json,
+            prompts, maxTokens, runs, warmup, tree, sweep, json, concurrency,
         };
         common.AddTo(command);
         command.SetAction((parse, cancellationToken) =>
@@ -53,7 +54,14 @@ internal static class BenchCommand
             var trees = parse.GetValue(tree) ?? [];
             bool sweepTrees = parse.GetValue(sweep);
             if (!sweepTrees && trees.Length > 1) throw new ArgumentException("--tree: give one tree, or several with --sweep-trees.");
+            var levels = parse.GetValue(concurrency) is { } text ? ConcurrencyBench.Parse(text) : null;
             using var engine = CommonOptions.LoadEngine(common.ToEngineOptions(parse));
+            if (levels is not null)
+            {
+                var batched = ConcurrencyBench.Measure(engine, promptList, levels, n, trees.FirstOrDefault(), cancellationToken);
+                Console.WriteLine(parse.GetValue(json) ? JsonSerializer.Serialize(batched) : string.Join(Environment.NewLine, ((List<Dictionary<string, object>>)batched["levels"]).Select(r => string.Join("  ", r.Select(p => $"{p.Key}={p.Value}")))));
+                return Task.FromResult(0);
+            }
             var configurations = Configurations(engine, trees, sweepTrees);
             var result = Measure(engine, promptList, configurations, n, passes, warm, cancellationToken);
             if (parse.GetValue(json)) Console.WriteLine(JsonSerializer.Serialize(result));
