@@ -148,7 +148,7 @@ internal sealed class ReplSession
         _options = _options with { UseMedusa = on };
         if (!on) _console.MarkupLine("Medusa off: one token per forward.");
         else if (_engine.Heads is null) _console.MarkupLine("Medusa on, but this model has no Medusa heads: decoding stays autoregressive.");
-        else _console.MarkupLine(Markup.Escape($"Medusa on: {_engine.Heads.HeadCount} heads, tree {_options.Tree ?? TreePresets.Default}."));
+        else _console.MarkupLine(Markup.Escape($"Medusa on: {_engine.Heads.HeadCount} heads, tree {_options.Tree ?? _engine.DefaultTree}."));
     }
 
     private void SetTree(string argument)

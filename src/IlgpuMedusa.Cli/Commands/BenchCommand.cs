@@ -101,7 +101,7 @@ internal static class BenchCommand
             if (sweep && Directory.Exists(t)) names.AddRange(Directory.GetFiles(t, "*.json").Order(StringComparer.Ordinal));
             else names.Add(t);
         }
-        if (names.Count == 0) names.Add(TreePresets.Default);
+        if (names.Count == 0) names.Add(engine.DefaultTree);
         foreach (var name in names.Distinct())
         {
             var topology = TreeTopology.Resolve(name, heads.HeadCount, MedusaHeads.TopK);

@@ -54,7 +54,7 @@ internal static class ConcurrencyBench
         {
             ["device"] = engine.DeviceName,
             ["max_tokens"] = maxTokens,
-            ["tree"] = tree ?? Medusa.TreePresets.Default,
+            ["tree"] = tree ?? engine.DefaultTree,
             ["levels"] = rows,
             ["preemptions"] = s.Preemptions,
             ["kv_blocks"] = engine.Pool.BlockCount,

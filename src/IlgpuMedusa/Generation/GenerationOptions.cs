@@ -21,7 +21,7 @@ public sealed record GenerationOptions
     /// <summary>Decode with the engine's Medusa heads when it has them (false: one token per forward).</summary>
     public bool UseMedusa { get; init; } = true;
 
-    /// <summary>Medusa tree: a preset name or a JSON file of paths (null: <see cref="Medusa.TreePresets.Default"/>).</summary>
+    /// <summary>Medusa tree: a preset name or a JSON file of paths (null: the engine's <see cref="InferenceEngine.DefaultTree"/>).</summary>
     public string? Tree { get; init; }
 
     /// <summary>How Medusa candidates are accepted.</summary>

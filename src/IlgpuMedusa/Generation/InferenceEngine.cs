@@ -57,6 +57,9 @@ public sealed class InferenceEngine : IInferenceEngine, IDisposable
         Scheduler = new Scheduler(model, heads, pool, _workspace, tokenizer, Tree);
     }
 
+    /// <summary>The Medusa tree used when a request names none: small on the host (a CPU pays for every tree node), Medusa's default on accelerators.</summary>
+    public string DefaultTree => Backend.Kind == DeviceKind.Host ? TreePresets.HostDefault : TreePresets.Default;
+
     /// <summary>The scheduler serving every generation of this engine.</summary>
     public Scheduler Scheduler { get; }
 
@@ -245,7 +248,7 @@ public sealed class InferenceEngine : IInferenceEngine, IDisposable
     {
         lock (_trees)
         {
-            var compiled = CompileTree(name ?? TreePresets.Default);
+            var compiled = CompileTree(name ?? DefaultTree);
             return (compiled.Topology, compiled.Mask);
         }
     }

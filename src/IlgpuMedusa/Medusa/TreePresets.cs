@@ -4,6 +4,7 @@ namespace IlgpuMedusa.Medusa;
 /// Named candidate trees. <c>mc_sim_7b_63</c> is Medusa's default tree (63 paths + root = 64 nodes, depth 4), found by
 /// its authors with simulated acceptance rates of Vicuna-7B heads; its paths are ordered from most to least useful,
 /// so its first k paths form the smaller trees <c>tree-8</c>, <c>tree-16</c> and <c>tree-32</c> (k + 1 nodes).
+/// <c>tree-4</c> and <c>tree-5</c> are the small trees that measured fastest on a 2-core CPU.
 /// <c>chain-d</c> is a single path of depth d taking each head's top-1 (vLLM's Medusa shape).
 /// </summary>
 public static class TreePresets
@@ -19,12 +20,18 @@ public static class TreePresets
         [1, 6], [0, 7, 0],
     ];
 
-    /// <summary>The preset used when none is named.</summary>
+    /// <summary>The preset used on accelerators when none is named.</summary>
     public const string Default = "mc_sim_7b_63";
+
+    /// <summary>
+    /// The preset used on the host backend when none is named: the fastest measured there (`bench --sweep-trees`, 20 prompts,
+    /// stories15M, 2 cores): on a CPU a tree of N nodes costs about N times the compute of one token, so small trees win.
+    /// </summary>
+    public const string HostDefault = "tree-4";
 
     /// <summary>All preset names.</summary>
     public static IReadOnlyList<string> Names { get; } =
-        ["mc_sim_7b_63", "tree-32", "tree-16", "tree-8", "chain-1", "chain-2", "chain-3", "chain-4", "chain-5"];
+        ["mc_sim_7b_63", "tree-32", "tree-16", "tree-8", "tree-5", "tree-4", "chain-1", "chain-2", "chain-3", "chain-4", "chain-5"];
 
     /// <summary>The paths of a preset.</summary>
     public static bool TryGet(string name, out IReadOnlyList<int[]> paths)
@@ -35,6 +42,8 @@ public static class TreePresets
             "tree-32" => McSim7b63.Take(31).ToArray(),
             "tree-16" => McSim7b63.Take(15).ToArray(),
             "tree-8" => McSim7b63.Take(7).ToArray(),
+            "tree-5" => [[0], [1], [2], [0, 0]],
+            "tree-4" => [[0], [1], [0, 0]],
             _ when name.StartsWith("chain-", StringComparison.Ordinal) && int.TryParse(name.AsSpan(6), out int depth) && depth is >= 1 and <= 16 =>
                 Enumerable.Range(1, depth).Select(d => new int[d]).ToArray(),
             _ => [],

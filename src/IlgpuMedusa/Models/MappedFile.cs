@@ -13,7 +13,8 @@ internal sealed unsafe class MappedFile : IDisposable
     {
         Path = path;
         if (!File.Exists(path)) throw new FileNotFoundException($"{path}: file not found.", path);
-        Length = new FileInfo(path).Length;
+        // The length of what the path finally points to (FileInfo on a symbolic link gives the link's own size).
+        using (var probe = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read)) Length = probe.Length;
         if (Length == 0) return; // an empty file cannot be mapped; readers report it as truncated
         _file = MemoryMappedFile.CreateFromFile(path, FileMode.Open, null, 0, MemoryMappedFileAccess.Read);
         _view = _file.CreateViewAccessor(0, Length, MemoryMappedFileAccess.Read);
