@@ -1,0 +1,125 @@
+using System.Runtime.InteropServices;
+using IlgpuMedusa.Compute;
+using IlgpuMedusa.Generation;
+using IlgpuMedusa.Medusa;
+using IlgpuMedusa.Models;
+using IlgpuMedusa.Scheduling;
+using IlgpuMedusa.Transformer;
+
+namespace IlgpuMedusa.Kernels.Tests;
+
+/// <summary>
+/// The lossless invariant on the ILGPU backends: greedy Medusa (random heads, several trees, KV compaction on the device)
+/// emits exactly the tokens of greedy autoregressive decoding. A tiny random Llama (GQA: 4 query heads, 2 KV heads)
+/// written as a Hugging Face checkpoint keeps the CPU emulator fast.
+/// </summary>
+[Collection(AcceleratorCollection.Name)]
+public sealed class MedusaOnDevicesTests(Accelerators accelerators) : IDisposable
+{
+    private readonly string _directory = CreateTinyModel();
+
+    private static string CreateTinyModel()
+    {
+        var config = new ModelConfig
+        {
+            Dim = 64, HiddenDim = 96, Layers = 2, Heads = 4, KvHeads = 2, VocabSize = 96, MaxSequenceLength = 160,
+            RopeTheta = 10000f, RmsNormEps = 1e-5f, TiedEmbeddings = false, BosTokenId = 1, EndTokenIds = [2], Source = "tiny",
+        };
+        var directory = Path.Combine(Path.GetTempPath(), "ilgpu-medusa-tests", "tiny-" + Guid.NewGuid().ToString("N")[..8]);
+        Directory.CreateDirectory(directory);
+        var random = new Random(5);
+        var arrays = new List<(string Name, float[] Data, int[] Shape)>();
+        void Matrix(string name, int rows, int columns, float scale) =>
+            arrays.Add((name, Enumerable.Range(0, rows * columns).Select(_ => (float)(random.NextDouble() * 2 - 1) * scale).ToArray(), [rows, columns]));
+        void Norm(string name) => arrays.Add((name, Enumerable.Range(0, config.Dim).Select(_ => 1f + (float)(random.NextDouble() - 0.5) * 0.2f).ToArray(), [config.Dim]));
+        int d = config.Dim, dh = config.HeadDim;
+        Matrix(LlamaTensorNames.Embedding, config.VocabSize, d, 1f);
+        for (int l = 0; l < config.Layers; l++)
+        {
+            Norm(LlamaTensorNames.AttentionNorm(l));
+            Matrix(LlamaTensorNames.Query(l), config.Heads * dh, d, 0.3f);
+            Matrix(LlamaTensorNames.Key(l), config.KvHeads * dh, d, 0.3f);
+            Matrix(LlamaTensorNames.Value(l), config.KvHeads * dh, d, 0.3f);
+            Matrix(LlamaTensorNames.Output(l), d, config.Heads * dh, 0.2f);
+            Norm(LlamaTensorNames.FfnNorm(l));
+            Matrix(LlamaTensorNames.Gate(l), config.HiddenDim, d, 0.3f);
+            Matrix(LlamaTensorNames.Up(l), config.HiddenDim, d, 0.3f);
+            Matrix(LlamaTensorNames.Down(l), d, config.HiddenDim, 0.2f);
+        }
+        Norm(LlamaTensorNames.FinalNorm);
+        Matrix(LlamaTensorNames.Classifier, config.VocabSize, d, 1f);
+        var handles = arrays.Select(a => GCHandle.Alloc(a.Data, GCHandleType.Pinned)).ToList();
+        try
+        {
+            var tensors = arrays.Select((a, i) => new TensorData(a.Name, DType.F32, a.Shape, handles[i].AddrOfPinnedObject())).ToList();
+            SafetensorsWriter.Write(Path.Combine(directory, "model.safetensors"), tensors, DType.F32, new Dictionary<string, string> { ["format"] = "pt" });
+        }
+        finally
+        {
+            foreach (var h in handles) h.Free();
+        }
+        using (var stream = File.Create(Path.Combine(directory, "config.json"))) ModelConverter.WriteConfig(stream, config, DType.F32);
+        return directory;
+    }
+
+    public static TheoryData<string, string> Cases() => new()
+    {
+        { "emulator", "chain-3" }, { "emulator", "tree-8" },
+        { "opencl", "chain-3" }, { "opencl", "tree-16" }, { "opencl", "mc_sim_7b_63" },
+    };
+
+    [Theory]
+    [MemberData(nameof(Cases))]
+    public void GreedyMedusaEqualsGreedyDecoding(string device, string treeName)
+    {
+        var backend = device == "emulator" ? accelerators.Emulator : accelerators.OpenCL;
+        using var checkpoint = HuggingFaceCheckpoint.Open(_directory);
+        var headsPath = Path.Combine(_directory, "heads.safetensors");
+        if (!File.Exists(headsPath))
+            MedusaHeadsCheckpoint.Write(headsPath, MedusaHeadWeights.CreateRandom(checkpoint.Config, heads: 4, layers: 1, seed: 3, scale: 0.05f), ModelSignature.Of(checkpoint));
+        using var headsFile = MedusaHeadsCheckpoint.Open(headsPath);
+        using var model = LlamaModel.Load(checkpoint, backend);
+        using var heads = MedusaHeads.Load(headsFile, model);
+        var c = model.Config;
+        using var pool = KvBlockPool.FromBudget(backend, c.Layers, c.KvHeads, c.HeadDim, 16, 2L * 160 * 2 * c.Layers * c.KvDim * sizeof(float));
+        using var workspace = new ForwardWorkspace(backend, c, 64, 64);
+        var tree = TreeTopology.Resolve(treeName, heads.HeadCount);
+        using var mask = backend.Allocate(DType.I32, tree.NodeCount, tree.NodeCount);
+        backend.Upload(mask, tree.Mask);
+        int[] prompt = [1, 17, 42, 5, 63, 8];
+        const int Count = 32;
+
+        List<int> plain;
+        using (var sequence = pool.CreateSequence(c.MaxSequenceLength))
+        {
+            var runner = new SingleSequenceRunner(model, workspace, new AutoregressiveDecoder(model, sequence, new Sampler(Sampling.Greedy, 1), prompt));
+            plain = [];
+            while (plain.Count < Count) runner.Advance(plain);
+        }
+        var stats = new MedusaStats(heads.HeadCount);
+        List<int> medusa;
+        using (var sequence = pool.CreateSequence(c.MaxSequenceLength))
+        {
+            var decoder = new MedusaDecoder(model, sequence, new Sampler(Sampling.Greedy, 1), prompt, null, heads, tree, mask, Acceptance.Greedy, stats);
+            var runner = new SingleSequenceRunner(model, workspace, decoder);
+            medusa = [];
+            while (medusa.Count < Count) runner.Advance(medusa);
+            decoder.Release();
+        }
+        Assert.Equal(plain.Take(Count), medusa.Take(Count));
+        Assert.True(stats.Steps > 0);
+        Assert.Equal(pool.BlockCount, pool.FreeBlocks);
+    }
+
+    public void Dispose()
+    {
+        try
+        {
+            Directory.Delete(_directory, recursive: true);
+        }
+        catch (IOException)
+        {
+            // a leftover temp folder is harmless
+        }
+    }
+}
