@@ -164,6 +164,7 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
         }
     }
 
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
     private static void MatMulRows(HostTensor o, HostTensor x, HostTensor w, int start, int end, bool accumulate)
     {
         const int Block = 4;

@@ -12,6 +12,7 @@ internal static unsafe class HostMatMul
     /// <summary>
     /// out[t·n + row + i] (+)= Σ_k x[t·k + j] · w[(row + i)·k + j] for i &lt; rows (≤ 4) and t &lt; tokens.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void RowBlock(float* w, int rows, int k, float* x, int tokens, float* output, int n, int row, bool accumulate)
     {
         int t = 0;
