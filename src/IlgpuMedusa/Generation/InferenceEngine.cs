@@ -40,7 +40,7 @@ public sealed class InferenceEngine : IInferenceEngine, IDisposable
     public const int MaxTreeNodes = 64;
 
     private InferenceEngine(EngineOptions options, ICheckpoint checkpoint, ITextTokenizer tokenizer, IComputeBackend backend, LlamaModel model, KvBlockPool pool,
-        MedusaHeadsCheckpoint? headsCheckpoint, MedusaHeads? heads)
+        MedusaHeadsCheckpoint? headsCheckpoint, MedusaHeads? heads, Microsoft.Extensions.Logging.ILogger? logger)
     {
         Options = options;
         _checkpoint = checkpoint;
@@ -54,7 +54,7 @@ public sealed class InferenceEngine : IInferenceEngine, IDisposable
         // running sequence; logits are computed only for the rows that need them, at most one per row.
         int batch = Math.Max(options.MaxBatchTokens, MaxTreeNodes);
         _workspace = new ForwardWorkspace(backend, model.Config, batch, batch);
-        Scheduler = new Scheduler(model, heads, pool, _workspace, tokenizer, Tree);
+        Scheduler = new Scheduler(model, heads, pool, _workspace, tokenizer, Tree, logger);
     }
 
     /// <summary>The Medusa tree used when a request names none: small on the host (a CPU pays for every tree node), Medusa's default on accelerators.</summary>
@@ -85,7 +85,10 @@ public sealed class InferenceEngine : IInferenceEngine, IDisposable
     public string DeviceName => Backend.DeviceName;
 
     /// <summary>Loads the model and tokenizer and prepares the device. Throws with a clear message on bad input.</summary>
-    public static InferenceEngine Load(EngineOptions options, IProgress<double>? progress = null)
+    public static InferenceEngine Load(EngineOptions options, IProgress<double>? progress = null) => Load(options, progress, null);
+
+    /// <summary>As <see cref="Load(EngineOptions, IProgress{double}?)"/>; the scheduler logs its counters and preemptions to <paramref name="logger"/>.</summary>
+    public static InferenceEngine Load(EngineOptions options, IProgress<double>? progress, Microsoft.Extensions.Logging.ILogger? logger)
     {
         options.Validate();
         var checkpoint = ModelDirectory.OpenCheckpoint(options.ModelPath);
@@ -112,7 +115,7 @@ public sealed class InferenceEngine : IInferenceEngine, IDisposable
                 headsCheckpoint = MedusaHeadsCheckpoint.Open(headsPath);
                 heads = MedusaHeads.Load(headsCheckpoint, model);
             }
-            return new InferenceEngine(options, checkpoint, tokenizer, backend, model, pool, headsCheckpoint, heads);
+            return new InferenceEngine(options, checkpoint, tokenizer, backend, model, pool, headsCheckpoint, heads, logger);
         }
         catch
         {

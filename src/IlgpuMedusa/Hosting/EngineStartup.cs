@@ -12,7 +12,7 @@ internal static class EngineStartup
         var engineOptions = options.ToEngineOptions();
         logger.LogInformation("Loading model {ModelPath} (device {Device}, heads {Heads})", engineOptions.ModelPath, engineOptions.Device.Kind, engineOptions.Heads ?? "auto");
         var clock = Stopwatch.StartNew();
-        var engine = InferenceEngine.Load(engineOptions);
+        var engine = InferenceEngine.Load(engineOptions, null, logger);
         try
         {
             var c = engine.Config;

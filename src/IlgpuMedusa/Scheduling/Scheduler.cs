@@ -53,9 +53,16 @@ public sealed class Scheduler : IDisposable
     private long _preemptions, _steps, _generated, _sequenceSteps, _sequenceTokens;
     private double _busySeconds;
 
+    private readonly Microsoft.Extensions.Logging.ILogger? _logger;
+    private readonly Stopwatch _sinceLog = Stopwatch.StartNew();
+
+    /// <summary>How often the counters are logged while the scheduler is busy.</summary>
+    private static readonly TimeSpan LogInterval = TimeSpan.FromSeconds(10);
+
     internal Scheduler(LlamaModel model, MedusaHeads? heads, KvBlockPool pool, ForwardWorkspace workspace, ITextTokenizer tokenizer,
-        Func<string?, (TreeTopology, DeviceTensor)> trees)
+        Func<string?, (TreeTopology, DeviceTensor)> trees, Microsoft.Extensions.Logging.ILogger? logger = null)
     {
+        _logger = logger;
         _model = model;
         _heads = heads;
         _pool = pool;
@@ -189,6 +196,14 @@ public sealed class Scheduler : IDisposable
             _busySeconds += clock.Elapsed.TotalSeconds;
             foreach (var r in _batch.Where(r => r.Done).ToArray()) _running.Remove(r);
         }
+        if (_logger is not null && _sinceLog.Elapsed >= LogInterval)
+        {
+            _sinceLog.Restart();
+            var s = Stats;
+            Microsoft.Extensions.Logging.LoggerExtensions.LogInformation(_logger,
+                "Scheduler: {Running} running, {Waiting} waiting, {Preemptions} preempted, KV blocks {Used} used / {Free} free, {TokensPerSecond:0.0} tokens/s, {Accepted:0.00} tokens per sequence-step",
+                s.Running, s.Waiting, s.Preemptions, s.BlocksUsed, s.BlocksFree, s.TokensPerSecond, s.MeanAcceptedPerStep);
+        }
     }
 
     private void DropCancelled()
@@ -289,6 +304,10 @@ public sealed class Scheduler : IDisposable
         _running.Remove(r);
         _batch.Remove(r);
         _preemptions++;
+        if (_logger is not null)
+            Microsoft.Extensions.Logging.LoggerExtensions.LogInformation(_logger,
+                "Scheduler: preempted a sequence with {Tokens} tokens to free KV blocks ({Free} free of {Total}); it will be recomputed",
+                r.Prompt.Length + r.Emitted.Count, _pool.FreeBlocks, _pool.BlockCount);
         // Back to the front of the queue: it is older than anything still waiting.
         var rest = _waiting.ToArray();
         _waiting.Clear();
