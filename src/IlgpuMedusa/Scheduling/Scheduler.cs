@@ -194,7 +194,7 @@ public sealed class Scheduler : IDisposable
         {
             _steps++;
             _busySeconds += clock.Elapsed.TotalSeconds;
-            foreach (var r in _batch.Where(r => r.Done).ToArray()) _running.Remove(r);
+            _running.RemoveAll(r => r.Done);
         }
         if (_logger is not null && _sinceLog.Elapsed >= LogInterval)
         {
@@ -208,6 +208,7 @@ public sealed class Scheduler : IDisposable
 
     private void DropCancelled()
     {
+        if (!_running.Exists(r => r.Cancellation.IsCancellationRequested) && !_waiting.Any(r => r.Cancellation.IsCancellationRequested)) return;
         foreach (var r in _running.Where(r => r.Cancellation.IsCancellationRequested).ToArray())
         {
             r.Stats.FinishReason = FinishReason.Cancelled;
