@@ -27,7 +27,7 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
     public DeviceKind Kind => DeviceKind.Host;
 
     /// <inheritdoc />
-    public string DeviceName => $"host ({_threads} threads, {RuntimeInformation.ProcessArchitecture}{(System.Runtime.Intrinsics.Vector256.IsHardwareAccelerated ? ", 256-bit SIMD" : "")})";
+    public string DeviceName => $"host ({_threads} threads, {RuntimeInformation.ProcessArchitecture}{(System.Runtime.Intrinsics.Vector512.IsHardwareAccelerated ? ", 512-bit SIMD" : System.Runtime.Intrinsics.Vector256.IsHardwareAccelerated ? ", 256-bit SIMD" : "")})";
 
     /// <inheritdoc />
     public DeviceTensor Allocate(DType type, int rows, int columns)
