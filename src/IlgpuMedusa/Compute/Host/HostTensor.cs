@@ -25,7 +25,6 @@ internal sealed unsafe class HostTensor : DeviceTensor
 
     public Span<float> Floats => new((void*)Pointer, checked((int)Length));
     public Span<int> Ints => new((void*)Pointer, checked((int)Length));
-    public Span<ushort> Halves => new((void*)Pointer, checked((int)Length));
 
     public Span<float> FloatRow(int row) => new((void*)(Pointer + (nint)((long)row * Columns * sizeof(float))), Columns);
 
