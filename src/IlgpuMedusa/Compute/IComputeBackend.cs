@@ -38,7 +38,7 @@ public interface IComputeBackend : IDisposable
     /// <summary>
     /// Uploads a weight matrix made of the row blocks <paramref name="parts"/> stacked in order (all with the same
     /// column count), stored as <paramref name="storeAs"/> (F32, F16 or BF16). One-dimensional parts become one row.
-    /// The host backend keeps F32 memory-mapped data in place when no conversion or stacking is needed.
+    /// The result never refers to the parts' memory (every backend copies), so the checkpoint may be closed afterwards.
     /// </summary>
     DeviceTensor UploadWeight(IReadOnlyList<TensorData> parts, DType storeAs);
 

@@ -25,30 +25,26 @@ public interface IInferenceEngine
 }
 
 /// <summary>
-/// The engine: a model on a backend, its tokenizer, and the KV block pool. Generation runs one request at a time
-/// for now; requests queue on a lock.
+/// The engine: a model on a backend, its tokenizer, the KV block pool and the scheduler that runs every request
+/// (continuous batching: requests decode together in shared forwards).
 /// </summary>
 public sealed class InferenceEngine : IInferenceEngine, IDisposable
 {
-    private readonly ICheckpoint _checkpoint;
     private readonly ForwardWorkspace _workspace;
 
-    private readonly MedusaHeadsCheckpoint? _headsCheckpoint;
     private bool _disposed;
 
     /// <summary>Largest tree (nodes) a forward can verify; the workspace is sized for it.</summary>
     public const int MaxTreeNodes = 64;
 
-    private InferenceEngine(EngineOptions options, ICheckpoint checkpoint, ITextTokenizer tokenizer, IComputeBackend backend, LlamaModel model, KvBlockPool pool,
-        MedusaHeadsCheckpoint? headsCheckpoint, MedusaHeads? heads, Microsoft.Extensions.Logging.ILogger? logger)
+    private InferenceEngine(EngineOptions options, ITextTokenizer tokenizer, IComputeBackend backend, LlamaModel model, KvBlockPool pool,
+        MedusaHeads? heads, Microsoft.Extensions.Logging.ILogger? logger)
     {
         Options = options;
-        _checkpoint = checkpoint;
         Tokenizer = tokenizer;
         Backend = backend;
         Model = model;
         Pool = pool;
-        _headsCheckpoint = headsCheckpoint;
         Heads = heads;
         // One batched forward holds up to MaxBatchTokens rows: prompt chunks, decoded tokens and whole trees of every
         // running sequence; logits are computed only for the rows that need them, at most one per row.
@@ -115,16 +111,21 @@ public sealed class InferenceEngine : IInferenceEngine, IDisposable
                 headsCheckpoint = MedusaHeadsCheckpoint.Open(headsPath);
                 heads = MedusaHeads.Load(headsCheckpoint, model);
             }
-            return new InferenceEngine(options, checkpoint, tokenizer, backend, model, pool, headsCheckpoint, heads, logger);
+            return new InferenceEngine(options, tokenizer, backend, model, pool, heads, logger);
         }
         catch
         {
             heads?.Dispose();
-            headsCheckpoint?.Dispose();
             model?.Dispose();
             backend?.Dispose();
-            checkpoint.Dispose();
             throw;
+        }
+        finally
+        {
+            // Every backend copies the weights (IComputeBackend.UploadWeight), so the mapped files can go now and
+            // their pages leave the process.
+            headsCheckpoint?.Dispose();
+            checkpoint.Dispose();
         }
     }
 
@@ -269,7 +270,7 @@ public sealed class InferenceEngine : IInferenceEngine, IDisposable
         return compiled;
     }
 
-    /// <summary>Frees the device memory and closes the checkpoint.</summary>
+    /// <summary>Frees the device memory.</summary>
     public void Dispose()
     {
         if (_disposed) return; // the DI container may dispose the one engine under two service types
@@ -278,10 +279,8 @@ public sealed class InferenceEngine : IInferenceEngine, IDisposable
         foreach (var tree in _trees.Values) tree.Mask.Dispose();
         _workspace.Dispose();
         Heads?.Dispose();
-        _headsCheckpoint?.Dispose();
         Pool.Dispose();
         Model.Dispose();
         Backend.Dispose();
-        _checkpoint.Dispose();
     }
 }

@@ -77,8 +77,17 @@ internal sealed unsafe class NativeBuffer : IDisposable
     public NativeBuffer(long bytes)
     {
         Length = bytes;
-        Pointer = (nint)NativeMemory.AlignedAlloc((nuint)Math.Max(bytes, 1), 64);
+        bool huge = bytes >= HugePage && OperatingSystem.IsLinux();
+        Pointer = (nint)NativeMemory.AlignedAlloc((nuint)Math.Max(bytes, 1), (nuint)(huge ? HugePage : 64));
+        if (huge) _ = Madvise(Pointer, (nuint)((bytes + HugePage - 1) / HugePage * HugePage), MadviseHugePage); // a hint: failure is harmless
     }
+
+    /// <summary>Buffers of at least this size are 2 MiB-aligned and offered transparent huge pages (fewer TLB misses when streamed).</summary>
+    private const long HugePage = 2 << 20;
+    private const int MadviseHugePage = 14; // MADV_HUGEPAGE
+
+    [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "madvise")]
+    private static extern int Madvise(nint address, nuint length, int advice);
 
     public nint Pointer { get; private set; }
     public long Length { get; }

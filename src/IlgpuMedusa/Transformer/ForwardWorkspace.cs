@@ -22,7 +22,9 @@ public sealed class ForwardWorkspace : IDisposable
         Attention = backend.Allocate(DType.F32, maxTokens, config.Heads * config.HeadDim);
         GateUp = backend.Allocate(DType.F32, maxTokens, 2 * config.HiddenDim);
         Ffn = backend.Allocate(DType.F32, maxTokens, config.HiddenDim);
-        Logits = backend.Allocate(DType.F32, maxLogitRows, config.VocabSize);
+        MaxLogitRows = maxLogitRows;
+        _vocab = config.VocabSize;
+        _logits = backend.Allocate(DType.F32, Math.Min(maxLogitRows, InitialLogitRows), config.VocabSize);
         Tokens = backend.Allocate(DType.I32, maxTokens, 1);
         Positions = backend.Allocate(DType.I32, maxTokens, 1);
         ArgMax = backend.Allocate(DType.I32, maxLogitRows, 1);
@@ -46,8 +48,30 @@ public sealed class ForwardWorkspace : IDisposable
     public DeviceTensor GateUp { get; }
     /// <summary>SwiGLU output [T, F].</summary>
     public DeviceTensor Ffn { get; }
-    /// <summary>Logits [rows, V].</summary>
-    public DeviceTensor Logits { get; }
+    /// <summary>Most logits rows one step may ask for.</summary>
+    public int MaxLogitRows { get; }
+
+    /// <summary>
+    /// Logits [rows, V] for a step that needs <paramref name="rows"/> of them. The buffer starts with room for
+    /// <see cref="InitialLogitRows"/> rows and grows when a step needs more (a row is V floats, 125 KiB for a 32k
+    /// vocabulary, so sizing it for the largest batch up front would hold tens of MiB that single-sequence decoding never uses).
+    /// </summary>
+    public DeviceTensor Logits(int rows)
+    {
+        if (rows < 1 || rows > MaxLogitRows) throw new ArgumentOutOfRangeException(nameof(rows), $"a step takes 1..{MaxLogitRows} logits rows, got {rows}");
+        if (rows > _logits.Rows)
+        {
+            int capacity = Math.Min(MaxLogitRows, Math.Max(rows, 2 * _logits.Rows));
+            _logits.Dispose();
+            _logits = Backend.Allocate(DType.F32, capacity, _vocab);
+        }
+        return _logits.Slice(0, rows);
+    }
+
+    /// <summary>Logits rows allocated before any step needs more: a tree of the host's size for one sequence.</summary>
+    public const int InitialLogitRows = 16;
+    private readonly int _vocab;
+    private DeviceTensor _logits;
     /// <summary>Token ids [T, 1].</summary>
     public DeviceTensor Tokens { get; }
     /// <summary>RoPE positions [T, 1].</summary>
@@ -86,7 +110,7 @@ public sealed class ForwardWorkspace : IDisposable
         Attention.Dispose();
         GateUp.Dispose();
         Ffn.Dispose();
-        Logits.Dispose();
+        _logits.Dispose();
         Tokens.Dispose();
         Positions.Dispose();
         ArgMax.Dispose();

@@ -89,7 +89,12 @@ public sealed class LlamaModel : IDisposable
             created.Add(t);
             return t;
         }
-        DeviceTensor Matrix(params TensorData[] parts) => Keep(backend.UploadWeight(parts, type));
+        DeviceTensor Matrix(params TensorData[] parts)
+        {
+            var tensor = Keep(backend.UploadWeight(parts, type));
+            foreach (var part in parts) MappedFile.ReleasePages(part); // copied: the file's pages need not stay resident
+            return tensor;
+        }
         DeviceTensor Vector(string name) => Keep(backend.UploadWeight([checkpoint.GetTensor(name, d)], DType.F32));
         try
         {
@@ -193,7 +198,7 @@ public sealed class LlamaModel : IDisposable
     /// <summary>Logits F32[n, V] of hidden rows F32[n, D], written into the workspace's logits buffer.</summary>
     public DeviceTensor Logits(ForwardWorkspace workspace, DeviceTensor hidden)
     {
-        var logits = workspace.Logits.Slice(0, hidden.Rows);
+        var logits = workspace.Logits(hidden.Rows);
         Backend.MatMul(logits, hidden, _classifier, accumulate: false);
         return logits;
     }

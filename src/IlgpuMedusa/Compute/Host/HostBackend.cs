@@ -49,9 +49,10 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
                 throw new ArgumentException($"weight parts have different widths: '{parts[0].Name}' {parts[0].ShapeText} vs '{p.Name}' {p.ShapeText}", nameof(parts));
             rows += checked((int)(p.ElementCount / columns));
         }
-        if (parts.Count == 1 && parts[0].Type == storeAs)
-            return new HostTensor(this, storeAs, rows, columns, parts[0].Pointer); // zero-copy: the mapped file is the weight
-
+        // Always a copy, never a view of the mapped checkpoint: the backend's own 2 MiB-aligned memory (huge pages where
+        // the OS gives them, 64-byte aligned rows) streams measurably faster than the file's 4 KiB pages at odd offsets
+        // (llama2.c's tables start 28 bytes into the file), and the checkpoint can be closed once the model is loaded,
+        // so its pages leave the process.
         var result = (HostTensor)Allocate(storeAs, rows, columns);
         var destination = new Span<byte>((void*)result.Pointer, checked((int)result.ByteLength));
         int elementSize = DTypeInfo.SizeOf(storeAs);
