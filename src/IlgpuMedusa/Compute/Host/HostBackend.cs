@@ -53,6 +53,10 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
         // the OS gives them, 64-byte aligned rows) streams measurably faster than the file's 4 KiB pages at odd offsets
         // (llama2.c's tables start 28 bytes into the file), and the checkpoint can be closed once the model is loaded,
         // so its pages leave the process.
+        // F32 matrices are packed in panels for the matmul where the CPU has 512-bit vectors (the panel kernel's width);
+        // elsewhere they stay row-major for the four-row kernel.
+        if (storeAs == DType.F32 && rows > 1 && System.Runtime.Intrinsics.Vector512.IsHardwareAccelerated) return UploadPacked(parts, rows, columns);
+
         var result = (HostTensor)Allocate(storeAs, rows, columns);
         var destination = new Span<byte>((void*)result.Pointer, checked((int)result.ByteLength));
         int elementSize = DTypeInfo.SizeOf(storeAs);
@@ -77,6 +81,32 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
         return result;
     }
 
+    /// <summary>An F32 weight matrix in panels (see <see cref="HostTensor.Packed"/>), filled row by row from the parts.</summary>
+    private HostTensor UploadPacked(IReadOnlyList<TensorData> parts, int rows, int columns)
+    {
+        const int P = HostTensor.PanelRows;
+        int panels = (rows + P - 1) / P;
+        var buffer = new NativeBuffer((long)panels * P * columns * sizeof(float));
+        NativeMemory.Clear((void*)buffer.Pointer, (nuint)buffer.Length);
+        var result = new HostTensor(this, DType.F32, rows, columns, buffer) { Packed = true };
+        float* packed = (float*)buffer.Pointer;
+        var row = new float[columns];
+        int r = 0;
+        foreach (var p in parts)
+        {
+            int size = DTypeInfo.SizeOf(p.Type);
+            long partRows = p.ElementCount / columns;
+            for (long i = 0; i < partRows; i++, r++)
+            {
+                var bytes = new ReadOnlySpan<byte>((byte*)p.Pointer + i * columns * size, columns * size);
+                HalfConversions.ToSingle(p.Type, bytes, row);
+                float* target = packed + (long)(r / P) * columns * P + r % P;
+                for (int j = 0; j < columns; j++) target[(long)j * P] = row[j];
+            }
+        }
+        return result;
+    }
+
     private static int Columns(TensorData t) => t.Shape.Length == 1 ? t.Shape[0] : t.Shape[^1];
 
     /// <inheritdoc />
@@ -86,7 +116,18 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
     public void Upload(DeviceTensor destination, ReadOnlySpan<int> source) => source.CopyTo(Check(destination, DType.I32, source.Length).Ints);
 
     /// <inheritdoc />
-    public void Download(DeviceTensor source, Span<float> destination) => Check(source, DType.F32, destination.Length).Floats.CopyTo(destination);
+    public void Download(DeviceTensor source, Span<float> destination)
+    {
+        var t = source as HostTensor is { Packed: true } p && ReferenceEquals(p.Backend, this) ? p : Check(source, DType.F32, destination.Length);
+        if (!t.Packed)
+        {
+            t.Floats.CopyTo(destination);
+            return;
+        }
+        if (t.Length != destination.Length) throw new ArgumentException($"copy of {destination.Length} F32 values does not fit tensor {t.ShapeText}");
+        for (int r = 0; r < t.Rows; r++)
+            for (int j = 0; j < t.Columns; j++) destination[r * t.Columns + j] = t.PackedAt(r, j);
+    }
 
     /// <inheritdoc />
     public void Download(DeviceTensor source, Span<int> destination) => Check(source, DType.I32, destination.Length).Ints.CopyTo(destination);
@@ -112,13 +153,17 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
     {
         var o = Own(output);
         var ids = Own(tokens).Ints;
-        var w = Own(table);
+        var w = OwnWeight(table);
         Shapes.Embedding(o, tokens, w);
         for (int t = 0; t < o.Rows; t++)
         {
             int id = ids[t];
             if ((uint)id >= (uint)w.Rows) throw new ArgumentOutOfRangeException(nameof(tokens), $"token id {id} outside the vocabulary of {w.Rows}");
-            DecodeRow(w, id, o.FloatRow(t));
+            var row = o.FloatRow(t);
+            if (w.Packed)
+                for (int j = 0; j < row.Length; j++) row[j] = w.PackedAt(id, j);
+            else
+                DecodeRow(w, id, row);
         }
     }
 
@@ -149,10 +194,15 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
     {
         var o = Own(output);
         var x = Own(input);
-        var w = Own(weight);
+        var w = OwnWeight(weight);
         Shapes.MatMul(o, x, w);
         int n = w.Rows, k = w.Columns, tokens = x.Rows;
         long work = (long)n * k * tokens;
+        if (w.Packed)
+        {
+            MatMulPacked(o, x, w, accumulate, work);
+            return;
+        }
         int chunks = work < ParallelThreshold ? 1 : Math.Min(n, _threads * 4);
         if (chunks == 1) MatMulRows(o, x, w, 0, n, accumulate);
         else
@@ -162,6 +212,21 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
                 int start = (int)((long)n * c / chunks) & ~3, end = c == chunks - 1 ? n : (int)((long)n * (c + 1) / chunks) & ~3;
                 MatMulRows(o, x, w, start, end, accumulate);
             });
+        }
+    }
+
+    /// <summary>MatMul with a packed weight: threads take runs of panel pairs (32 rows).</summary>
+    private void MatMulPacked(HostTensor o, HostTensor x, HostTensor w, bool accumulate, long work)
+    {
+        int pairs = (w.Panels + 1) / 2;
+        int chunks = work < ParallelThreshold ? 1 : Math.Min(pairs, _threads * 4);
+        float* weights = (float*)w.Pointer, input = (float*)x.Pointer, output = (float*)o.Pointer;
+        int n = w.Rows, k = w.Columns, tokens = x.Rows;
+        if (chunks == 1) HostMatMul.Panels(weights, n, k, 0, pairs, input, tokens, output, accumulate);
+        else
+        {
+            _workers.For(chunks, c =>
+                HostMatMul.Panels(weights, n, k, (int)((long)pairs * c / chunks), (int)((long)pairs * (c + 1) / chunks), input, tokens, output, accumulate));
         }
     }
 
@@ -270,7 +335,8 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
             int keys = committed + tokens;
             float[] scoresArray = ArrayPool<float>.Shared.Rent(keys);
             var scores = scoresArray.AsSpan(0, keys);
-            var query = q.FloatRow(t).Slice(h * dh, dh);
+            float* query = (float*)q.Pointer + (long)t * q.Columns + h * dh;
+            float* keyBase = c.SlotPointer(layer, 0, 0) + kvHead * dh, valueBase = c.SlotPointer(layer, 1, 0) + kvHead * dh;
             var maskRow = m is null ? default : m.Ints.Slice(t * tokens, tokens);
             float max = float.NegativeInfinity;
             for (int j = 0; j < keys; j++)
@@ -281,8 +347,7 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
                     scores[j] = float.NegativeInfinity;
                     continue;
                 }
-                var key = c.Slot(layer, 0, PhysicalSlot(l, table, j)).Slice(kvHead * dh, dh);
-                float s = TensorPrimitives.Dot(query, key) * scale;
+                float s = HostMatMul.Dot(query, keyBase + PhysicalSlot(l, table, j) * l.KvDim, dh) * scale;
                 scores[j] = s;
                 if (s > max) max = s;
             }
@@ -293,13 +358,13 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
                 scores[j] = e;
                 sum += e;
             }
-            var result = o.FloatRow(t).Slice(h * dh, dh);
-            result.Clear();
+            float* result = (float*)o.Pointer + (long)t * o.Columns + h * dh;
+            new Span<float>(result, dh).Clear();
+            float inverse = 1f / sum;
             for (int j = 0; j < keys; j++)
             {
                 if (scores[j] == 0f) continue;
-                var value = c.Slot(layer, 1, PhysicalSlot(l, table, j)).Slice(kvHead * dh, dh);
-                TensorPrimitives.MultiplyAdd(value, scores[j] / sum, result, result);
+                HostMatMul.AddScaled(result, valueBase + PhysicalSlot(l, table, j) * l.KvDim, scores[j] * inverse, dh);
             }
             ArrayPool<float>.Shared.Return(scoresArray);
         }
@@ -451,7 +516,14 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
         }
     }
 
-    private HostTensor Own(DeviceTensor tensor) =>
+    private HostTensor Own(DeviceTensor tensor)
+    {
+        var t = OwnWeight(tensor);
+        return t.Packed ? throw new ArgumentException($"the weight matrix {tensor.ShapeText} can only be used as a matmul weight or an embedding table") : t;
+    }
+
+    /// <summary>As <see cref="Own"/>, also accepting packed weights (for the ops that read them: MatMul, Embedding).</summary>
+    private HostTensor OwnWeight(DeviceTensor tensor) =>
         tensor as HostTensor is { } t && ReferenceEquals(t.Backend, this)
             ? t
             : throw new ArgumentException($"tensor {tensor.ShapeText} does not belong to the host backend");

@@ -2,9 +2,15 @@ using IlgpuMedusa.Models;
 
 namespace IlgpuMedusa.Compute.Host;
 
-/// <summary>A tensor in host memory: owned aligned native memory, or borrowed (a memory-mapped checkpoint window, a view).</summary>
+/// <summary>
+/// A tensor in host memory: owned aligned native memory, or borrowed (a view of another tensor). Row-major, except
+/// F32 weight matrices, which <see cref="HostBackend.UploadWeight"/> stores <see cref="Packed"/> in panels for the matmul.
+/// </summary>
 internal sealed unsafe class HostTensor : DeviceTensor
 {
+    /// <summary>Rows per panel of a packed weight.</summary>
+    public const int PanelRows = 16;
+
     private NativeBuffer? _owned;
 
     public HostTensor(IComputeBackend backend, DType type, int rows, int columns, NativeBuffer owned)
@@ -20,8 +26,23 @@ internal sealed unsafe class HostTensor : DeviceTensor
         Pointer = borrowed;
     }
 
-    /// <summary>Address of element [0, 0].</summary>
+    /// <summary>Address of element [0, 0] (of panel 0 when <see cref="Packed"/>).</summary>
     public nint Pointer { get; }
+
+    /// <summary>
+    /// True for a weight matrix stored in panels of <see cref="PanelRows"/> rows: panel p holds rows 16p..16p+15
+    /// column by column, so element (r, j) is at float offset ((r / 16) · k + j) · 16 + r % 16, and rows past the end
+    /// of the last panel are zero. One 64-byte load then holds column j of 16 rows: the matmul multiplies it by x[j]
+    /// broadcast, with no horizontal sums, and streams the weights front to back.
+    /// </summary>
+    public bool Packed { get; init; }
+
+    /// <summary>Panels of a packed weight.</summary>
+    public int Panels => (Rows + PanelRows - 1) / PanelRows;
+
+    /// <summary>Element (row, column) of a packed F32 weight.</summary>
+    public float PackedAt(int row, int column) =>
+        ((float*)Pointer)[((long)(row / PanelRows) * Columns + column) * PanelRows + row % PanelRows];
 
     public Span<float> Floats => new((void*)Pointer, checked((int)Length));
     public Span<int> Ints => new((void*)Pointer, checked((int)Length));
@@ -30,6 +51,7 @@ internal sealed unsafe class HostTensor : DeviceTensor
 
     public override DeviceTensor Slice(int start, int count)
     {
+        if (Packed) throw new InvalidOperationException($"a packed host weight {ShapeText} cannot be sliced");
         CheckSlice(start, count);
         return new HostTensor(Backend, Type, count, Columns, Pointer + (nint)((long)start * Columns * DTypeInfo.SizeOf(Type)));
     }
@@ -58,6 +80,10 @@ internal sealed unsafe class HostKvCache : KvCache
         long offset = Layout.PartOffset(layer, part) + physicalSlot * Layout.KvDim;
         return new Span<float>((float*)_buffer.Pointer + offset, Layout.KvDim);
     }
+
+    /// <summary>Address of the keys (part 0) or values (part 1) of one physical slot.</summary>
+    public float* SlotPointer(int layer, int part, long physicalSlot) =>
+        (float*)_buffer.Pointer + Layout.PartOffset(layer, part) + physicalSlot * Layout.KvDim;
 
     public override void ReadSlot(int layer, int part, int physicalSlot, Span<float> destination) =>
         Slot(layer, part, physicalSlot).CopyTo(destination);

@@ -1,0 +1,111 @@
+using System.Runtime.InteropServices;
+using IlgpuMedusa.Compute;
+using IlgpuMedusa.Compute.Host;
+using IlgpuMedusa.Models;
+using Xunit;
+
+namespace IlgpuMedusa.Tests.Compute;
+
+/// <summary>
+/// The host backend's packed weights (F32 matrices stored in 16-row panels) against a plain triple loop in double
+/// precision: every token-group size of the panel kernel (1..8 and remainders), odd panel counts, ragged last panels.
+/// </summary>
+public sealed unsafe class HostBackendTests : IDisposable
+{
+    private readonly HostBackend _backend = new(threads: 2);
+    private readonly List<nint> _native = [];
+
+    public void Dispose()
+    {
+        _backend.Dispose();
+        foreach (var p in _native) NativeMemory.Free((void*)p);
+    }
+
+    private TensorData Weight(float[] values, int rows, int columns)
+    {
+        var p = (nint)NativeMemory.Alloc((nuint)(values.Length * sizeof(float)));
+        _native.Add(p);
+        values.CopyTo(new Span<float>((void*)p, values.Length));
+        return new TensorData("w", DType.F32, [rows, columns], p);
+    }
+
+    private static float[] Random(Random random, int count)
+    {
+        var v = new float[count];
+        for (int i = 0; i < count; i++) v[i] = (float)(random.NextDouble() * 2 - 1);
+        return v;
+    }
+
+    [Theory]
+    [InlineData(2, 3)]
+    [InlineData(16, 16)]
+    [InlineData(33, 31)]   // three panels: an odd pair, a ragged last panel
+    [InlineData(64, 288)]
+    [InlineData(100, 17)]
+    public void Packed_matmul_matches_a_plain_loop_for_every_token_count(int n, int k)
+    {
+        var random = new Random(n * 1000 + k);
+        var w = Random(random, n * k);
+        using var weight = _backend.UploadWeight([Weight(w, n, k)], DType.F32);
+        foreach (int tokens in new[] { 1, 2, 3, 4, 5, 6, 7, 8, 9, 17 })
+        {
+            foreach (bool accumulate in new[] { false, true })
+            {
+                var x = Random(random, tokens * k);
+                var start = Random(random, tokens * n);
+                using var input = _backend.Allocate(DType.F32, tokens, k);
+                using var output = _backend.Allocate(DType.F32, tokens, n);
+                _backend.Upload(input, x);
+                _backend.Upload(output, start);
+                _backend.MatMul(output, input, weight, accumulate);
+                var actual = new float[tokens * n];
+                _backend.Download(output, actual);
+                for (int t = 0; t < tokens; t++)
+                {
+                    for (int r = 0; r < n; r++)
+                    {
+                        double sum = accumulate ? start[t * n + r] : 0, magnitude = Math.Abs(sum);
+                        for (int j = 0; j < k; j++)
+                        {
+                            sum += (double)w[r * k + j] * x[t * k + j];
+                            magnitude += Math.Abs((double)w[r * k + j] * x[t * k + j]);
+                        }
+                        Assert.True(Math.Abs(actual[t * n + r] - sum) <= 1e-5 * magnitude + 1e-6,
+                            $"n={n} k={k} T={tokens} accumulate={accumulate}: out[{t},{r}] = {actual[t * n + r]}, expected {sum}");
+                    }
+                }
+            }
+        }
+    }
+
+    [Fact]
+    public void Packed_weight_downloads_and_embeds_its_rows_exactly()
+    {
+        const int n = 37, k = 29;
+        var w = Random(new Random(7), n * k);
+        using var table = _backend.UploadWeight([Weight(w, n, k)], DType.F32);
+        var back = new float[n * k];
+        _backend.Download(table, back);
+        Assert.Equal(w, back);
+
+        int[] ids = [0, 15, 16, 36];
+        using var tokens = _backend.Allocate(DType.I32, ids.Length, 1);
+        using var rows = _backend.Allocate(DType.F32, ids.Length, k);
+        _backend.Upload(tokens, ids);
+        _backend.Embedding(rows, tokens, table);
+        var embedded = new float[ids.Length * k];
+        _backend.Download(rows, embedded);
+        for (int i = 0; i < ids.Length; i++)
+            Assert.Equal(w.AsSpan(ids[i] * k, k).ToArray(), embedded.AsSpan(i * k, k).ToArray());
+    }
+
+    [Fact]
+    public void Packed_weight_refuses_uses_that_need_rows_in_order()
+    {
+        using var weight = _backend.UploadWeight([Weight(new float[4 * 8], 4, 8)], DType.F32);
+        using var output = _backend.Allocate(DType.F32, 4, 8);
+        Assert.Throws<InvalidOperationException>(() => weight.Slice(0, 2));
+        var e = Assert.Throws<ArgumentException>(() => _backend.Add(output, weight, weight));
+        Assert.Contains("[4, 8]", e.Message);
+    }
+}
