@@ -328,11 +328,15 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
         float scale = 1f / MathF.Sqrt(dh);
         long work = (long)tokens * heads * (committed + tokens) * dh;
         int items = tokens * heads;
+        // Float offsets of every key's slot, looked up in the block table once for all heads and tokens.
+        long[] slotsArray = ArrayPool<long>.Shared.Rent(committed + tokens);
+        var table = tableTensor.Ints;
+        for (int j = 0; j < committed + tokens; j++) slotsArray[j] = PhysicalSlot(l, table, j) * l.KvDim;
         void Run(int item)
         {
             int t = item / heads, h = item % heads, kvHead = h / groups;
-            var table = tableTensor.Ints;
             int keys = committed + tokens;
+            var slots = slotsArray.AsSpan(0, keys);
             float[] scoresArray = ArrayPool<float>.Shared.Rent(keys);
             var scores = scoresArray.AsSpan(0, keys);
             float* query = (float*)q.Pointer + (long)t * q.Columns + h * dh;
@@ -347,7 +351,7 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
                     scores[j] = float.NegativeInfinity;
                     continue;
                 }
-                float s = HostMatMul.Dot(query, keyBase + PhysicalSlot(l, table, j) * l.KvDim, dh) * scale;
+                float s = HostMatMul.Dot(query, keyBase + slots[j], dh) * scale;
                 scores[j] = s;
                 if (s > max) max = s;
             }
@@ -364,12 +368,13 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
             for (int j = 0; j < keys; j++)
             {
                 if (scores[j] == 0f) continue;
-                HostMatMul.AddScaled(result, valueBase + PhysicalSlot(l, table, j) * l.KvDim, scores[j] * inverse, dh);
+                HostMatMul.AddScaled(result, valueBase + slots[j], scores[j] * inverse, dh);
             }
             ArrayPool<float>.Shared.Return(scoresArray);
         }
         if (work < ParallelThreshold || items == 1) for (int i = 0; i < items; i++) Run(i);
         else _workers.For(items, Run);
+        ArrayPool<long>.Shared.Return(slotsArray);
     }
 
     /// <inheritdoc />
