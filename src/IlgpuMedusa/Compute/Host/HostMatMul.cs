@@ -125,7 +125,30 @@ internal static unsafe class HostMatMul
         Vector512<float> b0 = default, b1 = default, b2 = default, b3 = default, b4 = default, b5 = default, b6 = default, b7 = default;
         float* x0 = x, x1 = x + k, x2 = x + 2 * k, x3 = x + 3 * k, x4 = x + 4 * k, x5 = x + 5 * k, x6 = x + 6 * k, x7 = x + 7 * k;
         float* q0 = next, q1 = next + (long)k * HostTensor.PanelRows;
-        for (int j = 0; j < k; j++)
+        int j = 0;
+        if (TCount.Count == 1)
+        {
+            // One token has only two accumulator chains, each waiting on its previous FMA; odd columns go to a
+            // second pair of accumulators so four chains are in flight.
+            for (; j + 2 <= k; j += 2)
+            {
+                int c = j * HostTensor.PanelRows;
+                PrefetchLine(q0 + c);
+                PrefetchLine(q1 + c);
+                PrefetchLine(q0 + c + HostTensor.PanelRows);
+                PrefetchLine(q1 + c + HostTensor.PanelRows);
+                var v = Vector512.Create(x0[j]);
+                a0 = Vector512.FusedMultiplyAdd(Vector512.Load(p0 + c), v, a0);
+                b0 = Vector512.FusedMultiplyAdd(Vector512.Load(p1 + c), v, b0);
+                v = Vector512.Create(x0[j + 1]);
+                a1 = Vector512.FusedMultiplyAdd(Vector512.Load(p0 + c + HostTensor.PanelRows), v, a1);
+                b1 = Vector512.FusedMultiplyAdd(Vector512.Load(p1 + c + HostTensor.PanelRows), v, b1);
+            }
+            a0 += a1;
+            b0 += b1;
+            a1 = b1 = default;
+        }
+        for (; j < k; j++)
         {
             int c = j * HostTensor.PanelRows;
             PrefetchLine(q0 + c);
