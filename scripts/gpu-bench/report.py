@@ -2,18 +2,24 @@
 """
 Merges what run.sh left in its raw folder into one JSON file and prints one table per model shape.
 
-  python3 scripts/gpu-bench/report.py --raw /tmp/gpu-bench/raw --shapes 7b,1b --out "$OUT/gpu-bench.json"
+  python3 scripts/gpu-bench/report.py --raw /tmp/gpu-bench/raw --shapes demo,1b,7b --device cuda --out "$OUT/gpu-bench.json"
 
 Inputs (all optional; whatever is missing is reported as missing): steps.tsv (one line per step: name, status, exit
 code, seconds, limit), env.txt (key=value), nvidia-smi.csv, COMMIT, and per shape S: make-S.out (make_model.py's
 JSON), ours-S.out (our `profile --json` stdout), hf-eager-S.json and hf-compiled-S.json (hf_reference.py), and the
-.err file of each step (its stderr; the tail of a failed step's is put in the JSON).
+.err file of each step (its stderr; the tail of a failed step's is put in the JSON). The shape "demo" is the demo
+stage: demo-conformance.out (the conformance console's log), demo-greedy-device.out and demo-greedy-host.out
+(`generate --json`), demo-bench-device.out and demo-bench-host.out (`bench --json`).
+
+Exit code: 0; 1 with --require-ours when a figure the dry run checks is missing; 3 when a demo check failed
+(conformance failures, or greedy tokens that differ between the device and the host).
 """
 from __future__ import annotations
 
 import argparse
 import datetime
 import os
+import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -37,10 +43,12 @@ def parse_args(argv=None):
     p.add_argument("--raw", required=True, help="run.sh's raw folder")
     p.add_argument("--shapes", default="7b,1b", help="comma-separated shapes, in run order")
     p.add_argument("--mode", default="gpu", choices=["gpu", "dry-run"])
+    p.add_argument("--device", default="cuda", help="the device the demo stage ran on (beside the host)")
     p.add_argument("--commit-file", default=".gpu-kit/COMMIT")
     p.add_argument("--out", required=True, help="merged JSON file")
     p.add_argument("--require-ours", action="store_true",
-                   help="exit 1 unless every shape has our profile JSON with all its fields (the dry run's check)")
+                   help="exit 1 unless every shape has our profile JSON with all its fields and the demo stage "
+                        "every figure (the dry run's check)")
     return p.parse_args(argv)
 
 
@@ -152,6 +160,132 @@ def summarize(shape, ours, hf_eager, hf_compiled, torch_copy):
     return s
 
 
+DEMO_STEPS = {"conformance": "demo-conformance", "greedy device": "demo-greedy-device", "greedy host": "demo-greedy-host",
+              "bench device": "demo-bench-device", "bench host": "demo-bench-host"}
+
+
+def parse_conformance(text):
+    """The conformance console's count line ("conformance: 33 passed, 0 failed") and its FAIL lines."""
+    m = None
+    for m in re.finditer(r"conformance: (\d+) passed, (\d+) failed", text):
+        pass
+    fails = [line.split("FAIL", 1)[1].strip()[:300] for line in text.splitlines() if " FAIL " in line][:20]
+    backend = next((line.split("backend:", 1)[1].strip()[:200] for line in text.splitlines() if "backend:" in line), None)
+    if m is None:
+        return {"passed": None, "failed": None, "failures": fails, "backend": backend}
+    return {"passed": int(m.group(1)), "failed": int(m.group(2)), "failures": fails, "backend": backend}
+
+
+def summarize_bench(doc):
+    """AR vs Medusa from one `bench --json`: the first configuration is autoregressive, the next the Medusa tree."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("configurations"), list) or not doc["configurations"]:
+        return None
+    rows = doc["configurations"]
+    ar = rows[0]
+    medusa = next((r for r in rows[1:] if isinstance(r, dict)), None) or {}
+    ar_rate, medusa_rate = number(ar.get("decode_tokens_per_second")), number(medusa.get("decode_tokens_per_second"))
+    return {"device": doc.get("device"), "heads": doc.get("heads"), "prompts": doc.get("prompts"),
+            "max_tokens": doc.get("max_tokens"), "ar_tokens_per_second": ar_rate,
+            "medusa_tokens_per_second": medusa_rate, "medusa_over_ar": ratio(medusa_rate, ar_rate),
+            "tree": medusa.get("name"), "tree_nodes": medusa.get("tree_nodes"),
+            "mean_accepted": number(medusa.get("mean_accepted")), "head_hit_rates": medusa.get("head_hit_rates"),
+            "identical_to_autoregressive": medusa.get("identical_to_autoregressive"),
+            "ms_per_step": {"ar": number(ar.get("ms_per_step")), "medusa": number(medusa.get("ms_per_step"))},
+            "prefill_tokens_per_second_median": number(doc.get("prefill_tokens_per_second_median"))}
+
+
+def summarize_demo(raw, steps, device):
+    """The demo stage: conformance on the device, greedy device vs host, decode rates, the benches."""
+    status = {k: step_status(steps, v) for k, v in DEMO_STEPS.items()}
+    conformance = parse_conformance(read_text(os.path.join(raw, "demo-conformance.out")))
+    conformance["device"] = "cpu-emulator" if device in ("host", "cpu-emulator") else device
+    dev = extract_json_object(read_text(os.path.join(raw, "demo-greedy-device.out"))) or {}
+    host = extract_json_object(read_text(os.path.join(raw, "demo-greedy-host.out"))) or {}
+    mine, theirs = dev.get("tokens"), host.get("tokens")
+    g = {"prompt": None, "compared": 0, "identical": None, "first_mismatch_index": None,
+         "device_tokens": mine if isinstance(mine, list) else None, "host_tokens": theirs if isinstance(theirs, list) else None,
+         "device_text": dev.get("text"), "host_text": host.get("text"),
+         "finish_reason": {"device": dev.get("finish_reason"), "host": host.get("finish_reason")}}
+    if isinstance(mine, list) and isinstance(theirs, list) and mine and theirs:
+        n = min(len(mine), len(theirs))
+        mismatch = next((i for i in range(n) if mine[i] != theirs[i]), None)
+        if mismatch is None and len(mine) != len(theirs):
+            mismatch = n
+        g.update(compared=n, identical=mismatch is None, first_mismatch_index=mismatch)
+    decode = {"device": number(dev.get("decode_tokens_per_second")), "host": number(host.get("decode_tokens_per_second")),
+              "device_name": dev.get("device"), "host_name": host.get("device"),
+              "generated_tokens": {"device": dev.get("generated_tokens"), "host": host.get("generated_tokens")}}
+    decode["device_over_host"] = ratio(decode["device"], decode["host"])
+    bench_device = summarize_bench(extract_json_object(read_text(os.path.join(raw, "demo-bench-device.out"))))
+    bench_host = summarize_bench(extract_json_object(read_text(os.path.join(raw, "demo-bench-host.out"))))
+    demo = {"device": device, "raw": raw, "step_status": status, "conformance": conformance, "greedy": g,
+            "decode_tokens_per_second": decode, "bench_device": bench_device, "bench_host": bench_host}
+    if bench_device and bench_host:
+        demo["bench_ar_device_over_host"] = ratio(bench_device["ar_tokens_per_second"], bench_host["ar_tokens_per_second"])
+    checks = []
+    if conformance["failed"]:
+        checks.append(f"conformance: {conformance['failed']} checks failed on {conformance['device']}")
+    if g["identical"] is False:
+        checks.append(f"greedy tokens differ between {device} and host from index {g['first_mismatch_index']}")
+    demo["checks_failed"] = checks
+    missing = [label for label, present in (
+        ("conformance count", conformance["passed"] is not None),
+        ("greedy comparison", g["identical"] is not None),
+        ("decode tok/s", decode["device"] is not None and decode["host"] is not None),
+        ("bench AR tok/s", bool(bench_device) and bench_device["ar_tokens_per_second"] is not None),
+        ("bench Medusa tok/s", bool(bench_device) and bench_device["medusa_tokens_per_second"] is not None)) if not present]
+    demo["missing"] = missing
+    demo["errors"] = {v: read_text(os.path.join(raw, f"{v}.err"), 2500)
+                      for k, v in DEMO_STEPS.items() if status[k] in ("failed", "timeout")}
+    return demo
+
+
+def demo_table(demo, created, gpu, commit):
+    """The demo stage as text, plus a row for docs/benchmarks.md."""
+    d, c, g, r = demo["device"], demo["conformance"], demo["greedy"], demo["decode_tokens_per_second"]
+    x = lambda v: f"{v:.2f}x" if v else "-"  # noqa: E731
+    lines = [f"demo: stories15M f16 with its Medusa heads, {d} vs host",
+             "  steps: " + ", ".join(f"{k} {v}" for k, v in demo["step_status"].items())]
+    conf = "not run" if c["passed"] is None else f"{c['passed']} passed, {c['failed']} failed"
+    lines.append(f"  conformance on {c['device']}: {conf}")
+    for f in c["failures"]:
+        lines.append(f"    FAIL {f}")
+    if g["identical"] is None:
+        same = "not compared"
+    elif g["identical"]:
+        same = f"identical ({g['compared']} tokens)"
+    else:
+        same = f"DIFFERENT from index {g['first_mismatch_index']} ({g['compared']} compared)"
+    lines.append(f"  greedy tokens {d} vs host: {same}")
+    if g["identical"] is False:
+        lines.append(f"    {d}: {g['device_tokens']}")
+        lines.append(f"    host: {g['host_tokens']}")
+    lines.append(f"  decode tok/s (generate, --heads none): host {fmt(r['host'])}, {d} {fmt(r['device'])},"
+                 f" {d}/host {x(r['device_over_host'])}")
+    for label, b, step in ((d, demo["bench_device"], "bench device"), ("host", demo["bench_host"], "bench host")):
+        if not b:
+            reason = read_text(os.path.join(demo["raw"], DEMO_STEPS[step] + ".err"), 300).strip().splitlines()
+            why = f": {reason[-1]}" if demo["step_status"][step] == "skipped" and reason else ""
+            lines.append(f"  bench on {label}: no result ({demo['step_status'][step]}{why})")
+            continue
+        heads = str(b["heads"]).split(" (")[0]
+        lines.append(f"  bench on {label} ({b['prompts']} prompts x {b['max_tokens']} tokens, heads {heads}):"
+                     f" AR {fmt(b['ar_tokens_per_second'])} tok/s, {b['tree'] or 'medusa'} {fmt(b['medusa_tokens_per_second'])}"
+                     f" tok/s ({x(b['medusa_over_ar'])}), mean accepted {fmt(b['mean_accepted'], 2)},"
+                     f" identical to AR {b['identical_to_autoregressive']}")
+    for check in demo["checks_failed"]:
+        lines.append(f"  CHECK FAILED: {check}")
+    b = demo["bench_device"] or {}
+    gpu_name = (gpu or {}).get("name", "-")
+    row = (f"| {created[:10]} | {gpu_name} | {(commit or '?')[:7]} | {conf} | {same} | {fmt(r['host'])} / {fmt(r['device'])}"
+           f" ({x(r['device_over_host'])}) | {fmt(b.get('ar_tokens_per_second'))} / {fmt(b.get('medusa_tokens_per_second'))}"
+           f" ({x(b.get('medusa_over_ar'))}) | {fmt(b.get('mean_accepted'), 2)} |")
+    lines.append("  docs/benchmarks.md row (date | GPU | commit | conformance | greedy | decode tok/s host / device |"
+                 " bench AR / Medusa tok/s | mean accepted):")
+    lines.append("  " + row)
+    return "\n".join(lines)
+
+
 def fmt(x, digits=1):
     if x is None:
         return "-"
@@ -205,7 +339,8 @@ def table(shape, summary, status, model, mode):
 def main(argv=None) -> int:
     args = parse_args(argv)
     raw = args.raw
-    shapes = [s for s in args.shapes.split(",") if s]
+    shapes = [s for s in args.shapes.split(",") if s and s != "demo"]
+    with_demo = "demo" in args.shapes.split(",")
     steps = read_steps(raw)
     env = read_env(raw)
     gpu = read_gpu(raw, env)
@@ -225,6 +360,12 @@ def main(argv=None) -> int:
               for s in shapes]
     torch_copy_any = next((c for c in copies if c), None)
     blocks = []
+    created = result["created_utc"]
+    demo = None
+    if with_demo:
+        demo = summarize_demo(raw, steps, args.device)
+        result["demo"] = demo
+        blocks.append(demo_table(demo, created, gpu, commit))
     for shape in shapes:
         model = extract_json_object(read_text(os.path.join(raw, f"make-{shape}.out")))
         ours = extract_json_object(read_text(os.path.join(raw, f"ours-{shape}.out")))
@@ -261,9 +402,13 @@ def main(argv=None) -> int:
         print("failed steps: " + ", ".join(f"{s['name']} ({s['status']}, rc {s['rc']})" for s in failed))
     if missing_ours:
         print("our profile output incomplete: " + "; ".join(missing_ours))
+    if demo and demo["missing"]:
+        print("demo stage incomplete: missing " + ", ".join(demo["missing"]))
     print(f"results: {args.out}")
     print("=" * 100)
-    return 1 if args.require_ours and missing_ours else 0
+    if args.require_ours and (missing_ours or (demo and demo["missing"])):
+        return 1
+    return 3 if demo and demo["checks_failed"] else 0
 
 
 if __name__ == "__main__":

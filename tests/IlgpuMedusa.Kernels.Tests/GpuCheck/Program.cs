@@ -11,12 +11,14 @@ using IlgpuMedusa.Models;
 using IlgpuMedusa.Scheduling;
 using IlgpuMedusa.Transformer;
 
-// Usage: IlgpuMedusa.Kernels.GpuCheck [cuda|opencl|cpu-emulator] [--quick]
+// Usage: IlgpuMedusa.Kernels.GpuCheck [cuda|opencl|cpu-emulator] [--quick] [--conformance-only]
 // 1. lists the devices; 2. runs the kernel conformance suite on the device against the host backend (GPU-sized shapes);
 // 3. times the matmul paths, attention with and without key splits; 4. decodes with a random-weight model of
 // TinyLlama-1.1B's shape in fp16. Exit code 1 when a conformance check fails. --quick: tiny shapes (to try it on a CPU).
+// --conformance-only: stops after step 2 (the GPU benchmark kit's demo stage, scripts/gpu-bench/run.sh).
 var kind = DeviceOptions.ParseKind(args.FirstOrDefault(a => !a.StartsWith("--", StringComparison.Ordinal)) ?? "cuda");
 bool quick = args.Contains("--quick");
+bool conformanceOnly = args.Contains("--conformance-only");
 var clock = Stopwatch.StartNew();
 void Log(string text) => Console.WriteLine($"[{clock.Elapsed.TotalSeconds,6:F1}s] {text}");
 
@@ -27,6 +29,11 @@ using var backend = IlgpuBackend.TryCreate(new DeviceOptions { Kind = kind, Allo
 Log($"backend: {backend.DeviceName}; matmul {backend.Kernels.MatMul.Tuning}");
 
 int failed = Conformance(backend, quick, Log);
+if (conformanceOnly)
+{
+    Log(failed == 0 ? "done (--conformance-only)" : $"done (--conformance-only): {failed} conformance checks FAILED");
+    return failed == 0 ? 0 : 1;
+}
 var bench = new Bench(backend.Accelerator, quick, Log);
 bench.LaunchOverhead();
 bench.MatMul();

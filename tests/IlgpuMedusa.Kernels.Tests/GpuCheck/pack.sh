@@ -2,6 +2,9 @@
 # Builds what the GPU machine needs (it has no .NET): a framework-dependent publish of the GPU check and the local .NET
 # runtime packed with xz, into artifacts/gpucheck (ignored by git; about 33 MB). Then, on the GPU machine, from the
 # repository root: bash tests/IlgpuMedusa.Kernels.Tests/GpuCheck/run.sh
+# The GPU benchmark kit (scripts/gpu-bench/prepare.sh) carries this console too, in .gpu-kit/gpucheck, and runs only its
+# conformance suite (--conformance-only) in its demo stage; this separate pack is for the full check with the kernel
+# timings and the 1.1B-shape decode.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../../.." && pwd)
 out=$root/artifacts/gpucheck

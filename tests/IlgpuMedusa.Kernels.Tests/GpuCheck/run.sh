@@ -1,6 +1,7 @@
 #!/bin/bash
 # Runs the GPU check on a machine without .NET, from the files pack.sh put in artifacts/gpucheck. Prints what it finds
-# about the driver and libraries first, so that one failed run still says why.
+# about the driver and libraries first, so that one failed run still says why. Arguments go to the console:
+# [cuda|opencl|cpu-emulator] [--quick] [--conformance-only] (default: cuda, everything).
 set -u
 root=$(cd "$(dirname "$0")/../../.." && pwd)
 kit=$root/artifacts/gpucheck
