@@ -42,6 +42,12 @@ public interface IComputeBackend : IDisposable
     /// </summary>
     DeviceTensor UploadWeight(IReadOnlyList<TensorData> parts, DType storeAs);
 
+    /// <summary>
+    /// Uploads the output classifier (lm_head) [V, D] like <see cref="UploadWeight"/>. A backend may store it in a form
+    /// that serves <see cref="ProductArgMax"/> better; it stays a valid weight for MatMul and Embedding (a tied table).
+    /// </summary>
+    DeviceTensor UploadClassifier(IReadOnlyList<TensorData> parts, DType storeAs) => UploadWeight(parts, storeAs);
+
     /// <summary>Copies host floats into an F32 tensor (lengths must match).</summary>
     void Upload(DeviceTensor destination, ReadOnlySpan<float> source);
 
@@ -109,6 +115,18 @@ public interface IComputeBackend : IDisposable
 
     /// <summary>output[t] = index of the largest logits[t, :] (the lowest index on ties). output I32[T, 1], logits F32[T, V].</summary>
     void ArgMax(DeviceTensor output, DeviceTensor logits);
+
+    /// <summary>
+    /// ids[t] = argmax over v of input[t] · weight[v] (the lowest index on ties): the greedy token of each hidden row,
+    /// for callers that need nothing else from the logits. The result is that of <see cref="MatMul"/> then
+    /// <see cref="ArgMax"/>, up to float rounding of near-ties; <paramref name="scratch"/> F32[T, V] may be overwritten.
+    /// ids I32[T, 1], input F32[T, D], weight [V, D].
+    /// </summary>
+    void ProductArgMax(DeviceTensor ids, DeviceTensor input, DeviceTensor weight, DeviceTensor scratch)
+    {
+        MatMul(scratch, input, weight, accumulate: false);
+        ArgMax(ids, scratch);
+    }
 
     /// <summary>
     /// The k largest logits of each row, in descending order (ties: lower index first).

@@ -5,8 +5,8 @@ using IlgpuMedusa.Transformer;
 namespace IlgpuMedusa.Generation;
 
 /// <summary>
-/// The logits a sequence asked for in one forward: rows F32[n, V] on the device, and their argmax on the host when
-/// the scheduler computed it (it does for every row; greedy decoding needs nothing else).
+/// The logits a sequence asked for in one forward: their argmax on the host (always), and the rows F32[n, V] on the
+/// device when the decoder said it needs them (<see cref="SequenceDecoder.NeedsLogitRows"/>; otherwise null).
 /// </summary>
 internal readonly ref struct StepLogits
 {
@@ -16,7 +16,7 @@ internal readonly ref struct StepLogits
         ArgMax = argMax;
     }
 
-    /// <summary>Logits rows on the device.</summary>
+    /// <summary>Logits rows on the device, or null when only the argmax was computed.</summary>
     public DeviceTensor Rows { get; }
     /// <summary>Argmax of each row.</summary>
     public ReadOnlySpan<int> ArgMax { get; }
@@ -74,6 +74,12 @@ internal abstract class SequenceDecoder
     public DeviceTensor? PlanMask { get; private set; }
     /// <summary>First row (within the plan) whose logits <see cref="Complete"/> needs; rows from there to the end.</summary>
     public int PlanLogitsFrom { get; private set; }
+
+    /// <summary>
+    /// True when <see cref="Complete"/> reads logits rows, not only their argmax (sampling with a temperature, typical
+    /// acceptance). When no sequence of a step needs them, the scheduler asks the backend for the greedy tokens only.
+    /// </summary>
+    public virtual bool NeedsLogitRows => !Sampler.IsGreedy;
 
     /// <summary>Rows this decoder's next step needs at least (a prefill can be cut to fit a batch).</summary>
     public int NextStepMinimum => Prefilling ? 1 : StepSize;
@@ -220,9 +226,17 @@ internal sealed class SingleSequenceRunner
                 _decoder.Complete(hidden, default, accepted);
                 continue;
             }
-            var logits = _model.Logits(_workspace, hidden.Slice(from, rows));
             var ids = _workspace.ArgMax.Slice(0, rows);
-            _model.Backend.ArgMax(ids, logits);
+            DeviceTensor logits = default!;
+            if (_decoder.NeedsLogitRows)
+            {
+                logits = _model.Logits(_workspace, hidden.Slice(from, rows));
+                _model.Backend.ArgMax(ids, logits);
+            }
+            else
+            {
+                _model.GreedyTokens(_workspace, hidden.Slice(from, rows), ids);
+            }
             if (_argMax.Length < rows) _argMax = new int[rows];
             _model.Backend.Download(ids, _argMax.AsSpan(0, rows));
             _decoder.Complete(hidden, new StepLogits(logits, _argMax.AsSpan(0, rows)), accepted);

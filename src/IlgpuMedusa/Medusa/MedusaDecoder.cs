@@ -56,6 +56,9 @@ internal sealed class MedusaDecoder : SequenceDecoder
     /// <summary>Frees the device buffer of compaction sources.</summary>
     public void Release() => _deviceSources.Dispose();
 
+    /// <inheritdoc />
+    public override bool NeedsLogitRows => base.NeedsLogitRows || _acceptance is Acceptance.TypicalAcceptance;
+
     protected override int StepSize => Committed + _tree.NodeCount > Sequence.MaxTokens ? 1 : _tree.NodeCount;
 
     protected override void AfterPrefill(DeviceTensor lastHidden) => _heads.Predict(lastHidden).CopyTo(_topK);

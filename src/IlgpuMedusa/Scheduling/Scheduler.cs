@@ -335,7 +335,12 @@ public sealed class Scheduler : IDisposable
 
         // Logits only for the rows some sequence needs (the last prompt row, the decoded token, every tree node).
         int needed = 0;
-        foreach (var r in _batch) needed += r.Decoder!.PlanCount - r.Decoder.PlanLogitsFrom;
+        bool rowsNeeded = false;
+        foreach (var r in _batch)
+        {
+            needed += r.Decoder!.PlanCount - r.Decoder.PlanLogitsFrom;
+            rowsNeeded |= r.Decoder.NeedsLogitRows;
+        }
         DeviceTensor? logits = null;
         if (needed > 0)
         {
@@ -343,9 +348,16 @@ public sealed class Scheduler : IDisposable
             b.Upload(indices, _gather.AsSpan(0, needed));
             var gathered = _workspace.Gathered.Slice(0, needed);
             b.Embedding(gathered, indices, hidden);
-            logits = _model.Logits(_workspace, gathered);
             var ids = _workspace.ArgMax.Slice(0, needed);
-            b.ArgMax(ids, logits);
+            if (rowsNeeded)
+            {
+                logits = _model.Logits(_workspace, gathered);
+                b.ArgMax(ids, logits);
+            }
+            else
+            {
+                _model.GreedyTokens(_workspace, gathered, ids); // every sequence here decodes greedily: the tokens suffice
+            }
             b.Download(ids, _argMax.AsSpan(0, needed));
         }
 
@@ -356,7 +368,7 @@ public sealed class Scheduler : IDisposable
             var segment = _segments[i];
             var decoder = r.Decoder!;
             int count = decoder.PlanCount - decoder.PlanLogitsFrom;
-            var stepLogits = count == 0 ? default : new StepLogits(logits!.Slice(logitRow, count), _argMax.AsSpan(logitRow, count));
+            var stepLogits = count == 0 ? default : new StepLogits(logits?.Slice(logitRow, count)!, _argMax.AsSpan(logitRow, count));
             logitRow += count;
             r.Accepted.Clear();
             bool wasPrefilling = decoder.Prefilling;

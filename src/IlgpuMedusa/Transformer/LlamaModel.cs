@@ -115,8 +115,14 @@ public sealed class LlamaModel : IDisposable
                 };
                 progress?.Report((i + 1.0) / (c.Layers + 1));
             }
-            var embedding = Matrix(embeddingData);
-            var classifier = c.TiedEmbeddings ? embedding : Matrix(checkpoint.GetTensor(N.Classifier, c.VocabSize, d));
+            DeviceTensor Classifier(TensorData data)
+            {
+                var tensor = Keep(backend.UploadClassifier([data], type));
+                MappedFile.ReleasePages(data);
+                return tensor;
+            }
+            var embedding = c.TiedEmbeddings ? Classifier(embeddingData) : Matrix(embeddingData);
+            var classifier = c.TiedEmbeddings ? embedding : Classifier(checkpoint.GetTensor(N.Classifier, c.VocabSize, d));
             var finalNorm = Vector(N.FinalNorm);
             progress?.Report(1.0);
             return new LlamaModel(c, backend, layers, embedding, finalNorm, classifier) { WeightType = type, Signature = ModelSignature.Of(checkpoint) };
@@ -202,6 +208,13 @@ public sealed class LlamaModel : IDisposable
         Backend.MatMul(logits, hidden, _classifier, accumulate: false);
         return logits;
     }
+
+    /// <summary>
+    /// The greedy token of each hidden row F32[n, D] into <paramref name="ids"/> I32[n, 1], without keeping the logits
+    /// (the backend may never compute them all exactly; see <see cref="IComputeBackend.ProductArgMax"/>).
+    /// </summary>
+    public void GreedyTokens(ForwardWorkspace workspace, DeviceTensor hidden, DeviceTensor ids) =>
+        Backend.ProductArgMax(ids, hidden, _classifier, workspace.Logits(hidden.Rows));
 
     /// <summary>Frees the weights.</summary>
     public void Dispose()

@@ -108,4 +108,79 @@ public sealed unsafe class HostBackendTests : IDisposable
         var e = Assert.Throws<ArgumentException>(() => _backend.Add(output, weight, weight));
         Assert.Contains("[4, 8]", e.Message);
     }
+
+    [Theory]
+    [InlineData(1, 2, 3)]
+    [InlineData(1, 1000, 288)]
+    [InlineData(9, 1000, 64)]
+    [InlineData(3, 37, 29)]
+    public void Split_classifier_argmax_equals_the_argmax_of_exact_logits(int tokens, int n, int k)
+    {
+        var random = new Random(n + 31 * k + tokens);
+        var w = Random(random, n * k);
+        using var classifier = _backend.UploadClassifier([Weight(w, n, k)], DType.F32);
+        using var input = _backend.Allocate(DType.F32, tokens, k);
+        using var scratch = _backend.Allocate(DType.F32, tokens, n);
+        using var ids = _backend.Allocate(DType.I32, tokens, 1);
+        for (int trial = 0; trial < 20; trial++)
+        {
+            var x = Random(random, tokens * k);
+            if (trial % 2 == 1)
+            {
+                // Near-ties: make row 7 % n a copy of the current best row plus a tiny change, so the high halves cannot tell them apart.
+                int a = 0, b = 7 % n;
+                for (int j = 0; j < k; j++) w[b * k + j] = w[a * k + j] + (j == 0 ? 1e-6f : 0f);
+            }
+            using var c = trial % 2 == 1 ? _backend.UploadClassifier([Weight(w, n, k)], DType.F32) : null;
+            var weight = c ?? classifier;
+            _backend.Upload(input, x);
+            _backend.ProductArgMax(ids, input, weight, scratch);
+            var actual = new int[tokens];
+            _backend.Download(ids, actual);
+            for (int t = 0; t < tokens; t++)
+            {
+                // Exact logits in double: the argmax must be the best row, or a row within float rounding of it.
+                double best = double.NegativeInfinity;
+                int bestRow = -1;
+                var exact = new double[n];
+                for (int r = 0; r < n; r++)
+                {
+                    for (int j = 0; j < k; j++) exact[r] += (double)w[r * k + j] * x[t * k + j];
+                    if (exact[r] > best) (best, bestRow) = (exact[r], r);
+                }
+                Assert.True(actual[t] >= 0 && actual[t] < n, $"trial {trial} row {t}: id {actual[t]} is not a row");
+                Assert.True(actual[t] == bestRow || best - exact[actual[t]] <= 1e-5 * Math.Max(1, Math.Abs(best)),
+                    $"T={tokens} n={n} k={k} trial {trial} row {t}: argmax {actual[t]} (logit {exact[actual[t]]}) but row {bestRow} has {best}");
+            }
+        }
+    }
+
+    [Fact]
+    public void Split_classifier_is_exact_for_matmul_embedding_and_download()
+    {
+        const int n = 45, k = 33;
+        var w = Random(new Random(3), n * k);
+        using var table = _backend.UploadClassifier([Weight(w, n, k)], DType.F32);
+        var back = new float[n * k];
+        _backend.Download(table, back);
+        Assert.Equal(w, back);
+        var x = Random(new Random(4), 2 * k);
+        using var input = _backend.Allocate(DType.F32, 2, k);
+        using var output = _backend.Allocate(DType.F32, 2, n);
+        _backend.Upload(input, x);
+        _backend.MatMul(output, input, table, accumulate: false);
+        var logits = new float[2 * n];
+        _backend.Download(output, logits);
+        for (int t = 0; t < 2; t++)
+            for (int r = 0; r < n; r++)
+            {
+                double sum = 0, magnitude = 0;
+                for (int j = 0; j < k; j++)
+                {
+                    sum += (double)w[r * k + j] * x[t * k + j];
+                    magnitude += Math.Abs((double)w[r * k + j] * x[t * k + j]);
+                }
+                Assert.True(Math.Abs(logits[t * n + r] - sum) <= 1e-5 * magnitude + 1e-6, $"logit [{t},{r}] = {logits[t * n + r]}, expected {sum}");
+            }
+    }
 }

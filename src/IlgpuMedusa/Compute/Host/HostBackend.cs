@@ -1,6 +1,7 @@
 using System.Buffers;
 using System.Numerics.Tensors;
 using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
 using IlgpuMedusa.Models;
 
 namespace IlgpuMedusa.Compute.Host;
@@ -81,15 +82,20 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
         return result;
     }
 
-    /// <summary>An F32 weight matrix in panels (see <see cref="HostTensor.Packed"/>), filled row by row from the parts.</summary>
-    private HostTensor UploadPacked(IReadOnlyList<TensorData> parts, int rows, int columns)
+    /// <summary>
+    /// An F32 weight matrix in panels (see <see cref="HostTensor.Packed"/>), filled row by row from the parts; with
+    /// <paramref name="split"/>, as high and low 16-bit halves with per-row norms (<see cref="HostTensor.Split"/>).
+    /// </summary>
+    private HostTensor UploadPacked(IReadOnlyList<TensorData> parts, int rows, int columns, bool split = false)
     {
         const int P = HostTensor.PanelRows;
-        int panels = (rows + P - 1) / P;
-        var buffer = new NativeBuffer((long)panels * P * columns * sizeof(float));
+        long elements = (long)(rows + P - 1) / P * P * columns;
+        var buffer = new NativeBuffer(elements * sizeof(float));
         NativeMemory.Clear((void*)buffer.Pointer, (nuint)buffer.Length);
-        var result = new HostTensor(this, DType.F32, rows, columns, buffer) { Packed = true };
+        float[]? l1 = split ? new float[rows] : null, l2 = split ? new float[rows] : null;
+        var result = new HostTensor(this, DType.F32, rows, columns, buffer) { Packed = true, Split = split, RowL1 = l1, RowL2 = l2 };
         float* packed = (float*)buffer.Pointer;
+        ushort* high = (ushort*)buffer.Pointer, low = high + elements;
         var row = new float[columns];
         int r = 0;
         foreach (var p in parts)
@@ -100,13 +106,141 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
             {
                 var bytes = new ReadOnlySpan<byte>((byte*)p.Pointer + i * columns * size, columns * size);
                 HalfConversions.ToSingle(p.Type, bytes, row);
-                float* target = packed + (long)(r / P) * columns * P + r % P;
-                for (int j = 0; j < columns; j++) target[(long)j * P] = row[j];
+                long first = (long)(r / P) * columns * P + r % P;
+                if (!split)
+                {
+                    for (int j = 0; j < columns; j++) packed[first + (long)j * P] = row[j];
+                    continue;
+                }
+                for (int j = 0; j < columns; j++)
+                {
+                    uint bits = BitConverter.SingleToUInt32Bits(row[j]);
+                    high[first + (long)j * P] = (ushort)(bits >> 16);
+                    low[first + (long)j * P] = (ushort)bits;
+                }
+                l1![r] = TensorPrimitives.SumOfMagnitudes(row);
+                l2![r] = TensorPrimitives.Norm(row);
             }
         }
         return result;
     }
 
+    /// <inheritdoc />
+    /// <remarks>
+    /// On CPUs with 512-bit vectors an F32 classifier is stored split into high and low 16-bit halves
+    /// (<see cref="HostTensor.Split"/>): the same memory as F32, and <see cref="ProductArgMax"/> streams only the high
+    /// halves, half the bytes of the largest matrix of a small model, then settles the few near-ties exactly.
+    /// </remarks>
+    public DeviceTensor UploadClassifier(IReadOnlyList<TensorData> parts, DType storeAs)
+    {
+        if (storeAs != DType.F32 || parts.Count != 1 || parts[0].Shape.Length != 2 || !System.Runtime.Intrinsics.Vector512.IsHardwareAccelerated)
+            return UploadWeight(parts, storeAs);
+        return UploadPacked(parts, parts[0].Shape[0], parts[0].Shape[1], split: true);
+    }
+
+    /// <inheritdoc />
+    /// <remarks>
+    /// With a split classifier: first every logit from the high halves alone, ŷ[v], each within
+    /// B[v] = c · min(‖w_v‖₁ · ‖x‖∞, ‖w_v‖₂ · ‖x‖₂) of the exact float result y[v] (truncating a float to its top 16
+    /// bits changes it by less than 2^-7 of its magnitude, so |ŷ − y| ≤ 2^-7 · Σ|w·x| plus float rounding, and both
+    /// norm products bound Σ|w·x|). The row whose y is largest has ŷ + B ≥ max over u of (ŷ[u] − B[u]); only those
+    /// candidates (usually one to a handful) are computed exactly from both halves, by one fixed-order dot product
+    /// whatever the batch, and the largest wins (the lowest index on ties).
+    /// </remarks>
+    public void ProductArgMax(DeviceTensor ids, DeviceTensor input, DeviceTensor weight, DeviceTensor scratch)
+    {
+        var w = OwnWeight(weight);
+        if (!w.Split)
+        {
+            MatMul(scratch, input, weight, accumulate: false);
+            ArgMax(ids, scratch);
+            return;
+        }
+        var o = Own(ids);
+        var x = Own(input);
+        var s = Own(scratch);
+        Shapes.MatMul(s, x, w);
+        Shapes.ArgMax(o, s);
+        int n = w.Rows, k = w.Columns, tokens = x.Rows;
+        long work = (long)n * k * tokens;
+        int pairs = (w.Panels + 1) / 2;
+        int chunks = work < ParallelThreshold ? 1 : Math.Min(pairs, _threads * 4);
+        RunPanels<HostMatMul.HighHalfPanel>(w, (float*)x.Pointer, tokens, (float*)s.Pointer, accumulate: false, chunks);
+        for (int t = 0; t < tokens; t++) o.Ints[t] = SettleArgMax(w, x.FloatRow(t), s.FloatRow(t));
+    }
+
+    /// <summary>Bound factor c of <see cref="ProductArgMax"/>: 2^-7 for the truncation, plus float rounding of two k-term sums with margin.</summary>
+    private static double SplitBoundFactor(int k) => Math.Pow(2, -7) + 4.0 * k * Math.Pow(2, -24);
+
+    /// <summary>The exact argmax of one row given its high-half logits (see <see cref="ProductArgMax"/>).</summary>
+    private static int SettleArgMax(HostTensor w, Span<float> x, Span<float> approximate)
+    {
+        double c = SplitBoundFactor(w.Columns);
+        float xInf = MathF.Abs(TensorPrimitives.MaxMagnitude(x)), x2 = TensorPrimitives.Norm(x); // MaxMagnitude keeps the sign
+        if (!float.IsFinite(xInf) || !float.IsFinite(x2)) return TensorPrimitives.IndexOfMax(approximate); // NaN or ∞ in: nothing to bound
+        var l1 = w.RowL1!;
+        var l2 = w.RowL2!;
+        // B[v] rounded up a little so float rounding of the bound itself cannot make it smaller than the true bound.
+        float scale1 = (float)(c * xInf * (1 + 1e-6)), scale2 = (float)(c * x2 * (1 + 1e-6));
+        int n = approximate.Length, v = 0;
+        fixed (float* y = approximate, p1 = l1, p2 = l2)
+        {
+            // Pass 1: floor = max over v of (ŷ[v] − B[v]).
+            var s1 = Vector512.Create(scale1);
+            var s2 = Vector512.Create(scale2);
+            var floors = Vector512.Create(float.NegativeInfinity);
+            for (; v + 16 <= n; v += 16)
+            {
+                var b = Vector512.Min(Vector512.Load(p1 + v) * s1, Vector512.Load(p2 + v) * s2);
+                floors = Vector512.Max(floors, Vector512.Load(y + v) - b);
+            }
+            float floor = float.NegativeInfinity;
+            for (int i = 0; i < 16; i++) floor = MathF.Max(floor, floors.GetElement(i));
+            for (; v < n; v++) floor = MathF.Max(floor, y[v] - MathF.Min(p1[v] * scale1, p2[v] * scale2));
+
+            // Pass 2: the candidates ŷ[v] + B[v] ≥ floor, settled exactly.
+            int best = -1;
+            float bestValue = float.NegativeInfinity;
+            var floorVector = Vector512.Create(floor);
+            fixed (float* xp = x)
+            {
+                for (v = 0; v + 16 <= n; v += 16)
+                {
+                    var b = Vector512.Min(Vector512.Load(p1 + v) * s1, Vector512.Load(p2 + v) * s2);
+                    ulong bits = Vector512.GreaterThanOrEqual(Vector512.Load(y + v) + b, floorVector).ExtractMostSignificantBits();
+                    while (bits != 0)
+                    {
+                        int u = v + System.Numerics.BitOperations.TrailingZeroCount(bits);
+                        bits &= bits - 1;
+                        Consider(w, u, xp, ref best, ref bestValue);
+                    }
+                }
+                for (; v < n; v++)
+                    if (y[v] + MathF.Min(p1[v] * scale1, p2[v] * scale2) >= floor) Consider(w, v, xp, ref best, ref bestValue);
+            }
+            return best;
+        }
+    }
+
+    /// <summary>Keeps candidate u when its exact logit beats the best so far (candidates come in increasing order, so ties keep the lower index).</summary>
+    private static void Consider(HostTensor w, int u, float* x, ref int best, ref float bestValue)
+    {
+        float exact = ExactRowDot(w, u, x);
+        if (best < 0 || exact > bestValue)
+        {
+            best = u;
+            bestValue = exact;
+        }
+    }
+
+    /// <summary>Row v of a split weight dotted with x in float32, in one fixed order (16 lanes, then their sum) whatever the batch.</summary>
+    private static float ExactRowDot(HostTensor w, int v, float* x)
+    {
+        int k = w.Columns;
+        float* row = stackalloc float[k];
+        for (int j = 0; j < k; j++) row[j] = w.PackedAt(v, j);
+        return HostMatMul.Dot(row, x, k);
+    }
     private static int Columns(TensorData t) => t.Shape.Length == 1 ? t.Shape[0] : t.Shape[^1];
 
     /// <inheritdoc />
@@ -220,13 +354,22 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
     {
         int pairs = (w.Panels + 1) / 2;
         int chunks = work < ParallelThreshold ? 1 : Math.Min(pairs, _threads * 4);
-        float* weights = (float*)w.Pointer, input = (float*)x.Pointer, output = (float*)o.Pointer;
-        int n = w.Rows, k = w.Columns, tokens = x.Rows;
-        if (chunks == 1) HostMatMul.Panels(weights, n, k, 0, pairs, input, tokens, output, accumulate);
+        float* input = (float*)x.Pointer, output = (float*)o.Pointer;
+        int tokens = x.Rows;
+        if (w.Split) RunPanels<HostMatMul.SplitPanel>(w, input, tokens, output, accumulate, chunks);
+        else RunPanels<HostMatMul.F32Panel>(w, input, tokens, output, accumulate, chunks);
+    }
+
+    private void RunPanels<TLoad>(HostTensor w, float* input, int tokens, float* output, bool accumulate, int chunks) where TLoad : struct, HostMatMul.IPanelLoad
+    {
+        int pairs = (w.Panels + 1) / 2, n = w.Rows, k = w.Columns;
+        byte* weights = (byte*)w.Pointer;
+        long low = w.LowOffset;
+        if (chunks == 1) HostMatMul.Panels<TLoad>(weights, low, n, k, 0, pairs, input, tokens, output, accumulate);
         else
         {
             _workers.For(chunks, c =>
-                HostMatMul.Panels(weights, n, k, (int)((long)pairs * c / chunks), (int)((long)pairs * (c + 1) / chunks), input, tokens, output, accumulate));
+                HostMatMul.Panels<TLoad>(weights, low, n, k, (int)((long)pairs * c / chunks), (int)((long)pairs * (c + 1) / chunks), input, tokens, output, accumulate));
         }
     }
 

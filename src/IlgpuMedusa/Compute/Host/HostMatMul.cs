@@ -1,5 +1,6 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 
 namespace IlgpuMedusa.Compute.Host;
 
@@ -64,21 +65,24 @@ internal static unsafe class HostMatMul
 
     /// <summary>
     /// out[t·n + r] (+)= Σ_j x[t·k + j] · W[r, j] for the rows of panel pairs [pairStart, pairEnd) of a packed weight
-    /// (<see cref="HostTensor.Packed"/>) and every token t. Tokens go in groups of up to eight: for each column j the
-    /// two panels' 64-byte columns are loaded once and multiplied by each token's x[j] broadcast into its own
-    /// accumulators, so there is nothing to reduce at the end and a pair's 36 KiB is read from memory once per call.
+    /// (<see cref="HostTensor.Packed"/>) and every token t; <typeparamref name="TLoad"/> reads a panel column (F32, the
+    /// high halves of a split weight, or both halves). Tokens go in groups of up to eight: for each column j the two
+    /// panels' columns are loaded once and multiplied by each token's x[j] broadcast into its own accumulators, so there
+    /// is nothing to reduce at the end and a pair is read from memory once per call.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void Panels(float* weights, int n, int k, int pairStart, int pairEnd, float* x, int tokens, float* output, bool accumulate)
+    public static void Panels<TLoad>(byte* weights, long lowOffset, int n, int k, int pairStart, int pairEnd, float* x, int tokens, float* output, bool accumulate)
+        where TLoad : struct, IPanelLoad
     {
         const int P = HostTensor.PanelRows;
         int panels = (n + P - 1) / P;
+        long panelBytes = (long)k * P * TLoad.ElementBytes;
         for (int pair = pairStart; pair < pairEnd; pair++)
         {
             int panel = 2 * pair;
-            float* p0 = weights + (long)panel * k * P;
-            float* p1 = panel + 1 < panels ? p0 + (long)k * P : p0; // an odd last panel is computed twice, stored once
-            float* next = p0 + 2L * k * P; // the pair after this one, prefetched while this one is computed
+            byte* p0 = weights + panel * panelBytes;
+            byte* p1 = panel + 1 < panels ? p0 + panelBytes : p0; // an odd last panel is computed twice, stored once
+            byte* next = p0 + 2 * panelBytes; // the pair after this one, prefetched while this one is computed
             int row = panel * P;
             int valid0 = Math.Min(P, n - row), valid1 = panel + 1 < panels ? Math.Min(P, n - row - P) : 0;
             for (int t = 0; t < tokens; t += 8)
@@ -87,20 +91,56 @@ internal static unsafe class HostMatMul
                 float* ot = output + (long)t * n + row;
                 switch (Math.Min(8, tokens - t))
                 {
-                    case 1: Group<G1>(p0, p1, next, k, xt, ot, n, valid0, valid1, accumulate); break;
-                    case 2: Group<G2>(p0, p1, next, k, xt, ot, n, valid0, valid1, accumulate); break;
-                    case 3: Group<G3>(p0, p1, next, k, xt, ot, n, valid0, valid1, accumulate); break;
-                    case 4: Group<G4>(p0, p1, next, k, xt, ot, n, valid0, valid1, accumulate); break;
-                    case 5: Group<G5>(p0, p1, next, k, xt, ot, n, valid0, valid1, accumulate); break;
-                    case 6: Group<G6>(p0, p1, next, k, xt, ot, n, valid0, valid1, accumulate); break;
-                    case 7: Group<G7>(p0, p1, next, k, xt, ot, n, valid0, valid1, accumulate); break;
-                    default: Group<G8>(p0, p1, next, k, xt, ot, n, valid0, valid1, accumulate); break;
+                    case 1: Group<G1, TLoad>(p0, p1, next, lowOffset, k, xt, ot, n, valid0, valid1, accumulate); break;
+                    case 2: Group<G2, TLoad>(p0, p1, next, lowOffset, k, xt, ot, n, valid0, valid1, accumulate); break;
+                    case 3: Group<G3, TLoad>(p0, p1, next, lowOffset, k, xt, ot, n, valid0, valid1, accumulate); break;
+                    case 4: Group<G4, TLoad>(p0, p1, next, lowOffset, k, xt, ot, n, valid0, valid1, accumulate); break;
+                    case 5: Group<G5, TLoad>(p0, p1, next, lowOffset, k, xt, ot, n, valid0, valid1, accumulate); break;
+                    case 6: Group<G6, TLoad>(p0, p1, next, lowOffset, k, xt, ot, n, valid0, valid1, accumulate); break;
+                    case 7: Group<G7, TLoad>(p0, p1, next, lowOffset, k, xt, ot, n, valid0, valid1, accumulate); break;
+                    default: Group<G8, TLoad>(p0, p1, next, lowOffset, k, xt, ot, n, valid0, valid1, accumulate); break;
                 }
             }
         }
     }
 
-    /// <summary>A token count known when the JIT compiles <see cref="Group{TCount}"/>, so unused accumulators vanish.</summary>
+    /// <summary>Reads column j (16 rows) of a panel as floats; known when the JIT compiles the kernel.</summary>
+    public interface IPanelLoad
+    {
+        /// <summary>Bytes per element in the panel array at the panel pointer.</summary>
+        static abstract int ElementBytes { get; }
+        /// <summary>The 16 floats of panel element offset <paramref name="column"/> (= j · 16).</summary>
+        static abstract Vector512<float> Load(byte* panel, int column, long lowOffset);
+    }
+
+    /// <summary>Plain F32 panels.</summary>
+    public struct F32Panel : IPanelLoad
+    {
+        public static int ElementBytes => sizeof(float);
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<float> Load(byte* panel, int column, long lowOffset) => Vector512.Load((float*)panel + column);
+    }
+
+    /// <summary>The high halves of a split weight: each float truncated to its top 16 bits (bfloat16).</summary>
+    public struct HighHalfPanel : IPanelLoad
+    {
+        public static int ElementBytes => sizeof(ushort);
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<float> Load(byte* panel, int column, long lowOffset) =>
+            Vector512.ShiftLeft(Avx512F.ConvertToVector512UInt32(Vector256.Load((ushort*)panel + column)), 16).AsSingle();
+    }
+
+    /// <summary>Both halves of a split weight: the exact floats.</summary>
+    public struct SplitPanel : IPanelLoad
+    {
+        public static int ElementBytes => sizeof(ushort);
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<float> Load(byte* panel, int column, long lowOffset) =>
+            (Vector512.ShiftLeft(Avx512F.ConvertToVector512UInt32(Vector256.Load((ushort*)panel + column)), 16)
+             | Avx512F.ConvertToVector512UInt32(Vector256.Load((ushort*)(panel + lowOffset) + column))).AsSingle();
+    }
+
+    /// <summary>A token count known when the JIT compiles <see cref="Group{TCount, TLoad}"/>, so unused accumulators vanish.</summary>
     private interface ITokens
     {
         static abstract int Count { get; }
@@ -117,14 +157,18 @@ internal static unsafe class HostMatMul
 
     /// <summary>One panel pair times TCount tokens (rows of x with stride k; outputs with stride n).</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Group<TCount>(float* p0, float* p1, float* next, int k, float* x, float* output, int n, int valid0, int valid1, bool accumulate)
+    private static void Group<TCount, TLoad>(byte* p0, byte* p1, byte* next, long lowOffset, int k, float* x, float* output, int n, int valid0, int valid1, bool accumulate)
         where TCount : struct, ITokens
+        where TLoad : struct, IPanelLoad
     {
+        const int P = HostTensor.PanelRows;
         int g = TCount.Count;
         Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default, a4 = default, a5 = default, a6 = default, a7 = default;
         Vector512<float> b0 = default, b1 = default, b2 = default, b3 = default, b4 = default, b5 = default, b6 = default, b7 = default;
         float* x0 = x, x1 = x + k, x2 = x + 2 * k, x3 = x + 3 * k, x4 = x + 4 * k, x5 = x + 5 * k, x6 = x + 6 * k, x7 = x + 7 * k;
-        float* q0 = next, q1 = next + (long)k * HostTensor.PanelRows;
+        byte* q0 = next, q1 = next + (long)k * P * TLoad.ElementBytes;
+        // One 64-byte line holds 64 / (16 · ElementBytes) panel columns: prefetch the next pair's line once per line.
+        int lineColumns = 64 / (P * TLoad.ElementBytes);
         int j = 0;
         if (TCount.Count == 1)
         {
@@ -132,17 +176,15 @@ internal static unsafe class HostMatMul
             // second pair of accumulators so four chains are in flight.
             for (; j + 2 <= k; j += 2)
             {
-                int c = j * HostTensor.PanelRows;
-                PrefetchLine(q0 + c);
-                PrefetchLine(q1 + c);
-                PrefetchLine(q0 + c + HostTensor.PanelRows);
-                PrefetchLine(q1 + c + HostTensor.PanelRows);
+                int c = j * P;
+                if (j % lineColumns == 0) { PrefetchLine(q0 + (long)c * TLoad.ElementBytes); PrefetchLine(q1 + (long)c * TLoad.ElementBytes); }
+                if ((j + 1) % lineColumns == 0) { PrefetchLine(q0 + (long)(c + P) * TLoad.ElementBytes); PrefetchLine(q1 + (long)(c + P) * TLoad.ElementBytes); }
                 var v = Vector512.Create(x0[j]);
-                a0 = Vector512.FusedMultiplyAdd(Vector512.Load(p0 + c), v, a0);
-                b0 = Vector512.FusedMultiplyAdd(Vector512.Load(p1 + c), v, b0);
+                a0 = Vector512.FusedMultiplyAdd(TLoad.Load(p0, c, lowOffset), v, a0);
+                b0 = Vector512.FusedMultiplyAdd(TLoad.Load(p1, c, lowOffset), v, b0);
                 v = Vector512.Create(x0[j + 1]);
-                a1 = Vector512.FusedMultiplyAdd(Vector512.Load(p0 + c + HostTensor.PanelRows), v, a1);
-                b1 = Vector512.FusedMultiplyAdd(Vector512.Load(p1 + c + HostTensor.PanelRows), v, b1);
+                a1 = Vector512.FusedMultiplyAdd(TLoad.Load(p0, c + P, lowOffset), v, a1);
+                b1 = Vector512.FusedMultiplyAdd(TLoad.Load(p1, c + P, lowOffset), v, b1);
             }
             a0 += a1;
             b0 += b1;
@@ -150,11 +192,10 @@ internal static unsafe class HostMatMul
         }
         for (; j < k; j++)
         {
-            int c = j * HostTensor.PanelRows;
-            PrefetchLine(q0 + c);
-            PrefetchLine(q1 + c);
-            var w0 = Vector512.Load(p0 + c);
-            var w1 = Vector512.Load(p1 + c);
+            int c = j * P;
+            if (j % lineColumns == 0) { PrefetchLine(q0 + (long)c * TLoad.ElementBytes); PrefetchLine(q1 + (long)c * TLoad.ElementBytes); }
+            var w0 = TLoad.Load(p0, c, lowOffset);
+            var w1 = TLoad.Load(p1, c, lowOffset);
             var v = Vector512.Create(x0[j]);
             a0 = Vector512.FusedMultiplyAdd(w0, v, a0);
             b0 = Vector512.FusedMultiplyAdd(w1, v, b0);
@@ -197,7 +238,7 @@ internal static unsafe class HostMatMul
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void PrefetchLine(float* p)
+    private static void PrefetchLine(void* p)
     {
         if (System.Runtime.Intrinsics.X86.Sse.IsSupported) System.Runtime.Intrinsics.X86.Sse.Prefetch0(p);
     }
