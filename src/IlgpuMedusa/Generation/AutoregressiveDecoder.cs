@@ -72,8 +72,29 @@ internal abstract class SequenceDecoder
     public int PlanCount { get; private set; }
     /// <summary>Tree mask of the planned forward (null: causal).</summary>
     public DeviceTensor? PlanMask { get; private set; }
-    /// <summary>First row (within the plan) whose logits <see cref="Complete"/> needs; rows from there to the end.</summary>
+    /// <summary>First row (within the plan) whose logits <see cref="Complete"/> may need.</summary>
     public int PlanLogitsFrom { get; private set; }
+
+    /// <summary>
+    /// The rows (within the plan, increasing) whose logits or argmax <see cref="Complete"/> needs: those from
+    /// <see cref="PlanLogitsFrom"/> on that the decoder does not skip (<see cref="SkipsLogits"/>). Row i of the
+    /// <see cref="StepLogits"/> handed to <see cref="Complete"/> belongs to plan row PlanLogitRows[i].
+    /// </summary>
+    public ReadOnlySpan<int> PlanLogitRows => _logitRows.AsSpan(0, _logitRowCount);
+
+    private int[] _logitRows = new int[1];
+    private int _logitRowCount;
+
+    /// <summary>True when the planned decode step can do without the logits of <paramref name="row"/>.</summary>
+    protected virtual bool SkipsLogits(int row) => false;
+
+    private void SelectLogitRows(bool decodeStep)
+    {
+        if (_logitRows.Length < PlanCount) _logitRows = new int[PlanCount];
+        _logitRowCount = 0;
+        for (int row = PlanLogitsFrom; row < PlanCount; row++)
+            if (!(decodeStep && SkipsLogits(row))) _logitRows[_logitRowCount++] = row;
+    }
 
     /// <summary>
     /// True when <see cref="Complete"/> reads logits rows, not only their argmax (sampling with a temperature, typical
@@ -104,6 +125,7 @@ internal abstract class SequenceDecoder
             PlanCount = count;
             PlanMask = null;
             PlanLogitsFrom = _prefilled + count == _prompt.Length && !_resume ? count - 1 : count;
+            SelectLogitRows(decodeStep: false);
             return true;
         }
         if (StepSize > budget) return false;
@@ -111,6 +133,7 @@ internal abstract class SequenceDecoder
         PlanCount = PlanStep(_planTokens, _planPositions, out var mask, out int logitsFrom);
         PlanMask = mask;
         PlanLogitsFrom = logitsFrom;
+        SelectLogitRows(decodeStep: true);
         return true;
     }
 
@@ -217,25 +240,30 @@ internal sealed class SingleSequenceRunner
         {
             if (!_decoder.Plan(_workspace.MaxTokens))
                 throw new InvalidOperationException($"a decode step needs {_decoder.NextStepMinimum} rows but the workspace holds {_workspace.MaxTokens}");
-            int n = _decoder.PlanCount;
             var inputs = _workspace.Prepare(_decoder.PlanTokens, _decoder.PlanPositions, _decoder.PlanMask);
             var hidden = _model.Forward(_workspace, inputs, _decoder.Sequence, _decoder.Committed);
-            int from = _decoder.PlanLogitsFrom, rows = n - from;
+            var needed = _decoder.PlanLogitRows;
+            int rows = needed.Length;
             if (rows == 0)
             {
                 _decoder.Complete(hidden, default, accepted);
                 continue;
             }
+            var b = _model.Backend;
+            var indices = _workspace.GatherRows.Slice(0, rows);
+            b.Upload(indices, needed);
+            var gathered = _workspace.Gathered.Slice(0, rows);
+            b.Embedding(gathered, indices, hidden);
             var ids = _workspace.ArgMax.Slice(0, rows);
             DeviceTensor logits = default!;
             if (_decoder.NeedsLogitRows)
             {
-                logits = _model.Logits(_workspace, hidden.Slice(from, rows));
-                _model.Backend.ArgMax(ids, logits);
+                logits = _model.Logits(_workspace, gathered);
+                b.ArgMax(ids, logits);
             }
             else
             {
-                _model.GreedyTokens(_workspace, hidden.Slice(from, rows), ids);
+                _model.GreedyTokens(_workspace, gathered, ids);
             }
             if (_argMax.Length < rows) _argMax = new int[rows];
             _model.Backend.Download(ids, _argMax.AsSpan(0, rows));

@@ -14,7 +14,8 @@ namespace IlgpuMedusa.Medusa;
 /// <item>the posterior evaluator picks the path with the most accepted nodes;</item>
 /// <item>the accepted nodes' KV entries are compacted to slots S, S+1, ...; the rest is dropped by moving S;</item>
 /// <item>the last accepted node's logits give the next pending token ("bonus") and its hidden state feeds the heads:
-/// no extra forward pass.</item>
+/// no extra forward pass (with greedy verification leaves get no logits in the forward; an accepted leaf's bonus token
+/// comes from its hidden row afterwards).</item>
 /// </list>
 /// With greedy acceptance and greedy sampling every emitted token is the base model's argmax given the tokens before it,
 /// so the output equals plain greedy decoding.
@@ -31,6 +32,10 @@ internal sealed class MedusaDecoder : SequenceDecoder
     private readonly DeviceTensor _deviceSources;
     private int[] _tokens = [];               // node tokens of the planned tree
     private bool _fallback;                   // the planned step is a single token (end of context)
+    private readonly bool[] _leaf;            // nodes without children
+    private readonly int[] _nodeArgMax;       // argmax of each node's logits (−1: a leaf, not computed)
+    private DeviceTensor? _leafIds, _leafScratch; // for the bonus token of an accepted leaf
+    private readonly int[] _leafId = new int[1];
     private float[] _logits = [];             // [N · V] for typical acceptance
     private float[] _probability = [];
     private float[] _entropy = [];
@@ -51,10 +56,31 @@ internal sealed class MedusaDecoder : SequenceDecoder
         _topK = new int[heads.HeadCount * MedusaHeads.TopK];
         _sources = new int[tree.MaxDepth + 1];
         _deviceSources = Backend.Allocate(Models.DType.I32, tree.MaxDepth + 1, 1);
+        _leaf = new bool[tree.NodeCount];
+        Array.Fill(_leaf, true);
+        foreach (int parent in tree.Parents)
+            if (parent >= 0) _leaf[parent] = false;
+        _nodeArgMax = new int[tree.NodeCount];
     }
 
-    /// <summary>Frees the device buffer of compaction sources.</summary>
-    public void Release() => _deviceSources.Dispose();
+    /// <summary>Frees the decoder's device buffers.</summary>
+    public void Release()
+    {
+        _deviceSources.Dispose();
+        _leafIds?.Dispose();
+        _leafScratch?.Dispose();
+    }
+
+    /// <summary>
+    /// Greedy verification needs the argmax of every node that has children; a leaf's argmax is only the bonus token when
+    /// the accepted path ends there. So leaves get no logits in the tree forward (the base classifier is most of a tree
+    /// step's work on a CPU), and an accepted leaf's bonus token is computed afterwards from its hidden row alone.
+    /// Sampling and typical acceptance read whole logits rows and keep every row.
+    /// </summary>
+    private bool LazyLeaves => !NeedsLogitRows;
+
+    /// <inheritdoc />
+    protected override bool SkipsLogits(int row) => !_fallback && LazyLeaves && _leaf[row];
 
     /// <inheritdoc />
     public override bool NeedsLogitRows => base.NeedsLogitRows || _acceptance is Acceptance.TypicalAcceptance;
@@ -101,9 +127,16 @@ internal sealed class MedusaDecoder : SequenceDecoder
             _stats.Record(1);
             return;
         }
+        bool lazy = LazyLeaves;
+        if (lazy)
+        {
+            Array.Fill(_nodeArgMax, -1);
+            var rows = PlanLogitRows;
+            for (int i = 0; i < rows.Length; i++) _nodeArgMax[rows[i]] = logits.ArgMax[i];
+        }
         var path = _acceptance is Acceptance.TypicalAcceptance typical
             ? PosteriorEvaluator.Typical(_tree, typical, Posteriors(logits.Rows, out var entropy), entropy)
-            : PosteriorEvaluator.Greedy(_tree, _tokens, logits.ArgMax);
+            : PosteriorEvaluator.Greedy(_tree, _tokens, lazy ? _nodeArgMax : logits.ArgMax);
         var nodes = _tree.Paths[path.Path];
         int length = path.Length;
 
@@ -124,10 +157,20 @@ internal sealed class MedusaDecoder : SequenceDecoder
 
         for (int i = 1; i < length; i++) accepted.Add(_tokens[nodes[i]]);
         int last = nodes[length - 1];
-        Pending = Choose(logits, last);
+        Pending = !lazy ? Choose(logits, last) : _nodeArgMax[last] >= 0 ? _nodeArgMax[last] : LeafToken(hidden, last);
         accepted.Add(Pending);
         _heads.Predict(hidden.Slice(last, 1)).CopyTo(_topK);
         _stats.Record(length);
+    }
+
+    /// <summary>The greedy token after tree node <paramref name="node"/>, from its final hidden state.</summary>
+    private int LeafToken(DeviceTensor hidden, int node)
+    {
+        _leafIds ??= Backend.Allocate(Models.DType.I32, 1, 1);
+        _leafScratch ??= Backend.Allocate(Models.DType.F32, 1, Model.Config.VocabSize);
+        Model.GreedyTokens(hidden.Slice(node, 1), _leafIds, _leafScratch);
+        Backend.Download(_leafIds, _leafId);
+        return _leafId[0];
     }
 
     /// <summary>

@@ -272,7 +272,7 @@ public sealed class Scheduler : IDisposable
             EnsureArrays(used + count);
             decoder.PlanTokens.CopyTo(_tokens.AsSpan(used));
             decoder.PlanPositions.CopyTo(_positions.AsSpan(used));
-            for (int row = decoder.PlanLogitsFrom; row < count; row++) _gather[logitRows++] = used + row;
+            foreach (int row in decoder.PlanLogitRows) _gather[logitRows++] = used + row;
             _segments.Add(new ForwardSegment(r.Sequence!, decoder.Committed, used, count, decoder.PlanMask));
             _batch.Add(r);
             used += count;
@@ -338,7 +338,7 @@ public sealed class Scheduler : IDisposable
         bool rowsNeeded = false;
         foreach (var r in _batch)
         {
-            needed += r.Decoder!.PlanCount - r.Decoder.PlanLogitsFrom;
+            needed += r.Decoder!.PlanLogitRows.Length;
             rowsNeeded |= r.Decoder.NeedsLogitRows;
         }
         DeviceTensor? logits = null;
@@ -367,7 +367,7 @@ public sealed class Scheduler : IDisposable
             var r = _batch[i];
             var segment = _segments[i];
             var decoder = r.Decoder!;
-            int count = decoder.PlanCount - decoder.PlanLogitsFrom;
+            int count = decoder.PlanLogitRows.Length;
             var stepLogits = count == 0 ? default : new StepLogits(logits?.Slice(logitRow, count)!, _argMax.AsSpan(logitRow, count));
             logitRow += count;
             r.Accepted.Clear();

@@ -216,6 +216,10 @@ public sealed class LlamaModel : IDisposable
     public void GreedyTokens(ForwardWorkspace workspace, DeviceTensor hidden, DeviceTensor ids) =>
         Backend.ProductArgMax(ids, hidden, _classifier, workspace.Logits(hidden.Rows));
 
+    /// <summary>As <see cref="GreedyTokens(ForwardWorkspace, DeviceTensor, DeviceTensor)"/> with a caller's scratch F32[rows, V].</summary>
+    public void GreedyTokens(DeviceTensor hidden, DeviceTensor ids, DeviceTensor scratch) =>
+        Backend.ProductArgMax(ids, hidden, _classifier, scratch);
+
     /// <summary>Frees the weights.</summary>
     public void Dispose()
     {
