@@ -70,9 +70,8 @@ internal static class ProfileCommand
         int[] argMax = new int[1];
         int Greedy(DeviceTensor hidden)
         {
-            var logits = model.Logits(workspace, hidden.Slice(hidden.Rows - 1, 1));
             var id = workspace.ArgMax.Slice(0, 1);
-            backend.ArgMax(id, logits);
+            model.GreedyTokens(workspace, hidden.Slice(hidden.Rows - 1, 1), id); // what greedy generation runs
             backend.Download(id, argMax);
             return argMax[0];
         }
