@@ -44,7 +44,8 @@ internal readonly unsafe struct GemmB(float* data, long rowStride, long panelStr
 /// <summary>
 /// Single-precision matrix products for head training: C[M, N] (+)= A[M, K] · B[K, N]. The kernel keeps a 4 x 32 block
 /// of C in 16 256-bit registers and adds one rank-1 update per k (4 B loads, 4 broadcasts, 16 fused multiply-adds), the
-/// usual register-blocked outer-product loop. K is cut in blocks so the B block and the A rows stay in the core's cache;
+/// usual register-blocked outer-product loop; where 512-bit vectors run natively an 8 x 32 block takes 16 512-bit
+/// registers (2 B loads, 8 broadcasts, 16 fused multiply-adds of twice the width). K is cut in blocks so the B block and the A rows stay in the core's cache;
 /// the larger of M and N is split over threads. Edges (M not a multiple of 4, N not of 32) take a scalar loop.
 /// </summary>
 internal static unsafe class TrainingGemm
@@ -84,15 +85,27 @@ internal static unsafe class TrainingGemm
                 {
                     int j0 = panel * PanelWidth, width = Math.Min(PanelWidth, n - j0);
                     float* bBlock = b.Panel(panel) + k0 * b.RowStride;
-                    for (int i = r0; i < r1; i += RowBlock)
+                    for (int i = r0; i < r1;)
                     {
-                        int rows = Math.Min(RowBlock, r1 - i);
+                        int rows = r1 - i;
                         float* aBlock = a.Data + i * a.RowStride + k0 * a.ColumnStride;
                         float* cBlock = c + i * ldc + j0;
-                        if (rows == RowBlock && width == PanelWidth && Vector256.IsHardwareAccelerated)
+                        if (rows >= 2 * RowBlock && width == PanelWidth && Vector512.IsHardwareAccelerated)
+                        {
+                            Kernel8x32(aBlock, a.RowStride, a.ColumnStride, bBlock, b.RowStride, kc, cBlock, ldc, add);
+                            i += 2 * RowBlock;
+                        }
+                        else if (rows >= RowBlock && width == PanelWidth && Vector256.IsHardwareAccelerated)
+                        {
                             Kernel4x32(aBlock, a.RowStride, a.ColumnStride, bBlock, b.RowStride, kc, cBlock, ldc, add);
+                            i += RowBlock;
+                        }
                         else
+                        {
+                            rows = Math.Min(RowBlock, rows);
                             KernelEdge(rows, width, aBlock, a.RowStride, a.ColumnStride, bBlock, b.RowStride, kc, cBlock, ldc, add);
+                            i += rows;
+                        }
                     }
                 }
             }
@@ -134,6 +147,66 @@ internal static unsafe class TrainingGemm
                 }
             });
         }
+    }
+
+    // C[8, 32] (+)= Σ_p A[0..7, p] ⊗ B[p, 0..31], with 512-bit vectors: 2 B loads and 8 broadcasts feed 16 fused multiply-adds
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Kernel8x32(float* a, long ars, long acs, float* b, long brs, int k, float* c, long ldc, bool accumulate)
+    {
+        Vector512<float> c00 = default, c01 = default, c10 = default, c11 = default, c20 = default, c21 = default, c30 = default, c31 = default;
+        Vector512<float> c40 = default, c41 = default, c50 = default, c51 = default, c60 = default, c61 = default, c70 = default, c71 = default;
+        float* a0 = a;
+        for (int p = 0; p < k; p++)
+        {
+            var b0 = Vector512.Load(b);
+            var b1 = Vector512.Load(b + 16);
+            var x = Vector512.Create(a0[0]);
+            c00 = Vector512.FusedMultiplyAdd(x, b0, c00);
+            c01 = Vector512.FusedMultiplyAdd(x, b1, c01);
+            x = Vector512.Create(a0[ars]);
+            c10 = Vector512.FusedMultiplyAdd(x, b0, c10);
+            c11 = Vector512.FusedMultiplyAdd(x, b1, c11);
+            x = Vector512.Create(a0[2 * ars]);
+            c20 = Vector512.FusedMultiplyAdd(x, b0, c20);
+            c21 = Vector512.FusedMultiplyAdd(x, b1, c21);
+            x = Vector512.Create(a0[3 * ars]);
+            c30 = Vector512.FusedMultiplyAdd(x, b0, c30);
+            c31 = Vector512.FusedMultiplyAdd(x, b1, c31);
+            x = Vector512.Create(a0[4 * ars]);
+            c40 = Vector512.FusedMultiplyAdd(x, b0, c40);
+            c41 = Vector512.FusedMultiplyAdd(x, b1, c41);
+            x = Vector512.Create(a0[5 * ars]);
+            c50 = Vector512.FusedMultiplyAdd(x, b0, c50);
+            c51 = Vector512.FusedMultiplyAdd(x, b1, c51);
+            x = Vector512.Create(a0[6 * ars]);
+            c60 = Vector512.FusedMultiplyAdd(x, b0, c60);
+            c61 = Vector512.FusedMultiplyAdd(x, b1, c61);
+            x = Vector512.Create(a0[7 * ars]);
+            c70 = Vector512.FusedMultiplyAdd(x, b0, c70);
+            c71 = Vector512.FusedMultiplyAdd(x, b1, c71);
+            a0 += acs;
+            b += brs;
+        }
+        Store(c, accumulate, c00, c01);
+        Store(c + ldc, accumulate, c10, c11);
+        Store(c + 2 * ldc, accumulate, c20, c21);
+        Store(c + 3 * ldc, accumulate, c30, c31);
+        Store(c + 4 * ldc, accumulate, c40, c41);
+        Store(c + 5 * ldc, accumulate, c50, c51);
+        Store(c + 6 * ldc, accumulate, c60, c61);
+        Store(c + 7 * ldc, accumulate, c70, c71);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Store(float* c, bool accumulate, Vector512<float> v0, Vector512<float> v1)
+    {
+        if (accumulate)
+        {
+            v0 += Vector512.Load(c);
+            v1 += Vector512.Load(c + 16);
+        }
+        v0.Store(c);
+        v1.Store(c + 16);
     }
 
     // C[4, 32] (+)= Σ_p A[0..3, p] ⊗ B[p, 0..31]
