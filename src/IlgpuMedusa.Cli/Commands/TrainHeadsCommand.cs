@@ -24,6 +24,10 @@ internal static class TrainHeadsCommand
             Description = "true: heads use the base lm_head, only ResBlocks train (compact file); false: each head trains its own lm_head, initialised from the base one (Medusa's released format).",
             DefaultValueFactory = _ => defaults.SharedLmHead,
         };
+        var nextToken = new Option<bool?>("--next-token")
+        {
+            Description = "true: each head also takes the embedding of the base model's next token (the pending token its guess follows); false: plain Medusa heads (default: true with --shared-lm-head true).",
+        };
         var learningRate = new Option<float>("--learning-rate", "--lr") { Description = "Peak AdamW learning rate.", DefaultValueFactory = _ => defaults.LearningRate };
         var weightDecay = new Option<float>("--weight-decay") { Description = "AdamW weight decay.", DefaultValueFactory = _ => defaults.WeightDecay };
         var batch = new Option<int>("--batch") { Description = "Positions per step.", DefaultValueFactory = _ => defaults.BatchSize };
@@ -32,17 +36,30 @@ internal static class TrainHeadsCommand
         var seed = new Option<int>("--seed") { Description = "Seed of data, initialisation and batch order.", DefaultValueFactory = _ => defaults.Seed };
         var data = new Option<string>("--data") { Description = "self (the model writes its own training text) or a UTF-8 text file.", DefaultValueFactory = _ => "self" };
         var tokens = new Option<int?>("--tokens") { Description = $"Training tokens to generate (default {HeadTrainingOptions.DefaultGeneratedTokens}), or the most to read from --data FILE." };
-        var evalTokens = new Option<int>("--eval-tokens") { Description = "Held-out tokens the model generates for the accuracy report.", DefaultValueFactory = _ => defaults.HeldOutTokens };
-        var temperature = new Option<float>("--temperature") { Description = "Sampling temperature of self-distillation.", DefaultValueFactory = _ => defaults.Temperature };
+        var evalTokens = new Option<int>("--eval-tokens") { Description = "Held-out greedy-path tokens the model generates (another seed) for the accuracy report.", DefaultValueFactory = _ => defaults.HeldOutTokens };
+        var distill = new Option<string>("--distill")
+        {
+            Description = "Self-distillation text: greedy (a few sampled opening tokens, then the greedy continuation; only targets on a greedy path train) or sampled (temperature sampling throughout).",
+            DefaultValueFactory = _ => defaults.Distill.ToString().ToLowerInvariant(),
+        };
+        var prefixTokens = new Option<int>("--prefix-tokens") { Description = "Greedy text: up to this many tokens sampled after each opening before going greedy.", DefaultValueFactory = _ => defaults.PrefixTokens };
+        var prefixMin = new Option<int>("--prefix-min") { Description = "Greedy text: at least this many tokens sampled after each opening.", DefaultValueFactory = _ => defaults.MinPrefixTokens };
+        var explore = new Option<float>("--explore") { Description = "Greedy text: chance that a later token is sampled instead of the argmax (its targets are left out).", DefaultValueFactory = _ => defaults.Explore };
+        var shortlist = new Option<int?>("--shortlist")
+        {
+            Description = $"Tokens the heads score: the N most frequent training targets (0: the whole vocabulary; default {HeadTrainingOptions.DefaultShortlist} with --shared-lm-head true, else 0).",
+        };
+        var temperature = new Option<float>("--temperature") { Description = "Sampling temperature of --distill sampled.", DefaultValueFactory = _ => defaults.Temperature };
         var streams = new Option<int>("--streams") { Description = "Sequences generated side by side.", DefaultValueFactory = _ => defaults.Streams };
         var initScale = new Option<float>("--init-scale") { Description = "Standard deviation of the initial ResBlock weights (0: Medusa's zero initialisation).", DefaultValueFactory = _ => defaults.InitScale };
         var threads = new Option<int?>("--threads") { Description = "Host threads (default: all cores)." };
         var dtype = new Option<string>("--dtype") { Description = "Element type of the written heads: f16, bf16 or f32.", DefaultValueFactory = _ => "f16" };
         var command = new Command("train-heads", "Train Medusa heads for a model on the CPU (frozen backbone, self-distillation by default).")
         {
-            model, output, heads, layers, shared, learningRate, weightDecay, batch, epochs, steps, seed, data, tokens, evalTokens, temperature, streams, initScale,
-            threads, dtype,
+            model, output, heads, layers, shared, nextToken, learningRate, weightDecay, batch, epochs, steps, seed, data, tokens, evalTokens, distill, prefixTokens, prefixMin, explore,
+            shortlist, temperature, streams, initScale, threads, dtype,
         };
+        command.Subcommands.Add(CreateGrowTrees());
         command.SetAction((parse, cancellationToken) =>
         {
             var dataValue = parse.GetValue(data)!;
@@ -51,6 +68,7 @@ internal static class TrainHeadsCommand
                 Heads = parse.GetValue(heads),
                 Layers = parse.GetValue(layers),
                 SharedLmHead = parse.GetValue(shared),
+                NextTokenInput = parse.GetValue(nextToken),
                 LearningRate = parse.GetValue(learningRate),
                 WeightDecay = parse.GetValue(weightDecay),
                 BatchSize = parse.GetValue(batch),
@@ -60,6 +78,11 @@ internal static class TrainHeadsCommand
                 DataFile = dataValue.Equals("self", StringComparison.OrdinalIgnoreCase) ? null : dataValue,
                 Tokens = parse.GetValue(tokens),
                 HeldOutTokens = parse.GetValue(evalTokens),
+                Distill = ParseDistill(parse.GetValue(distill)!),
+                PrefixTokens = parse.GetValue(prefixTokens),
+                MinPrefixTokens = parse.GetValue(prefixMin),
+                Explore = parse.GetValue(explore),
+                Shortlist = parse.GetValue(shortlist),
                 Temperature = parse.GetValue(temperature),
                 Streams = parse.GetValue(streams),
                 InitScale = parse.GetValue(initScale),
@@ -77,14 +100,109 @@ internal static class TrainHeadsCommand
         return command;
     }
 
+    /// <summary>
+    /// <c>train-heads grow-trees --model DIR --heads FILE [--out DIR]</c>: measures how often each candidate path of the
+    /// heads is accepted on greedy-path text from training-style openings (another seed than training and held-out text),
+    /// prints the expected tokens per step of the preset trees, and writes greedily grown trees <c>small-N.json</c>.
+    /// </summary>
+    private static Command CreateGrowTrees()
+    {
+        var defaults = new DistillationPolicy();
+        var model = new Option<string>("--model", "-m") { Description = "Model directory.", Required = true };
+        var heads = new Option<string>("--heads") { Description = "Medusa heads file to measure.", Required = true };
+        var output = new Option<string?>("--out", "-o") { Description = "Directory for the grown trees small-N.json (omit to only report)." };
+        var sizes = new Option<string>("--sizes") { Description = "Tree sizes to grow (nodes, root included), comma-separated.", DefaultValueFactory = _ => "4,6,8,10,12,16" };
+        var tokens = new Option<int>("--tokens") { Description = "Greedy-path tokens to generate and measure on.", DefaultValueFactory = _ => 40_000 };
+        var seed = new Option<int>("--seed") { Description = "Seed of that text (training uses --seed 1 and held-out text 7920 by default).", DefaultValueFactory = _ => 104_729 };
+        var prefixTokens = new Option<int>("--prefix-tokens") { Description = "Up to this many sampled tokens after each opening.", DefaultValueFactory = _ => defaults.PrefixTokens };
+        var prefixMin = new Option<int>("--prefix-min") { Description = "At least this many sampled tokens after each opening.", DefaultValueFactory = _ => defaults.MinPrefixTokens };
+        var explore = new Option<float>("--explore") { Description = "Chance that a later token is sampled.", DefaultValueFactory = _ => defaults.Explore };
+        var prompts = new Option<string?>("--prompts")
+        {
+            Description = "Measure on the greedy continuations of these prompts (one a line, # comments) instead; report only, trees are never grown on evaluation prompts.",
+        };
+        var maxTokens = new Option<int>("--max-tokens") { Description = "Tokens generated per prompt with --prompts.", DefaultValueFactory = _ => 128 };
+        var trees = new Option<string[]>("--tree") { Description = "Also report these trees (JSON files of paths, or a directory of them).", AllowMultipleArgumentsPerToken = true };
+        var threads = new Option<int?>("--threads") { Description = "Host threads (default: all cores)." };
+        var command = new Command("grow-trees", "Measure the heads' per-path acceptance on greedy-path text and grow small candidate trees from it.")
+        {
+            model, heads, output, sizes, tokens, seed, prefixTokens, prefixMin, explore, prompts, maxTokens, trees, threads,
+        };
+        command.SetAction((parse, cancellationToken) =>
+        {
+            var inv = CultureInfo.InvariantCulture;
+            var nodeCounts = parse.GetValue(sizes)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
+                .Select(x => int.TryParse(x, NumberStyles.None, inv, out int n) && n is >= 2 and <= 256 ? n : throw new ArgumentException($"--sizes: '{x}' is not a node count between 2 and 256."))
+                .ToArray();
+            var promptFile = parse.GetValue(prompts);
+            var outDir = parse.GetValue(output);
+            if (promptFile is not null && outDir is not null)
+                throw new ArgumentException("--out with --prompts: trees are grown on training-style openings, never on the prompts they are evaluated on; drop one of them.");
+            string[]? promptLines = null;
+            if (promptFile is not null)
+            {
+                if (!File.Exists(promptFile)) throw new FileNotFoundException($"--prompts: file '{promptFile}' not found.", promptFile);
+                promptLines = File.ReadAllLines(promptFile).Select(l => l.Trim()).Where(l => l.Length > 0 && !l.StartsWith('#')).ToArray();
+                if (promptLines.Length == 0) throw new InvalidDataException($"--prompts: '{promptFile}' holds no prompt.");
+            }
+            var policy = new DistillationPolicy { PrefixTokens = parse.GetValue(prefixTokens), MinPrefixTokens = parse.GetValue(prefixMin), Explore = parse.GetValue(explore) };
+            new HeadTrainingOptions
+            {
+                PrefixTokens = policy.PrefixTokens, MinPrefixTokens = policy.MinPrefixTokens, Explore = policy.Explore, Tokens = parse.GetValue(tokens), Threads = parse.GetValue(threads),
+            }.Validate();
+            AcceptanceProfile profile;
+            using (var display = new TrainingDisplay())
+                profile = TreeGrower.Profile(parse.GetValue(model)!, parse.GetValue(heads)!, parse.GetValue(tokens), policy, parse.GetValue(seed), promptLines,
+                    parse.GetValue(maxTokens), parse.GetValue(threads), (stage, fraction) => display.Report(new HeadTrainingProgress(stage, fraction)), cancellationToken);
+            Console.WriteLine(string.Create(inv, $"measured on {profile.Positions} positions of greedy-path text ({(promptLines is null ? "training-style openings, seed " + parse.GetValue(seed) : promptLines.Length + " prompts")})"));
+            Console.WriteLine("head  top-1    top-" + Medusa.MedusaHeads.TopK);
+            for (int h = 0; h < profile.Depth; h++) Console.WriteLine(string.Create(inv, $"{h,4}  {profile.Top1(h),6:P1}  {profile.TopK(h),6:P1}"));
+            Console.WriteLine("tree                 nodes  expected tokens/step");
+            foreach (var name in Medusa.TreePresets.Names)
+            {
+                Medusa.TreePresets.TryGet(name, out var paths);
+                if (paths.Max(p => p.Length) > profile.Depth) continue;
+                Console.WriteLine(string.Create(inv, $"{name,-20} {paths.Count + 1,5}  {profile.ExpectedAccepted(paths),6:0.000}"));
+            }
+            foreach (var file in (parse.GetValue(trees) ?? []).SelectMany(t => Directory.Exists(t) ? Directory.GetFiles(t, "*.json").Order(StringComparer.Ordinal).ToArray() : new[] { t }))
+            {
+                var tree = Medusa.TreeTopology.Resolve(file, profile.Depth);
+                Console.WriteLine(string.Create(inv, $"{Path.GetFileName(file),-20} {tree.NodeCount,5}  {profile.ExpectedAccepted(tree.Choices),6:0.000}"));
+            }
+            foreach (int n in nodeCounts)
+            {
+                var tree = profile.Grow(n);
+                string label = $"small-{n}";
+                Console.WriteLine(string.Create(inv, $"{label,-20} {tree.Count + 1,5}  {profile.ExpectedAccepted(tree),6:0.000}  {AcceptanceProfile.ToJson(tree)}"));
+                if (outDir is null) continue;
+                if (tree.Count + 1 < n) throw new InvalidDataException($"only {tree.Count + 1} nodes were ever accepted; measure on more text (--tokens) to grow a tree of {n}.");
+                Directory.CreateDirectory(outDir);
+                File.WriteAllText(Path.Combine(outDir, label + ".json"), AcceptanceProfile.ToJson(tree) + "\n");
+            }
+            if (outDir is not null) Console.WriteLine($"wrote {string.Join(", ", nodeCounts.Select(n => $"small-{n}.json"))} to {outDir}");
+            return Task.FromResult(0);
+        });
+        return command;
+    }
+
+    private static DistillationText ParseDistill(string text) => text.ToLowerInvariant() switch
+    {
+        "greedy" => DistillationText.Greedy,
+        "sampled" => DistillationText.Sampled,
+        _ => throw new ArgumentException($"--distill: unknown text '{text}'; expected greedy or sampled."),
+    };
+
     private static string Quote(string arg) => arg.Length > 0 && arg.All(ch => char.IsLetterOrDigit(ch) || "-_./=:+,".Contains(ch)) ? arg : "\"" + arg.Replace("\"", "\\\"") + "\"";
 
     private static void Print(HeadTrainingReport report, double seconds)
     {
         var inv = CultureInfo.InvariantCulture;
         Console.WriteLine(string.Create(inv, $"data: {report.Data}, {report.TrainingTokens} tokens, {report.TrainingPositions} positions ({report.DataSeconds:0.0} s to make, held-out text included)"));
+        Console.WriteLine(report.ShortlistSize is int n
+            ? string.Create(inv, $"shortlist: the heads score the {n} most frequent target tokens ({report.ShortlistCoverage:P2} of the training targets; {report.DistinctTargets} distinct)")
+            : string.Create(inv, $"shortlist: none (the heads score the whole vocabulary; {report.DistinctTargets} distinct training targets)"));
         Console.WriteLine(string.Create(inv, $"training: {report.Steps} steps, {report.Epochs:0.##} epochs, {report.TrainingSeconds:0.0} s; total {seconds:0.0} s"));
-        Console.WriteLine(string.Create(inv, $"held-out accuracy on {report.HeldOutPositions} positions of generated text (before -> after training):"));
+        Console.WriteLine(string.Create(inv, $"held-out accuracy on {report.HeldOutPositions} positions of greedy-path text (before -> after training; targets outside the shortlist count as misses):"));
         Console.WriteLine("head  predicts  top-1            top-5            loss");
         for (int h = 0; h < report.After.Count; h++)
         {

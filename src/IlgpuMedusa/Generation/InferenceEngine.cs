@@ -109,7 +109,7 @@ public sealed class InferenceEngine : IInferenceEngine, IDisposable
             if (headsPath is not null)
             {
                 headsCheckpoint = MedusaHeadsCheckpoint.Open(headsPath);
-                heads = MedusaHeads.Load(headsCheckpoint, model);
+                heads = MedusaHeads.Load(headsCheckpoint, model, checkpoint);
             }
             return new InferenceEngine(options, tokenizer, backend, model, pool, heads, logger);
         }

@@ -8,7 +8,11 @@ namespace IlgpuMedusa.Medusa;
 /// Medusa heads on a backend. Head i maps the base model's final hidden state at position t to logits for the token
 /// at t + 2 + i: z ← h; per ResBlock z ← z + SiLU(W z + b); logits = lm_head(z). All heads' logits come from one
 /// classifier matmul when they share the base lm_head; each head's top-k is computed on the device and only the
-/// ids cross to the host.
+/// ids cross to the host. Heads with a vocabulary shortlist of N tokens score only those: their lm_head is [N, D] (the
+/// base classifier's rows of the shortlisted tokens, or their own), top-k runs over N columns and the indices are
+/// mapped back to token ids on the host. Heads with a next-token input (compact format) start from z ← h + P·e(x̂) where
+/// x̂ is the base model's next token at h (the argmax of the heads' lm_head at h: the pending token of a Medusa step, found
+/// on the device) and e its input embedding.
 /// </summary>
 public sealed class MedusaHeads : IDisposable
 {
@@ -18,26 +22,57 @@ public sealed class MedusaHeads : IDisposable
     private readonly LlamaModel _model;
     private readonly DeviceTensor[][] _linear;   // [head][layer] [D, D]
     private readonly DeviceTensor[][] _bias;     // [head][layer] [1, D]
-    private readonly DeviceTensor[]? _lmHeads;   // [head] [V, D], null = shared classifier
+    private readonly DeviceTensor[]? _lmHeads;   // [head] [N, D], null = one shared classifier
+    private readonly DeviceTensor? _sharedShortlistLmHead; // [N, D] base classifier rows of the shortlist (shared heads)
+    private readonly int[]? _shortlist;          // column → token id, null = the whole vocabulary
     private readonly DeviceTensor _z;            // [K, D] head states
     private readonly DeviceTensor _linearOut;    // [K, D]
-    private readonly DeviceTensor _logits;       // [K, V]
+    private readonly DeviceTensor _logits;       // [K, N] (N = V without a shortlist)
     private readonly DeviceTensor _topIndices;   // [K, TopK]
     private readonly DeviceTensor _topValues;    // [K, TopK]
     private readonly int[] _hostTop;             // [K · TopK]
+    private readonly NextTokenInput? _next;
 
-    private MedusaHeads(LlamaModel model, DeviceTensor[][] linear, DeviceTensor[][] bias, DeviceTensor[]? lmHeads, string source)
+    /// <summary>The device side of next-token inputs: P per head, what the next token is found with, and scratch rows.</summary>
+    private sealed class NextTokenInput(IComputeBackend b, DeviceTensor[] projection, DeviceTensor classifier, DeviceTensor table, int columns, int d) : IDisposable
+    {
+        public DeviceTensor[] Projection { get; } = projection;   // [head] [D, D]
+        public DeviceTensor Classifier { get; } = classifier;     // [N, D] base lm_head rows scored (owned elsewhere)
+        public DeviceTensor Table { get; } = table;               // [N, D] input embeddings of those tokens (owned elsewhere)
+        public DeviceTensor Logits { get; } = b.Allocate(DType.F32, 1, columns);
+        public DeviceTensor Index { get; } = b.Allocate(DType.I32, 1, 1);
+        public DeviceTensor Embedding { get; } = b.Allocate(DType.F32, 1, d);
+        public DeviceTensor Projected { get; } = b.Allocate(DType.F32, 1, d);
+        public DeviceTensor Input { get; } = b.Allocate(DType.F32, 1, d);
+
+        public void Dispose()
+        {
+            foreach (var p in Projection) p.Dispose();
+            Logits.Dispose();
+            Index.Dispose();
+            Embedding.Dispose();
+            Projected.Dispose();
+            Input.Dispose();
+        }
+    }
+
+    private MedusaHeads(LlamaModel model, DeviceTensor[][] linear, DeviceTensor[][] bias, DeviceTensor[]? lmHeads, DeviceTensor? sharedShortlistLmHead,
+        int[]? shortlist, string source, NextTokenInput? next, IReadOnlyList<DeviceTensor> owned)
     {
         _model = model;
+        _next = next;
+        _owned = owned;
         _linear = linear;
         _bias = bias;
         _lmHeads = lmHeads;
+        _sharedShortlistLmHead = sharedShortlistLmHead;
+        _shortlist = shortlist;
         Source = source;
         var b = model.Backend;
-        int k = linear.Length, d = model.Config.Dim, v = model.Config.VocabSize;
+        int k = linear.Length, d = model.Config.Dim, n = shortlist?.Length ?? model.Config.VocabSize;
         _z = b.Allocate(DType.F32, k, d);
         _linearOut = b.Allocate(DType.F32, k, d);
-        _logits = b.Allocate(DType.F32, k, v);
+        _logits = b.Allocate(DType.F32, k, n);
         _topIndices = b.Allocate(DType.I32, k, TopK);
         _topValues = b.Allocate(DType.F32, k, TopK);
         _hostTop = new int[k * TopK];
@@ -47,16 +82,25 @@ public sealed class MedusaHeads : IDisposable
     public int HeadCount => _linear.Length;
     /// <summary>ResBlocks per head.</summary>
     public int LayerCount => _linear.Length == 0 ? 0 : _linear[0].Length;
-    /// <summary>True when the heads use the base model's classifier.</summary>
+    /// <summary>True when the heads use the base model's classifier (all of it, or its shortlisted rows).</summary>
     public bool SharedLmHead => _lmHeads is null;
+    /// <summary>The tokens the heads score (sorted ids), or null for the whole vocabulary.</summary>
+    public IReadOnlyList<int>? Shortlist => _shortlist;
+    /// <summary>True when each head also takes the base model's next token as input.</summary>
+    public bool HasNextTokenInput => _next is not null;
     /// <summary>Where the heads came from.</summary>
     public string Source { get; }
 
+    private readonly IReadOnlyList<DeviceTensor> _owned; // extra tables uploaded for next-token inputs
+
     /// <summary>
     /// Uploads heads for <paramref name="model"/>, refusing heads whose hidden size or vocabulary differ from the model's
-    /// or that were trained for another model (when the file records which).
+    /// or that were trained for another model (when the file records which). Heads that share the base lm_head through a
+    /// vocabulary shortlist build it from the shortlisted rows of the base classifier, read from
+    /// <paramref name="baseCheckpoint"/> (the checkpoint <paramref name="model"/> was loaded from; it may be closed once
+    /// this returns).
     /// </summary>
-    public static MedusaHeads Load(MedusaHeadsCheckpoint checkpoint, LlamaModel model)
+    public static MedusaHeads Load(MedusaHeadsCheckpoint checkpoint, LlamaModel model, ICheckpoint? baseCheckpoint = null)
     {
         var c = model.Config;
         if (checkpoint.HiddenSize != c.Dim)
@@ -65,6 +109,24 @@ public sealed class MedusaHeads : IDisposable
             throw new InvalidDataException($"{checkpoint.Path}: the Medusa heads' lm_head has a vocabulary of {v} but the model's is {c.VocabSize}; they belong to another model.");
         if (checkpoint.BaseModel is { } signature && !signature.Matches(model.Signature))
             throw new InvalidDataException($"{checkpoint.Path}: these Medusa heads were trained for another model (its signature {signature.Shape} does not match this model's weights, {model.Signature.Shape}).");
+        var shortlist = checkpoint.Shortlist;
+        if (shortlist is not null)
+        {
+            string tensor = $"{checkpoint.Path}: Medusa tensor '{MedusaHeadsCheckpoint.ShortlistTensor}'";
+            VocabularyShortlist.Check(shortlist, c.VocabSize, tensor);
+            if (shortlist.Length < TopK)
+                throw new InvalidDataException($"{tensor} lists {shortlist.Length} tokens, fewer than the {TopK} candidates each head proposes.");
+        }
+        bool sharedShortlist = shortlist is not null && checkpoint.SharedLmHead;
+        if (sharedShortlist || checkpoint.HasNextTokenInput)
+        {
+            if (baseCheckpoint is null)
+                throw new ArgumentException(sharedShortlist
+                    ? $"{checkpoint.Path}: these Medusa heads score a vocabulary shortlist with the base model's classifier; pass the model's checkpoint to build their lm_head."
+                    : $"{checkpoint.Path}: these Medusa heads take the base model's next token as input; pass the model's checkpoint for its embeddings.", nameof(baseCheckpoint));
+            if (!ModelSignature.Of(baseCheckpoint).Matches(model.Signature))
+                throw new ArgumentException($"{baseCheckpoint.Location} is not the checkpoint the model was loaded from; the heads' lm_head must come from the model's own classifier.", nameof(baseCheckpoint));
+        }
         var b = model.Backend;
         var weightType = model.WeightType;
         var created = new List<IDisposable>();
@@ -90,13 +152,57 @@ public sealed class MedusaHeads : IDisposable
                 }
             }
             var lmHeads = checkpoint.SharedLmHead ? null : Enumerable.Range(0, heads).Select(h => Up(checkpoint.LmHead(h), weightType)).ToArray();
-            return new MedusaHeads(model, linear, bias, lmHeads, checkpoint.Path);
+            var sharedLmHead = sharedShortlist
+                ? UploadRows(baseCheckpoint!, c.TiedEmbeddings ? LlamaTensorNames.Embedding : LlamaTensorNames.Classifier, c, shortlist!, Up, weightType)
+                : null;
+            var owned = new List<DeviceTensor>();
+            NextTokenInput? next = null;
+            if (checkpoint.HasNextTokenInput)
+            {
+                // The next token is the argmax of the rows the heads score (the shortlist's, or the whole classifier), and
+                // its embedding is looked up by that row: the same rows when the model ties its embeddings.
+                var projection = Enumerable.Range(0, heads).Select(h => Up(checkpoint.NextToken(h), weightType)).ToArray();
+                created.RemoveAll(t => projection.Contains(t)); // owned by the NextTokenInput from here
+                var scored = sharedLmHead ?? model.Classifier;
+                DeviceTensor table = scored;
+                if (!c.TiedEmbeddings)
+                {
+                    table = shortlist is null
+                        ? Up(baseCheckpoint!.GetTensor(LlamaTensorNames.Embedding, c.VocabSize, c.Dim), weightType)
+                        : UploadRows(baseCheckpoint!, LlamaTensorNames.Embedding, c, shortlist, Up, weightType);
+                    owned.Add(table);
+                }
+                try
+                {
+                    next = new NextTokenInput(b, projection, scored, table, shortlist?.Length ?? c.VocabSize, c.Dim);
+                }
+                catch
+                {
+                    foreach (var p in projection) p.Dispose();
+                    throw;
+                }
+                created.Add(next);
+            }
+            return new MedusaHeads(model, linear, bias, lmHeads, sharedLmHead, shortlist, checkpoint.Path, next, owned);
         }
         catch
         {
             foreach (var t in created) t.Dispose();
             throw;
         }
+    }
+
+    /// <summary>Rows of the shortlisted tokens of a base [V, D] table (classifier or embedding) as one [N, D] weight.</summary>
+    private static unsafe DeviceTensor UploadRows(ICheckpoint checkpoint, string name, ModelConfig c, int[] shortlist, Func<TensorData, DType, DeviceTensor> upload, DType weightType)
+    {
+        var classifier = checkpoint.GetTensor(name, c.VocabSize, c.Dim);
+        int d = c.Dim, size = DTypeInfo.SizeOf(classifier.Type);
+        var rows = new float[(long)shortlist.Length * d];
+        var start = (byte*)classifier.Pointer;
+        for (int i = 0; i < shortlist.Length; i++)
+            HalfConversions.ToSingle(classifier.Type, new ReadOnlySpan<byte>(start + (long)shortlist[i] * d * size, d * size), rows.AsSpan(i * d, d));
+        fixed (float* pointer = rows)
+            return upload(new TensorData($"{name} (shortlisted rows)", DType.F32, [shortlist.Length, d], (nint)pointer), weightType);
     }
 
     /// <summary>
@@ -106,22 +212,39 @@ public sealed class MedusaHeads : IDisposable
     public ReadOnlySpan<int> Predict(DeviceTensor hidden)
     {
         var b = _model.Backend;
+        if (_next is { } next)
+        {
+            // x̂ = argmax of the scored rows at h; e = its input embedding
+            b.MatMul(next.Logits, hidden, next.Classifier, accumulate: false);
+            b.ArgMax(next.Index, next.Logits);
+            b.Embedding(next.Embedding, next.Index, next.Table);
+        }
         for (int h = 0; h < HeadCount; h++)
         {
             var z = _z.Slice(h, 1);
             var linear = _linearOut.Slice(h, 1);
+            var start = hidden;
+            if (_next is { } input)
+            {
+                // z₀ = h + P e
+                b.MatMul(input.Projected, input.Embedding, input.Projection[h], accumulate: false);
+                b.Add(input.Input, hidden, input.Projected);
+                start = input.Input;
+            }
             for (int l = 0; l < LayerCount; l++)
             {
-                // z ← z + SiLU(W z + b), with z = hidden before the first block
-                b.MatMul(linear, l == 0 ? hidden : z, _linear[h][l], accumulate: false);
-                b.SiluResidual(z, l == 0 ? hidden : z, linear, _bias[h][l]);
+                // z ← z + SiLU(W z + b), with z = z₀ before the first block
+                b.MatMul(linear, l == 0 ? start : z, _linear[h][l], accumulate: false);
+                b.SiluResidual(z, l == 0 ? start : z, linear, _bias[h][l]);
             }
-            if (LayerCount == 0) b.Add(z, hidden, _zeroLike ??= b.Allocate(DType.F32, 1, hidden.Columns));
+            if (LayerCount == 0) b.Add(z, start, _zeroLike ??= b.Allocate(DType.F32, 1, hidden.Columns));
             if (_lmHeads is not null) b.MatMul(_logits.Slice(h, 1), z, _lmHeads[h], accumulate: false);
         }
-        if (_lmHeads is null) b.MatMul(_logits, _z, _model.Classifier, accumulate: false);
+        if (_lmHeads is null) b.MatMul(_logits, _z, _sharedShortlistLmHead ?? _model.Classifier, accumulate: false);
         b.TopK(_topIndices, _topValues, _logits);
         b.Download(_topIndices, _hostTop);
+        if (_shortlist is { } shortlist)
+            for (int i = 0; i < _hostTop.Length; i++) _hostTop[i] = shortlist[_hostTop[i]];
         return _hostTop;
     }
 
@@ -133,6 +256,9 @@ public sealed class MedusaHeads : IDisposable
         foreach (var head in _linear) foreach (var t in head) t.Dispose();
         foreach (var head in _bias) foreach (var t in head) t.Dispose();
         if (_lmHeads is not null) foreach (var t in _lmHeads) t.Dispose();
+        _sharedShortlistLmHead?.Dispose();
+        _next?.Dispose();
+        foreach (var t in _owned) t.Dispose();
         _z.Dispose();
         _linearOut.Dispose();
         _logits.Dispose();

@@ -5,24 +5,38 @@ namespace IlgpuMedusa.Models;
 
 /// <summary>
 /// Medusa head weights in host memory (managed arrays), as made by training or at random for tests.
-/// Head i: <see cref="LayerCount"/> ResBlocks x ← x + SiLU(W x + b), W [D, D], b [D], then an lm_head [V, D]
-/// (its own, or the base model's classifier when <see cref="LmHeads"/> is null).
+/// Head i: <see cref="LayerCount"/> ResBlocks x ← x + SiLU(W x + b), W [D, D], b [D], then an lm_head (its own, or the
+/// base model's classifier when <see cref="LmHeads"/> is null). With a <see cref="Shortlist"/> the heads score only
+/// those N tokens: the lm_head is [N, D] (own, or the base classifier's rows of the shortlisted tokens).
 /// </summary>
 public sealed class MedusaHeadWeights
 {
-    /// <summary>Creates the container; arrays are [head][layer] of D·D (weights) and D (biases).</summary>
-    public MedusaHeadWeights(int hiddenSize, float[][][] linear, float[][][] bias, float[][]? lmHeads, int vocabSize)
+    /// <summary>
+    /// Creates the container; arrays are [head][layer] of D·D (weights) and D (biases); own lm_heads hold
+    /// (shortlist length or <paramref name="vocabSize"/>) · D values.
+    /// </summary>
+    public MedusaHeadWeights(int hiddenSize, float[][][] linear, float[][][] bias, float[][]? lmHeads, int vocabSize, int[]? shortlist = null,
+        float[][]? nextToken = null)
     {
         HiddenSize = hiddenSize;
         Linear = linear;
         Bias = bias;
         LmHeads = lmHeads;
         VocabSize = vocabSize;
+        if (nextToken is not null && (nextToken.Length != linear.Length || nextToken.Any(p => p.Length != (long)hiddenSize * hiddenSize)))
+            throw new ArgumentException($"next-token inputs must be one [{hiddenSize}, {hiddenSize}] matrix per head");
+        if (nextToken is not null && lmHeads is not null)
+            throw new ArgumentException("next-token inputs are for heads that share the base lm_head");
+        NextToken = nextToken;
+        if (shortlist is not null) VocabularyShortlist.Check(shortlist, vocabSize, "the shortlist");
+        Shortlist = shortlist;
+        if (lmHeads is not null && lmHeads.Any(lm => lm.Length != (long)LmHeadRows * hiddenSize))
+            throw new ArgumentException($"own lm_heads must hold {LmHeadRows} x {hiddenSize} values (one row per {(shortlist is null ? "vocabulary" : "shortlisted")} token)");
     }
 
     /// <summary>D.</summary>
     public int HiddenSize { get; }
-    /// <summary>V.</summary>
+    /// <summary>V of the base model (token ids are below it).</summary>
     public int VocabSize { get; }
     /// <summary>Number of heads.</summary>
     public int HeadCount => Linear.Length;
@@ -32,14 +46,26 @@ public sealed class MedusaHeadWeights
     public float[][][] Linear { get; }
     /// <summary>[head][layer] → b [D].</summary>
     public float[][][] Bias { get; }
-    /// <summary>[head] → lm_head [V, D], or null when the heads share the base model's classifier.</summary>
+    /// <summary>[head] → lm_head [rows, D], or null when the heads share the base model's classifier.</summary>
     public float[][]? LmHeads { get; }
+    /// <summary>The tokens the heads score (sorted ids), or null for the whole vocabulary.</summary>
+    public int[]? Shortlist { get; }
+    /// <summary>Rows of the heads' lm_head: the shortlist's length, or V.</summary>
+    public int LmHeadRows => Shortlist?.Length ?? VocabSize;
+    /// <summary>
+    /// [head] → P, row-major [D, D], or null (plain Medusa heads). With P a head starts from z₀ = h + P·e(x̂) instead of h,
+    /// where x̂ is the base model's next token at h (the pending token of a Medusa step: the argmax of the base lm_head, or of
+    /// its shortlisted rows) and e its input embedding, so the head knows which token its guess follows.
+    /// </summary>
+    public float[][]? NextToken { get; }
 
     /// <summary>
     /// Random heads (for tests and as a training start): W ~ N(0, <paramref name="scale"/>²), b = 0; own lm_heads copied
-    /// from <paramref name="baseClassifier"/> when given (as Medusa initialises them), otherwise shared.
+    /// from <paramref name="baseClassifier"/> [V, D] when given (as Medusa initialises them; only the shortlisted rows
+    /// with a <paramref name="shortlist"/>), otherwise shared.
     /// </summary>
-    public static MedusaHeadWeights CreateRandom(ModelConfig config, int heads, int layers, int seed, float scale = 0.02f, float[]? baseClassifier = null)
+    public static MedusaHeadWeights CreateRandom(ModelConfig config, int heads, int layers, int seed, float scale = 0.02f, float[]? baseClassifier = null, int[]? shortlist = null,
+        bool nextToken = false)
     {
         var random = new Random(seed);
         int d = config.Dim;
@@ -56,8 +82,19 @@ public sealed class MedusaHeadWeights
                 bias[h][l] = new float[d];
             }
         }
-        float[][]? lmHeads = baseClassifier is null ? null : Enumerable.Range(0, heads).Select(_ => (float[])baseClassifier.Clone()).ToArray();
-        return new MedusaHeadWeights(d, linear, bias, lmHeads, config.VocabSize);
+        float[]? start = baseClassifier is null ? null : shortlist is null ? baseClassifier : VocabularyShortlist.GatherRows(baseClassifier, d, shortlist);
+        float[][]? lmHeads = start is null ? null : Enumerable.Range(0, heads).Select(_ => (float[])start.Clone()).ToArray();
+        float[][]? next = null;
+        if (nextToken)
+        {
+            next = new float[heads][];
+            for (int h = 0; h < heads; h++)
+            {
+                next[h] = new float[d * d];
+                for (int i = 0; i < next[h].Length; i++) next[h][i] = scale * Gaussian(random);
+            }
+        }
+        return new MedusaHeadWeights(d, linear, bias, lmHeads, config.VocabSize, shortlist, next);
     }
 
     private static float Gaussian(Random random)
@@ -65,6 +102,54 @@ public sealed class MedusaHeadWeights
         // Box–Muller
         double u = 1.0 - random.NextDouble(), v = random.NextDouble();
         return (float)(Math.Sqrt(-2 * Math.Log(u)) * Math.Cos(2 * Math.PI * v));
+    }
+}
+
+/// <summary>
+/// A vocabulary shortlist (as in FR-Spec's frequency-ranked drafting): the heads only propose candidates, so they
+/// score the N most frequent tokens of their training targets instead of the whole vocabulary. Stored sorted.
+/// </summary>
+public static class VocabularyShortlist
+{
+    /// <summary>
+    /// The <paramref name="size"/> most frequent tokens (ties, unseen tokens included: lower id first), sorted by id.
+    /// <paramref name="counts"/>[token] = how often the token is a training target.
+    /// </summary>
+    public static int[] MostFrequent(ReadOnlySpan<long> counts, int size)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(size, 1);
+        var order = new int[counts.Length];
+        for (int i = 0; i < order.Length; i++) order[i] = i;
+        var keys = counts.ToArray();
+        Array.Sort(order, (a, b) => keys[a] != keys[b] ? keys[b].CompareTo(keys[a]) : a.CompareTo(b));
+        var result = order.AsSpan(0, Math.Min(size, order.Length)).ToArray();
+        Array.Sort(result);
+        return result;
+    }
+
+    /// <summary>Rows <paramref name="shortlist"/> of a row-major [V, D] matrix, as a new [N, D] array.</summary>
+    public static float[] GatherRows(ReadOnlySpan<float> matrix, int d, IReadOnlyList<int> shortlist)
+    {
+        var rows = new float[(long)shortlist.Count * d];
+        for (int i = 0; i < shortlist.Count; i++) matrix.Slice(shortlist[i] * d, d).CopyTo(rows.AsSpan(i * d, d));
+        return rows;
+    }
+
+    /// <summary>
+    /// Throws <see cref="InvalidDataException"/> naming <paramref name="what"/> unless the ids are non-empty, strictly
+    /// increasing (sorted, no duplicates) and inside a vocabulary of <paramref name="vocabSize"/> (null: only ≥ 0).
+    /// </summary>
+    public static void Check(ReadOnlySpan<int> shortlist, int? vocabSize, string what)
+    {
+        if (shortlist.Length == 0) throw new InvalidDataException($"{what} is empty; it must list at least one token id.");
+        for (int i = 0; i < shortlist.Length; i++)
+        {
+            int id = shortlist[i];
+            if (id < 0 || (vocabSize is int v && id >= v))
+                throw new InvalidDataException($"{what}: entry {i} is token {id}, outside the vocabulary [0, {(vocabSize is int max ? max.ToString(CultureInfo.InvariantCulture) : "V")}).");
+            if (i > 0 && id <= shortlist[i - 1])
+                throw new InvalidDataException($"{what}: entry {i} (token {id}) does not follow entry {i - 1} (token {shortlist[i - 1]}); token ids must be strictly increasing (sorted, no duplicates).");
+        }
     }
 }
 
@@ -77,6 +162,10 @@ public sealed class MedusaHeadWeights
 /// <item>Our compact format for heads sharing the base lm_head: only the ResBlocks, with metadata
 /// <c>format = ilgpu-medusa-heads</c>, <c>shared_lm_head = true</c>, and the base model's signature.</item>
 /// </list>
+/// Either may carry a vocabulary shortlist, the I32 tensor <c>shortlist</c> [N] of strictly increasing token ids: the
+/// heads then score only those tokens, with the base classifier's rows of them (shared) or own lm_heads of N rows.
+/// Compact heads may also take the base model's next token as input: <c>{h}.next_token.weight</c> [D, D] per head
+/// (see <see cref="MedusaHeadWeights.NextToken"/>).
 /// </summary>
 public sealed class MedusaHeadsCheckpoint : IDisposable
 {
@@ -84,16 +173,21 @@ public sealed class MedusaHeadsCheckpoint : IDisposable
     public const string ReleasedFileName = "medusa_lm_head.safetensors";
     /// <summary>Value of the "format" metadata of our files.</summary>
     public const string CompactFormat = "ilgpu-medusa-heads";
+    /// <summary>Name of the I32 tensor holding the vocabulary shortlist.</summary>
+    public const string ShortlistTensor = "shortlist";
 
     private readonly SafetensorsFile _file;
 
-    private MedusaHeadsCheckpoint(SafetensorsFile file, int heads, int layers, int hidden, int? vocab)
+    private MedusaHeadsCheckpoint(SafetensorsFile file, int heads, int layers, int hidden, bool shared, int? lmHeadRows, int[]? shortlist, bool nextToken)
     {
+        HasNextTokenInput = nextToken;
         _file = file;
         HeadCount = heads;
         LayerCount = layers;
         HiddenSize = hidden;
-        VocabSize = vocab;
+        SharedLmHead = shared;
+        LmHeadRows = lmHeadRows;
+        Shortlist = shortlist;
     }
 
     /// <summary>The file.</summary>
@@ -104,10 +198,16 @@ public sealed class MedusaHeadsCheckpoint : IDisposable
     public int LayerCount { get; }
     /// <summary>D of the heads.</summary>
     public int HiddenSize { get; }
-    /// <summary>V of the heads' own lm_heads; null when they share the base model's.</summary>
-    public int? VocabSize { get; }
-    /// <summary>True when the heads use the base model's classifier.</summary>
-    public bool SharedLmHead => VocabSize is null;
+    /// <summary>True when the heads use the base model's classifier (all of it, or its shortlisted rows).</summary>
+    public bool SharedLmHead { get; }
+    /// <summary>Rows of the heads' own lm_heads (V, or the shortlist's length); null when they share the base model's.</summary>
+    public int? LmHeadRows { get; }
+    /// <summary>V scored by the heads' own full-vocabulary lm_heads; null when they share the base model's or use a shortlist.</summary>
+    public int? VocabSize => Shortlist is null ? LmHeadRows : null;
+    /// <summary>The shortlisted token ids (sorted), or null when the heads score the whole vocabulary.</summary>
+    public int[]? Shortlist { get; }
+    /// <summary>True when each head takes the base model's next token as input (<c>{h}.next_token.weight</c>).</summary>
+    public bool HasNextTokenInput { get; }
     /// <summary>Metadata of the file.</summary>
     public IReadOnlyDictionary<string, string> Metadata => _file.Metadata;
     /// <summary>The signature of the model the heads were trained for, when recorded.</summary>
@@ -117,7 +217,15 @@ public sealed class MedusaHeadsCheckpoint : IDisposable
     public TensorData Linear(int head, int layer) => _file.Tensors[$"{head}.{layer}.linear.weight"];
     /// <summary>b of a ResBlock [D].</summary>
     public TensorData Bias(int head, int layer) => _file.Tensors[$"{head}.{layer}.linear.bias"];
-    /// <summary>A head's own lm_head [V, D].</summary>
+    /// <summary>P of a head's next-token input [D, D].</summary>
+    public TensorData NextToken(int head) => HasNextTokenInput
+        ? _file.Tensors[NextTokenTensor(head)]
+        : throw new InvalidOperationException($"{Path}: the heads take no next-token input");
+
+    /// <summary>Name of head <paramref name="head"/>'s next-token input matrix.</summary>
+    public static string NextTokenTensor(int head) => $"{head}.next_token.weight";
+
+    /// <summary>A head's own lm_head [rows, D].</summary>
     public TensorData LmHead(int head) => SharedLmHead
         ? throw new InvalidOperationException($"{Path}: the heads share the base model's lm_head")
         : _file.Tensors[$"{head}.{LayerCount}.weight"];
@@ -130,7 +238,7 @@ public sealed class MedusaHeadsCheckpoint : IDisposable
     {
         if (Directory.Exists(path)) path = System.IO.Path.Combine(path, ReleasedFileName);
         if (!File.Exists(path)) throw new FileNotFoundException($"Medusa heads file '{path}' not found.", path);
-        var file = SafetensorsFile.Open(path);
+        var file = SafetensorsFile.Open(path, allowI32: true);
         try
         {
             return Validate(file);
@@ -148,13 +256,20 @@ public sealed class MedusaHeadsCheckpoint : IDisposable
         InvalidDataException Bad(string what) => new($"{file.Path}: not a Medusa heads file: {what}.");
         bool compact = file.Metadata.TryGetValue("format", out var format) && format == CompactFormat;
         bool shared = compact && file.Metadata.TryGetValue("shared_lm_head", out var s) && s == "true";
+        foreach (var tensor in t.Values)
+            if (tensor.Type == DType.I32 && tensor.Name != ShortlistTensor)
+                throw new InvalidDataException($"{file.Path}: Medusa tensor '{tensor.Name}' is I32; only '{ShortlistTensor}' holds integers, weights are F32, F16 or BF16.");
+        int[]? shortlist = t.TryGetValue(ShortlistTensor, out var list) ? ReadShortlist(file, list) : null;
         int layers = 0;
         while (t.ContainsKey($"0.{layers}.linear.weight")) layers++;
         int heads = 0;
         while (t.ContainsKey(layers == 0 ? $"{heads}.0.weight" : $"{heads}.0.linear.weight")) heads++;
         if (heads == 0) throw Bad("no tensor named 0.0.linear.weight (or 0.0.weight)");
-        int? hidden = null, vocab = null;
-        int expected = 0;
+        bool nextToken = t.ContainsKey(NextTokenTensor(0));
+        if (nextToken && !shared)
+            throw new InvalidDataException($"{file.Path}: Medusa tensor '{NextTokenTensor(0)}': next-token inputs are only for heads sharing the base lm_head (compact format).");
+        int? hidden = null, rows = null;
+        int expected = shortlist is null ? 0 : 1;
         for (int h = 0; h < heads; h++)
         {
             for (int l = 0; l < layers; l++)
@@ -166,12 +281,22 @@ public sealed class MedusaHeadsCheckpoint : IDisposable
                 Shape(file, b, hidden.Value);
                 expected += 2;
             }
+            if (nextToken)
+            {
+                var p = Need(t, file, NextTokenTensor(h));
+                hidden ??= p.Shape[^1];
+                Shape(file, p, hidden.Value, hidden.Value);
+                expected++;
+            }
             if (shared) continue;
             var lm = Need(t, file, $"{h}.{layers}.weight");
             if (lm.Shape.Length != 2) throw Bad($"tensor '{lm.Name}' has shape {lm.ShapeText}, expected [V, D]");
             hidden ??= lm.Shape[1];
-            vocab ??= lm.Shape[0];
-            Shape(file, lm, vocab.Value, hidden.Value);
+            rows ??= lm.Shape[0];
+            if (shortlist is not null && lm.Shape[0] != shortlist.Length)
+                throw new InvalidDataException(
+                    $"{file.Path}: Medusa tensor '{lm.Name}' has {lm.Shape[0]} rows but '{ShortlistTensor}' lists {shortlist.Length} tokens; the lm_head needs one row per shortlisted token.");
+            Shape(file, lm, rows.Value, hidden.Value);
             expected++;
         }
         if (hidden is null) throw Bad("shared-lm_head heads without ResBlocks carry no weights");
@@ -180,13 +305,33 @@ public sealed class MedusaHeadsCheckpoint : IDisposable
             var extra = t.Keys.FirstOrDefault(k => !IsKnown(k, heads, layers, shared));
             throw Bad($"{t.Count - expected} unexpected tensors (e.g. '{extra}'); expected {heads} heads of {layers} ResBlocks{(shared ? "" : " and an lm_head")}");
         }
-        return new MedusaHeadsCheckpoint(file, heads, layers, hidden.Value, shared ? null : vocab);
+        return new MedusaHeadsCheckpoint(file, heads, layers, hidden.Value, shared, shared ? null : rows, shortlist, nextToken);
+    }
+
+    /// <summary>Reads and checks the shortlist: I32 [N], N ≥ 1, strictly increasing, ≥ 0 and below V when the file names its model.</summary>
+    private static int[] ReadShortlist(SafetensorsFile file, TensorData tensor)
+    {
+        if (tensor.Type != DType.I32)
+            throw new InvalidDataException($"{file.Path}: Medusa tensor '{tensor.Name}' is {tensor.Type}; the shortlist must be I32 token ids.");
+        if (tensor.Shape.Length != 1 || tensor.Shape[0] == 0)
+            throw new InvalidDataException($"{file.Path}: Medusa tensor '{tensor.Name}' has shape {tensor.ShapeText}, expected [N] with N >= 1 token ids.");
+        var ids = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, int>(tensor.Bytes).ToArray();
+        if (!BitConverter.IsLittleEndian)
+            for (int i = 0; i < ids.Length; i++) ids[i] = System.Buffers.Binary.BinaryPrimitives.ReverseEndianness(ids[i]);
+        int? vocab = null;
+        if (file.Metadata.TryGetValue("base_model_signature", out var signature) && ModelSignature.Parse(signature) is { } model
+            && int.TryParse(model.Shape.Split('/')[^1], NumberStyles.None, CultureInfo.InvariantCulture, out int v))
+            vocab = v;
+        VocabularyShortlist.Check(ids, vocab, $"{file.Path}: Medusa tensor '{tensor.Name}'");
+        return ids;
     }
 
     private static bool IsKnown(string name, int heads, int layers, bool shared)
     {
+        if (name == ShortlistTensor) return true;
         for (int h = 0; h < heads; h++)
         {
+            if (shared && name == NextTokenTensor(h)) return true;
             for (int l = 0; l < layers; l++)
                 if (name == $"{h}.{l}.linear.weight" || name == $"{h}.{l}.linear.bias") return true;
             if (!shared && name == $"{h}.{layers}.weight") return true;
@@ -204,11 +349,13 @@ public sealed class MedusaHeadsCheckpoint : IDisposable
     }
 
     /// <summary>
-    /// Writes heads: the compact format when they share the base lm_head, else the released layout.
-    /// <paramref name="metadata"/> is added to the file (training facts such as accuracies); the base model's signature is recorded.
+    /// Writes heads: the compact format when they share the base lm_head, else the released layout; a shortlist goes in
+    /// as the I32 tensor <see cref="ShortlistTensor"/>. <paramref name="metadata"/> is added to the file (training facts
+    /// such as accuracies); the base model's signature is recorded.
     /// </summary>
     public static void Write(string path, MedusaHeadWeights weights, ModelSignature baseModel, IReadOnlyDictionary<string, string>? metadata = null, DType storeAs = DType.F32)
     {
+        if (storeAs == DType.I32) throw new ArgumentException("Medusa head weights are stored as F32, F16 or BF16.", nameof(storeAs));
         var meta = new Dictionary<string, string>(metadata ?? new Dictionary<string, string>())
         {
             ["format"] = CompactFormat,
@@ -216,31 +363,42 @@ public sealed class MedusaHeadsCheckpoint : IDisposable
             ["medusa_num_heads"] = weights.HeadCount.ToString(CultureInfo.InvariantCulture),
             ["medusa_num_layers"] = weights.LayerCount.ToString(CultureInfo.InvariantCulture),
             ["hidden_size"] = weights.HiddenSize.ToString(CultureInfo.InvariantCulture),
+            ["next_token_input"] = weights.NextToken is null ? "false" : "true",
             ["base_model_signature"] = baseModel.ToString(),
         };
+        if (weights.Shortlist is { } shortlist) meta["shortlist_size"] = shortlist.Length.ToString(CultureInfo.InvariantCulture);
         var pins = new List<GCHandle>();
         try
         {
-            var tensors = new List<TensorData>();
-            TensorData View(string name, float[] data, params int[] shape)
+            var tensors = new List<(TensorData Data, DType StoreAs)>();
+            nint Pin(Array data)
             {
                 var handle = GCHandle.Alloc(data, GCHandleType.Pinned);
                 pins.Add(handle);
-                return new TensorData(name, DType.F32, shape, handle.AddrOfPinnedObject());
+                return handle.AddrOfPinnedObject();
             }
+            void Add(string name, float[] data, params int[] shape) => tensors.Add((new TensorData(name, DType.F32, shape, Pin(data)), storeAs));
             int d = weights.HiddenSize;
             for (int h = 0; h < weights.HeadCount; h++)
             {
                 for (int l = 0; l < weights.LayerCount; l++)
                 {
-                    tensors.Add(View($"{h}.{l}.linear.weight", weights.Linear[h][l], d, d));
-                    tensors.Add(View($"{h}.{l}.linear.bias", weights.Bias[h][l], d));
+                    Add($"{h}.{l}.linear.weight", weights.Linear[h][l], d, d);
+                    Add($"{h}.{l}.linear.bias", weights.Bias[h][l], d);
                 }
-                if (weights.LmHeads is { } lm) tensors.Add(View($"{h}.{weights.LayerCount}.weight", lm[h], weights.VocabSize, d));
+                if (weights.LmHeads is { } lm) Add($"{h}.{weights.LayerCount}.weight", lm[h], weights.LmHeadRows, d);
+                if (weights.NextToken is { } next) Add(NextTokenTensor(h), next[h], d, d);
+            }
+            if (weights.Shortlist is { } ids)
+            {
+                var littleEndian = BitConverter.IsLittleEndian ? ids : ids.Select(System.Buffers.Binary.BinaryPrimitives.ReverseEndianness).ToArray();
+                tensors.Add((new TensorData(ShortlistTensor, DType.I32, [ids.Length], Pin(littleEndian)), DType.I32));
             }
             var directory = System.IO.Path.GetDirectoryName(System.IO.Path.GetFullPath(path));
             if (directory is not null) Directory.CreateDirectory(directory);
-            SafetensorsWriter.Write(path, tensors, storeAs, meta);
+            using var writer = new SafetensorsWriter(path, tensors.Select(x => new SafetensorsTensorInfo(x.Data.Name, x.StoreAs, x.Data.Shape)).ToArray(), meta);
+            foreach (var (data, _) in tensors) writer.WriteTensor(data);
+            writer.Commit();
         }
         finally
         {

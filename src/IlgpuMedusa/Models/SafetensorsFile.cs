@@ -8,7 +8,8 @@ namespace IlgpuMedusa.Models;
 /// <c>{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {string: string}}</c>, then the data
 /// region, to which the offsets are relative. Every number in the header is checked against the file before use:
 /// offsets inside the data region, byte counts equal to shape × element size, no two tensors overlapping
-/// (gaps are allowed). Only F32, F16 and BF16 tensors are accepted. Tensors are <see cref="TensorData"/> views of the
+/// (gaps are allowed). Only F32, F16 and BF16 tensors are accepted (and I32 where the caller asks for it: token-id
+/// tables such as a Medusa heads file's vocabulary shortlist). Tensors are <see cref="TensorData"/> views of the
 /// mapping, valid until the file is disposed.
 /// </summary>
 public sealed class SafetensorsFile : IDisposable
@@ -48,13 +49,14 @@ public sealed class SafetensorsFile : IDisposable
     /// <summary>
     /// Maps and validates <paramref name="path"/>. Throws <see cref="FileNotFoundException"/> when it does not exist and
     /// <see cref="InvalidDataException"/> naming the file (and the tensor or field) when its content is malformed.
+    /// <paramref name="allowI32"/> also accepts I32 tensors (model checkpoints never hold them; the caller checks which may).
     /// </summary>
-    public static SafetensorsFile Open(string path)
+    public static SafetensorsFile Open(string path, bool allowI32 = false)
     {
         var file = new MappedFile(path);
         try
         {
-            return Parse(file);
+            return Parse(file, allowI32);
         }
         catch
         {
@@ -63,7 +65,7 @@ public sealed class SafetensorsFile : IDisposable
         }
     }
 
-    private static SafetensorsFile Parse(MappedFile file)
+    private static SafetensorsFile Parse(MappedFile file, bool allowI32)
     {
         if (file.Length < 8)
             throw Invalid(file, $"truncated safetensors file: {file.Length} bytes, the header length alone needs 8");
@@ -104,7 +106,7 @@ public sealed class SafetensorsFile : IDisposable
                 if (property.Name == MetadataKey)
                     ReadMetadata(file, property.Value, metadata);
                 else
-                    entries.Add(ReadEntry(file, property.Name, property.Value, dataLength));
+                    entries.Add(ReadEntry(file, property.Name, property.Value, dataLength, allowI32));
             }
             CheckNoOverlap(file, entries);
             var tensors = new Dictionary<string, TensorData>(entries.Count, StringComparer.Ordinal);
@@ -130,11 +132,12 @@ public sealed class SafetensorsFile : IDisposable
         }
     }
 
-    private static Entry ReadEntry(MappedFile file, string name, JsonElement value, long dataLength)
+    private static Entry ReadEntry(MappedFile file, string name, JsonElement value, long dataLength, bool allowI32)
     {
         if (value.ValueKind != JsonValueKind.Object)
             throw Invalid(file, $"tensor '{name}': expected an object with dtype, shape and data_offsets, found {value.ValueKind}");
-        var type = ParseDType(file, name, Required(file, name, value, "dtype"));
+        var dtype = Required(file, name, value, "dtype");
+        var type = allowI32 && dtype.ValueKind == JsonValueKind.String && dtype.GetString() == "I32" ? DType.I32 : ParseDType(file, name, dtype);
         var shape = ReadShape(file, name, Required(file, name, value, "shape"));
         var (begin, end) = ReadOffsets(file, name, Required(file, name, value, "data_offsets"));
         if (begin > end)
@@ -194,13 +197,14 @@ public sealed class SafetensorsFile : IDisposable
         return ok;
     }
 
-    /// <summary>The safetensors name of a float <see cref="DType"/>.</summary>
+    /// <summary>The safetensors name of a <see cref="DType"/> (I32 for token-id tables).</summary>
     public static string DTypeName(DType type) => type switch
     {
         DType.F32 => "F32",
         DType.F16 => "F16",
         DType.BF16 => "BF16",
-        _ => throw new ArgumentOutOfRangeException(nameof(type), type, "safetensors files here hold F32, F16 or BF16 only"),
+        DType.I32 => "I32",
+        _ => throw new ArgumentOutOfRangeException(nameof(type), type, "safetensors files here hold F32, F16, BF16 or I32 only"),
     };
 
     private static int[] ReadShape(MappedFile file, string name, JsonElement value)

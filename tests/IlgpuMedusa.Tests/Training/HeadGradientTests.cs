@@ -5,56 +5,75 @@ namespace IlgpuMedusa.Tests.Training;
 
 /// <summary>
 /// The hand-written head gradients against central finite differences of an independent double-precision loss, on a
-/// small random model (D 10, V 23, 7 positions, 2 heads), with the shared lm_head and with each head's own.
+/// small random model (D 10, V 23, 7 positions, 2 heads), with the shared lm_head and with each head's own, over the whole
+/// vocabulary and over a shortlist of 11 tokens (targets outside it left out of the loss), with and without a next-token input.
 /// </summary>
 public class HeadGradientTests
 {
     private const int D = 10, V = 23, M = 7, Heads = 2;
 
+    private static readonly int[] Shortlist = [0, 2, 3, 5, 7, 9, 11, 13, 17, 19, 22];
+
     /// <summary>
-    /// The head loss written out directly in doubles: z ← h; per block z ← z + SiLU(W z + b); logits = U z;
-    /// mean over positions with a target of logsumexp(logits) − logits[y].
+    /// The head loss written out directly in doubles: z ← h; per block z ← z + SiLU(W z + b); logits = U z over the
+    /// rows of U (the shortlisted tokens when <paramref name="shortlist"/> is given: U's row i is token shortlist[i]);
+    /// mean over positions with a target the rows score of logsumexp(logits) − logits[y].
     /// </summary>
-    private static double ReferenceLoss(double[][] w, double[][] b, double[] u, double[] hidden, int[] targets)
+    private static double ReferenceLoss(double[][] w, double[][] b, double[] u, double[] hidden, int[] targets, int[]? shortlist,
+        double[]? p = null, double[]? embedding = null, int[]? next = null)
     {
         double total = 0;
         int count = 0;
+        int rows = u.Length / D;
         for (int r = 0; r < M; r++)
         {
-            if (targets[r] < 0) continue;
+            int y = shortlist is null ? targets[r] : Array.IndexOf(shortlist, targets[r]);
+            if (targets[r] < 0 || y < 0) continue;
             var z = hidden.AsSpan(r * D, D).ToArray();
+            if (p is not null)
+                for (int o = 0; o < D; o++)
+                    for (int i = 0; i < D; i++) z[o] += p[o * D + i] * embedding![next![r] * D + i]; // z₀ = h + P e(x_{t+1})
             for (int l = 0; l < w.Length; l++)
             {
-                var next = new double[D];
+                var after = new double[D];
                 for (int o = 0; o < D; o++)
                 {
                     double a = b[l][o];
                     for (int i = 0; i < D; i++) a += w[l][o * D + i] * z[i];
-                    next[o] = z[o] + a / (1 + Math.Exp(-a));
+                    after[o] = z[o] + a / (1 + Math.Exp(-a));
                 }
-                z = next;
+                z = after;
             }
-            var logits = new double[V];
-            for (int v = 0; v < V; v++)
+            var logits = new double[rows];
+            for (int v = 0; v < rows; v++)
                 for (int i = 0; i < D; i++) logits[v] += u[v * D + i] * z[i];
             double max = logits.Max(), sum = logits.Sum(x => Math.Exp(x - max));
-            total += max + Math.Log(sum) - logits[targets[r]];
+            total += max + Math.Log(sum) - logits[y];
             count++;
         }
         return total / count;
     }
 
-    public static TheoryData<bool, int> Cases() => new() { { true, 1 }, { true, 2 }, { false, 2 }, { false, 0 } };
+    public static TheoryData<bool, int, bool, bool> Cases() => new()
+    {
+        { true, 1, false, false }, { true, 2, false, false }, { false, 2, false, false }, { false, 0, false, false },
+        { true, 1, true, false }, { true, 2, true, false }, { false, 1, true, false },
+        { true, 1, false, true }, { true, 2, true, true }, { true, 0, true, true },
+    };
 
     [Theory]
     [MemberData(nameof(Cases))]
-    public void GradientsMatchFiniteDifferences(bool sharedLmHead, int layers)
+    public void GradientsMatchFiniteDifferences(bool sharedLmHead, int layers, bool shortlist, bool nextToken)
     {
-        var random = new Random(layers * 10 + (sharedLmHead ? 1 : 0));
+        var random = new Random(layers * 10 + (sharedLmHead ? 1 : 0) + (shortlist ? 100 : 0) + (nextToken ? 1000 : 0));
         float Normal(double scale) => (float)(scale * Math.Sqrt(-2 * Math.Log(1 - random.NextDouble())) * Math.Cos(2 * Math.PI * random.NextDouble()));
         var config = new ModelConfig { Dim = D, HiddenDim = 2 * D, Layers = 1, Heads = 2, KvHeads = 2, VocabSize = V, MaxSequenceLength = 16 };
         var classifier = Enumerable.Range(0, V * D).Select(_ => Normal(0.5)).ToArray();
-        var weights = MedusaHeadWeights.CreateRandom(config, Heads, layers, seed: 3, scale: 0.3f, baseClassifier: sharedLmHead ? null : classifier);
+        var list = shortlist ? Shortlist : null;
+        var weights = MedusaHeadWeights.CreateRandom(config, Heads, layers, seed: 3, scale: 0.3f, baseClassifier: sharedLmHead ? null : classifier, shortlist: list,
+            nextToken: nextToken);
+        var embedding = Enumerable.Range(0, V * D).Select(_ => Normal(0.7)).ToArray(); // not the classifier, so a mix-up shows
+        int[] next = [4, 0, 22, 13, 4, 9, 17];
         // Non-zero biases and own lm_heads that differ from the base one, so every term is exercised.
         foreach (var head in weights.Bias)
             foreach (var bias in head)
@@ -63,19 +82,22 @@ public class HeadGradientTests
             foreach (var lm in own)
                 for (int i = 0; i < lm.Length; i++) lm[i] += Normal(0.1);
         var hidden = Enumerable.Range(0, M * D).Select(_ => Normal(1)).ToArray();
-        int[][] targets = [[3, 0, -1, 22, 7, 7, 11], [5, -1, 9, 1, 0, 18, -1]];
-        var heads = new TrainableHeads(weights, classifier, threads: 2);
+        // 1, 4 and 18 are outside the shortlist
+        int[][] targets = [[3, 0, -1, 22, 7, 4, 11], [5, -1, 9, 1, 0, 18, -1]];
+        var heads = new TrainableHeads(weights, classifier, threads: 2, nextToken ? embedding : null);
 
         for (int h = 0; h < Heads; h++)
         {
-            var score = heads.Backward(h, hidden, targets[h]);
+            var score = heads.Backward(h, hidden, nextToken ? next : default, targets[h]);
             var w = weights.Linear[h].Select(x => x.Select(v => (double)v).ToArray()).ToArray();
             var b = weights.Bias[h].Select(x => x.Select(v => (double)v).ToArray()).ToArray();
-            var u = (weights.LmHeads?[h] ?? classifier).Select(v => (double)v).ToArray();
+            var u = (weights.LmHeads?[h] ?? (list is null ? classifier : list.SelectMany(t => classifier.AsSpan(t * D, D).ToArray()).ToArray())).Select(v => (double)v).ToArray();
             var x = hidden.Select(v => (double)v).ToArray();
-            double Loss() => ReferenceLoss(w, b, u, x, targets[h]);
+            var p = weights.NextToken?[h].Select(v => (double)v).ToArray();
+            var e = embedding.Select(v => (double)v).ToArray();
+            double Loss() => ReferenceLoss(w, b, u, x, targets[h], list, p, e, next);
 
-            Assert.Equal(targets[h].Count(t => t >= 0), score.Count);
+            Assert.Equal(targets[h].Count(t => t >= 0 && (list is null || list.Contains(t))), score.Count);
             Assert.True(Math.Abs(score.Loss - Loss()) < 1e-4, $"head {h}: loss {score.Loss} vs reference {Loss()}");
 
             void Check(double[] parameters, float[] analytic, string name)
@@ -101,6 +123,8 @@ public class HeadGradientTests
             }
             if (!sharedLmHead) Check(u, heads.LmHeadGradient![h], "lm_head");
             else Assert.Null(heads.LmHeadGradient);
+            if (nextToken) Check(p!, heads.NextTokenGradient![h], "P");
+            else Assert.Null(heads.NextTokenGradient);
         }
     }
 
@@ -123,5 +147,25 @@ public class HeadGradientTests
                 for (int i = 0; i < D; i++) other[r * D + i] = 3f;
         heads.Backward(0, other, targets);
         Assert.Equal(full, heads.LinearGradient[0][0]);
+    }
+
+    [Fact]
+    public void EvaluationCountsTargetsOutsideTheShortlistAsMisses()
+    {
+        var config = new ModelConfig { Dim = D, HiddenDim = 2 * D, Layers = 1, Heads = 2, KvHeads = 2, VocabSize = V, MaxSequenceLength = 16 };
+        var random = new Random(8);
+        var classifier = Enumerable.Range(0, V * D).Select(_ => (float)random.NextDouble() - 0.5f).ToArray();
+        var hidden = Enumerable.Range(0, M * D).Select(_ => (float)random.NextDouble() - 0.5f).ToArray();
+        var heads = new TrainableHeads(MedusaHeadWeights.CreateRandom(config, 1, 1, seed: 4, scale: 0.3f, shortlist: Shortlist), classifier, threads: 1);
+        int[] targets = [1, 4, 6, 8, 2, -1, 3]; // 1, 4, 6 and 8 are outside the shortlist; 2 and 3 inside
+        var score = heads.Evaluate(0, hidden, targets);
+        Assert.Equal(6, score.Count);
+        Assert.Equal(4, score.Outside);
+        Assert.True(score.Top1 <= 2 && score.Top5 <= 2);
+        Assert.True(score.Top5Accuracy <= 2.0 / 6 + 1e-12, "the outside targets count in the denominator");
+        var training = heads.Backward(0, hidden, targets);
+        Assert.Equal(2, training.Count); // training leaves the outside targets out
+        Assert.Equal(0, training.Outside);
+        Assert.Equal(score.Loss, training.Loss, 5);
     }
 }

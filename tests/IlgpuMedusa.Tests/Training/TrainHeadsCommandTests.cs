@@ -29,12 +29,19 @@ public class TrainHeadsCommandTests
             Assert.True(after < before - 0.5, $"held-out loss did not fall: {row}");
         }
 
+        Assert.Contains("shortlist: the heads score the 2048 most frequent target tokens", result.StandardOutput);
+        Assert.Contains("positions of greedy-path text", result.StandardOutput);
+
         using var heads = MedusaHeadsCheckpoint.Open(output);
         Assert.Equal(4, heads.HeadCount);
-        Assert.Equal(1, heads.LayerCount);
+        Assert.Equal(2, heads.LayerCount);
         Assert.True(heads.SharedLmHead);
+        Assert.True(heads.HasNextTokenInput);
+        Assert.Equal(2048, heads.Shortlist!.Length); // the default shortlist, sorted ids (checked on open)
         Assert.Equal(DType.F16, heads.Linear(0, 0).Type);
         Assert.Contains("train-heads", heads.Metadata["training_command"]);
+        Assert.StartsWith("self-distillation, greedy path", heads.Metadata["training_data"]);
+        Assert.StartsWith("greedy path, seed 7922", heads.Metadata["heldout_text"]);
         Assert.Equal("25", heads.Metadata["training_steps"]);
         Assert.Equal(4, JsonSerializer.Deserialize<double[]>(heads.Metadata["heldout_top1"])!.Length);
         Assert.Equal(4, JsonSerializer.Deserialize<double[]>(heads.Metadata["heldout_top5"])!.Length);
@@ -56,6 +63,62 @@ public class TrainHeadsCommandTests
         Assert.Equal(2, heads.HeadCount);
         Assert.False(heads.SharedLmHead);
         Assert.Equal([32000, 288], heads.LmHead(1).Shape);
+    }
+
+    [Fact]
+    public void SampledTextAndOwnLmHeadsOverAShortlist()
+    {
+        var dir = TestModels.TempDirectory("train-heads");
+        var output = Path.Combine(dir, "own-shortlist.safetensors");
+        var result = CliRunner.Run("train-heads", "--model", TestModels.Stories15MDirectory, "--out", output, "--heads", "2", "--shared-lm-head", "false",
+            "--shortlist", "64", "--distill", "sampled", "--tokens", "600", "--eval-tokens", "300", "--steps", "2", "--batch", "32");
+        Assert.True(result.ExitCode == 0, result.StandardError);
+        Assert.Contains("data: self-distillation, temperature 0.8", result.StandardOutput);
+        using var heads = MedusaHeadsCheckpoint.Open(output);
+        Assert.False(heads.SharedLmHead);
+        Assert.Equal(64, heads.Shortlist!.Length);
+        Assert.Equal([64, 288], heads.LmHead(1).Shape);
+    }
+
+    [Theory]
+    [InlineData("--shortlist", "5", "--shortlist must be 0 or at least 10")]
+    [InlineData("--distill", "beam", "--distill: unknown text 'beam'; expected greedy or sampled.")]
+    [InlineData("--explore", "1.5", "--explore must be in [0, 1).")]
+    [InlineData("--prefix-tokens", "65", "--prefix-tokens must be between 0 and 64.")]
+    public void BadDataAndShortlistOptionsAreNamed(string option, string value, string message)
+    {
+        var dir = TestModels.TempDirectory("train-heads");
+        var result = CliRunner.Run("train-heads", "--model", TestModels.Stories15MDirectory, "--out", Path.Combine(dir, "h.safetensors"), option, value);
+        Assert.Equal(1, result.ExitCode);
+        Assert.StartsWith("error: " + message, result.StandardError.Trim());
+    }
+
+    [Fact]
+    public void GrowTreesWritesTreesTheDecoderAccepts()
+    {
+        var dir = TestModels.TempDirectory("grow-trees");
+        DemoModel.InstallShippedHeads(dir);
+        var heads = Path.Combine(dir, MedusaHeadsCheckpoint.ReleasedFileName);
+        var trees = Path.Combine(dir, "trees");
+        var result = CliRunner.Run("train-heads", "grow-trees", "--model", TestModels.Stories15MDirectory, "--heads", heads, "--out", trees,
+            "--sizes", "4,7", "--tokens", "3000");
+        Assert.True(result.ExitCode == 0, result.StandardError);
+        Assert.Contains("mc_sim_7b_63", result.StandardOutput);
+        foreach (int n in new[] { 4, 7 })
+        {
+            var tree = IlgpuMedusa.Medusa.TreeTopology.Resolve(Path.Combine(trees, $"small-{n}.json"), 4);
+            Assert.Equal(n, tree.NodeCount);
+            Assert.Equal([0], tree.Choices[0]); // head 0's best guess is always the most accepted node
+        }
+        // expected tokens per step: 1 plus the acceptance of each node, so more than 1 for useful heads
+        var line = result.StandardOutput.Split('\n').Single(l => l.StartsWith("small-7 ", StringComparison.Ordinal));
+        double expected = double.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[2], CultureInfo.InvariantCulture);
+        Assert.InRange(expected, 1.2, 5.0);
+
+        var refused = CliRunner.Run("train-heads", "grow-trees", "--model", TestModels.Stories15MDirectory, "--heads", heads, "--out", trees,
+            "--prompts", Path.Combine(TestModels.RepositoryRoot, "prompts", "stories-20.txt"));
+        Assert.Equal(1, refused.ExitCode);
+        Assert.Contains("never on the prompts they are evaluated on", refused.StandardError);
     }
 
     [Fact]

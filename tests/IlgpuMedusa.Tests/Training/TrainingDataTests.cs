@@ -52,6 +52,37 @@ public class TrainingDataTests(HostStoriesFixture fixture) : IClassFixture<HostS
     }
 
     [Fact]
+    public void GreedyPathCorpusKeepsOnlyTargetsWhosePathIsGreedy()
+    {
+        const int D = 1;
+        // tokens 10..17; x_3 and x_7 were sampled (not the argmax)
+        bool[] greedy = [false, true, true, false, true, true, true, false];
+        var sequence = new HiddenSequence([10, 11, 12, 13, 14, 15, 16, 17], [0, 1, 2, 3, 4, 5, 6], greedy);
+        var corpus = TrainingCorpus.Build([sequence], heads: 3, D, "test");
+        // Position t keeps head i's target x_{t+2+i} only when x_{t+1} .. x_{t+2+i} are all greedy. Positions without a
+        // head-0 target are dropped: t = 1 and t = 2 (x_3 sampled) and t = 5 (x_7 sampled).
+        Assert.Equal([0f, 3, 4], corpus.Hidden);
+        Assert.Equal(
+            [12, -1, -1,    // t = 0: x_2, then x_3 is sampled
+             15, 16, -1,    // t = 3: x_5, x_6, then x_7 is sampled
+             16, -1, -1],   // t = 4: x_6
+            corpus.Targets);
+        Assert.Equal(3, corpus.Positions);
+        Assert.Equal(1, corpus.TargetCount(1));
+    }
+
+    [Fact]
+    public void ShortlistTakesTheMostFrequentTargetsSortedById()
+    {
+        long[] frequencies = [0, 5, 9, 0, 5, 1, 7, 0];
+        Assert.Equal([1, 2, 6], HeadTrainer.ChooseShortlist(frequencies, 3)!);
+        Assert.Equal([1, 2, 4, 6], HeadTrainer.ChooseShortlist(frequencies, 4)!); // 1 and 4 tie: both fit
+        Assert.Equal([0, 1, 2, 4, 5, 6], HeadTrainer.ChooseShortlist(frequencies, 6)!); // unseen tokens fill up, lowest id first
+        Assert.Null(HeadTrainer.ChooseShortlist(frequencies, 0));
+        Assert.Null(HeadTrainer.ChooseShortlist(frequencies, 8)); // the whole vocabulary
+    }
+
+    [Fact]
     public void TooShortTextNamesTheSourceAndTheNeededLength()
     {
         var e = Assert.Throws<InvalidDataException>(() => TrainingCorpus.Build([new HiddenSequence([1, 5, 6, 7], new float[8])], heads: 4, 2, "tiny.txt"));
@@ -78,6 +109,44 @@ public class TrainingDataTests(HostStoriesFixture fixture) : IClassFixture<HostS
         // Same seed, same text.
         var again = SelfDistillation.Generate(fixture.Model, fixture.Tokenizer, tokens: 600, temperature: 0.8f, streams: 4, seed: 5);
         Assert.Equal(sequences.Select(s => s.Tokens), again.Select(s => s.Tokens));
+    }
+
+    [Fact]
+    public void GreedyPathTextMarksEachTokenThatIsTheModelsArgmax()
+    {
+        var policy = new DistillationPolicy { PrefixTokens = 3, Explore = 0.1f };
+        var sequences = SelfDistillation.Generate(fixture.Model, fixture.Tokenizer, tokens: 600, policy, streams: 4, seed: 9);
+        Assert.InRange(sequences.Sum(s => s.Tokens.Length), 560, 600);
+        var c = fixture.Model.Config;
+        var classifier = fixture.Checkpoint.GetTensor(LlamaTensorNames.Embedding, c.VocabSize, c.Dim).ToFloatArray(); // tied in stories15M
+        int greedyTokens = 0, sampledTokens = 0;
+        foreach (var s in sequences)
+        {
+            Assert.NotNull(s.Greedy);
+            Assert.Equal(s.Tokens.Length, s.Greedy!.Length);
+            for (int j = 1; j < s.Tokens.Length && j - 1 < s.Hidden.Length / c.Dim; j++)
+            {
+                // logits of x_j = E · h_{j−1}; the flag says whether x_j is their argmax (within rounding of the batched forward)
+                var h = s.Hidden.AsSpan((j - 1) * c.Dim, c.Dim);
+                float best = float.NegativeInfinity, mine = 0;
+                for (int v = 0; v < c.VocabSize; v++)
+                {
+                    float logit = System.Numerics.Tensors.TensorPrimitives.Dot(classifier.AsSpan(v * c.Dim, c.Dim), h);
+                    if (v == s.Tokens[j]) mine = logit;
+                    else best = Math.Max(best, logit);
+                }
+                if (s.Greedy[j]) Assert.True(mine >= best - 1e-3f, $"token {j} is marked greedy but another token scores {best} > {mine}");
+                else Assert.True(best >= mine - 1e-3f, $"token {j} is marked sampled but it is the clear argmax ({mine} > {best})");
+                if (s.Greedy[j]) greedyTokens++;
+                else sampledTokens++;
+            }
+        }
+        // Openings, up to 3 sampled tokens each and 10% exploration: most tokens are greedy, but not all.
+        Assert.True(greedyTokens > 3 * sampledTokens, $"{greedyTokens} greedy vs {sampledTokens} other tokens");
+        Assert.True(sampledTokens > 0);
+        var again = SelfDistillation.Generate(fixture.Model, fixture.Tokenizer, tokens: 600, policy, streams: 4, seed: 9);
+        Assert.Equal(sequences.Select(s => s.Tokens), again.Select(s => s.Tokens));
+        Assert.Equal(sequences.Select(s => s.Greedy), again.Select(s => s.Greedy));
     }
 
     [Fact]

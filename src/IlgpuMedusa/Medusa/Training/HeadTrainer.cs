@@ -26,8 +26,14 @@ public sealed record HeadTrainingReport
     public required long TrainingTokens { get; init; }
     /// <summary>Training positions (hidden states with a target for head 0).</summary>
     public required int TrainingPositions { get; init; }
-    /// <summary>Held-out positions (model-generated, never trained on).</summary>
+    /// <summary>Held-out positions (greedy-path text the model generated from other seeds, never trained on).</summary>
     public required int HeldOutPositions { get; init; }
+    /// <summary>Tokens the heads score (the shortlist's length), or null for the whole vocabulary.</summary>
+    public int? ShortlistSize { get; init; }
+    /// <summary>Share of the training targets (all heads) inside the shortlist; 1 without one.</summary>
+    public double ShortlistCoverage { get; init; } = 1;
+    /// <summary>Distinct tokens among the training targets.</summary>
+    public int DistinctTargets { get; init; }
     /// <summary>Optimizer steps.</summary>
     public required int Steps { get; init; }
     /// <summary>Passes over the training positions.</summary>
@@ -82,9 +88,12 @@ public static class HeadTrainer
         using var model = LlamaModel.Load(checkpoint, backend, DType.F32);
         var c = model.Config;
 
+        var classifier = checkpoint.GetTensor(c.TiedEmbeddings ? LlamaTensorNames.Embedding : LlamaTensorNames.Classifier, c.VocabSize, c.Dim).ToFloatArray();
         var clock = Stopwatch.StartNew();
-        IReadOnlyList<HiddenSequence>? heldOutSequences = SelfDistillation.Generate(model, tokenizer, options.HeldOutTokens, options.Temperature, options.Streams, options.Seed + 7919,
-            Stage(progress, "generating held-out text", options.HeldOutTokens, clock), cancellationToken);
+        // Held-out text is always greedy-path text (what greedy Medusa decoding asks of the heads), from another seed:
+        // other openings, other sampled prefixes, other explored tokens.
+        IReadOnlyList<HiddenSequence>? heldOutSequences = SelfDistillation.Generate(model, tokenizer, options.HeldOutTokens, options.HeldOutPolicy, options.Streams, options.Seed + 7919,
+            Stage(progress, "generating held-out text", options.HeldOutTokens, clock), classifier, threads, cancellationToken);
         var heldOut = TrainingCorpus.Build(heldOutSequences, options.Heads, c.Dim, "held-out text");
         heldOutSequences = null;
 
@@ -100,17 +109,22 @@ public static class HeadTrainer
         else
         {
             int tokens = options.Tokens ?? HeadTrainingOptions.DefaultGeneratedTokens;
-            sequences = SelfDistillation.Generate(model, tokenizer, tokens, options.Temperature, options.Streams, options.Seed,
-                Stage(progress, "generating training text", tokens, dataClock), cancellationToken);
-            data = string.Create(CultureInfo.InvariantCulture, $"self-distillation, temperature {options.Temperature}");
+            sequences = SelfDistillation.Generate(model, tokenizer, tokens, options.Policy, options.Streams, options.Seed,
+                Stage(progress, "generating training text", tokens, dataClock), classifier, threads, cancellationToken);
+            data = options.Distill == DistillationText.Sampled
+                ? string.Create(CultureInfo.InvariantCulture, $"self-distillation, temperature {options.Temperature}")
+                : string.Create(CultureInfo.InvariantCulture, $"self-distillation, greedy path ({options.MinPrefixTokens}-{options.PrefixTokens} sampled opening tokens, explore {options.Explore})");
         }
         var corpus = TrainingCorpus.Build(sequences, options.Heads, c.Dim, options.DataFile ?? "generated text");
         data += $", {corpus.Sequences} sequences";
         sequences = null;
         double dataSeconds = clock.Elapsed.TotalSeconds;
 
-        var classifier = checkpoint.GetTensor(c.TiedEmbeddings ? LlamaTensorNames.Embedding : LlamaTensorNames.Classifier, c.VocabSize, c.Dim).ToFloatArray();
-        var trained = Train(corpus, heldOut, classifier, c, options, progress, cancellationToken);
+        var embedding = options.UsesNextToken && !c.TiedEmbeddings ? checkpoint.GetTensor(LlamaTensorNames.Embedding, c.VocabSize, c.Dim).ToFloatArray() : null;
+        var frequencies = corpus.TargetFrequencies(c.VocabSize);
+        var shortlist = ChooseShortlist(frequencies, options.ShortlistSize);
+        double coverage = Coverage(frequencies, shortlist);
+        var trained = Train(corpus, heldOut, classifier, c, options, shortlist, embedding, progress, cancellationToken);
         var report = new HeadTrainingReport
         {
             OutputPath = outputPath,
@@ -118,6 +132,9 @@ public static class HeadTrainer
             TrainingTokens = corpus.Tokens,
             TrainingPositions = corpus.Positions,
             HeldOutPositions = heldOut.Positions,
+            ShortlistSize = shortlist?.Length,
+            ShortlistCoverage = coverage,
+            DistinctTargets = frequencies.Count(f => f > 0),
             Steps = trained.Steps,
             Epochs = trained.Epochs,
             DataSeconds = dataSeconds,
@@ -138,23 +155,42 @@ public static class HeadTrainer
     /// <param name="classifier">The base model's lm_head [V, D], row-major.</param>
     /// <param name="config">The base model's configuration.</param>
     /// <param name="options">Training options (data options are not used here).</param>
+    /// <param name="shortlist">The tokens the heads score (sorted ids; see <see cref="ChooseShortlist"/>), or null for all.</param>
+    /// <param name="embedding">The base input embedding [V, D] for next-token inputs (null: the classifier, as in tied models).</param>
     /// <param name="progress">Progress reports.</param>
     /// <param name="cancellationToken">Checked every step.</param>
     public static TrainedHeads Train(TrainingCorpus corpus, TrainingCorpus heldOut, float[] classifier, ModelConfig config, HeadTrainingOptions options,
-        IProgress<HeadTrainingProgress>? progress = null, CancellationToken cancellationToken = default)
+        int[]? shortlist, float[]? embedding = null, IProgress<HeadTrainingProgress>? progress = null, CancellationToken cancellationToken = default)
     {
         options.Validate();
         if (corpus.HeadCount < options.Heads || heldOut.HeadCount < options.Heads)
             throw new ArgumentException($"the corpora have targets for {Math.Min(corpus.HeadCount, heldOut.HeadCount)} heads, but {options.Heads} are to be trained.");
         int threads = options.Threads ?? Environment.ProcessorCount;
-        var weights = MedusaHeadWeights.CreateRandom(config, options.Heads, options.Layers, options.Seed, options.InitScale, options.SharedLmHead ? null : classifier);
-        var heads = new TrainableHeads(weights, classifier, threads);
+        var weights = MedusaHeadWeights.CreateRandom(config, options.Heads, options.Layers, options.Seed, options.InitScale, options.SharedLmHead ? null : classifier, shortlist,
+            options.UsesNextToken);
+        var heads = new TrainableHeads(weights, classifier, threads, options.UsesNextToken ? embedding ?? classifier : null);
         var before = Evaluate(heads, heldOut, options.BatchSize, progress, "scoring the initial heads", cancellationToken);
         var clock = Stopwatch.StartNew();
         var (steps, epochs) = Optimize(heads, corpus, options, threads, progress, cancellationToken);
         double seconds = clock.Elapsed.TotalSeconds;
         var after = Evaluate(heads, heldOut, options.BatchSize, progress, "scoring the trained heads", cancellationToken);
         return new TrainedHeads(weights, steps, epochs, seconds, before, after);
+    }
+
+    /// <summary>
+    /// The shortlist for <paramref name="size"/> tokens: the most frequent training targets (ties and never-seen tokens:
+    /// lower id first), sorted by id; null (the whole vocabulary) for size 0 or a size that covers the vocabulary.
+    /// </summary>
+    /// <param name="frequencies">[token] = how often it is a training target (<see cref="TrainingCorpus.TargetFrequencies"/>).</param>
+    /// <param name="size">Tokens to keep; 0 for all.</param>
+    public static int[]? ChooseShortlist(long[] frequencies, int size) =>
+        size <= 0 || size >= frequencies.Length ? null : VocabularyShortlist.MostFrequent(frequencies, size);
+
+    private static double Coverage(long[] frequencies, int[]? shortlist)
+    {
+        if (shortlist is null) return 1;
+        long all = frequencies.Sum(), inside = shortlist.Sum(id => frequencies[id]);
+        return all == 0 ? 1 : (double)inside / all;
     }
 
     /// <summary>Throws <see cref="IOException"/> naming the file when it cannot be created (tried with a probe file next to it).</summary>
@@ -212,11 +248,13 @@ public static class HeadTrainer
                 tensors.Add((w.Bias[h][l], heads.BiasGradient[h][l], false));
             }
             if (w.LmHeads is { } lm) tensors.Add((lm[h], heads.LmHeadGradient![h], true));
+            if (w.NextToken is { } next) tensors.Add((next[h], heads.NextTokenGradient![h], true));
         }
         var optimizer = new AdamW(tensors, options.WeightDecay, threads);
         var random = new Random(options.Seed);
         var order = Enumerable.Range(0, corpus.Positions).ToArray();
         var hidden = new float[batch * d];
+        var nextTokens = new int[batch];
         var targets = new int[k][];
         for (int h = 0; h < k; h++) targets[h] = new int[batch];
         var recent = new double[k];
@@ -237,12 +275,13 @@ public static class HeadTrainer
             {
                 int p = order[cursor + r];
                 corpus.Hidden.AsSpan(p * d, d).CopyTo(hidden.AsSpan(r * d, d));
+                nextTokens[r] = corpus.Next[p];
                 for (int h = 0; h < k; h++) targets[h][r] = corpus.Targets[p * k + h];
             }
             cursor += m;
             for (int h = 0; h < k; h++)
             {
-                var score = heads.Backward(h, hidden.AsSpan(0, m * d), targets[h].AsSpan(0, m));
+                var score = heads.Backward(h, hidden.AsSpan(0, m * d), nextTokens.AsSpan(0, m), targets[h].AsSpan(0, m));
                 if (score.Count > 0) recent[h] = step == 0 ? score.Loss : 0.95 * recent[h] + 0.05 * score.Loss;
             }
             optimizer.Step(AdamW.Schedule(step, total, options.LearningRate));
@@ -275,7 +314,7 @@ public static class HeadTrainer
             for (int h = 0; h < k; h++)
             {
                 for (int r = 0; r < m; r++) targets[r] = corpus.Targets[(start + r) * k + h];
-                scores[h].Add(heads.Evaluate(h, hidden, targets.AsSpan(0, m)));
+                scores[h].Add(heads.Evaluate(h, hidden, corpus.Next.AsSpan(start, m), targets.AsSpan(0, m)));
             }
             double done = (double)(start + m) / corpus.Positions;
             progress?.Report(new HeadTrainingProgress(stage, done, (start + m) / clock.Elapsed.TotalSeconds, null,
@@ -302,9 +341,13 @@ public static class HeadTrainer
             ["training_seconds"] = Number(report.TrainingSeconds),
             ["data_seconds"] = Number(report.DataSeconds),
             ["heldout_positions"] = report.HeldOutPositions.ToString(CultureInfo.InvariantCulture),
+            ["heldout_text"] = "greedy path, seed " + (options.Seed + 7919).ToString(CultureInfo.InvariantCulture),
+            ["shortlist_training_coverage"] = Number(report.ShortlistCoverage),
+            ["training_distinct_targets"] = report.DistinctTargets.ToString(CultureInfo.InvariantCulture),
             ["heldout_top1"] = JsonSerializer.Serialize(report.After.Select(s => Math.Round(s.Top1Accuracy, 4))),
             ["heldout_top5"] = JsonSerializer.Serialize(report.After.Select(s => Math.Round(s.Top5Accuracy, 4))),
             ["heldout_loss"] = JsonSerializer.Serialize(report.After.Select(s => Math.Round(s.Loss, 4))),
+            ["heldout_outside_shortlist"] = JsonSerializer.Serialize(report.After.Select(s => s.Count == 0 ? 0 : Math.Round((double)s.Outside / s.Count, 4))),
         };
         return meta;
     }

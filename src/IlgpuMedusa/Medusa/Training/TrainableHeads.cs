@@ -8,8 +8,10 @@ namespace IlgpuMedusa.Medusa.Training;
 /// <summary>Loss and accuracy counters of one head over some positions.</summary>
 public struct HeadScore
 {
-    /// <summary>Positions that had a target.</summary>
+    /// <summary>Positions that had a target (those outside the heads' shortlist included).</summary>
     public long Count;
+    /// <summary>Positions whose target is outside the heads' vocabulary shortlist: always a miss, not in the loss.</summary>
+    public long Outside;
     /// <summary>Σ cross-entropy (nats).</summary>
     public double LossSum;
     /// <summary>Positions whose target was the head's best token.</summary>
@@ -17,8 +19,8 @@ public struct HeadScore
     /// <summary>Positions whose target was among the head's 5 best tokens.</summary>
     public long Top5;
 
-    /// <summary>Mean cross-entropy.</summary>
-    public readonly double Loss => Count == 0 ? 0 : LossSum / Count;
+    /// <summary>Mean cross-entropy over the positions whose target the heads can score.</summary>
+    public readonly double Loss => Count - Outside == 0 ? 0 : LossSum / (Count - Outside);
     /// <summary>Top-1 accuracy.</summary>
     public readonly double Top1Accuracy => Count == 0 ? 0 : (double)Top1 / Count;
     /// <summary>Top-5 accuracy.</summary>
@@ -28,6 +30,7 @@ public struct HeadScore
     public void Add(HeadScore other)
     {
         Count += other.Count;
+        Outside += other.Outside;
         LossSum += other.LossSum;
         Top1 += other.Top1;
         Top5 += other.Top5;
@@ -45,11 +48,19 @@ public struct HeadScore
 /// and backwards: G = ∂loss/∂logits = (softmax − onehot(y)) / count; ∂z_L = G U; ∂U = Gᵀ z_L (own lm_head only);
 /// per block from the last: g = ∂z_{l+1} ⊙ SiLU'(a_l) with SiLU'(a) = σ(a)(1 + a(1 − σ(a))), ∂W = gᵀ z_l, ∂b = Σ_rows g,
 /// ∂z_l = ∂z_{l+1} + g W. The two [M, V] x D products dominate; both run on <see cref="TrainingGemm"/>.
+/// Heads with a next-token input start from z₀ = h + e Pᵀ instead, e the input embedding of x_{t+1} (the pending token),
+/// and backwards ∂z₀ = ∂z₁ + g₀ W₀ (or ∂z_L without blocks) gives ∂P = ∂z₀ᵀ e.
+/// With a vocabulary shortlist of N tokens, V above is N: U is the base lm_head's rows of those tokens (or the head's
+/// own [N, D]), targets are token ids mapped to their column, and a target outside the shortlist is left out of the
+/// loss (training) or counted as a miss (evaluation).
 /// </summary>
 internal sealed unsafe class TrainableHeads
 {
     private readonly int _threads;
-    private readonly float[] _classifier;        // [V, D] frozen base lm_head
+    private readonly float[] _classifier;        // [V, D] frozen base lm_head ([N, D]: its shortlisted rows)
+    private readonly int[]? _column;             // token id → shortlist column, −1 outside; null without a shortlist
+    private readonly float[]? _embedding;        // [V, D] input embeddings (next-token inputs only)
+    private float[] _e = [];                     // [M·D] embeddings of the batch's next tokens
     private readonly float[]?[] _packed;         // [head] Uᵀ packed for the logits product; shared heads use one
     private readonly int[] _packedVersion;
     private readonly int[] _version;
@@ -62,17 +73,35 @@ internal sealed unsafe class TrainableHeads
     private float[] _transposed = [];            // [D·D] Wᵀ
     private float[] _rowLoss = [];               // [M]
 
-    public TrainableHeads(MedusaHeadWeights weights, float[] classifier, int threads)
+    /// <summary>
+    /// Heads over <paramref name="weights"/>; <paramref name="classifier"/> is the base lm_head [V, D] (all of it, shortlist
+    /// or not), <paramref name="embedding"/> the base input embedding [V, D] (needed by next-token inputs).
+    /// </summary>
+    public TrainableHeads(MedusaHeadWeights weights, float[] classifier, int threads, float[]? embedding = null)
     {
         if (classifier.Length != (long)weights.VocabSize * weights.HiddenSize)
             throw new ArgumentException($"the base lm_head has {classifier.Length} values, expected [{weights.VocabSize}, {weights.HiddenSize}]");
+        if (weights.NextToken is not null && embedding?.Length != (long)weights.VocabSize * weights.HiddenSize)
+            throw new ArgumentException($"heads with next-token inputs need the base input embedding [{weights.VocabSize}, {weights.HiddenSize}]");
         Weights = weights;
-        _classifier = classifier;
+        _embedding = weights.NextToken is null ? null : embedding;
+        NextTokenGradient = weights.NextToken?.Select(p => new float[p.Length]).ToArray();
+        if (weights.Shortlist is { } shortlist)
+        {
+            _classifier = VocabularyShortlist.GatherRows(classifier, weights.HiddenSize, shortlist);
+            _column = new int[weights.VocabSize];
+            Array.Fill(_column, -1);
+            for (int i = 0; i < shortlist.Length; i++) _column[shortlist[i]] = i;
+        }
+        else
+        {
+            _classifier = classifier;
+        }
         _threads = Math.Max(1, threads);
         int heads = weights.HeadCount, layers = weights.LayerCount, d = weights.HiddenSize;
         LinearGradient = Enumerable.Range(0, heads).Select(_ => Enumerable.Range(0, layers).Select(_ => new float[d * d]).ToArray()).ToArray();
         BiasGradient = Enumerable.Range(0, heads).Select(_ => Enumerable.Range(0, layers).Select(_ => new float[d]).ToArray()).ToArray();
-        LmHeadGradient = weights.LmHeads is null ? null : Enumerable.Range(0, heads).Select(_ => new float[classifier.Length]).ToArray();
+        LmHeadGradient = weights.LmHeads is null ? null : Enumerable.Range(0, heads).Select(_ => new float[_classifier.Length]).ToArray();
         _packed = new float[]?[weights.LmHeads is null ? 1 : heads];
         _packedVersion = Enumerable.Repeat(-1, _packed.Length).ToArray();
         _version = new int[_packed.Length];
@@ -80,15 +109,18 @@ internal sealed unsafe class TrainableHeads
 
     /// <summary>The parameters (updated in place by the optimizer).</summary>
     public MedusaHeadWeights Weights { get; }
-    /// <summary>∂loss/∂W per [head][layer], written by <see cref="Backward"/>.</summary>
+    /// <summary>∂loss/∂W per [head][layer], written by <see cref="Backward(int, ReadOnlySpan{float}, ReadOnlySpan{int}, ReadOnlySpan{int})"/>.</summary>
     public float[][][] LinearGradient { get; }
     /// <summary>∂loss/∂b per [head][layer].</summary>
     public float[][][] BiasGradient { get; }
     /// <summary>∂loss/∂U per head (own lm_heads only).</summary>
     public float[][]? LmHeadGradient { get; }
+    /// <summary>∂loss/∂P per head (next-token inputs only).</summary>
+    public float[][]? NextTokenGradient { get; }
 
     private int D => Weights.HiddenSize;
-    private int V => Weights.VocabSize;
+    /// <summary>Columns of the logits: the shortlist's length, or the vocabulary.</summary>
+    private int V => Weights.LmHeadRows;
 
     /// <summary>Tells the heads that the optimizer changed the own lm_heads (their packed copies are stale).</summary>
     public void LmHeadsChanged()
@@ -98,23 +130,46 @@ internal sealed unsafe class TrainableHeads
 
     /// <summary>
     /// Forward and backward of head <paramref name="head"/> on M = <paramref name="targets"/>.Length positions:
-    /// <paramref name="hidden"/> [M, D], targets −1 for "no target". Overwrites the head's gradients with those of the mean
-    /// loss and returns the score (loss, accuracy) of the batch.
+    /// <paramref name="hidden"/> [M, D], targets token ids or −1 for "no target" (targets outside the shortlist count as
+    /// none). Overwrites the head's gradients with those of the mean loss and returns the score (loss, accuracy) of the batch.
     /// </summary>
-    public HeadScore Backward(int head, ReadOnlySpan<float> hidden, ReadOnlySpan<int> targets)
+    public HeadScore Backward(int head, ReadOnlySpan<float> hidden, ReadOnlySpan<int> targets) => Backward(head, hidden, default, targets);
+
+    /// <summary>As <see cref="Backward(int, ReadOnlySpan{float}, ReadOnlySpan{int})"/>, with the next tokens x_{t+1} [M] for next-token inputs.</summary>
+    public HeadScore Backward(int head, ReadOnlySpan<float> hidden, ReadOnlySpan<int> next, ReadOnlySpan<int> targets)
     {
         int m = targets.Length;
-        Forward(head, hidden, m);
-        var score = Score(targets, m, gradients: true);
+        Forward(head, hidden, next, m);
+        var score = Score(Columns(targets, outside: NoTarget), m, gradients: true);
         BackwardFromLogits(head, m);
         return score;
     }
 
-    /// <summary>Forward only: the score of head <paramref name="head"/> on these positions.</summary>
-    public HeadScore Evaluate(int head, ReadOnlySpan<float> hidden, ReadOnlySpan<int> targets)
+    /// <summary>Forward only: the score of head <paramref name="head"/> on these positions (a target outside the shortlist is a miss).</summary>
+    public HeadScore Evaluate(int head, ReadOnlySpan<float> hidden, ReadOnlySpan<int> targets) => Evaluate(head, hidden, default, targets);
+
+    /// <summary>As <see cref="Evaluate(int, ReadOnlySpan{float}, ReadOnlySpan{int})"/>, with the next tokens x_{t+1} [M] for next-token inputs.</summary>
+    public HeadScore Evaluate(int head, ReadOnlySpan<float> hidden, ReadOnlySpan<int> next, ReadOnlySpan<int> targets)
     {
-        Forward(head, hidden, targets.Length);
-        return Score(targets, targets.Length, gradients: false);
+        Forward(head, hidden, next, targets.Length);
+        return Score(Columns(targets, outside: OutsideShortlist), targets.Length, gradients: false);
+    }
+
+    private const int NoTarget = -1, OutsideShortlist = -2;
+
+    /// <summary>Token ids → logit columns (<paramref name="outside"/> for tokens the shortlist lacks; −1 stays −1).</summary>
+    private int[] Columns(ReadOnlySpan<int> targets, int outside)
+    {
+        var columns = targets.ToArray();
+        int vocab = Weights.VocabSize;
+        for (int r = 0; r < columns.Length; r++)
+        {
+            int y = columns[r];
+            if (y < 0) continue;
+            if (y >= vocab) throw new ArgumentOutOfRangeException(nameof(targets), $"target {y} outside the vocabulary of {vocab}");
+            if (_column is { } map) columns[r] = map[y] < 0 ? outside : map[y];
+        }
+        return columns;
     }
 
     private void Ensure(int m)
@@ -126,6 +181,7 @@ internal sealed unsafe class TrainableHeads
         _logits = new float[(long)m * V];
         _dz = new float[m * d];
         _g = new float[m * d];
+        _e = _embedding is null ? [] : new float[m * d];
         _transposed = new float[d * d];
         _rowLoss = new float[m];
         _capacity = m;
@@ -145,13 +201,26 @@ internal sealed unsafe class TrainableHeads
 
     private float[] LmHead(int head) => Weights.LmHeads is { } own ? own[head] : _classifier;
 
-    /// <summary>z₀ = h, the ResBlocks, then logits = z_L Uᵀ into <see cref="_logits"/>.</summary>
-    private void Forward(int head, ReadOnlySpan<float> hidden, int m)
+    /// <summary>z₀ = h (+ e Pᵀ), the ResBlocks, then logits = z_L Uᵀ into <see cref="_logits"/>.</summary>
+    private void Forward(int head, ReadOnlySpan<float> hidden, ReadOnlySpan<int> next, int m)
     {
         int d = D;
         if (hidden.Length != m * d) throw new ArgumentException($"hidden states of {hidden.Length} floats are not [{m}, {d}]");
         Ensure(m);
         hidden.CopyTo(_z[0]);
+        if (Weights.NextToken is { } nextToken)
+        {
+            if (next.Length != m) throw new ArgumentException($"heads with next-token inputs need the next token of each of the {m} positions, got {next.Length}");
+            for (int r = 0; r < m; r++)
+            {
+                int token = next[r];
+                if ((uint)token >= (uint)Weights.VocabSize) throw new ArgumentOutOfRangeException(nameof(next), $"next token {token} outside the vocabulary of {Weights.VocabSize}");
+                _embedding!.AsSpan(token * d, d).CopyTo(_e.AsSpan(r * d, d));
+            }
+            Transpose(nextToken[head], _transposed, d);
+            fixed (float* pe = _e, pt = _transposed, pz = _z[0])
+                TrainingGemm.Multiply(m, d, d, GemmA.RowMajor(pe, d), GemmB.RowMajor(pt, d), pz, d, accumulate: true, _threads);
+        }
         for (int l = 0; l < Weights.LayerCount; l++)
         {
             var w = Weights.Linear[head][l];
@@ -159,13 +228,13 @@ internal sealed unsafe class TrainableHeads
             Transpose(w, _transposed, d);
             var z = _z[l];
             var a = _a[l];
-            var next = _z[l + 1];
+            var output = _z[l + 1];
             fixed (float* pz = z, pa = a, pt = _transposed)
                 TrainingGemm.Multiply(m, d, d, GemmA.RowMajor(pz, d), GemmB.RowMajor(pt, d), pa, d, accumulate: false, _threads);
             for (int r = 0; r < m; r++)
             {
                 var ar = a.AsSpan(r * d, d);
-                var nr = next.AsSpan(r * d, d);
+                var nr = output.AsSpan(r * d, d);
                 TensorPrimitives.Add(ar, bias, ar);
                 TensorPrimitives.Sigmoid(ar, nr);                   // σ(a)
                 TensorPrimitives.Multiply(nr, ar, nr);              // SiLU(a)
@@ -181,13 +250,12 @@ internal sealed unsafe class TrainableHeads
     /// Per row: cross-entropy and the target's rank; the row is overwritten with the softmax, and with
     /// <paramref name="gradients"/> becomes G = (softmax − onehot) / count (rows without a target become 0).
     /// </summary>
-    private HeadScore Score(ReadOnlySpan<int> targets, int m, bool gradients)
+    private HeadScore Score(int[] targetArray, int m, bool gradients)
     {
         int v = V;
         int count = 0;
-        foreach (int t in targets) if (t >= 0) count++;
+        foreach (int t in targetArray) if (t >= 0) count++;
         var ranks = new int[m];
-        var targetArray = targets.ToArray();
         float scale = count == 0 ? 0 : 1f / count;
         var logits = _logits;
         var rowLoss = _rowLoss;
@@ -198,10 +266,9 @@ internal sealed unsafe class TrainableHeads
             if (y < 0)
             {
                 if (gradients) row.Clear();
-                ranks[r] = -1;
+                ranks[r] = y == OutsideShortlist ? int.MaxValue : -1;
                 return;
             }
-            if ((uint)y >= (uint)v) throw new ArgumentOutOfRangeException(nameof(targets), $"target {y} outside the vocabulary of {v}");
             float target = row[y];
             ranks[r] = CountGreater(row, target);
             // softmax in place: p = exp(logits − max) / Σ; cross-entropy = ln Σ − (logit_y − max)
@@ -223,6 +290,11 @@ internal sealed unsafe class TrainableHeads
         {
             if (ranks[r] < 0) continue;
             score.Count++;
+            if (ranks[r] == int.MaxValue)
+            {
+                score.Outside++;
+                continue;
+            }
             score.LossSum += rowLoss[r];
             if (ranks[r] == 0) score.Top1++;
             if (ranks[r] < 5) score.Top5++;
@@ -283,9 +355,16 @@ internal sealed unsafe class TrainableHeads
             {
                 // ∂W = gᵀ z_l   [D, M] · [M, D]
                 TrainingGemm.Multiply(d, d, m, GemmA.Transposed(pg, d), GemmB.RowMajor(pz, d), pgw, d, accumulate: false, _threads);
-                // ∂z_l = ∂z_{l+1} + g W (not needed below the first block: the backbone is frozen)
-                if (l > 0) TrainingGemm.Multiply(m, d, d, GemmA.RowMajor(pg, d), GemmB.RowMajor(pw, d), pdz, d, accumulate: true, _threads);
+                // ∂z_l = ∂z_{l+1} + g W (below the first block only for a next-token input: the backbone is frozen)
+                if (l > 0 || NextTokenGradient is not null)
+                    TrainingGemm.Multiply(m, d, d, GemmA.RowMajor(pg, d), GemmB.RowMajor(pw, d), pdz, d, accumulate: true, _threads);
             }
+        }
+        if (NextTokenGradient is { } nextGradient)
+        {
+            // ∂P = ∂z₀ᵀ e   [D, M] · [M, D]
+            fixed (float* pdz = _dz, pe = _e, pgp = nextGradient[head])
+                TrainingGemm.Multiply(d, d, m, GemmA.Transposed(pdz, d), GemmB.RowMajor(pe, d), pgp, d, accumulate: false, _threads);
         }
     }
 

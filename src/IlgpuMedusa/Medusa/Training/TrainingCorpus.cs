@@ -3,16 +3,24 @@ namespace IlgpuMedusa.Medusa.Training;
 /// <summary>One token sequence with the base model's final hidden state after each of its tokens.</summary>
 /// <param name="Tokens">x_0 .. x_{n−1} (x_0 is BOS).</param>
 /// <param name="Hidden">[m, D] row-major, m ≤ n: row t is the final-normed hidden state after x_0..x_t.</param>
-public sealed record HiddenSequence(int[] Tokens, float[] Hidden);
+/// <param name="Greedy">
+/// Null (every target counts), or per token: Greedy[j] is true when x_j is the base model's argmax given x_0..x_{j−1}
+/// (Greedy[0] is unused). Then a target counts only when it lies on a greedy path (see <see cref="TrainingCorpus"/>).
+/// </param>
+public sealed record HiddenSequence(int[] Tokens, float[] Hidden, bool[]? Greedy = null);
 
 /// <summary>
 /// Training positions for K heads: the hidden state h_t [D] and, for head i, the target x_{t+2+i} (−1 past the end
-/// of its sequence). Built once from <see cref="HiddenSequence"/>s and reused every epoch.
+/// of its sequence). Built once from <see cref="HiddenSequence"/>s and reused every epoch. For sequences that mark
+/// their greedy tokens, head i's target at t is kept only when x_{t+1} .. x_{t+2+i} are all greedy choices: in greedy
+/// Medusa decoding the pending token x_{t+1} and every token a head must guess are the base model's argmax, so a target
+/// behind a sampled token is not what the head will be asked for (−1 then, as past the end).
 /// </summary>
 public sealed class TrainingCorpus
 {
-    private TrainingCorpus(int dim, int heads, float[] hidden, int[] targets, int positions, int sequences, long tokens)
+    private TrainingCorpus(int dim, int heads, float[] hidden, int[] targets, int[] next, int positions, int sequences, long tokens)
     {
+        Next = next;
         Dim = dim;
         HeadCount = heads;
         Hidden = hidden;
@@ -34,51 +42,67 @@ public sealed class TrainingCorpus
     public long Tokens { get; }
     /// <summary>[P, D] hidden states.</summary>
     internal float[] Hidden { get; }
-    /// <summary>[P, K] target token ids, −1 where the sequence ends first.</summary>
+    /// <summary>[P, K] target token ids, −1 where the sequence ends first or the path to the target leaves the greedy one.</summary>
     internal int[] Targets { get; }
+    /// <summary>[P] the token after each position, x_{t+1} (the pending token a head's guess follows).</summary>
+    internal int[] Next { get; }
 
     /// <summary>
-    /// Collects the positions t of each sequence that have a target for head 0 (t + 2 &lt; n and a hidden state).
-    /// Throws <see cref="InvalidDataException"/> when none has (every sequence needs more than K + 1 tokens to train all heads;
-    /// shorter ones still train the first heads).
+    /// Collects the positions t of each sequence that have a target for head 0 (t + 2 &lt; n, a hidden state, and for
+    /// sequences marking greedy tokens x_{t+1} and x_{t+2} greedy). Throws <see cref="InvalidDataException"/> when none has
+    /// (every sequence needs more than K + 1 tokens to train all heads; shorter ones still train the first heads).
     /// </summary>
     public static TrainingCorpus Build(IReadOnlyList<HiddenSequence> sequences, int heads, int dim, string source)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(heads, 1);
-        int positions = 0;
+        long positions = 0;
         long tokens = 0;
         bool anyFull = false;
         foreach (var s in sequences)
         {
             if (s.Hidden.Length % dim != 0) throw new ArgumentException($"hidden states of {s.Hidden.Length} floats are not rows of {dim}");
-            positions += Usable(s, dim);
+            if (s.Greedy is not null && s.Greedy.Length != s.Tokens.Length)
+                throw new ArgumentException($"{s.Greedy.Length} greedy flags for {s.Tokens.Length} tokens");
+            for (int t = 0; t < Rows(s, dim); t++) if (Trains(s, t)) positions++;
             tokens += s.Tokens.Length;
             anyFull |= s.Tokens.Length > heads + 1;
         }
         if (positions == 0 || !anyFull)
             throw new InvalidDataException(
                 $"{source}: too little text to train {heads} heads: each chunk needs more than {heads + 1} tokens (head {heads - 1} predicts {heads + 1} tokens ahead), " +
-                $"but the {sequences.Count} chunk(s) have at most {(sequences.Count == 0 ? 0 : sequences.Max(s => s.Tokens.Length))}.");
-        if ((long)positions * Math.Max(dim, heads) > Array.MaxLength)
+                $"but the {sequences.Count} chunk(s) have at most {(sequences.Count == 0 ? 0 : sequences.Max(s => s.Tokens.Length))}" +
+                (positions == 0 && anyFull ? " and none has two greedy tokens in a row." : "."));
+        if (positions * Math.Max(dim, heads) > Array.MaxLength)
             throw new InvalidDataException($"{source}: {positions} positions of {dim} values do not fit in memory as one corpus; use fewer tokens.");
-        var hidden = new float[(long)positions * dim];
-        var targets = new int[(long)positions * heads];
+        var hidden = new float[positions * dim];
+        var targets = new int[positions * heads];
+        var next = new int[positions];
         int p = 0;
         foreach (var s in sequences)
         {
-            int usable = Usable(s, dim);
-            s.Hidden.AsSpan(0, usable * dim).CopyTo(hidden.AsSpan(p * dim, usable * dim));
-            for (int t = 0; t < usable; t++, p++)
+            for (int t = 0; t < Rows(s, dim); t++)
+            {
+                if (!Trains(s, t)) continue;
+                s.Hidden.AsSpan(t * dim, dim).CopyTo(hidden.AsSpan(p * dim, dim));
+                next[p] = s.Tokens[t + 1];
+                bool onPath = true;
                 for (int i = 0; i < heads; i++)
                 {
                     int target = t + 2 + i;
-                    targets[p * heads + i] = target < s.Tokens.Length ? s.Tokens[target] : -1;
+                    onPath = onPath && target < s.Tokens.Length && (s.Greedy is null || s.Greedy[target]);
+                    targets[p * heads + i] = onPath ? s.Tokens[target] : -1;
                 }
+                p++;
+            }
         }
-        return new TrainingCorpus(dim, heads, hidden, targets, positions, sequences.Count, tokens);
+        return new TrainingCorpus(dim, heads, hidden, targets, next, (int)positions, sequences.Count, tokens);
     }
 
-    private static int Usable(HiddenSequence s, int dim) => Math.Max(0, Math.Min(s.Hidden.Length / dim, s.Tokens.Length - 2));
+    /// <summary>Positions of a sequence that may have targets: a hidden state, and t + 2 inside the sequence.</summary>
+    private static int Rows(HiddenSequence s, int dim) => Math.Max(0, Math.Min(s.Hidden.Length / dim, s.Tokens.Length - 2));
+
+    /// <summary>Whether position t has a target for head 0 (x_{t+1} and x_{t+2} greedy when marked).</summary>
+    private static bool Trains(HiddenSequence s, int t) => s.Greedy is null || (s.Greedy[t + 1] && s.Greedy[t + 2]);
 
     /// <summary>Positions with a target for head <paramref name="head"/>.</summary>
     public int TargetCount(int head)
@@ -86,5 +110,18 @@ public sealed class TrainingCorpus
         int count = 0;
         for (int p = 0; p < Positions; p++) if (Targets[p * HeadCount + head] >= 0) count++;
         return count;
+    }
+
+    /// <summary>How often each token of a vocabulary of <paramref name="vocabSize"/> is a target (all heads together).</summary>
+    public long[] TargetFrequencies(int vocabSize)
+    {
+        var counts = new long[vocabSize];
+        foreach (int t in Targets)
+        {
+            if (t < 0) continue;
+            if (t >= vocabSize) throw new InvalidDataException($"target token {t} is outside the vocabulary of {vocabSize}");
+            counts[t]++;
+        }
+        return counts;
     }
 }

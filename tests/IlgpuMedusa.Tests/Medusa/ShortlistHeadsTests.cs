@@ -1,0 +1,193 @@
+using IlgpuMedusa.Compute.Host;
+using IlgpuMedusa.Generation;
+using IlgpuMedusa.Medusa;
+using IlgpuMedusa.Medusa.Training;
+using IlgpuMedusa.Models;
+using IlgpuMedusa.Scheduling;
+using IlgpuMedusa.Transformer;
+
+namespace IlgpuMedusa.Tests.Medusa;
+
+/// <summary>
+/// Medusa heads with a vocabulary shortlist on the host, on a tiny random model: the candidates are the right token ids,
+/// trained shortlist heads are accepted, and greedy Medusa stays identical to greedy decoding.
+/// </summary>
+public sealed class ShortlistHeadsTests : IDisposable
+{
+    private readonly string _directory = TinyRandomModel.Write();
+
+    public void Dispose()
+    {
+        try
+        {
+            Directory.Delete(_directory, recursive: true);
+        }
+        catch (IOException)
+        {
+            // a leftover temp folder is harmless
+        }
+    }
+
+    /// <summary>Every 3rd token from 4: 31 tokens, so head top-k (10) is a strict subset and most ids are outside.</summary>
+    private static int[] EveryThird() => Enumerable.Range(0, 31).Select(i => 4 + 3 * i).ToArray();
+
+    [Theory]
+    [InlineData(true, false)]
+    [InlineData(false, false)]
+    [InlineData(true, true)]
+    public void PredictReturnsTheTopTokensOfTheShortlistAsTokenIds(bool sharedLmHead, bool nextToken)
+    {
+        using var checkpoint = HuggingFaceCheckpoint.Open(_directory);
+        var c = checkpoint.Config;
+        var classifier = checkpoint.GetTensor(LlamaTensorNames.Classifier, c.VocabSize, c.Dim).ToFloatArray();
+        var embedding = checkpoint.GetTensor(LlamaTensorNames.Embedding, c.VocabSize, c.Dim).ToFloatArray(); // untied: differs from the classifier
+        var shortlist = EveryThird();
+        var weights = MedusaHeadWeights.CreateRandom(c, heads: 3, layers: 1, seed: 11, scale: 0.3f, baseClassifier: sharedLmHead ? null : classifier, shortlist: shortlist,
+            nextToken: nextToken);
+        var random = new Random(2);
+        foreach (var head in weights.Bias)
+            foreach (var bias in head)
+                for (int i = 0; i < bias.Length; i++) bias[i] = (float)(random.NextDouble() - 0.5);
+        if (weights.LmHeads is { } own)
+            foreach (var lm in own)
+                for (int i = 0; i < lm.Length; i++) lm[i] += (float)(random.NextDouble() - 0.5); // own rows differ from the base ones
+        var path = Path.Combine(_directory, "heads.safetensors");
+        MedusaHeadsCheckpoint.Write(path, weights, ModelSignature.Of(checkpoint));
+
+        using var backend = new HostBackend(2);
+        using var model = LlamaModel.Load(checkpoint, backend, DType.F32);
+        using var file = MedusaHeadsCheckpoint.Open(path);
+        Assert.Equal(shortlist, file.Shortlist);
+        Assert.Equal(nextToken, file.HasNextTokenInput);
+        using var heads = MedusaHeads.Load(file, model, checkpoint);
+        Assert.Equal(shortlist, heads.Shortlist);
+        Assert.Equal(nextToken, heads.HasNextTokenInput);
+        var h = Enumerable.Range(0, c.Dim).Select(_ => (float)(random.NextDouble() * 2 - 1)).ToArray();
+        using var hidden = backend.Allocate(DType.F32, 1, c.Dim);
+        backend.Upload(hidden, h);
+        var predicted = heads.Predict(hidden).ToArray();
+
+        int d = c.Dim;
+        // The next token: the argmax over the shortlisted rows of the base classifier at h.
+        int nextId = shortlist.MaxBy(token => Enumerable.Range(0, d).Sum(i => (double)classifier[token * d + i] * h[i]));
+        for (int head = 0; head < 3; head++)
+        {
+            // z₀ = h (+ P e(next)); z = z₀ + SiLU(W z₀ + b); logits over the shortlist = U z with U the base rows (shared) or the head's own
+            var z0 = h.Select(x => (double)x).ToArray();
+            if (nextToken)
+                for (int o = 0; o < d; o++)
+                    for (int i = 0; i < d; i++) z0[o] += weights.NextToken![head][o * d + i] * embedding[nextId * d + i];
+            var z = new double[d];
+            for (int o = 0; o < d; o++)
+            {
+                double a = weights.Bias[head][0][o];
+                for (int i = 0; i < d; i++) a += weights.Linear[head][0][o * d + i] * z0[i];
+                z[o] = z0[o] + a / (1 + Math.Exp(-a));
+            }
+            var logits = shortlist.Select((token, column) =>
+            {
+                double sum = 0;
+                for (int i = 0; i < d; i++) sum += (weights.LmHeads?[head][column * d + i] ?? classifier[token * d + i]) * z[i];
+                return (Token: token, Logit: sum);
+            }).OrderByDescending(x => x.Logit).ToArray();
+            var expected = logits.Take(MedusaHeads.TopK).Select(x => x.Token).ToArray();
+            var actual = predicted.AsSpan(head * MedusaHeads.TopK, MedusaHeads.TopK).ToArray();
+            Assert.All(actual, token => Assert.Contains(token, shortlist));
+            Assert.Equal(expected, actual);
+        }
+    }
+
+    [Fact]
+    public void SharedShortlistHeadsNeedTheModelsOwnCheckpoint()
+    {
+        using var checkpoint = HuggingFaceCheckpoint.Open(_directory);
+        var path = Path.Combine(_directory, "heads.safetensors");
+        MedusaHeadsCheckpoint.Write(path, MedusaHeadWeights.CreateRandom(checkpoint.Config, 2, 1, seed: 1, shortlist: EveryThird()), ModelSignature.Of(checkpoint));
+        using var backend = new HostBackend(1);
+        using var model = LlamaModel.Load(checkpoint, backend, DType.F32);
+        using var file = MedusaHeadsCheckpoint.Open(path);
+        var missing = Assert.Throws<ArgumentException>(() => MedusaHeads.Load(file, model));
+        Assert.Contains(path, missing.Message);
+        Assert.Contains("pass the model's checkpoint", missing.Message);
+
+        var otherDirectory = TinyRandomModel.Write(seed: 6);
+        try
+        {
+            using var other = HuggingFaceCheckpoint.Open(otherDirectory);
+            var wrong = Assert.Throws<ArgumentException>(() => MedusaHeads.Load(file, model, other));
+            Assert.Contains("is not the checkpoint the model was loaded from", wrong.Message);
+        }
+        finally
+        {
+            Directory.Delete(otherDirectory, recursive: true);
+        }
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void TrainedShortlistHeadsAreAcceptedAndGreedyMedusaEqualsGreedyDecoding(bool nextToken)
+    {
+        using var checkpoint = HuggingFaceCheckpoint.Open(_directory);
+        var c = checkpoint.Config;
+        using var backend = new HostBackend(2);
+        using var model = LlamaModel.Load(checkpoint, backend, DType.F32);
+
+        // Greedy-path training text: the greedy continuations of 48 random prompts.
+        var random = new Random(3);
+        int[][] Prompts(int count) => Enumerable.Range(0, count)
+            .Select(_ => new[] { c.BosTokenId }.Concat(Enumerable.Range(0, 4).Select(_ => random.Next(3, c.VocabSize))).ToArray()).ToArray();
+        var training = SelfDistillation.ContinueGreedily(model, Prompts(48), maxNewTokens: 100, streams: 16);
+        Assert.All(training, s => Assert.All(s.Greedy!.Skip(5), Assert.True)); // everything after the prompt is the argmax
+        var heldOut = SelfDistillation.ContinueGreedily(model, Prompts(8), maxNewTokens: 100, streams: 8);
+        var corpus = TrainingCorpus.Build(training, heads: 4, c.Dim, "tiny greedy text");
+        var heldOutCorpus = TrainingCorpus.Build(heldOut, heads: 4, c.Dim, "tiny held-out text");
+        var classifier = checkpoint.GetTensor(LlamaTensorNames.Classifier, c.VocabSize, c.Dim).ToFloatArray();
+        var shortlist = HeadTrainer.ChooseShortlist(corpus.TargetFrequencies(c.VocabSize), 48)!;
+        Assert.Equal(48, shortlist.Length);
+        var embedding = checkpoint.GetTensor(LlamaTensorNames.Embedding, c.VocabSize, c.Dim).ToFloatArray();
+        var options = new HeadTrainingOptions { Heads = 4, Steps = 300, BatchSize = 64, LearningRate = 0.01f, Threads = 2, NextTokenInput = nextToken };
+        var trained = HeadTrainer.Train(corpus, heldOutCorpus, classifier, c, options, shortlist, embedding);
+        Assert.True(trained.After[0].Loss < trained.Before[0].Loss - 0.5, $"head 0's held-out loss {trained.Before[0].Loss:0.00} -> {trained.After[0].Loss:0.00}");
+        Assert.Equal(shortlist, trained.Weights.Shortlist);
+
+        var path = Path.Combine(_directory, "trained.safetensors");
+        MedusaHeadsCheckpoint.Write(path, trained.Weights, model.Signature, storeAs: DType.F16);
+        using var file = MedusaHeadsCheckpoint.Open(path);
+        using var heads = MedusaHeads.Load(file, model, checkpoint);
+        Assert.Equal(nextToken, heads.HasNextTokenInput);
+        using var pool = KvBlockPool.FromBudget(backend, c.Layers, c.KvHeads, c.HeadDim, 16, 2L * 160 * 2 * c.Layers * c.KvDim * sizeof(float));
+        using var workspace = new ForwardWorkspace(backend, c, 64, 64);
+        double accepted = 0;
+        foreach (var treeName in new[] { "chain-3", "tree-8", "mc_sim_7b_63" })
+        {
+            var tree = TreeTopology.Resolve(treeName, heads.HeadCount);
+            using var mask = backend.Allocate(DType.I32, tree.NodeCount, tree.NodeCount);
+            backend.Upload(mask, tree.Mask);
+            foreach (var prompt in Prompts(4))
+            {
+                const int Count = 60;
+                List<int> plain = [];
+                using (var sequence = pool.CreateSequence(c.MaxSequenceLength))
+                {
+                    var runner = new SingleSequenceRunner(model, workspace, new AutoregressiveDecoder(model, sequence, new Sampler(Sampling.Greedy, 1), prompt));
+                    while (plain.Count < Count) runner.Advance(plain);
+                }
+                var stats = new MedusaStats(heads.HeadCount);
+                List<int> medusa = [];
+                using (var sequence = pool.CreateSequence(c.MaxSequenceLength))
+                {
+                    var decoder = new MedusaDecoder(model, sequence, new Sampler(Sampling.Greedy, 1), prompt, null, heads, tree, mask, Acceptance.Greedy, stats);
+                    var runner = new SingleSequenceRunner(model, workspace, decoder);
+                    while (medusa.Count < Count) runner.Advance(medusa);
+                    decoder.Release();
+                }
+                Assert.Equal(plain.Take(Count), medusa.Take(Count));
+                accepted = Math.Max(accepted, stats.MeanAccepted);
+            }
+        }
+        Assert.Equal(pool.BlockCount, pool.FreeBlocks);
+        // Only heads whose shortlist columns map back to the right token ids get anything accepted.
+        Assert.True(accepted > 1.5, $"best mean accepted tokens per step {accepted:0.00}");
+    }
+}
