@@ -39,7 +39,10 @@ public static class DemoModel
     /// sha256 of heads shipped by earlier versions: such a file is replaced by the current heads. Any other file already
     /// in the directory is the user's and is left alone.
     /// </summary>
-    private static readonly string[] EarlierShippedHeads = [];
+    private static readonly string[] EarlierShippedHeads =
+    [
+        "c741676e0470a939e50f899670cd855cc07012ec5502d66c8be7af5850bb6eee", // 2026-11-27: temperature-sampled data, no shortlist
+    ];
 
     /// <summary>True when both files are present with the right hashes.</summary>
     public static bool IsValid(string directory) => Files.All(f => HasHash(Path.Combine(directory, f.Name), f.Length, f.Sha256));
