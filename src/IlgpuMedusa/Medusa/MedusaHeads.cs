@@ -200,7 +200,12 @@ public sealed class MedusaHeads : IDisposable
         var rows = new float[(long)shortlist.Length * d];
         var start = (byte*)classifier.Pointer;
         for (int i = 0; i < shortlist.Length; i++)
+        {
             HalfConversions.ToSingle(classifier.Type, new ReadOnlySpan<byte>(start + (long)shortlist[i] * d * size, d * size), rows.AsSpan(i * d, d));
+            // Each scattered row read maps the file's pages around it (the kernel faults around, 64 KiB at a time): let
+            // them go every few rows, so reading a shortlist never holds most of the table in memory at once.
+            if (i % 64 == 63 || i == shortlist.Length - 1) Models.MappedFile.ReleasePages(classifier);
+        }
         fixed (float* pointer = rows)
             return upload(new TensorData($"{name} (shortlisted rows)", DType.F32, [shortlist.Length, d], (nint)pointer), weightType);
     }
