@@ -38,9 +38,9 @@ internal sealed unsafe class MappedFile : IDisposable
             {
                 long start = tensor.Pointer - file.Pointer;
                 if (file._pointer == null || start < 0 || start + tensor.ByteLength > file.Length) continue;
-                long Page = Environment.SystemPageSize;
-                long first = ((long)file._pointer + start) / Page * Page;
-                long end = ((long)file._pointer + start + tensor.ByteLength + Page - 1) / Page * Page;
+                long page = Environment.SystemPageSize;
+                long first = ((long)file._pointer + start) / page * page;
+                long end = ((long)file._pointer + start + tensor.ByteLength + page - 1) / page * page;
                 _ = Madvise((nint)first, (nuint)(end - first), MadviseDontNeed); // a hint: failure only keeps the pages
                 return;
             }
