@@ -1,4 +1,3 @@
-using System.Runtime.InteropServices;
 using IlgpuMedusa.Compute;
 using IlgpuMedusa.Generation;
 using IlgpuMedusa.Medusa;
@@ -18,49 +17,8 @@ public sealed class MedusaOnDevicesTests(Accelerators accelerators) : IDisposabl
 {
     private readonly string _directory = CreateTinyModel();
 
-    private static string CreateTinyModel()
-    {
-        var config = new ModelConfig
-        {
-            Dim = 64, HiddenDim = 96, Layers = 2, Heads = 4, KvHeads = 2, VocabSize = 96, MaxSequenceLength = 160,
-            RopeTheta = 10000f, RmsNormEps = 1e-5f, TiedEmbeddings = false, BosTokenId = 1, EndTokenIds = [2], Source = "tiny",
-        };
-        var directory = Path.Combine(Path.GetTempPath(), "ilgpu-medusa-tests", "tiny-" + Guid.NewGuid().ToString("N")[..8]);
-        Directory.CreateDirectory(directory);
-        var random = new Random(5);
-        var arrays = new List<(string Name, float[] Data, int[] Shape)>();
-        void Matrix(string name, int rows, int columns, float scale) =>
-            arrays.Add((name, Enumerable.Range(0, rows * columns).Select(_ => (float)(random.NextDouble() * 2 - 1) * scale).ToArray(), [rows, columns]));
-        void Norm(string name) => arrays.Add((name, Enumerable.Range(0, config.Dim).Select(_ => 1f + (float)(random.NextDouble() - 0.5) * 0.2f).ToArray(), [config.Dim]));
-        int d = config.Dim, dh = config.HeadDim;
-        Matrix(LlamaTensorNames.Embedding, config.VocabSize, d, 1f);
-        for (int l = 0; l < config.Layers; l++)
-        {
-            Norm(LlamaTensorNames.AttentionNorm(l));
-            Matrix(LlamaTensorNames.Query(l), config.Heads * dh, d, 0.3f);
-            Matrix(LlamaTensorNames.Key(l), config.KvHeads * dh, d, 0.3f);
-            Matrix(LlamaTensorNames.Value(l), config.KvHeads * dh, d, 0.3f);
-            Matrix(LlamaTensorNames.Output(l), d, config.Heads * dh, 0.2f);
-            Norm(LlamaTensorNames.FfnNorm(l));
-            Matrix(LlamaTensorNames.Gate(l), config.HiddenDim, d, 0.3f);
-            Matrix(LlamaTensorNames.Up(l), config.HiddenDim, d, 0.3f);
-            Matrix(LlamaTensorNames.Down(l), d, config.HiddenDim, 0.2f);
-        }
-        Norm(LlamaTensorNames.FinalNorm);
-        Matrix(LlamaTensorNames.Classifier, config.VocabSize, d, 1f);
-        var handles = arrays.Select(a => GCHandle.Alloc(a.Data, GCHandleType.Pinned)).ToList();
-        try
-        {
-            var tensors = arrays.Select((a, i) => new TensorData(a.Name, DType.F32, a.Shape, handles[i].AddrOfPinnedObject())).ToList();
-            SafetensorsWriter.Write(Path.Combine(directory, "model.safetensors"), tensors, DType.F32, new Dictionary<string, string> { ["format"] = "pt" });
-        }
-        finally
-        {
-            foreach (var h in handles) h.Free();
-        }
-        using (var stream = File.Create(Path.Combine(directory, "config.json"))) ModelConverter.WriteConfig(stream, config, DType.F32);
-        return directory;
-    }
+    private static string CreateTinyModel() => global::IlgpuMedusa.Tests.Medusa.TinyRandomModel.Write(
+        global::IlgpuMedusa.Tests.Medusa.TinyRandomModel.Config with { Dim = 64, HiddenDim = 96 }, seed: 5, projectionScale: 0.3f, outputScale: 0.2f);
 
     public static TheoryData<string, string> Cases() => new()
     {

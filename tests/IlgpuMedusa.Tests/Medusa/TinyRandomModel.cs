@@ -16,9 +16,14 @@ internal static class TinyRandomModel
     };
 
     /// <summary>Writes config.json and model.safetensors into a new temporary directory; <paramref name="seed"/> picks the weights.</summary>
-    public static string Write(int seed = 5)
+    public static string Write(int seed = 5) => Write(Config, seed, projectionScale: 0.4f, outputScale: 0.3f);
+
+    /// <summary>
+    /// As <see cref="Write(int)"/> for any small <paramref name="config"/> (untied classifier): q/k/v, gate and up
+    /// weights uniform in ±<paramref name="projectionScale"/>, attention output and down in ±<paramref name="outputScale"/>.
+    /// </summary>
+    public static string Write(ModelConfig config, int seed, float projectionScale, float outputScale)
     {
-        var config = Config;
         var directory = TestModels.TempDirectory("tiny-model");
         var random = new Random(seed);
         var arrays = new List<(string Name, float[] Data, int[] Shape)>();
@@ -30,14 +35,14 @@ internal static class TinyRandomModel
         for (int l = 0; l < config.Layers; l++)
         {
             Norm(LlamaTensorNames.AttentionNorm(l));
-            Matrix(LlamaTensorNames.Query(l), config.Heads * dh, d, 0.4f);
-            Matrix(LlamaTensorNames.Key(l), config.KvHeads * dh, d, 0.4f);
-            Matrix(LlamaTensorNames.Value(l), config.KvHeads * dh, d, 0.4f);
-            Matrix(LlamaTensorNames.Output(l), d, config.Heads * dh, 0.3f);
+            Matrix(LlamaTensorNames.Query(l), config.Heads * dh, d, projectionScale);
+            Matrix(LlamaTensorNames.Key(l), config.KvHeads * dh, d, projectionScale);
+            Matrix(LlamaTensorNames.Value(l), config.KvHeads * dh, d, projectionScale);
+            Matrix(LlamaTensorNames.Output(l), d, config.Heads * dh, outputScale);
             Norm(LlamaTensorNames.FfnNorm(l));
-            Matrix(LlamaTensorNames.Gate(l), config.HiddenDim, d, 0.4f);
-            Matrix(LlamaTensorNames.Up(l), config.HiddenDim, d, 0.4f);
-            Matrix(LlamaTensorNames.Down(l), d, config.HiddenDim, 0.3f);
+            Matrix(LlamaTensorNames.Gate(l), config.HiddenDim, d, projectionScale);
+            Matrix(LlamaTensorNames.Up(l), config.HiddenDim, d, projectionScale);
+            Matrix(LlamaTensorNames.Down(l), d, config.HiddenDim, outputScale);
         }
         Norm(LlamaTensorNames.FinalNorm);
         Matrix(LlamaTensorNames.Classifier, config.VocabSize, d, 1f);
