@@ -240,7 +240,7 @@ internal static unsafe class HostMatMul
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void PrefetchLine(void* p)
     {
-        if (System.Runtime.Intrinsics.X86.Sse.IsSupported) System.Runtime.Intrinsics.X86.Sse.Prefetch0(p);
+        if (Sse.IsSupported) Sse.Prefetch0(p);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -356,11 +356,10 @@ internal static unsafe class HostMatMul
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void PrefetchNext(float* p)
     {
-        if (!System.Runtime.Intrinsics.X86.Sse.IsSupported) return;
-        System.Runtime.Intrinsics.X86.Sse.Prefetch0(p);
-        System.Runtime.Intrinsics.X86.Sse.Prefetch0(p + 16);
-        System.Runtime.Intrinsics.X86.Sse.Prefetch0(p + 32);
-        System.Runtime.Intrinsics.X86.Sse.Prefetch0(p + 48);
+        PrefetchLine(p);
+        PrefetchLine(p + 16);
+        PrefetchLine(p + 32);
+        PrefetchLine(p + 48);
     }
 
     /// <summary>Σ a[i]·b[i] for i &lt; n (attention scores: n is the head size).</summary>
