@@ -161,7 +161,47 @@ def summarize(shape, ours, hf_eager, hf_compiled, torch_copy):
 
 
 DEMO_STEPS = {"conformance": "demo-conformance", "greedy device": "demo-greedy-device", "greedy host": "demo-greedy-host",
-              "bench device": "demo-bench-device", "bench host": "demo-bench-host"}
+              "bench device": "demo-bench-device", "bench host": "demo-bench-host", "sweep device": "demo-sweep-device",
+              "op times": "demo-ops"}
+
+
+def summarize_op_times(doc):
+    """`profile --op-times --json`: per phase (decode, tree-N) the device span per step, split into ops and host wait."""
+    times = (doc or {}).get("op_times") if isinstance(doc, dict) else None
+    if not isinstance(times, dict) or not times:
+        return None
+    return {phase: {"span_ms_per_step": number(v.get("span_ms_per_step")), "ops_ms_per_step": number(v.get("ops_ms_per_step")),
+                    "host_wait_ms_per_step": number(v.get("host_wait_ms_per_step")), "steps": v.get("steps"),
+                    "ops": sorted((o for o in v.get("ops", []) if isinstance(o, dict)),
+                                  key=lambda o: -(number(o.get("ms_per_step")) or 0))}
+            for phase, v in times.items() if isinstance(v, dict)}
+
+
+def op_times_lines(ops, indent="  ", top=8):
+    """Text lines for summarize_op_times: the phase totals, then the costliest ops."""
+    lines = []
+    for phase, v in (ops or {}).items():
+        span = v["span_ms_per_step"] or 0
+        lines.append(f"{indent}op times, {phase} (device ms per step): span {fmt(v['span_ms_per_step'], 3)} = ops"
+                     f" {fmt(v['ops_ms_per_step'], 3)} + waiting for the host {fmt(v['host_wait_ms_per_step'], 3)}")
+        for o in v["ops"][:top]:
+            ms = number(o.get("ms_per_step")) or 0
+            gbs = number(o.get("weight_gb_per_s"))
+            lines.append(f"{indent}  {str(o.get('op')):<13} {str(o.get('shape')):<30} {fmt(o.get('calls_per_step'))}x"
+                         f" {fmt(number(o.get('us_per_call')), 1)} us = {ms:.3f} ms ({ms / span:.0%})"
+                         + (f", {gbs:,.0f} GB/s" if gbs else "") if span else "")
+    return lines
+
+
+def summarize_sweep(doc):
+    """`bench --sweep-trees --json`: each configuration's rate, speedup, accepted length and step cost; the fastest."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("configurations"), list):
+        return None
+    rows = [{"name": r.get("name"), "tree_nodes": r.get("tree_nodes"), "tokens_per_second": number(r.get("decode_tokens_per_second")),
+             "speedup": number(r.get("speedup")), "mean_accepted": number(r.get("mean_accepted")),
+             "ms_per_step": number(r.get("ms_per_step")), "identical_to_autoregressive": r.get("identical_to_autoregressive")}
+            for r in doc["configurations"] if isinstance(r, dict)]
+    return {"device": doc.get("device"), "recommended_tree": doc.get("recommended_tree"), "configurations": rows}
 
 
 def parse_conformance(text):
@@ -218,8 +258,11 @@ def summarize_demo(raw, steps, device):
     decode["device_over_host"] = ratio(decode["device"], decode["host"])
     bench_device = summarize_bench(extract_json_object(read_text(os.path.join(raw, "demo-bench-device.out"))))
     bench_host = summarize_bench(extract_json_object(read_text(os.path.join(raw, "demo-bench-host.out"))))
+    sweep = summarize_sweep(extract_json_object(read_text(os.path.join(raw, "demo-sweep-device.out"))))
+    op_times = summarize_op_times(extract_json_object(read_text(os.path.join(raw, "demo-ops.out"))))
     demo = {"device": device, "raw": raw, "step_status": status, "conformance": conformance, "greedy": g,
-            "decode_tokens_per_second": decode, "bench_device": bench_device, "bench_host": bench_host}
+            "decode_tokens_per_second": decode, "bench_device": bench_device, "bench_host": bench_host,
+            "sweep_device": sweep, "op_times": op_times}
     if bench_device and bench_host:
         demo["bench_ar_device_over_host"] = ratio(bench_device["ar_tokens_per_second"], bench_host["ar_tokens_per_second"])
     checks = []
@@ -273,6 +316,14 @@ def demo_table(demo, created, gpu, commit):
                      f" AR {fmt(b['ar_tokens_per_second'])} tok/s, {b['tree'] or 'medusa'} {fmt(b['medusa_tokens_per_second'])}"
                      f" tok/s ({x(b['medusa_over_ar'])}), mean accepted {fmt(b['mean_accepted'], 2)},"
                      f" identical to AR {b['identical_to_autoregressive']}")
+    sw = demo.get("sweep_device")
+    if sw and sw["configurations"]:
+        lines.append(f"  tree sweep on {d} (bench --sweep-trees): recommended {sw['recommended_tree'] or '-'}")
+        for c in sw["configurations"]:
+            lines.append(f"    {str(c['name']):<28} {fmt(c['tokens_per_second'])} tok/s, {x(c['speedup'])},"
+                         f" {fmt(c['ms_per_step'], 3)} ms/step" + (f", accepted {fmt(c['mean_accepted'], 2)}"
+                                                                   if c['mean_accepted'] is not None else ""))
+    lines.extend(op_times_lines(demo.get("op_times")))
     for check in demo["checks_failed"]:
         lines.append(f"  CHECK FAILED: {check}")
     b = demo["bench_device"] or {}
@@ -373,11 +424,12 @@ def main(argv=None) -> int:
         hc = load_json(os.path.join(raw, f"hf-compiled-{shape}.json"))
         copy = ((he or {}).get("copy_bandwidth") or {}).get("gb_per_s") or torch_copy_any
         summary = summarize(shape, ours, he, hc, copy)
+        summary["op_times"] = summarize_op_times(extract_json_object(read_text(os.path.join(raw, f"ours-{shape}-ops.out"))))
         absent = [f for f in OURS_FIELDS if ours is None or f not in ours]
         if absent:
             missing_ours.append(f"{shape}: {'no JSON' if ours is None else 'missing ' + ', '.join(absent)}")
-        names = {"make": f"make-{shape}", "ours": f"ours-{shape}", "hf eager": f"hf-eager-{shape}",
-                 "hf compiled": f"hf-compiled-{shape}"}
+        names = {"make": f"make-{shape}", "ours": f"ours-{shape}", "op times": f"ours-{shape}-ops",
+                 "hf eager": f"hf-eager-{shape}", "hf compiled": f"hf-compiled-{shape}"}
         status = {k: step_status(steps, v) for k, v in names.items()}
         errors = {}
         for label, name in names.items():
@@ -388,7 +440,7 @@ def main(argv=None) -> int:
                 errors[f"{label} stages"] = doc["errors"]
         result["shapes"][shape] = {"summary": summary, "step_status": status, "model": model, "ours": ours,
                                    "ours_missing_fields": absent, "hf_eager": he, "hf_compiled": hc, "errors": errors}
-        blocks.append(table(shape, summary, status, model, args.mode))
+        blocks.append("\n".join([table(shape, summary, status, model, args.mode)] + op_times_lines(summary["op_times"])))
     failed = [s for s in steps if s["status"] in ("failed", "timeout")]
     result["failed_steps"] = [s["name"] for s in failed]
     write_json(args.out, result)

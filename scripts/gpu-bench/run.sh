@@ -16,7 +16,8 @@
 #   --decode-tokens N (128; 16), --greedy-tokens N (32; 8), --tree-sizes 1,4,16,64, --no-compile (skip the
 #   static-cache + torch.compile runs), --demo-tokens N (greedy demo tokens, 64), --bench-tokens N (128; 16),
 #   --bench-prompts N (prompts of prompts/stories-20.txt the benches use; 0 = all; dry run 4), --kit-runtime (dry run:
-#   unpack and use the carried .NET runtime, as on the GPU machine).
+#   unpack and use the carried .NET runtime, as on the GPU machine), --op-steps N (steps `profile --op-times` stamps, 8;
+#   0 skips the op-time steps).
 # Environment: OUT (results folder, default ./gpu-bench-results): gpu-bench.json, run.log, raw.tar.gz land there;
 #   GPU_BENCH_WORK (scratch, default /tmp/gpu-bench or /tmp/gpu-bench-dry); GPU_BENCH_MODELS (default /tmp/models);
 #   GPU_BENCH_APP (the command that runs our CLI instead of `dotnet .gpu-kit/app/ilgpu-medusa.dll`; for testing).
@@ -32,7 +33,7 @@ SCRIPTS=$ROOT/scripts/gpu-bench
 
 DRY_RUN=0 KIT_RUNTIME="" COMPILE=1 SKIP_DEMO=0
 DEVICE="" SHAPES="" BUDGET_S="" PROMPT_TOKENS="" DECODE_TOKENS="" GREEDY_TOKENS="" TREE_SIZES="1,4,16,64"
-DEMO_TOKENS=64 BENCH_TOKENS="" BENCH_PROMPTS=""
+DEMO_TOKENS=64 BENCH_TOKENS="" BENCH_PROMPTS="" OP_STEPS=8
 DEMO_PROMPT="Once upon a time"
 number_arg() { [[ ${2:-} =~ ^[0-9]+$ ]] || { echo "run.sh: $1 needs a whole number, got '${2:-}'" >&2; exit 2; }; }
 while (($#)); do
@@ -44,6 +45,7 @@ while (($#)); do
     --demo-tokens) number_arg "$1" "${2:-}"; DEMO_TOKENS=$2; shift ;;
     --bench-tokens) number_arg "$1" "${2:-}"; BENCH_TOKENS=$2; shift ;;
     --bench-prompts) number_arg "$1" "${2:-}"; BENCH_PROMPTS=$2; shift ;;
+    --op-steps) number_arg "$1" "${2:-}"; OP_STEPS=$2; shift ;;
     --device) DEVICE=$2; shift ;;
     --shapes) SHAPES=$2; shift ;;
     --budget-s) BUDGET_S=$2; shift ;;
@@ -51,7 +53,7 @@ while (($#)); do
     --decode-tokens) DECODE_TOKENS=$2; shift ;;
     --greedy-tokens) GREEDY_TOKENS=$2; shift ;;
     --tree-sizes) TREE_SIZES=$2; shift ;;
-    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -275,10 +277,20 @@ ours_profile() {  # ours_profile SHAPE MODEL_DIR PROMPT_IDS WANT_S
     --decode-tokens "$DECODE_TOKENS" --greedy-tokens "$GREEDY_TOKENS" --tree-sizes "$TREE_SIZES" --json "${extra[@]}"
 }
 
+# ours_op_times NAME MODEL_DIR PROMPT_IDS WANT_S: where a step's device time goes, op by op (`profile --op-times`: device
+# timestamps around every op for OP_STEPS decode steps and as many forwards of the largest tree size). A separate run,
+# because the markers slow the launches down; needs an ILGPU device (on the host it says so and reports nothing).
+ours_op_times() {
+  local largest
+  largest=$(tr ',' '\n' <<<"$TREE_SIZES" | sort -n | tail -n1)
+  run_step "$1" "$4" "${APP[@]}" profile --model "$2" --device "$DEVICE" --prompt-ids "$3" --decode-tokens 4 \
+    --greedy-tokens 4 --tree-sizes "$largest" --repeats 1 --copy-mb 0 --op-times "$OP_STEPS" --json
+}
+
 # ---------------------------------------------------------------- the demo stage
 DEMO_MODEL=$WORK/demo/stories15M-f16
 BENCH_PROMPTS_FILE=""
-DEMO_STEPS=(demo-conformance demo-greedy-device demo-greedy-host demo-bench-device)
+DEMO_STEPS=(demo-conformance demo-greedy-device demo-greedy-host demo-bench-device demo-sweep-device demo-ops)
 
 # bench_on NAME DEVICE WANT_S: `bench` of AR vs Medusa (the heads in the model directory: --heads auto) on DEVICE.
 bench_on() {
@@ -323,7 +335,7 @@ demo_stage() {
   fi
 
   if [[ ! -f $DEMO_MODEL/model.safetensors ]]; then
-    for name in demo-greedy-device demo-greedy-host demo-bench-device; do skip_step "$name" "no demo model (unpack-demo)"; done
+    for name in demo-greedy-device demo-greedy-host demo-bench-device demo-sweep-device demo-ops; do skip_step "$name" "no demo model (unpack-demo)"; done
     return
   fi
   # 2. Greedy tokens from the same prompt on the device and on the host, without heads: the same f16 weights on both
@@ -343,7 +355,9 @@ demo_stage() {
     note "prompts/stories-20.txt is not in this working tree: using the kit's copy"
   fi
   if [[ ! -f $prompts ]]; then
-    skip_step demo-bench-device "no prompts/stories-20.txt (neither in the working tree nor in the kit)"
+    for name in demo-bench-device demo-sweep-device demo-ops; do
+      skip_step "$name" "no prompts/stories-20.txt (neither in the working tree nor in the kit)"
+    done
     return
   fi
   BENCH_PROMPTS_FILE=$prompts
@@ -353,6 +367,20 @@ demo_stage() {
   fi
   env_value bench_prompts "$BENCH_PROMPTS_FILE ($(grep -cv '^[[:space:]]*\(#\|$\)' "$BENCH_PROMPTS_FILE") prompts x $BENCH_TOKENS tokens)"
   bench_on demo-bench-device "$DEVICE" 150
+
+  # 4. Every tree preset and shipped tree on the device (`bench --sweep-trees`): step cost and accepted length per tree,
+  #    and the fastest, from which the device kind's default tree follows. Then where a decode step's and a 64-node
+  #    tree step's device time goes, op by op.
+  local trees=()
+  [[ -d $ROOT/heads/trees ]] && trees=(--tree "$ROOT/heads/trees")
+  run_step demo-sweep-device 150 "${APP[@]}" bench --model "$DEMO_MODEL" --device "$DEVICE" --heads auto \
+    --prompts "$BENCH_PROMPTS_FILE" --max-tokens "$BENCH_TOKENS" --sweep-trees "${trees[@]}" --json
+  if ((OP_STEPS > 0)); then
+    run_step demo-prompt 30 python3 "$SCRIPTS/make_model.py" --prompt-only --out "$WORK/prompt-demo" --prompt-tokens 64
+    ours_op_times demo-ops "$DEMO_MODEL" "$WORK/prompt-demo/prompt_ids.json" 60
+  else
+    skip_step demo-ops "--op-steps 0"
+  fi
 }
 
 # The host bench, last but for the compiled transformers runs, and only when its whole allowance is left.
@@ -404,6 +432,11 @@ if ((DRY_RUN)); then
     run_step "prompt-$shape" 30 python3 "$SCRIPTS/make_model.py" --prompt-only --out "$prompt_dir" --prompt-tokens "$PROMPT_TOKENS"
     if ((HAVE_APP)); then
       ours_profile "$shape" "$model" "$prompt_dir/prompt_ids.json" 120
+      if [[ $DEVICE != host ]] && ((OP_STEPS > 0)); then
+        ours_op_times "ours-$shape-ops" "$model" "$prompt_dir/prompt_ids.json" 60
+      else
+        skip_step "ours-$shape-ops" "op times need an ILGPU device (--device opencl)"
+      fi
     else
       skip_step "ours-$shape" "no runnable app"
     fi
@@ -421,6 +454,7 @@ else
     mkdir -p "$MODELS_ROOT"
   fi
   declare -A MAKE_S=([7b]=180 [1b]=90) OURS_S=([7b]=180 [1b]=120) HF_S=([7b]=150 [1b]=90) COMPILED_S=([7b]=300 [1b]=200)
+  declare -A OPS_S=([7b]=90 [1b]=60)
   # A shape is not started with less than this left of the budget: making its model and our profile need about that.
   declare -A SHAPE_MIN_S=([7b]=150 [1b]=75)
   for shape in "${SHAPE_LIST[@]}"; do
@@ -445,6 +479,11 @@ else
     fi
     if ((HAVE_APP)); then
       ours_profile "$shape" "$dir" "$dir/prompt_ids.json" "${OURS_S[$shape]:-120}"
+      if ((OP_STEPS > 0)); then
+        ours_op_times "ours-$shape-ops" "$dir" "$dir/prompt_ids.json" "${OPS_S[$shape]:-60}"
+      else
+        skip_step "ours-$shape-ops" "--op-steps 0"
+      fi
     else
       skip_step "ours-$shape" "no runnable app (see the unpack-runtime / devices steps)"
     fi

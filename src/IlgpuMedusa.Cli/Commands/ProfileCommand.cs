@@ -25,10 +25,16 @@ internal static class ProfileCommand
         var treeSizes = new Option<string>("--tree-sizes") { Description = "Comma-separated tree sizes (tokens per verification forward) to time.", DefaultValueFactory = _ => "1,4,16,64" };
         var repeats = new Option<int>("--repeats") { Description = "Timed repeats of each tree size (the median is reported).", DefaultValueFactory = _ => 10 };
         var copyMb = new Option<int>("--copy-mb") { Description = "Buffer size of the copy-bandwidth measurement in MiB (0 skips it).", DefaultValueFactory = _ => 1024 };
+        var opTimes = new Option<int>("--op-times")
+        {
+            Description = "Afterwards, stamp every op on the device for this many decode steps and as many forwards of the largest tree " +
+                "size, and print each op's device time (ILGPU devices; the markers slow the steps down). 0: off.",
+            DefaultValueFactory = _ => 0,
+        };
         var json = new Option<bool>("--json") { Description = "Print one JSON object." };
         var command = new Command("profile", "Measure prefill, decode and tree-verification speed and bandwidth from token ids.")
         {
-            promptIds, promptTokens, decodeTokens, greedyTokens, treeSizes, repeats, copyMb, json,
+            promptIds, promptTokens, decodeTokens, greedyTokens, treeSizes, repeats, copyMb, opTimes, json,
         };
         common.AddTo(command);
         command.SetAction((parse, cancellationToken) =>
@@ -36,25 +42,28 @@ internal static class ProfileCommand
             var sizes = ParseSizes(parse.GetValue(treeSizes)!);
             int decode = Positive(parse.GetValue(decodeTokens), "--decode-tokens");
             int reps = Positive(parse.GetValue(repeats), "--repeats");
+            int opSteps = parse.GetValue(opTimes);
+            if (opSteps < 0) throw new ArgumentOutOfRangeException("--op-times", opSteps, "--op-times must be 0 (off) or a number of steps.");
             var engineOptions = common.ToEngineOptions(parse);
+            if (opSteps > 0) engineOptions = engineOptions with { Device = engineOptions.Device with { OpTimings = true } };
             CommonOptions.EnsureDemoIfDefault(engineOptions.ModelPath);
             using var checkpoint = ModelDirectory.OpenCheckpoint(engineOptions.ModelPath);
             var config = checkpoint.Config;
             int[] prompt = parse.GetValue(promptIds) is { } file
                 ? ReadIds(file, config.VocabSize)
                 : RandomIds(Positive(parse.GetValue(promptTokens), "--prompt-tokens"), config.VocabSize);
-            int needed = prompt.Length + decode + sizes.Max();
+            int needed = prompt.Length + decode + opSteps + sizes.Max();
             if (needed > config.MaxSequenceLength)
-                throw new ArgumentException($"prompt ({prompt.Length}) + --decode-tokens ({decode}) + largest tree ({sizes.Max()}) = {needed} exceeds the model's context of {config.MaxSequenceLength}.");
-            var result = Run(checkpoint, engineOptions, prompt, decode, Math.Min(parse.GetValue(greedyTokens), decode), sizes, reps, parse.GetValue(copyMb), needed, cancellationToken);
+                throw new ArgumentException($"prompt ({prompt.Length}) + --decode-tokens ({decode}) + --op-times ({opSteps}) + largest tree ({sizes.Max()}) = {needed} exceeds the model's context of {config.MaxSequenceLength}.");
+            var result = Run(checkpoint, engineOptions, prompt, decode, Math.Min(parse.GetValue(greedyTokens), decode), sizes, reps, parse.GetValue(copyMb), opSteps, needed, cancellationToken);
             if (parse.GetValue(json)) Console.WriteLine(JsonSerializer.Serialize(result));
-            else foreach (var (k, v) in result) Console.WriteLine($"{k,-30} {(v is int[] a ? string.Join(' ', a) : v is Dictionary<string, double> d ? string.Join(", ", d.Select(p => $"{p.Key}: {p.Value}")) : v)}");
+            else foreach (var (k, v) in result.Where(p => p.Key != "op_times")) Console.WriteLine($"{k,-30} {(v is int[] a ? string.Join(' ', a) : v is Dictionary<string, double> d ? string.Join(", ", d.Select(p => $"{p.Key}: {p.Value}")) : v)}");
             return Task.FromResult(0);
         });
         return command;
     }
 
-    private static Dictionary<string, object> Run(ICheckpoint checkpoint, Generation.EngineOptions options, int[] prompt, int decode, int greedy, int[] sizes, int repeats, int copyMb, int needed, CancellationToken cancellationToken)
+    private static Dictionary<string, object> Run(ICheckpoint checkpoint, Generation.EngineOptions options, int[] prompt, int decode, int greedy, int[] sizes, int repeats, int copyMb, int opSteps, int needed, CancellationToken cancellationToken)
     {
         var log = Console.Error;
         var clock = Stopwatch.StartNew();
@@ -125,6 +134,32 @@ internal static class ProfileCommand
         }
         log.WriteLine($"[profile] tree steps (ms): {string.Join(", ", treeMs.Select(p => $"{p.Key}: {p.Value}"))}");
 
+        var opTimes = new Dictionary<string, object>();
+        if (opSteps > 0)
+        {
+            if (backend is IDeviceDiagnostics { CanTimeOps: true } timed)
+            {
+                timed.StartOpTimings();
+                for (int i = 0; i < opSteps; i++)
+                {
+                    cancellationToken.ThrowIfCancellationRequested();
+                    one[0] = next;
+                    onePosition[0] = position;
+                    next = Greedy(model.Forward(workspace, workspace.Prepare(one, onePosition), sequence, position));
+                    position++;
+                }
+                opTimes["decode"] = OpTimesJson(timed.StopOpTimings(opSteps), log, "decode (T = 1)");
+                int t = sizes.Max();
+                var ids = Enumerable.Repeat(next, t).ToArray();
+                var treePositions = Enumerable.Range(position, t).ToArray();
+                timed.StartOpTimings();
+                for (int i = 0; i < opSteps; i++)
+                    Greedy(model.Forward(workspace, workspace.Prepare(ids, treePositions), sequence, position));
+                opTimes[$"tree-{t}"] = OpTimesJson(timed.StopOpTimings(opSteps), log, $"tree step (T = {t})");
+            }
+            else log.WriteLine($"[profile] --op-times: {backend.DeviceName} cannot stamp ops (ILGPU devices only); skipped");
+        }
+
         double copy = 0;
         if (copyMb > 0 && backend is IDeviceDiagnostics diagnostics)
         {
@@ -146,6 +181,35 @@ internal static class ProfileCommand
             ["weight_bandwidth_gb_per_s"] = Math.Round(weightBandwidth, 1),
             ["copy_bandwidth_gb_per_s"] = Math.Round(copy, 1),
             ["greedy_tokens"] = generated.Take(greedy).ToArray(),
+            ["op_times"] = opTimes,
+        };
+    }
+
+    /// <summary>Prints one op-timing report (per step) and returns it as JSON-ready values.</summary>
+    private static Dictionary<string, object> OpTimesJson(OpTimingReport report, TextWriter log, string title)
+    {
+        double perStep(double ms) => ms / report.Steps;
+        log.WriteLine($"[profile] op times, {title}, per step over {report.Steps} steps: device span {perStep(report.SpanMs):0.000} ms = " +
+            $"ops {perStep(report.DeviceMs):0.000} ms + waiting for the host {perStep(report.GapMs):0.000} ms");
+        log.WriteLine($"[profile]   {"op",-14} {"shape",-36} {"calls",6} {"us/call",9} {"ms/step",8} {"share",6} {"GB/s",7}");
+        foreach (var o in report.Ops.OrderByDescending(o => o.DeviceMs))
+            log.WriteLine($"[profile]   {o.Op,-14} {o.Shape,-36} {o.Calls / (double)report.Steps,6:0.#} {o.MicrosecondsPerCall,9:0.0} {perStep(o.DeviceMs),8:0.000} " +
+                $"{(report.SpanMs > 0 ? o.DeviceMs / report.SpanMs : 0),6:P0} {(o.BytesPerCall > 0 ? o.WeightGBPerSecond.ToString("0", CultureInfo.InvariantCulture) : "")} ");
+        return new Dictionary<string, object>
+        {
+            ["steps"] = report.Steps,
+            ["span_ms_per_step"] = Math.Round(perStep(report.SpanMs), 4),
+            ["ops_ms_per_step"] = Math.Round(perStep(report.DeviceMs), 4),
+            ["host_wait_ms_per_step"] = Math.Round(perStep(report.GapMs), 4),
+            ["ops"] = report.Ops.Select(o => new Dictionary<string, object>
+            {
+                ["op"] = o.Op,
+                ["shape"] = o.Shape,
+                ["calls_per_step"] = Math.Round(o.Calls / (double)report.Steps, 3),
+                ["us_per_call"] = Math.Round(o.MicrosecondsPerCall, 2),
+                ["ms_per_step"] = Math.Round(perStep(o.DeviceMs), 4),
+                ["weight_gb_per_s"] = Math.Round(o.WeightGBPerSecond, 1),
+            }).ToArray(),
         };
     }
 

@@ -14,6 +14,11 @@ public sealed record DeviceOptions
     public bool AllowCpuOpenCL { get; init; }
     /// <summary>Host backend threads (default: all cores).</summary>
     public int? HostThreads { get; init; }
+    /// <summary>
+    /// Create the accelerator with device profiling, so that <see cref="IDeviceDiagnostics.StartOpTimings"/> can stamp
+    /// every op (for `profile --op-times`; markers slow the launches down). Ignored by the host backend.
+    /// </summary>
+    public bool OpTimings { get; init; }
 
     /// <summary>True when CPU OpenCL is allowed by the option or the environment.</summary>
     public bool CpuOpenCLAllowed => AllowCpuOpenCL || Environment.GetEnvironmentVariable("ILGPU_MEDUSA_ALLOW_CPU_OPENCL") == "1";

@@ -53,7 +53,10 @@ public sealed class InferenceEngine : IInferenceEngine, IDisposable
         Scheduler = new Scheduler(model, heads, pool, _workspace, tokenizer, Tree, logger);
     }
 
-    /// <summary>The Medusa tree used when a request names none: small on the host (a CPU pays for every tree node), Medusa's default on accelerators.</summary>
+    /// <summary>
+    /// The Medusa tree used when a request names none: <see cref="TreePresets.HostDefault"/> on the host (a CPU pays for
+    /// every tree node), <see cref="TreePresets.Default"/> on accelerators (both small trees today; see their notes).
+    /// </summary>
     public string DefaultTree => Backend.Kind == DeviceKind.Host ? TreePresets.HostDefault : TreePresets.Default;
 
     /// <summary>The scheduler serving every generation of this engine.</summary>

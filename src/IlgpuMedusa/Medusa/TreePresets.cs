@@ -20,8 +20,14 @@ public static class TreePresets
         [1, 6], [0, 7, 0],
     ];
 
-    /// <summary>The preset used on accelerators when none is named.</summary>
-    public const string Default = "mc_sim_7b_63";
+    /// <summary>
+    /// The preset used on accelerators when none is named. Measured on an NVIDIA H200 (2026-11-28, the GPU kit): with the
+    /// current kernels (FP32-core matmuls, no tensor cores) a tree step costs 1.4x a decode step at 4 nodes, 4.3x at 16
+    /// and 15x at 64 on the 7B shape, and 5.7x at 64 on the demo model, where <c>mc_sim_7b_63</c> ran at 0.49x
+    /// autoregressive; so the small tree, as on the host. The kit's demo stage sweeps every tree on the device
+    /// (<c>bench --sweep-trees</c>) to revisit this when the tree step gets cheaper.
+    /// </summary>
+    public const string Default = "tree-4";
 
     /// <summary>
     /// The preset used on the host backend when none is named: the fastest measured there (`bench --sweep-trees`, 20 prompts,

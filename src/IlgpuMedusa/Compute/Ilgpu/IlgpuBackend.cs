@@ -25,6 +25,7 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
     private readonly MemoryBuffer1D<int, Stride1D.Dense> _noMask;
     private readonly Dictionary<(int HeadDim, float Theta), MemoryBuffer1D<float, Stride1D.Dense>> _ropeFrequencies = [];
     private bool _disposed;
+    private OpTimer? _timer; // set while op timings are recorded
 
     private IlgpuBackend(Context context, Accelerator accelerator, DeviceKind kind, int? groupSize)
     {
@@ -68,7 +69,7 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
     {
         ArgumentNullException.ThrowIfNull(options);
         if (options.Kind == DeviceKind.Host) return null;
-        var context = IlgpuDevices.CreateContext(out var cudaError);
+        var context = IlgpuDevices.CreateContext(out var cudaError, options.OpTimings);
         try
         {
             var devices = IlgpuDevices.Enumerate(context).ToList();
@@ -292,7 +293,9 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
         var ids = Own(tokens);
         var w = Own(table);
         Shapes.Embedding(o, ids, w);
+        int op = Begin("embedding", o.Rows, o.Columns);
         _kernels.Embedding.Launch(_stream, o.Floats, ids.Ints, w.AsWeight(), o.Rows);
+        End(op);
     }
 
     /// <inheritdoc />
@@ -302,7 +305,9 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
         var x = Own(input);
         var w = Own(weight);
         Shapes.RmsNorm(o, x, w);
+        int op = Begin("rmsnorm", x.Rows, x.Columns);
         _kernels.RmsNorm.Launch(_stream, o.Floats, x.Floats, w.AsWeight(), x.Rows, eps);
+        End(op);
     }
 
     /// <inheritdoc />
@@ -316,7 +321,9 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
         var x = Own(input);
         var w = Own(weight);
         Shapes.MatMul(o, x, w);
+        int op = _timer is null ? -1 : _timer.Begin("matmul", $"{w.Rows}x{w.Columns} {w.Type} T={x.Rows}", w.Length * DTypeInfo.SizeOf(w.Type));
         _kernels.MatMul.Launch(_stream, o.Floats, x.Floats, w.AsWeight(), x.Rows, accumulate, path);
+        End(op);
     }
 
     /// <inheritdoc />
@@ -325,7 +332,9 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
         var t = Own(x);
         var p = Own(positions);
         Shapes.Rope(t, p, heads, headDim);
+        int op = Begin("rope", t.Rows, t.Columns);
         _kernels.Rope.Launch(_stream, t.Floats, p.Ints, RopeFrequencies(headDim, theta), t.Rows, t.Columns, heads, headDim);
+        End(op);
     }
 
     private ArrayView<float> RopeFrequencies(int headDim, float theta)
@@ -347,7 +356,9 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
         var l = c.Layout;
         Shapes.KvWrite(l, layer, q, queryHeads, table, startPosition);
         var args = new KvWriteArgs(q.Rows, l.KvDim, q.Columns, queryHeads * l.HeadDim, l.BlockSize, startPosition);
+        int op = Begin("kvwrite", q.Rows, l.KvDim);
         _kernels.KvWrite.Launch(_stream, c.Plane(layer, 0), c.Plane(layer, 1), q.Floats, table.Ints, args);
+        End(op);
     }
 
     /// <inheritdoc />
@@ -369,7 +380,9 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
         Shapes.Attention(o, q, l, table, committed, m);
         if ((uint)layer >= (uint)l.Layers) throw new ArgumentException($"Attention: layer {layer} outside [0, {l.Layers})");
         var args = new AttentionArgs(q.Rows, o.Columns / l.HeadDim, l.KvHeads, l.HeadDim, q.Columns, committed, l.BlockSize, m is not null);
+        int op = _timer is null ? -1 : _timer.Begin("attention", $"T={q.Rows} H={o.Columns / l.HeadDim} Hkv={l.KvHeads} Dh={l.HeadDim}", 0);
         _kernels.Attention.Launch(_stream, o.Floats, q.Floats, c.Plane(layer, 0), c.Plane(layer, 1), table.Ints, m?.Ints ?? _noMask.View, args, splits);
+        End(op);
     }
 
     /// <inheritdoc />
@@ -378,7 +391,9 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
         var o = Own(output);
         var g = Own(gateUp);
         Shapes.SwiGlu(o, g);
+        int op = Begin("swiglu", o.Rows, o.Columns);
         _kernels.SwiGlu.Launch(_stream, o.Floats, g.Floats, o.Rows, o.Columns);
+        End(op);
     }
 
     /// <inheritdoc />
@@ -390,7 +405,9 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
         var b = Own(bias);
         Shapes.SiluResidual(o, x, lin, b);
         if (b.Type != DType.F32) throw new ArgumentException($"SiluResidual: the bias must be F32 on {DeviceName}, got {b.ShapeText}", nameof(bias));
+        int op = Begin("silu-residual", o.Rows, o.Columns);
         _kernels.SiluResidual.Launch(_stream, o.Floats, x.Floats, lin.Floats, b.Floats, o.Rows, o.Columns);
+        End(op);
     }
 
     /// <inheritdoc />
@@ -400,7 +417,9 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
         var x = Own(a);
         var y = Own(b);
         Shapes.SameShape(nameof(Add), o, x, y);
+        int op = Begin("add", o.Rows, o.Columns);
         _kernels.Add.Launch(_stream, o.Floats, x.Floats, y.Floats, checked((int)o.Length));
+        End(op);
     }
 
     /// <inheritdoc />
@@ -409,7 +428,9 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
         var o = Own(output);
         var x = Own(logits);
         Shapes.ArgMax(o, x);
+        int op = Begin("argmax", x.Rows, x.Columns);
         _kernels.ArgMax.Launch(_stream, o.Ints, x.Floats, x.Rows, x.Columns);
+        End(op);
     }
 
     /// <inheritdoc />
@@ -419,7 +440,9 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
         var v = Own(values);
         var x = Own(logits);
         Shapes.TopK(i, v, x);
+        int op = Begin("topk", x.Rows, x.Columns);
         _kernels.TopK.Launch(_stream, i.Ints, v.Floats, x.Floats, x.Rows, x.Columns, i.Columns);
+        End(op);
     }
 
     /// <inheritdoc />
@@ -428,7 +451,9 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
         var o = Own(output);
         var x = Own(logits);
         Shapes.SoftmaxStats(o, x);
+        int op = Begin("softmax-stats", x.Rows, x.Columns);
         _kernels.SoftmaxStats.Launch(_stream, o.Floats, x.Floats, x.Rows, x.Columns);
+        End(op);
     }
 
     /// <inheritdoc />
@@ -440,7 +465,37 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
         var l = c.Layout;
         Shapes.KvCompact(l, table, s, destinationStart);
         var args = new KvCompactArgs(2 * l.Layers, l.FloatsPerLayerPart, l.KvDim, l.BlockSize, s.Rows, destinationStart);
+        int op = Begin("kvcompact", s.Rows, l.KvDim);
         _kernels.KvCompact.Launch(_stream, c.All, table.Ints, s.Ints, args);
+        End(op);
+    }
+
+    /// <summary>Starts an op's timing when recording: its name and [rows x columns] (formatted only then).</summary>
+    private int Begin(string op, long rows, long columns) => _timer is null ? -1 : _timer.Begin(op, $"{rows}x{columns}", 0);
+
+    private void End(int op)
+    {
+        if (op >= 0) _timer?.End(op);
+    }
+
+    /// <inheritdoc />
+    public bool CanTimeOps => _context.Properties.EnableProfiling;
+
+    /// <inheritdoc />
+    public void StartOpTimings()
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (!CanTimeOps) throw new InvalidOperationException($"op timings need a backend created with DeviceOptions.OpTimings ({DeviceName})");
+        _timer?.Dispose();
+        _timer = new OpTimer(_stream);
+    }
+
+    /// <inheritdoc />
+    public OpTimingReport StopOpTimings(int steps)
+    {
+        var timer = _timer ?? throw new InvalidOperationException("StopOpTimings without StartOpTimings");
+        _timer = null;
+        using (timer) return timer.Finish(steps);
     }
 
     private IlgpuTensor Own(DeviceTensor tensor)
@@ -489,6 +544,7 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
         }
         finally
         {
+            _timer?.Dispose();
             foreach (var buffer in _ropeFrequencies.Values) buffer.Dispose();
             _kernels.Dispose();
             _noMask.Dispose();

@@ -103,7 +103,7 @@ public static class IlgpuDevices
     }
 
     /// <summary>Creates a context that sees every accelerator kind; a CUDA driver ILGPU rejects is reported, not thrown.</summary>
-    internal static Context CreateContext(out string? cudaError)
+    internal static Context CreateContext(out string? cudaError, bool profiling = false)
     {
         string? error = null;
         var context = Context.Create(builder =>
@@ -120,6 +120,7 @@ public static class IlgpuDevices
                 // O2 runs ILGPU's kernel address-space inference: pointers become global/local instead of generic,
                 // which OpenCL C 1.2 compilers such as PoCL's reject.
                 .Optimize(OptimizationLevel.O2);
+            if (profiling) builder.Profiling();
         });
         cudaError = error;
         return context;
