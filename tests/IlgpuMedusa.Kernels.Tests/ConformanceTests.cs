@@ -475,7 +475,7 @@ public sealed class CpuEmulatorConformanceTests(Accelerators accelerators) : Con
     protected override TestSizes Sizes { get; } = new(
         Widths: [1, 31, 32, 33, 257],
         MatMuls: [(1, 1, 1), (1, 33, 31), (1, 7, 257), (3, 31, 33), (5, 9, 32), (17, 33, 31)],
-        HeadDims: [8, 40],
+        HeadDims: [8, 10, 40],
         LongContext: 70,
         Vocabulary: 300);
 }
@@ -491,7 +491,7 @@ public sealed class OpenCLConformanceTests(Accelerators accelerators) : Conforma
     protected override TestSizes Sizes { get; } = new(
         Widths: [1, 31, 32, 33, 257, 1000],
         MatMuls: [(1, 1, 1), (1, 33, 31), (1, 257, 288), (1, 1000, 257), (3, 257, 33), (5, 100, 288), (16, 65, 129), (17, 33, 31), (64, 200, 288), (129, 130, 65)],
-        HeadDims: [8, 64, 128],
+        HeadDims: [8, 30, 64, 128],
         LongContext: 1500,
         Vocabulary: 32000);
 }
