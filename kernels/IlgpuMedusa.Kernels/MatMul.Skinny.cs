@@ -1,4 +1,5 @@
 using ILGPU;
+using ILGPU.Algorithms;
 
 namespace IlgpuMedusa.Kernels;
 
@@ -10,18 +11,24 @@ public static partial class MatMulKernels
     /// <summary>
     /// Small-T matmul: group x computes output[:, 4x .. 4x+3] for every token, four tokens per pass, so each weight
     /// pack loaded from memory serves four tokens (later passes find the group's rows in cache). Loads are coalesced as
-    /// in <see cref="Vector{TPack, TFormat}"/>; 16 partial sums per thread go through one shared tree reduction per pass.
+    /// in <see cref="Vector{TPack, TFormat, TInput}"/>; 16 partial sums per thread go through one shared tree reduction per pass.
+    /// With <see cref="NormedInput"/> the four input rows are RMS-normalised on the fly as in
+    /// <see cref="Vector{TPack, TFormat, TInput}"/> (four more sums of squares in the reduction).
     /// Grid: (⌈N/4⌉, 1) groups of G threads (a power of two).
     /// </summary>
     /// <param name="output">F32[T, N].</param>
     /// <param name="input">F32[T, K].</param>
     /// <param name="weight">[N, stride] packs.</param>
-    /// <param name="args">Shapes; WeightStride in packs.</param>
-    public static void Skinny<TPack, TFormat>(ArrayView<float> output, ArrayView<float> input, ArrayView<TPack> weight, MatMulArgs args)
+    /// <param name="norm">F32[K] RMSNorm weights (<see cref="NormedInput"/>; any view otherwise, not read).</param>
+    /// <param name="args">Shapes; WeightStride in packs; ε.</param>
+    public static void Skinny<TPack, TFormat, TInput>(ArrayView<float> output, ArrayView<float> input, ArrayView<TPack> weight, ArrayView<float> norm, MatMulArgs args)
         where TPack : unmanaged
         where TFormat : struct, IPackFormat<TPack>
+        where TInput : struct, IMatMulInput
     {
-        var partial = SharedMemory.Allocate<float>(RowsPerGroup * SkinnyTokens * KernelLimits.MaxGroupSize);
+        var partial = SharedMemory.Allocate<float>((RowsPerGroup + 1) * SkinnyTokens * KernelLimits.MaxGroupSize);
+        bool normed = default(TInput).Normalizes;
+        int sums = normed ? (RowsPerGroup + 1) * SkinnyTokens : RowsPerGroup * SkinnyTokens;
         const int M = KernelLimits.MaxGroupSize;
         int tid = Group.IdxX;
         int groupSize = Group.DimX;
@@ -47,11 +54,17 @@ public static partial class MatMulKernels
             var acc1 = acc0;
             var acc2 = acc0;
             var acc3 = acc0;
+            var squares = acc0; // the four tokens' Σx² (NormedInput)
             for (int p = tid; p < packs; p += groupSize)
             {
                 TPack a0 = weight[w0 + p], a1 = weight[w1 + p], a2 = weight[w2 + p], a3 = weight[w3 + p];
                 int e = p * width;
                 var x = new Vec4(input[xa + e], input[xb + e], input[xc + e], input[xd + e]);
+                if (normed)
+                {
+                    squares = squares.AddSquares(x);
+                    x = x.Scale(norm[e]);
+                }
                 acc0 = acc0.MulAdd(x, f.First(a0));
                 acc1 = acc1.MulAdd(x, f.First(a1));
                 acc2 = acc2.MulAdd(x, f.First(a2));
@@ -59,6 +72,11 @@ public static partial class MatMulKernels
                 if (width == 2)
                 {
                     var y = new Vec4(input[xa + e + 1], input[xb + e + 1], input[xc + e + 1], input[xd + e + 1]);
+                    if (normed)
+                    {
+                        squares = squares.AddSquares(y);
+                        y = y.Scale(norm[e + 1]);
+                    }
                     acc0 = acc0.MulAdd(y, f.Second(a0));
                     acc1 = acc1.MulAdd(y, f.Second(a1));
                     acc2 = acc2.MulAdd(y, f.Second(a2));
@@ -69,6 +87,11 @@ public static partial class MatMulKernels
             {
                 int e = args.Columns - 1;
                 var x = new Vec4(input[xa + e], input[xb + e], input[xc + e], input[xd + e]);
+                if (normed)
+                {
+                    squares = squares.AddSquares(x);
+                    x = x.Scale(norm[e]);
+                }
                 acc0 = acc0.MulAdd(x, f.First(weight[w0 + packs]));
                 acc1 = acc1.MulAdd(x, f.First(weight[w1 + packs]));
                 acc2 = acc2.MulAdd(x, f.First(weight[w2 + packs]));
@@ -79,12 +102,13 @@ public static partial class MatMulKernels
             Store(partial, 4, tid, acc1);
             Store(partial, 8, tid, acc2);
             Store(partial, 12, tid, acc3);
+            if (normed) Store(partial, 16, tid, squares);
             Group.Barrier();
             for (int stride = groupSize / 2; stride > 0; stride >>= 1)
             {
                 if (tid < stride)
                 {
-                    for (int s = 0; s < RowsPerGroup * SkinnyTokens; s++)
+                    for (int s = 0; s < sums; s++)
                         partial[s * M + tid] += partial[s * M + tid + stride];
                 }
                 Group.Barrier();
@@ -96,6 +120,7 @@ public static partial class MatMulKernels
                 if (row < args.Rows && token < args.Tokens)
                 {
                     float v = partial[tid * M];
+                    if (normed) v *= 1f / XMath.Sqrt(partial[(16 + tid % SkinnyTokens) * M] / args.Columns + args.Eps);
                     long o = (long)token * args.Rows + row;
                     output[o] = args.Accumulate != 0 ? output[o] + v : v;
                 }

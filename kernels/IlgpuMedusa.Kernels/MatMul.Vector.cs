@@ -1,4 +1,5 @@
 using ILGPU;
+using ILGPU.Algorithms;
 
 namespace IlgpuMedusa.Kernels;
 
@@ -12,17 +13,24 @@ public static partial class MatMulKernels
     /// GEMV, one token per grid row: group (x, t) computes output[t, 4x .. 4x+3]. Thread i reads packs i, i + G, ...
     /// of each of the four weight rows, so consecutive threads read consecutive words (coalesced), two packs per
     /// iteration to keep more loads in flight; then one shared-memory tree reduction sums the four rows at once.
+    /// With <see cref="NormedInput"/> the input row is RMS-normalised on the fly: each element is multiplied by its norm
+    /// weight as it is read, its square is summed alongside (a fifth sum in the same reduction), and the four results
+    /// are scaled by 1/√(mean(x²) + ε) at the end: RMSNorm and the matmul in one launch, no extra memory traffic.
     /// Grid: (⌈N/4⌉, T) groups of G threads (a power of two).
     /// </summary>
     /// <param name="output">F32[T, N].</param>
     /// <param name="input">F32[T, K].</param>
     /// <param name="weight">[N, stride] packs (see <see cref="IPackFormat{TPack}"/>).</param>
-    /// <param name="args">Shapes; WeightStride in packs.</param>
-    public static void Vector<TPack, TFormat>(ArrayView<float> output, ArrayView<float> input, ArrayView<TPack> weight, MatMulArgs args)
+    /// <param name="norm">F32[K] RMSNorm weights (<see cref="NormedInput"/>; any view otherwise, not read).</param>
+    /// <param name="args">Shapes; WeightStride in packs; ε.</param>
+    public static void Vector<TPack, TFormat, TInput>(ArrayView<float> output, ArrayView<float> input, ArrayView<TPack> weight, ArrayView<float> norm, MatMulArgs args)
         where TPack : unmanaged
         where TFormat : struct, IPackFormat<TPack>
+        where TInput : struct, IMatMulInput
     {
-        var partial = SharedMemory.Allocate<float>(RowsPerGroup * KernelLimits.MaxGroupSize);
+        var partial = SharedMemory.Allocate<float>((RowsPerGroup + 1) * KernelLimits.MaxGroupSize);
+        bool normed = default(TInput).Normalizes;
+        float squares = 0f;
         const int M = KernelLimits.MaxGroupSize;
         int tid = Group.IdxX;
         int groupSize = Group.DimX;
@@ -46,6 +54,12 @@ public static partial class MatMulKernels
                 int q = p + groupSize;
                 float xa = input[x0 + p];
                 float xb = input[x0 + q];
+                if (normed)
+                {
+                    squares += xa * xa + xb * xb;
+                    xa *= norm[p];
+                    xb *= norm[q];
+                }
                 TPack a0 = weight[w0 + p], a1 = weight[w1 + p], a2 = weight[w2 + p], a3 = weight[w3 + p];
                 TPack b0 = weight[w0 + q], b1 = weight[w1 + q], b2 = weight[w2 + q], b3 = weight[w3 + q];
                 s0 += f.First(a0) * xa + f.First(b0) * xb;
@@ -56,6 +70,11 @@ public static partial class MatMulKernels
             if (p < packs)
             {
                 float xa = input[x0 + p];
+                if (normed)
+                {
+                    squares += xa * xa;
+                    xa *= norm[p];
+                }
                 s0 += f.First(weight[w0 + p]) * xa;
                 s1 += f.First(weight[w1 + p]) * xa;
                 s2 += f.First(weight[w2 + p]) * xa;
@@ -71,6 +90,14 @@ public static partial class MatMulKernels
                 int q = p + groupSize;
                 float xa = input[x0 + 2 * p], xb = input[x0 + 2 * p + 1];
                 float xc = input[x0 + 2 * q], xd = input[x0 + 2 * q + 1];
+                if (normed)
+                {
+                    squares += xa * xa + xb * xb + xc * xc + xd * xd;
+                    xa *= norm[2 * p];
+                    xb *= norm[2 * p + 1];
+                    xc *= norm[2 * q];
+                    xd *= norm[2 * q + 1];
+                }
                 TPack a0 = weight[w0 + p], a1 = weight[w1 + p], a2 = weight[w2 + p], a3 = weight[w3 + p];
                 TPack b0 = weight[w0 + q], b1 = weight[w1 + q], b2 = weight[w2 + q], b3 = weight[w3 + q];
                 s0 += f.First(a0) * xa + f.Second(a0) * xb + f.First(b0) * xc + f.Second(b0) * xd;
@@ -81,6 +108,12 @@ public static partial class MatMulKernels
             if (p < packs)
             {
                 float xa = input[x0 + 2 * p], xb = input[x0 + 2 * p + 1];
+                if (normed)
+                {
+                    squares += xa * xa + xb * xb;
+                    xa *= norm[2 * p];
+                    xb *= norm[2 * p + 1];
+                }
                 TPack a0 = weight[w0 + p], a1 = weight[w1 + p], a2 = weight[w2 + p], a3 = weight[w3 + p];
                 s0 += f.First(a0) * xa + f.Second(a0) * xb;
                 s1 += f.First(a1) * xa + f.Second(a1) * xb;
@@ -90,6 +123,11 @@ public static partial class MatMulKernels
             if ((args.Columns & 1) != 0 && tid == 0)
             {
                 float xa = input[x0 + args.Columns - 1];
+                if (normed)
+                {
+                    squares += xa * xa;
+                    xa *= norm[args.Columns - 1];
+                }
                 s0 += f.First(weight[w0 + packs]) * xa;
                 s1 += f.First(weight[w1 + packs]) * xa;
                 s2 += f.First(weight[w2 + packs]) * xa;
@@ -100,6 +138,7 @@ public static partial class MatMulKernels
         partial[M + tid] = s1;
         partial[2 * M + tid] = s2;
         partial[3 * M + tid] = s3;
+        if (normed) partial[4 * M + tid] = squares;
         Group.Barrier();
         for (int stride = groupSize / 2; stride > 0; stride >>= 1)
         {
@@ -109,12 +148,14 @@ public static partial class MatMulKernels
                 partial[M + tid] += partial[M + tid + stride];
                 partial[2 * M + tid] += partial[2 * M + tid + stride];
                 partial[3 * M + tid] += partial[3 * M + tid + stride];
+                if (normed) partial[4 * M + tid] += partial[4 * M + tid + stride];
             }
             Group.Barrier();
         }
         if (tid < RowsPerGroup && row0 + tid < args.Rows)
         {
             float v = partial[tid * M];
+            if (normed) v *= 1f / XMath.Sqrt(partial[4 * M] / args.Columns + args.Eps);
             long o = (long)token * args.Rows + row0 + tid;
             output[o] = args.Accumulate != 0 ? output[o] + v : v;
         }

@@ -19,6 +19,12 @@ internal readonly struct Vec4
     /// <summary>this + v · s, component-wise.</summary>
     public Vec4 MulAdd(Vec4 v, float s) => new(X + v.X * s, Y + v.Y * s, Z + v.Z * s, W + v.W * s);
 
+    /// <summary>this + v ⊙ v, component-wise.</summary>
+    public Vec4 AddSquares(Vec4 v) => new(X + v.X * v.X, Y + v.Y * v.Y, Z + v.Z * v.Z, W + v.W * v.W);
+
+    /// <summary>this · s, component-wise.</summary>
+    public Vec4 Scale(float s) => new(X * s, Y * s, Z * s, W * s);
+
     /// <summary>Component i (0..3).</summary>
     public float Get(int i) => i == 0 ? X : i == 1 ? Y : i == 2 ? Z : W;
 }

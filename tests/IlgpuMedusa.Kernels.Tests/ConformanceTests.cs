@@ -116,6 +116,37 @@ public abstract class ConformanceTests
         }
     }
 
+    /// <summary>
+    /// RMSNorm fused into the matmul (the vector and skinny kernels read the input normalised) against the host's norm then
+    /// matmul, with and without accumulation, for every T of the suite: beyond the skinny kernel's T the backend
+    /// normalises separately, and the scratch rows it writes then must hold the normalised input.
+    /// </summary>
+    [Theory]
+    [InlineData(DType.F32)]
+    [InlineData(DType.F16)]
+    [InlineData(DType.BF16)]
+    public void NormMatMul_matches_host(DType type)
+    {
+        using var twin = NewTwin(31);
+        foreach (var (t, n, k) in Sizes.MatMuls)
+        {
+            var x = twin.RandomTensor(t, k, 3f);
+            var norm = twin.RandomWeight(DType.F32, 1, k);
+            var weight = twin.RandomWeight(type, n, k);
+            foreach (bool accumulate in new[] { false, true })
+            {
+                var output = twin.RandomTensor(t, n);
+                var normed = twin.Zeros(DType.F32, t, k);
+                ((IComputeBackend)Accelerators.Host).NormMatMul(output.Host, x.Host, norm.Host, 1e-5f, weight.Host, normed.Host, accumulate);
+                ((IComputeBackend)Device).NormMatMul(output.Device, x.Device, norm.Device, 1e-5f, weight.Device, normed.Device, accumulate);
+                bool fused = Device.Kernels.MatMul.CanNormalize(t);
+                // The norm scales the sum: a bound for [K] products of normalised inputs (|x/rms| ≤ √K), as for the unfused pair.
+                Twin.AssertClose(output, Tolerance.ForSum(type, k), $"NormMatMul {type} T={t} N={n} K={k} accumulate={accumulate} ({(fused ? "fused" : "separate")})");
+                if (!fused) Twin.AssertClose(normed, Tolerance.ForSum(DType.F32, k), $"NormMatMul scratch T={t} K={k}");
+            }
+        }
+    }
+
     /// <summary>Each of the three matmul kernels forced on the same awkward shape.</summary>
     [Theory]
     [InlineData(DType.F32)]

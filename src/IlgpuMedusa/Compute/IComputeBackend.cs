@@ -79,6 +79,18 @@ public interface IComputeBackend : IDisposable
     void MatMul(DeviceTensor output, DeviceTensor input, DeviceTensor weight, bool accumulate);
 
     /// <summary>
+    /// output[T, N] = (accumulate ? output : 0) + RmsNorm(input, normWeight, eps) · weight[N, K]ᵀ: a transformer block's
+    /// norm and its first projection. <paramref name="normed"/> F32[T, K] is scratch: this default writes the normalised
+    /// input there and multiplies; a backend may fuse the two and leave it untouched (the ILGPU backend does for small T,
+    /// saving a launch per norm).
+    /// </summary>
+    void NormMatMul(DeviceTensor output, DeviceTensor input, DeviceTensor normWeight, float eps, DeviceTensor weight, DeviceTensor normed, bool accumulate)
+    {
+        RmsNorm(normed, input, normWeight, eps);
+        MatMul(output, normed, weight, accumulate);
+    }
+
+    /// <summary>
     /// Rotary embedding in place, rotate-half form, on the first <paramref name="heads"/> · <paramref name="headDim"/>
     /// columns of each row of x F32[T, W]: for head h and j &lt; Dh/2, with angle = positions[t] · θ^(−2j/Dh) (float32 math),
     /// (a, b) = (x[h·Dh + j], x[h·Dh + j + Dh/2]) becomes (a·cos − b·sin, a·sin + b·cos).

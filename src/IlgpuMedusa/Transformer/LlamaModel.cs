@@ -179,8 +179,7 @@ public sealed class LlamaModel : IDisposable
         {
             var w = _layers[layer];
             // Attention block: x += Wo · attention(rope(Wqkv · norm(x)))
-            b.RmsNorm(xNorm, x, w.AttentionNorm, Config.RmsNormEps);
-            b.MatMul(qkv, xNorm, w.Qkv, accumulate: false);
+            b.NormMatMul(qkv, x, w.AttentionNorm, Config.RmsNormEps, w.Qkv, xNorm, accumulate: false);
             b.Rope(qkv, inputs.Positions, Config.Heads + Config.KvHeads, Config.HeadDim, Config.RopeTheta);
             foreach (var segment in segments)
             {
@@ -192,8 +191,7 @@ public sealed class LlamaModel : IDisposable
             }
             b.MatMul(x, attention, w.Output, accumulate: true);
             // Feed-forward block: x += W_down · (silu(W_gate · norm(x)) ⊙ W_up · norm(x))
-            b.RmsNorm(xNorm, x, w.FfnNorm, Config.RmsNormEps);
-            b.MatMul(gateUp, xNorm, w.GateUp, accumulate: false);
+            b.NormMatMul(gateUp, x, w.FfnNorm, Config.RmsNormEps, w.GateUp, xNorm, accumulate: false);
             b.SwiGlu(ffn, gateUp);
             b.MatMul(x, ffn, w.Down, accumulate: true);
         }

@@ -327,6 +327,28 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
     }
 
     /// <inheritdoc />
+    public void NormMatMul(DeviceTensor output, DeviceTensor input, DeviceTensor normWeight, float eps, DeviceTensor weight, DeviceTensor normed, bool accumulate)
+    {
+        var o = Own(output);
+        var x = Own(input);
+        var g = Own(normWeight);
+        var w = Own(weight);
+        var n = Own(normed);
+        Shapes.RmsNorm(n, x, g);
+        Shapes.MatMul(o, n, w);
+        if (g.Type != DType.F32 || !_kernels.MatMul.CanNormalize(x.Rows))
+        {
+            // Prefill-sized T (the tiled kernel) or 16-bit norm weights: the two ops one after the other.
+            RmsNorm(n, x, g, eps);
+            MatMul(o, n, w, accumulate);
+            return;
+        }
+        int op = _timer is null ? -1 : _timer.Begin("norm+matmul", $"{w.Rows}x{w.Columns} {w.Type} T={x.Rows}", w.Length * DTypeInfo.SizeOf(w.Type));
+        _kernels.MatMul.LaunchNormed(_stream, o.Floats, x.Floats, g.Floats, w.AsWeight(), x.Rows, eps, accumulate);
+        End(op);
+    }
+
+    /// <inheritdoc />
     public void Rope(DeviceTensor x, DeviceTensor positions, int heads, int headDim, float theta)
     {
         var t = Own(x);
