@@ -22,6 +22,7 @@ public sealed class KernelSet : IDisposable
         MatMul = new MatMulLauncher(accelerator, groupSize);
         Rope = new RopeLauncher(accelerator);
         KvWrite = new KvWriteLauncher(accelerator);
+        RopeKvWrite = new RopeKvWriteLauncher(accelerator);
         Attention = new AttentionLauncher(accelerator, groupSize);
         SwiGlu = new SwiGluLauncher(accelerator);
         SiluResidual = new SiluResidualLauncher(accelerator);
@@ -44,6 +45,8 @@ public sealed class KernelSet : IDisposable
     public RopeLauncher Rope { get; }
     /// <summary>KV write.</summary>
     public KvWriteLauncher KvWrite { get; }
+    /// <summary>RoPE and the KV write in one launch.</summary>
+    public RopeKvWriteLauncher RopeKvWrite { get; }
     /// <summary>Attention.</summary>
     public AttentionLauncher Attention { get; }
     /// <summary>SwiGLU.</summary>
@@ -131,6 +134,7 @@ public static class KernelCatalog
             (Action<ArrayView<float>, ArrayView<float>, ArrayView<ushort>, MatMulArgs>)MatMulKernels.Tiled<ushort, F16NativeFormat>,
             (Action<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, RopeArgs>)RopeKernel.Run,
             (Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, KvWriteArgs>)KvWriteKernel.Run,
+            (Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<int>, RopeKvWriteArgs>)RopeKvWriteKernel.Run,
             (Action<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, AttentionArgs>)AttentionKernel.Run,
             (Action<Index1D, ArrayView<float>, ArrayView<float>, AttentionArgs>)AttentionKernel.Combine,
             (Action<Index1D, ArrayView<float>, ArrayView<float>, SwiGluArgs>)SwiGluKernel.Run,

@@ -41,6 +41,16 @@ public static class RopeKernel
     private const float TwoPiLow = 1.2556658930407139e-06f;
     private const float InverseTwoPi = 0.15915494f;
 
+    /// <summary>(cos, sin) of an angle, reduced exactly to [−π, π] first.</summary>
+    internal static (float Cos, float Sin) Rotation(float angle)
+    {
+        float turns = XMath.Floor(angle * InverseTwoPi + 0.5f);
+        float reduced = angle - turns * TwoPiHigh;
+        reduced -= turns * TwoPiMiddle;
+        reduced -= turns * TwoPiLow;
+        return (XMath.Cos(reduced), XMath.Sin(reduced));
+    }
+
     /// <summary>One thread per (t, j); it loops over the heads, which share cos and sin.</summary>
     /// <param name="index">t · Dh/2 + j.</param>
     /// <param name="x">F32[T, W], rotated in place.</param>
@@ -53,13 +63,7 @@ public static class RopeKernel
         if (index >= args.Tokens * half) return;
         int t = index / half;
         int j = index - t * half;
-        float angle = positions[t] * frequencies[j];
-        float turns = XMath.Floor(angle * InverseTwoPi + 0.5f);
-        float reduced = angle - turns * TwoPiHigh;
-        reduced -= turns * TwoPiMiddle;
-        reduced -= turns * TwoPiLow;
-        float cos = XMath.Cos(reduced);
-        float sin = XMath.Sin(reduced);
+        var (cos, sin) = Rotation(positions[t] * frequencies[j]);
         long row = (long)t * args.RowStride;
         for (int h = 0; h < args.Heads; h++)
         {

@@ -226,6 +226,34 @@ public abstract class ConformanceTests
         Twin.AssertCachesClose(caches, Tolerance.Exact, "KvWrite");
     }
 
+    /// <summary>
+    /// RoPE and the KV write fused (one kernel on the device) against the host's Rope then KvWrite: rotated query and key
+    /// heads in the qkv rows, rotated keys and the values in the cache, through a scrambled block table from mid-block, with
+    /// RoPE positions that differ from the cache positions (as in tree verification) and grouped-query heads.
+    /// </summary>
+    [Theory]
+    [InlineData(2)]
+    [InlineData(6)]
+    [InlineData(34)]
+    public void RopeKvWrite_matches_host(int headDim)
+    {
+        using var twin = NewTwin(32);
+        var layout = new KvCacheLayout(Layers: 2, KvHeads: 2, HeadDim: headDim, BlockSize: 4, BlockCount: 6);
+        var caches = twin.Cache(layout);
+        var table = twin.Ints(1, 4, [5, 2, 0, 3]);
+        const int heads = 4, tokens = 5;
+        int qkvWidth = (heads + 2 * layout.KvHeads) * headDim + 3;
+        var positions = twin.Ints(tokens, 1, [3, 4, 4, 5, 2050]);
+        for (int layer = 0; layer < layout.Layers; layer++)
+        {
+            var qkv = twin.RandomTensor(tokens, qkvWidth, 2f);
+            ((IComputeBackend)Accelerators.Host).RopeKvWrite(qkv.Host, positions.Host, heads, headDim, 10000f, caches.Host, layer, table.Host, startPosition: 3);
+            Device.RopeKvWrite(qkv.Device, positions.Device, heads, headDim, 10000f, caches.Device, layer, table.Device, startPosition: 3);
+            Twin.AssertClose(qkv, new Tolerance(2e-6, 1e-5), $"RopeKvWrite Dh={headDim} qkv rows, layer {layer}");
+        }
+        Twin.AssertCachesClose(caches, new Tolerance(2e-6, 1e-5), $"RopeKvWrite Dh={headDim}");
+    }
+
     /// <summary>Causal prefill from an empty cache, grouped-query heads.</summary>
     [Fact]
     public void Attention_causal_prefill_matches_host()

@@ -46,7 +46,8 @@ public sealed class OpTimingTests(Accelerators accelerators)
             Assert.Equal(2, report.Ops.Count(o => o.Op == "matmul"));      // one row per weight shape
             Assert.Equal(2, report.Ops.Count(o => o.Op == "norm+matmul"));
             Assert.Equal(Steps * c.Layers, Calls("attention"));
-            Assert.Equal(Steps * c.Layers, Calls("kvwrite"));
+            Assert.Equal(Steps * c.Layers, Calls("rope+kvwrite"));
+            Assert.Equal(0, Calls("rope") + Calls("kvwrite"));
             Assert.Equal(Steps, Calls("rmsnorm"));                        // the final norm
             Assert.Equal(Steps, Calls("embedding"));
             Assert.Contains(report.Ops, o => o.Op == "norm+matmul" && o.Shape == $"{c.HiddenDim * 2}x{c.Dim} F32 T=1" && o.BytesPerCall == 2L * c.HiddenDim * c.Dim * 4);

@@ -105,6 +105,19 @@ public interface IComputeBackend : IDisposable
     void KvWrite(KvCache cache, int layer, DeviceTensor qkv, int queryHeads, DeviceTensor blockTable, int startPosition);
 
     /// <summary>
+    /// <see cref="Rope"/> on the query and key heads of qkv (H = <paramref name="queryHeads"/> plus the cache's Hkv) at
+    /// RoPE <paramref name="positions"/>, then <see cref="KvWrite"/> of the rotated keys and the values at cache positions
+    /// <paramref name="startPosition"/> + t. This default runs the two ops; a backend may fuse them (the ILGPU backend
+    /// does: one launch instead of two per layer).
+    /// </summary>
+    void RopeKvWrite(DeviceTensor qkv, DeviceTensor positions, int queryHeads, int headDim, float theta, KvCache cache, int layer, DeviceTensor blockTable, int startPosition)
+    {
+        ArgumentNullException.ThrowIfNull(cache);
+        Rope(qkv, positions, queryHeads + cache.Layout.KvHeads, headDim, theta);
+        KvWrite(cache, layer, qkv, queryHeads, blockTable, startPosition);
+    }
+
+    /// <summary>
     /// Attention of T new queries over S = <paramref name="committed"/> committed keys plus the T new keys (already
     /// written at logical positions S..S+T−1). Query t sees key j when j &lt; S, or when mask[t, j − S] ≠ 0; with no mask,
     /// when j − S ≤ t (causal). Scores are q·k / √Dh, softmax over visible keys, output = Σ p·v. Query head h reads

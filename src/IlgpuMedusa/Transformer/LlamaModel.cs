@@ -180,14 +180,24 @@ public sealed class LlamaModel : IDisposable
             var w = _layers[layer];
             // Attention block: x += Wo · attention(rope(Wqkv · norm(x)))
             b.NormMatMul(qkv, x, w.AttentionNorm, Config.RmsNormEps, w.Qkv, xNorm, accumulate: false);
-            b.Rope(qkv, inputs.Positions, Config.Heads + Config.KvHeads, Config.HeadDim, Config.RopeTheta);
-            foreach (var segment in segments)
+            if (segments.Count == 1)
             {
-                var rows = segments.Count == 1 ? qkv : qkv.Slice(segment.Start, segment.Count);
-                var output = segments.Count == 1 ? attention : attention.Slice(segment.Start, segment.Count);
+                // One sequence: rotate and write the new keys and values in one op (fused on the ILGPU backend).
+                var segment = segments[0];
                 var cache = segment.Sequence.Cache;
-                b.KvWrite(cache, layer, rows, Config.Heads, segment.Sequence.DeviceBlockTable, segment.Committed);
-                b.Attention(output, rows, cache, layer, segment.Sequence.DeviceBlockTable, segment.Committed, segment.Mask);
+                b.RopeKvWrite(qkv, inputs.Positions, Config.Heads, Config.HeadDim, Config.RopeTheta, cache, layer, segment.Sequence.DeviceBlockTable, segment.Committed);
+                b.Attention(attention, qkv, cache, layer, segment.Sequence.DeviceBlockTable, segment.Committed, segment.Mask);
+            }
+            else
+            {
+                b.Rope(qkv, inputs.Positions, Config.Heads + Config.KvHeads, Config.HeadDim, Config.RopeTheta);
+                foreach (var segment in segments)
+                {
+                    var rows = qkv.Slice(segment.Start, segment.Count);
+                    var cache = segment.Sequence.Cache;
+                    b.KvWrite(cache, layer, rows, Config.Heads, segment.Sequence.DeviceBlockTable, segment.Committed);
+                    b.Attention(attention.Slice(segment.Start, segment.Count), rows, cache, layer, segment.Sequence.DeviceBlockTable, segment.Committed, segment.Mask);
+                }
             }
             b.MatMul(x, attention, w.Output, accumulate: true);
             // Feed-forward block: x += W_down · (silu(W_gate · norm(x)) ⊙ W_up · norm(x))

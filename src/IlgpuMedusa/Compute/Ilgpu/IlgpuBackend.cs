@@ -384,6 +384,24 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
     }
 
     /// <inheritdoc />
+    public void RopeKvWrite(DeviceTensor qkv, DeviceTensor positions, int queryHeads, int headDim, float theta, KvCache cache, int layer, DeviceTensor blockTable, int startPosition)
+    {
+        var c = OwnCache(cache);
+        var q = Own(qkv);
+        var p = Own(positions);
+        var table = Own(blockTable);
+        var l = c.Layout;
+        if (headDim != l.HeadDim)
+            throw new ArgumentException($"RopeKvWrite: head dim {headDim} differs from the KV cache's {l.HeadDim}", nameof(headDim));
+        Shapes.Rope(q, p, queryHeads + l.KvHeads, headDim);
+        Shapes.KvWrite(l, layer, q, queryHeads, table, startPosition);
+        var args = new RopeKvWriteArgs(q.Rows, queryHeads, l.KvHeads, headDim, q.Columns, l.BlockSize, startPosition);
+        int op = Begin("rope+kvwrite", q.Rows, q.Columns);
+        _kernels.RopeKvWrite.Launch(_stream, c.Plane(layer, 0), c.Plane(layer, 1), q.Floats, p.Ints, RopeFrequencies(headDim, theta), table.Ints, args);
+        End(op);
+    }
+
+    /// <inheritdoc />
     public void Attention(DeviceTensor output, DeviceTensor qkv, KvCache cache, int layer, DeviceTensor blockTable, int committed, DeviceTensor? mask) =>
         Attention(output, qkv, cache, layer, blockTable, committed, mask, splits: null);
 

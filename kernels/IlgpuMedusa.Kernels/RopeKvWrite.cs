@@ -1,0 +1,129 @@
+using ILGPU;
+using ILGPU.Algorithms;
+using ILGPU.Runtime;
+
+namespace IlgpuMedusa.Kernels;
+
+/// <summary>Scalars of <see cref="RopeKvWriteKernel"/>.</summary>
+public readonly struct RopeKvWriteArgs
+{
+    /// <summary>Creates the scalars.</summary>
+    public RopeKvWriteArgs(int tokens, int queryHeads, int kvHeads, int headDim, int qkvStride, int blockSize, int startPosition)
+    {
+        Tokens = tokens;
+        QueryHeads = queryHeads;
+        KvHeads = kvHeads;
+        HeadDim = headDim;
+        QkvStride = qkvStride;
+        BlockSize = blockSize;
+        StartPosition = startPosition;
+    }
+
+    /// <summary>T.</summary>
+    public readonly int Tokens;
+    /// <summary>H, query heads (columns [0, H·Dh) of a qkv row).</summary>
+    public readonly int QueryHeads;
+    /// <summary>Hkv: key heads follow the query heads, value heads the key heads.</summary>
+    public readonly int KvHeads;
+    /// <summary>Dh (even).</summary>
+    public readonly int HeadDim;
+    /// <summary>Floats per qkv row.</summary>
+    public readonly int QkvStride;
+    /// <summary>B, slots per block.</summary>
+    public readonly int BlockSize;
+    /// <summary>Logical cache position of token 0.</summary>
+    public readonly int StartPosition;
+}
+
+/// <summary>
+/// RoPE and the KV write in one launch: the rotation of <see cref="RopeKernel"/> on the query and key heads of each qkv
+/// row, in place, and the copy of <see cref="KvWriteKernel"/> of the rotated keys and the values into the layer's cache
+/// planes at logical position start + t (slot blockTable[p / B] · B + p mod B). The RoPE position comes from
+/// positions[t] (for a tree, S + depth), the cache position from the row (S + node): the two differ during verification.
+/// </summary>
+public static class RopeKvWriteKernel
+{
+    /// <summary>
+    /// One thread per (t, j), j &lt; Dh/2: one angle (reduced to [−π, π] exactly, as in <see cref="RopeKernel"/>), then
+    /// pair j of every query head (rotated), of every key head (rotated, also stored) and of every value head (stored).
+    /// </summary>
+    /// <param name="index">t · Dh/2 + j.</param>
+    /// <param name="keys">The layer's key plane F32[slots, Hkv·Dh].</param>
+    /// <param name="values">The layer's value plane F32[slots, Hkv·Dh].</param>
+    /// <param name="qkv">F32[T, stride]: Q | K | V, rotated in place.</param>
+    /// <param name="positions">I32[T] RoPE positions.</param>
+    /// <param name="frequencies">F32[Dh/2] from <see cref="RopeLauncher.Frequencies"/>.</param>
+    /// <param name="blockTable">I32[blocks].</param>
+    /// <param name="args">Shapes.</param>
+    public static void Run(Index1D index, ArrayView<float> keys, ArrayView<float> values, ArrayView<float> qkv, ArrayView<int> positions,
+        ArrayView<float> frequencies, ArrayView<int> blockTable, RopeKvWriteArgs args)
+    {
+        int half = args.HeadDim / 2;
+        if (index >= args.Tokens * half) return;
+        int t = index / half;
+        int j = index - t * half;
+        var (cos, sin) = RopeKernel.Rotation(positions[t] * frequencies[j]);
+        long row = (long)t * args.QkvStride;
+        for (int h = 0; h < args.QueryHeads; h++)
+        {
+            long i = row + h * args.HeadDim + j;
+            float a = qkv[i];
+            float b = qkv[i + half];
+            qkv[i] = a * cos - b * sin;
+            qkv[i + half] = a * sin + b * cos;
+        }
+        int position = args.StartPosition + t;
+        long slot = (long)blockTable[position / args.BlockSize] * args.BlockSize + position % args.BlockSize;
+        int kvDim = args.KvHeads * args.HeadDim;
+        long keyStart = row + (long)args.QueryHeads * args.HeadDim;
+        for (int g = 0; g < args.KvHeads; g++)
+        {
+            int c = g * args.HeadDim + j;
+            long i = keyStart + c;
+            float a = qkv[i];
+            float b = qkv[i + half];
+            float ra = a * cos - b * sin;
+            float rb = a * sin + b * cos;
+            qkv[i] = ra;
+            qkv[i + half] = rb;
+            long at = slot * kvDim + c;
+            keys[at] = ra;
+            keys[at + half] = rb;
+            values[at] = qkv[i + kvDim];
+            values[at + half] = qkv[i + kvDim + half];
+        }
+    }
+}
+
+/// <summary>Launches <see cref="RopeKvWriteKernel"/>; one instance per accelerator.</summary>
+public sealed class RopeKvWriteLauncher
+{
+    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<int>, RopeKvWriteArgs> _kernel;
+
+    /// <summary>Compiles and loads the kernel.</summary>
+    public RopeKvWriteLauncher(Accelerator accelerator)
+    {
+        ArgumentNullException.ThrowIfNull(accelerator);
+        _kernel = KernelLoader.Load(accelerator, RopeKvWriteKernel.Run,
+            () => accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<int>, RopeKvWriteArgs>(RopeKvWriteKernel.Run));
+    }
+
+    /// <summary>
+    /// keys/values: one layer's planes; qkv F32[T, stride] holding Q | K | V; positions I32[T]; frequencies F32[Dh/2];
+    /// blockTable I32[n] covering start + T positions.
+    /// </summary>
+    public void Launch(AcceleratorStream stream, ArrayView<float> keys, ArrayView<float> values, ArrayView<float> qkv, ArrayView<int> positions,
+        ArrayView<float> frequencies, ArrayView<int> blockTable, in RopeKvWriteArgs args)
+    {
+        int dh = args.HeadDim;
+        long kvDim = (long)args.KvHeads * dh;
+        if (dh <= 0 || dh % 2 != 0 || (args.QueryHeads + 2L * args.KvHeads) * dh > args.QkvStride || qkv.Length < (long)args.Tokens * args.QkvStride
+            || positions.Length < args.Tokens || frequencies.Length < dh / 2 || keys.Length != values.Length
+            || (long)blockTable.Length * args.BlockSize < (long)args.StartPosition + args.Tokens || keys.Length % Math.Max(1, kvDim) != 0)
+            throw new ArgumentException($"RopeKvWrite: qkv {qkv.Length} floats (rows of {args.QkvStride}), {positions.Length} positions, {frequencies.Length} frequencies, " +
+                $"block table of {blockTable.Length} × {args.BlockSize}: wrong for T={args.Tokens}, H={args.QueryHeads}, Hkv={args.KvHeads}, Dh={dh} from position {args.StartPosition}");
+        long total = (long)args.Tokens * (dh / 2);
+        if (total == 0) return;
+        _kernel(stream, (int)total, keys, values, qkv, positions, frequencies, blockTable, args);
+    }
+}
