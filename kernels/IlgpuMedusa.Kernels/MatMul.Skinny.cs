@@ -11,23 +11,24 @@ public static partial class MatMulKernels
     /// <summary>
     /// Small-T matmul: group x computes output[:, 4x .. 4x+3] for every token, four tokens per pass, so each weight
     /// pack loaded from memory serves four tokens (later passes find the group's rows in cache). Loads are coalesced as
-    /// in <see cref="Vector{TPack, TFormat, TInput}"/>; 16 partial sums per thread go through one shared tree reduction per pass.
+    /// in <see cref="Vector{TPack, TFormat, TMode}"/>; 16 partial sums per thread go through one shared tree reduction per pass.
     /// With <see cref="NormedInput"/> the four input rows are RMS-normalised on the fly as in
-    /// <see cref="Vector{TPack, TFormat, TInput}"/> (four more sums of squares in the reduction).
+    /// <see cref="Vector{TPack, TFormat, TMode}"/> (four more sums of squares in the reduction), and with
+    /// <see cref="NormedSwiGlu"/> the (gate, up) row pairs give silu(gate)·up.
     /// Grid: (⌈N/4⌉, 1) groups of G threads (a power of two).
     /// </summary>
-    /// <param name="output">F32[T, N].</param>
+    /// <param name="output">F32[T, N] (F32[T, N/2] for <see cref="NormedSwiGlu"/>).</param>
     /// <param name="input">F32[T, K].</param>
     /// <param name="weight">[N, stride] packs.</param>
     /// <param name="norm">F32[K] RMSNorm weights (<see cref="NormedInput"/>; any view otherwise, not read).</param>
     /// <param name="args">Shapes; WeightStride in packs; ε.</param>
-    public static void Skinny<TPack, TFormat, TInput>(ArrayView<float> output, ArrayView<float> input, ArrayView<TPack> weight, ArrayView<float> norm, MatMulArgs args)
+    public static void Skinny<TPack, TFormat, TMode>(ArrayView<float> output, ArrayView<float> input, ArrayView<TPack> weight, ArrayView<float> norm, MatMulArgs args)
         where TPack : unmanaged
         where TFormat : struct, IPackFormat<TPack>
-        where TInput : struct, IMatMulInput
+        where TMode : struct, IMatMulMode
     {
         var partial = SharedMemory.Allocate<float>((RowsPerGroup + 1) * SkinnyTokens * KernelLimits.MaxGroupSize);
-        bool normed = default(TInput).Normalizes;
+        bool normed = default(TMode).Normalizes;
         int sums = normed ? (RowsPerGroup + 1) * SkinnyTokens : RowsPerGroup * SkinnyTokens;
         const int M = KernelLimits.MaxGroupSize;
         int tid = Group.IdxX;
@@ -113,7 +114,25 @@ public static partial class MatMulKernels
                 }
                 Group.Barrier();
             }
-            if (tid < RowsPerGroup * SkinnyTokens)
+            if (default(TMode).SwiGluPairs)
+            {
+                // Thread (pair, token) for pair 0, 1: rows row0 + 2·pair (gate) and row0 + 2·pair + 1 (up), slot row · 4 + token.
+                if (tid < 2 * SkinnyTokens)
+                {
+                    int pair = tid / SkinnyTokens;
+                    int k = tid % SkinnyTokens;
+                    int token = t0 + k;
+                    int row = row0 + 2 * pair;
+                    if (row + 1 < args.Rows && token < args.Tokens)
+                    {
+                        float scale = normed ? 1f / XMath.Sqrt(partial[(16 + k) * M] / args.Columns + args.Eps) : 1f;
+                        float gate = partial[(2 * pair * SkinnyTokens + k) * M] * scale;
+                        float up = partial[((2 * pair + 1) * SkinnyTokens + k) * M] * scale;
+                        output[(long)token * (args.Rows / 2) + row / 2] = gate / (1f + XMath.Exp(-gate)) * up;
+                    }
+                }
+            }
+            else if (tid < RowsPerGroup * SkinnyTokens)
             {
                 int row = row0 + tid / SkinnyTokens;
                 int token = t0 + tid % SkinnyTokens;

@@ -15,21 +15,22 @@ public static partial class MatMulKernels
     /// iteration to keep more loads in flight; then one shared-memory tree reduction sums the four rows at once.
     /// With <see cref="NormedInput"/> the input row is RMS-normalised on the fly: each element is multiplied by its norm
     /// weight as it is read, its square is summed alongside (a fifth sum in the same reduction), and the four results
-    /// are scaled by 1/√(mean(x²) + ε) at the end: RMSNorm and the matmul in one launch, no extra memory traffic.
+    /// are scaled by 1/√(mean(x²) + ε) at the end: RMSNorm and the matmul in one launch, no extra memory traffic. With
+    /// <see cref="NormedSwiGlu"/> the four rows are two (gate, up) pairs and the group writes silu(gate)·up for each.
     /// Grid: (⌈N/4⌉, T) groups of G threads (a power of two).
     /// </summary>
-    /// <param name="output">F32[T, N].</param>
+    /// <param name="output">F32[T, N] (F32[T, N/2] for <see cref="NormedSwiGlu"/>).</param>
     /// <param name="input">F32[T, K].</param>
     /// <param name="weight">[N, stride] packs (see <see cref="IPackFormat{TPack}"/>).</param>
     /// <param name="norm">F32[K] RMSNorm weights (<see cref="NormedInput"/>; any view otherwise, not read).</param>
     /// <param name="args">Shapes; WeightStride in packs; ε.</param>
-    public static void Vector<TPack, TFormat, TInput>(ArrayView<float> output, ArrayView<float> input, ArrayView<TPack> weight, ArrayView<float> norm, MatMulArgs args)
+    public static void Vector<TPack, TFormat, TMode>(ArrayView<float> output, ArrayView<float> input, ArrayView<TPack> weight, ArrayView<float> norm, MatMulArgs args)
         where TPack : unmanaged
         where TFormat : struct, IPackFormat<TPack>
-        where TInput : struct, IMatMulInput
+        where TMode : struct, IMatMulMode
     {
         var partial = SharedMemory.Allocate<float>((RowsPerGroup + 1) * KernelLimits.MaxGroupSize);
-        bool normed = default(TInput).Normalizes;
+        bool normed = default(TMode).Normalizes;
         float squares = 0f;
         const int M = KernelLimits.MaxGroupSize;
         int tid = Group.IdxX;
@@ -152,10 +153,21 @@ public static partial class MatMulKernels
             }
             Group.Barrier();
         }
-        if (tid < RowsPerGroup && row0 + tid < args.Rows)
+        float scale = normed ? 1f / XMath.Sqrt(partial[4 * M] / args.Columns + args.Eps) : 1f;
+        if (default(TMode).SwiGluPairs)
         {
-            float v = partial[tid * M];
-            if (normed) v *= 1f / XMath.Sqrt(partial[4 * M] / args.Columns + args.Eps);
+            // Rows (gate i, up i, gate i + 1, up i + 1) with i = row0 / 2: output[t, i + pair] = silu(gate) · up.
+            if (tid < RowsPerGroup / 2 && row0 + 2 * tid + 1 < args.Rows)
+            {
+                float gate = partial[2 * tid * M] * scale;
+                float up = partial[(2 * tid + 1) * M] * scale;
+                long o = (long)token * (args.Rows / 2) + row0 / 2 + tid;
+                output[o] = gate / (1f + XMath.Exp(-gate)) * up;
+            }
+        }
+        else if (tid < RowsPerGroup && row0 + tid < args.Rows)
+        {
+            float v = partial[tid * M] * scale;
             long o = (long)token * args.Rows + row0 + tid;
             output[o] = args.Accumulate != 0 ? output[o] + v : v;
         }

@@ -31,25 +31,47 @@ public readonly struct MatMulArgs
     public readonly float Eps;
 }
 
-/// <summary>How the vector and skinny matmul kernels read their input rows.</summary>
-public interface IMatMulInput
+/// <summary>What the vector and skinny matmul kernels do besides x·Wᵀ (a compile-time choice: one kernel per mode).</summary>
+public interface IMatMulMode
 {
     /// <summary>True: each input row is RMS-normalised (with the norm weights) as it is read.</summary>
     bool Normalizes { get; }
+
+    /// <summary>
+    /// True: weight rows come in (gate, up) pairs, rows 2i and 2i + 1 (see <see cref="MatMulLauncher.InterleaveGateUp"/>),
+    /// and the kernel writes silu(gate)·up to output[t, i] instead of the two products.
+    /// </summary>
+    bool SwiGluPairs { get; }
 }
 
-/// <summary>Input rows as they are.</summary>
-public readonly struct PlainInput : IMatMulInput
+/// <summary>Input rows as they are, products written as they are.</summary>
+public readonly struct PlainInput : IMatMulMode
 {
     /// <inheritdoc />
     public bool Normalizes => false;
+
+    /// <inheritdoc />
+    public bool SwiGluPairs => false;
 }
 
 /// <summary>Input rows x read as RMSNorm(x) = x / √(mean(x²) + ε) ⊙ w: RMSNorm fused into the matmul.</summary>
-public readonly struct NormedInput : IMatMulInput
+public readonly struct NormedInput : IMatMulMode
 {
     /// <inheritdoc />
     public bool Normalizes => true;
+
+    /// <inheritdoc />
+    public bool SwiGluPairs => false;
+}
+
+/// <summary>RMSNorm on the input and SwiGLU on the (gate, up) row pairs: a feed-forward block's first half in one launch.</summary>
+public readonly struct NormedSwiGlu : IMatMulMode
+{
+    /// <inheritdoc />
+    public bool Normalizes => true;
+
+    /// <inheritdoc />
+    public bool SwiGluPairs => true;
 }
 
 /// <summary>The kernel a matmul launch uses.</summary>
@@ -57,9 +79,9 @@ public enum MatMulPath
 {
     /// <summary>Pick by T: vector for T = 1, skinny for small T, tiled beyond.</summary>
     Auto,
-    /// <summary><see cref="MatMulKernels.Vector{TPack, TFormat, TInput}"/>: one token per grid row, weights streamed once per token.</summary>
+    /// <summary><see cref="MatMulKernels.Vector{TPack, TFormat, TMode}"/>: one token per grid row, weights streamed once per token.</summary>
     Vector,
-    /// <summary><see cref="MatMulKernels.Skinny{TPack, TFormat, TInput}"/>: four tokens per pass over the weights.</summary>
+    /// <summary><see cref="MatMulKernels.Skinny{TPack, TFormat, TMode}"/>: four tokens per pass over the weights.</summary>
     Skinny,
     /// <summary><see cref="MatMulKernels.Tiled{TElement, TFormat}"/>: shared-memory tiles of tokens × rows.</summary>
     Tiled,
@@ -97,28 +119,29 @@ public readonly record struct MatMulTuning(int GroupSize, int SkinnyGroupSize, i
 /// T = 1 (decoding) is a GEMV and memory-bound: the vector kernel streams each weight row once with coalesced loads.
 /// Small T (tree verification) uses the skinny kernel, which reads the weights once per four tokens; larger T (prefill)
 /// uses the tiled kernel, which reuses each loaded weight tile for 4·√G tokens. <see cref="LaunchNormed"/> fuses the
-/// RMSNorm of the input into the vector and skinny kernels (T ≤ <see cref="MatMulTuning.SkinnyMaxTokens"/>).
+/// RMSNorm of the input into the vector and skinny kernels, <see cref="LaunchNormedSwiGlu"/> also SwiGLU on interleaved
+/// (gate, up) rows (T ≤ <see cref="MatMulTuning.SkinnyMaxTokens"/>).
 /// </summary>
 public sealed class MatMulLauncher
 {
-    // Vector and skinny kernels per storage, indexed [2 · path (0 vector, 1 skinny) + input (0 plain, 1 normed)].
+    // Vector and skinny kernels per storage, indexed [3 · path (0 vector, 1 skinny) + mode (0 plain, 1 normed, 2 normed + SwiGLU)].
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, MatMulArgs>[] _f32 =
-        new Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, MatMulArgs>[4];
+        new Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, MatMulArgs>[6];
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<uint>, ArrayView<float>, MatMulArgs>[] _f16 =
-        new Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<uint>, ArrayView<float>, MatMulArgs>[4];
+        new Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<uint>, ArrayView<float>, MatMulArgs>[6];
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<uint>, ArrayView<float>, MatMulArgs>[] _bf16 =
-        new Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<uint>, ArrayView<float>, MatMulArgs>[4];
+        new Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<uint>, ArrayView<float>, MatMulArgs>[6];
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, MatMulArgs> _f32Tiled;
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<ushort>, MatMulArgs> _f16Tiled;
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<ushort>, MatMulArgs> _bf16Tiled;
 
-    /// <summary>Compiles and loads the fifteen kernels (vector and skinny, plain and normed, and tiled; three storage types) with the device's tuning.</summary>
+    /// <summary>Compiles and loads the 21 kernels (vector and skinny in three modes, and tiled; three storage types) with the device's tuning.</summary>
     public MatMulLauncher(Accelerator accelerator, int groupSize)
         : this(accelerator, MatMulTuning.For(accelerator, groupSize))
     {
     }
 
-    /// <summary>Compiles and loads the fifteen kernels with an explicit tuning.</summary>
+    /// <summary>Compiles and loads the 21 kernels with an explicit tuning.</summary>
     public MatMulLauncher(Accelerator accelerator, MatMulTuning tuning)
     {
         ArgumentNullException.ThrowIfNull(accelerator);
@@ -126,33 +149,40 @@ public sealed class MatMulLauncher
         KernelLimits.CheckGroupSize(tuning.SkinnyGroupSize);
         MatMulKernels.TileFor(tuning.TiledGroupSize);
         Tuning = tuning;
-        _f32[0] = Load<float>(accelerator, MatMulKernels.Vector<float, F32Format, PlainInput>);
-        _f32[1] = Load<float>(accelerator, MatMulKernels.Vector<float, F32Format, NormedInput>);
-        _f32[2] = Load<float>(accelerator, MatMulKernels.Skinny<float, F32Format, PlainInput>);
-        _f32[3] = Load<float>(accelerator, MatMulKernels.Skinny<float, F32Format, NormedInput>);
+        LoadRows<float, F32Format>(accelerator, _f32);
         _f32Tiled = LoadTiled<float>(accelerator, MatMulKernels.Tiled<float, F32Format>);
         if (tuning.NativeHalf)
         {
-            _f16[0] = Load<uint>(accelerator, MatMulKernels.Vector<uint, F16NativeFormat, PlainInput>);
-            _f16[1] = Load<uint>(accelerator, MatMulKernels.Vector<uint, F16NativeFormat, NormedInput>);
-            _f16[2] = Load<uint>(accelerator, MatMulKernels.Skinny<uint, F16NativeFormat, PlainInput>);
-            _f16[3] = Load<uint>(accelerator, MatMulKernels.Skinny<uint, F16NativeFormat, NormedInput>);
+            LoadRows<uint, F16NativeFormat>(accelerator, _f16);
             _f16Tiled = LoadTiled<ushort>(accelerator, MatMulKernels.Tiled<ushort, F16NativeFormat>);
         }
         else
         {
-            _f16[0] = Load<uint>(accelerator, MatMulKernels.Vector<uint, F16Format, PlainInput>);
-            _f16[1] = Load<uint>(accelerator, MatMulKernels.Vector<uint, F16Format, NormedInput>);
-            _f16[2] = Load<uint>(accelerator, MatMulKernels.Skinny<uint, F16Format, PlainInput>);
-            _f16[3] = Load<uint>(accelerator, MatMulKernels.Skinny<uint, F16Format, NormedInput>);
+            LoadRows<uint, F16Format>(accelerator, _f16);
             _f16Tiled = LoadTiled<ushort>(accelerator, MatMulKernels.Tiled<ushort, F16Format>);
         }
-        _bf16[0] = Load<uint>(accelerator, MatMulKernels.Vector<uint, BF16Format, PlainInput>);
-        _bf16[1] = Load<uint>(accelerator, MatMulKernels.Vector<uint, BF16Format, NormedInput>);
-        _bf16[2] = Load<uint>(accelerator, MatMulKernels.Skinny<uint, BF16Format, PlainInput>);
-        _bf16[3] = Load<uint>(accelerator, MatMulKernels.Skinny<uint, BF16Format, NormedInput>);
+        LoadRows<uint, BF16Format>(accelerator, _bf16);
         _bf16Tiled = LoadTiled<ushort>(accelerator, MatMulKernels.Tiled<ushort, BF16Format>);
     }
+
+    private static void LoadRows<TPack, TFormat>(Accelerator accelerator,
+        Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<TPack>, ArrayView<float>, MatMulArgs>[] slots)
+        where TPack : unmanaged
+        where TFormat : struct, IPackFormat<TPack>
+    {
+        slots[0] = Load<TPack>(accelerator, MatMulKernels.Vector<TPack, TFormat, PlainInput>);
+        slots[1] = Load<TPack>(accelerator, MatMulKernels.Vector<TPack, TFormat, NormedInput>);
+        slots[2] = Load<TPack>(accelerator, MatMulKernels.Vector<TPack, TFormat, NormedSwiGlu>);
+        slots[3] = Load<TPack>(accelerator, MatMulKernels.Skinny<TPack, TFormat, PlainInput>);
+        slots[4] = Load<TPack>(accelerator, MatMulKernels.Skinny<TPack, TFormat, NormedInput>);
+        slots[5] = Load<TPack>(accelerator, MatMulKernels.Skinny<TPack, TFormat, NormedSwiGlu>);
+    }
+
+    /// <summary>
+    /// The row of the interleaved (gate, up) weight <see cref="NormedSwiGlu"/> reads that holds gate row i (2i) or up
+    /// row i (2i + 1).
+    /// </summary>
+    public static int InterleaveGateUp(int row, bool up) => 2 * row + (up ? 1 : 0);
 
     /// <summary>Group sizes, path thresholds and F16 decoding in use.</summary>
     public MatMulTuning Tuning { get; }
@@ -193,7 +223,7 @@ public sealed class MatMulLauncher
             }
             return;
         }
-        LaunchRows(stream, output, input, input, weight, tokens, path == MatMulPath.Vector, normed: false, new MatMulArgs(tokens, n, k, weight.PackStride, accumulate));
+        LaunchRows(stream, output, input, input, weight, tokens, path == MatMulPath.Vector, mode: 0, new MatMulArgs(tokens, n, k, weight.PackStride, accumulate));
     }
 
     /// <summary>
@@ -202,14 +232,34 @@ public sealed class MatMulLauncher
     /// </summary>
     public void LaunchNormed(AcceleratorStream stream, ArrayView<float> output, ArrayView<float> input, ArrayView<float> norm, WeightView weight, int tokens, float eps, bool accumulate)
     {
-        int n = weight.Rows, k = weight.Columns;
         CheckExtents(output, input, weight, tokens);
+        CheckNormed(norm, weight, tokens, "MatMul with RMSNorm");
+        if (weight.Rows == 0) return;
+        LaunchRows(stream, output, input, norm, weight, tokens, tokens == 1, mode: 1, new MatMulArgs(tokens, weight.Rows, weight.Columns, weight.PackStride, accumulate, eps));
+    }
+
+    /// <summary>
+    /// output[T, F] = silu(g) ⊙ u with [g_i, u_i] = RMSNorm(input[T, K], norm, ε) · W[2i | 2i + 1, K]ᵀ: a feed-forward
+    /// block's norm, gate and up projections and SwiGLU in one launch (see <see cref="NormedSwiGlu"/>). W [2F, K] holds
+    /// the gate and up rows interleaved (<see cref="InterleaveGateUp"/>); T must satisfy <see cref="CanNormalize"/>.
+    /// </summary>
+    public void LaunchNormedSwiGlu(AcceleratorStream stream, ArrayView<float> output, ArrayView<float> input, ArrayView<float> norm, WeightView weight, int tokens, float eps)
+    {
+        if (weight.Rows % 2 != 0)
+            throw new ArgumentException($"MatMul with SwiGLU: {weight} has an odd number of rows; expected interleaved (gate, up) pairs");
+        if (output.Length < (long)tokens * (weight.Rows / 2) || input.Length < (long)tokens * weight.Columns)
+            throw new ArgumentException($"MatMul with SwiGLU: output {output.Length} / input {input.Length} floats too small for [T={tokens}, F={weight.Rows / 2}] from [T, K={weight.Columns}] · {weight}ᵀ");
+        CheckNormed(norm, weight, tokens, "MatMul with SwiGLU");
+        if (weight.Rows == 0) return;
+        LaunchRows(stream, output, input, norm, weight, tokens, tokens == 1, mode: 2, new MatMulArgs(tokens, weight.Rows, weight.Columns, weight.PackStride, accumulate: false, eps));
+    }
+
+    private void CheckNormed(ArrayView<float> norm, WeightView weight, int tokens, string what)
+    {
         if (!CanNormalize(tokens))
-            throw new ArgumentException($"MatMul with RMSNorm: T={tokens} outside [1, {Tuning.SkinnyMaxTokens}] (normalise separately for larger T)");
-        if (norm.Length < k)
-            throw new ArgumentException($"MatMul with RMSNorm: {norm.Length} norm weights for K={k}");
-        if (n == 0) return;
-        LaunchRows(stream, output, input, norm, weight, tokens, tokens == 1, normed: true, new MatMulArgs(tokens, n, k, weight.PackStride, accumulate, eps));
+            throw new ArgumentException($"{what}: T={tokens} outside [1, {Tuning.SkinnyMaxTokens}] (normalise separately for larger T)");
+        if (norm.Length < weight.Columns)
+            throw new ArgumentException($"{what}: {norm.Length} norm weights for K={weight.Columns}");
     }
 
     private static void CheckExtents(ArrayView<float> output, ArrayView<float> input, WeightView weight, int tokens)
@@ -219,10 +269,10 @@ public sealed class MatMulLauncher
     }
 
     private void LaunchRows(AcceleratorStream stream, ArrayView<float> output, ArrayView<float> input, ArrayView<float> norm, WeightView weight,
-        int tokens, bool vector, bool normed, MatMulArgs args)
+        int tokens, bool vector, int mode, MatMulArgs args)
     {
         int rowGroups = (weight.Rows + MatMulKernels.RowsPerGroup - 1) / MatMulKernels.RowsPerGroup;
-        int slot = (vector ? 0 : 2) + (normed ? 1 : 0);
+        int slot = (vector ? 0 : 3) + mode;
         var config = new KernelConfig(new Index2D(rowGroups, vector ? tokens : 1), new Index2D(vector ? Tuning.GroupSize : Tuning.SkinnyGroupSize, 1));
         switch (weight.Storage)
         {

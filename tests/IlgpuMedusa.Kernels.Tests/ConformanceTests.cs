@@ -147,6 +147,35 @@ public abstract class ConformanceTests
         }
     }
 
+    /// <summary>
+    /// A feed-forward block's first half (RMSNorm, gate and up projections, SwiGLU) against the host's three ops on stacked
+    /// weights: one fused launch on interleaved weights up to the skinny kernel's T, the matmul then SwiGLU on interleaved
+    /// pairs beyond. F = N and D = K of the suite's matmul shapes (odd F included); weights scaled by 1/√D so that the
+    /// gate and up values stay of order one.
+    /// </summary>
+    [Theory]
+    [InlineData(DType.F32)]
+    [InlineData(DType.F16)]
+    [InlineData(DType.BF16)]
+    public void FfnGateUp_matches_host(DType type)
+    {
+        using var twin = NewTwin(33);
+        foreach (var (t, f, d) in Sizes.MatMuls)
+        {
+            var x = twin.RandomTensor(t, d, 3f);
+            var norm = twin.RandomWeight(DType.F32, 1, d);
+            var gateUp = twin.GateUp(type, f, d, 1f / MathF.Sqrt(d));
+            var ffn = twin.Zeros(DType.F32, t, f);
+            var normed = twin.Zeros(DType.F32, t, d);
+            var gateUpOut = twin.Zeros(DType.F32, t, 2 * f);
+            ((IComputeBackend)Accelerators.Host).FfnGateUp(ffn.Host, x.Host, norm.Host, 1e-5f, gateUp.Host, normed.Host, gateUpOut.Host);
+            ((IComputeBackend)Device).FfnGateUp(ffn.Device, x.Device, norm.Device, 1e-5f, gateUp.Device, normed.Device, gateUpOut.Device);
+            var sum = Tolerance.ForSum(type, d);
+            Twin.AssertClose(ffn, new Tolerance(4 * sum.Absolute, 1e-4),
+                $"FfnGateUp {type} T={t} F={f} D={d} ({(Device.Kernels.MatMul.CanNormalize(t) ? "fused" : "separate")})");
+        }
+    }
+
     /// <summary>Each of the three matmul kernels forced on the same awkward shape.</summary>
     [Theory]
     [InlineData(DType.F32)]

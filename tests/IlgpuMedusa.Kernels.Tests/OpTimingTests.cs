@@ -40,17 +40,18 @@ public sealed class OpTimingTests(Accelerators accelerators)
 
             int Calls(string op) => report.Ops.Where(o => o.Op == op).Sum(o => o.Calls);
             Assert.Equal(Steps, report.Steps);
-            // Per layer: the two norms fused into QKV and gate+up, then the output and down projections.
-            Assert.Equal(Steps * 2 * c.Layers, Calls("norm+matmul"));
+            // Per layer: norm + QKV, RoPE + KV write, attention, output projection, norm + gate/up + SwiGLU, down projection.
+            Assert.Equal(Steps * c.Layers, Calls("norm+matmul"));
+            Assert.Equal(Steps * c.Layers, Calls("norm+matmul+swiglu"));
             Assert.Equal(Steps * 2 * c.Layers, Calls("matmul"));
             Assert.Equal(2, report.Ops.Count(o => o.Op == "matmul"));      // one row per weight shape
-            Assert.Equal(2, report.Ops.Count(o => o.Op == "norm+matmul"));
+            Assert.Equal(0, Calls("swiglu"));
             Assert.Equal(Steps * c.Layers, Calls("attention"));
             Assert.Equal(Steps * c.Layers, Calls("rope+kvwrite"));
             Assert.Equal(0, Calls("rope") + Calls("kvwrite"));
             Assert.Equal(Steps, Calls("rmsnorm"));                        // the final norm
             Assert.Equal(Steps, Calls("embedding"));
-            Assert.Contains(report.Ops, o => o.Op == "norm+matmul" && o.Shape == $"{c.HiddenDim * 2}x{c.Dim} F32 T=1" && o.BytesPerCall == 2L * c.HiddenDim * c.Dim * 4);
+            Assert.Contains(report.Ops, o => o.Op == "norm+matmul+swiglu" && o.Shape == $"{c.HiddenDim * 2}x{c.Dim} F32 T=1" && o.BytesPerCall == 2L * c.HiddenDim * c.Dim * 4);
             Assert.All(report.Ops, o => Assert.True(o.DeviceMs >= 0, $"{o.Op} {o.Shape}: {o.DeviceMs} ms"));
             Assert.True(report.DeviceMs > 0);
             Assert.True(report.SpanMs + 1e-6 >= report.DeviceMs, $"span {report.SpanMs} ms < ops {report.DeviceMs} ms");

@@ -74,12 +74,29 @@ public sealed unsafe class Twin : IDisposable
     /// <summary>A weight [rows, columns] stored as <paramref name="type"/>, uploaded from float32 values as in a checkpoint.</summary>
     public TensorPair Weight(DType type, int rows, int columns, float[] values)
     {
+        var data = Data("test.weight", rows, columns, values);
+        return new TensorPair(Keep(HostBackend.UploadWeight([data], type)), Keep(Device.UploadWeight([data], type)));
+    }
+
+    /// <summary>
+    /// Random gate and up matrices [rows, columns] uploaded by each backend's <see cref="IComputeBackend.UploadGateUp"/>
+    /// (stacked on the host, in the device's own order there).
+    /// </summary>
+    public TensorPair GateUp(DType type, int rows, int columns, float scale)
+    {
+        var gate = Data("test.gate", rows, columns, RandomFloats(rows * columns, scale));
+        var up = Data("test.up", rows, columns, RandomFloats(rows * columns, scale));
+        return new TensorPair(Keep(((IComputeBackend)HostBackend).UploadGateUp(gate, up, type)), Keep(((IComputeBackend)Device).UploadGateUp(gate, up, type)));
+    }
+
+    /// <summary>Float32 values in native memory that lives as long as the twin, as a checkpoint tensor.</summary>
+    private TensorData Data(string name, int rows, int columns, float[] values)
+    {
         long bytes = (long)values.Length * sizeof(float);
         nint pointer = (nint)NativeMemory.AlignedAlloc((nuint)Math.Max(bytes, 4), 64);
         _native.Add(pointer); // the host backend may keep pointing at it (zero-copy F32)
         values.AsSpan().CopyTo(new Span<float>((void*)pointer, values.Length));
-        var data = new TensorData("test.weight", DType.F32, rows == 1 ? [columns] : [rows, columns], pointer);
-        return new TensorPair(Keep(HostBackend.UploadWeight([data], type)), Keep(Device.UploadWeight([data], type)));
+        return new TensorData(name, DType.F32, rows == 1 ? [columns] : [rows, columns], pointer);
     }
 
     /// <summary>A random weight.</summary>

@@ -91,6 +91,25 @@ public interface IComputeBackend : IDisposable
     }
 
     /// <summary>
+    /// Uploads a feed-forward block's gate and up matrices (each [F, D]) as the one weight <see cref="FfnGateUp"/> reads,
+    /// in the row order that backend wants. This default stacks them, gate rows then up rows (what <see cref="SwiGlu"/>
+    /// reads after a <see cref="MatMul"/>); the ILGPU backend interleaves them (gate i, up i) for its fused kernel.
+    /// </summary>
+    DeviceTensor UploadGateUp(TensorData gate, TensorData up, DType storeAs) => UploadWeight([gate, up], storeAs);
+
+    /// <summary>
+    /// The first half of a feed-forward block: ffn[T, F] = silu(g) ⊙ u with [g, u] = RmsNorm(input, normWeight, eps) ·
+    /// W_gate/upᵀ, for a weight from <see cref="UploadGateUp"/>. <paramref name="normed"/> F32[T, D] and
+    /// <paramref name="gateUpOut"/> F32[T, 2F] are scratch. This default is <see cref="NormMatMul"/> then
+    /// <see cref="SwiGlu"/>; the ILGPU backend does all of it in one launch for small T.
+    /// </summary>
+    void FfnGateUp(DeviceTensor ffn, DeviceTensor input, DeviceTensor normWeight, float eps, DeviceTensor gateUp, DeviceTensor normed, DeviceTensor gateUpOut)
+    {
+        NormMatMul(gateUpOut, input, normWeight, eps, gateUp, normed, accumulate: false);
+        SwiGlu(ffn, gateUpOut);
+    }
+
+    /// <summary>
     /// Rotary embedding in place, rotate-half form, on the first <paramref name="heads"/> · <paramref name="headDim"/>
     /// columns of each row of x F32[T, W]: for head h and j &lt; Dh/2, with angle = positions[t] · θ^(−2j/Dh) (float32 math),
     /// (a, b) = (x[h·Dh + j], x[h·Dh + j + Dh/2]) becomes (a·cos − b·sin, a·sin + b·cos).

@@ -12,7 +12,7 @@ internal sealed class LayerWeights : IDisposable
     public required DeviceTensor Qkv { get; init; }           // [(H + 2Hkv)·Dh, D]: Wq | Wk | Wv stacked
     public required DeviceTensor Output { get; init; }        // [D, H·Dh]
     public required DeviceTensor FfnNorm { get; init; }       // [1, D]
-    public required DeviceTensor GateUp { get; init; }        // [2F, D]: W_gate | W_up stacked
+    public required DeviceTensor GateUp { get; init; }        // [2F, D]: W_gate and W_up in the backend's order (IComputeBackend.UploadGateUp)
     public required DeviceTensor Down { get; init; }          // [D, F]
 
     public void Dispose()
@@ -95,6 +95,13 @@ public sealed class LlamaModel : IDisposable
             foreach (var part in parts) MappedFile.ReleasePages(part); // copied: the file's pages need not stay resident
             return tensor;
         }
+        DeviceTensor GateUp(TensorData gate, TensorData up)
+        {
+            var tensor = Keep(backend.UploadGateUp(gate, up, type));
+            MappedFile.ReleasePages(gate);
+            MappedFile.ReleasePages(up);
+            return tensor;
+        }
         DeviceTensor Vector(string name) => Keep(backend.UploadWeight([checkpoint.GetTensor(name, d)], DType.F32));
         try
         {
@@ -110,7 +117,7 @@ public sealed class LlamaModel : IDisposable
                         checkpoint.GetTensor(N.Value(i), c.KvHeads * dh, d)),
                     Output = Matrix(checkpoint.GetTensor(N.Output(i), d, c.Heads * dh)),
                     FfnNorm = Vector(N.FfnNorm(i)),
-                    GateUp = Matrix(checkpoint.GetTensor(N.Gate(i), f, d), checkpoint.GetTensor(N.Up(i), f, d)),
+                    GateUp = GateUp(checkpoint.GetTensor(N.Gate(i), f, d), checkpoint.GetTensor(N.Up(i), f, d)),
                     Down = Matrix(checkpoint.GetTensor(N.Down(i), d, f)),
                 };
                 progress?.Report((i + 1.0) / (c.Layers + 1));
@@ -201,8 +208,7 @@ public sealed class LlamaModel : IDisposable
             }
             b.MatMul(x, attention, w.Output, accumulate: true);
             // Feed-forward block: x += W_down · (silu(W_gate · norm(x)) ⊙ W_up · norm(x))
-            b.NormMatMul(gateUp, x, w.FfnNorm, Config.RmsNormEps, w.GateUp, xNorm, accumulate: false);
-            b.SwiGlu(ffn, gateUp);
+            b.FfnGateUp(ffn, x, w.FfnNorm, Config.RmsNormEps, w.GateUp, xNorm, gateUp);
             b.MatMul(x, ffn, w.Down, accumulate: true);
         }
         b.RmsNorm(xNorm, x, _finalNorm, Config.RmsNormEps);

@@ -203,6 +203,61 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
 
     private static int Columns(TensorData t) => t.Shape.Length == 1 ? t.Shape[0] : t.Shape[^1];
 
+    /// <summary>
+    /// The gate and up matrices interleaved row by row (gate i at row 2i, up i at row 2i + 1,
+    /// <see cref="MatMulLauncher.InterleaveGateUp"/>): each group of the fused kernel then holds two (gate, up) pairs.
+    /// </summary>
+    public DeviceTensor UploadGateUp(TensorData gate, TensorData up, DType storeAs)
+    {
+        if (storeAs is not (DType.F32 or DType.F16 or DType.BF16))
+            throw new ArgumentException($"weights are stored as F32, F16 or BF16, not {storeAs}", nameof(storeAs));
+        int columns = Columns(gate);
+        if (Columns(up) != columns || up.ElementCount != gate.ElementCount)
+            throw new ArgumentException($"gate '{gate.Name}' {gate.ShapeText} and up '{up.Name}' {up.ShapeText} must have one shape", nameof(up));
+        int rows = checked((int)(gate.ElementCount / columns));
+        var tensor = (IlgpuTensor)Allocate(storeAs, 2 * rows, columns);
+        try
+        {
+            int size = DTypeInfo.SizeOf(storeAs);
+            long rowBytes = (long)tensor.RowStride * size;
+            int pairsPerChunk = (int)Math.Clamp((4L << 20) / Math.Max(1, 2 * rowBytes), 1, Math.Max(1, rows));
+            var bytes = new byte[2 * pairsPerChunk * rowBytes];
+            var floats = new float[columns];
+            for (int start = 0; start < rows; start += pairsPerChunk)
+            {
+                int count = Math.Min(pairsPerChunk, rows - start);
+                Array.Clear(bytes);
+                for (int r = 0; r < count; r++)
+                {
+                    EncodeRow(gate, start + r, columns, storeAs, floats, bytes.AsSpan((int)(2 * r * rowBytes), columns * size));
+                    EncodeRow(up, start + r, columns, storeAs, floats, bytes.AsSpan((int)((2 * r + 1) * rowBytes), columns * size));
+                }
+                tensor.Raw.SubView(2L * start * rowBytes, 2L * count * rowBytes).CopyFromCPU(_stream, bytes.AsSpan(0, (int)(2 * count * rowBytes)));
+            }
+            _stream.Synchronize();
+            return tensor;
+        }
+        catch
+        {
+            tensor.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Row <paramref name="row"/> of <paramref name="part"/> encoded as <paramref name="type"/> into <paramref name="destination"/>.</summary>
+    private static unsafe void EncodeRow(TensorData part, int row, int columns, DType type, float[] floats, Span<byte> destination)
+    {
+        int sourceSize = DTypeInfo.SizeOf(part.Type);
+        var source = new ReadOnlySpan<byte>((byte*)part.Pointer + (long)row * columns * sourceSize, columns * sourceSize);
+        if (part.Type == type)
+        {
+            source.CopyTo(destination);
+            return;
+        }
+        HalfConversions.ToSingle(part.Type, source, floats);
+        HalfConversions.FromSingle(type, floats, destination);
+    }
+
     /// <summary>Converts a part on the host (in chunks of rows, to bound the temporary memory) and copies it into its rows.</summary>
     private unsafe void CopyRows(IlgpuTensor tensor, int firstRow, TensorData part, int rows)
     {
@@ -346,6 +401,32 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
         int op = _timer is null ? -1 : _timer.Begin("norm+matmul", $"{w.Rows}x{w.Columns} {w.Type} T={x.Rows}", w.Length * DTypeInfo.SizeOf(w.Type));
         _kernels.MatMul.LaunchNormed(_stream, o.Floats, x.Floats, g.Floats, w.AsWeight(), x.Rows, eps, accumulate);
         End(op);
+    }
+
+    /// <inheritdoc />
+    public void FfnGateUp(DeviceTensor ffn, DeviceTensor input, DeviceTensor normWeight, float eps, DeviceTensor gateUp, DeviceTensor normed, DeviceTensor gateUpOut)
+    {
+        var f = Own(ffn);
+        var x = Own(input);
+        var g = Own(normWeight);
+        var w = Own(gateUp);
+        var n = Own(normed);
+        var u = Own(gateUpOut);
+        Shapes.RmsNorm(n, x, g);
+        Shapes.MatMul(u, n, w);
+        Shapes.SwiGlu(f, u);
+        if (g.Type == DType.F32 && _kernels.MatMul.CanNormalize(x.Rows))
+        {
+            int op = _timer is null ? -1 : _timer.Begin("norm+matmul+swiglu", $"{w.Rows}x{w.Columns} {w.Type} T={x.Rows}", w.Length * DTypeInfo.SizeOf(w.Type));
+            _kernels.MatMul.LaunchNormedSwiGlu(_stream, f.Floats, x.Floats, g.Floats, w.AsWeight(), x.Rows, eps);
+            End(op);
+            return;
+        }
+        // Prefill-sized T: the matmul writes the interleaved (gate, up) pairs, then SwiGLU reads them as pairs.
+        NormMatMul(u, x, g, eps, w, n, accumulate: false);
+        int swiglu = Begin("swiglu", f.Rows, f.Columns);
+        _kernels.SwiGlu.Launch(_stream, f.Floats, u.Floats, f.Rows, f.Columns, interleaved: true);
+        End(swiglu);
     }
 
     /// <inheritdoc />
