@@ -193,6 +193,30 @@ def op_times_lines(ops, indent="  ", top=8):
     return lines
 
 
+def summarize_unfused(fused, unfused):
+    """Our profile with the fused kernels (the main run) next to the same profile with them off (ILGPU_MEDUSA_FUSED=0)."""
+    if not isinstance(fused, dict) or not isinstance(unfused, dict):
+        return None
+    trees = {k: {"fused": number((fused.get("tree_step_ms") or {}).get(k)), "separate": number(v)}
+             for k, v in (unfused.get("tree_step_ms") or {}).items()}
+    fd, ud = number(fused.get("decode_tokens_per_second")), number(unfused.get("decode_tokens_per_second"))
+    return {"decode_tokens_per_second": {"fused": fd, "separate": ud, "fused_over_separate": ratio(fd, ud)},
+            "tree_step_ms": trees, "separate_device": unfused.get("device"),
+            "greedy_tokens_equal": (fused.get("greedy_tokens") == unfused.get("greedy_tokens")
+                                    if fused.get("greedy_tokens") and unfused.get("greedy_tokens") else None)}
+
+
+def unfused_lines(u, indent="  "):
+    """One line: decode and tree steps with the fused kernels and without."""
+    if not u:
+        return []
+    d = u["decode_tokens_per_second"]
+    trees = ", ".join(f"{k} nodes {fmt(v['fused'], 2)} vs {fmt(v['separate'], 2)} ms" for k, v in u["tree_step_ms"].items())
+    same = {True: "same greedy tokens", False: "greedy tokens DIFFER", None: "greedy tokens not compared"}[u["greedy_tokens_equal"]]
+    x = f"{d['fused_over_separate']:.2f}x" if d["fused_over_separate"] else "-"
+    return [f"{indent}fused kernels vs separate ops: decode {fmt(d['fused'])} vs {fmt(d['separate'])} tok/s ({x}); {trees}; {same}"]
+
+
 def summarize_sweep(doc):
     """`bench --sweep-trees --json`: each configuration's rate, speedup, accepted length and step cost; the fastest."""
     if not isinstance(doc, dict) or not isinstance(doc.get("configurations"), list):
@@ -425,11 +449,12 @@ def main(argv=None) -> int:
         copy = ((he or {}).get("copy_bandwidth") or {}).get("gb_per_s") or torch_copy_any
         summary = summarize(shape, ours, he, hc, copy)
         summary["op_times"] = summarize_op_times(extract_json_object(read_text(os.path.join(raw, f"ours-{shape}-ops.out"))))
+        summary["unfused"] = summarize_unfused(ours, extract_json_object(read_text(os.path.join(raw, f"ours-{shape}-unfused.out"))))
         absent = [f for f in OURS_FIELDS if ours is None or f not in ours]
         if absent:
             missing_ours.append(f"{shape}: {'no JSON' if ours is None else 'missing ' + ', '.join(absent)}")
         names = {"make": f"make-{shape}", "ours": f"ours-{shape}", "op times": f"ours-{shape}-ops",
-                 "hf eager": f"hf-eager-{shape}", "hf compiled": f"hf-compiled-{shape}"}
+                 "unfused": f"ours-{shape}-unfused", "hf eager": f"hf-eager-{shape}", "hf compiled": f"hf-compiled-{shape}"}
         status = {k: step_status(steps, v) for k, v in names.items()}
         errors = {}
         for label, name in names.items():
@@ -440,7 +465,8 @@ def main(argv=None) -> int:
                 errors[f"{label} stages"] = doc["errors"]
         result["shapes"][shape] = {"summary": summary, "step_status": status, "model": model, "ours": ours,
                                    "ours_missing_fields": absent, "hf_eager": he, "hf_compiled": hc, "errors": errors}
-        blocks.append("\n".join([table(shape, summary, status, model, args.mode)] + op_times_lines(summary["op_times"])))
+        blocks.append("\n".join([table(shape, summary, status, model, args.mode)] + unfused_lines(summary["unfused"])
+                                 + op_times_lines(summary["op_times"])))
     failed = [s for s in steps if s["status"] in ("failed", "timeout")]
     result["failed_steps"] = [s["name"] for s in failed]
     write_json(args.out, result)

@@ -12,7 +12,7 @@
 # Medusa); `bench` on the host last, only with time to spare. The other shapes are random-weight models (make_model.py).
 #
 # Options: --device D (cuda; dry run: host, or opencl with ILGPU_MEDUSA_ALLOW_CPU_OPENCL=1), --shapes demo,1b,7b
-#   (dry run: demo,tiny), --skip-demo, --budget-s S (420; dry run 150), --prompt-tokens N (512; 64),
+#   (dry run: demo,tiny), --skip-demo, --budget-s S (450; dry run 150), --prompt-tokens N (512; 64),
 #   --decode-tokens N (128; 16), --greedy-tokens N (32; 8), --tree-sizes 1,4,16,64, --no-compile (skip the
 #   static-cache + torch.compile runs), --demo-tokens N (greedy demo tokens, 64), --bench-tokens N (128; 16),
 #   --bench-prompts N (prompts of prompts/stories-20.txt the benches use; 0 = all; dry run 4), --kit-runtime (dry run:
@@ -68,7 +68,7 @@ else
   # .NET's write-xor-execute double mapping of JIT code is an extra risk under sandboxed kernels (gVisor) and buys
   # nothing for a benchmark.
   export DOTNET_EnableWriteXorExecute=0
-  : "${DEVICE:=cuda}" "${SHAPES:=demo,1b,7b}" "${BUDGET_S:=420}" "${PROMPT_TOKENS:=512}" "${DECODE_TOKENS:=128}" "${GREEDY_TOKENS:=32}" "${KIT_RUNTIME:=1}"
+  : "${DEVICE:=cuda}" "${SHAPES:=demo,1b,7b}" "${BUDGET_S:=450}" "${PROMPT_TOKENS:=512}" "${DECODE_TOKENS:=128}" "${GREEDY_TOKENS:=32}" "${KIT_RUNTIME:=1}"
   : "${BENCH_TOKENS:=128}" "${BENCH_PROMPTS:=0}"
   WORK=${GPU_BENCH_WORK:-/tmp/gpu-bench}
 fi
@@ -277,6 +277,16 @@ ours_profile() {  # ours_profile SHAPE MODEL_DIR PROMPT_IDS WANT_S
     --decode-tokens "$DECODE_TOKENS" --greedy-tokens "$GREEDY_TOKENS" --tree-sizes "$TREE_SIZES" --json "${extra[@]}"
 }
 
+# ours_unfused SHAPE MODEL_DIR PROMPT_IDS WANT_S: our profile again with the fused kernels off (ILGPU_MEDUSA_FUSED=0:
+# RMSNorm, SwiGLU, RoPE and the KV write as separate ops), decode and the 1- and largest-node tree steps, for the
+# report's side-by-side "fused vs separate" line.
+ours_unfused() {
+  local largest
+  largest=$(tr ',' '\n' <<<"$TREE_SIZES" | sort -n | tail -n1)
+  run_step "ours-$1-unfused" "$4" env ILGPU_MEDUSA_FUSED=0 "${APP[@]}" profile --model "$2" --device "$DEVICE" --prompt-ids "$3" \
+    --decode-tokens "$DECODE_TOKENS" --greedy-tokens "$GREEDY_TOKENS" --tree-sizes "1,$largest" --repeats 5 --copy-mb 0 --json
+}
+
 # ours_op_times NAME MODEL_DIR PROMPT_IDS WANT_S: where a step's device time goes, op by op (`profile --op-times`: device
 # timestamps around every op for OP_STEPS decode steps and as many forwards of the largest tree size). A separate run,
 # because the markers slow the launches down; needs an ILGPU device (on the host it says so and reports nothing).
@@ -434,8 +444,10 @@ if ((DRY_RUN)); then
       ours_profile "$shape" "$model" "$prompt_dir/prompt_ids.json" 120
       if [[ $DEVICE != host ]] && ((OP_STEPS > 0)); then
         ours_op_times "ours-$shape-ops" "$model" "$prompt_dir/prompt_ids.json" 60
+        ours_unfused "$shape" "$model" "$prompt_dir/prompt_ids.json" 60
       else
         skip_step "ours-$shape-ops" "op times need an ILGPU device (--device opencl)"
+        skip_step "ours-$shape-unfused" "fused kernels are an ILGPU device's (--device opencl)"
       fi
     else
       skip_step "ours-$shape" "no runnable app"
@@ -484,6 +496,7 @@ else
       else
         skip_step "ours-$shape-ops" "--op-steps 0"
       fi
+      ours_unfused "$shape" "$dir" "$dir/prompt_ids.json" "${OPS_S[$shape]:-60}"
     else
       skip_step "ours-$shape" "no runnable app (see the unpack-runtime / devices steps)"
     fi

@@ -170,6 +170,7 @@ internal static class ProfileCommand
         return new Dictionary<string, object>
         {
             ["device"] = backend.DeviceName,
+            ["fused_ops"] = backend is Compute.Ilgpu.IlgpuBackend { FusedOps: true },
             ["weights_dtype"] = model.WeightType.ToString(),
             ["weights_bytes"] = model.WeightBytesPerForward,
             ["prefill_tokens"] = prompt.Length,

@@ -19,6 +19,15 @@ public sealed record DeviceOptions
     /// every op (for `profile --op-times`; markers slow the launches down). Ignored by the host backend.
     /// </summary>
     public bool OpTimings { get; init; }
+    /// <summary>
+    /// Use the ILGPU backend's fused kernels (RMSNorm + matmul, RMSNorm + gate/up + SwiGLU, RoPE + KV write) where they
+    /// apply (default). False, or the environment variable ILGPU_MEDUSA_FUSED=0, runs the separate ops instead (to measure
+    /// what the fusion buys on a device). Ignored by the host backend.
+    /// </summary>
+    public bool FusedOps { get; init; } = true;
+
+    /// <summary>True when the fused kernels are on: <see cref="FusedOps"/> and not ILGPU_MEDUSA_FUSED=0.</summary>
+    public bool FusedOpsEnabled => FusedOps && Environment.GetEnvironmentVariable("ILGPU_MEDUSA_FUSED") != "0";
 
     /// <summary>True when CPU OpenCL is allowed by the option or the environment.</summary>
     public bool CpuOpenCLAllowed => AllowCpuOpenCL || Environment.GetEnvironmentVariable("ILGPU_MEDUSA_ALLOW_CPU_OPENCL") == "1";

@@ -27,8 +27,9 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
     private bool _disposed;
     private OpTimer? _timer; // set while op timings are recorded
 
-    private IlgpuBackend(Context context, Accelerator accelerator, DeviceKind kind, int? groupSize)
+    private IlgpuBackend(Context context, Accelerator accelerator, DeviceKind kind, int? groupSize, bool fusedOps)
     {
+        FusedOps = fusedOps;
         _context = context;
         _accelerator = accelerator;
         Kind = kind;
@@ -36,7 +37,7 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
         _kernels = new KernelSet(accelerator, groupSize ?? KernelSet.DefaultGroupSize(accelerator));
         _noMask = accelerator.Allocate1D<int>(1);
         _noMask.MemSetToZero(_stream);
-        DeviceName = $"{accelerator.Name} ({IlgpuDeviceInfo.KindText(kind)}, {MemoryText(accelerator)}, warp {accelerator.WarpSize}, group {_kernels.GroupSize})";
+        DeviceName = $"{accelerator.Name} ({IlgpuDeviceInfo.KindText(kind)}, {MemoryText(accelerator)}, warp {accelerator.WarpSize}, group {_kernels.GroupSize}{(fusedOps ? "" : ", unfused")})";
     }
 
     /// <inheritdoc />
@@ -44,6 +45,9 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
 
     /// <inheritdoc />
     public string DeviceName { get; }
+
+    /// <summary>Whether the fused kernels run where they apply (<see cref="DeviceOptions.FusedOps"/>).</summary>
+    public bool FusedOps { get; }
 
     /// <summary>Threads per group of the grouped kernels on this device.</summary>
     public int GroupSize => _kernels.GroupSize;
@@ -81,7 +85,7 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
                     if (!gpu || IlgpuDevices.StaticReason(device, options) is not null) continue;
                     try
                     {
-                        return Start(context, device, kind, groupSize);
+                        return Start(context, device, kind, groupSize, options.FusedOpsEnabled);
                     }
                     catch (Exception e) when (e is not KernelLoadException)
                     {
@@ -100,7 +104,7 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
                 throw Unavailable(options, $"{IlgpuDeviceInfo.KindText(match.Kind)} #{match.Index} '{match.Device.Name}' cannot be used: {reason}");
             try
             {
-                return Start(context, match.Device, match.Kind, groupSize);
+                return Start(context, match.Device, match.Kind, groupSize, options.FusedOpsEnabled);
             }
             catch (Exception e) when (e is not KernelLoadException and not ArgumentException)
             {
@@ -114,12 +118,12 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
         }
     }
 
-    private static IlgpuBackend Start(Context context, Device device, DeviceKind kind, int? groupSize)
+    private static IlgpuBackend Start(Context context, Device device, DeviceKind kind, int? groupSize, bool fusedOps)
     {
         var accelerator = IlgpuDevices.CreateAccelerator(context, device);
         try
         {
-            return new IlgpuBackend(context, accelerator, kind, groupSize);
+            return new IlgpuBackend(context, accelerator, kind, groupSize, fusedOps);
         }
         catch
         {
@@ -391,7 +395,7 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
         var n = Own(normed);
         Shapes.RmsNorm(n, x, g);
         Shapes.MatMul(o, n, w);
-        if (g.Type != DType.F32 || !_kernels.MatMul.CanNormalize(x.Rows))
+        if (!CanFuseNorm(g, x.Rows))
         {
             // Prefill-sized T (the tiled kernel) or 16-bit norm weights: the two ops one after the other.
             RmsNorm(n, x, g, eps);
@@ -402,6 +406,9 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
         _kernels.MatMul.LaunchNormed(_stream, o.Floats, x.Floats, g.Floats, w.AsWeight(), x.Rows, eps, accumulate);
         End(op);
     }
+
+    /// <summary>The fused norm kernels take F32 norm weights and T up to the small-T matmul's limit.</summary>
+    private bool CanFuseNorm(IlgpuTensor normWeight, int rows) => FusedOps && normWeight.Type == DType.F32 && _kernels.MatMul.CanNormalize(rows);
 
     /// <inheritdoc />
     public void FfnGateUp(DeviceTensor ffn, DeviceTensor input, DeviceTensor normWeight, float eps, DeviceTensor gateUp, DeviceTensor normed, DeviceTensor gateUpOut)
@@ -415,7 +422,7 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
         Shapes.RmsNorm(n, x, g);
         Shapes.MatMul(u, n, w);
         Shapes.SwiGlu(f, u);
-        if (g.Type == DType.F32 && _kernels.MatMul.CanNormalize(x.Rows))
+        if (CanFuseNorm(g, x.Rows))
         {
             int op = _timer is null ? -1 : _timer.Begin("norm+matmul+swiglu", $"{w.Rows}x{w.Columns} {w.Type} T={x.Rows}", w.Length * DTypeInfo.SizeOf(w.Type));
             _kernels.MatMul.LaunchNormedSwiGlu(_stream, f.Floats, x.Floats, g.Floats, w.AsWeight(), x.Rows, eps);
@@ -476,6 +483,12 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
             throw new ArgumentException($"RopeKvWrite: head dim {headDim} differs from the KV cache's {l.HeadDim}", nameof(headDim));
         Shapes.Rope(q, p, queryHeads + l.KvHeads, headDim);
         Shapes.KvWrite(l, layer, q, queryHeads, table, startPosition);
+        if (!FusedOps)
+        {
+            Rope(q, p, queryHeads + l.KvHeads, headDim, theta);
+            KvWrite(c, layer, q, queryHeads, table, startPosition);
+            return;
+        }
         var args = new RopeKvWriteArgs(q.Rows, queryHeads, l.KvHeads, headDim, q.Columns, l.BlockSize, startPosition);
         int op = Begin("rope+kvwrite", q.Rows, q.Columns);
         _kernels.RopeKvWrite.Launch(_stream, c.Plane(layer, 0), c.Plane(layer, 1), q.Floats, p.Ints, RopeFrequencies(headDim, theta), table.Ints, args);
