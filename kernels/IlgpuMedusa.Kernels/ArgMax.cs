@@ -22,7 +22,11 @@ public readonly struct RowArgs
 /// <summary>Argmax per row: the index of the largest value, the lowest index on ties (NaN counts as largest, as in TensorPrimitives.IndexOfMax).</summary>
 public static class ArgMaxKernel
 {
-    /// <summary>One group per row: each thread scans a strided share of the row, then a tree reduction of (value, index).</summary>
+    /// <summary>
+    /// One group per row: each thread scans a strided share of the row with four independent candidates (four loads in
+    /// flight per iteration: one group streams a whole 32k-vocabulary row, so the scan is latency-bound; on an H200 the
+    /// one-candidate loop took ~40 µs), merges them, then a tree reduction of (value, index).
+    /// </summary>
     /// <param name="output">I32[T].</param>
     /// <param name="logits">F32[T, V].</param>
     /// <param name="args">V.</param>
@@ -31,20 +35,61 @@ public static class ArgMaxKernel
         var values = SharedMemory.Allocate<float>(KernelLimits.MaxGroupSize);
         var indices = SharedMemory.Allocate<int>(KernelLimits.MaxGroupSize);
         int tid = Group.IdxX;
+        int g = Group.DimX;
         int row = Grid.IdxX;
         long start = (long)row * args.Columns;
-        float best = 0f;
-        int bestIndex = -1;
-        for (int i = tid; i < args.Columns; i += Group.DimX)
+        float b0 = 0f, b1 = 0f, b2 = 0f, b3 = 0f;
+        int i0 = -1, i1 = -1, i2 = -1, i3 = -1;
+        int i = tid;
+        for (; i + 3 * g < args.Columns; i += 4 * g)
         {
-            float v = logits[start + i];
-            if (GroupReduce.Precedes(v, i, best, bestIndex))
+            float v0 = logits[start + i], v1 = logits[start + i + g], v2 = logits[start + i + 2 * g], v3 = logits[start + i + 3 * g];
+            if (GroupReduce.Precedes(v0, i, b0, i0))
             {
-                best = v;
-                bestIndex = i;
+                b0 = v0;
+                i0 = i;
+            }
+            if (GroupReduce.Precedes(v1, i + g, b1, i1))
+            {
+                b1 = v1;
+                i1 = i + g;
+            }
+            if (GroupReduce.Precedes(v2, i + 2 * g, b2, i2))
+            {
+                b2 = v2;
+                i2 = i + 2 * g;
+            }
+            if (GroupReduce.Precedes(v3, i + 3 * g, b3, i3))
+            {
+                b3 = v3;
+                i3 = i + 3 * g;
             }
         }
-        int result = GroupReduce.ArgBest(values, indices, best, bestIndex);
+        for (; i < args.Columns; i += g)
+        {
+            float v = logits[start + i];
+            if (GroupReduce.Precedes(v, i, b0, i0))
+            {
+                b0 = v;
+                i0 = i;
+            }
+        }
+        if (GroupReduce.Precedes(b1, i1, b0, i0))
+        {
+            b0 = b1;
+            i0 = i1;
+        }
+        if (GroupReduce.Precedes(b2, i2, b0, i0))
+        {
+            b0 = b2;
+            i0 = i2;
+        }
+        if (GroupReduce.Precedes(b3, i3, b0, i0))
+        {
+            b0 = b3;
+            i0 = i3;
+        }
+        int result = GroupReduce.ArgBest(values, indices, b0, i0);
         if (tid == 0) output[row] = result;
     }
 }

@@ -44,10 +44,10 @@ public readonly struct RopeKvWriteArgs
 public static class RopeKvWriteKernel
 {
     /// <summary>
-    /// One thread per (t, j), j &lt; Dh/2: one angle (reduced to [−π, π] exactly, as in <see cref="RopeKernel"/>), then
-    /// pair j of every query head (rotated), of every key head (rotated, also stored) and of every value head (stored).
+    /// One thread per (t, head slot s, j), j &lt; Dh/2, s &lt; H + Hkv: slot s &lt; H rotates pair j of query head s; slot
+    /// H + g rotates pair j of key head g, stores it in the key plane and copies pair j of value head g to the value plane.
     /// </summary>
-    /// <param name="index">t · Dh/2 + j.</param>
+    /// <param name="index">(t · (H + Hkv) + s) · Dh/2 + j.</param>
     /// <param name="keys">The layer's key plane F32[slots, Hkv·Dh].</param>
     /// <param name="values">The layer's value plane F32[slots, Hkv·Dh].</param>
     /// <param name="qkv">F32[T, stride]: Q | K | V, rotated in place.</param>
@@ -59,39 +59,29 @@ public static class RopeKvWriteKernel
         ArrayView<float> frequencies, ArrayView<int> blockTable, RopeKvWriteArgs args)
     {
         int half = args.HeadDim / 2;
-        if (index >= args.Tokens * half) return;
-        int t = index / half;
-        int j = index - t * half;
+        int slots = args.QueryHeads + args.KvHeads;
+        if (index >= args.Tokens * slots * half) return;
+        int pair = index / half;
+        int j = index - pair * half;
+        int t = pair / slots;
+        int s = pair - t * slots;
         var (cos, sin) = RopeKernel.Rotation(positions[t] * frequencies[j]);
-        long row = (long)t * args.QkvStride;
-        for (int h = 0; h < args.QueryHeads; h++)
-        {
-            long i = row + h * args.HeadDim + j;
-            float a = qkv[i];
-            float b = qkv[i + half];
-            qkv[i] = a * cos - b * sin;
-            qkv[i + half] = a * sin + b * cos;
-        }
+        long i = (long)t * args.QkvStride + s * args.HeadDim + j; // keys follow the query heads in a row
+        float a = qkv[i];
+        float b = qkv[i + half];
+        float ra = a * cos - b * sin;
+        float rb = a * sin + b * cos;
+        qkv[i] = ra;
+        qkv[i + half] = rb;
+        if (s < args.QueryHeads) return;
+        int kvDim = args.KvHeads * args.HeadDim;
         int position = args.StartPosition + t;
         long slot = (long)blockTable[position / args.BlockSize] * args.BlockSize + position % args.BlockSize;
-        int kvDim = args.KvHeads * args.HeadDim;
-        long keyStart = row + (long)args.QueryHeads * args.HeadDim;
-        for (int g = 0; g < args.KvHeads; g++)
-        {
-            int c = g * args.HeadDim + j;
-            long i = keyStart + c;
-            float a = qkv[i];
-            float b = qkv[i + half];
-            float ra = a * cos - b * sin;
-            float rb = a * sin + b * cos;
-            qkv[i] = ra;
-            qkv[i + half] = rb;
-            long at = slot * kvDim + c;
-            keys[at] = ra;
-            keys[at + half] = rb;
-            values[at] = qkv[i + kvDim];
-            values[at + half] = qkv[i + kvDim + half];
-        }
+        long at = slot * kvDim + (s - args.QueryHeads) * args.HeadDim + j;
+        keys[at] = ra;
+        keys[at + half] = rb;
+        values[at] = qkv[i + kvDim];
+        values[at + half] = qkv[i + kvDim + half];
     }
 }
 
@@ -122,7 +112,7 @@ public sealed class RopeKvWriteLauncher
             || (long)blockTable.Length * args.BlockSize < (long)args.StartPosition + args.Tokens || keys.Length % Math.Max(1, kvDim) != 0)
             throw new ArgumentException($"RopeKvWrite: qkv {qkv.Length} floats (rows of {args.QkvStride}), {positions.Length} positions, {frequencies.Length} frequencies, " +
                 $"block table of {blockTable.Length} × {args.BlockSize}: wrong for T={args.Tokens}, H={args.QueryHeads}, Hkv={args.KvHeads}, Dh={dh} from position {args.StartPosition}");
-        long total = (long)args.Tokens * (dh / 2);
+        long total = (long)args.Tokens * (args.QueryHeads + args.KvHeads) * (dh / 2);
         if (total == 0) return;
         _kernel(stream, (int)total, keys, values, qkv, positions, frequencies, blockTable, args);
     }

@@ -118,8 +118,8 @@ public abstract class ConformanceTests
 
     /// <summary>
     /// RMSNorm fused into the matmul (the vector and skinny kernels read the input normalised) against the host's norm then
-    /// matmul, with and without accumulation, for every T of the suite: beyond the skinny kernel's T the backend
-    /// normalises separately, and the scratch rows it writes then must hold the normalised input.
+    /// matmul, with and without accumulation, for every T of the suite: beyond T = 4 (one pass of the skinny kernel) the
+    /// backend normalises separately, and the scratch rows it writes then must hold the normalised input.
     /// </summary>
     [Theory]
     [InlineData(DType.F32)]
@@ -149,8 +149,7 @@ public abstract class ConformanceTests
 
     /// <summary>
     /// A feed-forward block's first half (RMSNorm, gate and up projections, SwiGLU) against the host's three ops on stacked
-    /// weights: one fused launch on interleaved weights up to the skinny kernel's T, the matmul then SwiGLU on interleaved
-    /// pairs beyond. F = N and D = K of the suite's matmul shapes (odd F included); weights scaled by 1/√D so that the
+    /// weights: one fused launch on interleaved weights up to T = 4, the matmul then SwiGLU on interleaved pairs beyond. F = N and D = K of the suite's matmul shapes (odd F included); weights scaled by 1/√D so that the
     /// gate and up values stay of order one.
     /// </summary>
     [Theory]
