@@ -21,13 +21,14 @@ public static class TreePresets
     ];
 
     /// <summary>
-    /// The preset used on accelerators when none is named. Measured on an NVIDIA H200 (2026-11-28, the GPU kit): with the
-    /// current kernels (FP32-core matmuls, no tensor cores) a tree step costs 1.4x a decode step at 4 nodes, 4.3x at 16
-    /// and 15x at 64 on the 7B shape, and 5.7x at 64 on the demo model, where <c>mc_sim_7b_63</c> ran at 0.49x
-    /// autoregressive; so the small tree, as on the host. The kit's demo stage sweeps every tree on the device
-    /// (<c>bench --sweep-trees</c>) to revisit this when the tree step gets cheaper.
+    /// The preset used on accelerators when none is named: the fastest preset of the tree sweeps on an NVIDIA H200
+    /// (2026-11-28, the GPU kit's `bench --sweep-trees` on the demo model with the shipped heads): `chain-3` at 1.03x and
+    /// 0.98x autoregressive in two runs, level with `tree-4` (1.02x, 0.97x) and the shipped `small-4.json`, far ahead of
+    /// Medusa's 64-node `mc_sim_7b_63` (0.33x, 0.30x). With the current kernels a tree step costs about 1.9x a decode step
+    /// at 4 nodes and 23x at 64 on the 7B shape (FP32-core matmuls), and a Medusa step adds the heads' launches, so only
+    /// the smallest trees come close; the kit's sweep revisits this when tree steps get cheaper.
     /// </summary>
-    public const string Default = "tree-4";
+    public const string Default = "chain-3";
 
     /// <summary>
     /// The preset used on the host backend when none is named: the fastest measured there (`bench --sweep-trees`, 20 prompts,
