@@ -17,6 +17,7 @@ public static partial class MatMulKernels
     /// weight as it is read, its square is summed alongside (a fifth sum in the same reduction), and the four results
     /// are scaled by 1/√(mean(x²) + ε) at the end: RMSNorm and the matmul in one launch, no extra memory traffic. With
     /// <see cref="NormedSwiGlu"/> the four rows are two (gate, up) pairs and the group writes silu(gate)·up for each.
+    /// Grouped (<see cref="MatMulArgs.GroupRows"/> &gt; 0, T = 1): rows of matrix g read input row g.
     /// Grid: (⌈N/4⌉, T) groups of G threads (a power of two).
     /// </summary>
     /// <param name="output">F32[T, N] (F32[T, N/2] for <see cref="NormedSwiGlu"/>).</param>
@@ -43,7 +44,10 @@ public static partial class MatMulKernels
         long w1 = (long)IntMin(row0 + 1, last) * args.WeightStride;
         long w2 = (long)IntMin(row0 + 2, last) * args.WeightStride;
         long w3 = (long)IntMin(row0 + 3, last) * args.WeightStride;
-        long x0 = (long)token * args.Columns;
+        // The divisor is never 0, even where the grouping is off: compilers may evaluate both sides of the choice, and an
+        // integer division by zero traps on CPUs (PoCL).
+        int groupRows = args.GroupRows > 0 ? args.GroupRows : 1;
+        long x0 = args.GroupRows > 0 ? (long)(row0 / groupRows) * args.GroupInputStride : (long)token * args.Columns;
         var f = default(TFormat);
         float s0 = 0f, s1 = 0f, s2 = 0f, s3 = 0f;
         if (f.Width == 1)

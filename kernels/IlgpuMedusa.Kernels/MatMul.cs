@@ -7,7 +7,7 @@ namespace IlgpuMedusa.Kernels;
 public readonly struct MatMulArgs
 {
     /// <summary>Creates the scalars.</summary>
-    public MatMulArgs(int tokens, int rows, int columns, int weightStride, bool accumulate, float eps = 0f)
+    public MatMulArgs(int tokens, int rows, int columns, int weightStride, bool accumulate, float eps = 0f, int groupRows = 0, int groupInputStride = 0)
     {
         Tokens = tokens;
         Rows = rows;
@@ -15,6 +15,8 @@ public readonly struct MatMulArgs
         WeightStride = weightStride;
         Accumulate = accumulate ? 1 : 0;
         Eps = eps;
+        GroupRows = groupRows;
+        GroupInputStride = groupInputStride;
     }
 
     /// <summary>T, rows of input and output.</summary>
@@ -29,6 +31,13 @@ public readonly struct MatMulArgs
     public readonly int Accumulate;
     /// <summary>RMSNorm ε of a <see cref="NormedInput"/> launch.</summary>
     public readonly float Eps;
+    /// <summary>
+    /// Grouped GEMV (vector kernel, T = 1): weight rows [g·GroupRows, (g + 1)·GroupRows) multiply input row g (its start
+    /// is g · GroupInputStride: K for one row per group, 0 for one row shared by all). 0: not grouped.
+    /// </summary>
+    public readonly int GroupRows;
+    /// <summary>Floats from one group's input row to the next (see <see cref="GroupRows"/>).</summary>
+    public readonly int GroupInputStride;
 }
 
 /// <summary>What the vector and skinny matmul kernels do besides x·Wᵀ (a compile-time choice: one kernel per mode).</summary>
@@ -264,6 +273,25 @@ public sealed class MatMulLauncher
             throw new ArgumentException($"{what}: T={tokens} outside [1, {Tuning.SkinnyMaxTokens}] (normalise separately for larger T)");
         if (norm.Length < weight.Columns)
             throw new ArgumentException($"{what}: {norm.Length} norm weights for K={weight.Columns}");
+    }
+
+    /// <summary>
+    /// Grouped GEMV: output[g, n] = input[g or 0, :] · W[g·N + n, :]ᵀ for G groups of N rows: several small matrices
+    /// (Medusa heads' ResBlocks, stacked into one weight) in one launch. N must be a multiple of 4 (a group of the vector
+    /// kernel must not straddle two matrices); <paramref name="sharedInput"/>: every group reads input row 0.
+    /// output F32[G·N], input F32[G or 1, K], weight [G·N, K].
+    /// </summary>
+    public void LaunchGrouped(AcceleratorStream stream, ArrayView<float> output, ArrayView<float> input, WeightView weight, int groupRows, bool sharedInput)
+    {
+        int n = weight.Rows, k = weight.Columns;
+        if (groupRows <= 0 || groupRows % MatMulKernels.RowsPerGroup != 0 || n % groupRows != 0)
+            throw new ArgumentException($"grouped MatMul: {weight} is not a stack of [N={groupRows}, K] matrices with N a multiple of {MatMulKernels.RowsPerGroup}");
+        int groups = n / groupRows;
+        if (output.Length < n || input.Length < (sharedInput ? 1L : groups) * k)
+            throw new ArgumentException($"grouped MatMul: output {output.Length} / input {input.Length} floats too small for {groups} groups of [{groupRows}, {k}]");
+        if (n == 0) return;
+        LaunchRows(stream, output, input, input, weight, tokens: 1, vector: true, mode: 0,
+            new MatMulArgs(1, n, k, weight.PackStride, accumulate: false, groupRows: groupRows, groupInputStride: sharedInput ? 0 : k));
     }
 
     private static void CheckExtents(ArrayView<float> output, ArrayView<float> input, WeightView weight, int tokens)

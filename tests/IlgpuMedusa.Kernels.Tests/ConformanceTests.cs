@@ -408,6 +408,76 @@ public abstract class ConformanceTests
         }
     }
 
+    /// <summary>
+    /// A bias row per output row in SiluResidual and a one-row b added to every row in Add (several Medusa heads at
+    /// once), each against the established one-row ops applied row by row on the host.
+    /// </summary>
+    [Fact]
+    public void SiluResidual_per_row_bias_and_Add_broadcast_match_host_row_by_row()
+    {
+        using var twin = NewTwin(34);
+        const int rows = 4;
+        foreach (int d in Sizes.Widths)
+        {
+            var input = twin.RandomTensor(rows, d, 2f);
+            var linear = twin.RandomTensor(rows, d, 6f);
+            var bias = twin.RandomTensor(rows, d);
+            var output = twin.Zeros(DType.F32, rows, d);
+            for (int r = 0; r < rows; r++)
+                Accelerators.Host.SiluResidual(output.Host.Slice(r, 1), input.Host.Slice(r, 1), linear.Host.Slice(r, 1), bias.Host.Slice(r, 1));
+            Device.SiluResidual(output.Device, input.Device, linear.Device, bias.Device);
+            Twin.AssertClose(output, Tolerance.Transcendental, $"SiluResidual with a bias per row, D={d}");
+            var hostAtOnce = twin.Zeros(DType.F32, rows, d);
+            Accelerators.Host.SiluResidual(hostAtOnce.Host, input.Host, linear.Host, bias.Host);
+            Twin.AssertClose(Twin.Read(output.Host), Twin.Read(hostAtOnce.Host), Tolerance.Exact, $"host SiluResidual with a bias per row, D={d}");
+
+            var row = twin.RandomTensor(1, d);
+            var sum = twin.Zeros(DType.F32, rows, d);
+            for (int r = 0; r < rows; r++) Accelerators.Host.Add(sum.Host.Slice(r, 1), input.Host.Slice(r, 1), row.Host);
+            Device.Add(sum.Device, input.Device, row.Device);
+            Twin.AssertClose(sum, Tolerance.Exact, $"Add of one row to {rows} rows, D={d}");
+            Accelerators.Host.Add(hostAtOnce.Host, input.Host, row.Host);
+            Twin.AssertClose(Twin.Read(sum.Host), Twin.Read(hostAtOnce.Host), Tolerance.Exact, $"host Add of one row to {rows} rows, D={d}");
+        }
+    }
+
+    /// <summary>
+    /// The grouped GEMV (several matrices stacked into one weight, one launch) against one host matmul per matrix, with an
+    /// input row per group and with one shared row; a group size that is not a multiple of 4 is refused.
+    /// </summary>
+    [Theory]
+    [InlineData(DType.F32)]
+    [InlineData(DType.F16)]
+    [InlineData(DType.BF16)]
+    public void GroupedMatMul_matches_one_matmul_per_group(DType type)
+    {
+        using var twin = NewTwin(35);
+        const int groups = 3;
+        foreach (var (n, k) in new[] { (4, 31), (32, 33), (36, 257) })
+        {
+            var values = Enumerable.Range(0, groups).Select(_ => twin.RandomFloats(n * k)).ToArray();
+            var perGroup = values.Select(v => twin.Weight(type, n, k, v)).ToArray();
+            var stacked = twin.Weight(type, groups * n, k, values.SelectMany(v => v).ToArray());
+            Assert.True(((IComputeBackend)Device).CanGroupMatMul(n));
+            foreach (bool shared in new[] { false, true })
+            {
+                var input = twin.RandomTensor(shared ? 1 : groups, k);
+                var output = twin.Zeros(DType.F32, groups, n);
+                for (int g = 0; g < groups; g++)
+                    Accelerators.Host.MatMul(output.Host.Slice(g, 1), input.Host.Slice(shared ? 0 : g, 1), perGroup[g].Host, accumulate: false);
+                ((IComputeBackend)Device).GroupedMatMul(output.Device, input.Device, stacked.Device);
+                Twin.AssertClose(output, Tolerance.ForSum(type, k), $"GroupedMatMul {type} {groups} x [{n}, {k}] {(shared ? "shared input" : "input per group")}");
+            }
+        }
+        Assert.False(((IComputeBackend)Device).CanGroupMatMul(6));
+        var odd = twin.Weight(type, 2 * 6, 8, twin.RandomFloats(2 * 6 * 8));
+        var x = twin.RandomTensor(2, 8);
+        var y = twin.Zeros(DType.F32, 2, 6);
+        var e = Assert.Throws<ArgumentException>(() => ((IComputeBackend)Device).GroupedMatMul(y.Device, x.Device, odd.Device));
+        Assert.Contains("multiple of 4", e.Message);
+        Assert.False(((IComputeBackend)Accelerators.Host).CanGroupMatMul(8));
+    }
+
     /// <summary>Elementwise add, in place and not.</summary>
     [Fact]
     public void Add_matches_host()

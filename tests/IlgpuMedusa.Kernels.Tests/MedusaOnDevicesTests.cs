@@ -69,6 +69,57 @@ public sealed class MedusaOnDevicesTests(Accelerators accelerators) : IDisposabl
         Assert.Equal(pool.BlockCount, pool.FreeBlocks);
     }
 
+    /// <summary>Head layouts: (shared lm_head, vocabulary shortlist, next-token input, ResBlocks).</summary>
+    public static TheoryData<string, bool, bool, bool, int> HeadCases() => new()
+    {
+        { "opencl", true, true, true, 2 },   // the shipped heads' layout
+        { "opencl", true, false, false, 1 }, // plain Medusa heads on the base lm_head
+        { "opencl", false, true, false, 1 }, // own lm_heads
+        { "opencl", true, true, false, 3 },
+        { "emulator", true, true, true, 2 },
+    };
+
+    /// <summary>
+    /// The heads on an ILGPU device run all together (stacked matrices, grouped GEMVs: a few launches per step instead of
+    /// six per head) and must propose the same top-k tokens as the host's head-by-head evaluation, which
+    /// ShortlistHeadsTests checks against a double-precision computation.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(HeadCases))]
+    public void GroupedHeadsPredictWhatTheHostPredicts(string device, bool sharedLmHead, bool shortlisted, bool nextToken, int layers)
+    {
+        var backend = device == "emulator" ? accelerators.Emulator : accelerators.OpenCL;
+        using var checkpoint = HuggingFaceCheckpoint.Open(_directory);
+        var c = checkpoint.Config;
+        var classifier = checkpoint.GetTensor(LlamaTensorNames.Classifier, c.VocabSize, c.Dim).ToFloatArray();
+        int[]? shortlist = shortlisted ? Enumerable.Range(0, 31).Select(i => 4 + 3 * i).ToArray() : null;
+        var weights = MedusaHeadWeights.CreateRandom(c, heads: 4, layers, seed: 21, scale: 0.3f, baseClassifier: sharedLmHead ? null : classifier,
+            shortlist: shortlist, nextToken: nextToken);
+        var random = new Random(5);
+        foreach (var head in weights.Bias)
+            foreach (var bias in head)
+                for (int i = 0; i < bias.Length; i++) bias[i] = (float)(random.NextDouble() - 0.5);
+        var path = Path.Combine(_directory, $"heads-{sharedLmHead}-{shortlisted}-{nextToken}-{layers}.safetensors");
+        MedusaHeadsCheckpoint.Write(path, weights, ModelSignature.Of(checkpoint));
+        using var file = MedusaHeadsCheckpoint.Open(path);
+        var h = Enumerable.Range(0, c.Dim).Select(_ => (float)(random.NextDouble() * 2 - 1)).ToArray();
+
+        int[] Predict(IComputeBackend b, bool grouped)
+        {
+            using var model = LlamaModel.Load(checkpoint, b, DType.F32);
+            using var heads = MedusaHeads.Load(file, model, checkpoint);
+            Assert.Equal(grouped, heads.Grouped);
+            using var hidden = b.Allocate(DType.F32, 1, c.Dim);
+            b.Upload(hidden, h);
+            var first = heads.Predict(hidden).ToArray();
+            Assert.Equal(first, heads.Predict(hidden).ToArray()); // a second call starts from scratch too
+            return first;
+        }
+        var expected = Predict(accelerators.Host, grouped: false);
+        var actual = Predict(backend, grouped: true);
+        Assert.Equal(expected, actual);
+    }
+
     public void Dispose()
     {
         try

@@ -148,13 +148,28 @@ public interface IComputeBackend : IDisposable
     void SwiGlu(DeviceTensor output, DeviceTensor gateUp);
 
     /// <summary>
-    /// The Medusa ResBlock's second half: output[r, i] = input[r, i] + silu(linear[r, i] + bias[0, i]).
-    /// output, input, linear F32[R, D] (output may be input); bias [1, D] of any float dtype.
+    /// The Medusa ResBlock's second half: output[r, i] = input[r, i] + silu(linear[r, i] + bias[0, i]) (bias[r, i] when
+    /// bias has R rows: several heads at once). output, input, linear F32[R, D] (output may be input); bias [1, D] or
+    /// [R, D] of any float dtype.
     /// </summary>
     void SiluResidual(DeviceTensor output, DeviceTensor input, DeviceTensor linear, DeviceTensor bias) =>
         throw new NotSupportedException($"{DeviceName}: SiluResidual (Medusa heads) is not implemented on this backend yet.");
 
-    /// <summary>output = a + b elementwise, all F32 of one shape (output may be a).</summary>
+    /// <summary>
+    /// True when <see cref="GroupedMatMul"/> takes groups of <paramref name="rowsPerGroup"/> weight rows (the ILGPU backend:
+    /// a multiple of 4). The default backend has none.
+    /// </summary>
+    bool CanGroupMatMul(int rowsPerGroup) => false;
+
+    /// <summary>
+    /// Several GEMVs with their own matrices in one op: output[g, n] = input[g, :] · weight[g·N + n, :]ᵀ for the G groups
+    /// of N rows of a stacked weight [G·N, K] (input [1, K]: one row for every group). Used for the Medusa heads, whose
+    /// ResBlocks are small, alike and otherwise one launch each. Only where <see cref="CanGroupMatMul"/> says so.
+    /// </summary>
+    void GroupedMatMul(DeviceTensor output, DeviceTensor input, DeviceTensor weight) =>
+        throw new NotSupportedException($"{DeviceName}: GroupedMatMul is not implemented on this backend (check CanGroupMatMul).");
+
+    /// <summary>output = a + b elementwise, output and a F32 of one shape, b of that shape or one row of it (added to every row; output may be a).</summary>
     void Add(DeviceTensor output, DeviceTensor a, DeviceTensor b);
 
     /// <summary>output[t] = index of the largest logits[t, :] (the lowest index on ties). output I32[T, 1], logits F32[T, V].</summary>

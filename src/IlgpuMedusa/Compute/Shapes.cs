@@ -113,8 +113,29 @@ internal static class Shapes
     {
         SameShape(nameof(SiluResidual), output, input, linear);
         Weight(nameof(SiluResidual), "bias", bias);
-        Require(bias.Rows == 1 && bias.Columns == output.Columns, nameof(SiluResidual),
-            () => $"bias {bias.ShapeText} must be [1, {output.Columns}]");
+        Require((bias.Rows == 1 || bias.Rows == output.Rows) && bias.Columns == output.Columns, nameof(SiluResidual),
+            () => $"bias {bias.ShapeText} must be [1, {output.Columns}] or [{output.Rows}, {output.Columns}]");
+    }
+
+    /// <summary>Add: output and a of one shape; b of that shape or one row of it (added to every row).</summary>
+    public static void Add(DeviceTensor output, DeviceTensor a, DeviceTensor b)
+    {
+        Float(nameof(Add), "output", output);
+        Float(nameof(Add), "a", a);
+        Float(nameof(Add), "b", b);
+        Require(output.Rows == a.Rows && output.Columns == a.Columns && b.Columns == a.Columns && (b.Rows == a.Rows || b.Rows == 1), nameof(Add),
+            () => $"output {output.ShapeText}, a {a.ShapeText}, b {b.ShapeText}: expected [R, C], [R, C] and [R, C] or [1, C]");
+    }
+
+    /// <summary>Grouped matmul: output [G, N], input [G or 1, K], weight [G·N, K].</summary>
+    public static void GroupedMatMul(DeviceTensor output, DeviceTensor input, DeviceTensor weight)
+    {
+        Float(nameof(GroupedMatMul), "output", output);
+        Float(nameof(GroupedMatMul), "input", input);
+        Weight(nameof(GroupedMatMul), "weight", weight);
+        Require(output.Rows > 0 && (input.Rows == output.Rows || input.Rows == 1) && input.Columns == weight.Columns
+                && (long)output.Rows * output.Columns == weight.Rows, nameof(GroupedMatMul),
+            () => $"output {output.ShapeText}, input {input.ShapeText}, weight {weight.ShapeText}: expected [G, N], [G or 1, K], [G·N, K]");
     }
 
     public static void ArgMax(DeviceTensor output, DeviceTensor logits)

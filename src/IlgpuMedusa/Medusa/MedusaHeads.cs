@@ -32,6 +32,31 @@ public sealed class MedusaHeads : IDisposable
     private readonly DeviceTensor _topValues;    // [K, TopK]
     private readonly int[] _hostTop;             // [K · TopK]
     private readonly NextTokenInput? _next;
+    private readonly StackedHeads? _stacked;     // the heads' matrices stacked, on backends with a grouped matmul
+    private readonly int _headCount, _layerCount;
+
+    /// <summary>
+    /// All heads' ResBlock matrices (and next-token projections) stacked per layer, for backends that run several GEMVs in
+    /// one launch (<see cref="IComputeBackend.GroupedMatMul"/>): a step then costs a few launches for all heads instead of
+    /// six per head, which is what a launch-bound GPU pays for.
+    /// </summary>
+    private sealed class StackedHeads(DeviceTensor[] linear, DeviceTensor[] bias, DeviceTensor? projection, DeviceTensor start, DeviceTensor? zeros) : IDisposable
+    {
+        public DeviceTensor[] Linear { get; } = linear;         // [layer] [H·D, D]
+        public DeviceTensor[] Bias { get; } = bias;             // [layer] [H, D]
+        public DeviceTensor? Projection { get; } = projection;  // [H·D, D] (next-token input)
+        public DeviceTensor Start { get; } = start;             // [H, D] z₀ of every head
+        public DeviceTensor? Zeros { get; } = zeros;            // [H, D] zeros (no next-token input: z₀ = 0 + h)
+
+        public void Dispose()
+        {
+            foreach (var t in Linear) t.Dispose();
+            foreach (var t in Bias) t.Dispose();
+            Projection?.Dispose();
+            Start.Dispose();
+            Zeros?.Dispose();
+        }
+    }
 
     /// <summary>The device side of next-token inputs: P per head, what the next token is found with, and scratch rows.</summary>
     private sealed class NextTokenInput(IComputeBackend b, DeviceTensor[] projection, DeviceTensor classifier, DeviceTensor table, int columns, int d) : IDisposable
@@ -56,10 +81,13 @@ public sealed class MedusaHeads : IDisposable
         }
     }
 
-    private MedusaHeads(LlamaModel model, DeviceTensor[][] linear, DeviceTensor[][] bias, DeviceTensor[]? lmHeads, DeviceTensor? sharedShortlistLmHead,
-        int[]? shortlist, string source, NextTokenInput? next, IReadOnlyList<DeviceTensor> owned)
+    private MedusaHeads(LlamaModel model, int heads, int layers, DeviceTensor[][] linear, DeviceTensor[][] bias, StackedHeads? stacked, DeviceTensor[]? lmHeads,
+        DeviceTensor? sharedShortlistLmHead, int[]? shortlist, string source, NextTokenInput? next, IReadOnlyList<DeviceTensor> owned)
     {
         _model = model;
+        _headCount = heads;
+        _layerCount = layers;
+        _stacked = stacked;
         _next = next;
         _owned = owned;
         _linear = linear;
@@ -69,7 +97,7 @@ public sealed class MedusaHeads : IDisposable
         _shortlist = shortlist;
         Source = source;
         var b = model.Backend;
-        int k = linear.Length, d = model.Config.Dim, n = shortlist?.Length ?? model.Config.VocabSize;
+        int k = heads, d = model.Config.Dim, n = shortlist?.Length ?? model.Config.VocabSize;
         _z = b.Allocate(DType.F32, k, d);
         _linearOut = b.Allocate(DType.F32, k, d);
         _logits = b.Allocate(DType.F32, k, n);
@@ -79,9 +107,11 @@ public sealed class MedusaHeads : IDisposable
     }
 
     /// <summary>Number of heads.</summary>
-    public int HeadCount => _linear.Length;
+    public int HeadCount => _headCount;
     /// <summary>ResBlocks per head.</summary>
-    public int LayerCount => _linear.Length == 0 ? 0 : _linear[0].Length;
+    public int LayerCount => _layerCount;
+    /// <summary>True when the heads run together through <see cref="IComputeBackend.GroupedMatMul"/> (a few launches per step).</summary>
+    public bool Grouped => _stacked is not null;
     /// <summary>True when the heads use the base model's classifier (all of it, or its shortlisted rows).</summary>
     public bool SharedLmHead => _lmHeads is null;
     /// <summary>The tokens the heads score (sorted ids), or null for the whole vocabulary.</summary>
@@ -139,9 +169,17 @@ public sealed class MedusaHeads : IDisposable
         try
         {
             int heads = checkpoint.HeadCount, layers = checkpoint.LayerCount;
-            var linear = new DeviceTensor[heads][];
-            var bias = new DeviceTensor[heads][];
-            for (int h = 0; h < heads; h++)
+            bool grouped = heads > 1 && layers > 0 && b.CanGroupMatMul(c.Dim);
+            var linear = new DeviceTensor[grouped ? 0 : heads][];
+            var bias = new DeviceTensor[grouped ? 0 : heads][];
+            DeviceTensor Stack(Func<int, TensorData> part, DType type)
+            {
+                var parts = Enumerable.Range(0, heads).Select(part).ToArray();
+                var tensor = b.UploadWeight(parts, type);
+                created.Add(tensor);
+                return tensor;
+            }
+            for (int h = 0; h < linear.Length; h++)
             {
                 linear[h] = new DeviceTensor[layers];
                 bias[h] = new DeviceTensor[layers];
@@ -150,6 +188,20 @@ public sealed class MedusaHeads : IDisposable
                     linear[h][l] = Up(checkpoint.Linear(h, l), weightType);
                     bias[h][l] = Up(checkpoint.Bias(h, l), DType.F32);
                 }
+            }
+            StackedHeads? stacked = null;
+            if (grouped)
+            {
+                var stackedLinear = Enumerable.Range(0, layers).Select(l => Stack(h => checkpoint.Linear(h, l), weightType)).ToArray();
+                var stackedBias = Enumerable.Range(0, layers).Select(l => Stack(h => checkpoint.Bias(h, l), DType.F32)).ToArray();
+                var projection = checkpoint.HasNextTokenInput ? Stack(checkpoint.NextToken, weightType) : null;
+                var start = b.Allocate(DType.F32, heads, c.Dim);
+                created.Add(start);
+                var zeros = checkpoint.HasNextTokenInput ? null : b.Allocate(DType.F32, heads, c.Dim);
+                if (zeros is not null) created.Add(zeros);
+                stacked = new StackedHeads(stackedLinear, stackedBias, projection, start, zeros);
+                created.RemoveAll(t => stackedLinear.Contains(t) || stackedBias.Contains(t) || ReferenceEquals(t, projection) || ReferenceEquals(t, start) || ReferenceEquals(t, zeros));
+                created.Add(stacked);
             }
             var lmHeads = checkpoint.SharedLmHead ? null : Enumerable.Range(0, heads).Select(h => Up(checkpoint.LmHead(h), weightType)).ToArray();
             var sharedLmHead = sharedShortlist
@@ -161,7 +213,7 @@ public sealed class MedusaHeads : IDisposable
             {
                 // The next token is the argmax of the rows the heads score (the shortlist's, or the whole classifier), and
                 // its embedding is looked up by that row: the same rows when the model ties its embeddings.
-                var projection = Enumerable.Range(0, heads).Select(h => Up(checkpoint.NextToken(h), weightType)).ToArray();
+                var projection = grouped ? [] : Enumerable.Range(0, heads).Select(h => Up(checkpoint.NextToken(h), weightType)).ToArray();
                 created.RemoveAll(t => projection.Contains(t)); // owned by the NextTokenInput from here
                 var scored = sharedLmHead ?? model.Classifier;
                 DeviceTensor table = scored;
@@ -183,7 +235,7 @@ public sealed class MedusaHeads : IDisposable
                 }
                 created.Add(next);
             }
-            return new MedusaHeads(model, linear, bias, lmHeads, sharedLmHead, shortlist, checkpoint.Path, next, owned);
+            return new MedusaHeads(model, heads, layers, linear, bias, stacked, lmHeads, sharedLmHead, shortlist, checkpoint.Path, next, owned);
         }
         catch
         {
@@ -224,7 +276,13 @@ public sealed class MedusaHeads : IDisposable
             b.ArgMax(next.Index, next.Logits);
             b.Embedding(next.Embedding, next.Index, next.Table);
         }
-        for (int h = 0; h < HeadCount; h++)
+        if (_stacked is { } stacked)
+        {
+            RunStacked(b, stacked, hidden);
+            if (_lmHeads is not null)
+                for (int h = 0; h < HeadCount; h++) b.MatMul(_logits.Slice(h, 1), _z.Slice(h, 1), _lmHeads[h], accumulate: false);
+        }
+        else for (int h = 0; h < HeadCount; h++)
         {
             var z = _z.Slice(h, 1);
             var linear = _linearOut.Slice(h, 1);
@@ -255,11 +313,30 @@ public sealed class MedusaHeads : IDisposable
 
     private DeviceTensor? _zeroLike;
 
+    /// <summary>Every head's z (into <see cref="_z"/>) with grouped matmuls: z₀ = h + P·e (or h), then per ResBlock z ← z + SiLU(W z + b).</summary>
+    private void RunStacked(IComputeBackend b, StackedHeads stacked, DeviceTensor hidden)
+    {
+        var start = stacked.Start;
+        if (stacked.Projection is { } projection)
+        {
+            b.GroupedMatMul(start, _next!.Embedding, projection); // P_h·e for every head (one shared input row)
+            b.Add(start, start, hidden);                          // + h, broadcast to every head
+        }
+        else b.Add(start, stacked.Zeros!, hidden);
+        for (int l = 0; l < LayerCount; l++)
+        {
+            var input = l == 0 ? start : _z;
+            b.GroupedMatMul(_linearOut, input, stacked.Linear[l]);
+            b.SiluResidual(_z, input, _linearOut, stacked.Bias[l]);
+        }
+    }
+
     /// <summary>Frees the device memory.</summary>
     public void Dispose()
     {
         foreach (var head in _linear) foreach (var t in head) t.Dispose();
         foreach (var head in _bias) foreach (var t in head) t.Dispose();
+        _stacked?.Dispose();
         if (_lmHeads is not null) foreach (var t in _lmHeads) t.Dispose();
         _sharedShortlistLmHead?.Dispose();
         _next?.Dispose();

@@ -552,9 +552,9 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
         var decodedBias = rented.AsSpan(0, o.Columns);
         var z = rented.AsSpan(o.Columns, o.Columns);
         var silu = rented.AsSpan(2 * o.Columns, o.Columns);
-        DecodeRow(b, 0, decodedBias);
         for (int r = 0; r < o.Rows; r++)
         {
+            if (r == 0 || b.Rows > 1) DecodeRow(b, b.Rows > 1 ? r : 0, decodedBias);
             // silu(z) = z · sigmoid(z), z = linear + bias; output may alias input, so it is written last
             TensorPrimitives.Add(lin.FloatRow(r), decodedBias, z);
             TensorPrimitives.Sigmoid(z, silu);
@@ -570,8 +570,9 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
         var o = Own(output);
         var x = Own(a);
         var y = Own(b);
-        Shapes.SameShape(nameof(Add), o, x, y);
-        TensorPrimitives.Add(x.Floats, y.Floats, o.Floats);
+        Shapes.Add(o, x, y);
+        if (y.Rows == x.Rows) TensorPrimitives.Add(x.Floats, y.Floats, o.Floats);
+        else for (int r = 0; r < x.Rows; r++) TensorPrimitives.Add(x.FloatRow(r), y.FloatRow(0), o.FloatRow(r));
     }
 
     /// <inheritdoc />

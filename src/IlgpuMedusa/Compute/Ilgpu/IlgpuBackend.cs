@@ -437,6 +437,23 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
     }
 
     /// <inheritdoc />
+    public bool CanGroupMatMul(int rowsPerGroup) => rowsPerGroup > 0 && rowsPerGroup % MatMulKernels.RowsPerGroup == 0;
+
+    /// <inheritdoc />
+    public void GroupedMatMul(DeviceTensor output, DeviceTensor input, DeviceTensor weight)
+    {
+        var o = Own(output);
+        var x = Own(input);
+        var w = Own(weight);
+        Shapes.GroupedMatMul(o, x, w);
+        if (!CanGroupMatMul(o.Columns))
+            throw new ArgumentException($"GroupedMatMul: groups of {o.Columns} rows; this backend needs a multiple of {MatMulKernels.RowsPerGroup} (check CanGroupMatMul)");
+        int op = _timer is null ? -1 : _timer.Begin("grouped-matmul", $"{o.Rows}x[{o.Columns}x{w.Columns}] {w.Type}", w.Length * DTypeInfo.SizeOf(w.Type));
+        _kernels.MatMul.LaunchGrouped(_stream, o.Floats, x.Floats, w.AsWeight(), o.Columns, sharedInput: x.Rows == 1 && o.Rows > 1);
+        End(op);
+    }
+
+    /// <inheritdoc />
     public void Rope(DeviceTensor x, DeviceTensor positions, int heads, int headDim, float theta)
     {
         var t = Own(x);
@@ -540,7 +557,7 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
         Shapes.SiluResidual(o, x, lin, b);
         if (b.Type != DType.F32) throw new ArgumentException($"SiluResidual: the bias must be F32 on {DeviceName}, got {b.ShapeText}", nameof(bias));
         int op = Begin("silu-residual", o.Rows, o.Columns);
-        _kernels.SiluResidual.Launch(_stream, o.Floats, x.Floats, lin.Floats, b.Floats, o.Rows, o.Columns);
+        _kernels.SiluResidual.Launch(_stream, o.Floats, x.Floats, lin.Floats, b.Floats, o.Rows, o.Columns, biasPerRow: b.Rows > 1);
         End(op);
     }
 
@@ -550,9 +567,9 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
         var o = Own(output);
         var x = Own(a);
         var y = Own(b);
-        Shapes.SameShape(nameof(Add), o, x, y);
+        Shapes.Add(o, x, y);
         int op = Begin("add", o.Rows, o.Columns);
-        _kernels.Add.Launch(_stream, o.Floats, x.Floats, y.Floats, checked((int)o.Length));
+        _kernels.Add.Launch(_stream, o.Floats, x.Floats, y.Floats, checked((int)o.Length), checked((int)y.Length));
         End(op);
     }
 
