@@ -380,7 +380,7 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
         var x = Own(input);
         var w = Own(weight);
         Shapes.MatMul(o, x, w);
-        int op = _timer is null ? -1 : _timer.Begin("matmul", $"{w.Rows}x{w.Columns} {w.Type} T={x.Rows}", w.Length * DTypeInfo.SizeOf(w.Type));
+        int op = BeginMatMul("matmul", w, x.Rows);
         _kernels.MatMul.Launch(_stream, o.Floats, x.Floats, w.AsWeight(), x.Rows, accumulate, path);
         End(op);
     }
@@ -402,7 +402,7 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
             MatMul(o, n, w, accumulate);
             return;
         }
-        int op = _timer is null ? -1 : _timer.Begin("norm+matmul", $"{w.Rows}x{w.Columns} {w.Type} T={x.Rows}", w.Length * DTypeInfo.SizeOf(w.Type));
+        int op = BeginMatMul("norm+matmul", w, x.Rows);
         _kernels.MatMul.LaunchNormed(_stream, o.Floats, x.Floats, g.Floats, w.AsWeight(), x.Rows, eps, accumulate);
         End(op);
     }
@@ -424,7 +424,7 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
         Shapes.SwiGlu(f, u);
         if (CanFuseNorm(g, x.Rows))
         {
-            int op = _timer is null ? -1 : _timer.Begin("norm+matmul+swiglu", $"{w.Rows}x{w.Columns} {w.Type} T={x.Rows}", w.Length * DTypeInfo.SizeOf(w.Type));
+            int op = BeginMatMul("norm+matmul+swiglu", w, x.Rows);
             _kernels.MatMul.LaunchNormedSwiGlu(_stream, f.Floats, x.Floats, g.Floats, w.AsWeight(), x.Rows, eps);
             End(op);
             return;
@@ -623,6 +623,10 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
 
     /// <summary>Starts an op's timing when recording: its name and [rows x columns] (formatted only then).</summary>
     private int Begin(string op, long rows, long columns) => _timer is null ? -1 : _timer.Begin(op, $"{rows}x{columns}", 0);
+
+    /// <summary>Starts a matmul-like op's timing when recording: the weight's shape and type, T, and the weight bytes one call streams.</summary>
+    private int BeginMatMul(string op, IlgpuTensor weight, int tokens) =>
+        _timer is null ? -1 : _timer.Begin(op, $"{weight.Rows}x{weight.Columns} {weight.Type} T={tokens}", weight.Length * DTypeInfo.SizeOf(weight.Type));
 
     private void End(int op)
     {
