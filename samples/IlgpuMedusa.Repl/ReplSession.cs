@@ -157,10 +157,12 @@ internal sealed class ReplSession
         var options = (_options with { Tree = argument }).Validate();
         if (_engine.Heads is { } heads)
         {
-            var topology = TreeTopology.Resolve(argument, heads.HeadCount, MedusaHeads.TopK);
-            if (topology.NodeCount > InferenceEngine.MaxTreeNodes)
-                throw new ArgumentException($"tree '{argument}' has {topology.NodeCount} nodes; at most {InferenceEngine.MaxTreeNodes} are verified in one forward.");
-            _console.MarkupLine(Markup.Escape($"Tree {topology.Name}: {topology.NodeCount} nodes, depth {topology.MaxDepth}."));
+            var tree = CandidateTree.Resolve(argument, heads.HeadCount, MedusaHeads.TopK);
+            if (tree.NodeCount > InferenceEngine.MaxTreeNodes)
+                throw new ArgumentException($"tree '{argument}' has {tree.NodeCount} nodes; at most {InferenceEngine.MaxTreeNodes} are verified in one forward.");
+            _console.MarkupLine(Markup.Escape(tree.IsDynamic
+                ? $"Tree {tree.Name}: {tree.NodeCount} nodes planned each step from the heads' confidence, depth up to {tree.MaxDepth}."
+                : $"Tree {tree.Name}: {tree.NodeCount} nodes, depth {tree.MaxDepth}."));
         }
         else
         {

@@ -22,8 +22,8 @@ public sealed class MedusaOnDevicesTests(Accelerators accelerators) : IDisposabl
 
     public static TheoryData<string, string> Cases() => new()
     {
-        { "emulator", "chain-3" }, { "emulator", "tree-8" },
-        { "opencl", "chain-3" }, { "opencl", "tree-16" }, { "opencl", "mc_sim_7b_63" },
+        { "emulator", "chain-3" }, { "emulator", "tree-8" }, { "emulator", "dynamic-4" },
+        { "opencl", "chain-3" }, { "opencl", "tree-16" }, { "opencl", "mc_sim_7b_63" }, { "opencl", "dynamic-8" },
     };
 
     [Theory]
@@ -41,9 +41,7 @@ public sealed class MedusaOnDevicesTests(Accelerators accelerators) : IDisposabl
         var c = model.Config;
         using var pool = KvBlockPool.FromBudget(backend, c.Layers, c.KvHeads, c.HeadDim, 16, 2L * 160 * 2 * c.Layers * c.KvDim * sizeof(float));
         using var workspace = new ForwardWorkspace(backend, c, 64, 64);
-        var tree = TreeTopology.Resolve(treeName, heads.HeadCount);
-        using var mask = backend.Allocate(DType.I32, tree.NodeCount, tree.NodeCount);
-        backend.Upload(mask, tree.Mask);
+        using var tree = global::IlgpuMedusa.Tests.Medusa.CompiledTrees.Resolve(backend, treeName, heads.HeadCount);
         int[] prompt = [1, 17, 42, 5, 63, 8];
         const int Count = 32;
 
@@ -58,7 +56,7 @@ public sealed class MedusaOnDevicesTests(Accelerators accelerators) : IDisposabl
         List<int> medusa;
         using (var sequence = pool.CreateSequence(c.MaxSequenceLength))
         {
-            var decoder = new MedusaDecoder(model, sequence, new Sampler(Sampling.Greedy, 1), prompt, null, heads, tree, mask, Acceptance.Greedy, stats);
+            var decoder = new MedusaDecoder(model, sequence, new Sampler(Sampling.Greedy, 1), prompt, null, heads, tree.Tree, tree.Mask, Acceptance.Greedy, stats);
             var runner = new SingleSequenceRunner(model, workspace, decoder);
             medusa = [];
             while (medusa.Count < Count) runner.Advance(medusa);

@@ -94,7 +94,7 @@ internal static class BenchCommand
         if (sweep)
         {
             foreach (var preset in TreePresets.Names)
-                if (TreePresets.TryGet(preset, out var paths) && paths.Max(p => p.Length) <= heads.HeadCount) names.Add(preset);
+                if (TreePresets.IsDynamic(preset, out _) || (TreePresets.TryGet(preset, out var paths) && paths.Max(p => p.Length) <= heads.HeadCount)) names.Add(preset);
         }
         foreach (var t in trees)
         {
@@ -104,10 +104,10 @@ internal static class BenchCommand
         if (names.Count == 0) names.Add(engine.DefaultTree);
         foreach (var name in names.Distinct())
         {
-            var topology = TreeTopology.Resolve(name, heads.HeadCount, MedusaHeads.TopK);
-            if (topology.NodeCount > InferenceEngine.MaxTreeNodes)
-                throw new ArgumentException($"tree '{name}' has {topology.NodeCount} nodes; at most {InferenceEngine.MaxTreeNodes} are verified in one forward.");
-            list.Add(new Configuration("medusa " + topology.Name, name, topology.NodeCount));
+            var tree = CandidateTree.Resolve(name, heads.HeadCount, MedusaHeads.TopK);
+            if (tree.NodeCount > InferenceEngine.MaxTreeNodes)
+                throw new ArgumentException($"tree '{name}' has {tree.NodeCount} nodes; at most {InferenceEngine.MaxTreeNodes} are verified in one forward.");
+            list.Add(new Configuration("medusa " + tree.Name, name, tree.NodeCount));
         }
         return list;
     }

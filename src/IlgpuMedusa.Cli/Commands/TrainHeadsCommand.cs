@@ -160,8 +160,8 @@ internal static class TrainHeadsCommand
             Console.WriteLine("tree                 nodes  expected tokens/step");
             foreach (var name in Medusa.TreePresets.Names)
             {
-                Medusa.TreePresets.TryGet(name, out var paths);
-                if (paths.Max(p => p.Length) > profile.Depth) continue;
+                // dynamic-N trees have no fixed paths to score: they depend on the heads' probabilities at each step
+                if (!Medusa.TreePresets.TryGet(name, out var paths) || paths.Max(p => p.Length) > profile.Depth) continue;
                 Console.WriteLine(string.Create(inv, $"{name,-20} {paths.Count + 1,5}  {profile.ExpectedAccepted(paths),6:0.000}"));
             }
             foreach (var file in (parse.GetValue(trees) ?? []).SelectMany(t => Directory.Exists(t) ? Directory.GetFiles(t, "*.json").Order(StringComparer.Ordinal).ToArray() : new[] { t }))

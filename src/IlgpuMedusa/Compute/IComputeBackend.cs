@@ -156,6 +156,15 @@ public interface IComputeBackend : IDisposable
         throw new NotSupportedException($"{DeviceName}: SiluResidual (Medusa heads) is not implemented on this backend yet.");
 
     /// <summary>
+    /// Leaves up to which a greedy Medusa step asks the classifier for every tree node's token, leaves included, in the
+    /// one pass after the forward. A tree with more leaves skips them there and computes an accepted leaf's token
+    /// afterwards in a pass of its own. Extra rows in the one pass cost compute; the separate pass streams the whole
+    /// classifier again and is needed in most steps of a small tree (its accepted path usually ends at a leaf). The
+    /// default, 0, always skips.
+    /// </summary>
+    int EagerLeafRows => 0;
+
+    /// <summary>
     /// True when <see cref="GroupedMatMul"/> takes groups of <paramref name="rowsPerGroup"/> weight rows (the ILGPU backend:
     /// a multiple of 4). The default backend has none.
     /// </summary>

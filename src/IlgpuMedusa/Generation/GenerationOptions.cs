@@ -36,7 +36,7 @@ public sealed record GenerationOptions
         ArgumentNullException.ThrowIfNull(Acceptance, nameof(Acceptance));
         if (Tree is not null && string.IsNullOrWhiteSpace(Tree))
             throw new ArgumentException("Tree (--tree) must name a preset or a JSON file.", nameof(Tree));
-        if (Tree is not null && !Medusa.TreePresets.TryGet(Tree, out _) && !Tree.EndsWith(".json", StringComparison.OrdinalIgnoreCase) && !File.Exists(Tree))
+        if (Tree is not null && !Medusa.TreePresets.IsKnown(Tree) && !Tree.EndsWith(".json", StringComparison.OrdinalIgnoreCase) && !File.Exists(Tree))
             throw new ArgumentException(
                 $"Tree (--tree): unknown tree '{Tree}'; presets are {string.Join(", ", Medusa.TreePresets.Names)}, or give a JSON file of paths.", nameof(Tree));
         foreach (var s in StopSequences)

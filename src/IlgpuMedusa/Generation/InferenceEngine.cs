@@ -246,29 +246,33 @@ public sealed class InferenceEngine : IInferenceEngine, IDisposable
         return Scheduler.Submit(promptIds as int[] ?? [.. promptIds], options, stats, cancellationToken);
     }
 
-    /// <summary>A compiled tree and its mask on the device.</summary>
-    private sealed record CompiledTree(TreeTopology Topology, DeviceTensor Mask);
+    /// <summary>A resolved tree and, when it is fixed, its mask on the device.</summary>
+    private sealed record CompiledTree(CandidateTree Tree, DeviceTensor? Mask);
 
     private readonly Dictionary<string, CompiledTree> _trees = new(StringComparer.Ordinal);
 
-    private (TreeTopology, DeviceTensor) Tree(string? name)
+    private (CandidateTree, DeviceTensor?) Tree(string? name)
     {
         lock (_trees)
         {
             var compiled = CompileTree(name ?? DefaultTree);
-            return (compiled.Topology, compiled.Mask);
+            return (compiled.Tree, compiled.Mask);
         }
     }
 
     private CompiledTree CompileTree(string name)
     {
         if (_trees.TryGetValue(name, out var compiled)) return compiled;
-        var topology = TreeTopology.Resolve(name, Heads!.HeadCount, MedusaHeads.TopK);
-        if (topology.NodeCount > MaxTreeNodes)
-            throw new ArgumentException($"tree '{name}' has {topology.NodeCount} nodes; at most {MaxTreeNodes} are verified in one forward.");
-        var mask = Backend.Allocate(DType.I32, topology.NodeCount, topology.NodeCount);
-        Backend.Upload(mask, topology.Mask);
-        compiled = new CompiledTree(topology, mask);
+        var tree = CandidateTree.Resolve(name, Heads!.HeadCount, MedusaHeads.TopK);
+        if (tree.NodeCount > MaxTreeNodes)
+            throw new ArgumentException($"tree '{name}' has {tree.NodeCount} nodes; at most {MaxTreeNodes} are verified in one forward.");
+        DeviceTensor? mask = null;
+        if (tree.Fixed is { } topology)
+        {
+            mask = Backend.Allocate(DType.I32, topology.NodeCount, topology.NodeCount);
+            Backend.Upload(mask, topology.Mask);
+        }
+        compiled = new CompiledTree(tree, mask);
         _trees[name] = compiled;
         return compiled;
     }
@@ -279,7 +283,7 @@ public sealed class InferenceEngine : IInferenceEngine, IDisposable
         if (_disposed) return; // the DI container may dispose the one engine under two service types
         _disposed = true;
         Scheduler.Dispose(); // ends requests still in flight before their memory goes
-        foreach (var tree in _trees.Values) tree.Mask.Dispose();
+        foreach (var tree in _trees.Values) tree.Mask?.Dispose();
         _workspace.Dispose();
         Heads?.Dispose();
         Pool.Dispose();

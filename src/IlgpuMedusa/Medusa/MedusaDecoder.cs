@@ -23,8 +23,11 @@ namespace IlgpuMedusa.Medusa;
 internal sealed class MedusaDecoder : SequenceDecoder
 {
     private readonly MedusaHeads _heads;
-    private readonly TreeTopology _tree;
-    private readonly DeviceTensor _mask;      // I32[N, N], owned by the engine's tree cache
+    private readonly CandidateTree _candidates;
+    private readonly DynamicTreePlanner? _planner; // dynamic trees: plans each step's tree
+    private readonly DeviceTensor? _ownMask;  // dynamic trees: I32[N, N], this decoder's
+    private TreeTopology _tree = null!;       // the tree of the next step
+    private DeviceTensor _mask = null!;       // its mask I32[N, N] (a fixed tree's is owned by the engine's tree cache)
     private readonly Acceptance _acceptance;
     private readonly MedusaStats _stats;
     private readonly int[] _topK;             // [heads · TopK] latest head predictions
@@ -33,6 +36,7 @@ internal sealed class MedusaDecoder : SequenceDecoder
     private int[] _tokens = [];               // node tokens of the planned tree
     private bool _fallback;                   // the planned step is a single token (end of context)
     private readonly bool[] _leaf;            // nodes without children
+    private int _leafCount;
     private readonly int[] _nodeArgMax;       // argmax of each node's logits (−1: a leaf, not computed)
     private DeviceTensor? _leafIds, _leafScratch; // for the bonus token of an accepted leaf
     private readonly int[] _leafId = new int[1];
@@ -40,44 +44,81 @@ internal sealed class MedusaDecoder : SequenceDecoder
     private float[] _probability = [];
     private float[] _entropy = [];
 
+    /// <summary>
+    /// A Medusa decoder verifying <paramref name="tree"/> each step: a fixed tree with its <paramref name="mask"/> on the
+    /// device, or a dynamic one (mask null: the decoder plans each step's tree and keeps its own mask).
+    /// </summary>
     public MedusaDecoder(LlamaModel model, KvSequence sequence, Sampler sampler, int[] prompt, int? resumePending,
-        MedusaHeads heads, TreeTopology tree, DeviceTensor mask, Acceptance acceptance, MedusaStats stats)
+        MedusaHeads heads, CandidateTree tree, DeviceTensor? mask, Acceptance acceptance, MedusaStats stats)
         : base(model, sequence, sampler, prompt, resumePending)
     {
         if (tree.MaxDepth > heads.HeadCount)
             throw new ArgumentException($"tree '{tree.Name}' has depth {tree.MaxDepth} but only {heads.HeadCount} Medusa heads are loaded.");
-        if (tree.TopKPerDepth.Any(k => k > MedusaHeads.TopK))
+        if (tree.Fixed is { } fixedTree && fixedTree.TopKPerDepth.Any(k => k > MedusaHeads.TopK))
             throw new ArgumentException($"tree '{tree.Name}' uses top-k indices beyond the {MedusaHeads.TopK} each head provides.");
+        if (tree.IsDynamic == mask is not null)
+            throw new ArgumentException(tree.IsDynamic ? $"tree '{tree.Name}' is dynamic: the decoder keeps its own mask" : $"tree '{tree.Name}' needs its mask on the device", nameof(mask));
         _heads = heads;
-        _tree = tree;
-        _mask = mask;
+        _candidates = tree;
         _acceptance = acceptance;
         _stats = stats;
         _topK = new int[heads.HeadCount * MedusaHeads.TopK];
         _sources = new int[tree.MaxDepth + 1];
-        _deviceSources = Backend.Allocate(Models.DType.I32, tree.MaxDepth + 1, 1);
         _leaf = new bool[tree.NodeCount];
-        Array.Fill(_leaf, true);
-        foreach (int parent in tree.Parents)
-            if (parent >= 0) _leaf[parent] = false;
         _nodeArgMax = new int[tree.NodeCount];
+        _deviceSources = Backend.Allocate(Models.DType.I32, tree.MaxDepth + 1, 1);
+        if (tree.Fixed is { } topology) UseTree(topology, mask!);
+        else
+        {
+            _planner = new DynamicTreePlanner(tree.Name, tree.NodeCount, tree.MaxDepth, MedusaHeads.TopK);
+            _ownMask = Backend.Allocate(Models.DType.I32, tree.NodeCount, tree.NodeCount);
+        }
+    }
+
+    /// <summary>Makes <paramref name="topology"/> the tree of the next step (its mask already on the device, or uploaded into this decoder's).</summary>
+    private void UseTree(TreeTopology topology, DeviceTensor? mask)
+    {
+        if (ReferenceEquals(topology, _tree)) return;
+        if (topology.NodeCount != _candidates.NodeCount)
+            throw new InvalidOperationException($"tree '{topology.Name}' has {topology.NodeCount} nodes, expected {_candidates.NodeCount}");
+        _tree = topology;
+        if (mask is null)
+        {
+            Backend.Upload(_ownMask!, topology.Mask);
+            mask = _ownMask!;
+        }
+        _mask = mask;
+        Array.Fill(_leaf, true);
+        foreach (int parent in topology.Parents)
+            if (parent >= 0) _leaf[parent] = false;
+        _leafCount = _leaf.Count(l => l);
+    }
+
+    /// <summary>Runs the heads on one hidden row; with a dynamic tree, plans the next step's tree from their confidence.</summary>
+    private void Predict(DeviceTensor hidden)
+    {
+        _heads.Predict(hidden).CopyTo(_topK);
+        if (_planner is not null) UseTree(_planner.Plan(_heads.TopProbabilities()), null);
     }
 
     /// <summary>Frees the decoder's device buffers.</summary>
     public void Release()
     {
         _deviceSources.Dispose();
+        _ownMask?.Dispose();
         _leafIds?.Dispose();
         _leafScratch?.Dispose();
     }
 
     /// <summary>
     /// Greedy verification needs the argmax of every node that has children; a leaf's argmax is only the bonus token when
-    /// the accepted path ends there. So leaves get no logits in the tree forward (the base classifier is most of a tree
-    /// step's work on a CPU), and an accepted leaf's bonus token is computed afterwards from its hidden row alone.
-    /// Sampling and typical acceptance read whole logits rows and keep every row.
+    /// the accepted path ends there. So in trees of more than <see cref="IComputeBackend.EagerLeafRows"/> leaves, leaves
+    /// get no logits in the tree forward (the base classifier is most of a tree step's work on a CPU), and an accepted
+    /// leaf's bonus token is computed afterwards from its hidden row alone. Smaller trees take every node's token in the
+    /// one classifier pass: their accepted path ends at a leaf in most steps, and a second pass costs more than the extra
+    /// rows. Sampling and typical acceptance read whole logits rows and keep every row.
     /// </summary>
-    private bool LazyLeaves => !NeedsLogitRows;
+    private bool LazyLeaves => !NeedsLogitRows && _leafCount > Backend.EagerLeafRows;
 
     /// <inheritdoc />
     protected override bool SkipsLogits(int row) => !_fallback && LazyLeaves && _leaf[row];
@@ -85,9 +126,9 @@ internal sealed class MedusaDecoder : SequenceDecoder
     /// <inheritdoc />
     public override bool NeedsLogitRows => base.NeedsLogitRows || _acceptance is Acceptance.TypicalAcceptance;
 
-    protected override int StepSize => Committed + _tree.NodeCount > Sequence.MaxTokens ? 1 : _tree.NodeCount;
+    protected override int StepSize => Committed + _candidates.NodeCount > Sequence.MaxTokens ? 1 : _candidates.NodeCount;
 
-    protected override void AfterPrefill(DeviceTensor lastHidden) => _heads.Predict(lastHidden).CopyTo(_topK);
+    protected override void AfterPrefill(DeviceTensor lastHidden) => Predict(lastHidden);
 
     protected override int PlanStep(int[] tokens, int[] positions, out DeviceTensor? mask, out int logitsFrom)
     {
@@ -123,7 +164,7 @@ internal sealed class MedusaDecoder : SequenceDecoder
             Committed = s + 1;
             Pending = Choose(logits, 0);
             accepted.Add(Pending);
-            _heads.Predict(hidden.Slice(0, 1)).CopyTo(_topK);
+            Predict(hidden.Slice(0, 1));
             _stats.Record(1);
             return;
         }
@@ -159,7 +200,7 @@ internal sealed class MedusaDecoder : SequenceDecoder
         int last = nodes[length - 1];
         Pending = !lazy ? Choose(logits, last) : _nodeArgMax[last] >= 0 ? _nodeArgMax[last] : LeafToken(hidden, last);
         accepted.Add(Pending);
-        _heads.Predict(hidden.Slice(last, 1)).CopyTo(_topK);
+        Predict(hidden.Slice(last, 1));
         _stats.Record(length);
     }
 

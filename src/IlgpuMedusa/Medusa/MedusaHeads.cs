@@ -312,6 +312,20 @@ public sealed class MedusaHeads : IDisposable
     }
 
     private DeviceTensor? _zeroLike;
+    private float[]? _hostTopLogits, _hostTopProbabilities;
+
+    /// <summary>
+    /// After <see cref="Predict"/>: the probability of each returned guess, [head · TopK + rank], from a softmax over that
+    /// head's top-k logits (what <see cref="DynamicTreePlanner"/> plans with). Valid until the next call.
+    /// </summary>
+    public ReadOnlySpan<float> TopProbabilities()
+    {
+        _hostTopLogits ??= new float[_hostTop.Length];
+        _hostTopProbabilities ??= new float[_hostTop.Length];
+        _model.Backend.Download(_topValues, _hostTopLogits);
+        DynamicTreePlanner.Probabilities(_hostTopLogits, TopK, _hostTopProbabilities);
+        return _hostTopProbabilities;
+    }
 
     /// <summary>Every head's z (into <see cref="_z"/>) with grouped matmuls: z₀ = h + P·e (or h), then per ResBlock z ← z + SiLU(W z + b).</summary>
     private void RunStacked(IComputeBackend b, StackedHeads stacked, DeviceTensor hidden)

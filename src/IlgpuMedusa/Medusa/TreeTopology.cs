@@ -138,6 +138,8 @@ public sealed class TreeTopology
     public static TreeTopology Resolve(string nameOrFile, int heads, int maxTopK = 10)
     {
         if (TreePresets.TryGet(nameOrFile, out var paths)) return Compile(nameOrFile, paths, heads, maxTopK);
+        if (TreePresets.IsDynamic(nameOrFile, out _))
+            throw new ArgumentException($"--tree: '{nameOrFile}' has no fixed topology: it is planned anew each step (resolve it with CandidateTree.Resolve).");
         if (nameOrFile.EndsWith(".json", StringComparison.OrdinalIgnoreCase) || File.Exists(nameOrFile)) return FromFile(nameOrFile, heads, maxTopK);
         throw new ArgumentException($"--tree: unknown tree '{nameOrFile}'; presets are {string.Join(", ", TreePresets.Names)}, or give a JSON file of paths.");
     }

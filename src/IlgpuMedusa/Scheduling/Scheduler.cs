@@ -37,7 +37,7 @@ public sealed class Scheduler : IDisposable
     private readonly KvBlockPool _pool;
     private readonly ForwardWorkspace _workspace;
     private readonly ITextTokenizer _tokenizer;
-    private readonly Func<string?, (TreeTopology Topology, DeviceTensor Mask)> _trees;
+    private readonly Func<string?, (CandidateTree Tree, DeviceTensor? Mask)> _trees;
     private readonly Lock _lock = new();
     private readonly Queue<Request> _waiting = new();
     private readonly List<Request> _running = [];
@@ -60,7 +60,7 @@ public sealed class Scheduler : IDisposable
     private static readonly TimeSpan LogInterval = TimeSpan.FromSeconds(10);
 
     internal Scheduler(LlamaModel model, MedusaHeads? heads, KvBlockPool pool, ForwardWorkspace workspace, ITextTokenizer tokenizer,
-        Func<string?, (TreeTopology, DeviceTensor)> trees, Microsoft.Extensions.Logging.ILogger? logger = null)
+        Func<string?, (CandidateTree, DeviceTensor?)> trees, Microsoft.Extensions.Logging.ILogger? logger = null)
     {
         _logger = logger;
         _model = model;
@@ -99,16 +99,16 @@ public sealed class Scheduler : IDisposable
         ObjectDisposedException.ThrowIf(_disposed, this);
         var c = _model.Config;
         int maxNew = Math.Min(options.MaxTokens ?? int.MaxValue, c.MaxSequenceLength - prompt.Length);
-        (TreeTopology Topology, DeviceTensor Mask)? tree = options.UseMedusa && _heads is not null ? _trees(options.Tree) : null;
-        int slack = tree?.Topology.NodeCount ?? 1;
+        (CandidateTree Tree, DeviceTensor? Mask)? tree = options.UseMedusa && _heads is not null ? _trees(options.Tree) : null;
+        int slack = tree?.Tree.NodeCount ?? 1;
         int maxTokens = Math.Min(c.MaxSequenceLength, prompt.Length + maxNew + slack);
         int blocks = _pool.BlocksFor(maxTokens);
         if (blocks > _pool.BlockCount)
             throw new KvPoolExhaustedException(
                 $"this request needs up to {maxTokens} KV positions ({blocks} blocks of {_pool.BlockSize}) but the whole pool has {_pool.BlockCount} blocks " +
                 $"(budget {KvBlockPool.Megabytes(_pool.BudgetBytes)}). Raise the KV budget or lower MaxTokens.");
-        if (tree is { } t && t.Topology.NodeCount > MaxBatchTokens)
-            throw new ArgumentException($"tree '{t.Topology.Name}' has {t.Topology.NodeCount} nodes but a batch holds {MaxBatchTokens} tokens.");
+        if (tree is { } t && t.Tree.NodeCount > MaxBatchTokens)
+            throw new ArgumentException($"tree '{t.Tree.Name}' has {t.Tree.NodeCount} nodes but a batch holds {MaxBatchTokens} tokens.");
         var request = new Request(prompt, options, stats, maxNew, maxTokens, tree,
             _tokenizer.CreateStreamingDetokenizer(prompt.Any(id => id != _tokenizer.BosId)), new Sampler(options.Sampling, options.Seed), cancellationToken);
         stats.PromptTokens = prompt.Length;
@@ -116,7 +116,7 @@ public sealed class Scheduler : IDisposable
         if (tree is { } tr)
         {
             stats.Medusa = new MedusaStats(_heads!.HeadCount);
-            stats.Tree = tr.Topology.Name;
+            stats.Tree = tr.Tree.Name;
         }
         lock (_lock) _waiting.Enqueue(request);
         _wake.Release();
@@ -124,7 +124,7 @@ public sealed class Scheduler : IDisposable
     }
 
     private sealed class Request(int[] prompt, GenerationOptions options, GenerationStats stats, int maxNew, int maxTokens,
-        (TreeTopology Topology, DeviceTensor Mask)? tree, IStreamingDetokenizer detokenizer, Sampler sampler, CancellationToken cancellation)
+        (CandidateTree Tree, DeviceTensor? Mask)? tree, IStreamingDetokenizer detokenizer, Sampler sampler, CancellationToken cancellation)
     {
         public int[] Prompt { get; } = prompt;
         public GenerationOptions Options { get; } = options;
@@ -132,7 +132,7 @@ public sealed class Scheduler : IDisposable
         public CancellationToken Cancellation { get; } = cancellation;
         public int MaxNew { get; } = maxNew;
         public int MaxTokens { get; } = maxTokens;
-        public (TreeTopology Topology, DeviceTensor Mask)? Tree { get; } = tree;
+        public (CandidateTree Tree, DeviceTensor? Mask)? Tree { get; } = tree;
         public IStreamingDetokenizer Detokenizer { get; } = detokenizer;
         public StopSequenceFilter Stops { get; } = new(options.StopSequences);
         public Sampler Sampler { get; } = sampler;
@@ -251,7 +251,7 @@ public sealed class Scheduler : IDisposable
         int[] prompt = r.Emitted.Count == 0 ? r.Prompt : [.. r.Prompt, .. r.Emitted.Take(r.Emitted.Count - 1)];
         int? pending = r.Emitted.Count == 0 ? null : r.Emitted[^1];
         if (r.Tree is { } tree)
-            return new MedusaDecoder(_model, r.Sequence!, r.Sampler, prompt, pending, _heads!, tree.Topology, tree.Mask, r.Options.Acceptance, r.Stats.Medusa!);
+            return new MedusaDecoder(_model, r.Sequence!, r.Sampler, prompt, pending, _heads!, tree.Tree, tree.Mask, r.Options.Acceptance, r.Stats.Medusa!);
         return new AutoregressiveDecoder(_model, r.Sequence!, r.Sampler, prompt, pending);
     }
 

@@ -40,7 +40,7 @@ public class MedusaLosslessTests(RandomHeadsFixture fixture) : IClassFixture<Ran
     public static TheoryData<string, string> Cases()
     {
         var data = new TheoryData<string, string>();
-        foreach (var tree in new[] { "chain-1", "chain-4", "tree-8", "tree-16", "mc_sim_7b_63" })
+        foreach (var tree in new[] { "chain-1", "chain-4", "tree-4", "tree-8", "tree-16", "mc_sim_7b_63", "dynamic-4", "dynamic-16" })
             foreach (var prompt in new[] { "Once upon a time", "The little dog was", "Tom had a red ball. He" })
                 data.Add(tree, prompt);
         return data;
@@ -88,7 +88,7 @@ public class MedusaLosslessTests(RandomHeadsFixture fixture) : IClassFixture<Ran
         engine.Backend.Upload(mask, tree.Mask);
 
         using var medusaSequence = engine.Pool.CreateSequence(c.MaxSequenceLength);
-        var medusa = new MedusaDecoder(engine.Model, medusaSequence, new Sampler(Sampling.Greedy, 1), prompt, null, engine.Heads, tree, mask, Acceptance.Greedy, new MedusaStats(4));
+        var medusa = new MedusaDecoder(engine.Model, medusaSequence, new Sampler(Sampling.Greedy, 1), prompt, null, engine.Heads, CandidateTree.Of(tree), mask, Acceptance.Greedy, new MedusaStats(4));
         var medusaRunner = new SingleSequenceRunner(engine.Model, workspace, medusa);
         var medusaTokens = new List<int>();
         for (int step = 0; step < 13; step++) medusaRunner.Advance(medusaTokens); // prefill + 12 tree steps

@@ -159,11 +159,9 @@ public sealed class ShortlistHeadsTests : IDisposable
         using var pool = KvBlockPool.FromBudget(backend, c.Layers, c.KvHeads, c.HeadDim, 16, 2L * 160 * 2 * c.Layers * c.KvDim * sizeof(float));
         using var workspace = new ForwardWorkspace(backend, c, 64, 64);
         double accepted = 0;
-        foreach (var treeName in new[] { "chain-3", "tree-8", "mc_sim_7b_63" })
+        foreach (var treeName in new[] { "chain-3", "tree-8", "mc_sim_7b_63", "dynamic-6" })
         {
-            var tree = TreeTopology.Resolve(treeName, heads.HeadCount);
-            using var mask = backend.Allocate(DType.I32, tree.NodeCount, tree.NodeCount);
-            backend.Upload(mask, tree.Mask);
+            using var compiled = CompiledTrees.Resolve(backend, treeName, heads.HeadCount);
             foreach (var prompt in Prompts(4))
             {
                 const int Count = 60;
@@ -177,7 +175,7 @@ public sealed class ShortlistHeadsTests : IDisposable
                 List<int> medusa = [];
                 using (var sequence = pool.CreateSequence(c.MaxSequenceLength))
                 {
-                    var decoder = new MedusaDecoder(model, sequence, new Sampler(Sampling.Greedy, 1), prompt, null, heads, tree, mask, Acceptance.Greedy, stats);
+                    var decoder = new MedusaDecoder(model, sequence, new Sampler(Sampling.Greedy, 1), prompt, null, heads, compiled.Tree, compiled.Mask, Acceptance.Greedy, stats);
                     var runner = new SingleSequenceRunner(model, workspace, decoder);
                     while (medusa.Count < Count) runner.Advance(medusa);
                     decoder.Release();
