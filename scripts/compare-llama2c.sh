@@ -26,7 +26,7 @@ echo "[compare] ours: bench --device host $* ..." >&2
 "${cli[@]}" bench --model "$model" --device host --prompts "$prompts" --max-tokens 128 --json "$@" > "$ours"
 echo "[compare] llama2.c: $run over the same prompts ..." >&2
 while IFS= read -r prompt; do
-  [[ -z "$prompt" ]] && continue
+  [[ -z "${prompt// }" || "${prompt#"${prompt%%[! ]*}"}" == \#* ]] && continue  # blank lines and # comments, as bench skips them
   OMP_NUM_THREADS=2 "$run" "$model/stories15M.bin" -z "$model/tokenizer.bin" -t 0 -n 128 -i "$prompt" 2>&1 >/dev/null \
     | sed -n 's/^achieved tok\/s: //p' >> "$theirs"
 done < "$prompts"

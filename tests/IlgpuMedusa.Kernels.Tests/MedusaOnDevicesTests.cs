@@ -111,6 +111,16 @@ public sealed class MedusaOnDevicesTests(Accelerators accelerators) : IDisposabl
             b.Upload(hidden, h);
             var first = heads.Predict(hidden).ToArray();
             Assert.Equal(first, heads.Predict(hidden).ToArray()); // a second call starts from scratch too
+            // the first heads alone (what a shallower tree runs: sliced stacks on the device) propose what they do among all
+            var probabilities = heads.TopProbabilities().ToArray();
+            foreach (int count in new[] { 1, 3 })
+            {
+                Assert.Equal(first.Take(count * MedusaHeads.TopK), heads.Predict(hidden, count).ToArray());
+                // (the logits of fewer rows may come from another matmul kernel: the same up to rounding)
+                var fewer = heads.TopProbabilities().ToArray();
+                Assert.Equal(count * MedusaHeads.TopK, fewer.Length);
+                for (int i = 0; i < fewer.Length; i++) Assert.Equal(probabilities[i], fewer[i], 1e-5f);
+            }
             return first;
         }
         var expected = Predict(accelerators.Host, grouped: false);

@@ -94,10 +94,13 @@ internal sealed class MedusaDecoder : SequenceDecoder
         _leafCount = _leaf.Count(l => l);
     }
 
-    /// <summary>Runs the heads on one hidden row; with a dynamic tree, plans the next step's tree from their confidence.</summary>
+    /// <summary>
+    /// Runs the heads the tree reaches (heads 0..depth − 1) on one hidden row; with a dynamic tree, plans the next step's
+    /// tree from their confidence.
+    /// </summary>
     private void Predict(DeviceTensor hidden)
     {
-        _heads.Predict(hidden).CopyTo(_topK);
+        _heads.Predict(hidden, _candidates.MaxDepth).CopyTo(_topK);
         if (_planner is not null) UseTree(_planner.Plan(_heads.TopProbabilities()), null);
     }
 

@@ -266,8 +266,17 @@ public sealed class MedusaHeads : IDisposable
     /// Runs every head on one hidden state F32[1, D] and returns the top-k token ids, head-major: [head · TopK + rank].
     /// The span is valid until the next call.
     /// </summary>
-    public ReadOnlySpan<int> Predict(DeviceTensor hidden)
+    public ReadOnlySpan<int> Predict(DeviceTensor hidden) => Predict(hidden, HeadCount);
+
+    /// <summary>
+    /// Runs the first <paramref name="heads"/> heads only (a tree of depth d needs heads 0..d − 1; the others would be
+    /// computed for nothing) and returns their top-k token ids, [head · TopK + rank] for head &lt; <paramref name="heads"/>.
+    /// The span is valid until the next call.
+    /// </summary>
+    public ReadOnlySpan<int> Predict(DeviceTensor hidden, int heads)
     {
+        if (heads < 1 || heads > HeadCount)
+            throw new ArgumentOutOfRangeException(nameof(heads), $"between 1 and the {HeadCount} heads loaded, got {heads}");
         var b = _model.Backend;
         if (_next is { } next)
         {
@@ -276,15 +285,17 @@ public sealed class MedusaHeads : IDisposable
             b.ArgMax(next.Index, next.Logits);
             b.Embedding(next.Embedding, next.Index, next.Table);
         }
+        var z = _z.Slice(0, heads);
+        var logits = _logits.Slice(0, heads);
         if (_stacked is { } stacked)
         {
-            RunStacked(b, stacked, hidden);
+            RunStacked(b, stacked, hidden, heads);
             if (_lmHeads is not null)
-                for (int h = 0; h < HeadCount; h++) b.MatMul(_logits.Slice(h, 1), _z.Slice(h, 1), _lmHeads[h], accumulate: false);
+                for (int h = 0; h < heads; h++) b.MatMul(_logits.Slice(h, 1), _z.Slice(h, 1), _lmHeads[h], accumulate: false);
         }
-        else for (int h = 0; h < HeadCount; h++)
+        else for (int h = 0; h < heads; h++)
         {
-            var z = _z.Slice(h, 1);
+            var zh = _z.Slice(h, 1);
             var linear = _linearOut.Slice(h, 1);
             var start = hidden;
             if (_next is { } input)
@@ -297,51 +308,61 @@ public sealed class MedusaHeads : IDisposable
             for (int l = 0; l < LayerCount; l++)
             {
                 // z ← z + SiLU(W z + b), with z = z₀ before the first block
-                b.MatMul(linear, l == 0 ? start : z, _linear[h][l], accumulate: false);
-                b.SiluResidual(z, l == 0 ? start : z, linear, _bias[h][l]);
+                b.MatMul(linear, l == 0 ? start : zh, _linear[h][l], accumulate: false);
+                b.SiluResidual(zh, l == 0 ? start : zh, linear, _bias[h][l]);
             }
-            if (LayerCount == 0) b.Add(z, start, _zeroLike ??= b.Allocate(DType.F32, 1, hidden.Columns));
-            if (_lmHeads is not null) b.MatMul(_logits.Slice(h, 1), z, _lmHeads[h], accumulate: false);
+            if (LayerCount == 0) b.Add(zh, start, _zeroLike ??= b.Allocate(DType.F32, 1, hidden.Columns));
+            if (_lmHeads is not null) b.MatMul(_logits.Slice(h, 1), zh, _lmHeads[h], accumulate: false);
         }
-        if (_lmHeads is null) b.MatMul(_logits, _z, _sharedShortlistLmHead ?? _model.Classifier, accumulate: false);
-        b.TopK(_topIndices, _topValues, _logits);
-        b.Download(_topIndices, _hostTop);
+        if (_lmHeads is null) b.MatMul(logits, z, _sharedShortlistLmHead ?? _model.Classifier, accumulate: false);
+        b.TopK(_topIndices.Slice(0, heads), _topValues.Slice(0, heads), logits);
+        var top = _hostTop.AsSpan(0, heads * TopK);
+        b.Download(_topIndices.Slice(0, heads), top);
         if (_shortlist is { } shortlist)
-            for (int i = 0; i < _hostTop.Length; i++) _hostTop[i] = shortlist[_hostTop[i]];
-        return _hostTop;
+            for (int i = 0; i < top.Length; i++) top[i] = shortlist[top[i]];
+        _predicted = heads;
+        return top;
     }
+
+    private int _predicted;
 
     private DeviceTensor? _zeroLike;
     private float[]? _hostTopLogits, _hostTopProbabilities;
 
     /// <summary>
-    /// After <see cref="Predict"/>: the probability of each returned guess, [head · TopK + rank], from a softmax over that
-    /// head's top-k logits (what <see cref="DynamicTreePlanner"/> plans with). Valid until the next call.
+    /// After <see cref="Predict(DeviceTensor, int)"/>: the probability of each returned guess, [head · TopK + rank] for the
+    /// heads it ran, from a softmax over that head's top-k logits (what <see cref="DynamicTreePlanner"/> plans with). Valid until the next call.
     /// </summary>
     public ReadOnlySpan<float> TopProbabilities()
     {
         _hostTopLogits ??= new float[_hostTop.Length];
         _hostTopProbabilities ??= new float[_hostTop.Length];
-        _model.Backend.Download(_topValues, _hostTopLogits);
-        DynamicTreePlanner.Probabilities(_hostTopLogits, TopK, _hostTopProbabilities);
-        return _hostTopProbabilities;
+        int n = _predicted * TopK;
+        if (n == 0) throw new InvalidOperationException("TopProbabilities: call Predict first");
+        _model.Backend.Download(_topValues.Slice(0, _predicted), _hostTopLogits.AsSpan(0, n));
+        DynamicTreePlanner.Probabilities(_hostTopLogits.AsSpan(0, n), TopK, _hostTopProbabilities);
+        return _hostTopProbabilities.AsSpan(0, n);
     }
 
     /// <summary>Every head's z (into <see cref="_z"/>) with grouped matmuls: z₀ = h + P·e (or h), then per ResBlock z ← z + SiLU(W z + b).</summary>
-    private void RunStacked(IComputeBackend b, StackedHeads stacked, DeviceTensor hidden)
+    private void RunStacked(IComputeBackend b, StackedHeads stacked, DeviceTensor hidden, int heads)
     {
-        var start = stacked.Start;
+        int d = hidden.Columns;
+        var start = stacked.Start.Slice(0, heads);
+        var z = _z.Slice(0, heads);
+        var linearOut = _linearOut.Slice(0, heads);
         if (stacked.Projection is { } projection)
         {
-            b.GroupedMatMul(start, _next!.Embedding, projection); // P_h·e for every head (one shared input row)
+            b.GroupedMatMul(start, _next!.Embedding, heads == HeadCount ? projection : projection.Slice(0, heads * d)); // P_h·e for every head (one shared input row)
             b.Add(start, start, hidden);                          // + h, broadcast to every head
         }
-        else b.Add(start, stacked.Zeros!, hidden);
+        else b.Add(start, stacked.Zeros!.Slice(0, heads), hidden);
         for (int l = 0; l < LayerCount; l++)
         {
-            var input = l == 0 ? start : _z;
-            b.GroupedMatMul(_linearOut, input, stacked.Linear[l]);
-            b.SiluResidual(_z, input, _linearOut, stacked.Bias[l]);
+            var input = l == 0 ? start : z;
+            var linear = stacked.Linear[l];
+            b.GroupedMatMul(linearOut, input, heads == HeadCount ? linear : linear.Slice(0, heads * d));
+            b.SiluResidual(z, input, linearOut, stacked.Bias[l].Slice(0, heads));
         }
     }
 

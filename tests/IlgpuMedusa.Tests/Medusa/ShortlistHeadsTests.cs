@@ -66,6 +66,9 @@ public sealed class ShortlistHeadsTests : IDisposable
         using var hidden = backend.Allocate(DType.F32, 1, c.Dim);
         backend.Upload(hidden, h);
         var predicted = heads.Predict(hidden).ToArray();
+        Assert.Equal(predicted.Take(2 * MedusaHeads.TopK), heads.Predict(hidden, 2).ToArray()); // a shallow tree's heads only
+        Assert.Throws<ArgumentOutOfRangeException>(() => heads.Predict(hidden, 0));
+        Assert.Throws<ArgumentOutOfRangeException>(() => heads.Predict(hidden, 4));
 
         int d = c.Dim;
         // The next token: the argmax over the shortlisted rows of the base classifier at h.
