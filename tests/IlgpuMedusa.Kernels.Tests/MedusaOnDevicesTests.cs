@@ -121,6 +121,8 @@ public sealed class MedusaOnDevicesTests(Accelerators accelerators) : IDisposabl
                 Assert.Equal(count * MedusaHeads.TopK, fewer.Length);
                 for (int i = 0; i < fewer.Length; i++) Assert.Equal(probabilities[i], fewer[i], 1e-5f);
             }
+            // a given next token (the decoder's pending token), in the shortlist (4) and out of it (5)
+            foreach (int token in new[] { 4, 5 }) first = [.. first, .. heads.Predict(hidden, heads.HeadCount, token).ToArray()];
             return first;
         }
         var expected = Predict(accelerators.Host, grouped: false);

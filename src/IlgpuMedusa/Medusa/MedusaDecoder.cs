@@ -95,12 +95,12 @@ internal sealed class MedusaDecoder : SequenceDecoder
     }
 
     /// <summary>
-    /// Runs the heads the tree reaches (heads 0..depth − 1) on one hidden row; with a dynamic tree, plans the next step's
-    /// tree from their confidence.
+    /// Runs the heads the tree reaches (heads 0..depth − 1) on one hidden row, given the pending token (the one their
+    /// guesses follow); with a dynamic tree, plans the next step's tree from their confidence.
     /// </summary>
     private void Predict(DeviceTensor hidden)
     {
-        _heads.Predict(hidden, _candidates.MaxDepth).CopyTo(_topK);
+        _heads.Predict(hidden, _candidates.MaxDepth, Pending).CopyTo(_topK);
         if (_planner is not null) UseTree(_planner.Plan(_heads.TopProbabilities()), null);
     }
 

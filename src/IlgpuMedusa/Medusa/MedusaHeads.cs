@@ -104,6 +104,12 @@ public sealed class MedusaHeads : IDisposable
         _topIndices = b.Allocate(DType.I32, k, TopK);
         _topValues = b.Allocate(DType.F32, k, TopK);
         _hostTop = new int[k * TopK];
+        if (shortlist is not null)
+        {
+            _column = new int[model.Config.VocabSize];
+            Array.Fill(_column, -1);
+            for (int i = 0; i < shortlist.Length; i++) _column[shortlist[i]] = i;
+        }
     }
 
     /// <summary>Number of heads.</summary>
@@ -273,17 +279,38 @@ public sealed class MedusaHeads : IDisposable
     /// computed for nothing) and returns their top-k token ids, [head · TopK + rank] for head &lt; <paramref name="heads"/>.
     /// The span is valid until the next call.
     /// </summary>
-    public ReadOnlySpan<int> Predict(DeviceTensor hidden, int heads)
+    public ReadOnlySpan<int> Predict(DeviceTensor hidden, int heads) => Predict(hidden, heads, nextToken: -1);
+
+    /// <summary>
+    /// As <see cref="Predict(DeviceTensor, int)"/>, for heads with a next-token input given that token (the pending token
+    /// of a Medusa step: the base model's argmax at h when decoding greedily, the drawn token when sampling), so the
+    /// heads need not find it on the device; −1: find it (the argmax of the scored rows at h). Heads without that input
+    /// ignore it.
+    /// </summary>
+    public ReadOnlySpan<int> Predict(DeviceTensor hidden, int heads, int nextToken)
     {
         if (heads < 1 || heads > HeadCount)
             throw new ArgumentOutOfRangeException(nameof(heads), $"between 1 and the {HeadCount} heads loaded, got {heads}");
+        if (nextToken < -1 || nextToken >= _model.Config.VocabSize)
+            throw new ArgumentOutOfRangeException(nameof(nextToken), $"a token id below {_model.Config.VocabSize}, or −1, got {nextToken}");
         var b = _model.Backend;
         if (_next is { } next)
         {
-            // x̂ = argmax of the scored rows at h; e = its input embedding
-            b.MatMul(next.Logits, hidden, next.Classifier, accumulate: false);
-            b.ArgMax(next.Index, next.Logits);
-            b.Embedding(next.Embedding, next.Index, next.Table);
+            if (nextToken < 0)
+            {
+                // x̂ = argmax of the scored rows at h; e = its input embedding
+                b.MatMul(next.Logits, hidden, next.Classifier, accumulate: false);
+                b.ArgMax(next.Index, next.Logits);
+                b.Embedding(next.Embedding, next.Index, next.Table);
+            }
+            else
+            {
+                // e = the given token's input embedding: its row of the table (by shortlist column), or of the model's own
+                int column = _column is null ? nextToken : _column[nextToken];
+                _nextIndex[0] = column >= 0 ? column : nextToken;
+                b.Upload(next.Index, _nextIndex);
+                b.Embedding(next.Embedding, next.Index, column >= 0 ? next.Table : _model.InputEmbedding);
+            }
         }
         var z = _z.Slice(0, heads);
         var logits = _logits.Slice(0, heads);
@@ -325,6 +352,8 @@ public sealed class MedusaHeads : IDisposable
     }
 
     private int _predicted;
+    private readonly int[] _nextIndex = new int[1];
+    private readonly int[]? _column;              // token id → shortlist column (−1 outside), for given next tokens
 
     private DeviceTensor? _zeroLike;
     private float[]? _hostTopLogits, _hostTopProbabilities;

@@ -52,6 +52,8 @@ public sealed class LlamaModel : IDisposable
     public ModelConfig Config { get; }
     /// <summary>The backend running it.</summary>
     public IComputeBackend Backend { get; }
+    /// <summary>The input embedding table [V, D] on the backend (Medusa heads with a next-token input look tokens up in it).</summary>
+    internal DeviceTensor InputEmbedding => _embedding;
     /// <summary>The output classifier [V, D] on the backend (Medusa heads with a shared lm_head use it too).</summary>
     internal DeviceTensor Classifier => _classifier;
 

@@ -73,31 +73,44 @@ public sealed class ShortlistHeadsTests : IDisposable
         int d = c.Dim;
         // The next token: the argmax over the shortlisted rows of the base classifier at h.
         int nextId = shortlist.MaxBy(token => Enumerable.Range(0, d).Sum(i => (double)classifier[token * d + i] * h[i]));
-        for (int head = 0; head < 3; head++)
+        void Check(int[] predicted, int nextId)
         {
-            // z₀ = h (+ P e(next)); z = z₀ + SiLU(W z₀ + b); logits over the shortlist = U z with U the base rows (shared) or the head's own
-            var z0 = h.Select(x => (double)x).ToArray();
-            if (nextToken)
+            for (int head = 0; head < 3; head++)
+            {
+                // z₀ = h (+ P e(next)); z = z₀ + SiLU(W z₀ + b); logits over the shortlist = U z with U the base rows (shared) or the head's own
+                var z0 = h.Select(x => (double)x).ToArray();
+                if (nextToken)
+                    for (int o = 0; o < d; o++)
+                        for (int i = 0; i < d; i++) z0[o] += weights.NextToken![head][o * d + i] * embedding[nextId * d + i];
+                var z = new double[d];
                 for (int o = 0; o < d; o++)
-                    for (int i = 0; i < d; i++) z0[o] += weights.NextToken![head][o * d + i] * embedding[nextId * d + i];
-            var z = new double[d];
-            for (int o = 0; o < d; o++)
-            {
-                double a = weights.Bias[head][0][o];
-                for (int i = 0; i < d; i++) a += weights.Linear[head][0][o * d + i] * z0[i];
-                z[o] = z0[o] + a / (1 + Math.Exp(-a));
+                {
+                    double a = weights.Bias[head][0][o];
+                    for (int i = 0; i < d; i++) a += weights.Linear[head][0][o * d + i] * z0[i];
+                    z[o] = z0[o] + a / (1 + Math.Exp(-a));
+                }
+                var logits = shortlist.Select((token, column) =>
+                {
+                    double sum = 0;
+                    for (int i = 0; i < d; i++) sum += (weights.LmHeads?[head][column * d + i] ?? classifier[token * d + i]) * z[i];
+                    return (Token: token, Logit: sum);
+                }).OrderByDescending(x => x.Logit).ToArray();
+                var expected = logits.Take(MedusaHeads.TopK).Select(x => x.Token).ToArray();
+                var actual = predicted.AsSpan(head * MedusaHeads.TopK, MedusaHeads.TopK).ToArray();
+                Assert.All(actual, token => Assert.Contains(token, shortlist));
+                Assert.Equal(expected, actual);
             }
-            var logits = shortlist.Select((token, column) =>
-            {
-                double sum = 0;
-                for (int i = 0; i < d; i++) sum += (weights.LmHeads?[head][column * d + i] ?? classifier[token * d + i]) * z[i];
-                return (Token: token, Logit: sum);
-            }).OrderByDescending(x => x.Logit).ToArray();
-            var expected = logits.Take(MedusaHeads.TopK).Select(x => x.Token).ToArray();
-            var actual = predicted.AsSpan(head * MedusaHeads.TopK, MedusaHeads.TopK).ToArray();
-            Assert.All(actual, token => Assert.Contains(token, shortlist));
-            Assert.Equal(expected, actual);
         }
+        Check(predicted, nextId);
+        // The next token given (the decoder passes its pending token): that token's embedding, in the shortlist or not.
+        Check(heads.Predict(hidden, 3, nextToken: nextId).ToArray(), nextId);
+        int other = shortlist.First(t => t != nextId);
+        Check(heads.Predict(hidden, 3, nextToken: other).ToArray(), other);
+        int outside = 5; // EveryThird() holds 4, 7, 10, ...
+        Assert.DoesNotContain(outside, shortlist);
+        Check(heads.Predict(hidden, 3, nextToken: outside).ToArray(), outside);
+        Assert.Throws<ArgumentOutOfRangeException>(() => heads.Predict(hidden, 3, nextToken: c.VocabSize));
+        Assert.Throws<ArgumentOutOfRangeException>(() => heads.Predict(hidden, 3, nextToken: -2));
     }
 
     [Fact]
