@@ -23,7 +23,7 @@ public sealed class MedusaOnDevicesTests(Accelerators accelerators) : IDisposabl
     public static TheoryData<string, string> Cases() => new()
     {
         { "emulator", "chain-3" }, { "emulator", "tree-8" }, { "emulator", "dynamic-4" },
-        { "opencl", "chain-3" }, { "opencl", "tree-16" }, { "opencl", "mc_sim_7b_63" }, { "opencl", "dynamic-8" },
+        { "opencl", "chain-3" }, { "opencl", "tree-16" }, { "opencl", "mc_sim_7b_63" }, { "opencl", "dynamic-8" }, { "opencl", "dynamic-8-10" },
     };
 
     [Theory]

@@ -25,7 +25,7 @@ internal sealed class MedusaDecoder : SequenceDecoder
     private readonly MedusaHeads _heads;
     private readonly CandidateTree _candidates;
     private readonly DynamicTreePlanner? _planner; // dynamic trees: plans each step's tree
-    private readonly DeviceTensor? _ownMask;  // dynamic trees: I32[N, N], this decoder's
+    private readonly Dictionary<int, DeviceTensor>? _ownMasks; // dynamic trees: this decoder's I32[n, n] per node count n
     private TreeTopology _tree = null!;       // the tree of the next step
     private DeviceTensor _mask = null!;       // its mask I32[N, N] (a fixed tree's is owned by the engine's tree cache)
     private readonly Acceptance _acceptance;
@@ -70,8 +70,8 @@ internal sealed class MedusaDecoder : SequenceDecoder
         if (tree.Fixed is { } topology) UseTree(topology, mask!);
         else
         {
-            _planner = new DynamicTreePlanner(tree.Name, tree.NodeCount, tree.MaxDepth, MedusaHeads.TopK);
-            _ownMask = Backend.Allocate(Models.DType.I32, tree.NodeCount, tree.NodeCount);
+            _planner = new DynamicTreePlanner(tree.Name, tree.NodeCount, tree.MaxDepth, MedusaHeads.TopK, tree.MinProbability);
+            _ownMasks = [];
         }
     }
 
@@ -79,19 +79,22 @@ internal sealed class MedusaDecoder : SequenceDecoder
     private void UseTree(TreeTopology topology, DeviceTensor? mask)
     {
         if (ReferenceEquals(topology, _tree)) return;
-        if (topology.NodeCount != _candidates.NodeCount)
-            throw new InvalidOperationException($"tree '{topology.Name}' has {topology.NodeCount} nodes, expected {_candidates.NodeCount}");
+        int n = topology.NodeCount;
+        if (n > _candidates.NodeCount)
+            throw new InvalidOperationException($"tree '{topology.Name}' has {n} nodes, more than the {_candidates.NodeCount} planned for");
         _tree = topology;
         if (mask is null)
         {
-            Backend.Upload(_ownMask!, topology.Mask);
-            mask = _ownMask!;
+            if (!_ownMasks!.TryGetValue(n, out mask)) _ownMasks[n] = mask = Backend.Allocate(Models.DType.I32, n, n);
+            Backend.Upload(mask, topology.Mask);
         }
         _mask = mask;
-        Array.Fill(_leaf, true);
+        Array.Fill(_leaf, true, 0, n);
         foreach (int parent in topology.Parents)
             if (parent >= 0) _leaf[parent] = false;
-        _leafCount = _leaf.Count(l => l);
+        _leafCount = 0;
+        for (int node = 0; node < n; node++)
+            if (_leaf[node]) _leafCount++;
     }
 
     /// <summary>
@@ -108,7 +111,8 @@ internal sealed class MedusaDecoder : SequenceDecoder
     public void Release()
     {
         _deviceSources.Dispose();
-        _ownMask?.Dispose();
+        if (_ownMasks is not null)
+            foreach (var mask in _ownMasks.Values) mask.Dispose();
         _leafIds?.Dispose();
         _leafScratch?.Dispose();
     }

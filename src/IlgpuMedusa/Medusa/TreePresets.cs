@@ -32,33 +32,50 @@ public static class TreePresets
     public const string Default = "chain-3";
 
     /// <summary>
-    /// The tree used on the host backend when none is named: the fastest measured there (`bench --sweep-trees`, 20 prompts,
-    /// stories15M, 2 cores). On a CPU every node costs compute, so small trees win; among them `dynamic-4` (the heads'
-    /// four most likely nodes, chosen each step) accepts 2.07 tokens per step against 2.01 for the best fixed tree of four,
-    /// `tree-4`, and ran 1.26-1.36x autoregressive against 1.22-1.32x for `tree-4` in three sweeps on 2026-11-28.
+    /// The tree used on the host backend when none is named: the fastest measured there (`bench --sweep-trees` and
+    /// alternating single-tree runs, 20 prompts, stories15M, 2 cores, 2026-11-28). On a CPU every node and every head
+    /// costs compute, so the smallest trees win once a step runs only the heads its tree reaches: `dynamic-3` (two of the
+    /// heads' likeliest nodes, chosen each step; 1.91 accepted tokens per step) and `chain-2` (1.87) ran level, at
+    /// 1.45-1.49x autoregressive in three alternating rounds, ahead of `dynamic-4` (1.21-1.41x) and `tree-4`.
     /// </summary>
-    public const string HostDefault = "dynamic-4";
+    public const string HostDefault = "dynamic-3";
 
     /// <summary>
-    /// All preset names: the fixed trees, then dynamic trees of 4, 6, 8 and 16 nodes (any <c>dynamic-N</c> with
-    /// 2 ≤ N ≤ <see cref="MaxDynamicNodes"/> is accepted).
+    /// All preset names: the fixed trees, then dynamic trees of 3, 4, 6, 8 and 16 nodes (any <c>dynamic-N</c> or
+    /// <c>dynamic-N-P</c> with 2 ≤ N ≤ <see cref="MaxDynamicNodes"/> and 1 ≤ P ≤ 99 is accepted).
     /// </summary>
     public static IReadOnlyList<string> Names { get; } =
         ["mc_sim_7b_63", "tree-32", "tree-16", "tree-8", "tree-5", "tree-4", "chain-1", "chain-2", "chain-3", "chain-4", "chain-5",
-         "dynamic-4", "dynamic-6", "dynamic-8", "dynamic-16"];
+         "dynamic-3", "dynamic-4", "dynamic-6", "dynamic-8", "dynamic-16"];
 
     /// <summary>The largest N of a <c>dynamic-N</c> tree.</summary>
     public const int MaxDynamicNodes = 64;
 
     /// <summary>True for <c>dynamic-N</c> (2 ≤ N ≤ 64): a tree of N nodes planned every step (<see cref="DynamicTreePlanner"/>).</summary>
-    public static bool IsDynamic(string name, out int nodes)
+    public static bool IsDynamic(string name, out int nodes) => IsDynamic(name, out nodes, out _);
+
+    /// <summary>
+    /// True for <c>dynamic-N</c> and <c>dynamic-N-P</c> (2 ≤ N ≤ 64, 1 ≤ P ≤ 99): a tree of at most N nodes planned every
+    /// step (<see cref="DynamicTreePlanner"/>); with P, a node is only added while its path's probability is at least P %,
+    /// so a step verifies fewer nodes when the heads are unsure (<paramref name="minProbability"/> = P / 100, else 0).
+    /// </summary>
+    public static bool IsDynamic(string name, out int nodes, out float minProbability)
     {
         nodes = 0;
-        return name.StartsWith("dynamic-", StringComparison.Ordinal) && int.TryParse(name.AsSpan(8), System.Globalization.NumberStyles.None,
-            System.Globalization.CultureInfo.InvariantCulture, out nodes) && nodes is >= 2 and <= MaxDynamicNodes;
+        minProbability = 0;
+        if (!name.StartsWith("dynamic-", StringComparison.Ordinal)) return false;
+        var rest = name.AsSpan(8);
+        int dash = rest.IndexOf('-');
+        var culture = System.Globalization.CultureInfo.InvariantCulture;
+        var style = System.Globalization.NumberStyles.None;
+        if (!int.TryParse(dash < 0 ? rest : rest[..dash], style, culture, out nodes) || nodes is < 2 or > MaxDynamicNodes) return false;
+        if (dash < 0) return true;
+        if (!int.TryParse(rest[(dash + 1)..], style, culture, out int percent) || percent is < 1 or > 99) return false;
+        minProbability = percent / 100f;
+        return true;
     }
 
-    /// <summary>True for a fixed preset or a <c>dynamic-N</c> name.</summary>
+    /// <summary>True for a fixed preset or a <c>dynamic-N</c> / <c>dynamic-N-P</c> name.</summary>
     public static bool IsKnown(string name) => TryGet(name, out _) || IsDynamic(name, out _);
 
     /// <summary>The paths of a preset.</summary>

@@ -64,6 +64,21 @@ public class DynamicTreePlannerTests
     }
 
     [Fact]
+    public void AProbabilityFloorLeavesOutUnlikelyPaths()
+    {
+        // scores: [0] 0.6, [0,0] 0.3, [0,0,0] 0.27, [1] 0.25, [0,1] 0.18, [2] 0.15
+        float[] p = Heads([0.6f, 0.25f, 0.15f], [0.5f, 0.3f, 0.2f], [0.9f, 0.06f, 0.04f]);
+        var floor = new DynamicTreePlanner("dynamic-8-26", nodes: 8, depth: 3, TopK, minProbability: 0.26f);
+        Assert.Equal([[0], [0, 0], [0, 0, 0]], Paths(floor.Plan(p))); // 0.27 ≥ 0.26 > 0.25
+        // the cap still holds, and a floor above every path keeps head 0's best guess
+        var capped = new DynamicTreePlanner("dynamic-3-10", nodes: 3, depth: 3, TopK, minProbability: 0.1f);
+        Assert.Equal([[0], [0, 0]], Paths(capped.Plan(p)));
+        var high = new DynamicTreePlanner("dynamic-8-99", nodes: 8, depth: 3, TopK, minProbability: 0.99f);
+        Assert.Equal([[0]], Paths(high.Plan(p)));
+        Assert.Throws<ArgumentOutOfRangeException>(() => new DynamicTreePlanner("x", 4, 3, TopK, minProbability: 1f));
+    }
+
+    [Fact]
     public void StaysWithinTheHeadsAndTheirTopK()
     {
         // one head: however sure it is, the tree can only be wide
@@ -94,8 +109,13 @@ public class DynamicTreePlannerTests
     {
         Assert.True(TreePresets.IsDynamic("dynamic-8", out int nodes));
         Assert.Equal(8, nodes);
-        foreach (var bad in new[] { "dynamic-1", "dynamic-65", "dynamic-", "dynamic-x", "dynamic-+4", "dynamic- 4" })
+        foreach (var bad in new[] { "dynamic-1", "dynamic-65", "dynamic-", "dynamic-x", "dynamic-+4", "dynamic- 4", "dynamic-8-0", "dynamic-8-100", "dynamic-8-", "dynamic-8-x", "dynamic-8-25-1" })
             Assert.False(TreePresets.IsDynamic(bad, out _), bad);
+        Assert.True(TreePresets.IsDynamic("dynamic-8-25", out nodes, out float floor));
+        Assert.Equal(8, nodes);
+        Assert.Equal(0.25f, floor);
+        Assert.Equal(0.25f, CandidateTree.Resolve("dynamic-8-25", heads: 4).MinProbability);
+        Assert.Equal(0f, CandidateTree.Resolve("dynamic-8", heads: 4).MinProbability);
         var tree = CandidateTree.Resolve("dynamic-8", heads: 4);
         Assert.True(tree.IsDynamic);
         Assert.Null(tree.Fixed);

@@ -40,7 +40,7 @@ public class MedusaLosslessTests(RandomHeadsFixture fixture) : IClassFixture<Ran
     public static TheoryData<string, string> Cases()
     {
         var data = new TheoryData<string, string>();
-        foreach (var tree in new[] { "chain-1", "chain-4", "tree-4", "tree-8", "tree-16", "mc_sim_7b_63", "dynamic-4", "dynamic-16" })
+        foreach (var tree in new[] { "chain-1", "chain-4", "tree-4", "tree-8", "tree-16", "mc_sim_7b_63", "dynamic-4", "dynamic-16", "dynamic-8-20" })
             foreach (var prompt in new[] { "Once upon a time", "The little dog was", "Tom had a red ball. He" })
                 data.Add(tree, prompt);
         return data;

@@ -175,7 +175,7 @@ public sealed class ShortlistHeadsTests : IDisposable
         using var pool = KvBlockPool.FromBudget(backend, c.Layers, c.KvHeads, c.HeadDim, 16, 2L * 160 * 2 * c.Layers * c.KvDim * sizeof(float));
         using var workspace = new ForwardWorkspace(backend, c, 64, 64);
         double accepted = 0;
-        foreach (var treeName in new[] { "chain-3", "tree-8", "mc_sim_7b_63", "dynamic-6" })
+        foreach (var treeName in new[] { "chain-3", "tree-8", "mc_sim_7b_63", "dynamic-6", "dynamic-8-25" })
         {
             using var compiled = CompiledTrees.Resolve(backend, treeName, heads.HeadCount);
             foreach (var prompt in Prompts(4))
