@@ -88,6 +88,9 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
         return result;
     }
 
+    /// <summary>Rows of a weight copied between releases of their mapped pages (see <see cref="UploadPacked"/>).</summary>
+    private const int ReleaseRows = 1024;
+
     /// <summary>
     /// An F32 weight matrix in panels (see <see cref="HostTensor.Packed"/>), filled row by row from the parts; with
     /// <paramref name="split"/>, as high and low 16-bit halves with per-row norms (<see cref="HostTensor.Split"/>).
@@ -110,6 +113,12 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
             long partRows = p.ElementCount / columns;
             for (long i = 0; i < partRows; i++, r++)
             {
+                if (i > 0 && i % ReleaseRows == 0)
+                {
+                    // The rows copied so far need not stay resident: a large matrix (the classifier) would otherwise sit
+                    // in memory twice, mapped and packed, until the whole of it is copied.
+                    Models.MappedFile.ReleasePages(new TensorData(p.Name, p.Type, [ReleaseRows, columns], (nint)((byte*)p.Pointer + (i - ReleaseRows) * columns * size)));
+                }
                 var bytes = new ReadOnlySpan<byte>((byte*)p.Pointer + i * columns * size, columns * size);
                 HalfConversions.ToSingle(p.Type, bytes, row);
                 long first = (long)(r / P) * columns * P + r % P;
