@@ -156,6 +156,13 @@ public interface IComputeBackend : IDisposable
         throw new NotSupportedException($"{DeviceName}: SiluResidual (Medusa heads) is not implemented on this backend yet.");
 
     /// <summary>
+    /// Running sequences up to which Medusa sequences verify trees; in a larger batch they decode one token per step,
+    /// because a batch that already fills the device gains little from tree rows and pays for every one of them. The
+    /// default is no limit (accelerators: extra rows are nearly free until the batch is large).
+    /// </summary>
+    int SpeculationBatchLimit => int.MaxValue;
+
+    /// <summary>
     /// Leaves up to which a greedy Medusa step asks the classifier for every tree node's token, leaves included, in the
     /// one pass after the forward. A tree with more leaves skips them there and computes an accepted leaf's token
     /// afterwards in a pass of its own. Extra rows in the one pass cost compute; the separate pass streams the whole

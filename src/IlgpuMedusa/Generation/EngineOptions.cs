@@ -28,6 +28,13 @@ public sealed record EngineOptions
     /// </summary>
     public int MaxBatchTokens { get; init; } = 256;
 
+    /// <summary>
+    /// Running sequences up to which Medusa requests verify trees; in larger batches they decode one token per step (still
+    /// exactly as greedy decoding would) until the batch shrinks. Default: the backend's
+    /// (<see cref="IComputeBackend.SpeculationBatchLimit"/>: 4 on the host, no limit on accelerators).
+    /// </summary>
+    public int? SpeculationBatchLimit { get; init; }
+
     /// <summary>Full-context sequences the default KV budget holds.</summary>
     public const int DefaultKvSequences = 4;
 
@@ -40,6 +47,8 @@ public sealed record EngineOptions
             throw new ArgumentOutOfRangeException(nameof(KvBudgetMb), KvBudgetMb, "KvBudgetMb (--kv-budget-mb) must be positive.");
         if (KvBlockSize <= 0)
             throw new ArgumentOutOfRangeException(nameof(KvBlockSize), KvBlockSize, "KvBlockSize must be positive.");
+        if (SpeculationBatchLimit is <= 0)
+            throw new ArgumentOutOfRangeException(nameof(SpeculationBatchLimit), SpeculationBatchLimit, "SpeculationBatchLimit must be at least 1 sequence.");
         if (MaxBatchTokens <= 0)
             throw new ArgumentOutOfRangeException(nameof(MaxBatchTokens), MaxBatchTokens, "MaxBatchTokens must be positive.");
         return this;

@@ -50,7 +50,7 @@ public sealed class InferenceEngine : IInferenceEngine, IDisposable
         // running sequence; logits are computed only for the rows that need them, at most one per row.
         int batch = Math.Max(options.MaxBatchTokens, MaxTreeNodes);
         _workspace = new ForwardWorkspace(backend, model.Config, batch, batch);
-        Scheduler = new Scheduler(model, heads, pool, _workspace, tokenizer, Tree, logger);
+        Scheduler = new Scheduler(model, heads, pool, _workspace, tokenizer, Tree, logger, options.SpeculationBatchLimit ?? backend.SpeculationBatchLimit);
     }
 
     /// <summary>

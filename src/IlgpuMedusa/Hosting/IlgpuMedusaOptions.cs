@@ -45,6 +45,12 @@ public sealed class IlgpuMedusaOptions
     /// <summary>Most tokens in one batched forward (prompt chunks, decoded tokens and trees of all running sequences).</summary>
     public int? MaxBatchTokens { get; set; }
 
+    /// <summary>
+    /// Running sequences up to which Medusa requests verify trees; beyond it they decode one token per step (default: the
+    /// device's, 4 on the host, no limit on accelerators).
+    /// </summary>
+    public int? SpeculationBatchLimit { get; set; }
+
     /// <summary>Run one tiny generation right after loading, so kernels are compiled before the first request (default true).</summary>
     public bool WarmUp { get; set; } = true;
 
@@ -79,6 +85,7 @@ public sealed class IlgpuMedusaOptions
         {
             KvBlockSize = KvBlockSize ?? engine.KvBlockSize,
             MaxBatchTokens = MaxBatchTokens ?? engine.MaxBatchTokens,
+            SpeculationBatchLimit = SpeculationBatchLimit,
         };
     }
 

@@ -41,6 +41,8 @@ public sealed class IlgpuMedusaOptionsValidator : IValidateOptions<IlgpuMedusaOp
             yield return $"{Prefix}KvBlockSize must be positive, got {o.KvBlockSize}.";
         if (o.MaxBatchTokens is <= 0)
             yield return $"{Prefix}MaxBatchTokens must be positive, got {o.MaxBatchTokens}.";
+        if (o.SpeculationBatchLimit is <= 0)
+            yield return $"{Prefix}SpeculationBatchLimit must be at least 1 sequence, got {o.SpeculationBatchLimit}.";
         if (o.Heads is { } heads && !IsKeyword(heads) && !File.Exists(heads) && !Directory.Exists(heads))
             yield return $"{Prefix}Heads '{heads}' is neither auto, none, nor an existing heads file or directory.";
         if (!Enum.IsDefined(o.ChatTemplate))

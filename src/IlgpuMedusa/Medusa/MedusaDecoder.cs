@@ -103,9 +103,20 @@ internal sealed class MedusaDecoder : SequenceDecoder
     /// </summary>
     private void Predict(DeviceTensor hidden)
     {
+        _guessed = SpeculateNext;
+        if (!_guessed) return; // the next step decodes one token: no guesses needed
         _heads.Predict(hidden, _candidates.MaxDepth, Pending).CopyTo(_topK);
         if (_planner is not null) UseTree(_planner.Plan(_heads.TopProbabilities()), null);
     }
+
+    private bool _guessed; // _topK holds the heads' guesses after the pending token
+
+    /// <summary>
+    /// Whether the next step verifies a tree (set by the scheduler before each step completes; default true). When false
+    /// the heads are skipped and the next step decodes one token, as autoregressive decoding does: in a batch that
+    /// already fills the device, tree rows cost more than they return.
+    /// </summary>
+    public bool SpeculateNext { get; set; } = true;
 
     /// <summary>Frees the decoder's device buffers.</summary>
     public void Release()
@@ -133,7 +144,7 @@ internal sealed class MedusaDecoder : SequenceDecoder
     /// <inheritdoc />
     public override bool NeedsLogitRows => base.NeedsLogitRows || _acceptance is Acceptance.TypicalAcceptance;
 
-    protected override int StepSize => Committed + _candidates.NodeCount > Sequence.MaxTokens ? 1 : _candidates.NodeCount;
+    protected override int StepSize => !_guessed || Committed + _candidates.NodeCount > Sequence.MaxTokens ? 1 : _candidates.NodeCount;
 
     protected override void AfterPrefill(DeviceTensor lastHidden) => Predict(lastHidden);
 
@@ -146,7 +157,7 @@ internal sealed class MedusaDecoder : SequenceDecoder
         _fallback = StepSize == 1;
         if (_fallback)
         {
-            // Near the end of the context the whole tree no longer fits: finish token by token.
+            // Near the end of the context the whole tree no longer fits, or the scheduler asked for a plain step: one token.
             mask = null;
             return 1;
         }

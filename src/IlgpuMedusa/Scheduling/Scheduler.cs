@@ -60,8 +60,9 @@ public sealed class Scheduler : IDisposable
     private static readonly TimeSpan LogInterval = TimeSpan.FromSeconds(10);
 
     internal Scheduler(LlamaModel model, MedusaHeads? heads, KvBlockPool pool, ForwardWorkspace workspace, ITextTokenizer tokenizer,
-        Func<string?, (CandidateTree, DeviceTensor?)> trees, Microsoft.Extensions.Logging.ILogger? logger = null)
+        Func<string?, (CandidateTree, DeviceTensor?)> trees, Microsoft.Extensions.Logging.ILogger? logger = null, int speculationBatchLimit = int.MaxValue)
     {
+        _speculationBatchLimit = speculationBatchLimit;
         _logger = logger;
         _model = model;
         _heads = heads;
@@ -75,6 +76,8 @@ public sealed class Scheduler : IDisposable
 
     /// <summary>Most tokens in one batched forward.</summary>
     public int MaxBatchTokens => _workspace.MaxTokens;
+
+    private readonly int _speculationBatchLimit;
 
     /// <summary>The current counters.</summary>
     public SchedulerStats Stats
@@ -372,6 +375,8 @@ public sealed class Scheduler : IDisposable
             logitRow += count;
             r.Accepted.Clear();
             bool wasPrefilling = decoder.Prefilling;
+            // In a batch past the limit, Medusa sequences skip their heads and take one-token steps until it shrinks.
+            if (decoder is MedusaDecoder medusa) medusa.SpeculateNext = _running.Count <= _speculationBatchLimit;
             decoder.Complete(hidden.Slice(segment.Start, segment.Count), stepLogits, r.Accepted);
             if (!wasPrefilling)
             {

@@ -77,6 +77,42 @@ public class MedusaLosslessTests(RandomHeadsFixture fixture) : IClassFixture<Ran
     }
 
     [Fact]
+    public void WithoutSpeculationADecoderTakesOneTokenSteps_ThenTreesAgain()
+    {
+        // The shipped heads of the demo model (real guesses, so trees are accepted once they run again).
+        using var engine = InferenceEngine.Load(new EngineOptions { ModelPath = TestModels.Stories15MDirectory, Device = new DeviceOptions { Kind = DeviceKind.Host } });
+        var c = engine.Config;
+        int[] prompt = [1, 9038, 2501, 263, 931];
+        using var workspace = new ForwardWorkspace(engine.Backend, c, 64, 64);
+        using var tree = CompiledTrees.Resolve(engine.Backend, "chain-3", engine.Heads!.HeadCount);
+        var stats = new MedusaStats(engine.Heads.HeadCount);
+        using var sequence = engine.Pool.CreateSequence(c.MaxSequenceLength);
+        var decoder = new MedusaDecoder(engine.Model, sequence, new Sampler(Sampling.Greedy, 1), prompt, null, engine.Heads, tree.Tree, tree.Mask, Acceptance.Greedy, stats)
+        {
+            SpeculateNext = false,
+        };
+        var runner = new SingleSequenceRunner(engine.Model, workspace, decoder);
+        var tokens = new List<int>();
+        runner.Advance(tokens); // prefill: the first token, no guesses
+        for (int step = 0; step < 20; step++) runner.Advance(tokens);
+        Assert.Equal(21, tokens.Count);
+        Assert.Equal(20, stats.Steps);
+        Assert.Equal(1.0, stats.MeanAccepted); // one token per step, heads never run
+        decoder.SpeculateNext = true;
+        runner.Advance(tokens); // one more plain step, after which the heads guess again
+        long stepsBefore = stats.Steps, tokensBefore = stats.Tokens;
+        for (int step = 0; step < 20; step++) runner.Advance(tokens);
+        Assert.True(stats.Tokens - tokensBefore > stats.Steps - stepsBefore, "no tree was accepted after speculation came back");
+        decoder.Release();
+
+        using var plainSequence = engine.Pool.CreateSequence(c.MaxSequenceLength);
+        var plain = new SingleSequenceRunner(engine.Model, workspace, new AutoregressiveDecoder(engine.Model, plainSequence, new Sampler(Sampling.Greedy, 1), prompt));
+        var expected = new List<int>();
+        while (expected.Count < tokens.Count) plain.Advance(expected);
+        Assert.Equal(expected.Take(tokens.Count), tokens);
+    }
+
+    [Fact]
     public void KvCacheAfterMedusaStepsEqualsKvCacheAfterGreedyDecoding()
     {
         var engine = fixture.Engine;

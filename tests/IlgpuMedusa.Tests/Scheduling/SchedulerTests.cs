@@ -116,6 +116,41 @@ public class SchedulerTests(RandomHeadsFixture heads) : IClassFixture<RandomHead
     }
 
     [Fact]
+    public async Task PastTheSpeculationLimit_MedusaTakesOneTokenSteps_AndStillEqualsGreedy()
+    {
+        // The shipped heads accept about two tokens per step alone. With a limit of one sequence, three Medusa requests
+        // that run side by side take one-token steps while they do, each still exactly greedy.
+        using var engine = InferenceEngine.Load(new EngineOptions
+        {
+            ModelPath = TestModels.Stories15MDirectory,
+            Device = new DeviceOptions { Kind = DeviceKind.Host },
+            SpeculationBatchLimit = 1,
+        });
+        Assert.NotNull(engine.Heads);
+        string[] prompts = ["Once upon a time", "The little dog was", "Tom had a red ball. He"];
+        var options = new GenerationOptions { MaxTokens = 24, Tree = "chain-3" };
+        var plain = options with { UseMedusa = false };
+        async Task<(List<int> Ids, GenerationStats Stats)> Run(string prompt, GenerationOptions o)
+        {
+            var stats = new GenerationStats();
+            var ids = new List<int>();
+            await foreach (var piece in engine.GenerateAsync(engine.EncodePrompt(prompt, o), o, stats)) ids.AddRange(piece.TokenIds);
+            return (ids, stats);
+        }
+        var alone = await Run(prompts[0], options);
+        Assert.True(alone.Stats.Medusa!.MeanAccepted > 1.2, $"alone, the heads should be accepted: {alone.Stats.Medusa.MeanAccepted:0.00} tokens/step");
+        // Start all three before the scheduler takes its first step, so they run together throughout.
+        var together = await Task.WhenAll(prompts.Select(p => Task.Run(() => Run(p, options))));
+        for (int i = 0; i < prompts.Length; i++)
+            Assert.Equal((await Run(prompts[i], plain)).Ids, together[i].Ids);
+        // Only steps taken while at most one sequence ran (a head start, a tail after the others ended) verify trees.
+        double batchedMean = (double)together.Sum(t => t.Stats.Medusa!.Tokens) / together.Sum(t => t.Stats.Medusa!.Steps);
+        Assert.True(batchedMean < (1 + alone.Stats.Medusa.MeanAccepted) / 2,
+            $"{batchedMean:0.00} tokens per step side by side past the limit, {alone.Stats.Medusa.MeanAccepted:0.00} alone");
+        Assert.Throws<ArgumentOutOfRangeException>(() => new EngineOptions { ModelPath = "m", SpeculationBatchLimit = 0 }.Validate());
+    }
+
+    [Fact]
     public void RequestThatCanNeverFit_FailsAtOnce()
     {
         using var engine = InferenceEngine.Load(new EngineOptions
