@@ -27,14 +27,14 @@ internal sealed class MedusaDecoder : SequenceDecoder
     private readonly DynamicTreePlanner? _planner; // dynamic trees: plans each step's tree
     private readonly Dictionary<int, DeviceTensor>? _ownMasks; // dynamic trees: this decoder's I32[n, n] per node count n
     private TreeTopology _tree = null!;       // the tree of the next step
-    private DeviceTensor _mask = null!;       // its mask I32[N, N] (a fixed tree's is owned by the engine's tree cache)
+    private DeviceTensor _mask = null!;       // its mask I32[n, n] (a fixed tree's is owned by the engine's tree cache)
     private readonly Acceptance _acceptance;
     private readonly MedusaStats _stats;
     private readonly int[] _topK;             // [heads · TopK] latest head predictions
     private readonly int[] _sources;          // compaction sources
     private readonly DeviceTensor _deviceSources;
     private int[] _tokens = [];               // node tokens of the planned tree
-    private bool _fallback;                   // the planned step is a single token (end of context)
+    private bool _fallback;                   // the planned step is a single token (end of context, or no guesses)
     private readonly bool[] _leaf;            // nodes without children
     private int _leafCount;
     private readonly int[] _nodeArgMax;       // argmax of each node's logits (−1: a leaf, not computed)
