@@ -113,6 +113,8 @@ public sealed class InferenceEngine : IInferenceEngine, IDisposable
             {
                 headsCheckpoint = MedusaHeadsCheckpoint.Open(headsPath);
                 heads = MedusaHeads.Load(headsCheckpoint, model, checkpoint);
+                headsCheckpoint.Dispose(); // copied: its pages need not stay while the workspace is allocated
+                headsCheckpoint = null;
             }
             return new InferenceEngine(options, tokenizer, backend, model, pool, heads, logger);
         }

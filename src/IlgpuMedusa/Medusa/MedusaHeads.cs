@@ -255,17 +255,25 @@ public sealed class MedusaHeads : IDisposable
     {
         var classifier = checkpoint.GetTensor(name, c.VocabSize, c.Dim);
         int d = c.Dim, size = DTypeInfo.SizeOf(classifier.Type);
-        var rows = new float[(long)shortlist.Length * d];
-        var start = (byte*)classifier.Pointer;
-        for (int i = 0; i < shortlist.Length; i++)
+        // Native scratch, freed once uploaded: a managed array this size would stay in the process's memory after the load.
+        long count = (long)shortlist.Length * d;
+        var rows = (float*)System.Runtime.InteropServices.NativeMemory.Alloc((nuint)count, sizeof(float));
+        try
         {
-            HalfConversions.ToSingle(classifier.Type, new ReadOnlySpan<byte>(start + (long)shortlist[i] * d * size, d * size), rows.AsSpan(i * d, d));
-            // Each scattered row read maps the file's pages around it (the kernel faults around, 64 KiB at a time): let
-            // them go every few rows, so reading a shortlist never holds most of the table in memory at once.
-            if (i % 64 == 63 || i == shortlist.Length - 1) Models.MappedFile.ReleasePages(classifier);
+            var start = (byte*)classifier.Pointer;
+            for (int i = 0; i < shortlist.Length; i++)
+            {
+                HalfConversions.ToSingle(classifier.Type, new ReadOnlySpan<byte>(start + (long)shortlist[i] * d * size, d * size), new Span<float>(rows + (long)i * d, d));
+                // Each scattered row read maps the file's pages around it (the kernel faults around, 64 KiB at a time): let
+                // them go every few rows, so reading a shortlist never holds most of the table in memory at once.
+                if (i % 64 == 63 || i == shortlist.Length - 1) Models.MappedFile.ReleasePages(classifier);
+            }
+            return upload(new TensorData($"{name} (shortlisted rows)", DType.F32, [shortlist.Length, d], (nint)rows), weightType);
         }
-        fixed (float* pointer = rows)
-            return upload(new TensorData($"{name} (shortlisted rows)", DType.F32, [shortlist.Length, d], (nint)pointer), weightType);
+        finally
+        {
+            System.Runtime.InteropServices.NativeMemory.Free(rows);
+        }
     }
 
     /// <summary>
