@@ -155,6 +155,40 @@ public sealed unsafe class HostBackendTests : IDisposable
         }
     }
 
+    [Theory]
+    [InlineData(1)]
+    [InlineData(3)]
+    public void Classifier_argmax_stays_exact_when_an_outlier_makes_a_rows_8_bit_copy_coarse(int tokens)
+    {
+        // Row 5 is row 2 plus a tiny change, with one huge weight whose input is 0: its 8-bit step is 50 / 127, far above
+        // the gap between the two rows, so only the exact pass can tell them apart. Then the other way round.
+        const int n = 300, k = 64;
+        var random = new Random(17 + tokens);
+        for (int variant = 0; variant < 2; variant++)
+        {
+            var w = Random(random, n * k);
+            for (int j = 0; j < k; j++) w[5 * k + j] = w[2 * k + j];
+            w[5 * k] += variant == 0 ? 1e-5f : -1e-5f;
+            w[5 * k + k - 1] = 50f;
+            var x = Random(random, tokens * k);
+            for (int t = 0; t < tokens; t++)
+            {
+                x[t * k + k - 1] = 0f;
+                x[t * k] = 1f; // the tiny change shows in the logit
+                for (int j = 1; j < k - 1; j++) x[t * k + j] = w[2 * k + j]; // rows 2 and 5 lead by far
+            }
+            using var classifier = _backend.UploadClassifier([Weight(w, n, k)], DType.F32);
+            using var input = _backend.Allocate(DType.F32, tokens, k);
+            using var scratch = _backend.Allocate(DType.F32, tokens, n);
+            using var ids = _backend.Allocate(DType.I32, tokens, 1);
+            _backend.Upload(input, x);
+            _backend.ProductArgMax(ids, input, classifier, scratch);
+            var actual = new int[tokens];
+            _backend.Download(ids, actual);
+            Assert.All(actual, id => Assert.Equal(variant == 0 ? 5 : 2, id));
+        }
+    }
+
     [Fact]
     public void Split_classifier_is_exact_for_matmul_embedding_and_download()
     {

@@ -1,6 +1,7 @@
 using System.Buffers;
 using System.Numerics.Tensors;
 using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics.X86;
 using System.Runtime.Intrinsics;
 using IlgpuMedusa.Models;
 
@@ -109,9 +110,20 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
         var buffer = new NativeBuffer(elements * sizeof(float));
         NativeMemory.Clear((void*)buffer.Pointer, (nuint)buffer.Length);
         float[]? l1 = split ? new float[rows] : null, l2 = split ? new float[rows] : null;
-        var result = new HostTensor(this, DType.F32, rows, columns, buffer) { Packed = true, Split = split, RowL1 = l1, RowL2 = l2 };
+        bool int8 = split && Avx512F.IsSupported;
+        var quantised = int8 ? new NativeBuffer(elements) : null;
+        float[]? scale = int8 ? new float[rows] : null, error = int8 ? new float[rows] : null;
+        float[]? half = int8 ? new float[rows] : null, rounding = int8 ? new float[rows] : null;
+        double roundingPerNorm = 4.0 * columns * Math.Pow(2, -24) * (1 + 1e-3); // two k-term float sums, with margin
+        if (quantised is not null) NativeMemory.Clear((void*)quantised.Pointer, (nuint)quantised.Length);
+        var result = new HostTensor(this, DType.F32, rows, columns, buffer)
+        {
+            Packed = true, Split = split, RowL1 = l1, RowL2 = l2, Int8 = quantised, Int8Scale = scale, Int8Error = error,
+            Int8Half = half, Int8Rounding = rounding,
+        };
         float* packed = (float*)buffer.Pointer;
         ushort* high = (ushort*)buffer.Pointer, low = high + elements;
+        sbyte* q = quantised is null ? null : (sbyte*)quantised.Pointer;
         var row = new float[columns];
         int r = 0;
         foreach (var p in parts)
@@ -142,6 +154,22 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
                 }
                 l1![r] = TensorPrimitives.SumOfMagnitudes(row);
                 l2![r] = TensorPrimitives.Norm(row);
+                if (q is null) continue;
+                // 8 bits per element with a scale per row; the error of the row, in double, rounded up
+                float s = TensorPrimitives.MaxMagnitude(row);
+                s = float.IsFinite(s) ? MathF.Abs(s) / 127f : 0f;
+                double squared = 0;
+                for (int j = 0; j < columns; j++)
+                {
+                    int v = s > 0 ? (int)Math.Clamp(Math.Round(row[j] / (double)s), -127, 127) : 0;
+                    q[first + (long)j * P] = (sbyte)v;
+                    double e = row[j] - (double)s * v;
+                    squared += e * e;
+                }
+                scale![r] = s;
+                error![r] = (float)(Math.Sqrt(squared) * (1 + 1e-6)) + float.Epsilon;
+                half![r] = (float)(s * 0.5 * (1 + 1e-6));
+                rounding![r] = (float)(roundingPerNorm * (l2[r] + error[r]) * (1 + 1e-6));
             }
         }
         return result;
@@ -150,8 +178,9 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
     /// <inheritdoc />
     /// <remarks>
     /// On CPUs with 512-bit vectors an F32 classifier is stored split into high and low 16-bit halves
-    /// (<see cref="HostTensor.Split"/>): the same memory as F32, and <see cref="ProductArgMax"/> streams only the high
-    /// halves, half the bytes of the largest matrix of a small model, then settles the few near-ties exactly.
+    /// (<see cref="HostTensor.Split"/>, the same memory as F32, exact for every op) and, with AVX-512F, also as an 8-bit
+    /// copy with a scale per row (<see cref="HostTensor.Int8"/>, a quarter of the bytes). <see cref="ProductArgMax"/>
+    /// streams only the 8-bit copy (or, without it, the high halves), then settles the few near-ties exactly.
     /// </remarks>
     public DeviceTensor UploadClassifier(IReadOnlyList<TensorData> parts, DType storeAs)
     {
@@ -162,6 +191,9 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
 
     /// <inheritdoc />
     /// <remarks>
+    /// With an 8-bit copy (<see cref="HostTensor.Int8"/>) the first pass reads it instead, with the bound of
+    /// <see cref="SettleInt8ArgMax"/>; the exact pass is the same. On stories15M (2 cores) that made decoding 20-27% faster
+    /// than the high-half pass, which streams twice the bytes.
     /// With a split classifier: first every logit from the high halves alone, ŷ[v], each within
     /// B[v] = c · min(‖w_v‖₁ · ‖x‖∞, ‖w_v‖₂ · ‖x‖₂) of the exact float result y[v] (truncating a float to its top 16
     /// bits changes it by less than 2^-7 of its magnitude, so |ŷ − y| ≤ 2^-7 · Σ|w·x| plus float rounding, and both
@@ -187,6 +219,12 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
         long work = (long)n * k * tokens;
         int pairs = (w.Panels + 1) / 2;
         int chunks = work < ParallelThreshold ? 1 : Math.Min(pairs, _threads * 4);
+        if (w.Int8 is { } quantised)
+        {
+            RunPanels<HostMatMul.Int8Panel>(w, (float*)x.Pointer, tokens, (float*)s.Pointer, accumulate: false, chunks, (byte*)quantised.Pointer);
+            for (int t = 0; t < tokens; t++) o.Ints[t] = SettleInt8ArgMax(w, x.FloatRow(t), s.FloatRow(t));
+            return;
+        }
         RunPanels<HostMatMul.HighHalfPanel>(w, (float*)x.Pointer, tokens, (float*)s.Pointer, accumulate: false, chunks);
         for (int t = 0; t < tokens; t++) o.Ints[t] = SettleArgMax(w, x.FloatRow(t), s.FloatRow(t));
     }
@@ -239,6 +277,70 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
                 }
                 for (; v < n; v++)
                     if (y[v] + MathF.Min(p1[v] * scale1, p2[v] * scale2) >= floor) Consider(w, v, xp, ref best, ref bestValue);
+            }
+            return best;
+        }
+    }
+
+    /// <summary>
+    /// The exact argmax of one row from its 8-bit first pass: <paramref name="sums"/>[v] = Σ_j q[v, j]·x[j] (unscaled), so
+    /// ŷ[v] = s_v·sums[v]. Then |ŷ[v] − y[v]| ≤ B[v] = min(s_v/2 · ‖x‖₁, e_v · ‖x‖₂) + 4k·2^-24 · (‖w_v‖₂ + e_v) · ‖x‖₂,
+    /// e_v = ‖w_v − s_v q_v‖₂: each element is off by at most s_v/2 (and by e_v in all, Cauchy-Schwarz), plus the float
+    /// rounding of the two k-term sums with margin. As in <see cref="SettleArgMax"/>, every row whose interval reaches the
+    /// largest lower bound is recomputed exactly and the largest wins (the lowest index on ties).
+    /// </summary>
+    private static int SettleInt8ArgMax(HostTensor w, Span<float> x, Span<float> sums)
+    {
+        float x1 = TensorPrimitives.SumOfMagnitudes(x), x2 = TensorPrimitives.Norm(x);
+        int n = sums.Length;
+        if (!float.IsFinite(x1) || !float.IsFinite(x2))
+        {
+            TensorPrimitives.Multiply(sums, w.Int8Scale!, sums);
+            return TensorPrimitives.IndexOfMax(sums); // NaN or ∞ in: nothing to bound
+        }
+        // B[v] = min(H[v]·‖x‖₁, E[v]·‖x‖₂) + R[v]·‖x‖₂ with H = s/2, E = e, R = 4k·2^-24·(‖w‖₂ + e) stored per row; the
+        // norms of x are k-term float sums themselves, so they are taken a little larger.
+        float a1 = x1 * (1 + 1e-4f), a2 = x2 * (1 + 1e-4f);
+        fixed (float* y = sums, scale = w.Int8Scale, half = w.Int8Half, error = w.Int8Error, round = w.Int8Rounding)
+        {
+            var v1 = Vector512.Create(a1);
+            var v2 = Vector512.Create(a2);
+            var floors = Vector512.Create(float.NegativeInfinity);
+            int v = 0;
+            // Pass 1: ŷ = s·Σqx in place; floor = max over v of (ŷ[v] − B[v]).
+            for (; v + 16 <= n; v += 16)
+            {
+                var yv = Vector512.Load(y + v) * Vector512.Load(scale + v);
+                yv.Store(y + v);
+                var b = Vector512.Min(Vector512.Load(half + v) * v1, Vector512.Load(error + v) * v2) + Vector512.Load(round + v) * v2;
+                floors = Vector512.Max(floors, yv - b);
+            }
+            float floor = float.NegativeInfinity;
+            for (int i = 0; i < 16; i++) floor = MathF.Max(floor, floors.GetElement(i));
+            for (; v < n; v++)
+            {
+                y[v] *= scale[v];
+                floor = MathF.Max(floor, y[v] - (MathF.Min(half[v] * a1, error[v] * a2) + round[v] * a2));
+            }
+            // Pass 2: the candidates ŷ[v] + B[v] ≥ floor, settled exactly.
+            int best = -1;
+            float bestValue = float.NegativeInfinity;
+            var floorVector = Vector512.Create(floor);
+            fixed (float* xp = x)
+            {
+                for (v = 0; v + 16 <= n; v += 16)
+                {
+                    var b = Vector512.Min(Vector512.Load(half + v) * v1, Vector512.Load(error + v) * v2) + Vector512.Load(round + v) * v2;
+                    ulong bits = Vector512.GreaterThanOrEqual(Vector512.Load(y + v) + b, floorVector).ExtractMostSignificantBits();
+                    while (bits != 0)
+                    {
+                        int u = v + System.Numerics.BitOperations.TrailingZeroCount(bits);
+                        bits &= bits - 1;
+                        Consider(w, u, xp, ref best, ref bestValue);
+                    }
+                }
+                for (; v < n; v++)
+                    if (y[v] + MathF.Min(half[v] * a1, error[v] * a2) + round[v] * a2 >= floor) Consider(w, v, xp, ref best, ref bestValue);
             }
             return best;
         }
@@ -382,10 +484,10 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
         else RunPanels<HostMatMul.F32Panel>(w, input, tokens, output, accumulate, chunks);
     }
 
-    private void RunPanels<TLoad>(HostTensor w, float* input, int tokens, float* output, bool accumulate, int chunks) where TLoad : struct, HostMatMul.IPanelLoad
+    private void RunPanels<TLoad>(HostTensor w, float* input, int tokens, float* output, bool accumulate, int chunks, byte* panels = null) where TLoad : struct, HostMatMul.IPanelLoad
     {
         int pairs = (w.Panels + 1) / 2, n = w.Rows, k = w.Columns;
-        byte* weights = (byte*)w.Pointer;
+        byte* weights = panels != null ? panels : (byte*)w.Pointer;
         long low = w.LowOffset;
         if (chunks == 1) HostMatMul.Panels<TLoad>(weights, low, n, k, 0, pairs, input, tokens, output, accumulate);
         else

@@ -130,6 +130,15 @@ internal static unsafe class HostMatMul
             Vector512.ShiftLeft(Avx512F.ConvertToVector512UInt32(Vector256.Load((ushort*)panel + column)), 16).AsSingle();
     }
 
+    /// <summary>8-bit panels (<see cref="HostTensor.Int8"/>): each element's quantised value, unscaled (scaled per row afterwards).</summary>
+    public struct Int8Panel : IPanelLoad
+    {
+        public static int ElementBytes => sizeof(sbyte);
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<float> Load(byte* panel, int column, long lowOffset) =>
+            Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Vector128.Load((sbyte*)panel + column)));
+    }
+
     /// <summary>Both halves of a split weight: the exact floats.</summary>
     public struct SplitPanel : IPanelLoad
     {

@@ -56,6 +56,21 @@ internal sealed unsafe class HostTensor : DeviceTensor
     /// <summary>Per-row L2 norms of a split weight.</summary>
     public float[]? RowL2 { get; init; }
 
+    /// <summary>
+    /// An 8-bit copy of a split weight for <see cref="HostBackend.ProductArgMax"/>'s first pass, in the panel layout with
+    /// one byte per element: q[r, j] = round(w[r, j] / s_r), s_r = max_j |w[r, j]| / 127 (<see cref="Int8Scale"/>).
+    /// A quarter of the F32 bytes, so that pass streams half of what the high halves would. Null when not built.
+    /// </summary>
+    public NativeBuffer? Int8 { get; init; }
+    /// <summary>s_r of <see cref="Int8"/>.</summary>
+    public float[]? Int8Scale { get; init; }
+    /// <summary>Per row, a bound of the 8-bit logit's error per unit of ‖x‖₂: ‖w_r − s_r q_r‖₂, rounded up.</summary>
+    public float[]? Int8Error { get; init; }
+    /// <summary>Per row, the bound per unit of ‖x‖₁: s_r / 2, rounded up.</summary>
+    public float[]? Int8Half { get; init; }
+    /// <summary>Per row, the float rounding of both dot products per unit of ‖x‖₂: 4k·2^-24·(‖w_r‖₂ + error), rounded up.</summary>
+    public float[]? Int8Rounding { get; init; }
+
     /// <summary>Element (row, column) of a packed F32 weight, split or not.</summary>
     public float PackedAt(int row, int column)
     {
@@ -81,6 +96,7 @@ internal sealed unsafe class HostTensor : DeviceTensor
     {
         _owned?.Dispose();
         _owned = null;
+        Int8?.Dispose();
     }
 }
 
