@@ -267,13 +267,7 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
                 for (v = 0; v + 16 <= n; v += 16)
                 {
                     var b = Vector512.Min(Vector512.Load(p1 + v) * s1, Vector512.Load(p2 + v) * s2);
-                    ulong bits = Vector512.GreaterThanOrEqual(Vector512.Load(y + v) + b, floorVector).ExtractMostSignificantBits();
-                    while (bits != 0)
-                    {
-                        int u = v + System.Numerics.BitOperations.TrailingZeroCount(bits);
-                        bits &= bits - 1;
-                        Consider(w, u, xp, ref best, ref bestValue);
-                    }
+                    ConsiderEach(w, v, Vector512.GreaterThanOrEqual(Vector512.Load(y + v) + b, floorVector).ExtractMostSignificantBits(), xp, ref best, ref bestValue);
                 }
                 for (; v < n; v++)
                     if (y[v] + MathF.Min(p1[v] * scale1, p2[v] * scale2) >= floor) Consider(w, v, xp, ref best, ref bestValue);
@@ -331,18 +325,23 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
                 for (v = 0; v + 16 <= n; v += 16)
                 {
                     var b = Vector512.Min(Vector512.Load(half + v) * v1, Vector512.Load(error + v) * v2) + Vector512.Load(round + v) * v2;
-                    ulong bits = Vector512.GreaterThanOrEqual(Vector512.Load(y + v) + b, floorVector).ExtractMostSignificantBits();
-                    while (bits != 0)
-                    {
-                        int u = v + System.Numerics.BitOperations.TrailingZeroCount(bits);
-                        bits &= bits - 1;
-                        Consider(w, u, xp, ref best, ref bestValue);
-                    }
+                    ConsiderEach(w, v, Vector512.GreaterThanOrEqual(Vector512.Load(y + v) + b, floorVector).ExtractMostSignificantBits(), xp, ref best, ref bestValue);
                 }
                 for (; v < n; v++)
                     if (y[v] + MathF.Min(half[v] * a1, error[v] * a2) + round[v] * a2 >= floor) Consider(w, v, xp, ref best, ref bestValue);
             }
             return best;
+        }
+    }
+
+    /// <summary>Considers rows v + i for each bit i set in <paramref name="bits"/>, in increasing order.</summary>
+    private static void ConsiderEach(HostTensor w, int v, ulong bits, float* x, ref int best, ref float bestValue)
+    {
+        while (bits != 0)
+        {
+            int u = v + System.Numerics.BitOperations.TrailingZeroCount(bits);
+            bits &= bits - 1;
+            Consider(w, u, x, ref best, ref bestValue);
         }
     }
 
