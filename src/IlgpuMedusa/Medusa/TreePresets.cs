@@ -36,7 +36,9 @@ public static class TreePresets
     /// alternating single-tree runs, 20 prompts, stories15M, 2 cores, 2026-11-28). On a CPU every node and every head
     /// costs compute, so the smallest trees win once a step runs only the heads its tree reaches: `dynamic-3` (two of the
     /// heads' likeliest nodes, chosen each step; 1.91 accepted tokens per step) and `chain-2` (1.87) ran level, at
-    /// 1.45-1.49x autoregressive in three alternating rounds, ahead of `dynamic-4` (1.21-1.41x) and `tree-4`.
+    /// 1.45-1.49x autoregressive in three alternating rounds, ahead of `dynamic-4` (1.21-1.41x) and `tree-4`. After the
+    /// 8-bit classifier pass made the one-token step cheaper, `chain-1` (1.23-1.33x) and `dynamic-3` (1.20-1.31x) ran
+    /// level in three more rounds; `dynamic-3` stays, accepting 0.3 more tokens per step.
     /// </summary>
     public const string HostDefault = "dynamic-3";
 
