@@ -38,7 +38,7 @@ public sealed record GenerationOptions
             throw new ArgumentException("Tree (--tree) must name a preset or a JSON file.", nameof(Tree));
         if (Tree is not null && !Medusa.TreePresets.IsKnown(Tree) && !Tree.EndsWith(".json", StringComparison.OrdinalIgnoreCase) && !File.Exists(Tree))
             throw new ArgumentException(
-                $"Tree (--tree): unknown tree '{Tree}'; presets are {string.Join(", ", Medusa.TreePresets.Names)}, or give a JSON file of paths.", nameof(Tree));
+                $"Tree (--tree): unknown tree '{Tree}'; {Medusa.TreePresets.Choices}; or give a JSON file of paths.", nameof(Tree));
         foreach (var s in StopSequences)
             if (string.IsNullOrEmpty(s)) throw new ArgumentException("StopSequences must not contain empty strings.", nameof(StopSequences));
         return this;

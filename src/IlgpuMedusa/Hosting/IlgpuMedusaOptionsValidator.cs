@@ -50,7 +50,7 @@ public sealed class IlgpuMedusaOptionsValidator : IValidateOptions<IlgpuMedusaOp
         if (o.MaxTokens is <= 0)
             yield return $"{Prefix}MaxTokens must be a positive number of tokens, got {o.MaxTokens}.";
         if (o.Tree is { } tree && !TreePresets.IsKnown(tree) && !File.Exists(tree))
-            yield return $"{Prefix}Tree: unknown tree '{tree}'; presets are {string.Join(", ", TreePresets.Names)}, or give an existing JSON file of paths.";
+            yield return $"{Prefix}Tree: unknown tree '{tree}'; {TreePresets.Choices}; or give an existing JSON file of paths.";
         if (o.Acceptance is { } acceptance && !acceptance.Equals("greedy", StringComparison.OrdinalIgnoreCase) && !acceptance.Equals("typical", StringComparison.OrdinalIgnoreCase))
             yield return $"{Prefix}Acceptance '{acceptance}' is unknown; expected greedy or typical.";
     }

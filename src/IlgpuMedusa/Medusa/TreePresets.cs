@@ -77,6 +77,9 @@ public static class TreePresets
         return true;
     }
 
+    /// <summary>What a tree may be named, for error messages: the presets, the dynamic forms and JSON files.</summary>
+    public static string Choices => $"presets are {string.Join(", ", Names)}; dynamic-N (2 ≤ N ≤ {MaxDynamicNodes}) or dynamic-N-P (a floor of P %, 1 ≤ P ≤ 99) plan N nodes each step";
+
     /// <summary>True for a fixed preset or a <c>dynamic-N</c> / <c>dynamic-N-P</c> name.</summary>
     public static bool IsKnown(string name) => TryGet(name, out _) || IsDynamic(name, out _);
 

@@ -141,6 +141,6 @@ public sealed class TreeTopology
         if (TreePresets.IsDynamic(nameOrFile, out _))
             throw new ArgumentException($"--tree: '{nameOrFile}' has no fixed topology: it is planned anew each step (resolve it with CandidateTree.Resolve).");
         if (nameOrFile.EndsWith(".json", StringComparison.OrdinalIgnoreCase) || File.Exists(nameOrFile)) return FromFile(nameOrFile, heads, maxTopK);
-        throw new ArgumentException($"--tree: unknown tree '{nameOrFile}'; presets are {string.Join(", ", TreePresets.Names)}, or give a JSON file of paths.");
+        throw new ArgumentException($"--tree: unknown tree '{nameOrFile}'; {TreePresets.Choices}; or give a JSON file of paths.");
     }
 }
