@@ -31,7 +31,7 @@ public sealed record EngineOptions
     /// <summary>
     /// Running sequences up to which Medusa requests verify trees; in larger batches they decode one token per step (still
     /// exactly as greedy decoding would) until the batch shrinks. Default: the backend's
-    /// (<see cref="IComputeBackend.SpeculationBatchLimit"/>: 4 on the host, no limit on accelerators).
+    /// (<see cref="IComputeBackend.SpeculationBatchLimit"/>: 2 on the host, no limit on accelerators).
     /// </summary>
     public int? SpeculationBatchLimit { get; init; }
 

@@ -47,7 +47,7 @@ public sealed class IlgpuMedusaOptions
 
     /// <summary>
     /// Running sequences up to which Medusa requests verify trees; beyond it they decode one token per step (default: the
-    /// device's, 4 on the host, no limit on accelerators).
+    /// device's, 2 on the host, no limit on accelerators).
     /// </summary>
     public int? SpeculationBatchLimit { get; set; }
 

@@ -29,10 +29,12 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
     public DeviceKind Kind => DeviceKind.Host;
     /// <inheritdoc />
     /// <remarks>
-    /// Measured on stories15M, 2 cores (`bench --concurrency`, `dynamic-3`): Medusa's total tokens/s over plain decoding was
-    /// 1.73x, 1.35x, 1.11x and 1.06x with 1 to 4 sequences and 0.88x with 8: every tree row costs compute on a CPU.
+    /// Measured on stories15M, 2 cores (`bench --concurrency`, `dynamic-3`, with the 8-bit classifier pass): with no limit
+    /// Medusa's total tokens/s over plain decoding was 1.07x, 1.11x, 0.86x and 0.88x with 1 to 4 sequences (every tree row
+    /// costs compute on a CPU); with this limit of 2, 1.18 / 1.16x, 1.11 / 1.05x, 0.93 / 1.03x, 1.04 / 1.01x and
+    /// 0.98 / 1.00x with 1, 2, 3, 4 and 8 sequences in two runs.
     /// </remarks>
-    public int SpeculationBatchLimit => 4;
+    public int SpeculationBatchLimit => 2;
 
     /// <inheritdoc />
     /// <remarks>
