@@ -1,5 +1,3 @@
-using System.Text;
-
 namespace IlgpuMedusa.Medusa;
 
 /// <summary>
@@ -23,10 +21,11 @@ public sealed class DynamicTreePlanner
     private readonly float _minProbability;
     private readonly string _name;
     private readonly Dictionary<string, TreeTopology> _cache = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, TreeTopology>.AlternateLookup<ReadOnlySpan<char>> _lookup;
     private readonly PriorityQueue<Candidate, (float Score, long Order)> _queue = new(Comparer<(float Score, long Order)>.Create(
         (a, b) => a.Score != b.Score ? b.Score.CompareTo(a.Score) : a.Order.CompareTo(b.Order)));
     private readonly List<int[]> _chosen = [];
-    private readonly StringBuilder _key = new();
+    private char[] _key = new char[64];
 
     private readonly record struct Candidate(int[] Path, float ParentScore, float Score);
 
@@ -43,6 +42,7 @@ public sealed class DynamicTreePlanner
         if (nodes < 2) throw new ArgumentOutOfRangeException(nameof(nodes), $"a dynamic tree needs at least 2 nodes, got {nodes}");
         if (depth < 1) throw new ArgumentOutOfRangeException(nameof(depth), $"a dynamic tree needs at least one head, got depth {depth}");
         if (topK < 1) throw new ArgumentOutOfRangeException(nameof(topK), $"top-k must be at least 1, got {topK}");
+        _lookup = _cache.GetAlternateLookup<ReadOnlySpan<char>>();
         _name = name;
         _nodes = nodes;
         _depth = depth;
@@ -107,24 +107,26 @@ public sealed class DynamicTreePlanner
             }
             if (c.Path.Length < _depth) Push([.. c.Path, 0], c.Score, probabilities, ref order); // first child: the next head's best guess
         }
-        _chosen.Sort(static (a, b) =>
-        {
-            if (a.Length != b.Length) return a.Length.CompareTo(b.Length);
-            for (int i = 0; i < a.Length; i++)
-                if (a[i] != b[i]) return a[i].CompareTo(b[i]);
-            return 0;
-        });
-        _key.Clear();
+        _chosen.Sort(TreeTopology.ComparePaths); // the order Compile gives them, so one shape has one key
+        // The shape's key, "r,r,;r,;" per path, looked up without making a string (only a new shape stores one).
+        int length = 0;
         foreach (var path in _chosen)
         {
-            foreach (int r in path) _key.Append(r).Append(',');
-            _key.Append(';');
+            foreach (int r in path)
+            {
+                if (_key.Length - length < 12) Array.Resize(ref _key, 2 * _key.Length);
+                r.TryFormat(_key.AsSpan(length), out int written, default, System.Globalization.CultureInfo.InvariantCulture);
+                length += written;
+                _key[length++] = ',';
+            }
+            if (_key.Length - length < 1) Array.Resize(ref _key, 2 * _key.Length);
+            _key[length++] = ';';
         }
-        string key = _key.ToString();
-        if (_cache.TryGetValue(key, out var topology)) return topology;
+        var key = _key.AsSpan(0, length);
+        if (_lookup.TryGetValue(key, out var topology)) return topology;
         if (_cache.Count >= CacheLimit) _cache.Clear();
         topology = TreeTopology.Compile(_name, _chosen, _depth, _topK);
-        _cache[key] = topology;
+        _cache[key.ToString()] = topology;
         return topology;
     }
 }

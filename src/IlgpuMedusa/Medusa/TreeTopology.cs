@@ -108,7 +108,8 @@ public sealed class TreeTopology
         return new TreeTopology(name, [.. list]);
     }
 
-    private static int ComparePaths(int[] a, int[] b)
+    /// <summary>Paths by length, then lexicographically: the order of <see cref="Choices"/>.</summary>
+    internal static int ComparePaths(int[] a, int[] b)
     {
         if (a.Length != b.Length) return a.Length.CompareTo(b.Length);
         for (int i = 0; i < a.Length; i++)
