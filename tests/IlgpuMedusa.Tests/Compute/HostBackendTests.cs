@@ -177,16 +177,51 @@ public sealed unsafe class HostBackendTests : IDisposable
                 x[t * k] = 1f; // the tiny change shows in the logit
                 for (int j = 1; j < k - 1; j++) x[t * k + j] = w[2 * k + j]; // rows 2 and 5 lead by far
             }
-            using var classifier = _backend.UploadClassifier([Weight(w, n, k)], DType.F32);
-            using var input = _backend.Allocate(DType.F32, tokens, k);
-            using var scratch = _backend.Allocate(DType.F32, tokens, n);
-            using var ids = _backend.Allocate(DType.I32, tokens, 1);
-            _backend.Upload(input, x);
-            _backend.ProductArgMax(ids, input, classifier, scratch);
-            var actual = new int[tokens];
-            _backend.Download(ids, actual);
-            Assert.All(actual, id => Assert.Equal(variant == 0 ? 5 : 2, id));
+            Assert.All(ClassifierArgMax(w, n, k, x, tokens), id => Assert.Equal(variant == 0 ? 5 : 2, id));
         }
+    }
+
+    [Theory]
+    [InlineData(1)]
+    [InlineData(3)]
+    [InlineData(6)]
+    public void Classifier_argmax_stays_exact_when_rounding_the_input_reverses_two_rows(int tokens)
+    {
+        // The first pass also rounds the input, to 16 bits with one scale per row of x: an input of 32767 (whose weights
+        // are all 0) makes that scale 1, so x[0] = 0.49 rounds to 0 and x[1] = 0.51 to 1. Row 5 reads x[0] (exact logit
+        // 0.49, rounded 0) and row 2 reads x[1] at 0.9 (exact 0.459, rounded 0.9): the rounded input puts row 2 ahead by
+        // far more than the float rounding allows, so only a bound that counts the input's rounding finds row 5.
+        // k = 7 also checks the padding of the columns to a multiple of 4.
+        const int n = 40, k = 7;
+        var random = new Random(29 + tokens);
+        var w = new float[n * k];
+        for (int i = 0; i < w.Length; i++) w[i] = (float)(random.NextDouble() - 0.5) * 1e-3f;
+        for (int r = 0; r < n; r++) w[r * k + 6] = 0f;
+        for (int j = 0; j < k; j++) w[2 * k + j] = w[5 * k + j] = 0f;
+        w[5 * k] = 1f;
+        w[2 * k + 1] = 0.9f;
+        var x = new float[tokens * k];
+        for (int t = 0; t < tokens; t++)
+        {
+            x[t * k] = 0.49f;
+            x[t * k + 1] = 0.51f;
+            x[t * k + 6] = 32767f;
+        }
+        Assert.All(ClassifierArgMax(w, n, k, x, tokens), id => Assert.Equal(5, id));
+    }
+
+    /// <summary><see cref="HostBackend.ProductArgMax"/> of x (tokens rows) with w (n x k) uploaded as a classifier.</summary>
+    private int[] ClassifierArgMax(float[] w, int n, int k, float[] x, int tokens)
+    {
+        using var classifier = _backend.UploadClassifier([Weight(w, n, k)], DType.F32);
+        using var input = _backend.Allocate(DType.F32, tokens, k);
+        using var scratch = _backend.Allocate(DType.F32, tokens, n);
+        using var ids = _backend.Allocate(DType.I32, tokens, 1);
+        _backend.Upload(input, x);
+        _backend.ProductArgMax(ids, input, classifier, scratch);
+        var actual = new int[tokens];
+        _backend.Download(ids, actual);
+        return actual;
     }
 
     [Fact]

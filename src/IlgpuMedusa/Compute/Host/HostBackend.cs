@@ -112,16 +112,15 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
         var buffer = new NativeBuffer(elements * sizeof(float));
         NativeMemory.Clear((void*)buffer.Pointer, (nuint)buffer.Length);
         float[]? l1 = split ? new float[rows] : null, l2 = split ? new float[rows] : null;
-        bool int8 = split && Avx512F.IsSupported;
-        var quantised = int8 ? new NativeBuffer(elements) : null;
-        float[]? scale = int8 ? new float[rows] : null, error = int8 ? new float[rows] : null;
-        float[]? half = int8 ? new float[rows] : null, rounding = int8 ? new float[rows] : null;
-        double roundingPerNorm = 4.0 * columns * Math.Pow(2, -24) * (1 + 1e-3); // two k-term float sums, with margin
+        bool int8 = split && Avx512BW.IsSupported;
+        int quadColumns = (columns + 3) / 4 * 4;
+        var quantised = int8 ? new NativeBuffer((long)(rows + P - 1) / P * P * quadColumns) : null;
+        float[]? scale = int8 ? new float[rows] : null, bound = int8 ? new float[rows] : null, norm = int8 ? new float[rows] : null;
+        double roundingPerNorm = 4.0 * columns * Math.Pow(2, -24) * (1 + 1e-3); // k-term float sums, with a wide margin
         if (quantised is not null) NativeMemory.Clear((void*)quantised.Pointer, (nuint)quantised.Length);
         var result = new HostTensor(this, DType.F32, rows, columns, buffer)
         {
-            Packed = true, Split = split, RowL1 = l1, RowL2 = l2, Int8 = quantised, Int8Scale = scale, Int8Error = error,
-            Int8Half = half, Int8Rounding = rounding,
+            Packed = true, Split = split, RowL1 = l1, RowL2 = l2, Int8 = quantised, Int8Scale = scale, Int8Bound = bound, Int8Norm = norm,
         };
         float* packed = (float*)buffer.Pointer;
         ushort* high = (ushort*)buffer.Pointer, low = high + elements;
@@ -157,21 +156,24 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
                 l1![r] = TensorPrimitives.SumOfMagnitudes(row);
                 l2![r] = TensorPrimitives.Norm(row);
                 if (q is null) continue;
-                // 8 bits per element with a scale per row; the error of the row, in double, rounded up
+                // 8 bits per element with a scale per row, in quad panels; the error of the row and the norms of its
+                // 8-bit copy, in double, rounded up
                 float s = TensorPrimitives.MaxMagnitude(row);
                 s = float.IsFinite(s) ? MathF.Abs(s) / 127f : 0f;
-                double squared = 0;
+                double squared = 0, quadratic = 0;
+                sbyte* quads = q + (long)(r / P) * P * quadColumns + r % P * 4;
                 for (int j = 0; j < columns; j++)
                 {
                     int v = s > 0 ? (int)Math.Clamp(Math.Round(row[j] / (double)s), -127, 127) : 0;
-                    q[first + (long)j * P] = (sbyte)v;
+                    quads[j / 4 * 4 * P + j % 4] = (sbyte)v;
                     double e = row[j] - (double)s * v;
                     squared += e * e;
+                    quadratic += (double)v * v;
                 }
                 scale![r] = s;
-                error![r] = (float)(Math.Sqrt(squared) * (1 + 1e-6)) + float.Epsilon;
-                half![r] = (float)(s * 0.5 * (1 + 1e-6));
-                rounding![r] = (float)(roundingPerNorm * (l2[r] + error[r]) * (1 + 1e-6));
+                norm![r] = (float)(s * Math.Sqrt(quadratic) * (1 + 1e-6));
+                double error = Math.Sqrt(squared);
+                bound![r] = (float)((error + roundingPerNorm * (l2[r] + error)) * (1 + 1e-6)) + float.Epsilon;
             }
         }
         return result;
@@ -195,7 +197,10 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
     /// <remarks>
     /// With an 8-bit copy (<see cref="HostTensor.Int8"/>) the first pass reads it instead, with the bound of
     /// <see cref="SettleInt8ArgMax"/>; the exact pass is the same. On stories15M (2 cores) that made decoding 20-27% faster
-    /// than the high-half pass, which streams twice the bytes.
+    /// than the high-half pass, which streams twice the bytes. The input rows are rounded to 16 bits too, so the pass
+    /// multiplies integers (<see cref="HostMatMul.QuadPanels"/>); one row stays bound by memory (about 0.25 ms for the
+    /// 9.2 MB), and each further row costs a fraction of its cost as floats (a Medusa step's 3 rows: about 0.2 ms more than
+    /// one row with the 8-bit weights widened to floats, about 0.06 ms more now), and the settling runs on every thread.
     /// With a split classifier: first every logit from the high halves alone, ŷ[v], each within
     /// B[v] = c · min(‖w_v‖₁ · ‖x‖∞, ‖w_v‖₂ · ‖x‖₂) of the exact float result y[v] (truncating a float to its top 16
     /// bits changes it by less than 2^-7 of its magnitude, so |ŷ − y| ≤ 2^-7 · Σ|w·x| plus float rounding, and both
@@ -221,10 +226,30 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
         long work = (long)n * k * tokens;
         int pairs = (w.Panels + 1) / 2;
         int chunks = work < ParallelThreshold ? 1 : Math.Min(pairs, _threads * 4);
-        if (w.Int8 is { } quantised)
+        if (w.Int8 is { } quantised && AllFinite(x))
         {
-            RunPanels<HostMatMul.Int8Panel>(w, (float*)x.Pointer, tokens, (float*)s.Pointer, accumulate: false, chunks, (byte*)quantised.Pointer);
-            for (int t = 0; t < tokens; t++) o.Ints[t] = SettleInt8ArgMax(w, x.FloatRow(t), s.FloatRow(t));
+            int kq = w.Int8Columns;
+            short[] rented = ArrayPool<short>.Shared.Rent(tokens * kq);
+            var inputs = new InputQuantisation[tokens];
+            try
+            {
+                for (int t = 0; t < tokens; t++) inputs[t] = QuantiseInput(x.FloatRow(t), rented.AsSpan(t * kq, kq));
+                fixed (short* u = rented)
+                {
+                    byte* weights = (byte*)quantised.Pointer;
+                    short* up = u;
+                    int* sums = (int*)s.Pointer;
+                    if (chunks == 1) HostMatMul.QuadPanels(weights, n, kq, 0, pairs, up, tokens, sums);
+                    else _workers.For(chunks, c => HostMatMul.QuadPanels(weights, n, kq, (int)((long)pairs * c / chunks), (int)((long)pairs * (c + 1) / chunks), up, tokens, sums));
+                }
+            }
+            finally
+            {
+                ArrayPool<short>.Shared.Return(rented);
+            }
+            // One token's settling is independent of the others'.
+            if (tokens == 1) o.Ints[0] = SettleInt8ArgMax(w, x.FloatRow(0), s.FloatRow(0), inputs[0]);
+            else _workers.For(tokens, t => o.Ints[t] = SettleInt8ArgMax(w, x.FloatRow(t), s.FloatRow(t), inputs[t]));
             return;
         }
         RunPanels<HostMatMul.HighHalfPanel>(w, (float*)x.Pointer, tokens, (float*)s.Pointer, accumulate: false, chunks);
@@ -278,45 +303,81 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
         }
     }
 
-    /// <summary>
-    /// The exact argmax of one row from its 8-bit first pass: <paramref name="sums"/>[v] = Σ_j q[v, j]·x[j] (unscaled), so
-    /// ŷ[v] = s_v·sums[v]. Then |ŷ[v] − y[v]| ≤ B[v] = min(s_v/2 · ‖x‖₁, e_v · ‖x‖₂) + 4k·2^-24 · (‖w_v‖₂ + e_v) · ‖x‖₂,
-    /// e_v = ‖w_v − s_v q_v‖₂: each element is off by at most s_v/2 (and by e_v in all, Cauchy-Schwarz), plus the float
-    /// rounding of the two k-term sums with margin. As in <see cref="SettleArgMax"/>, every row whose interval reaches the
-    /// largest lower bound is recomputed exactly and the largest wins (the lowest index on ties).
-    /// </summary>
-    private static int SettleInt8ArgMax(HostTensor w, Span<float> x, Span<float> sums)
+    private static bool AllFinite(HostTensor x)
     {
-        float x1 = TensorPrimitives.SumOfMagnitudes(x), x2 = TensorPrimitives.Norm(x);
-        int n = sums.Length;
-        if (!float.IsFinite(x1) || !float.IsFinite(x2))
+        for (int t = 0; t < x.Rows; t++)
         {
-            TensorPrimitives.Multiply(sums, w.Int8Scale!, sums);
-            return TensorPrimitives.IndexOfMax(sums); // NaN or ∞ in: nothing to bound
+            var row = x.FloatRow(t);
+            if (!float.IsFinite(TensorPrimitives.SumOfMagnitudes(row)) || !float.IsFinite(TensorPrimitives.Norm(row))) return false;
         }
-        // B[v] = min(H[v]·‖x‖₁, E[v]·‖x‖₂) + R[v]·‖x‖₂ with H = s/2, E = e, R = 4k·2^-24·(‖w‖₂ + e) stored per row; the
-        // norms of x are k-term float sums themselves, so they are taken a little larger.
-        float a1 = x1 * (1 + 1e-4f), a2 = x2 * (1 + 1e-4f);
-        fixed (float* y = sums, scale = w.Int8Scale, half = w.Int8Half, error = w.Int8Error, round = w.Int8Rounding)
+        return true;
+    }
+
+    /// <summary>An input row's 16-bit copy: x ≈ <see cref="Scale"/> · u, and the norm of its error, rounded up.</summary>
+    private readonly record struct InputQuantisation(float Scale, float Error2);
+
+    /// <summary>
+    /// Writes u[j] = round(x[j] / σ) (0 past the end), σ = max |x| / m with m = min(32767, (2^31 − 1) / (127 · u.Length))
+    /// so that no 32-bit sum of the first pass can overflow, and returns σ with the error norm ‖x − σu‖₂, computed in
+    /// double and rounded up.
+    /// </summary>
+    private static InputQuantisation QuantiseInput(Span<float> x, Span<short> u)
+    {
+        int limit = (int)Math.Min(short.MaxValue, int.MaxValue / (127L * u.Length));
+        float sigma = MathF.Abs(TensorPrimitives.MaxMagnitude(x)) / limit;
+        double squared = 0;
+        for (int j = 0; j < x.Length; j++)
         {
-            var v1 = Vector512.Create(a1);
-            var v2 = Vector512.Create(a2);
+            int v = sigma > 0 ? (int)Math.Clamp(Math.Round(x[j] / (double)sigma), -limit, limit) : 0;
+            u[j] = (short)v;
+            double e = x[j] - (double)sigma * v;
+            squared += e * e;
+        }
+        u[x.Length..].Clear();
+        return new InputQuantisation(sigma, (float)(Math.Sqrt(squared) * (1 + 1e-6)));
+    }
+
+    /// <summary>
+    /// The exact argmax of one row from its 8-bit first pass: <paramref name="scratch"/> holds, as ints, Σ_j q[v, j]·u[j]
+    /// with u the input's 16-bit copy (see <see cref="QuantiseInput"/>), so ŷ[v] = s_v·σ·sums[v] is the product of the
+    /// weight's 8-bit copy ŵ = s q and the input's copy x̂ = σu. Since w·x − ŵ·x̂ = (w − ŵ)·x + ŵ·(x − x̂), Cauchy-Schwarz
+    /// gives |ŷ[v] − y[v]| ≤ B[v] = (e_v + 4k·2^-24·(‖w_v‖₂ + e_v)) · ‖x‖₂ + ‖ŵ_v‖₂ · ‖x − x̂‖₂ + 2^-20 · |ŷ[v]|, with
+    /// e_v = ‖w_v − ŵ_v‖₂, the float rounding of the exact dot product, and that of the scaling, with margin. As in
+    /// <see cref="SettleArgMax"/>, every row whose interval reaches the largest lower bound is recomputed exactly and
+    /// the largest wins (the lowest index on ties). Three per-row numbers (s_v, <see cref="HostTensor.Int8Bound"/>,
+    /// <see cref="HostTensor.Int8Norm"/>) are read once; the second pass reads the upper ends ŷ + B kept in the scratch.
+    /// </summary>
+    private static int SettleInt8ArgMax(HostTensor w, Span<float> x, Span<float> scratch, InputQuantisation input)
+    {
+        int n = scratch.Length;
+        // ‖x‖₂ is a k-term float sum itself, so it is taken a little larger.
+        float a2 = TensorPrimitives.Norm(x) * (1 + 1e-4f);
+        const float Relative = 1f / (1 << 20);
+        fixed (float* y = scratch, scale = w.Int8Scale, bound = w.Int8Bound, norm = w.Int8Norm)
+        {
+            int* raw = (int*)y;
+            var x2 = Vector512.Create(a2);
+            var d2 = Vector512.Create(input.Error2);
+            var sigma = Vector512.Create(input.Scale);
+            var relative = Vector512.Create(Relative);
             var floors = Vector512.Create(float.NegativeInfinity);
             int v = 0;
-            // Pass 1: ŷ = s·Σqx in place; floor = max over v of (ŷ[v] − B[v]).
+            // Pass 1: floor = max over v of (ŷ[v] − B[v]); ŷ[v] + B[v] replaces the sum.
             for (; v + 16 <= n; v += 16)
             {
-                var yv = Vector512.Load(y + v) * Vector512.Load(scale + v);
-                yv.Store(y + v);
-                var b = Vector512.Min(Vector512.Load(half + v) * v1, Vector512.Load(error + v) * v2) + Vector512.Load(round + v) * v2;
+                var yv = Avx512F.ConvertToVector512Single(Vector512.Load(raw + v)) * (Vector512.Load(scale + v) * sigma);
+                var b = Vector512.Load(bound + v) * x2 + Vector512.Load(norm + v) * d2 + Vector512.Abs(yv) * relative;
                 floors = Vector512.Max(floors, yv - b);
+                (yv + b).Store(y + v);
             }
             float floor = float.NegativeInfinity;
             for (int i = 0; i < 16; i++) floor = MathF.Max(floor, floors.GetElement(i));
             for (; v < n; v++)
             {
-                y[v] *= scale[v];
-                floor = MathF.Max(floor, y[v] - (MathF.Min(half[v] * a1, error[v] * a2) + round[v] * a2));
+                float yv = raw[v] * (scale[v] * input.Scale);
+                float b = bound[v] * a2 + norm[v] * input.Error2 + MathF.Abs(yv) * Relative;
+                floor = MathF.Max(floor, yv - b);
+                y[v] = yv + b;
             }
             // Pass 2: the candidates ŷ[v] + B[v] ≥ floor, settled exactly.
             int best = -1;
@@ -325,12 +386,9 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
             fixed (float* xp = x)
             {
                 for (v = 0; v + 16 <= n; v += 16)
-                {
-                    var b = Vector512.Min(Vector512.Load(half + v) * v1, Vector512.Load(error + v) * v2) + Vector512.Load(round + v) * v2;
-                    ConsiderEach(w, v, Vector512.GreaterThanOrEqual(Vector512.Load(y + v) + b, floorVector).ExtractMostSignificantBits(), xp, ref best, ref bestValue);
-                }
+                    ConsiderEach(w, v, Vector512.GreaterThanOrEqual(Vector512.Load(y + v), floorVector).ExtractMostSignificantBits(), xp, ref best, ref bestValue);
                 for (; v < n; v++)
-                    if (y[v] + MathF.Min(half[v] * a1, error[v] * a2) + round[v] * a2 >= floor) Consider(w, v, xp, ref best, ref bestValue);
+                    if (y[v] >= floor) Consider(w, v, xp, ref best, ref bestValue);
             }
             return best;
         }

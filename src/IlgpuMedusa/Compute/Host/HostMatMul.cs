@@ -74,17 +74,10 @@ internal static unsafe class HostMatMul
     public static void Panels<TLoad>(byte* weights, long lowOffset, int n, int k, int pairStart, int pairEnd, float* x, int tokens, float* output, bool accumulate)
         where TLoad : struct, IPanelLoad
     {
-        const int P = HostTensor.PanelRows;
-        int panels = (n + P - 1) / P;
-        long panelBytes = (long)k * P * TLoad.ElementBytes;
+        long panelBytes = (long)k * HostTensor.PanelRows * TLoad.ElementBytes;
         for (int pair = pairStart; pair < pairEnd; pair++)
         {
-            int panel = 2 * pair;
-            byte* p0 = weights + panel * panelBytes;
-            byte* p1 = panel + 1 < panels ? p0 + panelBytes : p0; // an odd last panel is computed twice, stored once
-            byte* next = p0 + 2 * panelBytes; // the pair after this one, prefetched while this one is computed
-            int row = panel * P;
-            int valid0 = Math.Min(P, n - row), valid1 = panel + 1 < panels ? Math.Min(P, n - row - P) : 0;
+            var (p0, p1, next, row, valid0, valid1) = PanelPair.Of(weights, panelBytes, n, pair);
             for (int t = 0; t < tokens; t += 8)
             {
                 float* xt = x + (long)t * k;
@@ -101,6 +94,34 @@ internal static unsafe class HostMatMul
                     default: Group<G8, TLoad>(p0, p1, next, lowOffset, k, xt, ot, n, valid0, valid1, accumulate); break;
                 }
             }
+        }
+    }
+
+    /// <summary>Where panel pair <c>pair</c> of a packed weight of n rows starts, and how many rows of each panel are real.</summary>
+    private readonly struct PanelPair(byte* p0, byte* p1, byte* next, int row, int valid0, int valid1)
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public void Deconstruct(out byte* p0Out, out byte* p1Out, out byte* nextOut, out int rowOut, out int valid0Out, out int valid1Out)
+        {
+            p0Out = p0;
+            p1Out = p1;
+            nextOut = next;
+            rowOut = row;
+            valid0Out = valid0;
+            valid1Out = valid1;
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static PanelPair Of(byte* weights, long panelBytes, int n, int pair)
+        {
+            const int P = HostTensor.PanelRows;
+            int panels = (n + P - 1) / P;
+            int panel = 2 * pair;
+            byte* p0 = weights + panel * panelBytes;
+            byte* p1 = panel + 1 < panels ? p0 + panelBytes : p0; // an odd last panel is computed twice, stored once
+            byte* next = p0 + 2 * panelBytes; // the pair after this one, prefetched while this one is computed
+            int row = panel * P;
+            return new PanelPair(p0, p1, next, row, Math.Min(P, n - row), panel + 1 < panels ? Math.Min(P, n - row - P) : 0);
         }
     }
 
@@ -128,15 +149,6 @@ internal static unsafe class HostMatMul
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static Vector512<float> Load(byte* panel, int column, long lowOffset) =>
             Vector512.ShiftLeft(Avx512F.ConvertToVector512UInt32(Vector256.Load((ushort*)panel + column)), 16).AsSingle();
-    }
-
-    /// <summary>8-bit panels (<see cref="HostTensor.Int8"/>): each element's quantised value, unscaled (scaled per row afterwards).</summary>
-    public struct Int8Panel : IPanelLoad
-    {
-        public static int ElementBytes => sizeof(sbyte);
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static Vector512<float> Load(byte* panel, int column, long lowOffset) =>
-            Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Vector128.Load((sbyte*)panel + column)));
     }
 
     /// <summary>Both halves of a split weight: the exact floats.</summary>
@@ -224,6 +236,104 @@ internal static unsafe class HostMatMul
         if (g > 5) Put(output + 5L * n, a5, b5, valid0, valid1, accumulate);
         if (g > 6) Put(output + 6L * n, a6, b6, valid0, valid1, accumulate);
         if (g > 7) Put(output + 7L * n, a7, b7, valid0, valid1, accumulate);
+    }
+
+    /// <summary>
+    /// sums[t·n + r] = Σ_j q[r, j] · u[t·kPadded + j] for the rows of panel pairs [pairStart, pairEnd) of an 8-bit
+    /// weight in quad panels (<see cref="HostTensor.Int8"/>: per panel, 4 columns of 16 rows in each 64 bytes) and 16-bit
+    /// inputs u, exact in 32 bits (the caller keeps 127 · k · max |u| below 2^31). Each 64 bytes of a panel widen to
+    /// two vectors of 16-bit weights (rows 0-7 and 8-15, four columns each); one <c>vpmaddwd</c> per vector and token
+    /// multiplies them by the token's four inputs and adds pairs into 32-bit lanes, two lanes per row, summed at the
+    /// end: 32 multiply-adds per instruction, and the weights are widened once for up to four tokens (converting them
+    /// to floats for FMAs takes two instructions per 16 weights).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void QuadPanels(byte* weights, int n, int kPadded, int pairStart, int pairEnd, short* inputs, int tokens, int* sums)
+    {
+        long panelBytes = (long)kPadded * HostTensor.PanelRows;
+        for (int pair = pairStart; pair < pairEnd; pair++)
+        {
+            var (p0, p1, next, row, valid0, valid1) = PanelPair.Of(weights, panelBytes, n, pair);
+            for (int t = 0; t < tokens; t += 4)
+            {
+                short* ut = inputs + (long)t * kPadded;
+                int* ot = sums + (long)t * n + row;
+                switch (Math.Min(4, tokens - t))
+                {
+                    case 1: QuadGroup<G1>(p0, p1, next, kPadded, ut, ot, n, valid0, valid1); break;
+                    case 2: QuadGroup<G2>(p0, p1, next, kPadded, ut, ot, n, valid0, valid1); break;
+                    case 3: QuadGroup<G3>(p0, p1, next, kPadded, ut, ot, n, valid0, valid1); break;
+                    default: QuadGroup<G4>(p0, p1, next, kPadded, ut, ot, n, valid0, valid1); break;
+                }
+            }
+        }
+    }
+
+    /// <summary>One quad panel pair times TCount (≤ 4) tokens (inputs with stride kPadded; sums with stride n).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void QuadGroup<TCount>(byte* p0, byte* p1, byte* next, int kPadded, short* u, int* sums, int n, int valid0, int valid1)
+        where TCount : struct, ITokens
+    {
+        const int P = HostTensor.PanelRows;
+        int g = TCount.Count;
+        // Per token: panel 0 rows 0-7 (a), rows 8-15 (b); panel 1 rows 0-7 (c), rows 8-15 (d); lanes 2i, 2i + 1 are row i.
+        Vector512<int> a0 = default, b0 = default, c0 = default, d0 = default, a1 = default, b1 = default, c1 = default, d1 = default;
+        Vector512<int> a2 = default, b2 = default, c2 = default, d2 = default, a3 = default, b3 = default, c3 = default, d3 = default;
+        byte* q0 = next, q1 = next + (long)kPadded * P;
+        for (int j = 0; j < kPadded; j += 4)
+        {
+            int c = j * P; // quad j / 4 starts at byte 64 · (j / 4): one cache line
+            PrefetchLine(q0 + c);
+            PrefetchLine(q1 + c);
+            var w0 = Avx512BW.ConvertToVector512Int16(Vector256.Load((sbyte*)(p0 + c)));
+            var x0 = Avx512BW.ConvertToVector512Int16(Vector256.Load((sbyte*)(p0 + c + 32)));
+            var w1 = Avx512BW.ConvertToVector512Int16(Vector256.Load((sbyte*)(p1 + c)));
+            var x1 = Avx512BW.ConvertToVector512Int16(Vector256.Load((sbyte*)(p1 + c + 32)));
+            var v = Vector512.Create(*(long*)(u + j)).AsInt16();
+            a0 += Avx512BW.MultiplyAddAdjacent(w0, v); b0 += Avx512BW.MultiplyAddAdjacent(x0, v);
+            c0 += Avx512BW.MultiplyAddAdjacent(w1, v); d0 += Avx512BW.MultiplyAddAdjacent(x1, v);
+            if (TCount.Count > 1)
+            {
+                v = Vector512.Create(*(long*)(u + kPadded + j)).AsInt16();
+                a1 += Avx512BW.MultiplyAddAdjacent(w0, v); b1 += Avx512BW.MultiplyAddAdjacent(x0, v);
+                c1 += Avx512BW.MultiplyAddAdjacent(w1, v); d1 += Avx512BW.MultiplyAddAdjacent(x1, v);
+            }
+            if (TCount.Count > 2)
+            {
+                v = Vector512.Create(*(long*)(u + 2 * kPadded + j)).AsInt16();
+                a2 += Avx512BW.MultiplyAddAdjacent(w0, v); b2 += Avx512BW.MultiplyAddAdjacent(x0, v);
+                c2 += Avx512BW.MultiplyAddAdjacent(w1, v); d2 += Avx512BW.MultiplyAddAdjacent(x1, v);
+            }
+            if (TCount.Count > 3)
+            {
+                v = Vector512.Create(*(long*)(u + 3 * kPadded + j)).AsInt16();
+                a3 += Avx512BW.MultiplyAddAdjacent(w0, v); b3 += Avx512BW.MultiplyAddAdjacent(x0, v);
+                c3 += Avx512BW.MultiplyAddAdjacent(w1, v); d3 += Avx512BW.MultiplyAddAdjacent(x1, v);
+            }
+        }
+        PutInts(sums, RowSums(a0, b0), RowSums(c0, d0), valid0, valid1);
+        if (g > 1) PutInts(sums + n, RowSums(a1, b1), RowSums(c1, d1), valid0, valid1);
+        if (g > 2) PutInts(sums + 2L * n, RowSums(a2, b2), RowSums(c2, d2), valid0, valid1);
+        if (g > 3) PutInts(sums + 3L * n, RowSums(a3, b3), RowSums(c3, d3), valid0, valid1);
+    }
+
+    private static readonly Vector512<int> EvenLanes = Vector512.Create(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    private static readonly Vector512<int> OddLanes = Vector512.Create(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+
+    /// <summary>The 16 row sums of a panel: lanes 2i + 2i+1 of <paramref name="low"/> (rows 0-7), then of <paramref name="high"/> (rows 8-15).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<int> RowSums(Vector512<int> low, Vector512<int> high) =>
+        Avx512F.PermuteVar16x32x2(low, EvenLanes, high) + Avx512F.PermuteVar16x32x2(low, OddLanes, high);
+
+    /// <summary>Stores the first valid0 lanes of a and valid1 lanes of b at target[0..] and target[16..].</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void PutInts(int* target, Vector512<int> a, Vector512<int> b, int valid0, int valid1)
+    {
+        const int P = HostTensor.PanelRows;
+        if (valid0 == P) a.Store(target);
+        else for (int i = 0; i < valid0; i++) target[i] = a.GetElement(i);
+        if (valid1 == P) b.Store(target + P);
+        else for (int i = 0; i < valid1; i++) target[P + i] = b.GetElement(i);
     }
 
     /// <summary>Writes (or adds) the first valid0 lanes of a and valid1 lanes of b at target[0..] and target[16..].</summary>

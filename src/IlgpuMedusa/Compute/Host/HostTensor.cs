@@ -57,19 +57,24 @@ internal sealed unsafe class HostTensor : DeviceTensor
     public float[]? RowL2 { get; init; }
 
     /// <summary>
-    /// An 8-bit copy of a split weight for <see cref="HostBackend.ProductArgMax"/>'s first pass, in the panel layout with
-    /// one byte per element: q[r, j] = round(w[r, j] / s_r), s_r = max_j |w[r, j]| / 127 (<see cref="Int8Scale"/>).
-    /// A quarter of the F32 bytes, so that pass streams half of what the high halves would. Null when not built.
+    /// An 8-bit copy of a split weight for <see cref="HostBackend.ProductArgMax"/>'s first pass (built where the CPU has
+    /// AVX-512BW): q[r, j] = round(w[r, j] / s_r), s_r = max_j |w[r, j]| / 127 (<see cref="Int8Scale"/>), in quad
+    /// panels: panel p holds rows 16p..16p+15, and each 64 bytes of it hold 4 columns of those 16 rows, row by row
+    /// (element (r, j) at byte p · 16 · <see cref="Int8Columns"/> + (j / 4) · 64 + (r % 16) · 4 + j % 4), columns padded
+    /// with zeros to <see cref="Int8Columns"/>. A quarter of the F32 bytes. Null when not built.
     /// </summary>
     public NativeBuffer? Int8 { get; init; }
+    /// <summary>The columns of <see cref="Int8"/>: <see cref="DeviceTensor.Columns"/> rounded up to a multiple of 4.</summary>
+    public int Int8Columns => (Columns + 3) / 4 * 4;
     /// <summary>s_r of <see cref="Int8"/>.</summary>
     public float[]? Int8Scale { get; init; }
-    /// <summary>Per row, a bound of the 8-bit logit's error per unit of ‖x‖₂: ‖w_r − s_r q_r‖₂, rounded up.</summary>
-    public float[]? Int8Error { get; init; }
-    /// <summary>Per row, the bound per unit of ‖x‖₁: s_r / 2, rounded up.</summary>
-    public float[]? Int8Half { get; init; }
-    /// <summary>Per row, the float rounding of both dot products per unit of ‖x‖₂: 4k·2^-24·(‖w_r‖₂ + error), rounded up.</summary>
-    public float[]? Int8Rounding { get; init; }
+    /// <summary>
+    /// Per row, a bound per unit of ‖x‖₂ of the 8-bit weight's error and of the float rounding of the exact dot product:
+    /// ‖w_r − s_r q_r‖₂ + 4k·2^-24·(‖w_r‖₂ + ‖w_r − s_r q_r‖₂), rounded up.
+    /// </summary>
+    public float[]? Int8Bound { get; init; }
+    /// <summary>Per row, ‖s_r q_r‖₂ rounded up: the bound per unit of ‖x − x̂‖₂ of the input's rounding.</summary>
+    public float[]? Int8Norm { get; init; }
 
     /// <summary>Element (row, column) of a packed F32 weight, split or not.</summary>
     public float PackedAt(int row, int column)
