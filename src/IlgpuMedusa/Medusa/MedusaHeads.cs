@@ -38,7 +38,7 @@ public sealed class MedusaHeads : IDisposable
     /// <summary>
     /// All heads' ResBlock matrices (and next-token projections) stacked per layer, for backends that run several GEMVs in
     /// one launch (<see cref="IComputeBackend.GroupedMatMul"/>): a step then costs a few launches for all heads instead of
-    /// six per head, which is what a launch-bound GPU pays for.
+    /// six per head, which is what a launch-bound GPU pays for (and the host, in one parallel region per op).
     /// </summary>
     private sealed class StackedHeads(DeviceTensor[] linear, DeviceTensor[] bias, DeviceTensor? projection, DeviceTensor start, DeviceTensor? zeros) : IDisposable
     {
@@ -185,6 +185,16 @@ public sealed class MedusaHeads : IDisposable
                 created.Add(tensor);
                 return tensor;
             }
+            DeviceTensor Rows(Func<int, TensorData> part)
+            {
+                // Biases are activations' operands, not matmul weights: a plain [H, D] tensor (a backend may lay weights out its own way).
+                var tensor = b.Allocate(DType.F32, heads, c.Dim);
+                created.Add(tensor);
+                var values = new float[heads * c.Dim];
+                for (int h = 0; h < heads; h++) part(h).ToFloatArray().CopyTo(values, h * c.Dim);
+                b.Upload(tensor, values);
+                return tensor;
+            }
             for (int h = 0; h < linear.Length; h++)
             {
                 linear[h] = new DeviceTensor[layers];
@@ -199,7 +209,7 @@ public sealed class MedusaHeads : IDisposable
             if (grouped)
             {
                 var stackedLinear = Enumerable.Range(0, layers).Select(l => Stack(h => checkpoint.Linear(h, l), weightType)).ToArray();
-                var stackedBias = Enumerable.Range(0, layers).Select(l => Stack(h => checkpoint.Bias(h, l), DType.F32)).ToArray();
+                var stackedBias = Enumerable.Range(0, layers).Select(l => Rows(h => checkpoint.Bias(h, l))).ToArray();
                 var projection = checkpoint.HasNextTokenInput ? Stack(checkpoint.NextToken, weightType) : null;
                 var start = b.Allocate(DType.F32, heads, c.Dim);
                 created.Add(start);

@@ -99,6 +99,39 @@ public sealed unsafe class HostBackendTests : IDisposable
             Assert.Equal(w.AsSpan(ids[i] * k, k).ToArray(), embedded.AsSpan(i * k, k).ToArray());
     }
 
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void Grouped_matmul_equals_one_matmul_per_group_also_on_whole_panels_of_the_stack(bool sharedInput)
+    {
+        // Three groups of 48 rows (three panels each: an odd panel count per group) of a packed [144, 40] weight.
+        const int groups = 3, n = 48, k = 40;
+        var random = new Random(sharedInput ? 1 : 2);
+        var w = Random(random, groups * n * k);
+        var x = Random(random, (sharedInput ? 1 : groups) * k);
+        Assert.True(_backend.CanGroupMatMul(n));
+        Assert.False(_backend.CanGroupMatMul(40));
+        using var stacked = _backend.UploadWeight([Weight(w, groups * n, k)], DType.F32);
+        using var input = _backend.Allocate(DType.F32, sharedInput ? 1 : groups, k);
+        _backend.Upload(input, x);
+        for (int used = 1; used <= groups; used++)
+        {
+            using var output = _backend.Allocate(DType.F32, used, n);
+            var weight = used == groups ? stacked : stacked.Slice(0, used * n);
+            _backend.GroupedMatMul(output, sharedInput ? input : input.Slice(0, used), weight);
+            var actual = new float[used * n];
+            _backend.Download(output, actual);
+            for (int g = 0; g < used; g++)
+                for (int r = 0; r < n; r++)
+                {
+                    double expected = 0;
+                    for (int j = 0; j < k; j++) expected += (double)w[(g * n + r) * k + j] * x[(sharedInput ? 0 : g) * k + j];
+                    Assert.True(Math.Abs(actual[g * n + r] - expected) <= 1e-5 * (1 + Math.Abs(expected)), $"group {g} row {r}: {actual[g * n + r]} vs {expected}");
+                }
+        }
+        Assert.Throws<InvalidOperationException>(() => stacked.Slice(8, 16)); // not on a panel boundary
+    }
+
     [Fact]
     public void Packed_weight_refuses_uses_that_need_rows_in_order()
     {

@@ -92,7 +92,15 @@ internal sealed unsafe class HostTensor : DeviceTensor
 
     public override DeviceTensor Slice(int start, int count)
     {
-        if (Packed) throw new InvalidOperationException($"a packed host weight {ShapeText} cannot be sliced");
+        if (Packed)
+        {
+            // Whole panels of an unsplit packed weight are a packed weight themselves (the Medusa heads' stacked
+            // ResBlocks, sliced to the heads a step runs); other row ranges are not contiguous.
+            CheckSlice(start, count);
+            if (Split || start % PanelRows != 0 || (count % PanelRows != 0 && start + count != Rows))
+                throw new InvalidOperationException($"a packed host weight {ShapeText} can only be sliced by whole {PanelRows}-row panels, not rows {start}..{start + count - 1}");
+            return new HostTensor(Backend, Type, count, Columns, Pointer + (nint)((long)start * Columns * sizeof(float))) { Packed = true };
+        }
         CheckSlice(start, count);
         return new HostTensor(Backend, Type, count, Columns, Pointer + (nint)((long)start * Columns * DTypeInfo.SizeOf(Type)));
     }
