@@ -38,8 +38,10 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
 
     /// <inheritdoc />
     /// <remarks>
-    /// Measured on stories15M, 2 cores: the split classifier's greedy pass costs about 0.5 ms for one row from memory and
-    /// about 0.1 ms more per further row, so a second pass for an accepted leaf costs what four extra rows do.
+    /// Measured on stories15M, 2 cores: the classifier's greedy pass costs about 0.25 ms for one row (its 8-bit copy read
+    /// from memory) and 0.03-0.05 ms more per further row (the integer pass and settling the row), so a second pass for an
+    /// accepted leaf costs what five to eight extra rows do. With 16 eager leaves instead of 4, trees of 5 to 8 nodes ran
+    /// level (1.12x against 1.08-1.09x) and trees of 12 to 16 nodes slower (0.76x against 0.83x for <c>dynamic-12</c>).
     /// </remarks>
     public int EagerLeafRows => 4;
 
