@@ -133,6 +133,57 @@ public sealed unsafe class HostBackendTests : IDisposable
     }
 
     [Fact]
+    public void Packed_f16_weight_widens_every_half_exactly_subnormals_and_specials_included()
+    {
+        // 40 rows x 24 columns of halves: normal values of every size, subnormals, ±0 and the largest half; column 5 of
+        // the second weight holds ±∞ and NaN. A one-hot input picks one column, so each output is one weight times 1.
+        const int n = 40, k = 24;
+        var random = new Random(8);
+        var halves = new Half[n * k];
+        for (int i = 0; i < halves.Length; i++)
+        {
+            halves[i] = (i % 7) switch
+            {
+                0 => BitConverter.UInt16BitsToHalf((ushort)random.Next(1, 0x400)),            // subnormal
+                1 => BitConverter.UInt16BitsToHalf((ushort)(0x8000 | random.Next(1, 0x400))), // negative subnormal
+                2 => i % 2 == 0 ? Half.Zero : Half.NegativeZero,
+                3 => Half.MaxValue,
+                _ => (Half)((random.NextDouble() - 0.5) * Math.Pow(2, random.Next(-14, 15))),
+            };
+        }
+        var specials = (Half[])halves.Clone();
+        for (int r = 0; r < n; r++) specials[r * k + 5] = (r % 3) switch { 0 => Half.PositiveInfinity, 1 => Half.NegativeInfinity, _ => Half.NaN };
+        foreach (var (values, columns) in new[] { (halves, Enumerable.Range(0, k).ToArray()), (specials, new[] { 5 }) })
+        {
+            var bytes = new byte[values.Length * 2];
+            for (int i = 0; i < values.Length; i++) BitConverter.TryWriteBytes(bytes.AsSpan(2 * i), BitConverter.HalfToUInt16Bits(values[i]));
+            var handle = System.Runtime.InteropServices.GCHandle.Alloc(bytes, System.Runtime.InteropServices.GCHandleType.Pinned);
+            try
+            {
+                using var weight = _backend.UploadWeight([new TensorData("w", DType.F16, [n, k], handle.AddrOfPinnedObject())], DType.F16);
+                Assert.Equal(DType.F16, weight.Type);
+                using var input = _backend.Allocate(DType.F32, 1, k);
+                using var output = _backend.Allocate(DType.F32, 1, n);
+                var result = new float[n];
+                foreach (int j in columns)
+                {
+                    var x = new float[k];
+                    x[j] = 1f;
+                    _backend.Upload(input, x);
+                    _backend.MatMul(output, input, weight, accumulate: false);
+                    _backend.Download(output, result);
+                    for (int r = 0; r < n; r++)
+                        Assert.True(result[r].Equals((float)values[r * k + j]), $"row {r} column {j}: {result[r]} for the half {(float)values[r * k + j]}");
+                }
+            }
+            finally
+            {
+                handle.Free();
+            }
+        }
+    }
+
+    [Fact]
     public void Packed_weight_refuses_uses_that_need_rows_in_order()
     {
         using var weight = _backend.UploadWeight([Weight(new float[4 * 8], 4, 8)], DType.F32);

@@ -32,10 +32,12 @@ public sealed class ShortlistHeadsTests : IDisposable
     private static int[] EveryThird() => Enumerable.Range(0, 31).Select(i => 4 + 3 * i).ToArray();
 
     [Theory]
-    [InlineData(true, false)]
-    [InlineData(false, false)]
-    [InlineData(true, true)]
-    public void PredictReturnsTheTopTokensOfTheShortlistAsTokenIds(bool sharedLmHead, bool nextToken)
+    [InlineData(true, false, false)]
+    [InlineData(false, false, false)]
+    [InlineData(true, true, false)]
+    [InlineData(true, true, true)]
+    [InlineData(false, false, true)]
+    public void PredictReturnsTheTopTokensOfTheShortlistAsTokenIds(bool sharedLmHead, bool nextToken, bool f16)
     {
         using var checkpoint = HuggingFaceCheckpoint.Open(_directory);
         var c = checkpoint.Config;
@@ -51,8 +53,20 @@ public sealed class ShortlistHeadsTests : IDisposable
         if (weights.LmHeads is { } own)
             foreach (var lm in own)
                 for (int i = 0; i < lm.Length; i++) lm[i] += (float)(random.NextDouble() - 0.5); // own rows differ from the base ones
+        if (f16)
+        {
+            // Heads stored as F16 (as trained heads are); the expected values use the same halves.
+            static void Round(float[] values)
+            {
+                for (int i = 0; i < values.Length; i++) values[i] = (float)(Half)values[i];
+            }
+            foreach (var head in weights.Linear) foreach (var w in head) Round(w);
+            foreach (var head in weights.Bias) foreach (var w in head) Round(w);
+            if (weights.NextToken is { } projections) foreach (var w in projections) Round(w);
+            if (weights.LmHeads is { } lm) foreach (var w in lm) Round(w);
+        }
         var path = Path.Combine(_directory, "heads.safetensors");
-        MedusaHeadsCheckpoint.Write(path, weights, ModelSignature.Of(checkpoint));
+        MedusaHeadsCheckpoint.Write(path, weights, ModelSignature.Of(checkpoint), storeAs: f16 ? DType.F16 : DType.F32);
 
         using var backend = new HostBackend(2);
         using var model = LlamaModel.Load(checkpoint, backend, DType.F32);
@@ -62,6 +76,7 @@ public sealed class ShortlistHeadsTests : IDisposable
         using var heads = MedusaHeads.Load(file, model, checkpoint);
         Assert.Equal(shortlist, heads.Shortlist);
         Assert.Equal(nextToken, heads.HasNextTokenInput);
+        Assert.Equal(DType.F32, heads.MatrixType); // an F16 file's values widened to the model's F32
         var h = Enumerable.Range(0, c.Dim).Select(_ => (float)(random.NextDouble() * 2 - 1)).ToArray();
         using var hidden = backend.Allocate(DType.F32, 1, c.Dim);
         backend.Upload(hidden, h);

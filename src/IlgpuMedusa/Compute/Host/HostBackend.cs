@@ -70,13 +70,17 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
         if (n % HostTensor.PanelRows != 0 || w.Split)
             throw new ArgumentException($"GroupedMatMul: groups of {n} rows of the packed weight {w.ShapeText} do not start on {HostTensor.PanelRows}-row panels (check CanGroupMatMul)", nameof(weight));
         int pairs = (n / HostTensor.PanelRows + 1) / 2;
-        long groupBytes = (long)n * k * sizeof(float);
+        bool half = w.Type == DType.F16;
+        long groupBytes = (long)n * k * DTypeInfo.SizeOf(w.Type);
         byte* weights = (byte*)w.Pointer;
         float* inputs = (float*)x.Pointer, outputs = (float*)o.Pointer;
         void Run(int item)
         {
             int g = item / pairs, pair = item % pairs;
-            HostMatMul.Panels<HostMatMul.F32Panel>(weights + g * groupBytes, 0, n, k, pair, pair + 1, inputs + (shared ? 0 : (long)g * k), 1, outputs + (long)g * n, accumulate: false);
+            byte* group = weights + g * groupBytes;
+            float* row = inputs + (shared ? 0 : (long)g * k), target = outputs + (long)g * n;
+            if (half) HostMatMul.Panels<HostMatMul.F16Panel>(group, 0, n, k, pair, pair + 1, row, 1, target, accumulate: false);
+            else HostMatMul.Panels<HostMatMul.F32Panel>(group, 0, n, k, pair, pair + 1, row, 1, target, accumulate: false);
         }
         if ((long)groups * n * k < ParallelThreshold) for (int i = 0; i < groups * pairs; i++) Run(i);
         else _workers.For(groups * pairs, Run);
@@ -109,9 +113,10 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
         // the OS gives them, 64-byte aligned rows) streams measurably faster than the file's 4 KiB pages at odd offsets
         // (llama2.c's tables start 28 bytes into the file), and the checkpoint can be closed once the model is loaded,
         // so its pages leave the process.
-        // F32 matrices are packed in panels for the matmul where the CPU has 512-bit vectors (the panel kernel's width);
-        // elsewhere they stay row-major for the four-row kernel.
-        if (storeAs == DType.F32 && rows > 1 && System.Runtime.Intrinsics.Vector512.IsHardwareAccelerated) return UploadPacked(parts, rows, columns);
+        // F32 and F16 matrices are packed in panels for the matmul where the CPU has 512-bit vectors (the panel kernel's
+        // width; F16 elements are widened exactly in registers); elsewhere they stay row-major for the four-row kernel.
+        if ((storeAs == DType.F32 || storeAs == DType.F16) && rows > 1 && System.Runtime.Intrinsics.Vector512.IsHardwareAccelerated)
+            return UploadPacked(parts, rows, columns, half: storeAs == DType.F16);
 
         var result = (HostTensor)Allocate(storeAs, rows, columns);
         var destination = new Span<byte>((void*)result.Pointer, checked((int)result.ByteLength));
@@ -142,13 +147,14 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
 
     /// <summary>
     /// An F32 weight matrix in panels (see <see cref="HostTensor.Packed"/>), filled row by row from the parts; with
-    /// <paramref name="split"/>, as high and low 16-bit halves with per-row norms (<see cref="HostTensor.Split"/>).
+    /// <paramref name="split"/>, as high and low 16-bit halves with per-row norms (<see cref="HostTensor.Split"/>); with
+    /// <paramref name="half"/>, an F16 matrix in panels of 16-bit elements (each value rounded to F16).
     /// </summary>
-    private HostTensor UploadPacked(IReadOnlyList<TensorData> parts, int rows, int columns, bool split = false)
+    private HostTensor UploadPacked(IReadOnlyList<TensorData> parts, int rows, int columns, bool split = false, bool half = false)
     {
         const int P = HostTensor.PanelRows;
         long elements = (long)(rows + P - 1) / P * P * columns;
-        var buffer = new NativeBuffer(elements * sizeof(float));
+        var buffer = new NativeBuffer(elements * (half ? sizeof(ushort) : sizeof(float)));
         NativeMemory.Clear((void*)buffer.Pointer, (nuint)buffer.Length);
         float[]? l1 = split ? new float[rows] : null, l2 = split ? new float[rows] : null;
         bool int8 = split && Avx512BW.IsSupported;
@@ -157,7 +163,7 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
         float[]? scale = int8 ? new float[rows] : null, bound = int8 ? new float[rows] : null, norm = int8 ? new float[rows] : null;
         double roundingPerNorm = 4.0 * columns * Math.Pow(2, -24) * (1 + 1e-3); // k-term float sums, with a wide margin
         if (quantised is not null) NativeMemory.Clear((void*)quantised.Pointer, (nuint)quantised.Length);
-        var result = new HostTensor(this, DType.F32, rows, columns, buffer)
+        var result = new HostTensor(this, half ? DType.F16 : DType.F32, rows, columns, buffer)
         {
             Packed = true, Split = split, RowL1 = l1, RowL2 = l2, Int8 = quantised, Int8Scale = scale, Int8Bound = bound, Int8Norm = norm,
         };
@@ -181,6 +187,11 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
                 var bytes = new ReadOnlySpan<byte>((byte*)p.Pointer + i * columns * size, columns * size);
                 HalfConversions.ToSingle(p.Type, bytes, row);
                 long first = (long)(r / P) * columns * P + r % P;
+                if (half)
+                {
+                    for (int j = 0; j < columns; j++) high[first + (long)j * P] = BitConverter.HalfToUInt16Bits((Half)row[j]);
+                    continue;
+                }
                 if (!split)
                 {
                     for (int j = 0; j < columns; j++) packed[first + (long)j * P] = row[j];
@@ -579,6 +590,7 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
         float* input = (float*)x.Pointer, output = (float*)o.Pointer;
         int tokens = x.Rows;
         if (w.Split) RunPanels<HostMatMul.SplitPanel>(w, input, tokens, output, accumulate, chunks);
+        else if (w.Type == DType.F16) RunPanels<HostMatMul.F16Panel>(w, input, tokens, output, accumulate, chunks);
         else RunPanels<HostMatMul.F32Panel>(w, input, tokens, output, accumulate, chunks);
     }
 

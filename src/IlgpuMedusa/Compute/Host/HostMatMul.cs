@@ -151,6 +151,26 @@ internal static unsafe class HostMatMul
             Vector512.ShiftLeft(Avx512F.ConvertToVector512UInt32(Vector256.Load((ushort*)panel + column)), 16).AsSingle();
     }
 
+    /// <summary>
+    /// F16 panels, widened exactly: the half's exponent and mantissa moved into a float's place and scaled by 2^112 (the
+    /// difference of the biases; subnormal halves become the right normal floats), infinities and NaNs rebuilt, the sign
+    /// put back.
+    /// </summary>
+    public struct F16Panel : IPanelLoad
+    {
+        public static int ElementBytes => sizeof(ushort);
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<float> Load(byte* panel, int column, long lowOffset)
+        {
+            var h = Avx512F.ConvertToVector512UInt32(Vector256.Load((ushort*)panel + column));
+            var magnitude = (h & Vector512.Create(0x7FFFu)) << 13;
+            var value = magnitude.AsSingle() * Vector512.Create(BitConverter.UInt32BitsToSingle((127u + 112u) << 23));
+            var special = Vector512.GreaterThanOrEqual(magnitude, Vector512.Create(0x7C00u << 13));
+            var bits = Vector512.ConditionalSelect(special, magnitude | Vector512.Create(0x7F800000u), value.AsUInt32());
+            return (bits | ((h & Vector512.Create(0x8000u)) << 16)).AsSingle();
+        }
+    }
+
     /// <summary>Both halves of a split weight: the exact floats.</summary>
     public struct SplitPanel : IPanelLoad
     {
