@@ -184,6 +184,44 @@ public sealed unsafe class HostBackendTests : IDisposable
     }
 
     [Fact]
+    public void Packed_bf16_weight_multiplies_the_rounded_values()
+    {
+        // An F32 matrix stored as BF16 (rounded to nearest even): the matmul, a download and an embedding lookup all see
+        // the rounded values. 37 rows: a last panel pair with one partial panel.
+        const int n = 37, k = 32, tokens = 3;
+        var random = new Random(12);
+        var w = Random(random, n * k);
+        var x = Random(random, tokens * k);
+        var rounded = w.Select(v => IlgpuMedusa.Models.HalfConversions.BFloat16ToSingle(IlgpuMedusa.Models.HalfConversions.SingleToBFloat16(v))).ToArray();
+        Assert.NotEqual(w, rounded);
+        using var weight = _backend.UploadWeight([Weight(w, n, k)], DType.BF16);
+        Assert.Equal(DType.BF16, weight.Type);
+        var back = new float[n * k];
+        _backend.Download(weight, back);
+        Assert.Equal(rounded, back);
+        using var input = _backend.Allocate(DType.F32, tokens, k);
+        using var output = _backend.Allocate(DType.F32, tokens, n);
+        _backend.Upload(input, x);
+        _backend.MatMul(output, input, weight, accumulate: false);
+        var actual = new float[tokens * n];
+        _backend.Download(output, actual);
+        for (int t = 0; t < tokens; t++)
+            for (int r = 0; r < n; r++)
+            {
+                double expected = 0;
+                for (int j = 0; j < k; j++) expected += (double)rounded[r * k + j] * x[t * k + j];
+                Assert.True(Math.Abs(actual[t * n + r] - expected) <= 1e-5 * (1 + Math.Abs(expected)), $"token {t} row {r}: {actual[t * n + r]} vs {expected}");
+            }
+        using var ids = _backend.Allocate(DType.I32, 1, 1);
+        using var row = _backend.Allocate(DType.F32, 1, k);
+        _backend.Upload(ids, [30]);
+        _backend.Embedding(row, ids, weight);
+        var embedded = new float[k];
+        _backend.Download(row, embedded);
+        Assert.Equal(rounded.AsSpan(30 * k, k).ToArray(), embedded);
+    }
+
+    [Fact]
     public void Packed_weight_refuses_uses_that_need_rows_in_order()
     {
         using var weight = _backend.UploadWeight([Weight(new float[4 * 8], 4, 8)], DType.F32);

@@ -70,7 +70,7 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
         if (n % HostTensor.PanelRows != 0 || w.Split)
             throw new ArgumentException($"GroupedMatMul: groups of {n} rows of the packed weight {w.ShapeText} do not start on {HostTensor.PanelRows}-row panels (check CanGroupMatMul)", nameof(weight));
         int pairs = (n / HostTensor.PanelRows + 1) / 2;
-        bool half = w.Type == DType.F16;
+        var type = w.Type;
         long groupBytes = (long)n * k * DTypeInfo.SizeOf(w.Type);
         byte* weights = (byte*)w.Pointer;
         float* inputs = (float*)x.Pointer, outputs = (float*)o.Pointer;
@@ -79,7 +79,8 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
             int g = item / pairs, pair = item % pairs;
             byte* group = weights + g * groupBytes;
             float* row = inputs + (shared ? 0 : (long)g * k), target = outputs + (long)g * n;
-            if (half) HostMatMul.Panels<HostMatMul.F16Panel>(group, 0, n, k, pair, pair + 1, row, 1, target, accumulate: false);
+            if (type == DType.F16) HostMatMul.Panels<HostMatMul.F16Panel>(group, 0, n, k, pair, pair + 1, row, 1, target, accumulate: false);
+            else if (type == DType.BF16) HostMatMul.Panels<HostMatMul.HighHalfPanel>(group, 0, n, k, pair, pair + 1, row, 1, target, accumulate: false);
             else HostMatMul.Panels<HostMatMul.F32Panel>(group, 0, n, k, pair, pair + 1, row, 1, target, accumulate: false);
         }
         if ((long)groups * n * k < ParallelThreshold) for (int i = 0; i < groups * pairs; i++) Run(i);
@@ -113,10 +114,11 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
         // the OS gives them, 64-byte aligned rows) streams measurably faster than the file's 4 KiB pages at odd offsets
         // (llama2.c's tables start 28 bytes into the file), and the checkpoint can be closed once the model is loaded,
         // so its pages leave the process.
-        // F32 and F16 matrices are packed in panels for the matmul where the CPU has 512-bit vectors (the panel kernel's
-        // width; F16 elements are widened exactly in registers); elsewhere they stay row-major for the four-row kernel.
-        if ((storeAs == DType.F32 || storeAs == DType.F16) && rows > 1 && System.Runtime.Intrinsics.Vector512.IsHardwareAccelerated)
-            return UploadPacked(parts, rows, columns, half: storeAs == DType.F16);
+        // F32, F16 and BF16 matrices are packed in panels for the matmul where the CPU has 512-bit vectors (the panel
+        // kernel's width; 16-bit elements are widened exactly in registers); elsewhere they stay row-major for the
+        // four-row kernel.
+        if (storeAs is DType.F32 or DType.F16 or DType.BF16 && rows > 1 && System.Runtime.Intrinsics.Vector512.IsHardwareAccelerated)
+            return UploadPacked(parts, rows, columns, half: storeAs != DType.F32 ? storeAs : null);
 
         var result = (HostTensor)Allocate(storeAs, rows, columns);
         var destination = new Span<byte>((void*)result.Pointer, checked((int)result.ByteLength));
@@ -148,13 +150,13 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
     /// <summary>
     /// An F32 weight matrix in panels (see <see cref="HostTensor.Packed"/>), filled row by row from the parts; with
     /// <paramref name="split"/>, as high and low 16-bit halves with per-row norms (<see cref="HostTensor.Split"/>); with
-    /// <paramref name="half"/>, an F16 matrix in panels of 16-bit elements (each value rounded to F16).
+    /// <paramref name="half"/> (F16 or BF16), a matrix of that type in panels of 16-bit elements (each value rounded to it).
     /// </summary>
-    private HostTensor UploadPacked(IReadOnlyList<TensorData> parts, int rows, int columns, bool split = false, bool half = false)
+    private HostTensor UploadPacked(IReadOnlyList<TensorData> parts, int rows, int columns, bool split = false, DType? half = null)
     {
         const int P = HostTensor.PanelRows;
         long elements = (long)(rows + P - 1) / P * P * columns;
-        var buffer = new NativeBuffer(elements * (half ? sizeof(ushort) : sizeof(float)));
+        var buffer = new NativeBuffer(elements * (half is null ? sizeof(float) : sizeof(ushort)));
         NativeMemory.Clear((void*)buffer.Pointer, (nuint)buffer.Length);
         float[]? l1 = split ? new float[rows] : null, l2 = split ? new float[rows] : null;
         bool int8 = split && Avx512BW.IsSupported;
@@ -163,7 +165,7 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
         float[]? scale = int8 ? new float[rows] : null, bound = int8 ? new float[rows] : null, norm = int8 ? new float[rows] : null;
         double roundingPerNorm = 4.0 * columns * Math.Pow(2, -24) * (1 + 1e-3); // k-term float sums, with a wide margin
         if (quantised is not null) NativeMemory.Clear((void*)quantised.Pointer, (nuint)quantised.Length);
-        var result = new HostTensor(this, half ? DType.F16 : DType.F32, rows, columns, buffer)
+        var result = new HostTensor(this, half ?? DType.F32, rows, columns, buffer)
         {
             Packed = true, Split = split, RowL1 = l1, RowL2 = l2, Int8 = quantised, Int8Scale = scale, Int8Bound = bound, Int8Norm = norm,
         };
@@ -187,9 +189,12 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
                 var bytes = new ReadOnlySpan<byte>((byte*)p.Pointer + i * columns * size, columns * size);
                 HalfConversions.ToSingle(p.Type, bytes, row);
                 long first = (long)(r / P) * columns * P + r % P;
-                if (half)
+                if (half is { } narrow)
                 {
-                    for (int j = 0; j < columns; j++) high[first + (long)j * P] = BitConverter.HalfToUInt16Bits((Half)row[j]);
+                    if (narrow == DType.F16)
+                        for (int j = 0; j < columns; j++) high[first + (long)j * P] = BitConverter.HalfToUInt16Bits((Half)row[j]);
+                    else
+                        for (int j = 0; j < columns; j++) high[first + (long)j * P] = HalfConversions.SingleToBFloat16(row[j]);
                     continue;
                 }
                 if (!split)
@@ -591,6 +596,7 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
         int tokens = x.Rows;
         if (w.Split) RunPanels<HostMatMul.SplitPanel>(w, input, tokens, output, accumulate, chunks);
         else if (w.Type == DType.F16) RunPanels<HostMatMul.F16Panel>(w, input, tokens, output, accumulate, chunks);
+        else if (w.Type == DType.BF16) RunPanels<HostMatMul.HighHalfPanel>(w, input, tokens, output, accumulate, chunks);
         else RunPanels<HostMatMul.F32Panel>(w, input, tokens, output, accumulate, chunks);
     }
 

@@ -4,7 +4,7 @@ namespace IlgpuMedusa.Compute.Host;
 
 /// <summary>
 /// A tensor in host memory: owned aligned native memory, or borrowed (a view of another tensor). Row-major, except
-/// F32 and F16 weight matrices, which <see cref="HostBackend.UploadWeight"/> stores <see cref="Packed"/> in panels for the matmul.
+/// F32, F16 and BF16 weight matrices, which <see cref="HostBackend.UploadWeight"/> stores <see cref="Packed"/> in panels for the matmul.
 /// </summary>
 internal sealed unsafe class HostTensor : DeviceTensor
 {
@@ -32,7 +32,7 @@ internal sealed unsafe class HostTensor : DeviceTensor
     /// <summary>
     /// True for a weight matrix stored in panels of <see cref="PanelRows"/> rows: panel p holds rows 16p..16p+15
     /// column by column, so element (r, j) is at element offset ((r / 16) · k + j) · 16 + r % 16, and rows past the end
-    /// of the last panel are zero. One 64-byte load (32 bytes for F16) then holds column j of 16 rows: the matmul
+    /// of the last panel are zero. One 64-byte load (32 bytes for F16 and BF16) then holds column j of 16 rows: the matmul
     /// multiplies it by x[j] broadcast, with no horizontal sums, and streams the weights front to back.
     /// </summary>
     public bool Packed { get; init; }
@@ -76,11 +76,12 @@ internal sealed unsafe class HostTensor : DeviceTensor
     /// <summary>Per row, ‖s_r q_r‖₂ rounded up: the bound per unit of ‖x − x̂‖₂ of the input's rounding.</summary>
     public float[]? Int8Norm { get; init; }
 
-    /// <summary>Element (row, column) of a packed F32 (split or not) or F16 weight.</summary>
+    /// <summary>Element (row, column) of a packed F32 (split or not), F16 or BF16 weight.</summary>
     public float PackedAt(int row, int column)
     {
         long index = ((long)(row / PanelRows) * Columns + column) * PanelRows + row % PanelRows;
         if (Type == DType.F16) return (float)BitConverter.UInt16BitsToHalf(((ushort*)Pointer)[index]);
+        if (Type == DType.BF16) return BitConverter.UInt32BitsToSingle((uint)((ushort*)Pointer)[index] << 16);
         if (!Split) return ((float*)Pointer)[index];
         uint bits = (uint)((ushort*)Pointer)[index] << 16 | ((ushort*)(Pointer + (nint)LowOffset))[index];
         return BitConverter.UInt32BitsToSingle(bits);
