@@ -105,7 +105,7 @@ public sealed class MedusaOnDevicesTests(Accelerators accelerators) : IDisposabl
         int[] Predict(IComputeBackend b, bool grouped)
         {
             using var model = LlamaModel.Load(checkpoint, b, DType.F32);
-            using var heads = MedusaHeads.Load(file, model, checkpoint);
+            using var heads = MedusaHeads.Load(file, model, checkpoint, DType.F32); // F32 everywhere: the same values
             Assert.Equal(grouped, heads.Grouped);
             using var hidden = b.Allocate(DType.F32, 1, c.Dim);
             b.Upload(hidden, h);

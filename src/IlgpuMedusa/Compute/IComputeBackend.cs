@@ -178,6 +178,13 @@ public interface IComputeBackend : IDisposable
     bool CanGroupMatMul(int rowsPerGroup) => false;
 
     /// <summary>
+    /// The type the Medusa heads' matrices are stored in, for a model whose weights are <paramref name="modelWeights"/>
+    /// (default: the same). The heads only propose tokens (each proposal is verified exactly), so a backend whose heads
+    /// are bound by memory may store them narrower.
+    /// </summary>
+    DType HeadsWeightType(DType modelWeights) => modelWeights;
+
+    /// <summary>
     /// Several GEMVs with their own matrices in one op: output[g, n] = input[g, :] · weight[g·N + n, :]ᵀ for the G groups
     /// of N rows of a stacked weight [G·N, K] (input [1, K]: one row for every group). Used for the Medusa heads, whose
     /// ResBlocks are small, alike and otherwise one launch each. Only where <see cref="CanGroupMatMul"/> says so.

@@ -137,9 +137,11 @@ public sealed class MedusaHeads : IDisposable
     /// or that were trained for another model (when the file records which). Heads that share the base lm_head through a
     /// vocabulary shortlist build it from the shortlisted rows of the base classifier, read from
     /// <paramref name="baseCheckpoint"/> (the checkpoint <paramref name="model"/> was loaded from; it may be closed once
-    /// this returns).
+    /// this returns). The heads' matrices (ResBlocks, next-token projections, lm_heads) are stored as
+    /// <paramref name="matrixType"/>, by default what the backend prefers for them (<see cref="IComputeBackend.HeadsWeightType"/>:
+    /// BF16 on the host, the model's type elsewhere): the heads only propose tokens, and every proposal is verified exactly.
     /// </summary>
-    public static MedusaHeads Load(MedusaHeadsCheckpoint checkpoint, LlamaModel model, ICheckpoint? baseCheckpoint = null)
+    public static MedusaHeads Load(MedusaHeadsCheckpoint checkpoint, LlamaModel model, ICheckpoint? baseCheckpoint = null, DType? matrixType = null)
     {
         var c = model.Config;
         if (checkpoint.HiddenSize != c.Dim)
@@ -167,10 +169,9 @@ public sealed class MedusaHeads : IDisposable
                 throw new ArgumentException($"{baseCheckpoint.Location} is not the checkpoint the model was loaded from; the heads' lm_head must come from the model's own classifier.", nameof(baseCheckpoint));
         }
         var b = model.Backend;
-        // The heads' matrices are stored like the model's (a file's F16 widened to an F32 model's F32: on the host a
-        // one-row GEMV over F16 panels measured slower, 69-72 against 54 µs for two heads, widening costing more than
-        // the bytes it saves).
-        var weightType = model.WeightType;
+        if (matrixType is { } requested && requested is not (DType.F32 or DType.F16 or DType.BF16))
+            throw new ArgumentOutOfRangeException(nameof(matrixType), requested, "Medusa head matrices are stored as F32, F16 or BF16.");
+        var weightType = matrixType ?? b.HeadsWeightType(model.WeightType);
         var created = new List<IDisposable>();
         DeviceTensor Up(TensorData t, DType type)
         {

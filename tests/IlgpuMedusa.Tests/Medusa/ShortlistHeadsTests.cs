@@ -73,10 +73,13 @@ public sealed class ShortlistHeadsTests : IDisposable
         using var file = MedusaHeadsCheckpoint.Open(path);
         Assert.Equal(shortlist, file.Shortlist);
         Assert.Equal(nextToken, file.HasNextTokenInput);
-        using var heads = MedusaHeads.Load(file, model, checkpoint);
+        using (var narrow = MedusaHeads.Load(file, model, checkpoint))
+            Assert.Equal(DType.BF16, narrow.MatrixType); // the host's default for an F32 model: proposals only
+        // F32 matrices: the same values as the file's, so the proposals can be checked against double precision.
+        using var heads = MedusaHeads.Load(file, model, checkpoint, DType.F32);
         Assert.Equal(shortlist, heads.Shortlist);
         Assert.Equal(nextToken, heads.HasNextTokenInput);
-        Assert.Equal(DType.F32, heads.MatrixType); // an F16 file's values widened to the model's F32
+        Assert.Equal(DType.F32, heads.MatrixType); // an F16 file's values widened to F32
         var h = Enumerable.Range(0, c.Dim).Select(_ => (float)(random.NextDouble() * 2 - 1)).ToArray();
         using var hidden = backend.Allocate(DType.F32, 1, c.Dim);
         backend.Upload(hidden, h);
