@@ -172,12 +172,13 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
         bool int8 = split && Avx512BW.IsSupported;
         int quadColumns = (columns + 3) / 4 * 4;
         var quantised = int8 ? new NativeBuffer((long)(rows + P - 1) / P * P * quadColumns) : null;
-        float[]? scale = int8 ? new float[rows] : null, bound = int8 ? new float[rows] : null, norm = int8 ? new float[rows] : null;
+        float[]? scale = int8 ? new float[rows] : null, bound = int8 ? new float[rows] : null;
+        double normMax = 0;
         double roundingPerNorm = 4.0 * columns * Math.Pow(2, -24) * (1 + 1e-3); // k-term float sums, with a wide margin
         if (quantised is not null) NativeMemory.Clear((void*)quantised.Pointer, (nuint)quantised.Length);
         var result = new HostTensor(this, half ?? DType.F32, rows, columns, buffer)
         {
-            Packed = true, Split = split, RowL1 = l1, RowL2 = l2, Int8 = quantised, Int8Scale = scale, Int8Bound = bound, Int8Norm = norm,
+            Packed = true, Split = split, RowL1 = l1, RowL2 = l2, Int8 = quantised, Int8Scale = scale, Int8Bound = bound,
         };
         float* packed = (float*)buffer.Pointer;
         ushort* high = (ushort*)buffer.Pointer, low = high + elements;
@@ -236,11 +237,12 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
                     quadratic += (double)v * v;
                 }
                 scale![r] = s;
-                norm![r] = (float)(s * Math.Sqrt(quadratic) * (1 + 1e-6));
+                normMax = Math.Max(normMax, s * Math.Sqrt(quadratic));
                 double error = Math.Sqrt(squared);
                 bound![r] = (float)((error + roundingPerNorm * (l2[r] + error)) * (1 + 1e-6)) + float.Epsilon;
             }
         }
+        if (int8) result.Int8NormMax = (float)(normMax * (1 + 1e-6));
         return result;
     }
 
@@ -410,8 +412,9 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
     /// gives |ŷ[v] − y[v]| ≤ B[v] = (e_v + 4k·2^-24·(‖w_v‖₂ + e_v)) · ‖x‖₂ + ‖ŵ_v‖₂ · ‖x − x̂‖₂ + 2^-20 · |ŷ[v]|, with
     /// e_v = ‖w_v − ŵ_v‖₂, the float rounding of the exact dot product, and that of the scaling, with margin. As in
     /// <see cref="SettleArgMax"/>, every row whose interval reaches the largest lower bound is recomputed exactly and
-    /// the largest wins (the lowest index on ties). Three per-row numbers (s_v, <see cref="HostTensor.Int8Bound"/>,
-    /// <see cref="HostTensor.Int8Norm"/>) are read once; the second pass reads the upper ends ŷ + B kept in the scratch.
+    /// the largest wins (the lowest index on ties). ‖ŵ_v‖₂ is taken as its largest value over the rows
+    /// (<see cref="HostTensor.Int8NormMax"/>; with 16-bit inputs that term is small), so two per-row numbers (s_v and
+    /// <see cref="HostTensor.Int8Bound"/>) are read once; the second pass reads the upper ends ŷ + B kept in the scratch.
     /// </summary>
     private static int SettleInt8ArgMax(HostTensor w, Span<float> x, Span<float> scratch, InputQuantisation input)
     {
@@ -419,11 +422,12 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
         // ‖x‖₂ is a k-term float sum itself, so it is taken a little larger.
         float a2 = TensorPrimitives.Norm(x) * (1 + 1e-4f);
         const float Relative = 1f / (1 << 20);
-        fixed (float* y = scratch, scale = w.Int8Scale, bound = w.Int8Bound, norm = w.Int8Norm)
+        fixed (float* y = scratch, scale = w.Int8Scale, bound = w.Int8Bound)
         {
             int* raw = (int*)y;
             var x2 = Vector512.Create(a2);
-            var d2 = Vector512.Create(input.Error2);
+            float inputTerm = w.Int8NormMax * input.Error2 * (1 + 1e-6f);
+            var d2 = Vector512.Create(inputTerm);
             var sigma = Vector512.Create(input.Scale);
             var relative = Vector512.Create(Relative);
             var floors = Vector512.Create(float.NegativeInfinity);
@@ -432,7 +436,7 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
             for (; v + 16 <= n; v += 16)
             {
                 var yv = Avx512F.ConvertToVector512Single(Vector512.Load(raw + v)) * (Vector512.Load(scale + v) * sigma);
-                var b = Vector512.Load(bound + v) * x2 + Vector512.Load(norm + v) * d2 + Vector512.Abs(yv) * relative;
+                var b = Vector512.Load(bound + v) * x2 + d2 + Vector512.Abs(yv) * relative;
                 floors = Vector512.Max(floors, yv - b);
                 (yv + b).Store(y + v);
             }
@@ -441,7 +445,7 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
             for (; v < n; v++)
             {
                 float yv = raw[v] * (scale[v] * input.Scale);
-                float b = bound[v] * a2 + norm[v] * input.Error2 + MathF.Abs(yv) * Relative;
+                float b = bound[v] * a2 + inputTerm + MathF.Abs(yv) * Relative;
                 floor = MathF.Max(floor, yv - b);
                 y[v] = yv + b;
             }
@@ -487,7 +491,10 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
     {
         int k = w.Columns;
         float* row = stackalloc float[k];
-        for (int j = 0; j < k; j++) row[j] = w.PackedAt(v, j);
+        // Row v's elements are 16 apart in both halves' panels (see HostTensor.Packed).
+        long first = (long)(v / HostTensor.PanelRows) * k * HostTensor.PanelRows + v % HostTensor.PanelRows;
+        ushort* high = (ushort*)w.Pointer + first, low = (ushort*)(w.Pointer + (nint)w.LowOffset) + first;
+        for (int j = 0; j < k; j++) row[j] = BitConverter.UInt32BitsToSingle((uint)high[(long)j * HostTensor.PanelRows] << 16 | low[(long)j * HostTensor.PanelRows]);
         return HostMatMul.Dot(row, x, k);
     }
     private static int Columns(TensorData t) => t.Shape.Length == 1 ? t.Shape[0] : t.Shape[^1];

@@ -73,8 +73,8 @@ internal sealed unsafe class HostTensor : DeviceTensor
     /// ‖w_r − s_r q_r‖₂ + 4k·2^-24·(‖w_r‖₂ + ‖w_r − s_r q_r‖₂), rounded up.
     /// </summary>
     public float[]? Int8Bound { get; init; }
-    /// <summary>Per row, ‖s_r q_r‖₂ rounded up: the bound per unit of ‖x − x̂‖₂ of the input's rounding.</summary>
-    public float[]? Int8Norm { get; init; }
+    /// <summary>The largest ‖s_r q_r‖₂ over the rows, rounded up: the bound per unit of ‖x − x̂‖₂ of the input's rounding.</summary>
+    public float Int8NormMax { get; internal set; }
 
     /// <summary>Element (row, column) of a packed F32 (split or not), F16 or BF16 weight.</summary>
     public float PackedAt(int row, int column)
