@@ -119,7 +119,7 @@ public sealed class MedusaHeads : IDisposable
     /// <summary>True when the heads run together through <see cref="IComputeBackend.GroupedMatMul"/> (a few launches per step).</summary>
     public bool Grouped => _stacked is not null;
 
-    /// <summary>How the heads' ResBlock matrices are stored on the device (as the model's weights; null without ResBlocks).</summary>
+    /// <summary>How the heads' ResBlock matrices are stored on the device (see <see cref="Load"/>; null without ResBlocks).</summary>
     internal DType? MatrixType => LayerCount == 0 ? null : (_stacked?.Linear[0] ?? _linear[0][0]).Type;
     /// <summary>True when the heads use the base model's classifier (all of it, or its shortlisted rows).</summary>
     public bool SharedLmHead => _lmHeads is null;
