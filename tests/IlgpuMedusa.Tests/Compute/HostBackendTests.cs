@@ -346,6 +346,25 @@ public sealed unsafe class HostBackendTests : IDisposable
         return actual;
     }
 
+    [Theory]
+    [InlineData(1)]
+    [InlineData(3)]
+    public void Classifier_argmax_breaks_an_exact_tie_between_distant_rows_to_the_lower_index(int tokens)
+    {
+        // Rows 3 and 995 are the same row and lead by far: the tie must go to row 3, as ArgMax's rule says, however the
+        // rows are shared out among threads (then to 995 once row 3 falls behind).
+        const int n = 1000, k = 64;
+        var random = new Random(41 + tokens);
+        var w = Random(random, n * k);
+        for (int j = 0; j < k; j++) w[995 * k + j] = w[3 * k + j];
+        var x = new float[tokens * k];
+        for (int t = 0; t < tokens; t++)
+            for (int j = 0; j < k; j++) x[t * k + j] = w[3 * k + j];
+        Assert.All(ClassifierArgMax(w, n, k, x, tokens), id => Assert.Equal(3, id));
+        w[3 * k] -= 0.01f * Math.Sign(x[0]);
+        Assert.All(ClassifierArgMax(w, n, k, x, tokens), id => Assert.Equal(995, id));
+    }
+
     [Fact]
     public void Split_classifier_is_exact_for_matmul_embedding_and_download()
     {
