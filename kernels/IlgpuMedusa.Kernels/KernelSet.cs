@@ -65,7 +65,11 @@ public sealed class KernelSet : IDisposable
     public KvCompactLauncher KvCompact { get; }
 
     /// <summary>Frees the launchers' buffers.</summary>
-    public void Dispose() => Attention.Dispose();
+    public void Dispose()
+    {
+        Attention.Dispose();
+        MatMul.Dispose();
+    }
 
     /// <summary>
     /// The group size for an accelerator: 256 on GPUs (8 warps: enough loads in flight per group, cheap barriers);
@@ -96,7 +100,9 @@ public static class KernelCatalog
     /// <param name="Name">Readable name.</param>
     /// <param name="Method">The (constructed) kernel method.</param>
     /// <param name="ImplicitlyGrouped">True for index-first kernels, false for explicitly grouped ones.</param>
-    /// <param name="CudaOnly">True for variants outside the portable subset (ILGPU's Half type), loaded on CUDA only.</param>
+    /// <param name="CudaOnly">
+    /// True for variants outside the portable subset (ILGPU's Half type, inline PTX for tensor cores), loaded on CUDA only.
+    /// </param>
     public sealed record Entry(string Name, MethodInfo Method, bool ImplicitlyGrouped, bool CudaOnly);
 
     /// <summary>All kernels.</summary>
@@ -140,6 +146,16 @@ public static class KernelCatalog
             (Action<ArrayView<float>, ArrayView<float>, ArrayView<uint>, ArrayView<float>, MatMulArgs>)MatMulKernels.Skinny<uint, F16NativeFormat, NormedInput>,
             (Action<ArrayView<float>, ArrayView<float>, ArrayView<uint>, ArrayView<float>, MatMulArgs>)MatMulKernels.Skinny<uint, F16NativeFormat, NormedSwiGlu>,
             (Action<ArrayView<float>, ArrayView<float>, ArrayView<ushort>, MatMulArgs>)MatMulKernels.Tiled<ushort, F16NativeFormat>,
+            (Action<Index1D, ArrayView<float>, ArrayView<uint>, ArrayView<uint>>)MatMulKernels.TensorInput<SplitInput>,
+            (Action<Index1D, ArrayView<float>, ArrayView<uint>, ArrayView<uint>>)MatMulKernels.TensorInput<RoundedInput>,
+            (Action<ArrayView<float>, ArrayView<Pack8>, ArrayView<Pack8>, ArrayView<Pack8>, MatMulArgs>)MatMulKernels.TensorCore<OneTokenTile, SplitInput>,
+            (Action<ArrayView<float>, ArrayView<Pack8>, ArrayView<Pack8>, ArrayView<Pack8>, MatMulArgs>)MatMulKernels.TensorCore<TwoTokenTiles, SplitInput>,
+            (Action<ArrayView<float>, ArrayView<Pack8>, ArrayView<Pack8>, ArrayView<Pack8>, MatMulArgs>)MatMulKernels.TensorCore<FourTokenTiles, SplitInput>,
+            (Action<ArrayView<float>, ArrayView<Pack8>, ArrayView<Pack8>, ArrayView<Pack8>, MatMulArgs>)MatMulKernels.TensorCore<EightTokenTiles, SplitInput>,
+            (Action<ArrayView<float>, ArrayView<Pack8>, ArrayView<Pack8>, ArrayView<Pack8>, MatMulArgs>)MatMulKernels.TensorCore<OneTokenTile, RoundedInput>,
+            (Action<ArrayView<float>, ArrayView<Pack8>, ArrayView<Pack8>, ArrayView<Pack8>, MatMulArgs>)MatMulKernels.TensorCore<TwoTokenTiles, RoundedInput>,
+            (Action<ArrayView<float>, ArrayView<Pack8>, ArrayView<Pack8>, ArrayView<Pack8>, MatMulArgs>)MatMulKernels.TensorCore<FourTokenTiles, RoundedInput>,
+            (Action<ArrayView<float>, ArrayView<Pack8>, ArrayView<Pack8>, ArrayView<Pack8>, MatMulArgs>)MatMulKernels.TensorCore<EightTokenTiles, RoundedInput>,
             (Action<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, RopeArgs>)RopeKernel.Run,
             (Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, KvWriteArgs>)KvWriteKernel.Run,
             (Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<int>, RopeKvWriteArgs>)RopeKvWriteKernel.Run,
@@ -155,6 +171,6 @@ public static class KernelCatalog
             (Action<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<int>, KvCompactArgs>)KvCompactKernel.Run,
         ];
         return kernels.Select(k => new Entry(KernelLoader.NameOf(k.Method), k.Method, KernelLoader.IsImplicitlyGrouped(k.Method),
-            k.Method.IsGenericMethod && k.Method.GetGenericArguments().Contains(typeof(F16NativeFormat)))).ToList();
+            k.Method.IsGenericMethod && k.Method.GetGenericArguments().Any(a => a == typeof(F16NativeFormat) || typeof(ITensorInput).IsAssignableFrom(a)))).ToList();
     }
 }

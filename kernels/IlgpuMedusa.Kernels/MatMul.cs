@@ -94,6 +94,22 @@ public enum MatMulPath
     Skinny,
     /// <summary><see cref="MatMulKernels.Tiled{TElement, TFormat}"/>: shared-memory tiles of tokens × rows.</summary>
     Tiled,
+    /// <summary>
+    /// <see cref="MatMulKernels.TensorCore{TTiles, TInput}"/>: fp16 tensor cores (F16 weights, see
+    /// <see cref="MatMulLauncher.CanUseTensorCores"/>; needs <see cref="MatMulTuning.TensorCores"/> on).
+    /// </summary>
+    TensorCore,
+}
+
+/// <summary>Whether and how F16 matmuls with T ≥ 2 use tensor cores (<see cref="MatMulKernels.TensorCore{TTiles, TInput}"/>).</summary>
+public enum TensorCoreMode
+{
+    /// <summary>Not used: the skinny and tiled kernels on float32 cores.</summary>
+    Off,
+    /// <summary>Inputs rounded to fp16 once (<see cref="RoundedInput"/>).</summary>
+    Rounded,
+    /// <summary>Inputs as hi + lo fp16 pairs (<see cref="SplitInput"/>): two products per tile, about float32 accuracy.</summary>
+    Split,
 }
 
 /// <summary>How the matmul launcher runs on one device (measured on an H200 and the 2-core PoCL machine).</summary>
@@ -104,6 +120,32 @@ public enum MatMulPath
 /// <param name="NativeHalf">Decode F16 with ILGPU's Half conversion (<see cref="F16NativeFormat"/>; CUDA, emulator).</param>
 public readonly record struct MatMulTuning(int GroupSize, int SkinnyGroupSize, int TiledGroupSize, int SkinnyMaxTokens, bool NativeHalf)
 {
+    /// <summary>Environment variable that sets <see cref="TensorCores"/> on CUDA: off, rounded or split (the default).</summary>
+    public const string TensorCoresVariable = "ILGPU_MEDUSA_TENSOR_CORES";
+
+    /// <summary>
+    /// Tensor cores for F16 matmuls of T ≥ <see cref="TensorMinTokens"/> tokens: on for CUDA devices of compute
+    /// capability 8.0 or later (mma.sync m16n8k16), <see cref="TensorCoreMode.Split"/> unless
+    /// <see cref="TensorCoresVariable"/> says otherwise; off elsewhere.
+    /// </summary>
+    public TensorCoreMode TensorCores { get; init; }
+
+    /// <summary>Smallest T that <see cref="MatMulPath.Auto"/> sends to the tensor-core kernel (when it applies).</summary>
+    public int TensorMinTokens { get; init; } = 2;
+
+    /// <summary>Threads per group of the tensor-core kernel: 128 (4 warps), or fewer warps where groups are smaller.</summary>
+    public int TensorGroupSize { get; init; } = MatMulKernels.TensorGroupSize;
+
+    /// <summary>Parses <see cref="TensorCoresVariable"/> (null or empty: <paramref name="fallback"/>).</summary>
+    public static TensorCoreMode ParseTensorCores(string? text, TensorCoreMode fallback) => text?.Trim().ToLowerInvariant() switch
+    {
+        null or "" => fallback,
+        "off" or "0" => TensorCoreMode.Off,
+        "rounded" => TensorCoreMode.Rounded,
+        "split" or "1" => TensorCoreMode.Split,
+        _ => throw new ArgumentException($"{TensorCoresVariable}: unknown value '{text}'; expected off, rounded or split"),
+    };
+
     /// <summary>
     /// GPUs: 256-thread GEMV groups, 128-thread skinny groups (about 10% faster than 256 on an H200) and the skinny kernel
     /// up to T = 64 (per token it costs the same at any T, and beat the tiled kernel up to T = 64 on 4096×4096,
@@ -117,9 +159,12 @@ public readonly record struct MatMulTuning(int GroupSize, int SkinnyGroupSize, i
         bool gpu = accelerator.AcceleratorType == AcceleratorType.Cuda
             || (accelerator is ILGPU.Runtime.OpenCL.CLAccelerator cl && !cl.DeviceType.HasFlag(ILGPU.Runtime.OpenCL.CLDeviceType.CL_DEVICE_TYPE_CPU));
         int tiled = groupSize >= 256 ? 256 : groupSize >= 64 ? 64 : 16;
+        bool mma = accelerator is ILGPU.Runtime.Cuda.CudaAccelerator cuda && cuda.Architecture is { } arch && arch.Major >= 8;
+        var tensor = mma ? ParseTensorCores(Environment.GetEnvironmentVariable(TensorCoresVariable), TensorCoreMode.Split) : TensorCoreMode.Off;
+        int tensorGroup = Math.Min(MatMulKernels.TensorGroupSize, accelerator.MaxNumThreadsPerGroup / 32 * 32);
         return gpu
-            ? new(groupSize, Math.Min(groupSize, 128), tiled, 64, accelerator.AcceleratorType == AcceleratorType.Cuda)
-            : new(groupSize, groupSize, tiled, 16, false);
+            ? new(groupSize, Math.Min(groupSize, 128), tiled, 64, accelerator.AcceleratorType == AcceleratorType.Cuda) { TensorCores = tensor, TensorGroupSize = tensorGroup }
+            : new(groupSize, groupSize, tiled, 16, false) { TensorGroupSize = tensorGroup };
     }
 }
 
@@ -131,7 +176,7 @@ public readonly record struct MatMulTuning(int GroupSize, int SkinnyGroupSize, i
 /// RMSNorm of the input into the vector and skinny kernels, <see cref="LaunchNormedSwiGlu"/> also SwiGLU on interleaved
 /// (gate, up) rows (T ≤ <see cref="MatMulTuning.SkinnyMaxTokens"/>).
 /// </summary>
-public sealed class MatMulLauncher
+public sealed class MatMulLauncher : IDisposable
 {
     // Vector and skinny kernels per storage, indexed [3 · path (0 vector, 1 skinny) + mode (0 plain, 1 normed, 2 normed + SwiGLU)].
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, MatMulArgs>[] _f32 =
@@ -143,6 +188,13 @@ public sealed class MatMulLauncher
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, MatMulArgs> _f32Tiled;
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<ushort>, MatMulArgs> _f16Tiled;
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<ushort>, MatMulArgs> _bf16Tiled;
+    // Tensor-core kernels for 1, 2, 4 and 8 token tiles and their input preparation (null when TensorCores is off or
+    // they failed to load), and the fp16 input planes they read (grown on demand; one stream uses them at a time).
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<Pack8>, ArrayView<Pack8>, ArrayView<Pack8>, MatMulArgs>[]? _tensor;
+    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<uint>, ArrayView<uint>>? _tensorInput;
+    private readonly Accelerator _accelerator;
+    private MemoryBuffer1D<uint, Stride1D.Dense>? _inputHi;
+    private MemoryBuffer1D<uint, Stride1D.Dense>? _inputLo;
 
     /// <summary>Compiles and loads the 21 kernels (vector and skinny in three modes, and tiled; three storage types) with the device's tuning.</summary>
     public MatMulLauncher(Accelerator accelerator, int groupSize)
@@ -158,6 +210,7 @@ public sealed class MatMulLauncher
         KernelLimits.CheckGroupSize(tuning.SkinnyGroupSize);
         MatMulKernels.TileFor(tuning.TiledGroupSize);
         Tuning = tuning;
+        _accelerator = accelerator;
         LoadRows<float, F32Format>(accelerator, _f32);
         _f32Tiled = LoadTiled<float>(accelerator, MatMulKernels.Tiled<float, F32Format>);
         if (tuning.NativeHalf)
@@ -172,7 +225,49 @@ public sealed class MatMulLauncher
         }
         LoadRows<uint, BF16Format>(accelerator, _bf16);
         _bf16Tiled = LoadTiled<ushort>(accelerator, MatMulKernels.Tiled<ushort, BF16Format>);
+        if (tuning.TensorCores != TensorCoreMode.Off)
+        {
+            if (tuning.TensorGroupSize < 32 || tuning.TensorGroupSize % 32 != 0 || tuning.TensorGroupSize > MatMulKernels.TensorGroupSize)
+                throw new ArgumentException($"tensor-core group size {tuning.TensorGroupSize}: expected 1 to {MatMulKernels.TensorWarps} warps of 32");
+            try
+            {
+                bool split = tuning.TensorCores == TensorCoreMode.Split;
+                _tensor = split ? LoadTensor<SplitInput>(accelerator) : LoadTensor<RoundedInput>(accelerator);
+                _tensorInput = split ? LoadTensorInput<SplitInput>(accelerator) : LoadTensorInput<RoundedInput>(accelerator);
+            }
+            catch (KernelLoadException e)
+            {
+                // A driver that rejects the inline PTX leaves the float32 kernels in charge; the reason is kept for diagnostics.
+                TensorCoreError = e.Message;
+                _tensor = null;
+                _tensorInput = null;
+                Tuning = tuning with { TensorCores = TensorCoreMode.Off };
+            }
+        }
     }
+
+    private static Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<Pack8>, ArrayView<Pack8>, ArrayView<Pack8>, MatMulArgs>[] LoadTensor<TInput>(Accelerator accelerator)
+        where TInput : struct, ITensorInput =>
+    [
+        LoadTensorKernel(accelerator, MatMulKernels.TensorCore<OneTokenTile, TInput>),
+        LoadTensorKernel(accelerator, MatMulKernels.TensorCore<TwoTokenTiles, TInput>),
+        LoadTensorKernel(accelerator, MatMulKernels.TensorCore<FourTokenTiles, TInput>),
+        LoadTensorKernel(accelerator, MatMulKernels.TensorCore<EightTokenTiles, TInput>),
+    ];
+
+    private static Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<uint>, ArrayView<uint>> LoadTensorInput<TInput>(Accelerator accelerator)
+        where TInput : struct, ITensorInput
+    {
+        Action<Index1D, ArrayView<float>, ArrayView<uint>, ArrayView<uint>> kernel = MatMulKernels.TensorInput<TInput>;
+        return KernelLoader.Load(accelerator, kernel, () => accelerator.LoadAutoGroupedKernel(kernel));
+    }
+
+    private static Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<Pack8>, ArrayView<Pack8>, ArrayView<Pack8>, MatMulArgs> LoadTensorKernel(
+        Accelerator accelerator, Action<ArrayView<float>, ArrayView<Pack8>, ArrayView<Pack8>, ArrayView<Pack8>, MatMulArgs> kernel) =>
+        KernelLoader.Load(accelerator, kernel, () => accelerator.LoadKernel(kernel));
+
+    /// <summary>Why the tensor-core kernels are off although the tuning asked for them (they failed to load), else null.</summary>
+    public string? TensorCoreError { get; }
 
     private static void LoadRows<TPack, TFormat>(Accelerator accelerator,
         Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<TPack>, ArrayView<float>, MatMulArgs>[] slots)
@@ -206,8 +301,23 @@ public sealed class MatMulLauncher
         where T : unmanaged =>
         KernelLoader.Load(accelerator, kernel, () => accelerator.LoadKernel(kernel));
 
-    /// <summary>The path <see cref="MatMulPath.Auto"/> takes for T tokens.</summary>
+    /// <summary>The float32-core path <see cref="MatMulPath.Auto"/> takes for T tokens (see <see cref="Choose(WeightView, int)"/>).</summary>
     public MatMulPath Choose(int tokens) => tokens == 1 ? MatMulPath.Vector : tokens <= Tuning.SkinnyMaxTokens ? MatMulPath.Skinny : MatMulPath.Tiled;
+
+    /// <summary>
+    /// The path <see cref="MatMulPath.Auto"/> takes for T tokens of this weight: the tensor-core kernel when it is on and
+    /// applies (<see cref="CanUseTensorCores"/>, T ≥ <see cref="MatMulTuning.TensorMinTokens"/>), else by T alone.
+    /// </summary>
+    public MatMulPath Choose(WeightView weight, int tokens) =>
+        _tensor is not null && tokens >= Tuning.TensorMinTokens && CanUseTensorCores(weight) ? MatMulPath.TensorCore : Choose(tokens);
+
+    /// <summary>
+    /// True when the tensor-core kernel takes this weight: F16, K a multiple of <see cref="MatMulKernels.TensorChunk"/>,
+    /// row stride a multiple of 8 elements, the view 16-byte aligned (the input's alignment is checked at launch).
+    /// </summary>
+    public static bool CanUseTensorCores(WeightView weight) =>
+        weight.Storage == WeightStorage.F16 && weight.Columns > 0 && weight.Columns % MatMulKernels.TensorChunk == 0
+        && weight.RowStride % 8 == 0 && ByteOffset(weight.Raw) % 16 == 0;
 
     /// <summary>
     /// True when <see cref="LaunchNormed"/> and <see cref="LaunchNormedSwiGlu"/> take T tokens: T ≤ 4, the vector kernel
@@ -216,13 +326,24 @@ public sealed class MatMulLauncher
     /// </summary>
     public bool CanNormalize(int tokens) => tokens >= 1 && tokens <= Math.Min(MatMulKernels.SkinnyTokens, Tuning.SkinnyMaxTokens);
 
+    /// <summary>
+    /// True when <see cref="LaunchNormed"/> / <see cref="LaunchNormedSwiGlu"/> should take T tokens of this weight:
+    /// <see cref="CanNormalize"/>, unless the plain matmul would run on tensor cores (then norm and matmul go separately).
+    /// </summary>
+    public bool ShouldNormalize(WeightView weight, int tokens) => CanNormalize(tokens) && Choose(weight, tokens) != MatMulPath.TensorCore;
+
     /// <summary>output F32[T, N] and input F32[T, K] contiguous; weight [N, K].</summary>
     public void Launch(AcceleratorStream stream, ArrayView<float> output, ArrayView<float> input, WeightView weight, int tokens, bool accumulate, MatMulPath path = MatMulPath.Auto)
     {
         int n = weight.Rows, k = weight.Columns;
         CheckExtents(output, input, weight, tokens);
         if (tokens == 0 || n == 0) return;
-        if (path == MatMulPath.Auto) path = Choose(tokens);
+        if (path == MatMulPath.Auto) path = Choose(weight, tokens);
+        if (path == MatMulPath.TensorCore)
+        {
+            LaunchTensor(stream, output, input, weight, tokens, accumulate);
+            return;
+        }
         if (path == MatMulPath.Tiled)
         {
             int tile = MatMulKernels.TileFor(Tuning.TiledGroupSize);
@@ -292,6 +413,47 @@ public sealed class MatMulLauncher
         if (n == 0) return;
         LaunchRows(stream, output, input, input, weight, tokens: 1, vector: true, mode: 0,
             new MatMulArgs(1, n, k, weight.PackStride, accumulate: false, groupRows: groupRows, groupInputStride: sharedInput ? 0 : k));
+    }
+
+    /// <summary>Where a view starts in its buffer, in bytes (allocations themselves are at least 256-byte aligned on GPUs).</summary>
+    private static long ByteOffset(ArrayView<byte> view) => ((IContiguousArrayView)view).IndexInBytes;
+
+    private void LaunchTensor(AcceleratorStream stream, ArrayView<float> output, ArrayView<float> input, WeightView weight, int tokens, bool accumulate)
+    {
+        if (_tensor is null || _tensorInput is null)
+            throw new InvalidOperationException($"MatMul: the tensor-core path is off on this device ({TensorCoreError ?? "tuning " + Tuning.TensorCores})");
+        if (!CanUseTensorCores(weight))
+            throw new ArgumentException($"MatMul: {weight} cannot take the tensor-core path (F16, K a multiple of {MatMulKernels.TensorChunk}, row stride a multiple of 8, 16-byte aligned)");
+        int n = weight.Rows, k = weight.Columns;
+        long pairs = (long)tokens * k / 2;
+        if (_inputHi is null || _inputHi.Length < pairs)
+        {
+            // Grown to the largest T·K seen (prefill sets it once); freed with the launcher.
+            _inputHi?.Dispose();
+            _inputLo?.Dispose();
+            _inputHi = _accelerator.Allocate1D<uint>(pairs);
+            _inputLo = Tuning.TensorCores == TensorCoreMode.Split ? _accelerator.Allocate1D<uint>(pairs) : _accelerator.Allocate1D<uint>(4);
+        }
+        ArrayView<uint> hi = _inputHi.View.SubView(0, pairs);
+        ArrayView<uint> lo = Tuning.TensorCores == TensorCoreMode.Split ? _inputLo!.View.SubView(0, pairs) : _inputLo!.View;
+        _tensorInput(stream, checked((int)pairs), input, hi, lo);
+        int tiles = tokens <= 8 ? 1 : tokens <= 16 ? 2 : tokens <= 32 ? 4 : 8;
+        int slot = tiles == 1 ? 0 : tiles == 2 ? 1 : tiles == 4 ? 2 : 3;
+        int tokensPerGroup = MatMulKernels.TensorTileTokens * tiles;
+        var config = new KernelConfig(
+            new Index2D((tokens + tokensPerGroup - 1) / tokensPerGroup, (n + MatMulKernels.TensorRows - 1) / MatMulKernels.TensorRows),
+            new Index2D(Tuning.TensorGroupSize, 1));
+        var packs = weight.Raw.SubView(0, (long)n * weight.RowStride * 2).Cast<Pack8>();
+        _tensor[slot](stream, config, output, hi.Cast<Pack8>(), lo.Cast<Pack8>(), packs, new MatMulArgs(tokens, n, k, weight.RowStride / 8, accumulate));
+    }
+
+    /// <summary>Frees the tensor-core kernels' input planes.</summary>
+    public void Dispose()
+    {
+        _inputHi?.Dispose();
+        _inputLo?.Dispose();
+        _inputHi = null;
+        _inputLo = null;
     }
 
     private static void CheckExtents(ArrayView<float> output, ArrayView<float> input, WeightView weight, int tokens)

@@ -120,4 +120,28 @@ public static class HalfBits
         uint result = (bits & 0x7C00u) == 0x7C00u ? magnitude | 0x7F800000u : Interop.FloatAsInt(value);
         return Interop.IntAsFloat(result | ((bits & 0x8000u) << 16));
     }
+
+    /// <summary>
+    /// Encodes a float32 as binary16 bits, rounding to nearest even like IEEE conversion (and CUDA's cvt.rn.f16.f32):
+    /// overflow to ±inf, subnormal halves, ±0, inf and NaN (quiet) included. Written by hand because ILGPU's CPU emulator
+    /// converts its Half type differently; the tensor-core input must round the same on every device.
+    /// </summary>
+    public static uint FromSingle(float value)
+    {
+        uint bits = Interop.FloatAsInt(value);
+        uint sign = (bits >> 16) & 0x8000u;
+        uint magnitude = bits & 0x7FFFFFFFu;
+        if (magnitude >= 0x7F800000u) return sign | (magnitude > 0x7F800000u ? 0x7E00u : 0x7C00u);
+        if (magnitude >= 0x477FF000u) return sign | 0x7C00u; // ≥ 65520 rounds to infinity
+        if (magnitude < 0x38800000u)
+        {
+            // |x| < 2^−14: a subnormal half (or 0). 0.5 + |x| rounds |x| to a multiple of 2^−24 (the float ulp at 0.5),
+            // and the bits above 0.5's are the half's mantissa (0x400 when it rounds up to the smallest normal).
+            float shifted = Interop.IntAsFloat(magnitude) + 0.5f;
+            return sign | (Interop.FloatAsInt(shifted) - 0x3F000000u);
+        }
+        uint odd = (magnitude >> 13) & 1u;
+        // Rebias the exponent (−112 · 2^23) and round the 13 dropped bits to nearest even.
+        return sign | ((magnitude + 0xC8000FFFu + odd) >> 13);
+    }
 }

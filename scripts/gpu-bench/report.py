@@ -206,6 +206,31 @@ def summarize_unfused(fused, unfused):
                                     if fused.get("greedy_tokens") and unfused.get("greedy_tokens") else None)}
 
 
+def summarize_tensor(main, variant):
+    """Our profile (tensor cores for F16 matmuls of T >= 2, where the device has them) next to the same profile with
+    ILGPU_MEDUSA_TENSOR_CORES=off (float32-core skinny and tiled kernels)."""
+    if not isinstance(main, dict) or not isinstance(variant, dict):
+        return None
+    trees = {k: {"tensor": number((main.get("tree_step_ms") or {}).get(k)), "f32": number(v)}
+             for k, v in (variant.get("tree_step_ms") or {}).items()}
+    mp, vp = number(main.get("prefill_tokens_per_second")), number(variant.get("prefill_tokens_per_second"))
+    return {"prefill_tokens_per_second": {"tensor": mp, "f32": vp, "tensor_over_f32": ratio(mp, vp)},
+            "tree_step_ms": trees,
+            "greedy_tokens_equal": (main.get("greedy_tokens") == variant.get("greedy_tokens")
+                                    if main.get("greedy_tokens") and variant.get("greedy_tokens") else None)}
+
+
+def tensor_lines(u, indent="  "):
+    """One line: prefill and tree steps with tensor cores and with float32 cores."""
+    if not u:
+        return []
+    p = u["prefill_tokens_per_second"]
+    trees = ", ".join(f"{k} nodes {fmt(v['tensor'], 2)} vs {fmt(v['f32'], 2)} ms" for k, v in u["tree_step_ms"].items())
+    same = {True: "same greedy tokens", False: "greedy tokens differ", None: "greedy tokens not compared"}[u["greedy_tokens_equal"]]
+    x = f"{p['tensor_over_f32']:.2f}x" if p["tensor_over_f32"] else "-"
+    return [f"{indent}tensor cores vs float32 cores: prefill {fmt(p['tensor'])} vs {fmt(p['f32'])} tok/s ({x}); {trees}; {same}"]
+
+
 def unfused_lines(u, indent="  "):
     """One line: decode and tree steps with the fused kernels and without."""
     if not u:
@@ -450,11 +475,12 @@ def main(argv=None) -> int:
         summary = summarize(shape, ours, he, hc, copy)
         summary["op_times"] = summarize_op_times(extract_json_object(read_text(os.path.join(raw, f"ours-{shape}-ops.out"))))
         summary["unfused"] = summarize_unfused(ours, extract_json_object(read_text(os.path.join(raw, f"ours-{shape}-unfused.out"))))
+        summary["f32_cores"] = summarize_tensor(ours, extract_json_object(read_text(os.path.join(raw, f"ours-{shape}-f32cores.out"))))
         absent = [f for f in OURS_FIELDS if ours is None or f not in ours]
         if absent:
             missing_ours.append(f"{shape}: {'no JSON' if ours is None else 'missing ' + ', '.join(absent)}")
         names = {"make": f"make-{shape}", "ours": f"ours-{shape}", "op times": f"ours-{shape}-ops",
-                 "unfused": f"ours-{shape}-unfused", "hf eager": f"hf-eager-{shape}", "hf compiled": f"hf-compiled-{shape}"}
+                 "unfused": f"ours-{shape}-unfused", "f32 cores": f"ours-{shape}-f32cores", "hf eager": f"hf-eager-{shape}", "hf compiled": f"hf-compiled-{shape}"}
         status = {k: step_status(steps, v) for k, v in names.items()}
         errors = {}
         for label, name in names.items():
@@ -466,6 +492,7 @@ def main(argv=None) -> int:
         result["shapes"][shape] = {"summary": summary, "step_status": status, "model": model, "ours": ours,
                                    "ours_missing_fields": absent, "hf_eager": he, "hf_compiled": hc, "errors": errors}
         blocks.append("\n".join([table(shape, summary, status, model, args.mode)] + unfused_lines(summary["unfused"])
+                                 + tensor_lines(summary["f32_cores"])
                                  + op_times_lines(summary["op_times"])))
     failed = [s for s in steps if s["status"] in ("failed", "timeout")]
     result["failed_steps"] = [s["name"] for s in failed]

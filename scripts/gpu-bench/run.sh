@@ -287,6 +287,14 @@ ours_unfused() {
     --decode-tokens "$DECODE_TOKENS" --greedy-tokens "$GREEDY_TOKENS" --tree-sizes "1,$largest" --repeats 5 --copy-mb 0 --json
 }
 
+# ours_f32cores SHAPE MODEL_DIR PROMPT_IDS WANT_S: our profile again with the tensor-core matmul off
+# (ILGPU_MEDUSA_TENSOR_CORES=off: the float32-core skinny and tiled kernels for T >= 2), prefill and every tree size,
+# for the report's side-by-side "tensor cores vs float32 cores" line.
+ours_f32cores() {
+  run_step "ours-$1-f32cores" "$4" env ILGPU_MEDUSA_TENSOR_CORES=off "${APP[@]}" profile --model "$2" --device "$DEVICE" \
+    --prompt-ids "$3" --decode-tokens 16 --greedy-tokens "$GREEDY_TOKENS" --tree-sizes "$TREE_SIZES" --repeats 3 --copy-mb 0 --json
+}
+
 # ours_op_times NAME MODEL_DIR PROMPT_IDS WANT_S: where a step's device time goes, op by op (`profile --op-times`: device
 # timestamps around every op for OP_STEPS decode steps and as many forwards of the largest tree size). A separate run,
 # because the markers slow the launches down; needs an ILGPU device (on the host it says so and reports nothing).
@@ -445,9 +453,11 @@ if ((DRY_RUN)); then
       if [[ $DEVICE != host ]] && ((OP_STEPS > 0)); then
         ours_op_times "ours-$shape-ops" "$model" "$prompt_dir/prompt_ids.json" 60
         ours_unfused "$shape" "$model" "$prompt_dir/prompt_ids.json" 60
+        ours_f32cores "$shape" "$model" "$prompt_dir/prompt_ids.json" 60
       else
         skip_step "ours-$shape-ops" "op times need an ILGPU device (--device opencl)"
         skip_step "ours-$shape-unfused" "fused kernels are an ILGPU device's (--device opencl)"
+        skip_step "ours-$shape-f32cores" "tensor cores are an ILGPU device's (--device opencl)"
       fi
     else
       skip_step "ours-$shape" "no runnable app"
@@ -497,6 +507,7 @@ else
         skip_step "ours-$shape-ops" "--op-steps 0"
       fi
       ours_unfused "$shape" "$dir" "$dir/prompt_ids.json" "${OPS_S[$shape]:-60}"
+      ours_f32cores "$shape" "$dir" "$dir/prompt_ids.json" "${OPS_S[$shape]:-60}"
     else
       skip_step "ours-$shape" "no runnable app (see the unpack-runtime / devices steps)"
     fi

@@ -204,6 +204,67 @@ public abstract class ConformanceTests
         }
     }
 
+    /// <summary>
+    /// True where the tensor-core matmul runs: CUDA (mma.sync) and ILGPU's CPU emulator (the same fragments through warp
+    /// shuffles). Elsewhere the launcher must refuse it with a reason and keep the float32 kernels.
+    /// </summary>
+    protected virtual bool TensorCoresAvailable => false;
+
+    /// <summary>(T, N, K) for the tensor-core matmul: every token-tile count, ragged T and N, K of one to three chunks.</summary>
+    protected virtual (int T, int N, int K)[] TensorMatMuls { get; } = [(2, 5, 32), (3, 33, 64), (8, 40, 32), (13, 64, 96), (17, 31, 64), (40, 33, 32), (70, 20, 64)];
+
+    /// <summary>
+    /// The tensor-core kernel against the host: with split inputs (hi + lo fp16) to the float32 tolerance; with inputs
+    /// rounded to fp16 once against the host given the rounded inputs (so the comparison is exact up to summation order).
+    /// </summary>
+    [Theory]
+    [InlineData(TensorCoreMode.Split)]
+    [InlineData(TensorCoreMode.Rounded)]
+    public void MatMul_tensor_cores_match_host(TensorCoreMode mode)
+    {
+        var accelerator = Device.Accelerator;
+        using var launcher = new MatMulLauncher(accelerator, MatMulTuning.For(accelerator, Device.GroupSize) with { TensorCores = mode });
+        using var twin = NewTwin(41);
+        if (!TensorCoresAvailable)
+        {
+            Assert.Equal(TensorCoreMode.Off, launcher.Tuning.TensorCores);
+            Assert.False(string.IsNullOrEmpty(launcher.TensorCoreError));
+            var w = twin.RandomWeight(DType.F16, 8, 32);
+            var x0 = twin.RandomTensor(4, 32);
+            var o = twin.Zeros(DType.F32, 4, 8);
+            Assert.NotEqual(MatMulPath.TensorCore, launcher.Choose(((IlgpuTensor)w.Device).AsWeight(), 4));
+            Assert.Throws<InvalidOperationException>(() =>
+                launcher.Launch(accelerator.DefaultStream, ((IlgpuTensor)o.Device).Floats, ((IlgpuTensor)x0.Device).Floats, ((IlgpuTensor)w.Device).AsWeight(), 4, false, MatMulPath.TensorCore));
+            return;
+        }
+        Assert.Equal(mode, launcher.Tuning.TensorCores);
+        foreach (var (t, n, k) in TensorMatMuls)
+        {
+            foreach (bool accumulate in new[] { false, true })
+            {
+                var values = twin.RandomFloats(t * k);
+                var x = twin.Floats(t, k, values);
+                var hostInput = mode == TensorCoreMode.Split ? x : twin.Floats(t, k, values.Select(v => (float)(System.Half)v).ToArray());
+                var weight = twin.RandomWeight(DType.F16, n, k);
+                var output = twin.RandomTensor(t, n);
+                var view = ((IlgpuTensor)weight.Device).AsWeight();
+                Assert.Equal(MatMulPath.TensorCore, launcher.Choose(view, t));
+                Accelerators.Host.MatMul(output.Host, hostInput.Host, weight.Host, accumulate);
+                launcher.Launch(accelerator.DefaultStream, ((IlgpuTensor)output.Device).Floats, ((IlgpuTensor)x.Device).Floats, view, t, accumulate, MatMulPath.TensorCore);
+                accelerator.DefaultStream.Synchronize();
+                Twin.AssertClose(output, Tolerance.ForSum(DType.F16, k), $"tensor-core MatMul ({mode}) T={t} N={n} K={k} accumulate={accumulate}");
+            }
+        }
+        // Where the kernel does not apply, the automatic choice stays on the float32 kernels.
+        var odd = ((IlgpuTensor)twin.RandomWeight(DType.F16, 8, 40).Device).AsWeight();
+        var wide = ((IlgpuTensor)twin.RandomWeight(DType.F32, 8, 32).Device).AsWeight();
+        var half = ((IlgpuTensor)twin.RandomWeight(DType.F16, 8, 32).Device).AsWeight();
+        Assert.NotEqual(MatMulPath.TensorCore, launcher.Choose(odd, 8));
+        Assert.NotEqual(MatMulPath.TensorCore, launcher.Choose(wide, 8));
+        Assert.Equal(MatMulPath.Vector, launcher.Choose(half, 1));
+        Assert.False(launcher.ShouldNormalize(half, 3));
+    }
+
     /// <summary>The matmul writes into row views of a larger buffer (as the model's workspaces do).</summary>
     [Fact]
     public void MatMul_on_row_views_matches_host()
@@ -627,6 +688,9 @@ public sealed class CpuEmulatorConformanceTests(Accelerators accelerators) : Con
 
     /// <inheritdoc />
     protected override IlgpuBackend Device => Accelerators.Emulator;
+
+    /// <inheritdoc />
+    protected override bool TensorCoresAvailable => true;
 
     /// <inheritdoc />
     protected override TestSizes Sizes { get; } = new(

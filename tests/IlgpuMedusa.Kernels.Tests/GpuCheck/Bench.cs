@@ -40,7 +40,12 @@ internal sealed class Bench(Accelerator accelerator, bool quick, Action<string> 
     {
         var tuned = MatMulTuning.For(accelerator, KernelSet.DefaultGroupSize(accelerator));
         var launchers = new Dictionary<string, MatMulLauncher> { ["tuned"] = new(accelerator, tuned) };
-        if (tuned.NativeHalf) launchers["portable-f16"] = new(accelerator, tuned with { NativeHalf = false });
+        if (tuned.NativeHalf) launchers["portable-f16"] = new(accelerator, tuned with { NativeHalf = false, TensorCores = TensorCoreMode.Off });
+        if (tuned.TensorCores != TensorCoreMode.Off)
+        {
+            launchers["rounded"] = new(accelerator, tuned with { TensorCores = TensorCoreMode.Rounded });
+            log($"  tensor cores: tuned {launchers["tuned"].Tuning.TensorCores}{(launchers["tuned"].TensorCoreError is { } e ? " (FAILED: " + e + ")" : "")}");
+        }
         var shapes = quick ? new[] { (256, 256) } : new[] { (4096, 4096), (11008, 4096), (4096, 11008), (32000, 4096) };
         foreach (var (n, k) in shapes)
         {
@@ -60,14 +65,18 @@ internal sealed class Bench(Accelerator accelerator, bool quick, Action<string> 
             }
             if ((long)n * k > 50_000_000) continue;
             var f16 = new WeightView(WeightStorage.F16, w.View.BaseView.Cast<byte>(), n, k, k);
-            foreach (int t in quick ? new[] { 4, 17 } : new[] { 4, 16, 64, 128, 256 })
+            bool tensor = launchers["tuned"].Tuning.TensorCores != TensorCoreMode.Off;
+            foreach (int t in quick ? new[] { 4, 17 } : new[] { 2, 4, 16, 64, 128, 256 })
             {
-                foreach (var path in new[] { MatMulPath.Skinny, MatMulPath.Tiled })
+                foreach (var (path, name) in new[] { (MatMulPath.Skinny, "tuned"), (MatMulPath.Tiled, "tuned"), (MatMulPath.TensorCore, "tuned"), (MatMulPath.TensorCore, "rounded") })
                 {
                     if ((path == MatMulPath.Skinny && t > 128) || (path == MatMulPath.Tiled && t < 64 && !quick)) continue;
-                    var launcher = launchers["tuned"];
+                    if (path == MatMulPath.TensorCore && !tensor) continue;
+                    var launcher = launchers[name];
+                    string label = path == MatMulPath.TensorCore ? $"Tensor/{launcher.Tuning.TensorCores}" : path.ToString();
                     double ms = Milliseconds(() => launcher.Launch(_stream, o.View, x.View, f16, t, false, path), Math.Max(3, Repeats / 5));
-                    log($"  matmul F16 [{n}x{k}] T={t,3} {path,-6}: {ms * 1000,8:F1} us  {ms * 1000 / t,7:F1} us/token  {2.0 * t * n * k / (ms / 1000) / 1e12,6:F2} TFLOP/s");
+                    log($"  matmul F16 [{n}x{k}] T={t,3} {label,-15}: {ms * 1000,8:F1} us  {ms * 1000 / t,7:F1} us/token  " +
+                        $"{2.0 * t * n * k / (ms / 1000) / 1e12,6:F2} TFLOP/s  {gigabytes / (ms / 1000),6:F0} GB/s of weights");
                 }
             }
         }

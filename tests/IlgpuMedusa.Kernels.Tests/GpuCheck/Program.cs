@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Reflection;
 using ILGPU;
+using ILGPU.Algorithms;
 using ILGPU.Runtime;
 using IlgpuMedusa.Compute;
 using IlgpuMedusa.Compute.Ilgpu;
@@ -11,14 +12,35 @@ using IlgpuMedusa.Models;
 using IlgpuMedusa.Scheduling;
 using IlgpuMedusa.Transformer;
 
-// Usage: IlgpuMedusa.Kernels.GpuCheck [cuda|opencl|cpu-emulator] [--quick] [--conformance-only]
+// Usage: IlgpuMedusa.Kernels.GpuCheck [cuda|opencl|cpu-emulator] [--quick] [--conformance-only] [--matmul-only]
 // 1. lists the devices; 2. runs the kernel conformance suite on the device against the host backend (GPU-sized shapes);
 // 3. times the matmul paths, attention with and without key splits; 4. decodes with a random-weight model of
 // TinyLlama-1.1B's shape in fp16. Exit code 1 when a conformance check fails. --quick: tiny shapes (to try it on a CPU).
 // --conformance-only: stops after step 2 (the GPU benchmark kit's demo stage, scripts/gpu-bench/run.sh).
+// --matmul-only: steps 1-2, then the matmul timings of step 3 only.
+// --dump-ptx DIR: writes the PTX (SM_90) of the tensor-core kernels to DIR and exits (no device needed), for `ptxas -v`.
+int dumpAt = Array.IndexOf(args, "--dump-ptx");
+if (dumpAt >= 0)
+{
+    if (dumpAt + 1 >= args.Length) { Console.Error.WriteLine("--dump-ptx needs a folder"); return 2; }
+    Directory.CreateDirectory(args[dumpAt + 1]);
+    using var ptxContext = Context.Create(b => b.EnableAlgorithms().Optimize(OptimizationLevel.O2));
+    using var ptx = new ILGPU.Backends.PTX.PTXBackend(ptxContext, new ILGPU.Runtime.Cuda.CudaCapabilityContext(ILGPU.Runtime.Cuda.CudaArchitecture.SM_90),
+        ILGPU.Runtime.Cuda.CudaArchitecture.SM_90, ILGPU.Runtime.Cuda.CudaInstructionSet.ISA_80, null);
+    foreach (var entry in KernelCatalog.All.Where(e => e.Name.Contains("TensorCore", StringComparison.Ordinal)))
+    {
+        var compiled = (ILGPU.Backends.PTX.PTXCompiledKernel)ptx.Compile(
+            ILGPU.Backends.EntryPoints.EntryPointDescription.FromExplicitlyGroupedKernel(entry.Method), ILGPU.Runtime.KernelSpecialization.Empty);
+        var file = Path.Combine(args[dumpAt + 1], new string(entry.Name.Select(c => char.IsLetterOrDigit(c) ? c : '_').ToArray()) + ".ptx");
+        File.WriteAllText(file, compiled.PTXAssembly);
+        Console.WriteLine(file);
+    }
+    return 0;
+}
 var kind = DeviceOptions.ParseKind(args.FirstOrDefault(a => !a.StartsWith("--", StringComparison.Ordinal)) ?? "cuda");
 bool quick = args.Contains("--quick");
 bool conformanceOnly = args.Contains("--conformance-only");
+bool matmulOnly = args.Contains("--matmul-only");
 var clock = Stopwatch.StartNew();
 void Log(string text) => Console.WriteLine($"[{clock.Elapsed.TotalSeconds,6:F1}s] {text}");
 
@@ -26,7 +48,8 @@ Log("devices:");
 foreach (var d in IlgpuDevices.Describe(new DeviceOptions { AllowCpuOpenCL = true })) Log($"  {d.Summary} | {d.Details}");
 using var backend = IlgpuBackend.TryCreate(new DeviceOptions { Kind = kind, AllowCpuOpenCL = true })
     ?? throw new InvalidOperationException($"no {kind} backend");
-Log($"backend: {backend.DeviceName}; matmul {backend.Kernels.MatMul.Tuning}");
+Log($"backend: {backend.DeviceName}; matmul {backend.Kernels.MatMul.Tuning}, tensor cores {backend.Kernels.MatMul.Tuning.TensorCores}");
+if (backend.Kernels.MatMul.TensorCoreError is { } tensorError) Log($"tensor cores FAILED to load: {tensorError}");
 
 int failed = Conformance(backend, quick, Log);
 if (conformanceOnly)
@@ -37,6 +60,11 @@ if (conformanceOnly)
 var bench = new Bench(backend.Accelerator, quick, Log);
 bench.LaunchOverhead();
 bench.MatMul();
+if (matmulOnly)
+{
+    Log(failed == 0 ? "done (--matmul-only)" : $"done (--matmul-only): {failed} conformance checks FAILED");
+    return failed == 0 ? 0 : 1;
+}
 bench.Attention();
 EndToEnd(backend, quick, Log);
 Log(failed == 0 ? "done" : $"done: {failed} conformance checks FAILED");
@@ -119,6 +147,13 @@ static void EndToEnd(IlgpuBackend backend, bool quick, Action<string> log)
 internal sealed class DeviceSuite(Accelerators accelerators, IlgpuBackend device, bool quick) : ConformanceTests(accelerators)
 {
     protected override IlgpuBackend Device => device;
+
+    protected override bool TensorCoresAvailable =>
+        device.Accelerator is ILGPU.Runtime.Cuda.CudaAccelerator { Architecture: { Major: >= 8 } } || device.Accelerator is ILGPU.Runtime.CPU.CPUAccelerator;
+
+    protected override (int T, int N, int K)[] TensorMatMuls { get; } = quick
+        ? [(3, 33, 64), (17, 31, 64)]
+        : [(2, 5, 32), (5, 100, 288), (13, 64, 96), (17, 300, 1024), (64, 1000, 4096), (100, 257, 512), (512, 96, 256)];
 
     protected override TestSizes Sizes { get; } = quick
         ? new([1, 31, 33], [(1, 33, 31), (17, 33, 31)], [8, 40], 70, 300)

@@ -37,7 +37,10 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
         _kernels = new KernelSet(accelerator, groupSize ?? KernelSet.DefaultGroupSize(accelerator));
         _noMask = accelerator.Allocate1D<int>(1);
         _noMask.MemSetToZero(_stream);
-        DeviceName = $"{accelerator.Name} ({IlgpuDeviceInfo.KindText(kind)}, {MemoryText(accelerator)}, warp {accelerator.WarpSize}, group {_kernels.GroupSize}{(fusedOps ? "" : ", unfused")})";
+        var matmul = _kernels.MatMul;
+        string tensor = matmul.TensorCoreError is { } error ? $", tensor cores failed to load ({error[..Math.Min(error.Length, 300)]}): float32 cores"
+            : matmul.Tuning.TensorCores != TensorCoreMode.Off ? $", tensor cores {matmul.Tuning.TensorCores.ToString().ToLowerInvariant()}" : "";
+        DeviceName = $"{accelerator.Name} ({IlgpuDeviceInfo.KindText(kind)}, {MemoryText(accelerator)}, warp {accelerator.WarpSize}, group {_kernels.GroupSize}{(fusedOps ? "" : ", unfused")}{tensor})";
     }
 
     /// <inheritdoc />
@@ -395,7 +398,7 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
         var n = Own(normed);
         Shapes.RmsNorm(n, x, g);
         Shapes.MatMul(o, n, w);
-        if (!CanFuseNorm(g, x.Rows))
+        if (!CanFuseNorm(g, w, x.Rows))
         {
             // Prefill-sized T (the tiled kernel) or 16-bit norm weights: the two ops one after the other.
             RmsNorm(n, x, g, eps);
@@ -407,8 +410,12 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
         End(op);
     }
 
-    /// <summary>The fused norm kernels take F32 norm weights and T up to the small-T matmul's limit.</summary>
-    private bool CanFuseNorm(IlgpuTensor normWeight, int rows) => FusedOps && normWeight.Type == DType.F32 && _kernels.MatMul.CanNormalize(rows);
+    /// <summary>
+    /// The fused norm kernels take F32 norm weights and T up to the small-T matmul's limit, and are not used where the
+    /// plain matmul runs on tensor cores.
+    /// </summary>
+    private bool CanFuseNorm(IlgpuTensor normWeight, IlgpuTensor weight, int rows) =>
+        FusedOps && normWeight.Type == DType.F32 && _kernels.MatMul.ShouldNormalize(weight.AsWeight(), rows);
 
     /// <inheritdoc />
     public void FfnGateUp(DeviceTensor ffn, DeviceTensor input, DeviceTensor normWeight, float eps, DeviceTensor gateUp, DeviceTensor normed, DeviceTensor gateUpOut)
@@ -422,7 +429,7 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
         Shapes.RmsNorm(n, x, g);
         Shapes.MatMul(u, n, w);
         Shapes.SwiGlu(f, u);
-        if (CanFuseNorm(g, x.Rows))
+        if (CanFuseNorm(g, w, x.Rows))
         {
             int op = BeginMatMul("norm+matmul+swiglu", w, x.Rows);
             _kernels.MatMul.LaunchNormedSwiGlu(_stream, f.Floats, x.Floats, g.Floats, w.AsWeight(), x.Rows, eps);
