@@ -148,6 +148,7 @@ public static class KernelCatalog
             (Action<ArrayView<float>, ArrayView<float>, ArrayView<ushort>, MatMulArgs>)MatMulKernels.Tiled<ushort, F16NativeFormat>,
             (Action<Index1D, ArrayView<float>, ArrayView<uint>, ArrayView<uint>>)MatMulKernels.TensorInput<SplitInput>,
             (Action<Index1D, ArrayView<float>, ArrayView<uint>, ArrayView<uint>>)MatMulKernels.TensorInput<RoundedInput>,
+            (Action<Index1D, ArrayView<float>, ArrayView<float>, int, int, int>)MatMulKernels.TensorReduce,
             (Action<ArrayView<float>, ArrayView<Pack8>, ArrayView<Pack8>, ArrayView<Pack8>, MatMulArgs>)MatMulKernels.TensorCore<OneTokenTile, SplitInput>,
             (Action<ArrayView<float>, ArrayView<Pack8>, ArrayView<Pack8>, ArrayView<Pack8>, MatMulArgs>)MatMulKernels.TensorCore<TwoTokenTiles, SplitInput>,
             (Action<ArrayView<float>, ArrayView<Pack8>, ArrayView<Pack8>, ArrayView<Pack8>, MatMulArgs>)MatMulKernels.TensorCore<FourTokenTiles, SplitInput>,

@@ -145,7 +145,8 @@ public static partial class MatMulKernels
     /// W in binary16, x given as fp16 planes by <see cref="TensorInput{TInput}"/> (hi, and lo with <see cref="SplitInput"/>:
     /// x ≈ hi + lo to about 22 bits), float32 accumulation and output. Group (x, y) computes token tile x (8 · Count
     /// tokens) against weight rows 32y .. 32y + 31 with its warps; warp w takes the 32-column chunks w, w + W, ... of K
-    /// (the next chunk's weights requested before this chunk's products), and the warps' sums meet in shared memory at
+    /// (the next chunk's weights requested before this chunk's products, and all of a chunk's inputs before its first
+    /// product), and the warps' sums meet in shared memory at
     /// the end, added in a fixed order (deterministic). Per chunk, lane (g = lane / 4, q = lane % 4) loads eight
     /// consecutive weights at column 8q of rows g and g + 8 of each 16-row tile and eight consecutive inputs at column 8q
     /// of token g of each token tile (one 16-byte load each), and the chunk becomes two m16n8k16 products per pair of
@@ -154,9 +155,11 @@ public static partial class MatMulKernels
     /// PTX; sm_80 and later); elsewhere (the CPU emulator, for tests) the same fragments are multiplied through warp
     /// shuffles with the same lane layout. Needs K a multiple of 32 and the weight row stride a multiple of 8 elements,
     /// the weight view 16-byte aligned (<see cref="MatMulLauncher.CanUseTensorCores"/>).
-    /// Grid: (⌈T / (8 · Count)⌉, ⌈N / 32⌉) groups of 32 to 128 threads (1 to 4 warps).
+    /// Grid: (⌈T / (8 · Count)⌉, ⌈N / 32⌉, Z) groups of 32 to 128 threads (1 to 4 warps); with Z &gt; 1 (split-K,
+    /// <see cref="MatMulArgs.ChunksPerSplit"/> chunks each) group z writes its partial sums to slice z of output, and
+    /// <see cref="TensorReduce"/> adds the slices up.
     /// </summary>
-    /// <param name="output">F32[T, N].</param>
+    /// <param name="output">F32[T, N], or F32[Z, T, N] with split-K.</param>
     /// <param name="inputHi">fp16 hi plane [T, K] as packs of eight (K/8 per row).</param>
     /// <param name="inputLo">fp16 lo plane [T, K] (<see cref="SplitInput"/>; any view otherwise, not read).</param>
     /// <param name="weight">F16[N, stride] as packs of eight (stride/8 per row).</param>
@@ -195,33 +198,70 @@ public static partial class MatMulKernels
 
         var zero = new FragmentPair(new Fragment(0f, 0f, 0f, 0f), new Fragment(0f, 0f, 0f, 0f));
         FragmentPair s0 = zero, s1 = zero, s2 = zero, s3 = zero, s4 = zero, s5 = zero, s6 = zero, s7 = zero;
+        // This group's share of K (grid z: split-K, so that few row groups still fill the device): chunks [begin, end).
         int chunks = args.Columns / TensorChunk;
-        int c = warp;
-        int first = c < chunks ? c : 0;
+        int perSplit = args.ChunksPerSplit > 0 ? args.ChunksPerSplit : chunks;
+        int begin = Grid.IdxZ * perSplit;
+        int end = begin + perSplit < chunks ? begin + perSplit : chunks;
+        int c = begin + warp;
+        int first = c < end ? c : begin;
         // A chunk is 4 packs of eight of each row.
         Pack8 na = weight[wa + 4L * first], nb = weight[wb + 4L * first], nc = weight[wc + 4L * first], nd = weight[wd + 4L * first];
-        for (; c < chunks; c += warps)
+        bool split = default(TInput).Split;
+        for (; c < end; c += warps)
         {
             Pack8 a = na, b = nb, cc = nc, d = nd;
-            int next = c + warps < chunks ? c + warps : c;
+            int next = c + warps < end ? c + warps : c;
             na = weight[wa + 4L * next];
             nb = weight[wb + 4L * next];
             nc = weight[wc + 4L * next];
             nd = weight[wd + 4L * next];
+            // Every input load of the chunk is issued before the first product, so their latencies overlap.
             long xo = 4L * c;
-            s0 = TensorTile<TInput>(s0, a, b, cc, d, inputHi, inputLo, x0 + xo);
-            if (tiles > 1) s1 = TensorTile<TInput>(s1, a, b, cc, d, inputHi, inputLo, x1 + xo);
+            Pack8 h0 = inputHi[x0 + xo], l0 = split ? inputLo[x0 + xo] : h0;
+            Pack8 h1 = h0, l1 = l0, h2 = h0, l2 = l0, h3 = h0, l3 = l0, h4 = h0, l4 = l0, h5 = h0, l5 = l0, h6 = h0, l6 = l0, h7 = h0, l7 = l0;
+            if (tiles > 1)
+            {
+                h1 = inputHi[x1 + xo];
+                if (split) l1 = inputLo[x1 + xo];
+            }
             if (tiles > 2)
             {
-                s2 = TensorTile<TInput>(s2, a, b, cc, d, inputHi, inputLo, x2 + xo);
-                s3 = TensorTile<TInput>(s3, a, b, cc, d, inputHi, inputLo, x3 + xo);
+                h2 = inputHi[x2 + xo];
+                h3 = inputHi[x3 + xo];
+                if (split)
+                {
+                    l2 = inputLo[x2 + xo];
+                    l3 = inputLo[x3 + xo];
+                }
             }
             if (tiles > 4)
             {
-                s4 = TensorTile<TInput>(s4, a, b, cc, d, inputHi, inputLo, x4 + xo);
-                s5 = TensorTile<TInput>(s5, a, b, cc, d, inputHi, inputLo, x5 + xo);
-                s6 = TensorTile<TInput>(s6, a, b, cc, d, inputHi, inputLo, x6 + xo);
-                s7 = TensorTile<TInput>(s7, a, b, cc, d, inputHi, inputLo, x7 + xo);
+                h4 = inputHi[x4 + xo];
+                h5 = inputHi[x5 + xo];
+                h6 = inputHi[x6 + xo];
+                h7 = inputHi[x7 + xo];
+                if (split)
+                {
+                    l4 = inputLo[x4 + xo];
+                    l5 = inputLo[x5 + xo];
+                    l6 = inputLo[x6 + xo];
+                    l7 = inputLo[x7 + xo];
+                }
+            }
+            s0 = TensorTile<TInput>(s0, a, b, cc, d, h0, l0);
+            if (tiles > 1) s1 = TensorTile<TInput>(s1, a, b, cc, d, h1, l1);
+            if (tiles > 2)
+            {
+                s2 = TensorTile<TInput>(s2, a, b, cc, d, h2, l2);
+                s3 = TensorTile<TInput>(s3, a, b, cc, d, h3, l3);
+            }
+            if (tiles > 4)
+            {
+                s4 = TensorTile<TInput>(s4, a, b, cc, d, h4, l4);
+                s5 = TensorTile<TInput>(s5, a, b, cc, d, h5, l5);
+                s6 = TensorTile<TInput>(s6, a, b, cc, d, h6, l6);
+                s7 = TensorTile<TInput>(s7, a, b, cc, d, h7, l7);
             }
         }
 
@@ -254,7 +294,8 @@ public static partial class MatMulKernels
             int token = token0 + TensorTileTokens * tile + 2 * (l & 3) + (e & 1);
             if (row < args.Rows && token < args.Tokens)
             {
-                long o = (long)token * args.Rows + row;
+                // With split-K, split z writes its partial sums to slice z of output (TensorReduce adds them up).
+                long o = (long)Grid.IdxZ * args.Tokens * args.Rows + (long)token * args.Rows + row;
                 output[o] = args.Accumulate != 0 ? output[o] + v : v;
             }
         }
@@ -279,11 +320,9 @@ public static partial class MatMulKernels
     /// takes each lane's columns 8q .. 8q + 3, product 1 the columns 8q + 4 .. 8q + 7, in the places where m16n8k16
     /// expects columns 2q, 2q + 1, 2q + 8, 2q + 9.
     /// </summary>
-    private static FragmentPair TensorTile<TInput>(FragmentPair s, Pack8 a, Pack8 b, Pack8 c, Pack8 d,
-        ArrayView<Pack8> inputHi, ArrayView<Pack8> inputLo, long x)
+    private static FragmentPair TensorTile<TInput>(FragmentPair s, Pack8 a, Pack8 b, Pack8 c, Pack8 d, Pack8 h, Pack8 l)
         where TInput : struct, ITensorInput
     {
-        Pack8 h = inputHi[x];
         var upper = s.Upper;
         var lower = s.Lower;
         upper = Mma(upper, a.P0, b.P0, a.P1, b.P1, h.P0, h.P1);
@@ -292,13 +331,29 @@ public static partial class MatMulKernels
         lower = Mma(lower, c.P2, d.P2, c.P3, d.P3, h.P2, h.P3);
         if (default(TInput).Split)
         {
-            Pack8 l = inputLo[x];
             upper = Mma(upper, a.P0, b.P0, a.P1, b.P1, l.P0, l.P1);
             lower = Mma(lower, c.P0, d.P0, c.P1, d.P1, l.P0, l.P1);
             upper = Mma(upper, a.P2, b.P2, a.P3, b.P3, l.P2, l.P3);
             lower = Mma(lower, c.P2, d.P2, c.P3, d.P3, l.P2, l.P3);
         }
         return new FragmentPair(upper, lower);
+    }
+
+    /// <summary>
+    /// Adds up the split-K partial sums of <see cref="TensorCore{TTiles, TInput}"/>: output[i] = (accumulate ? output[i] :
+    /// 0) + Σ_z partials[z · T·N + i], the splits in order (deterministic). One thread per output element.
+    /// </summary>
+    /// <param name="index">Element of output [T·N].</param>
+    /// <param name="output">F32[T, N].</param>
+    /// <param name="partials">F32[splits, T, N].</param>
+    /// <param name="elements">T·N.</param>
+    /// <param name="splits">Number of K splits.</param>
+    /// <param name="accumulate">1: add to output.</param>
+    public static void TensorReduce(Index1D index, ArrayView<float> output, ArrayView<float> partials, int elements, int splits, int accumulate)
+    {
+        float v = 0f;
+        for (int z = 0; z < splits; z++) v += partials[(long)z * elements + index];
+        output[index] = accumulate != 0 ? output[index] + v : v;
     }
 
     /// <summary>

@@ -7,8 +7,10 @@ namespace IlgpuMedusa.Kernels;
 public readonly struct MatMulArgs
 {
     /// <summary>Creates the scalars.</summary>
-    public MatMulArgs(int tokens, int rows, int columns, int weightStride, bool accumulate, float eps = 0f, int groupRows = 0, int groupInputStride = 0)
+    public MatMulArgs(int tokens, int rows, int columns, int weightStride, bool accumulate, float eps = 0f, int groupRows = 0, int groupInputStride = 0,
+        int chunksPerSplit = 0)
     {
+        ChunksPerSplit = chunksPerSplit;
         Tokens = tokens;
         Rows = rows;
         Columns = columns;
@@ -38,6 +40,8 @@ public readonly struct MatMulArgs
     public readonly int GroupRows;
     /// <summary>Floats from one group's input row to the next (see <see cref="GroupRows"/>).</summary>
     public readonly int GroupInputStride;
+    /// <summary>Tensor-core kernel with split-K: 32-column chunks per K split (grid z); 0: one split.</summary>
+    public readonly int ChunksPerSplit;
 }
 
 /// <summary>What the vector and skinny matmul kernels do besides x·Wᵀ (a compile-time choice: one kernel per mode).</summary>
@@ -136,6 +140,12 @@ public readonly record struct MatMulTuning(int GroupSize, int SkinnyGroupSize, i
     /// <summary>Threads per group of the tensor-core kernel: 128 (4 warps), or fewer warps where groups are smaller.</summary>
     public int TensorGroupSize { get; init; } = MatMulKernels.TensorGroupSize;
 
+    /// <summary>
+    /// Groups a tensor-core launch aims for (about four per multiprocessor): with fewer (token tiles × 32-row groups), K is
+    /// split over grid z and the partial sums added by a second launch. 1: never split.
+    /// </summary>
+    public int TensorTargetGroups { get; init; } = 1;
+
     /// <summary>Parses <see cref="TensorCoresVariable"/> (null or empty: <paramref name="fallback"/>).</summary>
     public static TensorCoreMode ParseTensorCores(string? text, TensorCoreMode fallback) => text?.Trim().ToLowerInvariant() switch
     {
@@ -163,7 +173,12 @@ public readonly record struct MatMulTuning(int GroupSize, int SkinnyGroupSize, i
         var tensor = mma ? ParseTensorCores(Environment.GetEnvironmentVariable(TensorCoresVariable), TensorCoreMode.Split) : TensorCoreMode.Off;
         int tensorGroup = Math.Min(MatMulKernels.TensorGroupSize, accelerator.MaxNumThreadsPerGroup / 32 * 32);
         return gpu
-            ? new(groupSize, Math.Min(groupSize, 128), tiled, 64, accelerator.AcceleratorType == AcceleratorType.Cuda) { TensorCores = tensor, TensorGroupSize = tensorGroup }
+            ? new(groupSize, Math.Min(groupSize, 128), tiled, 64, accelerator.AcceleratorType == AcceleratorType.Cuda)
+            {
+                TensorCores = tensor,
+                TensorGroupSize = tensorGroup,
+                TensorTargetGroups = 4 * Math.Max(1, accelerator.NumMultiprocessors),
+            }
             : new(groupSize, groupSize, tiled, 16, false) { TensorGroupSize = tensorGroup };
     }
 }
@@ -192,7 +207,9 @@ public sealed class MatMulLauncher : IDisposable
     // they failed to load), and the fp16 input planes they read (grown on demand; one stream uses them at a time).
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<Pack8>, ArrayView<Pack8>, ArrayView<Pack8>, MatMulArgs>[]? _tensor;
     private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<uint>, ArrayView<uint>>? _tensorInput;
+    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>, int, int, int>? _tensorReduce;
     private readonly Accelerator _accelerator;
+    private MemoryBuffer1D<float, Stride1D.Dense>? _partials;
     private MemoryBuffer1D<uint, Stride1D.Dense>? _inputHi;
     private MemoryBuffer1D<uint, Stride1D.Dense>? _inputLo;
 
@@ -234,6 +251,8 @@ public sealed class MatMulLauncher : IDisposable
                 bool split = tuning.TensorCores == TensorCoreMode.Split;
                 _tensor = split ? LoadTensor<SplitInput>(accelerator) : LoadTensor<RoundedInput>(accelerator);
                 _tensorInput = split ? LoadTensorInput<SplitInput>(accelerator) : LoadTensorInput<RoundedInput>(accelerator);
+                Action<Index1D, ArrayView<float>, ArrayView<float>, int, int, int> reduce = MatMulKernels.TensorReduce;
+                _tensorReduce = KernelLoader.Load(accelerator, reduce, () => accelerator.LoadAutoGroupedKernel(reduce));
             }
             catch (KernelLoadException e)
             {
@@ -241,6 +260,7 @@ public sealed class MatMulLauncher : IDisposable
                 TensorCoreError = e.Message;
                 _tensor = null;
                 _tensorInput = null;
+                _tensorReduce = null;
                 Tuning = tuning with { TensorCores = TensorCoreMode.Off };
             }
         }
@@ -420,7 +440,7 @@ public sealed class MatMulLauncher : IDisposable
 
     private void LaunchTensor(AcceleratorStream stream, ArrayView<float> output, ArrayView<float> input, WeightView weight, int tokens, bool accumulate)
     {
-        if (_tensor is null || _tensorInput is null)
+        if (_tensor is null || _tensorInput is null || _tensorReduce is null)
             throw new InvalidOperationException($"MatMul: the tensor-core path is off on this device ({TensorCoreError ?? "tuning " + Tuning.TensorCores})");
         if (!CanUseTensorCores(weight))
             throw new ArgumentException($"MatMul: {weight} cannot take the tensor-core path (F16, K a multiple of {MatMulKernels.TensorChunk}, row stride a multiple of 8, 16-byte aligned)");
@@ -440,16 +460,47 @@ public sealed class MatMulLauncher : IDisposable
         int tiles = tokens <= 8 ? 1 : tokens <= 16 ? 2 : tokens <= 32 ? 4 : 8;
         int slot = tiles == 1 ? 0 : tiles == 2 ? 1 : tiles == 4 ? 2 : 3;
         int tokensPerGroup = MatMulKernels.TensorTileTokens * tiles;
-        var config = new KernelConfig(
-            new Index2D((tokens + tokensPerGroup - 1) / tokensPerGroup, (n + MatMulKernels.TensorRows - 1) / MatMulKernels.TensorRows),
-            new Index2D(Tuning.TensorGroupSize, 1));
+        int tokenTiles = (tokens + tokensPerGroup - 1) / tokensPerGroup;
+        int rowGroups = (n + MatMulKernels.TensorRows - 1) / MatMulKernels.TensorRows;
+        int chunks = k / MatMulKernels.TensorChunk;
+        int splits = TensorSplits(tokenTiles * rowGroups, chunks);
+        int perSplit = (chunks + splits - 1) / splits;
+        splits = (chunks + perSplit - 1) / perSplit;
+        var config = new KernelConfig(new Index3D(tokenTiles, rowGroups, splits), new Index3D(Tuning.TensorGroupSize, 1, 1));
         var packs = weight.Raw.SubView(0, (long)n * weight.RowStride * 2).Cast<Pack8>();
-        _tensor[slot](stream, config, output, hi.Cast<Pack8>(), lo.Cast<Pack8>(), packs, new MatMulArgs(tokens, n, k, weight.RowStride / 8, accumulate));
+        long elements = (long)tokens * n;
+        if (splits == 1)
+        {
+            _tensor[slot](stream, config, output, hi.Cast<Pack8>(), lo.Cast<Pack8>(), packs, new MatMulArgs(tokens, n, k, weight.RowStride / 8, accumulate));
+            return;
+        }
+        if (_partials is null || _partials.Length < splits * elements)
+        {
+            _partials?.Dispose();
+            _partials = _accelerator.Allocate1D<float>(splits * elements);
+        }
+        var partials = _partials.View.SubView(0, splits * elements);
+        _tensor[slot](stream, config, partials, hi.Cast<Pack8>(), lo.Cast<Pack8>(), packs,
+            new MatMulArgs(tokens, n, k, weight.RowStride / 8, accumulate: false, chunksPerSplit: perSplit));
+        _tensorReduce(stream, checked((int)elements), output, partials, checked((int)elements), splits, accumulate ? 1 : 0);
+    }
+
+    /// <summary>
+    /// K splits of a tensor-core launch: enough groups for <see cref="MatMulTuning.TensorTargetGroups"/> (about four per
+    /// multiprocessor), each warp of a group keeping at least two 32-column chunks per split.
+    /// </summary>
+    private int TensorSplits(int groups, int chunks)
+    {
+        int wanted = (Tuning.TensorTargetGroups + groups - 1) / groups;
+        int most = Math.Max(1, chunks / (2 * (Tuning.TensorGroupSize / 32)));
+        return Math.Clamp(wanted, 1, most);
     }
 
     /// <summary>Frees the tensor-core kernels' input planes.</summary>
     public void Dispose()
     {
+        _partials?.Dispose();
+        _partials = null;
         _inputHi?.Dispose();
         _inputLo?.Dispose();
         _inputHi = null;

@@ -211,11 +211,13 @@ public abstract class ConformanceTests
     protected virtual bool TensorCoresAvailable => false;
 
     /// <summary>(T, N, K) for the tensor-core matmul: every token-tile count, ragged T and N, K of one to three chunks.</summary>
-    protected virtual (int T, int N, int K)[] TensorMatMuls { get; } = [(2, 5, 32), (3, 33, 64), (8, 40, 32), (13, 64, 96), (17, 31, 64), (40, 33, 32), (70, 20, 64)];
+    protected virtual (int T, int N, int K)[] TensorMatMuls { get; } = [(2, 5, 32), (3, 33, 64), (8, 40, 32), (13, 64, 96), (17, 31, 64), (40, 33, 32), (70, 20, 64), (5, 33, 512), (20, 40, 256)];
 
     /// <summary>
     /// The tensor-core kernel against the host: with split inputs (hi + lo fp16) to the float32 tolerance; with inputs
     /// rounded to fp16 once against the host given the rounded inputs (so the comparison is exact up to summation order).
+    /// Each shape runs twice: with the device's tuning and with K split over the grid wherever K has room for it (a
+    /// target of 1000 groups), so the partial sums and their reduction are covered on every device.
     /// </summary>
     [Theory]
     [InlineData(TensorCoreMode.Split)]
@@ -223,7 +225,9 @@ public abstract class ConformanceTests
     public void MatMul_tensor_cores_match_host(TensorCoreMode mode)
     {
         var accelerator = Device.Accelerator;
-        using var launcher = new MatMulLauncher(accelerator, MatMulTuning.For(accelerator, Device.GroupSize) with { TensorCores = mode });
+        var tuning = MatMulTuning.For(accelerator, Device.GroupSize) with { TensorCores = mode };
+        using var launcher = new MatMulLauncher(accelerator, tuning);
+        using var splitK = new MatMulLauncher(accelerator, tuning with { TensorTargetGroups = 1000 });
         using var twin = NewTwin(41);
         if (!TensorCoresAvailable)
         {
@@ -249,10 +253,24 @@ public abstract class ConformanceTests
                 var output = twin.RandomTensor(t, n);
                 var view = ((IlgpuTensor)weight.Device).AsWeight();
                 Assert.Equal(MatMulPath.TensorCore, launcher.Choose(view, t));
+                var start = Twin.Read(output.Device);
                 Accelerators.Host.MatMul(output.Host, hostInput.Host, weight.Host, accumulate);
-                launcher.Launch(accelerator.DefaultStream, ((IlgpuTensor)output.Device).Floats, ((IlgpuTensor)x.Device).Floats, view, t, accumulate, MatMulPath.TensorCore);
-                accelerator.DefaultStream.Synchronize();
-                Twin.AssertClose(output, Tolerance.ForSum(DType.F16, k), $"tensor-core MatMul ({mode}) T={t} N={n} K={k} accumulate={accumulate}");
+                foreach (var (name, l) in new[] { ("tuned", launcher), ("split-K", splitK) })
+                {
+                    var result = Device.Allocate(DType.F32, t, n);
+                    try
+                    {
+                        Device.Upload(result, start);
+                        l.Launch(accelerator.DefaultStream, ((IlgpuTensor)result).Floats, ((IlgpuTensor)x.Device).Floats, view, t, accumulate, MatMulPath.TensorCore);
+                        accelerator.DefaultStream.Synchronize();
+                        Twin.AssertClose(Twin.Read(output.Host), Twin.Read(result), Tolerance.ForSum(DType.F16, k),
+                            $"tensor-core MatMul ({mode}, {name}) T={t} N={n} K={k} accumulate={accumulate}");
+                    }
+                    finally
+                    {
+                        result.Dispose();
+                    }
+                }
             }
         }
         // Where the kernel does not apply, the automatic choice stays on the float32 kernels.
