@@ -254,6 +254,205 @@ public static class AttentionKernel
         }
     }
 
+    /// <summary>Query tokens one group of <see cref="Block"/> takes together.</summary>
+    public const int BlockTokens = 8;
+
+    /// <summary>
+    /// Attention for T ≥ 2 (tree verification, prefill): as <see cref="Run"/>, but one group per (head h, block of 8
+    /// tokens, key split z), grid (H, ⌈T/8⌉, Z), so each key and value row read from memory serves eight queries instead
+    /// of one (a tree's tokens share almost all their keys). Keys go in chunks of C = G/8: thread (token i, key j) scores
+    /// key c0 + j for query i (a warp of 32 threads covers one token's 32 keys when G = 256: the query is a broadcast from
+    /// shared memory, the eight warps read the same key rows, from cache after the first); per token, one segmented
+    /// tree reduction gives the chunk's max and sum of exponentials, and the running (max, sum) and the accumulators are
+    /// rescaled online. P·V: thread (token, four dimensions) sums p·v over the chunk's keys, two keys per iteration
+    /// (consecutive threads read consecutive floats of a value row). Tokens of the last block past T repeat token T − 1
+    /// and are not written. Splits write the same partials as <see cref="Run"/>, merged by <see cref="Combine"/>.
+    /// G a power of two ≥ 16.
+    /// </summary>
+    /// <param name="output">F32[T, H·Dh] (Z = 1).</param>
+    /// <param name="partials">F32[T·H·Z, Dh + 2] (Z &gt; 1).</param>
+    /// <param name="qkv">F32[T, stride]: Q | K | V, RoPE applied.</param>
+    /// <param name="keys">The layer's key plane.</param>
+    /// <param name="values">The layer's value plane.</param>
+    /// <param name="blockTable">I32[blocks].</param>
+    /// <param name="mask">I32[T, T] (ignored when args.HasMask is 0).</param>
+    /// <param name="args">Shapes.</param>
+    public static void Block(ArrayView<float> output, ArrayView<float> partials, ArrayView<float> qkv, ArrayView<float> keys, ArrayView<float> values,
+        ArrayView<int> blockTable, ArrayView<int> mask, AttentionArgs args)
+    {
+        var query = SharedMemory.Allocate<float>(BlockTokens * KernelLimits.MaxHeadDim); // [token][d], scaled by 1/√Dh
+        var sum = SharedMemory.Allocate<float>(BlockTokens * KernelLimits.MaxHeadDim);   // [token][d], Σ p·v so far
+        var probability = SharedMemory.Allocate<float>(KernelLimits.MaxGroupSize);      // [token][key of the chunk]
+        var reduceMax = SharedMemory.Allocate<float>(KernelLimits.MaxGroupSize);
+        var reduceSum = SharedMemory.Allocate<float>(KernelLimits.MaxGroupSize);
+        var slotOffset = SharedMemory.Allocate<long>(KernelLimits.MaxGroupSize / BlockTokens);
+        var runningMax = SharedMemory.Allocate<float>(BlockTokens);
+        var runningSum = SharedMemory.Allocate<float>(BlockTokens);
+        var rescale = SharedMemory.Allocate<float>(BlockTokens);
+
+        int tid = Group.IdxX;
+        int groupSize = Group.DimX;
+        int chunkKeys = groupSize / BlockTokens;
+        int head = Grid.IdxX;
+        int token0 = Grid.IdxY * BlockTokens;
+        int split = Grid.IdxZ;
+        int dh = args.HeadDim;
+        int kvDim = args.KvHeads * dh;
+        long headOffset = (long)(head / (args.Heads / args.KvHeads)) * dh;
+        int lastToken = args.Tokens - 1;
+        for (int i = tid; i < BlockTokens * dh; i += groupSize)
+        {
+            int t = i / dh;
+            int token = token0 + t < lastToken ? token0 + t : lastToken;
+            query[i] = qkv[(long)token * args.QkvStride + (long)head * dh + i - t * dh] * args.Scale;
+            sum[i] = 0f;
+        }
+        if (tid < BlockTokens)
+        {
+            runningMax[tid] = Hidden;
+            runningSum[tid] = 0f;
+        }
+        Group.Barrier();
+
+        // Keys of the block: all S + T with a mask; causally, up to the block's last token.
+        int lastInBlock = token0 + BlockTokens - 1 < lastToken ? token0 + BlockTokens - 1 : lastToken;
+        int keyCount = args.HasMask != 0 ? args.Committed + args.Tokens : args.Committed + lastInBlock + 1;
+        int perSplit = (keyCount + args.Splits - 1) / args.Splits;
+        int begin = split * perSplit;
+        int end = begin + perSplit < keyCount ? begin + perSplit : keyCount;
+        // This thread scores key c0 + j for query i.
+        int mine = tid / chunkKeys;
+        int j = tid - mine * chunkKeys;
+        int myToken = token0 + mine;
+        long myQuery = (long)mine * dh;
+        int quads = (dh + 3) / 4;
+        for (int chunk = begin; chunk < end; chunk += chunkKeys)
+        {
+            int key = chunk + j;
+            long offset = 0;
+            if (key < end)
+            {
+                long slot = (long)blockTable[key / args.BlockSize] * args.BlockSize + key % args.BlockSize;
+                offset = slot * kvDim + headOffset;
+            }
+            bool visible = key < end && myToken <= lastToken
+                && (key < args.Committed || (args.HasMask != 0 ? mask[myToken * args.Tokens + key - args.Committed] != 0 : key - args.Committed <= myToken));
+            float score = Hidden;
+            if (visible)
+            {
+                float dot0 = 0f, dot1 = 0f, dot2 = 0f, dot3 = 0f;
+                int d = 0;
+                for (; d + 4 <= dh; d += 4)
+                {
+                    dot0 += query[myQuery + d] * keys[offset + d];
+                    dot1 += query[myQuery + d + 1] * keys[offset + d + 1];
+                    dot2 += query[myQuery + d + 2] * keys[offset + d + 2];
+                    dot3 += query[myQuery + d + 3] * keys[offset + d + 3];
+                }
+                for (; d < dh; d++) dot0 += query[myQuery + d] * keys[offset + d];
+                score = (dot0 + dot1) + (dot2 + dot3);
+            }
+            if (mine == 0) slotOffset[j] = offset; // keys past the end: offset 0, a valid row (their p is 0)
+            reduceMax[tid] = score;
+            reduceSum[tid] = visible ? 1f : 0f;
+            Group.Barrier();
+            // Per token, (max, Σ e^(s − max)) over its chunkKeys entries: a tree within each segment.
+            for (int stride = chunkKeys / 2; stride > 0; stride >>= 1)
+            {
+                if (j < stride)
+                {
+                    float m1 = reduceMax[tid], m2 = reduceMax[tid + stride];
+                    float m = m1 > m2 ? m1 : m2;
+                    reduceSum[tid] = reduceSum[tid] * XMath.Exp(m1 - m) + reduceSum[tid + stride] * XMath.Exp(m2 - m);
+                    reduceMax[tid] = m;
+                }
+                Group.Barrier();
+            }
+            if (tid < BlockTokens)
+            {
+                float chunkMax = reduceMax[tid * chunkKeys], chunkSum = reduceSum[tid * chunkKeys];
+                float oldMax = runningMax[tid];
+                float newMax = oldMax > chunkMax ? oldMax : chunkMax;
+                float r = XMath.Exp(oldMax - newMax);
+                runningSum[tid] = runningSum[tid] * r + chunkSum * XMath.Exp(chunkMax - newMax);
+                runningMax[tid] = newMax;
+                rescale[tid] = r;
+            }
+            Group.Barrier();
+            probability[tid] = visible ? XMath.Exp(score - runningMax[mine]) : 0f;
+            Group.Barrier();
+
+            // P·V: (token, four dimensions) per thread, two keys per iteration.
+            int count = end - chunk < chunkKeys ? end - chunk : chunkKeys;
+            for (int pair = tid; pair < BlockTokens * quads; pair += groupSize)
+            {
+                int t = pair / quads;
+                int d = 4 * (pair - t * quads);
+                int row = t * chunkKeys;
+                long at = (long)t * dh + d;
+                float r = rescale[t];
+                if (d + 4 <= dh)
+                {
+                    float a0 = 0f, a1 = 0f, a2 = 0f, a3 = 0f;
+                    int k = 0;
+                    for (; k + 1 < count; k += 2)
+                    {
+                        long first = slotOffset[k] + d, second = slotOffset[k + 1] + d;
+                        float p = probability[row + k], q = probability[row + k + 1];
+                        float v0 = values[first], v1 = values[first + 1], v2 = values[first + 2], v3 = values[first + 3];
+                        float w0 = values[second], w1 = values[second + 1], w2 = values[second + 2], w3 = values[second + 3];
+                        a0 += p * v0 + q * w0;
+                        a1 += p * v1 + q * w1;
+                        a2 += p * v2 + q * w2;
+                        a3 += p * v3 + q * w3;
+                    }
+                    if (k < count)
+                    {
+                        long first = slotOffset[k] + d;
+                        float p = probability[row + k];
+                        a0 += p * values[first];
+                        a1 += p * values[first + 1];
+                        a2 += p * values[first + 2];
+                        a3 += p * values[first + 3];
+                    }
+                    sum[at] = sum[at] * r + a0;
+                    sum[at + 1] = sum[at + 1] * r + a1;
+                    sum[at + 2] = sum[at + 2] * r + a2;
+                    sum[at + 3] = sum[at + 3] * r + a3;
+                }
+                else
+                {
+                    // The last, partial quad of a Dh that is not a multiple of 4.
+                    for (int e = d; e < dh; e++)
+                    {
+                        float acc = 0f;
+                        for (int k = 0; k < count; k++) acc += probability[row + k] * values[slotOffset[k] + e];
+                        sum[(long)t * dh + e] = sum[(long)t * dh + e] * r + acc;
+                    }
+                }
+            }
+            Group.Barrier();
+        }
+
+        for (int i = tid; i < BlockTokens * dh; i += groupSize)
+        {
+            int t = i / dh;
+            int token = token0 + t;
+            if (token > lastToken) continue;
+            int d = i - t * dh;
+            if (args.Splits == 1)
+                output[(long)token * args.Heads * dh + (long)head * dh + d] = runningSum[t] > 0f ? sum[i] / runningSum[t] : 0f;
+            else
+                partials[(((long)token * args.Heads + head) * args.Splits + split) * (dh + 2) + d] = sum[i];
+        }
+        if (args.Splits > 1 && tid < BlockTokens && token0 + tid <= lastToken)
+        {
+            long at = (((long)(token0 + tid) * args.Heads + head) * args.Splits + split) * (dh + 2);
+            partials[at + dh] = runningMax[tid];
+            partials[at + dh + 1] = runningSum[tid];
+        }
+    }
+
     /// <summary>
     /// Merges the Z key splits of each (head, token): with M = max of the splits' maxima,
     /// output = Σ_z e^(m_z − M)·acc_z / Σ_z e^(m_z − M)·l_z. One thread per (t, h, d).
@@ -298,14 +497,21 @@ public sealed class AttentionLauncher : IDisposable
     public const int MaxSplits = 64;
 
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, AttentionArgs> _kernel;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, AttentionArgs> _block;
     private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>, AttentionArgs> _combine;
-    private readonly MemoryBuffer1D<float, Stride1D.Dense> _partials;
+    private readonly Accelerator _accelerator;
+    private MemoryBuffer1D<float, Stride1D.Dense> _partials;
     private readonly int _groupSize;
     private readonly int _targetGroups;
+    private readonly bool _blocks;
 
-    /// <summary>Compiles and loads the kernels; <paramref name="groupSize"/> threads per (head, token, split).</summary>
-    public AttentionLauncher(Accelerator accelerator, int groupSize)
+    /// <summary>
+    /// Compiles and loads the kernels; <paramref name="groupSize"/> threads per (head, token, split).
+    /// <paramref name="blocks"/>: false keeps T ≥ 2 on the one-token-per-group kernel (to time the two side by side).
+    /// </summary>
+    public AttentionLauncher(Accelerator accelerator, int groupSize, bool blocks = true)
     {
+        _blocks = blocks;
         ArgumentNullException.ThrowIfNull(accelerator);
         KernelLimits.CheckGroupSize(groupSize);
         _groupSize = groupSize;
@@ -315,13 +521,32 @@ public sealed class AttentionLauncher : IDisposable
         MaxSplitGroups = Math.Max(256, _targetGroups);
         _kernel = KernelLoader.Load(accelerator, AttentionKernel.Run,
             () => accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, AttentionArgs>(AttentionKernel.Run));
+        _block = KernelLoader.Load(accelerator, AttentionKernel.Block,
+            () => accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, AttentionArgs>(AttentionKernel.Block));
+        _accelerator = accelerator;
         _combine = KernelLoader.Load(accelerator, AttentionKernel.Combine,
             () => accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, AttentionArgs>(AttentionKernel.Combine));
         _partials = accelerator.Allocate1D<float>((long)MaxSplitGroups * (KernelLimits.MaxHeadDim + 2));
     }
 
-    /// <summary>Most (token, head, split) groups that write partials: the partials buffer holds this many rows.</summary>
+    /// <summary>
+    /// Most (token, head, split) rows of partials that <see cref="AttentionKernel.Run"/> writes: the partials buffer is
+    /// allocated with this many rows (it grows for <see cref="AttentionKernel.Block"/>, whose groups hold 8 tokens).
+    /// </summary>
     public int MaxSplitGroups { get; }
+
+    /// <summary>True when T queries go to <see cref="AttentionKernel.Block"/>: T ≥ 2 and groups of at least 16 threads.</summary>
+    public bool UsesBlocks(int tokens) => _blocks && tokens >= 2 && _groupSize >= 2 * AttentionKernel.BlockTokens;
+
+    /// <summary>
+    /// Splits for the block kernel: (H · ⌈T/8⌉) groups, split until the device is full (as <see cref="ChooseSplits"/>,
+    /// counting groups of eight tokens).
+    /// </summary>
+    public int ChooseBlockSplits(int tokens, int heads, int maxKeys)
+    {
+        int blocks = (tokens + AttentionKernel.BlockTokens - 1) / AttentionKernel.BlockTokens;
+        return ChooseSplits(blocks, heads, maxKeys);
+    }
 
     /// <summary>Fewest keys a split is given: below this the split's fixed cost (reductions, the combine) dominates.</summary>
     public const int MinKeysPerSplit = 32;
@@ -356,12 +581,27 @@ public sealed class AttentionLauncher : IDisposable
             throw new ArgumentException($"Attention: output {output.Length}, qkv {qkv.Length} floats (rows of {args.QkvStride}), block table {blockTable.Length} × {args.BlockSize}, " +
                 $"mask {mask.Length}: wrong for T={t}, H={h}, Hkv={args.KvHeads}, Dh={dh}, S={args.Committed}");
         if (t == 0 || h == 0) return;
-        int z = splits ?? ChooseSplits(t, h, args.Committed + t);
-        if (z < 1 || z > MaxSplits || (z > 1 && (long)t * h * z > MaxSplitGroups))
+        bool block = UsesBlocks(t);
+        int z = splits ?? (block ? ChooseBlockSplits(t, h, args.Committed + t) : ChooseSplits(t, h, args.Committed + t));
+        if (z < 1 || z > MaxSplits || (!block && z > 1 && (long)t * h * z > MaxSplitGroups))
             throw new ArgumentException($"Attention: {z} key splits for T={t}, H={h}: need 1 ≤ Z ≤ {MaxSplits} and T·H·Z ≤ {MaxSplitGroups}");
+        long rows = (long)t * h * z;
+        if (z > 1 && _partials.Length < rows * (KernelLimits.MaxHeadDim + 2))
+        {
+            // Tree steps split too (their groups hold eight tokens): the buffer grows to the largest such step.
+            _partials.Dispose();
+            _partials = _accelerator.Allocate1D<float>(rows * (KernelLimits.MaxHeadDim + 2));
+        }
         var a = args.WithSplits(z);
-        var config = new KernelConfig(new Index3D(h, t, z), new Index3D(_groupSize, 1, 1));
-        _kernel(stream, config, output, _partials.View, qkv, keys, values, blockTable, mask, a);
+        if (block)
+        {
+            int blocks = (t + AttentionKernel.BlockTokens - 1) / AttentionKernel.BlockTokens;
+            _block(stream, new KernelConfig(new Index3D(h, blocks, z), new Index3D(_groupSize, 1, 1)), output, _partials.View, qkv, keys, values, blockTable, mask, a);
+        }
+        else
+        {
+            _kernel(stream, new KernelConfig(new Index3D(h, t, z), new Index3D(_groupSize, 1, 1)), output, _partials.View, qkv, keys, values, blockTable, mask, a);
+        }
         if (z > 1) _combine(stream, t * h * dh, output, _partials.View, a);
     }
 

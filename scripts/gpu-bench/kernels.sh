@@ -4,9 +4,10 @@
 #
 #   bash scripts/gpu-bench/kernels.sh [--device cuda] [--quick]
 #
-# 1. unpacks the carried .NET runtime (as run.sh does); 2. runs the conformance console (GpuCheck) with --matmul-only:
+# 1. unpacks the carried .NET runtime (as run.sh does); 2. runs the conformance console (GpuCheck) with --kernels-only:
 # the kernel conformance suite on the device, then the GEMV and small-T / prefill matmul timings per kernel path
-# (float32-core skinny and tiled kernels, tensor cores with split and rounded inputs); 3. writes the PTX of the
+# (float32-core skinny and tiled kernels, tensor cores with split and rounded inputs) and attention timings (decode,
+# prefill, trees: blocks of 8 tokens against one token per group); 3. writes the PTX of the
 # tensor-core kernels (GpuCheck --dump-ptx) and, when the CUDA toolkit's ptxas is there, prints its register, stack and
 # spill report for sm_90. Output: $OUT/kernels.log (default ./gpu-bench-results). Exit code: GpuCheck's (1 when a
 # conformance check failed).
@@ -53,8 +54,8 @@ if [[ $DEVICE == cuda ]] && ! ldconfig -p 2>/dev/null | grep -q 'libcuda\.so '; 
 fi
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader
 
-echo "== GpuCheck $DEVICE --matmul-only ${QUICK[*]}"
-timeout 400 "$DOTNET" "$WORK/gpucheck/IlgpuMedusa.Kernels.GpuCheck.dll" "$DEVICE" --matmul-only "${QUICK[@]}"
+echo "== GpuCheck $DEVICE --kernels-only ${QUICK[*]}"
+timeout 400 "$DOTNET" "$WORK/gpucheck/IlgpuMedusa.Kernels.GpuCheck.dll" "$DEVICE" --kernels-only "${QUICK[@]}"
 status=$?
 
 echo "== PTX of the tensor-core kernels"

@@ -394,6 +394,33 @@ public abstract class ConformanceTests
             CheckAttention(committed: 9, tokens: 5, heads: 2, kvHeads: 2, headDim: dh, blockSize: 4, table: [2, 5, 0, 4], mask: mask, seed: 12);
     }
 
+    /// <summary>
+    /// More tokens than one group of the block kernel takes (8): a 21-node tree (random parents: each node sees its
+    /// ancestors and itself) and a causal prefill of 19 tokens, both with a ragged last block, unsplit and split.
+    /// </summary>
+    [Fact]
+    public void Attention_many_tokens_match_host()
+    {
+        const int nodes = 21;
+        var random = new Random(31);
+        var parent = new int[nodes];
+        var mask = new int[nodes * nodes];
+        for (int i = 0; i < nodes; i++)
+        {
+            parent[i] = i == 0 ? -1 : random.Next(i);
+            for (int a = i; a >= 0; a = parent[a]) mask[i * nodes + a] = 1;
+        }
+        int s = 23;
+        int blocks = (s + nodes + 3) / 4;
+        var table = Enumerable.Range(0, blocks).Select(i => (i * 5 + 2) % blocks).ToArray();
+        Assert.Equal(blocks, table.Distinct().Count());
+        foreach (int? splits in new int?[] { 1, 3, null })
+        {
+            CheckAttention(committed: s, tokens: nodes, heads: 4, kvHeads: 2, headDim: Sizes.HeadDims[^1], blockSize: 4, table: table, mask: mask, seed: 32, splits: splits);
+            CheckAttention(committed: 0, tokens: 19, heads: 2, kvHeads: 1, headDim: Sizes.HeadDims[0], blockSize: 4, table: table, mask: null, seed: 33, splits: splits);
+        }
+    }
+
     /// <summary>A long committed prefix: many key chunks of the online softmax.</summary>
     [Fact]
     public void Attention_long_context_matches_host()
