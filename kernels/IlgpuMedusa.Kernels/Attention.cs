@@ -257,12 +257,17 @@ public static class AttentionKernel
     /// <summary>Query tokens one group of <see cref="Block"/> takes together.</summary>
     public const int BlockTokens = 8;
 
+    /// <summary>Key dimensions <see cref="Block"/> stages in shared memory at a time (Dh beyond it takes several passes).</summary>
+    private const int StageDims = 128;
+
     /// <summary>
     /// Attention for T ≥ 2 (tree verification, prefill): as <see cref="Run"/>, but one group per (head h, block of 8
     /// tokens, key split z), grid (H, ⌈T/8⌉, Z), so each key and value row read from memory serves eight queries instead
-    /// of one (a tree's tokens share almost all their keys). Keys go in chunks of C = G/8: thread (token i, key j) scores
-    /// key c0 + j for query i (a warp of 32 threads covers one token's 32 keys when G = 256: the query is a broadcast from
-    /// shared memory, the eight warps read the same key rows, from cache after the first); per token, one segmented
+    /// of one (a tree's tokens share almost all their keys). Keys go in chunks of C = G/8: the group copies the chunk's
+    /// key rows into shared memory (consecutive threads read consecutive floats of a row: coalesced; on an H200 scoring
+    /// straight from memory, one row per thread, made the kernel as slow as one group per token), then thread
+    /// (token i, key j) scores key c0 + j for query i (a warp covers one token's 32 keys when G = 256: the query is a
+    /// broadcast, the padded key rows sit in 32 different banks); per token, one segmented
     /// tree reduction gives the chunk's max and sum of exponentials, and the running (max, sum) and the accumulators are
     /// rescaled online. P·V: thread (token, four dimensions) sums p·v over the chunk's keys, two keys per iteration
     /// (consecutive threads read consecutive floats of a value row). Tokens of the last block past T repeat token T − 1
@@ -286,6 +291,7 @@ public static class AttentionKernel
         var reduceMax = SharedMemory.Allocate<float>(KernelLimits.MaxGroupSize);
         var reduceSum = SharedMemory.Allocate<float>(KernelLimits.MaxGroupSize);
         var slotOffset = SharedMemory.Allocate<long>(KernelLimits.MaxGroupSize / BlockTokens);
+        var keyTile = SharedMemory.Allocate<float>(KernelLimits.MaxGroupSize / BlockTokens * (StageDims + 1)); // [key][d], padded
         var runningMax = SharedMemory.Allocate<float>(BlockTokens);
         var runningSum = SharedMemory.Allocate<float>(BlockTokens);
         var rescale = SharedMemory.Allocate<float>(BlockTokens);
@@ -328,31 +334,52 @@ public static class AttentionKernel
         int quads = (dh + 3) / 4;
         for (int chunk = begin; chunk < end; chunk += chunkKeys)
         {
-            int key = chunk + j;
-            long offset = 0;
-            if (key < end)
+            if (tid < chunkKeys)
             {
-                long slot = (long)blockTable[key / args.BlockSize] * args.BlockSize + key % args.BlockSize;
-                offset = slot * kvDim + headOffset;
+                // Keys past the end: offset 0, a valid row (they are never visible, their p is 0).
+                int k = chunk + tid;
+                long offset = 0;
+                if (k < end)
+                {
+                    long slot = (long)blockTable[k / args.BlockSize] * args.BlockSize + k % args.BlockSize;
+                    offset = slot * kvDim + headOffset;
+                }
+                slotOffset[tid] = offset;
             }
+            int key = chunk + j;
             bool visible = key < end && myToken <= lastToken
                 && (key < args.Committed || (args.HasMask != 0 ? mask[myToken * args.Tokens + key - args.Committed] != 0 : key - args.Committed <= myToken));
-            float score = Hidden;
-            if (visible)
+            Group.Barrier();
+            // Scores from the chunk's key rows staged in shared memory (read coalesced, 128 dimensions at a time; rows
+            // padded by one float so that the 32 keys of a warp fall in 32 banks).
+            float dot0 = 0f, dot1 = 0f, dot2 = 0f, dot3 = 0f;
+            for (int d0 = 0; d0 < dh; d0 += StageDims)
             {
-                float dot0 = 0f, dot1 = 0f, dot2 = 0f, dot3 = 0f;
-                int d = 0;
-                for (; d + 4 <= dh; d += 4)
+                int width = dh - d0 < StageDims ? dh - d0 : StageDims;
+                for (int i = tid; i < chunkKeys * width; i += groupSize)
                 {
-                    dot0 += query[myQuery + d] * keys[offset + d];
-                    dot1 += query[myQuery + d + 1] * keys[offset + d + 1];
-                    dot2 += query[myQuery + d + 2] * keys[offset + d + 2];
-                    dot3 += query[myQuery + d + 3] * keys[offset + d + 3];
+                    int k = i / width;
+                    int d = i - k * width;
+                    keyTile[k * (StageDims + 1) + d] = keys[slotOffset[k] + d0 + d];
                 }
-                for (; d < dh; d++) dot0 += query[myQuery + d] * keys[offset + d];
-                score = (dot0 + dot1) + (dot2 + dot3);
+                Group.Barrier();
+                if (visible)
+                {
+                    int row = j * (StageDims + 1);
+                    long q = myQuery + d0;
+                    int d = 0;
+                    for (; d + 4 <= width; d += 4)
+                    {
+                        dot0 += query[q + d] * keyTile[row + d];
+                        dot1 += query[q + d + 1] * keyTile[row + d + 1];
+                        dot2 += query[q + d + 2] * keyTile[row + d + 2];
+                        dot3 += query[q + d + 3] * keyTile[row + d + 3];
+                    }
+                    for (; d < width; d++) dot0 += query[q + d] * keyTile[row + d];
+                }
+                Group.Barrier();
             }
-            if (mine == 0) slotOffset[j] = offset; // keys past the end: offset 0, a valid row (their p is 0)
+            float score = visible ? (dot0 + dot1) + (dot2 + dot3) : Hidden;
             reduceMax[tid] = score;
             reduceSum[tid] = visible ? 1f : 0f;
             Group.Barrier();
@@ -387,6 +414,7 @@ public static class AttentionKernel
             for (int pair = tid; pair < BlockTokens * quads; pair += groupSize)
             {
                 int t = pair / quads;
+                if (token0 + t > lastToken) continue; // a block's tokens past T (decoding: seven of eight)
                 int d = 4 * (pair - t * quads);
                 int row = t * chunkKeys;
                 long at = (long)t * dh + d;
@@ -503,15 +531,26 @@ public sealed class AttentionLauncher : IDisposable
     private MemoryBuffer1D<float, Stride1D.Dense> _partials;
     private readonly int _groupSize;
     private readonly int _targetGroups;
-    private readonly bool _blocks;
+    private readonly int _blocksFrom;
+
+    /// <summary>Environment variable choosing the attention kernel: per-token (never blocks), blocks (T = 1 too), or unset.</summary>
+    public const string KernelVariable = "ILGPU_MEDUSA_ATTENTION";
 
     /// <summary>
     /// Compiles and loads the kernels; <paramref name="groupSize"/> threads per (head, token, split).
-    /// <paramref name="blocks"/>: false keeps T ≥ 2 on the one-token-per-group kernel (to time the two side by side).
+    /// <paramref name="blocks"/>: the smallest T sent to <see cref="AttentionKernel.Block"/> (default: 2, or what
+    /// <see cref="KernelVariable"/> says: per-token = never, blocks = 1); int.MaxValue keeps every T on the
+    /// one-token-per-group kernel (to time the two side by side).
     /// </summary>
-    public AttentionLauncher(Accelerator accelerator, int groupSize, bool blocks = true)
+    public AttentionLauncher(Accelerator accelerator, int groupSize, int? blocks = null)
     {
-        _blocks = blocks;
+        _blocksFrom = blocks ?? Environment.GetEnvironmentVariable(KernelVariable)?.Trim().ToLowerInvariant() switch
+        {
+            null or "" => 2,
+            "blocks" => 1,
+            "per-token" => int.MaxValue,
+            var other => throw new ArgumentException($"{KernelVariable}: unknown value '{other}'; expected blocks or per-token"),
+        };
         ArgumentNullException.ThrowIfNull(accelerator);
         KernelLimits.CheckGroupSize(groupSize);
         _groupSize = groupSize;
@@ -535,8 +574,10 @@ public sealed class AttentionLauncher : IDisposable
     /// </summary>
     public int MaxSplitGroups { get; }
 
-    /// <summary>True when T queries go to <see cref="AttentionKernel.Block"/>: T ≥ 2 and groups of at least 16 threads.</summary>
-    public bool UsesBlocks(int tokens) => _blocks && tokens >= 2 && _groupSize >= 2 * AttentionKernel.BlockTokens;
+    /// <summary>
+    /// True when T queries go to <see cref="AttentionKernel.Block"/>: T ≥ 2 (by default) and groups of at least 16 threads.
+    /// </summary>
+    public bool UsesBlocks(int tokens) => tokens >= _blocksFrom && tokens >= 1 && _groupSize >= 2 * AttentionKernel.BlockTokens;
 
     /// <summary>
     /// Splits for the block kernel: (H · ⌈T/8⌉) groups, split until the device is full (as <see cref="ChooseSplits"/>,

@@ -421,6 +421,20 @@ public abstract class ConformanceTests
         }
     }
 
+    /// <summary>
+    /// Decoding (T = 1) through the block kernel (ILGPU_MEDUSA_ATTENTION=blocks): seven of the block's eight tokens are
+    /// absent; unsplit, split and with the launcher's own choice.
+    /// </summary>
+    [Fact]
+    public void Attention_decode_in_blocks_matches_host()
+    {
+        using var launcher = new AttentionLauncher(Device.Accelerator, Device.GroupSize, blocks: 1);
+        Assert.Equal(Device.GroupSize >= 2 * AttentionKernel.BlockTokens, launcher.UsesBlocks(1));
+        foreach (int? splits in new int?[] { 1, 4, null })
+            foreach (int dh in Sizes.HeadDims)
+                CheckAttention(committed: 37, tokens: 1, heads: 2, kvHeads: 1, headDim: dh, blockSize: 8, table: [4, 1, 7, 0, 2], mask: null, seed: 34, splits: splits, launcher: launcher);
+    }
+
     /// <summary>A long committed prefix: many key chunks of the online softmax.</summary>
     [Fact]
     public void Attention_long_context_matches_host()
@@ -453,7 +467,8 @@ public abstract class ConformanceTests
         CheckAttention(committed: s, tokens: 3, heads: 2, kvHeads: 2, headDim: Sizes.HeadDims[^1], blockSize: 16, table: table, mask: mask, seed: 22, splits: Math.Min(splits, 8));
     }
 
-    private void CheckAttention(int committed, int tokens, int heads, int kvHeads, int headDim, int blockSize, int[] table, int[]? mask, int seed, int? splits = null)
+    private void CheckAttention(int committed, int tokens, int heads, int kvHeads, int headDim, int blockSize, int[] table, int[]? mask, int seed, int? splits = null,
+        AttentionLauncher? launcher = null)
     {
         using var twin = NewTwin(seed);
         var layout = new KvCacheLayout(Layers: 2, KvHeads: kvHeads, HeadDim: headDim, BlockSize: blockSize, BlockCount: table.Max() + 1);
@@ -473,7 +488,7 @@ public abstract class ConformanceTests
         var maskPair = mask is null ? (TensorPair?)null : twin.Ints(tokens, tokens, mask);
         var output = twin.Zeros(DType.F32, tokens, heads * headDim);
         Accelerators.Host.Attention(output.Host, qkv.Host, caches.Host, layer, blockTable.Host, committed, maskPair?.Host);
-        Device.Attention(output.Device, qkv.Device, caches.Device, layer, blockTable.Device, committed, maskPair?.Device, splits);
+        Device.Attention(output.Device, qkv.Device, caches.Device, layer, blockTable.Device, committed, maskPair?.Device, splits, launcher);
         // The output is a softmax-weighted average of values ≤ 1: its error follows the scores' (sums of Dh terms), not S.
         Twin.AssertClose(output, Tolerance.ForSum(DType.F32, headDim),
             $"Attention S={committed} T={tokens} H={heads} Hkv={kvHeads} Dh={headDim} B={blockSize} mask={(mask is null ? "causal" : "tree")} splits={splits?.ToString() ?? "auto"}");

@@ -527,7 +527,8 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
     /// <see cref="Attention(DeviceTensor, DeviceTensor, KvCache, int, DeviceTensor, int, DeviceTensor?)"/> with a forced
     /// number of key splits (tests; null: the launcher chooses from the device size).
     /// </summary>
-    internal void Attention(DeviceTensor output, DeviceTensor qkv, KvCache cache, int layer, DeviceTensor blockTable, int committed, DeviceTensor? mask, int? splits)
+    internal void Attention(DeviceTensor output, DeviceTensor qkv, KvCache cache, int layer, DeviceTensor blockTable, int committed, DeviceTensor? mask, int? splits,
+        AttentionLauncher? launcher = null)
     {
         var o = Own(output);
         var q = Own(qkv);
@@ -539,7 +540,7 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
         if ((uint)layer >= (uint)l.Layers) throw new ArgumentException($"Attention: layer {layer} outside [0, {l.Layers})");
         var args = new AttentionArgs(q.Rows, o.Columns / l.HeadDim, l.KvHeads, l.HeadDim, q.Columns, committed, l.BlockSize, m is not null);
         int op = _timer is null ? -1 : _timer.Begin("attention", $"T={q.Rows} H={o.Columns / l.HeadDim} Hkv={l.KvHeads} Dh={l.HeadDim}", 0);
-        _kernels.Attention.Launch(_stream, o.Floats, q.Floats, c.Plane(layer, 0), c.Plane(layer, 1), table.Ints, m?.Ints ?? _noMask.View, args, splits);
+        (launcher ?? _kernels.Attention).Launch(_stream, o.Floats, q.Floats, c.Plane(layer, 0), c.Plane(layer, 1), table.Ints, m?.Ints ?? _noMask.View, args, splits);
         End(op);
     }
 
