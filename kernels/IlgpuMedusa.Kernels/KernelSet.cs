@@ -101,7 +101,8 @@ public static class KernelCatalog
     /// <param name="Method">The (constructed) kernel method.</param>
     /// <param name="ImplicitlyGrouped">True for index-first kernels, false for explicitly grouped ones.</param>
     /// <param name="CudaOnly">
-    /// True for variants outside the portable subset (ILGPU's Half type, inline PTX for tensor cores), loaded on CUDA only.
+    /// True for variants outside the portable subset (ILGPU's Half type, inline PTX for tensor cores, warp shuffles),
+    /// loaded on CUDA only.
     /// </param>
     public sealed record Entry(string Name, MethodInfo Method, bool ImplicitlyGrouped, bool CudaOnly);
 
@@ -146,6 +147,15 @@ public static class KernelCatalog
             (Action<ArrayView<float>, ArrayView<float>, ArrayView<uint>, ArrayView<float>, MatMulArgs>)MatMulKernels.Skinny<uint, F16NativeFormat, NormedInput>,
             (Action<ArrayView<float>, ArrayView<float>, ArrayView<uint>, ArrayView<float>, MatMulArgs>)MatMulKernels.Skinny<uint, F16NativeFormat, NormedSwiGlu>,
             (Action<ArrayView<float>, ArrayView<float>, ArrayView<ushort>, MatMulArgs>)MatMulKernels.Tiled<ushort, F16NativeFormat>,
+            (Action<ArrayView<float>, ArrayView<Quad>, ArrayView<Pack8>, ArrayView<Quad>, MatMulArgs>)MatMulKernels.VectorWide<F16NativeFormat, PlainInput>,
+            (Action<ArrayView<float>, ArrayView<Quad>, ArrayView<Pack8>, ArrayView<Quad>, MatMulArgs>)MatMulKernels.VectorWide<F16NativeFormat, NormedInput>,
+            (Action<ArrayView<float>, ArrayView<Quad>, ArrayView<Pack8>, ArrayView<Quad>, MatMulArgs>)MatMulKernels.VectorWide<F16NativeFormat, NormedSwiGlu>,
+            (Action<ArrayView<float>, ArrayView<Quad>, ArrayView<Pack8>, ArrayView<Quad>, MatMulArgs>)MatMulKernels.VectorWide<F16Format, PlainInput>,
+            (Action<ArrayView<float>, ArrayView<Quad>, ArrayView<Pack8>, ArrayView<Quad>, MatMulArgs>)MatMulKernels.VectorWide<F16Format, NormedInput>,
+            (Action<ArrayView<float>, ArrayView<Quad>, ArrayView<Pack8>, ArrayView<Quad>, MatMulArgs>)MatMulKernels.VectorWide<F16Format, NormedSwiGlu>,
+            (Action<ArrayView<float>, ArrayView<Quad>, ArrayView<Pack8>, ArrayView<Quad>, MatMulArgs>)MatMulKernels.VectorWide<BF16Format, PlainInput>,
+            (Action<ArrayView<float>, ArrayView<Quad>, ArrayView<Pack8>, ArrayView<Quad>, MatMulArgs>)MatMulKernels.VectorWide<BF16Format, NormedInput>,
+            (Action<ArrayView<float>, ArrayView<Quad>, ArrayView<Pack8>, ArrayView<Quad>, MatMulArgs>)MatMulKernels.VectorWide<BF16Format, NormedSwiGlu>,
             (Action<Index1D, ArrayView<float>, ArrayView<uint>, ArrayView<uint>>)MatMulKernels.TensorInput<SplitInput>,
             (Action<Index1D, ArrayView<float>, ArrayView<uint>, ArrayView<uint>>)MatMulKernels.TensorInput<RoundedInput>,
             (Action<Index1D, ArrayView<float>, ArrayView<float>, int, int, int>)MatMulKernels.TensorReduce,
@@ -173,6 +183,7 @@ public static class KernelCatalog
             (Action<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<int>, KvCompactArgs>)KvCompactKernel.Run,
         ];
         return kernels.Select(k => new Entry(KernelLoader.NameOf(k.Method), k.Method, KernelLoader.IsImplicitlyGrouped(k.Method),
-            k.Method.IsGenericMethod && k.Method.GetGenericArguments().Any(a => a == typeof(F16NativeFormat) || typeof(ITensorInput).IsAssignableFrom(a)))).ToList();
+            k.Method.Name == nameof(MatMulKernels.VectorWide)
+            || (k.Method.IsGenericMethod && k.Method.GetGenericArguments().Any(a => a == typeof(F16NativeFormat) || typeof(ITensorInput).IsAssignableFrom(a))))).ToList();
     }
 }

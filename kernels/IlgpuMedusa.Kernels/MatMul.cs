@@ -134,6 +134,16 @@ public readonly record struct MatMulTuning(int GroupSize, int SkinnyGroupSize, i
     /// </summary>
     public TensorCoreMode TensorCores { get; init; }
 
+    /// <summary>Environment variable that turns the wide GEMV off on CUDA (0) to time it against the portable one.</summary>
+    public const string WideVectorVariable = "ILGPU_MEDUSA_WIDE_GEMV";
+
+    /// <summary>
+    /// T = 1 with 16-bit weights through <see cref="MatMulKernels.VectorWide{TFormat, TMode}"/> (16-byte loads, a warp per
+    /// two rows, shuffles instead of a shared-memory reduction) where it applies: on for CUDA unless
+    /// <see cref="WideVectorVariable"/> is 0.
+    /// </summary>
+    public bool WideVector { get; init; }
+
     /// <summary>Smallest T that <see cref="MatMulPath.Auto"/> sends to the tensor-core kernel (when it applies).</summary>
     public int TensorMinTokens { get; init; } = 2;
 
@@ -177,6 +187,7 @@ public readonly record struct MatMulTuning(int GroupSize, int SkinnyGroupSize, i
             {
                 TensorCores = tensor,
                 TensorGroupSize = tensorGroup,
+                WideVector = accelerator.AcceleratorType == AcceleratorType.Cuda && Environment.GetEnvironmentVariable(WideVectorVariable) != "0",
                 TensorTargetGroups = 4 * Math.Max(1, accelerator.NumMultiprocessors),
             }
             : new(groupSize, groupSize, tiled, 16, false) { TensorGroupSize = tensorGroup };
@@ -208,6 +219,9 @@ public sealed class MatMulLauncher : IDisposable
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<Pack8>, ArrayView<Pack8>, ArrayView<Pack8>, MatMulArgs>[]? _tensor;
     private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<uint>, ArrayView<uint>>? _tensorInput;
     private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>, int, int, int>? _tensorReduce;
+    // Wide GEMV per 16-bit storage and mode (plain, normed, normed + SwiGLU); null when WideVector is off.
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<Quad>, ArrayView<Pack8>, ArrayView<Quad>, MatMulArgs>[]? _wideF16;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<Quad>, ArrayView<Pack8>, ArrayView<Quad>, MatMulArgs>[]? _wideBf16;
     private readonly Accelerator _accelerator;
     private MemoryBuffer1D<float, Stride1D.Dense>? _partials;
     private MemoryBuffer1D<uint, Stride1D.Dense>? _inputHi;
@@ -242,6 +256,13 @@ public sealed class MatMulLauncher : IDisposable
         }
         LoadRows<uint, BF16Format>(accelerator, _bf16);
         _bf16Tiled = LoadTiled<ushort>(accelerator, MatMulKernels.Tiled<ushort, BF16Format>);
+        if (tuning.WideVector)
+        {
+            if (tuning.GroupSize < 32 || tuning.GroupSize % 32 != 0)
+                throw new ArgumentException($"wide GEMV: group size {tuning.GroupSize} is not a whole number of warps of 32");
+            _wideF16 = tuning.NativeHalf ? LoadWide<F16NativeFormat>(accelerator) : LoadWide<F16Format>(accelerator);
+            _wideBf16 = LoadWide<BF16Format>(accelerator);
+        }
         if (tuning.TensorCores != TensorCoreMode.Off)
         {
             if (tuning.TensorGroupSize < 32 || tuning.TensorGroupSize % 32 != 0 || tuning.TensorGroupSize > MatMulKernels.TensorGroupSize)
@@ -274,6 +295,18 @@ public sealed class MatMulLauncher : IDisposable
         LoadTensorKernel(accelerator, MatMulKernels.TensorCore<FourTokenTiles, TInput>),
         LoadTensorKernel(accelerator, MatMulKernels.TensorCore<EightTokenTiles, TInput>),
     ];
+
+    private static Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<Quad>, ArrayView<Pack8>, ArrayView<Quad>, MatMulArgs>[] LoadWide<TFormat>(Accelerator accelerator)
+        where TFormat : struct, IPackFormat<uint> =>
+    [
+        LoadWideKernel(accelerator, MatMulKernels.VectorWide<TFormat, PlainInput>),
+        LoadWideKernel(accelerator, MatMulKernels.VectorWide<TFormat, NormedInput>),
+        LoadWideKernel(accelerator, MatMulKernels.VectorWide<TFormat, NormedSwiGlu>),
+    ];
+
+    private static Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<Quad>, ArrayView<Pack8>, ArrayView<Quad>, MatMulArgs> LoadWideKernel(
+        Accelerator accelerator, Action<ArrayView<float>, ArrayView<Quad>, ArrayView<Pack8>, ArrayView<Quad>, MatMulArgs> kernel) =>
+        KernelLoader.Load(accelerator, kernel, () => accelerator.LoadKernel(kernel));
 
     private static Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<uint>, ArrayView<uint>> LoadTensorInput<TInput>(Accelerator accelerator)
         where TInput : struct, ITensorInput
@@ -435,6 +468,12 @@ public sealed class MatMulLauncher : IDisposable
             new MatMulArgs(1, n, k, weight.PackStride, accumulate: false, groupRows: groupRows, groupInputStride: sharedInput ? 0 : k));
     }
 
+    /// <summary>True when the wide GEMV takes this launch (16-bit weights, K and the stride multiples of 8, aligned views).</summary>
+    private bool CanUseWideVector(WeightView weight, ArrayView<float> input, ArrayView<float> norm, int tokens, int mode) =>
+        _wideF16 is not null && weight.Storage != WeightStorage.F32 && weight.Columns > 0 && weight.Columns % 8 == 0
+        && weight.RowStride % 8 == 0 && ByteOffset(weight.Raw) % 16 == 0 && ByteOffset(input.Cast<byte>()) % 16 == 0
+        && (mode == 0 || ByteOffset(norm.Cast<byte>()) % 16 == 0) && tokens >= 1;
+
     /// <summary>Where a view starts in its buffer, in bytes (allocations themselves are at least 256-byte aligned on GPUs).</summary>
     private static long ByteOffset(ArrayView<byte> view) => ((IContiguousArrayView)view).IndexInBytes;
 
@@ -516,6 +555,19 @@ public sealed class MatMulLauncher : IDisposable
     private void LaunchRows(AcceleratorStream stream, ArrayView<float> output, ArrayView<float> input, ArrayView<float> norm, WeightView weight,
         int tokens, bool vector, int mode, MatMulArgs args)
     {
+        if (vector && args.GroupRows == 0 && CanUseWideVector(weight, input, norm, tokens, mode))
+        {
+            int warps = Tuning.GroupSize / 32;
+            int rowsPerGroup = warps * MatMulKernels.WideRowsPerWarp;
+            var wideConfig = new KernelConfig(new Index2D((weight.Rows + rowsPerGroup - 1) / rowsPerGroup, tokens), new Index2D(Tuning.GroupSize, 1));
+            var kernels = weight.Storage == WeightStorage.F16 ? _wideF16! : _wideBf16!;
+            var x = input.SubView(0, (long)tokens * weight.Columns).Cast<Quad>();
+            var n = mode == 0 ? x : norm.SubView(0, weight.Columns).Cast<Quad>();
+            var packs = weight.Raw.SubView(0, (long)weight.Rows * weight.RowStride * 2).Cast<Pack8>();
+            kernels[mode](stream, wideConfig, output, x, packs, n,
+                new MatMulArgs(tokens, weight.Rows, weight.Columns, weight.RowStride / 8, args.Accumulate != 0, args.Eps));
+            return;
+        }
         int rowGroups = (weight.Rows + MatMulKernels.RowsPerGroup - 1) / MatMulKernels.RowsPerGroup;
         int slot = (vector ? 0 : 3) + mode;
         var config = new KernelConfig(new Index2D(rowGroups, vector ? tokens : 1), new Index2D(vector ? Tuning.GroupSize : Tuning.SkinnyGroupSize, 1));

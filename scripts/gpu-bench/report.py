@@ -231,6 +231,23 @@ def tensor_lines(u, indent="  "):
     return [f"{indent}tensor cores vs float32 cores: prefill {fmt(p['tensor'])} vs {fmt(p['f32'])} tok/s ({x}); {trees}; {same}"]
 
 
+def variant_lines(main, variants, indent="  "):
+    """One line per decode variant: its decode rate and 1-node step against the main profile's."""
+    lines = []
+    if not isinstance(main, dict):
+        return lines
+    md = number(main.get("decode_tokens_per_second"))
+    for label, doc in variants:
+        if not isinstance(doc, dict):
+            continue
+        vd = number(doc.get("decode_tokens_per_second"))
+        r = ratio(md, vd)
+        lines.append(f"{indent}decode, default vs {label}: {fmt(md)} vs {fmt(vd)} tok/s ({f'{r:.2f}x' if r else '-'}); "
+                     f"1-node step {fmt(number((main.get('tree_step_ms') or {}).get('1')), 2)} vs "
+                     f"{fmt(number((doc.get('tree_step_ms') or {}).get('1')), 2)} ms")
+    return lines
+
+
 def unfused_lines(u, indent="  "):
     """One line: decode and tree steps with the fused kernels and without."""
     if not u:
@@ -476,6 +493,11 @@ def main(argv=None) -> int:
         summary["op_times"] = summarize_op_times(extract_json_object(read_text(os.path.join(raw, f"ours-{shape}-ops.out"))))
         summary["unfused"] = summarize_unfused(ours, extract_json_object(read_text(os.path.join(raw, f"ours-{shape}-unfused.out"))))
         summary["f32_cores"] = summarize_tensor(ours, extract_json_object(read_text(os.path.join(raw, f"ours-{shape}-f32cores.out"))))
+        decode_variants = [("portable GEMV (ILGPU_MEDUSA_WIDE_GEMV=0)", extract_json_object(read_text(os.path.join(raw, f"ours-{shape}-narrow-gemv.out")))),
+                           ("block attention (ILGPU_MEDUSA_ATTENTION=blocks)", extract_json_object(read_text(os.path.join(raw, f"ours-{shape}-block-attention.out"))))]
+        summary["decode_variants"] = {label: {"decode_tokens_per_second": number((doc or {}).get("decode_tokens_per_second")),
+                                              "one_node_step_ms": number(((doc or {}).get("tree_step_ms") or {}).get("1"))}
+                                      for label, doc in decode_variants if isinstance(doc, dict)}
         absent = [f for f in OURS_FIELDS if ours is None or f not in ours]
         if absent:
             missing_ours.append(f"{shape}: {'no JSON' if ours is None else 'missing ' + ', '.join(absent)}")
@@ -492,7 +514,7 @@ def main(argv=None) -> int:
         result["shapes"][shape] = {"summary": summary, "step_status": status, "model": model, "ours": ours,
                                    "ours_missing_fields": absent, "hf_eager": he, "hf_compiled": hc, "errors": errors}
         blocks.append("\n".join([table(shape, summary, status, model, args.mode)] + unfused_lines(summary["unfused"])
-                                 + tensor_lines(summary["f32_cores"])
+                                 + tensor_lines(summary["f32_cores"]) + variant_lines(ours, decode_variants)
                                  + op_times_lines(summary["op_times"])))
     failed = [s for s in steps if s["status"] in ("failed", "timeout")]
     result["failed_steps"] = [s["name"] for s in failed]

@@ -295,6 +295,14 @@ ours_f32cores() {
     --prompt-ids "$3" --decode-tokens 16 --greedy-tokens "$GREEDY_TOKENS" --tree-sizes "$TREE_SIZES" --repeats 3 --copy-mb 0 --json
 }
 
+# ours_decode_variant NAME MODEL_DIR PROMPT_IDS WANT_S VAR=VALUE: decode only (64 tokens, the 1-node tree step) with one
+# kernel choice switched by its environment variable (ILGPU_MEDUSA_WIDE_GEMV=0: the portable GEMV for 16-bit weights;
+# ILGPU_MEDUSA_ATTENTION=blocks: decoding attention in the block kernel), for the report's "decode variants" lines.
+ours_decode_variant() {
+  run_step "$1" "$4" env "$5" "${APP[@]}" profile --model "$2" --device "$DEVICE" --prompt-ids "$3" \
+    --decode-tokens 64 --greedy-tokens 8 --tree-sizes 1 --repeats 5 --copy-mb 0 --json
+}
+
 # ours_op_times NAME MODEL_DIR PROMPT_IDS WANT_S: where a step's device time goes, op by op (`profile --op-times`: device
 # timestamps around every op for OP_STEPS decode steps and as many forwards of the largest tree size). A separate run,
 # because the markers slow the launches down; needs an ILGPU device (on the host it says so and reports nothing).
@@ -508,6 +516,8 @@ else
       fi
       ours_unfused "$shape" "$dir" "$dir/prompt_ids.json" "${OPS_S[$shape]:-60}"
       ours_f32cores "$shape" "$dir" "$dir/prompt_ids.json" "${OPS_S[$shape]:-60}"
+      ours_decode_variant "ours-$shape-narrow-gemv" "$dir" "$dir/prompt_ids.json" 60 ILGPU_MEDUSA_WIDE_GEMV=0
+      ours_decode_variant "ours-$shape-block-attention" "$dir" "$dir/prompt_ids.json" 60 ILGPU_MEDUSA_ATTENTION=blocks
     else
       skip_step "ours-$shape" "no runnable app (see the unpack-runtime / devices steps)"
     fi

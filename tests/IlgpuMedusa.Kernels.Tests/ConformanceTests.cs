@@ -746,6 +746,54 @@ public sealed class CpuEmulatorConformanceTests(Accelerators accelerators) : Con
         }
     }
 
+    /// <summary>
+    /// The wide GEMV (16-byte loads, a warp per two rows, shuffle reductions; CUDA's T = 1 path for 16-bit weights) in
+    /// its three modes, for F16 (both decodings) and BF16, against the host: odd N (a warp's second row missing), K of one
+    /// to several packs of eight per lane, accumulation.
+    /// </summary>
+    [Theory]
+    [InlineData(DType.F16, true)]
+    [InlineData(DType.F16, false)]
+    [InlineData(DType.BF16, false)]
+    public void MatMul_wide_gemv_matches_host(DType type, bool nativeHalf)
+    {
+        var accelerator = Device.Accelerator;
+        var launcher = new MatMulLauncher(accelerator, MatMulTuning.For(accelerator, 64) with { WideVector = true, NativeHalf = nativeHalf });
+        var stream = accelerator.DefaultStream;
+        using var twin = new Twin(Accelerators.Host, Device, 25);
+        foreach (var (n, k) in new[] { (33, 8), (5, 64), (40, 264), (7, 520) })
+        {
+            var x = twin.RandomTensor(1, k, 3f);
+            var weight = twin.RandomWeight(type, n, k, 1f / MathF.Sqrt(k));
+            var view = ((IlgpuTensor)weight.Device).AsWeight();
+            foreach (bool accumulate in new[] { false, true })
+            {
+                var output = twin.RandomTensor(1, n);
+                Accelerators.Host.MatMul(output.Host, x.Host, weight.Host, accumulate);
+                launcher.Launch(stream, ((IlgpuTensor)output.Device).Floats, ((IlgpuTensor)x.Device).Floats, view, 1, accumulate);
+                stream.Synchronize();
+                Twin.AssertClose(output, Tolerance.ForSum(type, k), $"wide GEMV {type} N={n} K={k} accumulate={accumulate}");
+            }
+            var norm = twin.RandomWeight(DType.F32, 1, k);
+            var normed = twin.Zeros(DType.F32, 1, k);
+            var product = twin.Zeros(DType.F32, 1, n);
+            ((IComputeBackend)Accelerators.Host).NormMatMul(product.Host, x.Host, norm.Host, 1e-5f, weight.Host, normed.Host, accumulate: false);
+            launcher.LaunchNormed(stream, ((IlgpuTensor)product.Device).Floats, ((IlgpuTensor)x.Device).Floats, ((IlgpuTensor)norm.Device).Floats, view, 1, 1e-5f, accumulate: false);
+            stream.Synchronize();
+            Twin.AssertClose(product, Tolerance.ForSum(type, k), $"wide GEMV with RMSNorm {type} N={n} K={k}");
+            int f = n;
+            var gateUp = twin.GateUp(type, f, k, 1f / MathF.Sqrt(k));
+            var ffn = twin.Zeros(DType.F32, 1, f);
+            var gateUpOut = twin.Zeros(DType.F32, 1, 2 * f);
+            ((IComputeBackend)Accelerators.Host).FfnGateUp(ffn.Host, x.Host, norm.Host, 1e-5f, gateUp.Host, normed.Host, gateUpOut.Host);
+            launcher.LaunchNormedSwiGlu(stream, ((IlgpuTensor)ffn.Device).Floats, ((IlgpuTensor)x.Device).Floats, ((IlgpuTensor)norm.Device).Floats,
+                ((IlgpuTensor)gateUp.Device).AsWeight(), 1, 1e-5f);
+            stream.Synchronize();
+            var sum = Tolerance.ForSum(type, k);
+            Twin.AssertClose(ffn, new Tolerance(4 * sum.Absolute, 1e-4), $"wide GEMV with RMSNorm and SwiGLU {type} F={f} D={k}");
+        }
+    }
+
     /// <inheritdoc />
     protected override IlgpuBackend Device => Accelerators.Emulator;
 

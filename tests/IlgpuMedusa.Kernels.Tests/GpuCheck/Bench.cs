@@ -41,6 +41,7 @@ internal sealed class Bench(Accelerator accelerator, bool quick, Action<string> 
         var tuned = MatMulTuning.For(accelerator, KernelSet.DefaultGroupSize(accelerator));
         var launchers = new Dictionary<string, MatMulLauncher> { ["tuned"] = new(accelerator, tuned) };
         if (tuned.NativeHalf) launchers["portable-f16"] = new(accelerator, tuned with { NativeHalf = false, TensorCores = TensorCoreMode.Off });
+        if (tuned.WideVector) launchers["narrow"] = new(accelerator, tuned with { WideVector = false, TensorCores = TensorCoreMode.Off });
         if (tuned.TensorCores != TensorCoreMode.Off)
         {
             launchers["rounded"] = new(accelerator, tuned with { TensorCores = TensorCoreMode.Rounded });
@@ -58,7 +59,7 @@ internal sealed class Bench(Accelerator accelerator, bool quick, Action<string> 
                 var weights = new WeightView(storage, w.View.BaseView.Cast<byte>(), n, k, k);
                 foreach (var (name, launcher) in launchers)
                 {
-                    if (storage == WeightStorage.BF16 && name != "tuned") continue;
+                    if ((storage == WeightStorage.BF16 && name != "tuned" && name != "narrow") || name == "rounded") continue;
                     double ms = Milliseconds(() => launcher.Launch(_stream, o.View, x.View, weights, 1, false), Repeats);
                     log($"  gemv {storage} {name} [{n}x{k}] T=1: {ms * 1000,8:F1} us  {gigabytes / (ms / 1000),6:F0} GB/s");
                 }
