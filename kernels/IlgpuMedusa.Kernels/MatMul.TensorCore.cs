@@ -1,4 +1,5 @@
 using ILGPU;
+using ILGPU.Algorithms;
 using ILGPU.Runtime.Cuda;
 
 namespace IlgpuMedusa.Kernels;
@@ -138,6 +139,52 @@ public static partial class MatMulKernels
         hi[pair] = hx | (hy << 16);
         if (default(TInput).Split)
             lo[pair] = HalfBits.FromSingle(x - HalfBits.ToSingle(hx)) | (HalfBits.FromSingle(y - HalfBits.ToSingle(hy)) << 16);
+    }
+
+    /// <summary>
+    /// <see cref="TensorInput{TInput}"/> of RMSNorm(x) = x / √(mean(x²) + ε) ⊙ w: the norm fused into the tensor-core
+    /// matmul's input preparation (no normalised copy written and read back). One group per token row: a shared-memory
+    /// reduction of Σx², then the row's pairs as in <see cref="TensorInput{TInput}"/>. G a power of two.
+    /// </summary>
+    /// <param name="input">F32[T, K] (K even).</param>
+    /// <param name="norm">F32[K] RMSNorm weights.</param>
+    /// <param name="hi">fp16 pairs [T·K/2].</param>
+    /// <param name="lo">fp16 pairs [T·K/2] (<see cref="SplitInput"/>; any view otherwise, not written).</param>
+    /// <param name="columns">K.</param>
+    /// <param name="eps">ε.</param>
+    public static void TensorInputNormed<TInput>(ArrayView<float> input, ArrayView<float> norm, ArrayView<uint> hi, ArrayView<uint> lo, int columns, float eps)
+        where TInput : struct, ITensorInput
+    {
+        var partial = SharedMemory.Allocate<float>(KernelLimits.MaxGroupSize);
+        int tid = Group.IdxX;
+        int groupSize = Group.DimX;
+        long x0 = (long)Grid.IdxX * columns;
+        float squares = 0f;
+        for (int i = tid; i < columns; i += groupSize)
+        {
+            float v = input[x0 + i];
+            squares += v * v;
+        }
+        partial[tid] = squares;
+        Group.Barrier();
+        for (int stride = groupSize / 2; stride > 0; stride >>= 1)
+        {
+            if (tid < stride) partial[tid] += partial[tid + stride];
+            Group.Barrier();
+        }
+        float scale = 1f / XMath.Sqrt(partial[0] / columns + eps);
+        int pairs = columns / 2;
+        long p0 = (long)Grid.IdxX * pairs;
+        for (int p = tid; p < pairs; p += groupSize)
+        {
+            float x = input[x0 + 2 * p] * scale * norm[2 * p];
+            float y = input[x0 + 2 * p + 1] * scale * norm[2 * p + 1];
+            uint hx = HalfBits.FromSingle(x);
+            uint hy = HalfBits.FromSingle(y);
+            hi[p0 + p] = hx | (hy << 16);
+            if (default(TInput).Split)
+                lo[p0 + p] = HalfBits.FromSingle(x - HalfBits.ToSingle(hx)) | (HalfBits.FromSingle(y - HalfBits.ToSingle(hy)) << 16);
+        }
     }
 
     /// <summary>

@@ -144,6 +144,15 @@ public readonly record struct MatMulTuning(int GroupSize, int SkinnyGroupSize, i
     /// </summary>
     public bool WideVector { get; init; }
 
+    /// <summary>Environment variable choosing the tensor-core kernel on CUDA: staged (the default) or direct.</summary>
+    public const string TensorKernelVariable = "ILGPU_MEDUSA_TENSOR_KERNEL";
+
+    /// <summary>
+    /// True: <see cref="MatMulKernels.TensorStaged{TTiles, TInput}"/> (warps split the rows, inputs staged in shared
+    /// memory) where groups of four warps run; false: <see cref="MatMulKernels.TensorCore{TTiles, TInput}"/> (warps split K).
+    /// </summary>
+    public bool TensorStaged { get; init; } = true;
+
     /// <summary>Smallest T that <see cref="MatMulPath.Auto"/> sends to the tensor-core kernel (when it applies).</summary>
     public int TensorMinTokens { get; init; } = 2;
 
@@ -188,6 +197,12 @@ public readonly record struct MatMulTuning(int GroupSize, int SkinnyGroupSize, i
                 TensorCores = tensor,
                 TensorGroupSize = tensorGroup,
                 WideVector = accelerator.AcceleratorType == AcceleratorType.Cuda && Environment.GetEnvironmentVariable(WideVectorVariable) != "0",
+                TensorStaged = Environment.GetEnvironmentVariable(TensorKernelVariable)?.Trim().ToLowerInvariant() switch
+                {
+                    null or "" or "staged" => true,
+                    "direct" => false,
+                    var other => throw new ArgumentException($"{TensorKernelVariable}: unknown value '{other}'; expected staged or direct"),
+                },
                 TensorTargetGroups = 4 * Math.Max(1, accelerator.NumMultiprocessors),
             }
             : new(groupSize, groupSize, tiled, 16, false) { TensorGroupSize = tensorGroup };
@@ -218,6 +233,8 @@ public sealed class MatMulLauncher : IDisposable
     // they failed to load), and the fp16 input planes they read (grown on demand; one stream uses them at a time).
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<Pack8>, ArrayView<Pack8>, ArrayView<Pack8>, MatMulArgs>[]? _tensor;
     private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<uint>, ArrayView<uint>>? _tensorInput;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<Pack8>, ArrayView<Pack8>, ArrayView<Pack8>, MatMulArgs>[]? _tensorStaged;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<uint>, ArrayView<uint>, int, float>? _tensorInputNormed;
     private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>, int, int, int>? _tensorReduce;
     // Wide GEMV per 16-bit storage and mode (plain, normed, normed + SwiGLU); null when WideVector is off.
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<Quad>, ArrayView<Pack8>, ArrayView<Quad>, MatMulArgs>[]? _wideF16;
@@ -271,7 +288,10 @@ public sealed class MatMulLauncher : IDisposable
             {
                 bool split = tuning.TensorCores == TensorCoreMode.Split;
                 _tensor = split ? LoadTensor<SplitInput>(accelerator) : LoadTensor<RoundedInput>(accelerator);
+                if (tuning.TensorStaged && tuning.TensorGroupSize == MatMulKernels.TensorGroupSize)
+                    _tensorStaged = split ? LoadStaged<SplitInput>(accelerator) : LoadStaged<RoundedInput>(accelerator);
                 _tensorInput = split ? LoadTensorInput<SplitInput>(accelerator) : LoadTensorInput<RoundedInput>(accelerator);
+                _tensorInputNormed = split ? LoadTensorInputNormed<SplitInput>(accelerator) : LoadTensorInputNormed<RoundedInput>(accelerator);
                 Action<Index1D, ArrayView<float>, ArrayView<float>, int, int, int> reduce = MatMulKernels.TensorReduce;
                 _tensorReduce = KernelLoader.Load(accelerator, reduce, () => accelerator.LoadAutoGroupedKernel(reduce));
             }
@@ -280,7 +300,9 @@ public sealed class MatMulLauncher : IDisposable
                 // A driver that rejects the inline PTX leaves the float32 kernels in charge; the reason is kept for diagnostics.
                 TensorCoreError = e.Message;
                 _tensor = null;
+                _tensorStaged = null;
                 _tensorInput = null;
+                _tensorInputNormed = null;
                 _tensorReduce = null;
                 Tuning = tuning with { TensorCores = TensorCoreMode.Off };
             }
@@ -296,6 +318,15 @@ public sealed class MatMulLauncher : IDisposable
         LoadTensorKernel(accelerator, MatMulKernels.TensorCore<EightTokenTiles, TInput>),
     ];
 
+    private static Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<Pack8>, ArrayView<Pack8>, ArrayView<Pack8>, MatMulArgs>[] LoadStaged<TInput>(Accelerator accelerator)
+        where TInput : struct, ITensorInput =>
+    [
+        LoadTensorKernel(accelerator, MatMulKernels.TensorStaged<OneTokenTile, TInput>),
+        LoadTensorKernel(accelerator, MatMulKernels.TensorStaged<TwoTokenTiles, TInput>),
+        LoadTensorKernel(accelerator, MatMulKernels.TensorStaged<FourTokenTiles, TInput>),
+        LoadTensorKernel(accelerator, MatMulKernels.TensorStaged<EightTokenTiles, TInput>),
+    ];
+
     private static Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<Quad>, ArrayView<Pack8>, ArrayView<Quad>, MatMulArgs>[] LoadWide<TFormat>(Accelerator accelerator)
         where TFormat : struct, IPackFormat<uint> =>
     [
@@ -308,6 +339,13 @@ public sealed class MatMulLauncher : IDisposable
         Accelerator accelerator, Action<ArrayView<float>, ArrayView<Quad>, ArrayView<Pack8>, ArrayView<Quad>, MatMulArgs> kernel) =>
         KernelLoader.Load(accelerator, kernel, () => accelerator.LoadKernel(kernel));
 
+    private static Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<uint>, ArrayView<uint>, int, float> LoadTensorInputNormed<TInput>(Accelerator accelerator)
+        where TInput : struct, ITensorInput
+    {
+        Action<ArrayView<float>, ArrayView<float>, ArrayView<uint>, ArrayView<uint>, int, float> kernel = MatMulKernels.TensorInputNormed<TInput>;
+        return KernelLoader.Load(accelerator, kernel, () => accelerator.LoadKernel(kernel));
+    }
+
     private static Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<uint>, ArrayView<uint>> LoadTensorInput<TInput>(Accelerator accelerator)
         where TInput : struct, ITensorInput
     {
@@ -318,6 +356,9 @@ public sealed class MatMulLauncher : IDisposable
     private static Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<Pack8>, ArrayView<Pack8>, ArrayView<Pack8>, MatMulArgs> LoadTensorKernel(
         Accelerator accelerator, Action<ArrayView<float>, ArrayView<Pack8>, ArrayView<Pack8>, ArrayView<Pack8>, MatMulArgs> kernel) =>
         KernelLoader.Load(accelerator, kernel, () => accelerator.LoadKernel(kernel));
+
+    /// <summary>True when the tensor-core path runs <see cref="MatMulKernels.TensorStaged{TTiles, TInput}"/>.</summary>
+    public bool UsesStagedTensorKernel => _tensorStaged is not null;
 
     /// <summary>Why the tensor-core kernels are off although the tuning asked for them (they failed to load), else null.</summary>
     public string? TensorCoreError { get; }
@@ -426,6 +467,22 @@ public sealed class MatMulLauncher : IDisposable
     }
 
     /// <summary>
+    /// output[T, N] = (accumulate ? output : 0) + RMSNorm(input[T, K], norm, ε) · W[N, K]ᵀ on tensor cores, the norm
+    /// applied while the inputs are rounded to fp16 (<see cref="MatMulKernels.TensorInputNormed{TInput}"/>): for T where
+    /// <see cref="Choose(WeightView, int)"/> is <see cref="MatMulPath.TensorCore"/>. norm: F32[K].
+    /// </summary>
+    public void LaunchNormedTensor(AcceleratorStream stream, ArrayView<float> output, ArrayView<float> input, ArrayView<float> norm, WeightView weight, int tokens, float eps, bool accumulate)
+    {
+        CheckExtents(output, input, weight, tokens);
+        if (Choose(weight, tokens) != MatMulPath.TensorCore)
+            throw new ArgumentException($"MatMul with RMSNorm on tensor cores: {weight} at T={tokens} does not take the tensor-core path");
+        if (norm.Length < weight.Columns)
+            throw new ArgumentException($"MatMul with RMSNorm on tensor cores: {norm.Length} norm weights for K={weight.Columns}");
+        if (tokens == 0 || weight.Rows == 0) return;
+        LaunchTensor(stream, output, input, weight, tokens, accumulate, norm, eps);
+    }
+
+    /// <summary>
     /// output[T, F] = silu(g) ⊙ u with [g_i, u_i] = RMSNorm(input[T, K], norm, ε) · W[2i | 2i + 1, K]ᵀ: a feed-forward
     /// block's norm, gate and up projections and SwiGLU in one launch (see <see cref="NormedSwiGlu"/>). W [2F, K] holds
     /// the gate and up rows interleaved (<see cref="InterleaveGateUp"/>); T must satisfy <see cref="CanNormalize"/>.
@@ -477,7 +534,8 @@ public sealed class MatMulLauncher : IDisposable
     /// <summary>Where a view starts in its buffer, in bytes (allocations themselves are at least 256-byte aligned on GPUs).</summary>
     private static long ByteOffset(ArrayView<byte> view) => ((IContiguousArrayView)view).IndexInBytes;
 
-    private void LaunchTensor(AcceleratorStream stream, ArrayView<float> output, ArrayView<float> input, WeightView weight, int tokens, bool accumulate)
+    private void LaunchTensor(AcceleratorStream stream, ArrayView<float> output, ArrayView<float> input, WeightView weight, int tokens, bool accumulate,
+        ArrayView<float> norm = default, float eps = 0f)
     {
         if (_tensor is null || _tensorInput is null || _tensorReduce is null)
             throw new InvalidOperationException($"MatMul: the tensor-core path is off on this device ({TensorCoreError ?? "tuning " + Tuning.TensorCores})");
@@ -495,12 +553,17 @@ public sealed class MatMulLauncher : IDisposable
         }
         ArrayView<uint> hi = _inputHi.View.SubView(0, pairs);
         ArrayView<uint> lo = Tuning.TensorCores == TensorCoreMode.Split ? _inputLo!.View.SubView(0, pairs) : _inputLo!.View;
-        _tensorInput(stream, checked((int)pairs), input, hi, lo);
+        if (norm.IsValid)
+            _tensorInputNormed!(stream, new KernelConfig(tokens, Tuning.GroupSize), input, norm, hi, lo, k, eps);
+        else
+            _tensorInput(stream, checked((int)pairs), input, hi, lo);
         int tiles = tokens <= 8 ? 1 : tokens <= 16 ? 2 : tokens <= 32 ? 4 : 8;
         int slot = tiles == 1 ? 0 : tiles == 2 ? 1 : tiles == 4 ? 2 : 3;
         int tokensPerGroup = MatMulKernels.TensorTileTokens * tiles;
         int tokenTiles = (tokens + tokensPerGroup - 1) / tokensPerGroup;
-        int rowGroups = (n + MatMulKernels.TensorRows - 1) / MatMulKernels.TensorRows;
+        var kernels = _tensorStaged ?? _tensor;
+        int groupRows = _tensorStaged is null ? MatMulKernels.TensorRows : MatMulKernels.StagedRowsPerWarp * (Tuning.TensorGroupSize / 32);
+        int rowGroups = (n + groupRows - 1) / groupRows;
         int chunks = k / MatMulKernels.TensorChunk;
         int splits = TensorSplits(tokenTiles * rowGroups, chunks);
         int perSplit = (chunks + splits - 1) / splits;
@@ -510,7 +573,7 @@ public sealed class MatMulLauncher : IDisposable
         long elements = (long)tokens * n;
         if (splits == 1)
         {
-            _tensor[slot](stream, config, output, hi.Cast<Pack8>(), lo.Cast<Pack8>(), packs, new MatMulArgs(tokens, n, k, weight.RowStride / 8, accumulate));
+            kernels[slot](stream, config, output, hi.Cast<Pack8>(), lo.Cast<Pack8>(), packs, new MatMulArgs(tokens, n, k, weight.RowStride / 8, accumulate));
             return;
         }
         if (_partials is null || _partials.Length < splits * elements)
@@ -519,19 +582,21 @@ public sealed class MatMulLauncher : IDisposable
             _partials = _accelerator.Allocate1D<float>(splits * elements);
         }
         var partials = _partials.View.SubView(0, splits * elements);
-        _tensor[slot](stream, config, partials, hi.Cast<Pack8>(), lo.Cast<Pack8>(), packs,
+        kernels[slot](stream, config, partials, hi.Cast<Pack8>(), lo.Cast<Pack8>(), packs,
             new MatMulArgs(tokens, n, k, weight.RowStride / 8, accumulate: false, chunksPerSplit: perSplit));
         _tensorReduce(stream, checked((int)elements), output, partials, checked((int)elements), splits, accumulate ? 1 : 0);
     }
 
     /// <summary>
     /// K splits of a tensor-core launch: enough groups for <see cref="MatMulTuning.TensorTargetGroups"/> (about four per
-    /// multiprocessor), each warp of a group keeping at least two 32-column chunks per split.
+    /// multiprocessor), each split keeping enough 32-column chunks.
     /// </summary>
     private int TensorSplits(int groups, int chunks)
     {
         int wanted = (Tuning.TensorTargetGroups + groups - 1) / groups;
-        int most = Math.Max(1, chunks / (2 * (Tuning.TensorGroupSize / 32)));
+        // The direct kernel's warps share a split's chunks (at least two each); the staged kernel's warps all take every
+        // chunk of the split (at least four, so that the double buffering runs).
+        int most = _tensorStaged is null ? Math.Max(1, chunks / (2 * (Tuning.TensorGroupSize / 32))) : Math.Max(1, chunks / 4);
         return Math.Clamp(wanted, 1, most);
     }
 

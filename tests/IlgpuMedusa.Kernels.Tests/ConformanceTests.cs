@@ -211,13 +211,14 @@ public abstract class ConformanceTests
     protected virtual bool TensorCoresAvailable => false;
 
     /// <summary>(T, N, K) for the tensor-core matmul: every token-tile count, ragged T and N, K of one to three chunks.</summary>
-    protected virtual (int T, int N, int K)[] TensorMatMuls { get; } = [(2, 5, 32), (3, 33, 64), (8, 40, 32), (13, 64, 96), (17, 31, 64), (40, 33, 32), (70, 20, 64), (5, 33, 512), (20, 40, 256)];
+    protected virtual (int T, int N, int K)[] TensorMatMuls { get; } = [(2, 5, 32), (13, 70, 96), (40, 33, 32), (70, 20, 64), (5, 33, 512), (20, 40, 256)];
 
     /// <summary>
     /// The tensor-core kernel against the host: with split inputs (hi + lo fp16) to the float32 tolerance; with inputs
     /// rounded to fp16 once against the host given the rounded inputs (so the comparison is exact up to summation order).
-    /// Each shape runs twice: with the device's tuning and with K split over the grid wherever K has room for it (a
-    /// target of 1000 groups), so the partial sums and their reduction are covered on every device.
+    /// Each shape runs through both kernels (staged: warps split the rows; direct: warps split K), each with the device's
+    /// tuning and with K split over the grid wherever K has room for it (a target of 1000 groups), so the partial sums
+    /// and their reduction are covered on every device.
     /// </summary>
     [Theory]
     [InlineData(TensorCoreMode.Split)]
@@ -228,6 +229,8 @@ public abstract class ConformanceTests
         var tuning = MatMulTuning.For(accelerator, Device.GroupSize) with { TensorCores = mode };
         using var launcher = new MatMulLauncher(accelerator, tuning);
         using var splitK = new MatMulLauncher(accelerator, tuning with { TensorTargetGroups = 1000 });
+        using var direct = new MatMulLauncher(accelerator, tuning with { TensorStaged = false });
+        using var directSplitK = new MatMulLauncher(accelerator, tuning with { TensorStaged = false, TensorTargetGroups = 1000 });
         using var twin = NewTwin(41);
         if (!TensorCoresAvailable)
         {
@@ -242,9 +245,11 @@ public abstract class ConformanceTests
             return;
         }
         Assert.Equal(mode, launcher.Tuning.TensorCores);
-        foreach (var (t, n, k) in TensorMatMuls)
+        Assert.True(launcher.UsesStagedTensorKernel, "four-warp groups run the staged kernel");
+        Assert.False(direct.UsesStagedTensorKernel);
+        foreach (var ((t, n, k), index) in TensorMatMuls.Select((shape, i) => (shape, i)))
         {
-            foreach (bool accumulate in new[] { false, true })
+            bool accumulate = index % 2 == 1;
             {
                 var values = twin.RandomFloats(t * k);
                 var x = twin.Floats(t, k, values);
@@ -255,7 +260,7 @@ public abstract class ConformanceTests
                 Assert.Equal(MatMulPath.TensorCore, launcher.Choose(view, t));
                 var start = Twin.Read(output.Device);
                 Accelerators.Host.MatMul(output.Host, hostInput.Host, weight.Host, accumulate);
-                foreach (var (name, l) in new[] { ("tuned", launcher), ("split-K", splitK) })
+                foreach (var (name, l) in new[] { ("staged", launcher), ("staged, split-K", splitK), ("direct", direct), ("direct, split-K", directSplitK) })
                 {
                     var result = Device.Allocate(DType.F32, t, n);
                     try
@@ -270,6 +275,27 @@ public abstract class ConformanceTests
                     {
                         result.Dispose();
                     }
+                }
+            }
+        }
+        if (mode == TensorCoreMode.Split)
+        {
+            // RMSNorm applied while the inputs are rounded (the backend's NormMatMul for such T): against the host's
+            // norm followed by its matmul.
+            foreach (var (t, n, k) in new[] { (13, 40, 96), (70, 33, 64) })
+            {
+                var x = twin.RandomTensor(t, k, 3f);
+                var norm = twin.RandomWeight(DType.F32, 1, k);
+                var weight = twin.RandomWeight(DType.F16, n, k, 1f / MathF.Sqrt(k));
+                var normed = twin.Zeros(DType.F32, t, k);
+                var output = twin.Zeros(DType.F32, t, n);
+                ((IComputeBackend)Accelerators.Host).NormMatMul(output.Host, x.Host, norm.Host, 1e-5f, weight.Host, normed.Host, accumulate: false);
+                foreach (var l in new[] { launcher, direct })
+                {
+                    l.LaunchNormedTensor(accelerator.DefaultStream, ((IlgpuTensor)output.Device).Floats, ((IlgpuTensor)x.Device).Floats,
+                        ((IlgpuTensor)norm.Device).Floats, ((IlgpuTensor)weight.Device).AsWeight(), t, 1e-5f, accumulate: false);
+                    accelerator.DefaultStream.Synchronize();
+                    Twin.AssertClose(output, Tolerance.ForSum(DType.F16, k), $"tensor-core MatMul with RMSNorm T={t} N={n} K={k}");
                 }
             }
         }

@@ -398,6 +398,14 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
         var n = Own(normed);
         Shapes.RmsNorm(n, x, g);
         Shapes.MatMul(o, n, w);
+        if (FusedOps && g.Type == DType.F32 && _kernels.MatMul.Choose(w.AsWeight(), x.Rows) == MatMulPath.TensorCore)
+        {
+            // Tensor cores: the norm is applied as the inputs are rounded to fp16 (the normalised copy is not written).
+            int fused = BeginMatMul("norm+matmul", w, x.Rows);
+            _kernels.MatMul.LaunchNormedTensor(_stream, o.Floats, x.Floats, g.Floats, w.AsWeight(), x.Rows, eps, accumulate);
+            End(fused);
+            return;
+        }
         if (!CanFuseNorm(g, w, x.Rows))
         {
             // Prefill-sized T (the tiled kernel) or 16-bit norm weights: the two ops one after the other.

@@ -52,8 +52,11 @@ public static class IlgpuDevices
     /// <summary>Threads per warp of the emulator (matches NVIDIA GPUs).</summary>
     public const int EmulatorWarpSize = 32;
 
-    /// <summary>The emulator device: warp 32, 2 warps per multiprocessor (groups up to 64), one multiprocessor per core.</summary>
-    internal static CPUDevice EmulatorDevice { get; } = new(EmulatorWarpSize, 2, Math.Max(1, Environment.ProcessorCount));
+    /// <summary>
+    /// The emulator device: warp 32, 4 warps per multiprocessor (groups up to 128, the tensor-core kernels' four warps),
+    /// one multiprocessor per core.
+    /// </summary>
+    internal static CPUDevice EmulatorDevice { get; } = new(EmulatorWarpSize, 4, Math.Max(1, Environment.ProcessorCount));
 
     /// <summary>Lists every device with whether it is usable under <paramref name="options"/> (default options when null) and why not.
     /// Creates and frees an accelerator on each candidate to be sure; takes a second or so.</summary>

@@ -1,0 +1,186 @@
+using ILGPU;
+
+namespace IlgpuMedusa.Kernels;
+
+public static partial class MatMulKernels
+{
+    /// <summary>Weight rows one warp of <see cref="TensorStaged{TTiles, TInput}"/> computes (one 16-row tile).</summary>
+    public const int StagedRowsPerWarp = 16;
+
+    /// <summary>Packs of eight fp16 inputs one plane of the staging buffer holds: 64 tokens × one 32-column chunk.</summary>
+    private const int StagedPacks = 8 * TensorTileTokens * (TensorChunk / 8);
+
+    /// <summary>
+    /// The tensor-core matmul of <see cref="TensorCore{TTiles, TInput}"/> (same operands, same fragments and products)
+    /// with the group's warps splitting the rows instead of K: warp w of a group computes the 16-row tile 16w of the
+    /// group's rows for every token of the group's token tile, so no sums meet at the end. The input chunk all warps
+    /// need is loaded once per group into shared memory (each thread one or two 16-byte loads per plane, the next
+    /// chunk's loads in flight while this chunk's products run: double buffering, one barrier per chunk), and each warp
+    /// streams its own weights, the next chunk's requested before this chunk's products. Input traffic from L2 per
+    /// weight byte is a quarter of <see cref="TensorCore{TTiles, TInput}"/>'s, where every warp loads its own inputs.
+    /// Grid: (⌈T / (8 · Count)⌉, ⌈N / (16 · warps)⌉, Z) groups of 32 · warps threads (1 to 4 warps); split-K over z as in
+    /// <see cref="TensorCore{TTiles, TInput}"/> (partials reduced by <see cref="TensorReduce"/>).
+    /// </summary>
+    /// <param name="output">F32[T, N], or F32[Z, T, N] with split-K.</param>
+    /// <param name="inputHi">fp16 hi plane [T, K] as packs of eight.</param>
+    /// <param name="inputLo">fp16 lo plane [T, K] (<see cref="SplitInput"/>; any view otherwise, not read).</param>
+    /// <param name="weight">F16[N, stride] as packs of eight.</param>
+    /// <param name="args">Shapes; WeightStride in packs of eight; ChunksPerSplit.</param>
+    public static void TensorStaged<TTiles, TInput>(ArrayView<float> output, ArrayView<Pack8> inputHi, ArrayView<Pack8> inputLo, ArrayView<Pack8> weight, MatMulArgs args)
+        where TTiles : struct, ITokenTiles
+        where TInput : struct, ITensorInput
+    {
+        // [buffer][token][pack of the chunk] for each plane.
+        var stageHi = SharedMemory.Allocate<Pack8>(2 * StagedPacks);
+        var stageLo = SharedMemory.Allocate<Pack8>(2 * StagedPacks);
+        int tiles = default(TTiles).Count;
+        bool split = default(TInput).Split;
+        int tid = Group.IdxX;
+        int threads = Group.DimX;
+        int lane = tid & 31;
+        int g = lane >> 2;
+        int q = lane & 3;
+        int tokens = TensorTileTokens * tiles;
+        int token0 = Grid.IdxX * tokens;
+        int row0 = (Grid.IdxY * (threads >> 5) + (tid >> 5)) * StagedRowsPerWarp;
+        int lastRow = args.Rows - 1;
+        int lastToken = args.Tokens - 1;
+        long stride = args.WeightStride;
+        long wa = IntMin(row0 + g, lastRow) * stride + q;
+        long wb = IntMin(row0 + g + 8, lastRow) * stride + q;
+        long packsPerRow = args.Columns / 8;
+
+        int chunks = args.Columns / TensorChunk;
+        int perSplit = args.ChunksPerSplit > 0 ? args.ChunksPerSplit : chunks;
+        int begin = Grid.IdxZ * perSplit;
+        int end = begin + perSplit < chunks ? begin + perSplit : chunks;
+
+        // The staging loads: the tile's tokens × 4 packs per chunk, spread over the group's threads (at most two each).
+        int stagePacks = tokens * 4;
+        int s0 = tid, s1 = tid + threads;
+        long x0 = IntMin(token0 + (s0 >> 2), lastToken) * packsPerRow + (s0 & 3);
+        long x1 = IntMin(token0 + (s1 >> 2), lastToken) * packsPerRow + (s1 & 3);
+        bool has0 = s0 < stagePacks, has1 = s1 < stagePacks;
+
+        Pack8 zero = default;
+        Pack8 h0 = zero, h1 = zero, l0 = zero, l1 = zero;
+        if (begin < end)
+        {
+            long xo = 4L * begin;
+            if (has0)
+            {
+                h0 = inputHi[x0 + xo];
+                if (split) l0 = inputLo[x0 + xo];
+            }
+            if (has1)
+            {
+                h1 = inputHi[x1 + xo];
+                if (split) l1 = inputLo[x1 + xo];
+            }
+        }
+        int firstChunk = begin < end ? begin : 0;
+        Pack8 na = weight[wa + 4L * firstChunk], nb = weight[wb + 4L * firstChunk];
+
+        var zeroFragment = new Fragment(0f, 0f, 0f, 0f);
+        Fragment c0 = zeroFragment, c1 = zeroFragment, c2 = zeroFragment, c3 = zeroFragment, c4 = zeroFragment, c5 = zeroFragment, c6 = zeroFragment, c7 = zeroFragment;
+        int buffer = 0;
+        for (int c = begin; c < end; c++)
+        {
+            int at = buffer * StagedPacks;
+            if (has0)
+            {
+                stageHi[at + s0] = h0;
+                if (split) stageLo[at + s0] = l0;
+            }
+            if (has1)
+            {
+                stageHi[at + s1] = h1;
+                if (split) stageLo[at + s1] = l1;
+            }
+            Group.Barrier();
+            // Next chunk's loads, in flight during this chunk's products.
+            Pack8 a = na, b = nb;
+            if (c + 1 < end)
+            {
+                long xo = 4L * (c + 1);
+                if (has0)
+                {
+                    h0 = inputHi[x0 + xo];
+                    if (split) l0 = inputLo[x0 + xo];
+                }
+                if (has1)
+                {
+                    h1 = inputHi[x1 + xo];
+                    if (split) l1 = inputLo[x1 + xo];
+                }
+                na = weight[wa + 4L * (c + 1)];
+                nb = weight[wb + 4L * (c + 1)];
+            }
+            // Token tile j: lane (g, q) takes token 8j + g, pack q of the chunk.
+            int mine = at + g * 4 + q;
+            c0 = StagedTile<TInput>(c0, a, b, stageHi, stageLo, mine);
+            if (tiles > 1) c1 = StagedTile<TInput>(c1, a, b, stageHi, stageLo, mine + 32);
+            if (tiles > 2)
+            {
+                c2 = StagedTile<TInput>(c2, a, b, stageHi, stageLo, mine + 64);
+                c3 = StagedTile<TInput>(c3, a, b, stageHi, stageLo, mine + 96);
+            }
+            if (tiles > 4)
+            {
+                c4 = StagedTile<TInput>(c4, a, b, stageHi, stageLo, mine + 128);
+                c5 = StagedTile<TInput>(c5, a, b, stageHi, stageLo, mine + 160);
+                c6 = StagedTile<TInput>(c6, a, b, stageHi, stageLo, mine + 192);
+                c7 = StagedTile<TInput>(c7, a, b, stageHi, stageLo, mine + 224);
+            }
+            buffer ^= 1;
+        }
+
+        long slice = (long)Grid.IdxZ * args.Tokens * args.Rows;
+        StoreStaged(output, args, slice, row0 + g, token0 + 2 * q, c0);
+        if (tiles > 1) StoreStaged(output, args, slice, row0 + g, token0 + 8 + 2 * q, c1);
+        if (tiles > 2)
+        {
+            StoreStaged(output, args, slice, row0 + g, token0 + 16 + 2 * q, c2);
+            StoreStaged(output, args, slice, row0 + g, token0 + 24 + 2 * q, c3);
+        }
+        if (tiles > 4)
+        {
+            StoreStaged(output, args, slice, row0 + g, token0 + 32 + 2 * q, c4);
+            StoreStaged(output, args, slice, row0 + g, token0 + 40 + 2 * q, c5);
+            StoreStaged(output, args, slice, row0 + g, token0 + 48 + 2 * q, c6);
+            StoreStaged(output, args, slice, row0 + g, token0 + 56 + 2 * q, c7);
+        }
+    }
+
+    /// <summary>One chunk of one 8-token tile from the staged inputs: two m16n8k16 products (four with split inputs).</summary>
+    private static Fragment StagedTile<TInput>(Fragment s, Pack8 a, Pack8 b, ArrayView<Pack8> stageHi, ArrayView<Pack8> stageLo, int at)
+        where TInput : struct, ITensorInput
+    {
+        Pack8 h = stageHi[at];
+        s = Mma(s, a.P0, b.P0, a.P1, b.P1, h.P0, h.P1);
+        s = Mma(s, a.P2, b.P2, a.P3, b.P3, h.P2, h.P3);
+        if (default(TInput).Split)
+        {
+            Pack8 l = stageLo[at];
+            s = Mma(s, a.P0, b.P0, a.P1, b.P1, l.P0, l.P1);
+            s = Mma(s, a.P2, b.P2, a.P3, b.P3, l.P2, l.P3);
+        }
+        return s;
+    }
+
+    /// <summary>A lane's four sums of one tile: rows r, r + 8 and tokens t, t + 1 (those inside the matrix).</summary>
+    private static void StoreStaged(ArrayView<float> output, MatMulArgs args, long slice, int row, int token, Fragment f)
+    {
+        StoreOne(output, args, slice, row, token, f.C0);
+        StoreOne(output, args, slice, row, token + 1, f.C1);
+        StoreOne(output, args, slice, row + 8, token, f.C2);
+        StoreOne(output, args, slice, row + 8, token + 1, f.C3);
+    }
+
+    private static void StoreOne(ArrayView<float> output, MatMulArgs args, long slice, int row, int token, float v)
+    {
+        if (row >= args.Rows || token >= args.Tokens) return;
+        long o = slice + (long)token * args.Rows + row;
+        output[o] = args.Accumulate != 0 ? output[o] + v : v;
+    }
+}
