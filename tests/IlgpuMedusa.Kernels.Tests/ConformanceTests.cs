@@ -216,9 +216,9 @@ public abstract class ConformanceTests
     /// <summary>
     /// The tensor-core kernel against the host: with split inputs (hi + lo fp16) to the float32 tolerance; with inputs
     /// rounded to fp16 once against the host given the rounded inputs (so the comparison is exact up to summation order).
-    /// Each shape runs through both kernels (staged: warps split the rows; direct: warps split K), each with the device's
-    /// tuning and with K split over the grid wherever K has room for it (a target of 1000 groups), so the partial sums
-    /// and their reduction are covered on every device.
+    /// Each shape runs through both kernels (staged: warps split the rows; direct: warps split K), with K split over the
+    /// grid wherever K has room for it (a target of 1000 groups: the shapes with K ≥ 256), so split and unsplit launches,
+    /// the partial sums and their reduction are covered on every device.
     /// </summary>
     [Theory]
     [InlineData(TensorCoreMode.Split)]
@@ -226,11 +226,10 @@ public abstract class ConformanceTests
     public void MatMul_tensor_cores_match_host(TensorCoreMode mode)
     {
         var accelerator = Device.Accelerator;
-        var tuning = MatMulTuning.For(accelerator, Device.GroupSize) with { TensorCores = mode };
+        // A target of 1000 groups splits K wherever K has room for it (K ≥ 256 here) and leaves the rest unsplit.
+        var tuning = MatMulTuning.For(accelerator, Device.GroupSize) with { TensorCores = mode, TensorTargetGroups = 1000 };
         using var launcher = new MatMulLauncher(accelerator, tuning);
-        using var splitK = new MatMulLauncher(accelerator, tuning with { TensorTargetGroups = 1000 });
         using var direct = new MatMulLauncher(accelerator, tuning with { TensorStaged = false });
-        using var directSplitK = new MatMulLauncher(accelerator, tuning with { TensorStaged = false, TensorTargetGroups = 1000 });
         using var twin = NewTwin(41);
         if (!TensorCoresAvailable)
         {
@@ -260,7 +259,7 @@ public abstract class ConformanceTests
                 Assert.Equal(MatMulPath.TensorCore, launcher.Choose(view, t));
                 var start = Twin.Read(output.Device);
                 Accelerators.Host.MatMul(output.Host, hostInput.Host, weight.Host, accumulate);
-                foreach (var (name, l) in new[] { ("staged", launcher), ("staged, split-K", splitK), ("direct", direct), ("direct, split-K", directSplitK) })
+                foreach (var (name, l) in new[] { ("staged", launcher), ("direct", direct) })
                 {
                     var result = Device.Allocate(DType.F32, t, n);
                     try

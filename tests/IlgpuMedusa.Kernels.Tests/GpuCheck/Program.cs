@@ -152,7 +152,7 @@ internal sealed class DeviceSuite(Accelerators accelerators, IlgpuBackend device
         device.Accelerator is ILGPU.Runtime.Cuda.CudaAccelerator { Architecture: { Major: >= 8 } } || device.Accelerator is ILGPU.Runtime.CPU.CPUAccelerator;
 
     protected override (int T, int N, int K)[] TensorMatMuls { get; } = quick
-        ? [(3, 33, 64), (17, 31, 64)]
+        ? [(3, 33, 256), (17, 31, 64)]
         : [(2, 5, 32), (5, 100, 288), (13, 64, 96), (17, 300, 1024), (64, 1000, 4096), (100, 257, 512), (512, 96, 256)];
 
     protected override TestSizes Sizes { get; } = quick
