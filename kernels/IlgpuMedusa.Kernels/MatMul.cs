@@ -153,6 +153,17 @@ public readonly record struct MatMulTuning(int GroupSize, int SkinnyGroupSize, i
     /// </summary>
     public bool TensorStaged { get; init; } = true;
 
+    /// <summary>
+    /// Largest N and T that go to the staged kernel (beyond, the direct one). On an H200 (2026-11-28, the kit's kernel
+    /// timings, both kernels side by side) the staged kernel won for N = 4096 at T ≤ 64 (4096×4096, T = 64: 37 against
+    /// 44 µs; 4096×11008: 76 against 92 µs) and lost for N = 11008 (94 against 84 µs) and for T = 256 (152 against
+    /// 106 µs), and inside the 7B model's tree step its 22016-row matrix took 185 µs where the direct kernel took 142.
+    /// </summary>
+    public int TensorStagedMaxRows { get; init; } = 8192;
+
+    /// <inheritdoc cref="TensorStagedMaxRows"/>
+    public int TensorStagedMaxTokens { get; init; } = 64;
+
     /// <summary>Smallest T that <see cref="MatMulPath.Auto"/> sends to the tensor-core kernel (when it applies).</summary>
     public int TensorMinTokens { get; init; } = 2;
 
@@ -357,8 +368,12 @@ public sealed class MatMulLauncher : IDisposable
         Accelerator accelerator, Action<ArrayView<float>, ArrayView<Pack8>, ArrayView<Pack8>, ArrayView<Pack8>, MatMulArgs> kernel) =>
         KernelLoader.Load(accelerator, kernel, () => accelerator.LoadKernel(kernel));
 
-    /// <summary>True when the tensor-core path runs <see cref="MatMulKernels.TensorStaged{TTiles, TInput}"/>.</summary>
+    /// <summary>True when the staged tensor-core kernels are loaded (<see cref="MatMulTuning.TensorStaged"/>, four-warp groups).</summary>
     public bool UsesStagedTensorKernel => _tensorStaged is not null;
+
+    /// <summary>True when a tensor-core launch of T tokens on this weight runs the staged kernel (else the direct one).</summary>
+    public bool RunsStaged(WeightView weight, int tokens) =>
+        _tensorStaged is not null && tokens <= Tuning.TensorStagedMaxTokens && weight.Rows <= Tuning.TensorStagedMaxRows;
 
     /// <summary>Why the tensor-core kernels are off although the tuning asked for them (they failed to load), else null.</summary>
     public string? TensorCoreError { get; }
@@ -561,11 +576,12 @@ public sealed class MatMulLauncher : IDisposable
         int slot = tiles == 1 ? 0 : tiles == 2 ? 1 : tiles == 4 ? 2 : 3;
         int tokensPerGroup = MatMulKernels.TensorTileTokens * tiles;
         int tokenTiles = (tokens + tokensPerGroup - 1) / tokensPerGroup;
-        var kernels = _tensorStaged ?? _tensor;
-        int groupRows = _tensorStaged is null ? MatMulKernels.TensorRows : MatMulKernels.StagedRowsPerWarp * (Tuning.TensorGroupSize / 32);
+        bool staged = RunsStaged(weight, tokens);
+        var kernels = staged ? _tensorStaged! : _tensor;
+        int groupRows = staged ? MatMulKernels.StagedRowsPerWarp * (Tuning.TensorGroupSize / 32) : MatMulKernels.TensorRows;
         int rowGroups = (n + groupRows - 1) / groupRows;
         int chunks = k / MatMulKernels.TensorChunk;
-        int splits = TensorSplits(tokenTiles * rowGroups, chunks);
+        int splits = TensorSplits(tokenTiles * rowGroups, chunks, staged);
         int perSplit = (chunks + splits - 1) / splits;
         splits = (chunks + perSplit - 1) / perSplit;
         var config = new KernelConfig(new Index3D(tokenTiles, rowGroups, splits), new Index3D(Tuning.TensorGroupSize, 1, 1));
@@ -591,12 +607,12 @@ public sealed class MatMulLauncher : IDisposable
     /// K splits of a tensor-core launch: enough groups for <see cref="MatMulTuning.TensorTargetGroups"/> (about four per
     /// multiprocessor), each split keeping enough 32-column chunks.
     /// </summary>
-    private int TensorSplits(int groups, int chunks)
+    private int TensorSplits(int groups, int chunks, bool staged)
     {
         int wanted = (Tuning.TensorTargetGroups + groups - 1) / groups;
         // The direct kernel's warps share a split's chunks (at least two each); the staged kernel's warps all take every
         // chunk of the split (at least four, so that the double buffering runs).
-        int most = _tensorStaged is null ? Math.Max(1, chunks / (2 * (Tuning.TensorGroupSize / 32))) : Math.Max(1, chunks / 4);
+        int most = staged ? Math.Max(1, chunks / 4) : Math.Max(1, chunks / (2 * (Tuning.TensorGroupSize / 32)));
         return Math.Clamp(wanted, 1, most);
     }
 

@@ -139,7 +139,7 @@ public abstract class ConformanceTests
                 var normed = twin.Zeros(DType.F32, t, k);
                 ((IComputeBackend)Accelerators.Host).NormMatMul(output.Host, x.Host, norm.Host, 1e-5f, weight.Host, normed.Host, accumulate);
                 ((IComputeBackend)Device).NormMatMul(output.Device, x.Device, norm.Device, 1e-5f, weight.Device, normed.Device, accumulate);
-                bool fused = Device.Kernels.MatMul.CanNormalize(t);
+                bool fused = Device.FusesNorm(norm.Device, weight.Device, t);
                 // The norm scales the sum: a bound for [K] products of normalised inputs (|x/rms| ≤ √K), as for the unfused pair.
                 Twin.AssertClose(output, Tolerance.ForSum(type, k), $"NormMatMul {type} T={t} N={n} K={k} accumulate={accumulate} ({(fused ? "fused" : "separate")})");
                 if (!fused) Twin.AssertClose(normed, Tolerance.ForSum(DType.F32, k), $"NormMatMul scratch T={t} K={k}");
@@ -244,7 +244,7 @@ public abstract class ConformanceTests
             return;
         }
         Assert.Equal(mode, launcher.Tuning.TensorCores);
-        Assert.True(launcher.UsesStagedTensorKernel, "four-warp groups run the staged kernel");
+        Assert.True(launcher.UsesStagedTensorKernel, "four-warp groups load the staged kernel");
         Assert.False(direct.UsesStagedTensorKernel);
         foreach (var ((t, n, k), index) in TensorMatMuls.Select((shape, i) => (shape, i)))
         {
@@ -257,6 +257,8 @@ public abstract class ConformanceTests
                 var output = twin.RandomTensor(t, n);
                 var view = ((IlgpuTensor)weight.Device).AsWeight();
                 Assert.Equal(MatMulPath.TensorCore, launcher.Choose(view, t));
+                Assert.Equal(t <= 64, launcher.RunsStaged(view, t));
+                Assert.False(direct.RunsStaged(view, t));
                 var start = Twin.Read(output.Device);
                 Accelerators.Host.MatMul(output.Host, hostInput.Host, weight.Host, accumulate);
                 foreach (var (name, l) in new[] { ("staged", launcher), ("direct", direct) })

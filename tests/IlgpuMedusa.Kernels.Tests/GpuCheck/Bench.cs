@@ -76,7 +76,7 @@ internal sealed class Bench(Accelerator accelerator, bool quick, Action<string> 
                     if (path == MatMulPath.TensorCore && !tensor) continue;
                     var launcher = launchers[name];
                     string label = path == MatMulPath.TensorCore
-                        ? $"Tensor/{launcher.Tuning.TensorCores}/{(launcher.UsesStagedTensorKernel ? "staged" : "direct")}" : path.ToString();
+                        ? $"Tensor/{launcher.Tuning.TensorCores}/{(launcher.RunsStaged(f16, t) ? "staged" : "direct")}" : path.ToString();
                     double ms = Milliseconds(() => launcher.Launch(_stream, o.View, x.View, f16, t, false, path), Math.Max(3, Repeats / 5));
                     log($"  matmul F16 [{n}x{k}] T={t,3} {label,-22}: {ms * 1000,8:F1} us  {ms * 1000 / t,7:F1} us/token  " +
                         $"{2.0 * t * n * k / (ms / 1000) / 1e12,6:F2} TFLOP/s  {gigabytes / (ms / 1000),6:F0} GB/s of weights");

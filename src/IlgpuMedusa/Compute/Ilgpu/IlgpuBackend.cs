@@ -398,7 +398,7 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
         var n = Own(normed);
         Shapes.RmsNorm(n, x, g);
         Shapes.MatMul(o, n, w);
-        if (FusedOps && g.Type == DType.F32 && _kernels.MatMul.Choose(w.AsWeight(), x.Rows) == MatMulPath.TensorCore)
+        if (FusesNormOnTensorCores(g, w, x.Rows))
         {
             // Tensor cores: the norm is applied as the inputs are rounded to fp16 (the normalised copy is not written).
             int fused = BeginMatMul("norm+matmul", w, x.Rows);
@@ -422,6 +422,16 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
     /// The fused norm kernels take F32 norm weights and T up to the small-T matmul's limit, and are not used where the
     /// plain matmul runs on tensor cores.
     /// </summary>
+    private bool FusesNormOnTensorCores(IlgpuTensor normWeight, IlgpuTensor weight, int rows) =>
+        FusedOps && normWeight.Type == DType.F32 && _kernels.MatMul.Choose(weight.AsWeight(), rows) == MatMulPath.TensorCore;
+
+    /// <summary>
+    /// True when <see cref="NormMatMul"/> of T rows leaves its normed scratch untouched: the norm fused into the vector or
+    /// small-T kernel, or into the tensor-core kernel's input preparation (tests).
+    /// </summary>
+    internal bool FusesNorm(DeviceTensor normWeight, DeviceTensor weight, int rows) =>
+        CanFuseNorm(Own(normWeight), Own(weight), rows) || FusesNormOnTensorCores(Own(normWeight), Own(weight), rows);
+
     private bool CanFuseNorm(IlgpuTensor normWeight, IlgpuTensor weight, int rows) =>
         FusedOps && normWeight.Type == DType.F32 && _kernels.MatMul.ShouldNormalize(weight.AsWeight(), rows);
 
