@@ -34,7 +34,6 @@ public static partial class MatMulKernels
         var stageHi = SharedMemory.Allocate<Pack8>(2 * StagedPacks);
         var stageLo = SharedMemory.Allocate<Pack8>(2 * StagedPacks);
         int tiles = default(TTiles).Count;
-        bool split = default(TInput).Split;
         int tid = Group.IdxX;
         int threads = Group.DimX;
         int lane = tid & 31;
@@ -62,21 +61,11 @@ public static partial class MatMulKernels
         long x1 = IntMin(token0 + (s1 >> 2), lastToken) * packsPerRow + (s1 & 3);
         bool has0 = s0 < stagePacks, has1 = s1 < stagePacks;
 
-        Pack8 zero = default;
-        Pack8 h0 = zero, h1 = zero, l0 = zero, l1 = zero;
+        StagePair p0 = default, p1 = default;
         if (begin < end)
         {
-            long xo = 4L * begin;
-            if (has0)
-            {
-                h0 = inputHi[x0 + xo];
-                if (split) l0 = inputLo[x0 + xo];
-            }
-            if (has1)
-            {
-                h1 = inputHi[x1 + xo];
-                if (split) l1 = inputLo[x1 + xo];
-            }
+            p0 = LoadStage<TInput>(inputHi, inputLo, x0 + 4L * begin, has0, p0);
+            p1 = LoadStage<TInput>(inputHi, inputLo, x1 + 4L * begin, has1, p1);
         }
         int firstChunk = begin < end ? begin : 0;
         Pack8 na = weight[wa + 4L * firstChunk], nb = weight[wb + 4L * firstChunk];
@@ -87,32 +76,15 @@ public static partial class MatMulKernels
         for (int c = begin; c < end; c++)
         {
             int at = buffer * StagedPacks;
-            if (has0)
-            {
-                stageHi[at + s0] = h0;
-                if (split) stageLo[at + s0] = l0;
-            }
-            if (has1)
-            {
-                stageHi[at + s1] = h1;
-                if (split) stageLo[at + s1] = l1;
-            }
+            StoreStage<TInput>(stageHi, stageLo, at + s0, has0, p0);
+            StoreStage<TInput>(stageHi, stageLo, at + s1, has1, p1);
             Group.Barrier();
             // Next chunk's loads, in flight during this chunk's products.
             Pack8 a = na, b = nb;
             if (c + 1 < end)
             {
-                long xo = 4L * (c + 1);
-                if (has0)
-                {
-                    h0 = inputHi[x0 + xo];
-                    if (split) l0 = inputLo[x0 + xo];
-                }
-                if (has1)
-                {
-                    h1 = inputHi[x1 + xo];
-                    if (split) l1 = inputLo[x1 + xo];
-                }
+                p0 = LoadStage<TInput>(inputHi, inputLo, x0 + 4L * (c + 1), has0, p0);
+                p1 = LoadStage<TInput>(inputHi, inputLo, x1 + 4L * (c + 1), has1, p1);
                 na = weight[wa + 4L * (c + 1)];
                 nb = weight[wb + 4L * (c + 1)];
             }
@@ -150,6 +122,30 @@ public static partial class MatMulKernels
             StoreStaged(output, args, slice, row0 + g, token0 + 48 + 2 * q, c6);
             StoreStaged(output, args, slice, row0 + g, token0 + 56 + 2 * q, c7);
         }
+    }
+
+    /// <summary>One thread's share of a staged chunk: a pack of eight of each input plane.</summary>
+    private struct StagePair
+    {
+        public Pack8 Hi, Lo;
+    }
+
+    /// <summary>The pack at x of each plane (lo only with split inputs); <paramref name="old"/> when the thread has none.</summary>
+    private static StagePair LoadStage<TInput>(ArrayView<Pack8> inputHi, ArrayView<Pack8> inputLo, long x, bool has, StagePair old)
+        where TInput : struct, ITensorInput
+    {
+        if (!has) return old;
+        var p = new StagePair { Hi = inputHi[x] };
+        if (default(TInput).Split) p.Lo = inputLo[x];
+        return p;
+    }
+
+    private static void StoreStage<TInput>(ArrayView<Pack8> stageHi, ArrayView<Pack8> stageLo, int at, bool has, StagePair p)
+        where TInput : struct, ITensorInput
+    {
+        if (!has) return;
+        stageHi[at] = p.Hi;
+        if (default(TInput).Split) stageLo[at] = p.Lo;
     }
 
     /// <summary>One chunk of one 8-token tile from the staged inputs: two m16n8k16 products (four with split inputs).</summary>
