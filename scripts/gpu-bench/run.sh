@@ -80,6 +80,19 @@ if ((SKIP_DEMO)); then
   SHAPES=$(IFS=,; echo "${SHAPE_LIST[*]}")
 fi
 ((${#SHAPE_LIST[@]})) || { echo "run.sh: no shapes to run (check --shapes and --skip-demo)" >&2; exit 2; }
+# A budget that cannot start a requested random-weight shape wastes the call: say so before anything runs. Each shape
+# is started only with its minimum left after the reserve (below); setup before the first shape takes ~15 s.
+if ((!DRY_RUN)); then
+  declare -A START_MIN_S=([7b]=150 [1b]=75)
+  for shape in "${SHAPE_LIST[@]}"; do
+    [[ $shape == demo ]] && continue
+    need=$(( ${START_MIN_S[$shape]:-60} + 25 + 15 ))
+    if ((BUDGET_S < need)); then
+      echo "run.sh: --budget-s $BUDGET_S cannot start shape $shape (it needs ${START_MIN_S[$shape]:-60} s left after the 25 s reserve and ~15 s of setup: use --budget-s $need or more, or leave the shape out)" >&2
+      exit 2
+    fi
+  done
+fi
 RAW=$WORK/raw
 RESULTS=${OUT:-$ROOT/gpu-bench-results}
 rm -rf "$RAW" && mkdir -p "$RAW" "$RESULTS" || exit 1
