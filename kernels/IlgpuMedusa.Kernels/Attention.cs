@@ -57,7 +57,7 @@ public readonly struct AttentionArgs
 /// Softmax(q·k/√Dh) over the visible keys, output = Σ p·v. One kernel serves prefill (causal), decoding (T = 1) and
 /// tree verification (tree mask).
 /// </summary>
-public static class AttentionKernel
+public static partial class AttentionKernel
 {
     /// <summary>Score of a key that does not take part (finite, so that differences never make NaN).</summary>
     private const float Hidden = -3.0e38f;
@@ -532,6 +532,8 @@ public sealed class AttentionLauncher : IDisposable
     private readonly int _groupSize;
     private readonly int _targetGroups;
     private readonly int _blocksFrom;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, AttentionArgs>? _decode;
+    private readonly int _decodeTargetGroups;
 
     /// <summary>Environment variable choosing the attention kernel: per-token (never blocks), blocks (T = 1 too), or unset.</summary>
     public const string KernelVariable = "ILGPU_MEDUSA_ATTENTION";
@@ -540,16 +542,19 @@ public sealed class AttentionLauncher : IDisposable
     /// Compiles and loads the kernels; <paramref name="groupSize"/> threads per (head, token, split).
     /// <paramref name="blocks"/>: the smallest T sent to <see cref="AttentionKernel.Block"/> (default: 2, or what
     /// <see cref="KernelVariable"/> says: per-token = never, blocks = 1); int.MaxValue keeps every T on the
-    /// one-token-per-group kernel (to time the two side by side).
+    /// one-token-per-group kernel (to time the two side by side). <paramref name="warpDecode"/>: T = 1 through
+    /// <see cref="AttentionKernel.Decode"/> (default: when <see cref="KernelVariable"/> is warp; CUDA and the CPU emulator
+    /// only: elsewhere it is not loaded and decoding keeps the other kernels).
     /// </summary>
-    public AttentionLauncher(Accelerator accelerator, int groupSize, int? blocks = null)
+    public AttentionLauncher(Accelerator accelerator, int groupSize, int? blocks = null, bool? warpDecode = null)
     {
-        _blocksFrom = blocks ?? Environment.GetEnvironmentVariable(KernelVariable)?.Trim().ToLowerInvariant() switch
+        string? choice = Environment.GetEnvironmentVariable(KernelVariable)?.Trim().ToLowerInvariant();
+        _blocksFrom = blocks ?? choice switch
         {
-            null or "" => 2,
+            null or "" or "warp" => 2,
             "blocks" => 1,
             "per-token" => int.MaxValue,
-            var other => throw new ArgumentException($"{KernelVariable}: unknown value '{other}'; expected blocks or per-token"),
+            var other => throw new ArgumentException($"{KernelVariable}: unknown value '{other}'; expected blocks, per-token or warp"),
         };
         ArgumentNullException.ThrowIfNull(accelerator);
         KernelLimits.CheckGroupSize(groupSize);
@@ -557,11 +562,19 @@ public sealed class AttentionLauncher : IDisposable
         // Splitting aims at 8 groups per multiprocessor (on an H200, S = 4096 decoding: 1141 µs unsplit, 161 µs with
         // 9 splits); the buffer also holds forced splits of small cases (tests).
         _targetGroups = 8 * Math.Max(1, accelerator.NumMultiprocessors);
+        // One-warp groups: 32 per multiprocessor.
+        _decodeTargetGroups = 32 * Math.Max(1, accelerator.NumMultiprocessors);
         MaxSplitGroups = Math.Max(256, _targetGroups);
         _kernel = KernelLoader.Load(accelerator, AttentionKernel.Run,
             () => accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, AttentionArgs>(AttentionKernel.Run));
         _block = KernelLoader.Load(accelerator, AttentionKernel.Block,
             () => accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, AttentionArgs>(AttentionKernel.Block));
+        bool warpCapable = accelerator.AcceleratorType is AcceleratorType.Cuda or AcceleratorType.CPU && accelerator.WarpSize == 32;
+        if ((warpDecode ?? choice == "warp") && warpCapable)
+        {
+            _decode = KernelLoader.Load(accelerator, AttentionKernel.Decode,
+                () => accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, AttentionArgs>(AttentionKernel.Decode));
+        }
         _accelerator = accelerator;
         _combine = KernelLoader.Load(accelerator, AttentionKernel.Combine,
             () => accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, AttentionArgs>(AttentionKernel.Combine));
@@ -578,6 +591,21 @@ public sealed class AttentionLauncher : IDisposable
     /// True when T queries go to <see cref="AttentionKernel.Block"/>: T ≥ 2 (by default) and groups of at least 16 threads.
     /// </summary>
     public bool UsesBlocks(int tokens) => tokens >= _blocksFrom && tokens >= 1 && _groupSize >= 2 * AttentionKernel.BlockTokens;
+
+    /// <summary>True when T queries go to <see cref="AttentionKernel.Decode"/>: T = 1 with the warp kernel loaded.</summary>
+    public bool UsesWarpDecode(int tokens) => tokens == 1 && _decode is not null;
+
+    /// <summary>
+    /// Splits for <see cref="AttentionKernel.Decode"/>: one-warp groups until the device holds about 32 per
+    /// multiprocessor, never fewer than 16 keys per split.
+    /// </summary>
+    public int ChooseWarpSplits(int heads, int keys)
+    {
+        if (heads <= 0) return 1;
+        int byDevice = Math.Max(1, _decodeTargetGroups / heads);
+        int byKeys = Math.Max(1, (keys + 15) / 16);
+        return Math.Clamp(Math.Min(byDevice, byKeys), 1, MaxSplits);
+    }
 
     /// <summary>
     /// Splits for the block kernel: (H · ⌈T/8⌉) groups, split until the device is full (as <see cref="ChooseSplits"/>,
@@ -622,9 +650,10 @@ public sealed class AttentionLauncher : IDisposable
             throw new ArgumentException($"Attention: output {output.Length}, qkv {qkv.Length} floats (rows of {args.QkvStride}), block table {blockTable.Length} × {args.BlockSize}, " +
                 $"mask {mask.Length}: wrong for T={t}, H={h}, Hkv={args.KvHeads}, Dh={dh}, S={args.Committed}");
         if (t == 0 || h == 0) return;
-        bool block = UsesBlocks(t);
-        int z = splits ?? (block ? ChooseBlockSplits(t, h, args.Committed + t) : ChooseSplits(t, h, args.Committed + t));
-        if (z < 1 || z > MaxSplits || (!block && z > 1 && (long)t * h * z > MaxSplitGroups))
+        bool warp = UsesWarpDecode(t);
+        bool block = !warp && UsesBlocks(t);
+        int z = splits ?? (warp ? ChooseWarpSplits(h, args.Committed + 1) : block ? ChooseBlockSplits(t, h, args.Committed + t) : ChooseSplits(t, h, args.Committed + t));
+        if (z < 1 || z > MaxSplits || (!block && !warp && z > 1 && (long)t * h * z > MaxSplitGroups))
             throw new ArgumentException($"Attention: {z} key splits for T={t}, H={h}: need 1 ≤ Z ≤ {MaxSplits} and T·H·Z ≤ {MaxSplitGroups}");
         long rows = (long)t * h * z;
         if (z > 1 && _partials.Length < rows * (KernelLimits.MaxHeadDim + 2))
@@ -634,7 +663,11 @@ public sealed class AttentionLauncher : IDisposable
             _partials = _accelerator.Allocate1D<float>(rows * (KernelLimits.MaxHeadDim + 2));
         }
         var a = args.WithSplits(z);
-        if (block)
+        if (warp)
+        {
+            _decode!(stream, new KernelConfig(new Index3D(h, 1, z), new Index3D(32, 1, 1)), output, _partials.View, qkv, keys, values, blockTable, mask, a);
+        }
+        else if (block)
         {
             int blocks = (t + AttentionKernel.BlockTokens - 1) / AttentionKernel.BlockTokens;
             _block(stream, new KernelConfig(new Index3D(h, blocks, z), new Index3D(_groupSize, 1, 1)), output, _partials.View, qkv, keys, values, blockTable, mask, a);

@@ -310,7 +310,8 @@ ours_f32cores() {
 
 # ours_decode_variant NAME MODEL_DIR PROMPT_IDS WANT_S VAR=VALUE: decode only (64 tokens, the 1-node tree step) with one
 # kernel choice switched by its environment variable (ILGPU_MEDUSA_WIDE_GEMV=0: the portable GEMV for 16-bit weights;
-# ILGPU_MEDUSA_ATTENTION=blocks: decoding attention in the block kernel), for the report's "decode variants" lines.
+# ILGPU_MEDUSA_ATTENTION=blocks / warp: decoding attention in the block kernel / the one-warp kernel), for the report's
+# "decode variants" lines.
 ours_decode_variant() {
   run_step "$1" "$4" env "$5" "${APP[@]}" profile --model "$2" --device "$DEVICE" --prompt-ids "$3" \
     --decode-tokens 64 --greedy-tokens 8 --tree-sizes 1 --repeats 5 --copy-mb 0 --json
@@ -531,6 +532,7 @@ else
       ours_f32cores "$shape" "$dir" "$dir/prompt_ids.json" "${OPS_S[$shape]:-60}"
       ours_decode_variant "ours-$shape-narrow-gemv" "$dir" "$dir/prompt_ids.json" 60 ILGPU_MEDUSA_WIDE_GEMV=0
       ours_decode_variant "ours-$shape-block-attention" "$dir" "$dir/prompt_ids.json" 60 ILGPU_MEDUSA_ATTENTION=blocks
+      ours_decode_variant "ours-$shape-warp-attention" "$dir" "$dir/prompt_ids.json" 60 ILGPU_MEDUSA_ATTENTION=warp
     else
       skip_step "ours-$shape" "no runnable app (see the unpack-runtime / devices steps)"
     fi

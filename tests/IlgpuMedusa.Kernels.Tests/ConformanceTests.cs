@@ -462,6 +462,26 @@ public abstract class ConformanceTests
                 CheckAttention(committed: 37, tokens: 1, heads: 2, kvHeads: 1, headDim: dh, blockSize: 8, table: [4, 1, 7, 0, 2], mask: null, seed: 34, splits: splits, launcher: launcher);
     }
 
+    /// <summary>
+    /// Decoding (T = 1) through the one-warp kernel (ILGPU_MEDUSA_ATTENTION=warp): loaded where warp shuffles run (CUDA,
+    /// the emulator; elsewhere the launcher keeps the other kernels, still checked); unsplit, split, automatic; with the
+    /// one-node tree mask too; head dimensions below, at and above one warp's width.
+    /// </summary>
+    [Fact]
+    public void Attention_decode_in_warps_matches_host()
+    {
+        using var launcher = new AttentionLauncher(Device.Accelerator, Device.GroupSize, warpDecode: true);
+        bool warps = Device.Accelerator.AcceleratorType is ILGPU.Runtime.AcceleratorType.Cuda or ILGPU.Runtime.AcceleratorType.CPU;
+        Assert.Equal(warps, launcher.UsesWarpDecode(1));
+        Assert.False(launcher.UsesWarpDecode(2));
+        foreach (int? splits in new int?[] { 1, 3, null })
+        {
+            foreach (int dh in Sizes.HeadDims)
+                CheckAttention(committed: 37, tokens: 1, heads: 4, kvHeads: 2, headDim: dh, blockSize: 8, table: [4, 1, 7, 0, 2], mask: null, seed: 35, splits: splits, launcher: launcher);
+            CheckAttention(committed: 22, tokens: 1, heads: 2, kvHeads: 1, headDim: Sizes.HeadDims[^1], blockSize: 8, table: [2, 0, 1], mask: [1], seed: 36, splits: splits, launcher: launcher);
+        }
+    }
+
     /// <summary>A long committed prefix: many key chunks of the online softmax.</summary>
     [Fact]
     public void Attention_long_context_matches_host()

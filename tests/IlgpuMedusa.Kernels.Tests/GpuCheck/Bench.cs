@@ -91,6 +91,7 @@ internal sealed class Bench(Accelerator accelerator, bool quick, Action<string> 
         int groupSize = KernelSet.DefaultGroupSize(accelerator);
         using var perToken = new AttentionLauncher(accelerator, groupSize, blocks: int.MaxValue);
         using var allBlocks = new AttentionLauncher(accelerator, groupSize, blocks: 1);
+        using var warps = new AttentionLauncher(accelerator, groupSize, warpDecode: true);
         const int h = 32, hkv = 8, dh = 128, b = 16;
         var cases = quick ? new[] { (300, 1, false), (300, 9, true) }
             : new[] { (512, 1, false), (4096, 1, false), (16384, 1, false), (0, 256, false), (600, 64, true), (2048, 64, true), (2048, 16, true) };
@@ -107,9 +108,11 @@ internal sealed class Bench(Accelerator accelerator, bool quick, Action<string> 
             for (int i = 0; i < t; i++) for (int j = 0; j <= i; j++) maskData[i * t + j] = 1;
             using var mask = accelerator.Allocate1D(maskData);
             var a = new AttentionArgs(t, h, hkv, dh, stride, s, b, masked);
-            foreach (var (kernel, name) in new[] { (perToken, "per token"), (allBlocks, "blocks of 8") })
+            foreach (var (kernel, name) in new[] { (perToken, "per token"), (allBlocks, "blocks of 8"), (warps, "warp") })
             {
-                int auto = kernel.UsesBlocks(t) ? kernel.ChooseBlockSplits(t, h, s + t) : kernel.ChooseSplits(t, h, s + t);
+                if (kernel == warps && !warps.UsesWarpDecode(t)) continue;
+                int auto = kernel.UsesWarpDecode(t) ? kernel.ChooseWarpSplits(h, s + 1)
+                    : kernel.UsesBlocks(t) ? kernel.ChooseBlockSplits(t, h, s + t) : kernel.ChooseSplits(t, h, s + t);
                 foreach (int? splits in auto == 1 ? new int?[] { 1 } : new int?[] { 1, null })
                 {
                     double ms = Milliseconds(() => kernel.Launch(_stream, output.View, qkv.View, keys.View, values.View, table.View, mask.View, a, splits), Math.Max(3, Repeats / 5));
