@@ -226,7 +226,10 @@ public readonly record struct MatMulTuning(int GroupSize, int SkinnyGroupSize, i
 /// Small T (tree verification) uses the skinny kernel, which reads the weights once per four tokens; larger T (prefill)
 /// uses the tiled kernel, which reuses each loaded weight tile for 4·√G tokens. <see cref="LaunchNormed"/> fuses the
 /// RMSNorm of the input into the vector and skinny kernels, <see cref="LaunchNormedSwiGlu"/> also SwiGLU on interleaved
-/// (gate, up) rows (T ≤ <see cref="MatMulTuning.SkinnyMaxTokens"/>).
+/// (gate, up) rows (T ≤ <see cref="MatMulTuning.SkinnyMaxTokens"/>). On CUDA, 16-bit GEMVs take the wide kernel and F16
+/// matmuls of T ≥ 2 the tensor-core kernels (<see cref="MatMulTuning.WideVector"/>, <see cref="MatMulTuning.TensorCores"/>);
+/// the launcher owns their scratch buffers (fp16 input planes, split-K partial sums): dispose it with the accelerator's
+/// other buffers.
 /// </summary>
 public sealed class MatMulLauncher : IDisposable
 {
@@ -255,13 +258,16 @@ public sealed class MatMulLauncher : IDisposable
     private MemoryBuffer1D<uint, Stride1D.Dense>? _inputHi;
     private MemoryBuffer1D<uint, Stride1D.Dense>? _inputLo;
 
-    /// <summary>Compiles and loads the 21 kernels (vector and skinny in three modes, and tiled; three storage types) with the device's tuning.</summary>
+    /// <summary>
+    /// Compiles and loads the kernels with the device's tuning: vector and skinny in three modes and tiled, for three
+    /// storage types; on CUDA also the wide GEMV and the tensor-core kernels (see <see cref="MatMulTuning"/>).
+    /// </summary>
     public MatMulLauncher(Accelerator accelerator, int groupSize)
         : this(accelerator, MatMulTuning.For(accelerator, groupSize))
     {
     }
 
-    /// <summary>Compiles and loads the 21 kernels with an explicit tuning.</summary>
+    /// <summary>Compiles and loads the kernels with an explicit tuning (tests, benchmarks).</summary>
     public MatMulLauncher(Accelerator accelerator, MatMulTuning tuning)
     {
         ArgumentNullException.ThrowIfNull(accelerator);
@@ -422,7 +428,8 @@ public sealed class MatMulLauncher : IDisposable
 
     /// <summary>
     /// True when the tensor-core kernel takes this weight: F16, K a multiple of <see cref="MatMulKernels.TensorChunk"/>,
-    /// row stride a multiple of 8 elements, the view 16-byte aligned (the input's alignment is checked at launch).
+    /// row stride a multiple of 8 elements, the view 16-byte aligned (the input is read element by element when the
+    /// launch rounds it to fp16, so any input view does).
     /// </summary>
     public static bool CanUseTensorCores(WeightView weight) =>
         weight.Storage == WeightStorage.F16 && weight.Columns > 0 && weight.Columns % MatMulKernels.TensorChunk == 0
@@ -437,7 +444,8 @@ public sealed class MatMulLauncher : IDisposable
 
     /// <summary>
     /// True when <see cref="LaunchNormed"/> / <see cref="LaunchNormedSwiGlu"/> should take T tokens of this weight:
-    /// <see cref="CanNormalize"/>, unless the plain matmul would run on tensor cores (then norm and matmul go separately).
+    /// <see cref="CanNormalize"/>, unless the matmul runs on tensor cores (then <see cref="LaunchNormedTensor"/> applies the
+    /// norm while it rounds the inputs to fp16).
     /// </summary>
     public bool ShouldNormalize(WeightView weight, int tokens) => CanNormalize(tokens) && Choose(weight, tokens) != MatMulPath.TensorCore;
 

@@ -419,8 +419,8 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
     }
 
     /// <summary>
-    /// The fused norm kernels take F32 norm weights and T up to the small-T matmul's limit, and are not used where the
-    /// plain matmul runs on tensor cores.
+    /// The tensor-core path applies the norm while it rounds the inputs to fp16 (F32 norm weights, fused ops on), wherever
+    /// the matmul runs on tensor cores.
     /// </summary>
     private bool FusesNormOnTensorCores(IlgpuTensor normWeight, IlgpuTensor weight, int rows) =>
         FusedOps && normWeight.Type == DType.F32 && _kernels.MatMul.Choose(weight.AsWeight(), rows) == MatMulPath.TensorCore;
@@ -432,6 +432,10 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
     internal bool FusesNorm(DeviceTensor normWeight, DeviceTensor weight, int rows) =>
         CanFuseNorm(Own(normWeight), Own(weight), rows) || FusesNormOnTensorCores(Own(normWeight), Own(weight), rows);
 
+    /// <summary>
+    /// The fused norm kernels (vector, small-T) take F32 norm weights and T up to the small-T matmul's limit, and are not
+    /// used where the matmul runs on tensor cores.
+    /// </summary>
     private bool CanFuseNorm(IlgpuTensor normWeight, IlgpuTensor weight, int rows) =>
         FusedOps && normWeight.Type == DType.F32 && _kernels.MatMul.ShouldNormalize(weight.AsWeight(), rows);
 
