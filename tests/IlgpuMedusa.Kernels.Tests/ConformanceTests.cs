@@ -249,33 +249,31 @@ public abstract class ConformanceTests
         foreach (var ((t, n, k), index) in TensorMatMuls.Select((shape, i) => (shape, i)))
         {
             bool accumulate = index % 2 == 1;
+            var values = twin.RandomFloats(t * k);
+            var x = twin.Floats(t, k, values);
+            var hostInput = mode == TensorCoreMode.Split ? x : twin.Floats(t, k, values.Select(v => (float)(System.Half)v).ToArray());
+            var weight = twin.RandomWeight(DType.F16, n, k);
+            var output = twin.RandomTensor(t, n);
+            var view = ((IlgpuTensor)weight.Device).AsWeight();
+            Assert.Equal(MatMulPath.TensorCore, launcher.Choose(view, t));
+            Assert.Equal(t <= 64, launcher.RunsStaged(view, t));
+            Assert.False(direct.RunsStaged(view, t));
+            var start = Twin.Read(output.Device);
+            Accelerators.Host.MatMul(output.Host, hostInput.Host, weight.Host, accumulate);
+            foreach (var (name, l) in new[] { ("staged", launcher), ("direct", direct) })
             {
-                var values = twin.RandomFloats(t * k);
-                var x = twin.Floats(t, k, values);
-                var hostInput = mode == TensorCoreMode.Split ? x : twin.Floats(t, k, values.Select(v => (float)(System.Half)v).ToArray());
-                var weight = twin.RandomWeight(DType.F16, n, k);
-                var output = twin.RandomTensor(t, n);
-                var view = ((IlgpuTensor)weight.Device).AsWeight();
-                Assert.Equal(MatMulPath.TensorCore, launcher.Choose(view, t));
-                Assert.Equal(t <= 64, launcher.RunsStaged(view, t));
-                Assert.False(direct.RunsStaged(view, t));
-                var start = Twin.Read(output.Device);
-                Accelerators.Host.MatMul(output.Host, hostInput.Host, weight.Host, accumulate);
-                foreach (var (name, l) in new[] { ("staged", launcher), ("direct", direct) })
+                var result = Device.Allocate(DType.F32, t, n);
+                try
                 {
-                    var result = Device.Allocate(DType.F32, t, n);
-                    try
-                    {
-                        Device.Upload(result, start);
-                        l.Launch(accelerator.DefaultStream, ((IlgpuTensor)result).Floats, ((IlgpuTensor)x.Device).Floats, view, t, accumulate, MatMulPath.TensorCore);
-                        accelerator.DefaultStream.Synchronize();
-                        Twin.AssertClose(Twin.Read(output.Host), Twin.Read(result), Tolerance.ForSum(DType.F16, k),
-                            $"tensor-core MatMul ({mode}, {name}) T={t} N={n} K={k} accumulate={accumulate}");
-                    }
-                    finally
-                    {
-                        result.Dispose();
-                    }
+                    Device.Upload(result, start);
+                    l.Launch(accelerator.DefaultStream, ((IlgpuTensor)result).Floats, ((IlgpuTensor)x.Device).Floats, view, t, accumulate, MatMulPath.TensorCore);
+                    accelerator.DefaultStream.Synchronize();
+                    Twin.AssertClose(Twin.Read(output.Host), Twin.Read(result), Tolerance.ForSum(DType.F16, k),
+                        $"tensor-core MatMul ({mode}, {name}) T={t} N={n} K={k} accumulate={accumulate}");
+                }
+                finally
+                {
+                    result.Dispose();
                 }
             }
         }
