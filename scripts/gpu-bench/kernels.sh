@@ -2,15 +2,15 @@
 # The kit's kernel-level check, for a GPU session that wants kernel timings before (or instead of) the whole run:
 # on the GPU machine, from the repository root, with .gpu-kit carried (scripts/gpu-bench/prepare.sh builds it):
 #
-#   bash scripts/gpu-bench/kernels.sh [--device cuda] [--quick]
+#   bash scripts/gpu-bench/kernels.sh [--device cuda|cpu-emulator|opencl] [--quick] [--local-dotnet]
 #
 # 1. unpacks the carried .NET runtime (as run.sh does); 2. runs the conformance console (GpuCheck) with --kernels-only:
 # the kernel conformance suite on the device, then the GEMV and small-T / prefill matmul timings per kernel path
 # (float32-core skinny and tiled kernels, tensor cores with split and rounded inputs) and attention timings (decode,
-# prefill, trees: blocks of 8 tokens against one token per group); 3. writes the PTX of the
-# tensor-core kernels (GpuCheck --dump-ptx) and, when the CUDA toolkit's ptxas is there, prints its register, stack and
-# spill report for sm_90. Output: $OUT/kernels.log (default ./gpu-bench-results). Exit code: GpuCheck's (1 when a
-# conformance check failed).
+# prefill, trees: one token per group, blocks of 8 tokens, one warp for decoding); 3. writes the PTX of the tensor-core
+# kernels (GpuCheck --dump-ptx) and, when the CUDA toolkit's ptxas is there, prints its register, stack and spill report
+# for sm_90. Output: $OUT/kernels.log (default ./gpu-bench-results). Exit code: GpuCheck's (1 when a conformance check
+# failed). --local-dotnet runs with the dotnet on PATH instead of the carried runtime.
 # Dry run on a CPU: bash scripts/gpu-bench/kernels.sh --device cpu-emulator --quick --local-dotnet
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
@@ -21,7 +21,7 @@ while (($#)); do
     --device) DEVICE=${2:?--device needs a value}; shift ;;
     --quick) QUICK=(--quick) ;;
     --local-dotnet) LOCAL_DOTNET=1 ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "kernels.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
   esac
   shift
