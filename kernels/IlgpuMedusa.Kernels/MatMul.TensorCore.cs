@@ -132,13 +132,18 @@ public static partial class MatMulKernels
     public static void TensorInput<TInput>(Index1D pair, ArrayView<float> input, ArrayView<uint> hi, ArrayView<uint> lo)
         where TInput : struct, ITensorInput
     {
-        float x = input[2L * pair];
-        float y = input[2L * pair + 1];
+        WriteHalfPair<TInput>(hi, lo, pair, input[2L * pair], input[2L * pair + 1]);
+    }
+
+    /// <summary>x, y as one fp16 pair in hi[at] (x in the low half) and, with split inputs, their residuals in lo[at].</summary>
+    private static void WriteHalfPair<TInput>(ArrayView<uint> hi, ArrayView<uint> lo, long at, float x, float y)
+        where TInput : struct, ITensorInput
+    {
         uint hx = HalfBits.FromSingle(x);
         uint hy = HalfBits.FromSingle(y);
-        hi[pair] = hx | (hy << 16);
+        hi[at] = hx | (hy << 16);
         if (default(TInput).Split)
-            lo[pair] = HalfBits.FromSingle(x - HalfBits.ToSingle(hx)) | (HalfBits.FromSingle(y - HalfBits.ToSingle(hy)) << 16);
+            lo[at] = HalfBits.FromSingle(x - HalfBits.ToSingle(hx)) | (HalfBits.FromSingle(y - HalfBits.ToSingle(hy)) << 16);
     }
 
     /// <summary>
@@ -177,13 +182,7 @@ public static partial class MatMulKernels
         long p0 = (long)Grid.IdxX * pairs;
         for (int p = tid; p < pairs; p += groupSize)
         {
-            float x = input[x0 + 2 * p] * scale * norm[2 * p];
-            float y = input[x0 + 2 * p + 1] * scale * norm[2 * p + 1];
-            uint hx = HalfBits.FromSingle(x);
-            uint hy = HalfBits.FromSingle(y);
-            hi[p0 + p] = hx | (hy << 16);
-            if (default(TInput).Split)
-                lo[p0 + p] = HalfBits.FromSingle(x - HalfBits.ToSingle(hx)) | (HalfBits.FromSingle(y - HalfBits.ToSingle(hy)) << 16);
+            WriteHalfPair<TInput>(hi, lo, p0 + p, input[x0 + 2 * p] * scale * norm[2 * p], input[x0 + 2 * p + 1] * scale * norm[2 * p + 1]);
         }
     }
 
