@@ -635,7 +635,8 @@ public sealed class AttentionLauncher : IDisposable
     }
 
     /// <summary>
-    /// output F32[T, H·Dh]; qkv F32[T, stride]; keys, values: one layer's planes; blockTable I32[n] covering S + T
+    /// output F32[T, H·Dh]; qkv F32[T, stride ≥ H·Dh], of which only the queries are read (Q | K | V rows, or plain
+    /// query rows); keys, values: one layer's planes; blockTable I32[n] covering S + T
     /// positions; mask I32[T, T] when args.HasMask (any non-empty view otherwise). <paramref name="splits"/> overrides
     /// <see cref="ChooseSplits"/> (tests).
     /// </summary>
@@ -645,7 +646,7 @@ public sealed class AttentionLauncher : IDisposable
         int t = args.Tokens, h = args.Heads, dh = args.HeadDim;
         if (dh <= 0 || dh > KernelLimits.MaxHeadDim || args.KvHeads <= 0 || h % args.KvHeads != 0)
             throw new ArgumentException($"Attention: Dh={dh} must be in [1, {KernelLimits.MaxHeadDim}] and H={h} a multiple of Hkv={args.KvHeads}");
-        if (output.Length < (long)t * h * dh || qkv.Length < (long)t * args.QkvStride || (long)(h + 2 * args.KvHeads) * dh > args.QkvStride
+        if (output.Length < (long)t * h * dh || qkv.Length < (long)t * args.QkvStride || (long)h * dh > args.QkvStride
             || (long)blockTable.Length * args.BlockSize < (long)args.Committed + t || (args.HasMask != 0 && mask.Length < (long)t * t) || mask.Length < 1)
             throw new ArgumentException($"Attention: output {output.Length}, qkv {qkv.Length} floats (rows of {args.QkvStride}), block table {blockTable.Length} × {args.BlockSize}, " +
                 $"mask {mask.Length}: wrong for T={t}, H={h}, Hkv={args.KvHeads}, Dh={dh}, S={args.Committed}");

@@ -130,6 +130,42 @@ public sealed class MedusaOnDevicesTests(Accelerators accelerators) : IDisposabl
         Assert.Equal(expected, actual);
     }
 
+    /// <summary>
+    /// Heads with context attention on an ILGPU device (grouped: stacked W_q and W_o, one attention op per head over the
+    /// last layer's cache) propose what the host proposes, which ContextAttentionHeadsTests checks against double
+    /// precision: each backend prefills the same tokens into its own cache, then the heads run at two committed lengths.
+    /// </summary>
+    [Theory]
+    [InlineData("opencl")]
+    [InlineData("emulator")]
+    public void ContextHeadsPredictWhatTheHostPredicts(string device)
+    {
+        var backend = device == "emulator" ? accelerators.Emulator : accelerators.OpenCL;
+        using var checkpoint = HuggingFaceCheckpoint.Open(_directory);
+        var c = checkpoint.Config;
+        var weights = MedusaHeadWeights.CreateRandom(c, heads: 3, layers: 1, seed: 23, scale: 0.2f, nextToken: true, context: true);
+        var path = Path.Combine(_directory, "context-heads.safetensors");
+        MedusaHeadsCheckpoint.Write(path, weights, ModelSignature.Of(checkpoint));
+        using var file = MedusaHeadsCheckpoint.Open(path);
+        int[] tokens = [1, 17, 42, 5, 63, 8, 30, 31, 9, 70, 4, 4, 12, 88, 3, 50, 21, 19];
+
+        int[] Predict(IComputeBackend b)
+        {
+            using var model = LlamaModel.Load(checkpoint, b, DType.F32);
+            using var heads = MedusaHeads.Load(file, model, checkpoint, DType.F32);
+            Assert.True(heads.HasContextAttention);
+            using var pool = KvBlockPool.FromBudget(b, c.Layers, c.KvHeads, c.HeadDim, 16, 2L * 16 * 2 * c.Layers * c.KvDim * sizeof(float));
+            using var sequence = pool.CreateSequence(32);
+            using var workspace = new ForwardWorkspace(b, c, tokens.Length, 1);
+            var hidden = model.Forward(workspace, workspace.Prepare(tokens, Enumerable.Range(0, tokens.Length).ToArray()), sequence, 0);
+            int[] all = [];
+            foreach (int committed in new[] { tokens.Length, 7 })
+                all = [.. all, .. heads.Predict(hidden.Slice(committed - 1, 1), heads.HeadCount, tokens[Math.Min(committed, tokens.Length - 1)], sequence, committed).ToArray()];
+            return all;
+        }
+        Assert.Equal(Predict(accelerators.Host), Predict(backend));
+    }
+
     public void Dispose()
     {
         try

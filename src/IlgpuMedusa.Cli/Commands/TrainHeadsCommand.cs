@@ -28,6 +28,16 @@ internal static class TrainHeadsCommand
         {
             Description = "true: each head also takes the embedding of the base model's next token (the pending token its guess follows); false: plain Medusa heads (default: true with --shared-lm-head true).",
         };
+        var contextAttention = new Option<bool>("--context-attention")
+        {
+            Description = "true: each head first attends to the keys and values the base model's last layer cached for the text so far (needs --next-token).",
+            DefaultValueFactory = _ => defaults.ContextAttention,
+        };
+        var softLabels = new Option<float>("--soft-labels")
+        {
+            Description = "α: each head also learns the base model's own distribution at the position before its target, weighted α against the target itself (0: targets only).",
+            DefaultValueFactory = _ => defaults.SoftLabels,
+        };
         var learningRate = new Option<float>("--learning-rate", "--lr") { Description = "Peak AdamW learning rate.", DefaultValueFactory = _ => defaults.LearningRate };
         var weightDecay = new Option<float>("--weight-decay") { Description = "AdamW weight decay.", DefaultValueFactory = _ => defaults.WeightDecay };
         var batch = new Option<int>("--batch") { Description = "Positions per step.", DefaultValueFactory = _ => defaults.BatchSize };
@@ -56,7 +66,7 @@ internal static class TrainHeadsCommand
         var dtype = new Option<string>("--dtype") { Description = "Element type of the written heads: f16, bf16 or f32.", DefaultValueFactory = _ => "f16" };
         var command = new Command("train-heads", "Train Medusa heads for a model on the CPU (frozen backbone, self-distillation by default).")
         {
-            model, output, heads, layers, shared, nextToken, learningRate, weightDecay, batch, epochs, steps, seed, data, tokens, evalTokens, distill, prefixTokens, prefixMin, explore,
+            model, output, heads, layers, shared, nextToken, contextAttention, softLabels, learningRate, weightDecay, batch, epochs, steps, seed, data, tokens, evalTokens, distill, prefixTokens, prefixMin, explore,
             shortlist, temperature, streams, initScale, threads, dtype,
         };
         command.Subcommands.Add(CreateGrowTrees());
@@ -69,6 +79,8 @@ internal static class TrainHeadsCommand
                 Layers = parse.GetValue(layers),
                 SharedLmHead = parse.GetValue(shared),
                 NextTokenInput = parse.GetValue(nextToken),
+                ContextAttention = parse.GetValue(contextAttention),
+                SoftLabels = parse.GetValue(softLabels),
                 LearningRate = parse.GetValue(learningRate),
                 WeightDecay = parse.GetValue(weightDecay),
                 BatchSize = parse.GetValue(batch),

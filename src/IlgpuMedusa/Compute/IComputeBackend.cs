@@ -140,7 +140,9 @@ public interface IComputeBackend : IDisposable
     /// Attention of T new queries over S = <paramref name="committed"/> committed keys plus the T new keys (already
     /// written at logical positions S..S+T−1). Query t sees key j when j &lt; S, or when mask[t, j − S] ≠ 0; with no mask,
     /// when j − S ≤ t (causal). Scores are q·k / √Dh, softmax over visible keys, output = Σ p·v. Query head h reads
-    /// kv head h / (H / Hkv). output F32[T, H·Dh]; qkv as in <see cref="KvWrite"/>; mask I32[T, T] or null.
+    /// kv head h / (H / Hkv). output F32[T, H·Dh]; qkv as in <see cref="KvWrite"/>, of which only the first H·Dh columns
+    /// (the queries) are read: every key and value comes from the cache, so a plain query matrix F32[T, H·Dh] will do
+    /// (Medusa heads with context attention pass one); mask I32[T, T] or null.
     /// </summary>
     void Attention(DeviceTensor output, DeviceTensor qkv, KvCache cache, int layer, DeviceTensor blockTable, int committed, DeviceTensor? mask);
 

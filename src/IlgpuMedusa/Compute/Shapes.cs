@@ -81,8 +81,8 @@ internal static class Shapes
         int heads = output.Columns / layout.HeadDim;
         Require(output.Rows == qkv.Rows && output.Columns % layout.HeadDim == 0 && heads % layout.KvHeads == 0, nameof(Attention),
             () => $"output {output.ShapeText} must be [T, H·Dh] with Dh={layout.HeadDim} and H a multiple of Hkv={layout.KvHeads}, T={qkv.Rows}");
-        Require(qkv.Columns >= (heads + 2 * layout.KvHeads) * layout.HeadDim, nameof(Attention),
-            () => $"qkv {qkv.ShapeText} is narrower than (H + 2·Hkv)·Dh");
+        Require(qkv.Columns >= heads * layout.HeadDim, nameof(Attention),
+            () => $"qkv {qkv.ShapeText} is narrower than the H·Dh = {heads * layout.HeadDim} query columns");
         Require(committed >= 0, nameof(Attention), () => $"committed length {committed} is negative");
         Positions(nameof(Attention), layout, blockTable, 0, committed + qkv.Rows);
         if (mask is not null)

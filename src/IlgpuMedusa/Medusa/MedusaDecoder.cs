@@ -105,7 +105,7 @@ internal sealed class MedusaDecoder : SequenceDecoder
     {
         _guessed = SpeculateNext;
         if (!_guessed) return; // the next step decodes one token: no guesses needed
-        _heads.Predict(hidden, _candidates.MaxDepth, Pending).CopyTo(_topK);
+        _heads.Predict(hidden, _candidates.MaxDepth, Pending, Sequence, Committed).CopyTo(_topK);
         if (_planner is not null) UseTree(_planner.Plan(_heads.TopProbabilities()), null);
     }
 

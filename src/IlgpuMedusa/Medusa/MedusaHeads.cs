@@ -1,5 +1,6 @@
 using IlgpuMedusa.Compute;
 using IlgpuMedusa.Models;
+using IlgpuMedusa.Scheduling;
 using IlgpuMedusa.Transformer;
 
 namespace IlgpuMedusa.Medusa;
@@ -81,9 +82,37 @@ public sealed class MedusaHeads : IDisposable
         }
     }
 
-    private MedusaHeads(LlamaModel model, int heads, int layers, DeviceTensor[][] linear, DeviceTensor[][] bias, StackedHeads? stacked, DeviceTensor[]? lmHeads,
-        DeviceTensor? sharedShortlistLmHead, int[]? shortlist, string source, NextTokenInput? next, IReadOnlyList<DeviceTensor> owned)
+    /// <summary>
+    /// The device side of context attention: W_q and W_o (one stacked matrix each when the heads are grouped, else one
+    /// per head) and scratch rows for the heads' queries, what they attended to, and its projection.
+    /// </summary>
+    private sealed class ContextInput(IComputeBackend b, DeviceTensor[] query, DeviceTensor[] output, bool grouped, int heads, int width, int d) : IDisposable
     {
+        public DeviceTensor[] Query { get; } = query;      // grouped: [1] [K·A, D]; else [head] [A, D]
+        public DeviceTensor[] Output { get; } = output;    // grouped: [1] [K·D, A]; else [head] [D, A]
+        public bool Grouped { get; } = grouped;
+        public int Width { get; } = width;
+        public DeviceTensor Queries { get; } = b.Allocate(DType.F32, heads, width);
+        public DeviceTensor Attended { get; } = b.Allocate(DType.F32, heads, width);
+        public DeviceTensor Projected { get; } = b.Allocate(DType.F32, heads, d);
+        public DeviceTensor Positions { get; } = b.Allocate(DType.I32, heads, 1);
+        public int[] HostPositions { get; } = new int[heads];
+
+        public void Dispose()
+        {
+            foreach (var t in Query) t.Dispose();
+            foreach (var t in Output) t.Dispose();
+            Queries.Dispose();
+            Attended.Dispose();
+            Projected.Dispose();
+            Positions.Dispose();
+        }
+    }
+
+    private MedusaHeads(LlamaModel model, int heads, int layers, DeviceTensor[][] linear, DeviceTensor[][] bias, StackedHeads? stacked, DeviceTensor[]? lmHeads,
+        DeviceTensor? sharedShortlistLmHead, int[]? shortlist, string source, NextTokenInput? next, IReadOnlyList<DeviceTensor> owned, ContextInput? context)
+    {
+        _context = context;
         _model = model;
         _headCount = heads;
         _layerCount = layers;
@@ -127,6 +156,13 @@ public sealed class MedusaHeads : IDisposable
     public IReadOnlyList<int>? Shortlist => _shortlist;
     /// <summary>True when each head also takes the base model's next token as input.</summary>
     public bool HasNextTokenInput => _next is not null;
+    /// <summary>
+    /// True when each head first attends to the keys and values the base model's last layer cached for the sequence
+    /// (<see cref="MedusaHeadWeights.ContextQuery"/>): <see cref="Predict(DeviceTensor, int, int, KvSequence?, int)"/> then
+    /// needs the sequence and its committed length.
+    /// </summary>
+    public bool HasContextAttention => _context is not null;
+    private readonly ContextInput? _context;
     /// <summary>Where the heads came from.</summary>
     public string Source { get; }
 
@@ -150,6 +186,9 @@ public sealed class MedusaHeads : IDisposable
             throw new InvalidDataException($"{checkpoint.Path}: the Medusa heads' lm_head has a vocabulary of {v} but the model's is {c.VocabSize}; they belong to another model.");
         if (checkpoint.BaseModel is { } signature && !signature.Matches(model.Signature))
             throw new InvalidDataException($"{checkpoint.Path}: these Medusa heads were trained for another model (its signature {signature.Shape} does not match this model's weights, {model.Signature.Shape}).");
+        if (checkpoint.HasContextAttention && checkpoint.ContextWidth != c.Heads * c.HeadDim)
+            throw new InvalidDataException(
+                $"{checkpoint.Path}: Medusa tensor '{MedusaHeadsCheckpoint.ContextQueryTensor(0)}' has {checkpoint.ContextWidth} rows but the model's attention has {c.Heads} heads of {c.HeadDim}; they belong to another model.");
         var shortlist = checkpoint.Shortlist;
         if (shortlist is not null)
         {
@@ -182,7 +221,7 @@ public sealed class MedusaHeads : IDisposable
         try
         {
             int heads = checkpoint.HeadCount, layers = checkpoint.LayerCount;
-            bool grouped = heads > 1 && layers > 0 && b.CanGroupMatMul(c.Dim);
+            bool grouped = heads > 1 && layers > 0 && b.CanGroupMatMul(c.Dim) && (!checkpoint.HasContextAttention || b.CanGroupMatMul(checkpoint.ContextWidth));
             var linear = new DeviceTensor[grouped ? 0 : heads][];
             var bias = new DeviceTensor[grouped ? 0 : heads][];
             DeviceTensor Stack(Func<int, TensorData> part, DType type)
@@ -258,7 +297,24 @@ public sealed class MedusaHeads : IDisposable
                 }
                 created.Add(next);
             }
-            return new MedusaHeads(model, heads, layers, linear, bias, stacked, lmHeads, sharedLmHead, shortlist, checkpoint.Path, next, owned);
+            ContextInput? context = null;
+            if (checkpoint.HasContextAttention)
+            {
+                var query = grouped ? [Stack(checkpoint.ContextQuery, weightType)] : Enumerable.Range(0, heads).Select(h => Up(checkpoint.ContextQuery(h), weightType)).ToArray();
+                var output = grouped ? [Stack(checkpoint.ContextOutput, weightType)] : Enumerable.Range(0, heads).Select(h => Up(checkpoint.ContextOutput(h), weightType)).ToArray();
+                created.RemoveAll(t => query.Contains(t) || output.Contains(t)); // owned by the ContextInput from here
+                try
+                {
+                    context = new ContextInput(b, query, output, grouped, heads, checkpoint.ContextWidth, c.Dim);
+                }
+                catch
+                {
+                    foreach (var t in query.Concat(output)) t.Dispose();
+                    throw;
+                }
+                created.Add(context);
+            }
+            return new MedusaHeads(model, heads, layers, linear, bias, stacked, lmHeads, sharedLmHead, shortlist, checkpoint.Path, next, owned, context);
         }
         catch
         {
@@ -312,8 +368,23 @@ public sealed class MedusaHeads : IDisposable
     /// heads need not find it on the device; −1: find it (the argmax of the scored rows at h). Heads without that input
     /// ignore it.
     /// </summary>
-    public ReadOnlySpan<int> Predict(DeviceTensor hidden, int heads, int nextToken)
+    public ReadOnlySpan<int> Predict(DeviceTensor hidden, int heads, int nextToken) => Predict(hidden, heads, nextToken, null, 0);
+
+    /// <summary>
+    /// As <see cref="Predict(DeviceTensor, int, int)"/>, with the sequence the heads guess for: heads with context attention
+    /// attend to the keys and values its cache holds for positions 0 .. <paramref name="committed"/> − 1 of the base model's
+    /// last layer (h is the hidden state at position committed − 1; the pending token goes to position committed). Other
+    /// heads ignore both.
+    /// </summary>
+    public ReadOnlySpan<int> Predict(DeviceTensor hidden, int heads, int nextToken, KvSequence? sequence, int committed)
     {
+        if (_context is not null)
+        {
+            if (sequence is null)
+                throw new InvalidOperationException($"{Source}: these Medusa heads attend to the sequence's context; pass its KV sequence and committed length to Predict.");
+            if (committed < 1 || committed > sequence.Capacity)
+                throw new ArgumentOutOfRangeException(nameof(committed), $"the heads attend to positions 0 .. committed − 1 of the sequence's cache ({sequence.Capacity} slots), got committed = {committed}");
+        }
         if (heads < 1 || heads > HeadCount)
             throw new ArgumentOutOfRangeException(nameof(heads), $"between 1 and the {HeadCount} heads loaded, got {heads}");
         if (nextToken < -1 || nextToken >= _model.Config.VocabSize)
@@ -341,7 +412,7 @@ public sealed class MedusaHeads : IDisposable
         var logits = _logits.Slice(0, heads);
         if (_stacked is { } stacked)
         {
-            RunStacked(b, stacked, hidden, heads);
+            RunStacked(b, stacked, hidden, heads, sequence, committed);
             if (_lmHeads is not null)
                 for (int h = 0; h < heads; h++) b.MatMul(_logits.Slice(h, 1), _z.Slice(h, 1), _lmHeads[h], accumulate: false);
         }
@@ -356,6 +427,7 @@ public sealed class MedusaHeads : IDisposable
                 b.MatMul(input.Projected, input.Embedding, input.Projection[h], accumulate: false);
                 b.Add(input.Input, hidden, input.Projected);
                 start = input.Input;
+                if (_context is { } context) AttendContext(b, context, start, h, 1, sequence!, committed);
             }
             for (int l = 0; l < LayerCount; l++)
             {
@@ -399,7 +471,7 @@ public sealed class MedusaHeads : IDisposable
     }
 
     /// <summary>Every head's z (into <see cref="_z"/>) with grouped matmuls: z₀ = h + P·e (or h), then per ResBlock z ← z + SiLU(W z + b).</summary>
-    private void RunStacked(IComputeBackend b, StackedHeads stacked, DeviceTensor hidden, int heads)
+    private void RunStacked(IComputeBackend b, StackedHeads stacked, DeviceTensor hidden, int heads, KvSequence? sequence, int committed)
     {
         int d = hidden.Columns;
         var start = stacked.Start.Slice(0, heads);
@@ -411,6 +483,7 @@ public sealed class MedusaHeads : IDisposable
             b.Add(start, start, hidden);                          // + h, broadcast to every head
         }
         else b.Add(start, stacked.Zeros!.Slice(0, heads), hidden);
+        if (_context is { } context) AttendContext(b, context, start, 0, heads, sequence!, committed);
         for (int l = 0; l < LayerCount; l++)
         {
             var input = l == 0 ? start : z;
@@ -418,6 +491,33 @@ public sealed class MedusaHeads : IDisposable
             b.GroupedMatMul(linearOut, input, heads == HeadCount ? linear : linear.Slice(0, heads * d));
             b.SiluResidual(z, input, linearOut, stacked.Bias[l].Slice(0, heads));
         }
+    }
+
+    /// <summary>
+    /// Context attention of <paramref name="count"/> heads from <paramref name="head"/> on (all of them when grouped, one
+    /// otherwise), whose z₀ rows are <paramref name="start"/> [count, D]: q = rope(W_q z₀) at the pending token's position,
+    /// attention over the last layer's cached keys and values of positions 0 .. committed − 1, z₀ += W_o · that. Each row
+    /// is its own attention op over S = committed − 1 committed keys plus one "new" key, position committed − 1, which is
+    /// already in the cache (only the query columns of the rows are read), so no slot past the committed ones is touched.
+    /// </summary>
+    private void AttendContext(IComputeBackend b, ContextInput context, DeviceTensor start, int head, int count, KvSequence sequence, int committed)
+    {
+        var c = _model.Config;
+        int a = context.Width, d = c.Dim;
+        var queries = context.Queries.Slice(0, count);
+        var attended = context.Attended.Slice(0, count);
+        var projected = context.Projected.Slice(0, count);
+        var positions = context.Positions.Slice(0, count);
+        if (context.Grouped) b.GroupedMatMul(queries, start, count == HeadCount ? context.Query[0] : context.Query[0].Slice(0, count * a));
+        else b.MatMul(queries, start, context.Query[head], accumulate: false);
+        Array.Fill(context.HostPositions, committed, 0, count);
+        b.Upload(positions, context.HostPositions.AsSpan(0, count));
+        b.Rope(queries, positions, c.Heads, c.HeadDim, c.RopeTheta);
+        for (int r = 0; r < count; r++)
+            b.Attention(attended.Slice(r, 1), queries.Slice(r, 1), sequence.Cache, c.Layers - 1, sequence.DeviceBlockTable, committed - 1, mask: null);
+        if (context.Grouped) b.GroupedMatMul(projected, attended, count == HeadCount ? context.Output[0] : context.Output[0].Slice(0, count * d));
+        else b.MatMul(projected, attended, context.Output[head], accumulate: false);
+        b.Add(start, start, projected);
     }
 
     /// <summary>Frees the device memory.</summary>
@@ -429,6 +529,7 @@ public sealed class MedusaHeads : IDisposable
         if (_lmHeads is not null) foreach (var t in _lmHeads) t.Dispose();
         _sharedShortlistLmHead?.Dispose();
         _next?.Dispose();
+        _context?.Dispose();
         foreach (var t in _owned) t.Dispose();
         _z.Dispose();
         _linearOut.Dispose();

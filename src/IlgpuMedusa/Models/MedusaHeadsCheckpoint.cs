@@ -16,8 +16,22 @@ public sealed class MedusaHeadWeights
     /// (shortlist length or <paramref name="vocabSize"/>) · D values.
     /// </summary>
     public MedusaHeadWeights(int hiddenSize, float[][][] linear, float[][][] bias, float[][]? lmHeads, int vocabSize, int[]? shortlist = null,
-        float[][]? nextToken = null)
+        float[][]? nextToken = null, float[][]? contextQuery = null, float[][]? contextOutput = null)
     {
+        if ((contextQuery is null) != (contextOutput is null))
+            throw new ArgumentException("context attention needs both a query and an output matrix per head");
+        if (contextQuery is not null)
+        {
+            if (contextQuery.Length != linear.Length || contextOutput!.Length != linear.Length)
+                throw new ArgumentException($"context attention needs one query and one output matrix per head ({linear.Length})");
+            if (nextToken is null)
+                throw new ArgumentException("context attention is for heads with a next-token input (its query sits at the next token's position)");
+            long width = contextQuery[0].Length / hiddenSize;
+            if (width == 0 || contextQuery.Any(q => q.Length != width * hiddenSize) || contextOutput.Any(o => o.Length != width * hiddenSize))
+                throw new ArgumentException($"context attention matrices must be [A, {hiddenSize}] (query) and [{hiddenSize}, A] (output) for every head");
+        }
+        ContextQuery = contextQuery;
+        ContextOutput = contextOutput;
         HiddenSize = hiddenSize;
         Linear = linear;
         Bias = bias;
@@ -58,6 +72,17 @@ public sealed class MedusaHeadWeights
     /// its shortlisted rows) and e its input embedding, so the head knows which token its guess follows.
     /// </summary>
     public float[][]? NextToken { get; }
+    /// <summary>
+    /// [head] → W_q, row-major [A, D] (A = query heads · head dim of the base model), or null. With it a head attends to
+    /// the base model's context before its ResBlocks: z₀ ← z₀ + W_o · attention(rope(W_q z₀), K, V), where K and V are the
+    /// keys and values the base model's last layer cached for the committed tokens x_0..x_t, and the query sits at the
+    /// pending token's position t + 1 (heads of the base model's shape; query head i reads kv head i / (H / Hkv)).
+    /// </summary>
+    public float[][]? ContextQuery { get; }
+    /// <summary>[head] → W_o, row-major [D, A], or null (see <see cref="ContextQuery"/>).</summary>
+    public float[][]? ContextOutput { get; }
+    /// <summary>A: the width of the context attention's queries (0 without it).</summary>
+    public int ContextWidth => ContextQuery is null ? 0 : ContextQuery[0].Length / HiddenSize;
 
     /// <summary>
     /// Random heads (for tests and as a training start): W ~ N(0, <paramref name="scale"/>²), b = 0; own lm_heads copied
@@ -65,7 +90,7 @@ public sealed class MedusaHeadWeights
     /// with a <paramref name="shortlist"/>), otherwise shared.
     /// </summary>
     public static MedusaHeadWeights CreateRandom(ModelConfig config, int heads, int layers, int seed, float scale = 0.02f, float[]? baseClassifier = null, int[]? shortlist = null,
-        bool nextToken = false)
+        bool nextToken = false, bool context = false)
     {
         var random = new Random(seed);
         int d = config.Dim;
@@ -94,7 +119,20 @@ public sealed class MedusaHeadWeights
                 for (int i = 0; i < next[h].Length; i++) next[h][i] = scale * Gaussian(random);
             }
         }
-        return new MedusaHeadWeights(d, linear, bias, lmHeads, config.VocabSize, shortlist, next);
+        float[][]? query = null, output = null;
+        if (context)
+        {
+            int width = config.Heads * config.HeadDim;
+            float[] Matrix()
+            {
+                var m = new float[width * d];
+                for (int i = 0; i < m.Length; i++) m[i] = scale * Gaussian(random);
+                return m;
+            }
+            query = Enumerable.Range(0, heads).Select(_ => Matrix()).ToArray();
+            output = Enumerable.Range(0, heads).Select(_ => Matrix()).ToArray();
+        }
+        return new MedusaHeadWeights(d, linear, bias, lmHeads, config.VocabSize, shortlist, next, query, output);
     }
 
     private static float Gaussian(Random random)
@@ -178,8 +216,9 @@ public sealed class MedusaHeadsCheckpoint : IDisposable
 
     private readonly SafetensorsFile _file;
 
-    private MedusaHeadsCheckpoint(SafetensorsFile file, int heads, int layers, int hidden, bool shared, int? lmHeadRows, int[]? shortlist, bool nextToken)
+    private MedusaHeadsCheckpoint(SafetensorsFile file, int heads, int layers, int hidden, bool shared, int? lmHeadRows, int[]? shortlist, bool nextToken, int contextWidth)
     {
+        ContextWidth = contextWidth;
         HasNextTokenInput = nextToken;
         _file = file;
         HeadCount = heads;
@@ -208,6 +247,10 @@ public sealed class MedusaHeadsCheckpoint : IDisposable
     public int[]? Shortlist { get; }
     /// <summary>True when each head takes the base model's next token as input (<c>{h}.next_token.weight</c>).</summary>
     public bool HasNextTokenInput { get; }
+    /// <summary>A of the heads' context attention (<c>{h}.context.query.weight</c> [A, D]); 0 when they have none.</summary>
+    public int ContextWidth { get; }
+    /// <summary>True when each head attends to the base model's last-layer cache first (see <see cref="MedusaHeadWeights.ContextQuery"/>).</summary>
+    public bool HasContextAttention => ContextWidth > 0;
     /// <summary>Metadata of the file.</summary>
     public IReadOnlyDictionary<string, string> Metadata => _file.Metadata;
     /// <summary>The signature of the model the heads were trained for, when recorded.</summary>
@@ -224,6 +267,21 @@ public sealed class MedusaHeadsCheckpoint : IDisposable
 
     /// <summary>Name of head <paramref name="head"/>'s next-token input matrix.</summary>
     public static string NextTokenTensor(int head) => $"{head}.next_token.weight";
+
+    /// <summary>W_q of a head's context attention [A, D].</summary>
+    public TensorData ContextQuery(int head) => HasContextAttention
+        ? _file.Tensors[ContextQueryTensor(head)]
+        : throw new InvalidOperationException($"{Path}: the heads have no context attention");
+
+    /// <summary>W_o of a head's context attention [D, A].</summary>
+    public TensorData ContextOutput(int head) => HasContextAttention
+        ? _file.Tensors[ContextOutputTensor(head)]
+        : throw new InvalidOperationException($"{Path}: the heads have no context attention");
+
+    /// <summary>Name of head <paramref name="head"/>'s context query matrix.</summary>
+    public static string ContextQueryTensor(int head) => $"{head}.context.query.weight";
+    /// <summary>Name of head <paramref name="head"/>'s context output matrix.</summary>
+    public static string ContextOutputTensor(int head) => $"{head}.context.output.weight";
 
     /// <summary>A head's own lm_head [rows, D].</summary>
     public TensorData LmHead(int head) => SharedLmHead
@@ -268,6 +326,10 @@ public sealed class MedusaHeadsCheckpoint : IDisposable
         bool nextToken = t.ContainsKey(NextTokenTensor(0));
         if (nextToken && !shared)
             throw new InvalidDataException($"{file.Path}: Medusa tensor '{NextTokenTensor(0)}': next-token inputs are only for heads sharing the base lm_head (compact format).");
+        bool context = t.ContainsKey(ContextQueryTensor(0)) || t.ContainsKey(ContextOutputTensor(0));
+        if (context && !nextToken)
+            throw new InvalidDataException($"{file.Path}: Medusa tensor '{ContextQueryTensor(0)}': context attention is only for heads with a next-token input.");
+        int contextWidth = 0;
         int? hidden = null, rows = null;
         int expected = shortlist is null ? 0 : 1;
         for (int h = 0; h < heads; h++)
@@ -288,6 +350,17 @@ public sealed class MedusaHeadsCheckpoint : IDisposable
                 Shape(file, p, hidden.Value, hidden.Value);
                 expected++;
             }
+            if (context)
+            {
+                var q = Need(t, file, ContextQueryTensor(h));
+                var o = Need(t, file, ContextOutputTensor(h));
+                if (q.Shape.Length != 2 || q.Shape[0] < 1)
+                    throw new InvalidDataException($"{file.Path}: Medusa tensor '{q.Name}' has shape {q.ShapeText}, expected [A, D].");
+                if (contextWidth == 0) contextWidth = q.Shape[0];
+                Shape(file, q, contextWidth, hidden!.Value);
+                Shape(file, o, hidden.Value, contextWidth);
+                expected += 2;
+            }
             if (shared) continue;
             var lm = Need(t, file, $"{h}.{layers}.weight");
             if (lm.Shape.Length != 2) throw Bad($"tensor '{lm.Name}' has shape {lm.ShapeText}, expected [V, D]");
@@ -305,7 +378,7 @@ public sealed class MedusaHeadsCheckpoint : IDisposable
             var extra = t.Keys.FirstOrDefault(k => !IsKnown(k, heads, layers, shared));
             throw Bad($"{t.Count - expected} unexpected tensors (e.g. '{extra}'); expected {heads} heads of {layers} ResBlocks{(shared ? "" : " and an lm_head")}");
         }
-        return new MedusaHeadsCheckpoint(file, heads, layers, hidden.Value, shared, shared ? null : rows, shortlist, nextToken);
+        return new MedusaHeadsCheckpoint(file, heads, layers, hidden.Value, shared, shared ? null : rows, shortlist, nextToken, contextWidth);
     }
 
     /// <summary>Reads and checks the shortlist: I32 [N], N ≥ 1, strictly increasing, ≥ 0 and below V when the file names its model.</summary>
@@ -331,7 +404,7 @@ public sealed class MedusaHeadsCheckpoint : IDisposable
         if (name == ShortlistTensor) return true;
         for (int h = 0; h < heads; h++)
         {
-            if (shared && name == NextTokenTensor(h)) return true;
+            if (shared && (name == NextTokenTensor(h) || name == ContextQueryTensor(h) || name == ContextOutputTensor(h))) return true;
             for (int l = 0; l < layers; l++)
                 if (name == $"{h}.{l}.linear.weight" || name == $"{h}.{l}.linear.bias") return true;
             if (!shared && name == $"{h}.{layers}.weight") return true;
@@ -364,6 +437,7 @@ public sealed class MedusaHeadsCheckpoint : IDisposable
             ["medusa_num_layers"] = weights.LayerCount.ToString(CultureInfo.InvariantCulture),
             ["hidden_size"] = weights.HiddenSize.ToString(CultureInfo.InvariantCulture),
             ["next_token_input"] = weights.NextToken is null ? "false" : "true",
+            ["context_attention"] = weights.ContextQuery is null ? "false" : "true",
             ["base_model_signature"] = baseModel.ToString(),
         };
         if (weights.Shortlist is { } shortlist) meta["shortlist_size"] = shortlist.Length.ToString(CultureInfo.InvariantCulture);
@@ -388,6 +462,11 @@ public sealed class MedusaHeadsCheckpoint : IDisposable
                 }
                 if (weights.LmHeads is { } lm) Add($"{h}.{weights.LayerCount}.weight", lm[h], weights.LmHeadRows, d);
                 if (weights.NextToken is { } next) Add(NextTokenTensor(h), next[h], d, d);
+                if (weights.ContextQuery is { } query)
+                {
+                    Add(ContextQueryTensor(h), query[h], weights.ContextWidth, d);
+                    Add(ContextOutputTensor(h), weights.ContextOutput![h], d, weights.ContextWidth);
+                }
             }
             if (weights.Shortlist is { } ids)
             {

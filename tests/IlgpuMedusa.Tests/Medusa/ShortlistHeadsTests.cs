@@ -158,9 +158,10 @@ public sealed class ShortlistHeadsTests : IDisposable
     }
 
     [Theory]
-    [InlineData(false)]
-    [InlineData(true)]
-    public void TrainedShortlistHeadsAreAcceptedAndGreedyMedusaEqualsGreedyDecoding(bool nextToken)
+    [InlineData(false, false)]
+    [InlineData(true, false)]
+    [InlineData(true, true)]
+    public void TrainedShortlistHeadsAreAcceptedAndGreedyMedusaEqualsGreedyDecoding(bool nextToken, bool context)
     {
         using var checkpoint = HuggingFaceCheckpoint.Open(_directory);
         var c = checkpoint.Config;
@@ -171,16 +172,16 @@ public sealed class ShortlistHeadsTests : IDisposable
         var random = new Random(3);
         int[][] Prompts(int count) => Enumerable.Range(0, count)
             .Select(_ => new[] { c.BosTokenId }.Concat(Enumerable.Range(0, 4).Select(_ => random.Next(3, c.VocabSize))).ToArray()).ToArray();
-        var training = SelfDistillation.ContinueGreedily(model, Prompts(48), maxNewTokens: 100, streams: 16);
+        var training = SelfDistillation.ContinueGreedily(model, Prompts(48), maxNewTokens: 100, streams: 16, lastLayerKv: context);
         Assert.All(training, s => Assert.All(s.Greedy!.Skip(5), Assert.True)); // everything after the prompt is the argmax
-        var heldOut = SelfDistillation.ContinueGreedily(model, Prompts(8), maxNewTokens: 100, streams: 8);
+        var heldOut = SelfDistillation.ContinueGreedily(model, Prompts(8), maxNewTokens: 100, streams: 8, lastLayerKv: context);
         var corpus = TrainingCorpus.Build(training, heads: 4, c.Dim, "tiny greedy text");
         var heldOutCorpus = TrainingCorpus.Build(heldOut, heads: 4, c.Dim, "tiny held-out text");
         var classifier = checkpoint.GetTensor(LlamaTensorNames.Classifier, c.VocabSize, c.Dim).ToFloatArray();
         var shortlist = HeadTrainer.ChooseShortlist(corpus.TargetFrequencies(c.VocabSize), 48)!;
         Assert.Equal(48, shortlist.Length);
         var embedding = checkpoint.GetTensor(LlamaTensorNames.Embedding, c.VocabSize, c.Dim).ToFloatArray();
-        var options = new HeadTrainingOptions { Heads = 4, Steps = 300, BatchSize = 64, LearningRate = 0.01f, Threads = 2, NextTokenInput = nextToken };
+        var options = new HeadTrainingOptions { Heads = 4, Steps = 300, BatchSize = 64, LearningRate = 0.01f, Threads = 2, NextTokenInput = nextToken, ContextAttention = context };
         var trained = HeadTrainer.Train(corpus, heldOutCorpus, classifier, c, options, shortlist, embedding);
         Assert.True(trained.After[0].Loss < trained.Before[0].Loss - 0.5, $"head 0's held-out loss {trained.Before[0].Loss:0.00} -> {trained.After[0].Loss:0.00}");
         Assert.Equal(shortlist, trained.Weights.Shortlist);
@@ -190,6 +191,7 @@ public sealed class ShortlistHeadsTests : IDisposable
         using var file = MedusaHeadsCheckpoint.Open(path);
         using var heads = MedusaHeads.Load(file, model, checkpoint);
         Assert.Equal(nextToken, heads.HasNextTokenInput);
+        Assert.Equal(context, heads.HasContextAttention);
         using var pool = KvBlockPool.FromBudget(backend, c.Layers, c.KvHeads, c.HeadDim, 16, 2L * 160 * 2 * c.Layers * c.KvDim * sizeof(float));
         using var workspace = new ForwardWorkspace(backend, c, 64, 64);
         double accepted = 0;

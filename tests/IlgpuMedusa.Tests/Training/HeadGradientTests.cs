@@ -128,6 +128,78 @@ public class HeadGradientTests
         }
     }
 
+    /// <summary>
+    /// Soft labels: loss = (1 − α)·CE(target) + α·CE(softmax(U t)) with t the teacher hidden state of the row, written out
+    /// in doubles and differentiated numerically; the reported loss stays the hard cross-entropy.
+    /// </summary>
+    [Theory]
+    [InlineData(0.5f)]
+    [InlineData(1f)]
+    public void SoftLabelGradientsMatchFiniteDifferences(float alpha)
+    {
+        var random = new Random(41);
+        float Normal(double scale) => (float)(scale * Math.Sqrt(-2 * Math.Log(1 - random.NextDouble())) * Math.Cos(2 * Math.PI * random.NextDouble()));
+        var config = new ModelConfig { Dim = D, HiddenDim = 2 * D, Layers = 1, Heads = 2, KvHeads = 2, VocabSize = V, MaxSequenceLength = 16 };
+        var classifier = Enumerable.Range(0, V * D).Select(_ => Normal(0.5)).ToArray();
+        var weights = MedusaHeadWeights.CreateRandom(config, 1, 1, seed: 3, scale: 0.3f, shortlist: Shortlist);
+        for (int i = 0; i < D; i++) weights.Bias[0][0][i] = Normal(0.2);
+        var hidden = Enumerable.Range(0, M * D).Select(_ => Normal(1)).ToArray();
+        var teacher = Enumerable.Range(0, M * D).Select(_ => Normal(1)).ToArray();
+        int[] targets = [3, 0, -1, 22, 7, 4, 11]; // 4 is outside the shortlist: no target, like −1
+        var heads = new TrainableHeads(weights, classifier, threads: 2);
+        var score = heads.Backward(0, hidden, default, targets, null, teacher, alpha);
+        var u = Shortlist.SelectMany(t => classifier.AsSpan(t * D, D).ToArray()).Select(v => (double)v).ToArray();
+        var w = weights.Linear[0][0].Select(v => (double)v).ToArray();
+        var b = weights.Bias[0][0].Select(v => (double)v).ToArray();
+        double Loss(bool soft)
+        {
+            double total = 0;
+            int count = 0;
+            for (int r = 0; r < M; r++)
+            {
+                int y = targets[r] < 0 ? -1 : Array.IndexOf(Shortlist, targets[r]);
+                if (y < 0) continue;
+                var z = new double[D];
+                for (int o = 0; o < D; o++)
+                {
+                    double a = b[o];
+                    for (int i = 0; i < D; i++) a += w[o * D + i] * hidden[r * D + i];
+                    z[o] = hidden[r * D + o] + a / (1 + Math.Exp(-a));
+                }
+                var logits = new double[Shortlist.Length];
+                var teacherLogits = new double[Shortlist.Length];
+                for (int v = 0; v < Shortlist.Length; v++)
+                    for (int i = 0; i < D; i++)
+                    {
+                        logits[v] += u[v * D + i] * z[i];
+                        teacherLogits[v] += u[v * D + i] * teacher[r * D + i];
+                    }
+                double max = logits.Max(), logSum = max + Math.Log(logits.Sum(x => Math.Exp(x - max)));
+                double tMax = teacherLogits.Max(), tSum = teacherLogits.Sum(x => Math.Exp(x - tMax));
+                double hard = logSum - logits[y];
+                double softLoss = 0;
+                for (int v = 0; v < Shortlist.Length; v++) softLoss += Math.Exp(teacherLogits[v] - tMax) / tSum * (logSum - logits[v]);
+                total += soft ? (1 - alpha) * hard + alpha * softLoss : hard;
+                count++;
+            }
+            return total / count;
+        }
+        Assert.True(Math.Abs(score.Loss - Loss(soft: false)) < 1e-4, $"reported loss {score.Loss} vs hard cross-entropy {Loss(false)}");
+        const double Epsilon = 1e-5;
+        for (int i = 0; i < w.Length; i++)
+        {
+            double keep = w[i];
+            w[i] = keep + Epsilon;
+            double up = Loss(soft: true);
+            w[i] = keep - Epsilon;
+            double down = Loss(soft: true);
+            w[i] = keep;
+            double numeric = (up - down) / (2 * Epsilon);
+            Assert.True(Math.Abs(heads.LinearGradient[0][0][i] - numeric) <= 2e-5 + 1e-3 * Math.Abs(numeric),
+                $"W[{i}]: analytic {heads.LinearGradient[0][0][i]:G6}, finite difference {numeric:G6}");
+        }
+    }
+
     [Fact]
     public void PositionsWithoutTargetsContributeNothing()
     {

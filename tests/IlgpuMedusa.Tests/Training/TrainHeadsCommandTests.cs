@@ -85,12 +85,50 @@ public class TrainHeadsCommandTests
     [InlineData("--distill", "beam", "--distill: unknown text 'beam'; expected greedy or sampled.")]
     [InlineData("--explore", "1.5", "--explore must be in [0, 1).")]
     [InlineData("--prefix-tokens", "65", "--prefix-tokens must be between 0 and 64.")]
+    [InlineData("--soft-labels", "1.5", "--soft-labels must be between 0 and 1.")]
     public void BadDataAndShortlistOptionsAreNamed(string option, string value, string message)
     {
         var dir = TestModels.TempDirectory("train-heads");
         var result = CliRunner.Run("train-heads", "--model", TestModels.Stories15MDirectory, "--out", Path.Combine(dir, "h.safetensors"), option, value);
         Assert.Equal(1, result.ExitCode);
         Assert.StartsWith("error: " + message, result.StandardError.Trim());
+    }
+
+    [Fact]
+    public void ContextAttentionWithoutTheNextTokenInputIsRefused()
+    {
+        var dir = TestModels.TempDirectory("train-heads");
+        var result = CliRunner.Run("train-heads", "--model", TestModels.Stories15MDirectory, "--out", Path.Combine(dir, "h.safetensors"),
+            "--context-attention", "true", "--next-token", "false");
+        Assert.Equal(1, result.ExitCode);
+        Assert.StartsWith("error: --context-attention needs the next-token input", result.StandardError.Trim());
+    }
+
+    /// <summary>
+    /// Context-attention heads with soft labels: a few steps on the demo model, the file records both, and greedy
+    /// generation with them (the heads attend to the sequence's last-layer cache every step) equals generation without heads.
+    /// </summary>
+    [Fact]
+    public void ContextAttentionHeadsWithSoftLabelsTrainAndDecode()
+    {
+        var dir = TestModels.TempDirectory("train-heads");
+        var output = Path.Combine(dir, "context.safetensors");
+        var result = CliRunner.Run("train-heads", "--model", TestModels.Stories15MDirectory, "--out", output, "--context-attention", "true",
+            "--soft-labels", "0.5", "--tokens", "1500", "--eval-tokens", "600", "--steps", "25", "--batch", "64", "--seed", "3");
+        Assert.True(result.ExitCode == 0, result.StandardError);
+        using (var heads = MedusaHeadsCheckpoint.Open(output))
+        {
+            Assert.True(heads.HasContextAttention);
+            Assert.Equal([288, 288], heads.ContextQuery(3).Shape);
+            Assert.Equal("true", heads.Metadata["context_attention"]);
+            Assert.Equal("0.5", heads.Metadata["training_soft_labels"]);
+        }
+        string[] common = ["generate", "--model", TestModels.Stories15MDirectory, "--device", "host", "--prompt", "Once upon a time", "--max-tokens", "40"];
+        var plain = CliRunner.Run([.. common, "--heads", "none"]);
+        var medusa = CliRunner.Run([.. common, "--heads", output]);
+        Assert.True(plain.ExitCode == 0, plain.StandardError);
+        Assert.True(medusa.ExitCode == 0, medusa.StandardError);
+        Assert.Equal(plain.StandardOutput, medusa.StandardOutput);
     }
 
     [Fact]

@@ -103,7 +103,8 @@ public static class HeadTrainer
         if (options.DataFile is { } file)
         {
             var chunks = TextFileData.Chunks(file, tokenizer, c.MaxSequenceLength, options.Tokens);
-            sequences = TextFileData.Prefill(model, chunks, Stage(progress, $"reading {Path.GetFileName(file)}", chunks.Sum(x => x.Length), dataClock), cancellationToken);
+            sequences = TextFileData.Prefill(model, chunks, Stage(progress, $"reading {Path.GetFileName(file)}", chunks.Sum(x => x.Length), dataClock), options.ContextAttention,
+                cancellationToken);
             data = $"file {Path.GetFileName(file)}";
         }
         else
@@ -115,7 +116,7 @@ public static class HeadTrainer
                 ? string.Create(CultureInfo.InvariantCulture, $"self-distillation, temperature {options.Temperature}")
                 : string.Create(CultureInfo.InvariantCulture, $"self-distillation, greedy path ({options.MinPrefixTokens}-{options.PrefixTokens} sampled opening tokens, explore {options.Explore})");
         }
-        var corpus = TrainingCorpus.Build(sequences, options.Heads, c.Dim, options.DataFile ?? "generated text");
+        var corpus = TrainingCorpus.Build(sequences, options.Heads, c.Dim, options.DataFile ?? "generated text", keepSequenceRows: options.SoftLabels > 0);
         data += $", {corpus.Sequences} sequences";
         sequences = null;
         double dataSeconds = clock.Elapsed.TotalSeconds;
@@ -166,9 +167,13 @@ public static class HeadTrainer
         if (corpus.HeadCount < options.Heads || heldOut.HeadCount < options.Heads)
             throw new ArgumentException($"the corpora have targets for {Math.Min(corpus.HeadCount, heldOut.HeadCount)} heads, but {options.Heads} are to be trained.");
         int threads = options.Threads ?? Environment.ProcessorCount;
+        if (options.SoftLabels > 0 && corpus.Teachers is null)
+            throw new ArgumentException("soft labels need a corpus built with keepSequenceRows (every sequence's hidden states)");
+        if (options.ContextAttention && (corpus.Context is null || heldOut.Context is null))
+            throw new ArgumentException("heads with context attention train on text that carries the last layer's cached keys and values (DistillationPolicy.LastLayerKv)");
         var weights = MedusaHeadWeights.CreateRandom(config, options.Heads, options.Layers, options.Seed, options.InitScale, options.SharedLmHead ? null : classifier, shortlist,
-            options.UsesNextToken);
-        var heads = new TrainableHeads(weights, classifier, threads, options.UsesNextToken ? embedding ?? classifier : null);
+            options.UsesNextToken, options.ContextAttention);
+        var heads = new TrainableHeads(weights, classifier, threads, options.UsesNextToken ? embedding ?? classifier : null, options.ContextAttention ? ContextShape.Of(config) : null);
         var before = Evaluate(heads, heldOut, options.BatchSize, progress, "scoring the initial heads", cancellationToken);
         var clock = Stopwatch.StartNew();
         var (steps, epochs) = Optimize(heads, corpus, options, threads, progress, cancellationToken);
@@ -249,11 +254,17 @@ public static class HeadTrainer
             }
             if (w.LmHeads is { } lm) tensors.Add((lm[h], heads.LmHeadGradient![h], true));
             if (w.NextToken is { } next) tensors.Add((next[h], heads.NextTokenGradient![h], true));
+            if (w.ContextQuery is { } query)
+            {
+                tensors.Add((query[h], heads.ContextQueryGradient![h], true));
+                tensors.Add((w.ContextOutput![h], heads.ContextOutputGradient![h], true));
+            }
         }
         var optimizer = new AdamW(tensors, options.WeightDecay, threads);
         var random = new Random(options.Seed);
         var order = Enumerable.Range(0, corpus.Positions).ToArray();
         var hidden = new float[batch * d];
+        var teacher = options.SoftLabels > 0 ? new float[batch * d] : [];
         var nextTokens = new int[batch];
         var targets = new int[k][];
         for (int h = 0; h < k; h++) targets[h] = new int[batch];
@@ -278,10 +289,13 @@ public static class HeadTrainer
                 nextTokens[r] = corpus.Next[p];
                 for (int h = 0; h < k; h++) targets[h][r] = corpus.Targets[p * k + h];
             }
+            var context = w.ContextQuery is null ? null : corpus.Context!.Rows(order.AsSpan(cursor, m));
             cursor += m;
             for (int h = 0; h < k; h++)
             {
-                var score = heads.Backward(h, hidden.AsSpan(0, m * d), nextTokens.AsSpan(0, m), targets[h].AsSpan(0, m));
+                if (options.SoftLabels > 0) corpus.Teachers!.Teacher(order.AsSpan(cursor - m, m), h, targets[h].AsSpan(0, m), teacher, d);
+                var score = heads.Backward(h, hidden.AsSpan(0, m * d), nextTokens.AsSpan(0, m), targets[h].AsSpan(0, m), context,
+                    teacher.AsSpan(0, options.SoftLabels > 0 ? m * d : 0), options.SoftLabels);
                 if (score.Count > 0) recent[h] = step == 0 ? score.Loss : 0.95 * recent[h] + 0.05 * score.Loss;
             }
             optimizer.Step(AdamW.Schedule(step, total, options.LearningRate));
@@ -311,10 +325,11 @@ public static class HeadTrainer
             cancellationToken.ThrowIfCancellationRequested();
             int m = Math.Min(batch, corpus.Positions - start);
             var hidden = corpus.Hidden.AsSpan(start * d, m * d);
+            var context = heads.Weights.ContextQuery is null ? null : corpus.Context!.Rows([.. Enumerable.Range(start, m)]);
             for (int h = 0; h < k; h++)
             {
                 for (int r = 0; r < m; r++) targets[r] = corpus.Targets[(start + r) * k + h];
-                scores[h].Add(heads.Evaluate(h, hidden, corpus.Next.AsSpan(start, m), targets.AsSpan(0, m)));
+                scores[h].Add(heads.Evaluate(h, hidden, corpus.Next.AsSpan(start, m), targets.AsSpan(0, m), context));
             }
             double done = (double)(start + m) / corpus.Positions;
             progress?.Report(new HeadTrainingProgress(stage, done, (start + m) / clock.Elapsed.TotalSeconds, null,
@@ -337,6 +352,7 @@ public static class HeadTrainer
             ["training_epochs"] = Number(report.Epochs),
             ["training_batch"] = options.BatchSize.ToString(CultureInfo.InvariantCulture),
             ["training_learning_rate"] = Number(options.LearningRate),
+            ["training_soft_labels"] = Number(options.SoftLabels),
             ["training_seed"] = options.Seed.ToString(CultureInfo.InvariantCulture),
             ["training_seconds"] = Number(report.TrainingSeconds),
             ["data_seconds"] = Number(report.DataSeconds),

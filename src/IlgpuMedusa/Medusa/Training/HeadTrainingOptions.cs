@@ -28,6 +28,19 @@ public sealed record HeadTrainingOptions
     /// <summary>Whether the heads take the next-token input (<see cref="NextTokenInput"/> resolved).</summary>
     public bool UsesNextToken => NextTokenInput ?? SharedLmHead;
 
+    /// <summary>
+    /// True: each head attends to the keys and values the base model's last layer cached for the context before its
+    /// ResBlocks (see <see cref="Models.MedusaHeadWeights.ContextQuery"/>); needs the next-token input.
+    /// </summary>
+    public bool ContextAttention { get; init; }
+
+    /// <summary>
+    /// α of soft labels: each head's loss becomes (1 − α)·cross-entropy to its target + α·cross-entropy to the base
+    /// model's own distribution at the position before that target (over the scored tokens). 0: targets only. Heads
+    /// sharing the base lm_head only.
+    /// </summary>
+    public float SoftLabels { get; init; }
+
     /// <summary>Peak learning rate of AdamW (after a linear warm-up, decayed on a cosine to a tenth).</summary>
     public float LearningRate { get; init; } = 5e-3f;
 
@@ -96,11 +109,11 @@ public sealed record HeadTrainingOptions
 
     /// <summary>The data policy of self-distillation for these options.</summary>
     public DistillationPolicy Policy => Distill == DistillationText.Sampled
-        ? DistillationPolicy.Sampled(Temperature)
-        : new DistillationPolicy { PrefixTokens = PrefixTokens, MinPrefixTokens = MinPrefixTokens, Explore = Explore };
+        ? DistillationPolicy.Sampled(Temperature) with { LastLayerKv = ContextAttention }
+        : new DistillationPolicy { PrefixTokens = PrefixTokens, MinPrefixTokens = MinPrefixTokens, Explore = Explore, LastLayerKv = ContextAttention };
 
     /// <summary>The policy of the held-out text: always greedy-path (what greedy Medusa decoding asks of the heads).</summary>
-    public DistillationPolicy HeldOutPolicy => new() { PrefixTokens = PrefixTokens, MinPrefixTokens = MinPrefixTokens, Explore = Explore };
+    public DistillationPolicy HeldOutPolicy => new() { PrefixTokens = PrefixTokens, MinPrefixTokens = MinPrefixTokens, Explore = Explore, LastLayerKv = ContextAttention };
 
     /// <summary>Epochs when neither <see cref="Epochs"/> nor <see cref="Steps"/> is set.</summary>
     public const int DefaultEpochs = 6;
@@ -111,6 +124,10 @@ public sealed record HeadTrainingOptions
         if (Heads is < 1 or > 16) throw new ArgumentOutOfRangeException(nameof(Heads), Heads, "--heads must be between 1 and 16.");
         if (Layers is < 0 or > 8) throw new ArgumentOutOfRangeException(nameof(Layers), Layers, "--layers must be between 0 and 8.");
         if (NextTokenInput == true && !SharedLmHead) throw new ArgumentException("--next-token needs --shared-lm-head true (the next token comes from the base lm_head).");
+        if (ContextAttention && !UsesNextToken)
+            throw new ArgumentException("--context-attention needs the next-token input (--next-token true, with --shared-lm-head true): the heads' query sits at the next token's position.");
+        if (!(SoftLabels is >= 0 and <= 1)) throw new ArgumentOutOfRangeException(nameof(SoftLabels), SoftLabels, "--soft-labels must be between 0 and 1.");
+        if (SoftLabels > 0 && !SharedLmHead) throw new ArgumentException("--soft-labels needs --shared-lm-head true (the base model's distribution comes from the shared lm_head).");
         if (Layers == 0 && SharedLmHead)
             throw new ArgumentException("--layers 0 with a shared lm_head leaves nothing to train; use at least one ResBlock or --shared-lm-head false.");
         if (!(LearningRate > 0) || float.IsInfinity(LearningRate)) throw new ArgumentOutOfRangeException(nameof(LearningRate), LearningRate, "--learning-rate must be positive.");

@@ -42,6 +42,12 @@ public sealed record DistillationPolicy
     /// <summary>Greedy text: temperature of the sampled tokens (prefix and exploration).</summary>
     public float SampleTemperature { get; init; } = 1f;
 
+    /// <summary>
+    /// Keep the keys and values the base model's last layer cached for every token (<see cref="HiddenSequence.Keys"/>):
+    /// the inputs of heads with context attention.
+    /// </summary>
+    public bool LastLayerKv { get; init; }
+
     /// <summary>Temperature sampling throughout, as before greedy-path text existed.</summary>
     public static DistillationPolicy Sampled(float temperature) => new() { Text = DistillationText.Sampled, Temperature = temperature };
 }
@@ -128,8 +134,9 @@ public static class SelfDistillation
     /// <param name="streams">Most sequences decoded side by side.</param>
     /// <param name="progress">Fraction of the prompts done.</param>
     /// <param name="cancellationToken">Checked every step.</param>
+    /// <param name="lastLayerKv">Keep the last layer's cached keys and values (<see cref="DistillationPolicy.LastLayerKv"/>).</param>
     public static IReadOnlyList<HiddenSequence> ContinueGreedily(LlamaModel model, IReadOnlyList<int[]> prompts, int maxNewTokens, int streams,
-        IProgress<double>? progress = null, CancellationToken cancellationToken = default)
+        IProgress<double>? progress = null, bool lastLayerKv = false, CancellationToken cancellationToken = default)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(maxNewTokens, 1);
         if (prompts.Count == 0) return [];
@@ -137,7 +144,7 @@ public static class SelfDistillation
             if (p.Length == 0 || p.Length >= model.Config.MaxSequenceLength)
                 throw new ArgumentException($"a prompt of {p.Length} tokens does not fit the context of {model.Config.MaxSequenceLength}", nameof(prompts));
         int next = 0;
-        var policy = new DistillationPolicy { PrefixTokens = 0, Explore = 0 };
+        var policy = new DistillationPolicy { PrefixTokens = 0, Explore = 0, LastLayerKv = lastLayerKv };
         var result = Decode(model, Math.Min(streams, prompts.Count), policy, new Random(0), 0, tokenBudget: null, maxNewTokens,
             () => next < prompts.Count ? new Start(prompts[next++], 0) : null, null, null, 1, cancellationToken, finished => progress?.Report((double)finished / prompts.Count));
         return result;
@@ -265,14 +272,16 @@ public static class SelfDistillation
         progress?.Report(1.0);
         return finished;
 
-        Running? Open() => nextStart() is { } start ? new Running(pool, context, d, start.Tokens, greedyText) { PrefixLeft = start.Prefix } : null;
+        Running? Open() => nextStart() is { } start
+            ? new Running(pool, context, d, start.Tokens, greedyText, policy.LastLayerKv ? c.Layers - 1 : -1) { PrefixLeft = start.Prefix }
+            : null;
     }
 
     /// <summary>
     /// One sequence being generated: its tokens (forced opening, then chosen), whether each was the argmax, how many were
     /// fed, their hidden states.
     /// </summary>
-    private sealed class Running(KvBlockPool pool, int context, int dim, int[] start, bool keepGreedy)
+    private sealed class Running(KvBlockPool pool, int context, int dim, int[] start, bool keepGreedy, int kvLayer)
     {
         public KvSequence Kv { get; } = pool.CreateSequence(context);
         public List<int> Tokens { get; } = [.. start];
@@ -287,11 +296,25 @@ public static class SelfDistillation
         /// <summary>The sequence so far (or its first <paramref name="length"/> tokens); releases the KV blocks.</summary>
         public HiddenSequence Finish(int? length = null)
         {
-            Kv.Dispose();
             int n = length ?? Tokens.Count;
             if (keepGreedy) n = Math.Min(n, Greedy.Count); // a sequence cut inside its opening: only the tokens judged so far
             int rows = Math.Min(Fed, n);
-            return new HiddenSequence([.. Tokens.GetRange(0, n)], [.. Hidden.GetRange(0, rows * dim)], keepGreedy ? [.. Greedy.GetRange(0, n)] : null);
+            float[]? keys = null, values = null;
+            if (kvLayer >= 0)
+            {
+                // The last layer's cache rows of the fed tokens, as heads with context attention will find them.
+                int kvDim = pool.Layout.KvDim;
+                keys = new float[rows * kvDim];
+                values = new float[rows * kvDim];
+                for (int p = 0; p < rows; p++)
+                {
+                    int slot = Kv.PhysicalSlot(p);
+                    pool.Cache.ReadSlot(kvLayer, 0, slot, keys.AsSpan(p * kvDim, kvDim));
+                    pool.Cache.ReadSlot(kvLayer, 1, slot, values.AsSpan(p * kvDim, kvDim));
+                }
+            }
+            Kv.Dispose();
+            return new HiddenSequence([.. Tokens.GetRange(0, n)], [.. Hidden.GetRange(0, rows * dim)], keepGreedy ? [.. Greedy.GetRange(0, n)] : null, keys, values);
         }
     }
 }

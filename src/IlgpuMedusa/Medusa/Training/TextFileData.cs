@@ -50,8 +50,12 @@ public static class TextFileData
         return chunks;
     }
 
-    /// <summary>Runs each chunk through <paramref name="model"/> and keeps its hidden states.</summary>
-    public static IReadOnlyList<HiddenSequence> Prefill(LlamaModel model, IReadOnlyList<int[]> chunks, IProgress<double>? progress = null, CancellationToken cancellationToken = default)
+    /// <summary>
+    /// Runs each chunk through <paramref name="model"/> and keeps its hidden states (and with <paramref name="lastLayerKv"/>
+    /// the keys and values its last layer cached, for heads with context attention).
+    /// </summary>
+    public static IReadOnlyList<HiddenSequence> Prefill(LlamaModel model, IReadOnlyList<int[]> chunks, IProgress<double>? progress = null, bool lastLayerKv = false,
+        CancellationToken cancellationToken = default)
     {
         var c = model.Config;
         var b = model.Backend;
@@ -68,7 +72,19 @@ public static class TextFileData
             var hidden = model.Forward(workspace, workspace.Prepare(chunk, positions.AsSpan(0, chunk.Length)), sequence, 0);
             var rows = new float[chunk.Length * c.Dim];
             b.Download(hidden, rows);
-            result.Add(new HiddenSequence(chunk, rows));
+            float[]? keys = null, values = null;
+            if (lastLayerKv)
+            {
+                keys = new float[chunk.Length * c.KvDim];
+                values = new float[chunk.Length * c.KvDim];
+                for (int p = 0; p < chunk.Length; p++)
+                {
+                    int slot = sequence.PhysicalSlot(p);
+                    pool.Cache.ReadSlot(c.Layers - 1, 0, slot, keys.AsSpan(p * c.KvDim, c.KvDim));
+                    pool.Cache.ReadSlot(c.Layers - 1, 1, slot, values.AsSpan(p * c.KvDim, c.KvDim));
+                }
+            }
+            result.Add(new HiddenSequence(chunk, rows, null, keys, values));
             done += chunk.Length;
             progress?.Report((double)done / total);
         }

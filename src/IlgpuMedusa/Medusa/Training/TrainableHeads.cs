@@ -1,6 +1,7 @@
 using System.Numerics.Tensors;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
+using IlgpuMedusa.Compute.Host;
 using IlgpuMedusa.Models;
 
 namespace IlgpuMedusa.Medusa.Training;
@@ -38,6 +39,21 @@ public struct HeadScore
 }
 
 /// <summary>
+/// What heads with context attention see at each of M positions: row r attends to the first <see cref="Visible"/>[r]
+/// rows of <see cref="Keys"/>[r] and <see cref="Values"/>[r] (its sequence's last-layer cache, [n, KvDim] each), and its
+/// query sits at position Visible[r].
+/// </summary>
+internal sealed record HeadContextRows(float[][] Keys, float[][] Values, int[] Visible);
+
+/// <summary>The base model's attention shape, which heads with context attention share.</summary>
+internal sealed record ContextShape(int Heads, int KvHeads, int HeadDim, float RopeTheta)
+{
+    public int Width => Heads * HeadDim;
+    public int KvDim => KvHeads * HeadDim;
+    public static ContextShape Of(ModelConfig c) => new(c.Heads, c.KvHeads, c.HeadDim, c.RopeTheta);
+}
+
+/// <summary>
 /// Medusa heads being trained on the host, with hand-written gradients. For one head on a batch of M positions:
 /// <code>
 /// z₀ = h                                  [M, D]   final-normed hidden states (frozen backbone)
@@ -50,6 +66,11 @@ public struct HeadScore
 /// ∂z_l = ∂z_{l+1} + g W. The two [M, V] x D products dominate; both run on <see cref="TrainingGemm"/>.
 /// Heads with a next-token input start from z₀ = h + e Pᵀ instead, e the input embedding of x_{t+1} (the pending token),
 /// and backwards ∂z₀ = ∂z₁ + g₀ W₀ (or ∂z_L without blocks) gives ∂P = ∂z₀ᵀ e.
+/// Heads with context attention then add c = o W_oᵀ to z₀ before the ResBlocks, o = attention of q = rope(z₀ W_qᵀ) over
+/// the frozen keys K and values V of the row's sequence (per query head: s_j = q·k_j / √Dh, p = softmax(s), o = Σ p_j v_j).
+/// Backwards from ∂z (after the attention): ∂W_o = ∂zᵀ o, ∂o = ∂z W_o, then per head ∂p_j = ∂o·v_j,
+/// ∂s_j = p_j (∂p_j − Σ_i p_i ∂p_i), ∂q = Σ_j ∂s_j k_j / √Dh, rotated back (the inverse rope), ∂W_q = ∂qᵀ z₀ and
+/// ∂z₀ = ∂z + ∂q W_q.
 /// With a vocabulary shortlist of N tokens, V above is N: U is the base lm_head's rows of those tokens (or the head's
 /// own [N, D]), targets are token ids mapped to their column, and a target outside the shortlist is left out of the
 /// loss (training) or counted as a miss (evaluation).
@@ -72,13 +93,24 @@ internal sealed unsafe class TrainableHeads
     private float[] _g = [];                     // [M·D]
     private float[] _transposed = [];            // [D·D] Wᵀ
     private float[] _rowLoss = [];               // [M]
+    private float[] _teacherLogits = [];         // [M·V] soft labels: the base model's logits at the target's position
+    private readonly ContextShape? _shape;       // context attention: the base model's attention shape
+    private float[] _zc = [], _q = [], _o = [], _dq = [], _do = [], _p = [];   // [M·D], [M·A] x 4, [M·H·maxVisible]
+    private float[] _transposedQuery = [], _transposedOutput = [];             // [D·A] W_qᵀ, [A·D] W_oᵀ
+    private HeadContextRows? _rows;
+    private int _maxVisible;
 
     /// <summary>
     /// Heads over <paramref name="weights"/>; <paramref name="classifier"/> is the base lm_head [V, D] (all of it, shortlist
     /// or not), <paramref name="embedding"/> the base input embedding [V, D] (needed by next-token inputs).
     /// </summary>
-    public TrainableHeads(MedusaHeadWeights weights, float[] classifier, int threads, float[]? embedding = null)
+    public TrainableHeads(MedusaHeadWeights weights, float[] classifier, int threads, float[]? embedding = null, ContextShape? context = null)
     {
+        if (weights.ContextQuery is not null && (context is null || context.Width != weights.ContextWidth))
+            throw new ArgumentException($"heads with context attention of width {weights.ContextWidth} need the base model's attention shape (given {context?.Width.ToString() ?? "none"})");
+        _shape = weights.ContextQuery is null ? null : context;
+        ContextQueryGradient = weights.ContextQuery?.Select(q => new float[q.Length]).ToArray();
+        ContextOutputGradient = weights.ContextOutput?.Select(o => new float[o.Length]).ToArray();
         if (classifier.Length != (long)weights.VocabSize * weights.HiddenSize)
             throw new ArgumentException($"the base lm_head has {classifier.Length} values, expected [{weights.VocabSize}, {weights.HiddenSize}]");
         if (weights.NextToken is not null && embedding?.Length != (long)weights.VocabSize * weights.HiddenSize)
@@ -109,7 +141,7 @@ internal sealed unsafe class TrainableHeads
 
     /// <summary>The parameters (updated in place by the optimizer).</summary>
     public MedusaHeadWeights Weights { get; }
-    /// <summary>∂loss/∂W per [head][layer], written by <see cref="Backward(int, ReadOnlySpan{float}, ReadOnlySpan{int}, ReadOnlySpan{int})"/>.</summary>
+    /// <summary>∂loss/∂W per [head][layer], written by <see cref="Backward(int, ReadOnlySpan{float}, ReadOnlySpan{int})"/>.</summary>
     public float[][][] LinearGradient { get; }
     /// <summary>∂loss/∂b per [head][layer].</summary>
     public float[][][] BiasGradient { get; }
@@ -117,6 +149,10 @@ internal sealed unsafe class TrainableHeads
     public float[][]? LmHeadGradient { get; }
     /// <summary>∂loss/∂P per head (next-token inputs only).</summary>
     public float[][]? NextTokenGradient { get; }
+    /// <summary>∂loss/∂W_q per head (context attention only).</summary>
+    public float[][]? ContextQueryGradient { get; }
+    /// <summary>∂loss/∂W_o per head (context attention only).</summary>
+    public float[][]? ContextOutputGradient { get; }
 
     private int D => Weights.HiddenSize;
     /// <summary>Columns of the logits: the shortlist's length, or the vocabulary.</summary>
@@ -136,11 +172,32 @@ internal sealed unsafe class TrainableHeads
     public HeadScore Backward(int head, ReadOnlySpan<float> hidden, ReadOnlySpan<int> targets) => Backward(head, hidden, default, targets);
 
     /// <summary>As <see cref="Backward(int, ReadOnlySpan{float}, ReadOnlySpan{int})"/>, with the next tokens x_{t+1} [M] for next-token inputs.</summary>
-    public HeadScore Backward(int head, ReadOnlySpan<float> hidden, ReadOnlySpan<int> next, ReadOnlySpan<int> targets)
+    public HeadScore Backward(int head, ReadOnlySpan<float> hidden, ReadOnlySpan<int> next, ReadOnlySpan<int> targets, HeadContextRows? context = null)
+        => Backward(head, hidden, next, targets, context, default, 0);
+
+    /// <summary>
+    /// As <see cref="Backward(int, ReadOnlySpan{float}, ReadOnlySpan{int}, ReadOnlySpan{int}, HeadContextRows?)"/>, with
+    /// soft labels: <paramref name="teacher"/> [M, D] holds, for each row with a target, the base model's own final hidden
+    /// state at the position whose next token is that target (h_{t+1+i} for head i), and the loss becomes
+    /// (1 − α)·cross-entropy to the target + α·cross-entropy to the base model's distribution softmax(U h_{t+1+i}) over the
+    /// scored tokens, α = <paramref name="softWeight"/> (the reported loss stays the hard one). Shared lm_heads only.
+    /// </summary>
+    public HeadScore Backward(int head, ReadOnlySpan<float> hidden, ReadOnlySpan<int> next, ReadOnlySpan<int> targets, HeadContextRows? context,
+        ReadOnlySpan<float> teacher, float softWeight)
     {
         int m = targets.Length;
-        Forward(head, hidden, next, m);
-        var score = Score(Columns(targets, outside: NoTarget), m, gradients: true);
+        Forward(head, hidden, next, m, context);
+        float[]? teacherLogits = null;
+        if (softWeight > 0)
+        {
+            if (Weights.LmHeads is not null) throw new ArgumentException("soft labels are for heads that share the base lm_head");
+            if (teacher.Length != m * D) throw new ArgumentException($"teacher hidden states of {teacher.Length} floats are not [{m}, {D}]");
+            if (_teacherLogits.Length < (long)m * V) _teacherLogits = new float[(long)m * V];
+            teacherLogits = _teacherLogits;
+            fixed (float* pt = teacher, pp = Packed(head), pl = teacherLogits)
+                TrainingGemm.Multiply(m, V, D, GemmA.RowMajor(pt, D), GemmB.Packed(pp, D), pl, V, accumulate: false, _threads);
+        }
+        var score = Score(Columns(targets, outside: NoTarget), m, gradients: true, teacherLogits, softWeight);
         BackwardFromLogits(head, m);
         return score;
     }
@@ -149,9 +206,9 @@ internal sealed unsafe class TrainableHeads
     public HeadScore Evaluate(int head, ReadOnlySpan<float> hidden, ReadOnlySpan<int> targets) => Evaluate(head, hidden, default, targets);
 
     /// <summary>As <see cref="Evaluate(int, ReadOnlySpan{float}, ReadOnlySpan{int})"/>, with the next tokens x_{t+1} [M] for next-token inputs.</summary>
-    public HeadScore Evaluate(int head, ReadOnlySpan<float> hidden, ReadOnlySpan<int> next, ReadOnlySpan<int> targets)
+    public HeadScore Evaluate(int head, ReadOnlySpan<float> hidden, ReadOnlySpan<int> next, ReadOnlySpan<int> targets, HeadContextRows? context = null)
     {
-        Forward(head, hidden, next, targets.Length);
+        Forward(head, hidden, next, targets.Length, context);
         return Score(Columns(targets, outside: OutsideShortlist), targets.Length, gradients: false);
     }
 
@@ -184,6 +241,17 @@ internal sealed unsafe class TrainableHeads
         _e = _embedding is null ? [] : new float[m * d];
         _transposed = new float[d * d];
         _rowLoss = new float[m];
+        if (_shape is { } shape)
+        {
+            int a = shape.Width;
+            _zc = new float[m * d];
+            _q = new float[m * a];
+            _o = new float[m * a];
+            _dq = new float[m * a];
+            _do = new float[m * a];
+            _transposedQuery = new float[d * a];
+            _transposedOutput = new float[a * d];
+        }
         _capacity = m;
     }
 
@@ -202,10 +270,12 @@ internal sealed unsafe class TrainableHeads
     private float[] LmHead(int head) => Weights.LmHeads is { } own ? own[head] : _classifier;
 
     /// <summary>z₀ = h (+ e Pᵀ), the ResBlocks, then logits = z_L Uᵀ into <see cref="_logits"/>.</summary>
-    private void Forward(int head, ReadOnlySpan<float> hidden, ReadOnlySpan<int> next, int m)
+    private void Forward(int head, ReadOnlySpan<float> hidden, ReadOnlySpan<int> next, int m, HeadContextRows? context)
     {
         int d = D;
         if (hidden.Length != m * d) throw new ArgumentException($"hidden states of {hidden.Length} floats are not [{m}, {d}]");
+        if (_shape is not null && (context is null || context.Visible.Length != m))
+            throw new ArgumentException($"heads with context attention need the cached keys and values of each of the {m} positions");
         Ensure(m);
         hidden.CopyTo(_z[0]);
         if (Weights.NextToken is { } nextToken)
@@ -221,6 +291,7 @@ internal sealed unsafe class TrainableHeads
             fixed (float* pe = _e, pt = _transposed, pz = _z[0])
                 TrainingGemm.Multiply(m, d, d, GemmA.RowMajor(pe, d), GemmB.RowMajor(pt, d), pz, d, accumulate: true, _threads);
         }
+        if (_shape is not null) ContextForward(head, m, context!);
         for (int l = 0; l < Weights.LayerCount; l++)
         {
             var w = Weights.Linear[head][l];
@@ -250,7 +321,7 @@ internal sealed unsafe class TrainableHeads
     /// Per row: cross-entropy and the target's rank; the row is overwritten with the softmax, and with
     /// <paramref name="gradients"/> becomes G = (softmax − onehot) / count (rows without a target become 0).
     /// </summary>
-    private HeadScore Score(int[] targetArray, int m, bool gradients)
+    private HeadScore Score(int[] targetArray, int m, bool gradients, float[]? teacherLogits = null, float softWeight = 0)
     {
         int v = V;
         int count = 0;
@@ -280,7 +351,20 @@ internal sealed unsafe class TrainableHeads
             if (gradients)
             {
                 TensorPrimitives.Multiply(row, scale / sum, row);
-                row[y] -= scale;
+                if (teacherLogits is null)
+                {
+                    row[y] -= scale;
+                }
+                else
+                {
+                    // G = (softmax − (1 − α)·onehot − α·softmax(teacher)) / count
+                    var soft = teacherLogits.AsSpan(r * v, v);
+                    TensorPrimitives.Subtract(soft, TensorPrimitives.Max(soft), soft);
+                    TensorPrimitives.Exp(soft, soft);
+                    TensorPrimitives.Multiply(soft, softWeight * scale / TensorPrimitives.Sum(soft), soft);
+                    TensorPrimitives.Subtract(row, soft, row);
+                    row[y] -= (1 - softWeight) * scale;
+                }
             }
         }
         if (m * (long)v < 1 << 16 || _threads == 1) for (int r = 0; r < m; r++) Row(r);
@@ -355,11 +439,12 @@ internal sealed unsafe class TrainableHeads
             {
                 // ∂W = gᵀ z_l   [D, M] · [M, D]
                 TrainingGemm.Multiply(d, d, m, GemmA.Transposed(pg, d), GemmB.RowMajor(pz, d), pgw, d, accumulate: false, _threads);
-                // ∂z_l = ∂z_{l+1} + g W (below the first block only for a next-token input: the backbone is frozen)
-                if (l > 0 || NextTokenGradient is not null)
+                // ∂z_l = ∂z_{l+1} + g W (below the first block only for a next-token input or context attention: the backbone is frozen)
+                if (l > 0 || NextTokenGradient is not null || _shape is not null)
                     TrainingGemm.Multiply(m, d, d, GemmA.RowMajor(pg, d), GemmB.RowMajor(pw, d), pdz, d, accumulate: true, _threads);
             }
         }
+        if (_shape is not null) ContextBackward(head, m);
         if (NextTokenGradient is { } nextGradient)
         {
             // ∂P = ∂z₀ᵀ e   [D, M] · [M, D]
@@ -368,9 +453,134 @@ internal sealed unsafe class TrainableHeads
         }
     }
 
-    private static void Transpose(float[] source, float[] destination, int d)
+    private static void Transpose(float[] source, float[] destination, int d) => Transpose(source, destination, d, d);
+
+    /// <summary>destination [cols, rows] = sourceᵀ for a row-major source [rows, cols].</summary>
+    private static void Transpose(float[] source, float[] destination, int rows, int cols)
     {
-        for (int i = 0; i < d; i++)
-            for (int j = 0; j < d; j++) destination[j * d + i] = source[i * d + j];
+        for (int i = 0; i < rows; i++)
+            for (int j = 0; j < cols; j++) destination[j * rows + i] = source[i * cols + j];
+    }
+
+    /// <summary>z₀ ← z₀ + W_o · attention(rope(W_q z₀)) over each row's cached keys and values (z₀ kept in <see cref="_zc"/>).</summary>
+    private void ContextForward(int head, int m, HeadContextRows rows)
+    {
+        var shape = _shape!;
+        int d = D, a = shape.Width, dh = shape.HeadDim, heads = shape.Heads, kvDim = shape.KvDim, group = shape.Heads / shape.KvHeads;
+        int maxVisible = 0;
+        for (int r = 0; r < m; r++)
+        {
+            int n = rows.Visible[r];
+            if (n < 1 || (long)n * kvDim > rows.Keys[r].Length || rows.Values[r].Length != rows.Keys[r].Length)
+                throw new ArgumentException($"row {r} sees {n} cached positions but its keys hold {rows.Keys[r].Length / kvDim} (values {rows.Values[r].Length / kvDim})");
+            maxVisible = Math.Max(maxVisible, n);
+        }
+        if ((long)m * heads * maxVisible > _p.Length) _p = new float[(long)m * heads * maxVisible];
+        _maxVisible = maxVisible;
+        _rows = rows;
+        _z[0].AsSpan(0, m * d).CopyTo(_zc);
+        Transpose(Weights.ContextQuery![head], _transposedQuery, a, d);
+        fixed (float* pz = _zc, pt = _transposedQuery, pq = _q)
+            TrainingGemm.Multiply(m, a, d, GemmA.RowMajor(pz, d), GemmB.RowMajor(pt, a), pq, a, accumulate: false, _threads);
+        float scale = 1f / MathF.Sqrt(dh);
+        var q = _q;
+        var o = _o;
+        var probabilities = _p;
+        void Row(int r)
+        {
+            int n = rows.Visible[r];
+            var keys = rows.Keys[r];
+            var values = rows.Values[r];
+            var qr = q.AsSpan(r * a, a);
+            Rope(qr, n, heads, dh, shape.RopeTheta, inverse: false);
+            var orow = o.AsSpan(r * a, a);
+            orow.Clear();
+            fixed (float* pq = qr, po = orow, pk = keys, pv = values)
+                for (int h = 0; h < heads; h++)
+                {
+                    int kv = (h / group) * dh;
+                    var p = probabilities.AsSpan((r * heads + h) * maxVisible, n);
+                    for (int j = 0; j < n; j++) p[j] = HostMatMul.Dot(pq + h * dh, pk + (long)j * kvDim + kv, dh) * scale;
+                    float max = TensorPrimitives.Max(p);
+                    TensorPrimitives.Subtract(p, max, p);
+                    TensorPrimitives.Exp(p, p);
+                    TensorPrimitives.Multiply(p, 1f / TensorPrimitives.Sum(p), p);
+                    for (int j = 0; j < n; j++) HostMatMul.AddScaled(po + h * dh, pv + (long)j * kvDim + kv, p[j], dh);
+                }
+        }
+        if (_threads == 1 || m < 4) for (int r = 0; r < m; r++) Row(r);
+        else Parallel.For(0, m, new ParallelOptions { MaxDegreeOfParallelism = _threads }, Row);
+        Transpose(Weights.ContextOutput![head], _transposedOutput, d, a);
+        fixed (float* po = _o, pt = _transposedOutput, pz = _z[0])
+            TrainingGemm.Multiply(m, d, a, GemmA.RowMajor(po, a), GemmB.RowMajor(pt, d), pz, d, accumulate: true, _threads);
+    }
+
+    /// <summary>From ∂z (after the attention, in <see cref="_dz"/>) to ∂W_o, ∂W_q, and ∂z₀ (into <see cref="_dz"/>).</summary>
+    private void ContextBackward(int head, int m)
+    {
+        var shape = _shape!;
+        var rows = _rows!;
+        int d = D, a = shape.Width, dh = shape.HeadDim, heads = shape.Heads, kvDim = shape.KvDim, group = shape.Heads / shape.KvHeads, maxVisible = _maxVisible;
+        fixed (float* pdz = _dz, po = _o, pgo = ContextOutputGradient![head], pwo = Weights.ContextOutput![head], pdo = _do)
+        {
+            // ∂W_o = ∂zᵀ o   [D, M] · [M, A];  ∂o = ∂z W_o   [M, D] · [D, A]
+            TrainingGemm.Multiply(d, a, m, GemmA.Transposed(pdz, d), GemmB.RowMajor(po, a), pgo, a, accumulate: false, _threads);
+            TrainingGemm.Multiply(m, a, d, GemmA.RowMajor(pdz, d), GemmB.RowMajor(pwo, a), pdo, a, accumulate: false, _threads);
+        }
+        float scale = 1f / MathF.Sqrt(dh);
+        var dq = _dq;
+        var dout = _do;
+        var probabilities = _p;
+        void Row(int r)
+        {
+            int n = rows.Visible[r];
+            var keys = rows.Keys[r];
+            var values = rows.Values[r];
+            var dqr = dq.AsSpan(r * a, a);
+            dqr.Clear();
+            Span<float> ds = n <= 1024 ? stackalloc float[n] : new float[n];
+            fixed (float* pdo = dout.AsSpan(r * a, a), pdq = dqr, pk = keys, pv = values)
+                for (int h = 0; h < heads; h++)
+                {
+                    int kv = (h / group) * dh;
+                    var p = probabilities.AsSpan((r * heads + h) * maxVisible, n);
+                    for (int j = 0; j < n; j++) ds[j] = HostMatMul.Dot(pdo + h * dh, pv + (long)j * kvDim + kv, dh);
+                    float mean = TensorPrimitives.Dot(p, ds);
+                    TensorPrimitives.Subtract(ds, mean, ds);
+                    TensorPrimitives.Multiply(ds, p, ds);
+                    for (int j = 0; j < n; j++) HostMatMul.AddScaled(pdq + h * dh, pk + (long)j * kvDim + kv, ds[j] * scale, dh);
+                }
+            Rope(dqr, n, heads, dh, shape.RopeTheta, inverse: true);
+        }
+        if (_threads == 1 || m < 4) for (int r = 0; r < m; r++) Row(r);
+        else Parallel.For(0, m, new ParallelOptions { MaxDegreeOfParallelism = _threads }, Row);
+        fixed (float* pdq = _dq, pzc = _zc, pgq = ContextQueryGradient![head], pwq = Weights.ContextQuery![head], pdz = _dz)
+        {
+            // ∂W_q = ∂qᵀ z₀   [A, M] · [M, D];  ∂z₀ = ∂z + ∂q W_q   [M, A] · [A, D]
+            TrainingGemm.Multiply(a, d, m, GemmA.Transposed(pdq, a), GemmB.RowMajor(pzc, d), pgq, d, accumulate: false, _threads);
+            TrainingGemm.Multiply(m, d, a, GemmA.RowMajor(pdq, a), GemmB.RowMajor(pwq, d), pdz, d, accumulate: true, _threads);
+        }
+    }
+
+    /// <summary>
+    /// Rotary embedding of one row's query heads at <paramref name="position"/> (rotate-half form, the angles in float32
+    /// as the backends compute them), or its inverse (the rotation's transpose, for gradients).
+    /// </summary>
+    internal static void Rope(Span<float> row, int position, int heads, int headDim, float theta, bool inverse)
+    {
+        int half = headDim / 2;
+        for (int j = 0; j < half; j++)
+        {
+            float frequency = 1f / MathF.Pow(theta, 2f * j / headDim);
+            float angle = position * frequency;
+            float cos = MathF.Cos(angle), sin = inverse ? -MathF.Sin(angle) : MathF.Sin(angle);
+            for (int h = 0; h < heads; h++)
+            {
+                int i = h * headDim + j;
+                float x = row[i], y = row[i + half];
+                row[i] = x * cos - y * sin;
+                row[i + half] = x * sin + y * cos;
+            }
+        }
     }
 }

@@ -7,7 +7,12 @@ namespace IlgpuMedusa.Medusa.Training;
 /// Null (every target counts), or per token: Greedy[j] is true when x_j is the base model's argmax given x_0..x_{j−1}
 /// (Greedy[0] is unused). Then a target counts only when it lies on a greedy path (see <see cref="TrainingCorpus"/>).
 /// </param>
-public sealed record HiddenSequence(int[] Tokens, float[] Hidden, bool[]? Greedy = null);
+/// <param name="Keys">
+/// Null, or [m, KvDim]: the keys the base model's last layer cached for x_0..x_{m−1} (rotated, as the cache holds them),
+/// what heads with context attention attend to (see <see cref="Models.MedusaHeadWeights.ContextQuery"/>).
+/// </param>
+/// <param name="Values">Null, or [m, KvDim]: the values the last layer cached for the same tokens.</param>
+public sealed record HiddenSequence(int[] Tokens, float[] Hidden, bool[]? Greedy = null, float[]? Keys = null, float[]? Values = null);
 
 /// <summary>
 /// Training positions for K heads: the hidden state h_t [D] and, for head i, the target x_{t+2+i} (−1 past the end
@@ -18,8 +23,10 @@ public sealed record HiddenSequence(int[] Tokens, float[] Hidden, bool[]? Greedy
 /// </summary>
 public sealed class TrainingCorpus
 {
-    private TrainingCorpus(int dim, int heads, float[] hidden, int[] targets, int[] next, int positions, int sequences, long tokens)
+    private TrainingCorpus(int dim, int heads, float[] hidden, int[] targets, int[] next, int positions, int sequences, long tokens, ContextKv? context, SequenceRows? rows)
     {
+        Context = context;
+        Teachers = rows;
         Next = next;
         Dim = dim;
         HeadCount = heads;
@@ -46,13 +53,66 @@ public sealed class TrainingCorpus
     internal int[] Targets { get; }
     /// <summary>[P] the token after each position, x_{t+1} (the pending token a head's guess follows).</summary>
     internal int[] Next { get; }
+    /// <summary>The last layer's cached keys and values of every position's sequence, when the sequences carried them.</summary>
+    internal ContextKv? Context { get; }
+    /// <summary>Every sequence's hidden states and where each position sits in them (kept for soft labels), or null.</summary>
+    internal SequenceRows? Teachers { get; }
+
+    /// <summary>Per training position p: its sequence's final hidden states [n, D] (all of them) and its index t there.</summary>
+    internal sealed record SequenceRows(float[][] Hidden, int[] Sequence, int[] Position)
+    {
+        /// <summary>
+        /// The base model's hidden state h_{t+1+i} of each position (where the target of head i is the next token) into
+        /// <paramref name="rows"/> [M, D]; rows whose target is −1 are left as they are.
+        /// </summary>
+        public void Teacher(ReadOnlySpan<int> positions, int head, ReadOnlySpan<int> targets, Span<float> rows, int dim)
+        {
+            for (int r = 0; r < positions.Length; r++)
+            {
+                if (targets[r] < 0) continue;
+                int p = positions[r];
+                Hidden[Sequence[p]].AsSpan((Position[p] + 1 + head) * dim, dim).CopyTo(rows.Slice(r * dim, dim));
+            }
+        }
+    }
+
+    /// <summary>
+    /// Per training position p: its sequence's last-layer keys and values ([n, KvDim] each) and how many of them the heads
+    /// at p see (t + 1: x_0..x_t, whose keys are cached when the heads run; the heads' query sits at position t + 1).
+    /// </summary>
+    internal sealed record ContextKv(float[][] Keys, float[][] Values, int[] Sequence, int[] Visible, int KvDim)
+    {
+        /// <summary>The rows of positions <paramref name="positions"/>, for <see cref="TrainableHeads"/>.</summary>
+        public HeadContextRows Rows(ReadOnlySpan<int> positions)
+        {
+            var keys = new float[positions.Length][];
+            var values = new float[positions.Length][];
+            var visible = new int[positions.Length];
+            for (int r = 0; r < positions.Length; r++)
+            {
+                int p = positions[r];
+                keys[r] = Keys[Sequence[p]];
+                values[r] = Values[Sequence[p]];
+                visible[r] = Visible[p];
+            }
+            return new HeadContextRows(keys, values, visible);
+        }
+    }
 
     /// <summary>
     /// Collects the positions t of each sequence that have a target for head 0 (t + 2 &lt; n, a hidden state, and for
     /// sequences marking greedy tokens x_{t+1} and x_{t+2} greedy). Throws <see cref="InvalidDataException"/> when none has
     /// (every sequence needs more than K + 1 tokens to train all heads; shorter ones still train the first heads).
     /// </summary>
-    public static TrainingCorpus Build(IReadOnlyList<HiddenSequence> sequences, int heads, int dim, string source)
+    /// <param name="sequences">The sequences.</param>
+    /// <param name="heads">K.</param>
+    /// <param name="dim">D.</param>
+    /// <param name="source">Named in errors.</param>
+    /// <param name="keepSequenceRows">
+    /// Keep every sequence's hidden states for soft labels (<see cref="Teachers"/>); a target then also needs the hidden state
+    /// of the position before it.
+    /// </param>
+    public static TrainingCorpus Build(IReadOnlyList<HiddenSequence> sequences, int heads, int dim, string source, bool keepSequenceRows = false)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(heads, 1);
         long positions = 0;
@@ -77,25 +137,45 @@ public sealed class TrainingCorpus
         var hidden = new float[positions * dim];
         var targets = new int[positions * heads];
         var next = new int[positions];
-        int p = 0;
+        bool context = sequences.Count > 0 && sequences.All(s => s.Keys is not null && s.Values is not null);
+        int kvDim = 0;
+        if (context)
+        {
+            var first = sequences.First(s => s.Hidden.Length > 0);
+            kvDim = first.Keys!.Length / (first.Hidden.Length / dim);
+            foreach (var s in sequences)
+                if (s.Keys!.Length != (long)kvDim * (s.Hidden.Length / dim) || s.Values!.Length != s.Keys.Length)
+                    throw new ArgumentException($"a sequence's cached keys ({s.Keys.Length}) and values ({s.Values!.Length}) are not [{s.Hidden.Length / dim}, {kvDim}] like its hidden states");
+        }
+        var sequenceOf = context || keepSequenceRows ? new int[positions] : [];
+        var visible = context ? new int[positions] : [];
+        var positionOf = keepSequenceRows ? new int[positions] : [];
+        int p = 0, index = -1;
         foreach (var s in sequences)
         {
+            index++;
             for (int t = 0; t < Rows(s, dim); t++)
             {
                 if (!Trains(s, t)) continue;
                 s.Hidden.AsSpan(t * dim, dim).CopyTo(hidden.AsSpan(p * dim, dim));
                 next[p] = s.Tokens[t + 1];
+                if (context || keepSequenceRows) sequenceOf[p] = index;
+                if (context) visible[p] = t + 1;
+                if (keepSequenceRows) positionOf[p] = t;
+                int hiddenRows = s.Hidden.Length / dim;
                 bool onPath = true;
                 for (int i = 0; i < heads; i++)
                 {
                     int target = t + 2 + i;
-                    onPath = onPath && target < s.Tokens.Length && (s.Greedy is null || s.Greedy[target]);
+                    onPath = onPath && target < s.Tokens.Length && (s.Greedy is null || s.Greedy[target]) && (!keepSequenceRows || target - 1 < hiddenRows);
                     targets[p * heads + i] = onPath ? s.Tokens[target] : -1;
                 }
                 p++;
             }
         }
-        return new TrainingCorpus(dim, heads, hidden, targets, next, (int)positions, sequences.Count, tokens);
+        var kv = context ? new ContextKv([.. sequences.Select(s => s.Keys!)], [.. sequences.Select(s => s.Values!)], sequenceOf, visible, kvDim) : null;
+        var rows = keepSequenceRows ? new SequenceRows([.. sequences.Select(s => s.Hidden)], sequenceOf, positionOf) : null;
+        return new TrainingCorpus(dim, heads, hidden, targets, next, (int)positions, sequences.Count, tokens, kv, rows);
     }
 
     /// <summary>Positions of a sequence that may have targets: a hidden state, and t + 2 inside the sequence.</summary>

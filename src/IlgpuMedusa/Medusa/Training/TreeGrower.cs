@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Text;
 using IlgpuMedusa.Compute;
+using IlgpuMedusa.Scheduling;
 using IlgpuMedusa.Transformer;
 
 namespace IlgpuMedusa.Medusa.Training;
@@ -151,7 +152,7 @@ public static class TreeGrower
         var sequences = prompts is null
             ? SelfDistillation.Generate(model, tokenizer, tokens, policy, 64, seed, Report("generating greedy-path text"), cancellationToken: cancellationToken)
             : SelfDistillation.ContinueGreedily(model, prompts.Select(p => tokenizer.Encode(p, addBos: true).ToArray()).ToArray(), maxNewTokens, 64,
-                Report("continuing the prompts greedily"), cancellationToken);
+                Report("continuing the prompts greedily"), cancellationToken: cancellationToken);
         return Measure(model, heads, sequences, Report("running the heads"), cancellationToken);
 
         IProgress<double>? Report(string stage) => progress is null ? null : new StageProgress(value => progress(stage, value));
@@ -175,22 +176,32 @@ public static class TreeGrower
         CancellationToken cancellationToken = default)
     {
         int k = heads.HeadCount, d = model.Config.Dim;
+        var c = model.Config;
         var profile = new AcceptanceProfile(k);
         using var hidden = model.Backend.Allocate(Models.DType.F32, 1, d);
         var ranks = new int[k];
+        // Heads with context attention read the last layer's cache: each sequence is prefilled into one first.
+        int longest = sequences.Count == 0 ? 1 : Math.Max(1, sequences.Max(x => x.Tokens.Length));
+        using var pool = heads.HasContextAttention
+            ? KvBlockPool.FromBudget(model.Backend, c.Layers, c.KvHeads, c.HeadDim, 16, (longest + 15) / 16 * 16L * 2 * c.Layers * c.KvDim * sizeof(float))
+            : null;
+        using var workspace = heads.HasContextAttention ? new ForwardWorkspace(model.Backend, c, longest, 1) : null;
+        var positions = Enumerable.Range(0, longest).ToArray();
         for (int s = 0; s < sequences.Count; s++)
         {
             cancellationToken.ThrowIfCancellationRequested();
             var sequence = sequences[s];
             var greedy = sequence.Greedy ?? throw new ArgumentException("the acceptance profile needs greedy-path text (sequences with greedy flags)", nameof(sequences));
             int rows = sequence.Hidden.Length / d;
+            using var kv = pool?.CreateSequence(sequence.Tokens.Length);
+            if (kv is not null) model.Forward(workspace!, workspace!.Prepare(sequence.Tokens, positions.AsSpan(0, sequence.Tokens.Length)), kv, 0);
             for (int t = 0; t < rows && t + 1 + k < sequence.Tokens.Length; t++)
             {
                 bool onPath = true;
                 for (int j = t + 1; j <= t + 1 + k && onPath; j++) onPath = greedy[j];
                 if (!onPath) continue;
                 model.Backend.Upload(hidden, sequence.Hidden.AsSpan(t * d, d));
-                var top = heads.Predict(hidden);
+                var top = heads.Predict(hidden, k, nextToken: -1, kv, t + 1);
                 for (int i = 0; i < k; i++) ranks[i] = top.Slice(i * MedusaHeads.TopK, MedusaHeads.TopK).IndexOf(sequence.Tokens[t + 2 + i]);
                 profile.Add(ranks);
             }
