@@ -13,7 +13,9 @@ namespace IlgpuMedusa.Medusa;
 /// base classifier's rows of the shortlisted tokens, or their own), top-k runs over N columns and the indices are
 /// mapped back to token ids on the host. Heads with a next-token input (compact format) start from z ← h + P·e(x̂) where
 /// x̂ is the base model's next token at h (the argmax of the heads' lm_head at h: the pending token of a Medusa step, found
-/// on the device) and e its input embedding.
+/// on the device) and e its input embedding. Heads with context attention then add W_o · attention(rope(W_q z)) over the
+/// keys and values the base model's last layer cached for the sequence (one attention op per head over the existing
+/// cache; <see cref="HasContextAttention"/>).
 /// </summary>
 public sealed class MedusaHeads : IDisposable
 {
