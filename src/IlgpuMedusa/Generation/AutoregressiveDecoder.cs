@@ -250,8 +250,7 @@ internal sealed class SingleSequenceRunner
                 continue;
             }
             var b = _model.Backend;
-            var indices = _workspace.GatherRows.Slice(0, rows);
-            b.Upload(indices, needed);
+            var indices = _workspace.GatherRowsFor(needed);
             var gathered = _workspace.Gathered.Slice(0, rows);
             b.Embedding(gathered, indices, hidden);
             var ids = _workspace.ArgMax.Slice(0, rows);

@@ -347,8 +347,7 @@ public sealed class Scheduler : IDisposable
         DeviceTensor? logits = null;
         if (needed > 0)
         {
-            var indices = _workspace.GatherRows.Slice(0, needed);
-            b.Upload(indices, _gather.AsSpan(0, needed));
+            var indices = _workspace.GatherRowsFor(_gather.AsSpan(0, needed));
             var gathered = _workspace.Gathered.Slice(0, needed);
             b.Embedding(gathered, indices, hidden);
             var ids = _workspace.ArgMax.Slice(0, needed);

@@ -30,6 +30,7 @@ public sealed class ForwardWorkspace : IDisposable
         ArgMax = backend.Allocate(DType.I32, maxLogitRows, 1);
         Gathered = backend.Allocate(DType.F32, maxLogitRows, config.Dim);
         GatherRows = backend.Allocate(DType.I32, maxLogitRows, 1);
+        _gatherShadow = new int[maxLogitRows];
     }
 
     /// <summary>The backend.</summary>
@@ -81,8 +82,27 @@ public sealed class ForwardWorkspace : IDisposable
 
     /// <summary>Hidden rows gathered for the logits of a batched step [rows, D].</summary>
     public DeviceTensor Gathered { get; }
-    /// <summary>Indices of the gathered rows [rows, 1].</summary>
+    /// <summary>Indices of the gathered rows [rows, 1] (write them with <see cref="GatherRowsFor"/>).</summary>
     public DeviceTensor GatherRows { get; }
+    private readonly int[] _gatherShadow; // what GatherRows holds since the last upload
+    private int _gatherCount = -1;
+
+    /// <summary>
+    /// <see cref="GatherRows"/> holding <paramref name="rows"/>: uploaded only when they differ from what it already holds.
+    /// On an accelerator an upload waits for the queued forward to finish, so a decode step whose rows repeat (one-token
+    /// steps: always row 0; a fixed tree's rows) no longer stalls the device between the forward and the classifier.
+    /// </summary>
+    public DeviceTensor GatherRowsFor(ReadOnlySpan<int> rows)
+    {
+        if (rows.Length == 0 || rows.Length > MaxLogitRows)
+            throw new ArgumentException($"between 1 and {MaxLogitRows} rows to gather, got {rows.Length}");
+        var tensor = GatherRows.Slice(0, rows.Length);
+        if (rows.Length <= _gatherCount && rows.SequenceEqual(_gatherShadow.AsSpan(0, rows.Length))) return tensor;
+        Backend.Upload(tensor, rows);
+        rows.CopyTo(_gatherShadow);
+        _gatherCount = rows.Length;
+        return tensor;
+    }
 
     /// <summary>A reusable one-segment list for single-sequence forwards (no allocation per step).</summary>
     internal ForwardSegment[] SingleSegment { get; } = new ForwardSegment[1];
