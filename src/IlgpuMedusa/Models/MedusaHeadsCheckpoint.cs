@@ -203,7 +203,9 @@ public static class VocabularyShortlist
 /// Either may carry a vocabulary shortlist, the I32 tensor <c>shortlist</c> [N] of strictly increasing token ids: the
 /// heads then score only those tokens, with the base classifier's rows of them (shared) or own lm_heads of N rows.
 /// Compact heads may also take the base model's next token as input: <c>{h}.next_token.weight</c> [D, D] per head
-/// (see <see cref="MedusaHeadWeights.NextToken"/>).
+/// (see <see cref="MedusaHeadWeights.NextToken"/>), and such heads may attend to the base model's last-layer cache:
+/// <c>{h}.context.query.weight</c> [A, D] and <c>{h}.context.output.weight</c> [D, A] per head (see
+/// <see cref="MedusaHeadWeights.ContextQuery"/>).
 /// </summary>
 public sealed class MedusaHeadsCheckpoint : IDisposable
 {
