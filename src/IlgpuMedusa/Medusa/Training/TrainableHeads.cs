@@ -367,8 +367,7 @@ internal sealed unsafe class TrainableHeads
                 }
             }
         }
-        if (m * (long)v < 1 << 16 || _threads == 1) for (int r = 0; r < m; r++) Row(r);
-        else Parallel.For(0, m, new ParallelOptions { MaxDegreeOfParallelism = _threads }, Row);
+        ForEachRow(m, parallel: m * (long)v >= 1 << 16, Row);
         var score = new HeadScore();
         for (int r = 0; r < m; r++)
         {
@@ -453,6 +452,13 @@ internal sealed unsafe class TrainableHeads
         }
     }
 
+    /// <summary>Runs <paramref name="row"/> for rows 0..m − 1, on the heads' threads when <paramref name="parallel"/> (enough work to share).</summary>
+    private void ForEachRow(int m, bool parallel, Action<int> row)
+    {
+        if (!parallel || _threads == 1) for (int r = 0; r < m; r++) row(r);
+        else Parallel.For(0, m, new ParallelOptions { MaxDegreeOfParallelism = _threads }, row);
+    }
+
     private static void Transpose(float[] source, float[] destination, int d) => Transpose(source, destination, d, d);
 
     /// <summary>destination [cols, rows] = sourceᵀ for a row-major source [rows, cols].</summary>
@@ -508,8 +514,7 @@ internal sealed unsafe class TrainableHeads
                     for (int j = 0; j < n; j++) HostMatMul.AddScaled(po + h * dh, pv + (long)j * kvDim + kv, p[j], dh);
                 }
         }
-        if (_threads == 1 || m < 4) for (int r = 0; r < m; r++) Row(r);
-        else Parallel.For(0, m, new ParallelOptions { MaxDegreeOfParallelism = _threads }, Row);
+        ForEachRow(m, parallel: m >= 4, Row);
         Transpose(Weights.ContextOutput![head], _transposedOutput, d, a);
         fixed (float* po = _o, pt = _transposedOutput, pz = _z[0])
             TrainingGemm.Multiply(m, d, a, GemmA.RowMajor(po, a), GemmB.RowMajor(pt, d), pz, d, accumulate: true, _threads);
@@ -552,8 +557,7 @@ internal sealed unsafe class TrainableHeads
                 }
             Rope(dqr, n, heads, dh, shape.RopeTheta, inverse: true);
         }
-        if (_threads == 1 || m < 4) for (int r = 0; r < m; r++) Row(r);
-        else Parallel.For(0, m, new ParallelOptions { MaxDegreeOfParallelism = _threads }, Row);
+        ForEachRow(m, parallel: m >= 4, Row);
         fixed (float* pdq = _dq, pzc = _zc, pgq = ContextQueryGradient![head], pwq = Weights.ContextQuery![head], pdz = _dz)
         {
             // ∂W_q = ∂qᵀ z₀   [A, M] · [M, D];  ∂z₀ = ∂z + ∂q W_q   [M, A] · [A, D]
