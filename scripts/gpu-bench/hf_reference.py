@@ -13,6 +13,11 @@ The transformers side of the GPU benchmark: the same checkpoint and prompt as ou
       * decode: --warmup-tokens steps, then --decode-tokens timed steps (torch.cuda.synchronize around them),
         each step feeding the previous argmax, which is read on the host every step (as generate() and our
         profile do); tokens/s and ms per step.
+      * float32 reference (last, unless --no-fp32-reference): the same fp16 weights widened to float32 (exact) and
+        run in float32 with TF32 off, so that every product and sum is float32 as in our runtime (fp16 weights,
+        float32 activations and accumulators): greedy tokens again, and the teacher-forced check of ours against
+        these logits. fp16 eager rounds every activation to fp16 (about 1e-3 relative), enough to flip a near-tie of
+        a random-weight model; float32 computation leaves differences of summation order only.
   --mode compiled: static KV cache + torch.compile (mode reduce-overhead) through model.generate, sdpa attention;
       a streamer time-stamps every generated token and the decode rate is taken between the first and the last
       (two warm-up generations first, which compile and record the CUDA graphs). Guarded by --time-budget-s.
@@ -45,6 +50,8 @@ def parse_args(argv=None):
     p.add_argument("--ours-output", help="stdout of our `profile --json` run, for the teacher-forced check")
     p.add_argument("--near-tie-fraction", type=float, default=0.02,
                    help="a token whose logit is within this fraction of std(logits) of the max is a near-tie (default 0.02)")
+    p.add_argument("--no-fp32-reference", dest="fp32_reference", action="store_false",
+                   help="eager mode: skip the float32 greedy reference run at the end")
     p.add_argument("--copy-bandwidth", action="store_true", help="also measure device-to-device copy bandwidth")
     p.add_argument("--copy-gib", type=float, default=1.0, help="size of the copied tensor in GiB (default 1)")
     p.add_argument("--time-budget-s", type=float, default=300.0,
@@ -170,6 +177,23 @@ def load_model(run, path, device, attn):
     return model
 
 
+def greedy_loop(model, out, count, device):
+    """count greedy tokens after a prefill output (DynamicCache, no stop at EOS), with each step's top-2 margin / std."""
+    import torch
+    past, logits = out.past_key_values, out.logits[0, -1].float()
+    tokens, margins = [], []
+    for i in range(count):
+        top = torch.topk(logits, 2)
+        token = int(top.indices[0])
+        tokens.append(token)
+        margins.append(float(top.values[0] - top.values[1]) / max(float(logits.std()), 1e-12))
+        if i + 1 == count:
+            break
+        out = model(input_ids=torch.tensor([[token]], device=device), past_key_values=past, use_cache=True)
+        past, logits = out.past_key_values, out.logits[0, -1].float()
+    return past, tokens, margins
+
+
 def prefill_and_greedy(run, model, prompt, greedy_tokens, device):
     import torch
     ids = torch.tensor([prompt], device=device)
@@ -183,17 +207,7 @@ def prefill_and_greedy(run, model, prompt, greedy_tokens, device):
         run.data["prefill"] = {"tokens": len(prompt), "seconds": prefill_s,
                                "tokens_per_second": round(len(prompt) / prefill_s, 1)}
         log(f"prefill {len(prompt)} tokens: {prefill_s * 1e3:.1f} ms ({len(prompt) / prefill_s:.0f} tok/s)")
-        past, logits = out.past_key_values, out.logits[0, -1].float()
-        tokens, margins = [], []
-        for i in range(greedy_tokens):
-            top = torch.topk(logits, 2)
-            token = int(top.indices[0])
-            tokens.append(token)
-            margins.append(float(top.values[0] - top.values[1]) / max(float(logits.std()), 1e-12))
-            if i + 1 == greedy_tokens:
-                break
-            out = model(input_ids=torch.tensor([[token]], device=device), past_key_values=past, use_cache=True)
-            past, logits = out.past_key_values, out.logits[0, -1].float()
+        past, tokens, margins = greedy_loop(model, out, greedy_tokens, device)
     run.data["greedy"] = {"tokens": tokens, "top2_margin_over_std": [round(m, 4) for m in margins],
                           "note": "hand-written argmax loop with DynamicCache; no stop at EOS"}
     log(f"greedy {len(tokens)} tokens: {tokens[:12]}{' ...' if len(tokens) > 12 else ''}; "
@@ -201,7 +215,7 @@ def prefill_and_greedy(run, model, prompt, greedy_tokens, device):
     return past, tokens
 
 
-def teacher_forced_check(run, model, prompt, ours, fraction, device):
+def teacher_forced_check(run, model, prompt, ours, fraction, device, key="teacher_forced"):
     import torch
     ours = [int(t) for t in ours]
     with torch.inference_mode():
@@ -217,14 +231,38 @@ def teacher_forced_check(run, model, prompt, ours, fraction, device):
         gaps.append(round(gap, 5))
         verdicts.append("argmax" if int(argmax[j]) == token else "near-tie" if gap <= fraction else "wrong")
     wrong = [j for j, v in enumerate(verdicts) if v == "wrong"]
-    run.data["teacher_forced"] = {
+    run.data[key] = {
         "checked_tokens": len(ours), "argmax": verdicts.count("argmax"), "near_ties": verdicts.count("near-tie"),
         "wrong": len(wrong), "first_wrong_index": wrong[0] if wrong else None, "consistent": not wrong,
         "gap_over_std": gaps, "hf_argmax": [int(x) for x in argmax.tolist()], "verdicts": verdicts,
         "near_tie_fraction_of_std": fraction,
     }
-    log(f"teacher-forced: {verdicts.count('argmax')} argmax, {verdicts.count('near-tie')} near-ties, {len(wrong)} wrong"
+    log(f"{key.replace('_', ' ')}: {verdicts.count('argmax')} argmax, {verdicts.count('near-tie')} near-ties, {len(wrong)} wrong"
         + (f" (first at {wrong[0]})" if wrong else ""))
+
+
+def fp32_reference(run, model, prompt, greedy_tokens, ours, fraction, device):
+    """The float32 reference: the model widened in place (fp16 -> float32 is exact), TF32 off; greedy tokens and the
+    teacher-forced check of ours. Runs last: the fp16 model is gone afterwards."""
+    import torch
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+    if str(device).startswith("cuda"):
+        torch.cuda.empty_cache()
+    model.float()
+    synchronize(device)
+    with torch.inference_mode():
+        out = model(input_ids=torch.tensor([prompt], device=device), use_cache=True)
+        _, tokens, margins = greedy_loop(model, out, greedy_tokens, device)
+        del out
+    run.data["greedy_fp32"] = {"tokens": tokens, "top2_margin_over_std": [round(m, 5) for m in margins],
+                               "dtype": str(next(model.parameters()).dtype), "tf32": False,
+                               "note": "the fp16 weights widened to float32 (exact), computed in float32; argmax loop, no stop at EOS"}
+    log(f"float32 greedy {len(tokens)} tokens: {tokens[:12]}{' ...' if len(tokens) > 12 else ''}; "
+        f"smallest top-2 margin {min(margins):.5f} std")
+    if ours:
+        teacher_forced_check(run, model, prompt, ours[:greedy_tokens], fraction, device, key="teacher_forced_fp32")
 
 
 def eager_decode(run, model, past, last_token, warmup, count, device):
@@ -345,6 +383,7 @@ def main(argv=None) -> int:
     model = run.stage("load", load_model, run, args.model, args.device, attn)
     if model is not None and args.mode == "eager":
         greedy = run.stage("prefill_greedy", prefill_and_greedy, run, model, prompt, args.greedy_tokens, args.device)
+        ours = None
         if args.ours_output:
             ours = run.stage("read_ours", ours_greedy_tokens, args.ours_output)
             if ours:
@@ -352,8 +391,13 @@ def main(argv=None) -> int:
                           args.near_tie_fraction, args.device)
         if greedy:
             past, tokens = greedy
+            greedy = None
             run.stage("decode", eager_decode, run, model, past, tokens[-1], args.warmup_tokens, args.decode_tokens,
                       args.device)
+            del past
+        if args.fp32_reference:
+            run.stage("fp32_reference", fp32_reference, run, model, prompt, args.greedy_tokens, ours,
+                      args.near_tie_fraction, args.device)
     elif model is not None:
         run.stage("compiled_decode", compiled_decode, run, model, prompt, args.decode_tokens, args.device,
                   args.time_budget_s)

@@ -35,6 +35,8 @@ TARGETS = {
     "weight_over_copy_bandwidth": (">=", 0.70, "decode reads the weights at >= 70% of the device copy bandwidth"),
     "tree_64_over_1": ("<=", 1.5, "a 64-node tree step costs <= 1.5 x a 1-token step"),
     "greedy_consistent": ("==", True, "every greedy token is transformers' argmax or a near-tie (teacher-forced)"),
+    "greedy_identical_fp32": ("==", True, "our greedy tokens equal transformers' computed in float32 from the same fp16 "
+                                          "weights (our activations and sums are float32)"),
 }
 
 
@@ -142,22 +144,38 @@ def summarize(shape, ours, hf_eager, hf_compiled, torch_copy):
     s["tree_64_over_1"] = ratio(tree.get("64"), tree.get("1"))
     s["tree_target"] = verdict("tree_64_over_1", s["tree_64_over_1"])
 
+    mine = ours.get("greedy_tokens")
+    g = compare_tokens(mine, (he.get("greedy") or {}).get("tokens"))
+    tf = he.get("teacher_forced")
+    if tf:
+        g["teacher_forced"] = {k: tf.get(k) for k in TEACHER_FORCED_FIELDS}
+        g["target"] = verdict("greedy_consistent", tf.get("consistent"))
+    else:
+        g["target"] = "met" if g["identical"] else "n/a"
+    # The float32 reference (hf_reference.py runs it last): identical tokens are the target there.
+    fp32 = compare_tokens(mine, (he.get("greedy_fp32") or {}).get("tokens"))
+    tf32 = he.get("teacher_forced_fp32")
+    if tf32:
+        fp32["teacher_forced"] = {k: tf32.get(k) for k in TEACHER_FORCED_FIELDS}
+    fp32["target"] = verdict("greedy_identical_fp32", fp32["identical"])
+    g["fp32"] = fp32
+    s["greedy"] = g
+    return s
+
+
+TEACHER_FORCED_FIELDS = ("checked_tokens", "argmax", "near_ties", "wrong", "first_wrong_index", "consistent")
+
+
+def compare_tokens(mine, theirs):
+    """Token lists compared: how many, identical (None when either is missing), first mismatching index."""
     g = {"compared": 0, "identical": None, "first_mismatch_index": None}
-    mine, theirs = ours.get("greedy_tokens"), (he.get("greedy") or {}).get("tokens")
     if isinstance(mine, list) and isinstance(theirs, list) and mine and theirs:
         n = min(len(mine), len(theirs))
         mismatch = next((i for i in range(n) if int(mine[i]) != int(theirs[i])), None)
         g.update(compared=n, identical=mismatch is None and len(mine) == len(theirs), first_mismatch_index=mismatch)
         if mismatch is None and len(mine) != len(theirs):
             g["first_mismatch_index"] = n
-    tf = he.get("teacher_forced")
-    if tf:
-        g["teacher_forced"] = {k: tf.get(k) for k in ("checked_tokens", "argmax", "near_ties", "wrong", "first_wrong_index", "consistent")}
-        g["target"] = verdict("greedy_consistent", tf.get("consistent"))
-    else:
-        g["target"] = "met" if g["identical"] else "n/a"
-    s["greedy"] = g
-    return s
+    return g
 
 
 DEMO_STEPS = {"conformance": "demo-conformance", "greedy device": "demo-greedy-device", "greedy host": "demo-greedy-host",
@@ -440,11 +458,21 @@ def table(shape, summary, status, model, mode):
         same = "not compared" + (" (dry run)" if mode == "dry-run" else "")
     else:
         same = "yes" if g["identical"] else f"no, first mismatch at {g['first_mismatch_index']}"
-    rows.append([f"greedy tokens identical ({g['compared']})", same, "", "", ""])
+    rows.append([f"greedy tokens = HF fp16 ({g['compared']})", same, "", "", ""])
     if "teacher_forced" in g:
         tf = g["teacher_forced"]
-        rows.append(["  teacher-forced vs HF logits", f"{tf['argmax']} argmax, {tf['near_ties']} near-tie, {tf['wrong']} wrong",
+        rows.append(["  teacher-forced vs HF fp16 logits", f"{tf['argmax']} argmax, {tf['near_ties']} near-tie, {tf['wrong']} wrong",
                      "", "", f"all consistent: {g['target']}"])
+    f = g.get("fp32") or {}
+    if f.get("identical") is None:
+        same32 = "not compared" + (" (dry run)" if mode == "dry-run" else "")
+    else:
+        same32 = "yes" if f["identical"] else f"no, first mismatch at {f['first_mismatch_index']}"
+    rows.append([f"greedy tokens = HF float32 ({f.get('compared', 0)})", same32, "", "", f"identical: {f.get('target', 'n/a')}"])
+    if "teacher_forced" in f:
+        tf = f["teacher_forced"]
+        rows.append(["  teacher-forced vs HF float32 logits", f"{tf['argmax']} argmax, {tf['near_ties']} near-tie, {tf['wrong']} wrong",
+                     "", "", ""])
     widths = [max(len(str(r[i])) for r in rows) for i in range(5)]
     lines = [head, "  steps: " + ", ".join(f"{k} {v}" for k, v in status.items())]
     for r in rows:
