@@ -31,6 +31,7 @@ public sealed class KernelSet : IDisposable
         TopK = new TopKLauncher(accelerator, groupSize);
         SoftmaxStats = new SoftmaxStatsLauncher(accelerator, groupSize);
         KvCompact = new KvCompactLauncher(accelerator);
+        SmallWrite = new SmallWriteLauncher(accelerator);
     }
 
     /// <summary>Threads per group of the grouped kernels.</summary>
@@ -63,6 +64,8 @@ public sealed class KernelSet : IDisposable
     public SoftmaxStatsLauncher SoftmaxStats { get; }
     /// <summary>KV compaction.</summary>
     public KvCompactLauncher KvCompact { get; }
+    /// <summary>A few ints written by a launch instead of a copy.</summary>
+    public SmallWriteLauncher SmallWrite { get; }
 
     /// <summary>Frees the launchers' buffers.</summary>
     public void Dispose()
@@ -192,6 +195,7 @@ public static class KernelCatalog
             (Action<ArrayView<int>, ArrayView<float>, ArrayView<float>, RowArgs>)TopKKernel.Run,
             (Action<ArrayView<float>, ArrayView<float>, RowArgs>)SoftmaxStatsKernel.Run,
             (Action<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<int>, KvCompactArgs>)KvCompactKernel.Run,
+            (Action<Index1D, ArrayView<int>, SmallInts>)SmallWriteKernel.Run,
         ];
         return kernels.Select(k => new Entry(KernelLoader.NameOf(k.Method), k.Method, KernelLoader.IsImplicitlyGrouped(k.Method),
             k.Method.Name is nameof(MatMulKernels.VectorWide) or nameof(AttentionKernel.Decode)

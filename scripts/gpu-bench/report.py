@@ -179,7 +179,8 @@ def compare_tokens(mine, theirs):
 
 
 DEMO_STEPS = {"conformance": "demo-conformance", "greedy device": "demo-greedy-device", "greedy host": "demo-greedy-host",
-              "bench device": "demo-bench-device", "bench host": "demo-bench-host", "sweep device": "demo-sweep-device",
+              "bench device": "demo-bench-device", "bench device copy uploads": "demo-bench-device-copy-uploads",
+              "bench host": "demo-bench-host", "sweep device": "demo-sweep-device",
               "op times": "demo-ops"}
 
 
@@ -262,7 +263,10 @@ def variant_lines(main, variants, indent="  "):
         r = ratio(md, vd)
         lines.append(f"{indent}decode, default vs {label}: {fmt(md)} vs {fmt(vd)} tok/s ({f'{r:.2f}x' if r else '-'}); "
                      f"1-node step {fmt(number((main.get('tree_step_ms') or {}).get('1')), 2)} vs "
-                     f"{fmt(number((doc.get('tree_step_ms') or {}).get('1')), 2)} ms")
+                     f"{fmt(number((doc.get('tree_step_ms') or {}).get('1')), 2)} ms"
+                     + (f"; host waits per step {fmt(number(main.get('host_waits_per_decode_step')), 2)} vs"
+                        f" {fmt(number(doc.get('host_waits_per_decode_step')), 2)}"
+                        if number(doc.get("host_waits_per_decode_step")) is not None else ""))
     return lines
 
 
@@ -341,11 +345,13 @@ def summarize_demo(raw, steps, device):
               "generated_tokens": {"device": dev.get("generated_tokens"), "host": host.get("generated_tokens")}}
     decode["device_over_host"] = ratio(decode["device"], decode["host"])
     bench_device = summarize_bench(extract_json_object(read_text(os.path.join(raw, "demo-bench-device.out"))))
+    bench_copies = summarize_bench(extract_json_object(read_text(os.path.join(raw, "demo-bench-device-copy-uploads.out"))))
     bench_host = summarize_bench(extract_json_object(read_text(os.path.join(raw, "demo-bench-host.out"))))
     sweep = summarize_sweep(extract_json_object(read_text(os.path.join(raw, "demo-sweep-device.out"))))
     op_times = summarize_op_times(extract_json_object(read_text(os.path.join(raw, "demo-ops.out"))))
     demo = {"device": device, "raw": raw, "step_status": status, "conformance": conformance, "greedy": g,
-            "decode_tokens_per_second": decode, "bench_device": bench_device, "bench_host": bench_host,
+            "decode_tokens_per_second": decode, "bench_device": bench_device,
+            "bench_device_copy_uploads": bench_copies, "bench_host": bench_host,
             "sweep_device": sweep, "op_times": op_times}
     if bench_device and bench_host:
         demo["bench_ar_device_over_host"] = ratio(bench_device["ar_tokens_per_second"], bench_host["ar_tokens_per_second"])
@@ -400,6 +406,12 @@ def demo_table(demo, created, gpu, commit):
                      f" AR {fmt(b['ar_tokens_per_second'])} tok/s, {b['tree'] or 'medusa'} {fmt(b['medusa_tokens_per_second'])}"
                      f" tok/s ({x(b['medusa_over_ar'])}), mean accepted {fmt(b['mean_accepted'], 2)},"
                      f" identical to AR {b['identical_to_autoregressive']}")
+    cu, b0 = demo.get("bench_device_copy_uploads"), demo["bench_device"]
+    if cu:
+        lines.append(f"  same bench, every upload a copy (ILGPU_MEDUSA_SMALL_UPLOADS=0): AR {fmt(cu['ar_tokens_per_second'])}"
+                     f" tok/s, {cu['tree'] or 'medusa'} {fmt(cu['medusa_tokens_per_second'])} tok/s ({x(cu['medusa_over_ar'])});"
+                     f" launched uploads buy AR {x(ratio((b0 or {}).get('ar_tokens_per_second'), cu['ar_tokens_per_second']))},"
+                     f" Medusa {x(ratio((b0 or {}).get('medusa_tokens_per_second'), cu['medusa_tokens_per_second']))}")
     sw = demo.get("sweep_device")
     if sw and sw["configurations"]:
         lines.append(f"  tree sweep on {d} (bench --sweep-trees): recommended {sw['recommended_tree'] or '-'}")
@@ -523,9 +535,11 @@ def main(argv=None) -> int:
         summary["f32_cores"] = summarize_tensor(ours, extract_json_object(read_text(os.path.join(raw, f"ours-{shape}-f32cores.out"))))
         decode_variants = [("portable GEMV (ILGPU_MEDUSA_WIDE_GEMV=0)", extract_json_object(read_text(os.path.join(raw, f"ours-{shape}-narrow-gemv.out")))),
                            ("block attention (ILGPU_MEDUSA_ATTENTION=blocks)", extract_json_object(read_text(os.path.join(raw, f"ours-{shape}-block-attention.out")))),
-                           ("warp attention (ILGPU_MEDUSA_ATTENTION=warp)", extract_json_object(read_text(os.path.join(raw, f"ours-{shape}-warp-attention.out"))))]
+                           ("warp attention (ILGPU_MEDUSA_ATTENTION=warp)", extract_json_object(read_text(os.path.join(raw, f"ours-{shape}-warp-attention.out")))),
+                           ("uploads as copies (ILGPU_MEDUSA_SMALL_UPLOADS=0)", extract_json_object(read_text(os.path.join(raw, f"ours-{shape}-copy-uploads.out"))))]
         summary["decode_variants"] = {label: {"decode_tokens_per_second": number((doc or {}).get("decode_tokens_per_second")),
-                                              "one_node_step_ms": number(((doc or {}).get("tree_step_ms") or {}).get("1"))}
+                                              "one_node_step_ms": number(((doc or {}).get("tree_step_ms") or {}).get("1")),
+                                              "host_waits_per_decode_step": number((doc or {}).get("host_waits_per_decode_step"))}
                                       for label, doc in decode_variants if isinstance(doc, dict)}
         absent = [f for f in OURS_FIELDS if ours is None or f not in ours]
         if absent:

@@ -330,11 +330,11 @@ ours_op_times() {
 # ---------------------------------------------------------------- the demo stage
 DEMO_MODEL=$WORK/demo/stories15M-f16
 BENCH_PROMPTS_FILE=""
-DEMO_STEPS=(demo-conformance demo-greedy-device demo-greedy-host demo-bench-device demo-sweep-device demo-ops)
+DEMO_STEPS=(demo-conformance demo-greedy-device demo-greedy-host demo-bench-device demo-bench-device-copy-uploads demo-sweep-device demo-ops)
 
 # bench_on NAME DEVICE WANT_S: `bench` of AR vs Medusa (the heads in the model directory: --heads auto) on DEVICE.
 bench_on() {
-  run_step "$1" "$3" "${APP[@]}" bench --model "$DEMO_MODEL" --device "$2" --heads auto --prompts "$BENCH_PROMPTS_FILE" \
+  run_step "$1" "$3" env ${4:-} "${APP[@]}" bench --model "$DEMO_MODEL" --device "$2" --heads auto --prompts "$BENCH_PROMPTS_FILE" \
     --max-tokens "$BENCH_TOKENS" --json
 }
 
@@ -375,7 +375,7 @@ demo_stage() {
   fi
 
   if [[ ! -f $DEMO_MODEL/model.safetensors ]]; then
-    for name in demo-greedy-device demo-greedy-host demo-bench-device demo-sweep-device demo-ops; do skip_step "$name" "no demo model (unpack-demo)"; done
+    for name in demo-greedy-device demo-greedy-host demo-bench-device demo-bench-device-copy-uploads demo-sweep-device demo-ops; do skip_step "$name" "no demo model (unpack-demo)"; done
     return
   fi
   # 2. Greedy tokens from the same prompt on the device and on the host, without heads: the same f16 weights on both
@@ -395,7 +395,7 @@ demo_stage() {
     note "prompts/stories-20.txt is not in this working tree: using the kit's copy"
   fi
   if [[ ! -f $prompts ]]; then
-    for name in demo-bench-device demo-sweep-device demo-ops; do
+    for name in demo-bench-device demo-bench-device-copy-uploads demo-sweep-device demo-ops; do
       skip_step "$name" "no prompts/stories-20.txt (neither in the working tree nor in the kit)"
     done
     return
@@ -407,6 +407,12 @@ demo_stage() {
   fi
   env_value bench_prompts "$BENCH_PROMPTS_FILE ($(grep -cv '^[[:space:]]*\(#\|$\)' "$BENCH_PROMPTS_FILE") prompts x $BENCH_TOKENS tokens)"
   bench_on demo-bench-device "$DEVICE" 150
+  # The same bench with every upload a copy (each one waits for the stream): what launched small uploads buy.
+  if [[ $DEVICE == host ]]; then
+    skip_step demo-bench-device-copy-uploads "the host backend has no uploads to launch"
+  else
+    bench_on demo-bench-device-copy-uploads "$DEVICE" 120 ILGPU_MEDUSA_SMALL_UPLOADS=0
+  fi
 
   # 4. Every tree preset and shipped tree on the device (`bench --sweep-trees`): step cost and accepted length per tree,
   #    and the fastest, from which the device kind's default tree follows. Then where a decode step's and a 64-node
@@ -533,6 +539,7 @@ else
       ours_decode_variant "ours-$shape-narrow-gemv" "$dir" "$dir/prompt_ids.json" 60 ILGPU_MEDUSA_WIDE_GEMV=0
       ours_decode_variant "ours-$shape-block-attention" "$dir" "$dir/prompt_ids.json" 60 ILGPU_MEDUSA_ATTENTION=blocks
       ours_decode_variant "ours-$shape-warp-attention" "$dir" "$dir/prompt_ids.json" 60 ILGPU_MEDUSA_ATTENTION=warp
+      ours_decode_variant "ours-$shape-copy-uploads" "$dir" "$dir/prompt_ids.json" 60 ILGPU_MEDUSA_SMALL_UPLOADS=0
     else
       skip_step "ours-$shape" "no runnable app (see the unpack-runtime / devices steps)"
     fi

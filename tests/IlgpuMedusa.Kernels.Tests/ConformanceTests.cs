@@ -724,6 +724,36 @@ public abstract class ConformanceTests
         }
     }
 
+    /// <summary>
+    /// Int uploads of up to <see cref="SmallInts.Capacity"/> values are written by a launch (<see cref="SmallWriteKernel"/>)
+    /// and must land exactly, each value at its own index (every value distinct, extremes included), without touching the
+    /// rows after them and without the host waiting; longer ones are copies (one wait each).
+    /// </summary>
+    [Fact]
+    public void Small_int_uploads_land_exactly_without_a_wait()
+    {
+        foreach (int n in new[] { 1, 2, 9, 16, 17, 31, 32, 33, 70 })
+        {
+            using var tensor = Device.Allocate(DType.I32, n + 3, 1);
+            var before = Enumerable.Repeat(-7, n + 3).ToArray();
+            Device.Upload(tensor, before);
+            var values = Enumerable.Range(0, n).Select(i => i switch
+            {
+                0 => int.MinValue,
+                1 => int.MaxValue,
+                _ => (i * 7919) ^ (i << 20),
+            }).ToArray();
+            long waits = Device.HostWaits;
+            Device.Upload(tensor.Slice(0, n), values);
+            Assert.Equal(n <= SmallInts.Capacity && Device.LaunchedUploads ? waits : waits + 1, Device.HostWaits);
+            var read = new int[n + 3];
+            Device.Download(tensor, read);
+            Assert.Equal(values, read[..n]);
+            Assert.Equal([-7, -7, -7], read[n..]);
+        }
+        Assert.Throws<ArgumentException>(() => new SmallInts(new int[SmallInts.Capacity + 1]));
+    }
+
     /// <summary>KV compaction along an overlapping path, [S+0, S+2, S+5] → S..S+2, and a longer one across blocks.</summary>
     [Theory]
     [InlineData(new[] { 0, 2, 5 })]

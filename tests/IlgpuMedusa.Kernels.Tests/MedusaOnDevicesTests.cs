@@ -67,6 +67,72 @@ public sealed class MedusaOnDevicesTests(Accelerators accelerators) : IDisposabl
         Assert.Equal(pool.BlockCount, pool.FreeBlocks);
     }
 
+    /// <summary>
+    /// How often the host waits for the device per decode step (<see cref="Compute.Ilgpu.IlgpuBackend.HostWaits"/>): on a
+    /// GPU every wait drains the stream, so the device idles until the host has queued the next launches. An
+    /// autoregressive step must wait once, for its token; with copies for the small uploads (the step's token and
+    /// position, a grown block table) it waited twice and more. A Medusa step with a fixed tree waits for the tree's tokens and the heads' guesses; a
+    /// dynamic tree also for the guesses' scores, which plan the next tree. Compaction sources, the heads' next token and
+    /// a dynamic tree's mask go up by launches.
+    /// </summary>
+    [Theory]
+    [InlineData("autoregressive", true, 1)]
+    [InlineData("autoregressive", false, 2)]
+    [InlineData("chain-3", true, 2)]
+    [InlineData("dynamic-4", true, 3)]
+    public void HostWaitsPerDecodeStep(string mode, bool launchedUploads, int waitsPerStep)
+    {
+        var backend = accelerators.OpenCL;
+        using var checkpoint = HuggingFaceCheckpoint.Open(_directory);
+        var headsPath = Path.Combine(_directory, "heads-waits.safetensors");
+        MedusaHeadsCheckpoint.Write(headsPath, MedusaHeadWeights.CreateRandom(checkpoint.Config, heads: 4, layers: 1, seed: 3, scale: 0.05f), ModelSignature.Of(checkpoint));
+        using var headsFile = MedusaHeadsCheckpoint.Open(headsPath);
+        using var model = LlamaModel.Load(checkpoint, backend);
+        using var heads = MedusaHeads.Load(headsFile, model);
+        var c = model.Config;
+        using var pool = KvBlockPool.FromBudget(backend, c.Layers, c.KvHeads, c.HeadDim, 16, 2L * 160 * 2 * c.Layers * c.KvDim * sizeof(float));
+        using var workspace = new ForwardWorkspace(backend, c, 64, 64);
+        int[] prompt = [1, 17, 42, 5, 63, 8];
+        bool wasLaunched = backend.LaunchedUploads;
+        backend.LaunchedUploads = launchedUploads;
+        try
+        {
+            using var sequence = pool.CreateSequence(c.MaxSequenceLength);
+            var tokens = new List<int>();
+            if (mode == "autoregressive")
+            {
+                var runner = new SingleSequenceRunner(model, workspace, new AutoregressiveDecoder(model, sequence, new Sampler(Sampling.Greedy, 1), prompt));
+                runner.Advance(tokens); // prefill
+                long waits = backend.HostWaits;
+                const int Steps = 40; // crosses KV blocks: a grown block table goes up by a launch too
+                for (int i = 0; i < Steps; i++) runner.Advance(tokens);
+                if (launchedUploads) Assert.Equal(waitsPerStep * Steps, backend.HostWaits - waits);
+                else Assert.InRange(backend.HostWaits - waits, waitsPerStep * Steps, waitsPerStep * Steps + Steps / 16 + 1); // + the block table's copies
+                return;
+            }
+            using var tree = global::IlgpuMedusa.Tests.Medusa.CompiledTrees.Resolve(backend, mode, heads.HeadCount);
+            var stats = new MedusaStats(heads.HeadCount);
+            var decoder = new MedusaDecoder(model, sequence, new Sampler(Sampling.Greedy, 1), prompt, null, heads, tree.Tree, tree.Mask, Acceptance.Greedy, stats);
+            try
+            {
+                var medusa = new SingleSequenceRunner(model, workspace, decoder);
+                medusa.Advance(tokens); // prefill, and the heads' first guesses
+                long before = backend.HostWaits, steps = stats.Steps;
+                while (tokens.Count < 48) medusa.Advance(tokens);
+                Assert.True(stats.Steps - steps >= 10, $"{stats.Steps - steps} steps");
+                Assert.Equal(waitsPerStep * (stats.Steps - steps), backend.HostWaits - before);
+            }
+            finally
+            {
+                decoder.Release();
+            }
+        }
+        finally
+        {
+            backend.LaunchedUploads = wasLaunched;
+        }
+    }
+
     /// <summary>Head layouts: (shared lm_head, vocabulary shortlist, next-token input, ResBlocks).</summary>
     public static TheoryData<string, bool, bool, bool, int> HeadCases() => new()
     {

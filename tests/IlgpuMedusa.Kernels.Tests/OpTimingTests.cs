@@ -37,6 +37,7 @@ public sealed class OpTimingTests(Accelerators accelerators)
             Assert.Equal(0, Calls(fused, "rope") + Calls(fused, "kvwrite") + Calls(fused, "swiglu"));
             Assert.Equal(Steps, Calls(fused, "rmsnorm"));                        // the final norm
             Assert.Equal(Steps, Calls(fused, "embedding"));
+            Assert.Equal(Steps, Calls(fused, "upload")); // the step's token and position: one launch, no copy
             var c = TinyRandomModel.Config;
             Assert.Contains(fused.Ops, o => o.Op == "norm+matmul+swiglu" && o.Shape == $"{c.HiddenDim * 2}x{c.Dim} F32 T=1" && o.BytesPerCall == 2L * c.HiddenDim * c.Dim * 4);
             Assert.All(fused.Ops, o => Assert.True(o.DeviceMs >= 0, $"{o.Op} {o.Shape}: {o.DeviceMs} ms"));

@@ -102,6 +102,7 @@ internal static class ProfileCommand
         var generated = new List<int> { next };
         int position = prompt.Length;
         int[] one = new int[1], onePosition = new int[1];
+        long waitsBefore = (backend as Compute.Ilgpu.IlgpuBackend)?.HostWaits ?? 0;
         var decodeClock = Stopwatch.StartNew();
         for (int i = 1; i < decode; i++)
         {
@@ -113,8 +114,11 @@ internal static class ProfileCommand
             position++;
         }
         double decodeSeconds = decodeClock.Elapsed.TotalSeconds;
+        // How often each decode step made the host wait for the device (ILGPU devices; the host backend never waits).
+        double? waitsPerStep = backend is Compute.Ilgpu.IlgpuBackend ilgpu && decode > 1 ? (ilgpu.HostWaits - waitsBefore) / (double)(decode - 1) : null;
         double stepSeconds = decodeSeconds / Math.Max(1, decode - 1);
-        log.WriteLine($"[profile] prefill {prompt.Length} tokens in {prefillSeconds * 1000:0.0} ms; decode {1 / stepSeconds:0.0} tok/s");
+        log.WriteLine($"[profile] prefill {prompt.Length} tokens in {prefillSeconds * 1000:0.0} ms; decode {1 / stepSeconds:0.0} tok/s" +
+            (waitsPerStep is { } shown ? $", the host waiting for the device {shown:0.##} times per step" : ""));
 
         // Tree verification: T tokens after the committed sequence, positions S + depth of a chain (the cost does not depend on the mask's shape).
         var treeMs = new Dictionary<string, double>();
@@ -178,6 +182,7 @@ internal static class ProfileCommand
             ["prefill_tokens_per_second"] = Math.Round(prompt.Length / prefillSeconds, 1),
             ["decode_tokens_per_second"] = Math.Round(1 / stepSeconds, 2),
             ["decode_step_ms"] = Math.Round(stepSeconds * 1000, 3),
+            ["host_waits_per_decode_step"] = waitsPerStep is { } w ? Math.Round(w, 3) : null!,
             ["tree_step_ms"] = treeMs,
             ["weight_bandwidth_gb_per_s"] = Math.Round(weightBandwidth, 1),
             ["copy_bandwidth_gb_per_s"] = Math.Round(copy, 1),

@@ -30,6 +30,7 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
     private IlgpuBackend(Context context, Accelerator accelerator, DeviceKind kind, int? groupSize, bool fusedOps)
     {
         FusedOps = fusedOps;
+        LaunchedUploads = Environment.GetEnvironmentVariable(SmallUploadsVariable)?.Trim() is not "0";
         _context = context;
         _accelerator = accelerator;
         Kind = kind;
@@ -51,6 +52,25 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
 
     /// <summary>Whether the fused kernels run where they apply (<see cref="DeviceOptions.FusedOps"/>).</summary>
     public bool FusedOps { get; }
+
+    /// <summary>Environment variable: 0 makes every upload a copy (to time what launched uploads buy).</summary>
+    public const string SmallUploadsVariable = "ILGPU_MEDUSA_SMALL_UPLOADS";
+
+    /// <summary>
+    /// Whether int uploads of up to <see cref="SmallInts.Capacity"/> values (a step's tokens and positions, a small tree
+    /// mask, compaction sources, a head's next token) are written by a kernel launch instead of a copy. ILGPU's copy
+    /// from the host waits for the stream, so each copy in the middle of a step left the device idle until the host had
+    /// queued the next launches; a launch carries the values by value and is queued like any other op. Default on;
+    /// <see cref="SmallUploadsVariable"/>=0 turns it off.
+    /// </summary>
+    public bool LaunchedUploads { get; set; }
+
+    /// <summary>
+    /// Times the host waited for the device since the backend was created: copies to or from the device (ILGPU's copies
+    /// wait for the stream) and explicit synchronizations. A step that waits once (for its tokens) keeps the device busy
+    /// from one step to the next as far as the host's launches allow.
+    /// </summary>
+    public long HostWaits { get; private set; }
 
     /// <summary>Threads per group of the grouped kernels on this device.</summary>
     public int GroupSize => _kernels.GroupSize;
@@ -300,20 +320,43 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
     }
 
     /// <inheritdoc />
-    public void Upload(DeviceTensor destination, ReadOnlySpan<float> source) =>
-        Check(destination, DType.F32, source.Length).Raw.CopyFromCPU(_stream, MemoryMarshal.AsBytes(source));
+    public void Upload(DeviceTensor destination, ReadOnlySpan<float> source)
+    {
+        var t = Check(destination, DType.F32, source.Length);
+        HostWaits++;
+        t.Raw.CopyFromCPU(_stream, MemoryMarshal.AsBytes(source));
+    }
 
     /// <inheritdoc />
-    public void Upload(DeviceTensor destination, ReadOnlySpan<int> source) =>
-        Check(destination, DType.I32, source.Length).Raw.CopyFromCPU(_stream, MemoryMarshal.AsBytes(source));
+    public void Upload(DeviceTensor destination, ReadOnlySpan<int> source)
+    {
+        var t = Check(destination, DType.I32, source.Length);
+        if (LaunchedUploads && source.Length <= SmallInts.Capacity)
+        {
+            int op = Begin("upload", 1, source.Length);
+            _kernels.SmallWrite.Launch(_stream, t.Ints, source);
+            End(op);
+            return;
+        }
+        HostWaits++;
+        t.Raw.CopyFromCPU(_stream, MemoryMarshal.AsBytes(source));
+    }
 
     /// <inheritdoc />
-    public void Download(DeviceTensor source, Span<float> destination) =>
-        Check(source, DType.F32, destination.Length).Raw.CopyToCPU(_stream, MemoryMarshal.AsBytes(destination));
+    public void Download(DeviceTensor source, Span<float> destination)
+    {
+        var t = Check(source, DType.F32, destination.Length);
+        HostWaits++;
+        t.Raw.CopyToCPU(_stream, MemoryMarshal.AsBytes(destination));
+    }
 
     /// <inheritdoc />
-    public void Download(DeviceTensor source, Span<int> destination) =>
-        Check(source, DType.I32, destination.Length).Raw.CopyToCPU(_stream, MemoryMarshal.AsBytes(destination));
+    public void Download(DeviceTensor source, Span<int> destination)
+    {
+        var t = Check(source, DType.I32, destination.Length);
+        HostWaits++;
+        t.Raw.CopyToCPU(_stream, MemoryMarshal.AsBytes(destination));
+    }
 
     private IlgpuTensor Check(DeviceTensor tensor, DType type, int length)
     {
@@ -344,7 +387,11 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
     }
 
     /// <inheritdoc />
-    public void Synchronize() => _stream.Synchronize();
+    public void Synchronize()
+    {
+        HostWaits++;
+        _stream.Synchronize();
+    }
 
     // ---------------------------------------------------------------- ops
 
