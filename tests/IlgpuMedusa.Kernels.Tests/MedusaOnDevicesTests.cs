@@ -31,16 +31,8 @@ public sealed class MedusaOnDevicesTests(Accelerators accelerators) : IDisposabl
     public void GreedyMedusaEqualsGreedyDecoding(string device, string treeName)
     {
         var backend = device == "emulator" ? accelerators.Emulator : accelerators.OpenCL;
-        using var checkpoint = HuggingFaceCheckpoint.Open(_directory);
-        var headsPath = Path.Combine(_directory, "heads.safetensors");
-        if (!File.Exists(headsPath))
-            MedusaHeadsCheckpoint.Write(headsPath, MedusaHeadWeights.CreateRandom(checkpoint.Config, heads: 4, layers: 1, seed: 3, scale: 0.05f), ModelSignature.Of(checkpoint));
-        using var headsFile = MedusaHeadsCheckpoint.Open(headsPath);
-        using var model = LlamaModel.Load(checkpoint, backend);
-        using var heads = MedusaHeads.Load(headsFile, model);
-        var c = model.Config;
-        using var pool = KvBlockPool.FromBudget(backend, c.Layers, c.KvHeads, c.HeadDim, 16, 2L * 160 * 2 * c.Layers * c.KvDim * sizeof(float));
-        using var workspace = new ForwardWorkspace(backend, c, 64, 64);
+        using var rig = new Rig(backend, _directory);
+        var (model, heads, pool, workspace, c) = (rig.Model, rig.Heads, rig.Pool, rig.Workspace, rig.Model.Config);
         using var tree = global::IlgpuMedusa.Tests.Medusa.CompiledTrees.Resolve(backend, treeName, heads.HeadCount);
         int[] prompt = [1, 17, 42, 5, 63, 8];
         const int Count = 32;
@@ -83,15 +75,8 @@ public sealed class MedusaOnDevicesTests(Accelerators accelerators) : IDisposabl
     public void HostWaitsPerDecodeStep(string mode, bool launchedUploads, int waitsPerStep)
     {
         var backend = accelerators.OpenCL;
-        using var checkpoint = HuggingFaceCheckpoint.Open(_directory);
-        var headsPath = Path.Combine(_directory, "heads-waits.safetensors");
-        MedusaHeadsCheckpoint.Write(headsPath, MedusaHeadWeights.CreateRandom(checkpoint.Config, heads: 4, layers: 1, seed: 3, scale: 0.05f), ModelSignature.Of(checkpoint));
-        using var headsFile = MedusaHeadsCheckpoint.Open(headsPath);
-        using var model = LlamaModel.Load(checkpoint, backend);
-        using var heads = MedusaHeads.Load(headsFile, model);
-        var c = model.Config;
-        using var pool = KvBlockPool.FromBudget(backend, c.Layers, c.KvHeads, c.HeadDim, 16, 2L * 160 * 2 * c.Layers * c.KvDim * sizeof(float));
-        using var workspace = new ForwardWorkspace(backend, c, 64, 64);
+        using var rig = new Rig(backend, _directory);
+        var (model, heads, pool, workspace, c) = (rig.Model, rig.Heads, rig.Pool, rig.Workspace, rig.Model.Config);
         int[] prompt = [1, 17, 42, 5, 63, 8];
         bool wasLaunched = backend.LaunchedUploads;
         backend.LaunchedUploads = launchedUploads;
@@ -130,6 +115,42 @@ public sealed class MedusaOnDevicesTests(Accelerators accelerators) : IDisposabl
         finally
         {
             backend.LaunchedUploads = wasLaunched;
+        }
+    }
+
+    /// <summary>The tiny model on a backend with four random heads (one ResBlock each), a KV pool and a workspace.</summary>
+    private sealed class Rig : IDisposable
+    {
+        private readonly HuggingFaceCheckpoint _checkpoint;
+        private readonly MedusaHeadsCheckpoint _headsFile;
+
+        public Rig(IComputeBackend backend, string directory)
+        {
+            _checkpoint = HuggingFaceCheckpoint.Open(directory);
+            var headsPath = Path.Combine(directory, "heads.safetensors");
+            if (!File.Exists(headsPath))
+                MedusaHeadsCheckpoint.Write(headsPath, MedusaHeadWeights.CreateRandom(_checkpoint.Config, heads: 4, layers: 1, seed: 3, scale: 0.05f), ModelSignature.Of(_checkpoint));
+            _headsFile = MedusaHeadsCheckpoint.Open(headsPath);
+            Model = LlamaModel.Load(_checkpoint, backend);
+            Heads = MedusaHeads.Load(_headsFile, Model);
+            var c = Model.Config;
+            Pool = KvBlockPool.FromBudget(backend, c.Layers, c.KvHeads, c.HeadDim, 16, 2L * 160 * 2 * c.Layers * c.KvDim * sizeof(float));
+            Workspace = new ForwardWorkspace(backend, c, 64, 64);
+        }
+
+        public LlamaModel Model { get; }
+        public MedusaHeads Heads { get; }
+        public KvBlockPool Pool { get; }
+        public ForwardWorkspace Workspace { get; }
+
+        public void Dispose()
+        {
+            Workspace.Dispose();
+            Pool.Dispose();
+            Heads.Dispose();
+            Model.Dispose();
+            _headsFile.Dispose();
+            _checkpoint.Dispose();
         }
     }
 

@@ -320,12 +320,8 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
     }
 
     /// <inheritdoc />
-    public void Upload(DeviceTensor destination, ReadOnlySpan<float> source)
-    {
-        var t = Check(destination, DType.F32, source.Length);
-        HostWaits++;
-        t.Raw.CopyFromCPU(_stream, MemoryMarshal.AsBytes(source));
-    }
+    public void Upload(DeviceTensor destination, ReadOnlySpan<float> source) =>
+        Waiting(Check(destination, DType.F32, source.Length)).Raw.CopyFromCPU(_stream, MemoryMarshal.AsBytes(source));
 
     /// <inheritdoc />
     public void Upload(DeviceTensor destination, ReadOnlySpan<int> source)
@@ -338,24 +334,22 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
             End(op);
             return;
         }
-        HostWaits++;
-        t.Raw.CopyFromCPU(_stream, MemoryMarshal.AsBytes(source));
+        Waiting(t).Raw.CopyFromCPU(_stream, MemoryMarshal.AsBytes(source));
     }
 
     /// <inheritdoc />
-    public void Download(DeviceTensor source, Span<float> destination)
-    {
-        var t = Check(source, DType.F32, destination.Length);
-        HostWaits++;
-        t.Raw.CopyToCPU(_stream, MemoryMarshal.AsBytes(destination));
-    }
+    public void Download(DeviceTensor source, Span<float> destination) =>
+        Waiting(Check(source, DType.F32, destination.Length)).Raw.CopyToCPU(_stream, MemoryMarshal.AsBytes(destination));
 
     /// <inheritdoc />
-    public void Download(DeviceTensor source, Span<int> destination)
+    public void Download(DeviceTensor source, Span<int> destination) =>
+        Waiting(Check(source, DType.I32, destination.Length)).Raw.CopyToCPU(_stream, MemoryMarshal.AsBytes(destination));
+
+    /// <summary>Counts a copy that makes the host wait for the stream (<see cref="HostWaits"/>).</summary>
+    private IlgpuTensor Waiting(IlgpuTensor tensor)
     {
-        var t = Check(source, DType.I32, destination.Length);
         HostWaits++;
-        t.Raw.CopyToCPU(_stream, MemoryMarshal.AsBytes(destination));
+        return tensor;
     }
 
     private IlgpuTensor Check(DeviceTensor tensor, DType type, int length)
