@@ -89,8 +89,9 @@ public sealed class ForwardWorkspace : IDisposable
 
     /// <summary>
     /// <see cref="GatherRows"/> holding <paramref name="rows"/>: uploaded only when they differ from what it already holds.
-    /// On an accelerator an upload waits for the queued forward to finish, so a decode step whose rows repeat (one-token
-    /// steps: always row 0; a fixed tree's rows) no longer stalls the device between the forward and the classifier.
+    /// A decode step whose rows repeat (one-token steps: always row 0; a fixed tree's rows) writes nothing. (On ILGPU
+    /// devices a copy waits for the queued forward to finish; uploads this small now go up in a launch, see
+    /// <c>IlgpuBackend.LaunchedUploads</c>, so the skip saves a launch, and a wait when that is switched off.)
     /// </summary>
     public DeviceTensor GatherRowsFor(ReadOnlySpan<int> rows)
     {
