@@ -223,6 +223,9 @@ internal static class BenchCommand
             var best = rows.Skip(1).MaxBy(r => (double)r["decode_tokens_per_second"])!;
             result["recommended_tree"] = configurations[rows.IndexOf(best)].Tree!;
         }
+        // Whether any measured tree decoded faster than autoregressive decoding: on a device where none does (a small
+        // model on a GPU, where every step is launch overhead), Medusa is better left off.
+        if (rows.Count > 1) result["medusa_pays_off"] = rows.Skip(1).Any(r => (double)r["speedup"] > 1);
         return result;
     }
 
@@ -253,7 +256,7 @@ internal static class BenchCommand
     {
         var inv = CultureInfo.InvariantCulture;
         foreach (var (key, value) in result)
-            if (key is not "configurations" and not "recommended_tree") Console.WriteLine($"{key,-34} {value}");
+            if (key is not "configurations" and not "recommended_tree" and not "medusa_pays_off") Console.WriteLine($"{key,-34} {value}");
         var rows = (List<Dictionary<string, object>>)result["configurations"];
         Console.WriteLine();
         Console.WriteLine($"{"configuration",-32} {"nodes",5} {"tok/s",8} {"median",8} {"speedup",7} {"ms/step",8} {"accepted",8}  {"head hit rates",-24} identical");
@@ -270,6 +273,12 @@ internal static class BenchCommand
             var row = rows.First(r => (string)r["name"] != "autoregressive" && (double)r["decode_tokens_per_second"] == rows.Skip(1).Max(x => (double)x["decode_tokens_per_second"]));
             Console.WriteLine();
             Console.WriteLine(string.Create(inv, $"recommended tree on this device: {best} ({(double)row["decode_tokens_per_second"]:0.0} tok/s, {(double)row["speedup"]:0.00}x autoregressive)"));
+        }
+        if (result.TryGetValue("medusa_pays_off", out var pays) && !(bool)pays)
+        {
+            Console.WriteLine();
+            Console.WriteLine("no Medusa tree measured here decoded faster than autoregressive decoding: on this device, model and " +
+                "heads, decode without Medusa (--heads none; in the library, GenerationOptions.UseMedusa = false)");
         }
     }
 }

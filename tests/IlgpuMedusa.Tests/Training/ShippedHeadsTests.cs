@@ -119,4 +119,27 @@ public class ShippedHeadsTests
         Assert.DoesNotContain("chain-5", result.StandardOutput); // deeper than the 4 heads
         Assert.Contains(".json", result.StandardOutput);
     }
+
+    /// <summary>
+    /// A tree that cannot pay off: 64 nodes on the host cost about ten one-token steps, and a step accepts at most 5
+    /// tokens (4 heads + the bonus token), so Medusa is slower here whatever the heads guess; bench says to leave it off.
+    /// </summary>
+    [Fact]
+    public void BenchSaysWhenNoTreeBeatsAutoregressiveDecoding()
+    {
+        var dir = TestModels.TempDirectory("bench-slow");
+        DemoModel.InstallShippedHeads(dir);
+        var prompts = Path.Combine(dir, "prompts.txt");
+        File.WriteAllText(prompts, "The old bear sat by the river and\n");
+        string[] common = ["bench", "--model", TestModels.Stories15MDirectory, "--device", "host", "--heads", Path.Combine(dir, MedusaHeadsCheckpoint.ReleasedFileName),
+            "--prompts", prompts, "--max-tokens", "24", "--warmup", "0", "--tree", "mc_sim_7b_63"];
+        var text = CliRunner.Run(common);
+        Assert.True(text.ExitCode == 0, text.StandardError);
+        Assert.Contains("no Medusa tree measured here decoded faster than autoregressive decoding", text.StandardOutput);
+        var json = CliRunner.Run([.. common, "--json"]);
+        Assert.True(json.ExitCode == 0, json.StandardError);
+        using var doc = JsonDocument.Parse(json.StandardOutput);
+        Assert.False(doc.RootElement.GetProperty("medusa_pays_off").GetBoolean());
+        Assert.True(doc.RootElement.GetProperty("configurations")[1].GetProperty("speedup").GetDouble() < 1);
+    }
 }
