@@ -318,13 +318,14 @@ ours_decode_variant() {
 }
 
 # ours_op_times NAME MODEL_DIR PROMPT_IDS WANT_S: where a step's device time goes, op by op (`profile --op-times`: device
-# timestamps around every op for OP_STEPS decode steps and as many forwards of the largest tree size). A separate run,
+# timestamps around every op for OP_STEPS decode steps and as many forwards of a 4-node tree, a Medusa step's size on
+# GPUs, and of the largest tree size). A separate run,
 # because the markers slow the launches down; needs an ILGPU device (on the host it says so and reports nothing).
 ours_op_times() {
   local largest
   largest=$(tr ',' '\n' <<<"$TREE_SIZES" | sort -n | tail -n1)
   run_step "$1" "$4" "${APP[@]}" profile --model "$2" --device "$DEVICE" --prompt-ids "$3" --decode-tokens 4 \
-    --greedy-tokens 4 --tree-sizes "$largest" --repeats 1 --copy-mb 0 --op-times "$OP_STEPS" --json
+    --greedy-tokens 4 --tree-sizes "4,$largest" --repeats 1 --copy-mb 0 --op-times "$OP_STEPS" --json
 }
 
 # ---------------------------------------------------------------- the demo stage

@@ -27,8 +27,8 @@ internal static class ProfileCommand
         var copyMb = new Option<int>("--copy-mb") { Description = "Buffer size of the copy-bandwidth measurement in MiB (0 skips it).", DefaultValueFactory = _ => 1024 };
         var opTimes = new Option<int>("--op-times")
         {
-            Description = "Afterwards, stamp every op on the device for this many decode steps and as many forwards of the largest tree " +
-                "size, and print each op's device time (ILGPU devices; the markers slow the steps down). 0: off.",
+            Description = "Afterwards, stamp every op on the device for this many decode steps and as many forwards of each tree " +
+                "size above 1, and print each op's device time (ILGPU devices; the markers slow the steps down). 0: off.",
             DefaultValueFactory = _ => 0,
         };
         var json = new Option<bool>("--json") { Description = "Print one JSON object." };
@@ -153,13 +153,15 @@ internal static class ProfileCommand
                     position++;
                 }
                 opTimes["decode"] = OpTimesJson(timed.StopOpTimings(opSteps), log, "decode (T = 1)");
-                int t = sizes.Max();
-                var ids = Enumerable.Repeat(next, t).ToArray();
-                var treePositions = Enumerable.Range(position, t).ToArray();
-                timed.StartOpTimings();
-                for (int i = 0; i < opSteps; i++)
-                    Greedy(model.Forward(workspace, workspace.Prepare(ids, treePositions), sequence, position));
-                opTimes[$"tree-{t}"] = OpTimesJson(timed.StopOpTimings(opSteps), log, $"tree step (T = {t})");
+                foreach (int t in sizes.Where(t => t > 1).Distinct())
+                {
+                    var ids = Enumerable.Repeat(next, t).ToArray();
+                    var treePositions = Enumerable.Range(position, t).ToArray();
+                    timed.StartOpTimings();
+                    for (int i = 0; i < opSteps; i++)
+                        Greedy(model.Forward(workspace, workspace.Prepare(ids, treePositions), sequence, position));
+                    opTimes[$"tree-{t}"] = OpTimesJson(timed.StopOpTimings(opSteps), log, $"tree step (T = {t})");
+                }
             }
             else log.WriteLine($"[profile] --op-times: {backend.DeviceName} cannot stamp ops (ILGPU devices only); skipped");
         }
