@@ -32,6 +32,7 @@ public sealed class KernelSet : IDisposable
         SoftmaxStats = new SoftmaxStatsLauncher(accelerator, groupSize);
         KvCompact = new KvCompactLauncher(accelerator);
         SmallWrite = new SmallWriteLauncher(accelerator);
+        GatherInts = new GatherIntsLauncher(accelerator);
     }
 
     /// <summary>Threads per group of the grouped kernels.</summary>
@@ -66,6 +67,8 @@ public sealed class KernelSet : IDisposable
     public KvCompactLauncher KvCompact { get; }
     /// <summary>A few ints written by a launch instead of a copy.</summary>
     public SmallWriteLauncher SmallWrite { get; }
+    /// <summary>A few ints gathered (and mapped) on the device.</summary>
+    public GatherIntsLauncher GatherInts { get; }
 
     /// <summary>Frees the launchers' buffers.</summary>
     public void Dispose()
@@ -196,6 +199,7 @@ public static class KernelCatalog
             (Action<ArrayView<float>, ArrayView<float>, RowArgs>)SoftmaxStatsKernel.Run,
             (Action<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<int>, KvCompactArgs>)KvCompactKernel.Run,
             (Action<Index1D, ArrayView<int>, SmallInts>)SmallWriteKernel.Run,
+            (Action<Index1D, ArrayView<int>, ArrayView<int>, ArrayView<int>, SmallInts, int>)GatherIntsKernel.Run,
         ];
         return kernels.Select(k => new Entry(KernelLoader.NameOf(k.Method), k.Method, KernelLoader.IsImplicitlyGrouped(k.Method),
             k.Method.Name is nameof(MatMulKernels.VectorWide) or nameof(AttentionKernel.Decode)

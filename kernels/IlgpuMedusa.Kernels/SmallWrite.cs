@@ -95,3 +95,51 @@ public sealed class SmallWriteLauncher
         _kernel(stream, values.Length, target, new SmallInts(values));
     }
 }
+
+/// <summary>
+/// output[i] = source[indices[i]], or map[source[indices[i]]] with a map, for a few indices carried in the launch: a Medusa
+/// tree's tokens picked from the heads' top-k (shortlist columns mapped to token ids) without a trip through the host.
+/// </summary>
+public static class GatherIntsKernel
+{
+    /// <summary>One thread per output value.</summary>
+    /// <param name="index">Output value.</param>
+    /// <param name="output">I32[n].</param>
+    /// <param name="source">I32, read at the given flat indices.</param>
+    /// <param name="map">I32[m] (read only when <paramref name="useMap"/> is 1; a value outside it gives 0).</param>
+    /// <param name="indices">The n flat indices into source.</param>
+    /// <param name="useMap">1: map the values read.</param>
+    public static void Run(Index1D index, ArrayView<int> output, ArrayView<int> source, ArrayView<int> map, SmallInts indices, int useMap)
+    {
+        if (index >= indices.Count) return;
+        int value = source[indices.Get(index)];
+        if (useMap != 0) value = value >= 0 && value < map.Length ? map[value] : 0;
+        output[index] = value;
+    }
+}
+
+/// <summary>Launches <see cref="GatherIntsKernel"/>; one instance per accelerator.</summary>
+public sealed class GatherIntsLauncher
+{
+    private readonly Action<AcceleratorStream, Index1D, ArrayView<int>, ArrayView<int>, ArrayView<int>, SmallInts, int> _kernel;
+
+    /// <summary>Compiles and loads the kernel.</summary>
+    public GatherIntsLauncher(Accelerator accelerator)
+    {
+        ArgumentNullException.ThrowIfNull(accelerator);
+        _kernel = KernelLoader.Load(accelerator, GatherIntsKernel.Run,
+            () => accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<int>, ArrayView<int>, ArrayView<int>, SmallInts, int>(GatherIntsKernel.Run));
+    }
+
+    /// <summary>output[i] = source[indices[i]] (through map when given), n ≤ <see cref="SmallInts.Capacity"/>, queued on the stream.</summary>
+    public void Launch(AcceleratorStream stream, ArrayView<int> output, ArrayView<int> source, ArrayView<int>? map, ReadOnlySpan<int> indices)
+    {
+        if (indices.Length > SmallInts.Capacity || output.Length < indices.Length)
+            throw new ArgumentException($"GatherInts: {indices.Length} indices (at most {SmallInts.Capacity}) into an output of {output.Length} ints");
+        foreach (int i in indices)
+            if (i < 0 || i >= source.Length)
+                throw new ArgumentOutOfRangeException(nameof(indices), $"GatherInts: index {i} outside a source of {source.Length} ints");
+        if (indices.Length == 0) return;
+        _kernel(stream, indices.Length, output, source, map ?? source, new SmallInts(indices), map is null ? 0 : 1);
+    }
+}

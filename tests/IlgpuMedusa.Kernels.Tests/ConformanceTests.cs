@@ -754,6 +754,41 @@ public abstract class ConformanceTests
         Assert.Throws<ArgumentException>(() => new SmallInts(new int[SmallInts.Capacity + 1]));
     }
 
+    /// <summary>
+    /// GatherInts picks elements of a top-k table by flat index, through a shortlist map or not (a Medusa tree's tokens
+    /// from the heads' guesses), as the host does, and queues without a wait; indices outside the source are refused.
+    /// </summary>
+    [Fact]
+    public void GatherInts_matches_host()
+    {
+        const int Rows = 4, K = 10, MapLength = 50;
+        var top = Enumerable.Range(0, Rows * K).Select(i => (i * 37 + 11) % MapLength).ToArray();
+        var map = Enumerable.Range(0, MapLength).Select(i => 31999 - 7 * i).ToArray();
+        int[] indices = [0, 1, 9, 10, 19, 25, 39, 3, 3];
+        foreach (var backend in new IComputeBackend[] { Accelerators.Host, Device })
+        {
+            using var source = backend.Allocate(DType.I32, Rows, K);
+            using var mapTensor = backend.Allocate(DType.I32, MapLength, 1);
+            using var output = backend.Allocate(DType.I32, indices.Length + 2, 1);
+            backend.Upload(source, top);
+            backend.Upload(mapTensor, map);
+            backend.Upload(output, Enumerable.Repeat(-5, indices.Length + 2).ToArray());
+            var read = new int[indices.Length + 2];
+
+            long waits = Device.HostWaits;
+            backend.GatherInts(output.Slice(1, indices.Length), source, indices, mapTensor);
+            if (ReferenceEquals(backend, Device)) Assert.Equal(waits, Device.HostWaits);
+            backend.Download(output, read);
+            Assert.Equal([-5, .. indices.Select(i => map[top[i]]), -5], read);
+
+            backend.GatherInts(output.Slice(1, indices.Length), source, indices, map: null);
+            backend.Download(output, read);
+            Assert.Equal([-5, .. indices.Select(i => top[i]), -5], read);
+
+            Assert.Throws<ArgumentException>(() => backend.GatherInts(output.Slice(0, 1), source, [Rows * K], null));
+        }
+    }
+
     /// <summary>KV compaction along an overlapping path, [S+0, S+2, S+5] → S..S+2, and a longer one across blocks.</summary>
     [Theory]
     [InlineData(new[] { 0, 2, 5 })]

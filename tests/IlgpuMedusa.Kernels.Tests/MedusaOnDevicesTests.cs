@@ -60,19 +60,22 @@ public sealed class MedusaOnDevicesTests(Accelerators accelerators) : IDisposabl
     }
 
     /// <summary>
-    /// How often the host waits for the device per decode step (<see cref="Compute.Ilgpu.IlgpuBackend.HostWaits"/>): on a
-    /// GPU every wait drains the stream, so the device idles until the host has queued the next launches. An
-    /// autoregressive step must wait once, for its token; with copies for the small uploads (the step's token and
-    /// position, a grown block table) it waited twice and more. A Medusa step with a fixed tree waits for the tree's tokens and the heads' guesses; a
-    /// dynamic tree also for the guesses' scores, which plan the next tree. Compaction sources, the heads' next token and
-    /// a dynamic tree's mask go up by launches.
+    /// How often the host waits for the device per decode step (<see cref="Compute.Ilgpu.IlgpuBackend.HostWaits"/>), and
+    /// how many of those waits drain queued work (<see cref="Compute.Ilgpu.IlgpuBackend.HostDrains"/>): on a GPU a drain
+    /// leaves the device idle until the host has decided and queued the next launches. An autoregressive step waits once,
+    /// for its token; with copies for the small uploads (the step's token and position, a grown block table) it waited
+    /// twice and more. A fixed-tree Medusa step drains once too: its node tokens are picked from the heads' guesses on the
+    /// device, and the guesses are read after the step's argmax, without draining anything. A dynamic tree plans the next
+    /// step from the guesses' scores on the host, so it drains for the guesses as well. Compaction sources, the heads' next
+    /// token and a dynamic tree's mask go up by launches.
     /// </summary>
     [Theory]
-    [InlineData("autoregressive", true, 1)]
-    [InlineData("autoregressive", false, 2)]
-    [InlineData("chain-3", true, 2)]
-    [InlineData("dynamic-4", true, 3)]
-    public void HostWaitsPerDecodeStep(string mode, bool launchedUploads, int waitsPerStep)
+    [InlineData("autoregressive", true, 1, 1)]
+    [InlineData("autoregressive", false, 2, 1)]
+    [InlineData("chain-3", true, 2, 1)]
+    [InlineData("tree-8", true, 2, 1)]
+    [InlineData("dynamic-4", true, 3, 2)]
+    public void HostWaitsPerDecodeStep(string mode, bool launchedUploads, int waitsPerStep, int drainsPerStep)
     {
         var backend = accelerators.OpenCL;
         using var rig = new Rig(backend, _directory);
@@ -88,11 +91,13 @@ public sealed class MedusaOnDevicesTests(Accelerators accelerators) : IDisposabl
             {
                 var runner = new SingleSequenceRunner(model, workspace, new AutoregressiveDecoder(model, sequence, new Sampler(Sampling.Greedy, 1), prompt));
                 runner.Advance(tokens); // prefill
-                long waits = backend.HostWaits;
+                long waits = backend.HostWaits, drains = backend.HostDrains;
                 const int Steps = 40; // crosses KV blocks: a grown block table goes up by a launch too
                 for (int i = 0; i < Steps; i++) runner.Advance(tokens);
                 if (launchedUploads) Assert.Equal(waitsPerStep * Steps, backend.HostWaits - waits);
                 else Assert.InRange(backend.HostWaits - waits, waitsPerStep * Steps, waitsPerStep * Steps + Steps / 16 + 1); // + the block table's copies
+                if (launchedUploads) Assert.Equal(drainsPerStep * Steps, backend.HostDrains - drains);
+                else Assert.InRange(backend.HostDrains - drains, drainsPerStep * Steps, drainsPerStep * Steps + Steps / 16 + 1); // a copied block table can land mid-forward
                 return;
             }
             using var tree = global::IlgpuMedusa.Tests.Medusa.CompiledTrees.Resolve(backend, mode, heads.HeadCount);
@@ -102,10 +107,11 @@ public sealed class MedusaOnDevicesTests(Accelerators accelerators) : IDisposabl
             {
                 var medusa = new SingleSequenceRunner(model, workspace, decoder);
                 medusa.Advance(tokens); // prefill, and the heads' first guesses
-                long before = backend.HostWaits, steps = stats.Steps;
+                long before = backend.HostWaits, drainsBefore = backend.HostDrains, steps = stats.Steps;
                 while (tokens.Count < 48) medusa.Advance(tokens);
                 Assert.True(stats.Steps - steps >= 10, $"{stats.Steps - steps} steps");
                 Assert.Equal(waitsPerStep * (stats.Steps - steps), backend.HostWaits - before);
+                Assert.Equal(drainsPerStep * (stats.Steps - steps), backend.HostDrains - drainsBefore);
             }
             finally
             {

@@ -224,6 +224,17 @@ public interface IComputeBackend : IDisposable
     /// </summary>
     void SoftmaxStats(DeviceTensor output, DeviceTensor logits);
 
+    /// <summary>Most indices one <see cref="GatherInts"/> call takes.</summary>
+    const int MaxGatherInts = 32;
+
+    /// <summary>
+    /// output[i] = source[indices[i]] (flat index into source), or map[source[indices[i]]] when <paramref name="map"/> is
+    /// given: a Medusa tree's tokens picked from the heads' top-k columns (mapped through the vocabulary shortlist) on the
+    /// device, so the next forward needs no trip through the host. output I32 with indices.Length ≤
+    /// <see cref="MaxGatherInts"/> elements, source I32, map I32[m, 1] or null. A mapped value outside the map gives 0.
+    /// </summary>
+    void GatherInts(DeviceTensor output, DeviceTensor source, ReadOnlySpan<int> indices, DeviceTensor? map);
+
     /// <summary>
     /// For every layer, keys and values: copies logical position sources[i] to logical position
     /// <paramref name="destinationStart"/> + i, in order of i (sources strictly increasing and sources[i] ≥ destinationStart + i,

@@ -164,6 +164,22 @@ internal static class Shapes
             () => $"output {output.ShapeText}, logits {logits.ShapeText}: expected [T, 3] and [T, V]");
     }
 
+    public static void GatherInts(DeviceTensor output, DeviceTensor source, ReadOnlySpan<int> indices, DeviceTensor? map)
+    {
+        Int(nameof(GatherInts), "output", output);
+        Int(nameof(GatherInts), "source", source);
+        if (map is not null) Int(nameof(GatherInts), "map", map);
+        long length = (long)source.Rows * source.Columns;
+        int count = indices.Length;
+        Require((long)output.Rows * output.Columns == count && count <= IComputeBackend.MaxGatherInts, nameof(GatherInts),
+            () => $"output {output.ShapeText} for {count} indices: expected as many elements, at most {IComputeBackend.MaxGatherInts}");
+        foreach (int i in indices)
+        {
+            int index = i;
+            Require(index >= 0 && index < length, nameof(GatherInts), () => $"index {index} outside source {source.ShapeText}");
+        }
+    }
+
     public static void KvCompact(KvCacheLayout layout, DeviceTensor blockTable, DeviceTensor sources, int destinationStart)
     {
         Int(nameof(KvCompact), "sources", sources);

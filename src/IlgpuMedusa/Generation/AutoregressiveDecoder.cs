@@ -149,6 +149,17 @@ internal abstract class SequenceDecoder
     /// <summary>Fills the tokens and positions of a decode step; returns the row count.</summary>
     protected abstract int PlanStep(int[] tokens, int[] positions, out DeviceTensor? mask, out int logitsFrom);
 
+    /// <summary>
+    /// True when some of <see cref="PlanTokens"/> are placeholders that <see cref="WritePlanTokens"/> writes on the device
+    /// (a Medusa tree whose guesses are still there): whoever runs the forward calls it after uploading the plan.
+    /// </summary>
+    public virtual bool WritesPlanTokens => false;
+
+    /// <summary>Writes the planned tokens kept on the device into <paramref name="tokens"/> I32[PlanCount, 1], this plan's rows of the forward's inputs.</summary>
+    public virtual void WritePlanTokens(DeviceTensor tokens)
+    {
+    }
+
     /// <summary>Consumes the planned forward: <paramref name="hidden"/> = its rows' final hidden states F32[PlanCount, D].</summary>
     public void Complete(DeviceTensor hidden, StepLogits logits, List<int> accepted)
     {
@@ -241,6 +252,7 @@ internal sealed class SingleSequenceRunner
             if (!_decoder.Plan(_workspace.MaxTokens))
                 throw new InvalidOperationException($"a decode step needs {_decoder.NextStepMinimum} rows but the workspace holds {_workspace.MaxTokens}");
             var inputs = _workspace.Prepare(_decoder.PlanTokens, _decoder.PlanPositions, _decoder.PlanMask);
+            if (_decoder.WritesPlanTokens) _decoder.WritePlanTokens(inputs.Tokens);
             var hidden = _model.Forward(_workspace, inputs, _decoder.Sequence, _decoder.Committed);
             var needed = _decoder.PlanLogitRows;
             int rows = needed.Length;

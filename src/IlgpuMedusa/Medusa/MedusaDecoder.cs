@@ -19,6 +19,9 @@ namespace IlgpuMedusa.Medusa;
 /// </list>
 /// With greedy acceptance and greedy sampling every emitted token is the base model's argmax given the tokens before it,
 /// so the output equals plain greedy decoding.
+/// With a fixed tree (up to <see cref="IComputeBackend.MaxGatherInts"/> + 1 nodes) the heads' guesses stay on the device:
+/// the next step's node tokens are gathered there (<see cref="WritePlanTokens"/>) and read back after its argmax, when
+/// nothing is queued, so a step makes the host drain the device once, as a decode step does.
 /// </summary>
 internal sealed class MedusaDecoder : SequenceDecoder
 {
@@ -30,7 +33,11 @@ internal sealed class MedusaDecoder : SequenceDecoder
     private DeviceTensor _mask = null!;       // its mask I32[n, n] (a fixed tree's is owned by the engine's tree cache)
     private readonly Acceptance _acceptance;
     private readonly MedusaStats _stats;
-    private readonly int[] _topK;             // [heads · TopK] latest head predictions
+    private readonly int[] _topK;             // [heads · TopK] latest head predictions (token ids)
+    private readonly DeviceTensor? _deviceTop; // fixed trees: the heads' top-k columns [depth, TopK], left on the device
+    private readonly int[] _nodeSources = []; // fixed trees: node n ≥ 1 takes element (depth − 1) · TopK + rank of _deviceTop
+    private bool _onDevice;                   // the guesses are on the device only (not yet in _topK)
+    private bool _planOnDevice;               // the planned step's node tokens are written on the device
     private readonly int[] _sources;          // compaction sources
     private readonly DeviceTensor _deviceSources;
     private int[] _tokens = [];               // node tokens of the planned tree
@@ -67,6 +74,15 @@ internal sealed class MedusaDecoder : SequenceDecoder
         _leaf = new bool[tree.NodeCount];
         _nodeArgMax = new int[tree.NodeCount];
         _deviceSources = Backend.Allocate(Models.DType.I32, tree.MaxDepth + 1, 1);
+        if (tree.Fixed is { } fixedNodes && fixedNodes.NodeCount - 1 <= IComputeBackend.MaxGatherInts)
+        {
+            // A fixed tree's node tokens are picked from the heads' top-k on the device: the step after the heads queues
+            // its forward without waiting for their guesses, and reads them back after its own argmax.
+            _deviceTop = Backend.Allocate(Models.DType.I32, tree.MaxDepth, MedusaHeads.TopK);
+            _nodeSources = new int[fixedNodes.NodeCount - 1];
+            for (int node = 1; node < fixedNodes.NodeCount; node++)
+                _nodeSources[node - 1] = (fixedNodes.Depths[node] - 1) * MedusaHeads.TopK + fixedNodes.TopKIndices[node];
+        }
         if (tree.Fixed is { } topology) UseTree(topology, mask!);
         else
         {
@@ -104,9 +120,43 @@ internal sealed class MedusaDecoder : SequenceDecoder
     private void Predict(DeviceTensor hidden)
     {
         _guessed = SpeculateNext;
+        _onDevice = false;
         if (!_guessed) return; // the next step decodes one token: no guesses needed
+        if (_deviceTop is not null)
+        {
+            _heads.PredictOnDevice(hidden, _candidates.MaxDepth, Pending, Sequence, Committed, _deviceTop);
+            _onDevice = true;
+            return;
+        }
         _heads.Predict(hidden, _candidates.MaxDepth, Pending, Sequence, Committed).CopyTo(_topK);
         if (_planner is not null) UseTree(_planner.Plan(_heads.TopProbabilities()), null);
+    }
+
+    /// <summary>Reads the guesses that <see cref="Predict"/> left on the device into <see cref="_topK"/> (token ids).</summary>
+    private void ReadGuesses()
+    {
+        if (!_onDevice) return;
+        var top = _topK.AsSpan(0, _candidates.MaxDepth * MedusaHeads.TopK);
+        Backend.Download(_deviceTop!, top);
+        _heads.ToTokenIds(top);
+        _onDevice = false;
+    }
+
+    /// <summary>The node tokens of the planned tree, from the guesses in <see cref="_topK"/>.</summary>
+    private void FillNodeTokens(Span<int> tokens)
+    {
+        for (int node = 1; node < _tree.NodeCount; node++)
+            tokens[node] = _topK[(_tree.Depths[node] - 1) * MedusaHeads.TopK + _tree.TopKIndices[node]];
+    }
+
+    /// <inheritdoc />
+    public override bool WritesPlanTokens => _planOnDevice;
+
+    /// <inheritdoc />
+    public override void WritePlanTokens(DeviceTensor tokens)
+    {
+        if (!_planOnDevice) return;
+        Backend.GatherInts(tokens.Slice(1, _nodeSources.Length), _deviceTop!, _nodeSources, _heads.DeviceShortlist);
     }
 
     private bool _guessed; // _topK holds the heads' guesses after the pending token
@@ -122,6 +172,7 @@ internal sealed class MedusaDecoder : SequenceDecoder
     public void Release()
     {
         _deviceSources.Dispose();
+        _deviceTop?.Dispose();
         if (_ownMasks is not null)
             foreach (var mask in _ownMasks.Values) mask.Dispose();
         _leafIds?.Dispose();
@@ -155,6 +206,7 @@ internal sealed class MedusaDecoder : SequenceDecoder
         tokens[0] = Pending;
         positions[0] = s;
         _fallback = StepSize == 1;
+        _planOnDevice = false;
         if (_fallback)
         {
             // Near the end of the context the whole tree no longer fits, or the scheduler asked for a plain step: one token.
@@ -162,14 +214,19 @@ internal sealed class MedusaDecoder : SequenceDecoder
             return 1;
         }
         int n = _tree.NodeCount;
-        for (int node = 1; node < n; node++)
-        {
-            int depth = _tree.Depths[node];
-            tokens[node] = _topK[(depth - 1) * MedusaHeads.TopK + _tree.TopKIndices[node]];
-            positions[node] = s + depth;
-        }
+        for (int node = 1; node < n; node++) positions[node] = s + _tree.Depths[node];
         if (_tokens.Length < n) _tokens = new int[n];
-        tokens.AsSpan(0, n).CopyTo(_tokens);
+        if (_onDevice)
+        {
+            // Placeholders: WritePlanTokens picks the node tokens from the guesses on the device; CompleteStep reads them.
+            Array.Fill(tokens, 0, 1, n - 1);
+            _planOnDevice = true;
+        }
+        else
+        {
+            FillNodeTokens(tokens);
+            tokens.AsSpan(0, n).CopyTo(_tokens);
+        }
         mask = _mask;
         return n;
     }
@@ -185,6 +242,14 @@ internal sealed class MedusaDecoder : SequenceDecoder
             Predict(hidden.Slice(0, 1));
             _stats.Record(1);
             return;
+        }
+        if (_planOnDevice)
+        {
+            // The forward is done (its argmax has been read): the guesses it was given come back without another wait.
+            ReadGuesses();
+            _tokens[0] = Pending;
+            FillNodeTokens(_tokens);
+            _planOnDevice = false;
         }
         bool lazy = LazyLeaves;
         if (lazy)

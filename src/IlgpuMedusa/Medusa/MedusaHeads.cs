@@ -137,6 +137,8 @@ public sealed class MedusaHeads : IDisposable
         _hostTop = new int[k * TopK];
         if (shortlist is not null)
         {
+            DeviceShortlist = b.Allocate(DType.I32, shortlist.Length, 1);
+            b.Upload(DeviceShortlist, shortlist);
             _column = new int[model.Config.VocabSize];
             Array.Fill(_column, -1);
             for (int i = 0; i < shortlist.Length; i++) _column[shortlist[i]] = i;
@@ -156,6 +158,11 @@ public sealed class MedusaHeads : IDisposable
     public bool SharedLmHead => _lmHeads is null;
     /// <summary>The tokens the heads score (sorted ids), or null for the whole vocabulary.</summary>
     public IReadOnlyList<int>? Shortlist => _shortlist;
+    /// <summary>
+    /// <see cref="Shortlist"/> on the device, I32[N, 1] (column → token id), for mapping <see cref="PredictOnDevice"/>'s
+    /// columns there (<see cref="IComputeBackend.GatherInts"/>); null for the whole vocabulary (columns are token ids).
+    /// </summary>
+    public DeviceTensor? DeviceShortlist { get; }
     /// <summary>True when each head also takes the base model's next token as input.</summary>
     public bool HasNextTokenInput => _next is not null;
     /// <summary>
@@ -380,6 +387,38 @@ public sealed class MedusaHeads : IDisposable
     /// </summary>
     public ReadOnlySpan<int> Predict(DeviceTensor hidden, int heads, int nextToken, KvSequence? sequence, int committed)
     {
+        var indices = _topIndices.Slice(0, heads);
+        Run(hidden, heads, nextToken, sequence, committed, indices);
+        var top = _hostTop.AsSpan(0, heads * TopK);
+        _model.Backend.Download(indices, top);
+        ToTokenIds(top);
+        return top;
+    }
+
+    /// <summary>
+    /// As <see cref="Predict(DeviceTensor, int, int, KvSequence?, int)"/>, but the guesses stay on the device: the top-k
+    /// <em>columns</em> of each head go to <paramref name="topColumns"/> I32[heads, TopK] (shortlist columns when the heads
+    /// score a shortlist: map them with <see cref="DeviceShortlist"/> there or <see cref="ToTokenIds"/> here). Nothing is
+    /// downloaded, so the host does not wait: a Medusa step can queue its next forward with the tree's tokens picked on the
+    /// device and read the guesses afterwards. <see cref="TopProbabilities"/> works after this call too.
+    /// </summary>
+    public void PredictOnDevice(DeviceTensor hidden, int heads, int nextToken, KvSequence? sequence, int committed, DeviceTensor topColumns)
+    {
+        ArgumentNullException.ThrowIfNull(topColumns);
+        if (topColumns.Type != DType.I32 || topColumns.Rows != heads || topColumns.Columns != TopK)
+            throw new ArgumentException($"top columns must be I32[{heads}, {TopK}], got {topColumns.ShapeText}", nameof(topColumns));
+        Run(hidden, heads, nextToken, sequence, committed, topColumns);
+    }
+
+    /// <summary>Maps top-k columns (read back from <see cref="PredictOnDevice"/>) to token ids in place.</summary>
+    public void ToTokenIds(Span<int> columns)
+    {
+        if (_shortlist is { } shortlist)
+            for (int i = 0; i < columns.Length; i++) columns[i] = shortlist[columns[i]];
+    }
+
+    private void Run(DeviceTensor hidden, int heads, int nextToken, KvSequence? sequence, int committed, DeviceTensor topColumns)
+    {
         if (_context is not null)
         {
             if (sequence is null)
@@ -441,13 +480,8 @@ public sealed class MedusaHeads : IDisposable
             if (_lmHeads is not null) b.MatMul(_logits.Slice(h, 1), zh, _lmHeads[h], accumulate: false);
         }
         if (_lmHeads is null) b.MatMul(logits, z, _sharedShortlistLmHead ?? _model.Classifier, accumulate: false);
-        b.TopK(_topIndices.Slice(0, heads), _topValues.Slice(0, heads), logits);
-        var top = _hostTop.AsSpan(0, heads * TopK);
-        b.Download(_topIndices.Slice(0, heads), top);
-        if (_shortlist is { } shortlist)
-            for (int i = 0; i < top.Length; i++) top[i] = shortlist[top[i]];
+        b.TopK(topColumns, _topValues.Slice(0, heads), logits);
         _predicted = heads;
-        return top;
     }
 
     private int _predicted;
@@ -538,6 +572,7 @@ public sealed class MedusaHeads : IDisposable
         _logits.Dispose();
         _topIndices.Dispose();
         _topValues.Dispose();
+        DeviceShortlist?.Dispose();
         _zeroLike?.Dispose();
     }
 }

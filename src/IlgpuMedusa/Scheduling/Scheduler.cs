@@ -334,6 +334,8 @@ public sealed class Scheduler : IDisposable
         int rows = _segments[^1].Start + _segments[^1].Count;
         var b = _model.Backend;
         var inputs = _workspace.Prepare(_tokens.AsSpan(0, rows), _positions.AsSpan(0, rows));
+        for (int i = 0; i < _batch.Count; i++)
+            if (_batch[i].Decoder!.WritesPlanTokens) _batch[i].Decoder!.WritePlanTokens(inputs.Tokens.Slice(_segments[i].Start, _segments[i].Count));
         var hidden = _model.Forward(_workspace, inputs, _segments);
 
         // Logits only for the rows some sequence needs (the last prompt row, the decoded token, every tree node).

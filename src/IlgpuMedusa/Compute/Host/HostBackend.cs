@@ -905,6 +905,20 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
     }
 
     /// <inheritdoc />
+    public void GatherInts(DeviceTensor output, DeviceTensor source, ReadOnlySpan<int> indices, DeviceTensor? map)
+    {
+        Shapes.GatherInts(output, source, indices, map);
+        var o = Own(output).Ints;
+        var s = Own(source).Ints;
+        var m = map is null ? default : Own(map).Ints;
+        for (int i = 0; i < indices.Length; i++)
+        {
+            int value = s[indices[i]];
+            o[i] = map is null ? value : value >= 0 && value < m.Length ? m[value] : 0;
+        }
+    }
+
+    /// <inheritdoc />
     public void KvCompact(KvCache cache, DeviceTensor blockTable, DeviceTensor sources, int destinationStart)
     {
         var c = OwnCache(cache);

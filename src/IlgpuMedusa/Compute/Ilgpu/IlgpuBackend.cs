@@ -72,6 +72,15 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
     /// </summary>
     public long HostWaits { get; private set; }
 
+    /// <summary>
+    /// Those of <see cref="HostWaits"/> that found work queued since the previous wait: each one drains the stream, and
+    /// the device then idles until the host has decided what to do and queued the next launches. A wait right after
+    /// another (a second download) costs only the copy.
+    /// </summary>
+    public long HostDrains { get; private set; }
+
+    private bool _queued; // work was queued since the last wait
+
     /// <summary>Threads per group of the grouped kernels on this device.</summary>
     public int GroupSize => _kernels.GroupSize;
 
@@ -190,6 +199,7 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
                 $"cannot allocate {type}[{rows}, {columns}] ({bytes / (1024.0 * 1024):0.##} MiB) on {DeviceName}: {e.Message}", e);
         }
         buffer.MemSetToZero(_stream);
+        _queued = true;
         return new IlgpuTensor(this, type, rows, columns, stride, buffer.View.SubView(0, bytes), buffer);
     }
 
@@ -348,8 +358,15 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
     /// <summary>Counts a copy that makes the host wait for the stream (<see cref="HostWaits"/>).</summary>
     private IlgpuTensor Waiting(IlgpuTensor tensor)
     {
-        HostWaits++;
+        Waited();
         return tensor;
+    }
+
+    private void Waited()
+    {
+        HostWaits++;
+        if (_queued) HostDrains++;
+        _queued = false;
     }
 
     private IlgpuTensor Check(DeviceTensor tensor, DType type, int length)
@@ -377,13 +394,14 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
                 $"{DeviceName}: {e.Message}. Lower the KV budget.", e);
         }
         buffer.MemSetToZero(_stream);
+        _queued = true;
         return new IlgpuKvCache(this, layout, buffer, _stream);
     }
 
     /// <inheritdoc />
     public void Synchronize()
     {
-        HostWaits++;
+        Waited();
         _stream.Synchronize();
     }
 
@@ -518,6 +536,7 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
         Shapes.GroupedMatMul(o, x, w);
         if (!CanGroupMatMul(o.Columns))
             throw new ArgumentException($"GroupedMatMul: groups of {o.Columns} rows; this backend needs a multiple of {MatMulKernels.RowsPerGroup} (check CanGroupMatMul)");
+        _queued = true;
         int op = _timer is null ? -1 : _timer.Begin("grouped-matmul", $"{o.Rows}x[{o.Columns}x{w.Columns}] {w.Type}", w.Length * DTypeInfo.SizeOf(w.Type));
         _kernels.MatMul.LaunchGrouped(_stream, o.Floats, x.Floats, w.AsWeight(), o.Columns, sharedInput: x.Rows == 1 && o.Rows > 1);
         End(op);
@@ -602,6 +621,7 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
         Shapes.Attention(o, q, l, table, committed, m);
         if ((uint)layer >= (uint)l.Layers) throw new ArgumentException($"Attention: layer {layer} outside [0, {l.Layers})");
         var args = new AttentionArgs(q.Rows, o.Columns / l.HeadDim, l.KvHeads, l.HeadDim, q.Columns, committed, l.BlockSize, m is not null);
+        _queued = true;
         int op = _timer is null ? -1 : _timer.Begin("attention", $"T={q.Rows} H={o.Columns / l.HeadDim} Hkv={l.KvHeads} Dh={l.HeadDim}", 0);
         (launcher ?? _kernels.Attention).Launch(_stream, o.Floats, q.Floats, c.Plane(layer, 0), c.Plane(layer, 1), table.Ints, m?.Ints ?? _noMask.View, args, splits);
         End(op);
@@ -679,6 +699,18 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
     }
 
     /// <inheritdoc />
+    public void GatherInts(DeviceTensor output, DeviceTensor source, ReadOnlySpan<int> indices, DeviceTensor? map)
+    {
+        var o = Own(output);
+        var s = Own(source);
+        var m = map is null ? null : Own(map);
+        Shapes.GatherInts(o, s, indices, m);
+        int op = Begin("gatherints", 1, indices.Length);
+        _kernels.GatherInts.Launch(_stream, o.Ints, s.Ints, m?.Ints, indices);
+        End(op);
+    }
+
+    /// <inheritdoc />
     public void KvCompact(KvCache cache, DeviceTensor blockTable, DeviceTensor sources, int destinationStart)
     {
         var c = OwnCache(cache);
@@ -693,11 +725,18 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
     }
 
     /// <summary>Starts an op's timing when recording: its name and [rows x columns] (formatted only then).</summary>
-    private int Begin(string op, long rows, long columns) => _timer is null ? -1 : _timer.Begin(op, $"{rows}x{columns}", 0);
+    private int Begin(string op, long rows, long columns)
+    {
+        _queued = true;
+        return _timer is null ? -1 : _timer.Begin(op, $"{rows}x{columns}", 0);
+    }
 
     /// <summary>Starts a matmul-like op's timing when recording: the weight's shape and type, T, and the weight bytes one call streams.</summary>
-    private int BeginMatMul(string op, IlgpuTensor weight, int tokens) =>
-        _timer is null ? -1 : _timer.Begin(op, $"{weight.Rows}x{weight.Columns} {weight.Type} T={tokens}", weight.Length * DTypeInfo.SizeOf(weight.Type));
+    private int BeginMatMul(string op, IlgpuTensor weight, int tokens)
+    {
+        _queued = true;
+        return _timer is null ? -1 : _timer.Begin(op, $"{weight.Rows}x{weight.Columns} {weight.Type} T={tokens}", weight.Length * DTypeInfo.SizeOf(weight.Type));
+    }
 
     private void End(int op)
     {
