@@ -74,7 +74,7 @@ internal sealed class MedusaDecoder : SequenceDecoder
         _leaf = new bool[tree.NodeCount];
         _nodeArgMax = new int[tree.NodeCount];
         _deviceSources = Backend.Allocate(Models.DType.I32, tree.MaxDepth + 1, 1);
-        if (tree.Fixed is { } fixedNodes && fixedNodes.NodeCount - 1 <= IComputeBackend.MaxGatherInts)
+        if (tree.Fixed is { } fixedNodes && fixedNodes.NodeCount - 1 <= IComputeBackend.MaxGatherInts && DeviceGuesses)
         {
             // A fixed tree's node tokens are picked from the heads' top-k on the device: the step after the heads queues
             // its forward without waiting for their guesses, and reads them back after its own argmax.
@@ -90,6 +90,11 @@ internal sealed class MedusaDecoder : SequenceDecoder
             _ownMasks = [];
         }
     }
+
+    /// <summary>Environment variable: 0 reads a fixed tree's guesses right after the heads, as dynamic trees do (to time what keeping them on the device buys).</summary>
+    public const string DeviceGuessesVariable = "ILGPU_MEDUSA_DEVICE_GUESSES";
+
+    private static readonly bool DeviceGuesses = Environment.GetEnvironmentVariable(DeviceGuessesVariable)?.Trim() is not "0";
 
     /// <summary>Makes <paramref name="topology"/> the tree of the next step (its mask already on the device, or uploaded into this decoder's).</summary>
     private void UseTree(TreeTopology topology, DeviceTensor? mask)
