@@ -319,7 +319,18 @@ def summarize_bench(doc):
             "mean_accepted": number(medusa.get("mean_accepted")), "head_hit_rates": medusa.get("head_hit_rates"),
             "identical_to_autoregressive": medusa.get("identical_to_autoregressive"),
             "ms_per_step": {"ar": number(ar.get("ms_per_step")), "medusa": number(medusa.get("ms_per_step"))},
+            "host_waits_per_step": {"ar": number(ar.get("host_waits_per_step")), "medusa": number(medusa.get("host_waits_per_step"))},
+            "host_drains_per_step": {"ar": number(ar.get("host_drains_per_step")), "medusa": number(medusa.get("host_drains_per_step"))},
             "prefill_tokens_per_second_median": number(doc.get("prefill_tokens_per_second_median"))}
+
+
+def waits_text(b):
+    """", host waits (drains) per step AR a (b), Medusa c (d)" when the bench counted them (ILGPU devices), else ""."""
+    w, d = (b or {}).get("host_waits_per_step") or {}, (b or {}).get("host_drains_per_step") or {}
+    if w.get("ar") is None:
+        return ""
+    return (f"; host waits (drains) per step: AR {fmt(w['ar'], 2)} ({fmt(d.get('ar'), 2)}),"
+            f" Medusa {fmt(w.get('medusa'), 2)} ({fmt(d.get('medusa'), 2)})")
 
 
 def summarize_demo(raw, steps, device):
@@ -405,12 +416,12 @@ def demo_table(demo, created, gpu, commit):
         lines.append(f"  bench on {label} ({b['prompts']} prompts x {b['max_tokens']} tokens, heads {heads}):"
                      f" AR {fmt(b['ar_tokens_per_second'])} tok/s, {b['tree'] or 'medusa'} {fmt(b['medusa_tokens_per_second'])}"
                      f" tok/s ({x(b['medusa_over_ar'])}), mean accepted {fmt(b['mean_accepted'], 2)},"
-                     f" identical to AR {b['identical_to_autoregressive']}")
+                     f" identical to AR {b['identical_to_autoregressive']}" + waits_text(b))
     cu, b0 = demo.get("bench_device_copy_uploads"), demo["bench_device"]
     if cu:
         lines.append(f"  same bench with the old waits (ILGPU_MEDUSA_SMALL_UPLOADS=0 ILGPU_MEDUSA_DEVICE_GUESSES=0):"
                      f" AR {fmt(cu['ar_tokens_per_second'])} tok/s, {cu['tree'] or 'medusa'} {fmt(cu['medusa_tokens_per_second'])}"
-                     f" tok/s ({x(cu['medusa_over_ar'])}); fewer waits buy AR"
+                     f" tok/s ({x(cu['medusa_over_ar'])}){waits_text(cu)}; fewer waits buy AR"
                      f" {x(ratio((b0 or {}).get('ar_tokens_per_second'), cu['ar_tokens_per_second']))},"
                      f" Medusa {x(ratio((b0 or {}).get('medusa_tokens_per_second'), cu['medusa_tokens_per_second']))}")
     sw = demo.get("sweep_device")

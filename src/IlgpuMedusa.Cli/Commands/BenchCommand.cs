@@ -125,6 +125,8 @@ internal static class BenchCommand
         public readonly List<double> PrefillRates = [];
         public int Identical;
         public int Compared;
+        public long Waits;
+        public long Drains;
     }
 
     private static Dictionary<string, object> Measure(InferenceEngine engine, string[] prompts, List<Configuration> configurations, int maxTokens, int passes, int warmup,
@@ -147,9 +149,13 @@ internal static class BenchCommand
                 var options = new GenerationOptions { MaxTokens = maxTokens, Sampling = Sampling.Greedy, UseMedusa = config.Tree is not null, Tree = config.Tree };
                 var stats = new GenerationStats();
                 var tokens = new List<int>(maxTokens);
+                var device = engine.Backend as Compute.Ilgpu.IlgpuBackend;
+                long waits = device?.HostWaits ?? 0, drains = device?.HostDrains ?? 0;
                 foreach (var piece in engine.Generate(encoded[index], options, stats, cancellationToken)) tokens.AddRange(piece.TokenIds);
                 if (!counted) continue;
                 var t = totals[c];
+                t.Waits += (device?.HostWaits ?? 0) - waits;
+                t.Drains += (device?.HostDrains ?? 0) - drains;
                 t.Generated += stats.GeneratedTokens;
                 t.DecodeSeconds += stats.DecodeSeconds;
                 t.DecodeSteps += stats.Steps;
@@ -191,6 +197,13 @@ internal static class BenchCommand
                 ["speedup"] = Math.Round(rate / Math.Max(baseline, 1e-9), 3),
                 ["ms_per_step"] = Math.Round(1000 * t.DecodeSeconds / Math.Max(1, t.DecodeSteps), 3),
             };
+            if (engine.Backend is Compute.Ilgpu.IlgpuBackend)
+            {
+                // How often the host waited for the device, and how often that drained queued work, per decode step (the
+                // prefill's few waits included): each drain leaves a GPU idle until the host queues the next launches.
+                row["host_waits_per_step"] = Math.Round(t.Waits / (double)Math.Max(1, t.DecodeSteps), 3);
+                row["host_drains_per_step"] = Math.Round(t.Drains / (double)Math.Max(1, t.DecodeSteps), 3);
+            }
             if (config.Tree is not null)
             {
                 double meanAccepted = t.MedusaSteps == 0 ? 0 : (double)t.MedusaTokens / t.MedusaSteps;
