@@ -173,11 +173,9 @@ internal static class Shapes
         int count = indices.Length;
         Require((long)output.Rows * output.Columns == count && count <= IComputeBackend.MaxGatherInts, nameof(GatherInts),
             () => $"output {output.ShapeText} for {count} indices: expected as many elements, at most {IComputeBackend.MaxGatherInts}");
-        foreach (int i in indices)
-        {
-            int index = i;
-            Require(index >= 0 && index < length, nameof(GatherInts), () => $"index {index} outside source {source.ShapeText}");
-        }
+        foreach (int index in indices)
+            if (index < 0 || index >= length) // a plain check: a message lambda here would allocate on every decode step
+                throw new ArgumentException($"{nameof(GatherInts)}: index {index} outside source {source.ShapeText}");
     }
 
     public static void KvCompact(KvCacheLayout layout, DeviceTensor blockTable, DeviceTensor sources, int destinationStart)

@@ -81,12 +81,8 @@ public class ShippedHeadsTests
     [Fact]
     public void BenchAlternatesAutoregressiveAndMedusaAndReportsAcceptance()
     {
-        var dir = TestModels.TempDirectory("bench");
-        DemoModel.InstallShippedHeads(dir);
-        var prompts = Path.Combine(dir, "prompts.txt");
-        File.WriteAllText(prompts, "# two prompts\nThe old bear sat by the river and\nMia found a tiny blue key under her bed.\n");
-        var result = CliRunner.Run("bench", "--model", TestModels.Stories15MDirectory, "--device", "host", "--heads", Path.Combine(dir, MedusaHeadsCheckpoint.ReleasedFileName),
-            "--prompts", prompts, "--max-tokens", "24", "--warmup", "1", "--tree", "chain-2", "--json");
+        var result = CliRunner.Run(BenchArguments("# two prompts\nThe old bear sat by the river and\nMia found a tiny blue key under her bed.\n",
+            "--max-tokens", "24", "--warmup", "1", "--tree", "chain-2", "--json"));
         Assert.True(result.ExitCode == 0, result.StandardError);
         using var json = JsonDocument.Parse(result.StandardOutput);
         var root = json.RootElement;
@@ -106,13 +102,8 @@ public class ShippedHeadsTests
     [Fact]
     public void SweepRecommendsOneOfTheMeasuredTrees()
     {
-        var dir = TestModels.TempDirectory("bench");
-        DemoModel.InstallShippedHeads(dir);
-        var prompts = Path.Combine(dir, "prompts.txt");
-        File.WriteAllText(prompts, "The old bear sat by the river and\n");
         var trees = Path.Combine(TestModels.RepositoryRoot, "heads", "trees");
-        var result = CliRunner.Run("bench", "--model", TestModels.Stories15MDirectory, "--device", "host", "--heads", Path.Combine(dir, MedusaHeadsCheckpoint.ReleasedFileName),
-            "--prompts", prompts, "--max-tokens", "8", "--warmup", "0", "--sweep-trees", "--tree", trees);
+        var result = CliRunner.Run(BenchArguments("The old bear sat by the river and\n", "--max-tokens", "8", "--warmup", "0", "--sweep-trees", "--tree", trees));
         Assert.True(result.ExitCode == 0, result.StandardError);
         Assert.Contains("recommended tree on this device:", result.StandardOutput);
         foreach (var preset in new[] { "mc_sim_7b_63", "tree-8", "chain-1", "chain-4" }) Assert.Contains("medusa " + preset, result.StandardOutput);
@@ -127,12 +118,7 @@ public class ShippedHeadsTests
     [Fact]
     public void BenchSaysWhenNoTreeBeatsAutoregressiveDecoding()
     {
-        var dir = TestModels.TempDirectory("bench-slow");
-        DemoModel.InstallShippedHeads(dir);
-        var prompts = Path.Combine(dir, "prompts.txt");
-        File.WriteAllText(prompts, "The old bear sat by the river and\n");
-        string[] common = ["bench", "--model", TestModels.Stories15MDirectory, "--device", "host", "--heads", Path.Combine(dir, MedusaHeadsCheckpoint.ReleasedFileName),
-            "--prompts", prompts, "--max-tokens", "24", "--warmup", "0", "--tree", "mc_sim_7b_63"];
+        string[] common = BenchArguments("The old bear sat by the river and\n", "--max-tokens", "24", "--warmup", "0", "--tree", "mc_sim_7b_63");
         var text = CliRunner.Run(common);
         Assert.True(text.ExitCode == 0, text.StandardError);
         Assert.Contains("no Medusa tree measured here decoded faster than autoregressive decoding", text.StandardOutput);
@@ -141,5 +127,16 @@ public class ShippedHeadsTests
         using var doc = JsonDocument.Parse(json.StandardOutput);
         Assert.False(doc.RootElement.GetProperty("medusa_pays_off").GetBoolean());
         Assert.True(doc.RootElement.GetProperty("configurations")[1].GetProperty("speedup").GetDouble() < 1);
+    }
+
+    /// <summary>`bench` on the demo model on the host with the shipped heads (installed into a temporary folder) and these prompts.</summary>
+    private static string[] BenchArguments(string prompts, params string[] options)
+    {
+        var dir = TestModels.TempDirectory("bench");
+        DemoModel.InstallShippedHeads(dir);
+        var file = Path.Combine(dir, "prompts.txt");
+        File.WriteAllText(file, prompts);
+        return ["bench", "--model", TestModels.Stories15MDirectory, "--device", "host", "--heads", Path.Combine(dir, MedusaHeadsCheckpoint.ReleasedFileName),
+            "--prompts", file, .. options];
     }
 }
