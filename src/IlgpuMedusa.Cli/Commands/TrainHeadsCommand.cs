@@ -33,6 +33,10 @@ internal static class TrainHeadsCommand
             Description = "true: each head first attends to the keys and values the base model's last layer cached for the text so far (needs --next-token).",
             DefaultValueFactory = _ => defaults.ContextAttention,
         };
+        var previousToken = new Option<bool>("--previous-token")
+        {
+            Description = "Experimental: each head after the first also takes the embedding of the token before its target, at run time the previous head's guess (Hydra-style). The decoder cannot use such heads yet: generate and bench refuse the file.",
+        };
         var softLabels = new Option<float>("--soft-labels")
         {
             Description = "α: each head also learns the base model's own distribution at the position before its target, weighted α against the target itself (0: targets only).",
@@ -66,7 +70,7 @@ internal static class TrainHeadsCommand
         var dtype = new Option<string>("--dtype") { Description = "Element type of the written heads: f16, bf16 or f32.", DefaultValueFactory = _ => "f16" };
         var command = new Command("train-heads", "Train Medusa heads for a model on the CPU (frozen backbone, self-distillation by default).")
         {
-            model, output, heads, layers, shared, nextToken, contextAttention, softLabels, learningRate, weightDecay, batch, epochs, steps, seed, data, tokens, evalTokens, distill, prefixTokens, prefixMin, explore,
+            model, output, heads, layers, shared, nextToken, contextAttention, previousToken, softLabels, learningRate, weightDecay, batch, epochs, steps, seed, data, tokens, evalTokens, distill, prefixTokens, prefixMin, explore,
             shortlist, temperature, streams, initScale, threads, dtype,
         };
         command.Subcommands.Add(CreateGrowTrees());
@@ -80,6 +84,7 @@ internal static class TrainHeadsCommand
                 SharedLmHead = parse.GetValue(shared),
                 NextTokenInput = parse.GetValue(nextToken),
                 ContextAttention = parse.GetValue(contextAttention),
+                PreviousTokenInput = parse.GetValue(previousToken),
                 SoftLabels = parse.GetValue(softLabels),
                 LearningRate = parse.GetValue(learningRate),
                 WeightDecay = parse.GetValue(weightDecay),
@@ -223,6 +228,7 @@ internal static class TrainHeadsCommand
             Console.WriteLine(string.Create(inv,
                 $"{h,4}  t+{h + 2,-7} {b.Top1Accuracy,6:P1} -> {a.Top1Accuracy,6:P1}  {b.Top5Accuracy,6:P1} -> {a.Top5Accuracy,6:P1}  {b.Loss,5:0.00} -> {a.Loss,5:0.00}"));
         }
+        Console.WriteLine(string.Create(inv, $"a chain of the heads' best guesses: {report.ChainTokensPerStep:0.000} tokens per step on the held-out text"));
         Console.WriteLine(string.Create(inv, $"wrote {report.OutputPath} ({new FileInfo(report.OutputPath).Length / 1024.0:0} KiB)"));
     }
 

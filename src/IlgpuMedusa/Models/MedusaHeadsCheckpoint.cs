@@ -16,7 +16,7 @@ public sealed class MedusaHeadWeights
     /// (shortlist length or <paramref name="vocabSize"/>) · D values.
     /// </summary>
     public MedusaHeadWeights(int hiddenSize, float[][][] linear, float[][][] bias, float[][]? lmHeads, int vocabSize, int[]? shortlist = null,
-        float[][]? nextToken = null, float[][]? contextQuery = null, float[][]? contextOutput = null)
+        float[][]? nextToken = null, float[][]? contextQuery = null, float[][]? contextOutput = null, float[][]? previousToken = null)
     {
         if ((contextQuery is null) != (contextOutput is null))
             throw new ArgumentException("context attention needs both a query and an output matrix per head");
@@ -42,6 +42,9 @@ public sealed class MedusaHeadWeights
         if (nextToken is not null && lmHeads is not null)
             throw new ArgumentException("next-token inputs are for heads that share the base lm_head");
         NextToken = nextToken;
+        if (previousToken is not null && (nextToken is null || previousToken.Length != linear.Length || previousToken.Any(r => r.Length != (long)hiddenSize * hiddenSize)))
+            throw new ArgumentException($"previous-token inputs need next-token inputs and one [{hiddenSize}, {hiddenSize}] matrix per head");
+        PreviousToken = previousToken;
         if (shortlist is not null) VocabularyShortlist.Check(shortlist, vocabSize, "the shortlist");
         Shortlist = shortlist;
         if (lmHeads is not null && lmHeads.Any(lm => lm.Length != (long)LmHeadRows * hiddenSize))
@@ -73,6 +76,11 @@ public sealed class MedusaHeadWeights
     /// </summary>
     public float[][]? NextToken { get; }
     /// <summary>
+    /// [head] → R, row-major [D, D], or null. Experimental (Hydra-style): head i ≥ 1 also adds R·e(x_{t+1+i}), the input
+    /// embedding of the token just before its target (at run time the previous head's guess); head 0's R is unused.
+    /// </summary>
+    public float[][]? PreviousToken { get; }
+    /// <summary>
     /// [head] → W_q, row-major [A, D] (A = query heads · head dim of the base model), or null. With it a head attends to
     /// the base model's context before its ResBlocks: z₀ ← z₀ + W_o · attention(rope(W_q z₀), K, V), where K and V are the
     /// keys and values the base model's last layer cached for the committed tokens x_0..x_t, and the query sits at the
@@ -90,7 +98,7 @@ public sealed class MedusaHeadWeights
     /// with a <paramref name="shortlist"/>), otherwise shared.
     /// </summary>
     public static MedusaHeadWeights CreateRandom(ModelConfig config, int heads, int layers, int seed, float scale = 0.02f, float[]? baseClassifier = null, int[]? shortlist = null,
-        bool nextToken = false, bool context = false)
+        bool nextToken = false, bool context = false, bool previousToken = false)
     {
         var random = new Random(seed);
         int d = config.Dim;
@@ -109,16 +117,17 @@ public sealed class MedusaHeadWeights
         }
         float[]? start = baseClassifier is null ? null : shortlist is null ? baseClassifier : VocabularyShortlist.GatherRows(baseClassifier, d, shortlist);
         float[][]? lmHeads = start is null ? null : Enumerable.Range(0, heads).Select(_ => (float[])start.Clone()).ToArray();
-        float[][]? next = null;
-        if (nextToken)
+        float[][]? Projections()
         {
-            next = new float[heads][];
+            var p = new float[heads][];
             for (int h = 0; h < heads; h++)
             {
-                next[h] = new float[d * d];
-                for (int i = 0; i < next[h].Length; i++) next[h][i] = scale * Gaussian(random);
+                p[h] = new float[d * d];
+                for (int i = 0; i < p[h].Length; i++) p[h][i] = scale * Gaussian(random);
             }
+            return p;
         }
+        float[][]? next = nextToken ? Projections() : null;
         float[][]? query = null, output = null;
         if (context)
         {
@@ -132,7 +141,8 @@ public sealed class MedusaHeadWeights
             query = Enumerable.Range(0, heads).Select(_ => Matrix()).ToArray();
             output = Enumerable.Range(0, heads).Select(_ => Matrix()).ToArray();
         }
-        return new MedusaHeadWeights(d, linear, bias, lmHeads, config.VocabSize, shortlist, next, query, output);
+        float[][]? previous = previousToken ? Projections() : null;
+        return new MedusaHeadWeights(d, linear, bias, lmHeads, config.VocabSize, shortlist, next, query, output, previous);
     }
 
     private static float Gaussian(Random random)
@@ -270,6 +280,9 @@ public sealed class MedusaHeadsCheckpoint : IDisposable
     /// <summary>Name of head <paramref name="head"/>'s next-token input matrix.</summary>
     public static string NextTokenTensor(int head) => $"{head}.next_token.weight";
 
+    /// <summary>Name of head <paramref name="head"/>'s previous-token projection R (heads 1 and up; see <see cref="MedusaHeadWeights.PreviousToken"/>).</summary>
+    public static string PreviousTokenTensor(int head) => $"{head}.previous_token.weight";
+
     /// <summary>W_q of a head's context attention [A, D].</summary>
     public TensorData ContextQuery(int head) => HasContextAttention
         ? _file.Tensors[ContextQueryTensor(head)]
@@ -325,6 +338,9 @@ public sealed class MedusaHeadsCheckpoint : IDisposable
         int heads = 0;
         while (t.ContainsKey(layers == 0 ? $"{heads}.0.weight" : $"{heads}.0.linear.weight")) heads++;
         if (heads == 0) throw Bad("no tensor named 0.0.linear.weight (or 0.0.weight)");
+        if (t.Keys.FirstOrDefault(k => k.EndsWith(".previous_token.weight", StringComparison.Ordinal)) is { } previous)
+            throw new InvalidDataException($"{file.Path}: Medusa tensor '{previous}': these heads were trained with the experimental previous-token input " +
+                "(train-heads --previous-token), which the decoder does not use yet; train without it to decode with them.");
         bool nextToken = t.ContainsKey(NextTokenTensor(0));
         if (nextToken && !shared)
             throw new InvalidDataException($"{file.Path}: Medusa tensor '{NextTokenTensor(0)}': next-token inputs are only for heads sharing the base lm_head (compact format).");
@@ -440,6 +456,7 @@ public sealed class MedusaHeadsCheckpoint : IDisposable
             ["hidden_size"] = weights.HiddenSize.ToString(CultureInfo.InvariantCulture),
             ["next_token_input"] = weights.NextToken is null ? "false" : "true",
             ["context_attention"] = weights.ContextQuery is null ? "false" : "true",
+            ["previous_token_input"] = weights.PreviousToken is null ? "false" : "true",
             ["base_model_signature"] = baseModel.ToString(),
         };
         if (weights.Shortlist is { } shortlist) meta["shortlist_size"] = shortlist.Length.ToString(CultureInfo.InvariantCulture);
@@ -464,6 +481,7 @@ public sealed class MedusaHeadsCheckpoint : IDisposable
                 }
                 if (weights.LmHeads is { } lm) Add($"{h}.{weights.LayerCount}.weight", lm[h], weights.LmHeadRows, d);
                 if (weights.NextToken is { } next) Add(NextTokenTensor(h), next[h], d, d);
+                if (weights.PreviousToken is { } previous && h > 0) Add(PreviousTokenTensor(h), previous[h], d, d);
                 if (weights.ContextQuery is { } query)
                 {
                     Add(ContextQueryTensor(h), query[h], weights.ContextWidth, d);

@@ -87,6 +87,24 @@ public sealed class MedusaHeadsFileTests : IDisposable
     }
 
     [Fact]
+    public void PreviousTokenHeadsAreWrittenButRefusedForDecoding()
+    {
+        var weights = MedusaHeadWeights.CreateRandom(Config, heads: 3, layers: 1, seed: 2, scale: 0.1f, nextToken: true, previousToken: true);
+        var path = Path.Combine(_directory, "previous.safetensors");
+        MedusaHeadsCheckpoint.Write(path, weights, Signature);
+        using (var raw = SafetensorsFile.Open(path, allowI32: true))
+        {
+            Assert.Equal("true", raw.Metadata["previous_token_input"]);
+            Assert.False(raw.Tensors.ContainsKey(MedusaHeadsCheckpoint.PreviousTokenTensor(0))); // head 0 has none
+            Assert.Equal([D, D], raw.Tensors[MedusaHeadsCheckpoint.PreviousTokenTensor(2)].Shape);
+        }
+        var e = Assert.Throws<InvalidDataException>(() => MedusaHeadsCheckpoint.Open(path).Dispose());
+        Assert.Contains(path, e.Message);
+        Assert.Contains("previous-token", e.Message);
+        Assert.Throws<ArgumentException>(() => MedusaHeadWeights.CreateRandom(Config, 1, 1, seed: 2, previousToken: true)); // needs next-token inputs
+    }
+
+    [Fact]
     public void HeadsWithoutAShortlistHaveNone()
     {
         var path = Path.Combine(_directory, "full.safetensors");

@@ -185,6 +185,19 @@ public sealed class ShortlistHeadsTests : IDisposable
         var trained = HeadTrainer.Train(corpus, heldOutCorpus, classifier, c, options, shortlist, embedding);
         Assert.True(trained.After[0].Loss < trained.Before[0].Loss - 0.5, $"head 0's held-out loss {trained.Before[0].Loss:0.00} -> {trained.After[0].Loss:0.00}");
         Assert.Equal(shortlist, trained.Weights.Shortlist);
+        // A chain of the heads' best guesses gains head 0's hits at least, and at most every head's.
+        double first = trained.After[0].Top1Accuracy, all = trained.After.Sum(s => (double)s.Top1 / trained.After[0].Count);
+        Assert.InRange(trained.ChainTokensPerStep - 1, first - 1e-9, all + 1e-9);
+        Assert.True(trained.ChainTokensPerStep > 1 + first, $"chain {trained.ChainTokensPerStep:0.000}: head 1 never extended head 0's hits (top-1 {first:P1})");
+
+        if (nextToken && !context)
+        {
+            // The experimental previous-token input: head 1 knows the token its target follows, and does better.
+            var hydra = HeadTrainer.Train(corpus, heldOutCorpus, classifier, c, options with { PreviousTokenInput = true }, shortlist, embedding);
+            Assert.Equal(trained.After[0].Loss, hydra.After[0].Loss, 4); // head 0 is the same head
+            Assert.True(hydra.After[1].Loss < trained.After[1].Loss - 0.1, $"head 1's held-out loss: {trained.After[1].Loss:0.000} without, {hydra.After[1].Loss:0.000} with the previous token");
+            Assert.True(hydra.ChainTokensPerStep > trained.ChainTokensPerStep, $"chain {trained.ChainTokensPerStep:0.000} without, {hydra.ChainTokensPerStep:0.000} with");
+        }
 
         var path = Path.Combine(_directory, "trained.safetensors");
         MedusaHeadsCheckpoint.Write(path, trained.Weights, model.Signature, storeAs: DType.F16);

@@ -20,7 +20,7 @@ public class HeadGradientTests
     /// mean over positions with a target the rows score of logsumexp(logits) − logits[y].
     /// </summary>
     private static double ReferenceLoss(double[][] w, double[][] b, double[] u, double[] hidden, int[] targets, int[]? shortlist,
-        double[]? p = null, double[]? embedding = null, int[]? next = null)
+        double[]? p = null, double[]? embedding = null, int[]? next = null, double[]? previousProjection = null, int[]? previous = null)
     {
         double total = 0;
         int count = 0;
@@ -33,6 +33,9 @@ public class HeadGradientTests
             if (p is not null)
                 for (int o = 0; o < D; o++)
                     for (int i = 0; i < D; i++) z[o] += p[o * D + i] * embedding![next![r] * D + i]; // z₀ = h + P e(x_{t+1})
+            if (previousProjection is not null && previous![r] >= 0)
+                for (int o = 0; o < D; o++)
+                    for (int i = 0; i < D; i++) z[o] += previousProjection[o * D + i] * embedding![previous[r] * D + i]; // + R e(x_{t+1+i})
             for (int l = 0; l < w.Length; l++)
             {
                 var after = new double[D];
@@ -198,6 +201,64 @@ public class HeadGradientTests
             Assert.True(Math.Abs(heads.LinearGradient[0][0][i] - numeric) <= 2e-5 + 1e-3 * Math.Abs(numeric),
                 $"W[{i}]: analytic {heads.LinearGradient[0][0][i]:G6}, finite difference {numeric:G6}");
         }
+    }
+
+    /// <summary>
+    /// The experimental previous-token input (head i ≥ 1 adds R e(y_{i−1}), y_{i−1} the token before its target): ∂R, ∂P,
+    /// ∂W and ∂b of head 1 against finite differences of the double-precision loss; head 0 ignores R entirely.
+    /// </summary>
+    [Fact]
+    public void PreviousTokenGradientsMatchFiniteDifferences()
+    {
+        var random = new Random(77);
+        float Normal(double scale) => (float)(scale * Math.Sqrt(-2 * Math.Log(1 - random.NextDouble())) * Math.Cos(2 * Math.PI * random.NextDouble()));
+        var config = new ModelConfig { Dim = D, HiddenDim = 2 * D, Layers = 1, Heads = 2, KvHeads = 2, VocabSize = V, MaxSequenceLength = 16 };
+        var classifier = Enumerable.Range(0, V * D).Select(_ => Normal(0.5)).ToArray();
+        var weights = MedusaHeadWeights.CreateRandom(config, Heads, 1, seed: 5, scale: 0.3f, shortlist: Shortlist, nextToken: true, previousToken: true);
+        for (int i = 0; i < D; i++) weights.Bias[1][0][i] = Normal(0.2);
+        var embedding = Enumerable.Range(0, V * D).Select(_ => Normal(0.7)).ToArray();
+        var hidden = Enumerable.Range(0, M * D).Select(_ => Normal(1)).ToArray();
+        int[] next = [4, 0, 22, 13, 4, 9, 17];
+        int[] previous = [3, 0, -1, 22, 7, 5, 11]; // head 0's targets: the token before head 1's
+        int[] targets = [5, 2, -1, 9, 0, 18, 13];  // 18 is outside the shortlist
+        var heads = new TrainableHeads(weights, classifier, threads: 2, embedding);
+
+        // Head 0 takes no previous token: the same loss whatever is passed, and its R gets no gradient.
+        var plain = heads.Evaluate(0, hidden, next, previous);
+        var given = heads.Evaluate(0, hidden, next, previous, null, [1, 2, 3, 4, 5, 6, 7]);
+        Assert.Equal(plain.Loss, given.Loss);
+        Assert.Throws<ArgumentException>(() => heads.Backward(1, hidden, next, targets)); // head 1 needs them
+
+        var score = heads.Backward(1, hidden, next, targets, null, default, 0, previous);
+        var w = new[] { weights.Linear[1][0].Select(v => (double)v).ToArray() };
+        var b = new[] { weights.Bias[1][0].Select(v => (double)v).ToArray() };
+        var u = Shortlist.SelectMany(t => classifier.AsSpan(t * D, D).ToArray()).Select(v => (double)v).ToArray();
+        var x = hidden.Select(v => (double)v).ToArray();
+        var p = weights.NextToken![1].Select(v => (double)v).ToArray();
+        var r = weights.PreviousToken![1].Select(v => (double)v).ToArray();
+        var e = embedding.Select(v => (double)v).ToArray();
+        double Loss() => ReferenceLoss(w, b, u, x, targets, Shortlist, p, e, next, r, previous);
+        Assert.True(Math.Abs(score.Loss - Loss()) < 1e-4, $"loss {score.Loss} vs reference {Loss()}");
+        void Check(double[] parameters, float[] analytic, string name)
+        {
+            const double Epsilon = 1e-5;
+            for (int i = 0; i < parameters.Length; i++)
+            {
+                double keep = parameters[i];
+                parameters[i] = keep + Epsilon;
+                double up = Loss();
+                parameters[i] = keep - Epsilon;
+                double down = Loss();
+                parameters[i] = keep;
+                double numeric = (up - down) / (2 * Epsilon);
+                Assert.True(Math.Abs(analytic[i] - numeric) <= 2e-5 + 1e-3 * Math.Abs(numeric), $"{name}[{i}]: analytic {analytic[i]:G6}, finite difference {numeric:G6}");
+            }
+        }
+        Check(r, heads.PreviousTokenGradient![1], "R");
+        Check(p, heads.NextTokenGradient![1], "P");
+        Check(w[0], heads.LinearGradient[1][0], "W0");
+        Check(b[0], heads.BiasGradient[1][0], "b0");
+        Assert.All(heads.PreviousTokenGradient[0], g => Assert.Equal(0f, g));
     }
 
     [Fact]

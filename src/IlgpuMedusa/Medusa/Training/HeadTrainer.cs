@@ -46,6 +46,8 @@ public sealed record HeadTrainingReport
     public required IReadOnlyList<HeadScore> Before { get; init; }
     /// <summary>Held-out score of each head after training.</summary>
     public required IReadOnlyList<HeadScore> After { get; init; }
+    /// <summary>Held-out tokens per step of a chain of every head's best guess: 1 + the mean number of leading heads that were right.</summary>
+    public double ChainTokensPerStep { get; init; }
 }
 
 /// <summary>Heads fresh from <see cref="HeadTrainer.Train"/>.</summary>
@@ -55,7 +57,11 @@ public sealed record HeadTrainingReport
 /// <param name="Seconds">Seconds in the optimizer loop.</param>
 /// <param name="Before">Held-out score of each head before training.</param>
 /// <param name="After">Held-out score of each head after training.</param>
-public sealed record TrainedHeads(MedusaHeadWeights Weights, int Steps, double Epochs, double Seconds, IReadOnlyList<HeadScore> Before, IReadOnlyList<HeadScore> After);
+public sealed record TrainedHeads(MedusaHeadWeights Weights, int Steps, double Epochs, double Seconds, IReadOnlyList<HeadScore> Before, IReadOnlyList<HeadScore> After)
+{
+    /// <summary>Held-out tokens per step of a chain of every head's best guess (1 + the leading heads that were right), after training.</summary>
+    public double ChainTokensPerStep { get; init; }
+}
 
 /// <summary>
 /// Trains Medusa heads for a model on the host: makes the data (self-distillation or a text file) and held-out text,
@@ -142,6 +148,7 @@ public static class HeadTrainer
             TrainingSeconds = trained.Seconds,
             Before = trained.Before,
             After = trained.After,
+            ChainTokensPerStep = trained.ChainTokensPerStep,
         };
         MedusaHeadsCheckpoint.Write(outputPath, trained.Weights, model.Signature, Metadata(report, options, command), storeAs);
         return report;
@@ -172,14 +179,14 @@ public static class HeadTrainer
         if (options.ContextAttention && (corpus.Context is null || heldOut.Context is null))
             throw new ArgumentException("heads with context attention train on text that carries the last layer's cached keys and values (DistillationPolicy.LastLayerKv)");
         var weights = MedusaHeadWeights.CreateRandom(config, options.Heads, options.Layers, options.Seed, options.InitScale, options.SharedLmHead ? null : classifier, shortlist,
-            options.UsesNextToken, options.ContextAttention);
+            options.UsesNextToken, options.ContextAttention, options.PreviousTokenInput);
         var heads = new TrainableHeads(weights, classifier, threads, options.UsesNextToken ? embedding ?? classifier : null, options.ContextAttention ? ContextShape.Of(config) : null);
         var before = Evaluate(heads, heldOut, options.BatchSize, progress, "scoring the initial heads", cancellationToken);
         var clock = Stopwatch.StartNew();
         var (steps, epochs) = Optimize(heads, corpus, options, threads, progress, cancellationToken);
         double seconds = clock.Elapsed.TotalSeconds;
         var after = Evaluate(heads, heldOut, options.BatchSize, progress, "scoring the trained heads", cancellationToken);
-        return new TrainedHeads(weights, steps, epochs, seconds, before, after);
+        return new TrainedHeads(weights, steps, epochs, seconds, before, after) { ChainTokensPerStep = LastChainTokensPerStep };
     }
 
     /// <summary>
@@ -254,6 +261,7 @@ public static class HeadTrainer
             }
             if (w.LmHeads is { } lm) tensors.Add((lm[h], heads.LmHeadGradient![h], true));
             if (w.NextToken is { } next) tensors.Add((next[h], heads.NextTokenGradient![h], true));
+            if (w.PreviousToken is { } previous && h > 0) tensors.Add((previous[h], heads.PreviousTokenGradient![h], true));
             if (w.ContextQuery is { } query)
             {
                 tensors.Add((query[h], heads.ContextQueryGradient![h], true));
@@ -295,7 +303,7 @@ public static class HeadTrainer
             {
                 if (options.SoftLabels > 0) corpus.Teachers!.Teacher(order.AsSpan(cursor - m, m), h, targets[h].AsSpan(0, m), teacher, d);
                 var score = heads.Backward(h, hidden.AsSpan(0, m * d), nextTokens.AsSpan(0, m), targets[h].AsSpan(0, m), context,
-                    teacher.AsSpan(0, options.SoftLabels > 0 ? m * d : 0), options.SoftLabels);
+                    teacher.AsSpan(0, options.SoftLabels > 0 ? m * d : 0), options.SoftLabels, h > 0 && w.PreviousToken is not null ? targets[h - 1].AsSpan(0, m) : default);
                 if (score.Count > 0) recent[h] = step == 0 ? score.Loss : 0.95 * recent[h] + 0.05 * score.Loss;
             }
             optimizer.Step(AdamW.Schedule(step, total, options.LearningRate));
@@ -312,6 +320,9 @@ public static class HeadTrainer
         return (total, (double)positions / corpus.Positions);
     }
 
+    /// <summary>1 + the mean number of leading heads whose best token was the target, in the last <see cref="Evaluate"/>.</summary>
+    internal static double LastChainTokensPerStep { get; private set; }
+
     /// <summary>Scores every head on the held-out positions.</summary>
     internal static HeadScore[] Evaluate(TrainableHeads heads, TrainingCorpus corpus, int batch, IProgress<HeadTrainingProgress>? progress, string stage,
         CancellationToken cancellationToken)
@@ -319,6 +330,8 @@ public static class HeadTrainer
         int k = corpus.HeadCount, d = corpus.Dim;
         var scores = new HeadScore[k];
         var targets = new int[batch];
+        var previous = new int[batch];
+        var chain = new int[corpus.Positions]; // leading heads whose best token is the target
         var clock = Stopwatch.StartNew();
         for (int start = 0; start < corpus.Positions; start += batch)
         {
@@ -329,12 +342,18 @@ public static class HeadTrainer
             for (int h = 0; h < k; h++)
             {
                 for (int r = 0; r < m; r++) targets[r] = corpus.Targets[(start + r) * k + h];
-                scores[h].Add(heads.Evaluate(h, hidden, corpus.Next.AsSpan(start, m), targets.AsSpan(0, m), context));
+                scores[h].Add(heads.Evaluate(h, hidden, corpus.Next.AsSpan(start, m), targets.AsSpan(0, m), context,
+                    h > 0 && heads.Weights.PreviousToken is not null ? previous.AsSpan(0, m) : default));
+                var ranks = heads.LastRanks;
+                for (int r = 0; r < m; r++)
+                    if (chain[start + r] == h && ranks[r] == 0) chain[start + r] = h + 1;
+                targets.AsSpan(0, m).CopyTo(previous);
             }
             double done = (double)(start + m) / corpus.Positions;
             progress?.Report(new HeadTrainingProgress(stage, done, (start + m) / clock.Elapsed.TotalSeconds, null,
                 TimeSpan.FromSeconds(clock.Elapsed.TotalSeconds * (1 - done) / done)));
         }
+        LastChainTokensPerStep = corpus.Positions == 0 ? 0 : 1 + chain.Average();
         return scores;
     }
 
@@ -363,6 +382,7 @@ public static class HeadTrainer
             ["heldout_top1"] = JsonSerializer.Serialize(report.After.Select(s => Math.Round(s.Top1Accuracy, 4))),
             ["heldout_top5"] = JsonSerializer.Serialize(report.After.Select(s => Math.Round(s.Top5Accuracy, 4))),
             ["heldout_loss"] = JsonSerializer.Serialize(report.After.Select(s => Math.Round(s.Loss, 4))),
+            ["heldout_chain_tokens_per_step"] = Number(report.ChainTokensPerStep),
             ["heldout_outside_shortlist"] = JsonSerializer.Serialize(report.After.Select(s => s.Count == 0 ? 0 : Math.Round((double)s.Outside / s.Count, 4))),
         };
         return meta;

@@ -35,6 +35,12 @@ public sealed record HeadTrainingOptions
     public bool ContextAttention { get; init; }
 
     /// <summary>
+    /// Experimental (Hydra-style): head i ≥ 1 also takes the input embedding of the token just before its target (at run
+    /// time the previous head's guess); needs the next-token input.
+    /// </summary>
+    public bool PreviousTokenInput { get; init; }
+
+    /// <summary>
     /// α of soft labels: each head's loss becomes (1 − α)·cross-entropy to its target + α·cross-entropy to the base
     /// model's own distribution at the position before that target (over the scored tokens). 0: targets only. Heads
     /// sharing the base lm_head only.
@@ -124,6 +130,7 @@ public sealed record HeadTrainingOptions
         if (Heads is < 1 or > 16) throw new ArgumentOutOfRangeException(nameof(Heads), Heads, "--heads must be between 1 and 16.");
         if (Layers is < 0 or > 8) throw new ArgumentOutOfRangeException(nameof(Layers), Layers, "--layers must be between 0 and 8.");
         if (NextTokenInput == true && !SharedLmHead) throw new ArgumentException("--next-token needs --shared-lm-head true (the next token comes from the base lm_head).");
+        if (PreviousTokenInput && !UsesNextToken) throw new ArgumentException("--previous-token needs the next-token input (--next-token true, --shared-lm-head true).");
         if (ContextAttention && !UsesNextToken)
             throw new ArgumentException("--context-attention needs the next-token input (--next-token true, with --shared-lm-head true): the heads' query sits at the next token's position.");
         if (!(SoftLabels is >= 0 and <= 1)) throw new ArgumentOutOfRangeException(nameof(SoftLabels), SoftLabels, "--soft-labels must be between 0 and 1.");

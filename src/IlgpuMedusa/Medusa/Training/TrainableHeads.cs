@@ -82,6 +82,7 @@ internal sealed unsafe class TrainableHeads
     private readonly int[]? _column;             // token id → shortlist column, −1 outside; null without a shortlist
     private readonly float[]? _embedding;        // [V, D] input embeddings (next-token inputs only)
     private float[] _e = [];                     // [M·D] embeddings of the batch's next tokens
+    private float[] _ePrevious = [];             // [M·D] embeddings of the tokens before the targets (previous-token inputs)
     private readonly float[]?[] _packed;         // [head] Uᵀ packed for the logits product; shared heads use one
     private readonly int[] _packedVersion;
     private readonly int[] _version;
@@ -118,6 +119,9 @@ internal sealed unsafe class TrainableHeads
         Weights = weights;
         _embedding = weights.NextToken is null ? null : embedding;
         NextTokenGradient = weights.NextToken?.Select(p => new float[p.Length]).ToArray();
+        if (weights.PreviousToken is not null && weights.NextToken is null)
+            throw new ArgumentException("previous-token inputs are for heads with a next-token input");
+        PreviousTokenGradient = weights.PreviousToken?.Select(p => new float[p.Length]).ToArray();
         if (weights.Shortlist is { } shortlist)
         {
             _classifier = VocabularyShortlist.GatherRows(classifier, weights.HiddenSize, shortlist);
@@ -149,6 +153,8 @@ internal sealed unsafe class TrainableHeads
     public float[][]? LmHeadGradient { get; }
     /// <summary>∂loss/∂P per head (next-token inputs only).</summary>
     public float[][]? NextTokenGradient { get; }
+    /// <summary>∂loss/∂R per head (previous-token inputs only; head 0's stays 0).</summary>
+    public float[][]? PreviousTokenGradient { get; }
     /// <summary>∂loss/∂W_q per head (context attention only).</summary>
     public float[][]? ContextQueryGradient { get; }
     /// <summary>∂loss/∂W_o per head (context attention only).</summary>
@@ -183,10 +189,10 @@ internal sealed unsafe class TrainableHeads
     /// scored tokens, α = <paramref name="softWeight"/> (the reported loss stays the hard one). Shared lm_heads only.
     /// </summary>
     public HeadScore Backward(int head, ReadOnlySpan<float> hidden, ReadOnlySpan<int> next, ReadOnlySpan<int> targets, HeadContextRows? context,
-        ReadOnlySpan<float> teacher, float softWeight)
+        ReadOnlySpan<float> teacher, float softWeight, ReadOnlySpan<int> previous = default)
     {
         int m = targets.Length;
-        Forward(head, hidden, next, m, context);
+        Forward(head, hidden, next, m, context, previous);
         float[]? teacherLogits = null;
         if (softWeight > 0)
         {
@@ -206,11 +212,15 @@ internal sealed unsafe class TrainableHeads
     public HeadScore Evaluate(int head, ReadOnlySpan<float> hidden, ReadOnlySpan<int> targets) => Evaluate(head, hidden, default, targets);
 
     /// <summary>As <see cref="Evaluate(int, ReadOnlySpan{float}, ReadOnlySpan{int})"/>, with the next tokens x_{t+1} [M] for next-token inputs.</summary>
-    public HeadScore Evaluate(int head, ReadOnlySpan<float> hidden, ReadOnlySpan<int> next, ReadOnlySpan<int> targets, HeadContextRows? context = null)
+    public HeadScore Evaluate(int head, ReadOnlySpan<float> hidden, ReadOnlySpan<int> next, ReadOnlySpan<int> targets, HeadContextRows? context = null,
+        ReadOnlySpan<int> previous = default)
     {
-        Forward(head, hidden, next, targets.Length, context);
+        Forward(head, hidden, next, targets.Length, context, previous);
         return Score(Columns(targets, outside: OutsideShortlist), targets.Length, gradients: false);
     }
+
+    /// <summary>Per row of the last evaluation or backward pass: the target's 0-based rank, −1 without a target, int.MaxValue outside the shortlist.</summary>
+    public int[] LastRanks { get; private set; } = [];
 
     private const int NoTarget = -1, OutsideShortlist = -2;
 
@@ -239,6 +249,7 @@ internal sealed unsafe class TrainableHeads
         _dz = new float[m * d];
         _g = new float[m * d];
         _e = _embedding is null ? [] : new float[m * d];
+        _ePrevious = Weights.PreviousToken is null ? [] : new float[m * d];
         _transposed = new float[d * d];
         _rowLoss = new float[m];
         if (_shape is { } shape)
@@ -270,7 +281,7 @@ internal sealed unsafe class TrainableHeads
     private float[] LmHead(int head) => Weights.LmHeads is { } own ? own[head] : _classifier;
 
     /// <summary>z₀ = h (+ e Pᵀ), the ResBlocks, then logits = z_L Uᵀ into <see cref="_logits"/>.</summary>
-    private void Forward(int head, ReadOnlySpan<float> hidden, ReadOnlySpan<int> next, int m, HeadContextRows? context)
+    private void Forward(int head, ReadOnlySpan<float> hidden, ReadOnlySpan<int> next, int m, HeadContextRows? context, ReadOnlySpan<int> previous = default)
     {
         int d = D;
         if (hidden.Length != m * d) throw new ArgumentException($"hidden states of {hidden.Length} floats are not [{m}, {d}]");
@@ -289,6 +300,20 @@ internal sealed unsafe class TrainableHeads
             }
             Transpose(nextToken[head], _transposed, d);
             fixed (float* pe = _e, pt = _transposed, pz = _z[0])
+                TrainingGemm.Multiply(m, d, d, GemmA.RowMajor(pe, d), GemmB.RowMajor(pt, d), pz, d, accumulate: true, _threads);
+        }
+        if (Weights.PreviousToken is { } previousToken && head > 0)
+        {
+            if (previous.Length != m) throw new ArgumentException($"heads with previous-token inputs need the token before each of the {m} targets, got {previous.Length}");
+            for (int r = 0; r < m; r++)
+            {
+                int token = previous[r];
+                if (token < 0) _ePrevious.AsSpan(r * d, d).Clear(); // no target at this row: no gradient flows from it
+                else if (token >= Weights.VocabSize) throw new ArgumentOutOfRangeException(nameof(previous), $"previous token {token} outside the vocabulary of {Weights.VocabSize}");
+                else _embedding!.AsSpan(token * d, d).CopyTo(_ePrevious.AsSpan(r * d, d));
+            }
+            Transpose(previousToken[head], _transposed, d);
+            fixed (float* pe = _ePrevious, pt = _transposed, pz = _z[0])
                 TrainingGemm.Multiply(m, d, d, GemmA.RowMajor(pe, d), GemmB.RowMajor(pt, d), pz, d, accumulate: true, _threads);
         }
         if (_shape is not null) ContextForward(head, m, context!);
@@ -368,6 +393,7 @@ internal sealed unsafe class TrainableHeads
             }
         }
         ForEachRow(m, parallel: m * (long)v >= 1 << 16, Row);
+        LastRanks = ranks;
         var score = new HeadScore();
         for (int r = 0; r < m; r++)
         {
@@ -449,6 +475,12 @@ internal sealed unsafe class TrainableHeads
             // ∂P = ∂z₀ᵀ e   [D, M] · [M, D]
             fixed (float* pdz = _dz, pe = _e, pgp = nextGradient[head])
                 TrainingGemm.Multiply(d, d, m, GemmA.Transposed(pdz, d), GemmB.RowMajor(pe, d), pgp, d, accumulate: false, _threads);
+        }
+        if (PreviousTokenGradient is { } previousGradient && head > 0)
+        {
+            // ∂R = ∂z₀ᵀ e_prev
+            fixed (float* pdz = _dz, pe = _ePrevious, pgr = previousGradient[head])
+                TrainingGemm.Multiply(d, d, m, GemmA.Transposed(pdz, d), GemmB.RowMajor(pe, d), pgr, d, accumulate: false, _threads);
         }
     }
 
