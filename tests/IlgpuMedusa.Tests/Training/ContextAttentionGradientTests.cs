@@ -119,22 +119,8 @@ public class ContextAttentionGradientTests
             double Loss() => ReferenceLoss(wq, wo, p, w, b, Doubles(classifier), Doubles(hidden), Doubles(embedding), next, targets[h], keys, values, visible);
 
             Assert.True(Math.Abs(score.Loss - Loss()) < 1e-4, $"head {h}: loss {score.Loss} vs reference {Loss()}");
-            void Check(double[] parameters, float[] analytic, string name)
-            {
-                const double Epsilon = 1e-5;
-                for (int i = 0; i < parameters.Length; i++)
-                {
-                    double keep = parameters[i];
-                    parameters[i] = keep + Epsilon;
-                    double up = Loss();
-                    parameters[i] = keep - Epsilon;
-                    double down = Loss();
-                    parameters[i] = keep;
-                    double numeric = (up - down) / (2 * Epsilon);
-                    Assert.True(Math.Abs(analytic[i] - numeric) <= 3e-5 + 2e-3 * Math.Abs(numeric),
-                        $"head {h} {name}[{i}]: analytic {analytic[i]:G6}, finite difference {numeric:G6}");
-                }
-            }
+            void Check(double[] parameters, float[] analytic, string name) =>
+                HeadGradientTests.CheckGradient(parameters, analytic, Loss, $"head {h} {name}", absolute: 3e-5, relative: 2e-3);
             Check(wq, heads.ContextQueryGradient![h], "W_q");
             Check(wo, heads.ContextOutputGradient![h], "W_o");
             Check(p, heads.NextTokenGradient![h], "P");

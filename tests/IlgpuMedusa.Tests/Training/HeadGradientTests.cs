@@ -57,6 +57,26 @@ public class HeadGradientTests
         return total / count;
     }
 
+    /// <summary>
+    /// Compares <paramref name="analytic"/> with central finite differences of <paramref name="loss"/> in each entry of
+    /// <paramref name="parameters"/> (changed in place and restored), within <paramref name="absolute"/> + <paramref name="relative"/>·|numeric|.
+    /// </summary>
+    internal static void CheckGradient(double[] parameters, float[] analytic, Func<double> loss, string name, double absolute = 2e-5, double relative = 1e-3)
+    {
+        const double Epsilon = 1e-5;
+        for (int i = 0; i < parameters.Length; i++)
+        {
+            double keep = parameters[i];
+            parameters[i] = keep + Epsilon;
+            double up = loss();
+            parameters[i] = keep - Epsilon;
+            double down = loss();
+            parameters[i] = keep;
+            double numeric = (up - down) / (2 * Epsilon);
+            Assert.True(Math.Abs(analytic[i] - numeric) <= absolute + relative * Math.Abs(numeric), $"{name}[{i}]: analytic {analytic[i]:G6}, finite difference {numeric:G6}");
+        }
+    }
+
     public static TheoryData<bool, int, bool, bool> Cases() => new()
     {
         { true, 1, false, false }, { true, 2, false, false }, { false, 2, false, false }, { false, 0, false, false },
@@ -103,22 +123,7 @@ public class HeadGradientTests
             Assert.Equal(targets[h].Count(t => t >= 0 && (list is null || list.Contains(t))), score.Count);
             Assert.True(Math.Abs(score.Loss - Loss()) < 1e-4, $"head {h}: loss {score.Loss} vs reference {Loss()}");
 
-            void Check(double[] parameters, float[] analytic, string name)
-            {
-                const double Epsilon = 1e-5;
-                for (int i = 0; i < parameters.Length; i++)
-                {
-                    double keep = parameters[i];
-                    parameters[i] = keep + Epsilon;
-                    double up = Loss();
-                    parameters[i] = keep - Epsilon;
-                    double down = Loss();
-                    parameters[i] = keep;
-                    double numeric = (up - down) / (2 * Epsilon);
-                    Assert.True(Math.Abs(analytic[i] - numeric) <= 2e-5 + 1e-3 * Math.Abs(numeric),
-                        $"head {h} {name}[{i}]: analytic {analytic[i]:G6}, finite difference {numeric:G6}");
-                }
-            }
+            void Check(double[] parameters, float[] analytic, string name) => CheckGradient(parameters, analytic, Loss, $"head {h} {name}");
             for (int l = 0; l < layers; l++)
             {
                 Check(w[l], heads.LinearGradient[h][l], $"W{l}");
@@ -239,21 +244,7 @@ public class HeadGradientTests
         var e = embedding.Select(v => (double)v).ToArray();
         double Loss() => ReferenceLoss(w, b, u, x, targets, Shortlist, p, e, next, r, previous);
         Assert.True(Math.Abs(score.Loss - Loss()) < 1e-4, $"loss {score.Loss} vs reference {Loss()}");
-        void Check(double[] parameters, float[] analytic, string name)
-        {
-            const double Epsilon = 1e-5;
-            for (int i = 0; i < parameters.Length; i++)
-            {
-                double keep = parameters[i];
-                parameters[i] = keep + Epsilon;
-                double up = Loss();
-                parameters[i] = keep - Epsilon;
-                double down = Loss();
-                parameters[i] = keep;
-                double numeric = (up - down) / (2 * Epsilon);
-                Assert.True(Math.Abs(analytic[i] - numeric) <= 2e-5 + 1e-3 * Math.Abs(numeric), $"{name}[{i}]: analytic {analytic[i]:G6}, finite difference {numeric:G6}");
-            }
-        }
+        void Check(double[] parameters, float[] analytic, string name) => CheckGradient(parameters, analytic, Loss, name);
         Check(r, heads.PreviousTokenGradient![1], "R");
         Check(p, heads.NextTokenGradient![1], "P");
         Check(w[0], heads.LinearGradient[1][0], "W0");
