@@ -181,12 +181,12 @@ public static class HeadTrainer
         var weights = MedusaHeadWeights.CreateRandom(config, options.Heads, options.Layers, options.Seed, options.InitScale, options.SharedLmHead ? null : classifier, shortlist,
             options.UsesNextToken, options.ContextAttention, options.PreviousTokenInput);
         var heads = new TrainableHeads(weights, classifier, threads, options.UsesNextToken ? embedding ?? classifier : null, options.ContextAttention ? ContextShape.Of(config) : null);
-        var before = Evaluate(heads, heldOut, options.BatchSize, progress, "scoring the initial heads", cancellationToken);
+        var before = Evaluate(heads, heldOut, options.BatchSize, progress, "scoring the initial heads", out _, cancellationToken);
         var clock = Stopwatch.StartNew();
         var (steps, epochs) = Optimize(heads, corpus, options, threads, progress, cancellationToken);
         double seconds = clock.Elapsed.TotalSeconds;
-        var after = Evaluate(heads, heldOut, options.BatchSize, progress, "scoring the trained heads", cancellationToken);
-        return new TrainedHeads(weights, steps, epochs, seconds, before, after) { ChainTokensPerStep = LastChainTokensPerStep };
+        var after = Evaluate(heads, heldOut, options.BatchSize, progress, "scoring the trained heads", out double chain, cancellationToken);
+        return new TrainedHeads(weights, steps, epochs, seconds, before, after) { ChainTokensPerStep = chain };
     }
 
     /// <summary>
@@ -320,12 +320,13 @@ public static class HeadTrainer
         return (total, (double)positions / corpus.Positions);
     }
 
-    /// <summary>1 + the mean number of leading heads whose best token was the target, in the last <see cref="Evaluate"/>.</summary>
-    internal static double LastChainTokensPerStep { get; private set; }
-
-    /// <summary>Scores every head on the held-out positions.</summary>
+    /// <summary>
+    /// Scores every head on the held-out positions; <paramref name="chainTokensPerStep"/> is 1 + the mean number of leading
+    /// heads whose best token was the target (the tokens per step of a chain of every head's top-1 guess). Heads with a
+    /// previous-token input are given the true token before each target, which is their input whenever the chain is right so far.
+    /// </summary>
     internal static HeadScore[] Evaluate(TrainableHeads heads, TrainingCorpus corpus, int batch, IProgress<HeadTrainingProgress>? progress, string stage,
-        CancellationToken cancellationToken)
+        out double chainTokensPerStep, CancellationToken cancellationToken)
     {
         int k = corpus.HeadCount, d = corpus.Dim;
         var scores = new HeadScore[k];
@@ -353,7 +354,7 @@ public static class HeadTrainer
             progress?.Report(new HeadTrainingProgress(stage, done, (start + m) / clock.Elapsed.TotalSeconds, null,
                 TimeSpan.FromSeconds(clock.Elapsed.TotalSeconds * (1 - done) / done)));
         }
-        LastChainTokensPerStep = corpus.Positions == 0 ? 0 : 1 + chain.Average();
+        chainTokensPerStep = corpus.Positions == 0 ? 0 : 1 + chain.Average();
         return scores;
     }
 

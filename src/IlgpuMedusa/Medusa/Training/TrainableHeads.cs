@@ -66,6 +66,8 @@ internal sealed record ContextShape(int Heads, int KvHeads, int HeadDim, float R
 /// ∂z_l = ∂z_{l+1} + g W. The two [M, V] x D products dominate; both run on <see cref="TrainingGemm"/>.
 /// Heads with a next-token input start from z₀ = h + e Pᵀ instead, e the input embedding of x_{t+1} (the pending token),
 /// and backwards ∂z₀ = ∂z₁ + g₀ W₀ (or ∂z_L without blocks) gives ∂P = ∂z₀ᵀ e.
+/// Heads with a previous-token input (experimental, Hydra-style) add, for head i ≥ 1, e' Rᵀ to z₀ as well, e' the input
+/// embedding of the token just before the head's target (the target of head i − 1), and ∂R = ∂z₀ᵀ e'.
 /// Heads with context attention then add c = o W_oᵀ to z₀ before the ResBlocks, o = attention of q = rope(z₀ W_qᵀ) over
 /// the frozen keys K and values V of the row's sequence (per query head: s_j = q·k_j / √Dh, p = softmax(s), o = Σ p_j v_j).
 /// Backwards from ∂z (after the attention): ∂W_o = ∂zᵀ o, ∂o = ∂z W_o, then per head ∂p_j = ∂o·v_j,
@@ -280,7 +282,7 @@ internal sealed unsafe class TrainableHeads
 
     private float[] LmHead(int head) => Weights.LmHeads is { } own ? own[head] : _classifier;
 
-    /// <summary>z₀ = h (+ e Pᵀ), the ResBlocks, then logits = z_L Uᵀ into <see cref="_logits"/>.</summary>
+    /// <summary>z₀ = h (+ e Pᵀ) (+ e' Rᵀ), the ResBlocks, then logits = z_L Uᵀ into <see cref="_logits"/>.</summary>
     private void Forward(int head, ReadOnlySpan<float> hidden, ReadOnlySpan<int> next, int m, HeadContextRows? context, ReadOnlySpan<int> previous = default)
     {
         int d = D;
