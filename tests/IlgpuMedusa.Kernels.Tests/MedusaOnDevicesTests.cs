@@ -224,6 +224,59 @@ public sealed class MedusaOnDevicesTests(Accelerators accelerators) : IDisposabl
     }
 
     /// <summary>
+    /// Heads with a previous-token input run one after another (head i adds R_i·e of head i − 1's best guess, found by an
+    /// argmax on the device): an ILGPU device proposes what the host proposes (ShortlistHeadsTests checks the host against
+    /// the trainer's own forward), for every head count and for a found or a given next token.
+    /// </summary>
+    [Theory]
+    [InlineData("opencl")]
+    [InlineData("emulator")]
+    public void ChainedHeadsPredictWhatTheHostPredicts(string device)
+    {
+        var backend = device == "emulator" ? accelerators.Emulator : accelerators.OpenCL;
+        using var checkpoint = HuggingFaceCheckpoint.Open(_directory);
+        var c = checkpoint.Config;
+        int[] shortlist = Enumerable.Range(0, 31).Select(i => 4 + 3 * i).ToArray();
+        var weights = MedusaHeadWeights.CreateRandom(c, heads: 4, layers: 2, seed: 29, scale: 0.4f, shortlist: shortlist, nextToken: true, previousToken: true);
+        var path = Path.Combine(_directory, "chained-heads.safetensors");
+        MedusaHeadsCheckpoint.Write(path, weights, ModelSignature.Of(checkpoint));
+        using var file = MedusaHeadsCheckpoint.Open(path);
+        var random = new Random(7);
+        var h = Enumerable.Range(0, c.Dim).Select(_ => (float)(random.NextDouble() * 2 - 1)).ToArray();
+
+        int[] Predict(IComputeBackend b)
+        {
+            using var model = LlamaModel.Load(checkpoint, b, DType.F32);
+            using var heads = MedusaHeads.Load(file, model, checkpoint, DType.F32);
+            Assert.True(heads.HasPreviousTokenInput);
+            Assert.False(heads.Grouped);
+            using var hidden = b.Allocate(DType.F32, 1, c.Dim);
+            b.Upload(hidden, h);
+            int[] all = heads.Predict(hidden).ToArray();
+            Assert.Equal(all.Take(2 * MedusaHeads.TopK), heads.Predict(hidden, 2).ToArray()); // the first heads alone
+            foreach (int token in new[] { 4, 5 }) all = [.. all, .. heads.Predict(hidden, heads.HeadCount, token).ToArray()];
+            return all;
+        }
+        var expected = Predict(accelerators.Host);
+        Assert.Equal(expected, Predict(backend));
+        // The chain matters: with R zeroed, the later heads propose something else.
+        Assert.NotEqual(expected.Skip(MedusaHeads.TopK).Take(3 * MedusaHeads.TopK), PredictWithout());
+
+        int[] PredictWithout()
+        {
+            foreach (var r in weights.PreviousToken!.Skip(1)) Array.Clear(r);
+            var zeroed = Path.Combine(_directory, "chained-heads-zero.safetensors");
+            MedusaHeadsCheckpoint.Write(zeroed, weights, ModelSignature.Of(checkpoint));
+            using var zeroFile = MedusaHeadsCheckpoint.Open(zeroed);
+            using var model = LlamaModel.Load(checkpoint, accelerators.Host, DType.F32);
+            using var heads = MedusaHeads.Load(zeroFile, model, checkpoint, DType.F32);
+            using var hidden = accelerators.Host.Allocate(DType.F32, 1, c.Dim);
+            accelerators.Host.Upload(hidden, h);
+            return heads.Predict(hidden).ToArray().Skip(MedusaHeads.TopK).ToArray();
+        }
+    }
+
+    /// <summary>
     /// Heads with context attention on an ILGPU device (grouped: stacked W_q and W_o, one attention op per head over the
     /// last layer's cache) propose what the host proposes, which ContextAttentionHeadsTests checks against double
     /// precision: each backend prefills the same tokens into its own cache, then the heads run at two committed lengths.

@@ -35,7 +35,7 @@ internal static class TrainHeadsCommand
         };
         var previousToken = new Option<bool>("--previous-token")
         {
-            Description = "Experimental: each head after the first also takes the embedding of the token before its target, at run time the previous head's guess (Hydra-style). The decoder cannot use such heads yet: generate and bench refuse the file.",
+            Description = "true: each head after the first also takes the embedding of the token before its target, at run time the previous head's best guess (Hydra-style; the heads then run one after another; needs --next-token, not with --context-attention).",
         };
         var softLabels = new Option<float>("--soft-labels")
         {

@@ -15,7 +15,9 @@ namespace IlgpuMedusa.Medusa;
 /// x̂ is the base model's next token at h (the argmax of the heads' lm_head at h: the pending token of a Medusa step, found
 /// on the device) and e its input embedding. Heads with context attention then add W_o · attention(rope(W_q z)) over the
 /// keys and values the base model's last layer cached for the sequence (one attention op per head over the existing
-/// cache; <see cref="HasContextAttention"/>).
+/// cache; <see cref="HasContextAttention"/>). Heads with a previous-token input (Hydra-style) run one after another:
+/// head i ≥ 1 also adds R_i·e(g) to its z₀, g the best guess of head i − 1 (its argmax, found on the device), so every
+/// head's guesses are conditioned on the path of best guesses before it (<see cref="HasPreviousTokenInput"/>).
 /// </summary>
 public sealed class MedusaHeads : IDisposable
 {
@@ -84,6 +86,23 @@ public sealed class MedusaHeads : IDisposable
         }
     }
 
+    /// <summary>The device side of previous-token inputs: R per head (null for head 0) and scratch rows.</summary>
+    private sealed class PreviousTokenInput(IComputeBackend b, DeviceTensor?[] projection, int d) : IDisposable
+    {
+        public DeviceTensor?[] Projection { get; } = projection;  // [head] [D, D]; head 0 has none
+        public DeviceTensor Index { get; } = b.Allocate(DType.I32, 1, 1);
+        public DeviceTensor Embedding { get; } = b.Allocate(DType.F32, 1, d);
+        public DeviceTensor Projected { get; } = b.Allocate(DType.F32, 1, d);
+
+        public void Dispose()
+        {
+            foreach (var p in Projection) p?.Dispose();
+            Index.Dispose();
+            Embedding.Dispose();
+            Projected.Dispose();
+        }
+    }
+
     /// <summary>
     /// The device side of context attention: W_q and W_o (one stacked matrix each when the heads are grouped, else one
     /// per head) and scratch rows for the heads' queries, what they attended to, and its projection.
@@ -112,8 +131,10 @@ public sealed class MedusaHeads : IDisposable
     }
 
     private MedusaHeads(LlamaModel model, int heads, int layers, DeviceTensor[][] linear, DeviceTensor[][] bias, StackedHeads? stacked, DeviceTensor[]? lmHeads,
-        DeviceTensor? sharedShortlistLmHead, int[]? shortlist, string source, NextTokenInput? next, IReadOnlyList<DeviceTensor> owned, ContextInput? context)
+        DeviceTensor? sharedShortlistLmHead, int[]? shortlist, string source, NextTokenInput? next, IReadOnlyList<DeviceTensor> owned, ContextInput? context,
+        PreviousTokenInput? previous)
     {
+        _previous = previous;
         _context = context;
         _model = model;
         _headCount = heads;
@@ -166,6 +187,12 @@ public sealed class MedusaHeads : IDisposable
     /// <summary>True when each head also takes the base model's next token as input.</summary>
     public bool HasNextTokenInput => _next is not null;
     /// <summary>
+    /// True when heads 1 and up also take the previous head's best guess as input (<see cref="MedusaHeadWeights.PreviousToken"/>):
+    /// the heads then run one after another, and head i's top-k assumes head i − 1's first guess.
+    /// </summary>
+    public bool HasPreviousTokenInput => _previous is not null;
+    private readonly PreviousTokenInput? _previous;
+    /// <summary>
     /// True when each head first attends to the keys and values the base model's last layer cached for the sequence
     /// (<see cref="MedusaHeadWeights.ContextQuery"/>): <see cref="Predict(DeviceTensor, int, int, KvSequence?, int)"/> then
     /// needs the sequence and its committed length.
@@ -195,6 +222,8 @@ public sealed class MedusaHeads : IDisposable
             throw new InvalidDataException($"{checkpoint.Path}: the Medusa heads' lm_head has a vocabulary of {v} but the model's is {c.VocabSize}; they belong to another model.");
         if (checkpoint.BaseModel is { } signature && !signature.Matches(model.Signature))
             throw new InvalidDataException($"{checkpoint.Path}: these Medusa heads were trained for another model (its signature {signature.Shape} does not match this model's weights, {model.Signature.Shape}).");
+        if (checkpoint.HasContextAttention && checkpoint.HasPreviousTokenInput)
+            throw new InvalidDataException($"{checkpoint.Path}: Medusa heads with both context attention and a previous-token input cannot be decoded; train one or the other.");
         if (checkpoint.HasContextAttention && checkpoint.ContextWidth != c.Heads * c.HeadDim)
             throw new InvalidDataException(
                 $"{checkpoint.Path}: Medusa tensor '{MedusaHeadsCheckpoint.ContextQueryTensor(0)}' has {checkpoint.ContextWidth} rows but the model's attention has {c.Heads} heads of {c.HeadDim}; they belong to another model.");
@@ -230,7 +259,9 @@ public sealed class MedusaHeads : IDisposable
         try
         {
             int heads = checkpoint.HeadCount, layers = checkpoint.LayerCount;
-            bool grouped = heads > 1 && layers > 0 && b.CanGroupMatMul(c.Dim) && (!checkpoint.HasContextAttention || b.CanGroupMatMul(checkpoint.ContextWidth));
+            // Heads with a previous-token input run one after another, each with its own matrices.
+            bool grouped = heads > 1 && layers > 0 && b.CanGroupMatMul(c.Dim) && (!checkpoint.HasContextAttention || b.CanGroupMatMul(checkpoint.ContextWidth))
+                && !checkpoint.HasPreviousTokenInput;
             var linear = new DeviceTensor[grouped ? 0 : heads][];
             var bias = new DeviceTensor[grouped ? 0 : heads][];
             DeviceTensor Stack(Func<int, TensorData> part, DType type)
@@ -323,7 +354,23 @@ public sealed class MedusaHeads : IDisposable
                 }
                 created.Add(context);
             }
-            return new MedusaHeads(model, heads, layers, linear, bias, stacked, lmHeads, sharedLmHead, shortlist, checkpoint.Path, next, owned, context);
+            PreviousTokenInput? previous = null;
+            if (checkpoint.HasPreviousTokenInput)
+            {
+                var projection = Enumerable.Range(0, heads).Select(h => h == 0 ? null : Up(checkpoint.PreviousToken(h), weightType)).ToArray();
+                created.RemoveAll(t => projection.Contains(t)); // owned by the PreviousTokenInput from here
+                try
+                {
+                    previous = new PreviousTokenInput(b, projection, c.Dim);
+                }
+                catch
+                {
+                    foreach (var p in projection) p?.Dispose();
+                    throw;
+                }
+                created.Add(previous);
+            }
+            return new MedusaHeads(model, heads, layers, linear, bias, stacked, lmHeads, sharedLmHead, shortlist, checkpoint.Path, next, owned, context, previous);
         }
         catch
         {
@@ -451,7 +498,11 @@ public sealed class MedusaHeads : IDisposable
         }
         var z = _z.Slice(0, heads);
         var logits = _logits.Slice(0, heads);
-        if (_stacked is { } stacked)
+        if (_previous is { } previous)
+        {
+            RunChained(b, previous, hidden, heads);
+        }
+        else if (_stacked is { } stacked)
         {
             RunStacked(b, stacked, hidden, heads, sequence, committed);
             if (_lmHeads is not null)
@@ -479,7 +530,7 @@ public sealed class MedusaHeads : IDisposable
             if (LayerCount == 0) b.Add(zh, start, _zeroLike ??= b.Allocate(DType.F32, 1, hidden.Columns));
             if (_lmHeads is not null) b.MatMul(_logits.Slice(h, 1), zh, _lmHeads[h], accumulate: false);
         }
-        if (_lmHeads is null) b.MatMul(logits, z, _sharedShortlistLmHead ?? _model.Classifier, accumulate: false);
+        if (_lmHeads is null && _previous is null) b.MatMul(logits, z, _sharedShortlistLmHead ?? _model.Classifier, accumulate: false);
         b.TopK(topColumns, _topValues.Slice(0, heads), logits);
         _predicted = heads;
     }
@@ -504,6 +555,41 @@ public sealed class MedusaHeads : IDisposable
         _model.Backend.Download(_topValues.Slice(0, _predicted), _hostTopLogits.AsSpan(0, n));
         DynamicTreePlanner.Probabilities(_hostTopLogits.AsSpan(0, n), TopK, _hostTopProbabilities);
         return _hostTopProbabilities.AsSpan(0, n);
+    }
+
+    /// <summary>
+    /// Heads with a previous-token input, one after another, each up to its logits (into <see cref="_logits"/>): z₀ = h + P·e(x̂),
+    /// for head i ≥ 1 also + R_i·e(argmax of head i − 1's logits), then the ResBlocks and the head's row of the shared
+    /// lm_head product. The argmax is a column of the scored rows, which is also the embedding table's row
+    /// (<see cref="NextTokenInput.Table"/>), as for x̂.
+    /// </summary>
+    private void RunChained(IComputeBackend b, PreviousTokenInput previous, DeviceTensor hidden, int heads)
+    {
+        var next = _next!;
+        var start = next.Input;
+        var lmHead = _sharedShortlistLmHead ?? _model.Classifier;
+        for (int h = 0; h < heads; h++)
+        {
+            var zh = _z.Slice(h, 1);
+            var linear = _linearOut.Slice(h, 1);
+            var logits = _logits.Slice(h, 1);
+            b.MatMul(next.Projected, next.Embedding, next.Projection[h], accumulate: false);
+            b.Add(start, hidden, next.Projected);
+            if (h > 0)
+            {
+                b.ArgMax(previous.Index, _logits.Slice(h - 1, 1));
+                b.Embedding(previous.Embedding, previous.Index, next.Table);
+                b.MatMul(previous.Projected, previous.Embedding, previous.Projection[h]!, accumulate: false);
+                b.Add(start, start, previous.Projected);
+            }
+            for (int l = 0; l < LayerCount; l++)
+            {
+                b.MatMul(linear, l == 0 ? start : zh, _linear[h][l], accumulate: false);
+                b.SiluResidual(zh, l == 0 ? start : zh, linear, _bias[h][l]);
+            }
+            if (LayerCount == 0) b.Add(zh, start, _zeroLike ??= b.Allocate(DType.F32, 1, hidden.Columns));
+            b.MatMul(logits, zh, lmHead, accumulate: false);
+        }
     }
 
     /// <summary>Every head's z (into <see cref="_z"/>) with grouped matmuls: z₀ = h + P·e (or h), then per ResBlock z ← z + SiLU(W z + b).</summary>

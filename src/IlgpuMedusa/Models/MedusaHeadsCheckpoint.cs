@@ -76,8 +76,9 @@ public sealed class MedusaHeadWeights
     /// </summary>
     public float[][]? NextToken { get; }
     /// <summary>
-    /// [head] → R, row-major [D, D], or null. Experimental (Hydra-style): head i ≥ 1 also adds R·e(x_{t+1+i}), the input
-    /// embedding of the token just before its target (at run time the previous head's guess); head 0's R is unused.
+    /// [head] → R, row-major [D, D], or null. Hydra-style: head i ≥ 1 also adds R·e(y) to z₀, the input embedding of the
+    /// token just before its target: in training the true token x_{t+1+i}, at run time head i − 1's best guess (what
+    /// the token is whenever the guesses before it are right). Head 0's R is unused and not written.
     /// </summary>
     public float[][]? PreviousToken { get; }
     /// <summary>
@@ -215,7 +216,8 @@ public static class VocabularyShortlist
 /// Compact heads may also take the base model's next token as input: <c>{h}.next_token.weight</c> [D, D] per head
 /// (see <see cref="MedusaHeadWeights.NextToken"/>), and such heads may attend to the base model's last-layer cache:
 /// <c>{h}.context.query.weight</c> [A, D] and <c>{h}.context.output.weight</c> [D, A] per head (see
-/// <see cref="MedusaHeadWeights.ContextQuery"/>).
+/// <see cref="MedusaHeadWeights.ContextQuery"/>), or take the previous head's guess as input too:
+/// <c>{h}.previous_token.weight</c> [D, D] for heads 1 and up (see <see cref="MedusaHeadWeights.PreviousToken"/>).
 /// </summary>
 public sealed class MedusaHeadsCheckpoint : IDisposable
 {
@@ -228,8 +230,10 @@ public sealed class MedusaHeadsCheckpoint : IDisposable
 
     private readonly SafetensorsFile _file;
 
-    private MedusaHeadsCheckpoint(SafetensorsFile file, int heads, int layers, int hidden, bool shared, int? lmHeadRows, int[]? shortlist, bool nextToken, int contextWidth)
+    private MedusaHeadsCheckpoint(SafetensorsFile file, int heads, int layers, int hidden, bool shared, int? lmHeadRows, int[]? shortlist, bool nextToken, int contextWidth,
+        bool previousToken)
     {
+        HasPreviousTokenInput = previousToken;
         ContextWidth = contextWidth;
         HasNextTokenInput = nextToken;
         _file = file;
@@ -259,6 +263,8 @@ public sealed class MedusaHeadsCheckpoint : IDisposable
     public int[]? Shortlist { get; }
     /// <summary>True when each head takes the base model's next token as input (<c>{h}.next_token.weight</c>).</summary>
     public bool HasNextTokenInput { get; }
+    /// <summary>True when heads 1 and up also take the previous head's guess as input (<c>{h}.previous_token.weight</c>).</summary>
+    public bool HasPreviousTokenInput { get; }
     /// <summary>A of the heads' context attention (<c>{h}.context.query.weight</c> [A, D]); 0 when they have none.</summary>
     public int ContextWidth { get; }
     /// <summary>True when each head attends to the base model's last-layer cache first (see <see cref="MedusaHeadWeights.ContextQuery"/>).</summary>
@@ -279,6 +285,11 @@ public sealed class MedusaHeadsCheckpoint : IDisposable
 
     /// <summary>Name of head <paramref name="head"/>'s next-token input matrix.</summary>
     public static string NextTokenTensor(int head) => $"{head}.next_token.weight";
+
+    /// <summary>R of a head's previous-token input [D, D] (heads 1 and up).</summary>
+    public TensorData PreviousToken(int head) => HasPreviousTokenInput && head >= 1
+        ? _file.Tensors[PreviousTokenTensor(head)]
+        : throw new InvalidOperationException(HasPreviousTokenInput ? "head 0 has no previous-token input" : $"{Path}: the heads take no previous-token input");
 
     /// <summary>Name of head <paramref name="head"/>'s previous-token projection R (heads 1 and up; see <see cref="MedusaHeadWeights.PreviousToken"/>).</summary>
     public static string PreviousTokenTensor(int head) => $"{head}.previous_token.weight";
@@ -338,10 +349,12 @@ public sealed class MedusaHeadsCheckpoint : IDisposable
         int heads = 0;
         while (t.ContainsKey(layers == 0 ? $"{heads}.0.weight" : $"{heads}.0.linear.weight")) heads++;
         if (heads == 0) throw Bad("no tensor named 0.0.linear.weight (or 0.0.weight)");
-        if (t.Keys.FirstOrDefault(k => k.EndsWith(".previous_token.weight", StringComparison.Ordinal)) is { } previous)
-            throw new InvalidDataException($"{file.Path}: Medusa tensor '{previous}': these heads were trained with the experimental previous-token input " +
-                "(train-heads --previous-token), which the decoder does not use yet; train without it to decode with them.");
         bool nextToken = t.ContainsKey(NextTokenTensor(0));
+        bool previousToken = t.ContainsKey(PreviousTokenTensor(1));
+        if (previousToken && !nextToken)
+            throw new InvalidDataException($"{file.Path}: Medusa tensor '{PreviousTokenTensor(1)}': previous-token inputs are only for heads with a next-token input.");
+        if (t.ContainsKey(PreviousTokenTensor(0)))
+            throw new InvalidDataException($"{file.Path}: Medusa tensor '{PreviousTokenTensor(0)}': head 0 has no previous head, so no previous-token input.");
         if (nextToken && !shared)
             throw new InvalidDataException($"{file.Path}: Medusa tensor '{NextTokenTensor(0)}': next-token inputs are only for heads sharing the base lm_head (compact format).");
         bool context = t.ContainsKey(ContextQueryTensor(0)) || t.ContainsKey(ContextOutputTensor(0));
@@ -366,6 +379,11 @@ public sealed class MedusaHeadsCheckpoint : IDisposable
                 var p = Need(t, file, NextTokenTensor(h));
                 hidden ??= p.Shape[^1];
                 Shape(file, p, hidden.Value, hidden.Value);
+                expected++;
+            }
+            if (previousToken && h > 0)
+            {
+                Shape(file, Need(t, file, PreviousTokenTensor(h)), hidden!.Value, hidden.Value);
                 expected++;
             }
             if (context)
@@ -396,7 +414,7 @@ public sealed class MedusaHeadsCheckpoint : IDisposable
             var extra = t.Keys.FirstOrDefault(k => !IsKnown(k, heads, layers, shared));
             throw Bad($"{t.Count - expected} unexpected tensors (e.g. '{extra}'); expected {heads} heads of {layers} ResBlocks{(shared ? "" : " and an lm_head")}");
         }
-        return new MedusaHeadsCheckpoint(file, heads, layers, hidden.Value, shared, shared ? null : rows, shortlist, nextToken, contextWidth);
+        return new MedusaHeadsCheckpoint(file, heads, layers, hidden.Value, shared, shared ? null : rows, shortlist, nextToken, contextWidth, previousToken);
     }
 
     /// <summary>Reads and checks the shortlist: I32 [N], N ≥ 1, strictly increasing, ≥ 0 and below V when the file names its model.</summary>
@@ -422,7 +440,7 @@ public sealed class MedusaHeadsCheckpoint : IDisposable
         if (name == ShortlistTensor) return true;
         for (int h = 0; h < heads; h++)
         {
-            if (shared && (name == NextTokenTensor(h) || name == ContextQueryTensor(h) || name == ContextOutputTensor(h))) return true;
+            if (shared && (name == NextTokenTensor(h) || name == ContextQueryTensor(h) || name == ContextOutputTensor(h) || (h > 0 && name == PreviousTokenTensor(h)))) return true;
             for (int l = 0; l < layers; l++)
                 if (name == $"{h}.{l}.linear.weight" || name == $"{h}.{l}.linear.bias") return true;
             if (!shared && name == $"{h}.{layers}.weight") return true;

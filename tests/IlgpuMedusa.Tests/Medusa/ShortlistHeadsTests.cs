@@ -158,10 +158,11 @@ public sealed class ShortlistHeadsTests : IDisposable
     }
 
     [Theory]
-    [InlineData(false, false)]
-    [InlineData(true, false)]
-    [InlineData(true, true)]
-    public void TrainedShortlistHeadsAreAcceptedAndGreedyMedusaEqualsGreedyDecoding(bool nextToken, bool context)
+    [InlineData(false, false, false)]
+    [InlineData(true, false, false)]
+    [InlineData(true, true, false)]
+    [InlineData(true, false, true)]
+    public void TrainedShortlistHeadsAreAcceptedAndGreedyMedusaEqualsGreedyDecoding(bool nextToken, bool context, bool previousToken)
     {
         using var checkpoint = HuggingFaceCheckpoint.Open(_directory);
         var c = checkpoint.Config;
@@ -181,7 +182,10 @@ public sealed class ShortlistHeadsTests : IDisposable
         var shortlist = HeadTrainer.ChooseShortlist(corpus.TargetFrequencies(c.VocabSize), 48)!;
         Assert.Equal(48, shortlist.Length);
         var embedding = checkpoint.GetTensor(LlamaTensorNames.Embedding, c.VocabSize, c.Dim).ToFloatArray();
-        var options = new HeadTrainingOptions { Heads = 4, Steps = 300, BatchSize = 64, LearningRate = 0.01f, Threads = 2, NextTokenInput = nextToken, ContextAttention = context };
+        var options = new HeadTrainingOptions
+        {
+            Heads = 4, Steps = 300, BatchSize = 64, LearningRate = 0.01f, Threads = 2, NextTokenInput = nextToken, ContextAttention = context, PreviousTokenInput = previousToken,
+        };
         var trained = HeadTrainer.Train(corpus, heldOutCorpus, classifier, c, options, shortlist, embedding);
         Assert.True(trained.After[0].Loss < trained.Before[0].Loss - 0.5, $"head 0's held-out loss {trained.Before[0].Loss:0.00} -> {trained.After[0].Loss:0.00}");
         Assert.Equal(shortlist, trained.Weights.Shortlist);
@@ -190,13 +194,13 @@ public sealed class ShortlistHeadsTests : IDisposable
         Assert.InRange(trained.ChainTokensPerStep - 1, first - 1e-9, all + 1e-9);
         Assert.True(trained.ChainTokensPerStep > 1 + first, $"chain {trained.ChainTokensPerStep:0.000}: head 1 never extended head 0's hits (top-1 {first:P1})");
 
-        if (nextToken && !context)
+        if (previousToken)
         {
-            // The experimental previous-token input: head 1 knows the token its target follows, and does better.
-            var hydra = HeadTrainer.Train(corpus, heldOutCorpus, classifier, c, options with { PreviousTokenInput = true }, shortlist, embedding);
-            Assert.Equal(trained.After[0].Loss, hydra.After[0].Loss, 4); // head 0 is the same head
-            Assert.True(hydra.After[1].Loss < trained.After[1].Loss - 0.1, $"head 1's held-out loss: {trained.After[1].Loss:0.000} without, {hydra.After[1].Loss:0.000} with the previous token");
-            Assert.True(hydra.ChainTokensPerStep > trained.ChainTokensPerStep, $"chain {trained.ChainTokensPerStep:0.000} without, {hydra.ChainTokensPerStep:0.000} with");
+            // Head 1 knows the token its target follows, and does better than without that input.
+            var plain = HeadTrainer.Train(corpus, heldOutCorpus, classifier, c, options with { PreviousTokenInput = false }, shortlist, embedding);
+            Assert.Equal(plain.After[0].Loss, trained.After[0].Loss, 4); // head 0 is the same head
+            Assert.True(trained.After[1].Loss < plain.After[1].Loss - 0.1, $"head 1's held-out loss: {plain.After[1].Loss:0.000} without, {trained.After[1].Loss:0.000} with the previous token");
+            Assert.True(trained.ChainTokensPerStep > plain.ChainTokensPerStep, $"chain {plain.ChainTokensPerStep:0.000} without, {trained.ChainTokensPerStep:0.000} with");
         }
 
         var path = Path.Combine(_directory, "trained.safetensors");
@@ -205,6 +209,33 @@ public sealed class ShortlistHeadsTests : IDisposable
         using var heads = MedusaHeads.Load(file, model, checkpoint);
         Assert.Equal(nextToken, heads.HasNextTokenInput);
         Assert.Equal(context, heads.HasContextAttention);
+        Assert.Equal(previousToken, heads.HasPreviousTokenInput);
+        if (previousToken)
+        {
+            // Head i's guesses at run time assume head i − 1's first guess: the trainer's own forward, given that token,
+            // ranks each head's first run-time guess first (float32 on both sides).
+            var exact = Path.Combine(_directory, "trained-f32.safetensors");
+            MedusaHeadsCheckpoint.Write(exact, trained.Weights, model.Signature, storeAs: DType.F32);
+            using var exactFile = MedusaHeadsCheckpoint.Open(exact);
+            using var exactHeads = MedusaHeads.Load(exactFile, model, checkpoint, DType.F32);
+            var reference = new TrainableHeads(trained.Weights, classifier, threads: 2, embedding);
+            using var row = backend.Allocate(DType.F32, 1, c.Dim);
+            int checkedGuesses = 0;
+            for (int p = 0; p < heldOutCorpus.Positions; p += heldOutCorpus.Positions / 8)
+            {
+                var h = heldOutCorpus.Hidden.AsSpan(p * c.Dim, c.Dim).ToArray();
+                int x = heldOutCorpus.Next[p];
+                backend.Upload(row, h);
+                var top = exactHeads.Predict(row, 4, x).ToArray();
+                for (int i = 1; i < 4; i++)
+                {
+                    reference.Evaluate(i, h, [x], [top[i * MedusaHeads.TopK]], null, [top[(i - 1) * MedusaHeads.TopK]]);
+                    Assert.Equal(0, reference.LastRanks[0]);
+                    checkedGuesses++;
+                }
+            }
+            Assert.True(checkedGuesses >= 24);
+        }
         using var pool = KvBlockPool.FromBudget(backend, c.Layers, c.KvHeads, c.HeadDim, 16, 2L * 160 * 2 * c.Layers * c.KvDim * sizeof(float));
         using var workspace = new ForwardWorkspace(backend, c, 64, 64);
         double accepted = 0;

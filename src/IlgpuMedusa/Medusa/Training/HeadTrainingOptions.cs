@@ -35,8 +35,8 @@ public sealed record HeadTrainingOptions
     public bool ContextAttention { get; init; }
 
     /// <summary>
-    /// Experimental (Hydra-style): head i ≥ 1 also takes the input embedding of the token just before its target (at run
-    /// time the previous head's guess); needs the next-token input.
+    /// Hydra-style: head i ≥ 1 also takes the input embedding of the token just before its target (at run time the
+    /// previous head's best guess); needs the next-token input, and excludes context attention.
     /// </summary>
     public bool PreviousTokenInput { get; init; }
 
@@ -131,6 +131,7 @@ public sealed record HeadTrainingOptions
         if (Layers is < 0 or > 8) throw new ArgumentOutOfRangeException(nameof(Layers), Layers, "--layers must be between 0 and 8.");
         if (NextTokenInput == true && !SharedLmHead) throw new ArgumentException("--next-token needs --shared-lm-head true (the next token comes from the base lm_head).");
         if (PreviousTokenInput && !UsesNextToken) throw new ArgumentException("--previous-token needs the next-token input (--next-token true, --shared-lm-head true).");
+        if (PreviousTokenInput && ContextAttention) throw new ArgumentException("--previous-token and --context-attention cannot be combined (the decoder runs either, not both).");
         if (ContextAttention && !UsesNextToken)
             throw new ArgumentException("--context-attention needs the next-token input (--next-token true, with --shared-lm-head true): the heads' query sits at the next token's position.");
         if (!(SoftLabels is >= 0 and <= 1)) throw new ArgumentOutOfRangeException(nameof(SoftLabels), SoftLabels, "--soft-labels must be between 0 and 1.");
