@@ -651,6 +651,7 @@ public sealed class MedusaHeads : IDisposable
         if (_lmHeads is not null) foreach (var t in _lmHeads) t.Dispose();
         _sharedShortlistLmHead?.Dispose();
         _next?.Dispose();
+        _previous?.Dispose();
         _context?.Dispose();
         foreach (var t in _owned) t.Dispose();
         _z.Dispose();

@@ -350,9 +350,10 @@ public sealed class MedusaHeadsCheckpoint : IDisposable
         while (t.ContainsKey(layers == 0 ? $"{heads}.0.weight" : $"{heads}.0.linear.weight")) heads++;
         if (heads == 0) throw Bad("no tensor named 0.0.linear.weight (or 0.0.weight)");
         bool nextToken = t.ContainsKey(NextTokenTensor(0));
-        bool previousToken = t.ContainsKey(PreviousTokenTensor(1));
+        var previousName = t.Keys.Where(k => k.EndsWith(".previous_token.weight", StringComparison.Ordinal)).Order(StringComparer.Ordinal).FirstOrDefault();
+        bool previousToken = previousName is not null;
         if (previousToken && !nextToken)
-            throw new InvalidDataException($"{file.Path}: Medusa tensor '{PreviousTokenTensor(1)}': previous-token inputs are only for heads with a next-token input.");
+            throw new InvalidDataException($"{file.Path}: Medusa tensor '{previousName}': previous-token inputs are only for heads with a next-token input.");
         if (t.ContainsKey(PreviousTokenTensor(0)))
             throw new InvalidDataException($"{file.Path}: Medusa tensor '{PreviousTokenTensor(0)}': head 0 has no previous head, so no previous-token input.");
         if (nextToken && !shared)
@@ -411,7 +412,7 @@ public sealed class MedusaHeadsCheckpoint : IDisposable
         if (hidden is null) throw Bad("shared-lm_head heads without ResBlocks carry no weights");
         if (t.Count != expected)
         {
-            var extra = t.Keys.FirstOrDefault(k => !IsKnown(k, heads, layers, shared));
+            var extra = t.Keys.FirstOrDefault(k => !IsKnown(k, heads, layers, shared, nextToken, context, previousToken));
             throw Bad($"{t.Count - expected} unexpected tensors (e.g. '{extra}'); expected {heads} heads of {layers} ResBlocks{(shared ? "" : " and an lm_head")}");
         }
         return new MedusaHeadsCheckpoint(file, heads, layers, hidden.Value, shared, shared ? null : rows, shortlist, nextToken, contextWidth, previousToken);
@@ -435,12 +436,13 @@ public sealed class MedusaHeadsCheckpoint : IDisposable
         return ids;
     }
 
-    private static bool IsKnown(string name, int heads, int layers, bool shared)
+    private static bool IsKnown(string name, int heads, int layers, bool shared, bool nextToken, bool context, bool previousToken)
     {
         if (name == ShortlistTensor) return true;
         for (int h = 0; h < heads; h++)
         {
-            if (shared && (name == NextTokenTensor(h) || name == ContextQueryTensor(h) || name == ContextOutputTensor(h) || (h > 0 && name == PreviousTokenTensor(h)))) return true;
+            if (shared && ((nextToken && name == NextTokenTensor(h)) || (context && (name == ContextQueryTensor(h) || name == ContextOutputTensor(h)))
+                || (previousToken && h > 0 && name == PreviousTokenTensor(h)))) return true;
             for (int l = 0; l < layers; l++)
                 if (name == $"{h}.{l}.linear.weight" || name == $"{h}.{l}.linear.bias") return true;
             if (!shared && name == $"{h}.{layers}.weight") return true;

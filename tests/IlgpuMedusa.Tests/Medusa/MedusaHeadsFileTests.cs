@@ -106,6 +106,47 @@ public sealed class MedusaHeadsFileTests : IDisposable
         Assert.Throws<ArgumentException>(() => MedusaHeadWeights.CreateRandom(Config, 1, 1, seed: 2, previousToken: true)); // needs next-token inputs
     }
 
+    [Theory]
+    [InlineData("missing-1", "missing Medusa tensor '1.previous_token.weight'")]
+    [InlineData("missing-2", "missing Medusa tensor '2.previous_token.weight'")]
+    [InlineData("head-0", "'0.previous_token.weight'")]
+    [InlineData("shape", "'2.previous_token.weight' has shape [8, 2], expected [4, 4]")]
+    [InlineData("no-next-token", "'1.previous_token.weight': previous-token inputs are only for heads with a next-token input")]
+    public void MalformedPreviousTokenInputsAreRefusedNamingTheTensor(string fault, string expected)
+    {
+        var weights = MedusaHeadWeights.CreateRandom(Config, heads: 3, layers: 1, seed: 2, scale: 0.1f, nextToken: true, previousToken: true);
+        var path = Path.Combine(_directory, $"previous-{fault}.safetensors");
+        MedusaHeadsCheckpoint.Write(path, weights, Signature);
+        // Rewrite the file by hand with the fault planted.
+        var arrays = new List<(string Name, float[] Data, int[] Shape)>();
+        using (var raw = SafetensorsFile.Open(path, allowI32: true))
+            foreach (var tensor in raw.Tensors.Values)
+                arrays.Add((tensor.Name, tensor.ToFloatArray(), tensor.Shape.ToArray()));
+        string r1 = MedusaHeadsCheckpoint.PreviousTokenTensor(1), r2 = MedusaHeadsCheckpoint.PreviousTokenTensor(2);
+        switch (fault)
+        {
+            case "missing-1": arrays.RemoveAll(a => a.Name == r1); break;
+            case "missing-2": arrays.RemoveAll(a => a.Name == r2); break;
+            case "head-0": arrays.Add((MedusaHeadsCheckpoint.PreviousTokenTensor(0), new float[D * D], [D, D])); break;
+            case "shape": arrays[arrays.FindIndex(a => a.Name == r2)] = (r2, new float[D * D], [D * D / 2, 2]); break;
+            case "no-next-token": arrays.RemoveAll(a => a.Name.EndsWith(".next_token.weight", StringComparison.Ordinal)); break;
+        }
+        var pins = arrays.Select(a => GCHandle.Alloc(a.Data, GCHandleType.Pinned)).ToList();
+        try
+        {
+            SafetensorsWriter.Write(path, arrays.Select((a, i) => new TensorData(a.Name, DType.F32, a.Shape, pins[i].AddrOfPinnedObject())).ToList(), storeAs: null,
+                metadata:
+                    new Dictionary<string, string> { ["format"] = MedusaHeadsCheckpoint.CompactFormat, ["shared_lm_head"] = "true" });
+        }
+        finally
+        {
+            foreach (var p in pins) p.Free();
+        }
+        var e = Assert.Throws<InvalidDataException>(() => MedusaHeadsCheckpoint.Open(path).Dispose());
+        Assert.Contains(path, e.Message);
+        Assert.Contains(expected, e.Message);
+    }
+
     [Fact]
     public void HeadsWithoutAShortlistHaveNone()
     {

@@ -194,6 +194,17 @@ public sealed class ShortlistHeadsTests : IDisposable
         Assert.InRange(trained.ChainTokensPerStep - 1, first - 1e-9, all + 1e-9);
         Assert.True(trained.ChainTokensPerStep > 1 + first, $"chain {trained.ChainTokensPerStep:0.000}: head 1 never extended head 0's hits (top-1 {first:P1})");
 
+        if (nextToken && !context && !previousToken)
+        {
+            // Two heads trained from a corpus that holds targets for four: the same as from a corpus of two.
+            var two = options with { Heads = 2, Steps = 50 };
+            var fromFour = HeadTrainer.Train(corpus, heldOutCorpus, classifier, c, two, shortlist, embedding);
+            var fromTwo = HeadTrainer.Train(TrainingCorpus.Build(training, heads: 2, c.Dim, "tiny greedy text"), TrainingCorpus.Build(heldOut, heads: 2, c.Dim, "tiny held-out text"),
+                classifier, c, two, shortlist, embedding);
+            Assert.Equal(2, fromFour.After.Count);
+            for (int h = 0; h < 2; h++) Assert.Equal(fromTwo.After[h].Loss, fromFour.After[h].Loss, 6);
+            Assert.Equal(fromTwo.ChainTokensPerStep, fromFour.ChainTokensPerStep, 9);
+        }
         if (previousToken)
         {
             // Head 1 knows the token its target follows, and does better than without that input.

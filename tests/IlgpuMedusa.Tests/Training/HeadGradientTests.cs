@@ -249,7 +249,9 @@ public class HeadGradientTests
         Check(p, heads.NextTokenGradient![1], "P");
         Check(w[0], heads.LinearGradient[1][0], "W0");
         Check(b[0], heads.BiasGradient[1][0], "b0");
+        heads.Backward(0, hidden, next, previous, null, default, 0, targets); // head 0: whatever tokens are passed, R is not used
         Assert.All(heads.PreviousTokenGradient[0], g => Assert.Equal(0f, g));
+        Assert.Contains(heads.NextTokenGradient[0], g => g != 0f);
     }
 
     [Fact]

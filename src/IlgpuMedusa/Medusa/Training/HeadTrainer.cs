@@ -295,7 +295,7 @@ public static class HeadTrainer
                 int p = order[cursor + r];
                 corpus.Hidden.AsSpan(p * d, d).CopyTo(hidden.AsSpan(r * d, d));
                 nextTokens[r] = corpus.Next[p];
-                for (int h = 0; h < k; h++) targets[h][r] = corpus.Targets[p * k + h];
+                for (int h = 0; h < k; h++) targets[h][r] = corpus.Targets[p * corpus.HeadCount + h]; // the corpus may hold targets for more heads
             }
             var context = w.ContextQuery is null ? null : corpus.Context!.Rows(order.AsSpan(cursor, m));
             cursor += m;
@@ -328,7 +328,7 @@ public static class HeadTrainer
     internal static HeadScore[] Evaluate(TrainableHeads heads, TrainingCorpus corpus, int batch, IProgress<HeadTrainingProgress>? progress, string stage,
         out double chainTokensPerStep, CancellationToken cancellationToken)
     {
-        int k = corpus.HeadCount, d = corpus.Dim;
+        int k = heads.Weights.HeadCount, stride = corpus.HeadCount, d = corpus.Dim; // the corpus may hold targets for more heads
         var scores = new HeadScore[k];
         var targets = new int[batch];
         var previous = new int[batch];
@@ -342,7 +342,7 @@ public static class HeadTrainer
             var context = heads.Weights.ContextQuery is null ? null : corpus.Context!.Rows([.. Enumerable.Range(start, m)]);
             for (int h = 0; h < k; h++)
             {
-                for (int r = 0; r < m; r++) targets[r] = corpus.Targets[(start + r) * k + h];
+                for (int r = 0; r < m; r++) targets[r] = corpus.Targets[(start + r) * stride + h];
                 scores[h].Add(heads.Evaluate(h, hidden, corpus.Next.AsSpan(start, m), targets.AsSpan(0, m), context,
                     h > 0 && heads.Weights.PreviousToken is not null ? previous.AsSpan(0, m) : default));
                 var ranks = heads.LastRanks;

@@ -131,6 +131,7 @@ public sealed record HeadTrainingOptions
         if (Layers is < 0 or > 8) throw new ArgumentOutOfRangeException(nameof(Layers), Layers, "--layers must be between 0 and 8.");
         if (NextTokenInput == true && !SharedLmHead) throw new ArgumentException("--next-token needs --shared-lm-head true (the next token comes from the base lm_head).");
         if (PreviousTokenInput && !UsesNextToken) throw new ArgumentException("--previous-token needs the next-token input (--next-token true, --shared-lm-head true).");
+        if (PreviousTokenInput && Heads < 2) throw new ArgumentException("--previous-token needs at least two heads (head 0 has no previous head).");
         if (PreviousTokenInput && ContextAttention) throw new ArgumentException("--previous-token and --context-attention cannot be combined (the decoder runs either, not both).");
         if (ContextAttention && !UsesNextToken)
             throw new ArgumentException("--context-attention needs the next-token input (--next-token true, with --shared-lm-head true): the heads' query sits at the next token's position.");
