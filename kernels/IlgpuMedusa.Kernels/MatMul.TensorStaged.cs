@@ -16,7 +16,8 @@ public static partial class MatMulKernels
     /// group's rows for every token of the group's token tile, so no sums meet at the end. The input chunk all warps
     /// need is loaded once per group into shared memory (each thread one or two 16-byte loads per plane, the next
     /// chunk's loads in flight while this chunk's products run: double buffering, one barrier per chunk), and each warp
-    /// streams its own weights, the next chunk's requested before this chunk's products. Input traffic from L2 per
+    /// streams its own weights, the next chunk's (with <see cref="MatMulArgs.Prefetch"/> 2 also the one after) requested
+    /// before this chunk's products. Input traffic from L2 per
     /// weight byte is a quarter of <see cref="TensorCore{TTiles, TInput}"/>'s, where every warp loads its own inputs.
     /// Grid: (⌈T / (8 · Count)⌉, ⌈N / (16 · warps)⌉, Z) groups of 32 · warps threads (1 to 4 warps); split-K over z as in
     /// <see cref="TensorCore{TTiles, TInput}"/> (partials reduced by <see cref="TensorReduce"/>).
@@ -69,6 +70,14 @@ public static partial class MatMulKernels
         }
         int firstChunk = begin < end ? begin : 0;
         Pack8 na = weight[wa + 4L * firstChunk], nb = weight[wb + 4L * firstChunk];
+        // With Prefetch 2 the chunk after next is requested too (fa, fb), so two of this warp's chunks are in flight.
+        bool deep = args.Prefetch > 1;
+        Pack8 fa = na, fb = nb;
+        if (deep && firstChunk + 1 < end)
+        {
+            fa = weight[wa + 4L * (firstChunk + 1)];
+            fb = weight[wb + 4L * (firstChunk + 1)];
+        }
 
         var zeroFragment = new Fragment(0f, 0f, 0f, 0f);
         Fragment c0 = zeroFragment, c1 = zeroFragment, c2 = zeroFragment, c3 = zeroFragment, c4 = zeroFragment, c5 = zeroFragment, c6 = zeroFragment, c7 = zeroFragment;
@@ -85,8 +94,21 @@ public static partial class MatMulKernels
             {
                 p0 = LoadStage<TInput>(inputHi, inputLo, x0 + 4L * (c + 1), has0, p0);
                 p1 = LoadStage<TInput>(inputHi, inputLo, x1 + 4L * (c + 1), has1, p1);
-                na = weight[wa + 4L * (c + 1)];
-                nb = weight[wb + 4L * (c + 1)];
+                if (deep)
+                {
+                    na = fa;
+                    nb = fb;
+                    if (c + 2 < end)
+                    {
+                        fa = weight[wa + 4L * (c + 2)];
+                        fb = weight[wb + 4L * (c + 2)];
+                    }
+                }
+                else
+                {
+                    na = weight[wa + 4L * (c + 1)];
+                    nb = weight[wb + 4L * (c + 1)];
+                }
             }
             // Token tile j: lane (g, q) takes token 8j + g, pack q of the chunk.
             int mine = at + g * 4 + q;

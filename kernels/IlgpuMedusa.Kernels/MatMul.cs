@@ -8,8 +8,9 @@ public readonly struct MatMulArgs
 {
     /// <summary>Creates the scalars.</summary>
     public MatMulArgs(int tokens, int rows, int columns, int weightStride, bool accumulate, float eps = 0f, int groupRows = 0, int groupInputStride = 0,
-        int chunksPerSplit = 0)
+        int chunksPerSplit = 0, int prefetch = 1)
     {
+        Prefetch = prefetch;
         ChunksPerSplit = chunksPerSplit;
         Tokens = tokens;
         Rows = rows;
@@ -42,6 +43,8 @@ public readonly struct MatMulArgs
     public readonly int GroupInputStride;
     /// <summary>Tensor-core kernel with split-K: 32-column chunks per K split (grid z); 0: one split.</summary>
     public readonly int ChunksPerSplit;
+    /// <summary>Staged tensor-core kernel: weight chunks each warp has in flight ahead of its products (1 or 2).</summary>
+    public readonly int Prefetch;
 }
 
 /// <summary>What the vector and skinny matmul kernels do besides x·Wᵀ (a compile-time choice: one kernel per mode).</summary>
@@ -164,6 +167,25 @@ public readonly record struct MatMulTuning(int GroupSize, int SkinnyGroupSize, i
     /// <inheritdoc cref="TensorStagedMaxRows"/>
     public int TensorStagedMaxTokens { get; init; } = 64;
 
+    /// <summary>Environment variable setting <see cref="TensorPrefetch"/> on CUDA: 1 (the default) or 2.</summary>
+    public const string TensorPrefetchVariable = "ILGPU_MEDUSA_TENSOR_PREFETCH";
+
+    /// <summary>
+    /// Weight chunks (16 rows x 32 columns, 1 KB) each warp of the staged tensor-core kernel has requested ahead of the
+    /// chunk it multiplies: 1 (the default, timed on an H200) or 2 (not yet timed on a GPU). Little's law: at ~5 TB/s and
+    /// ~0.7 µs of memory latency a GPU needs ~3.5 MB in flight, ~25 KB per multiprocessor; four groups of four warps
+    /// with one chunk each hold ~16 KB, which is about what the measured ~1 TB/s of the T = 64 matmul suggests.
+    /// </summary>
+    public int TensorPrefetch { get; init; } = 1;
+
+    /// <summary>Parses <see cref="TensorPrefetchVariable"/> (null or empty: 1).</summary>
+    public static int ParseTensorPrefetch(string? text) => text?.Trim() switch
+    {
+        null or "" or "1" => 1,
+        "2" => 2,
+        _ => throw new ArgumentException($"{TensorPrefetchVariable}: unknown value '{text}'; expected 1 or 2"),
+    };
+
     /// <summary>Smallest T that <see cref="MatMulPath.Auto"/> sends to the tensor-core kernel (when it applies).</summary>
     public int TensorMinTokens { get; init; } = 2;
 
@@ -215,6 +237,7 @@ public readonly record struct MatMulTuning(int GroupSize, int SkinnyGroupSize, i
                     var other => throw new ArgumentException($"{TensorKernelVariable}: unknown value '{other}'; expected staged or direct"),
                 },
                 TensorTargetGroups = 4 * Math.Max(1, accelerator.NumMultiprocessors),
+                TensorPrefetch = ParseTensorPrefetch(Environment.GetEnvironmentVariable(TensorPrefetchVariable)),
             }
             : new(groupSize, groupSize, tiled, 16, false) { TensorGroupSize = tensorGroup };
     }
@@ -597,7 +620,8 @@ public sealed class MatMulLauncher : IDisposable
         long elements = (long)tokens * n;
         if (splits == 1)
         {
-            kernels[slot](stream, config, output, hi.Cast<Pack8>(), lo.Cast<Pack8>(), packs, new MatMulArgs(tokens, n, k, weight.RowStride / 8, accumulate));
+            kernels[slot](stream, config, output, hi.Cast<Pack8>(), lo.Cast<Pack8>(), packs,
+                new MatMulArgs(tokens, n, k, weight.RowStride / 8, accumulate, prefetch: Tuning.TensorPrefetch));
             return;
         }
         if (_partials is null || _partials.Length < splits * elements)
@@ -607,7 +631,7 @@ public sealed class MatMulLauncher : IDisposable
         }
         var partials = _partials.View.SubView(0, splits * elements);
         kernels[slot](stream, config, partials, hi.Cast<Pack8>(), lo.Cast<Pack8>(), packs,
-            new MatMulArgs(tokens, n, k, weight.RowStride / 8, accumulate: false, chunksPerSplit: perSplit));
+            new MatMulArgs(tokens, n, k, weight.RowStride / 8, accumulate: false, chunksPerSplit: perSplit, prefetch: Tuning.TensorPrefetch));
         _tensorReduce(stream, checked((int)elements), output, partials, checked((int)elements), splits, accumulate ? 1 : 0);
     }
 

@@ -216,7 +216,8 @@ public abstract class ConformanceTests
     /// <summary>
     /// The tensor-core kernel against the host: with split inputs (hi + lo fp16) to the float32 tolerance; with inputs
     /// rounded to fp16 once against the host given the rounded inputs (so the comparison is exact up to summation order).
-    /// Each shape runs through both kernels (staged: warps split the rows; direct: warps split K), with K split over the
+    /// Each shape runs through both kernels (staged: warps split the rows, with one or two weight chunks in flight; direct:
+    /// warps split K), with K split over the
     /// grid wherever K has room for it (a target of 1000 groups: the shapes with K ≥ 256), so split and unsplit launches,
     /// the partial sums and their reduction are covered on every device.
     /// </summary>
@@ -230,6 +231,7 @@ public abstract class ConformanceTests
         var tuning = MatMulTuning.For(accelerator, Device.GroupSize) with { TensorCores = mode, TensorTargetGroups = 1000 };
         using var launcher = new MatMulLauncher(accelerator, tuning);
         using var direct = new MatMulLauncher(accelerator, tuning with { TensorStaged = false });
+        using var deep = new MatMulLauncher(accelerator, tuning with { TensorPrefetch = 2 });
         using var twin = NewTwin(41);
         if (!TensorCoresAvailable)
         {
@@ -260,7 +262,7 @@ public abstract class ConformanceTests
             Assert.False(direct.RunsStaged(view, t));
             var start = Twin.Read(output.Device);
             Accelerators.Host.MatMul(output.Host, hostInput.Host, weight.Host, accumulate);
-            foreach (var (name, l) in new[] { ("staged", launcher), ("direct", direct) })
+            foreach (var (name, l) in new[] { ("staged", launcher), ("direct", direct), ("staged, two chunks in flight", deep) })
             {
                 var result = Device.Allocate(DType.F32, t, n);
                 try

@@ -46,6 +46,7 @@ internal sealed class Bench(Accelerator accelerator, bool quick, Action<string> 
         {
             launchers["rounded"] = new(accelerator, tuned with { TensorCores = TensorCoreMode.Rounded });
             launchers["direct"] = new(accelerator, tuned with { TensorStaged = false });
+            launchers["prefetch-2"] = new(accelerator, tuned with { TensorPrefetch = 2 });
             log($"  tensor cores: tuned {launchers["tuned"].Tuning.TensorCores}{(launchers["tuned"].TensorCoreError is { } e ? " (FAILED: " + e + ")" : "")}");
         }
         var shapes = quick ? new[] { (256, 256) } : new[] { (4096, 4096), (11008, 4096), (4096, 11008), (32000, 4096) };
@@ -60,7 +61,7 @@ internal sealed class Bench(Accelerator accelerator, bool quick, Action<string> 
                 var weights = new WeightView(storage, w.View.BaseView.Cast<byte>(), n, k, k);
                 foreach (var (name, launcher) in launchers)
                 {
-                    if ((storage == WeightStorage.BF16 && name != "tuned" && name != "narrow") || name == "rounded" || name == "direct") continue;
+                    if ((storage == WeightStorage.BF16 && name != "tuned" && name != "narrow") || name == "rounded" || name == "direct" || name == "prefetch-2") continue;
                     double ms = Milliseconds(() => launcher.Launch(_stream, o.View, x.View, weights, 1, false), Repeats);
                     log($"  gemv {storage} {name} [{n}x{k}] T=1: {ms * 1000,8:F1} us  {gigabytes / (ms / 1000),6:F0} GB/s");
                 }
@@ -70,13 +71,13 @@ internal sealed class Bench(Accelerator accelerator, bool quick, Action<string> 
             bool tensor = launchers["tuned"].Tuning.TensorCores != TensorCoreMode.Off;
             foreach (int t in quick ? new[] { 4, 17 } : new[] { 2, 4, 16, 64, 128, 256 })
             {
-                foreach (var (path, name) in new[] { (MatMulPath.Skinny, "tuned"), (MatMulPath.Tiled, "tuned"), (MatMulPath.TensorCore, "tuned"), (MatMulPath.TensorCore, "rounded"), (MatMulPath.TensorCore, "direct") })
+                foreach (var (path, name) in new[] { (MatMulPath.Skinny, "tuned"), (MatMulPath.Tiled, "tuned"), (MatMulPath.TensorCore, "tuned"), (MatMulPath.TensorCore, "rounded"), (MatMulPath.TensorCore, "direct"), (MatMulPath.TensorCore, "prefetch-2") })
                 {
                     if ((path == MatMulPath.Skinny && t > 128) || (path == MatMulPath.Tiled && t < 64 && !quick)) continue;
                     if (path == MatMulPath.TensorCore && !tensor) continue;
                     var launcher = launchers[name];
                     string label = path == MatMulPath.TensorCore
-                        ? $"Tensor/{launcher.Tuning.TensorCores}/{(launcher.RunsStaged(f16, t) ? "staged" : "direct")}" : path.ToString();
+                        ? $"Tensor/{launcher.Tuning.TensorCores}/{(launcher.RunsStaged(f16, t) ? "staged" : "direct")}{(launcher.Tuning.TensorPrefetch > 1 ? "/pf2" : "")}" : path.ToString();
                     double ms = Milliseconds(() => launcher.Launch(_stream, o.View, x.View, f16, t, false, path), Math.Max(3, Repeats / 5));
                     log($"  matmul F16 [{n}x{k}] T={t,3} {label,-22}: {ms * 1000,8:F1} us  {ms * 1000 / t,7:F1} us/token  " +
                         $"{2.0 * t * n * k / (ms / 1000) / 1e12,6:F2} TFLOP/s  {gigabytes / (ms / 1000),6:F0} GB/s of weights");
