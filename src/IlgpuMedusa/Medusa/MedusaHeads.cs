@@ -498,11 +498,7 @@ public sealed class MedusaHeads : IDisposable
         }
         var z = _z.Slice(0, heads);
         var logits = _logits.Slice(0, heads);
-        if (_previous is { } previous)
-        {
-            RunChained(b, previous, hidden, heads);
-        }
-        else if (_stacked is { } stacked)
+        if (_stacked is { } stacked)
         {
             RunStacked(b, stacked, hidden, heads, sequence, committed);
             if (_lmHeads is not null)
@@ -520,6 +516,15 @@ public sealed class MedusaHeads : IDisposable
                 b.Add(input.Input, hidden, input.Projected);
                 start = input.Input;
                 if (_context is { } context) AttendContext(b, context, start, h, 1, sequence!, committed);
+                if (_previous is { } previous && h > 0)
+                {
+                    // + R_h · e(head h − 1's best guess): its argmax is a column of the scored rows, which is also the
+                    // embedding table's row, as for x̂ (the heads run one after another, so its logits are there)
+                    b.ArgMax(previous.Index, _logits.Slice(h - 1, 1));
+                    b.Embedding(previous.Embedding, previous.Index, input.Table);
+                    b.MatMul(previous.Projected, previous.Embedding, previous.Projection[h]!, accumulate: false);
+                    b.Add(start, start, previous.Projected);
+                }
             }
             for (int l = 0; l < LayerCount; l++)
             {
@@ -529,6 +534,7 @@ public sealed class MedusaHeads : IDisposable
             }
             if (LayerCount == 0) b.Add(zh, start, _zeroLike ??= b.Allocate(DType.F32, 1, hidden.Columns));
             if (_lmHeads is not null) b.MatMul(_logits.Slice(h, 1), zh, _lmHeads[h], accumulate: false);
+            else if (_previous is not null) b.MatMul(_logits.Slice(h, 1), zh, _sharedShortlistLmHead ?? _model.Classifier, accumulate: false); // the next head needs it
         }
         if (_lmHeads is null && _previous is null) b.MatMul(logits, z, _sharedShortlistLmHead ?? _model.Classifier, accumulate: false);
         b.TopK(topColumns, _topValues.Slice(0, heads), logits);
@@ -555,41 +561,6 @@ public sealed class MedusaHeads : IDisposable
         _model.Backend.Download(_topValues.Slice(0, _predicted), _hostTopLogits.AsSpan(0, n));
         DynamicTreePlanner.Probabilities(_hostTopLogits.AsSpan(0, n), TopK, _hostTopProbabilities);
         return _hostTopProbabilities.AsSpan(0, n);
-    }
-
-    /// <summary>
-    /// Heads with a previous-token input, one after another, each up to its logits (into <see cref="_logits"/>): z₀ = h + P·e(x̂),
-    /// for head i ≥ 1 also + R_i·e(argmax of head i − 1's logits), then the ResBlocks and the head's row of the shared
-    /// lm_head product. The argmax is a column of the scored rows, which is also the embedding table's row
-    /// (<see cref="NextTokenInput.Table"/>), as for x̂.
-    /// </summary>
-    private void RunChained(IComputeBackend b, PreviousTokenInput previous, DeviceTensor hidden, int heads)
-    {
-        var next = _next!;
-        var start = next.Input;
-        var lmHead = _sharedShortlistLmHead ?? _model.Classifier;
-        for (int h = 0; h < heads; h++)
-        {
-            var zh = _z.Slice(h, 1);
-            var linear = _linearOut.Slice(h, 1);
-            var logits = _logits.Slice(h, 1);
-            b.MatMul(next.Projected, next.Embedding, next.Projection[h], accumulate: false);
-            b.Add(start, hidden, next.Projected);
-            if (h > 0)
-            {
-                b.ArgMax(previous.Index, _logits.Slice(h - 1, 1));
-                b.Embedding(previous.Embedding, previous.Index, next.Table);
-                b.MatMul(previous.Projected, previous.Embedding, previous.Projection[h]!, accumulate: false);
-                b.Add(start, start, previous.Projected);
-            }
-            for (int l = 0; l < LayerCount; l++)
-            {
-                b.MatMul(linear, l == 0 ? start : zh, _linear[h][l], accumulate: false);
-                b.SiluResidual(zh, l == 0 ? start : zh, linear, _bias[h][l]);
-            }
-            if (LayerCount == 0) b.Add(zh, start, _zeroLike ??= b.Allocate(DType.F32, 1, hidden.Columns));
-            b.MatMul(logits, zh, lmHead, accumulate: false);
-        }
     }
 
     /// <summary>Every head's z (into <see cref="_z"/>) with grouped matmuls: z₀ = h + P·e (or h), then per ResBlock z ← z + SiLU(W z + b).</summary>

@@ -294,29 +294,12 @@ internal sealed unsafe class TrainableHeads
         if (Weights.NextToken is { } nextToken)
         {
             if (next.Length != m) throw new ArgumentException($"heads with next-token inputs need the next token of each of the {m} positions, got {next.Length}");
-            for (int r = 0; r < m; r++)
-            {
-                int token = next[r];
-                if ((uint)token >= (uint)Weights.VocabSize) throw new ArgumentOutOfRangeException(nameof(next), $"next token {token} outside the vocabulary of {Weights.VocabSize}");
-                _embedding!.AsSpan(token * d, d).CopyTo(_e.AsSpan(r * d, d));
-            }
-            Transpose(nextToken[head], _transposed, d);
-            fixed (float* pe = _e, pt = _transposed, pz = _z[0])
-                TrainingGemm.Multiply(m, d, d, GemmA.RowMajor(pe, d), GemmB.RowMajor(pt, d), pz, d, accumulate: true, _threads);
+            AddProjectedEmbeddings(next, _e, nextToken[head], m, "next token", allowNone: false);
         }
         if (Weights.PreviousToken is { } previousToken && head > 0)
         {
             if (previous.Length != m) throw new ArgumentException($"heads with previous-token inputs need the token before each of the {m} targets, got {previous.Length}");
-            for (int r = 0; r < m; r++)
-            {
-                int token = previous[r];
-                if (token < 0) _ePrevious.AsSpan(r * d, d).Clear(); // no target at this row: no gradient flows from it
-                else if (token >= Weights.VocabSize) throw new ArgumentOutOfRangeException(nameof(previous), $"previous token {token} outside the vocabulary of {Weights.VocabSize}");
-                else _embedding!.AsSpan(token * d, d).CopyTo(_ePrevious.AsSpan(r * d, d));
-            }
-            Transpose(previousToken[head], _transposed, d);
-            fixed (float* pe = _ePrevious, pt = _transposed, pz = _z[0])
-                TrainingGemm.Multiply(m, d, d, GemmA.RowMajor(pe, d), GemmB.RowMajor(pt, d), pz, d, accumulate: true, _threads);
+            AddProjectedEmbeddings(previous, _ePrevious, previousToken[head], m, "previous token", allowNone: true);
         }
         if (_shape is not null) ContextForward(head, m, context!);
         for (int l = 0; l < Weights.LayerCount; l++)
@@ -342,6 +325,26 @@ internal sealed unsafe class TrainableHeads
         var packed = Packed(head);
         fixed (float* pz = _z[Weights.LayerCount], pp = packed, pl = _logits)
             TrainingGemm.Multiply(m, V, d, GemmA.RowMajor(pz, d), GemmB.Packed(pp, d), pl, V, accumulate: false, _threads);
+    }
+
+    /// <summary>
+    /// z₀ += e Qᵀ for a token input: the input embedding of each row's token into <paramref name="rows"/> (kept for the
+    /// backward pass; a negative token, allowed with <paramref name="allowNone"/>, is a row without a target and gets
+    /// zeros), times the projection <paramref name="projection"/> [D, D].
+    /// </summary>
+    private void AddProjectedEmbeddings(ReadOnlySpan<int> tokens, float[] rows, float[] projection, int m, string what, bool allowNone)
+    {
+        int d = D;
+        for (int r = 0; r < m; r++)
+        {
+            int token = tokens[r];
+            if (token < 0 && allowNone) rows.AsSpan(r * d, d).Clear();
+            else if ((uint)token >= (uint)Weights.VocabSize) throw new ArgumentOutOfRangeException(nameof(tokens), $"{what} {token} outside the vocabulary of {Weights.VocabSize}");
+            else _embedding!.AsSpan(token * d, d).CopyTo(rows.AsSpan(r * d, d));
+        }
+        Transpose(projection, _transposed, d);
+        fixed (float* pe = rows, pt = _transposed, pz = _z[0])
+            TrainingGemm.Multiply(m, d, d, GemmA.RowMajor(pe, d), GemmB.RowMajor(pt, d), pz, d, accumulate: true, _threads);
     }
 
     /// <summary>
