@@ -534,8 +534,13 @@ public sealed class AttentionLauncher : IDisposable
     private readonly int _blocksFrom;
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, AttentionArgs>? _decode;
     private readonly int _decodeTargetGroups;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, AttentionArgs>? _tiles;
+    private readonly int _tileGroupSize;
 
-    /// <summary>Environment variable choosing the attention kernel: per-token (never blocks), blocks (T = 1 too), or unset.</summary>
+    /// <summary>
+    /// Environment variable choosing the attention kernel: per-token (never blocks), blocks (T = 1 too), warp (decoding in
+    /// one-warp groups), tiles (T ≥ 2 in <see cref="AttentionKernel.Tiles"/> where it runs), or unset.
+    /// </summary>
     public const string KernelVariable = "ILGPU_MEDUSA_ATTENTION";
 
     /// <summary>
@@ -544,17 +549,20 @@ public sealed class AttentionLauncher : IDisposable
     /// <see cref="KernelVariable"/> says: per-token = never, blocks = 1); int.MaxValue keeps every T on the
     /// one-token-per-group kernel (to time the two side by side). <paramref name="warpDecode"/>: T = 1 through
     /// <see cref="AttentionKernel.Decode"/> (default: when <see cref="KernelVariable"/> is warp; CUDA and the CPU emulator
-    /// only: elsewhere it is not loaded and decoding keeps the other kernels).
+    /// only: elsewhere it is not loaded and decoding keeps the other kernels). <paramref name="tiles"/>: T ≥ 2 with
+    /// Dh ≤ 128 through <see cref="AttentionKernel.Tiles"/> (default: when <see cref="KernelVariable"/> is tiles; CUDA and
+    /// the CPU emulator only, with groups of <paramref name="tileGroupSize"/> threads, by default the largest of 256, 128
+    /// and 64 the device allows); elsewhere such T keep the block kernel.
     /// </summary>
-    public AttentionLauncher(Accelerator accelerator, int groupSize, int? blocks = null, bool? warpDecode = null)
+    public AttentionLauncher(Accelerator accelerator, int groupSize, int? blocks = null, bool? warpDecode = null, bool? tiles = null, int? tileGroupSize = null)
     {
         string? choice = Environment.GetEnvironmentVariable(KernelVariable)?.Trim().ToLowerInvariant();
         _blocksFrom = blocks ?? choice switch
         {
-            null or "" or "warp" => 2,
+            null or "" or "warp" or "tiles" => 2,
             "blocks" => 1,
             "per-token" => int.MaxValue,
-            var other => throw new ArgumentException($"{KernelVariable}: unknown value '{other}'; expected blocks, per-token or warp"),
+            var other => throw new ArgumentException($"{KernelVariable}: unknown value '{other}'; expected blocks, per-token, warp or tiles"),
         };
         ArgumentNullException.ThrowIfNull(accelerator);
         KernelLimits.CheckGroupSize(groupSize);
@@ -575,6 +583,15 @@ public sealed class AttentionLauncher : IDisposable
             _decode = KernelLoader.Load(accelerator, AttentionKernel.Decode,
                 () => accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, AttentionArgs>(AttentionKernel.Decode));
         }
+        int tileLimit = Math.Min(accelerator.MaxNumThreadsPerGroup, AttentionKernel.TileMaxGroupSize);
+        _tileGroupSize = tileGroupSize ?? (tileLimit >= 256 ? 256 : tileLimit >= 128 ? 128 : 64);
+        if ((tiles ?? choice == "tiles") && warpCapable && accelerator.MaxNumThreadsPerGroup >= 64)
+        {
+            if (_tileGroupSize is not (64 or 128 or 256) || _tileGroupSize > accelerator.MaxNumThreadsPerGroup)
+                throw new ArgumentException($"Attention: tile groups of {_tileGroupSize} threads; expected 64, 128 or 256, at most the device's {accelerator.MaxNumThreadsPerGroup}");
+            _tiles = KernelLoader.Load(accelerator, AttentionKernel.Tiles,
+                () => accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, AttentionArgs>(AttentionKernel.Tiles));
+        }
         _accelerator = accelerator;
         _combine = KernelLoader.Load(accelerator, AttentionKernel.Combine,
             () => accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, AttentionArgs>(AttentionKernel.Combine));
@@ -591,6 +608,27 @@ public sealed class AttentionLauncher : IDisposable
     /// True when T queries go to <see cref="AttentionKernel.Block"/>: T ≥ 2 (by default) and groups of at least 16 threads.
     /// </summary>
     public bool UsesBlocks(int tokens) => tokens >= _blocksFrom && tokens >= 1 && _groupSize >= 2 * AttentionKernel.BlockTokens;
+
+    /// <summary>True when T queries of head dimension Dh go to <see cref="AttentionKernel.Tiles"/>: T ≥ 2, Dh ≤ 128, the tile kernel loaded.</summary>
+    public bool UsesTiles(int tokens, int headDim) => _tiles is not null && tokens >= 2 && headDim >= 1 && headDim <= AttentionKernel.TileMaxHeadDim;
+
+    /// <summary>Threads per group of <see cref="AttentionKernel.Tiles"/> (its tiles hold a eighth as many query rows).</summary>
+    public int TileGroupSize => _tileGroupSize;
+
+    /// <summary>
+    /// Splits for the tile kernel: Hkv · ⌈T·(H/Hkv) / R⌉ groups, split until the device is full (8 groups per
+    /// multiprocessor), never fewer than 64 keys (two chunks) per split.
+    /// </summary>
+    public int ChooseTileSplits(int tokens, int heads, int kvHeads, int maxKeys)
+    {
+        if (tokens <= 0 || heads <= 0 || kvHeads <= 0) return 1;
+        int rowsPerTile = AttentionKernel.TileRows(_tileGroupSize);
+        long groups = (long)kvHeads * (((long)tokens * (heads / kvHeads) + rowsPerTile - 1) / rowsPerTile);
+        if (groups * 2 > _targetGroups) return 1;
+        int byDevice = (int)(_targetGroups / groups);
+        int byKeys = (maxKeys + 2 * AttentionKernel.TileKeys - 1) / (2 * AttentionKernel.TileKeys);
+        return Math.Clamp(Math.Min(byDevice, byKeys), 1, MaxSplits);
+    }
 
     /// <summary>True when T queries go to <see cref="AttentionKernel.Decode"/>: T = 1 with the warp kernel loaded.</summary>
     public bool UsesWarpDecode(int tokens) => tokens == 1 && _decode is not null;
@@ -652,9 +690,11 @@ public sealed class AttentionLauncher : IDisposable
                 $"mask {mask.Length}: wrong for T={t}, H={h}, Hkv={args.KvHeads}, Dh={dh}, S={args.Committed}");
         if (t == 0 || h == 0) return;
         bool warp = UsesWarpDecode(t);
-        bool block = !warp && UsesBlocks(t);
-        int z = splits ?? (warp ? ChooseWarpSplits(h, args.Committed + 1) : block ? ChooseBlockSplits(t, h, args.Committed + t) : ChooseSplits(t, h, args.Committed + t));
-        if (z < 1 || z > MaxSplits || (!block && !warp && z > 1 && (long)t * h * z > MaxSplitGroups))
+        bool tiled = !warp && UsesTiles(t, dh);
+        bool block = !warp && !tiled && UsesBlocks(t);
+        int z = splits ?? (warp ? ChooseWarpSplits(h, args.Committed + 1) : tiled ? ChooseTileSplits(t, h, args.KvHeads, args.Committed + t)
+            : block ? ChooseBlockSplits(t, h, args.Committed + t) : ChooseSplits(t, h, args.Committed + t));
+        if (z < 1 || z > MaxSplits || (!block && !warp && !tiled && z > 1 && (long)t * h * z > MaxSplitGroups))
             throw new ArgumentException($"Attention: {z} key splits for T={t}, H={h}: need 1 ≤ Z ≤ {MaxSplits} and T·H·Z ≤ {MaxSplitGroups}");
         long rows = (long)t * h * z;
         if (z > 1 && _partials.Length < rows * (KernelLimits.MaxHeadDim + 2))
@@ -667,6 +707,12 @@ public sealed class AttentionLauncher : IDisposable
         if (warp)
         {
             _decode!(stream, new KernelConfig(new Index3D(h, 1, z), new Index3D(32, 1, 1)), output, _partials.View, qkv, keys, values, blockTable, mask, a);
+        }
+        else if (tiled)
+        {
+            int rowsPerTile = AttentionKernel.TileRows(_tileGroupSize);
+            int tileCount = (t * (h / args.KvHeads) + rowsPerTile - 1) / rowsPerTile;
+            _tiles!(stream, new KernelConfig(new Index3D(args.KvHeads, tileCount, z), new Index3D(_tileGroupSize, 1, 1)), output, _partials.View, qkv, keys, values, blockTable, mask, a);
         }
         else if (block)
         {

@@ -189,6 +189,7 @@ public static class KernelCatalog
             (Action<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, AttentionArgs>)AttentionKernel.Run,
             (Action<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, AttentionArgs>)AttentionKernel.Block,
             (Action<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, AttentionArgs>)AttentionKernel.Decode,
+            (Action<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, AttentionArgs>)AttentionKernel.Tiles,
             (Action<Index1D, ArrayView<float>, ArrayView<float>, AttentionArgs>)AttentionKernel.Combine,
             (Action<Index1D, ArrayView<float>, ArrayView<float>, SwiGluArgs>)SwiGluKernel.Run,
             (Action<Index1D, ArrayView<float>, ArrayView<float>, SwiGluArgs>)SwiGluKernel.RunPairs,
@@ -202,7 +203,7 @@ public static class KernelCatalog
             (Action<Index1D, ArrayView<int>, ArrayView<int>, ArrayView<int>, SmallInts, int>)GatherIntsKernel.Run,
         ];
         return kernels.Select(k => new Entry(KernelLoader.NameOf(k.Method), k.Method, KernelLoader.IsImplicitlyGrouped(k.Method),
-            k.Method.Name is nameof(MatMulKernels.VectorWide) or nameof(AttentionKernel.Decode)
+            k.Method.Name is nameof(MatMulKernels.VectorWide) or nameof(AttentionKernel.Decode) or nameof(AttentionKernel.Tiles)
             || (k.Method.IsGenericMethod && k.Method.GetGenericArguments().Any(a => a == typeof(F16NativeFormat) || typeof(ITensorInput).IsAssignableFrom(a))))).ToList();
     }
 }

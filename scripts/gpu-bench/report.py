@@ -270,6 +270,23 @@ def variant_lines(main, variants, indent="  "):
     return lines
 
 
+def tree_variant_lines(main, variants, indent="  "):
+    """One line per tree variant: decode, each tree step and the greedy tokens against the main profile's."""
+    lines = []
+    if not isinstance(main, dict):
+        return lines
+    for label, doc in variants:
+        if not isinstance(doc, dict):
+            continue
+        md, vd = number(main.get("decode_tokens_per_second")), number(doc.get("decode_tokens_per_second"))
+        trees = ", ".join(f"{k} nodes {fmt(number((main.get('tree_step_ms') or {}).get(k)), 2)} vs {fmt(number(v), 2)} ms"
+                          for k, v in (doc.get("tree_step_ms") or {}).items())
+        same = (main.get("greedy_tokens") == doc.get("greedy_tokens")) if main.get("greedy_tokens") and doc.get("greedy_tokens") else None
+        lines.append(f"{indent}default vs {label}: decode {fmt(md)} vs {fmt(vd)} tok/s; {trees}; "
+                     + {True: "same greedy tokens", False: "greedy tokens DIFFER", None: "greedy tokens not compared"}[same])
+    return lines
+
+
 def unfused_lines(u, indent="  "):
     """One line: decode and tree steps with the fused kernels and without."""
     if not u:
@@ -549,6 +566,13 @@ def main(argv=None) -> int:
                            ("block attention (ILGPU_MEDUSA_ATTENTION=blocks)", extract_json_object(read_text(os.path.join(raw, f"ours-{shape}-block-attention.out")))),
                            ("warp attention (ILGPU_MEDUSA_ATTENTION=warp)", extract_json_object(read_text(os.path.join(raw, f"ours-{shape}-warp-attention.out")))),
                            ("uploads as copies (ILGPU_MEDUSA_SMALL_UPLOADS=0)", extract_json_object(read_text(os.path.join(raw, f"ours-{shape}-copy-uploads.out"))))]
+        tree_variants = [("tile attention (ILGPU_MEDUSA_ATTENTION=tiles)", extract_json_object(read_text(os.path.join(raw, f"ours-{shape}-tile-attention.out")))),
+                         ("two chunks in flight (ILGPU_MEDUSA_TENSOR_PREFETCH=2)", extract_json_object(read_text(os.path.join(raw, f"ours-{shape}-prefetch2.out"))))]
+        summary["tree_variants"] = {label: {"decode_tokens_per_second": number(doc.get("decode_tokens_per_second")),
+                                            "tree_step_ms": {k: number(v) for k, v in (doc.get("tree_step_ms") or {}).items()},
+                                            "greedy_tokens_equal": (ours.get("greedy_tokens") == doc.get("greedy_tokens"))
+                                            if isinstance(ours, dict) and ours.get("greedy_tokens") and doc.get("greedy_tokens") else None}
+                                    for label, doc in tree_variants if isinstance(doc, dict)}
         summary["decode_variants"] = {label: {"decode_tokens_per_second": number((doc or {}).get("decode_tokens_per_second")),
                                               "one_node_step_ms": number(((doc or {}).get("tree_step_ms") or {}).get("1")),
                                               "host_waits_per_decode_step": number((doc or {}).get("host_waits_per_decode_step"))}
@@ -569,7 +593,8 @@ def main(argv=None) -> int:
         result["shapes"][shape] = {"summary": summary, "step_status": status, "model": model, "ours": ours,
                                    "ours_missing_fields": absent, "hf_eager": he, "hf_compiled": hc, "errors": errors}
         blocks.append("\n".join([table(shape, summary, status, model, args.mode)] + unfused_lines(summary["unfused"])
-                                 + tensor_lines(summary["f32_cores"]) + variant_lines(ours, decode_variants)
+                                 + tensor_lines(summary["f32_cores"]) + tree_variant_lines(ours, tree_variants)
+                                 + variant_lines(ours, decode_variants)
                                  + op_times_lines(summary["op_times"])))
     failed = [s for s in steps if s["status"] in ("failed", "timeout")]
     result["failed_steps"] = [s["name"] for s in failed]

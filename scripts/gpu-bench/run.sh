@@ -317,6 +317,15 @@ ours_decode_variant() {
     --decode-tokens 64 --greedy-tokens 8 --tree-sizes 1 --repeats 5 --copy-mb 0 --json
 }
 
+# ours_tree_variant NAME MODEL_DIR PROMPT_IDS WANT_S VAR=VALUE: decode and every tree size with one kernel choice
+# switched by its environment variable (ILGPU_MEDUSA_ATTENTION=tiles: T >= 2 attention in the tile kernel;
+# ILGPU_MEDUSA_TENSOR_PREFETCH=2: the staged tensor-core matmul with two weight chunks in flight), with the greedy
+# tokens, for the report's "tree variants" lines (each next to the main run's figures).
+ours_tree_variant() {
+  run_step "$1" "$4" env "$5" "${APP[@]}" profile --model "$2" --device "$DEVICE" --prompt-ids "$3" \
+    --decode-tokens 16 --greedy-tokens "$GREEDY_TOKENS" --tree-sizes "$TREE_SIZES" --repeats 5 --copy-mb 0 --json
+}
+
 # ours_op_times NAME MODEL_DIR PROMPT_IDS WANT_S: where a step's device time goes, op by op (`profile --op-times`: device
 # timestamps around every op for OP_STEPS decode steps and as many forwards of a 4-node tree, a Medusa step's size on
 # GPUs, and of the largest tree size). A separate run,
@@ -485,10 +494,12 @@ if ((DRY_RUN)); then
         ours_op_times "ours-$shape-ops" "$model" "$prompt_dir/prompt_ids.json" 60
         ours_unfused "$shape" "$model" "$prompt_dir/prompt_ids.json" 60
         ours_f32cores "$shape" "$model" "$prompt_dir/prompt_ids.json" 60
+        ours_tree_variant "ours-$shape-tile-attention" "$model" "$prompt_dir/prompt_ids.json" 60 ILGPU_MEDUSA_ATTENTION=tiles
       else
         skip_step "ours-$shape-ops" "op times need an ILGPU device (--device opencl)"
         skip_step "ours-$shape-unfused" "fused kernels are an ILGPU device's (--device opencl)"
         skip_step "ours-$shape-f32cores" "tensor cores are an ILGPU device's (--device opencl)"
+        skip_step "ours-$shape-tile-attention" "attention kernels are an ILGPU device's (--device opencl)"
       fi
     else
       skip_step "ours-$shape" "no runnable app"
@@ -539,6 +550,8 @@ else
       fi
       ours_unfused "$shape" "$dir" "$dir/prompt_ids.json" "${OPS_S[$shape]:-60}"
       ours_f32cores "$shape" "$dir" "$dir/prompt_ids.json" "${OPS_S[$shape]:-60}"
+      ours_tree_variant "ours-$shape-tile-attention" "$dir" "$dir/prompt_ids.json" 60 ILGPU_MEDUSA_ATTENTION=tiles
+      ours_tree_variant "ours-$shape-prefetch2" "$dir" "$dir/prompt_ids.json" 60 ILGPU_MEDUSA_TENSOR_PREFETCH=2
       ours_decode_variant "ours-$shape-narrow-gemv" "$dir" "$dir/prompt_ids.json" 60 ILGPU_MEDUSA_WIDE_GEMV=0
       ours_decode_variant "ours-$shape-block-attention" "$dir" "$dir/prompt_ids.json" 60 ILGPU_MEDUSA_ATTENTION=blocks
       ours_decode_variant "ours-$shape-warp-attention" "$dir" "$dir/prompt_ids.json" 60 ILGPU_MEDUSA_ATTENTION=warp

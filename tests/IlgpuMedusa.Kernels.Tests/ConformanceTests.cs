@@ -482,6 +482,51 @@ public abstract class ConformanceTests
         }
     }
 
+    /// <summary>
+    /// T ≥ 2 through the tile kernel (ILGPU_MEDUSA_ATTENTION=tiles), with tiles of 8 and 16 query rows (groups of 64 and
+    /// 128 threads; the emulator's largest group is 128): a 21-node tree (random parents) whose 4 query heads share 2
+    /// key/value heads (42 rows per key/value head, the last tile ragged), one without GQA, a causal prefill of 19
+    /// tokens, and 2 tokens whose 3 query heads share one key/value head (a tile's rows cross tokens) after 70 committed
+    /// keys (three chunks of 32, the last one partial); unsplit, split, automatic; head dimensions up to the kernel's
+    /// 128 (and one above, which keeps the block kernel). Loaded where warp shuffles run (CUDA, the emulator); elsewhere
+    /// the launcher keeps the block kernel, still checked.
+    /// </summary>
+    [Theory]
+    [InlineData(64)]
+    [InlineData(128)]
+    public void Attention_in_tiles_matches_host(int tileGroupSize)
+    {
+        bool capable = Device.Accelerator.AcceleratorType is ILGPU.Runtime.AcceleratorType.Cuda or ILGPU.Runtime.AcceleratorType.CPU
+            && Device.Accelerator.WarpSize == 32 && tileGroupSize <= Device.Accelerator.MaxNumThreadsPerGroup;
+        using var launcher = new AttentionLauncher(Device.Accelerator, Device.GroupSize, tiles: capable, tileGroupSize: tileGroupSize);
+        Assert.Equal(capable, launcher.UsesTiles(2, 8));
+        Assert.Equal(capable, launcher.UsesTiles(64, AttentionKernel.TileMaxHeadDim));
+        Assert.False(launcher.UsesTiles(1, 8));
+        Assert.False(launcher.UsesTiles(2, AttentionKernel.TileMaxHeadDim + 1));
+        const int nodes = 21;
+        var random = new Random(41);
+        var mask = new int[nodes * nodes];
+        var parent = new int[nodes];
+        for (int i = 0; i < nodes; i++)
+        {
+            parent[i] = i == 0 ? -1 : random.Next(i);
+            for (int a = i; a >= 0; a = parent[a]) mask[i * nodes + a] = 1;
+        }
+        const int blockSize = 8;
+        int blocks = (70 + nodes + blockSize - 1) / blockSize;
+        var table = Enumerable.Range(0, blocks).Select(i => (i * 5 + 3) % blocks).ToArray();
+        Assert.Equal(blocks, table.Distinct().Count());
+        int[] headDims = [.. Sizes.HeadDims.Append(120).Append(AttentionKernel.TileMaxHeadDim).Append(AttentionKernel.TileMaxHeadDim + 2).Distinct()];
+        foreach (int? splits in new int?[] { 1, 3, null })
+        {
+            foreach (int dh in headDims)
+                CheckAttention(committed: 23, tokens: nodes, heads: 4, kvHeads: 2, headDim: dh, blockSize: blockSize, table: table, mask: mask, seed: 42, splits: splits, launcher: launcher);
+            CheckAttention(committed: 23, tokens: nodes, heads: 2, kvHeads: 2, headDim: Sizes.HeadDims[0], blockSize: blockSize, table: table, mask: mask, seed: 43, splits: splits, launcher: launcher);
+            CheckAttention(committed: 0, tokens: 19, heads: 2, kvHeads: 1, headDim: Sizes.HeadDims[^1], blockSize: blockSize, table: table, mask: null, seed: 44, splits: splits, launcher: launcher);
+            CheckAttention(committed: 70, tokens: 2, heads: 3, kvHeads: 1, headDim: Sizes.HeadDims[0], blockSize: blockSize, table: table, mask: null, seed: 45, splits: splits, launcher: launcher);
+        }
+    }
+
     /// <summary>A long committed prefix: many key chunks of the online softmax.</summary>
     [Fact]
     public void Attention_long_context_matches_host()

@@ -86,17 +86,23 @@ internal sealed class Bench(Accelerator accelerator, bool quick, Action<string> 
         }
     }
 
-    /// <summary>Attention of a 7B-like layer (H 32, Hkv 8, Dh 128): decoding at several S, unsplit and auto-split; prefill; trees.</summary>
+    /// <summary>
+    /// Attention of a 7B-like layer (H 32, Hkv 8, Dh 128): decoding at several S, unsplit and auto-split; prefill; trees;
+    /// each kernel that takes the case (one token per group, blocks of 8 tokens, one warp for decoding, tiles for T ≥ 2).
+    /// </summary>
     public void Attention()
     {
         int groupSize = KernelSet.DefaultGroupSize(accelerator);
         using var perToken = new AttentionLauncher(accelerator, groupSize, blocks: int.MaxValue);
         using var allBlocks = new AttentionLauncher(accelerator, groupSize, blocks: 1);
         using var warps = new AttentionLauncher(accelerator, groupSize, warpDecode: true);
-        const int h = 32, hkv = 8, dh = 128, b = 16;
-        var cases = quick ? new[] { (300, 1, false), (300, 9, true) }
-            : new[] { (512, 1, false), (4096, 1, false), (16384, 1, false), (0, 256, false), (600, 64, true), (2048, 64, true), (2048, 16, true) };
-        foreach (var (s, t, masked) in cases)
+        using var tiles = new AttentionLauncher(accelerator, groupSize, tiles: true);
+        const int h = 32, dh = 128, b = 16;
+        // (S, T, tree mask, Hkv): Hkv 8 as in GQA models, 32 as in Llama-2-7B (the kit's 7B shape).
+        var cases = quick ? new[] { (300, 1, false, 8), (300, 9, true, 8) }
+            : new[] { (512, 1, false, 8), (4096, 1, false, 8), (16384, 1, false, 8), (0, 256, false, 8), (600, 64, true, 8), (2048, 64, true, 8), (2048, 16, true, 8),
+                (600, 4, true, 32), (600, 16, true, 32), (600, 64, true, 32), (0, 512, false, 32) };
+        foreach (var (s, t, masked, hkv) in cases)
         {
             int blocks = (s + t + b - 1) / b;
             using var keys = accelerator.Allocate1D<float>((long)blocks * b * hkv * dh);
@@ -109,10 +115,12 @@ internal sealed class Bench(Accelerator accelerator, bool quick, Action<string> 
             for (int i = 0; i < t; i++) for (int j = 0; j <= i; j++) maskData[i * t + j] = 1;
             using var mask = accelerator.Allocate1D(maskData);
             var a = new AttentionArgs(t, h, hkv, dh, stride, s, b, masked);
-            foreach (var (kernel, name) in new[] { (perToken, "per token"), (allBlocks, "blocks of 8"), (warps, "warp") })
+            foreach (var (kernel, name) in new[] { (perToken, "per token"), (allBlocks, "blocks of 8"), (warps, "warp"), (tiles, $"tiles of {AttentionKernel.TileRows(tiles.TileGroupSize)}") })
             {
                 if (kernel == warps && !warps.UsesWarpDecode(t)) continue;
+                if (kernel == tiles && !tiles.UsesTiles(t, dh)) continue;
                 int auto = kernel.UsesWarpDecode(t) ? kernel.ChooseWarpSplits(h, s + 1)
+                    : kernel.UsesTiles(t, dh) ? kernel.ChooseTileSplits(t, h, hkv, s + t)
                     : kernel.UsesBlocks(t) ? kernel.ChooseBlockSplits(t, h, s + t) : kernel.ChooseSplits(t, h, s + t);
                 foreach (int? splits in auto == 1 ? new int?[] { 1 } : new int?[] { 1, null })
                 {
