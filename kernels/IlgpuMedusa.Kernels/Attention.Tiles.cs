@@ -127,6 +127,10 @@ public static partial class AttentionKernel
         int begin = split * perSplit;
         int end = begin + perSplit < keyCount ? begin + perSplit : keyCount;
 
+        // Staging: element i = k·Dh + d of a chunk's rows goes to thread i mod G; the walk over i += G without divisions.
+        int firstKey = tid / dh, firstDim = tid - tid / dh * dh;
+        int stepKeys = groupSize / dh, stepDims = groupSize - groupSize / dh * dh;
+
         float maxA = Hidden, maxB = Hidden, sumA = 0f, sumB = 0f;
         var zero = new HalfWarpSlice(0f, 0f, 0f, 0f, 0f, 0f, 0f, 0f);
         var accA = zero;
@@ -148,10 +152,9 @@ public static partial class AttentionKernel
                 slotOffset[tid] = offset;
             }
             Group.Barrier();
-            for (int i = tid; i < TileKeys * dh; i += groupSize)
+            for (int k = firstKey, d = firstDim; k < TileKeys; k += stepKeys, d += stepDims)
             {
-                int k = i / dh;
-                int d = i - k * dh;
+                if (d >= dh) { d -= dh; k++; if (k >= TileKeys) break; }
                 tile[k * TileStride + d] = keys[slotOffset[k] + d];
             }
             Group.Barrier();
@@ -215,10 +218,9 @@ public static partial class AttentionKernel
             probability[rowB * ProbabilityStride + 2 * lane + 1] = pBB;
             Group.Barrier(); // every score of the chunk is taken: its key rows can go
 
-            for (int i = tid; i < TileKeys * dh; i += groupSize)
+            for (int k = firstKey, d = firstDim; k < TileKeys; k += stepKeys, d += stepDims)
             {
-                int k = i / dh;
-                int d = i - k * dh;
+                if (d >= dh) { d -= dh; k++; if (k >= TileKeys) break; }
                 tile[k * TileStride + d] = values[slotOffset[k] + d];
             }
             Group.Barrier();

@@ -617,7 +617,8 @@ public sealed class AttentionLauncher : IDisposable
 
     /// <summary>
     /// Splits for the tile kernel: Hkv · ⌈T·(H/Hkv) / R⌉ groups, split until the device is full (8 groups per
-    /// multiprocessor), never fewer than 64 keys (two chunks) per split.
+    /// multiprocessor), never fewer than 128 keys (four chunks) per split: each split adds T·H partial rows of Dh + 2
+    /// floats that the combine kernel reads back (at T = 64 on the 7B shape, 1 MB per split and layer).
     /// </summary>
     public int ChooseTileSplits(int tokens, int heads, int kvHeads, int maxKeys)
     {
@@ -626,7 +627,7 @@ public sealed class AttentionLauncher : IDisposable
         long groups = (long)kvHeads * (((long)tokens * (heads / kvHeads) + rowsPerTile - 1) / rowsPerTile);
         if (groups * 2 > _targetGroups) return 1;
         int byDevice = (int)(_targetGroups / groups);
-        int byKeys = (maxKeys + 2 * AttentionKernel.TileKeys - 1) / (2 * AttentionKernel.TileKeys);
+        int byKeys = (maxKeys + 4 * AttentionKernel.TileKeys - 1) / (4 * AttentionKernel.TileKeys);
         return Math.Clamp(Math.Min(byDevice, byKeys), 1, MaxSplits);
     }
 

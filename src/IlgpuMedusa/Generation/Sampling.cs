@@ -94,12 +94,36 @@ public sealed class Sampler
                     _order = new int[logits.Length];
                 }
                 var p = _probabilities.AsSpan(0, logits.Length);
-                TensorPrimitives.Divide(logits, t.TemperatureValue, p);
-                TensorPrimitives.SoftMax(p, p);
+                Probabilities(logits, t.TemperatureValue, p);
                 return t.TopP < 1f ? SampleTopP(p, t.TopP) : SampleFull(p);
             default:
                 throw new InvalidOperationException($"unknown sampling {_sampling}");
         }
+    }
+
+    /// <summary>
+    /// softmax(logits / temperature) into <paramref name="p"/>, computed as e^(x − max) / Σ e^(x − max) so that no term
+    /// overflows however small the temperature (a plain softmax of logits / 0.1 overflows a float past logit 8.8).
+    /// </summary>
+    /// <exception cref="InvalidOperationException">The logits hold NaN or are all −∞ (a broken forward).</exception>
+    public static void Probabilities(ReadOnlySpan<float> logits, float temperature, Span<float> p)
+    {
+        TensorPrimitives.Divide(logits, temperature, p);
+        float max = TensorPrimitives.Max(p);
+        if (!float.IsFinite(max) && !float.IsPositiveInfinity(max))
+            throw new InvalidOperationException($"sampling: the logits are not numbers (their largest value is {max}); the forward pass produced NaN or -inf everywhere.");
+        if (float.IsPositiveInfinity(max))
+        {
+            // Infinite logits: all the mass on them, shared equally.
+            int count = 0;
+            foreach (float v in p) if (float.IsPositiveInfinity(v)) count++;
+            for (int i = 0; i < p.Length; i++) p[i] = float.IsPositiveInfinity(p[i]) ? 1f / count : 0f;
+            return;
+        }
+        TensorPrimitives.Subtract(p, max, p);
+        TensorPrimitives.Exp(p, p);
+        float sum = TensorPrimitives.Sum(p); // ≥ 1: the largest term is e^0
+        TensorPrimitives.Divide(p, sum, p);
     }
 
     private int SampleFull(ReadOnlySpan<float> p)
@@ -116,10 +140,13 @@ public sealed class Sampler
     /// <summary>Top-p: sort by probability, keep the smallest prefix whose mass reaches p, draw within it.</summary>
     private int SampleTopP(ReadOnlySpan<float> p, float topP)
     {
-        // Tokens below (1 - p)/(n - 1) can never be in the nucleus; filtering them first keeps the sort short.
-        float cutoff = (1f - topP) / (p.Length - 1);
+        // A token of probability q is in the nucleus only if the tokens ranked before it hold at most topP, i.e. it and
+        // the tokens after it (each at most q) hold at least 1 − topP: q·n ≥ 1 − topP. Tokens below that bound (with a
+        // margin for rounding) are left out before the sort, which keeps it short; the most likely token always stays.
+        float cutoff = (1f - topP) / p.Length * 0.99f;
         int n = 0;
         for (int i = 0; i < p.Length; i++) if (p[i] >= cutoff) _order[n++] = i;
+        if (n == 0) return TensorPrimitives.IndexOfMax(p);
         var order = _order.AsSpan(0, n);
         var probabilities = _probabilities;
         order.Sort((a, b) => probabilities[b].CompareTo(probabilities[a]) is var c && c != 0 ? c : a.CompareTo(b));

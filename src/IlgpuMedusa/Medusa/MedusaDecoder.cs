@@ -18,7 +18,8 @@ namespace IlgpuMedusa.Medusa;
 /// comes from its hidden row afterwards).</item>
 /// </list>
 /// With greedy acceptance and greedy sampling every emitted token is the base model's argmax given the tokens before it,
-/// so the output equals plain greedy decoding.
+/// so the output equals plain greedy decoding; with greedy acceptance and temperature sampling each emitted token is one
+/// seeded draw from the base model's distribution, as in plain sampling (<see cref="SampleAlongTree"/>).
 /// With a fixed tree (up to <see cref="IComputeBackend.MaxGatherInts"/> + 1 nodes) the heads' guesses stay on the device:
 /// the next step's node tokens are gathered there (<see cref="WritePlanTokens"/>) and read back after its argmax, when
 /// nothing is queued, so a step makes the host drain the device once, as a decode step does.
@@ -263,8 +264,10 @@ internal sealed class MedusaDecoder : SequenceDecoder
             var rows = PlanLogitRows;
             for (int i = 0; i < rows.Length; i++) _nodeArgMax[rows[i]] = logits.ArgMax[i];
         }
+        int sampled = -1;
         var path = _acceptance is Acceptance.TypicalAcceptance typical
             ? PosteriorEvaluator.Typical(_tree, typical, Posteriors(logits.Rows, out var entropy), entropy)
+            : !Sampler.IsGreedy ? SampleAlongTree(logits, out sampled)
             : PosteriorEvaluator.Greedy(_tree, _tokens, lazy ? _nodeArgMax : logits.ArgMax);
         var nodes = _tree.Paths[path.Path];
         int length = path.Length;
@@ -286,10 +289,44 @@ internal sealed class MedusaDecoder : SequenceDecoder
 
         for (int i = 1; i < length; i++) accepted.Add(_tokens[nodes[i]]);
         int last = nodes[length - 1];
-        Pending = !lazy ? Choose(logits, last) : _nodeArgMax[last] >= 0 ? _nodeArgMax[last] : LeafToken(hidden, last);
+        Pending = sampled >= 0 ? sampled : !lazy ? Choose(logits, last) : _nodeArgMax[last] >= 0 ? _nodeArgMax[last] : LeafToken(hidden, last);
         accepted.Add(Pending);
         Predict(hidden.Slice(last, 1));
         _stats.Record(length);
+    }
+
+    /// <summary>
+    /// Greedy acceptance under a sampling sampler (temperature, top-p): from the root, draw the token after the current
+    /// node from that node's distribution (one draw of the sampler); when a child of the node carries the drawn token the
+    /// child is accepted and the walk goes on from it, otherwise the draw is the next pending token. Every emitted token
+    /// is then one draw from the base model's distribution given the tokens before it, made with the same random stream
+    /// as autoregressive sampling makes it (one draw per token), so a seed gives the same text with or without Medusa,
+    /// whatever the tree and however many steps fall back to one token. (Accepting a guess only when it is the argmax
+    /// would make every accepted token a greedy one.)
+    /// </summary>
+    private AcceptedPath SampleAlongTree(StepLogits logits, out int drawn)
+    {
+        int node = 0, length = 1;
+        while (true)
+        {
+            int token = Choose(logits, node);
+            int next = -1;
+            for (int child = 1; child < _tree.NodeCount && next < 0; child++)
+                if (_tree.Parents[child] == node && _tokens[child] == token) next = child;
+            if (next < 0)
+            {
+                drawn = token;
+                break;
+            }
+            node = next;
+            length++;
+        }
+        for (int p = 0; p < _tree.Paths.Length; p++)
+        {
+            var path = _tree.Paths[p];
+            if (path.Length >= length && path[length - 1] == node) return new AcceptedPath(p, length);
+        }
+        throw new InvalidOperationException($"tree '{_tree.Name}': node {node} is on none of its root-to-leaf paths");
     }
 
     /// <summary>The greedy token after tree node <paramref name="node"/>, from its final hidden state.</summary>

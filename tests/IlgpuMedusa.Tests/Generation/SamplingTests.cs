@@ -29,6 +29,36 @@ public class SamplingTests
     }
 
     [Fact]
+    public void LowTemperaturesWithLargeLogitsPickTheLikelyToken()
+    {
+        // Logits / 0.1 reach 1,000: e^1000 overflows a float. softmax(x / 0.1) puts 1 − e^-100 on token 0.
+        float[] logits = [100f, 90f, 0f, -5f];
+        foreach (float topP in new[] { 1f, 0.9f })
+        {
+            var sampler = new Sampler(Sampling.Temperature(0.1f, topP), 11);
+            for (int i = 0; i < 50; i++) Assert.Equal(0, sampler.Sample(logits));
+        }
+        var p = new float[4];
+        Sampler.Probabilities(logits, 0.1f, p);
+        Assert.Equal(1f, p[0], 6);
+        Assert.Equal(0f, p[3]);
+        Assert.Throws<InvalidOperationException>(() => Sampler.Probabilities([1f, float.NaN], 1f, new float[2]));
+    }
+
+    [Fact]
+    public void TopPBelowOneOverTheVocabularyStillDraws()
+    {
+        // A flat distribution over 4 tokens: a nucleus of mass 1e-6 is the most likely token (the lowest id on ties).
+        var sampler = new Sampler(Sampling.Temperature(1f, 1e-6f), 5);
+        for (int i = 0; i < 20; i++) Assert.Equal(0, sampler.Sample([0f, 0f, 0f, 0f]));
+        // Mass 0.5 of four equal tokens: 0.25, 0.5, then 0.75 > 0.5, so the nucleus is tokens 0-2, never 3.
+        var half = new Sampler(Sampling.Temperature(1f, 0.5f), 6);
+        var seen = new HashSet<int>();
+        for (int i = 0; i < 400; i++) seen.Add(half.Sample([1f, 1f, 1f, 1f]));
+        Assert.Equal([0, 1, 2], seen.Order());
+    }
+
+    [Fact]
     public void FrequenciesFollowTheSoftmax()
     {
         // softmax(ln 0.6, ln 0.3, ln 0.1) = (0.6, 0.3, 0.1) at temperature 1; 20,000 draws: each within 0.02.
