@@ -128,7 +128,7 @@ internal abstract class SequenceDecoder
             SelectLogitRows(decodeStep: false);
             return true;
         }
-        if (StepSize > budget) return false;
+        if (StepSize > budget && (budget < 1 || !ShrinkStep())) return false;
         Reserve(StepSize);
         PlanCount = PlanStep(_planTokens, _planPositions, out var mask, out int logitsFrom);
         PlanMask = mask;
@@ -145,6 +145,12 @@ internal abstract class SequenceDecoder
             _planPositions = new int[count];
         }
     }
+
+    /// <summary>
+    /// Called when the next decode step does not fit the rows left in a batch: true when the decoder made its next step
+    /// one token (a Medusa decoder drops its tree for that step); false by default.
+    /// </summary>
+    protected virtual bool ShrinkStep() => false;
 
     /// <summary>Fills the tokens and positions of a decode step; returns the row count.</summary>
     protected abstract int PlanStep(int[] tokens, int[] positions, out DeviceTensor? mask, out int logitsFrom);

@@ -248,35 +248,41 @@ public sealed class InferenceEngine : IInferenceEngine, IDisposable
         return Scheduler.Submit(promptIds as int[] ?? [.. promptIds], options, stats, cancellationToken);
     }
 
-    /// <summary>A resolved tree and, when it is fixed, its mask on the device.</summary>
-    private sealed record CompiledTree(CandidateTree Tree, DeviceTensor? Mask);
+    /// <summary>A resolved tree and, once the scheduler has asked for it, a fixed tree's mask on the device.</summary>
+    private sealed class CompiledTree(CandidateTree tree)
+    {
+        public CandidateTree Tree { get; } = tree;
+        public DeviceTensor? Mask { get; set; }
+    }
 
     private readonly Dictionary<string, CompiledTree> _trees = new(StringComparer.Ordinal);
 
-    private (CandidateTree, DeviceTensor?) Tree(string? name)
+    /// <summary>
+    /// The tree called <paramref name="name"/> (the default when null), resolved and validated once; with
+    /// <paramref name="withMask"/>, also a fixed tree's mask on the device, uploaded on first use. Requests resolve their
+    /// tree on the caller's thread (bad names fail there); only the scheduler's thread asks for masks, so the backend is
+    /// never driven from two threads.
+    /// </summary>
+    private (CandidateTree, DeviceTensor?) Tree(string? name, bool withMask)
     {
         lock (_trees)
         {
-            var compiled = CompileTree(name ?? DefaultTree);
-            return (compiled.Tree, compiled.Mask);
+            name ??= DefaultTree;
+            if (!_trees.TryGetValue(name, out var compiled))
+            {
+                var tree = CandidateTree.Resolve(name, Heads!.HeadCount, MedusaHeads.TopK);
+                if (tree.NodeCount > MaxTreeNodes)
+                    throw new ArgumentException($"tree '{name}' has {tree.NodeCount} nodes; at most {MaxTreeNodes} are verified in one forward.");
+                _trees[name] = compiled = new CompiledTree(tree);
+            }
+            if (withMask && compiled.Mask is null && compiled.Tree.Fixed is { } topology)
+            {
+                var mask = Backend.Allocate(DType.I32, topology.NodeCount, topology.NodeCount);
+                Backend.Upload(mask, topology.Mask);
+                compiled.Mask = mask;
+            }
+            return (compiled.Tree, withMask ? compiled.Mask : null);
         }
-    }
-
-    private CompiledTree CompileTree(string name)
-    {
-        if (_trees.TryGetValue(name, out var compiled)) return compiled;
-        var tree = CandidateTree.Resolve(name, Heads!.HeadCount, MedusaHeads.TopK);
-        if (tree.NodeCount > MaxTreeNodes)
-            throw new ArgumentException($"tree '{name}' has {tree.NodeCount} nodes; at most {MaxTreeNodes} are verified in one forward.");
-        DeviceTensor? mask = null;
-        if (tree.Fixed is { } topology)
-        {
-            mask = Backend.Allocate(DType.I32, topology.NodeCount, topology.NodeCount);
-            Backend.Upload(mask, topology.Mask);
-        }
-        compiled = new CompiledTree(tree, mask);
-        _trees[name] = compiled;
-        return compiled;
     }
 
     /// <summary>Frees the device memory.</summary>

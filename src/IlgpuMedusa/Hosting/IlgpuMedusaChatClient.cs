@@ -70,8 +70,9 @@ public sealed class IlgpuMedusaChatClient : IChatClient
             throw new ArgumentOutOfRangeException(nameof(options), p, "ChatOptions.TopP must be in (0, 1].");
         if (options.Temperature is not null || options.TopP is not null)
         {
-            float temperature = options.Temperature ?? (result.Sampling is Sampling.TemperatureSampling current ? current.TemperatureValue : 1f);
-            result = result with { Sampling = temperature == 0 ? Sampling.Greedy : Sampling.Temperature(temperature, options.TopP ?? 1f) };
+            var current = result.Sampling as Sampling.TemperatureSampling;
+            float temperature = options.Temperature ?? current?.TemperatureValue ?? 1f;
+            result = result with { Sampling = temperature == 0 ? Sampling.Greedy : Sampling.Temperature(temperature, options.TopP ?? current?.TopP ?? 1f) };
         }
         if (options.Seed is { } seed) result = result with { Seed = unchecked((ulong)seed) };
         if (options.StopSequences is { Count: > 0 } stops)

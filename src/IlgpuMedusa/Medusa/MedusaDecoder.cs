@@ -201,7 +201,16 @@ internal sealed class MedusaDecoder : SequenceDecoder
     /// <inheritdoc />
     public override bool NeedsLogitRows => base.NeedsLogitRows || _acceptance is Acceptance.TypicalAcceptance;
 
-    protected override int StepSize => !_guessed || Committed + _candidates.NodeCount > Sequence.MaxTokens ? 1 : _candidates.NodeCount;
+    protected override int StepSize => _shrunk || !_guessed || Committed + _candidates.NodeCount > Sequence.MaxTokens ? 1 : _candidates.NodeCount;
+
+    private bool _shrunk; // the planned step is one token because the tree did not fit the batch
+
+    /// <inheritdoc />
+    protected override bool ShrinkStep()
+    {
+        _shrunk = true;
+        return true;
+    }
 
     protected override void AfterPrefill(DeviceTensor lastHidden) => Predict(lastHidden);
 
@@ -239,6 +248,7 @@ internal sealed class MedusaDecoder : SequenceDecoder
 
     protected override void CompleteStep(DeviceTensor hidden, StepLogits logits, List<int> accepted)
     {
+        _shrunk = false;
         int s = Committed;
         if (_fallback)
         {

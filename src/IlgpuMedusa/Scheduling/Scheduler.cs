@@ -37,7 +37,7 @@ public sealed class Scheduler : IDisposable
     private readonly KvBlockPool _pool;
     private readonly ForwardWorkspace _workspace;
     private readonly ITextTokenizer _tokenizer;
-    private readonly Func<string?, (CandidateTree Tree, DeviceTensor? Mask)> _trees;
+    private readonly Func<string?, bool, (CandidateTree Tree, DeviceTensor? Mask)> _trees; // (name, with its device mask)
     private readonly Lock _lock = new();
     private readonly Queue<Request> _waiting = new();
     private readonly List<Request> _running = [];
@@ -60,7 +60,7 @@ public sealed class Scheduler : IDisposable
     private static readonly TimeSpan LogInterval = TimeSpan.FromSeconds(10);
 
     internal Scheduler(LlamaModel model, MedusaHeads? heads, KvBlockPool pool, ForwardWorkspace workspace, ITextTokenizer tokenizer,
-        Func<string?, (CandidateTree, DeviceTensor?)> trees, Microsoft.Extensions.Logging.ILogger? logger = null, int speculationBatchLimit = int.MaxValue)
+        Func<string?, bool, (CandidateTree, DeviceTensor?)> trees, Microsoft.Extensions.Logging.ILogger? logger = null, int speculationBatchLimit = int.MaxValue)
     {
         _speculationBatchLimit = speculationBatchLimit;
         _logger = logger;
@@ -102,7 +102,8 @@ public sealed class Scheduler : IDisposable
         ObjectDisposedException.ThrowIf(_disposed, this);
         var c = _model.Config;
         int maxNew = Math.Min(options.MaxTokens ?? int.MaxValue, c.MaxSequenceLength - prompt.Length);
-        (CandidateTree Tree, DeviceTensor? Mask)? tree = options.UseMedusa && _heads is not null ? _trees(options.Tree) : null;
+        // Resolved here, so that a bad tree fails the call; its mask is uploaded on the scheduler's thread (CreateDecoder).
+        (CandidateTree Tree, DeviceTensor? Mask)? tree = options.UseMedusa && _heads is not null ? _trees(options.Tree, false) : null;
         int slack = tree?.Tree.NodeCount ?? 1;
         int maxTokens = Math.Min(c.MaxSequenceLength, prompt.Length + maxNew + slack);
         int blocks = _pool.BlocksFor(maxTokens);
@@ -121,10 +122,25 @@ public sealed class Scheduler : IDisposable
             stats.Medusa = new MedusaStats(_heads!.HeadCount);
             stats.Tree = tr.Tree.Name;
         }
-        lock (_lock) _waiting.Enqueue(request);
-        _wake.Release();
+        lock (_lock)
+        {
+            // Checked again under the lock: the loop's last pass (after Dispose) finishes everything queued before it.
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            _waiting.Enqueue(request);
+        }
+        try
+        {
+            _wake.Release();
+        }
+        catch (ObjectDisposedException)
+        {
+            // Disposed since: the loop's last pass has ended this request with ObjectDisposedException.
+        }
         return request.Output.Reader;
     }
+
+    /// <summary>Tests: a step of a request whose options this returns true for fails (as a broken sampler or heads would).</summary>
+    internal Func<GenerationOptions, bool>? FailStepFor { get; set; }
 
     private sealed class Request(int[] prompt, GenerationOptions options, GenerationStats stats, int maxNew, int maxTokens,
         (CandidateTree Tree, DeviceTensor? Mask)? tree, IStreamingDetokenizer detokenizer, Sampler sampler, CancellationToken cancellation)
@@ -254,7 +270,10 @@ public sealed class Scheduler : IDisposable
         int[] prompt = r.Emitted.Count == 0 ? r.Prompt : [.. r.Prompt, .. r.Emitted.Take(r.Emitted.Count - 1)];
         int? pending = r.Emitted.Count == 0 ? null : r.Emitted[^1];
         if (r.Tree is { } tree)
-            return new MedusaDecoder(_model, r.Sequence!, r.Sampler, prompt, pending, _heads!, tree.Tree, tree.Mask, r.Options.Acceptance, r.Stats.Medusa!);
+        {
+            var mask = tree.Tree.IsDynamic ? null : _trees(r.Options.Tree, true).Mask;
+            return new MedusaDecoder(_model, r.Sequence!, r.Sampler, prompt, pending, _heads!, tree.Tree, mask, r.Options.Acceptance, r.Stats.Medusa!);
+        }
         return new AutoregressiveDecoder(_model, r.Sequence!, r.Sampler, prompt, pending);
     }
 
@@ -268,7 +287,12 @@ public sealed class Scheduler : IDisposable
         {
             var r = _running[i];
             var decoder = r.Decoder!;
-            if (!decoder.Plan(MaxBatchTokens - used)) continue;
+            // Leave a row for every sequence after this one, so that a tree or a prompt chunk early in the list cannot
+            // take the whole batch (a tree that does not fit shrinks to a one-token step, a prompt chunk gets shorter);
+            // when the batch is too small for one row each, the sequences go in order.
+            int budget = MaxBatchTokens - used - (_running.Count - 1 - i);
+            if (budget < 1) budget = MaxBatchTokens - used;
+            if (!decoder.Plan(budget)) continue;
             if (!Reserve(r, decoder.Committed + decoder.PlanCount)) continue; // r itself was preempted
             i = _running.IndexOf(r); // preemption may have removed later entries only
             int count = decoder.PlanCount;
@@ -378,7 +402,18 @@ public sealed class Scheduler : IDisposable
             bool wasPrefilling = decoder.Prefilling;
             // In a batch past the limit, Medusa sequences skip their heads and take one-token steps until it shrinks.
             if (decoder is MedusaDecoder medusa) medusa.SpeculateNext = _running.Count <= _speculationBatchLimit;
-            decoder.Complete(hidden.Slice(segment.Start, segment.Count), stepLogits, r.Accepted);
+            try
+            {
+                if (FailStepFor?.Invoke(r.Options) == true) throw new InvalidOperationException("a step of this request failed (injected by a test)");
+                decoder.Complete(hidden.Slice(segment.Start, segment.Count), stepLogits, r.Accepted);
+            }
+            catch (Exception e) when (e is not OutOfMemoryException)
+            {
+                // One sequence's failure (its sampling, its heads) ends that request only; the others in the batch go on.
+                // A broken device fails the next forward, which ends every request (Loop).
+                lock (_lock) Finish(r, e);
+                continue;
+            }
             if (!wasPrefilling)
             {
                 r.Stats.Steps++;
@@ -444,15 +479,25 @@ public sealed class Scheduler : IDisposable
     {
         if (r.Done) return;
         r.Done = true;
-        (r.Decoder as MedusaDecoder)?.Release();
-        r.Decoder = null;
-        r.Sequence?.Dispose();
-        r.Sequence = null;
+        try
+        {
+            (r.Decoder as MedusaDecoder)?.Release();
+            r.Decoder = null;
+            r.Sequence?.Dispose();
+            r.Sequence = null;
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            // Freeing on a failed device can fail too: the request still ends, with the first error.
+            error ??= e;
+        }
         r.Stats.DecodeSeconds = r.Clock.Elapsed.TotalSeconds;
         if (error is null)
         {
             var tail = r.Stops.Push(r.Detokenizer.Flush()) + r.Stops.Flush();
             if (tail.Length > 0) r.Output.Writer.TryWrite(new GeneratedPiece(tail, []));
+            // A stop sequence completed by the detokenizer's last characters cut the text there.
+            if (r.Stops.Stopped && r.Stats.FinishReason is not FinishReason.Cancelled) r.Stats.FinishReason = FinishReason.StopSequence;
         }
         r.Output.Writer.TryComplete(error);
     }
@@ -460,8 +505,11 @@ public sealed class Scheduler : IDisposable
     /// <summary>Stops the loop; requests still in flight end with <see cref="ObjectDisposedException"/>.</summary>
     public void Dispose()
     {
-        if (_disposed) return;
-        _disposed = true;
+        lock (_lock)
+        {
+            if (_disposed) return;
+            _disposed = true;
+        }
         _wake.Release();
         _loop.Join();
         _wake.Dispose();

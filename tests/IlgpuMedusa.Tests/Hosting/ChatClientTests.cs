@@ -124,6 +124,14 @@ public sealed class ChatClientTests(DemoEngineFixture fixture) : IClassFixture<D
         var topPOnly = Assert.IsType<Sampling.TemperatureSampling>(_client.ToGenerationOptions(new ChatOptions { TopP = 0.5f }).Sampling);
         Assert.Equal(1f, topPOnly.TemperatureValue);
         Assert.Equal(0.5f, topPOnly.TopP);
+        // A request that sets one of temperature and top-p keeps the other from the client's defaults.
+        var tuned = new IlgpuMedusaChatClient(fixture.Engine, defaults: new GenerationOptions { Sampling = Sampling.Temperature(0.7f, 0.9f) });
+        var temperatureOnly = Assert.IsType<Sampling.TemperatureSampling>(tuned.ToGenerationOptions(new ChatOptions { Temperature = 0.5f }).Sampling);
+        Assert.Equal(0.5f, temperatureOnly.TemperatureValue);
+        Assert.Equal(0.9f, temperatureOnly.TopP);
+        var nucleusOnly = Assert.IsType<Sampling.TemperatureSampling>(tuned.ToGenerationOptions(new ChatOptions { TopP = 0.5f }).Sampling);
+        Assert.Equal(0.7f, nucleusOnly.TemperatureValue);
+        Assert.Equal(0.5f, nucleusOnly.TopP);
         var json = System.Text.Json.JsonDocument.Parse("""{"medusa": true, "tree": "chain-3"}""").RootElement;
         var fromJson = _client.ToGenerationOptions(new ChatOptions
         {

@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using IlgpuMedusa.Compute;
 using IlgpuMedusa.Generation;
 using IlgpuMedusa.Models;
@@ -165,5 +166,74 @@ public class SchedulerTests(RandomHeadsFixture heads) : IClassFixture<RandomHead
         Assert.Contains("4 blocks", e.Message, StringComparison.Ordinal);
         Assert.Contains("KV budget", e.Message, StringComparison.Ordinal);
         Assert.Equal(engine.Pool.BlockCount, engine.Pool.FreeBlocks);
+    }
+}
+
+/// <summary>Faults and fairness inside one batch: a failing request ends alone; a large tree leaves rows for the others.</summary>
+public class SchedulerIsolationTests(RandomHeadsFixture heads) : IClassFixture<RandomHeadsFixture>
+{
+    private static async Task<(List<int> Ids, TimeSpan Done)> RunAsync(InferenceEngine engine, string prompt, GenerationOptions options, Stopwatch clock)
+    {
+        var ids = new List<int>();
+        await foreach (var piece in engine.GenerateAsync(engine.EncodePrompt(prompt, options), options, new GenerationStats()))
+            ids.AddRange(piece.TokenIds);
+        return (ids, clock.Elapsed);
+    }
+
+    [Fact]
+    public async Task ARequestWhoseStepFails_EndsAlone_TheOthersInTheBatchFinish()
+    {
+        using var engine = InferenceEngine.Load(new EngineOptions { ModelPath = TestModels.Stories15MDirectory, Device = new DeviceOptions { Kind = DeviceKind.Host }, Heads = heads.HeadsPath });
+        var healthy = new GenerationOptions { MaxTokens = 60, Tree = "chain-2" };
+        var failing = new GenerationOptions { MaxTokens = 200, Seed = 4242, UseMedusa = false };
+        var clock = Stopwatch.StartNew();
+        var alone = await RunAsync(engine, "Once upon a time", healthy, clock);
+        int steps = 0;
+        engine.Scheduler.FailStepFor = o => o.Seed == 4242 && ++steps > 5; // its sixth step fails, mid-generation
+        var good = Task.Run(() => RunAsync(engine, "Once upon a time", healthy, clock));
+        var bad = Task.Run(() => RunAsync(engine, "The little dog was", failing, clock));
+        var e = await Assert.ThrowsAsync<InvalidOperationException>(() => bad);
+        Assert.Contains("injected", e.Message, StringComparison.Ordinal);
+        Assert.Equal(alone.Ids, (await good).Ids);
+        Assert.Equal(engine.Pool.BlockCount, engine.Pool.FreeBlocks);
+        engine.Scheduler.FailStepFor = null;
+        Assert.Equal(alone.Ids, (await RunAsync(engine, "Once upon a time", healthy, clock)).Ids); // the loop lives on
+    }
+
+    [Fact]
+    public async Task ATreeAsLargeAsTheBatch_ShrinksWhileOthersRun_AndStaysLossless()
+    {
+        using var engine = InferenceEngine.Load(new EngineOptions
+        {
+            ModelPath = TestModels.Stories15MDirectory,
+            Device = new DeviceOptions { Kind = DeviceKind.Host },
+            Heads = heads.HeadsPath,
+            MaxBatchTokens = 64,
+            SpeculationBatchLimit = 8,
+        });
+        var large = new GenerationOptions { MaxTokens = 150, Tree = "mc_sim_7b_63" };
+        var small = new GenerationOptions { MaxTokens = 5, UseMedusa = false };
+        var clock = Stopwatch.StartNew();
+        var largeAlone = await RunAsync(engine, "Once upon a time", large, clock);
+        var smallAlone = await RunAsync(engine, "The little dog was", small, clock);
+        clock.Restart();
+        var first = new TaskCompletionSource();
+        var largeTask = Task.Run(async () =>
+        {
+            var ids = new List<int>();
+            await foreach (var piece in engine.GenerateAsync(engine.EncodePrompt("Once upon a time", large), large, new GenerationStats()))
+            {
+                ids.AddRange(piece.TokenIds);
+                first.TrySetResult();
+            }
+            return (ids, clock.Elapsed);
+        });
+        await first.Task; // the 64-node tree is running
+        var smallRun = await RunAsync(engine, "The little dog was", small, clock);
+        var largeRun = await largeTask;
+        Assert.Equal(smallAlone.Ids, smallRun.Ids);
+        Assert.Equal(largeAlone.Ids, largeRun.ids);
+        // Before, the 64-node tree took all 64 rows of every batch and the small request waited for it to end.
+        Assert.True(smallRun.Done < largeRun.Item2, $"the small request ended at {smallRun.Done.TotalSeconds:F2} s, the large one at {largeRun.Item2.TotalSeconds:F2} s");
     }
 }
