@@ -12,7 +12,10 @@ public sealed record EngineOptions
     public DeviceOptions Device { get; init; } = new();
     /// <summary>Element type of the weight matrices on the device (default: as in the checkpoint).</summary>
     public DType? WeightsType { get; init; }
-    /// <summary>KV cache budget in MiB (default: room for <see cref="DefaultKvSequences"/> full-context sequences).</summary>
+    /// <summary>
+    /// KV cache budget in MiB (default: room for <see cref="DefaultKvSequences"/> full-context sequences, at most
+    /// <see cref="DefaultKvBudgetCapBytes"/>: a model with a very long context gets fewer full-length sequences).
+    /// </summary>
     public int? KvBudgetMb { get; init; }
     /// <summary>
     /// Medusa heads: null or "auto" = <c>medusa_lm_head.safetensors</c> in the model directory (or the heads shipped for the
@@ -37,6 +40,9 @@ public sealed record EngineOptions
 
     /// <summary>Full-context sequences the default KV budget holds.</summary>
     public const int DefaultKvSequences = 4;
+
+    /// <summary>Largest default KV budget, 8 GiB (a larger cache needs <see cref="KvBudgetMb"/>).</summary>
+    public const long DefaultKvBudgetCapBytes = 8L * 1024 * 1024 * 1024;
 
     /// <summary>Throws <see cref="ArgumentException"/> naming the bad option.</summary>
     public EngineOptions Validate()

@@ -106,7 +106,7 @@ public sealed class InferenceEngine : IInferenceEngine, IDisposable
             var c = model.Config;
             long budget = options.KvBudgetMb is int mb
                 ? mb * 1024L * 1024L
-                : EngineOptions.DefaultKvSequences * (long)c.MaxSequenceLength * 2 * c.Layers * c.KvDim * sizeof(float);
+                : Math.Min(EngineOptions.DefaultKvSequences * (long)c.MaxSequenceLength * 2 * c.Layers * c.KvDim * sizeof(float), EngineOptions.DefaultKvBudgetCapBytes);
             var pool = KvBlockPool.FromBudget(backend, c.Layers, c.KvHeads, c.HeadDim, options.KvBlockSize, budget);
             var headsPath = FindHeads(options);
             if (headsPath is not null)
@@ -144,7 +144,7 @@ public sealed class InferenceEngine : IInferenceEngine, IDisposable
         return File.Exists(released) ? released : null;
     }
 
-    /// <summary>Encodes a prompt and checks it fits the context.</summary>
+    /// <summary>Encodes a prompt and checks it fits the context (and that the options' Medusa tree fits the heads).</summary>
     public IReadOnlyList<int> EncodePrompt(string prompt, GenerationOptions options)
     {
         ArgumentNullException.ThrowIfNull(prompt);
@@ -155,6 +155,8 @@ public sealed class InferenceEngine : IInferenceEngine, IDisposable
             throw new ArgumentException(
                 $"the prompt is {ids.Count} tokens but the model's context is {Config.MaxSequenceLength}: it must leave room for at least one generated token.",
                 nameof(prompt));
+        // The request's tree too (a name or file that does not fit the heads fails here, before any output).
+        if (options.UseMedusa && Heads is not null) Tree(options.Tree, withMask: false);
         return ids;
     }
 

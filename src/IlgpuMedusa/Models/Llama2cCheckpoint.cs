@@ -50,6 +50,8 @@ public sealed class Llama2cCheckpoint : ICheckpoint
             throw new InvalidDataException($"{file.Path}: truncated llama2.c checkpoint: {file.Length} bytes, the header alone needs {HeaderBytes}.");
         var header = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, int>(file.Slice(0, HeaderBytes));
         int vocab = header[5];
+        if (vocab == int.MinValue)
+            throw new InvalidDataException($"{file.Path}: llama2.c header field vocab_size is {vocab}; expected a positive count (negative when the classifier is stored separately).");
         return new ModelConfig
         {
             Dim = header[0],
@@ -72,14 +74,16 @@ public sealed class Llama2cCheckpoint : ICheckpoint
     private void MapTensors()
     {
         var c = Config;
-        long d = c.Dim, f = c.HiddenDim, l = c.Layers, v = c.VocabSize, dh = c.HeadDim;
-        long qRows = c.Heads * dh, kvRows = c.KvHeads * dh;
-        long weightFloats = v * d + l * d + l * qRows * d + 2 * l * kvRows * d + l * d * qRows
-            + l * d + 2 * l * f * d + l * d * f + d;
-        long ropeFloats = c.MaxSequenceLength * dh; // two tables of seq_len * Dh/2
-        long classifierFloats = c.TiedEmbeddings ? 0 : v * d;
-        long withRope = HeaderBytes + 4 * (weightFloats + ropeFloats + classifierFloats);
-        long withoutRope = HeaderBytes + 4 * (weightFloats + classifierFloats);
+        // The sizes the header implies, in 128-bit integers: header fields near int.MaxValue must not wrap around to
+        // the file's length (the header is not trusted).
+        Int128 D = c.Dim, F = c.HiddenDim, L = c.Layers, V = c.VocabSize, Dh = c.HeadDim;
+        Int128 qRows = c.Heads * Dh, kvRows = c.KvHeads * Dh;
+        Int128 weightFloats = V * D + L * D + L * qRows * D + 2 * L * kvRows * D + L * D * qRows
+            + L * D + 2 * L * F * D + L * D * F + D;
+        Int128 ropeFloats = c.MaxSequenceLength * Dh; // two tables of seq_len * Dh/2
+        Int128 classifierFloats = c.TiedEmbeddings ? 0 : V * D;
+        Int128 withRope = HeaderBytes + 4 * (weightFloats + ropeFloats + classifierFloats);
+        Int128 withoutRope = HeaderBytes + 4 * (weightFloats + classifierFloats);
         bool hasRope;
         if (_file.Length == withRope) hasRope = true;
         else if (_file.Length == withoutRope) hasRope = false;
@@ -90,6 +94,9 @@ public sealed class Llama2cCheckpoint : ICheckpoint
                 $"{(c.TiedEmbeddings ? "shared" : "separate")} classifier) needs {withRope} bytes (legacy, with RoPE tables) or {withoutRope}" +
                 (_file.Length < withoutRope ? ": the file is truncated." : "."));
 
+        // The file holds exactly these sizes, so every product below fits a long.
+        long d = c.Dim, f = c.HiddenDim, l = c.Layers, v = c.VocabSize, dh = c.HeadDim;
+        long qRowsL = c.Heads * dh, kvRowsL = c.KvHeads * dh, ropeFloatsL = c.MaxSequenceLength * dh;
         long offset = HeaderBytes;
         TensorData Next(string name, params long[] shape)
         {
@@ -108,16 +115,16 @@ public sealed class Llama2cCheckpoint : ICheckpoint
 
         Add(Next(LlamaTensorNames.Embedding, v, d));
         foreach (var t in PerLayerVector(LlamaTensorNames.AttentionNorm)) Add(t);
-        foreach (var t in PerLayer(LlamaTensorNames.Query, qRows, d)) Add(Reordered(t, c.Heads));
-        foreach (var t in PerLayer(LlamaTensorNames.Key, kvRows, d)) Add(Reordered(t, c.KvHeads));
-        foreach (var t in PerLayer(LlamaTensorNames.Value, kvRows, d)) Add(t);
-        foreach (var t in PerLayer(LlamaTensorNames.Output, d, qRows)) Add(t);
+        foreach (var t in PerLayer(LlamaTensorNames.Query, qRowsL, d)) Add(Reordered(t, c.Heads));
+        foreach (var t in PerLayer(LlamaTensorNames.Key, kvRowsL, d)) Add(Reordered(t, c.KvHeads));
+        foreach (var t in PerLayer(LlamaTensorNames.Value, kvRowsL, d)) Add(t);
+        foreach (var t in PerLayer(LlamaTensorNames.Output, d, qRowsL)) Add(t);
         foreach (var t in PerLayerVector(LlamaTensorNames.FfnNorm)) Add(t);
         foreach (var t in PerLayer(LlamaTensorNames.Gate, f, d)) Add(t);
         foreach (var t in PerLayer(LlamaTensorNames.Down, d, f)) Add(t);
         foreach (var t in PerLayer(LlamaTensorNames.Up, f, d)) Add(t);
         Add(Next(LlamaTensorNames.FinalNorm, d));
-        if (hasRope) offset += 4 * ropeFloats;
+        if (hasRope) offset += 4 * ropeFloatsL;
         if (!c.TiedEmbeddings) Add(Next(LlamaTensorNames.Classifier, v, d));
 
         TensorData[] PerLayerVector(Func<int, string> name)

@@ -272,7 +272,9 @@ public sealed class MedusaHeadsCheckpoint : IDisposable
     /// <summary>Metadata of the file.</summary>
     public IReadOnlyDictionary<string, string> Metadata => _file.Metadata;
     /// <summary>The signature of the model the heads were trained for, when recorded.</summary>
-    public ModelSignature? BaseModel => Metadata.TryGetValue("base_model_signature", out var s) ? ModelSignature.Parse(s) : null;
+    public ModelSignature? BaseModel => Metadata.TryGetValue("base_model_signature", out var s)
+        ? ModelSignature.Parse(s) ?? throw new InvalidDataException($"{Path}: metadata field 'base_model_signature' is '{(s.Length > 80 ? s[..80] + "..." : s)}', not a model signature (D/F/L/H/Hkv/V:v0,v1,...); the heads cannot be checked against the model.")
+        : null;
 
     /// <summary>W of a ResBlock [D, D].</summary>
     public TensorData Linear(int head, int layer) => _file.Tensors[$"{head}.{layer}.linear.weight"];
@@ -370,7 +372,7 @@ public sealed class MedusaHeadsCheckpoint : IDisposable
             {
                 var w = Need(t, file, $"{h}.{l}.linear.weight");
                 var b = Need(t, file, $"{h}.{l}.linear.bias");
-                hidden ??= w.Shape[^1];
+                hidden ??= w.Shape.Length == 2 ? w.Shape[^1] : throw new InvalidDataException($"{file.Path}: Medusa tensor '{w.Name}' has shape {w.ShapeText}, expected [D, D].");
                 Shape(file, w, hidden.Value, hidden.Value);
                 Shape(file, b, hidden.Value);
                 expected += 2;
@@ -378,7 +380,7 @@ public sealed class MedusaHeadsCheckpoint : IDisposable
             if (nextToken)
             {
                 var p = Need(t, file, NextTokenTensor(h));
-                hidden ??= p.Shape[^1];
+                hidden ??= p.Shape.Length == 2 ? p.Shape[^1] : throw new InvalidDataException($"{file.Path}: Medusa tensor '{p.Name}' has shape {p.ShapeText}, expected [D, D].");
                 Shape(file, p, hidden.Value, hidden.Value);
                 expected++;
             }

@@ -12,19 +12,18 @@ public sealed record ModelSignature(string Shape, float[] Samples)
     private const int SampleCount = 32;
 
     /// <summary>The signature of a checkpoint's model.</summary>
-    public static ModelSignature Of(ICheckpoint checkpoint)
+    public static unsafe ModelSignature Of(ICheckpoint checkpoint)
     {
         var c = checkpoint.Config;
         var embedding = checkpoint.GetTensor(LlamaTensorNames.Embedding, c.VocabSize, c.Dim);
         var samples = new float[SampleCount];
         int size = DTypeInfo.SizeOf(embedding.Type);
-        var bytes = embedding.Bytes;
         var one = new float[1];
         for (int i = 0; i < SampleCount; i++)
         {
-            // spread over the table: token (i · 997) mod V, column (i · 31) mod D
+            // spread over the table: token (i · 997) mod V, column (i · 31) mod D; read by offset, as a table may hold 2 GiB or more
             long index = (long)(i * 997L % c.VocabSize) * c.Dim + i * 31L % c.Dim;
-            HalfConversions.ToSingle(embedding.Type, bytes.Slice((int)(index * size), size), one);
+            HalfConversions.ToSingle(embedding.Type, new ReadOnlySpan<byte>((byte*)embedding.Pointer + index * size, size), one);
             samples[i] = one[0];
         }
         return new ModelSignature($"{c.Dim}/{c.HiddenDim}/{c.Layers}/{c.Heads}/{c.KvHeads}/{c.VocabSize}", samples);

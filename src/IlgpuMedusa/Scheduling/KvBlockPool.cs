@@ -49,7 +49,15 @@ public sealed class KvBlockPool : IDisposable
         if (blocks < 1)
             throw new KvPoolExhaustedException(
                 $"KV budget of {Megabytes(budgetBytes)} is smaller than one block of {blockSize} tokens ({Megabytes(probe.BytesPerBlock)}).");
-        return new KvBlockPool(backend, probe with { BlockCount = (int)Math.Min(blocks, int.MaxValue) }, budgetBytes);
+        try
+        {
+            return new KvBlockPool(backend, probe with { BlockCount = (int)Math.Min(blocks, int.MaxValue) }, budgetBytes);
+        }
+        catch (OutOfMemoryException e)
+        {
+            throw new KvPoolExhaustedException(
+                $"the KV cache of {Megabytes(budgetBytes)} ({blocks} blocks of {blockSize} tokens) does not fit in the memory of {backend.Kind}: lower the KV budget (--kv-budget-mb, KvBudgetMb).", e);
+        }
     }
 
     internal static string Megabytes(long bytes) => $"{bytes / (1024.0 * 1024.0):0.##} MiB";

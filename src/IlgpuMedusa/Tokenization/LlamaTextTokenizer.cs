@@ -41,13 +41,17 @@ public sealed class LlamaTextTokenizer : ITextTokenizer
     {
         ArgumentNullException.ThrowIfNull(sentencePieceModel);
         ArgumentNullException.ThrowIfNull(sourceName);
+        if (sentencePieceModel.Length == 0) throw new InvalidDataException($"{sourceName}: empty file; expected a SentencePiece model (tokenizer.model).");
         LlamaTokenizer tokenizer;
         try
         {
             using var stream = new MemoryStream(sentencePieceModel, writable: false);
             tokenizer = LlamaTokenizer.Create(stream, addBeginOfSentence: true, addEndOfSentence: false);
         }
-        catch (Exception e) when (e is InvalidProtocolBufferException or ArgumentException or InvalidOperationException or FormatException)
+        // The library assumes a complete model: an empty file or one without its trainer or normalizer section ends in a
+        // null dereference inside it, which is bad input here like any other.
+        catch (Exception e) when (e is InvalidProtocolBufferException or ArgumentException or InvalidOperationException or FormatException
+            or NullReferenceException or IndexOutOfRangeException or KeyNotFoundException or OverflowException)
         {
             throw new InvalidDataException($"{sourceName}: not a usable SentencePiece model ({e.GetType().Name}: {e.Message})", e);
         }

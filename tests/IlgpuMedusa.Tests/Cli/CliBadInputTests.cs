@@ -68,4 +68,93 @@ public class CliBadInputTests
         var result = CliRunner.Run("generate", "--model", TestModels.Stories15MDirectory, "--prompt", "Hi", "--device", "tpu");
         AssertCleanFailure(result, "--device", "tpu", "host");
     }
+
+    /// <summary>A copy of the demo model whose llama2.c header has these seven fields (the weights stay as they are).</summary>
+    private static string ModelWithHeader(string name, params int[] header)
+    {
+        var dir = TestModels.TempDirectory(name);
+        var bytes = File.ReadAllBytes(Path.Combine(TestModels.Stories15MDirectory, "stories15M.bin"));
+        for (int i = 0; i < header.Length; i++) BitConverter.TryWriteBytes(bytes.AsSpan(4 * i, 4), header[i]);
+        File.WriteAllBytes(Path.Combine(dir, "stories15M.bin"), bytes);
+        File.Copy(Path.Combine(TestModels.Stories15MDirectory, "tokenizer.bin"), Path.Combine(dir, "tokenizer.bin"));
+        return dir;
+    }
+
+    [Fact]
+    public void Llama2cVocabularyOfIntMinValue()
+    {
+        var dir = ModelWithHeader("vocab-min", 288, 768, 6, 6, 6, int.MinValue, 256);
+        AssertCleanFailure(CliRunner.Run("generate", "--model", dir, "--prompt", "Hi", "--device", "host"), "vocab_size", "-2147483648");
+    }
+
+    [Fact]
+    public void Llama2cHeaderWhoseSizesWrapAroundToTheFileLength()
+    {
+        // 4 · (the floats these fields imply) wraps a 64-bit integer around to exactly 16,412 bytes: the size check must
+        // not accept it (the loader then read far past the file).
+        var dir = TestModels.TempDirectory("wrapped-header");
+        var bytes = new byte[16_412];
+        int[] header = [4096, 2000001216, 187649, 2048, 2048, 2147482558, 1];
+        for (int i = 0; i < header.Length; i++) BitConverter.TryWriteBytes(bytes.AsSpan(4 * i, 4), header[i]);
+        File.WriteAllBytes(Path.Combine(dir, "model.bin"), bytes);
+        File.Copy(Path.Combine(TestModels.Stories15MDirectory, "tokenizer.bin"), Path.Combine(dir, "tokenizer.bin"));
+        AssertCleanFailure(CliRunner.Run("generate", "--model", dir, "--prompt", "Hi", "--device", "host"), "model.bin", "16412 bytes");
+    }
+
+    [Theory]
+    [InlineData("empty")]
+    [InlineData("pieces only")]
+    public void BrokenTokenizerModel(string kind)
+    {
+        // A Hugging Face layout of the demo model, its tokenizer.model replaced: empty, or a ModelProto with pieces and
+        // no trainer or normalizer section (field 1, one piece "a").
+        var dir = TestModels.TempDirectory("bad-tokenizer-model");
+        Assert.Equal(0, CliRunner.Run("convert", "--model", TestModels.Stories15MDirectory, "--out", dir, "--force").ExitCode);
+        File.WriteAllBytes(Path.Combine(dir, "tokenizer.model"), kind == "empty" ? [] : [0x0A, 0x08, 0x0A, 0x01, (byte)'a', 0x15, 0, 0, 0x80, 0xBF]);
+        AssertCleanFailure(CliRunner.Run("tokenize", "--model", dir, "--text", "Hi"), "tokenizer.model");
+        // convert checks the tokenizer before it writes anything
+        var output = Path.Combine(TestModels.TempDirectory("bad-tokenizer-out"), "out");
+        AssertCleanFailure(CliRunner.Run("convert", "--model", dir, "--out", output), "tokenizer.model");
+        Assert.False(Directory.Exists(output) && Directory.EnumerateFileSystemEntries(output).Any());
+    }
+
+    [Theory]
+    [InlineData("0")]
+    [InlineData("100000")]
+    public void ThreadsOutOfRange(string value)
+    {
+        var result = CliRunner.Run("generate", "--model", TestModels.Stories15MDirectory, "--prompt", "Hi", "--device", "host", "--threads", value);
+        AssertCleanFailure(result, "--threads");
+    }
+
+    [Fact]
+    public void KvBudgetLargerThanMemory()
+    {
+        // 2^31 MiB (2 PiB): no machine can hold it; the allocation's failure names the option instead of aborting.
+        var result = CliRunner.Run("generate", "--model", TestModels.Stories15MDirectory, "--prompt", "Hi", "--device", "host", "--kv-budget-mb", int.MaxValue.ToString(System.Globalization.CultureInfo.InvariantCulture));
+        AssertCleanFailure(result, "--kv-budget-mb");
+    }
+
+    [Fact]
+    public void ConvertOntoItsOwnSourceThroughASymbolicLink()
+    {
+        var root = TestModels.TempDirectory("convert-link");
+        var source = Path.Combine(root, "hf");
+        Assert.Equal(0, CliRunner.Run("convert", "--model", TestModels.Stories15MDirectory, "--out", source, "--dtype", "f16").ExitCode);
+        var before = File.ReadAllBytes(Path.Combine(source, "model.safetensors"));
+        var link = Path.Combine(root, "hf-link");
+        Directory.CreateSymbolicLink(link, source);
+        AssertCleanFailure(CliRunner.Run("convert", "--model", source, "--out", link, "--force"), "source directory");
+        Assert.Equal(before, File.ReadAllBytes(Path.Combine(source, "model.safetensors")));
+    }
+
+    [Fact]
+    public void TreeDeeperThanTheHeadsFailsBeforeAnyOutput()
+    {
+        var tree = Path.Combine(TestModels.TempDirectory("deep-tree"), "deep.json");
+        File.WriteAllText(tree, "[[0], [0, 0], [0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0, 0]]");
+        var result = CliRunner.Run("generate", "--model", TestModels.Stories15MDirectory, "--prompt", "Hi", "--device", "host", "--tree", tree);
+        AssertCleanFailure(result, "deep.json", "depth 5");
+        Assert.Equal("", result.StandardOutput);
+    }
 }

@@ -21,9 +21,14 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
     /// <summary>Creates the backend using up to <paramref name="threads"/> threads (default: all cores).</summary>
     public HostBackend(int? threads = null)
     {
-        _threads = Math.Max(1, threads ?? Environment.ProcessorCount);
+        if (threads is < 1 or > MaxThreads)
+            throw new ArgumentOutOfRangeException(nameof(threads), threads, $"host threads (--threads) must be between 1 and {MaxThreads}.");
+        _threads = threads ?? Environment.ProcessorCount;
         _workers = new HostWorkers(_threads);
     }
+
+    /// <summary>Most worker threads a host backend starts (one per core is the useful number).</summary>
+    public const int MaxThreads = 1024;
 
     /// <inheritdoc />
     public DeviceKind Kind => DeviceKind.Host;
