@@ -158,7 +158,8 @@ public sealed class MedusaHeadsFileTests : IDisposable
     }
 
     /// <summary>Writes a compact heads file by hand: one head of one ResBlock, the given shortlist tensor, optionally own lm_heads.</summary>
-    private string WriteRaw(string name, Array shortlist, DType shortlistType, int[] shortlistShape, int? ownLmHeadRows = null, bool signature = true, int d = D)
+    private string WriteRaw(string name, Array shortlist, DType shortlistType, int[] shortlistShape, int? ownLmHeadRows = null, bool signature = true, int d = D,
+        string? signatureText = null, int[]? weightShape = null)
     {
         var path = Path.Combine(_directory, name);
         var pins = new List<GCHandle>();
@@ -172,7 +173,7 @@ public sealed class MedusaHeadsFileTests : IDisposable
         {
             var tensors = new List<TensorData>
             {
-                new("0.0.linear.weight", DType.F32, [d, d], Pin(new float[d * d])),
+                new("0.0.linear.weight", DType.F32, weightShape ?? [d, d], Pin(new float[weightShape is null ? d * d : Math.Max(1, weightShape.Aggregate(1, (a, b) => a * b))])),
                 new("0.0.linear.bias", DType.F32, [d], Pin(new float[d])),
                 new(MedusaHeadsCheckpoint.ShortlistTensor, shortlistType, shortlistShape, Pin(shortlist)),
             };
@@ -182,7 +183,7 @@ public sealed class MedusaHeadsFileTests : IDisposable
                 ["format"] = MedusaHeadsCheckpoint.CompactFormat,
                 ["shared_lm_head"] = ownLmHeadRows is null ? "true" : "false",
             };
-            if (signature) metadata["base_model_signature"] = Signature.ToString();
+            if (signature) metadata["base_model_signature"] = signatureText ?? Signature.ToString();
             SafetensorsWriter.Write(path, tensors, metadata: metadata);
         }
         finally
@@ -190,6 +191,25 @@ public sealed class MedusaHeadsFileTests : IDisposable
             foreach (var p in pins) p.Free();
         }
         return path;
+    }
+
+    [Fact]
+    public void AScalarResBlockWeightIsRefusedNamingTheTensor()
+    {
+        var path = WriteRaw("scalar-weight.safetensors", Ids(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11), DType.I32, [12], weightShape: []);
+        var e = Assert.Throws<InvalidDataException>(() => MedusaHeadsCheckpoint.Open(path).Dispose());
+        Assert.Contains(path, e.Message);
+        Assert.Contains("'0.0.linear.weight' has shape [], expected [D, D]", e.Message);
+    }
+
+    [Fact]
+    public void AnUnreadableModelSignatureIsRefusedNotIgnored()
+    {
+        var path = WriteRaw("garbage-signature.safetensors", Ids(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11), DType.I32, [12], signatureText: "garbage");
+        using var heads = MedusaHeadsCheckpoint.Open(path);
+        var e = Assert.Throws<InvalidDataException>(() => heads.BaseModel);
+        Assert.Contains("'base_model_signature'", e.Message);
+        Assert.Contains("garbage", e.Message);
     }
 
     private static int[] Ids(params int[] ids) => ids;
