@@ -136,25 +136,31 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
             return UploadPacked(parts, rows, columns, half: storeAs != DType.F32 ? storeAs : null);
 
         var result = (HostTensor)Allocate(storeAs, rows, columns);
-        var destination = new Span<byte>((void*)result.Pointer, checked((int)result.ByteLength));
+        byte* destination = (byte*)result.Pointer;
         int elementSize = DTypeInfo.SizeOf(storeAs);
         long offset = 0;
         float[] scratch = [];
+        const int Chunk = 1 << 22; // elements per copy: a tensor may hold more than a span can (2 GiB and up)
         foreach (var p in parts)
         {
-            int count = checked((int)p.ElementCount);
-            var target = destination.Slice(checked((int)(offset * elementSize)), count * elementSize);
-            if (p.Type == storeAs)
+            int sourceSize = DTypeInfo.SizeOf(p.Type);
+            for (long done = 0; done < p.ElementCount; done += Chunk)
             {
-                p.Bytes.CopyTo(target);
+                int count = (int)Math.Min(Chunk, p.ElementCount - done);
+                var source = new ReadOnlySpan<byte>((byte*)p.Pointer + done * sourceSize, count * sourceSize);
+                var target = new Span<byte>(destination + (offset + done) * elementSize, count * elementSize);
+                if (p.Type == storeAs)
+                {
+                    source.CopyTo(target);
+                }
+                else
+                {
+                    if (scratch.Length < count) scratch = new float[count];
+                    HalfConversions.ToSingle(p.Type, source, scratch.AsSpan(0, count));
+                    HalfConversions.FromSingle(storeAs, scratch.AsSpan(0, count), target);
+                }
             }
-            else
-            {
-                if (scratch.Length < count) scratch = new float[count];
-                HalfConversions.ToSingle(p.Type, p.Bytes, scratch.AsSpan(0, count));
-                HalfConversions.FromSingle(storeAs, scratch.AsSpan(0, count), target);
-            }
-            offset += count;
+            offset += p.ElementCount;
         }
         return result;
     }
