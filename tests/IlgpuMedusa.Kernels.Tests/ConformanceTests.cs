@@ -483,8 +483,8 @@ public abstract class ConformanceTests
     }
 
     /// <summary>
-    /// T ≥ 2 through the tile kernel (ILGPU_MEDUSA_ATTENTION=tiles), with tiles of 8 and 16 query rows (groups of 64 and
-    /// 128 threads; the emulator's largest group is 128): a 21-node tree (random parents) whose 4 query heads share 2
+    /// T ≥ 2 through the tile kernel (ILGPU_MEDUSA_ATTENTION=tiles), with tiles of 8, 16 and 32 query rows (groups of 64,
+    /// 128 and 256 threads; the emulator's largest group is 128, so it checks the 256 case's fallback, a GPU the kernel): a 21-node tree (random parents) whose 4 query heads share 2
     /// key/value heads (42 rows per key/value head, the last tile ragged), one without GQA, a causal prefill of 19
     /// tokens, and 2 tokens whose 3 query heads share one key/value head (a tile's rows cross tokens) after 70 committed
     /// keys (three chunks of 32, the last one partial); unsplit, split, automatic; head dimensions up to the kernel's
@@ -494,6 +494,7 @@ public abstract class ConformanceTests
     [Theory]
     [InlineData(64)]
     [InlineData(128)]
+    [InlineData(256)]
     public void Attention_in_tiles_matches_host(int tileGroupSize)
     {
         bool capable = Device.Accelerator.AcceleratorType is ILGPU.Runtime.AcceleratorType.Cuda or ILGPU.Runtime.AcceleratorType.CPU
