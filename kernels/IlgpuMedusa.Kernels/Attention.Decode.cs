@@ -3,7 +3,11 @@ using ILGPU.Algorithms;
 
 namespace IlgpuMedusa.Kernels;
 
-/// <summary>Eight floats of a head row held by one lane: dimensions lane, lane + 32, ..., lane + 224 (Dh ≤ 256).</summary>
+/// <summary>
+/// Eight floats of a head row held by one lane: dimensions lane, lane + s, ..., lane + 7s with s the stride, 32 (a warp
+/// shares the row: Dh ≤ 256, <see cref="AttentionKernel.Decode"/>) or 16 (a half warp does: Dh ≤ 128,
+/// <see cref="AttentionKernel.Tiles"/>).
+/// </summary>
 internal readonly struct LaneSlice
 {
     public LaneSlice(float a0, float a1, float a2, float a3, float a4, float a5, float a6, float a7)
@@ -43,17 +47,28 @@ internal readonly struct LaneSlice
         A0 * r + v.A0 * p, A1 * r + v.A1 * p, A2 * r + v.A2 * p, A3 * r + v.A3 * p,
         A4 * r + v.A4 * p, A5 * r + v.A5 * p, A6 * r + v.A6 * p, A7 * r + v.A7 * p);
 
-    /// <summary>Stores dimensions lane + 32i below Dh, times <paramref name="scale"/>.</summary>
-    public void Store(ArrayView<float> view, long offset, int lane, int dh, float scale)
+    /// <summary>this · r + p · (the row of <paramref name="tile"/> at <paramref name="offset"/>, dimensions lane + i·stride below Dh).</summary>
+    public LaneSlice ScaleAddRow(float r, ArrayView<float> tile, int offset, int lane, int dh, float p, int stride) => new(
+        A0 * r + (lane < dh ? p * tile[offset + lane] : 0f),
+        A1 * r + (lane + stride < dh ? p * tile[offset + lane + stride] : 0f),
+        A2 * r + (lane + 2 * stride < dh ? p * tile[offset + lane + 2 * stride] : 0f),
+        A3 * r + (lane + 3 * stride < dh ? p * tile[offset + lane + 3 * stride] : 0f),
+        A4 * r + (lane + 4 * stride < dh ? p * tile[offset + lane + 4 * stride] : 0f),
+        A5 * r + (lane + 5 * stride < dh ? p * tile[offset + lane + 5 * stride] : 0f),
+        A6 * r + (lane + 6 * stride < dh ? p * tile[offset + lane + 6 * stride] : 0f),
+        A7 * r + (lane + 7 * stride < dh ? p * tile[offset + lane + 7 * stride] : 0f));
+
+    /// <summary>Stores dimensions lane + i·stride below Dh, times <paramref name="scale"/>.</summary>
+    public void Store(ArrayView<float> view, long offset, int lane, int dh, float scale, int stride = 32)
     {
         if (lane < dh) view[offset + lane] = A0 * scale;
-        if (lane + 32 < dh) view[offset + lane + 32] = A1 * scale;
-        if (lane + 64 < dh) view[offset + lane + 64] = A2 * scale;
-        if (lane + 96 < dh) view[offset + lane + 96] = A3 * scale;
-        if (lane + 128 < dh) view[offset + lane + 128] = A4 * scale;
-        if (lane + 160 < dh) view[offset + lane + 160] = A5 * scale;
-        if (lane + 192 < dh) view[offset + lane + 192] = A6 * scale;
-        if (lane + 224 < dh) view[offset + lane + 224] = A7 * scale;
+        if (lane + stride < dh) view[offset + lane + stride] = A1 * scale;
+        if (lane + 2 * stride < dh) view[offset + lane + 2 * stride] = A2 * scale;
+        if (lane + 3 * stride < dh) view[offset + lane + 3 * stride] = A3 * scale;
+        if (lane + 4 * stride < dh) view[offset + lane + 4 * stride] = A4 * scale;
+        if (lane + 5 * stride < dh) view[offset + lane + 5 * stride] = A5 * scale;
+        if (lane + 6 * stride < dh) view[offset + lane + 6 * stride] = A6 * scale;
+        if (lane + 7 * stride < dh) view[offset + lane + 7 * stride] = A7 * scale;
     }
 }
 
@@ -99,10 +114,10 @@ public static partial class AttentionKernel
         for (int key = begin; key < end; key += DecodeKeysPerStep)
         {
             // Keys past the end (and a hidden new key) read row 0 of the cache (valid) and weigh 0.
-            long o0 = DecodeOffset(blockTable, args, key, end, kvDim, headOffset);
-            long o1 = DecodeOffset(blockTable, args, key + 1, end, kvDim, headOffset);
-            long o2 = DecodeOffset(blockTable, args, key + 2, end, kvDim, headOffset);
-            long o3 = DecodeOffset(blockTable, args, key + 3, end, kvDim, headOffset);
+            long o0 = KeyRowOffset(blockTable, args, key, end, kvDim, headOffset);
+            long o1 = KeyRowOffset(blockTable, args, key + 1, end, kvDim, headOffset);
+            long o2 = KeyRowOffset(blockTable, args, key + 2, end, kvDim, headOffset);
+            long o3 = KeyRowOffset(blockTable, args, key + 3, end, kvDim, headOffset);
             var k0 = LaneSlice.Load(keys, o0, lane, dh, 1f);
             var k1 = LaneSlice.Load(keys, o1, lane, dh, 1f);
             var k2 = LaneSlice.Load(keys, o2, lane, dh, 1f);
@@ -148,7 +163,11 @@ public static partial class AttentionKernel
         }
     }
 
-    private static long DecodeOffset(ArrayView<int> blockTable, AttentionArgs args, int key, int end, int kvDim, long headOffset)
+    /// <summary>
+    /// Where key <paramref name="key"/>'s row of one key/value head starts in a layer's plane, through the block table;
+    /// keys at or past <paramref name="end"/> get offset 0, a valid row (they are never visible: their weight is 0).
+    /// </summary>
+    private static long KeyRowOffset(ArrayView<int> blockTable, AttentionArgs args, int key, int end, int kvDim, long headOffset)
     {
         if (key >= end) return 0;
         long slot = (long)blockTable[key / args.BlockSize] * args.BlockSize + key % args.BlockSize;

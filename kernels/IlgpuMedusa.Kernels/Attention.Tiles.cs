@@ -3,48 +3,6 @@ using ILGPU.Algorithms;
 
 namespace IlgpuMedusa.Kernels;
 
-/// <summary>Eight floats of a query row's output held by one lane of a 16-lane half warp: dimensions l, l + 16, ..., l + 112 (Dh ≤ 128).</summary>
-internal readonly struct HalfWarpSlice
-{
-    public HalfWarpSlice(float a0, float a1, float a2, float a3, float a4, float a5, float a6, float a7)
-    {
-        A0 = a0;
-        A1 = a1;
-        A2 = a2;
-        A3 = a3;
-        A4 = a4;
-        A5 = a5;
-        A6 = a6;
-        A7 = a7;
-    }
-
-    public readonly float A0, A1, A2, A3, A4, A5, A6, A7;
-
-    /// <summary>this · r + p · (row of <paramref name="tile"/> at <paramref name="offset"/>, dimensions l + 16i below Dh).</summary>
-    public HalfWarpSlice ScaleAdd(float r, ArrayView<float> tile, int offset, int lane, int dh, float p) => new(
-        A0 * r + (lane < dh ? p * tile[offset + lane] : 0f),
-        A1 * r + (lane + 16 < dh ? p * tile[offset + lane + 16] : 0f),
-        A2 * r + (lane + 32 < dh ? p * tile[offset + lane + 32] : 0f),
-        A3 * r + (lane + 48 < dh ? p * tile[offset + lane + 48] : 0f),
-        A4 * r + (lane + 64 < dh ? p * tile[offset + lane + 64] : 0f),
-        A5 * r + (lane + 80 < dh ? p * tile[offset + lane + 80] : 0f),
-        A6 * r + (lane + 96 < dh ? p * tile[offset + lane + 96] : 0f),
-        A7 * r + (lane + 112 < dh ? p * tile[offset + lane + 112] : 0f));
-
-    /// <summary>Stores dimensions l + 16i below Dh, times <paramref name="scale"/>.</summary>
-    public void Store(ArrayView<float> view, long offset, int lane, int dh, float scale)
-    {
-        if (lane < dh) view[offset + lane] = A0 * scale;
-        if (lane + 16 < dh) view[offset + lane + 16] = A1 * scale;
-        if (lane + 32 < dh) view[offset + lane + 32] = A2 * scale;
-        if (lane + 48 < dh) view[offset + lane + 48] = A3 * scale;
-        if (lane + 64 < dh) view[offset + lane + 64] = A4 * scale;
-        if (lane + 80 < dh) view[offset + lane + 80] = A5 * scale;
-        if (lane + 96 < dh) view[offset + lane + 96] = A6 * scale;
-        if (lane + 112 < dh) view[offset + lane + 112] = A7 * scale;
-    }
-}
-
 public static partial class AttentionKernel
 {
     /// <summary>Keys <see cref="Tiles"/> stages per chunk: 16 lanes × 2.</summary>
@@ -132,25 +90,14 @@ public static partial class AttentionKernel
         int stepKeys = groupSize / dh, stepDims = groupSize - groupSize / dh * dh;
 
         float maxA = Hidden, maxB = Hidden, sumA = 0f, sumB = 0f;
-        var zero = new HalfWarpSlice(0f, 0f, 0f, 0f, 0f, 0f, 0f, 0f);
+        var zero = new LaneSlice(0f, 0f, 0f, 0f, 0f, 0f, 0f, 0f);
         var accA = zero;
         var accB = zero;
         int qa = rowA * TileStride, qb = rowB * TileStride;
         int ka = 2 * lane * TileStride, kb = ka + TileStride;
         for (int chunk = begin; chunk < end; chunk += TileKeys)
         {
-            if (tid < TileKeys)
-            {
-                // Keys past the end: offset 0, a valid row (never visible, their p is 0).
-                int k = chunk + tid;
-                long offset = 0;
-                if (k < end)
-                {
-                    long slot = (long)blockTable[k / args.BlockSize] * args.BlockSize + k % args.BlockSize;
-                    offset = slot * kvDim + headOffset;
-                }
-                slotOffset[tid] = offset;
-            }
+            if (tid < TileKeys) slotOffset[tid] = KeyRowOffset(blockTable, args, chunk + tid, end, kvDim, headOffset);
             Group.Barrier();
             for (int k = firstKey, d = firstDim; k < TileKeys; k += stepKeys, d += stepDims)
             {
@@ -227,12 +174,12 @@ public static partial class AttentionKernel
 
             // P·V: a half warp reads 16 consecutive floats of one value row and two probabilities (broadcasts).
             int count = end - chunk < TileKeys ? end - chunk : TileKeys;
-            accA = accA.ScaleAdd(rA, tile, 0, lane, dh, probability[rowA * ProbabilityStride]);
-            accB = accB.ScaleAdd(rB, tile, 0, lane, dh, probability[rowB * ProbabilityStride]);
+            accA = accA.ScaleAddRow(rA, tile, 0, lane, dh, probability[rowA * ProbabilityStride], 16);
+            accB = accB.ScaleAddRow(rB, tile, 0, lane, dh, probability[rowB * ProbabilityStride], 16);
             for (int k = 1; k < count; k++)
             {
-                accA = accA.ScaleAdd(1f, tile, k * TileStride, lane, dh, probability[rowA * ProbabilityStride + k]);
-                accB = accB.ScaleAdd(1f, tile, k * TileStride, lane, dh, probability[rowB * ProbabilityStride + k]);
+                accA = accA.ScaleAddRow(1f, tile, k * TileStride, lane, dh, probability[rowA * ProbabilityStride + k], 16);
+                accB = accB.ScaleAddRow(1f, tile, k * TileStride, lane, dh, probability[rowB * ProbabilityStride + k], 16);
             }
             Group.Barrier(); // the next chunk overwrites the offsets, the tile and the probabilities
         }
@@ -246,7 +193,7 @@ public static partial class AttentionKernel
             || (args.HasMask != 0 ? mask[token * args.Tokens + key - args.Committed] != 0 : key - args.Committed <= token));
 
     private static void TileStore(ArrayView<float> output, ArrayView<float> partials, AttentionArgs args, int row, int rows, int perKv, int kvHead,
-        int split, int lane, HalfWarpSlice acc, float max, float sum)
+        int split, int lane, LaneSlice acc, float max, float sum)
     {
         if (row >= rows) return;
         int dh = args.HeadDim;
@@ -254,11 +201,11 @@ public static partial class AttentionKernel
         int head = kvHead * perKv + row - token * perKv;
         if (args.Splits == 1)
         {
-            acc.Store(output, (long)token * args.Heads * dh + (long)head * dh, lane, dh, sum > 0f ? 1f / sum : 0f);
+            acc.Store(output, (long)token * args.Heads * dh + (long)head * dh, lane, dh, sum > 0f ? 1f / sum : 0f, 16);
             return;
         }
         long at = (((long)token * args.Heads + head) * args.Splits + split) * (dh + 2);
-        acc.Store(partials, at, lane, dh, 1f);
+        acc.Store(partials, at, lane, dh, 1f, 16);
         if (lane == 0)
         {
             partials[at + dh] = max;

@@ -334,18 +334,7 @@ public static partial class AttentionKernel
         int quads = (dh + 3) / 4;
         for (int chunk = begin; chunk < end; chunk += chunkKeys)
         {
-            if (tid < chunkKeys)
-            {
-                // Keys past the end: offset 0, a valid row (they are never visible, their p is 0).
-                int k = chunk + tid;
-                long offset = 0;
-                if (k < end)
-                {
-                    long slot = (long)blockTable[k / args.BlockSize] * args.BlockSize + k % args.BlockSize;
-                    offset = slot * kvDim + headOffset;
-                }
-                slotOffset[tid] = offset;
-            }
+            if (tid < chunkKeys) slotOffset[tid] = KeyRowOffset(blockTable, args, chunk + tid, end, kvDim, headOffset);
             int key = chunk + j;
             bool visible = key < end && myToken <= lastToken
                 && (key < args.Committed || (args.HasMask != 0 ? mask[myToken * args.Tokens + key - args.Committed] != 0 : key - args.Committed <= myToken));
