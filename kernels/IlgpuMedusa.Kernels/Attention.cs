@@ -690,8 +690,9 @@ public sealed class AttentionLauncher : IDisposable
         if (z > 1 && _partials.Length < rows * (KernelLimits.MaxHeadDim + 2))
         {
             // Tree steps split too (their groups hold eight tokens): the buffer grows to the largest such step.
+            var grown = _accelerator.Allocate1D<float>(rows * (KernelLimits.MaxHeadDim + 2));
             _partials.Dispose();
-            _partials = _accelerator.Allocate1D<float>(rows * (KernelLimits.MaxHeadDim + 2));
+            _partials = grown;
         }
         var a = args.WithSplits(z);
         if (warp)

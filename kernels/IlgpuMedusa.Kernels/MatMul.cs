@@ -591,11 +591,23 @@ public sealed class MatMulLauncher : IDisposable
         long pairs = (long)tokens * k / 2;
         if (_inputHi is null || _inputHi.Length < pairs)
         {
-            // Grown to the largest T·K seen (prefill sets it once); freed with the launcher.
+            // Grown to the largest T·K seen (prefill sets it once); freed with the launcher. The new buffers first: if
+            // they cannot be had, the old ones stay in place (a failed allocation leaves no freed buffer behind).
+            var grownHi = _accelerator.Allocate1D<uint>(pairs);
+            MemoryBuffer1D<uint, Stride1D.Dense> grownLo;
+            try
+            {
+                grownLo = Tuning.TensorCores == TensorCoreMode.Split ? _accelerator.Allocate1D<uint>(pairs) : _accelerator.Allocate1D<uint>(4);
+            }
+            catch
+            {
+                grownHi.Dispose();
+                throw;
+            }
             _inputHi?.Dispose();
             _inputLo?.Dispose();
-            _inputHi = _accelerator.Allocate1D<uint>(pairs);
-            _inputLo = Tuning.TensorCores == TensorCoreMode.Split ? _accelerator.Allocate1D<uint>(pairs) : _accelerator.Allocate1D<uint>(4);
+            _inputHi = grownHi;
+            _inputLo = grownLo;
         }
         ArrayView<uint> hi = _inputHi.View.SubView(0, pairs);
         ArrayView<uint> lo = Tuning.TensorCores == TensorCoreMode.Split ? _inputLo!.View.SubView(0, pairs) : _inputLo!.View;
@@ -626,8 +638,9 @@ public sealed class MatMulLauncher : IDisposable
         }
         if (_partials is null || _partials.Length < splits * elements)
         {
+            var grown = _accelerator.Allocate1D<float>(splits * elements);
             _partials?.Dispose();
-            _partials = _accelerator.Allocate1D<float>(splits * elements);
+            _partials = grown;
         }
         var partials = _partials.View.SubView(0, splits * elements);
         kernels[slot](stream, config, partials, hi.Cast<Pack8>(), lo.Cast<Pack8>(), packs,

@@ -43,7 +43,7 @@ public abstract class DeviceTensor : IDisposable
     /// <summary>Checks the row range of a view.</summary>
     protected void CheckSlice(int start, int count)
     {
-        if (start < 0 || count < 0 || start + count > Rows)
-            throw new ArgumentOutOfRangeException(nameof(start), $"rows [{start}, {start + count}) outside tensor {ShapeText}");
+        if (start < 0 || count < 0 || (long)start + count > Rows)
+            throw new ArgumentOutOfRangeException(nameof(start), $"rows [{start}, {(long)start + count}) outside tensor {ShapeText}");
     }
 }

@@ -95,6 +95,7 @@ public sealed class InferenceEngine : IInferenceEngine, IDisposable
         LlamaModel? model = null;
         MedusaHeadsCheckpoint? headsCheckpoint = null;
         MedusaHeads? heads = null;
+        KvBlockPool? pool = null;
         try
         {
             var tokenizer = ModelDirectory.OpenTokenizer(options.ModelPath);
@@ -107,7 +108,7 @@ public sealed class InferenceEngine : IInferenceEngine, IDisposable
             long budget = options.KvBudgetMb is int mb
                 ? mb * 1024L * 1024L
                 : Math.Min(EngineOptions.DefaultKvSequences * (long)c.MaxSequenceLength * 2 * c.Layers * c.KvDim * sizeof(float), EngineOptions.DefaultKvBudgetCapBytes);
-            var pool = KvBlockPool.FromBudget(backend, c.Layers, c.KvHeads, c.HeadDim, options.KvBlockSize, budget);
+            pool = KvBlockPool.FromBudget(backend, c.Layers, c.KvHeads, c.HeadDim, options.KvBlockSize, budget);
             var headsPath = FindHeads(options);
             if (headsPath is not null)
             {
@@ -120,7 +121,10 @@ public sealed class InferenceEngine : IInferenceEngine, IDisposable
         }
         catch
         {
+            // Everything allocated so far (a load that fails late, e.g. on a bad heads file, must not leave the KV cache
+            // behind: a DI container retries the load on the next resolve).
             heads?.Dispose();
+            pool?.Dispose();
             model?.Dispose();
             backend?.Dispose();
             throw;

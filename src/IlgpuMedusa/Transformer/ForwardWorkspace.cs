@@ -16,21 +16,29 @@ public sealed class ForwardWorkspace : IDisposable
         ArgumentOutOfRangeException.ThrowIfLessThan(maxLogitRows, 1);
         Backend = backend;
         MaxTokens = maxTokens;
-        Residual = backend.Allocate(DType.F32, maxTokens, config.Dim);
-        Normed = backend.Allocate(DType.F32, maxTokens, config.Dim);
-        Qkv = backend.Allocate(DType.F32, maxTokens, config.QkvDim);
-        Attention = backend.Allocate(DType.F32, maxTokens, config.Heads * config.HeadDim);
-        GateUp = backend.Allocate(DType.F32, maxTokens, 2 * config.HiddenDim);
-        Ffn = backend.Allocate(DType.F32, maxTokens, config.HiddenDim);
         MaxLogitRows = maxLogitRows;
         _vocab = config.VocabSize;
-        _logits = backend.Allocate(DType.F32, Math.Min(maxLogitRows, InitialLogitRows), config.VocabSize);
-        _inputs = backend.Allocate(DType.I32, 2 * maxTokens, 1);
         _staging = new int[2 * maxTokens];
-        ArgMax = backend.Allocate(DType.I32, maxLogitRows, 1);
-        Gathered = backend.Allocate(DType.F32, maxLogitRows, config.Dim);
-        GatherRows = backend.Allocate(DType.I32, maxLogitRows, 1);
         _gatherShadow = new int[maxLogitRows];
+        try
+        {
+            Residual = backend.Allocate(DType.F32, maxTokens, config.Dim);
+            Normed = backend.Allocate(DType.F32, maxTokens, config.Dim);
+            Qkv = backend.Allocate(DType.F32, maxTokens, config.QkvDim);
+            Attention = backend.Allocate(DType.F32, maxTokens, config.Heads * config.HeadDim);
+            GateUp = backend.Allocate(DType.F32, maxTokens, 2 * config.HiddenDim);
+            Ffn = backend.Allocate(DType.F32, maxTokens, config.HiddenDim);
+            _logits = backend.Allocate(DType.F32, Math.Min(maxLogitRows, InitialLogitRows), config.VocabSize);
+            _inputs = backend.Allocate(DType.I32, 2 * maxTokens, 1);
+            ArgMax = backend.Allocate(DType.I32, maxLogitRows, 1);
+            Gathered = backend.Allocate(DType.F32, maxLogitRows, config.Dim);
+            GatherRows = backend.Allocate(DType.I32, maxLogitRows, 1);
+        }
+        catch
+        {
+            Dispose(); // what was allocated before the failure
+            throw;
+        }
     }
 
     /// <summary>The backend.</summary>
@@ -63,8 +71,10 @@ public sealed class ForwardWorkspace : IDisposable
         if (rows > _logits.Rows)
         {
             int capacity = Math.Min(MaxLogitRows, Math.Max(rows, 2 * _logits.Rows));
+            // The new buffer first: if it cannot be had, the old one stays valid for the steps that fit it.
+            var grown = Backend.Allocate(DType.F32, capacity, _vocab);
             _logits.Dispose();
-            _logits = Backend.Allocate(DType.F32, capacity, _vocab);
+            _logits = grown;
         }
         return _logits.Slice(0, rows);
     }
@@ -125,17 +135,18 @@ public sealed class ForwardWorkspace : IDisposable
     /// <summary>Frees the buffers.</summary>
     public void Dispose()
     {
-        Residual.Dispose();
-        Normed.Dispose();
-        Qkv.Dispose();
-        Attention.Dispose();
-        GateUp.Dispose();
-        Ffn.Dispose();
-        _logits.Dispose();
-        _inputs.Dispose();
-        ArgMax.Dispose();
-        Gathered.Dispose();
-        GatherRows.Dispose();
+        // (Null-tolerant: a constructor that failed part way frees what it had.)
+        Residual?.Dispose();
+        Normed?.Dispose();
+        Qkv?.Dispose();
+        Attention?.Dispose();
+        GateUp?.Dispose();
+        Ffn?.Dispose();
+        _logits?.Dispose();
+        _inputs?.Dispose();
+        ArgMax?.Dispose();
+        Gathered?.Dispose();
+        GatherRows?.Dispose();
     }
 }
 

@@ -79,6 +79,17 @@ public sealed unsafe class HostBackendTests : IDisposable
     }
 
     [Fact]
+    public void SlicesWhoseEndOverflowsAnIntAreRefused()
+    {
+        using var tensor = _backend.Allocate(DType.I32, 4, 1);
+        // 2 + (int.MaxValue − 1) wraps to a negative int: the range check must not pass it (it let a later upload write
+        // past the buffer).
+        var e = Assert.Throws<ArgumentOutOfRangeException>(() => tensor.Slice(2, int.MaxValue - 1));
+        Assert.Contains("2147483648", e.Message, StringComparison.Ordinal);
+        Assert.Equal(2, tensor.Slice(2, 2).Rows);
+    }
+
+    [Fact]
     public void Packed_weight_downloads_and_embeds_its_rows_exactly()
     {
         const int n = 37, k = 29;
