@@ -48,7 +48,8 @@ internal static class BenchCommand
         {
             var promptList = parse.GetValue(prompts) is { } file ? ReadPrompts(file) : DefaultPrompts;
             int n = parse.GetValue(maxTokens), passes = parse.GetValue(runs), warm = parse.GetValue(warmup);
-            if (n <= 0) throw new ArgumentOutOfRangeException(nameof(maxTokens), n, "--max-tokens must be positive.");
+            // The first token comes from the prompt's forward: decoding speed needs at least one decode step after it.
+            if (n < 2) throw new ArgumentOutOfRangeException(nameof(maxTokens), n, "--max-tokens must be at least 2 (the first token comes from the prefill; decode speed is measured on the rest).");
             if (passes < 1) throw new ArgumentOutOfRangeException(nameof(runs), passes, "--runs must be at least 1.");
             if (warm < 0) throw new ArgumentOutOfRangeException(nameof(warmup), warm, "--warmup must be >= 0.");
             var trees = parse.GetValue(tree) ?? [];
@@ -58,6 +59,10 @@ internal static class BenchCommand
             using var engine = CommonOptions.LoadEngine(common.ToEngineOptions(parse));
             if (levels is not null)
             {
+                if (trees.Length > 0 && engine.Heads is null)
+                    throw new ArgumentException("--tree needs Medusa heads: the model directory has no medusa_lm_head.safetensors; train some with train-heads or pass --heads FILE.");
+                if (sweepTrees) throw new ArgumentException("--sweep-trees and --concurrency measure different things; give one of them.");
+                foreach (var prompt in promptList) engine.EncodePrompt(prompt, new GenerationOptions { Tree = trees.FirstOrDefault() }); // bad prompts and trees fail here, not in a worker
                 var batched = ConcurrencyBench.Measure(engine, promptList, levels, n, trees.FirstOrDefault(), cancellationToken);
                 Console.WriteLine(parse.GetValue(json) ? JsonSerializer.Serialize(batched) : string.Join(Environment.NewLine, ((List<Dictionary<string, object>>)batched["levels"]).Select(r => string.Join("  ", r.Select(p => $"{p.Key}={p.Value}")))));
                 return Task.FromResult(0);
@@ -116,6 +121,7 @@ internal static class BenchCommand
     private sealed class Totals
     {
         public long Generated;
+        public long Decoded;
         public long DecodeSteps;
         public double DecodeSeconds;
         public long MedusaSteps;
@@ -157,6 +163,7 @@ internal static class BenchCommand
                 t.Waits += (device?.HostWaits ?? 0) - waits;
                 t.Drains += (device?.HostDrains ?? 0) - drains;
                 t.Generated += stats.GeneratedTokens;
+                t.Decoded += stats.DecodedTokens; // the first token is the prefill's: rates count the decode steps' tokens
                 t.DecodeSeconds += stats.DecodeSeconds;
                 t.DecodeSteps += stats.Steps;
                 t.Rates.Add(stats.DecodeTokensPerSecond);
@@ -192,6 +199,7 @@ internal static class BenchCommand
                 ["name"] = config.Name,
                 ["tree_nodes"] = config.Tree is null ? 0 : config.Nodes,
                 ["generated_tokens"] = t.Generated,
+                ["decoded_tokens"] = t.Decoded,
                 ["decode_tokens_per_second"] = Math.Round(rate, 2),
                 ["decode_tokens_per_second_median"] = Math.Round(Median(t.Rates), 2),
                 ["speedup"] = Math.Round(rate / Math.Max(baseline, 1e-9), 3),
@@ -242,7 +250,7 @@ internal static class BenchCommand
         return result;
     }
 
-    private static double Rate(Totals t) => t.Generated / Math.Max(t.DecodeSeconds, 1e-9);
+    private static double Rate(Totals t) => t.Decoded / Math.Max(t.DecodeSeconds, 1e-9);
 
     /// <summary>Head i's hit rate: the fraction of steps whose accepted path went past depth i + 1.</summary>
     private static double[] HitRates(Totals t)

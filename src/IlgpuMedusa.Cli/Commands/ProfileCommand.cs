@@ -41,6 +41,8 @@ internal static class ProfileCommand
         {
             var sizes = ParseSizes(parse.GetValue(treeSizes)!);
             int decode = Positive(parse.GetValue(decodeTokens), "--decode-tokens");
+            // The first token comes from the prefill: the decode rate is timed over the steps after it.
+            if (decode < 2) throw new ArgumentOutOfRangeException("--decode-tokens", decode, "--decode-tokens must be at least 2 (the first token is the prefill's; the rate is timed over the rest).");
             int reps = Positive(parse.GetValue(repeats), "--repeats");
             int opSteps = parse.GetValue(opTimes);
             if (opSteps < 0) throw new ArgumentOutOfRangeException("--op-times", opSteps, "--op-times must be 0 (off) or a number of steps.");
@@ -52,9 +54,10 @@ internal static class ProfileCommand
             int[] prompt = parse.GetValue(promptIds) is { } file
                 ? ReadIds(file, config.VocabSize)
                 : RandomIds(Positive(parse.GetValue(promptTokens), "--prompt-tokens"), config.VocabSize);
-            int needed = prompt.Length + decode + opSteps + sizes.Max();
-            if (needed > config.MaxSequenceLength)
-                throw new ArgumentException($"prompt ({prompt.Length}) + --decode-tokens ({decode}) + --op-times ({opSteps}) + largest tree ({sizes.Max()}) = {needed} exceeds the model's context of {config.MaxSequenceLength}.");
+            long total = (long)prompt.Length + decode + opSteps + sizes.Max(); // in 64 bits: huge options must not wrap past the check
+            if (total > config.MaxSequenceLength)
+                throw new ArgumentException($"prompt ({prompt.Length}) + --decode-tokens ({decode}) + --op-times ({opSteps}) + largest tree ({sizes.Max()}) = {total} exceeds the model's context of {config.MaxSequenceLength}.");
+            int needed = (int)total;
             var result = Run(checkpoint, engineOptions, prompt, decode, Math.Min(parse.GetValue(greedyTokens), decode), sizes, reps, parse.GetValue(copyMb), opSteps, needed, cancellationToken);
             if (parse.GetValue(json)) Console.WriteLine(JsonSerializer.Serialize(result));
             else foreach (var (k, v) in result.Where(p => p.Key != "op_times")) Console.WriteLine($"{k,-30} {(v is int[] a ? string.Join(' ', a) : v is Dictionary<string, double> d ? string.Join(", ", d.Select(p => $"{p.Key}: {p.Value}")) : v)}");

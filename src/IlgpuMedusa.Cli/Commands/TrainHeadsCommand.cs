@@ -162,6 +162,23 @@ internal static class TrainHeadsCommand
                 promptLines = File.ReadAllLines(promptFile).Select(l => l.Trim()).Where(l => l.Length > 0 && !l.StartsWith('#')).ToArray();
                 if (promptLines.Length == 0) throw new InvalidDataException($"--prompts: '{promptFile}' holds no prompt.");
             }
+            if (parse.GetValue(maxTokens) < 1) throw new ArgumentOutOfRangeException("--max-tokens", parse.GetValue(maxTokens), "--max-tokens must be at least 1.");
+            if (outDir is not null)
+            {
+                // Checked before minutes of measuring, not after.
+                if (File.Exists(outDir)) throw new IOException($"--out: '{outDir}' is a file; name the folder the tree files go to.");
+                try
+                {
+                    Directory.CreateDirectory(outDir);
+                    using (File.Create(Path.Combine(outDir, ".probe-" + Guid.NewGuid().ToString("N")[..8]), 1, FileOptions.DeleteOnClose))
+                    {
+                    }
+                }
+                catch (Exception e) when (e is IOException or UnauthorizedAccessException or NotSupportedException)
+                {
+                    throw new IOException($"--out: cannot write tree files to '{outDir}': {e.Message}", e);
+                }
+            }
             var policy = new DistillationPolicy { PrefixTokens = parse.GetValue(prefixTokens), MinPrefixTokens = parse.GetValue(prefixMin), Explore = parse.GetValue(explore) };
             new HeadTrainingOptions
             {
@@ -171,6 +188,8 @@ internal static class TrainHeadsCommand
             using (var display = new TrainingDisplay())
                 profile = TreeGrower.Profile(parse.GetValue(model)!, parse.GetValue(heads)!, parse.GetValue(tokens), policy, parse.GetValue(seed), promptLines,
                     parse.GetValue(maxTokens), parse.GetValue(threads), (stage, fraction) => display.Report(new HeadTrainingProgress(stage, fraction)), cancellationToken);
+            if (profile.Positions == 0)
+                throw new InvalidDataException("no position of the generated text could be measured (every one was cut short); measure on more text (--tokens, or --max-tokens with --prompts).");
             Console.WriteLine(string.Create(inv, $"measured on {profile.Positions} positions of greedy-path text ({(promptLines is null ? "training-style openings, seed " + parse.GetValue(seed) : promptLines.Length + " prompts")})"));
             Console.WriteLine("head  top-1    top-" + Medusa.MedusaHeads.TopK);
             for (int h = 0; h < profile.Depth; h++) Console.WriteLine(string.Create(inv, $"{h,4}  {profile.Top1(h),6:P1}  {profile.TopK(h),6:P1}"));
@@ -186,16 +205,19 @@ internal static class TrainHeadsCommand
                 var tree = Medusa.TreeTopology.Resolve(file, profile.Depth);
                 Console.WriteLine(string.Create(inv, $"{Path.GetFileName(file),-20} {tree.NodeCount,5}  {profile.ExpectedAccepted(tree.Choices),6:0.000}"));
             }
+            var grown = new List<(string Label, string Json)>();
             foreach (int n in nodeCounts)
             {
                 var tree = profile.Grow(n);
                 string label = $"small-{n}";
                 Console.WriteLine(string.Create(inv, $"{label,-20} {tree.Count + 1,5}  {profile.ExpectedAccepted(tree),6:0.000}  {AcceptanceProfile.ToJson(tree)}"));
-                if (outDir is null) continue;
-                if (tree.Count + 1 < n) throw new InvalidDataException($"only {tree.Count + 1} nodes were ever accepted; measure on more text (--tokens) to grow a tree of {n}.");
-                Directory.CreateDirectory(outDir);
-                File.WriteAllText(Path.Combine(outDir, label + ".json"), AcceptanceProfile.ToJson(tree) + "\n");
+                if (outDir is not null && tree.Count + 1 < n)
+                    throw new InvalidDataException($"only {tree.Count + 1} nodes were ever accepted; measure on more text (--tokens) to grow a tree of {n} (no tree file was written).");
+                grown.Add((label, AcceptanceProfile.ToJson(tree)));
             }
+            // Every size grown and checked first: a run writes all its tree files or none.
+            if (outDir is not null)
+                foreach (var (label, treeJson) in grown) File.WriteAllText(Path.Combine(outDir, label + ".json"), treeJson + "\n");
             if (outDir is not null) Console.WriteLine($"wrote {string.Join(", ", nodeCounts.Select(n => $"small-{n}.json"))} to {outDir}");
             return Task.FromResult(0);
         });

@@ -84,6 +84,8 @@ public sealed class GenerationStats
     public Medusa.MedusaStats? Medusa { get; internal set; }
     /// <summary>The tree used, when Medusa decoded.</summary>
     public string? Tree { get; internal set; }
-    /// <summary>Generated tokens per second of decoding.</summary>
-    public double DecodeTokensPerSecond => DecodeSeconds > 0 ? GeneratedTokens / DecodeSeconds : 0;
+    /// <summary>Tokens the decode steps produced: all generated tokens but the first, which the prefill's forward gives.</summary>
+    public int DecodedTokens => Math.Max(0, GeneratedTokens - 1);
+    /// <summary>Tokens per second of decoding: <see cref="DecodedTokens"/> over <see cref="DecodeSeconds"/> (the first token is the prefill's).</summary>
+    public double DecodeTokensPerSecond => DecodeSeconds > 0 ? DecodedTokens / DecodeSeconds : 0;
 }

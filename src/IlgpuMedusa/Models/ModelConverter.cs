@@ -151,29 +151,5 @@ public static class ModelConverter
         }
     }
 
-    /// <summary>True when both paths name one directory, through symbolic links too (each link followed to its end).</summary>
-    private static bool SamePath(string a, string b) =>
-        string.Equals(RealPath(a), RealPath(b), OperatingSystem.IsWindows() ? StringComparison.OrdinalIgnoreCase : StringComparison.Ordinal);
-
-    private static string RealPath(string path)
-    {
-        string full = Path.TrimEndingDirectorySeparator(Path.GetFullPath(path));
-        string root = Path.GetPathRoot(full) ?? "";
-        string walked = root;
-        // One component at a time, each link followed (the output directory, or part of it, may not exist yet).
-        foreach (var part in full[root.Length..].Split(Path.DirectorySeparatorChar, StringSplitOptions.RemoveEmptyEntries))
-        {
-            walked = Path.Combine(walked, part);
-            try
-            {
-                var info = new DirectoryInfo(walked);
-                if (info.Exists && info.LinkTarget is not null) walked = info.ResolveLinkTarget(returnFinalTarget: true)?.FullName ?? walked;
-            }
-            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-            {
-                // Unreadable link: compare the path as written.
-            }
-        }
-        return Path.TrimEndingDirectorySeparator(walked);
-    }
+    private static bool SamePath(string a, string b) => PathIdentity.Same(a, b);
 }

@@ -423,8 +423,9 @@ public sealed class Scheduler : IDisposable
                     _sequenceTokens += r.Accepted.Count;
                 }
             }
-            else if (!decoder.Prefilling)
+            else if (!decoder.Prefilling && r.Emitted.Count == 0)
             {
+                // The first prefill only: a sequence recomputed after preemption keeps its clock running.
                 r.Stats.PrefillSeconds = r.Clock.Elapsed.TotalSeconds;
                 r.Clock.Restart();
             }

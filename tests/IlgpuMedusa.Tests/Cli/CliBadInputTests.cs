@@ -157,4 +157,28 @@ public class CliBadInputTests
         AssertCleanFailure(result, "deep.json", "depth 5");
         Assert.Equal("", result.StandardOutput);
     }
+
+    [Fact]
+    public void BenchAndProfileNeedADecodeStep()
+    {
+        // One token is the prefill's: no decode step would be timed (bench printed 26,000 tok/s, profile Infinity).
+        AssertCleanFailure(CliRunner.Run("bench", "--model", TestModels.Stories15MDirectory, "--device", "host", "--max-tokens", "1"), "--max-tokens", "at least 2");
+        AssertCleanFailure(CliRunner.Run("profile", "--model", TestModels.Stories15MDirectory, "--device", "host", "--prompt-tokens", "16", "--decode-tokens", "1"), "--decode-tokens", "at least 2");
+    }
+
+    [Fact]
+    public void ProfileOptionsSummingPastAnIntAreNamed()
+    {
+        var result = CliRunner.Run("profile", "--model", TestModels.Stories15MDirectory, "--device", "host", "--prompt-tokens", "16", "--tree-sizes", "2147483647");
+        AssertCleanFailure(result, "--decode-tokens", "largest tree (2147483647)", "exceeds the model's context");
+    }
+
+    [Fact]
+    public void ConcurrencyBenchWithAPromptLongerThanTheContext()
+    {
+        var prompts = Path.Combine(TestModels.TempDirectory("long-prompts"), "prompts.txt");
+        File.WriteAllText(prompts, "Once upon a time\n" + string.Join(' ', Enumerable.Repeat("and then the little dog ran", 80)) + "\n");
+        var result = CliRunner.Run("bench", "--model", TestModels.Stories15MDirectory, "--device", "host", "--max-tokens", "8", "--concurrency", "2", "--prompts", prompts);
+        AssertCleanFailure(result, "the prompt is", "context is 256");
+    }
 }

@@ -92,6 +92,7 @@ public class ShippedHeadsTests
         var configurations = root.GetProperty("configurations").EnumerateArray().ToArray();
         Assert.Equal(["autoregressive", "medusa chain-2"], configurations.Select(c => c.GetProperty("name").GetString()));
         Assert.Equal(48, configurations[0].GetProperty("generated_tokens").GetInt64());
+        Assert.Equal(46, configurations[0].GetProperty("decoded_tokens").GetInt64()); // rates count what decode steps made: not each prompt's first token
         var medusa = configurations[1];
         Assert.Equal("2/2", medusa.GetProperty("identical_to_autoregressive").GetString());
         Assert.True(medusa.GetProperty("mean_accepted").GetDouble() >= 1);

@@ -86,6 +86,7 @@ public class TrainHeadsCommandTests
     [InlineData("--explore", "1.5", "--explore must be in [0, 1).")]
     [InlineData("--prefix-tokens", "65", "--prefix-tokens must be between 0 and 64.")]
     [InlineData("--soft-labels", "1.5", "--soft-labels must be between 0 and 1.")]
+    [InlineData("--epochs", "1000000000", "--epochs must be between 1 and 100000.")]
     public void BadDataAndShortlistOptionsAreNamed(string option, string value, string message)
     {
         var dir = TestModels.TempDirectory("train-heads");
@@ -173,6 +174,41 @@ public class TrainHeadsCommandTests
         Assert.Contains(output, result.StandardError);
         Assert.DoesNotContain("generating", result.StandardError);
         Assert.True(clock.Elapsed < TimeSpan.FromSeconds(30), "the check must come before the data generation");
+    }
+
+    [Fact]
+    public void OutputOverTheModelOrTheTrainingTextIsRefused()
+    {
+        var model = TestModels.TempDirectory("train-heads-model");
+        foreach (var file in new[] { "stories15M.bin", "tokenizer.bin" }) File.Copy(Path.Combine(TestModels.Stories15MDirectory, file), Path.Combine(model, file));
+        var checkpoint = Path.Combine(model, "stories15M.bin");
+        long size = new FileInfo(checkpoint).Length;
+        var result = CliRunner.Run("train-heads", "--model", model, "--out", checkpoint, "--steps", "1");
+        Assert.Equal(1, result.ExitCode);
+        Assert.StartsWith($"error: --out: '{checkpoint}' is a file of the model directory", result.StandardError.Trim());
+        Assert.Equal(size, new FileInfo(checkpoint).Length);
+
+        var data = Path.Combine(TestModels.TempDirectory("train-heads"), "story.txt");
+        File.WriteAllText(data, "Once upon a time there was a cat.\n");
+        var link = data + ".link";
+        File.CreateSymbolicLink(link, data);
+        result = CliRunner.Run("train-heads", "--model", model, "--out", link, "--data", data, "--steps", "1");
+        Assert.Equal(1, result.ExitCode);
+        Assert.StartsWith($"error: --out: '{link}' is the training text (--data)", result.StandardError.Trim());
+        Assert.Equal("Once upon a time there was a cat.\n", File.ReadAllText(data));
+    }
+
+    [Fact]
+    public void GrowTreesChecksItsOutputFolderBeforeMeasuring()
+    {
+        var file = Path.Combine(TestModels.TempDirectory("grow-trees"), "not-a-folder.json");
+        File.WriteAllText(file, "[]");
+        var clock = Stopwatch.StartNew();
+        var result = CliRunner.Run("train-heads", "grow-trees", "--model", TestModels.Stories15MDirectory, "--heads", Path.Combine(TestModels.Stories15MDirectory, "medusa_lm_head.safetensors"), "--out", file, "--sizes", "4");
+        Assert.Equal(1, result.ExitCode);
+        Assert.StartsWith($"error: --out: '{file}' is a file", result.StandardError.Trim());
+        Assert.DoesNotContain("measured on", result.StandardOutput);
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(30), "the check must come before the measurement");
     }
 
     [Fact]

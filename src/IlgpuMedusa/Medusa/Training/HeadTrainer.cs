@@ -87,6 +87,7 @@ public static class HeadTrainer
         options.Validate();
         CheckWritable(outputPath);
         if (options.DataFile is { } dataFile) TextFileData.CheckReadable(dataFile);
+        CheckNotAnInput(outputPath, modelDirectory, options.DataFile);
         int threads = options.Threads ?? Environment.ProcessorCount;
         using var checkpoint = ModelDirectory.OpenCheckpoint(modelDirectory);
         var tokenizer = ModelDirectory.OpenTokenizer(modelDirectory);
@@ -225,6 +226,22 @@ public static class HeadTrainer
         }
     }
 
+    /// <summary>
+    /// Refuses an output path that is one of the inputs (links followed): the training text, or a file of the model
+    /// directory the model is loaded from (its checkpoint, tokenizer, config). The heads' own file in the model directory,
+    /// medusa_lm_head.safetensors, may be replaced: that is where <c>--heads auto</c> finds them.
+    /// </summary>
+    internal static void CheckNotAnInput(string outputPath, string modelDirectory, string? dataFile)
+    {
+        if (dataFile is not null && PathIdentity.Same(outputPath, dataFile))
+            throw new ArgumentException($"--out: '{outputPath}' is the training text (--data); name another file for the heads.");
+        if (!File.Exists(outputPath) || !Directory.Exists(modelDirectory)) return;
+        string name = Path.GetFileName(PathIdentity.RealPath(outputPath));
+        bool inModel = PathIdentity.Same(Path.GetDirectoryName(PathIdentity.RealPath(outputPath))!, modelDirectory);
+        if (inModel && !name.Equals(MedusaHeadsCheckpoint.ReleasedFileName, StringComparison.Ordinal))
+            throw new ArgumentException($"--out: '{outputPath}' is a file of the model directory '{modelDirectory}' (the model reads it); name another file for the heads, e.g. {Path.Combine(modelDirectory, MedusaHeadsCheckpoint.ReleasedFileName)}.");
+    }
+
     private static Progress? Stage(IProgress<HeadTrainingProgress>? progress, string stage, long units, Stopwatch clock)
     {
         if (progress is null) return null;
@@ -250,7 +267,10 @@ public static class HeadTrainer
         var w = heads.Weights;
         int k = w.HeadCount, d = w.HiddenSize, batch = Math.Min(options.BatchSize, corpus.Positions);
         int perEpoch = (corpus.Positions + batch - 1) / batch;
-        int total = options.Steps ?? (options.Epochs ?? HeadTrainingOptions.DefaultEpochs) * perEpoch;
+        long planned = options.Steps ?? (long)(options.Epochs ?? HeadTrainingOptions.DefaultEpochs) * perEpoch;
+        if (planned > int.MaxValue)
+            throw new ArgumentOutOfRangeException(nameof(options), planned, $"--epochs: {options.Epochs} epochs of {perEpoch} steps are {planned} optimizer steps, more than {int.MaxValue}; use fewer epochs or --steps.");
+        int total = (int)planned;
         var tensors = new List<(float[], float[], bool)>();
         for (int h = 0; h < k; h++)
         {

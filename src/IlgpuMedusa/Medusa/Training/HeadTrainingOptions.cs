@@ -124,6 +124,9 @@ public sealed record HeadTrainingOptions
     /// <summary>Epochs when neither <see cref="Epochs"/> nor <see cref="Steps"/> is set.</summary>
     public const int DefaultEpochs = 6;
 
+    /// <summary>Most epochs accepted (checked before any text is generated; the step count is checked again once the data is known).</summary>
+    public const int MaxEpochs = 100_000;
+
     /// <summary>Throws <see cref="ArgumentException"/> naming the bad option.</summary>
     public HeadTrainingOptions Validate()
     {
@@ -142,7 +145,7 @@ public sealed record HeadTrainingOptions
         if (!(LearningRate > 0) || float.IsInfinity(LearningRate)) throw new ArgumentOutOfRangeException(nameof(LearningRate), LearningRate, "--learning-rate must be positive.");
         if (!(WeightDecay >= 0) || float.IsInfinity(WeightDecay)) throw new ArgumentOutOfRangeException(nameof(WeightDecay), WeightDecay, "--weight-decay must be >= 0.");
         if (BatchSize is < 1 or > 8192) throw new ArgumentOutOfRangeException(nameof(BatchSize), BatchSize, "--batch must be between 1 and 8192.");
-        if (Epochs is < 1) throw new ArgumentOutOfRangeException(nameof(Epochs), Epochs, "--epochs must be positive.");
+        if (Epochs is < 1 or > MaxEpochs) throw new ArgumentOutOfRangeException(nameof(Epochs), Epochs, $"--epochs must be between 1 and {MaxEpochs}.");
         if (Steps is < 1) throw new ArgumentOutOfRangeException(nameof(Steps), Steps, "--steps must be positive.");
         if (Tokens is < 1) throw new ArgumentOutOfRangeException(nameof(Tokens), Tokens, "--tokens must be positive.");
         if (HeldOutTokens < 1) throw new ArgumentOutOfRangeException(nameof(HeldOutTokens), HeldOutTokens, "--eval-tokens must be positive.");
