@@ -224,7 +224,8 @@ internal static class BenchCommand
             rows.Add(row);
         }
         long weightsBytes = Directory.GetFiles(engine.Options.ModelPath)
-            .Where(f => f.EndsWith(".bin", StringComparison.Ordinal) && !f.EndsWith("tokenizer.bin", StringComparison.Ordinal) || f.EndsWith(".safetensors", StringComparison.Ordinal))
+            .Where(f => (f.EndsWith(".bin", StringComparison.Ordinal) && !f.EndsWith("tokenizer.bin", StringComparison.Ordinal) || f.EndsWith(".safetensors", StringComparison.Ordinal))
+                && !Path.GetFileName(f).Equals(Models.MedusaHeadsCheckpoint.ReleasedFileName, StringComparison.Ordinal)) // the base model's weights, not the heads
             .Sum(f => new FileInfo(f).Length);
         var result = new Dictionary<string, object>
         {

@@ -89,6 +89,9 @@ public class ShippedHeadsTests
         Assert.Equal(2, root.GetProperty("prompts").GetInt32());
         Assert.True(root.GetProperty("peak_working_set_mb").GetDouble() > 0);
         Assert.True(root.GetProperty("prefill_tokens_per_second_median").GetDouble() > 0);
+        // The base model's checkpoint only (the model directory holds the installed heads too).
+        double checkpointMb = Math.Round(new FileInfo(Path.Combine(TestModels.Stories15MDirectory, "stories15M.bin")).Length / 1048576.0, 1);
+        Assert.Equal(checkpointMb, root.GetProperty("weights_file_mb").GetDouble());
         var configurations = root.GetProperty("configurations").EnumerateArray().ToArray();
         Assert.Equal(["autoregressive", "medusa chain-2"], configurations.Select(c => c.GetProperty("name").GetString()));
         Assert.Equal(48, configurations[0].GetProperty("generated_tokens").GetInt64());
