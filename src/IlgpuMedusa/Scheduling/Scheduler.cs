@@ -480,18 +480,25 @@ public sealed class Scheduler : IDisposable
     {
         if (r.Done) return;
         r.Done = true;
+        // Freeing on a failed device can fail too: each part is tried, and the request still ends, with the first error.
         try
         {
             (r.Decoder as MedusaDecoder)?.Release();
-            r.Decoder = null;
-            r.Sequence?.Dispose();
-            r.Sequence = null;
         }
         catch (Exception e) when (e is not OutOfMemoryException)
         {
-            // Freeing on a failed device can fail too: the request still ends, with the first error.
             error ??= e;
         }
+        r.Decoder = null;
+        try
+        {
+            r.Sequence?.Dispose(); // its KV blocks back to the pool
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            error ??= e;
+        }
+        r.Sequence = null;
         r.Stats.DecodeSeconds = r.Clock.Elapsed.TotalSeconds;
         if (error is null)
         {
