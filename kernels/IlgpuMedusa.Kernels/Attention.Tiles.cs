@@ -31,7 +31,7 @@ public static partial class AttentionKernel
     /// shuffle reductions within the half warp, so the online-softmax state lives in registers, replicated over the 16
     /// lanes, with no tree reduction through shared memory. The probabilities go to shared memory, the chunk's value rows
     /// replace its key rows, and the same 16 lanes accumulate their two rows' outputs, 8 dimensions a lane (l + 16i), in
-    /// registers. Three barriers per chunk. Splits write the partials of <see cref="Run"/>, merged by
+    /// registers. Five barriers per chunk (offsets, keys, scores, values, P·V). Splits write the partials of <see cref="Run"/>, merged by
     /// <see cref="Combine"/>. Warp shuffles: CUDA (and the CPU emulator, for tests). Dh ≤ 128.
     /// </summary>
     /// <param name="output">F32[T, H·Dh] (Z = 1).</param>

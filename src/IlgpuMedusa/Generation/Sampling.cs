@@ -155,7 +155,7 @@ public sealed class Sampler
         for (int i = 0; i < n; i++)
         {
             mass += p[order[i]];
-            if (mass > topP)
+            if (mass >= topP)
             {
                 last = i;
                 break;

@@ -142,6 +142,9 @@ public sealed class Scheduler : IDisposable
     /// <summary>Tests: a step of a request whose options this returns true for fails (as a broken sampler or heads would).</summary>
     internal Func<GenerationOptions, bool>? FailStepFor { get; set; }
 
+    /// <summary>Tests: starting a request whose options this returns true for fails (as a tree mask that cannot be uploaded would).</summary>
+    internal Func<GenerationOptions, bool>? FailAdmissionFor { get; set; }
+
     private sealed class Request(int[] prompt, GenerationOptions options, GenerationStats stats, int maxNew, int maxTokens,
         (CandidateTree Tree, DeviceTensor? Mask)? tree, IStreamingDetokenizer detokenizer, Sampler sampler, CancellationToken cancellation)
     {
@@ -256,8 +259,18 @@ public sealed class Scheduler : IDisposable
             int first = r.Prompt.Length + r.Emitted.Count;
             if (_pool.BlocksFor(Math.Min(first + 1, r.MaxTokens)) > _pool.FreeBlocks && _running.Count > 0) break;
             _waiting.Dequeue();
-            r.Sequence = _pool.CreateSequence(r.MaxTokens);
-            r.Decoder = CreateDecoder(r);
+            try
+            {
+                r.Sequence = _pool.CreateSequence(r.MaxTokens);
+                if (FailAdmissionFor?.Invoke(r.Options) == true) throw new InvalidOperationException("starting this request failed (injected by a test)");
+                r.Decoder = CreateDecoder(r);
+            }
+            catch (Exception e)
+            {
+                // Out of both queues here: end it now (its blocks back to the pool), or no one would.
+                Finish(r, e);
+                continue;
+            }
             if (!r.Clock.IsRunning) r.Clock.Start();
             _running.Add(r);
         }
@@ -289,9 +302,9 @@ public sealed class Scheduler : IDisposable
             var decoder = r.Decoder!;
             // Leave a row for every sequence after this one, so that a tree or a prompt chunk early in the list cannot
             // take the whole batch (a tree that does not fit shrinks to a one-token step, a prompt chunk gets shorter);
-            // when the batch is too small for one row each, the sequences go in order.
+            // when the batch is too small for one row each, they take one row each, in order.
             int budget = MaxBatchTokens - used - (_running.Count - 1 - i);
-            if (budget < 1) budget = MaxBatchTokens - used;
+            if (budget < 1) budget = Math.Min(1, MaxBatchTokens - used);
             if (!decoder.Plan(budget)) continue;
             if (!Reserve(r, decoder.Committed + decoder.PlanCount)) continue; // r itself was preempted
             i = _running.IndexOf(r); // preemption may have removed later entries only
@@ -480,34 +493,38 @@ public sealed class Scheduler : IDisposable
     {
         if (r.Done) return;
         r.Done = true;
-        // Freeing on a failed device can fail too: each part is tried, and the request still ends, with the first error.
+        // Whatever fails on the way (freeing on a failed device, the detokenizer's flush), the KV blocks go back to the
+        // pool and the stream completes, with the first error.
         try
         {
-            (r.Decoder as MedusaDecoder)?.Release();
+            try
+            {
+                (r.Decoder as MedusaDecoder)?.Release();
+            }
+            finally
+            {
+                r.Decoder = null;
+                var sequence = r.Sequence;
+                r.Sequence = null;
+                sequence?.Dispose(); // its KV blocks back to the pool
+            }
+            r.Stats.DecodeSeconds = r.Clock.Elapsed.TotalSeconds;
+            if (error is null)
+            {
+                var tail = r.Stops.Push(r.Detokenizer.Flush()) + r.Stops.Flush();
+                if (tail.Length > 0) r.Output.Writer.TryWrite(new GeneratedPiece(tail, []));
+                // A stop sequence completed by the detokenizer's last characters cut the text there.
+                if (r.Stops.Stopped && r.Stats.FinishReason is not FinishReason.Cancelled) r.Stats.FinishReason = FinishReason.StopSequence;
+            }
         }
-        catch (Exception e) when (e is not OutOfMemoryException)
+        catch (Exception e)
         {
             error ??= e;
         }
-        r.Decoder = null;
-        try
+        finally
         {
-            r.Sequence?.Dispose(); // its KV blocks back to the pool
+            r.Output.Writer.TryComplete(error);
         }
-        catch (Exception e) when (e is not OutOfMemoryException)
-        {
-            error ??= e;
-        }
-        r.Sequence = null;
-        r.Stats.DecodeSeconds = r.Clock.Elapsed.TotalSeconds;
-        if (error is null)
-        {
-            var tail = r.Stops.Push(r.Detokenizer.Flush()) + r.Stops.Flush();
-            if (tail.Length > 0) r.Output.Writer.TryWrite(new GeneratedPiece(tail, []));
-            // A stop sequence completed by the detokenizer's last characters cut the text there.
-            if (r.Stops.Stopped && r.Stats.FinishReason is not FinishReason.Cancelled) r.Stats.FinishReason = FinishReason.StopSequence;
-        }
-        r.Output.Writer.TryComplete(error);
     }
 
     /// <summary>Stops the loop; requests still in flight end with <see cref="ObjectDisposedException"/>.</summary>

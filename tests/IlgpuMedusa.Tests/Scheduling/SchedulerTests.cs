@@ -201,6 +201,22 @@ public class SchedulerIsolationTests(RandomHeadsFixture heads) : IClassFixture<R
     }
 
     [Fact]
+    public async Task ARequestThatCannotStart_EndsWithItsError_AndGivesBackItsBlocks()
+    {
+        using var engine = InferenceEngine.Load(new EngineOptions { ModelPath = TestModels.Stories15MDirectory, Device = new DeviceOptions { Kind = DeviceKind.Host }, Heads = heads.HeadsPath });
+        var clock = Stopwatch.StartNew();
+        engine.Scheduler.FailAdmissionFor = o => o.Seed == 777;
+        var run = Task.Run(() => RunAsync(engine, "Once upon a time", new GenerationOptions { MaxTokens = 20, Seed = 777, Tree = "chain-2" }, clock));
+        var finished = await Task.WhenAny(run, Task.Delay(TimeSpan.FromSeconds(60)));
+        Assert.Same(run, finished); // it used to wait forever: out of the queue, never running
+        var e = await Assert.ThrowsAsync<InvalidOperationException>(() => run);
+        Assert.Contains("injected", e.Message, StringComparison.Ordinal);
+        Assert.Equal(engine.Pool.BlockCount, engine.Pool.FreeBlocks);
+        engine.Scheduler.FailAdmissionFor = null;
+        Assert.Equal(20, (await RunAsync(engine, "Once upon a time", new GenerationOptions { MaxTokens = 20, Tree = "chain-2" }, clock)).Ids.Count);
+    }
+
+    [Fact]
     public async Task ATreeAsLargeAsTheBatch_ShrinksWhileOthersRun_AndStaysLossless()
     {
         using var engine = InferenceEngine.Load(new EngineOptions
