@@ -63,6 +63,8 @@ if ((DRY_RUN)); then
   : "${DEVICE:=host}" "${SHAPES:=demo,tiny}" "${BUDGET_S:=360}" "${PROMPT_TOKENS:=64}" "${DECODE_TOKENS:=16}" "${GREEDY_TOKENS:=8}" "${KIT_RUNTIME:=0}"
   : "${BENCH_TOKENS:=16}" "${BENCH_PROMPTS:=4}"
   WORK=${GPU_BENCH_WORK:-/tmp/gpu-bench-dry}
+  # A dry run on OpenCL means a CPU OpenCL (PoCL) here, which the apps use only when allowed.
+  [[ $DEVICE == opencl ]] && export ILGPU_MEDUSA_ALLOW_CPU_OPENCL=1
 else
   MODE=gpu
   # .NET's write-xor-execute double mapping of JIT code is an extra risk under sandboxed kernels (gVisor) and buys
