@@ -96,6 +96,16 @@ public static class HeadTrainer
         var c = model.Config;
 
         var classifier = checkpoint.GetTensor(c.TiedEmbeddings ? LlamaTensorNames.Embedding : LlamaTensorNames.Classifier, c.VocabSize, c.Dim).ToFloatArray();
+        // A training text file is read first: one too short for the heads fails before minutes of held-out generation.
+        IReadOnlyList<int[]>? fileChunks = null;
+        if (options.DataFile is { } textFile)
+        {
+            fileChunks = TextFileData.Chunks(textFile, tokenizer, c.MaxSequenceLength, options.Tokens);
+            if (!fileChunks.Any(chunk => chunk.Length > options.Heads + 1))
+                throw new InvalidDataException(
+                    $"{textFile}: too little text to train {options.Heads} heads: each chunk needs more than {options.Heads + 1} tokens (head {options.Heads - 1} predicts {options.Heads + 1} tokens ahead), " +
+                    $"but the {fileChunks.Count} chunk(s) have at most {(fileChunks.Count == 0 ? 0 : fileChunks.Max(chunk => chunk.Length))}.");
+        }
         var clock = Stopwatch.StartNew();
         // Held-out text is always greedy-path text (what greedy Medusa decoding asks of the heads), from another seed:
         // other openings, other sampled prefixes, other explored tokens.
@@ -109,7 +119,7 @@ public static class HeadTrainer
         var dataClock = Stopwatch.StartNew();
         if (options.DataFile is { } file)
         {
-            var chunks = TextFileData.Chunks(file, tokenizer, c.MaxSequenceLength, options.Tokens);
+            var chunks = fileChunks!;
             sequences = TextFileData.Prefill(model, chunks, Stage(progress, $"reading {Path.GetFileName(file)}", chunks.Sum(x => x.Length), dataClock), options.ContextAttention,
                 cancellationToken);
             data = $"file {Path.GetFileName(file)}";
