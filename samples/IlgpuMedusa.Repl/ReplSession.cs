@@ -37,8 +37,10 @@ internal sealed class ReplSession
     private sealed class SessionTotals
     {
         public int Replies;
-        public long Tokens;
-        public long Steps;
+        public long Tokens;        // generated, the prefill's first token included
+        public long Forwards;      // the prefill's included
+        public long DecodedTokens; // by decode steps: what accepted tokens per step and tokens/s count
+        public long DecodeSteps;
         public double DecodeSeconds;
     }
 
@@ -108,7 +110,7 @@ internal sealed class ReplSession
                 case "/reset":
                     _history.Clear();
                     _last = null;
-                    (_totals.Replies, _totals.Tokens, _totals.Steps, _totals.DecodeSeconds) = (0, 0, 0, 0);
+                    (_totals.Replies, _totals.Tokens, _totals.Forwards, _totals.DecodedTokens, _totals.DecodeSteps, _totals.DecodeSeconds) = (0, 0, 0, 0, 0, 0);
                     _console.MarkupLine(_template == ChatTemplateKind.Plain ? "Statistics cleared." : "Conversation and statistics cleared.");
                     break;
                 default:
@@ -116,8 +118,9 @@ internal sealed class ReplSession
                     break;
             }
         }
-        catch (ArgumentException e)
+        catch (Exception e) when (e is ArgumentException or IOException or InvalidDataException)
         {
+            // A bad name or value, a tree file that is missing or malformed: say so, the session goes on.
             Error(e.Message);
         }
         return true;
@@ -237,7 +240,7 @@ internal sealed class ReplSession
         var ids = ChatTemplate.Encode(ChatTemplate.Apply(_template, _history), _engine.Tokenizer);
         if (ids.Count < _engine.Config.MaxSequenceLength) return ids;
         _history.RemoveAt(_history.Count - 1);
-        throw new ArgumentException($"the conversation is {ids.Count} tokens, more than the model's context of {_engine.Config.MaxSequenceLength}; /reset starts a new one.");
+        throw new ArgumentException($"the conversation is {ids.Count} tokens, which leaves no room in the model's context of {_engine.Config.MaxSequenceLength}; /reset starts a new one.");
     }
 
     private void Record(GenerationStats stats)
@@ -245,12 +248,17 @@ internal sealed class ReplSession
         _last = stats;
         _totals.Replies++;
         _totals.Tokens += stats.GeneratedTokens;
-        _totals.Steps += StepsOf(stats);
+        _totals.Forwards += ForwardsOf(stats);
+        _totals.DecodedTokens += stats.DecodedTokens;
+        _totals.DecodeSteps += DecodeStepsOf(stats);
         _totals.DecodeSeconds += stats.DecodeSeconds;
     }
 
-    /// <summary>Forward passes that produced the reply's tokens (the prefill's counts: it yields the first token).</summary>
-    private static long StepsOf(GenerationStats stats) => stats.Medusa?.Steps ?? Math.Min(stats.GeneratedTokens, stats.Steps + 1);
+    /// <summary>Forward passes that produced the reply's tokens: its decode steps, and the prefill, which yields the first token.</summary>
+    private static long ForwardsOf(GenerationStats stats) => stats.GeneratedTokens == 0 ? 0 : DecodeStepsOf(stats) + 1;
+
+    /// <summary>Decode steps (Medusa verification steps, one-token steps included), the prefill not counted.</summary>
+    private static long DecodeStepsOf(GenerationStats stats) => stats.Medusa?.Steps ?? Math.Max(0, Math.Min(stats.DecodedTokens, stats.Steps));
 
     private static double MeanAccepted(long tokens, long steps) => steps == 0 ? 0 : (double)tokens / steps;
 
@@ -269,18 +277,18 @@ internal sealed class ReplSession
             _console.MarkupLine("No reply yet.");
             return;
         }
-        long steps = StepsOf(last);
+        long forwards = ForwardsOf(last);
         string mode = last.Medusa is not null ? $"Medusa, tree {last.Tree}" : "autoregressive";
         _console.MarkupLine(Markup.Escape(FormattableString.Invariant(
-            $"Last reply: {last.GeneratedTokens} tokens in {steps} steps ({mode}), {last.DecodeTokensPerSecond:0.0} tokens/s decoding, prefill {last.PromptTokens} tokens in {last.PrefillSeconds * 1000:0} ms, {last.FinishReason}.")));
-        // Index k: steps that emitted k tokens. Autoregressive decoding emits one per step.
-        IReadOnlyList<long> histogram = last.Medusa?.AcceptHistogram ?? [0, steps];
-        var chart = new BarChart().Width(60).Label("Accepted tokens per step (last reply)").LeftAlignLabel();
+            $"Last reply: {last.GeneratedTokens} tokens in {forwards} forwards ({mode}; the prefill gives the first), {last.DecodeTokensPerSecond:0.0} tokens/s decoding, prefill {last.PromptTokens} tokens in {last.PrefillSeconds * 1000:0} ms, {last.FinishReason}.")));
+        // Index k: decode steps that emitted k tokens. Autoregressive decoding emits one per step.
+        IReadOnlyList<long> histogram = last.Medusa?.AcceptHistogram ?? [0, DecodeStepsOf(last)];
+        var chart = new BarChart().Width(60).Label("Accepted tokens per decode step (last reply)").LeftAlignLabel();
         for (int k = 1; k < histogram.Count; k++)
             chart.AddItem(k == 1 ? "1 token" : $"{k} tokens", histogram[k], k == 1 ? Color.Grey : Color.Aqua);
         _console.Write(chart);
         _console.MarkupLine(Markup.Escape(FormattableString.Invariant(
-            $"Session totals: {_totals.Replies} {(_totals.Replies == 1 ? "reply" : "replies")}, {_totals.Tokens} tokens in {_totals.Steps} steps, {MeanAccepted(_totals.Tokens, _totals.Steps):0.00} accepted tokens/step, {(_totals.DecodeSeconds > 0 ? _totals.Tokens / _totals.DecodeSeconds : 0):0.0} tokens/s decoding.")));
+            $"Session totals: {_totals.Replies} {(_totals.Replies == 1 ? "reply" : "replies")}, {_totals.Tokens} tokens in {_totals.Forwards} forwards, {MeanAccepted(_totals.DecodedTokens, _totals.DecodeSteps):0.00} accepted tokens per decode step, {(_totals.DecodeSeconds > 0 ? _totals.DecodedTokens / _totals.DecodeSeconds : 0):0.0} tokens/s decoding.")));
         var s = _engine.SchedulerStats;
         _console.MarkupLine(Markup.Escape(FormattableString.Invariant(
             $"Scheduler: {s.Running} running, {s.Waiting} waiting, {s.Preemptions} preempted so far, KV blocks {s.BlocksUsed} used / {s.BlocksFree} free, {s.Steps} batched forwards, {s.TokensPerSecond:0.0} tokens/s while busy, {s.MeanAcceptedPerStep:0.00} tokens per sequence-step.")));

@@ -96,10 +96,16 @@ public static class ChatTemplate
     public static string Render(IEnumerable<ChatPromptSegment> segments) =>
         string.Concat(segments.Select(s => (s.Bos ? "<s>" : "") + s.Text + (s.Eos ? "</s>" : "")));
 
+    /// <summary>
+    /// One running text for a base model to continue: user and assistant messages concatenated as they are (an assistant
+    /// message continues the text before it), the instructions and system messages each on a line of their own first.
+    /// </summary>
     private static ChatPromptSegment Plain(List<ChatMessage> messages, string? instructions)
     {
-        var text = new StringBuilder(instructions);
-        foreach (var m in messages) text.Append(m.Text);
+        var text = new StringBuilder();
+        if (!string.IsNullOrWhiteSpace(instructions)) text.Append(instructions.TrimEnd()).Append('\n');
+        foreach (var m in messages.Where(m => m.Role == ChatRole.System && !string.IsNullOrWhiteSpace(m.Text))) text.Append(m.Text.TrimEnd()).Append('\n');
+        foreach (var m in messages.Where(m => m.Role != ChatRole.System)) text.Append(m.Text);
         return new ChatPromptSegment(text.ToString(), Bos: true, Eos: false);
     }
 

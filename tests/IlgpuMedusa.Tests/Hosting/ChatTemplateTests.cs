@@ -57,6 +57,9 @@ public class ChatTemplateTests
     {
         Assert.Equal("<s>Once upon a time", Render(ChatTemplateKind.Plain, new ChatMessage(ChatRole.User, "Once upon a time")));
         Assert.Equal("<s>Once upon a time, there was", Render(ChatTemplateKind.Plain, new ChatMessage(ChatRole.User, "Once upon a time"), new ChatMessage(ChatRole.Assistant, ", there was")));
+        // System text goes first, on its own line (it was glued to the story: "Be nice.Once upon a time").
+        Assert.Equal("<s>Be nice.\nOnce upon a time, there was", Render(ChatTemplateKind.Plain, new ChatMessage(ChatRole.User, "Once upon a time"),
+            new ChatMessage(ChatRole.System, "Be nice."), new ChatMessage(ChatRole.Assistant, ", there was")));
     }
 
     [Fact]

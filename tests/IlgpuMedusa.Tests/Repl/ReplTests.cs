@@ -58,10 +58,18 @@ public class ReplTests
         Assert.Contains("1.00 accepted tokens/step (autoregressive)", summaries[1], StringComparison.Ordinal);
 
         // /stats: the last reply, its acceptance-length bar chart, the session totals.
-        Assert.Contains("Last reply: 30 tokens in 30 steps (autoregressive)", output, StringComparison.Ordinal);
-        Assert.Contains("Accepted tokens per step (last reply)", output, StringComparison.Ordinal);
-        Assert.Matches(@"1 token +█+ 30", output);
-        Assert.Contains("Session totals: 2 replies, 60 tokens in ", output, StringComparison.Ordinal);
+        Assert.Contains("Last reply: 30 tokens in 30 forwards (autoregressive; the prefill gives the first)", output, StringComparison.Ordinal);
+        Assert.Contains("Accepted tokens per decode step (last reply)", output, StringComparison.Ordinal);
+        Assert.Matches(@"1 token +█+ 29", output); // 29 decode steps after the prefill
+        // Session: 30 forwards for the autoregressive reply, the Medusa reply's decode steps plus its prefill for the
+        // other (fewer than 30: its heads are the shipped ones), so between 31 and 59; decoded tokens (58) per decode step
+        // above 1.
+        var totals = System.Text.RegularExpressions.Regex.Match(output, @"Session totals: 2 replies, 60 tokens in (\d+) forwards, (\d\.\d\d) accepted tokens per decode step");
+        Assert.True(totals.Success, output);
+        long forwards = long.Parse(totals.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture);
+        double perStep = double.Parse(totals.Groups[2].Value, System.Globalization.CultureInfo.InvariantCulture);
+        Assert.InRange(forwards, 31, 59);
+        Assert.Equal(58.0 / (forwards - 2), perStep, 2); // decode steps = forwards − the two prefills
 
         // Redirected output is plain text: no ANSI escape sequences, no prompt markers.
         Assert.DoesNotContain("\u001b[", output, StringComparison.Ordinal);
@@ -72,10 +80,11 @@ public class ReplTests
     [Fact]
     public void BadCommands_PrintErrors_AndTheSessionGoesOn()
     {
-        var result = RunRepl("/tree tree-9000\n/temp warm\n/medusa maybe\n/frobnicate\n/temp 0\n/tree tree-8\n/help\n/stats\n/reset\n", Args("--max-tokens", "5"));
+        var result = RunRepl("/tree tree-9000\n/tree no-such-tree.json\n/temp warm\n/medusa maybe\n/frobnicate\n/temp 0\n/tree tree-8\n/help\n/stats\n/reset\n", Args("--max-tokens", "5"));
         string output = result.StandardOutput;
         Assert.True(result.ExitCode == 0, $"exit code {result.ExitCode}\n{output}\n{result.StandardError}");
         Assert.Contains("error: Tree (--tree): unknown tree 'tree-9000'", output, StringComparison.Ordinal);
+        Assert.Contains("no-such-tree.json' not found", output, StringComparison.Ordinal); // a missing tree file is an error line, not the end
         Assert.Contains("error: /temp takes a number (0 is greedy), got 'warm'.", output, StringComparison.Ordinal);
         Assert.Contains("error: /medusa takes on or off, got 'maybe'.", output, StringComparison.Ordinal);
         Assert.Contains("error: unknown command /frobnicate", output, StringComparison.Ordinal);
