@@ -40,7 +40,7 @@ public sealed record GenerationOptions
             throw new ArgumentException(
                 $"Tree (--tree): unknown tree '{Tree}'; {Medusa.TreePresets.Choices}; or give a JSON file of paths.", nameof(Tree));
         foreach (var s in StopSequences)
-            if (string.IsNullOrEmpty(s)) throw new ArgumentException("StopSequences must not contain empty strings.", nameof(StopSequences));
+            if (string.IsNullOrEmpty(s)) throw new ArgumentException("StopSequences (--stop) must not contain empty strings.", nameof(StopSequences));
         return this;
     }
 }

@@ -26,12 +26,13 @@ public sealed record IlgpuDeviceInfo(
 {
     /// <summary>One line for listings, e.g. "opencl #0 'pthread-…' (CPU, warp 8): not usable: …".</summary>
     public string Summary =>
-        $"{KindText(Kind)} #{Index} '{Name}' ({(IsCpu ? "CPU" : "GPU")}, {MemoryText}, warp {WarpSize}, {Multiprocessors} units)" +
+        $"{KindText(Kind)} #{Index} '{Name}' ({(IsCpu ? "CPU" : "GPU")}, {MemoryText}, warp {(WarpSize > 0 ? WarpSize.ToString(System.Globalization.CultureInfo.InvariantCulture) : "unknown")}, {Multiprocessors} units)" +
         (Usable ? Reason is null ? "" : $": {Reason}" : $": not usable: {Reason}");
 
     private string MemoryText => MemoryBytes is > 0 and < long.MaxValue ? $"{MemoryBytes / (1024.0 * 1024 * 1024):0.#} GiB" : "host memory";
 
-    internal static string KindText(DeviceKind kind) => kind switch
+    /// <summary>The kind as <c>--device</c> spells it.</summary>
+    public static string KindText(DeviceKind kind) => kind switch
     {
         DeviceKind.Cuda => "cuda",
         DeviceKind.OpenCL => "opencl",
@@ -153,7 +154,7 @@ public static class IlgpuDevices
         bool cpu = cl.DeviceType.HasFlag(CLDeviceType.CL_DEVICE_TYPE_CPU);
         if (cpu && !options.CpuOpenCLAllowed)
             return "a CPU OpenCL (e.g. PoCL) is slower than the host backend and lacks the generic address space ILGPU asks for; " +
-                "allow it with DeviceOptions.AllowCpuOpenCL or ILGPU_MEDUSA_ALLOW_CPU_OPENCL=1";
+                "allow it with --allow-cpu-opencl (DeviceOptions.AllowCpuOpenCL in the library) or ILGPU_MEDUSA_ALLOW_CPU_OPENCL=1";
         if (!cpu && !cl.Capabilities.GenericAddressSpace)
             return "the device lacks the OpenCL generic address space ILGPU requires";
         return null;
