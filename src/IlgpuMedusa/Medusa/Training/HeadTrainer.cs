@@ -102,9 +102,7 @@ public static class HeadTrainer
         {
             fileChunks = TextFileData.Chunks(textFile, tokenizer, c.MaxSequenceLength, options.Tokens);
             if (!fileChunks.Any(chunk => chunk.Length > options.Heads + 1))
-                throw new InvalidDataException(
-                    $"{textFile}: too little text to train {options.Heads} heads: each chunk needs more than {options.Heads + 1} tokens (head {options.Heads - 1} predicts {options.Heads + 1} tokens ahead), " +
-                    $"but the {fileChunks.Count} chunk(s) have at most {(fileChunks.Count == 0 ? 0 : fileChunks.Max(chunk => chunk.Length))}.");
+                throw TrainingCorpus.TooLittleText(textFile, options.Heads, fileChunks.Select(chunk => chunk.Length).ToList());
         }
         var clock = Stopwatch.StartNew();
         // Held-out text is always greedy-path text (what greedy Medusa decoding asks of the heads), from another seed:

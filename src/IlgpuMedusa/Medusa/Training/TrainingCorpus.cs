@@ -128,10 +128,7 @@ public sealed class TrainingCorpus
             anyFull |= s.Tokens.Length > heads + 1;
         }
         if (positions == 0 || !anyFull)
-            throw new InvalidDataException(
-                $"{source}: too little text to train {heads} heads: each chunk needs more than {heads + 1} tokens (head {heads - 1} predicts {heads + 1} tokens ahead), " +
-                $"but the {sequences.Count} chunk(s) have at most {(sequences.Count == 0 ? 0 : sequences.Max(s => s.Tokens.Length))}" +
-                (positions == 0 && anyFull ? " and none has two greedy tokens in a row." : "."));
+            throw TooLittleText(source, heads, sequences.Select(s => s.Tokens.Length).ToList(), positions == 0 && anyFull ? " and none has two greedy tokens in a row." : ".");
         if (positions * Math.Max(dim, heads) > Array.MaxLength)
             throw new InvalidDataException($"{source}: {positions} positions of {dim} values do not fit in memory as one corpus; use fewer tokens.");
         var hidden = new float[positions * dim];
@@ -204,4 +201,9 @@ public sealed class TrainingCorpus
         }
         return counts;
     }
+
+    /// <summary>The error for text whose chunks (of these token counts) are too short to give every head a target.</summary>
+    internal static InvalidDataException TooLittleText(string source, int heads, IReadOnlyList<int> chunkLengths, string ending = ".") => new(
+        $"{source}: too little text to train {heads} heads: each chunk needs more than {heads + 1} tokens (head {heads - 1} predicts {heads + 1} tokens ahead), " +
+        $"but the {chunkLengths.Count} chunk(s) have at most {(chunkLengths.Count == 0 ? 0 : chunkLengths.Max())}{ending}");
 }
