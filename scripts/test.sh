@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite from a fresh clone: installs what the tests need (PoCL for the OpenCL kernel tests,
-# the independent JavaScript tokenizer the tokenizer tests compare against), fetches the demo model, then runs
+# the independent JavaScript tokenizer the tokenizer tests compare against, NVIDIA's ptxas in .tools/ for the offline
+# assembly of the CUDA kernels), fetches the demo model, then runs
 # `dotnet test`. Extra arguments go to `dotnet test` (e.g. --filter Tokenization).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +29,9 @@ if [ -f tests/tools/llama-tokenizer-js/package.json ] && [ ! -d tests/tools/llam
   echo "== installing the reference tokenizer (llama-tokenizer-js)"
   npm ci --silent --prefix tests/tools/llama-tokenizer-js
 fi
+
+# NVIDIA's PTX assembler, so that every CUDA kernel is assembled offline for sm_80 and sm_90 (no GPU needed).
+bash scripts/get-ptxas.sh
 
 echo "== building"
 dotnet build IlgpuMedusa.sln -c Release -nologo -v quiet

@@ -37,6 +37,31 @@ if (dumpAt >= 0)
     }
     return 0;
 }
+// --ptxas [PTXAS]: assembles every kernel's PTX offline for sm_90 with NVIDIA's ptxas (scripts/get-ptxas.sh; no device
+// needed) and prints registers, shared memory, local memory and the resident warps per multiprocessor of an H100/H200 at
+// groups of 128 and 256 threads. Exit code 1 when a kernel fails to assemble or uses local memory.
+int ptxasAt = Array.IndexOf(args, "--ptxas");
+if (ptxasAt >= 0)
+{
+    string? ptxas = ptxasAt + 1 < args.Length && !args[ptxasAt + 1].StartsWith("--", StringComparison.Ordinal) ? args[ptxasAt + 1]
+        : IlgpuMedusa.Kernels.Tests.Ptxas.Locate(Directory.GetCurrentDirectory());
+    if (ptxas is null || !File.Exists(ptxas)) { Console.Error.WriteLine("--ptxas: ptxas not found; get it with: bash scripts/get-ptxas.sh (from the repository root), or name it: --ptxas PATH"); return 2; }
+    using var ptxContext = Context.Create(b => b.EnableAlgorithms().Optimize(OptimizationLevel.O2));
+    int bad = 0;
+    Console.WriteLine($"{"kernel",-72} {"regs",4} {"smem B",7} {"local B",7}  warps/SM at 128 / 256 threads");
+    foreach (var entry in KernelCatalog.All)
+    {
+        var arch = ILGPU.Runtime.Cuda.CudaArchitecture.SM_90;
+        var r = IlgpuMedusa.Kernels.Tests.Ptxas.Assemble(ptxas, IlgpuMedusa.Kernels.Tests.Ptxas.Compile(ptxContext, entry, arch), arch);
+        int local = r.StackBytes + r.SpillStoreBytes + r.SpillLoadBytes;
+        if (!r.Succeeded || local > 0) bad++;
+        Console.WriteLine(r.Succeeded
+            ? $"{entry.Name,-72} {r.Registers,4} {r.SharedBytes,7} {local,7}  {IlgpuMedusa.Kernels.Tests.Ptxas.ResidentWarps(r, 128),2} / {IlgpuMedusa.Kernels.Tests.Ptxas.ResidentWarps(r, 256),2}"
+            : $"{entry.Name,-72} FAILED: {r.Output.Trim()}");
+    }
+    Console.WriteLine(bad == 0 ? "all kernels assemble for sm_90 without local memory" : $"{bad} kernels failed to assemble or use local memory");
+    return bad == 0 ? 0 : 1;
+}
 var kind = DeviceOptions.ParseKind(args.FirstOrDefault(a => !a.StartsWith("--", StringComparison.Ordinal)) ?? "cuda");
 bool quick = args.Contains("--quick");
 bool conformanceOnly = args.Contains("--conformance-only");
