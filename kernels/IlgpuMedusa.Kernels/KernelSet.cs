@@ -115,6 +115,20 @@ public static class KernelCatalog
     /// <summary>All kernels.</summary>
     public static IReadOnlyList<Entry> All { get; } = Build();
 
+    /// <summary>The staged tensor-core kernels of one prefetch depth: four token-tile counts, split and rounded inputs.</summary>
+    private static Delegate[] Staged<TDepth>()
+        where TDepth : struct, IPrefetchDepth =>
+    [
+        (Action<ArrayView<float>, ArrayView<Pack8>, ArrayView<Pack8>, ArrayView<Pack8>, MatMulArgs>)MatMulKernels.TensorStaged<OneTokenTile, SplitInput, TDepth>,
+        (Action<ArrayView<float>, ArrayView<Pack8>, ArrayView<Pack8>, ArrayView<Pack8>, MatMulArgs>)MatMulKernels.TensorStaged<TwoTokenTiles, SplitInput, TDepth>,
+        (Action<ArrayView<float>, ArrayView<Pack8>, ArrayView<Pack8>, ArrayView<Pack8>, MatMulArgs>)MatMulKernels.TensorStaged<FourTokenTiles, SplitInput, TDepth>,
+        (Action<ArrayView<float>, ArrayView<Pack8>, ArrayView<Pack8>, ArrayView<Pack8>, MatMulArgs>)MatMulKernels.TensorStaged<EightTokenTiles, SplitInput, TDepth>,
+        (Action<ArrayView<float>, ArrayView<Pack8>, ArrayView<Pack8>, ArrayView<Pack8>, MatMulArgs>)MatMulKernels.TensorStaged<OneTokenTile, RoundedInput, TDepth>,
+        (Action<ArrayView<float>, ArrayView<Pack8>, ArrayView<Pack8>, ArrayView<Pack8>, MatMulArgs>)MatMulKernels.TensorStaged<TwoTokenTiles, RoundedInput, TDepth>,
+        (Action<ArrayView<float>, ArrayView<Pack8>, ArrayView<Pack8>, ArrayView<Pack8>, MatMulArgs>)MatMulKernels.TensorStaged<FourTokenTiles, RoundedInput, TDepth>,
+        (Action<ArrayView<float>, ArrayView<Pack8>, ArrayView<Pack8>, ArrayView<Pack8>, MatMulArgs>)MatMulKernels.TensorStaged<EightTokenTiles, RoundedInput, TDepth>,
+    ];
+
     private static List<Entry> Build()
     {
         Delegate[] kernels =
@@ -167,14 +181,6 @@ public static class KernelCatalog
             (Action<Index1D, ArrayView<float>, ArrayView<uint>, ArrayView<uint>>)MatMulKernels.TensorInput<SplitInput>,
             (Action<Index1D, ArrayView<float>, ArrayView<uint>, ArrayView<uint>>)MatMulKernels.TensorInput<RoundedInput>,
             (Action<Index1D, ArrayView<float>, ArrayView<float>, int, int, int>)MatMulKernels.TensorReduce,
-            (Action<ArrayView<float>, ArrayView<Pack8>, ArrayView<Pack8>, ArrayView<Pack8>, MatMulArgs>)MatMulKernels.TensorStaged<OneTokenTile, SplitInput>,
-            (Action<ArrayView<float>, ArrayView<Pack8>, ArrayView<Pack8>, ArrayView<Pack8>, MatMulArgs>)MatMulKernels.TensorStaged<TwoTokenTiles, SplitInput>,
-            (Action<ArrayView<float>, ArrayView<Pack8>, ArrayView<Pack8>, ArrayView<Pack8>, MatMulArgs>)MatMulKernels.TensorStaged<FourTokenTiles, SplitInput>,
-            (Action<ArrayView<float>, ArrayView<Pack8>, ArrayView<Pack8>, ArrayView<Pack8>, MatMulArgs>)MatMulKernels.TensorStaged<EightTokenTiles, SplitInput>,
-            (Action<ArrayView<float>, ArrayView<Pack8>, ArrayView<Pack8>, ArrayView<Pack8>, MatMulArgs>)MatMulKernels.TensorStaged<OneTokenTile, RoundedInput>,
-            (Action<ArrayView<float>, ArrayView<Pack8>, ArrayView<Pack8>, ArrayView<Pack8>, MatMulArgs>)MatMulKernels.TensorStaged<TwoTokenTiles, RoundedInput>,
-            (Action<ArrayView<float>, ArrayView<Pack8>, ArrayView<Pack8>, ArrayView<Pack8>, MatMulArgs>)MatMulKernels.TensorStaged<FourTokenTiles, RoundedInput>,
-            (Action<ArrayView<float>, ArrayView<Pack8>, ArrayView<Pack8>, ArrayView<Pack8>, MatMulArgs>)MatMulKernels.TensorStaged<EightTokenTiles, RoundedInput>,
             (Action<ArrayView<float>, ArrayView<Pack8>, ArrayView<Pack8>, ArrayView<Pack8>, MatMulArgs>)MatMulKernels.TensorCore<OneTokenTile, SplitInput>,
             (Action<ArrayView<float>, ArrayView<Pack8>, ArrayView<Pack8>, ArrayView<Pack8>, MatMulArgs>)MatMulKernels.TensorCore<TwoTokenTiles, SplitInput>,
             (Action<ArrayView<float>, ArrayView<Pack8>, ArrayView<Pack8>, ArrayView<Pack8>, MatMulArgs>)MatMulKernels.TensorCore<FourTokenTiles, SplitInput>,
@@ -202,6 +208,7 @@ public static class KernelCatalog
             (Action<Index1D, ArrayView<int>, SmallInts>)SmallWriteKernel.Run,
             (Action<Index1D, ArrayView<int>, ArrayView<int>, ArrayView<int>, SmallInts, int>)GatherIntsKernel.Run,
         ];
+        kernels = [.. kernels, .. Staged<PrefetchOne>(), .. Staged<PrefetchTwo>(), .. Staged<PrefetchThree>(), .. Staged<PrefetchFour>()];
         return kernels.Select(k => new Entry(KernelLoader.NameOf(k.Method), k.Method, KernelLoader.IsImplicitlyGrouped(k.Method),
             k.Method.Name is nameof(MatMulKernels.VectorWide) or nameof(AttentionKernel.Decode) or nameof(AttentionKernel.Tiles)
             || (k.Method.IsGenericMethod && k.Method.GetGenericArguments().Any(a => a == typeof(F16NativeFormat) || typeof(ITensorInput).IsAssignableFrom(a))))).ToList();

@@ -2,9 +2,44 @@ using ILGPU;
 
 namespace IlgpuMedusa.Kernels;
 
+/// <summary>How many 1 KB weight chunks each warp of the staged tensor-core kernel has requested ahead (a compile-time choice).</summary>
+public interface IPrefetchDepth
+{
+    /// <summary>1 to 4.</summary>
+    int Chunks { get; }
+}
+
+/// <summary>One chunk ahead.</summary>
+public readonly struct PrefetchOne : IPrefetchDepth
+{
+    /// <inheritdoc />
+    public int Chunks => 1;
+}
+
+/// <summary>Two chunks ahead.</summary>
+public readonly struct PrefetchTwo : IPrefetchDepth
+{
+    /// <inheritdoc />
+    public int Chunks => 2;
+}
+
+/// <summary>Three chunks ahead.</summary>
+public readonly struct PrefetchThree : IPrefetchDepth
+{
+    /// <inheritdoc />
+    public int Chunks => 3;
+}
+
+/// <summary>Four chunks ahead.</summary>
+public readonly struct PrefetchFour : IPrefetchDepth
+{
+    /// <inheritdoc />
+    public int Chunks => 4;
+}
+
 public static partial class MatMulKernels
 {
-    /// <summary>Weight rows one warp of <see cref="TensorStaged{TTiles, TInput}"/> computes (one 16-row tile).</summary>
+    /// <summary>Weight rows one warp of <see cref="TensorStaged{TTiles, TInput, TDepth}"/> computes (one 16-row tile).</summary>
     public const int StagedRowsPerWarp = 16;
 
     /// <summary>Packs of eight fp16 inputs one plane of the staging buffer holds: 64 tokens × one 32-column chunk.</summary>
@@ -16,8 +51,8 @@ public static partial class MatMulKernels
     /// group's rows for every token of the group's token tile, so no sums meet at the end. The input chunk all warps
     /// need is loaded once per group into shared memory (each thread one or two 16-byte loads per plane, the next
     /// chunk's loads in flight while this chunk's products run: double buffering, one barrier per chunk), and each warp
-    /// streams its own weights, the next chunk's (with <see cref="MatMulArgs.Prefetch"/> 2 also the one after) requested
-    /// before this chunk's products. Input traffic from L2 per
+    /// streams its own weights with <typeparamref name="TDepth"/> (1 to 4) chunks requested ahead of the one it
+    /// multiplies (more bytes in flight per warp, a few more registers). Input traffic from L2 per
     /// weight byte is a quarter of <see cref="TensorCore{TTiles, TInput}"/>'s, where every warp loads its own inputs.
     /// Grid: (⌈T / (8 · Count)⌉, ⌈N / (16 · warps)⌉, Z) groups of 32 · warps threads (1 to 4 warps); split-K over z as in
     /// <see cref="TensorCore{TTiles, TInput}"/> (partials reduced by <see cref="TensorReduce"/>).
@@ -27,9 +62,13 @@ public static partial class MatMulKernels
     /// <param name="inputLo">fp16 lo plane [T, K] (<see cref="SplitInput"/>; any view otherwise, not read).</param>
     /// <param name="weight">F16[N, stride] as packs of eight.</param>
     /// <param name="args">Shapes; WeightStride in packs of eight; ChunksPerSplit.</param>
-    public static void TensorStaged<TTiles, TInput>(ArrayView<float> output, ArrayView<Pack8> inputHi, ArrayView<Pack8> inputLo, ArrayView<Pack8> weight, MatMulArgs args)
+    /// <typeparam name="TTiles">8-token tiles per group.</typeparam>
+    /// <typeparam name="TInput">Split or rounded fp16 inputs.</typeparam>
+    /// <typeparam name="TDepth">Weight chunks (16 rows × 32 columns, 1 KB per warp) requested ahead.</typeparam>
+    public static void TensorStaged<TTiles, TInput, TDepth>(ArrayView<float> output, ArrayView<Pack8> inputHi, ArrayView<Pack8> inputLo, ArrayView<Pack8> weight, MatMulArgs args)
         where TTiles : struct, ITokenTiles
         where TInput : struct, ITensorInput
+        where TDepth : struct, IPrefetchDepth
     {
         // [buffer][token][pack of the chunk] for each plane.
         var stageHi = SharedMemory.Allocate<Pack8>(2 * StagedPacks);
@@ -69,14 +108,25 @@ public static partial class MatMulKernels
             p1 = LoadStage<TInput>(inputHi, inputLo, x1 + 4L * begin, has1, p1);
         }
         int firstChunk = begin < end ? begin : 0;
-        Pack8 na = weight[wa + 4L * firstChunk], nb = weight[wb + 4L * firstChunk];
-        // With Prefetch 2 the chunk after next is requested too (fa, fb), so two of this warp's chunks are in flight.
-        bool deep = args.Prefetch > 1;
-        Pack8 fa = na, fb = nb;
-        if (deep && firstChunk + 1 < end)
+        // The warp's weight chunks in flight: n1 holds chunk c (multiplied next), n2 .. nD the chunks after it (D, 1 to 4,
+        // is a compile-time constant: the unused registers and branches vanish). Chunks past the end are not loaded.
+        int depth = default(TDepth).Chunks;
+        Pack8 n1a = weight[wa + 4L * firstChunk], n1b = weight[wb + 4L * firstChunk];
+        Pack8 n2a = n1a, n2b = n1b, n3a = n1a, n3b = n1b, n4a = n1a, n4b = n1b;
+        if (depth > 1 && firstChunk + 1 < end)
         {
-            fa = weight[wa + 4L * (firstChunk + 1)];
-            fb = weight[wb + 4L * (firstChunk + 1)];
+            n2a = weight[wa + 4L * (firstChunk + 1)];
+            n2b = weight[wb + 4L * (firstChunk + 1)];
+        }
+        if (depth > 2 && firstChunk + 2 < end)
+        {
+            n3a = weight[wa + 4L * (firstChunk + 2)];
+            n3b = weight[wb + 4L * (firstChunk + 2)];
+        }
+        if (depth > 3 && firstChunk + 3 < end)
+        {
+            n4a = weight[wa + 4L * (firstChunk + 3)];
+            n4b = weight[wb + 4L * (firstChunk + 3)];
         }
 
         var zeroFragment = new Fragment(0f, 0f, 0f, 0f);
@@ -88,26 +138,57 @@ public static partial class MatMulKernels
             StoreStage<TInput>(stageHi, stageLo, at + s0, has0, p0);
             StoreStage<TInput>(stageHi, stageLo, at + s1, has1, p1);
             Group.Barrier();
-            // Next chunk's loads, in flight during this chunk's products.
-            Pack8 a = na, b = nb;
+            // Next chunk's inputs and the weight chunk D ahead: in flight during this chunk's products.
+            Pack8 a = n1a, b = n1b;
             if (c + 1 < end)
             {
                 p0 = LoadStage<TInput>(inputHi, inputLo, x0 + 4L * (c + 1), has0, p0);
                 p1 = LoadStage<TInput>(inputHi, inputLo, x1 + 4L * (c + 1), has1, p1);
-                if (deep)
+            }
+            long ahead = 4L * (c + depth);
+            bool load = c + depth < end;
+            if (depth == 1)
+            {
+                if (load)
                 {
-                    na = fa;
-                    nb = fb;
-                    if (c + 2 < end)
+                    n1a = weight[wa + ahead];
+                    n1b = weight[wb + ahead];
+                }
+            }
+            else
+            {
+                n1a = n2a;
+                n1b = n2b;
+                if (depth == 2)
+                {
+                    if (load)
                     {
-                        fa = weight[wa + 4L * (c + 2)];
-                        fb = weight[wb + 4L * (c + 2)];
+                        n2a = weight[wa + ahead];
+                        n2b = weight[wb + ahead];
                     }
                 }
                 else
                 {
-                    na = weight[wa + 4L * (c + 1)];
-                    nb = weight[wb + 4L * (c + 1)];
+                    n2a = n3a;
+                    n2b = n3b;
+                    if (depth == 3)
+                    {
+                        if (load)
+                        {
+                            n3a = weight[wa + ahead];
+                            n3b = weight[wb + ahead];
+                        }
+                    }
+                    else
+                    {
+                        n3a = n4a;
+                        n3b = n4b;
+                        if (load)
+                        {
+                            n4a = weight[wa + ahead];
+                            n4b = weight[wb + ahead];
+                        }
+                    }
                 }
             }
             // Token tile j: lane (g, q) takes token 8j + g, pack q of the chunk.

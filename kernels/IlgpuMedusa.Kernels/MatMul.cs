@@ -8,9 +8,8 @@ public readonly struct MatMulArgs
 {
     /// <summary>Creates the scalars.</summary>
     public MatMulArgs(int tokens, int rows, int columns, int weightStride, bool accumulate, float eps = 0f, int groupRows = 0, int groupInputStride = 0,
-        int chunksPerSplit = 0, int prefetch = 1)
+        int chunksPerSplit = 0)
     {
-        Prefetch = prefetch;
         ChunksPerSplit = chunksPerSplit;
         Tokens = tokens;
         Rows = rows;
@@ -43,8 +42,6 @@ public readonly struct MatMulArgs
     public readonly int GroupInputStride;
     /// <summary>Tensor-core kernel with split-K: 32-column chunks per K split (grid z); 0: one split.</summary>
     public readonly int ChunksPerSplit;
-    /// <summary>Staged tensor-core kernel: weight chunks each warp has in flight ahead of its products (1 or 2).</summary>
-    public readonly int Prefetch;
 }
 
 /// <summary>What the vector and skinny matmul kernels do besides x·Wᵀ (a compile-time choice: one kernel per mode).</summary>
@@ -151,7 +148,7 @@ public readonly record struct MatMulTuning(int GroupSize, int SkinnyGroupSize, i
     public const string TensorKernelVariable = "ILGPU_MEDUSA_TENSOR_KERNEL";
 
     /// <summary>
-    /// True: <see cref="MatMulKernels.TensorStaged{TTiles, TInput}"/> (warps split the rows, inputs staged in shared
+    /// True: <see cref="MatMulKernels.TensorStaged{TTiles, TInput, TDepth}"/> (warps split the rows, inputs staged in shared
     /// memory) where groups of four warps run; false: <see cref="MatMulKernels.TensorCore{TTiles, TInput}"/> (warps split K).
     /// </summary>
     public bool TensorStaged { get; init; } = true;
@@ -167,23 +164,30 @@ public readonly record struct MatMulTuning(int GroupSize, int SkinnyGroupSize, i
     /// <inheritdoc cref="TensorStagedMaxRows"/>
     public int TensorStagedMaxTokens { get; init; } = 64;
 
-    /// <summary>Environment variable setting <see cref="TensorPrefetch"/> on CUDA: 1 (the default) or 2.</summary>
+    /// <summary>Environment variable setting <see cref="TensorPrefetch"/> on CUDA: 1 to 4 (default 4).</summary>
     public const string TensorPrefetchVariable = "ILGPU_MEDUSA_TENSOR_PREFETCH";
 
     /// <summary>
     /// Weight chunks (16 rows x 32 columns, 1 KB) each warp of the staged tensor-core kernel has requested ahead of the
-    /// chunk it multiplies: 1 (the default, timed on an H200) or 2 (not yet timed on a GPU). Little's law: at ~5 TB/s and
-    /// ~0.7 µs of memory latency a GPU needs ~3.5 MB in flight, ~25 KB per multiprocessor; four groups of four warps
-    /// with one chunk each hold ~16 KB, which is about what the measured ~1 TB/s of the T = 64 matmul suggests.
+    /// chunk it multiplies: 1 to 4, a compile-time constant of the kernel (<see cref="IPrefetchDepth"/>). Little's law:
+    /// at ~5 TB/s and ~0.7 µs of memory latency an H200 needs ~3.5 MB in flight, ~25 KB per multiprocessor. ptxas
+    /// (sm_90, `GpuCheck --ptxas`) gives the 64-token kernel with split inputs 102 registers at depth 1 (16 resident
+    /// warps: 16 KB in flight per multiprocessor), 132 at depth 2 (12 warps, 24 KB) and 140 at depth 4 (12 warps, 48 KB);
+    /// the 8-token kernel 70 / 80 / 96 registers (28 / 24 / 20 warps: 28 / 48 / 80 KB). The H200 run of 2026-11-28 (one
+    /// chunk ahead, then a run-time choice that cost 136 registers) streamed the weights of a 64-token matmul at ~1 TB/s,
+    /// what ~12-16 KB in flight allows. Default 4 (not yet timed on a GPU; the GPU kit times 1, 2 and 4 side by side).
     /// </summary>
-    public int TensorPrefetch { get; init; } = 1;
+    public int TensorPrefetch { get; init; } = 4;
 
-    /// <summary>Parses <see cref="TensorPrefetchVariable"/> (null or empty: 1).</summary>
+    /// <summary>Parses <see cref="TensorPrefetchVariable"/> (null or empty: 4).</summary>
     public static int ParseTensorPrefetch(string? text) => text?.Trim() switch
     {
-        null or "" or "1" => 1,
+        null or "" => 4,
+        "1" => 1,
         "2" => 2,
-        _ => throw new ArgumentException($"{TensorPrefetchVariable}: unknown value '{text}'; expected 1 or 2"),
+        "3" => 3,
+        "4" => 4,
+        _ => throw new ArgumentException($"{TensorPrefetchVariable}: unknown value '{text}'; expected 1, 2, 3 or 4"),
     };
 
     /// <summary>Smallest T that <see cref="MatMulPath.Auto"/> sends to the tensor-core kernel (when it applies).</summary>
@@ -193,10 +197,31 @@ public readonly record struct MatMulTuning(int GroupSize, int SkinnyGroupSize, i
     public int TensorGroupSize { get; init; } = MatMulKernels.TensorGroupSize;
 
     /// <summary>
-    /// Groups a tensor-core launch aims for (about four per multiprocessor): with fewer (token tiles × 32-row groups), K is
-    /// split over grid z and the partial sums added by a second launch. 1: never split.
+    /// Groups a tensor-core launch aims for (about four per multiprocessor) when <see cref="TensorWaveSplits"/> is off or
+    /// the driver gives no occupancy: with fewer (token tiles × 32-row groups), K is split over grid z and the partial
+    /// sums added by a second launch. 1: never split.
     /// </summary>
     public int TensorTargetGroups { get; init; } = 1;
+
+    /// <summary>Environment variable choosing how tensor-core launches split K on CUDA: waves (the default) or fixed.</summary>
+    public const string TensorSplitsVariable = "ILGPU_MEDUSA_TENSOR_SPLITS";
+
+    /// <summary>
+    /// True: K is split so that a launch fills the device in one wave, no more: Z = ⌊R · SMs / groups⌋ with R the groups
+    /// of that kernel resident on one multiprocessor as the driver reckons them (registers, shared memory). A fixed
+    /// target of four groups per multiprocessor left the 64-token kernel (three resident groups of 128 threads above 128
+    /// registers) with 1.45 waves on a 4096-row matrix: the last 45% of the groups ran on a third of the device. False:
+    /// <see cref="TensorTargetGroups"/>. Not yet timed on a GPU.
+    /// </summary>
+    public bool TensorWaveSplits { get; init; }
+
+    /// <summary>Parses <see cref="TensorSplitsVariable"/> (null or empty: waves).</summary>
+    public static bool ParseTensorSplits(string? text) => text?.Trim().ToLowerInvariant() switch
+    {
+        null or "" or "waves" => true,
+        "fixed" => false,
+        _ => throw new ArgumentException($"{TensorSplitsVariable}: unknown value '{text}'; expected waves or fixed"),
+    };
 
     /// <summary>Parses <see cref="TensorCoresVariable"/> (null or empty: <paramref name="fallback"/>).</summary>
     public static TensorCoreMode ParseTensorCores(string? text, TensorCoreMode fallback) => text?.Trim().ToLowerInvariant() switch
@@ -238,6 +263,7 @@ public readonly record struct MatMulTuning(int GroupSize, int SkinnyGroupSize, i
                 },
                 TensorTargetGroups = 4 * Math.Max(1, accelerator.NumMultiprocessors),
                 TensorPrefetch = ParseTensorPrefetch(Environment.GetEnvironmentVariable(TensorPrefetchVariable)),
+                TensorWaveSplits = ParseTensorSplits(Environment.GetEnvironmentVariable(TensorSplitsVariable)),
             }
             : new(groupSize, groupSize, tiled, 16, false) { TensorGroupSize = tensorGroup };
     }
@@ -277,6 +303,9 @@ public sealed class MatMulLauncher : IDisposable
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<Quad>, ArrayView<Pack8>, ArrayView<Quad>, MatMulArgs>[]? _wideF16;
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<Quad>, ArrayView<Pack8>, ArrayView<Quad>, MatMulArgs>[]? _wideBf16;
     private readonly Accelerator _accelerator;
+    // Groups of each tensor-core kernel resident per multiprocessor (the driver's occupancy; null: unknown).
+    private readonly int[]? _tensorResident;
+    private readonly int[]? _stagedResident;
     private MemoryBuffer1D<float, Stride1D.Dense>? _partials;
     private MemoryBuffer1D<uint, Stride1D.Dense>? _inputHi;
     private MemoryBuffer1D<uint, Stride1D.Dense>? _inputLo;
@@ -329,11 +358,13 @@ public sealed class MatMulLauncher : IDisposable
                 bool split = tuning.TensorCores == TensorCoreMode.Split;
                 _tensor = split ? LoadTensor<SplitInput>(accelerator) : LoadTensor<RoundedInput>(accelerator);
                 if (tuning.TensorStaged && tuning.TensorGroupSize == MatMulKernels.TensorGroupSize)
-                    _tensorStaged = split ? LoadStaged<SplitInput>(accelerator) : LoadStaged<RoundedInput>(accelerator);
+                    _tensorStaged = LoadStaged(accelerator, split, tuning.TensorPrefetch);
                 _tensorInput = split ? LoadTensorInput<SplitInput>(accelerator) : LoadTensorInput<RoundedInput>(accelerator);
                 _tensorInputNormed = split ? LoadTensorInputNormed<SplitInput>(accelerator) : LoadTensorInputNormed<RoundedInput>(accelerator);
                 Action<Index1D, ArrayView<float>, ArrayView<float>, int, int, int> reduce = MatMulKernels.TensorReduce;
                 _tensorReduce = KernelLoader.Load(accelerator, reduce, () => accelerator.LoadAutoGroupedKernel(reduce));
+                _tensorResident = ResidentGroups(accelerator, _tensor, tuning.TensorGroupSize);
+                _stagedResident = _tensorStaged is null ? null : ResidentGroups(accelerator, _tensorStaged, tuning.TensorGroupSize);
             }
             catch (KernelLoadException e)
             {
@@ -344,6 +375,8 @@ public sealed class MatMulLauncher : IDisposable
                 _tensorInput = null;
                 _tensorInputNormed = null;
                 _tensorReduce = null;
+                _tensorResident = null;
+                _stagedResident = null;
                 Tuning = tuning with { TensorCores = TensorCoreMode.Off };
             }
         }
@@ -358,13 +391,46 @@ public sealed class MatMulLauncher : IDisposable
         LoadTensorKernel(accelerator, MatMulKernels.TensorCore<EightTokenTiles, TInput>),
     ];
 
-    private static Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<Pack8>, ArrayView<Pack8>, ArrayView<Pack8>, MatMulArgs>[] LoadStaged<TInput>(Accelerator accelerator)
-        where TInput : struct, ITensorInput =>
+    /// <summary>
+    /// Groups of each kernel (one per token-tile count) resident on one multiprocessor at the given group size, as the
+    /// driver reckons them (registers, shared memory); null when the accelerator cannot say.
+    /// </summary>
+    private static int[]? ResidentGroups(Accelerator accelerator,
+        Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<Pack8>, ArrayView<Pack8>, ArrayView<Pack8>, MatMulArgs>[] kernels, int groupSize)
+    {
+        try
+        {
+            var resident = kernels.Select(k => accelerator.EstimateMaxActiveGroupsPerMultiprocessor(k.GetKernel(), groupSize)).ToArray();
+            return resident.All(r => r > 0) ? resident : null;
+        }
+        catch (Exception e) when (e is NotSupportedException or InvalidOperationException or ArgumentException or ILGPU.Runtime.Cuda.CudaException)
+        {
+            return null;
+        }
+    }
+
+    private static Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<Pack8>, ArrayView<Pack8>, ArrayView<Pack8>, MatMulArgs>[] LoadStaged(
+        Accelerator accelerator, bool split, int depth) => (split, depth) switch
+    {
+        (true, 1) => LoadStaged<SplitInput, PrefetchOne>(accelerator),
+        (true, 2) => LoadStaged<SplitInput, PrefetchTwo>(accelerator),
+        (true, 3) => LoadStaged<SplitInput, PrefetchThree>(accelerator),
+        (true, 4) => LoadStaged<SplitInput, PrefetchFour>(accelerator),
+        (false, 1) => LoadStaged<RoundedInput, PrefetchOne>(accelerator),
+        (false, 2) => LoadStaged<RoundedInput, PrefetchTwo>(accelerator),
+        (false, 3) => LoadStaged<RoundedInput, PrefetchThree>(accelerator),
+        (false, 4) => LoadStaged<RoundedInput, PrefetchFour>(accelerator),
+        _ => throw new ArgumentException($"tensor-core prefetch depth {depth}: expected 1 to 4"),
+    };
+
+    private static Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<Pack8>, ArrayView<Pack8>, ArrayView<Pack8>, MatMulArgs>[] LoadStaged<TInput, TDepth>(Accelerator accelerator)
+        where TInput : struct, ITensorInput
+        where TDepth : struct, IPrefetchDepth =>
     [
-        LoadTensorKernel(accelerator, MatMulKernels.TensorStaged<OneTokenTile, TInput>),
-        LoadTensorKernel(accelerator, MatMulKernels.TensorStaged<TwoTokenTiles, TInput>),
-        LoadTensorKernel(accelerator, MatMulKernels.TensorStaged<FourTokenTiles, TInput>),
-        LoadTensorKernel(accelerator, MatMulKernels.TensorStaged<EightTokenTiles, TInput>),
+        LoadTensorKernel(accelerator, MatMulKernels.TensorStaged<OneTokenTile, TInput, TDepth>),
+        LoadTensorKernel(accelerator, MatMulKernels.TensorStaged<TwoTokenTiles, TInput, TDepth>),
+        LoadTensorKernel(accelerator, MatMulKernels.TensorStaged<FourTokenTiles, TInput, TDepth>),
+        LoadTensorKernel(accelerator, MatMulKernels.TensorStaged<EightTokenTiles, TInput, TDepth>),
     ];
 
     private static Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<Quad>, ArrayView<Pack8>, ArrayView<Quad>, MatMulArgs>[] LoadWide<TFormat>(Accelerator accelerator)
@@ -624,7 +690,7 @@ public sealed class MatMulLauncher : IDisposable
         int groupRows = staged ? MatMulKernels.StagedRowsPerWarp * (Tuning.TensorGroupSize / 32) : MatMulKernels.TensorRows;
         int rowGroups = (n + groupRows - 1) / groupRows;
         int chunks = k / MatMulKernels.TensorChunk;
-        int splits = TensorSplits(tokenTiles * rowGroups, chunks, staged);
+        int splits = TensorSplits(tokenTiles * rowGroups, chunks, staged, slot);
         int perSplit = (chunks + splits - 1) / splits;
         splits = (chunks + perSplit - 1) / perSplit;
         var config = new KernelConfig(new Index3D(tokenTiles, rowGroups, splits), new Index3D(Tuning.TensorGroupSize, 1, 1));
@@ -633,7 +699,7 @@ public sealed class MatMulLauncher : IDisposable
         if (splits == 1)
         {
             kernels[slot](stream, config, output, hi.Cast<Pack8>(), lo.Cast<Pack8>(), packs,
-                new MatMulArgs(tokens, n, k, weight.RowStride / 8, accumulate, prefetch: Tuning.TensorPrefetch));
+                new MatMulArgs(tokens, n, k, weight.RowStride / 8, accumulate));
             return;
         }
         if (_partials is null || _partials.Length < splits * elements)
@@ -644,22 +710,33 @@ public sealed class MatMulLauncher : IDisposable
         }
         var partials = _partials.View.SubView(0, splits * elements);
         kernels[slot](stream, config, partials, hi.Cast<Pack8>(), lo.Cast<Pack8>(), packs,
-            new MatMulArgs(tokens, n, k, weight.RowStride / 8, accumulate: false, chunksPerSplit: perSplit, prefetch: Tuning.TensorPrefetch));
+            new MatMulArgs(tokens, n, k, weight.RowStride / 8, accumulate: false, chunksPerSplit: perSplit));
         _tensorReduce(stream, checked((int)elements), output, partials, checked((int)elements), splits, accumulate ? 1 : 0);
     }
 
     /// <summary>
-    /// K splits of a tensor-core launch: enough groups for <see cref="MatMulTuning.TensorTargetGroups"/> (about four per
-    /// multiprocessor), each split keeping enough 32-column chunks.
+    /// K splits of a tensor-core launch of <paramref name="groups"/> groups (token tiles × row groups). With
+    /// <see cref="MatMulTuning.TensorWaveSplits"/> and a known occupancy: as many as fit in one wave of the device
+    /// (<see cref="WaveSplits"/>); else enough for <see cref="MatMulTuning.TensorTargetGroups"/>. Each split keeps
+    /// enough 32-column chunks.
     /// </summary>
-    private int TensorSplits(int groups, int chunks, bool staged)
+    private int TensorSplits(int groups, int chunks, bool staged, int slot)
     {
-        int wanted = (Tuning.TensorTargetGroups + groups - 1) / groups;
+        var resident = staged ? _stagedResident : _tensorResident;
+        int wanted = Tuning.TensorWaveSplits && resident is not null
+            ? WaveSplits(groups, resident[slot] * Math.Max(1, _accelerator.NumMultiprocessors))
+            : (Tuning.TensorTargetGroups + groups - 1) / groups;
         // The direct kernel's warps share a split's chunks (at least two each); the staged kernel's warps all take every
         // chunk of the split (at least four, so that the double buffering runs).
         int most = staged ? Math.Max(1, chunks / 4) : Math.Max(1, chunks / (2 * (Tuning.TensorGroupSize / 32)));
         return Math.Clamp(wanted, 1, most);
     }
+
+    /// <summary>
+    /// Splits Z that make <paramref name="groups"/> · Z fill one wave of <paramref name="slots"/> resident groups without
+    /// spilling into a second: ⌊slots / groups⌋, at least 1 (a launch that fills the device already is not split).
+    /// </summary>
+    public static int WaveSplits(int groups, int slots) => groups <= 0 ? 1 : Math.Max(1, slots / groups);
 
     /// <summary>Frees the tensor-core kernels' input planes.</summary>
     public void Dispose()

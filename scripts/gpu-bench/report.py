@@ -567,7 +567,8 @@ def main(argv=None) -> int:
                            ("warp attention (ILGPU_MEDUSA_ATTENTION=warp)", extract_json_object(read_text(os.path.join(raw, f"ours-{shape}-warp-attention.out")))),
                            ("uploads as copies (ILGPU_MEDUSA_SMALL_UPLOADS=0)", extract_json_object(read_text(os.path.join(raw, f"ours-{shape}-copy-uploads.out"))))]
         tree_variants = [("tile attention (ILGPU_MEDUSA_ATTENTION=tiles)", extract_json_object(read_text(os.path.join(raw, f"ours-{shape}-tile-attention.out")))),
-                         ("two chunks in flight (ILGPU_MEDUSA_TENSOR_PREFETCH=2)", extract_json_object(read_text(os.path.join(raw, f"ours-{shape}-prefetch2.out"))))]
+                         ("one chunk ahead (ILGPU_MEDUSA_TENSOR_PREFETCH=1)", extract_json_object(read_text(os.path.join(raw, f"ours-{shape}-prefetch1.out")))),
+                         ("fixed split target (ILGPU_MEDUSA_TENSOR_SPLITS=fixed)", extract_json_object(read_text(os.path.join(raw, f"ours-{shape}-fixed-splits.out"))))]
         summary["tree_variants"] = {label: {"decode_tokens_per_second": number(doc.get("decode_tokens_per_second")),
                                             "tree_step_ms": {k: number(v) for k, v in (doc.get("tree_step_ms") or {}).items()},
                                             "greedy_tokens_equal": (ours.get("greedy_tokens") == doc.get("greedy_tokens"))

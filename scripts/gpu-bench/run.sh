@@ -321,7 +321,8 @@ ours_decode_variant() {
 
 # ours_tree_variant NAME MODEL_DIR PROMPT_IDS WANT_S VAR=VALUE: decode and every tree size with one kernel choice
 # switched by its environment variable (ILGPU_MEDUSA_ATTENTION=tiles: T >= 2 attention in the tile kernel;
-# ILGPU_MEDUSA_TENSOR_PREFETCH=2: the staged tensor-core matmul with two weight chunks in flight), with the greedy
+# ILGPU_MEDUSA_TENSOR_PREFETCH=1: the staged tensor-core matmul with one weight chunk requested ahead instead of four;
+# ILGPU_MEDUSA_TENSOR_SPLITS=fixed: K split for four groups per multiprocessor instead of one wave), with the greedy
 # tokens, for the report's "tree variants" lines (each next to the main run's figures).
 ours_tree_variant() {
   run_step "$1" "$4" env "$5" "${APP[@]}" profile --model "$2" --device "$DEVICE" --prompt-ids "$3" \
@@ -552,12 +553,14 @@ else
       fi
       ours_unfused "$shape" "$dir" "$dir/prompt_ids.json" "${OPS_S[$shape]:-60}"
       ours_f32cores "$shape" "$dir" "$dir/prompt_ids.json" "${OPS_S[$shape]:-60}"
+      # Untimed choices first (they may flip a default), the measured losers last.
+      ours_decode_variant "ours-$shape-warp-attention" "$dir" "$dir/prompt_ids.json" 60 ILGPU_MEDUSA_ATTENTION=warp
       ours_tree_variant "ours-$shape-tile-attention" "$dir" "$dir/prompt_ids.json" 60 ILGPU_MEDUSA_ATTENTION=tiles
-      ours_tree_variant "ours-$shape-prefetch2" "$dir" "$dir/prompt_ids.json" 60 ILGPU_MEDUSA_TENSOR_PREFETCH=2
+      ours_tree_variant "ours-$shape-prefetch1" "$dir" "$dir/prompt_ids.json" 60 ILGPU_MEDUSA_TENSOR_PREFETCH=1
+      ours_tree_variant "ours-$shape-fixed-splits" "$dir" "$dir/prompt_ids.json" 60 ILGPU_MEDUSA_TENSOR_SPLITS=fixed
+      ours_decode_variant "ours-$shape-copy-uploads" "$dir" "$dir/prompt_ids.json" 60 ILGPU_MEDUSA_SMALL_UPLOADS=0
       ours_decode_variant "ours-$shape-narrow-gemv" "$dir" "$dir/prompt_ids.json" 60 ILGPU_MEDUSA_WIDE_GEMV=0
       ours_decode_variant "ours-$shape-block-attention" "$dir" "$dir/prompt_ids.json" 60 ILGPU_MEDUSA_ATTENTION=blocks
-      ours_decode_variant "ours-$shape-warp-attention" "$dir" "$dir/prompt_ids.json" 60 ILGPU_MEDUSA_ATTENTION=warp
-      ours_decode_variant "ours-$shape-copy-uploads" "$dir" "$dir/prompt_ids.json" 60 ILGPU_MEDUSA_SMALL_UPLOADS=0
     else
       skip_step "ours-$shape" "no runnable app (see the unpack-runtime / devices steps)"
     fi

@@ -216,8 +216,8 @@ public abstract class ConformanceTests
     /// <summary>
     /// The tensor-core kernel against the host: with split inputs (hi + lo fp16) to the float32 tolerance; with inputs
     /// rounded to fp16 once against the host given the rounded inputs (so the comparison is exact up to summation order).
-    /// Each shape runs through both kernels (staged: warps split the rows, with one or two weight chunks in flight; direct:
-    /// warps split K), with K split over the
+    /// Each shape runs through both kernels (staged: warps split the rows, with one to four weight chunks requested ahead;
+    /// direct: warps split K), with K split over the
     /// grid wherever K has room for it (a target of 1000 groups: the shapes with K ≥ 256), so split and unsplit launches,
     /// the partial sums and their reduction are covered on every device.
     /// </summary>
@@ -228,10 +228,15 @@ public abstract class ConformanceTests
     {
         var accelerator = Device.Accelerator;
         // A target of 1000 groups splits K wherever K has room for it (K ≥ 256 here) and leaves the rest unsplit.
-        var tuning = MatMulTuning.For(accelerator, Device.GroupSize) with { TensorCores = mode, TensorTargetGroups = 1000 };
+        var tuning = MatMulTuning.For(accelerator, Device.GroupSize) with { TensorCores = mode, TensorTargetGroups = 1000, TensorWaveSplits = false };
         using var launcher = new MatMulLauncher(accelerator, tuning);
         using var direct = new MatMulLauncher(accelerator, tuning with { TensorStaged = false });
-        using var deep = new MatMulLauncher(accelerator, tuning with { TensorPrefetch = 2 });
+        // Every prefetch depth of the staged kernel, unsplit (K = 512: 16 chunks stream through the whole ring of
+        // registers) and split (the fixed target, and one wave as the driver's occupancy gives it).
+        using var depth1 = new MatMulLauncher(accelerator, tuning with { TensorPrefetch = 1 });
+        using var depth2 = new MatMulLauncher(accelerator, tuning with { TensorPrefetch = 2, TensorWaveSplits = true });
+        using var depth3 = new MatMulLauncher(accelerator, tuning with { TensorPrefetch = 3, TensorTargetGroups = 1 });
+        using var depth4 = new MatMulLauncher(accelerator, tuning with { TensorPrefetch = 4, TensorTargetGroups = 1 });
         using var twin = NewTwin(41);
         if (!TensorCoresAvailable)
         {
@@ -262,7 +267,8 @@ public abstract class ConformanceTests
             Assert.False(direct.RunsStaged(view, t));
             var start = Twin.Read(output.Device);
             Accelerators.Host.MatMul(output.Host, hostInput.Host, weight.Host, accumulate);
-            foreach (var (name, l) in new[] { ("staged", launcher), ("direct", direct), ("staged, two chunks in flight", deep) })
+            foreach (var (name, l) in new[] { ("direct", direct), ("staged, 1 chunk ahead", depth1), ("staged, 2 chunks ahead, split by waves", depth2),
+                ("staged, 3 chunks ahead, unsplit", depth3), ("staged, 4 chunks ahead, unsplit", depth4) })
             {
                 var result = Device.Allocate(DType.F32, t, n);
                 try

@@ -11,21 +11,33 @@ internal sealed class Bench(Accelerator accelerator, bool quick, Action<string> 
     private readonly Random _random = new(5);
     private int Repeats => quick ? 3 : 50;
 
-    private double Milliseconds(Action launch, int repeats)
+    private double Milliseconds(Action launch, int repeats) => Milliseconds(_ => launch(), repeats);
+
+    /// <summary>Mean time of launch(0), launch(1), ... launch(repeats − 1) after one warm-up launch(0).</summary>
+    private double Milliseconds(Action<int> launch, int repeats)
     {
-        launch();
+        launch(0);
         _stream.Synchronize();
         var sw = Stopwatch.StartNew();
-        for (int i = 0; i < repeats; i++) launch();
+        for (int i = 0; i < repeats; i++) launch(i);
         _stream.Synchronize();
         return sw.Elapsed.TotalMilliseconds / repeats;
     }
 
-    private MemoryBuffer1D<ushort, Stride1D.Dense> RandomHalves(long count)
+    /// <summary>
+    /// Bytes of distinct weights the matmul timings cycle through: more than twice an H100's or H200's L2 cache (50 and
+    /// 60 MB), so each launch reads its weights from device memory as in a model, where one layer's matrices are evicted
+    /// by the next layers' before they come round again. The kit's timings of 2026-11-28 repeated one 4096×4096 matrix
+    /// (33.5 MB, L2-resident): its GEMV "streamed" 4.5 TB/s, above the device's 4.2 TB/s copy bandwidth.
+    /// </summary>
+    private const long ColdBytes = 256L << 20;
+
+    private MemoryBuffer1D<ushort, Stride1D.Dense>[] RandomHalfCopies(long count)
     {
         var host = new ushort[count];
         for (long i = 0; i < count; i++) host[i] = BitConverter.HalfToUInt16Bits((System.Half)(_random.NextSingle() - 0.5f));
-        return accelerator.Allocate1D(host);
+        int copies = quick ? 2 : (int)Math.Clamp((ColdBytes + 2 * count - 1) / (2 * count), 1, 8);
+        return Enumerable.Range(0, copies).Select(_ => accelerator.Allocate1D(host)).ToArray();
     }
 
     public void LaunchOverhead()
@@ -42,48 +54,63 @@ internal sealed class Bench(Accelerator accelerator, bool quick, Action<string> 
         var launchers = new Dictionary<string, MatMulLauncher> { ["tuned"] = new(accelerator, tuned) };
         if (tuned.NativeHalf) launchers["portable-f16"] = new(accelerator, tuned with { NativeHalf = false, TensorCores = TensorCoreMode.Off });
         if (tuned.WideVector) launchers["narrow"] = new(accelerator, tuned with { WideVector = false, TensorCores = TensorCoreMode.Off });
+        // Tensor-core variants, each one switch away from the default: inputs rounded once; the direct kernel; other
+        // prefetch depths; the fixed split target; the staged kernel for every N (by default only N ≤ 8192).
+        var variants = new List<(string Name, MatMulLauncher Launcher)>();
         if (tuned.TensorCores != TensorCoreMode.Off)
         {
-            launchers["rounded"] = new(accelerator, tuned with { TensorCores = TensorCoreMode.Rounded });
-            launchers["direct"] = new(accelerator, tuned with { TensorStaged = false });
-            launchers["prefetch-2"] = new(accelerator, tuned with { TensorPrefetch = 2 });
-            log($"  tensor cores: tuned {launchers["tuned"].Tuning.TensorCores}{(launchers["tuned"].TensorCoreError is { } e ? " (FAILED: " + e + ")" : "")}");
+            variants.Add(("", launchers["tuned"]));
+            variants.Add(("rounded", new(accelerator, tuned with { TensorCores = TensorCoreMode.Rounded })));
+            variants.Add(("direct", new(accelerator, tuned with { TensorStaged = false })));
+            foreach (int depth in Enumerable.Range(1, 4).Where(d => d != 3 && d != tuned.TensorPrefetch))
+                variants.Add(($"pf{depth}", new(accelerator, tuned with { TensorPrefetch = depth })));
+            variants.Add(((tuned.TensorWaveSplits ? "fixed-splits" : "wave-splits"), new(accelerator, tuned with { TensorWaveSplits = !tuned.TensorWaveSplits })));
+            variants.Add(("staged-any-N", new(accelerator, tuned with { TensorStagedMaxRows = int.MaxValue, TensorStagedMaxTokens = int.MaxValue })));
+            log($"  tensor cores: tuned {launchers["tuned"].Tuning.TensorCores}, {tuned.TensorPrefetch} chunks ahead, {(tuned.TensorWaveSplits ? "splits by waves" : "fixed split target")}" +
+                $"{(launchers["tuned"].TensorCoreError is { } e ? " (FAILED: " + e + ")" : "")}");
         }
         var shapes = quick ? new[] { (256, 256) } : new[] { (4096, 4096), (11008, 4096), (4096, 11008), (32000, 4096) };
         foreach (var (n, k) in shapes)
         {
-            using var w = RandomHalves((long)n * k);
+            var copies = RandomHalfCopies((long)n * k);
             using var x = accelerator.Allocate1D<float>(256L * k);
             using var o = accelerator.Allocate1D<float>(256L * n);
             double gigabytes = (double)n * k * 2 / 1e9;
+            WeightView Weights(WeightStorage storage, int i) => new(storage, copies[i % copies.Length].View.BaseView.Cast<byte>(), n, k, k);
+            log($"  [{n}x{k}]: {copies.Length} copies of the weights ({copies.Length * gigabytes * 1000:F0} MB), launches cycle through them");
             foreach (var storage in new[] { WeightStorage.F16, WeightStorage.BF16 })
             {
-                var weights = new WeightView(storage, w.View.BaseView.Cast<byte>(), n, k, k);
                 foreach (var (name, launcher) in launchers)
                 {
-                    if ((storage == WeightStorage.BF16 && name != "tuned" && name != "narrow") || name == "rounded" || name == "direct" || name == "prefetch-2") continue;
-                    double ms = Milliseconds(() => launcher.Launch(_stream, o.View, x.View, weights, 1, false), Repeats);
+                    if (storage == WeightStorage.BF16 && name != "tuned" && name != "narrow") continue;
+                    double ms = Milliseconds(i => launcher.Launch(_stream, o.View, x.View, Weights(storage, i), 1, false), Repeats);
                     log($"  gemv {storage} {name} [{n}x{k}] T=1: {ms * 1000,8:F1} us  {gigabytes / (ms / 1000),6:F0} GB/s");
                 }
             }
-            if ((long)n * k > 50_000_000) continue;
-            var f16 = new WeightView(WeightStorage.F16, w.View.BaseView.Cast<byte>(), n, k, k);
-            bool tensor = launchers["tuned"].Tuning.TensorCores != TensorCoreMode.Off;
+            if ((long)n * k > 50_000_000)
+            {
+                foreach (var c in copies) c.Dispose();
+                continue;
+            }
+            var f16 = Weights(WeightStorage.F16, 0);
+            var cases = new List<(MatMulPath Path, string Variant, MatMulLauncher Launcher)> { (MatMulPath.Skinny, "", launchers["tuned"]), (MatMulPath.Tiled, "", launchers["tuned"]) };
+            cases.AddRange(variants.Select(v => (MatMulPath.TensorCore, v.Name, v.Launcher)));
             foreach (int t in quick ? new[] { 4, 17 } : new[] { 2, 4, 16, 64, 128, 256 })
             {
-                foreach (var (path, name) in new[] { (MatMulPath.Skinny, "tuned"), (MatMulPath.Tiled, "tuned"), (MatMulPath.TensorCore, "tuned"), (MatMulPath.TensorCore, "rounded"), (MatMulPath.TensorCore, "direct"), (MatMulPath.TensorCore, "prefetch-2") })
+                foreach (var (path, variant, launcher) in cases)
                 {
                     if ((path == MatMulPath.Skinny && t > 128) || (path == MatMulPath.Tiled && t < 64 && !quick)) continue;
-                    if (path == MatMulPath.TensorCore && !tensor) continue;
-                    var launcher = launchers[name];
                     string label = path == MatMulPath.TensorCore
-                        ? $"Tensor/{launcher.Tuning.TensorCores}/{(launcher.RunsStaged(f16, t) ? "staged" : "direct")}{(launcher.Tuning.TensorPrefetch > 1 ? "/pf2" : "")}" : path.ToString();
-                    double ms = Milliseconds(() => launcher.Launch(_stream, o.View, x.View, f16, t, false, path), Math.Max(3, Repeats / 5));
-                    log($"  matmul F16 [{n}x{k}] T={t,3} {label,-22}: {ms * 1000,8:F1} us  {ms * 1000 / t,7:F1} us/token  " +
+                        ? $"Tensor/{launcher.Tuning.TensorCores}/{(launcher.RunsStaged(f16, t) ? $"staged/pf{launcher.Tuning.TensorPrefetch}" : "direct")}{(variant.Length > 0 ? $" ({variant})" : "")}"
+                        : path.ToString();
+                    double ms = Milliseconds(i => launcher.Launch(_stream, o.View, x.View, Weights(WeightStorage.F16, i), t, false, path), Math.Max(3, Repeats / 5));
+                    log($"  matmul F16 [{n}x{k}] T={t,3} {label,-40}: {ms * 1000,8:F1} us  {ms * 1000 / t,7:F1} us/token  " +
                         $"{2.0 * t * n * k / (ms / 1000) / 1e12,6:F2} TFLOP/s  {gigabytes / (ms / 1000),6:F0} GB/s of weights");
                 }
             }
+            foreach (var c in copies) c.Dispose();
         }
+        foreach (var l in launchers.Values.Concat(variants.Select(v => v.Launcher)).Distinct()) l.Dispose();
     }
 
     /// <summary>

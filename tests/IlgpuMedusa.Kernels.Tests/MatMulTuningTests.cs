@@ -1,0 +1,50 @@
+namespace IlgpuMedusa.Kernels.Tests;
+
+/// <summary>The tensor-core switches' parsing and the wave rule of the K splits (figures worked by hand).</summary>
+public sealed class MatMulTuningTests
+{
+    /// <summary>Depth 1 to 4; unset is 4; anything else names the variable and the accepted values.</summary>
+    [Fact]
+    public void Prefetch_depth_parses_one_to_four()
+    {
+        Assert.Equal(4, MatMulTuning.ParseTensorPrefetch(null));
+        Assert.Equal(4, MatMulTuning.ParseTensorPrefetch(" "));
+        for (int d = 1; d <= 4; d++) Assert.Equal(d, MatMulTuning.ParseTensorPrefetch(d.ToString(System.Globalization.CultureInfo.InvariantCulture)));
+        foreach (var bad in new[] { "0", "5", "two" })
+        {
+            var e = Assert.Throws<ArgumentException>(() => MatMulTuning.ParseTensorPrefetch(bad));
+            Assert.Contains(MatMulTuning.TensorPrefetchVariable, e.Message, StringComparison.Ordinal);
+            Assert.Contains("1, 2, 3 or 4", e.Message, StringComparison.Ordinal);
+        }
+    }
+
+    /// <summary>waves (the default) or fixed.</summary>
+    [Fact]
+    public void Split_rule_parses_waves_or_fixed()
+    {
+        Assert.True(MatMulTuning.ParseTensorSplits(null));
+        Assert.True(MatMulTuning.ParseTensorSplits("Waves"));
+        Assert.False(MatMulTuning.ParseTensorSplits("fixed"));
+        var e = Assert.Throws<ArgumentException>(() => MatMulTuning.ParseTensorSplits("many"));
+        Assert.Contains(MatMulTuning.TensorSplitsVariable, e.Message, StringComparison.Ordinal);
+    }
+
+    /// <summary>
+    /// A 4096-row matrix at T = 64 has 64 groups of the staged kernel (64 rows each); with 3 resident groups on each of
+    /// 132 multiprocessors (396 slots) it is split 6 ways: 384 groups, one wave. The old target of 4 per multiprocessor
+    /// (528) asked for 9 splits: 576 groups, 1.45 waves. A launch that fills the device is not split.
+    /// </summary>
+    [Theory]
+    [InlineData(64, 396, 6)]
+    [InlineData(128, 396, 3)]
+    [InlineData(200, 396, 1)]
+    [InlineData(396, 396, 1)]
+    [InlineData(1000, 396, 1)]
+    [InlineData(1, 528, 528)]
+    [InlineData(0, 396, 1)]
+    public void Wave_splits_fill_one_wave(int groups, int slots, int splits)
+    {
+        Assert.Equal(splits, MatMulLauncher.WaveSplits(groups, slots));
+        if (groups > 0) Assert.True((long)groups * splits <= Math.Max(slots, groups));
+    }
+}
