@@ -176,6 +176,12 @@ public static class KernelCatalog
             (Action<ArrayView<float>, ArrayView<Quad>, ArrayView<Pack8>, ArrayView<Quad>, MatMulArgs>)MatMulKernels.VectorWide<BF16Format, PlainInput>,
             (Action<ArrayView<float>, ArrayView<Quad>, ArrayView<Pack8>, ArrayView<Quad>, MatMulArgs>)MatMulKernels.VectorWide<BF16Format, NormedInput>,
             (Action<ArrayView<float>, ArrayView<Quad>, ArrayView<Pack8>, ArrayView<Quad>, MatMulArgs>)MatMulKernels.VectorWide<BF16Format, NormedSwiGlu>,
+            (Action<ArrayView<float>, ArrayView<Quad>, ArrayView<Pack8>, ArrayView<Quad>, MatMulArgs>)MatMulKernels.VectorWideRow<F16NativeFormat, PlainInput>,
+            (Action<ArrayView<float>, ArrayView<Quad>, ArrayView<Pack8>, ArrayView<Quad>, MatMulArgs>)MatMulKernels.VectorWideRow<F16NativeFormat, NormedInput>,
+            (Action<ArrayView<float>, ArrayView<Quad>, ArrayView<Pack8>, ArrayView<Quad>, MatMulArgs>)MatMulKernels.VectorWideRow<F16Format, PlainInput>,
+            (Action<ArrayView<float>, ArrayView<Quad>, ArrayView<Pack8>, ArrayView<Quad>, MatMulArgs>)MatMulKernels.VectorWideRow<F16Format, NormedInput>,
+            (Action<ArrayView<float>, ArrayView<Quad>, ArrayView<Pack8>, ArrayView<Quad>, MatMulArgs>)MatMulKernels.VectorWideRow<BF16Format, PlainInput>,
+            (Action<ArrayView<float>, ArrayView<Quad>, ArrayView<Pack8>, ArrayView<Quad>, MatMulArgs>)MatMulKernels.VectorWideRow<BF16Format, NormedInput>,
             (Action<ArrayView<float>, ArrayView<float>, ArrayView<uint>, ArrayView<uint>, int, float>)MatMulKernels.TensorInputNormed<SplitInput>,
             (Action<ArrayView<float>, ArrayView<float>, ArrayView<uint>, ArrayView<uint>, int, float>)MatMulKernels.TensorInputNormed<RoundedInput>,
             (Action<Index1D, ArrayView<float>, ArrayView<uint>, ArrayView<uint>>)MatMulKernels.TensorInput<SplitInput>,
@@ -210,7 +216,7 @@ public static class KernelCatalog
         ];
         kernels = [.. kernels, .. Staged<PrefetchOne>(), .. Staged<PrefetchTwo>(), .. Staged<PrefetchThree>(), .. Staged<PrefetchFour>()];
         return kernels.Select(k => new Entry(KernelLoader.NameOf(k.Method), k.Method, KernelLoader.IsImplicitlyGrouped(k.Method),
-            k.Method.Name is nameof(MatMulKernels.VectorWide) or nameof(AttentionKernel.Decode) or nameof(AttentionKernel.Tiles)
+            k.Method.Name is nameof(MatMulKernels.VectorWide) or nameof(MatMulKernels.VectorWideRow) or nameof(AttentionKernel.Decode) or nameof(AttentionKernel.Tiles)
             || (k.Method.IsGenericMethod && k.Method.GetGenericArguments().Any(a => a == typeof(F16NativeFormat) || typeof(ITensorInput).IsAssignableFrom(a))))).ToList();
     }
 }

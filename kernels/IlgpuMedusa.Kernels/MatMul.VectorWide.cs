@@ -16,6 +16,82 @@ public static partial class MatMulKernels
     public const int WideRowsPerWarp = 2;
 
     /// <summary>
+    /// <see cref="VectorWide{TFormat, TMode}"/> with one weight row per warp (<see cref="PlainInput"/> and
+    /// <see cref="NormedInput"/> only): lane l reads packs l, l + 32, l + 64, l + 96 of the row per iteration (four
+    /// 16-byte loads in flight per lane, as the two-row kernel), so a matrix gets twice the warps, each with half the
+    /// iterations. For matrices of few rows (4096-row projections of a 7B model give the two-row kernel 2,048 warps,
+    /// under half of what an H100's or H200's 132 multiprocessors keep resident) the device holds twice the bytes in
+    /// flight. Grid: (⌈N / warps⌉, T) groups of 32 · warps threads.
+    /// </summary>
+    /// <param name="output">F32[T, N].</param>
+    /// <param name="input">F32[T, K] as quads.</param>
+    /// <param name="weight">16-bit [N, stride] as packs of eight.</param>
+    /// <param name="norm">F32[K] RMSNorm weights as quads (<see cref="NormedInput"/>; any view otherwise, not read).</param>
+    /// <param name="args">Shapes; WeightStride in packs of eight; ε.</param>
+    public static void VectorWideRow<TFormat, TMode>(ArrayView<float> output, ArrayView<Quad> input, ArrayView<Pack8> weight, ArrayView<Quad> norm, MatMulArgs args)
+        where TFormat : struct, IPackFormat<uint>
+        where TMode : struct, IMatMulMode
+    {
+        bool normed = default(TMode).Normalizes;
+        int lane = Group.IdxX & 31;
+        int row = Grid.IdxX * (Group.DimX >> 5) + (Group.IdxX >> 5);
+        int token = Grid.IdxY;
+        if (row >= args.Rows) return; // the whole warp: no barrier below
+        long w0 = (long)row * args.WeightStride;
+        long x0 = (long)token * (args.Columns / 4);
+        int packs = args.Columns / 8;
+        float a0 = 0f, a1 = 0f, a2 = 0f, a3 = 0f, squares = 0f;
+        int p = lane;
+        for (; p + 96 < packs; p += 128)
+        {
+            Pack8 r0 = weight[w0 + p], r1 = weight[w0 + p + 32], r2 = weight[w0 + p + 64], r3 = weight[w0 + p + 96];
+            Quad x = input[x0 + 2 * p], y = input[x0 + 2 * p + 1];
+            Quad u = input[x0 + 2 * p + 64], v = input[x0 + 2 * p + 65];
+            Quad e = input[x0 + 2 * p + 128], f = input[x0 + 2 * p + 129];
+            Quad g = input[x0 + 2 * p + 192], h = input[x0 + 2 * p + 193];
+            if (normed)
+            {
+                squares += (SumOfSquares(x) + SumOfSquares(y)) + (SumOfSquares(u) + SumOfSquares(v))
+                    + (SumOfSquares(e) + SumOfSquares(f)) + (SumOfSquares(g) + SumOfSquares(h));
+                x = Scale(x, norm[2 * p]);
+                y = Scale(y, norm[2 * p + 1]);
+                u = Scale(u, norm[2 * p + 64]);
+                v = Scale(v, norm[2 * p + 65]);
+                e = Scale(e, norm[2 * p + 128]);
+                f = Scale(f, norm[2 * p + 129]);
+                g = Scale(g, norm[2 * p + 192]);
+                h = Scale(h, norm[2 * p + 193]);
+            }
+            a0 += Dot8<TFormat>(r0, x, y);
+            a1 += Dot8<TFormat>(r1, u, v);
+            a2 += Dot8<TFormat>(r2, e, f);
+            a3 += Dot8<TFormat>(r3, g, h);
+        }
+        for (; p < packs; p += 32)
+        {
+            Pack8 r0 = weight[w0 + p];
+            Quad x = input[x0 + 2 * p], y = input[x0 + 2 * p + 1];
+            if (normed)
+            {
+                squares += SumOfSquares(x) + SumOfSquares(y);
+                x = Scale(x, norm[2 * p]);
+                y = Scale(y, norm[2 * p + 1]);
+            }
+            a0 += Dot8<TFormat>(r0, x, y);
+        }
+        float sum = (a0 + a1) + (a2 + a3);
+        for (int offset = 16; offset > 0; offset >>= 1)
+        {
+            sum += Warp.ShuffleXor(sum, offset);
+            if (normed) squares += Warp.ShuffleXor(squares, offset);
+        }
+        if (lane != 0) return;
+        if (normed) sum *= 1f / XMath.Sqrt(squares / args.Columns + args.Eps);
+        long o = (long)token * args.Rows + row;
+        output[o] = args.Accumulate != 0 ? output[o] + sum : sum;
+    }
+
+    /// <summary>
     /// GEMV for 16-bit weights with 16-byte loads: each warp computes two weight rows (a (gate, up) pair with
     /// <see cref="NormedSwiGlu"/>) for token Grid.Y; lane l reads packs of eight weights l, l + 32, ... of both rows, two
     /// packs per row per iteration (four 16-byte loads in flight per lane), with the matching eight inputs as two float

@@ -144,6 +144,30 @@ public readonly record struct MatMulTuning(int GroupSize, int SkinnyGroupSize, i
     /// </summary>
     public bool WideVector { get; init; }
 
+    /// <summary>Environment variable choosing the wide GEMV's rows per warp on CUDA: auto (the default), 1 or 2.</summary>
+    public const string WideRowsVariable = "ILGPU_MEDUSA_GEMV_ROWS";
+
+    /// <summary>
+    /// Largest N (plain and normed GEMVs) that goes to the one-row-per-warp wide GEMV
+    /// (<see cref="MatMulKernels.VectorWideRow{TFormat, TMode}"/>); beyond, and for SwiGLU pairs, two rows per warp. The
+    /// default 16384 sends a 7B model's QKV (12,288 rows), output and down projections (4,096) to one row per warp: the
+    /// two-row kernel gave the 4096-row ones 2,048 warps, under half of what an H200 keeps resident (32 per
+    /// multiprocessor at ptxas's 52-60 registers), and they streamed at 2.1-2.8 TB/s where the 22,016-row gate/up
+    /// matrix (11,008 warps) reached 3.5 (H200, 2026-11-28, `profile --op-times`). Not yet timed on a GPU;
+    /// <see cref="WideRowsVariable"/> = 2 restores the two-row kernel everywhere, 1 sends every plain or normed GEMV to
+    /// one row per warp.
+    /// </summary>
+    public int WideSingleRowMaxRows { get; init; } = 16384;
+
+    /// <summary>Parses <see cref="WideRowsVariable"/> into <see cref="WideSingleRowMaxRows"/> (null, empty or auto: 16384).</summary>
+    public static int ParseWideRows(string? text) => text?.Trim().ToLowerInvariant() switch
+    {
+        null or "" or "auto" => 16384,
+        "1" => int.MaxValue,
+        "2" => 0,
+        _ => throw new ArgumentException($"{WideRowsVariable}: unknown value '{text}'; expected auto, 1 or 2"),
+    };
+
     /// <summary>Environment variable choosing the tensor-core kernel on CUDA: staged (the default) or direct.</summary>
     public const string TensorKernelVariable = "ILGPU_MEDUSA_TENSOR_KERNEL";
 
@@ -255,6 +279,7 @@ public readonly record struct MatMulTuning(int GroupSize, int SkinnyGroupSize, i
                 TensorCores = tensor,
                 TensorGroupSize = tensorGroup,
                 WideVector = accelerator.AcceleratorType == AcceleratorType.Cuda && Environment.GetEnvironmentVariable(WideVectorVariable) != "0",
+                WideSingleRowMaxRows = ParseWideRows(Environment.GetEnvironmentVariable(WideRowsVariable)),
                 TensorStaged = Environment.GetEnvironmentVariable(TensorKernelVariable)?.Trim().ToLowerInvariant() switch
                 {
                     null or "" or "staged" => true,
@@ -302,6 +327,9 @@ public sealed class MatMulLauncher : IDisposable
     // Wide GEMV per 16-bit storage and mode (plain, normed, normed + SwiGLU); null when WideVector is off.
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<Quad>, ArrayView<Pack8>, ArrayView<Quad>, MatMulArgs>[]? _wideF16;
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<Quad>, ArrayView<Pack8>, ArrayView<Quad>, MatMulArgs>[]? _wideBf16;
+    // One-row-per-warp wide GEMV per 16-bit storage (plain, normed); null when WideVector is off.
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<Quad>, ArrayView<Pack8>, ArrayView<Quad>, MatMulArgs>[]? _wideRowF16;
+    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<Quad>, ArrayView<Pack8>, ArrayView<Quad>, MatMulArgs>[]? _wideRowBf16;
     private readonly Accelerator _accelerator;
     // Groups of each tensor-core kernel resident per multiprocessor (the driver's occupancy; null: unknown).
     private readonly int[]? _tensorResident;
@@ -348,6 +376,8 @@ public sealed class MatMulLauncher : IDisposable
                 throw new ArgumentException($"wide GEMV: group size {tuning.GroupSize} is not a whole number of warps of 32");
             _wideF16 = tuning.NativeHalf ? LoadWide<F16NativeFormat>(accelerator) : LoadWide<F16Format>(accelerator);
             _wideBf16 = LoadWide<BF16Format>(accelerator);
+            _wideRowF16 = tuning.NativeHalf ? LoadWideRow<F16NativeFormat>(accelerator) : LoadWideRow<F16Format>(accelerator);
+            _wideRowBf16 = LoadWideRow<BF16Format>(accelerator);
         }
         if (tuning.TensorCores != TensorCoreMode.Off)
         {
@@ -439,6 +469,13 @@ public sealed class MatMulLauncher : IDisposable
         LoadWideKernel(accelerator, MatMulKernels.VectorWide<TFormat, PlainInput>),
         LoadWideKernel(accelerator, MatMulKernels.VectorWide<TFormat, NormedInput>),
         LoadWideKernel(accelerator, MatMulKernels.VectorWide<TFormat, NormedSwiGlu>),
+    ];
+
+    private static Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<Quad>, ArrayView<Pack8>, ArrayView<Quad>, MatMulArgs>[] LoadWideRow<TFormat>(Accelerator accelerator)
+        where TFormat : struct, IPackFormat<uint> =>
+    [
+        LoadWideKernel(accelerator, MatMulKernels.VectorWideRow<TFormat, PlainInput>),
+        LoadWideKernel(accelerator, MatMulKernels.VectorWideRow<TFormat, NormedInput>),
     ];
 
     private static Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<Quad>, ArrayView<Pack8>, ArrayView<Quad>, MatMulArgs> LoadWideKernel(
@@ -637,6 +674,12 @@ public sealed class MatMulLauncher : IDisposable
             new MatMulArgs(1, n, k, weight.PackStride, accumulate: false, groupRows: groupRows, groupInputStride: sharedInput ? 0 : k));
     }
 
+    /// <summary>
+    /// True when a wide GEMV of N rows in this mode (0 plain, 1 normed, 2 normed + SwiGLU pairs) runs one row per warp
+    /// (<see cref="MatMulTuning.WideSingleRowMaxRows"/>; SwiGLU pairs always take two).
+    /// </summary>
+    public bool UsesOneRowGemv(int rows, int mode) => _wideRowF16 is not null && mode < 2 && rows <= Tuning.WideSingleRowMaxRows;
+
     /// <summary>True when the wide GEMV takes this launch (16-bit weights, K and the stride multiples of 8, aligned views).</summary>
     private bool CanUseWideVector(WeightView weight, ArrayView<float> input, ArrayView<float> norm, int tokens, int mode) =>
         _wideF16 is not null && weight.Storage != WeightStorage.F32 && weight.Columns > 0 && weight.Columns % 8 == 0
@@ -761,9 +804,12 @@ public sealed class MatMulLauncher : IDisposable
         if (vector && args.GroupRows == 0 && CanUseWideVector(weight, input, norm, tokens, mode))
         {
             int warps = Tuning.GroupSize / 32;
-            int rowsPerGroup = warps * MatMulKernels.WideRowsPerWarp;
+            bool oneRow = UsesOneRowGemv(weight.Rows, mode);
+            int rowsPerGroup = warps * (oneRow ? 1 : MatMulKernels.WideRowsPerWarp);
             var wideConfig = new KernelConfig(new Index2D((weight.Rows + rowsPerGroup - 1) / rowsPerGroup, tokens), new Index2D(Tuning.GroupSize, 1));
-            var kernels = weight.Storage == WeightStorage.F16 ? _wideF16! : _wideBf16!;
+            var kernels = oneRow
+                ? (weight.Storage == WeightStorage.F16 ? _wideRowF16! : _wideRowBf16!)
+                : (weight.Storage == WeightStorage.F16 ? _wideF16! : _wideBf16!);
             var x = input.SubView(0, (long)tokens * weight.Columns).Cast<Quad>();
             var n = mode == 0 ? x : norm.SubView(0, weight.Columns).Cast<Quad>();
             var packs = weight.Raw.SubView(0, (long)weight.Rows * weight.RowStride * 2).Cast<Pack8>();

@@ -563,6 +563,7 @@ def main(argv=None) -> int:
         summary["unfused"] = summarize_unfused(ours, extract_json_object(read_text(os.path.join(raw, f"ours-{shape}-unfused.out"))))
         summary["f32_cores"] = summarize_tensor(ours, extract_json_object(read_text(os.path.join(raw, f"ours-{shape}-f32cores.out"))))
         decode_variants = [("portable GEMV (ILGPU_MEDUSA_WIDE_GEMV=0)", extract_json_object(read_text(os.path.join(raw, f"ours-{shape}-narrow-gemv.out")))),
+                           ("wide GEMV, two rows per warp everywhere (ILGPU_MEDUSA_GEMV_ROWS=2)", extract_json_object(read_text(os.path.join(raw, f"ours-{shape}-gemv-two-rows.out")))),
                            ("block attention (ILGPU_MEDUSA_ATTENTION=blocks)", extract_json_object(read_text(os.path.join(raw, f"ours-{shape}-block-attention.out")))),
                            ("warp attention (ILGPU_MEDUSA_ATTENTION=warp)", extract_json_object(read_text(os.path.join(raw, f"ours-{shape}-warp-attention.out")))),
                            ("uploads as copies (ILGPU_MEDUSA_SMALL_UPLOADS=0)", extract_json_object(read_text(os.path.join(raw, f"ours-{shape}-copy-uploads.out"))))]

@@ -312,6 +312,7 @@ ours_f32cores() {
 
 # ours_decode_variant NAME MODEL_DIR PROMPT_IDS WANT_S VAR=VALUE: decode only (64 tokens, the 1-node tree step) with one
 # kernel choice switched by its environment variable (ILGPU_MEDUSA_WIDE_GEMV=0: the portable GEMV for 16-bit weights;
+# ILGPU_MEDUSA_GEMV_ROWS=2: the wide GEMV with two rows per warp everywhere, as timed on 2026-11-28;
 # ILGPU_MEDUSA_ATTENTION=blocks / warp: decoding attention in the block kernel / the one-warp kernel), for the report's
 # "decode variants" lines.
 ours_decode_variant() {
@@ -555,6 +556,7 @@ else
       ours_f32cores "$shape" "$dir" "$dir/prompt_ids.json" "${OPS_S[$shape]:-60}"
       # Untimed choices first (they may flip a default), the measured losers last.
       ours_decode_variant "ours-$shape-warp-attention" "$dir" "$dir/prompt_ids.json" 60 ILGPU_MEDUSA_ATTENTION=warp
+      ours_decode_variant "ours-$shape-gemv-two-rows" "$dir" "$dir/prompt_ids.json" 60 ILGPU_MEDUSA_GEMV_ROWS=2
       ours_tree_variant "ours-$shape-tile-attention" "$dir" "$dir/prompt_ids.json" 60 ILGPU_MEDUSA_ATTENTION=tiles
       ours_tree_variant "ours-$shape-prefetch1" "$dir" "$dir/prompt_ids.json" 60 ILGPU_MEDUSA_TENSOR_PREFETCH=1
       ours_tree_variant "ours-$shape-fixed-splits" "$dir" "$dir/prompt_ids.json" 60 ILGPU_MEDUSA_TENSOR_SPLITS=fixed

@@ -911,9 +911,10 @@ public sealed class CpuEmulatorConformanceTests(Accelerators accelerators) : Con
     }
 
     /// <summary>
-    /// The wide GEMV (16-byte loads, a warp per two rows, shuffle reductions; CUDA's T = 1 path for 16-bit weights) in
-    /// its three modes, for F16 (both decodings) and BF16, against the host: odd N (a warp's second row missing), K of one
-    /// to several packs of eight per lane, accumulation.
+    /// The wide GEMV (16-byte loads, shuffle reductions; CUDA's T = 1 path for 16-bit weights) with two rows per warp in
+    /// its three modes and one row per warp (plain and normed), for F16 (both decodings) and BF16, against the host: odd N
+    /// (a warp's second row missing), K of one to several packs of eight per lane (one to two unrolled iterations of the
+    /// one-row kernel, with and without a remainder), accumulation.
     /// </summary>
     [Theory]
     [InlineData(DType.F16, true)]
@@ -922,11 +923,17 @@ public sealed class CpuEmulatorConformanceTests(Accelerators accelerators) : Con
     public void MatMul_wide_gemv_matches_host(DType type, bool nativeHalf)
     {
         var accelerator = Device.Accelerator;
-        var launcher = new MatMulLauncher(accelerator, MatMulTuning.For(accelerator, 64) with { WideVector = true, NativeHalf = nativeHalf });
+        var tuning = MatMulTuning.For(accelerator, 64) with { WideVector = true, NativeHalf = nativeHalf };
+        using var twoRows = new MatMulLauncher(accelerator, tuning with { WideSingleRowMaxRows = 0 });
+        using var oneRow = new MatMulLauncher(accelerator, tuning with { WideSingleRowMaxRows = int.MaxValue });
         var stream = accelerator.DefaultStream;
         using var twin = new Twin(Accelerators.Host, Device, 25);
-        foreach (var (n, k) in new[] { (33, 8), (5, 64), (40, 264), (7, 520) })
+        foreach (var (n, k, launcher) in new[] { (33, 8), (5, 64), (40, 264), (7, 520), (3, 1024), (6, 2056) }
+            .SelectMany(shape => new[] { (shape.Item1, shape.Item2, twoRows), (shape.Item1, shape.Item2, oneRow) }))
         {
+            Assert.Equal(launcher == oneRow, launcher.UsesOneRowGemv(n, mode: 0));
+            Assert.Equal(launcher == oneRow, launcher.UsesOneRowGemv(n, mode: 1));
+            Assert.False(launcher.UsesOneRowGemv(n, mode: 2));
             var x = twin.RandomTensor(1, k, 3f);
             var weight = twin.RandomWeight(type, n, k, 1f / MathF.Sqrt(k));
             var view = ((IlgpuTensor)weight.Device).AsWeight();
@@ -936,7 +943,7 @@ public sealed class CpuEmulatorConformanceTests(Accelerators accelerators) : Con
                 Accelerators.Host.MatMul(output.Host, x.Host, weight.Host, accumulate);
                 launcher.Launch(stream, ((IlgpuTensor)output.Device).Floats, ((IlgpuTensor)x.Device).Floats, view, 1, accumulate);
                 stream.Synchronize();
-                Twin.AssertClose(output, Tolerance.ForSum(type, k), $"wide GEMV {type} N={n} K={k} accumulate={accumulate}");
+                Twin.AssertClose(output, Tolerance.ForSum(type, k), $"wide GEMV ({(launcher == oneRow ? "one row" : "two rows")} per warp) {type} N={n} K={k} accumulate={accumulate}");
             }
             var norm = twin.RandomWeight(DType.F32, 1, k);
             var normed = twin.Zeros(DType.F32, 1, k);
@@ -944,7 +951,7 @@ public sealed class CpuEmulatorConformanceTests(Accelerators accelerators) : Con
             ((IComputeBackend)Accelerators.Host).NormMatMul(product.Host, x.Host, norm.Host, 1e-5f, weight.Host, normed.Host, accumulate: false);
             launcher.LaunchNormed(stream, ((IlgpuTensor)product.Device).Floats, ((IlgpuTensor)x.Device).Floats, ((IlgpuTensor)norm.Device).Floats, view, 1, 1e-5f, accumulate: false);
             stream.Synchronize();
-            Twin.AssertClose(product, Tolerance.ForSum(type, k), $"wide GEMV with RMSNorm {type} N={n} K={k}");
+            Twin.AssertClose(product, Tolerance.ForSum(type, k), $"wide GEMV ({(launcher == oneRow ? "one row" : "two rows")} per warp) with RMSNorm {type} N={n} K={k}");
             int f = n;
             var gateUp = twin.GateUp(type, f, k, 1f / MathF.Sqrt(k));
             var ffn = twin.Zeros(DType.F32, 1, f);

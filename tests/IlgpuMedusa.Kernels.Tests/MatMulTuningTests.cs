@@ -18,6 +18,18 @@ public sealed class MatMulTuningTests
         }
     }
 
+    /// <summary>auto (16384 rows), 1 (every plain or normed GEMV one row per warp) or 2 (never).</summary>
+    [Fact]
+    public void Gemv_rows_parse_auto_one_or_two()
+    {
+        Assert.Equal(16384, MatMulTuning.ParseWideRows(null));
+        Assert.Equal(16384, MatMulTuning.ParseWideRows("AUTO"));
+        Assert.Equal(int.MaxValue, MatMulTuning.ParseWideRows("1"));
+        Assert.Equal(0, MatMulTuning.ParseWideRows("2"));
+        var e = Assert.Throws<ArgumentException>(() => MatMulTuning.ParseWideRows("3"));
+        Assert.Contains(MatMulTuning.WideRowsVariable, e.Message, StringComparison.Ordinal);
+    }
+
     /// <summary>waves (the default) or fixed.</summary>
     [Fact]
     public void Split_rule_parses_waves_or_fixed()

@@ -53,7 +53,12 @@ internal sealed class Bench(Accelerator accelerator, bool quick, Action<string> 
         var tuned = MatMulTuning.For(accelerator, KernelSet.DefaultGroupSize(accelerator));
         var launchers = new Dictionary<string, MatMulLauncher> { ["tuned"] = new(accelerator, tuned) };
         if (tuned.NativeHalf) launchers["portable-f16"] = new(accelerator, tuned with { NativeHalf = false, TensorCores = TensorCoreMode.Off });
-        if (tuned.WideVector) launchers["narrow"] = new(accelerator, tuned with { WideVector = false, TensorCores = TensorCoreMode.Off });
+        if (tuned.WideVector)
+        {
+            launchers["narrow"] = new(accelerator, tuned with { WideVector = false, TensorCores = TensorCoreMode.Off });
+            launchers["wide-two-rows"] = new(accelerator, tuned with { WideSingleRowMaxRows = 0, TensorCores = TensorCoreMode.Off });
+            launchers["wide-one-row"] = new(accelerator, tuned with { WideSingleRowMaxRows = int.MaxValue, TensorCores = TensorCoreMode.Off });
+        }
         // Tensor-core variants, each one switch away from the default: inputs rounded once; the direct kernel; other
         // prefetch depths; the fixed split target; the staged kernel for every N (by default only N ≤ 8192).
         var variants = new List<(string Name, MatMulLauncher Launcher)>();
@@ -84,7 +89,8 @@ internal sealed class Bench(Accelerator accelerator, bool quick, Action<string> 
                 {
                     if (storage == WeightStorage.BF16 && name != "tuned" && name != "narrow") continue;
                     double ms = Milliseconds(i => launcher.Launch(_stream, o.View, x.View, Weights(storage, i), 1, false), Repeats);
-                    log($"  gemv {storage} {name} [{n}x{k}] T=1: {ms * 1000,8:F1} us  {gigabytes / (ms / 1000),6:F0} GB/s");
+                    string rows = launcher.Tuning.WideVector && name != "narrow" && name != "portable-f16" ? (launcher.UsesOneRowGemv(n, 0) ? " (1 row/warp)" : " (2 rows/warp)") : "";
+                    log($"  gemv {storage} {name}{rows} [{n}x{k}] T=1: {ms * 1000,8:F1} us  {gigabytes / (ms / 1000),6:F0} GB/s");
                 }
             }
             if ((long)n * k > 50_000_000)

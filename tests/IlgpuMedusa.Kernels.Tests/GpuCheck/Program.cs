@@ -18,7 +18,7 @@ using IlgpuMedusa.Transformer;
 // TinyLlama-1.1B's shape in fp16. Exit code 1 when a conformance check fails. --quick: tiny shapes (to try it on a CPU).
 // --conformance-only: stops after step 2 (the GPU benchmark kit's demo stage, scripts/gpu-bench/run.sh).
 // --kernels-only: steps 1-3 (conformance, matmul and attention timings), no end-to-end decode.
-// --dump-ptx DIR: writes the PTX (SM_90) of the tensor-core kernels and the T >= 2 attention kernels to DIR and exits (no device needed), for `ptxas -v`.
+// --dump-ptx DIR: writes the PTX (SM_90) of the tensor-core kernels, the wide GEMV and the CUDA attention kernels to DIR and exits (no device needed), for `ptxas -v`.
 int dumpAt = Array.IndexOf(args, "--dump-ptx");
 if (dumpAt >= 0)
 {
@@ -27,7 +27,8 @@ if (dumpAt >= 0)
     using var ptxContext = Context.Create(b => b.EnableAlgorithms().Optimize(OptimizationLevel.O2));
     using var ptx = new ILGPU.Backends.PTX.PTXBackend(ptxContext, new ILGPU.Runtime.Cuda.CudaCapabilityContext(ILGPU.Runtime.Cuda.CudaArchitecture.SM_90),
         ILGPU.Runtime.Cuda.CudaArchitecture.SM_90, ILGPU.Runtime.Cuda.CudaInstructionSet.ISA_80, null);
-    foreach (var entry in KernelCatalog.All.Where(e => e.Name.Contains("TensorCore", StringComparison.Ordinal) || e.Method.Name is nameof(AttentionKernel.Tiles) or nameof(AttentionKernel.Block)))
+    foreach (var entry in KernelCatalog.All.Where(e => e.Name.Contains("TensorCore", StringComparison.Ordinal) || e.Name.Contains("TensorStaged", StringComparison.Ordinal)
+        || e.Method.Name is nameof(AttentionKernel.Tiles) or nameof(AttentionKernel.Block) or nameof(AttentionKernel.Decode) || e.Method.Name is nameof(MatMulKernels.VectorWide)))
     {
         var compiled = (ILGPU.Backends.PTX.PTXCompiledKernel)ptx.Compile(
             ILGPU.Backends.EntryPoints.EntryPointDescription.FromExplicitlyGroupedKernel(entry.Method), ILGPU.Runtime.KernelSpecialization.Empty);
