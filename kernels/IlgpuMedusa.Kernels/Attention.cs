@@ -520,40 +520,72 @@ public sealed class AttentionLauncher : IDisposable
     private MemoryBuffer1D<float, Stride1D.Dense> _partials;
     private readonly int _groupSize;
     private readonly int _targetGroups;
-    private readonly int _blocksFrom;
+    private readonly bool _decodeBlocks;
+    private readonly bool _treeBlocks;
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, AttentionArgs>? _decode;
     private readonly int _decodeTargetGroups;
     private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, AttentionArgs>? _tiles;
     private readonly int _tileGroupSize;
 
-    /// <summary>
-    /// Environment variable choosing the attention kernel: per-token (never blocks), blocks (T = 1 too), warp (decoding in
-    /// one-warp groups), tiles (T ≥ 2 in <see cref="AttentionKernel.Tiles"/> where it runs), or unset.
-    /// </summary>
-    public const string KernelVariable = "ILGPU_MEDUSA_ATTENTION";
+    /// <summary>Environment variable choosing the decoding (T = 1) attention kernel: warp, per-token or blocks.</summary>
+    public const string DecodeKernelVariable = "ILGPU_MEDUSA_DECODE_ATTENTION";
+
+    /// <summary>Environment variable choosing the attention kernel of T ≥ 2 (trees, prefill): tiles, blocks or per-token.</summary>
+    public const string TreeKernelVariable = "ILGPU_MEDUSA_TREE_ATTENTION";
+
+    /// <summary>The former single switch, refused with a message naming its two successors.</summary>
+    public const string RetiredKernelVariable = "ILGPU_MEDUSA_ATTENTION";
+
+    /// <summary>Parses <see cref="DecodeKernelVariable"/>: warp (also null or empty), per-token or blocks.</summary>
+    public static string ParseDecodeChoice(string? text) => text?.Trim().ToLowerInvariant() switch
+    {
+        null or "" or "warp" => "warp",
+        "per-token" => "per-token",
+        "blocks" => "blocks",
+        var other => throw new ArgumentException($"{DecodeKernelVariable}: unknown value '{other}'; expected warp, per-token or blocks"),
+    };
+
+    /// <summary>Parses <see cref="TreeKernelVariable"/>: tiles (also null or empty), blocks or per-token.</summary>
+    public static string ParseTreeChoice(string? text) => text?.Trim().ToLowerInvariant() switch
+    {
+        null or "" or "tiles" => "tiles",
+        "blocks" => "blocks",
+        "per-token" => "per-token",
+        var other => throw new ArgumentException($"{TreeKernelVariable}: unknown value '{other}'; expected tiles, blocks or per-token"),
+    };
+
+    /// <summary>Throws when <see cref="RetiredKernelVariable"/> is set, naming the two variables that replace it.</summary>
+    public static void CheckRetiredVariable(string? text)
+    {
+        if (!string.IsNullOrWhiteSpace(text))
+            throw new ArgumentException($"{RetiredKernelVariable}={text.Trim()} is no longer read: set {DecodeKernelVariable} (warp, per-token or blocks) " +
+                $"and {TreeKernelVariable} (tiles, blocks or per-token) instead, and unset {RetiredKernelVariable}");
+    }
 
     /// <summary>
-    /// Compiles and loads the kernels; <paramref name="groupSize"/> threads per (head, token, split).
-    /// <paramref name="blocks"/>: the smallest T sent to <see cref="AttentionKernel.Block"/> (default: 2, or what
-    /// <see cref="KernelVariable"/> says: per-token = never, blocks = 1); int.MaxValue keeps every T on the
-    /// one-token-per-group kernel (to time the two side by side). <paramref name="warpDecode"/>: T = 1 through
-    /// <see cref="AttentionKernel.Decode"/> (default: when <see cref="KernelVariable"/> is warp; CUDA and the CPU emulator
-    /// only: elsewhere it is not loaded and decoding keeps the other kernels). <paramref name="tiles"/>: T ≥ 2 with
-    /// Dh ≤ 128 through <see cref="AttentionKernel.Tiles"/> (default: when <see cref="KernelVariable"/> is tiles; CUDA and
-    /// the CPU emulator only, with groups of <paramref name="tileGroupSize"/> threads, by default the largest of 256, 128
-    /// and 64 the device allows); elsewhere such T keep the block kernel.
+    /// Compiles and loads the kernels; <paramref name="groupSize"/> threads per (head, token, split). Each choice left
+    /// null comes from <see cref="DecodeKernelVariable"/> / <see cref="TreeKernelVariable"/>, else the default: where warp
+    /// shuffles run (CUDA, the CPU emulator) decoding in <see cref="AttentionKernel.Decode"/> (one warp per head and key
+    /// split) and T ≥ 2 with Dh ≤ 128 in <see cref="AttentionKernel.Tiles"/> (groups of <paramref name="tileGroupSize"/>
+    /// threads, by default the largest of 256, 128 and 64 the device allows; 64 on the emulator), other T ≥ 2 in
+    /// <see cref="AttentionKernel.Block"/>; elsewhere (OpenCL) decoding in <see cref="AttentionKernel.Run"/> (one group per
+    /// head, token and split) and T ≥ 2 in the block kernel. Neither CUDA default is timed on a GPU yet: the H200 runs of
+    /// 2026-11-28 used the per-token kernel for decoding (38 µs per 7B layer at S ≈ 600, 1.22 ms of a 6.75 ms step) and
+    /// the block kernel for trees (221 µs per layer at T = 64); the GPU kit times those as variants.
+    /// <paramref name="blocks"/>: the smallest T sent to <see cref="AttentionKernel.Block"/> among what the warp and tile
+    /// kernels leave (1: decoding too; int.MaxValue: never). <paramref name="warpDecode"/>, <paramref name="tiles"/>: force
+    /// the warp or tile kernel on or off (on only where it can run).
     /// </summary>
     public AttentionLauncher(Accelerator accelerator, int groupSize, int? blocks = null, bool? warpDecode = null, bool? tiles = null, int? tileGroupSize = null)
     {
-        string? choice = Environment.GetEnvironmentVariable(KernelVariable)?.Trim().ToLowerInvariant();
-        _blocksFrom = blocks ?? choice switch
-        {
-            null or "" or "warp" or "tiles" => 2,
-            "blocks" => 1,
-            "per-token" => int.MaxValue,
-            var other => throw new ArgumentException($"{KernelVariable}: unknown value '{other}'; expected blocks, per-token, warp or tiles"),
-        };
         ArgumentNullException.ThrowIfNull(accelerator);
+        CheckRetiredVariable(Environment.GetEnvironmentVariable(RetiredKernelVariable));
+        string decode = ParseDecodeChoice(Environment.GetEnvironmentVariable(DecodeKernelVariable));
+        string tree = ParseTreeChoice(Environment.GetEnvironmentVariable(TreeKernelVariable));
+        _decodeBlocks = blocks is { } b1 ? b1 <= 1 : decode == "blocks";
+        _treeBlocks = blocks is { } b2 ? b2 <= 2 : tree != "per-token";
+        warpDecode ??= decode == "warp";
+        tiles ??= tree == "tiles";
         KernelLimits.CheckGroupSize(groupSize);
         _groupSize = groupSize;
         // Splitting aims at 8 groups per multiprocessor (on an H200, S = 4096 decoding: 1141 µs unsplit, 161 µs with
@@ -567,14 +599,16 @@ public sealed class AttentionLauncher : IDisposable
         _block = KernelLoader.Load(accelerator, AttentionKernel.Block,
             () => accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, AttentionArgs>(AttentionKernel.Block));
         bool warpCapable = accelerator.AcceleratorType is AcceleratorType.Cuda or AcceleratorType.CPU && accelerator.WarpSize == 32;
-        if ((warpDecode ?? choice == "warp") && warpCapable)
+        if (warpDecode.Value && warpCapable)
         {
             _decode = KernelLoader.Load(accelerator, AttentionKernel.Decode,
                 () => accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, AttentionArgs>(AttentionKernel.Decode));
         }
         int tileLimit = Math.Min(accelerator.MaxNumThreadsPerGroup, AttentionKernel.TileMaxGroupSize);
-        _tileGroupSize = tileGroupSize ?? (tileLimit >= 256 ? 256 : tileLimit >= 128 ? 128 : 64);
-        if ((tiles ?? choice == "tiles") && warpCapable && accelerator.MaxNumThreadsPerGroup >= 64)
+        // The CPU emulator runs a group's threads as OS threads that meet at every barrier (five per 32 keys here): it
+        // defaults to the smallest tiles; the conformance suite runs the larger ones explicitly.
+        _tileGroupSize = tileGroupSize ?? (accelerator.AcceleratorType == AcceleratorType.CPU ? 64 : tileLimit >= 256 ? 256 : tileLimit >= 128 ? 128 : 64);
+        if (tiles.Value && warpCapable && accelerator.MaxNumThreadsPerGroup >= 64)
         {
             if (_tileGroupSize is not (64 or 128 or 256) || _tileGroupSize > accelerator.MaxNumThreadsPerGroup)
                 throw new ArgumentException($"Attention: tile groups of {_tileGroupSize} threads; expected 64, 128 or 256, at most the device's {accelerator.MaxNumThreadsPerGroup}");
@@ -594,9 +628,10 @@ public sealed class AttentionLauncher : IDisposable
     public int MaxSplitGroups { get; }
 
     /// <summary>
-    /// True when T queries go to <see cref="AttentionKernel.Block"/>: T ≥ 2 (by default) and groups of at least 16 threads.
+    /// True when T queries may go to <see cref="AttentionKernel.Block"/> (where the warp and tile kernels do not take
+    /// them): T ≥ 2 unless tree attention is per-token, T = 1 when decoding is set to blocks; groups of at least 16 threads.
     /// </summary>
-    public bool UsesBlocks(int tokens) => tokens >= _blocksFrom && tokens >= 1 && _groupSize >= 2 * AttentionKernel.BlockTokens;
+    public bool UsesBlocks(int tokens) => tokens >= 1 && (tokens == 1 ? _decodeBlocks : _treeBlocks) && _groupSize >= 2 * AttentionKernel.BlockTokens;
 
     /// <summary>True when T queries of head dimension Dh go to <see cref="AttentionKernel.Tiles"/>: T ≥ 2, Dh ≤ 128, the tile kernel loaded.</summary>
     public bool UsesTiles(int tokens, int headDim) => _tiles is not null && tokens >= 2 && headDim >= 1 && headDim <= AttentionKernel.TileMaxHeadDim;

@@ -564,10 +564,10 @@ def main(argv=None) -> int:
         summary["f32_cores"] = summarize_tensor(ours, extract_json_object(read_text(os.path.join(raw, f"ours-{shape}-f32cores.out"))))
         decode_variants = [("portable GEMV (ILGPU_MEDUSA_WIDE_GEMV=0)", extract_json_object(read_text(os.path.join(raw, f"ours-{shape}-narrow-gemv.out")))),
                            ("wide GEMV, two rows per warp everywhere (ILGPU_MEDUSA_GEMV_ROWS=2)", extract_json_object(read_text(os.path.join(raw, f"ours-{shape}-gemv-two-rows.out")))),
-                           ("block attention (ILGPU_MEDUSA_ATTENTION=blocks)", extract_json_object(read_text(os.path.join(raw, f"ours-{shape}-block-attention.out")))),
-                           ("warp attention (ILGPU_MEDUSA_ATTENTION=warp)", extract_json_object(read_text(os.path.join(raw, f"ours-{shape}-warp-attention.out")))),
+                           ("decoding attention in blocks (ILGPU_MEDUSA_DECODE_ATTENTION=blocks)", extract_json_object(read_text(os.path.join(raw, f"ours-{shape}-block-decode.out")))),
+                           ("decoding attention per token (ILGPU_MEDUSA_DECODE_ATTENTION=per-token)", extract_json_object(read_text(os.path.join(raw, f"ours-{shape}-per-token-decode.out")))),
                            ("uploads as copies (ILGPU_MEDUSA_SMALL_UPLOADS=0)", extract_json_object(read_text(os.path.join(raw, f"ours-{shape}-copy-uploads.out"))))]
-        tree_variants = [("tile attention (ILGPU_MEDUSA_ATTENTION=tiles)", extract_json_object(read_text(os.path.join(raw, f"ours-{shape}-tile-attention.out")))),
+        tree_variants = [("tree attention in blocks (ILGPU_MEDUSA_TREE_ATTENTION=blocks)", extract_json_object(read_text(os.path.join(raw, f"ours-{shape}-block-trees.out")))),
                          ("one chunk ahead (ILGPU_MEDUSA_TENSOR_PREFETCH=1)", extract_json_object(read_text(os.path.join(raw, f"ours-{shape}-prefetch1.out")))),
                          ("fixed split target (ILGPU_MEDUSA_TENSOR_SPLITS=fixed)", extract_json_object(read_text(os.path.join(raw, f"ours-{shape}-fixed-splits.out"))))]
         summary["tree_variants"] = {label: {"decode_tokens_per_second": number(doc.get("decode_tokens_per_second")),

@@ -313,7 +313,8 @@ ours_f32cores() {
 # ours_decode_variant NAME MODEL_DIR PROMPT_IDS WANT_S VAR=VALUE: decode only (64 tokens, the 1-node tree step) with one
 # kernel choice switched by its environment variable (ILGPU_MEDUSA_WIDE_GEMV=0: the portable GEMV for 16-bit weights;
 # ILGPU_MEDUSA_GEMV_ROWS=2: the wide GEMV with two rows per warp everywhere, as timed on 2026-11-28;
-# ILGPU_MEDUSA_ATTENTION=blocks / warp: decoding attention in the block kernel / the one-warp kernel), for the report's
+# ILGPU_MEDUSA_DECODE_ATTENTION=per-token / blocks: decoding attention with one group per head and split, as timed on
+# 2026-11-28, / in the block kernel, instead of one warp per head and split), for the report's
 # "decode variants" lines.
 ours_decode_variant() {
   run_step "$1" "$4" env "$5" "${APP[@]}" profile --model "$2" --device "$DEVICE" --prompt-ids "$3" \
@@ -321,7 +322,8 @@ ours_decode_variant() {
 }
 
 # ours_tree_variant NAME MODEL_DIR PROMPT_IDS WANT_S VAR=VALUE: decode and every tree size with one kernel choice
-# switched by its environment variable (ILGPU_MEDUSA_ATTENTION=tiles: T >= 2 attention in the tile kernel;
+# switched by its environment variable (ILGPU_MEDUSA_TREE_ATTENTION=blocks: T >= 2 attention in the block kernel, as
+# timed on 2026-11-28, instead of the tile kernel;
 # ILGPU_MEDUSA_TENSOR_PREFETCH=1: the staged tensor-core matmul with one weight chunk requested ahead instead of four;
 # ILGPU_MEDUSA_TENSOR_SPLITS=fixed: K split for four groups per multiprocessor instead of one wave), with the greedy
 # tokens, for the report's "tree variants" lines (each next to the main run's figures).
@@ -498,12 +500,12 @@ if ((DRY_RUN)); then
         ours_op_times "ours-$shape-ops" "$model" "$prompt_dir/prompt_ids.json" 60
         ours_unfused "$shape" "$model" "$prompt_dir/prompt_ids.json" 60
         ours_f32cores "$shape" "$model" "$prompt_dir/prompt_ids.json" 60
-        ours_tree_variant "ours-$shape-tile-attention" "$model" "$prompt_dir/prompt_ids.json" 60 ILGPU_MEDUSA_ATTENTION=tiles
+        ours_tree_variant "ours-$shape-block-trees" "$model" "$prompt_dir/prompt_ids.json" 60 ILGPU_MEDUSA_TREE_ATTENTION=blocks
       else
         skip_step "ours-$shape-ops" "op times need an ILGPU device (--device opencl)"
         skip_step "ours-$shape-unfused" "fused kernels are an ILGPU device's (--device opencl)"
         skip_step "ours-$shape-f32cores" "tensor cores are an ILGPU device's (--device opencl)"
-        skip_step "ours-$shape-tile-attention" "attention kernels are an ILGPU device's (--device opencl)"
+        skip_step "ours-$shape-block-trees" "attention kernels are an ILGPU device's (--device opencl)"
       fi
     else
       skip_step "ours-$shape" "no runnable app"
@@ -525,6 +527,8 @@ else
   declare -A OPS_S=([7b]=90 [1b]=60)
   # A shape is not started with less than this left of the budget: making its model and our profile need about that.
   declare -A SHAPE_MIN_S=([7b]=150 [1b]=75)
+  LAST_SHAPE=""
+  for shape in "${SHAPE_LIST[@]}"; do [[ $shape != demo ]] && LAST_SHAPE=$shape; done
   for shape in "${SHAPE_LIST[@]}"; do
     if [[ $shape == demo ]]; then demo_stage; continue; fi
     note "== shape $shape"
@@ -552,25 +556,29 @@ else
       else
         skip_step "ours-$shape-ops" "--op-steps 0"
       fi
-      ours_unfused "$shape" "$dir" "$dir/prompt_ids.json" "${OPS_S[$shape]:-60}"
-      ours_f32cores "$shape" "$dir" "$dir/prompt_ids.json" "${OPS_S[$shape]:-60}"
-      # Untimed choices first (they may flip a default), the measured losers last.
-      ours_decode_variant "ours-$shape-warp-attention" "$dir" "$dir/prompt_ids.json" 60 ILGPU_MEDUSA_ATTENTION=warp
-      ours_decode_variant "ours-$shape-gemv-two-rows" "$dir" "$dir/prompt_ids.json" 60 ILGPU_MEDUSA_GEMV_ROWS=2
-      ours_tree_variant "ours-$shape-tile-attention" "$dir" "$dir/prompt_ids.json" 60 ILGPU_MEDUSA_ATTENTION=tiles
-      ours_tree_variant "ours-$shape-prefetch1" "$dir" "$dir/prompt_ids.json" 60 ILGPU_MEDUSA_TENSOR_PREFETCH=1
-      ours_tree_variant "ours-$shape-fixed-splits" "$dir" "$dir/prompt_ids.json" 60 ILGPU_MEDUSA_TENSOR_SPLITS=fixed
-      ours_decode_variant "ours-$shape-copy-uploads" "$dir" "$dir/prompt_ids.json" 60 ILGPU_MEDUSA_SMALL_UPLOADS=0
-      ours_decode_variant "ours-$shape-narrow-gemv" "$dir" "$dir/prompt_ids.json" 60 ILGPU_MEDUSA_WIDE_GEMV=0
-      ours_decode_variant "ours-$shape-block-attention" "$dir" "$dir/prompt_ids.json" 60 ILGPU_MEDUSA_ATTENTION=blocks
     else
       skip_step "ours-$shape" "no runnable app (see the unpack-runtime / devices steps)"
     fi
+    # transformers next (the targets need it: its decode rate, its greedy tokens, its verdict on ours), then, for the
+    # last shape of the list only (the 7B shape in a full run: the targets' shape), the kernel variants: the untimed
+    # choices first (each may flip a default back), the measured comparisons last.
     ours_arg=()
     [[ -s $RAW/ours-$shape.out ]] && ours_arg=(--ours-output "$RAW/ours-$shape.out")
     run_step "hf-eager-$shape" "${HF_S[$shape]:-90}" python3 "$SCRIPTS/hf_reference.py" --model "$dir" --mode eager \
       --greedy-tokens "$GREEDY_TOKENS" --decode-tokens "$DECODE_TOKENS" --copy-bandwidth "${ours_arg[@]}" \
       --out "$RAW/hf-eager-$shape.json"
+    if ((HAVE_APP)) && [[ $shape == "$LAST_SHAPE" ]]; then
+      ours_decode_variant "ours-$shape-per-token-decode" "$dir" "$dir/prompt_ids.json" 60 ILGPU_MEDUSA_DECODE_ATTENTION=per-token
+      ours_decode_variant "ours-$shape-gemv-two-rows" "$dir" "$dir/prompt_ids.json" 60 ILGPU_MEDUSA_GEMV_ROWS=2
+      ours_tree_variant "ours-$shape-block-trees" "$dir" "$dir/prompt_ids.json" 60 ILGPU_MEDUSA_TREE_ATTENTION=blocks
+      ours_tree_variant "ours-$shape-prefetch1" "$dir" "$dir/prompt_ids.json" 60 ILGPU_MEDUSA_TENSOR_PREFETCH=1
+      ours_tree_variant "ours-$shape-fixed-splits" "$dir" "$dir/prompt_ids.json" 60 ILGPU_MEDUSA_TENSOR_SPLITS=fixed
+      ours_decode_variant "ours-$shape-copy-uploads" "$dir" "$dir/prompt_ids.json" 60 ILGPU_MEDUSA_SMALL_UPLOADS=0
+      ours_unfused "$shape" "$dir" "$dir/prompt_ids.json" "${OPS_S[$shape]:-60}"
+      ours_f32cores "$shape" "$dir" "$dir/prompt_ids.json" "${OPS_S[$shape]:-60}"
+      ours_decode_variant "ours-$shape-narrow-gemv" "$dir" "$dir/prompt_ids.json" 60 ILGPU_MEDUSA_WIDE_GEMV=0
+      ours_decode_variant "ours-$shape-block-decode" "$dir" "$dir/prompt_ids.json" 60 ILGPU_MEDUSA_DECODE_ATTENTION=blocks
+    fi
   done
   [[ " ${SHAPE_LIST[*]} " == *" demo "* ]] && demo_bench_host
   # Last, and only with the time that is left: static cache + torch.compile (compiling takes a minute or more).

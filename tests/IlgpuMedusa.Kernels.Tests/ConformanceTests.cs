@@ -455,13 +455,46 @@ public abstract class ConformanceTests
     }
 
     /// <summary>
-    /// Decoding (T = 1) through the block kernel (ILGPU_MEDUSA_ATTENTION=blocks): seven of the block's eight tokens are
-    /// absent; unsplit, split and with the launcher's own choice.
+    /// The portable kernels, the defaults on OpenCL, on every device: decoding with one group per (head, split) and T ≥ 2
+    /// in blocks of 8 tokens (ILGPU_MEDUSA_DECODE_ATTENTION=per-token, ILGPU_MEDUSA_TREE_ATTENTION=blocks), where CUDA and
+    /// the emulator default to the warp and tile kernels: decoding with splits and the one-node mask, a 21-node tree with
+    /// GQA, a causal prefill.
+    /// </summary>
+    [Fact]
+    public void Attention_per_token_decode_and_block_trees_match_host()
+    {
+        using var launcher = new AttentionLauncher(Device.Accelerator, Device.GroupSize, blocks: 2, warpDecode: false, tiles: false);
+        Assert.False(launcher.UsesWarpDecode(1));
+        Assert.False(launcher.UsesTiles(21, Sizes.HeadDims[0]));
+        Assert.False(launcher.UsesBlocks(1));
+        Assert.Equal(Device.GroupSize >= 2 * AttentionKernel.BlockTokens, launcher.UsesBlocks(21));
+        const int nodes = 21;
+        var random = new Random(51);
+        var mask = new int[nodes * nodes];
+        var parent = new int[nodes];
+        for (int i = 0; i < nodes; i++)
+        {
+            parent[i] = i == 0 ? -1 : random.Next(i);
+            for (int a = i; a >= 0; a = parent[a]) mask[i * nodes + a] = 1;
+        }
+        int[] table = [.. Enumerable.Range(0, 12).Select(i => (i * 5 + 3) % 12)];
+        foreach (int? splits in new int?[] { 1, 3, null })
+        {
+            CheckAttention(committed: 37, tokens: 1, heads: 4, kvHeads: 2, headDim: Sizes.HeadDims[^1], blockSize: 8, table: table, mask: null, seed: 52, splits: splits, launcher: launcher);
+            CheckAttention(committed: 22, tokens: 1, heads: 2, kvHeads: 1, headDim: Sizes.HeadDims[0], blockSize: 8, table: table, mask: [1], seed: 53, splits: splits, launcher: launcher);
+            CheckAttention(committed: 23, tokens: nodes, heads: 4, kvHeads: 2, headDim: Sizes.HeadDims[0], blockSize: 8, table: table, mask: mask, seed: 54, splits: splits, launcher: launcher);
+            CheckAttention(committed: 0, tokens: 19, heads: 2, kvHeads: 1, headDim: Sizes.HeadDims[^1], blockSize: 8, table: table, mask: null, seed: 55, splits: splits, launcher: launcher);
+        }
+    }
+
+    /// <summary>
+    /// Decoding (T = 1) through the block kernel (ILGPU_MEDUSA_DECODE_ATTENTION=blocks): seven of the block's eight tokens
+    /// are absent; unsplit, split and with the launcher's own choice.
     /// </summary>
     [Fact]
     public void Attention_decode_in_blocks_matches_host()
     {
-        using var launcher = new AttentionLauncher(Device.Accelerator, Device.GroupSize, blocks: 1);
+        using var launcher = new AttentionLauncher(Device.Accelerator, Device.GroupSize, blocks: 1, warpDecode: false, tiles: false);
         Assert.Equal(Device.GroupSize >= 2 * AttentionKernel.BlockTokens, launcher.UsesBlocks(1));
         foreach (int? splits in new int?[] { 1, 4, null })
             foreach (int dh in Sizes.HeadDims)
@@ -469,7 +502,7 @@ public abstract class ConformanceTests
     }
 
     /// <summary>
-    /// Decoding (T = 1) through the one-warp kernel (ILGPU_MEDUSA_ATTENTION=warp): loaded where warp shuffles run (CUDA,
+    /// Decoding (T = 1) through the one-warp kernel (the default where warp shuffles run): loaded there (CUDA,
     /// the emulator; elsewhere the launcher keeps the other kernels, still checked); unsplit, split, automatic; with the
     /// one-node tree mask too; head dimensions below, at and above one warp's width.
     /// </summary>
@@ -489,8 +522,8 @@ public abstract class ConformanceTests
     }
 
     /// <summary>
-    /// T ≥ 2 through the tile kernel (ILGPU_MEDUSA_ATTENTION=tiles), with tiles of 8, 16 and 32 query rows (groups of 64,
-    /// 128 and 256 threads; the emulator's largest group is 128, so it checks the 256 case's fallback, a GPU the kernel): a 21-node tree (random parents) whose 4 query heads share 2
+    /// T ≥ 2 through the tile kernel (the default where warp shuffles run), with tiles of 8, 16 and 32 query rows (groups
+    /// of 64, 128 and 256 threads; the emulator runs groups of up to 256 threads): a 21-node tree (random parents) whose 4 query heads share 2
     /// key/value heads (42 rows per key/value head, the last tile ragged), one without GQA, a causal prefill of 19
     /// tokens, and 2 tokens whose 3 query heads share one key/value head (a tile's rows cross tokens) after 70 committed
     /// keys (three chunks of 32, the last one partial); unsplit, split, automatic; head dimensions up to the kernel's

@@ -60,3 +60,34 @@ public sealed class MatMulTuningTests
         if (groups > 0) Assert.True((long)groups * splits <= Math.Max(slots, groups));
     }
 }
+
+/// <summary>The attention kernel switches: defaults, accepted values, the retired variable's message.</summary>
+public sealed class AttentionChoiceTests
+{
+    /// <summary>Unset: warp for decoding, tiles for trees; the other values pass; anything else names the variable.</summary>
+    [Fact]
+    public void Choices_parse_with_their_defaults()
+    {
+        Assert.Equal("warp", AttentionLauncher.ParseDecodeChoice(null));
+        Assert.Equal("per-token", AttentionLauncher.ParseDecodeChoice(" Per-Token "));
+        Assert.Equal("blocks", AttentionLauncher.ParseDecodeChoice("blocks"));
+        Assert.Equal("tiles", AttentionLauncher.ParseTreeChoice(""));
+        Assert.Equal("blocks", AttentionLauncher.ParseTreeChoice("blocks"));
+        Assert.Equal("per-token", AttentionLauncher.ParseTreeChoice("per-token"));
+        var e = Assert.Throws<ArgumentException>(() => AttentionLauncher.ParseDecodeChoice("tiles"));
+        Assert.Contains(AttentionLauncher.DecodeKernelVariable, e.Message, StringComparison.Ordinal);
+        e = Assert.Throws<ArgumentException>(() => AttentionLauncher.ParseTreeChoice("warp"));
+        Assert.Contains(AttentionLauncher.TreeKernelVariable, e.Message, StringComparison.Ordinal);
+    }
+
+    /// <summary>ILGPU_MEDUSA_ATTENTION set: an error naming both successors; unset or blank: nothing.</summary>
+    [Fact]
+    public void Retired_variable_names_its_successors()
+    {
+        AttentionLauncher.CheckRetiredVariable(null);
+        AttentionLauncher.CheckRetiredVariable(" ");
+        var e = Assert.Throws<ArgumentException>(() => AttentionLauncher.CheckRetiredVariable("tiles"));
+        Assert.Contains(AttentionLauncher.DecodeKernelVariable, e.Message, StringComparison.Ordinal);
+        Assert.Contains(AttentionLauncher.TreeKernelVariable, e.Message, StringComparison.Ordinal);
+    }
+}

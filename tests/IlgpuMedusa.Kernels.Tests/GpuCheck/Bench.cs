@@ -126,10 +126,10 @@ internal sealed class Bench(Accelerator accelerator, bool quick, Action<string> 
     public void Attention()
     {
         int groupSize = KernelSet.DefaultGroupSize(accelerator);
-        using var perToken = new AttentionLauncher(accelerator, groupSize, blocks: int.MaxValue);
-        using var allBlocks = new AttentionLauncher(accelerator, groupSize, blocks: 1);
-        using var warps = new AttentionLauncher(accelerator, groupSize, warpDecode: true);
-        using var tiles = new AttentionLauncher(accelerator, groupSize, tiles: true);
+        using var perToken = new AttentionLauncher(accelerator, groupSize, blocks: int.MaxValue, warpDecode: false, tiles: false);
+        using var allBlocks = new AttentionLauncher(accelerator, groupSize, blocks: 1, warpDecode: false, tiles: false);
+        using var warps = new AttentionLauncher(accelerator, groupSize, warpDecode: true, tiles: false);
+        using var tiles = new AttentionLauncher(accelerator, groupSize, warpDecode: false, tiles: true);
         const int h = 32, dh = 128, b = 16;
         // (S, T, tree mask, Hkv): Hkv 8 as in GQA models, 32 as in Llama-2-7B (the kit's 7B shape).
         var cases = quick ? new[] { (300, 1, false, 8), (300, 9, true, 8) }

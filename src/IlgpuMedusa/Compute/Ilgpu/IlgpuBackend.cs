@@ -41,7 +41,13 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
         var matmul = _kernels.MatMul;
         string tensor = matmul.TensorCoreError is { } error ? $", tensor cores failed to load ({error[..Math.Min(error.Length, 300)]}): float32 cores"
             : matmul.Tuning.TensorCores != TensorCoreMode.Off ? $", tensor cores {matmul.Tuning.TensorCores.ToString().ToLowerInvariant()}" : "";
-        DeviceName = $"{accelerator.Name} ({IlgpuDeviceInfo.KindText(kind)}, {MemoryText(accelerator)}, warp {accelerator.WarpSize}, group {_kernels.GroupSize}{(fusedOps ? "" : ", unfused")}{tensor})";
+        if (matmul.Tuning.TensorCores != TensorCoreMode.Off && matmul.TensorCoreError is null)
+            tensor += $" (prefetch {matmul.Tuning.TensorPrefetch}, {(matmul.Tuning.TensorWaveSplits ? "wave" : "fixed")} splits)";
+        var attention = _kernels.Attention;
+        string kernels = $", attention {(attention.UsesWarpDecode(1) ? "warp" : attention.UsesBlocks(1) ? "blocks" : "per-token")}/"
+            + $"{(attention.UsesTiles(2, AttentionKernel.TileMaxHeadDim) ? "tiles" : attention.UsesBlocks(2) ? "blocks" : "per-token")}"
+            + (matmul.Tuning.WideVector ? $", GEMV {(!matmul.UsesOneRowGemv(1, 0) ? "2 rows/warp" : matmul.Tuning.WideSingleRowMaxRows == int.MaxValue ? "1 row/warp" : $"1 row/warp up to {matmul.Tuning.WideSingleRowMaxRows} rows")}" : "");
+        DeviceName = $"{accelerator.Name} ({IlgpuDeviceInfo.KindText(kind)}, {MemoryText(accelerator)}, warp {accelerator.WarpSize}, group {_kernels.GroupSize}{(fusedOps ? "" : ", unfused")}{tensor}{kernels})";
     }
 
     /// <inheritdoc />

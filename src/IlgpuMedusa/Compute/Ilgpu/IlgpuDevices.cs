@@ -54,10 +54,10 @@ public static class IlgpuDevices
     public const int EmulatorWarpSize = 32;
 
     /// <summary>
-    /// The emulator device: warp 32, 4 warps per multiprocessor (groups up to 128, the tensor-core kernels' four warps),
-    /// one multiprocessor per core.
+    /// The emulator device: warp 32, 8 warps per multiprocessor (groups up to 256: the tensor-core kernels' four warps and
+    /// the tile attention kernel's eight, as on GPUs), one multiprocessor per core.
     /// </summary>
-    internal static CPUDevice EmulatorDevice { get; } = new(EmulatorWarpSize, 4, Math.Max(1, Environment.ProcessorCount));
+    internal static CPUDevice EmulatorDevice { get; } = new(EmulatorWarpSize, 8, Math.Max(1, Environment.ProcessorCount));
 
     /// <summary>Lists every device with whether it is usable under <paramref name="options"/> (default options when null) and why not.
     /// Creates and frees an accelerator on each candidate to be sure; takes a second or so.</summary>
