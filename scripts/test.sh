@@ -30,8 +30,9 @@ if [ -f tests/tools/llama-tokenizer-js/package.json ] && [ ! -d tests/tools/llam
   npm ci --silent --prefix tests/tools/llama-tokenizer-js
 fi
 
-# NVIDIA's PTX assembler, so that every CUDA kernel is assembled offline for sm_80 and sm_90 (no GPU needed).
-bash scripts/get-ptxas.sh
+# NVIDIA's PTX assembler, so that every CUDA kernel is assembled offline for sm_80 and sm_90 (no GPU needed). Without
+# it the other tests still run and the assembly tests fail, saying how to get it.
+bash scripts/get-ptxas.sh || echo "warning: could not get ptxas (see scripts/get-ptxas.sh); the PtxasChecks tests will fail" >&2
 
 echo "== building"
 dotnet build IlgpuMedusa.sln -c Release -nologo -v quiet

@@ -572,8 +572,8 @@ public sealed class AttentionLauncher : IDisposable
     /// head, token and split) and T ≥ 2 in the block kernel. Neither CUDA default is timed on a GPU yet: the H200 runs of
     /// 2026-11-28 used the per-token kernel for decoding (38 µs per 7B layer at S ≈ 600, 1.22 ms of a 6.75 ms step) and
     /// the block kernel for trees (221 µs per layer at T = 64); the GPU kit times those as variants.
-    /// <paramref name="blocks"/>: the smallest T sent to <see cref="AttentionKernel.Block"/> among what the warp and tile
-    /// kernels leave (1: decoding too; int.MaxValue: never). <paramref name="warpDecode"/>, <paramref name="tiles"/>: force
+    /// <paramref name="blocks"/>: what <see cref="AttentionKernel.Block"/> takes of what the warp and tile kernels leave:
+    /// 1, decoding and T ≥ 2; 2, T ≥ 2; any larger value, nothing (the per-token kernel instead). <paramref name="warpDecode"/>, <paramref name="tiles"/>: force
     /// the warp or tile kernel on or off (on only where it can run).
     /// </summary>
     public AttentionLauncher(Accelerator accelerator, int groupSize, int? blocks = null, bool? warpDecode = null, bool? tiles = null, int? tileGroupSize = null)

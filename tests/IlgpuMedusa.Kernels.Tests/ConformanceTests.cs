@@ -210,8 +210,8 @@ public abstract class ConformanceTests
     /// </summary>
     protected virtual bool TensorCoresAvailable => false;
 
-    /// <summary>(T, N, K) for the tensor-core matmul: every token-tile count, ragged T and N, K of one to three chunks.</summary>
-    protected virtual (int T, int N, int K)[] TensorMatMuls { get; } = [(2, 5, 32), (13, 70, 96), (40, 33, 32), (70, 20, 64), (5, 33, 512), (20, 40, 256)];
+    /// <summary>(T, N, K) for the tensor-core matmul: every token-tile count, ragged T and N, K of one to eighteen chunks.</summary>
+    protected virtual (int T, int N, int K)[] TensorMatMuls { get; } = [(2, 5, 32), (13, 70, 96), (40, 33, 32), (70, 20, 64), (5, 33, 512), (20, 40, 256), (9, 20, 576)];
 
     /// <summary>
     /// The tensor-core kernel against the host: with split inputs (hi + lo fp16) to the float32 tolerance; with inputs
@@ -231,12 +231,14 @@ public abstract class ConformanceTests
         var tuning = MatMulTuning.For(accelerator, Device.GroupSize) with { TensorCores = mode, TensorTargetGroups = 1000, TensorWaveSplits = false };
         using var launcher = new MatMulLauncher(accelerator, tuning);
         using var direct = new MatMulLauncher(accelerator, tuning with { TensorStaged = false });
-        // Every prefetch depth of the staged kernel, unsplit (K = 512: 16 chunks stream through the whole ring of
-        // registers) and split (the fixed target, and one wave as the driver's occupancy gives it).
+        // Every prefetch depth of the staged kernel split (the fixed target: K = 576 leaves a last split of 3 chunks, fewer
+        // than depth 4 keeps in flight; or one wave as the driver's occupancy gives it), and depth 4 unsplit too (K = 512: 16
+        // chunks stream through the whole ring of registers).
         using var depth1 = new MatMulLauncher(accelerator, tuning with { TensorPrefetch = 1 });
         using var depth2 = new MatMulLauncher(accelerator, tuning with { TensorPrefetch = 2, TensorWaveSplits = true });
-        using var depth3 = new MatMulLauncher(accelerator, tuning with { TensorPrefetch = 3, TensorTargetGroups = 1 });
-        using var depth4 = new MatMulLauncher(accelerator, tuning with { TensorPrefetch = 4, TensorTargetGroups = 1 });
+        using var depth3 = new MatMulLauncher(accelerator, tuning with { TensorPrefetch = 3 });
+        using var depth4 = new MatMulLauncher(accelerator, tuning with { TensorPrefetch = 4 });
+        using var depth4Unsplit = new MatMulLauncher(accelerator, tuning with { TensorPrefetch = 4, TensorTargetGroups = 1 });
         using var twin = NewTwin(41);
         if (!TensorCoresAvailable)
         {
@@ -268,7 +270,7 @@ public abstract class ConformanceTests
             var start = Twin.Read(output.Device);
             Accelerators.Host.MatMul(output.Host, hostInput.Host, weight.Host, accumulate);
             foreach (var (name, l) in new[] { ("direct", direct), ("staged, 1 chunk ahead", depth1), ("staged, 2 chunks ahead, split by waves", depth2),
-                ("staged, 3 chunks ahead, unsplit", depth3), ("staged, 4 chunks ahead, unsplit", depth4) })
+                ("staged, 3 chunks ahead", depth3), ("staged, 4 chunks ahead", depth4), ("staged, 4 chunks ahead, unsplit", depth4Unsplit) })
             {
                 var result = Device.Allocate(DType.F32, t, n);
                 try

@@ -67,21 +67,19 @@ public static partial class Ptxas
             foreach (var arg in new[] { "-v", $"-arch={Target(architecture)}", source, "-o", Path.Combine(dir.FullName, "kernel.cubin") })
                 start.ArgumentList.Add(arg);
             using var process = Process.Start(start)!;
+            var stdout = process.StandardOutput.ReadToEndAsync();
             var stderr = process.StandardError.ReadToEndAsync();
-            string output = process.StandardOutput.ReadToEnd();
-            output += stderr.Result;
             if (!process.WaitForExit(120_000))
             {
-                process.Kill();
-                return new Report(false, 0, 0, 0, 0, 0, "ptxas ran past 120 s\n" + output);
+                process.Kill(entireProcessTree: true);
+                return new Report(false, 0, 0, 0, 0, 0, "ptxas ran past 120 s");
             }
-            int Number(Regex pattern)
-            {
-                var m = pattern.Match(output);
-                return m.Success ? int.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture) : 0;
-            }
-            return new Report(process.ExitCode == 0, Number(RegistersPattern()), Number(SharedPattern()), Number(StackPattern()),
-                Number(SpillStoresPattern()), Number(SpillLoadsPattern()), output);
+            string output = stdout.Result + stderr.Result;
+            // Every function's figures count (an entry and any non-inlined .func): the largest of each is reported.
+            int Largest(Regex pattern) => pattern.Matches(output)
+                .Select(m => int.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture)).DefaultIfEmpty(0).Max();
+            return new Report(process.ExitCode == 0, Largest(RegistersPattern()), Largest(SharedPattern()), Largest(StackPattern()),
+                Largest(SpillStoresPattern()), Largest(SpillLoadsPattern()), output);
         }
         finally
         {
