@@ -433,8 +433,9 @@ public sealed class MatMulLauncher : IDisposable
             var resident = kernels.Select(k => accelerator.EstimateMaxActiveGroupsPerMultiprocessor(k.GetKernel(), groupSize)).ToArray();
             return resident.All(r => r > 0) ? resident : null;
         }
-        catch (Exception e) when (e is NotSupportedException or InvalidOperationException or ArgumentException or ILGPU.Runtime.Cuda.CudaException)
+        catch (Exception e) when (e is not OutOfMemoryException)
         {
+            // Only a hint for the K splits: any failure to ask leaves the fixed target in charge.
             return null;
         }
     }

@@ -7,9 +7,9 @@
 # 1. unpacks the carried .NET runtime (as run.sh does); 2. runs the conformance console (GpuCheck) with --kernels-only:
 # the kernel conformance suite on the device, then the GEMV and small-T / prefill matmul timings per kernel path
 # (float32-core skinny and tiled kernels, tensor cores with split and rounded inputs) and attention timings (decode,
-# prefill, trees: one token per group, blocks of 8 tokens, one warp for decoding); 3. writes the PTX of the tensor-core
-# kernels (GpuCheck --dump-ptx) and, when the CUDA toolkit's ptxas is there, prints its register, stack and spill report
-# for sm_90. Output: $OUT/kernels.log (default ./gpu-bench-results). Exit code: GpuCheck's (1 when a conformance check
+# prefill, trees: one token per group, blocks of 8 tokens, one warp for decoding); 3. when a ptxas is there (a CUDA
+# toolkit), GpuCheck --ptxas: every kernel's registers, shared memory, local memory and resident warps for sm_90.
+# Output: $OUT/kernels.log (default ./gpu-bench-results). Exit code: GpuCheck's (1 when a conformance check
 # failed). --local-dotnet runs with the dotnet on PATH instead of the carried runtime.
 # Dry run on a CPU: bash scripts/gpu-bench/kernels.sh --device cpu-emulator --quick --local-dotnet
 set -uo pipefail
@@ -58,16 +58,12 @@ echo "== GpuCheck $DEVICE --kernels-only ${QUICK[*]}"
 timeout 400 "$DOTNET" "$WORK/gpucheck/IlgpuMedusa.Kernels.GpuCheck.dll" "$DEVICE" --kernels-only "${QUICK[@]}"
 status=$?
 
-echo "== PTX of the tensor-core kernels"
-"$DOTNET" "$WORK/gpucheck/IlgpuMedusa.Kernels.GpuCheck.dll" --dump-ptx "$WORK/ptx" >/dev/null || echo "PTX dump failed"
+echo "== registers, shared memory and resident warps per kernel (GpuCheck --ptxas)"
 ptxas=$(command -v ptxas || ls /usr/local/cuda/bin/ptxas 2>/dev/null | head -n1)
-if [[ -n $ptxas && -d $WORK/ptx ]]; then
-  for f in "$WORK"/ptx/*.ptx; do
-    echo "-- ${f##*/}"
-    timeout 120 "$ptxas" -arch=sm_90 -v "$f" -o /dev/null 2>&1 | grep -E "registers|stack|spill|error" | sed 's/^/   /'
-  done
+if [[ -n $ptxas ]]; then
+  timeout 300 "$DOTNET" "$WORK/gpucheck/IlgpuMedusa.Kernels.GpuCheck.dll" --ptxas "$ptxas" || echo "ptxas report: exit $?"
 else
-  echo "no ptxas here: register and spill report skipped"
+  echo "no ptxas here: the report is the same without a GPU (bash scripts/get-ptxas.sh, then GpuCheck --ptxas; docs/benchmarks.md)"
 fi
 echo "== done (GpuCheck exit $status)"
 exit "$status"
