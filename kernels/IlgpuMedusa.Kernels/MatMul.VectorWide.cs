@@ -45,23 +45,10 @@ public static partial class MatMulKernels
         for (; p + 96 < packs; p += 128)
         {
             Pack8 r0 = weight[w0 + p], r1 = weight[w0 + p + 32], r2 = weight[w0 + p + 64], r3 = weight[w0 + p + 96];
-            Quad x = input[x0 + 2 * p], y = input[x0 + 2 * p + 1];
-            Quad u = input[x0 + 2 * p + 64], v = input[x0 + 2 * p + 65];
-            Quad e = input[x0 + 2 * p + 128], f = input[x0 + 2 * p + 129];
-            Quad g = input[x0 + 2 * p + 192], h = input[x0 + 2 * p + 193];
-            if (normed)
-            {
-                squares += (SumOfSquares(x) + SumOfSquares(y)) + (SumOfSquares(u) + SumOfSquares(v))
-                    + (SumOfSquares(e) + SumOfSquares(f)) + (SumOfSquares(g) + SumOfSquares(h));
-                x = Scale(x, norm[2 * p]);
-                y = Scale(y, norm[2 * p + 1]);
-                u = Scale(u, norm[2 * p + 64]);
-                v = Scale(v, norm[2 * p + 65]);
-                e = Scale(e, norm[2 * p + 128]);
-                f = Scale(f, norm[2 * p + 129]);
-                g = Scale(g, norm[2 * p + 192]);
-                h = Scale(h, norm[2 * p + 193]);
-            }
+            InputPack(input, norm, x0, p, normed, ref squares, out var x, out var y);
+            InputPack(input, norm, x0, p + 32, normed, ref squares, out var u, out var v);
+            InputPack(input, norm, x0, p + 64, normed, ref squares, out var e, out var f);
+            InputPack(input, norm, x0, p + 96, normed, ref squares, out var g, out var h);
             a0 += Dot8<TFormat>(r0, x, y);
             a1 += Dot8<TFormat>(r1, u, v);
             a2 += Dot8<TFormat>(r2, e, f);
@@ -69,15 +56,8 @@ public static partial class MatMulKernels
         }
         for (; p < packs; p += 32)
         {
-            Pack8 r0 = weight[w0 + p];
-            Quad x = input[x0 + 2 * p], y = input[x0 + 2 * p + 1];
-            if (normed)
-            {
-                squares += SumOfSquares(x) + SumOfSquares(y);
-                x = Scale(x, norm[2 * p]);
-                y = Scale(y, norm[2 * p + 1]);
-            }
-            a0 += Dot8<TFormat>(r0, x, y);
+            InputPack(input, norm, x0, p, normed, ref squares, out var x, out var y);
+            a0 += Dot8<TFormat>(weight[w0 + p], x, y);
         }
         float sum = (a0 + a1) + (a2 + a3);
         for (int offset = 16; offset > 0; offset >>= 1)
@@ -146,13 +126,7 @@ public static partial class MatMulKernels
         if (p < packs)
         {
             Pack8 ra = weight[wa + p], rb = weight[wb + p];
-            Quad x = input[x0 + 2 * p], y = input[x0 + 2 * p + 1];
-            if (normed)
-            {
-                squares += SumOfSquares(x) + SumOfSquares(y);
-                x = Scale(x, norm[2 * p]);
-                y = Scale(y, norm[2 * p + 1]);
-            }
+            InputPack(input, norm, x0, p, normed, ref squares, out var x, out var y);
             a0 += Dot8<TFormat>(ra, x, y);
             b0 += Dot8<TFormat>(rb, x, y);
         }
@@ -184,6 +158,21 @@ public static partial class MatMulKernels
         var f = default(TFormat);
         return f.First(w.P0) * x.X + f.Second(w.P0) * x.Y + f.First(w.P1) * x.Z + f.Second(w.P1) * x.W
             + f.First(w.P2) * y.X + f.Second(w.P2) * y.Y + f.First(w.P3) * y.Z + f.Second(w.P3) * y.W;
+    }
+
+    /// <summary>
+    /// The two input quads of pack p (columns 8p .. 8p + 7) of the row starting at quad x0; when normed, their squares are
+    /// added to <paramref name="squares"/> and they come back scaled by the norm weights (the 1/rms factor is applied to
+    /// the finished sum).
+    /// </summary>
+    private static void InputPack(ArrayView<Quad> input, ArrayView<Quad> norm, long x0, int p, bool normed, ref float squares, out Quad x, out Quad y)
+    {
+        x = input[x0 + 2 * p];
+        y = input[x0 + 2 * p + 1];
+        if (!normed) return;
+        squares += SumOfSquares(x) + SumOfSquares(y);
+        x = Scale(x, norm[2 * p]);
+        y = Scale(y, norm[2 * p + 1]);
     }
 
     private static float SumOfSquares(Quad x) => x.X * x.X + x.Y * x.Y + x.Z * x.Z + x.W * x.W;

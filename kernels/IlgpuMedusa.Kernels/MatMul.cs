@@ -152,7 +152,7 @@ public readonly record struct MatMulTuning(int GroupSize, int SkinnyGroupSize, i
     /// (<see cref="MatMulKernels.VectorWideRow{TFormat, TMode}"/>); beyond, and for SwiGLU pairs, two rows per warp. The
     /// default 16384 sends a 7B model's QKV (12,288 rows), output and down projections (4,096) to one row per warp: the
     /// two-row kernel gave the 4096-row ones 2,048 warps, under half of what an H200 keeps resident (32 per
-    /// multiprocessor at ptxas's 52-60 registers), and they streamed at 2.1-2.8 TB/s where the 22,016-row gate/up
+    /// multiprocessor at ptxas's 51-62 registers), and they streamed at 2.1-2.8 TB/s where the 22,016-row gate/up
     /// matrix (11,008 warps) reached 3.5 (H200, 2026-11-28, `profile --op-times`). Not yet timed on a GPU;
     /// <see cref="WideRowsVariable"/> = 2 restores the two-row kernel everywhere, 1 sends every plain or normed GEMV to
     /// one row per warp.

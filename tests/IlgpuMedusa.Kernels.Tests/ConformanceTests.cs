@@ -471,14 +471,7 @@ public abstract class ConformanceTests
         Assert.False(launcher.UsesBlocks(1));
         Assert.Equal(Device.GroupSize >= 2 * AttentionKernel.BlockTokens, launcher.UsesBlocks(21));
         const int nodes = 21;
-        var random = new Random(51);
-        var mask = new int[nodes * nodes];
-        var parent = new int[nodes];
-        for (int i = 0; i < nodes; i++)
-        {
-            parent[i] = i == 0 ? -1 : random.Next(i);
-            for (int a = i; a >= 0; a = parent[a]) mask[i * nodes + a] = 1;
-        }
+        var mask = RandomTreeMask(nodes, seed: 51);
         int[] table = [.. Enumerable.Range(0, 12).Select(i => (i * 5 + 3) % 12)];
         foreach (int? splits in new int?[] { 1, 3, null })
         {
@@ -546,14 +539,7 @@ public abstract class ConformanceTests
         Assert.False(launcher.UsesTiles(1, 8));
         Assert.False(launcher.UsesTiles(2, AttentionKernel.TileMaxHeadDim + 1));
         const int nodes = 21;
-        var random = new Random(41);
-        var mask = new int[nodes * nodes];
-        var parent = new int[nodes];
-        for (int i = 0; i < nodes; i++)
-        {
-            parent[i] = i == 0 ? -1 : random.Next(i);
-            for (int a = i; a >= 0; a = parent[a]) mask[i * nodes + a] = 1;
-        }
+        var mask = RandomTreeMask(nodes, seed: 41);
         const int blockSize = 8;
         int blocks = (70 + nodes + blockSize - 1) / blockSize;
         var table = Enumerable.Range(0, blocks).Select(i => (i * 5 + 3) % blocks).ToArray();
@@ -599,6 +585,20 @@ public abstract class ConformanceTests
             1, 0, 1,
         ];
         CheckAttention(committed: s, tokens: 3, heads: 2, kvHeads: 2, headDim: Sizes.HeadDims[^1], blockSize: 16, table: table, mask: mask, seed: 22, splits: Math.Min(splits, 8));
+    }
+
+    /// <summary>The [T, T] attention mask of a random tree of T nodes (node i's parent drawn from 0 .. i − 1): its ancestors and itself.</summary>
+    private static int[] RandomTreeMask(int nodes, int seed)
+    {
+        var random = new Random(seed);
+        var mask = new int[nodes * nodes];
+        var parent = new int[nodes];
+        for (int i = 0; i < nodes; i++)
+        {
+            parent[i] = i == 0 ? -1 : random.Next(i);
+            for (int a = i; a >= 0; a = parent[a]) mask[i * nodes + a] = 1;
+        }
+        return mask;
     }
 
     private void CheckAttention(int committed, int tokens, int heads, int kvHeads, int headDim, int blockSize, int[] table, int[]? mask, int seed, int? splits = null,
