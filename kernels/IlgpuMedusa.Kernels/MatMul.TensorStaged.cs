@@ -145,50 +145,46 @@ public static partial class MatMulKernels
                 p0 = LoadStage<TInput>(inputHi, inputLo, x0 + 4L * (c + 1), has0, p0);
                 p1 = LoadStage<TInput>(inputHi, inputLo, x1 + 4L * (c + 1), has1, p1);
             }
-            long ahead = 4L * (c + depth);
-            bool load = c + depth < end;
-            if (depth == 1)
-            {
-                if (load)
-                {
-                    n1a = weight[wa + ahead];
-                    n1b = weight[wb + ahead];
-                }
-            }
-            else
+            // The ring moves up one chunk (D is a constant: the shifts past it vanish), then chunk c + D is requested
+            // into its last slot.
+            if (depth > 1)
             {
                 n1a = n2a;
                 n1b = n2b;
-                if (depth == 2)
+            }
+            if (depth > 2)
+            {
+                n2a = n3a;
+                n2b = n3b;
+            }
+            if (depth > 3)
+            {
+                n3a = n4a;
+                n3b = n4b;
+            }
+            if (c + depth < end)
+            {
+                long ahead = 4L * (c + depth);
+                Pack8 la = weight[wa + ahead], lb = weight[wb + ahead];
+                if (depth == 1)
                 {
-                    if (load)
-                    {
-                        n2a = weight[wa + ahead];
-                        n2b = weight[wb + ahead];
-                    }
+                    n1a = la;
+                    n1b = lb;
+                }
+                else if (depth == 2)
+                {
+                    n2a = la;
+                    n2b = lb;
+                }
+                else if (depth == 3)
+                {
+                    n3a = la;
+                    n3b = lb;
                 }
                 else
                 {
-                    n2a = n3a;
-                    n2b = n3b;
-                    if (depth == 3)
-                    {
-                        if (load)
-                        {
-                            n3a = weight[wa + ahead];
-                            n3b = weight[wb + ahead];
-                        }
-                    }
-                    else
-                    {
-                        n3a = n4a;
-                        n3b = n4b;
-                        if (load)
-                        {
-                            n4a = weight[wa + ahead];
-                            n4b = weight[wb + ahead];
-                        }
-                    }
+                    n4a = la;
+                    n4b = lb;
                 }
             }
             // Token tile j: lane (g, q) takes token 8j + g, pack q of the chunk.
