@@ -1,4 +1,5 @@
 using IlgpuMedusa.Compute;
+using IlgpuMedusa.Models;
 
 namespace IlgpuMedusa.Scheduling;
 
@@ -41,10 +42,11 @@ public sealed class KvBlockPool : IDisposable
         _free = new Stack<int>(Enumerable.Range(0, layout.BlockCount).Reverse());
     }
 
-    /// <summary>Sizes a pool from a byte budget: as many blocks as fit.</summary>
-    public static KvBlockPool FromBudget(IComputeBackend backend, int layers, int kvHeads, int headDim, int blockSize, long budgetBytes)
+    /// <summary>Sizes a pool from a byte budget: as many blocks as fit, with elements of <paramref name="elementType"/> (F32 or F16).</summary>
+    public static KvBlockPool FromBudget(IComputeBackend backend, int layers, int kvHeads, int headDim, int blockSize, long budgetBytes,
+        DType elementType = DType.F32)
     {
-        var probe = new KvCacheLayout(layers, kvHeads, headDim, blockSize, 1);
+        var probe = new KvCacheLayout(layers, kvHeads, headDim, blockSize, 1, KvCacheLayout.CheckElementType(elementType, "KV block pool"));
         long blocks = budgetBytes / probe.BytesPerBlock;
         if (blocks < 1)
             throw new KvPoolExhaustedException(

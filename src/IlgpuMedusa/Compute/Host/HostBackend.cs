@@ -542,7 +542,9 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
     }
 
     /// <inheritdoc />
-    public KvCache AllocateKvCache(KvCacheLayout layout) => new HostKvCache(this, layout);
+    public KvCache AllocateKvCache(KvCacheLayout layout) => layout.ElementType == DType.F32
+        ? new HostKvCache(this, layout)
+        : throw new ArgumentException($"KV cache elements of {layout.ElementType}: not yet on the host backend", nameof(layout));
 
     /// <inheritdoc />
     public void Synchronize()

@@ -388,10 +388,12 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
     {
         ArgumentNullException.ThrowIfNull(layout);
         ObjectDisposedException.ThrowIf(_disposed, this);
+        if (layout.ElementType != Models.DType.F32)
+            throw new ArgumentException($"KV cache elements of {layout.ElementType}: not yet on {DeviceName}", nameof(layout));
         MemoryBuffer1D<float, Stride1D.Dense> buffer;
         try
         {
-            buffer = _accelerator.Allocate1D<float>(Math.Max(1, layout.TotalFloats));
+            buffer = _accelerator.Allocate1D<float>(Math.Max(1, layout.TotalElements));
         }
         catch (Exception e) when (e is not ArgumentException)
         {
@@ -724,7 +726,7 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
         var s = Own(sources);
         var l = c.Layout;
         Shapes.KvCompact(l, table, s, destinationStart);
-        var args = new KvCompactArgs(2 * l.Layers, l.FloatsPerLayerPart, l.KvDim, l.BlockSize, s.Rows, destinationStart);
+        var args = new KvCompactArgs(2 * l.Layers, l.ElementsPerLayerPart, l.KvDim, l.BlockSize, s.Rows, destinationStart);
         int op = Begin("kvcompact", s.Rows, l.KvDim);
         _kernels.KvCompact.Launch(_stream, c.All, table.Ints, s.Ints, args);
         End(op);

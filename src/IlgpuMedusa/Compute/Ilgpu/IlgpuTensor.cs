@@ -77,7 +77,7 @@ internal sealed class IlgpuKvCache : KvCache
     public ArrayView<float> All => _buffer.View;
 
     /// <summary>One layer's keys (part 0) or values (part 1): [slots, KvDim].</summary>
-    public ArrayView<float> Plane(int layer, int part) => All.SubView(Layout.PartOffset(layer, part), Layout.FloatsPerLayerPart);
+    public ArrayView<float> Plane(int layer, int part) => All.SubView(Layout.PartOffset(layer, part), Layout.ElementsPerLayerPart);
 
     public override void ReadSlot(int layer, int part, int physicalSlot, Span<float> destination)
     {
