@@ -24,17 +24,20 @@ internal readonly struct LaneSlice
 
     public readonly float A0, A1, A2, A3, A4, A5, A6, A7;
 
-    /// <summary>Loads dimensions lane + 32i (those below Dh; 0 beyond) of the row at offset.</summary>
-    public static LaneSlice Load(ArrayView<float> view, long offset, int lane, int dh, float scale)
+    /// <summary>Loads dimensions lane + 32i (those below Dh; 0 beyond) of the row at offset, decoded to float32, times scale.</summary>
+    public static LaneSlice Load<TElement, TFormat>(ArrayView<TElement> view, long offset, int lane, int dh, float scale)
+        where TElement : unmanaged
+        where TFormat : struct, IElementFormat<TElement>
     {
-        float a0 = lane < dh ? view[offset + lane] * scale : 0f;
-        float a1 = lane + 32 < dh ? view[offset + lane + 32] * scale : 0f;
-        float a2 = lane + 64 < dh ? view[offset + lane + 64] * scale : 0f;
-        float a3 = lane + 96 < dh ? view[offset + lane + 96] * scale : 0f;
-        float a4 = lane + 128 < dh ? view[offset + lane + 128] * scale : 0f;
-        float a5 = lane + 160 < dh ? view[offset + lane + 160] * scale : 0f;
-        float a6 = lane + 192 < dh ? view[offset + lane + 192] * scale : 0f;
-        float a7 = lane + 224 < dh ? view[offset + lane + 224] * scale : 0f;
+        var f = default(TFormat);
+        float a0 = lane < dh ? f.Decode(view[offset + lane]) * scale : 0f;
+        float a1 = lane + 32 < dh ? f.Decode(view[offset + lane + 32]) * scale : 0f;
+        float a2 = lane + 64 < dh ? f.Decode(view[offset + lane + 64]) * scale : 0f;
+        float a3 = lane + 96 < dh ? f.Decode(view[offset + lane + 96]) * scale : 0f;
+        float a4 = lane + 128 < dh ? f.Decode(view[offset + lane + 128]) * scale : 0f;
+        float a5 = lane + 160 < dh ? f.Decode(view[offset + lane + 160]) * scale : 0f;
+        float a6 = lane + 192 < dh ? f.Decode(view[offset + lane + 192]) * scale : 0f;
+        float a7 = lane + 224 < dh ? f.Decode(view[offset + lane + 224]) * scale : 0f;
         return new LaneSlice(a0, a1, a2, a3, a4, a5, a6, a7);
     }
 
@@ -93,8 +96,10 @@ public static partial class AttentionKernel
     /// <param name="blockTable">I32[blocks].</param>
     /// <param name="mask">I32[1, 1] (ignored when args.HasMask is 0).</param>
     /// <param name="args">Shapes (T = 1).</param>
-    public static void Decode(ArrayView<float> output, ArrayView<float> partials, ArrayView<float> qkv, ArrayView<float> keys, ArrayView<float> values,
+    public static void Decode<TKv, TFormat>(ArrayView<float> output, ArrayView<float> partials, ArrayView<float> qkv, ArrayView<TKv> keys, ArrayView<TKv> values,
         ArrayView<int> blockTable, ArrayView<int> mask, AttentionArgs args)
+        where TKv : unmanaged
+        where TFormat : struct, IKvFormat<TKv>
     {
         int lane = Warp.LaneIdx;
         int head = Grid.IdxX;
@@ -102,7 +107,7 @@ public static partial class AttentionKernel
         int dh = args.HeadDim;
         int kvDim = args.KvHeads * dh;
         long headOffset = (long)(head / (args.Heads / args.KvHeads)) * dh;
-        var query = LaneSlice.Load(qkv, (long)head * dh, lane, dh, args.Scale);
+        var query = LaneSlice.Load<float, F32Format>(qkv, (long)head * dh, lane, dh, args.Scale);
         int keyCount = args.Committed + 1;
         int perSplit = (keyCount + args.Splits - 1) / args.Splits;
         int begin = split * perSplit;
@@ -118,14 +123,14 @@ public static partial class AttentionKernel
             long o1 = KeyRowOffset(blockTable, args, key + 1, end, kvDim, headOffset);
             long o2 = KeyRowOffset(blockTable, args, key + 2, end, kvDim, headOffset);
             long o3 = KeyRowOffset(blockTable, args, key + 3, end, kvDim, headOffset);
-            var k0 = LaneSlice.Load(keys, o0, lane, dh, 1f);
-            var k1 = LaneSlice.Load(keys, o1, lane, dh, 1f);
-            var k2 = LaneSlice.Load(keys, o2, lane, dh, 1f);
-            var k3 = LaneSlice.Load(keys, o3, lane, dh, 1f);
-            var v0 = LaneSlice.Load(values, o0, lane, dh, 1f);
-            var v1 = LaneSlice.Load(values, o1, lane, dh, 1f);
-            var v2 = LaneSlice.Load(values, o2, lane, dh, 1f);
-            var v3 = LaneSlice.Load(values, o3, lane, dh, 1f);
+            var k0 = LaneSlice.Load<TKv, TFormat>(keys, o0, lane, dh, 1f);
+            var k1 = LaneSlice.Load<TKv, TFormat>(keys, o1, lane, dh, 1f);
+            var k2 = LaneSlice.Load<TKv, TFormat>(keys, o2, lane, dh, 1f);
+            var k3 = LaneSlice.Load<TKv, TFormat>(keys, o3, lane, dh, 1f);
+            var v0 = LaneSlice.Load<TKv, TFormat>(values, o0, lane, dh, 1f);
+            var v1 = LaneSlice.Load<TKv, TFormat>(values, o1, lane, dh, 1f);
+            var v2 = LaneSlice.Load<TKv, TFormat>(values, o2, lane, dh, 1f);
+            var v3 = LaneSlice.Load<TKv, TFormat>(values, o3, lane, dh, 1f);
             float s0 = query.Dot(k0), s1 = query.Dot(k1), s2 = query.Dot(k2), s3 = query.Dot(k3);
             for (int offset = 16; offset > 0; offset >>= 1)
             {

@@ -42,8 +42,10 @@ public static partial class AttentionKernel
     /// <param name="blockTable">I32[blocks].</param>
     /// <param name="mask">I32[T, T] (ignored when args.HasMask is 0).</param>
     /// <param name="args">Shapes.</param>
-    public static void Tiles(ArrayView<float> output, ArrayView<float> partials, ArrayView<float> qkv, ArrayView<float> keys, ArrayView<float> values,
+    public static void Tiles<TKv, TFormat>(ArrayView<float> output, ArrayView<float> partials, ArrayView<float> qkv, ArrayView<TKv> keys, ArrayView<TKv> values,
         ArrayView<int> blockTable, ArrayView<int> mask, AttentionArgs args)
+        where TKv : unmanaged
+        where TFormat : struct, IKvFormat<TKv>
     {
         var query = SharedMemory.Allocate<float>(TileMaxGroupSize / 8 * TileStride); // [row][d], scaled by 1/√Dh
         var tile = SharedMemory.Allocate<float>(TileKeys * TileStride);              // [key][d]: the chunk's keys, then its values
@@ -51,6 +53,7 @@ public static partial class AttentionKernel
         var slotOffset = SharedMemory.Allocate<long>(TileKeys);
 
         int tid = Group.IdxX;
+        var kv = default(TFormat);
         int groupSize = Group.DimX;
         int tileRows = groupSize / 8;
         int kvHead = Grid.IdxX;
@@ -102,7 +105,7 @@ public static partial class AttentionKernel
             for (int k = firstKey, d = firstDim; k < TileKeys; k += stepKeys, d += stepDims)
             {
                 if (d >= dh) { d -= dh; k++; if (k >= TileKeys) break; }
-                tile[k * TileStride + d] = keys[slotOffset[k] + d];
+                tile[k * TileStride + d] = kv.Decode(keys[slotOffset[k] + d]);
             }
             Group.Barrier();
 
@@ -168,7 +171,7 @@ public static partial class AttentionKernel
             for (int k = firstKey, d = firstDim; k < TileKeys; k += stepKeys, d += stepDims)
             {
                 if (d >= dh) { d -= dh; k++; if (k >= TileKeys) break; }
-                tile[k * TileStride + d] = values[slotOffset[k] + d];
+                tile[k * TileStride + d] = kv.Decode(values[slotOffset[k] + d]);
             }
             Group.Barrier();
 

@@ -84,8 +84,10 @@ public static partial class AttentionKernel
     /// <param name="blockTable">I32[blocks].</param>
     /// <param name="mask">I32[T, T] (ignored when args.HasMask is 0).</param>
     /// <param name="args">Shapes.</param>
-    public static void Run(ArrayView<float> output, ArrayView<float> partials, ArrayView<float> qkv, ArrayView<float> keys, ArrayView<float> values,
+    public static void Run<TKv, TFormat>(ArrayView<float> output, ArrayView<float> partials, ArrayView<float> qkv, ArrayView<TKv> keys, ArrayView<TKv> values,
         ArrayView<int> blockTable, ArrayView<int> mask, AttentionArgs args)
+        where TKv : unmanaged
+        where TFormat : struct, IKvFormat<TKv>
     {
         var query = SharedMemory.Allocate<float>(KernelLimits.MaxHeadDim);      // q · 1/√Dh
         var sum = SharedMemory.Allocate<float>(KernelLimits.MaxHeadDim);        // Σ p·v so far, relative to the running max
@@ -96,6 +98,7 @@ public static partial class AttentionKernel
         var partial = SharedMemory.Allocate<float>(PartialFloats);              // [parts, Dh] ≤ 4·G floats
 
         int tid = Group.IdxX;
+        var kv = default(TFormat);
         int groupSize = Group.DimX;
         int head = Grid.IdxX;
         int token = Grid.IdxY;
@@ -141,12 +144,12 @@ public static partial class AttentionKernel
                 int d = 0;
                 for (; d + 4 <= dh; d += 4)
                 {
-                    dot0 += query[d] * keys[offset + d];
-                    dot1 += query[d + 1] * keys[offset + d + 1];
-                    dot2 += query[d + 2] * keys[offset + d + 2];
-                    dot3 += query[d + 3] * keys[offset + d + 3];
+                    dot0 += query[d] * kv.Decode(keys[offset + d]);
+                    dot1 += query[d + 1] * kv.Decode(keys[offset + d + 1]);
+                    dot2 += query[d + 2] * kv.Decode(keys[offset + d + 2]);
+                    dot3 += query[d + 3] * kv.Decode(keys[offset + d + 3]);
                 }
-                for (; d < dh; d++) dot0 += query[d] * keys[offset + d];
+                for (; d < dh; d++) dot0 += query[d] * kv.Decode(keys[offset + d]);
                 score = (dot0 + dot1) + (dot2 + dot3);
             }
             slotOffset[tid] = offset;
@@ -192,8 +195,8 @@ public static partial class AttentionKernel
                         {
                             long first = slotOffset[k] + d, second = slotOffset[k + parts] + d;
                             float p = probability[k], r = probability[k + parts];
-                            float v0 = values[first], v1 = values[first + 1], v2 = values[first + 2], v3 = values[first + 3];
-                            float w0 = values[second], w1 = values[second + 1], w2 = values[second + 2], w3 = values[second + 3];
+                            float v0 = kv.Decode(values[first]), v1 = kv.Decode(values[first + 1]), v2 = kv.Decode(values[first + 2]), v3 = kv.Decode(values[first + 3]);
+                            float w0 = kv.Decode(values[second]), w1 = kv.Decode(values[second + 1]), w2 = kv.Decode(values[second + 2]), w3 = kv.Decode(values[second + 3]);
                             a0 += p * v0 + r * w0;
                             a1 += p * v1 + r * w1;
                             a2 += p * v2 + r * w2;
@@ -203,10 +206,10 @@ public static partial class AttentionKernel
                         {
                             long at = slotOffset[k] + d;
                             float p = probability[k];
-                            a0 += p * values[at];
-                            a1 += p * values[at + 1];
-                            a2 += p * values[at + 2];
-                            a3 += p * values[at + 3];
+                            a0 += p * kv.Decode(values[at]);
+                            a1 += p * kv.Decode(values[at + 1]);
+                            a2 += p * kv.Decode(values[at + 2]);
+                            a3 += p * kv.Decode(values[at + 3]);
                         }
                         partial[part * dh + d] = a0;
                         partial[part * dh + d + 1] = a1;
@@ -219,7 +222,7 @@ public static partial class AttentionKernel
                         for (int e = d; e < dh; e++)
                         {
                             float acc = 0f;
-                            for (int k = part; k < count; k += parts) acc += probability[k] * values[slotOffset[k] + e];
+                            for (int k = part; k < count; k += parts) acc += probability[k] * kv.Decode(values[slotOffset[k] + e]);
                             partial[part * dh + e] = acc;
                         }
                     }
@@ -282,8 +285,10 @@ public static partial class AttentionKernel
     /// <param name="blockTable">I32[blocks].</param>
     /// <param name="mask">I32[T, T] (ignored when args.HasMask is 0).</param>
     /// <param name="args">Shapes.</param>
-    public static void Block(ArrayView<float> output, ArrayView<float> partials, ArrayView<float> qkv, ArrayView<float> keys, ArrayView<float> values,
+    public static void Block<TKv, TFormat>(ArrayView<float> output, ArrayView<float> partials, ArrayView<float> qkv, ArrayView<TKv> keys, ArrayView<TKv> values,
         ArrayView<int> blockTable, ArrayView<int> mask, AttentionArgs args)
+        where TKv : unmanaged
+        where TFormat : struct, IKvFormat<TKv>
     {
         var query = SharedMemory.Allocate<float>(BlockTokens * KernelLimits.MaxHeadDim); // [token][d], scaled by 1/√Dh
         var sum = SharedMemory.Allocate<float>(BlockTokens * KernelLimits.MaxHeadDim);   // [token][d], Σ p·v so far
@@ -297,6 +302,7 @@ public static partial class AttentionKernel
         var rescale = SharedMemory.Allocate<float>(BlockTokens);
 
         int tid = Group.IdxX;
+        var kv = default(TFormat);
         int groupSize = Group.DimX;
         int chunkKeys = groupSize / BlockTokens;
         int head = Grid.IdxX;
@@ -349,7 +355,7 @@ public static partial class AttentionKernel
                 {
                     int k = i / width;
                     int d = i - k * width;
-                    keyTile[k * (StageDims + 1) + d] = keys[slotOffset[k] + d0 + d];
+                    keyTile[k * (StageDims + 1) + d] = kv.Decode(keys[slotOffset[k] + d0 + d]);
                 }
                 Group.Barrier();
                 if (visible)
@@ -416,8 +422,8 @@ public static partial class AttentionKernel
                     {
                         long first = slotOffset[k] + d, second = slotOffset[k + 1] + d;
                         float p = probability[row + k], q = probability[row + k + 1];
-                        float v0 = values[first], v1 = values[first + 1], v2 = values[first + 2], v3 = values[first + 3];
-                        float w0 = values[second], w1 = values[second + 1], w2 = values[second + 2], w3 = values[second + 3];
+                        float v0 = kv.Decode(values[first]), v1 = kv.Decode(values[first + 1]), v2 = kv.Decode(values[first + 2]), v3 = kv.Decode(values[first + 3]);
+                        float w0 = kv.Decode(values[second]), w1 = kv.Decode(values[second + 1]), w2 = kv.Decode(values[second + 2]), w3 = kv.Decode(values[second + 3]);
                         a0 += p * v0 + q * w0;
                         a1 += p * v1 + q * w1;
                         a2 += p * v2 + q * w2;
@@ -427,10 +433,10 @@ public static partial class AttentionKernel
                     {
                         long first = slotOffset[k] + d;
                         float p = probability[row + k];
-                        a0 += p * values[first];
-                        a1 += p * values[first + 1];
-                        a2 += p * values[first + 2];
-                        a3 += p * values[first + 3];
+                        a0 += p * kv.Decode(values[first]);
+                        a1 += p * kv.Decode(values[first + 1]);
+                        a2 += p * kv.Decode(values[first + 2]);
+                        a3 += p * kv.Decode(values[first + 3]);
                     }
                     sum[at] = sum[at] * r + a0;
                     sum[at + 1] = sum[at + 1] * r + a1;
@@ -443,7 +449,7 @@ public static partial class AttentionKernel
                     for (int e = d; e < dh; e++)
                     {
                         float acc = 0f;
-                        for (int k = 0; k < count; k++) acc += probability[row + k] * values[slotOffset[k] + e];
+                        for (int k = 0; k < count; k++) acc += probability[row + k] * kv.Decode(values[slotOffset[k] + e]);
                         sum[(long)t * dh + e] = sum[(long)t * dh + e] * r + acc;
                     }
                 }
@@ -513,8 +519,20 @@ public sealed class AttentionLauncher : IDisposable
     /// <summary>Most splits of one (head, token).</summary>
     public const int MaxSplits = 64;
 
-    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, AttentionArgs> _kernel;
-    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, AttentionArgs> _block;
+    /// <summary>The attention kernels of one KV element type (TKv: float, or ushort for binary16 bits).</summary>
+    private sealed class Family<TKv>
+        where TKv : unmanaged
+    {
+        public required Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<TKv>, ArrayView<TKv>, ArrayView<int>, ArrayView<int>, AttentionArgs> Run { get; init; }
+        public required Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<TKv>, ArrayView<TKv>, ArrayView<int>, ArrayView<int>, AttentionArgs> Block { get; init; }
+        public Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<TKv>, ArrayView<TKv>, ArrayView<int>, ArrayView<int>, AttentionArgs>? Decode { get; init; }
+        public Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<TKv>, ArrayView<TKv>, ArrayView<int>, ArrayView<int>, AttentionArgs>? Tiles { get; init; }
+    }
+
+    private readonly Family<float> _f32;
+    private Family<ushort>? _f16;
+    private readonly bool _loadWarp;
+    private readonly bool _loadTiles;
     private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>, AttentionArgs> _combine;
     private readonly Accelerator _accelerator;
     private MemoryBuffer1D<float, Stride1D.Dense> _partials;
@@ -522,9 +540,7 @@ public sealed class AttentionLauncher : IDisposable
     private readonly int _targetGroups;
     private readonly bool _decodeBlocks;
     private readonly bool _treeBlocks;
-    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, AttentionArgs>? _decode;
     private readonly int _decodeTargetGroups;
-    private readonly Action<AcceleratorStream, KernelConfig, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, AttentionArgs>? _tiles;
     private readonly int _tileGroupSize;
 
     /// <summary>Environment variable choosing the decoding (T = 1) attention kernel: warp, per-token or blocks.</summary>
@@ -594,32 +610,51 @@ public sealed class AttentionLauncher : IDisposable
         // One-warp groups: 32 per multiprocessor.
         _decodeTargetGroups = 32 * Math.Max(1, accelerator.NumMultiprocessors);
         MaxSplitGroups = Math.Max(256, _targetGroups);
-        _kernel = KernelLoader.Load(accelerator, AttentionKernel.Run,
-            () => accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, AttentionArgs>(AttentionKernel.Run));
-        _block = KernelLoader.Load(accelerator, AttentionKernel.Block,
-            () => accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, AttentionArgs>(AttentionKernel.Block));
         bool warpCapable = accelerator.AcceleratorType is AcceleratorType.Cuda or AcceleratorType.CPU && accelerator.WarpSize == 32;
-        if (warpDecode.Value && warpCapable)
-        {
-            _decode = KernelLoader.Load(accelerator, AttentionKernel.Decode,
-                () => accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, AttentionArgs>(AttentionKernel.Decode));
-        }
+        _loadWarp = warpDecode.Value && warpCapable;
         int tileLimit = Math.Min(accelerator.MaxNumThreadsPerGroup, AttentionKernel.TileMaxGroupSize);
         // The CPU emulator runs a group's threads as OS threads that meet at every barrier (five per 32 keys here): it
         // defaults to the smallest tiles; the conformance suite runs the larger ones explicitly.
         _tileGroupSize = tileGroupSize ?? (accelerator.AcceleratorType == AcceleratorType.CPU ? 64 : tileLimit >= 256 ? 256 : tileLimit >= 128 ? 128 : 64);
-        if (tiles.Value && warpCapable && accelerator.MaxNumThreadsPerGroup >= 64)
-        {
-            if (_tileGroupSize is not (64 or 128 or 256) || _tileGroupSize > accelerator.MaxNumThreadsPerGroup)
-                throw new ArgumentException($"Attention: tile groups of {_tileGroupSize} threads; expected 64, 128 or 256, at most the device's {accelerator.MaxNumThreadsPerGroup}");
-            _tiles = KernelLoader.Load(accelerator, AttentionKernel.Tiles,
-                () => accelerator.LoadKernel<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, AttentionArgs>(AttentionKernel.Tiles));
-        }
+        _loadTiles = tiles.Value && warpCapable && accelerator.MaxNumThreadsPerGroup >= 64;
+        if (_loadTiles && (_tileGroupSize is not (64 or 128 or 256) || _tileGroupSize > accelerator.MaxNumThreadsPerGroup))
+            throw new ArgumentException($"Attention: tile groups of {_tileGroupSize} threads; expected 64, 128 or 256, at most the device's {accelerator.MaxNumThreadsPerGroup}");
         _accelerator = accelerator;
+        _f32 = LoadFamily<float, KvF32>();
         _combine = KernelLoader.Load(accelerator, AttentionKernel.Combine,
             () => accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, AttentionArgs>(AttentionKernel.Combine));
         _partials = accelerator.Allocate1D<float>((long)MaxSplitGroups * (KernelLimits.MaxHeadDim + 2));
     }
+
+    /// <summary>
+    /// Compiles the kernels for KV elements stored as <typeparamref name="TKv"/> and decoded by <typeparamref name="TFormat"/>:
+    /// the per-token and block kernels always, the warp and tile kernels where they were chosen and can run.
+    /// </summary>
+    private Family<TKv> LoadFamily<TKv, TFormat>()
+        where TKv : unmanaged
+        where TFormat : struct, IKvFormat<TKv>
+    {
+        var accelerator = _accelerator;
+        var run = (Action<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<TKv>, ArrayView<TKv>, ArrayView<int>, ArrayView<int>, AttentionArgs>)AttentionKernel.Run<TKv, TFormat>;
+        var block = (Action<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<TKv>, ArrayView<TKv>, ArrayView<int>, ArrayView<int>, AttentionArgs>)AttentionKernel.Block<TKv, TFormat>;
+        var decode = (Action<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<TKv>, ArrayView<TKv>, ArrayView<int>, ArrayView<int>, AttentionArgs>)AttentionKernel.Decode<TKv, TFormat>;
+        var tiles = (Action<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<TKv>, ArrayView<TKv>, ArrayView<int>, ArrayView<int>, AttentionArgs>)AttentionKernel.Tiles<TKv, TFormat>;
+        return new Family<TKv>
+        {
+            Run = KernelLoader.Load(accelerator, run, () => accelerator.LoadKernel(run)),
+            Block = KernelLoader.Load(accelerator, block, () => accelerator.LoadKernel(block)),
+            Decode = _loadWarp ? KernelLoader.Load(accelerator, decode, () => accelerator.LoadKernel(decode)) : null,
+            Tiles = _loadTiles ? KernelLoader.Load(accelerator, tiles, () => accelerator.LoadKernel(tiles)) : null,
+        };
+    }
+
+    /// <summary>
+    /// The kernels for binary16 KV elements, compiled on first use (a cache of float32 elements never pays for them):
+    /// decoded with ILGPU's Half conversion where it runs (CUDA, the CPU emulator), bit by bit elsewhere (OpenCL).
+    /// </summary>
+    private Family<ushort> F16Family() => _f16 ??= _accelerator.AcceleratorType is AcceleratorType.Cuda or AcceleratorType.CPU
+        ? LoadFamily<ushort, KvF16Native>()
+        : LoadFamily<ushort, KvF16>();
 
     /// <summary>
     /// Most (token, head, split) rows of partials that <see cref="AttentionKernel.Run"/> writes: the partials buffer is
@@ -634,7 +669,7 @@ public sealed class AttentionLauncher : IDisposable
     public bool UsesBlocks(int tokens) => tokens >= 1 && (tokens == 1 ? _decodeBlocks : _treeBlocks) && _groupSize >= 2 * AttentionKernel.BlockTokens;
 
     /// <summary>True when T queries of head dimension Dh go to <see cref="AttentionKernel.Tiles"/>: T ≥ 2, Dh ≤ 128, the tile kernel loaded.</summary>
-    public bool UsesTiles(int tokens, int headDim) => _tiles is not null && tokens >= 2 && headDim >= 1 && headDim <= AttentionKernel.TileMaxHeadDim;
+    public bool UsesTiles(int tokens, int headDim) => _f32.Tiles is not null && tokens >= 2 && headDim >= 1 && headDim <= AttentionKernel.TileMaxHeadDim;
 
     /// <summary>Threads per group of <see cref="AttentionKernel.Tiles"/> (its tiles hold a eighth as many query rows).</summary>
     public int TileGroupSize => _tileGroupSize;
@@ -656,7 +691,7 @@ public sealed class AttentionLauncher : IDisposable
     }
 
     /// <summary>True when T queries go to <see cref="AttentionKernel.Decode"/>: T = 1 with the warp kernel loaded.</summary>
-    public bool UsesWarpDecode(int tokens) => tokens == 1 && _decode is not null;
+    public bool UsesWarpDecode(int tokens) => tokens == 1 && _f32.Decode is not null;
 
     /// <summary>
     /// Splits for <see cref="AttentionKernel.Decode"/>: one-warp groups until the device holds about 32 per
@@ -699,11 +734,11 @@ public sealed class AttentionLauncher : IDisposable
 
     /// <summary>
     /// output F32[T, H·Dh]; qkv F32[T, stride ≥ H·Dh], of which only the queries are read (Q | K | V rows, or plain
-    /// query rows); keys, values: one layer's planes; blockTable I32[n] covering S + T
+    /// query rows); planes: one layer's key and value planes (float32 or binary16 elements); blockTable I32[n] covering S + T
     /// positions; mask I32[T, T] when args.HasMask (any non-empty view otherwise). <paramref name="splits"/> overrides
     /// <see cref="ChooseSplits"/> (tests).
     /// </summary>
-    public void Launch(AcceleratorStream stream, ArrayView<float> output, ArrayView<float> qkv, ArrayView<float> keys, ArrayView<float> values,
+    public void Launch(AcceleratorStream stream, ArrayView<float> output, ArrayView<float> qkv, KvPlanes planes,
         ArrayView<int> blockTable, ArrayView<int> mask, in AttentionArgs args, int? splits = null)
     {
         int t = args.Tokens, h = args.Heads, dh = args.HeadDim;
@@ -730,26 +765,37 @@ public sealed class AttentionLauncher : IDisposable
             _partials = grown;
         }
         var a = args.WithSplits(z);
+        if (planes.Element == KvElement.F32)
+            Dispatch(_f32, stream, output, qkv, planes.Keys.Cast<float>(), planes.Values.Cast<float>(), blockTable, mask, a, warp, tiled, block);
+        else
+            Dispatch(F16Family(), stream, output, qkv, planes.Keys.Cast<ushort>(), planes.Values.Cast<ushort>(), blockTable, mask, a, warp, tiled, block);
+        if (z > 1) _combine(stream, t * h * dh, output, _partials.View, a);
+    }
+
+    private void Dispatch<TKv>(Family<TKv> kernels, AcceleratorStream stream, ArrayView<float> output, ArrayView<float> qkv, ArrayView<TKv> keys, ArrayView<TKv> values,
+        ArrayView<int> blockTable, ArrayView<int> mask, AttentionArgs a, bool warp, bool tiled, bool block)
+        where TKv : unmanaged
+    {
+        int t = a.Tokens, h = a.Heads, z = a.Splits;
         if (warp)
         {
-            _decode!(stream, new KernelConfig(new Index3D(h, 1, z), new Index3D(32, 1, 1)), output, _partials.View, qkv, keys, values, blockTable, mask, a);
+            kernels.Decode!(stream, new KernelConfig(new Index3D(h, 1, z), new Index3D(32, 1, 1)), output, _partials.View, qkv, keys, values, blockTable, mask, a);
         }
         else if (tiled)
         {
             int rowsPerTile = AttentionKernel.TileRows(_tileGroupSize);
-            int tileCount = (t * (h / args.KvHeads) + rowsPerTile - 1) / rowsPerTile;
-            _tiles!(stream, new KernelConfig(new Index3D(args.KvHeads, tileCount, z), new Index3D(_tileGroupSize, 1, 1)), output, _partials.View, qkv, keys, values, blockTable, mask, a);
+            int tileCount = (t * (h / a.KvHeads) + rowsPerTile - 1) / rowsPerTile;
+            kernels.Tiles!(stream, new KernelConfig(new Index3D(a.KvHeads, tileCount, z), new Index3D(_tileGroupSize, 1, 1)), output, _partials.View, qkv, keys, values, blockTable, mask, a);
         }
         else if (block)
         {
             int blocks = (t + AttentionKernel.BlockTokens - 1) / AttentionKernel.BlockTokens;
-            _block(stream, new KernelConfig(new Index3D(h, blocks, z), new Index3D(_groupSize, 1, 1)), output, _partials.View, qkv, keys, values, blockTable, mask, a);
+            kernels.Block(stream, new KernelConfig(new Index3D(h, blocks, z), new Index3D(_groupSize, 1, 1)), output, _partials.View, qkv, keys, values, blockTable, mask, a);
         }
         else
         {
-            _kernel(stream, new KernelConfig(new Index3D(h, t, z), new Index3D(_groupSize, 1, 1)), output, _partials.View, qkv, keys, values, blockTable, mask, a);
+            kernels.Run(stream, new KernelConfig(new Index3D(h, t, z), new Index3D(_groupSize, 1, 1)), output, _partials.View, qkv, keys, values, blockTable, mask, a);
         }
-        if (z > 1) _combine(stream, t * h * dh, output, _partials.View, a);
     }
 
     /// <summary>Frees the partials buffer.</summary>

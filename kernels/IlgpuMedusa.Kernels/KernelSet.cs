@@ -129,6 +129,35 @@ public static class KernelCatalog
         (Action<ArrayView<float>, ArrayView<Pack8>, ArrayView<Pack8>, ArrayView<Pack8>, MatMulArgs>)MatMulKernels.TensorStaged<EightTokenTiles, RoundedInput, TDepth>,
     ];
 
+    /// <summary>
+    /// The kernels that read or write the KV cache, for one element format as the launchers load them: the per-token and
+    /// block attention kernels always; the warp and tile kernels (CUDA) with float32 and ILGPU's Half decoding; the KV
+    /// writes with float32 and the portable binary16 encoding (every device encodes bit by bit).
+    /// </summary>
+    private static Delegate[] KvKernels<TKv, TFormat>()
+        where TKv : unmanaged
+        where TFormat : struct, IKvFormat<TKv>
+    {
+        bool cudaDecoding = typeof(TFormat) != typeof(KvF16);
+        bool writes = typeof(TFormat) != typeof(KvF16Native);
+        var attention = new List<Delegate>
+        {
+            (Action<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<TKv>, ArrayView<TKv>, ArrayView<int>, ArrayView<int>, AttentionArgs>)AttentionKernel.Run<TKv, TFormat>,
+            (Action<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<TKv>, ArrayView<TKv>, ArrayView<int>, ArrayView<int>, AttentionArgs>)AttentionKernel.Block<TKv, TFormat>,
+        };
+        if (cudaDecoding)
+        {
+            attention.Add((Action<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<TKv>, ArrayView<TKv>, ArrayView<int>, ArrayView<int>, AttentionArgs>)AttentionKernel.Decode<TKv, TFormat>);
+            attention.Add((Action<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<TKv>, ArrayView<TKv>, ArrayView<int>, ArrayView<int>, AttentionArgs>)AttentionKernel.Tiles<TKv, TFormat>);
+        }
+        if (writes)
+        {
+            attention.Add((Action<Index1D, ArrayView<TKv>, ArrayView<TKv>, ArrayView<float>, ArrayView<int>, KvWriteArgs>)KvWriteKernel.Run<TKv, TFormat>);
+            attention.Add((Action<Index1D, ArrayView<TKv>, ArrayView<TKv>, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<int>, RopeKvWriteArgs>)RopeKvWriteKernel.Run<TKv, TFormat>);
+        }
+        return [.. attention];
+    }
+
     private static List<Entry> Build()
     {
         Delegate[] kernels =
@@ -196,12 +225,6 @@ public static class KernelCatalog
             (Action<ArrayView<float>, ArrayView<Pack8>, ArrayView<Pack8>, ArrayView<Pack8>, MatMulArgs>)MatMulKernels.TensorCore<FourTokenTiles, RoundedInput>,
             (Action<ArrayView<float>, ArrayView<Pack8>, ArrayView<Pack8>, ArrayView<Pack8>, MatMulArgs>)MatMulKernels.TensorCore<EightTokenTiles, RoundedInput>,
             (Action<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, RopeArgs>)RopeKernel.Run,
-            (Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, KvWriteArgs>)KvWriteKernel.Run,
-            (Action<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<int>, RopeKvWriteArgs>)RopeKvWriteKernel.Run,
-            (Action<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, AttentionArgs>)AttentionKernel.Run,
-            (Action<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, AttentionArgs>)AttentionKernel.Block,
-            (Action<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, AttentionArgs>)AttentionKernel.Decode,
-            (Action<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<int>, AttentionArgs>)AttentionKernel.Tiles,
             (Action<Index1D, ArrayView<float>, ArrayView<float>, AttentionArgs>)AttentionKernel.Combine,
             (Action<Index1D, ArrayView<float>, ArrayView<float>, SwiGluArgs>)SwiGluKernel.Run,
             (Action<Index1D, ArrayView<float>, ArrayView<float>, SwiGluArgs>)SwiGluKernel.RunPairs,
@@ -210,13 +233,15 @@ public static class KernelCatalog
             (Action<ArrayView<int>, ArrayView<float>, RowArgs>)ArgMaxKernel.Run,
             (Action<ArrayView<int>, ArrayView<float>, ArrayView<float>, RowArgs>)TopKKernel.Run,
             (Action<ArrayView<float>, ArrayView<float>, RowArgs>)SoftmaxStatsKernel.Run,
-            (Action<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<int>, KvCompactArgs>)KvCompactKernel.Run,
             (Action<Index1D, ArrayView<int>, SmallInts>)SmallWriteKernel.Run,
             (Action<Index1D, ArrayView<int>, ArrayView<int>, ArrayView<int>, SmallInts, int>)GatherIntsKernel.Run,
         ];
+        kernels = [.. kernels, .. KvKernels<float, KvF32>(), .. KvKernels<ushort, KvF16>(), .. KvKernels<ushort, KvF16Native>(),
+            (Action<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<int>, KvCompactArgs>)KvCompactKernel.Run<float>,
+            (Action<Index1D, ArrayView<ushort>, ArrayView<int>, ArrayView<int>, KvCompactArgs>)KvCompactKernel.Run<ushort>];
         kernels = [.. kernels, .. Staged<PrefetchOne>(), .. Staged<PrefetchTwo>(), .. Staged<PrefetchThree>(), .. Staged<PrefetchFour>()];
         return kernels.Select(k => new Entry(KernelLoader.NameOf(k.Method), k.Method, KernelLoader.IsImplicitlyGrouped(k.Method),
             k.Method.Name is nameof(MatMulKernels.VectorWide) or nameof(MatMulKernels.VectorWideRow) or nameof(AttentionKernel.Decode) or nameof(AttentionKernel.Tiles)
-            || (k.Method.IsGenericMethod && k.Method.GetGenericArguments().Any(a => a == typeof(F16NativeFormat) || typeof(ITensorInput).IsAssignableFrom(a))))).ToList();
+            || (k.Method.IsGenericMethod && k.Method.GetGenericArguments().Any(a => a == typeof(F16NativeFormat) || a == typeof(KvF16Native) || typeof(ITensorInput).IsAssignableFrom(a))))).ToList();
     }
 }

@@ -19,7 +19,7 @@ public readonly struct KvCompactArgs
 
     /// <summary>2 · L: key and value plane of every layer.</summary>
     public readonly int Planes;
-    /// <summary>Floats per plane (slots · KvDim).</summary>
+    /// <summary>Elements per plane (slots · KvDim).</summary>
     public readonly long PlaneLength;
     /// <summary>Hkv · Dh.</summary>
     public readonly int KvDim;
@@ -42,11 +42,12 @@ public static class KvCompactKernel
 {
     /// <summary>One thread per column of the cache.</summary>
     /// <param name="index">plane · KvDim + c.</param>
-    /// <param name="cache">The whole cache F32[2L planes, slots, KvDim].</param>
+    /// <param name="cache">The whole cache [2L planes, slots, KvDim]: elements copied as they are stored.</param>
     /// <param name="blockTable">I32[blocks].</param>
     /// <param name="sources">I32[n], logical positions, increasing.</param>
     /// <param name="args">Shapes.</param>
-    public static void Run(Index1D index, ArrayView<float> cache, ArrayView<int> blockTable, ArrayView<int> sources, KvCompactArgs args)
+    public static void Run<TKv>(Index1D index, ArrayView<TKv> cache, ArrayView<int> blockTable, ArrayView<int> sources, KvCompactArgs args)
+        where TKv : unmanaged
     {
         if (index >= args.Planes * args.KvDim) return;
         int plane = index / args.KvDim;
@@ -67,25 +68,43 @@ public static class KvCompactKernel
 /// <summary>Launches <see cref="KvCompactKernel"/>; one instance per accelerator.</summary>
 public sealed class KvCompactLauncher
 {
-    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<int>, ArrayView<int>, KvCompactArgs> _kernel;
+    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<int>, ArrayView<int>, KvCompactArgs> _f32;
+    private Action<AcceleratorStream, Index1D, ArrayView<ushort>, ArrayView<int>, ArrayView<int>, KvCompactArgs>? _f16;
+    private readonly Accelerator _accelerator;
 
-    /// <summary>Compiles and loads the kernel.</summary>
+    /// <summary>Compiles and loads the kernel for 4-byte elements (the 2-byte one on first use).</summary>
     public KvCompactLauncher(Accelerator accelerator)
     {
         ArgumentNullException.ThrowIfNull(accelerator);
-        _kernel = KernelLoader.Load(accelerator, KvCompactKernel.Run,
-            () => accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<int>, KvCompactArgs>(KvCompactKernel.Run));
+        _accelerator = accelerator;
+        _f32 = Load<float>(accelerator);
     }
 
-    /// <summary>cache: all planes; sources I32[n].</summary>
-    public void Launch(AcceleratorStream stream, ArrayView<float> cache, ArrayView<int> blockTable, ArrayView<int> sources, in KvCompactArgs args)
+    private static Action<AcceleratorStream, Index1D, ArrayView<TKv>, ArrayView<int>, ArrayView<int>, KvCompactArgs> Load<TKv>(Accelerator accelerator)
+        where TKv : unmanaged
     {
-        if (cache.Length < args.Planes * args.PlaneLength || sources.Length < args.Count
+        Action<Index1D, ArrayView<TKv>, ArrayView<int>, ArrayView<int>, KvCompactArgs> kernel = KvCompactKernel.Run<TKv>;
+        return KernelLoader.Load(accelerator, kernel, () => accelerator.LoadAutoGroupedKernel(kernel));
+    }
+
+    /// <summary>cache: all planes, as bytes, with elements of <paramref name="element"/>; sources I32[n].</summary>
+    public void Launch(AcceleratorStream stream, KvElement element, ArrayView<byte> cache, ArrayView<int> blockTable, ArrayView<int> sources, in KvCompactArgs args)
+    {
+        long elements = cache.Length / KvPlanes.ElementBytes(element);
+        if (elements < args.Planes * args.PlaneLength || sources.Length < args.Count
             || (long)blockTable.Length * args.BlockSize < (long)args.DestinationStart + args.Count)
-            throw new ArgumentException($"KvCompact: cache {cache.Length} floats ({args.Planes} planes of {args.PlaneLength}), {sources.Length} sources, " +
+            throw new ArgumentException($"KvCompact: cache of {elements} {element} elements ({args.Planes} planes of {args.PlaneLength}), {sources.Length} sources, " +
                 $"block table of {blockTable.Length} × {args.BlockSize}: wrong for {args.Count} positions to {args.DestinationStart}");
         long total = (long)args.Planes * args.KvDim;
         if (total == 0 || args.Count == 0) return;
-        _kernel(stream, (int)total, cache, blockTable, sources, args);
+        if (element == KvElement.F32)
+        {
+            _f32(stream, (int)total, cache.Cast<float>(), blockTable, sources, args);
+        }
+        else
+        {
+            _f16 ??= Load<ushort>(_accelerator);
+            _f16(stream, (int)total, cache.Cast<ushort>(), blockTable, sources, args);
+        }
     }
 }

@@ -48,16 +48,19 @@ public static class RopeKvWriteKernel
     /// H + g rotates pair j of key head g, stores it in the key plane and copies pair j of value head g to the value plane.
     /// </summary>
     /// <param name="index">(t · (H + Hkv) + s) · Dh/2 + j.</param>
-    /// <param name="keys">The layer's key plane F32[slots, Hkv·Dh].</param>
-    /// <param name="values">The layer's value plane F32[slots, Hkv·Dh].</param>
+    /// <param name="keys">The layer's key plane [slots, Hkv·Dh], elements of <typeparamref name="TFormat"/>.</param>
+    /// <param name="values">The layer's value plane [slots, Hkv·Dh].</param>
     /// <param name="qkv">F32[T, stride]: Q | K | V, rotated in place.</param>
     /// <param name="positions">I32[T] RoPE positions.</param>
     /// <param name="frequencies">F32[Dh/2] from <see cref="RopeLauncher.Frequencies"/>.</param>
     /// <param name="blockTable">I32[blocks].</param>
     /// <param name="args">Shapes.</param>
-    public static void Run(Index1D index, ArrayView<float> keys, ArrayView<float> values, ArrayView<float> qkv, ArrayView<int> positions,
+    public static void Run<TKv, TFormat>(Index1D index, ArrayView<TKv> keys, ArrayView<TKv> values, ArrayView<float> qkv, ArrayView<int> positions,
         ArrayView<float> frequencies, ArrayView<int> blockTable, RopeKvWriteArgs args)
+        where TKv : unmanaged
+        where TFormat : struct, IKvFormat<TKv>
     {
+        var kv = default(TFormat);
         int half = args.HeadDim / 2;
         int slots = args.QueryHeads + args.KvHeads;
         if (index >= args.Tokens * slots * half) return;
@@ -78,42 +81,60 @@ public static class RopeKvWriteKernel
         int position = args.StartPosition + t;
         long slot = (long)blockTable[position / args.BlockSize] * args.BlockSize + position % args.BlockSize;
         long at = slot * kvDim + (s - args.QueryHeads) * args.HeadDim + j;
-        keys[at] = ra;
-        keys[at + half] = rb;
-        values[at] = qkv[i + kvDim];
-        values[at + half] = qkv[i + kvDim + half];
+        keys[at] = kv.Encode(ra);
+        keys[at + half] = kv.Encode(rb);
+        values[at] = kv.Encode(qkv[i + kvDim]);
+        values[at + half] = kv.Encode(qkv[i + kvDim + half]);
     }
 }
 
 /// <summary>Launches <see cref="RopeKvWriteKernel"/>; one instance per accelerator.</summary>
 public sealed class RopeKvWriteLauncher
 {
-    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<int>, RopeKvWriteArgs> _kernel;
+    private readonly Action<AcceleratorStream, Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<int>, RopeKvWriteArgs> _f32;
+    private Action<AcceleratorStream, Index1D, ArrayView<ushort>, ArrayView<ushort>, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<int>, RopeKvWriteArgs>? _f16;
+    private readonly Accelerator _accelerator;
 
-    /// <summary>Compiles and loads the kernel.</summary>
+    /// <summary>Compiles and loads the float32 kernel (the binary16 one on first use).</summary>
     public RopeKvWriteLauncher(Accelerator accelerator)
     {
         ArgumentNullException.ThrowIfNull(accelerator);
-        _kernel = KernelLoader.Load(accelerator, RopeKvWriteKernel.Run,
-            () => accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<int>, RopeKvWriteArgs>(RopeKvWriteKernel.Run));
+        _accelerator = accelerator;
+        _f32 = Load<float, KvF32>(accelerator);
+    }
+
+    private static Action<AcceleratorStream, Index1D, ArrayView<TKv>, ArrayView<TKv>, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<int>, RopeKvWriteArgs> Load<TKv, TFormat>(Accelerator accelerator)
+        where TKv : unmanaged
+        where TFormat : struct, IKvFormat<TKv>
+    {
+        Action<Index1D, ArrayView<TKv>, ArrayView<TKv>, ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<int>, RopeKvWriteArgs> kernel = RopeKvWriteKernel.Run<TKv, TFormat>;
+        return KernelLoader.Load(accelerator, kernel, () => accelerator.LoadAutoGroupedKernel(kernel));
     }
 
     /// <summary>
-    /// keys/values: one layer's planes; qkv F32[T, stride] holding Q | K | V; positions I32[T]; frequencies F32[Dh/2];
+    /// planes: one layer's keys and values; qkv F32[T, stride] holding Q | K | V; positions I32[T]; frequencies F32[Dh/2];
     /// blockTable I32[n] covering start + T positions.
     /// </summary>
-    public void Launch(AcceleratorStream stream, ArrayView<float> keys, ArrayView<float> values, ArrayView<float> qkv, ArrayView<int> positions,
+    public void Launch(AcceleratorStream stream, KvPlanes planes, ArrayView<float> qkv, ArrayView<int> positions,
         ArrayView<float> frequencies, ArrayView<int> blockTable, in RopeKvWriteArgs args)
     {
         int dh = args.HeadDim;
         long kvDim = (long)args.KvHeads * dh;
         if (dh <= 0 || dh % 2 != 0 || (args.QueryHeads + 2L * args.KvHeads) * dh > args.QkvStride || qkv.Length < (long)args.Tokens * args.QkvStride
-            || positions.Length < args.Tokens || frequencies.Length < dh / 2 || keys.Length != values.Length
-            || (long)blockTable.Length * args.BlockSize < (long)args.StartPosition + args.Tokens || keys.Length % Math.Max(1, kvDim) != 0)
+            || positions.Length < args.Tokens || frequencies.Length < dh / 2
+            || (long)blockTable.Length * args.BlockSize < (long)args.StartPosition + args.Tokens || planes.Length % Math.Max(1, kvDim) != 0)
             throw new ArgumentException($"RopeKvWrite: qkv {qkv.Length} floats (rows of {args.QkvStride}), {positions.Length} positions, {frequencies.Length} frequencies, " +
                 $"block table of {blockTable.Length} × {args.BlockSize}: wrong for T={args.Tokens}, H={args.QueryHeads}, Hkv={args.KvHeads}, Dh={dh} from position {args.StartPosition}");
         long total = (long)args.Tokens * (args.QueryHeads + args.KvHeads) * (dh / 2);
         if (total == 0) return;
-        _kernel(stream, (int)total, keys, values, qkv, positions, frequencies, blockTable, args);
+        if (planes.Element == KvElement.F32)
+        {
+            _f32(stream, (int)total, planes.Keys.Cast<float>(), planes.Values.Cast<float>(), qkv, positions, frequencies, blockTable, args);
+        }
+        else
+        {
+            _f16 ??= Load<ushort, KvF16>(_accelerator);
+            _f16(stream, (int)total, planes.Keys.Cast<ushort>(), planes.Values.Cast<ushort>(), qkv, positions, frequencies, blockTable, args);
+        }
     }
 }

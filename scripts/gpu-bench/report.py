@@ -569,7 +569,8 @@ def main(argv=None) -> int:
                            ("uploads as copies (ILGPU_MEDUSA_SMALL_UPLOADS=0)", extract_json_object(read_text(os.path.join(raw, f"ours-{shape}-copy-uploads.out"))))]
         tree_variants = [("tree attention in blocks (ILGPU_MEDUSA_TREE_ATTENTION=blocks)", extract_json_object(read_text(os.path.join(raw, f"ours-{shape}-block-trees.out")))),
                          ("one chunk ahead (ILGPU_MEDUSA_TENSOR_PREFETCH=1)", extract_json_object(read_text(os.path.join(raw, f"ours-{shape}-prefetch1.out")))),
-                         ("fixed split target (ILGPU_MEDUSA_TENSOR_SPLITS=fixed)", extract_json_object(read_text(os.path.join(raw, f"ours-{shape}-fixed-splits.out"))))]
+                         ("fixed split target (ILGPU_MEDUSA_TENSOR_SPLITS=fixed)", extract_json_object(read_text(os.path.join(raw, f"ours-{shape}-fixed-splits.out")))),
+                         ("KV cache in binary16 (--kv-dtype f16)", extract_json_object(read_text(os.path.join(raw, f"ours-{shape}-kv16.out"))))]
         summary["tree_variants"] = {label: {"decode_tokens_per_second": number(doc.get("decode_tokens_per_second")),
                                             "tree_step_ms": {k: number(v) for k, v in (doc.get("tree_step_ms") or {}).items()},
                                             "greedy_tokens_equal": (ours.get("greedy_tokens") == doc.get("greedy_tokens"))

@@ -332,6 +332,14 @@ ours_tree_variant() {
     --decode-tokens 16 --greedy-tokens "$GREEDY_TOKENS" --tree-sizes "$TREE_SIZES" --repeats 5 --copy-mb 0 --json
 }
 
+# ours_kv16 SHAPE MODEL_DIR PROMPT_IDS WANT_S: decode and every tree size with the KV cache in binary16 (--kv-dtype f16:
+# half the bytes of the cache; keys and values rounded once, when written; attention still in float32), with the greedy
+# tokens (equal to the float32 cache's, or not), for the report's "tree variants" lines.
+ours_kv16() {
+  run_step "ours-$1-kv16" "$4" "${APP[@]}" profile --model "$2" --device "$DEVICE" --prompt-ids "$3" \
+    --decode-tokens 16 --greedy-tokens "$GREEDY_TOKENS" --tree-sizes "$TREE_SIZES" --repeats 5 --copy-mb 0 --kv-dtype f16 --json
+}
+
 # ours_op_times NAME MODEL_DIR PROMPT_IDS WANT_S: where a step's device time goes, op by op (`profile --op-times`: device
 # timestamps around every op for OP_STEPS decode steps and as many forwards of a 4-node tree, a Medusa step's size on
 # GPUs, and of the largest tree size). A separate run,
@@ -573,6 +581,7 @@ else
       ours_tree_variant "ours-$shape-block-trees" "$dir" "$dir/prompt_ids.json" 60 ILGPU_MEDUSA_TREE_ATTENTION=blocks
       ours_tree_variant "ours-$shape-prefetch1" "$dir" "$dir/prompt_ids.json" 60 ILGPU_MEDUSA_TENSOR_PREFETCH=1
       ours_tree_variant "ours-$shape-fixed-splits" "$dir" "$dir/prompt_ids.json" 60 ILGPU_MEDUSA_TENSOR_SPLITS=fixed
+      ours_kv16 "$shape" "$dir" "$dir/prompt_ids.json" 60
       ours_decode_variant "ours-$shape-copy-uploads" "$dir" "$dir/prompt_ids.json" 60 ILGPU_MEDUSA_SMALL_UPLOADS=0
       ours_unfused "$shape" "$dir" "$dir/prompt_ids.json" "${OPS_S[$shape]:-60}"
       ours_f32cores "$shape" "$dir" "$dir/prompt_ids.json" "${OPS_S[$shape]:-60}"

@@ -349,12 +349,17 @@ public abstract class ConformanceTests
         Twin.AssertClose(x, new Tolerance(2e-6, 1e-5), $"Rope Dh={headDim}");
     }
 
-    /// <summary>KV write through a scrambled block table, starting mid-block.</summary>
-    [Fact]
-    public void KvWrite_matches_host()
+    /// <summary>
+    /// KV write through a scrambled block table, starting mid-block; float32 elements and binary16 ones (both sides round
+    /// to nearest even: the same bits).
+    /// </summary>
+    [Theory]
+    [InlineData(DType.F32)]
+    [InlineData(DType.F16)]
+    public void KvWrite_matches_host(DType element)
     {
         using var twin = NewTwin(7);
-        var layout = new KvCacheLayout(Layers: 2, KvHeads: 2, HeadDim: 3, BlockSize: 4, BlockCount: 6);
+        var layout = new KvCacheLayout(Layers: 2, KvHeads: 2, HeadDim: 3, BlockSize: 4, BlockCount: 6, element);
         var caches = twin.Cache(layout);
         var table = twin.Ints(1, 4, [5, 2, 0, 3]);
         const int heads = 4, tokens = 6;
@@ -365,22 +370,26 @@ public abstract class ConformanceTests
             Accelerators.Host.KvWrite(caches.Host, layer, qkv.Host, heads, table.Host, startPosition: 3);
             Device.KvWrite(caches.Device, layer, qkv.Device, heads, table.Device, startPosition: 3);
         }
-        Twin.AssertCachesClose(caches, Tolerance.Exact, "KvWrite");
+        Twin.AssertCachesClose(caches, Tolerance.Exact, $"KvWrite {element}");
     }
 
     /// <summary>
     /// RoPE and the KV write fused (one kernel on the device) against the host's Rope then KvWrite: rotated query and key
     /// heads in the qkv rows, rotated keys and the values in the cache, through a scrambled block table from mid-block, with
-    /// RoPE positions that differ from the cache positions (as in tree verification) and grouped-query heads.
+    /// RoPE positions that differ from the cache positions (as in tree verification) and grouped-query heads. With binary16
+    /// elements the rotated keys (float32 rotations that differ by ~1e-7) may round to neighbouring halves: one binary16
+    /// step, 2^-10 relative.
     /// </summary>
     [Theory]
-    [InlineData(2)]
-    [InlineData(6)]
-    [InlineData(34)]
-    public void RopeKvWrite_matches_host(int headDim)
+    [InlineData(2, DType.F32)]
+    [InlineData(6, DType.F32)]
+    [InlineData(34, DType.F32)]
+    [InlineData(6, DType.F16)]
+    [InlineData(34, DType.F16)]
+    public void RopeKvWrite_matches_host(int headDim, DType element)
     {
         using var twin = NewTwin(32);
-        var layout = new KvCacheLayout(Layers: 2, KvHeads: 2, HeadDim: headDim, BlockSize: 4, BlockCount: 6);
+        var layout = new KvCacheLayout(Layers: 2, KvHeads: 2, HeadDim: headDim, BlockSize: 4, BlockCount: 6, element);
         var caches = twin.Cache(layout);
         var table = twin.Ints(1, 4, [5, 2, 0, 3]);
         const int heads = 4, tokens = 5;
@@ -393,7 +402,7 @@ public abstract class ConformanceTests
             Device.RopeKvWrite(qkv.Device, positions.Device, heads, headDim, 10000f, caches.Device, layer, table.Device, startPosition: 3);
             Twin.AssertClose(qkv, new Tolerance(2e-6, 1e-5), $"RopeKvWrite Dh={headDim} qkv rows, layer {layer}");
         }
-        Twin.AssertCachesClose(caches, new Tolerance(2e-6, 1e-5), $"RopeKvWrite Dh={headDim}");
+        Twin.AssertCachesClose(caches, element == DType.F16 ? new Tolerance(2e-6, 1e-3) : new Tolerance(2e-6, 1e-5), $"RopeKvWrite Dh={headDim} {element}");
     }
 
     /// <summary>Causal prefill from an empty cache, grouped-query heads.</summary>
@@ -587,6 +596,32 @@ public abstract class ConformanceTests
         CheckAttention(committed: s, tokens: 3, heads: 2, kvHeads: 2, headDim: Sizes.HeadDims[^1], blockSize: 16, table: table, mask: mask, seed: 22, splits: Math.Min(splits, 8));
     }
 
+    /// <summary>
+    /// A binary16 KV cache (--kv-dtype f16) through every attention kernel the device loads: the launcher's defaults
+    /// (on CUDA and the emulator the warp and tile kernels, decoding with ILGPU's Half conversion; on OpenCL the per-token
+    /// and block kernels, decoding bit by bit) and the per-token and block kernels explicitly; decoding with splits, the
+    /// one-node mask, a 21-node tree with GQA, a causal prefill. Both sides round each key and value to the same half
+    /// when it is written and compute in float32, so the tolerance is float32's.
+    /// </summary>
+    [Fact]
+    public void Attention_over_a_half_cache_matches_host()
+    {
+        using var portable = new AttentionLauncher(Device.Accelerator, Device.GroupSize, blocks: 2, warpDecode: false, tiles: false);
+        const int nodes = 21;
+        var mask = RandomTreeMask(nodes, seed: 61);
+        int[] table = [.. Enumerable.Range(0, 12).Select(i => (i * 5 + 3) % 12)];
+        foreach (var launcher in new AttentionLauncher?[] { null, portable })
+        {
+            foreach (int? splits in new int?[] { 1, null })
+            {
+                CheckAttention(committed: 37, tokens: 1, heads: 4, kvHeads: 2, headDim: Sizes.HeadDims[^1], blockSize: 8, table: table, mask: null, seed: 62, splits: splits, launcher: launcher, element: DType.F16);
+                CheckAttention(committed: 22, tokens: 1, heads: 2, kvHeads: 1, headDim: Sizes.HeadDims[0], blockSize: 8, table: table, mask: [1], seed: 63, splits: splits, launcher: launcher, element: DType.F16);
+                CheckAttention(committed: 23, tokens: nodes, heads: 4, kvHeads: 2, headDim: Sizes.HeadDims[0], blockSize: 8, table: table, mask: mask, seed: 64, splits: splits, launcher: launcher, element: DType.F16);
+                CheckAttention(committed: 0, tokens: 19, heads: 2, kvHeads: 1, headDim: Sizes.HeadDims[^1], blockSize: 8, table: table, mask: null, seed: 65, splits: splits, launcher: launcher, element: DType.F16);
+            }
+        }
+    }
+
     /// <summary>The [T, T] attention mask of a random tree of T nodes (node i's parent drawn from 0 .. i − 1): its ancestors and itself.</summary>
     private static int[] RandomTreeMask(int nodes, int seed)
     {
@@ -602,10 +637,10 @@ public abstract class ConformanceTests
     }
 
     private void CheckAttention(int committed, int tokens, int heads, int kvHeads, int headDim, int blockSize, int[] table, int[]? mask, int seed, int? splits = null,
-        AttentionLauncher? launcher = null)
+        AttentionLauncher? launcher = null, DType element = DType.F32)
     {
         using var twin = NewTwin(seed);
-        var layout = new KvCacheLayout(Layers: 2, KvHeads: kvHeads, HeadDim: headDim, BlockSize: blockSize, BlockCount: table.Max() + 1);
+        var layout = new KvCacheLayout(Layers: 2, KvHeads: kvHeads, HeadDim: headDim, BlockSize: blockSize, BlockCount: table.Max() + 1, element);
         var caches = twin.Cache(layout);
         var blockTable = twin.Ints(1, table.Length, table);
         int width = (heads + 2 * kvHeads) * headDim;
@@ -625,7 +660,7 @@ public abstract class ConformanceTests
         Device.Attention(output.Device, qkv.Device, caches.Device, layer, blockTable.Device, committed, maskPair?.Device, splits, launcher);
         // The output is a softmax-weighted average of values ≤ 1: its error follows the scores' (sums of Dh terms), not S.
         Twin.AssertClose(output, Tolerance.ForSum(DType.F32, headDim),
-            $"Attention S={committed} T={tokens} H={heads} Hkv={kvHeads} Dh={headDim} B={blockSize} mask={(mask is null ? "causal" : "tree")} splits={splits?.ToString() ?? "auto"}");
+            $"Attention S={committed} T={tokens} H={heads} Hkv={kvHeads} Dh={headDim} B={blockSize} mask={(mask is null ? "causal" : "tree")} splits={splits?.ToString() ?? "auto"} kv {element}");
     }
 
     /// <summary>SwiGLU over awkward widths.</summary>
@@ -880,12 +915,13 @@ public abstract class ConformanceTests
 
     /// <summary>KV compaction along an overlapping path, [S+0, S+2, S+5] → S..S+2, and a longer one across blocks.</summary>
     [Theory]
-    [InlineData(new[] { 0, 2, 5 })]
-    [InlineData(new[] { 1, 3, 4, 8, 9 })]
-    public void KvCompact_matches_host(int[] offsets)
+    [InlineData(new[] { 0, 2, 5 }, DType.F32)]
+    [InlineData(new[] { 1, 3, 4, 8, 9 }, DType.F32)]
+    [InlineData(new[] { 1, 3, 4, 8, 9 }, DType.F16)]
+    public void KvCompact_matches_host(int[] offsets, DType element)
     {
         using var twin = NewTwin(19);
-        var layout = new KvCacheLayout(Layers: 3, KvHeads: 2, HeadDim: 5, BlockSize: 4, BlockCount: 5);
+        var layout = new KvCacheLayout(Layers: 3, KvHeads: 2, HeadDim: 5, BlockSize: 4, BlockCount: 5, element);
         var caches = twin.Cache(layout);
         var table = twin.Ints(1, 5, [3, 0, 4, 1, 2]);
         const int heads = 2, committed = 6, tree = 11;
@@ -899,7 +935,7 @@ public abstract class ConformanceTests
         var sources = twin.Ints(offsets.Length, 1, offsets.Select(o => committed + o).ToArray());
         Accelerators.Host.KvCompact(caches.Host, table.Host, sources.Host, committed);
         Device.KvCompact(caches.Device, table.Device, sources.Device, committed);
-        Twin.AssertCachesClose(caches, Tolerance.Exact, $"KvCompact [{string.Join(", ", offsets)}]");
+        Twin.AssertCachesClose(caches, Tolerance.Exact, $"KvCompact [{string.Join(", ", offsets)}] {element}");
     }
 
     /// <summary>Bad shapes and foreign tensors are rejected before any work is queued.</summary>

@@ -142,8 +142,10 @@ internal sealed class Bench(Accelerator accelerator, bool quick, Action<string> 
         foreach (var (s, t, masked, hkv) in cases)
         {
             int blocks = (s + t + b - 1) / b;
-            using var keys = accelerator.Allocate1D<float>((long)blocks * b * hkv * dh);
-            using var values = accelerator.Allocate1D<float>((long)blocks * b * hkv * dh);
+            using var keys = accelerator.Allocate1D<byte>((long)blocks * b * hkv * dh * sizeof(float));
+            using var values = accelerator.Allocate1D<byte>((long)blocks * b * hkv * dh * sizeof(float));
+            keys.MemSetToZero(_stream);
+            values.MemSetToZero(_stream);
             using var table = accelerator.Allocate1D(Enumerable.Range(0, blocks).ToArray());
             int stride = (h + 2 * hkv) * dh;
             using var qkv = accelerator.Allocate1D<float>((long)t * stride);
@@ -161,10 +163,18 @@ internal sealed class Bench(Accelerator accelerator, bool quick, Action<string> 
                     : kernel.UsesBlocks(t) ? kernel.ChooseBlockSplits(t, h, s + t) : kernel.ChooseSplits(t, h, s + t);
                 foreach (int? splits in auto == 1 ? new int?[] { 1 } : new int?[] { 1, null })
                 {
-                    double ms = Milliseconds(() => kernel.Launch(_stream, output.View, qkv.View, keys.View, values.View, table.View, mask.View, a, splits), Math.Max(3, Repeats / 5));
-                    double bytes = 2.0 * (s + t) * hkv * dh * 4;
-                    log($"  attention {name,-11} H={h} Hkv={hkv} Dh={dh} S={s,5} T={t,3} {(masked ? "mask  " : "causal")} splits={splits?.ToString() ?? $"auto({auto})"}: " +
-                        $"{ms * 1000,9:F1} us  (KV {bytes / 1e6:F1} MB: {bytes / 1e9 / (ms / 1000):F0} GB/s)");
+                    // binary16 elements (--kv-dtype f16): the default kernels of each shape only, with their automatic splits.
+                    bool isDefault = kernel == (t == 1 ? warps : tiles) || (kernel == allBlocks && !tiles.UsesTiles(t, dh) && t > 1);
+                    foreach (var element in splits is null || auto == 1 ? (isDefault ? new[] { KvElement.F32, KvElement.F16 } : [KvElement.F32]) : [KvElement.F32])
+                    {
+                        int size = KvPlanes.ElementBytes(element);
+                        long planeBytes = (long)blocks * b * hkv * dh * size;
+                        var planes = new KvPlanes(element, keys.View.SubView(0, planeBytes), values.View.SubView(0, planeBytes));
+                        double ms = Milliseconds(() => kernel.Launch(_stream, output.View, qkv.View, planes, table.View, mask.View, a, splits), Math.Max(3, Repeats / 5));
+                        double bytes = 2.0 * (s + t) * hkv * dh * size;
+                        log($"  attention {name,-11} H={h} Hkv={hkv} Dh={dh} S={s,5} T={t,3} {(masked ? "mask  " : "causal")} splits={splits?.ToString() ?? $"auto({auto})"}{(element == KvElement.F16 ? " kv f16" : "")}: " +
+                            $"{ms * 1000,9:F1} us  (KV {bytes / 1e6:F1} MB: {bytes / 1e9 / (ms / 1000):F0} GB/s)");
+                    }
                 }
             }
         }

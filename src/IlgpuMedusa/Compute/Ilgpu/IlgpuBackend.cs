@@ -388,12 +388,11 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
     {
         ArgumentNullException.ThrowIfNull(layout);
         ObjectDisposedException.ThrowIf(_disposed, this);
-        if (layout.ElementType != Models.DType.F32)
-            throw new ArgumentException($"KV cache elements of {layout.ElementType}: not yet on {DeviceName}", nameof(layout));
-        MemoryBuffer1D<float, Stride1D.Dense> buffer;
+        KvCacheLayout.CheckElementType(layout.ElementType, "AllocateKvCache");
+        MemoryBuffer1D<byte, Stride1D.Dense> buffer;
         try
         {
-            buffer = _accelerator.Allocate1D<float>(Math.Max(1, layout.TotalElements));
+            buffer = _accelerator.Allocate1D<byte>(Math.Max(4, layout.TotalBytes));
         }
         catch (Exception e) when (e is not ArgumentException)
         {
@@ -581,7 +580,7 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
         Shapes.KvWrite(l, layer, q, queryHeads, table, startPosition);
         var args = new KvWriteArgs(q.Rows, l.KvDim, q.Columns, queryHeads * l.HeadDim, l.BlockSize, startPosition);
         int op = Begin("kvwrite", q.Rows, l.KvDim);
-        _kernels.KvWrite.Launch(_stream, c.Plane(layer, 0), c.Plane(layer, 1), q.Floats, table.Ints, args);
+        _kernels.KvWrite.Launch(_stream, c.Planes(layer), q.Floats, table.Ints, args);
         End(op);
     }
 
@@ -605,7 +604,7 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
         }
         var args = new RopeKvWriteArgs(q.Rows, queryHeads, l.KvHeads, headDim, q.Columns, l.BlockSize, startPosition);
         int op = Begin("rope+kvwrite", q.Rows, q.Columns);
-        _kernels.RopeKvWrite.Launch(_stream, c.Plane(layer, 0), c.Plane(layer, 1), q.Floats, p.Ints, RopeFrequencies(headDim, theta), table.Ints, args);
+        _kernels.RopeKvWrite.Launch(_stream, c.Planes(layer), q.Floats, p.Ints, RopeFrequencies(headDim, theta), table.Ints, args);
         End(op);
     }
 
@@ -631,7 +630,7 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
         var args = new AttentionArgs(q.Rows, o.Columns / l.HeadDim, l.KvHeads, l.HeadDim, q.Columns, committed, l.BlockSize, m is not null);
         _queued = true;
         int op = _timer is null ? -1 : _timer.Begin("attention", $"T={q.Rows} H={o.Columns / l.HeadDim} Hkv={l.KvHeads} Dh={l.HeadDim}", 0);
-        (launcher ?? _kernels.Attention).Launch(_stream, o.Floats, q.Floats, c.Plane(layer, 0), c.Plane(layer, 1), table.Ints, m?.Ints ?? _noMask.View, args, splits);
+        (launcher ?? _kernels.Attention).Launch(_stream, o.Floats, q.Floats, c.Planes(layer), table.Ints, m?.Ints ?? _noMask.View, args, splits);
         End(op);
     }
 
@@ -728,7 +727,7 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
         Shapes.KvCompact(l, table, s, destinationStart);
         var args = new KvCompactArgs(2 * l.Layers, l.ElementsPerLayerPart, l.KvDim, l.BlockSize, s.Rows, destinationStart);
         int op = Begin("kvcompact", s.Rows, l.KvDim);
-        _kernels.KvCompact.Launch(_stream, c.All, table.Ints, s.Ints, args);
+        _kernels.KvCompact.Launch(_stream, c.Element, c.All, table.Ints, s.Ints, args);
         End(op);
     }
 

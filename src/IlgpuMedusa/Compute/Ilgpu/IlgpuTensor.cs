@@ -60,31 +60,50 @@ internal sealed class IlgpuTensor : DeviceTensor
     }
 }
 
-/// <summary>The paged KV cache in accelerator memory: one float buffer laid out as <see cref="KvCacheLayout"/> says.</summary>
+/// <summary>
+/// The paged KV cache in accelerator memory: one buffer laid out as <see cref="KvCacheLayout"/> says, float32 or binary16
+/// elements.
+/// </summary>
 internal sealed class IlgpuKvCache : KvCache
 {
-    private readonly MemoryBuffer1D<float, Stride1D.Dense> _buffer;
+    private readonly MemoryBuffer1D<byte, Stride1D.Dense> _buffer;
     private readonly AcceleratorStream _stream;
 
-    public IlgpuKvCache(IComputeBackend backend, KvCacheLayout layout, MemoryBuffer1D<float, Stride1D.Dense> buffer, AcceleratorStream stream)
+    public IlgpuKvCache(IComputeBackend backend, KvCacheLayout layout, MemoryBuffer1D<byte, Stride1D.Dense> buffer, AcceleratorStream stream)
         : base(backend, layout)
     {
         _buffer = buffer;
         _stream = stream;
+        Element = layout.ElementType == DType.F16 ? KvElement.F16 : KvElement.F32;
     }
 
-    /// <summary>The whole cache: 2L planes of slots × KvDim floats.</summary>
-    public ArrayView<float> All => _buffer.View;
+    /// <summary>How the kernels read an element.</summary>
+    public KvElement Element { get; }
 
-    /// <summary>One layer's keys (part 0) or values (part 1): [slots, KvDim].</summary>
-    public ArrayView<float> Plane(int layer, int part) => All.SubView(Layout.PartOffset(layer, part), Layout.ElementsPerLayerPart);
+    /// <summary>The whole cache as bytes: 2L planes of slots × KvDim elements.</summary>
+    public ArrayView<byte> All => _buffer.View;
+
+    /// <summary>One layer's keys (part 0) or values (part 1) as bytes: [slots, KvDim] elements.</summary>
+    public ArrayView<byte> Plane(int layer, int part) =>
+        All.SubView(Layout.PartOffset(layer, part) * Layout.ElementBytes, Layout.ElementsPerLayerPart * Layout.ElementBytes);
+
+    /// <summary>One layer's key and value planes for the kernels.</summary>
+    public KvPlanes Planes(int layer) => new(Element, Plane(layer, 0), Plane(layer, 1));
 
     public override void ReadSlot(int layer, int part, int physicalSlot, Span<float> destination)
     {
         if ((uint)layer >= (uint)Layout.Layers || (uint)part > 1 || physicalSlot < 0 || physicalSlot >= Layout.SlotCount || destination.Length != Layout.KvDim)
             throw new ArgumentException($"ReadSlot: layer {layer}, part {part}, slot {physicalSlot}, {destination.Length} floats: outside the cache of " +
                 $"{Layout.Layers} layers, {Layout.SlotCount} slots of {Layout.KvDim}");
-        Plane(layer, part).SubView((long)physicalSlot * Layout.KvDim, Layout.KvDim).CopyToCPU(_stream, destination);
+        var slot = Plane(layer, part).SubView((long)physicalSlot * Layout.KvDim * Layout.ElementBytes, (long)Layout.KvDim * Layout.ElementBytes);
+        if (Element == KvElement.F32)
+        {
+            slot.Cast<float>().CopyToCPU(_stream, destination);
+            return;
+        }
+        var bits = new ushort[Layout.KvDim];
+        slot.Cast<ushort>().CopyToCPU(_stream, bits);
+        for (int i = 0; i < bits.Length; i++) destination[i] = (float)BitConverter.UInt16BitsToHalf(bits[i]);
     }
 
     public override void Dispose() => _buffer.Dispose();
