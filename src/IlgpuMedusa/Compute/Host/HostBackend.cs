@@ -542,9 +542,11 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
     }
 
     /// <inheritdoc />
-    public KvCache AllocateKvCache(KvCacheLayout layout) => layout.ElementType == DType.F32
-        ? new HostKvCache(this, layout)
-        : throw new ArgumentException($"KV cache elements of {layout.ElementType}: not yet on the host backend", nameof(layout));
+    public KvCache AllocateKvCache(KvCacheLayout layout)
+    {
+        ArgumentNullException.ThrowIfNull(layout);
+        return new HostKvCache(this, layout);
+    }
 
     /// <inheritdoc />
     public void Synchronize()
@@ -715,6 +717,13 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
         {
             long slot = PhysicalSlot(l, table, startPosition + t);
             var row = q.FloatRow(t);
+            if (c.IsHalf)
+            {
+                // Rounded to nearest even binary16 (overflow to ±infinity), as (Half)x does.
+                TensorPrimitives.ConvertToHalf(row.Slice(kOffset, l.KvDim), c.HalfSlot(layer, 0, slot));
+                TensorPrimitives.ConvertToHalf(row.Slice(kOffset + l.KvDim, l.KvDim), c.HalfSlot(layer, 1, slot));
+                continue;
+            }
             row.Slice(kOffset, l.KvDim).CopyTo(c.Slot(layer, 0, slot));
             row.Slice(kOffset + l.KvDim, l.KvDim).CopyTo(c.Slot(layer, 1, slot));
         }
@@ -734,15 +743,46 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
         var o = Own(output);
         var q = Own(qkv);
         var c = OwnCache(cache);
-        var l = c.Layout;
         var tableTensor = Own(blockTable);
         HostTensor? m = mask is null ? null : Own(mask);
-        Shapes.Attention(o, q, l, blockTable, committed, mask);
+        Shapes.Attention(o, q, c.Layout, blockTable, committed, mask);
+        // One body for both element types, specialized per type by the JIT: the F32 loops read the floats directly, the
+        // F16 ones widen each key and value exactly on the fly (the same float32 sums, in the same order).
+        if (c.IsHalf) Attention<ushort, HalfElements>(o, q, c, layer, tableTensor, committed, m);
+        else Attention<float, FloatElements>(o, q, c, layer, tableTensor, committed, m);
+    }
+
+    /// <summary>How the attention reads the keys and values of a cache whose elements are <typeparamref name="T"/>.</summary>
+    private interface IKvElements<T> where T : unmanaged
+    {
+        /// <summary>Σ query[i] · key[i] for i &lt; n, in float32.</summary>
+        static abstract float Dot(float* query, T* key, int n);
+        /// <summary>target[i] += scale · value[i] for i &lt; n, in float32.</summary>
+        static abstract void AddScaled(float* target, T* value, float scale, int n);
+    }
+
+    private readonly struct FloatElements : IKvElements<float>
+    {
+        public static float Dot(float* query, float* key, int n) => HostMatMul.Dot(query, key, n);
+        public static void AddScaled(float* target, float* value, float scale, int n) => HostMatMul.AddScaled(target, value, scale, n);
+    }
+
+    private readonly struct HalfElements : IKvElements<ushort>
+    {
+        public static float Dot(float* query, ushort* key, int n) => HostMatMul.DotHalf(query, key, n);
+        public static void AddScaled(float* target, ushort* value, float scale, int n) => HostMatMul.AddScaledHalf(target, value, scale, n);
+    }
+
+    private void Attention<T, TElements>(HostTensor o, HostTensor q, HostKvCache c, int layer, HostTensor tableTensor, int committed, HostTensor? m)
+        where T : unmanaged
+        where TElements : struct, IKvElements<T>
+    {
+        var l = c.Layout;
         int heads = o.Columns / l.HeadDim, tokens = q.Rows, groups = heads / l.KvHeads, dh = l.HeadDim;
         float scale = 1f / MathF.Sqrt(dh);
         long work = (long)tokens * heads * (committed + tokens) * dh;
         int items = tokens * heads;
-        // Float offsets of every key's slot, looked up in the block table once for all heads and tokens.
+        // Element offsets of every key's slot, looked up in the block table once for all heads and tokens.
         long[] slotsArray = ArrayPool<long>.Shared.Rent(committed + tokens);
         var table = tableTensor.Ints;
         for (int j = 0; j < committed + tokens; j++) slotsArray[j] = PhysicalSlot(l, table, j) * l.KvDim;
@@ -754,7 +794,7 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
             float[] scoresArray = ArrayPool<float>.Shared.Rent(keys);
             var scores = scoresArray.AsSpan(0, keys);
             float* query = (float*)q.Pointer + (long)t * q.Columns + h * dh;
-            float* keyBase = c.SlotPointer(layer, 0, 0) + kvHead * dh, valueBase = c.SlotPointer(layer, 1, 0) + kvHead * dh;
+            T* keyBase = c.SlotPointer<T>(layer, 0, 0) + kvHead * dh, valueBase = c.SlotPointer<T>(layer, 1, 0) + kvHead * dh;
             var maskRow = m is null ? default : m.Ints.Slice(t * tokens, tokens);
             float max = float.NegativeInfinity;
             for (int j = 0; j < keys; j++)
@@ -765,7 +805,7 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
                     scores[j] = float.NegativeInfinity;
                     continue;
                 }
-                float s = HostMatMul.Dot(query, keyBase + slots[j], dh) * scale;
+                float s = TElements.Dot(query, keyBase + slots[j], dh) * scale;
                 scores[j] = s;
                 if (s > max) max = s;
             }
@@ -782,7 +822,7 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
             for (int j = 0; j < keys; j++)
             {
                 if (scores[j] == 0f) continue;
-                HostMatMul.AddScaled(result, valueBase + slots[j], scores[j] * inverse, dh);
+                TElements.AddScaled(result, valueBase + slots[j], scores[j] * inverse, dh);
             }
             ArrayPool<float>.Shared.Return(scoresArray);
         }
@@ -945,7 +985,7 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
             long from = PhysicalSlot(l, table, src[i]), to = PhysicalSlot(l, table, destinationStart + i);
             for (int layer = 0; layer < l.Layers; layer++)
             {
-                for (int part = 0; part < 2; part++) c.Slot(layer, part, from).CopyTo(c.Slot(layer, part, to));
+                for (int part = 0; part < 2; part++) c.SlotBytes(layer, part, from).CopyTo(c.SlotBytes(layer, part, to));
             }
         }
     }

@@ -541,4 +541,98 @@ internal static unsafe class HostMatMul
         for (; i < n; i++) target[i] += scale * source[i];
     }
 
+    /// <summary>
+    /// Σ a[i]·b[i] for i &lt; n with b IEEE binary16 bits, each widened exactly to float32 (an F16 KV cache's keys): the
+    /// same products summed in the same order as <see cref="Dot"/> over the widened floats, so the two give the same bits.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static float DotHalf(float* a, ushort* b, int n)
+    {
+        int i = 0;
+        float sum = 0;
+        if (Vector512.IsHardwareAccelerated && n >= 16)
+        {
+            var acc = Vector512<float>.Zero;
+            for (; i <= n - 16; i += 16) acc = Vector512.FusedMultiplyAdd(Vector512.Load(a + i), WidenHalves(Vector256.Load(b + i)), acc);
+            sum = Vector512.Sum(acc);
+        }
+        else if (Vector256.IsHardwareAccelerated && n >= 8)
+        {
+            var acc = Vector256<float>.Zero;
+            for (; i <= n - 8; i += 8) acc = Vector256.FusedMultiplyAdd(Vector256.Load(a + i), WidenHalves(Vector128.Load(b + i)), acc);
+            sum = Vector256.Sum(acc);
+        }
+        for (; i < n; i++) sum += a[i] * (float)BitConverter.UInt16BitsToHalf(b[i]);
+        return sum;
+    }
+
+    /// <summary>
+    /// target[i] += scale · source[i] for i &lt; n with source IEEE binary16 bits widened exactly (an F16 KV cache's
+    /// values): the same operations as <see cref="AddScaled"/> over the widened floats.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void AddScaledHalf(float* target, ushort* source, float scale, int n)
+    {
+        int i = 0;
+        if (Vector512.IsHardwareAccelerated)
+        {
+            var s = Vector512.Create(scale);
+            for (; i <= n - 16; i += 16) Vector512.FusedMultiplyAdd(WidenHalves(Vector256.Load(source + i)), s, Vector512.Load(target + i)).Store(target + i);
+        }
+        else if (Vector256.IsHardwareAccelerated)
+        {
+            var s = Vector256.Create(scale);
+            for (; i <= n - 8; i += 8) Vector256.FusedMultiplyAdd(WidenHalves(Vector128.Load(source + i)), s, Vector256.Load(target + i)).Store(target + i);
+        }
+        for (; i < n; i++) target[i] += scale * (float)BitConverter.UInt16BitsToHalf(source[i]);
+    }
+
+    /// <summary>destination[i] = source[i] (IEEE binary16 bits) widened exactly to float32, for i &lt; n.</summary>
+    public static void WidenHalves(ushort* source, float* destination, int n)
+    {
+        int i = 0;
+        if (Vector512.IsHardwareAccelerated)
+        {
+            for (; i <= n - 16; i += 16) WidenHalves(Vector256.Load(source + i)).Store(destination + i);
+        }
+        else if (Vector256.IsHardwareAccelerated)
+        {
+            for (; i <= n - 8; i += 8) WidenHalves(Vector128.Load(source + i)).Store(destination + i);
+        }
+        for (; i < n; i++) destination[i] = (float)BitConverter.UInt16BitsToHalf(source[i]);
+    }
+
+    // Exact binary16 -> binary32 in integer steps and one subtraction, with no denormal operand (which would cost a
+    // microcode assist per instruction on many x86 cores). A half with exponent e and fraction f, shifted left 13, has f
+    // in place; adding 112 to the exponent field gives 2^(e-15)·1.f for normal halves, and adding 224 turns exponent 31
+    // into 255 (infinities and NaNs, fraction kept). A subnormal (e = 0) gets exponent 113, i.e. 2^-14 + f·2^-24, from
+    // which 2^-14 is subtracted: f·2^-24 exactly (zero included). The sign is put back last.
+    private const uint HalfSign = 0x8000, HalfMagnitude = 0x7FFF, HalfExponent = 0x7C00;
+    private const uint NormalRebias = 112u << 23, SpecialRebias = 224u << 23, SubnormalRebias = 113u << 23;
+
+    /// <summary>16 IEEE binary16 values (bits) widened exactly to float32.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<float> WidenHalves(Vector256<ushort> halves)
+    {
+        var x = Vector512.WidenLower(halves.ToVector512Unsafe());
+        var exponent = x & Vector512.Create(HalfExponent);
+        var subnormalBias = Vector512.Equals(exponent, Vector512<uint>.Zero) & Vector512.Create(SubnormalRebias);
+        var bias = Vector512.ConditionalSelect(Vector512.Equals(exponent, Vector512.Create(HalfExponent)),
+            Vector512.Create(SpecialRebias), Vector512.Create(NormalRebias) | subnormalBias);
+        var magnitude = (((x & Vector512.Create(HalfMagnitude)) << 13) + bias).AsSingle() - subnormalBias.AsSingle();
+        return (magnitude.AsUInt32() | ((x & Vector512.Create(HalfSign)) << 16)).AsSingle();
+    }
+
+    /// <summary>8 IEEE binary16 values (bits) widened exactly to float32.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<float> WidenHalves(Vector128<ushort> halves)
+    {
+        var x = Vector256.WidenLower(halves.ToVector256Unsafe());
+        var exponent = x & Vector256.Create(HalfExponent);
+        var subnormalBias = Vector256.Equals(exponent, Vector256<uint>.Zero) & Vector256.Create(SubnormalRebias);
+        var bias = Vector256.ConditionalSelect(Vector256.Equals(exponent, Vector256.Create(HalfExponent)),
+            Vector256.Create(SpecialRebias), Vector256.Create(NormalRebias) | subnormalBias);
+        var magnitude = (((x & Vector256.Create(HalfMagnitude)) << 13) + bias).AsSingle() - subnormalBias.AsSingle();
+        return (magnitude.AsUInt32() | ((x & Vector256.Create(HalfSign)) << 16)).AsSingle();
+    }
 }

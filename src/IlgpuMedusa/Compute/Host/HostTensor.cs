@@ -115,30 +115,59 @@ internal sealed unsafe class HostTensor : DeviceTensor
     }
 }
 
-/// <summary>The KV cache in host memory.</summary>
+/// <summary>
+/// The KV cache in host memory: float32 elements, or IEEE binary16 bits (<see cref="DType.F16"/>: written rounded to
+/// nearest even, read widened exactly).
+/// </summary>
 internal sealed unsafe class HostKvCache : KvCache
 {
     private readonly NativeBuffer _buffer;
+    private readonly int _elementBytes;
 
     public HostKvCache(IComputeBackend backend, KvCacheLayout layout) : base(backend, layout)
     {
+        _elementBytes = layout.ElementBytes; // checks the element type
         _buffer = new NativeBuffer(layout.TotalBytes);
         System.Runtime.InteropServices.NativeMemory.Clear((void*)_buffer.Pointer, (nuint)layout.TotalBytes);
     }
 
-    /// <summary>Floats of keys (part 0) or values (part 1) of one physical slot.</summary>
-    public Span<float> Slot(int layer, int part, long physicalSlot)
+    /// <summary>True when the elements are binary16 bits.</summary>
+    public bool IsHalf => Layout.ElementType == DType.F16;
+
+    /// <summary>Floats of keys (part 0) or values (part 1) of one physical slot of an F32 cache.</summary>
+    public Span<float> Slot(int layer, int part, long physicalSlot) => new(SlotPointer<float>(layer, part, physicalSlot), Layout.KvDim);
+
+    /// <summary>Binary16 elements of keys (part 0) or values (part 1) of one physical slot of an F16 cache.</summary>
+    public Span<Half> HalfSlot(int layer, int part, long physicalSlot) => new(SlotPointer<Half>(layer, part, physicalSlot), Layout.KvDim);
+
+    /// <summary>The bytes of keys (part 0) or values (part 1) of one physical slot, whatever the element type.</summary>
+    public Span<byte> SlotBytes(int layer, int part, long physicalSlot) => new(SlotAddress(layer, part, physicalSlot), Layout.KvDim * _elementBytes);
+
+    /// <summary>
+    /// Address of the keys (part 0) or values (part 1) of one physical slot as elements of <typeparamref name="T"/>, which
+    /// must have the layout's element size (float for F32; ushort or Half for F16).
+    /// </summary>
+    public T* SlotPointer<T>(int layer, int part, long physicalSlot) where T : unmanaged
     {
-        long offset = Layout.PartOffset(layer, part) + physicalSlot * Layout.KvDim;
-        return new Span<float>((float*)_buffer.Pointer + offset, Layout.KvDim);
+        if (sizeof(T) != _elementBytes)
+            throw new InvalidOperationException($"a KV cache of {Layout.ElementType} elements cannot be read as {typeof(T).Name}");
+        return (T*)SlotAddress(layer, part, physicalSlot);
     }
 
-    /// <summary>Address of the keys (part 0) or values (part 1) of one physical slot.</summary>
-    public float* SlotPointer(int layer, int part, long physicalSlot) =>
-        (float*)_buffer.Pointer + Layout.PartOffset(layer, part) + physicalSlot * Layout.KvDim;
+    private void* SlotAddress(int layer, int part, long physicalSlot) =>
+        (byte*)_buffer.Pointer + (Layout.PartOffset(layer, part) + physicalSlot * Layout.KvDim) * _elementBytes;
 
-    public override void ReadSlot(int layer, int part, int physicalSlot, Span<float> destination) =>
-        Slot(layer, part, physicalSlot).CopyTo(destination);
+    public override void ReadSlot(int layer, int part, int physicalSlot, Span<float> destination)
+    {
+        if (destination.Length < Layout.KvDim)
+            throw new ArgumentException($"a slot holds {Layout.KvDim} elements; the destination has room for {destination.Length}", nameof(destination));
+        if (!IsHalf)
+        {
+            Slot(layer, part, physicalSlot).CopyTo(destination);
+            return;
+        }
+        fixed (float* target = destination) HostMatMul.WidenHalves(SlotPointer<ushort>(layer, part, physicalSlot), target, Layout.KvDim);
+    }
 
     public override void Dispose() => _buffer.Dispose();
 }
