@@ -762,11 +762,12 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
             return;
         }
         int items = tokens * heads;
+        float* layerKeys = c.SlotPointer<float>(layer, 0, 0), layerValues = c.SlotPointer<float>(layer, 1, 0);
         void Run(int item)
         {
             int t = item / heads, h = item % heads, kvHead = h / groups;
             float* query = (float*)q.Pointer + (long)t * q.Columns + h * dh;
-            float* keyBase = c.SlotPointer<float>(layer, 0, 0) + kvHead * dh, valueBase = c.SlotPointer<float>(layer, 1, 0) + kvHead * dh;
+            float* keyBase = layerKeys + kvHead * dh, valueBase = layerValues + kvHead * dh;
             float* result = (float*)o.Pointer + (long)t * o.Columns + h * dh;
             AttendOne(query, keyBase, valueBase, slotsArray.AsSpan(0, committed + tokens), committed, tokens, t, m, result, dh, scale);
         }
@@ -779,8 +780,9 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
     /// The attention over an F16 cache. A work item is one KV head and a run of tokens: it widens that head's keys and
     /// values (exactly) once into float rows of a scratch of its own, then runs <see cref="AttendOne"/> on them for each of
     /// its tokens and the query heads of the group: the float32 sums of the F32 cache over the rounded values, in the
-    /// same order. The widened rows stay in the cache of the core that reads them; runs of tokens only split a head
-    /// where there are fewer KV heads than threads (each run widens the head again).
+    /// same order. The widened rows stay in the cache of the core that reads them (widening all of a layer up front and
+    /// sharing it between the threads measured slower than widening on the fly); a head's tokens are split into runs
+    /// only where there are fewer than two KV heads per thread, each run widening the head again.
     /// </summary>
     private void AttentionHalf(HostTensor o, HostTensor q, HostKvCache c, int layer, long[] slotsArray, int committed, HostTensor? m)
     {
