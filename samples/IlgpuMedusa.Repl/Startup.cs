@@ -73,7 +73,7 @@ internal static class Startup
             engine = InferenceEngine.Load(options);
         }
         Console.Error.WriteLine(FormattableString.Invariant(
-            $"Loaded {options.ModelPath} on {engine.DeviceName} in {clock.Elapsed.TotalSeconds:0.0} s; Medusa: {(engine.Heads is { } h ? $"{h.HeadCount} heads" : "no heads (autoregressive)")}."));
+            $"Loaded {options.ModelPath} on {engine.DeviceName} in {clock.Elapsed.TotalSeconds:0.0} s; Medusa: {(engine.Heads is { } h ? $"{h.HeadCount} heads" : "no heads (autoregressive)")}; KV cache: {engine.Pool.BlockCount * engine.Pool.BlockSize} tokens of {engine.Pool.Layout.ElementType.ToString().ToLowerInvariant()}."));
         return engine;
     }
 

@@ -238,6 +238,7 @@ internal static class BenchCommand
             ["peak_working_set_mb"] = Math.Round(self.PeakWorkingSet64 / 1048576.0, 1),
             ["weights_file_mb"] = Math.Round(weightsBytes / 1048576.0, 1),
             ["kv_cache_mb"] = Math.Round(engine.Pool.Layout.TotalBytes / 1048576.0, 1),
+            ["kv_dtype"] = engine.Pool.Layout.ElementType.ToString().ToLowerInvariant(),
             ["configurations"] = rows,
         };
         if (configurations.Count > 2)

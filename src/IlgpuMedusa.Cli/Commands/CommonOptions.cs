@@ -35,6 +35,21 @@ internal sealed class CommonOptions
         Description = "KV cache budget in MiB (default: room for 4 full-context sequences).",
     };
 
+    public Option<DType?> KvDtype { get; } = new("--kv-dtype")
+    {
+        Description = "KV cache elements: f32 (default) or f16 (half the memory, so the same budget holds twice the tokens; " +
+            "keys and values are rounded to binary16 when written, attention is still computed in float32).",
+        HelpName = "f32|f16",
+        CustomParser = result =>
+        {
+            // A bad value is a usage error (exit code 2), like a malformed number.
+            var text = result.Tokens.Count == 0 ? "" : result.Tokens[0].Value;
+            if (EngineOptions.TryParseKvCacheType(text, out var type)) return type;
+            result.AddError($"--kv-dtype: '{text}' is not a KV cache element type; expected f32 or f16.");
+            return null;
+        },
+    };
+
     public Option<string> Heads { get; } = new("--heads")
     {
         Description = "Medusa heads: auto (medusa_lm_head.safetensors in the model directory when present), none, or a heads file.",
@@ -53,6 +68,7 @@ internal sealed class CommonOptions
         command.Options.Add(AllowCpuOpenCL);
         command.Options.Add(WeightsDtype);
         command.Options.Add(KvBudgetMb);
+        command.Options.Add(KvDtype);
         command.Options.Add(Threads);
         command.Options.Add(Heads);
     }
@@ -71,6 +87,7 @@ internal sealed class CommonOptions
             },
             WeightsType = dtype is null ? null : DTypeInfo.ParseFloat(dtype, "--weights-dtype"),
             KvBudgetMb = parse.GetValue(KvBudgetMb),
+            KvCacheType = parse.GetValue(KvDtype) ?? DType.F32,
             Heads = parse.GetValue(Heads),
         }.Validate();
     }

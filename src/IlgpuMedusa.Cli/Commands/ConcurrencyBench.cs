@@ -58,6 +58,7 @@ internal static class ConcurrencyBench
             ["levels"] = rows,
             ["preemptions"] = s.Preemptions,
             ["kv_blocks"] = engine.Pool.BlockCount,
+            ["kv_dtype"] = engine.Pool.Layout.ElementType.ToString().ToLowerInvariant(),
         };
     }
 

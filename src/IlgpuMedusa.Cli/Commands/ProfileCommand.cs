@@ -77,7 +77,7 @@ internal static class ProfileCommand
         log.WriteLine($"[profile] weights loaded in {clock.Elapsed.TotalSeconds:0.0} s ({model.WeightBytesPerForward / 1e9:0.00} GB per forward, {model.WeightType})");
         var c = model.Config;
         using var pool = Scheduling.KvBlockPool.FromBudget(backend, c.Layers, c.KvHeads, c.HeadDim, options.KvBlockSize,
-            (long)(needed + options.KvBlockSize) * 2 * c.Layers * c.KvDim * sizeof(float));
+            (needed + options.KvBlockSize) * KvCacheLayout.BytesPerToken(c.Layers, c.KvDim, options.KvCacheType), options.KvCacheType);
         using var workspace = new ForwardWorkspace(backend, c, Math.Max(prompt.Length, sizes.Max()), 1);
         int[] argMax = new int[1];
         int Greedy(DeviceTensor hidden)
@@ -182,6 +182,7 @@ internal static class ProfileCommand
             ["fused_ops"] = backend is Compute.Ilgpu.IlgpuBackend { FusedOps: true },
             ["weights_dtype"] = model.WeightType.ToString(),
             ["weights_bytes"] = model.WeightBytesPerForward,
+            ["kv_dtype"] = pool.Layout.ElementType.ToString().ToLowerInvariant(),
             ["prefill_tokens"] = prompt.Length,
             ["prefill_seconds"] = Math.Round(prefillSeconds, 5),
             ["prefill_tokens_per_second"] = Math.Round(prompt.Length / prefillSeconds, 1),

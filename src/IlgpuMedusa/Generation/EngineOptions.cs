@@ -18,6 +18,12 @@ public sealed record EngineOptions
     /// </summary>
     public int? KvBudgetMb { get; init; }
     /// <summary>
+    /// Element type of the KV cache: <see cref="DType.F32"/> (default) or <see cref="DType.F16"/>, which takes half the
+    /// memory, so the same budget holds twice the tokens: each key and value is rounded to binary16 once, when written,
+    /// and attention is still computed in float32.
+    /// </summary>
+    public DType KvCacheType { get; init; } = DType.F32;
+    /// <summary>
     /// Medusa heads: null or "auto" = <c>medusa_lm_head.safetensors</c> in the model directory (or the heads shipped for the
     /// demo model) when present; "none" = no heads; otherwise a heads file or directory.
     /// </summary>
@@ -44,6 +50,31 @@ public sealed record EngineOptions
     /// <summary>Largest default KV budget, 8 GiB (a larger cache needs <see cref="KvBudgetMb"/>).</summary>
     public const long DefaultKvBudgetCapBytes = 8L * 1024 * 1024 * 1024;
 
+    /// <summary>
+    /// Reads a KV cache element type, case-insensitively: f32 (float32, fp32) or f16 (float16, fp16). False for anything
+    /// else, bf16 included.
+    /// </summary>
+    public static bool TryParseKvCacheType(string? text, out DType type)
+    {
+        switch (text?.Trim().ToLowerInvariant())
+        {
+            case "f32" or "float32" or "fp32":
+                type = DType.F32;
+                return true;
+            case "f16" or "float16" or "fp16":
+                type = DType.F16;
+                return true;
+            default:
+                type = DType.F32;
+                return false;
+        }
+    }
+
+    /// <summary>As <see cref="TryParseKvCacheType"/>; throws <see cref="ArgumentException"/> naming <paramref name="optionName"/> on anything else.</summary>
+    public static DType ParseKvCacheType(string text, string optionName) => TryParseKvCacheType(text, out var type)
+        ? type
+        : throw new ArgumentException($"{optionName}: '{text}' is not a KV cache element type; expected f32 or f16.");
+
     /// <summary>Throws <see cref="ArgumentException"/> naming the bad option.</summary>
     public EngineOptions Validate()
     {
@@ -51,6 +82,8 @@ public sealed record EngineOptions
             throw new ArgumentException("ModelPath (--model) must name a model directory.", nameof(ModelPath));
         if (KvBudgetMb is <= 0)
             throw new ArgumentOutOfRangeException(nameof(KvBudgetMb), KvBudgetMb, "KvBudgetMb (--kv-budget-mb) must be positive.");
+        if (KvCacheType is not (DType.F32 or DType.F16))
+            throw new ArgumentException($"KvCacheType (--kv-dtype) must be f32 or f16, got {KvCacheType.ToString().ToLowerInvariant()}.", nameof(KvCacheType));
         if (KvBlockSize <= 0)
             throw new ArgumentOutOfRangeException(nameof(KvBlockSize), KvBlockSize, "KvBlockSize must be positive.");
         if (SpeculationBatchLimit is <= 0)

@@ -107,8 +107,9 @@ public sealed class InferenceEngine : IInferenceEngine, IDisposable
             var c = model.Config;
             long budget = options.KvBudgetMb is int mb
                 ? mb * 1024L * 1024L
-                : Math.Min(EngineOptions.DefaultKvSequences * (long)c.MaxSequenceLength * 2 * c.Layers * c.KvDim * sizeof(float), EngineOptions.DefaultKvBudgetCapBytes);
-            pool = KvBlockPool.FromBudget(backend, c.Layers, c.KvHeads, c.HeadDim, options.KvBlockSize, budget);
+                : Math.Min(EngineOptions.DefaultKvSequences * (long)c.MaxSequenceLength * KvCacheLayout.BytesPerToken(c.Layers, c.KvDim, options.KvCacheType),
+                    EngineOptions.DefaultKvBudgetCapBytes);
+            pool = KvBlockPool.FromBudget(backend, c.Layers, c.KvHeads, c.HeadDim, options.KvBlockSize, budget, options.KvCacheType);
             var headsPath = FindHeads(options);
             if (headsPath is not null)
             {

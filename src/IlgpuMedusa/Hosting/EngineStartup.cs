@@ -18,8 +18,9 @@ internal static class EngineStartup
             var c = engine.Config;
             logger.LogInformation("Device: {DeviceName} (requested {Device})", engine.DeviceName, engineOptions.Device.Kind);
             logger.LogInformation(
-                "Model loaded in {Milliseconds:0} ms: {Layers} layers, D {Dim}, V {Vocab}, context {Context}; KV pool of {Blocks} blocks x {BlockSize} tokens",
-                clock.Elapsed.TotalMilliseconds, c.Layers, c.Dim, c.VocabSize, c.MaxSequenceLength, engine.Pool.BlockCount, engine.Pool.BlockSize);
+                "Model loaded in {Milliseconds:0} ms: {Layers} layers, D {Dim}, V {Vocab}, context {Context}; KV pool of {Blocks} blocks x {BlockSize} tokens ({KvType})",
+                clock.Elapsed.TotalMilliseconds, c.Layers, c.Dim, c.VocabSize, c.MaxSequenceLength, engine.Pool.BlockCount, engine.Pool.BlockSize,
+                engine.Pool.Layout.ElementType.ToString().ToLowerInvariant());
             if (engine.Heads is { } heads)
                 logger.LogInformation("Medusa: {Heads} heads", heads.HeadCount);
             else

@@ -39,6 +39,13 @@ public sealed class IlgpuMedusaOptions
     /// <summary>KV cache budget in MiB.</summary>
     public int? KvBudgetMb { get; set; }
 
+    /// <summary>
+    /// Element type of the KV cache, case-insensitive: "f32" (default when null) or "f16" (half the memory, so the same
+    /// budget holds twice the tokens; keys and values are rounded to binary16 once, when written, and attention is still
+    /// computed in float32).
+    /// </summary>
+    public string? KvCacheType { get; set; }
+
     /// <summary>Token slots per KV block.</summary>
     public int? KvBlockSize { get; set; }
 
@@ -83,6 +90,7 @@ public sealed class IlgpuMedusaOptions
         var engine = new EngineOptions { ModelPath = ModelPath ?? "", Device = device, Heads = Heads, WeightsType = WeightsType, KvBudgetMb = KvBudgetMb };
         return engine with
         {
+            KvCacheType = KvCacheType is null ? engine.KvCacheType : EngineOptions.ParseKvCacheType(KvCacheType, $"{SectionName}:{nameof(KvCacheType)}"),
             KvBlockSize = KvBlockSize ?? engine.KvBlockSize,
             MaxBatchTokens = MaxBatchTokens ?? engine.MaxBatchTokens,
             SpeculationBatchLimit = SpeculationBatchLimit,

@@ -1,4 +1,5 @@
 using IlgpuMedusa.Compute;
+using IlgpuMedusa.Generation;
 using IlgpuMedusa.Medusa;
 using IlgpuMedusa.Models;
 using Microsoft.Extensions.Options;
@@ -35,6 +36,8 @@ public sealed class IlgpuMedusaOptionsValidator : IValidateOptions<IlgpuMedusaOp
             yield return $"{Prefix}HostThreads must be positive, got {o.HostThreads}.";
         if (o.WeightsType is { } weights && weights is not (DType.F32 or DType.F16 or DType.BF16))
             yield return $"{Prefix}WeightsType must be F32, F16 or BF16, got {weights}.";
+        if (o.KvCacheType is { } kvType && !EngineOptions.TryParseKvCacheType(kvType, out _))
+            yield return $"{Prefix}KvCacheType must be f32 or f16, got '{kvType}'.";
         if (o.KvBudgetMb is <= 0)
             yield return $"{Prefix}KvBudgetMb must be a positive number of MiB, got {o.KvBudgetMb}.";
         if (o.KvBlockSize is <= 0)

@@ -69,6 +69,21 @@ public class CliBadInputTests
         AssertCleanFailure(result, "--device", "tpu", "host");
     }
 
+    [Theory]
+    [InlineData("generate", "bf16")]
+    [InlineData("generate", "garbage")]
+    [InlineData("profile", "bf16")]
+    public void KvDtypeOtherThanF32OrF16_IsAUsageError(string command, string value)
+    {
+        var arguments = command == "generate"
+            ? new[] { "generate", "--model", TestModels.Stories15MDirectory, "--prompt", "Hi", "--device", "host", "--kv-dtype", value }
+            : ["profile", "--model", TestModels.Stories15MDirectory, "--device", "host", "--kv-dtype", value];
+        var result = CliRunner.Run(arguments);
+        Assert.Equal(2, result.ExitCode); // a usage error, like a malformed number
+        Assert.Contains($"error: --kv-dtype: '{value}' is not a KV cache element type; expected f32 or f16.", result.StandardError, StringComparison.Ordinal);
+        Assert.DoesNotContain("   at ", result.StandardError, StringComparison.Ordinal);
+    }
+
     /// <summary>A copy of the demo model whose llama2.c header has these seven fields (the weights stay as they are).</summary>
     private static string ModelWithHeader(string name, params int[] header)
     {

@@ -196,16 +196,18 @@ public sealed unsafe class HostHalfKvCacheTests : IDisposable
         return output;
     }
 
-    [Fact]
-    public void F16_attention_equals_double_precision_attention_over_the_rounded_keys_and_values()
+    [Theory]
+    [InlineData(4, 2)] // GQA: two query heads per KV head
+    [InlineData(3, 3)]
+    public void F16_attention_equals_double_precision_attention_over_the_rounded_keys_and_values(int heads, int kvHeads)
     {
-        // GQA (4 query heads over 2 KV heads), Dh = 20 (a 16-wide vector step and a scalar tail), blocks of 4 slots
-        // through a permuted table, layer 1 of 2: a causal prefill of 11 tokens, a decode step, then a tree of 5 under a mask.
-        const int heads = 4, kvHeads = 2, dh = 20;
+        // Dh = 20 (a 16-wide vector step and a scalar tail), blocks of 4 slots through a permuted table, layer 1 of 2: a
+        // causal prefill of 11 tokens, a decode step, then a tree of 5 under a mask.
+        const int dh = 20;
         var l = Layout(DType.F16, kvHeads: kvHeads, headDim: dh, blockSize: 4, blockCount: 6);
         int[] table = [4, 1, 5, 0, 3, 2];
         int width = (heads + 2 * kvHeads) * dh;
-        var random = new Random(1616);
+        var random = new Random(1616 + heads);
         using var cache = _backend.AllocateKvCache(l);
         using var blocks = _backend.Allocate(DType.I32, 1, table.Length);
         _backend.Upload(blocks, table);
@@ -257,39 +259,45 @@ public sealed unsafe class HostHalfKvCacheTests : IDisposable
         Step(12, 5, tree);
     }
 
-    [Fact]
-    public void F16_attention_gives_the_same_bits_as_f32_attention_over_the_rounded_values()
+    [Theory]
+    [InlineData(6, 3, 64, 9, 14, false)]  // GQA prefill large enough to split each KV head's tokens into two runs
+    [InlineData(6, 3, 12, 9, 14, false)]  // one run per KV head; Dh = 12: a narrower vector step and a tail
+    [InlineData(4, 4, 64, 1, 30, false)]  // a decode step without GQA, on one thread
+    [InlineData(8, 8, 32, 1, 200, false)] // a decode step over a long context, across the threads
+    [InlineData(8, 2, 64, 7, 40, true)]   // a tree under a mask, GQA of 4, split into runs
+    public void F16_attention_gives_the_same_bits_as_f32_attention_over_the_rounded_values(int heads, int kvHeads, int dh, int tokens, int committed, bool masked)
     {
-        // The same float32 sums in the same order: an F32 cache holding (float)(Half)x gives the identical output, for
-        // Dh = 64 (vector steps only) and Dh = 12 (a narrower vector step and a tail, or the tail alone).
-        foreach (int dh in new[] { 64, 12 })
+        // The same float32 sums in the same order: an F32 cache holding (float)(Half)x gives the identical output.
+        var random = new Random(heads * 1000 + dh * 10 + tokens);
+        int width = (heads + 2 * kvHeads) * dh, blockCount = (committed + tokens + 15) / 16 + 1;
+        int[] table = Enumerable.Range(0, blockCount).OrderBy(_ => random.Next()).ToArray();
+        using var blocks = _backend.Allocate(DType.I32, 1, table.Length);
+        _backend.Upload(blocks, table);
+        using var half = _backend.AllocateKvCache(Layout(DType.F16, layers: 1, kvHeads: kvHeads, headDim: dh, blockSize: 16, blockCount: blockCount));
+        using var single = _backend.AllocateKvCache(Layout(DType.F32, layers: 1, kvHeads: kvHeads, headDim: dh, blockSize: 16, blockCount: blockCount));
+        var all = new float[(committed + tokens) * width];
+        for (int i = 0; i < all.Length; i++) all[i] = (float)((random.NextDouble() * 2 - 1) * 5);
+        var rounded = all.Select(x => (float)(Half)x).ToArray();
+        Write(half, 0, all, committed + tokens, heads, table, 0);
+        Write(single, 0, rounded, committed + tokens, heads, table, 0);
+        using var queries = _backend.Allocate(DType.F32, tokens, width);
+        _backend.Upload(queries, all.AsSpan(committed * width));
+        // A mask where token t sees itself and the earlier tokens of the same parity (a tree of two chains).
+        var mask = new int[tokens * tokens];
+        for (int t = 0; t < tokens; t++)
+            for (int u = 0; u <= t; u++) mask[t * tokens + u] = (t - u) % 2 == 0 ? 1 : 0;
+        using var maskTensor = masked ? _backend.Allocate(DType.I32, tokens, tokens) : null;
+        if (maskTensor is not null) _backend.Upload(maskTensor, mask);
+        var outputs = new List<float[]>();
+        foreach (var cache in new[] { half, single })
         {
-            const int heads = 6, kvHeads = 3, tokens = 9, committed = 14;
-            var random = new Random(dh);
-            int width = (heads + 2 * kvHeads) * dh;
-            int[] table = [2, 0, 4, 1, 3, 5];
-            using var blocks = _backend.Allocate(DType.I32, 1, table.Length);
-            _backend.Upload(blocks, table);
-            using var half = _backend.AllocateKvCache(Layout(DType.F16, layers: 1, kvHeads: kvHeads, headDim: dh));
-            using var single = _backend.AllocateKvCache(Layout(DType.F32, layers: 1, kvHeads: kvHeads, headDim: dh));
-            var all = new float[(committed + tokens) * width];
-            for (int i = 0; i < all.Length; i++) all[i] = (float)((random.NextDouble() * 2 - 1) * 5);
-            var rounded = all.Select(x => (float)(Half)x).ToArray();
-            Write(half, 0, all, committed + tokens, heads, table, 0);
-            Write(single, 0, rounded, committed + tokens, heads, table, 0);
-            using var queries = _backend.Allocate(DType.F32, tokens, width);
-            _backend.Upload(queries, all.AsSpan(committed * width));
-            var outputs = new List<float[]>();
-            foreach (var cache in new[] { half, single })
-            {
-                using var output = _backend.Allocate(DType.F32, tokens, heads * dh);
-                _backend.Attention(output, queries, cache, 0, blocks, committed, null);
-                var values = new float[tokens * heads * dh];
-                _backend.Download(output, values);
-                outputs.Add(values);
-            }
-            Assert.Equal(outputs[1].Select(BitConverter.SingleToUInt32Bits), outputs[0].Select(BitConverter.SingleToUInt32Bits));
+            using var output = _backend.Allocate(DType.F32, tokens, heads * dh);
+            _backend.Attention(output, queries, cache, 0, blocks, committed, maskTensor);
+            var values = new float[tokens * heads * dh];
+            _backend.Download(output, values);
+            outputs.Add(values);
         }
+        Assert.Equal(outputs[1].Select(BitConverter.SingleToUInt32Bits), outputs[0].Select(BitConverter.SingleToUInt32Bits));
     }
 
     [Fact]

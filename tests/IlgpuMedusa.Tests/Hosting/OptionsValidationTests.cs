@@ -1,6 +1,7 @@
 using IlgpuMedusa.Compute;
 using IlgpuMedusa.Generation;
 using IlgpuMedusa.Hosting;
+using IlgpuMedusa.Models;
 using Microsoft.Extensions.AI;
 using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
@@ -156,6 +157,68 @@ public class OptionsValidationTests
 
         var model = Assert.Throws<ArgumentException>(() => new EngineOptions { ModelPath = " " }.Validate());
         Assert.Equal("ModelPath", model.ParamName);
+    }
+
+    [Theory]
+    [InlineData("bf16")]
+    [InlineData("f8")]
+    [InlineData("")]
+    public void KvCacheType_OtherThanF32OrF16_FailsAtStart_NamingIt(string value)
+    {
+        var message = StartFailure(o =>
+        {
+            Valid(o);
+            o.KvCacheType = value;
+        });
+        Assert.Contains($"IlgpuMedusa:KvCacheType must be f32 or f16, got '{value}'.", message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void KvCacheType_FromConfiguration_IsReadCaseInsensitively_AndDefaultsToF32()
+    {
+        foreach (var (value, expected) in new[] { ("F16", DType.F16), ("f16", DType.F16), ("fp16", DType.F16), ("F32", DType.F32), (null, DType.F32) })
+        {
+            var configuration = new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?>
+            {
+                ["IlgpuMedusa:ModelPath"] = TestModels.Stories15MDirectory,
+                ["IlgpuMedusa:Device"] = "Host",
+                ["IlgpuMedusa:KvCacheType"] = value,
+            }).Build();
+            var services = new ServiceCollection();
+            services.AddIlgpuMedusa(configuration.GetSection("IlgpuMedusa"));
+            using var provider = services.BuildServiceProvider();
+            ValidateAtStart(provider);
+            var options = provider.GetRequiredService<IOptions<IlgpuMedusaOptions>>().Value;
+            Assert.Equal(expected, options.ToEngineOptions().KvCacheType);
+        }
+        var bad = new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?>
+        {
+            ["IlgpuMedusa:ModelPath"] = TestModels.Stories15MDirectory,
+            ["IlgpuMedusa:KvCacheType"] = "half-ish",
+        }).Build();
+        var badServices = new ServiceCollection();
+        badServices.AddIlgpuMedusa(bad.GetSection("IlgpuMedusa"));
+        using var badProvider = badServices.BuildServiceProvider();
+        var e = Assert.Throws<OptionsValidationException>(() => ValidateAtStart(badProvider));
+        Assert.Contains("IlgpuMedusa:KvCacheType must be f32 or f16, got 'half-ish'.", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void EngineOptions_KvCacheType_OtherThanF32OrF16_IsRefused_NamingTheOption()
+    {
+        foreach (var type in new[] { DType.BF16, DType.I32, (DType)42 })
+        {
+            var e = Assert.Throws<ArgumentException>(() => new EngineOptions { ModelPath = "m", KvCacheType = type }.Validate());
+            Assert.Equal("KvCacheType", e.ParamName);
+            Assert.StartsWith($"KvCacheType (--kv-dtype) must be f32 or f16, got {type.ToString().ToLowerInvariant()}.", e.Message, StringComparison.Ordinal);
+        }
+        Assert.Equal(DType.F32, new EngineOptions { ModelPath = "m" }.Validate().KvCacheType);
+        Assert.Equal(DType.F16, new EngineOptions { ModelPath = "m", KvCacheType = DType.F16 }.Validate().KvCacheType);
+        Assert.Equal(DType.F16, EngineOptions.ParseKvCacheType("F16", "--kv-dtype"));
+        Assert.Equal(DType.F32, EngineOptions.ParseKvCacheType("f32", "--kv-dtype"));
+        var garbage = Assert.Throws<ArgumentException>(() => EngineOptions.ParseKvCacheType("garbage", "--kv-dtype"));
+        Assert.Equal("--kv-dtype: 'garbage' is not a KV cache element type; expected f32 or f16.", garbage.Message);
+        Assert.Throws<ArgumentException>(() => EngineOptions.ParseKvCacheType("bf16", "--kv-dtype"));
     }
 
     [Fact]

@@ -115,6 +115,21 @@ public class ReplTests
         var maxTokens = RunRepl("", "--max-tokens", "-4");
         Assert.Equal(2, maxTokens.ExitCode);
         Assert.Contains("error: --max-tokens must be a positive number of tokens, got '-4'.", maxTokens.StandardError, StringComparison.Ordinal);
+
+        var kvType = RunRepl("", "--kv-dtype", "bf16");
+        Assert.Equal(2, kvType.ExitCode);
+        Assert.Contains("error: --kv-dtype: 'bf16' is not a KV cache element type; expected f32 or f16.", kvType.StandardError, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void HalfKvCache_StillContinuesWithLlama2cText()
+    {
+        // An F16 KV cache (--kv-dtype f16) reaches the engine; on the demo it keeps llama2.c's greedy continuation.
+        var result = RunRepl("Once upon a time\n/quit\n", Args("--max-tokens", "30", "--kv-dtype", "f16"));
+        Assert.True(result.ExitCode == 0, $"exit code {result.ExitCode}\n{result.StandardOutput}\n{result.StandardError}");
+        string expected = HostingTestSupport.Reference[..(HostingTestSupport.Prompt.Length + ", there was a little girl named Lily. She loved to play outside in the sunshine.".Length)];
+        Assert.Contains(expected, result.StandardOutput, StringComparison.Ordinal);
+        Assert.Contains("KV cache: 1024 tokens of f16.", result.StandardError, StringComparison.Ordinal); // 4 sequences of the 256 context
     }
 
     [Fact]

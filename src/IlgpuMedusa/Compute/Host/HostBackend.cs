@@ -1,5 +1,6 @@
 using System.Buffers;
 using System.Numerics.Tensors;
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics.X86;
 using System.Runtime.Intrinsics;
@@ -743,92 +744,131 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
         var o = Own(output);
         var q = Own(qkv);
         var c = OwnCache(cache);
+        var l = c.Layout;
         var tableTensor = Own(blockTable);
         HostTensor? m = mask is null ? null : Own(mask);
-        Shapes.Attention(o, q, c.Layout, blockTable, committed, mask);
-        // One body for both element types, specialized per type by the JIT: the F32 loops read the floats directly, the
-        // F16 ones widen each key and value exactly on the fly (the same float32 sums, in the same order).
-        if (c.IsHalf) Attention<ushort, HalfElements>(o, q, c, layer, tableTensor, committed, m);
-        else Attention<float, FloatElements>(o, q, c, layer, tableTensor, committed, m);
-    }
-
-    /// <summary>How the attention reads the keys and values of a cache whose elements are <typeparamref name="T"/>.</summary>
-    private interface IKvElements<T> where T : unmanaged
-    {
-        /// <summary>Σ query[i] · key[i] for i &lt; n, in float32.</summary>
-        static abstract float Dot(float* query, T* key, int n);
-        /// <summary>target[i] += scale · value[i] for i &lt; n, in float32.</summary>
-        static abstract void AddScaled(float* target, T* value, float scale, int n);
-    }
-
-    private readonly struct FloatElements : IKvElements<float>
-    {
-        public static float Dot(float* query, float* key, int n) => HostMatMul.Dot(query, key, n);
-        public static void AddScaled(float* target, float* value, float scale, int n) => HostMatMul.AddScaled(target, value, scale, n);
-    }
-
-    private readonly struct HalfElements : IKvElements<ushort>
-    {
-        public static float Dot(float* query, ushort* key, int n) => HostMatMul.DotHalf(query, key, n);
-        public static void AddScaled(float* target, ushort* value, float scale, int n) => HostMatMul.AddScaledHalf(target, value, scale, n);
-    }
-
-    private void Attention<T, TElements>(HostTensor o, HostTensor q, HostKvCache c, int layer, HostTensor tableTensor, int committed, HostTensor? m)
-        where T : unmanaged
-        where TElements : struct, IKvElements<T>
-    {
-        var l = c.Layout;
+        Shapes.Attention(o, q, l, blockTable, committed, mask);
         int heads = o.Columns / l.HeadDim, tokens = q.Rows, groups = heads / l.KvHeads, dh = l.HeadDim;
         float scale = 1f / MathF.Sqrt(dh);
         long work = (long)tokens * heads * (committed + tokens) * dh;
-        int items = tokens * heads;
         // Element offsets of every key's slot, looked up in the block table once for all heads and tokens.
         long[] slotsArray = ArrayPool<long>.Shared.Rent(committed + tokens);
         var table = tableTensor.Ints;
         for (int j = 0; j < committed + tokens; j++) slotsArray[j] = PhysicalSlot(l, table, j) * l.KvDim;
+        if (c.IsHalf)
+        {
+            AttentionHalf(o, q, c, layer, slotsArray, committed, m);
+            ArrayPool<long>.Shared.Return(slotsArray);
+            return;
+        }
+        int items = tokens * heads;
+        float* layerKeys = c.SlotPointer<float>(layer, 0, 0), layerValues = c.SlotPointer<float>(layer, 1, 0);
         void Run(int item)
         {
             int t = item / heads, h = item % heads, kvHead = h / groups;
-            int keys = committed + tokens;
-            var slots = slotsArray.AsSpan(0, keys);
-            float[] scoresArray = ArrayPool<float>.Shared.Rent(keys);
-            var scores = scoresArray.AsSpan(0, keys);
             float* query = (float*)q.Pointer + (long)t * q.Columns + h * dh;
-            T* keyBase = c.SlotPointer<T>(layer, 0, 0) + kvHead * dh, valueBase = c.SlotPointer<T>(layer, 1, 0) + kvHead * dh;
-            var maskRow = m is null ? default : m.Ints.Slice(t * tokens, tokens);
-            float max = float.NegativeInfinity;
-            for (int j = 0; j < keys; j++)
-            {
-                bool visible = j < committed || (m is null ? j - committed <= t : maskRow[j - committed] != 0);
-                if (!visible)
-                {
-                    scores[j] = float.NegativeInfinity;
-                    continue;
-                }
-                float s = TElements.Dot(query, keyBase + slots[j], dh) * scale;
-                scores[j] = s;
-                if (s > max) max = s;
-            }
-            float sum = 0;
-            for (int j = 0; j < keys; j++)
-            {
-                float e = float.IsNegativeInfinity(scores[j]) ? 0f : MathF.Exp(scores[j] - max);
-                scores[j] = e;
-                sum += e;
-            }
+            float* keyBase = layerKeys + kvHead * dh, valueBase = layerValues + kvHead * dh;
             float* result = (float*)o.Pointer + (long)t * o.Columns + h * dh;
-            new Span<float>(result, dh).Clear();
-            float inverse = 1f / sum;
-            for (int j = 0; j < keys; j++)
-            {
-                if (scores[j] == 0f) continue;
-                TElements.AddScaled(result, valueBase + slots[j], scores[j] * inverse, dh);
-            }
-            ArrayPool<float>.Shared.Return(scoresArray);
+            AttendOne(query, keyBase, valueBase, slotsArray.AsSpan(0, committed + tokens), committed, tokens, t, m, result, dh, scale);
         }
         if (work < ParallelThreshold || items == 1) for (int i = 0; i < items; i++) Run(i);
         else _workers.For(items, Run);
         ArrayPool<long>.Shared.Return(slotsArray);
+    }
+
+    /// <summary>
+    /// The attention over an F16 cache. A work item is one KV head and a run of tokens: it widens that head's keys and
+    /// values (exactly) once into float rows of a scratch of its own, then runs <see cref="AttendOne"/> on them for each of
+    /// its tokens and the query heads of the group: the float32 sums of the F32 cache over the rounded values, in the
+    /// same order. The widened rows stay in the cache of the core that reads them (widening all of a layer up front and
+    /// sharing it between the threads measured slower than widening on the fly); a head's tokens are split into runs
+    /// only where there are fewer than two KV heads per thread, each run widening the head again.
+    /// </summary>
+    private void AttentionHalf(HostTensor o, HostTensor q, HostKvCache c, int layer, long[] slotsArray, int committed, HostTensor? m)
+    {
+        var l = c.Layout;
+        int heads = o.Columns / l.HeadDim, tokens = q.Rows, groups = heads / l.KvHeads, dh = l.HeadDim, keys = committed + tokens;
+        float scale = 1f / MathF.Sqrt(dh);
+        long work = (long)tokens * heads * keys * dh;
+        int runs = work < ParallelThreshold ? 1 : Math.Clamp((2 * _threads + l.KvHeads - 1) / l.KvHeads, 1, tokens);
+        int perRun = (tokens + runs - 1) / runs;
+        runs = (tokens + perRun - 1) / perRun;
+        ushort* cachedKeys = c.SlotPointer<ushort>(layer, 0, 0), cachedValues = c.SlotPointer<ushort>(layer, 1, 0);
+        void Run(int item)
+        {
+            int kvHead = item / runs, first = item % runs * perRun, last = Math.Min(tokens, first + perRun);
+            // Keys a token of the run can see: committed ones, then up to the run's last token (causal) or all T (mask).
+            int visible = m is null ? committed + last : keys;
+            float[] scratch = ArrayPool<float>.Shared.Rent(2 * visible * dh);
+            long[] rowsArray = ArrayPool<long>.Shared.Rent(visible);
+            fixed (float* widened = scratch)
+            {
+                float* keyRows = widened, valueRows = widened + (long)visible * dh;
+                for (int j = 0; j < visible; j++)
+                {
+                    HostMatMul.WidenHalves(cachedKeys + slotsArray[j] + kvHead * dh, keyRows + (long)j * dh, dh);
+                    HostMatMul.WidenHalves(cachedValues + slotsArray[j] + kvHead * dh, valueRows + (long)j * dh, dh);
+                    rowsArray[j] = (long)j * dh;
+                }
+                for (int t = first; t < last; t++)
+                {
+                    for (int h = kvHead * groups; h < (kvHead + 1) * groups; h++)
+                    {
+                        float* query = (float*)q.Pointer + (long)t * q.Columns + h * dh;
+                        float* result = (float*)o.Pointer + (long)t * o.Columns + h * dh;
+                        AttendOne(query, keyRows, valueRows, rowsArray.AsSpan(0, visible), committed, tokens, t, m, result, dh, scale);
+                    }
+                }
+            }
+            ArrayPool<long>.Shared.Return(rowsArray);
+            ArrayPool<float>.Shared.Return(scratch);
+        }
+        int items = l.KvHeads * runs;
+        if (work < ParallelThreshold || items == 1) for (int i = 0; i < items; i++) Run(i);
+        else _workers.For(items, Run);
+    }
+
+    /// <summary>
+    /// One query head of token t over the keys and values of its KV head: key j at keyBase + slots[j], visible when
+    /// j &lt; committed, or per the mask row (causal without one) among the T new keys; keys past slots' end are not
+    /// visible to t. Scores q·k · scale, softmax, result = Σ p·v.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void AttendOne(float* query, float* keyBase, float* valueBase, ReadOnlySpan<long> slots, int committed, int tokens, int t, HostTensor? m,
+        float* result, int dh, float scale)
+    {
+        int keys = slots.Length;
+        float[] scoresArray = ArrayPool<float>.Shared.Rent(keys);
+        var scores = scoresArray.AsSpan(0, keys);
+        var maskRow = m is null ? default : m.Ints.Slice(t * tokens, tokens);
+        float max = float.NegativeInfinity;
+        for (int j = 0; j < keys; j++)
+        {
+            bool visible = j < committed || (m is null ? j - committed <= t : maskRow[j - committed] != 0);
+            if (!visible)
+            {
+                scores[j] = float.NegativeInfinity;
+                continue;
+            }
+            float s = HostMatMul.Dot(query, keyBase + slots[j], dh) * scale;
+            scores[j] = s;
+            if (s > max) max = s;
+        }
+        float sum = 0;
+        for (int j = 0; j < keys; j++)
+        {
+            float e = float.IsNegativeInfinity(scores[j]) ? 0f : MathF.Exp(scores[j] - max);
+            scores[j] = e;
+            sum += e;
+        }
+        new Span<float>(result, dh).Clear();
+        float inverse = 1f / sum;
+        for (int j = 0; j < keys; j++)
+        {
+            if (scores[j] == 0f) continue;
+            HostMatMul.AddScaled(result, valueBase + slots[j], scores[j] * inverse, dh);
+        }
+        ArrayPool<float>.Shared.Return(scoresArray);
     }
 
     /// <inheritdoc />

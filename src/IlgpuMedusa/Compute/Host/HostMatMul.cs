@@ -541,52 +541,6 @@ internal static unsafe class HostMatMul
         for (; i < n; i++) target[i] += scale * source[i];
     }
 
-    /// <summary>
-    /// Σ a[i]·b[i] for i &lt; n with b IEEE binary16 bits, each widened exactly to float32 (an F16 KV cache's keys): the
-    /// same products summed in the same order as <see cref="Dot"/> over the widened floats, so the two give the same bits.
-    /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static float DotHalf(float* a, ushort* b, int n)
-    {
-        int i = 0;
-        float sum = 0;
-        if (Vector512.IsHardwareAccelerated && n >= 16)
-        {
-            var acc = Vector512<float>.Zero;
-            for (; i <= n - 16; i += 16) acc = Vector512.FusedMultiplyAdd(Vector512.Load(a + i), WidenHalves(Vector256.Load(b + i)), acc);
-            sum = Vector512.Sum(acc);
-        }
-        else if (Vector256.IsHardwareAccelerated && n >= 8)
-        {
-            var acc = Vector256<float>.Zero;
-            for (; i <= n - 8; i += 8) acc = Vector256.FusedMultiplyAdd(Vector256.Load(a + i), WidenHalves(Vector128.Load(b + i)), acc);
-            sum = Vector256.Sum(acc);
-        }
-        for (; i < n; i++) sum += a[i] * (float)BitConverter.UInt16BitsToHalf(b[i]);
-        return sum;
-    }
-
-    /// <summary>
-    /// target[i] += scale · source[i] for i &lt; n with source IEEE binary16 bits widened exactly (an F16 KV cache's
-    /// values): the same operations as <see cref="AddScaled"/> over the widened floats.
-    /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static void AddScaledHalf(float* target, ushort* source, float scale, int n)
-    {
-        int i = 0;
-        if (Vector512.IsHardwareAccelerated)
-        {
-            var s = Vector512.Create(scale);
-            for (; i <= n - 16; i += 16) Vector512.FusedMultiplyAdd(WidenHalves(Vector256.Load(source + i)), s, Vector512.Load(target + i)).Store(target + i);
-        }
-        else if (Vector256.IsHardwareAccelerated)
-        {
-            var s = Vector256.Create(scale);
-            for (; i <= n - 8; i += 8) Vector256.FusedMultiplyAdd(WidenHalves(Vector128.Load(source + i)), s, Vector256.Load(target + i)).Store(target + i);
-        }
-        for (; i < n; i++) target[i] += scale * (float)BitConverter.UInt16BitsToHalf(source[i]);
-    }
-
     /// <summary>destination[i] = source[i] (IEEE binary16 bits) widened exactly to float32, for i &lt; n.</summary>
     public static void WidenHalves(ushort* source, float* destination, int n)
     {
