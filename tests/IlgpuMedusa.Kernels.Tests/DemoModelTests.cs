@@ -27,11 +27,27 @@ public sealed class DemoModelTests(ITestOutputHelper output)
         output.WriteLine($"decode {openCL.TokensPerSecond,8:F1} tok/s  prefill {openCL.PrefillMs,6:F1} ms  {openCL.Device}");
     }
 
+    /// <summary>
+    /// With a binary16 KV cache (--kv-dtype f16) too: both sides round each key and value to the same half when they
+    /// write it and attend in float32, so OpenCL gives the host's 64 tokens (the host's own, over the whole story, are
+    /// held to llama2.c's text in the main test suite).
+    /// </summary>
+    [Fact]
+    public void Greedy_64_tokens_over_a_half_cache_on_OpenCL_match_the_host()
+    {
+        var host = Generate(new DeviceOptions { Kind = DeviceKind.Host }, Models.DType.F16);
+        var openCL = Generate(Accelerators.OpenCLOptions, Models.DType.F16);
+        Assert.Equal(Tokens, host.Ids.Count);
+        Assert.Equal(host.Ids, openCL.Ids);
+        output.WriteLine($"kv f16: decode {host.TokensPerSecond,8:F1} tok/s  {host.Device}; {openCL.TokensPerSecond,8:F1} tok/s  {openCL.Device}");
+    }
+
     private sealed record Run(List<int> Ids, string Text, double TokensPerSecond, double PrefillMs, string Device);
 
-    private static Run Generate(DeviceOptions device)
+    private static Run Generate(DeviceOptions device, Models.DType kv = Models.DType.F32)
     {
-        using var engine = InferenceEngine.Load(new EngineOptions { ModelPath = TestModels.Stories15MDirectory, Device = device });
+        using var engine = InferenceEngine.Load(new EngineOptions { ModelPath = TestModels.Stories15MDirectory, Device = device, KvCacheType = kv });
+        Assert.Equal(kv, engine.Pool.Layout.ElementType);
         var options = new GenerationOptions { MaxTokens = Tokens, UseMedusa = false };
         var prompt = engine.EncodePrompt(Prompt, options);
         _ = engine.Generate(prompt, options, new GenerationStats()).ToList(); // warm-up

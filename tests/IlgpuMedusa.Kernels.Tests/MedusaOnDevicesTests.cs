@@ -28,10 +28,24 @@ public sealed class MedusaOnDevicesTests(Accelerators accelerators) : IDisposabl
 
     [Theory]
     [MemberData(nameof(Cases))]
-    public void GreedyMedusaEqualsGreedyDecoding(string device, string treeName)
+    public void GreedyMedusaEqualsGreedyDecoding(string device, string treeName) => CheckGreedyMedusa(device, treeName, DType.F32);
+
+    /// <summary>
+    /// The same invariant over a binary16 KV cache (--kv-dtype f16): tree attention reading halves (the emulator's warp and
+    /// tile kernels with ILGPU's Half conversion, OpenCL's per-token and block kernels decoding bit by bit) and the
+    /// compaction of 2-byte elements.
+    /// </summary>
+    [Theory]
+    [InlineData("emulator", "tree-8")]
+    [InlineData("opencl", "mc_sim_7b_63")]
+    [InlineData("opencl", "dynamic-8")]
+    public void GreedyMedusaEqualsGreedyDecodingOverAHalfCache(string device, string treeName) => CheckGreedyMedusa(device, treeName, DType.F16);
+
+    private void CheckGreedyMedusa(string device, string treeName, DType kv)
     {
         var backend = device == "emulator" ? accelerators.Emulator : accelerators.OpenCL;
-        using var rig = new Rig(backend, _directory);
+        using var rig = new Rig(backend, _directory, kv);
+        Assert.Equal(kv, rig.Pool.Layout.ElementType);
         var (model, heads, pool, workspace, c) = (rig.Model, rig.Heads, rig.Pool, rig.Workspace, rig.Model.Config);
         using var tree = global::IlgpuMedusa.Tests.Medusa.CompiledTrees.Resolve(backend, treeName, heads.HeadCount);
         int[] prompt = [1, 17, 42, 5, 63, 8];
@@ -130,7 +144,7 @@ public sealed class MedusaOnDevicesTests(Accelerators accelerators) : IDisposabl
         private readonly HuggingFaceCheckpoint _checkpoint;
         private readonly MedusaHeadsCheckpoint _headsFile;
 
-        public Rig(IComputeBackend backend, string directory)
+        public Rig(IComputeBackend backend, string directory, DType kv = DType.F32)
         {
             _checkpoint = HuggingFaceCheckpoint.Open(directory);
             var headsPath = Path.Combine(directory, "heads.safetensors");
@@ -140,7 +154,7 @@ public sealed class MedusaOnDevicesTests(Accelerators accelerators) : IDisposabl
             Model = LlamaModel.Load(_checkpoint, backend);
             Heads = MedusaHeads.Load(_headsFile, Model);
             var c = Model.Config;
-            Pool = KvBlockPool.FromBudget(backend, c.Layers, c.KvHeads, c.HeadDim, 16, 2L * 160 * 2 * c.Layers * c.KvDim * sizeof(float));
+            Pool = KvBlockPool.FromBudget(backend, c.Layers, c.KvHeads, c.HeadDim, 16, 2L * 160 * KvCacheLayout.BytesPerToken(c.Layers, c.KvDim, kv), kv);
             Workspace = new ForwardWorkspace(backend, c, 64, 64);
         }
 
