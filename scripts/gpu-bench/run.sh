@@ -504,6 +504,7 @@ if ((DRY_RUN)); then
     run_step "prompt-$shape" 30 python3 "$SCRIPTS/make_model.py" --prompt-only --out "$prompt_dir" --prompt-tokens "$PROMPT_TOKENS"
     if ((HAVE_APP)); then
       ours_profile "$shape" "$model" "$prompt_dir/prompt_ids.json" 120
+      ours_kv16 "$shape" "$model" "$prompt_dir/prompt_ids.json" 60  # every backend stores binary16 KV
       if [[ $DEVICE != host ]] && ((OP_STEPS > 0)); then
         ours_op_times "ours-$shape-ops" "$model" "$prompt_dir/prompt_ids.json" 60
         ours_unfused "$shape" "$model" "$prompt_dir/prompt_ids.json" 60
