@@ -60,7 +60,9 @@ public interface IComputeBackend : IDisposable
     /// <summary>Copies an I32 tensor to the host (waits for pending work).</summary>
     void Download(DeviceTensor source, Span<int> destination);
 
-    /// <summary>Allocates a zero-filled KV cache.</summary>
+    /// <summary>
+    /// Allocates a zero-filled KV cache of the layout's element type (F32, or F16: keys and values stored as binary16).
+    /// </summary>
     KvCache AllocateKvCache(KvCacheLayout layout);
 
     /// <summary>Waits for all queued work.</summary>
@@ -119,7 +121,8 @@ public interface IComputeBackend : IDisposable
     /// <summary>
     /// Writes the keys and values of T new tokens into the cache. qkv F32[T, (H + 2Hkv)·Dh] holds Q | K | V per row;
     /// K starts at column <paramref name="queryHeads"/> · Dh. Token t goes to logical position <paramref name="startPosition"/> + t,
-    /// physical slot blockTable[p / B] · B + p mod B. blockTable I32[1, n].
+    /// physical slot blockTable[p / B] · B + p mod B. blockTable I32[1, n]. An F16 cache stores each key and value
+    /// rounded to the nearest binary16 (ties to even, overflow to ±∞): the same bits on every backend.
     /// </summary>
     void KvWrite(KvCache cache, int layer, DeviceTensor qkv, int queryHeads, DeviceTensor blockTable, int startPosition);
 
@@ -142,7 +145,8 @@ public interface IComputeBackend : IDisposable
     /// when j − S ≤ t (causal). Scores are q·k / √Dh, softmax over visible keys, output = Σ p·v. Query head h reads
     /// kv head h / (H / Hkv). output F32[T, H·Dh]; qkv as in <see cref="KvWrite"/>, of which only the first H·Dh columns
     /// (the queries) are read: every key and value comes from the cache, so a plain query matrix F32[T, H·Dh] will do
-    /// (Medusa heads with context attention pass one); mask I32[T, T] or null.
+    /// (Medusa heads with context attention pass one); mask I32[T, T] or null. Computed in float32 whatever the cache
+    /// stores (F16 elements widen exactly).
     /// </summary>
     void Attention(DeviceTensor output, DeviceTensor qkv, KvCache cache, int layer, DeviceTensor blockTable, int committed, DeviceTensor? mask);
 
