@@ -106,6 +106,7 @@ public static partial class AttentionKernel
         int split = Grid.IdxZ;
         int dh = args.HeadDim;
         int kvDim = args.KvHeads * dh;
+        long slotCount = keys.Length / kvDim; // Hkv · Dh ≥ 1 (the launcher checks)
         long headOffset = (long)(head / (args.Heads / args.KvHeads)) * dh;
         var query = LaneSlice.Load<float, F32Format>(qkv, (long)head * dh, lane, dh, args.Scale);
         int keyCount = args.Committed + 1;
@@ -119,10 +120,10 @@ public static partial class AttentionKernel
         for (int key = begin; key < end; key += DecodeKeysPerStep)
         {
             // Keys past the end (and a hidden new key) read row 0 of the cache (valid) and weigh 0.
-            long o0 = KeyRowOffset(blockTable, args, key, end, kvDim, headOffset);
-            long o1 = KeyRowOffset(blockTable, args, key + 1, end, kvDim, headOffset);
-            long o2 = KeyRowOffset(blockTable, args, key + 2, end, kvDim, headOffset);
-            long o3 = KeyRowOffset(blockTable, args, key + 3, end, kvDim, headOffset);
+            long o0 = KeyRowOffset(blockTable, args, key, end, kvDim, headOffset, slotCount);
+            long o1 = KeyRowOffset(blockTable, args, key + 1, end, kvDim, headOffset, slotCount);
+            long o2 = KeyRowOffset(blockTable, args, key + 2, end, kvDim, headOffset, slotCount);
+            long o3 = KeyRowOffset(blockTable, args, key + 3, end, kvDim, headOffset, slotCount);
             var k0 = LaneSlice.Load<TKv, TFormat>(keys, o0, lane, dh, 1f);
             var k1 = LaneSlice.Load<TKv, TFormat>(keys, o1, lane, dh, 1f);
             var k2 = LaneSlice.Load<TKv, TFormat>(keys, o2, lane, dh, 1f);
@@ -170,13 +171,14 @@ public static partial class AttentionKernel
 
     /// <summary>
     /// Where key <paramref name="key"/>'s row of one key/value head starts in a layer's plane, through the block table;
-    /// keys at or past <paramref name="end"/> get offset 0, a valid row (they are never visible: their weight is 0).
+    /// keys at or past <paramref name="end"/> get offset 0, a valid row (they are never visible: their weight is 0); a
+    /// table entry outside the cache's <paramref name="slotCount"/> slots reads slot 0 (<see cref="KvSlots"/>).
     /// </summary>
-    private static long KeyRowOffset(ArrayView<int> blockTable, AttentionArgs args, int key, int end, int kvDim, long headOffset)
+    private static long KeyRowOffset(ArrayView<int> blockTable, AttentionArgs args, int key, int end, int kvDim, long headOffset, long slotCount)
     {
         if (key >= end) return 0;
-        long slot = (long)blockTable[key / args.BlockSize] * args.BlockSize + key % args.BlockSize;
-        return slot * kvDim + headOffset;
+        long slot = KvSlots.Slot(blockTable, key, args.BlockSize, slotCount);
+        return (slot < 0 ? 0 : slot) * kvDim + headOffset;
     }
 
     private static bool DecodeVisible(ArrayView<int> mask, AttentionArgs args, int key, int end) =>

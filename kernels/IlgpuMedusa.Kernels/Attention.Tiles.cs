@@ -63,6 +63,7 @@ public static partial class AttentionKernel
         int perKv = args.Heads / args.KvHeads;
         int rows = args.Tokens * perKv;
         int kvDim = args.KvHeads * dh;
+        long slotCount = keys.Length / kvDim; // Hkv · Dh ≥ 1 (the launcher checks)
         long headOffset = (long)kvHead * dh;
 
         for (int i = tid; i < tileRows * dh; i += groupSize)
@@ -100,7 +101,7 @@ public static partial class AttentionKernel
         int ka = 2 * lane * TileStride, kb = ka + TileStride;
         for (int chunk = begin; chunk < end; chunk += TileKeys)
         {
-            if (tid < TileKeys) slotOffset[tid] = KeyRowOffset(blockTable, args, chunk + tid, end, kvDim, headOffset);
+            if (tid < TileKeys) slotOffset[tid] = KeyRowOffset(blockTable, args, chunk + tid, end, kvDim, headOffset, slotCount);
             Group.Barrier();
             for (int k = firstKey, d = firstDim; k < TileKeys; k += stepKeys, d += stepDims)
             {

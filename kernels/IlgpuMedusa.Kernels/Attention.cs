@@ -105,6 +105,7 @@ public static partial class AttentionKernel
         int split = Grid.IdxZ;
         int dh = args.HeadDim;
         int kvDim = args.KvHeads * dh;
+        long slotCount = keys.Length / kvDim; // Hkv · Dh ≥ 1 (the launcher checks)
         long headOffset = (long)(head / (args.Heads / args.KvHeads)) * dh;
         long queryStart = (long)token * args.QkvStride + (long)head * dh;
         for (int d = tid; d < dh; d += groupSize)
@@ -137,8 +138,8 @@ public static partial class AttentionKernel
             long offset = 0;
             if (visible)
             {
-                long slot = (long)blockTable[key / args.BlockSize] * args.BlockSize + key % args.BlockSize;
-                offset = slot * kvDim + headOffset;
+                long slot = KvSlots.Slot(blockTable, key, args.BlockSize, slotCount);
+                offset = (slot < 0 ? 0 : slot) * kvDim + headOffset;
                 // Four independent sums, so that four loads are in flight.
                 float dot0 = 0f, dot1 = 0f, dot2 = 0f, dot3 = 0f;
                 int d = 0;
@@ -310,6 +311,7 @@ public static partial class AttentionKernel
         int split = Grid.IdxZ;
         int dh = args.HeadDim;
         int kvDim = args.KvHeads * dh;
+        long slotCount = keys.Length / kvDim; // Hkv · Dh ≥ 1 (the launcher checks)
         long headOffset = (long)(head / (args.Heads / args.KvHeads)) * dh;
         int lastToken = args.Tokens - 1;
         for (int i = tid; i < BlockTokens * dh; i += groupSize)
@@ -340,7 +342,7 @@ public static partial class AttentionKernel
         int quads = (dh + 3) / 4;
         for (int chunk = begin; chunk < end; chunk += chunkKeys)
         {
-            if (tid < chunkKeys) slotOffset[tid] = KeyRowOffset(blockTable, args, chunk + tid, end, kvDim, headOffset);
+            if (tid < chunkKeys) slotOffset[tid] = KeyRowOffset(blockTable, args, chunk + tid, end, kvDim, headOffset, slotCount);
             int key = chunk + j;
             bool visible = key < end && myToken <= lastToken
                 && (key < args.Committed || (args.HasMask != 0 ? mask[myToken * args.Tokens + key - args.Committed] != 0 : key - args.Committed <= myToken));

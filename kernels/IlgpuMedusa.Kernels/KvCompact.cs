@@ -53,13 +53,15 @@ public static class KvCompactKernel
         int plane = index / args.KvDim;
         int c = index - plane * args.KvDim;
         long column = plane * args.PlaneLength + c;
+        long slots = args.PlaneLength / args.KvDim;
         for (int i = 0; i < args.Count; i++)
         {
             int from = sources[i];
             int to = args.DestinationStart + i;
             if (from == to) continue;
-            long fromSlot = (long)blockTable[from / args.BlockSize] * args.BlockSize + from % args.BlockSize;
-            long toSlot = (long)blockTable[to / args.BlockSize] * args.BlockSize + to % args.BlockSize;
+            long fromSlot = KvSlots.Slot(blockTable, from, args.BlockSize, slots);
+            long toSlot = KvSlots.Slot(blockTable, to, args.BlockSize, slots);
+            if (fromSlot < 0 || toSlot < 0) continue; // a table entry outside the cache: that move is dropped
             cache[column + toSlot * args.KvDim] = cache[column + fromSlot * args.KvDim];
         }
     }

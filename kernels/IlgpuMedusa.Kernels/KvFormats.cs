@@ -94,3 +94,21 @@ public readonly struct KvPlanes
         _ => throw new ArgumentOutOfRangeException(nameof(element), element, "unknown KV element type"),
     };
 }
+
+/// <summary>
+/// Logical KV positions to physical slots through a block table, inside the cache: the kernels read block ids from device
+/// memory, where no launcher can check them, so an entry outside [0, blocks) (a bad table passed through the public
+/// backend API; the scheduler never builds one) must not make a kernel read or write outside its planes.
+/// </summary>
+public static class KvSlots
+{
+    /// <summary>
+    /// blockTable[p / B] · B + p mod B, or −1 when that lies outside the <paramref name="slotCount"/> slots of a plane
+    /// (writes skip such a slot; reads take slot 0 instead: undefined values, but never outside the cache).
+    /// </summary>
+    public static long Slot(ArrayView<int> blockTable, int position, int blockSize, long slotCount)
+    {
+        long slot = (long)blockTable[position / blockSize] * blockSize + position % blockSize;
+        return slot >= 0 && slot < slotCount ? slot : -1;
+    }
+}

@@ -53,8 +53,8 @@ public static class KvWriteKernel
         int t = index / args.KvDim;
         int c = index - t * args.KvDim;
         int position = args.StartPosition + t;
-        int block = blockTable[position / args.BlockSize];
-        long slot = (long)block * args.BlockSize + position % args.BlockSize;
+        long slot = KvSlots.Slot(blockTable, position, args.BlockSize, keys.Length / args.KvDim);
+        if (slot < 0) return; // a table entry outside the cache: nothing is written
         long source = (long)t * args.QkvStride + args.KeyOffset + c;
         keys[slot * args.KvDim + c] = kv.Encode(qkv[source]);
         values[slot * args.KvDim + c] = kv.Encode(qkv[source + args.KvDim]);

@@ -79,7 +79,8 @@ public static class RopeKvWriteKernel
         if (s < args.QueryHeads) return;
         int kvDim = args.KvHeads * args.HeadDim;
         int position = args.StartPosition + t;
-        long slot = (long)blockTable[position / args.BlockSize] * args.BlockSize + position % args.BlockSize;
+        long slot = KvSlots.Slot(blockTable, position, args.BlockSize, keys.Length / kvDim);
+        if (slot < 0) return; // a table entry outside the cache: the rotation stands, nothing is stored
         long at = slot * kvDim + (s - args.QueryHeads) * args.HeadDim + j;
         keys[at] = kv.Encode(ra);
         keys[at + half] = kv.Encode(rb);

@@ -938,6 +938,55 @@ public abstract class ConformanceTests
         Twin.AssertCachesClose(caches, Tolerance.Exact, $"KvCompact [{string.Join(", ", offsets)}] {element}");
     }
 
+    /// <summary>
+    /// Block-table entries outside the cache (only a bad table passed through the public backend API has them: the host
+    /// backend throws, a kernel cannot check before it runs): the device's kernels neither write nor read outside their
+    /// planes. Positions 4-7 point at block 7 of a 3-block cache, which would land in another layer's planes of the one
+    /// buffer; positions 8-11 at block −2, before the buffer. The KV write, the fused RoPE + KV write and the compaction
+    /// change only layer 0's block 1; attention over the bad positions gives finite numbers, for every kernel the device
+    /// loads by default.
+    /// </summary>
+    [Theory]
+    [InlineData(DType.F32)]
+    [InlineData(DType.F16)]
+    public void Block_table_entries_outside_the_cache_are_not_followed(DType element)
+    {
+        using var twin = NewTwin(71);
+        var layout = new KvCacheLayout(Layers: 2, KvHeads: 1, HeadDim: 4, BlockSize: 4, BlockCount: 3, element);
+        using var cache = Device.AllocateKvCache(layout);
+        var table = twin.Ints(1, 3, [1, 7, -2]);
+        const int heads = 2, tokens = 12;
+        int width = (heads + 2) * layout.HeadDim;
+        var qkv = twin.RandomTensor(tokens, width, 2f);
+        var positions = twin.Ints(tokens, 1, [.. Enumerable.Range(0, tokens)]);
+        Device.KvWrite(cache, 0, qkv.Device, heads, table.Device, 0);
+        Device.RopeKvWrite(qkv.Device, positions.Device, heads, layout.HeadDim, 10000f, cache, 0, table.Device, 0);
+        var sources = twin.Ints(2, 1, [5, 9]);
+        Device.KvCompact(cache, table.Device, sources.Device, 1);
+        foreach (int tokensNow in new[] { 1, tokens - 8 })
+        {
+            var output = twin.Zeros(DType.F32, tokensNow, heads * layout.HeadDim);
+            Device.Attention(output.Device, qkv.Device.Slice(8, tokensNow), cache, 0, table.Device, 8, null);
+            var values = new float[tokensNow * heads * layout.HeadDim];
+            Device.Download(output.Device, values);
+            Assert.All(values, v => Assert.True(float.IsFinite(v), $"attention over bad table entries gave {v} (T={tokensNow}, {element})"));
+        }
+        var slot = new float[layout.KvDim];
+        for (int layer = 0; layer < layout.Layers; layer++)
+        {
+            for (int part = 0; part < 2; part++)
+            {
+                for (int s = 0; s < layout.SlotCount; s++)
+                {
+                    cache.ReadSlot(layer, part, s, slot);
+                    bool written = layer == 0 && s >= 4 && s < 8; // block 1: positions 0-3
+                    Assert.True(written == slot.Any(v => v != 0f),
+                        $"{element} layer {layer} {(part == 0 ? "keys" : "values")} slot {s}: {(written ? "not written" : "written through a bad table entry")}");
+                }
+            }
+        }
+    }
+
     /// <summary>Bad shapes and foreign tensors are rejected before any work is queued.</summary>
     [Fact]
     public void Bad_arguments_throw_with_shapes()
