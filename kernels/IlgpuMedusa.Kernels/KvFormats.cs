@@ -103,12 +103,15 @@ public readonly struct KvPlanes
 public static class KvSlots
 {
     /// <summary>
-    /// blockTable[p / B] · B + p mod B, or −1 when that lies outside the <paramref name="slotCount"/> slots of a plane
-    /// (writes skip such a slot; reads take slot 0 instead: undefined values, but never outside the cache).
+    /// blockTable[p / B] · B + p mod B, or −1 when p is negative or past the table (compaction sources are device data
+    /// too) or the slot lies outside the <paramref name="slotCount"/> slots of a plane (writes skip such a slot; reads
+    /// take slot 0 instead: undefined values, but never outside the cache).
     /// </summary>
     public static long Slot(ArrayView<int> blockTable, int position, int blockSize, long slotCount)
     {
-        long slot = (long)blockTable[position / blockSize] * blockSize + position % blockSize;
+        int entry = position / blockSize;
+        if (position < 0 || entry >= blockTable.Length) return -1;
+        long slot = (long)blockTable[entry] * blockSize + position % blockSize;
         return slot >= 0 && slot < slotCount ? slot : -1;
     }
 }

@@ -942,8 +942,8 @@ public abstract class ConformanceTests
     /// Block-table entries outside the cache (only a bad table passed through the public backend API has them: the host
     /// backend throws, a kernel cannot check before it runs): the device's kernels neither write nor read outside their
     /// planes. Positions 4-7 point at block 7 of a 3-block cache, which would land in another layer's planes of the one
-    /// buffer; positions 8-11 at block −2, before the buffer. The KV write, the fused RoPE + KV write and the compaction
-    /// change only layer 0's block 1; attention over the bad positions gives finite numbers, for every kernel the device
+    /// buffer; positions 8-11 at block −2, before the buffer; a compaction source past the table. The KV write, the fused
+    /// RoPE + KV write and the compaction change only layer 0's block 1; attention over the bad positions gives finite numbers, for every kernel the device
     /// loads by default.
     /// </summary>
     [Theory]
@@ -961,7 +961,7 @@ public abstract class ConformanceTests
         var positions = twin.Ints(tokens, 1, [.. Enumerable.Range(0, tokens)]);
         Device.KvWrite(cache, 0, qkv.Device, heads, table.Device, 0);
         Device.RopeKvWrite(qkv.Device, positions.Device, heads, layout.HeadDim, 10000f, cache, 0, table.Device, 0);
-        var sources = twin.Ints(2, 1, [5, 9]);
+        var sources = twin.Ints(3, 1, [5, 9, 4000]); // 4000: past the table itself
         Device.KvCompact(cache, table.Device, sources.Device, 1);
         foreach (int tokensNow in new[] { 1, tokens - 8 })
         {
