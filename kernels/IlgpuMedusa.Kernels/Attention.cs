@@ -654,6 +654,12 @@ public sealed class AttentionLauncher : IDisposable
     /// The kernels for binary16 KV elements, compiled on first use (a cache of float32 elements never pays for them):
     /// decoded with ILGPU's Half conversion where it runs (CUDA, the CPU emulator), bit by bit elsewhere (OpenCL).
     /// </summary>
+    /// <summary>Compiles the kernels for <paramref name="element"/> now (binary16: otherwise on first use).</summary>
+    public void Prepare(KvElement element)
+    {
+        if (element == KvElement.F16) F16Family();
+    }
+
     private Family<ushort> F16Family() => _f16 ??= _accelerator.AcceleratorType is AcceleratorType.Cuda or AcceleratorType.CPU
         ? LoadFamily<ushort, KvF16Native>()
         : LoadFamily<ushort, KvF16>();

@@ -89,6 +89,12 @@ public sealed class KvCompactLauncher
         return KernelLoader.Load(accelerator, kernel, () => accelerator.LoadAutoGroupedKernel(kernel));
     }
 
+    /// <summary>Compiles the kernel for <paramref name="element"/> now (binary16: otherwise on first use).</summary>
+    public void Prepare(KvElement element)
+    {
+        if (element == KvElement.F16) _f16 ??= Load<ushort>(_accelerator);
+    }
+
     /// <summary>cache: all planes, as bytes, with elements of <paramref name="element"/>; sources I32[n].</summary>
     public void Launch(AcceleratorStream stream, KvElement element, ArrayView<byte> cache, ArrayView<int> blockTable, ArrayView<int> sources, in KvCompactArgs args)
     {

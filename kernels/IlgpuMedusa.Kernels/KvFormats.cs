@@ -7,7 +7,7 @@ public enum KvElement
 {
     /// <summary>float32.</summary>
     F32,
-    /// <summary>IEEE binary16 bits (half the memory); written rounded to nearest even, read widened exactly.</summary>
+    /// <summary>IEEE binary16 bits (half the memory); written saturated to ±65,504 and rounded to nearest even, read widened exactly.</summary>
     F16,
 }
 
@@ -34,8 +34,27 @@ public readonly struct KvF32 : IKvFormat<float>
 }
 
 /// <summary>
-/// binary16 keys and values, decoded and encoded bit by bit (<see cref="HalfBits"/>): runs on every device, OpenCL
-/// without cl_khr_fp16 included, and rounds exactly as the host does.
+/// What a binary16 KV element stores: the value saturated to the largest finite half, ±65,504 (infinities included;
+/// NaN stays NaN), then rounded to nearest even. Saturating, not overflowing to ±∞: the attention kernels let keys that
+/// take no part read some valid row with weight 0, and 0 · ∞ would turn another sequence's output into NaN; a float32
+/// cache only ever holds what the forward computed.
+/// </summary>
+public static class HalfKv
+{
+    /// <summary>The largest finite binary16 value.</summary>
+    public const float Max = 65504f;
+
+    /// <summary><paramref name="value"/> clamped to [−65,504, 65,504]; NaN unchanged.</summary>
+    public static float Saturate(float value) => value > Max ? Max : value < -Max ? -Max : value;
+
+    /// <summary>The stored bits: <see cref="Saturate"/>, then <see cref="HalfBits.FromSingle"/>.</summary>
+    public static ushort Encode(float value) => (ushort)HalfBits.FromSingle(Saturate(value));
+}
+
+/// <summary>
+/// binary16 keys and values, decoded and encoded bit by bit (<see cref="HalfBits"/>, <see cref="HalfKv"/>): runs on every
+/// device, OpenCL without cl_khr_fp16 included, and stores what the host stores (every input but NaN payloads: a NaN
+/// stays a NaN of the same sign).
 /// </summary>
 public readonly struct KvF16 : IKvFormat<ushort>
 {
@@ -43,7 +62,7 @@ public readonly struct KvF16 : IKvFormat<ushort>
     public float Decode(ushort raw) => HalfBits.ToSingle(raw);
 
     /// <inheritdoc />
-    public ushort Encode(float value) => (ushort)HalfBits.FromSingle(value);
+    public ushort Encode(float value) => HalfKv.Encode(value);
 }
 
 /// <summary>
@@ -57,7 +76,7 @@ public readonly struct KvF16Native : IKvFormat<ushort>
     public float Decode(ushort raw) => Interop.IntAsFloat(raw);
 
     /// <inheritdoc />
-    public ushort Encode(float value) => (ushort)HalfBits.FromSingle(value);
+    public ushort Encode(float value) => HalfKv.Encode(value);
 }
 
 /// <summary>

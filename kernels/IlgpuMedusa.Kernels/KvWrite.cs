@@ -84,6 +84,12 @@ public sealed class KvWriteLauncher
         return KernelLoader.Load(accelerator, kernel, () => accelerator.LoadAutoGroupedKernel(kernel));
     }
 
+    /// <summary>Compiles the kernel for <paramref name="element"/> now (binary16: otherwise on first use).</summary>
+    public void Prepare(KvElement element)
+    {
+        if (element == KvElement.F16) _f16 ??= Load<ushort, KvF16>(_accelerator);
+    }
+
     /// <summary>planes: one layer's keys and values; qkv F32[T, stride]; blockTable I32[n] covering start + T positions.</summary>
     public void Launch(AcceleratorStream stream, KvPlanes planes, ArrayView<float> qkv, ArrayView<int> blockTable, in KvWriteArgs args)
     {

@@ -112,6 +112,12 @@ public sealed class RopeKvWriteLauncher
         return KernelLoader.Load(accelerator, kernel, () => accelerator.LoadAutoGroupedKernel(kernel));
     }
 
+    /// <summary>Compiles the kernel for <paramref name="element"/> now (binary16: otherwise on first use).</summary>
+    public void Prepare(KvElement element)
+    {
+        if (element == KvElement.F16) _f16 ??= Load<ushort, KvF16>(_accelerator);
+    }
+
     /// <summary>
     /// planes: one layer's keys and values; qkv F32[T, stride] holding Q | K | V; positions I32[T]; frequencies F32[Dh/2];
     /// blockTable I32[n] covering start + T positions.

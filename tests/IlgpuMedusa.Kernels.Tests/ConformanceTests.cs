@@ -939,6 +939,86 @@ public abstract class ConformanceTests
     }
 
     /// <summary>
+    /// Edge values into a binary16 cache, through the KV write and the fused RoPE + KV write (whose values are stored
+    /// unrotated): ties to even among normals and subnormals, the smallest subnormal and half of it, the largest half,
+    /// values that round past it (saturated to ±65504, infinities too), ±0, tiny values that round to ±0, NaN. The device
+    /// stores the host's bits (NaN: a NaN).
+    /// </summary>
+    [Fact]
+    public void Half_cache_stores_the_hosts_bits_for_edge_values()
+    {
+        float[] edges =
+        [
+            1f + MathF.ScaleB(1, -11), 1f + 3 * MathF.ScaleB(1, -11), -2.5f, 65504f, 65519.996f, 65520f, -65520f, 1e6f, -1e6f,
+            float.PositiveInfinity, float.NegativeInfinity, MathF.ScaleB(1, -24), MathF.ScaleB(1, -25), MathF.ScaleB(3, -25),
+            MathF.ScaleB(5, -25), MathF.ScaleB(2047, -25), -MathF.ScaleB(1023, -24), 1e-8f, -1e-8f, 0f, -0f, 0.1f, float.NaN, 3.14159f,
+        ];
+        using var twin = NewTwin(72);
+        var layout = new KvCacheLayout(Layers: 2, KvHeads: 2, HeadDim: 6, BlockSize: 4, BlockCount: 3, DType.F16);
+        var caches = twin.Cache(layout);
+        var table = twin.Ints(1, 3, [2, 0, 1]);
+        const int heads = 2, tokens = 3;
+        int width = (heads + 2 * layout.KvHeads) * layout.HeadDim;
+        var data = new float[tokens * width];
+        for (int i = 0; i < data.Length; i++) data[i] = edges[i % edges.Length];
+        var qkv = twin.Floats(tokens, width, data);
+        Accelerators.Host.KvWrite(caches.Host, 0, qkv.Host, heads, table.Host, 1);
+        Device.KvWrite(caches.Device, 0, qkv.Device, heads, table.Device, 1);
+        var positions = twin.Ints(tokens, 1, [0, 0, 0]); // position 0: the rotation is the identity, keys stay as given
+        ((IComputeBackend)Accelerators.Host).RopeKvWrite(qkv.Host, positions.Host, heads, layout.HeadDim, 10000f, caches.Host, 1, table.Host, 5);
+        Device.RopeKvWrite(qkv.Device, positions.Device, heads, layout.HeadDim, 10000f, caches.Device, 1, table.Device, 5);
+        var h = new float[layout.KvDim];
+        var d = new float[layout.KvDim];
+        int nonzero = 0;
+        for (int layer = 0; layer < 2; layer++)
+            for (int part = 0; part < 2; part++)
+                for (int slot = 0; slot < layout.SlotCount; slot++)
+                {
+                    caches.Host.ReadSlot(layer, part, slot, h);
+                    caches.Device.ReadSlot(layer, part, slot, d);
+                    for (int e = 0; e < h.Length; e++)
+                    {
+                        Assert.False(float.IsInfinity(h[e]), $"host stored {h[e]}: a half cache saturates at ±65504");
+                        bool same = float.IsNaN(h[e]) ? float.IsNaN(d[e]) : BitConverter.SingleToUInt32Bits(h[e]) == BitConverter.SingleToUInt32Bits(d[e]);
+                        Assert.True(same, $"layer {layer} {(part == 0 ? "keys" : "values")} slot {slot} element {e}: host {h[e]}, device {d[e]}");
+                        if (h[e] != 0f) nonzero++;
+                    }
+                }
+        Assert.True(nonzero > 2 * tokens * layout.KvDim, $"only {nonzero} elements written");
+    }
+
+    /// <summary>
+    /// Another sequence's large keys and values do not reach a decode: one sequence writes 70,000 (beyond the largest
+    /// half) into block 0, another decodes over blocks 1 and 2. Kernels let keys that take no part read a valid row with
+    /// weight 0 (the warp kernel: slot 0), so a stored infinity would make 0 · ∞ = NaN there; the half cache saturates at
+    /// ±65,504 instead, and the outputs equal the host's, which never reads block 0.
+    /// </summary>
+    [Fact]
+    public void Half_cache_overflow_in_one_sequence_does_not_reach_another()
+    {
+        using var twin = NewTwin(73);
+        var layout = new KvCacheLayout(Layers: 1, KvHeads: 1, HeadDim: 8, BlockSize: 4, BlockCount: 3, DType.F16);
+        var caches = twin.Cache(layout);
+        const int heads = 2;
+        int width = (heads + 2) * layout.HeadDim;
+        var huge = new float[4 * width];
+        Array.Fill(huge, 70000f);
+        var big = twin.Floats(4, width, huge);
+        var first = twin.Ints(1, 1, [0]);
+        Accelerators.Host.KvWrite(caches.Host, 0, big.Host, heads, first.Host, 0);
+        Device.KvWrite(caches.Device, 0, big.Device, heads, first.Device, 0);
+        var second = twin.Ints(1, 2, [1, 2]);
+        var prefix = twin.RandomTensor(5, width);
+        Accelerators.Host.KvWrite(caches.Host, 0, prefix.Host, heads, second.Host, 0);
+        Device.KvWrite(caches.Device, 0, prefix.Device, heads, second.Device, 0);
+        var output = twin.Zeros(DType.F32, 1, heads * layout.HeadDim);
+        var query = twin.RandomTensor(1, width);
+        Accelerators.Host.Attention(output.Host, query.Host, caches.Host, 0, second.Host, 4, null);
+        Device.Attention(output.Device, query.Device, caches.Device, 0, second.Device, 4, null);
+        Twin.AssertClose(output, Tolerance.ForSum(DType.F32, layout.HeadDim), "decode beside a saturated sequence");
+    }
+
+    /// <summary>
     /// Block-table entries outside the cache (only a bad table passed through the public backend API has them: the host
     /// backend throws, a kernel cannot check before it runs): the device's kernels neither write nor read outside their
     /// planes. Positions 4-7 point at block 7 of a 3-block cache, which would land in another layer's planes of the one

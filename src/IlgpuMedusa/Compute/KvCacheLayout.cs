@@ -17,6 +17,11 @@ namespace IlgpuMedusa.Compute;
 /// <param name="ElementType">How a key or value element is stored: <see cref="DType.F32"/> or <see cref="DType.F16"/>.</param>
 public sealed record KvCacheLayout(int Layers, int KvHeads, int HeadDim, int BlockSize, int BlockCount, DType ElementType = DType.F32)
 {
+    /// <summary>How a key or value element is stored; anything but F32 or F16 is refused when the layout is made.</summary>
+    public DType ElementType { get => _elementType; init => _elementType = CheckElementType(value, "KV cache layout"); }
+
+    private readonly DType _elementType = CheckElementType(ElementType, "KV cache layout");
+
     /// <summary>Element types a KV cache can hold.</summary>
     public static IReadOnlyList<DType> SupportedTypes { get; } = [DType.F32, DType.F16];
 

@@ -29,9 +29,9 @@ public sealed unsafe class HostHalfKvCacheTests : IDisposable
         { -2.5f, -2.5f },
         { 65504f, 65504f },                                                  // the largest half
         { 65519.996f, 65504f },                                              // just below halfway to 2^16: down
-        { 65520f, float.PositiveInfinity },                                  // halfway to 2^16: to even, which overflows
-        { -1e6f, float.NegativeInfinity },
-        { float.PositiveInfinity, float.PositiveInfinity },
+        { 65520f, float.PositiveInfinity },                                  // halfway to 2^16: to even, which overflows (stored: 65504)
+        { -1e6f, float.NegativeInfinity },                                   // (stored: -65504)
+        { float.PositiveInfinity, float.PositiveInfinity },                  // (stored: 65504)
         { MathF.ScaleB(1, -24), MathF.ScaleB(1, -24) },                      // the smallest subnormal
         { MathF.ScaleB(1, -25), 0f },                                        // halfway between 0 and 2^-24: to even (0)
         { MathF.ScaleB(3, -26), MathF.ScaleB(1, -24) },                      // 0.75 · 2^-24: up
@@ -63,10 +63,13 @@ public sealed unsafe class HostHalfKvCacheTests : IDisposable
 
     [Theory]
     [MemberData(nameof(HandRoundings))]
-    public void F16_kv_write_rounds_to_nearest_even_binary16(float input, float expected)
+    public void F16_kv_write_rounds_to_nearest_even_binary16(float input, float rounding)
     {
         // The .NET conversion agrees with the hand-worked rounding (a check of the golden value itself) ...
-        Assert.Equal(BitConverter.SingleToUInt32Bits(expected), BitConverter.SingleToUInt32Bits((float)(Half)input));
+        Assert.Equal(BitConverter.SingleToUInt32Bits(rounding), BitConverter.SingleToUInt32Bits((float)(Half)input));
+        // ... and the cache stores it, saturated: a rounding that overflows to ±infinity (and an infinite input) is kept
+        // as the largest finite half, ±65504, so that no weight-0 read of the element can make 0 · infinity = NaN.
+        float expected = float.IsInfinity(rounding) ? MathF.CopySign(65504f, rounding) : rounding;
         var l = Layout(DType.F16, layers: 1, kvHeads: 1, headDim: 20, blockSize: 4, blockCount: 2);
         using var cache = _backend.AllocateKvCache(l);
         // ... and every key and value element of the slot (vector part and scalar tail of the 20) stores it.
@@ -84,7 +87,7 @@ public sealed unsafe class HostHalfKvCacheTests : IDisposable
     [Fact]
     public void F16_kv_write_stores_exactly_the_scalar_half_rounding_of_random_floats_in_the_right_slots()
     {
-        // Random float bit patterns of every exponent (normal, subnormal and overflowing halves, infinities, NaNs), and
+        // Random float bit patterns of every exponent (normal, subnormal and saturating halves, infinities, NaNs), and
         // random values near 1, written at positions 3..12 through a permuted block table on layer 1 of 2.
         var l = Layout(DType.F16, blockCount: 5);
         int[] table = [3, 0, 4, 2, 1];
@@ -105,7 +108,7 @@ public sealed unsafe class HostHalfKvCacheTests : IDisposable
                 for (int e = 0; e < l.KvDim; e++)
                 {
                     float x = qkv[t * width + (queryHeads + part * l.KvHeads) * l.HeadDim + e];
-                    float expected = (float)(Half)x;
+                    float expected = (float)(Half)(x > 65504f ? 65504f : x < -65504f ? -65504f : x); // saturated, then rounded
                     if (float.IsNaN(expected)) Assert.True(float.IsNaN(read[e]), $"token {t} part {part} element {e}: {read[e]} for NaN");
                     else Assert.True(BitConverter.SingleToUInt32Bits(expected) == BitConverter.SingleToUInt32Bits(read[e]),
                         $"token {t} part {part} element {e}: {read[e]} for {x} (expected {expected})");
@@ -347,5 +350,24 @@ public sealed unsafe class HostHalfKvCacheTests : IDisposable
         Assert.Equal(DType.F16, cache.Layout.ElementType);
         var e = Assert.Throws<ArgumentException>(() => _backend.AllocateKvCache(Layout(DType.BF16)));
         Assert.Contains("bf16", e.Message, StringComparison.Ordinal);
+        // Refused when the layout is made, by construction or by a with-expression, not when a size is first read.
+        Assert.Throws<ArgumentException>(() => new KvCacheLayout(1, 1, 4, 4, 1, DType.BF16));
+        var with = Assert.Throws<ArgumentException>(() => l with { ElementType = DType.I32 });
+        Assert.Contains("i32", with.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void ReadSlot_outside_the_cache_is_refused_naming_it()
+    {
+        var l = Layout(DType.F16, layers: 2, blockCount: 2);
+        using var cache = _backend.AllocateKvCache(l);
+        var slot = new float[l.KvDim];
+        foreach (var (layer, part, physical, length) in new[] { (2, 0, 0, l.KvDim), (0, 2, 0, l.KvDim), (0, 0, 8, l.KvDim), (0, 1, -1, l.KvDim), (0, 0, 0, l.KvDim + 1) })
+        {
+            var e = Assert.Throws<ArgumentException>(() => cache.ReadSlot(layer, part, physical, new float[length]));
+            Assert.Contains("ReadSlot", e.Message, StringComparison.Ordinal);
+        }
+        cache.ReadSlot(1, 1, 7, slot);
+        Assert.All(slot, v => Assert.Equal(0f, v));
     }
 }

@@ -4,6 +4,7 @@ using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics.X86;
 using System.Runtime.Intrinsics;
+using IlgpuMedusa.Kernels;
 using IlgpuMedusa.Models;
 
 namespace IlgpuMedusa.Compute.Host;
@@ -714,15 +715,20 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
         var l = c.Layout;
         Shapes.KvWrite(l, layer, q, queryHeads, blockTable, startPosition);
         int kOffset = queryHeads * l.HeadDim;
+        Span<float> clamped = !c.IsHalf ? default : l.KvDim <= 4096 ? stackalloc float[l.KvDim] : new float[l.KvDim];
         for (int t = 0; t < q.Rows; t++)
         {
             long slot = PhysicalSlot(l, table, startPosition + t);
             var row = q.FloatRow(t);
             if (c.IsHalf)
             {
-                // Rounded to nearest even binary16 (overflow to ±infinity), as (Half)x does.
-                TensorPrimitives.ConvertToHalf(row.Slice(kOffset, l.KvDim), c.HalfSlot(layer, 0, slot));
-                TensorPrimitives.ConvertToHalf(row.Slice(kOffset + l.KvDim, l.KvDim), c.HalfSlot(layer, 1, slot));
+                // Saturated to ±65504 (see HalfKv.Saturate), then rounded to nearest even binary16 as (Half)x does.
+                for (int part = 0; part < 2; part++)
+                {
+                    var source = row.Slice(kOffset + part * l.KvDim, l.KvDim);
+                    for (int i = 0; i < clamped.Length; i++) clamped[i] = HalfKv.Saturate(source[i]);
+                    TensorPrimitives.ConvertToHalf(clamped, c.HalfSlot(layer, part, slot));
+                }
                 continue;
             }
             row.Slice(kOffset, l.KvDim).CopyTo(c.Slot(layer, 0, slot));

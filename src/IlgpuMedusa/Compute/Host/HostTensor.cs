@@ -159,8 +159,9 @@ internal sealed unsafe class HostKvCache : KvCache
 
     public override void ReadSlot(int layer, int part, int physicalSlot, Span<float> destination)
     {
-        if (destination.Length < Layout.KvDim)
-            throw new ArgumentException($"a slot holds {Layout.KvDim} elements; the destination has room for {destination.Length}", nameof(destination));
+        if ((uint)layer >= (uint)Layout.Layers || (uint)part > 1 || physicalSlot < 0 || physicalSlot >= Layout.SlotCount || destination.Length != Layout.KvDim)
+            throw new ArgumentException($"ReadSlot: layer {layer}, part {part}, slot {physicalSlot}, {destination.Length} floats: outside the cache of " +
+                $"{Layout.Layers} layers, {Layout.SlotCount} slots of {Layout.KvDim}");
         if (!IsHalf)
         {
             Slot(layer, part, physicalSlot).CopyTo(destination);

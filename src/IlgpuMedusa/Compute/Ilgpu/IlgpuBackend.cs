@@ -389,6 +389,14 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
         ArgumentNullException.ThrowIfNull(layout);
         ObjectDisposedException.ThrowIf(_disposed, this);
         KvCacheLayout.CheckElementType(layout.ElementType, "AllocateKvCache");
+        if (layout.ElementType == DType.F16)
+        {
+            // The binary16 kernels compile now, so that a failure shows at load and the first step does not pay for them.
+            _kernels.Attention.Prepare(KvElement.F16);
+            _kernels.KvWrite.Prepare(KvElement.F16);
+            _kernels.RopeKvWrite.Prepare(KvElement.F16);
+            _kernels.KvCompact.Prepare(KvElement.F16);
+        }
         MemoryBuffer1D<byte, Stride1D.Dense> buffer;
         try
         {
