@@ -106,7 +106,7 @@ public static partial class AttentionKernel
         int split = Grid.IdxZ;
         int dh = args.HeadDim;
         int kvDim = args.KvHeads * dh;
-        long slotCount = keys.Length / kvDim; // Hkv · Dh ≥ 1 (the launcher checks)
+        long slotCount = keys.Length / (kvDim > 0 ? kvDim : 1); // Hkv · Dh ≥ 1 (the launcher checks; clamped all the same)
         long headOffset = (long)(head / (args.Heads / args.KvHeads)) * dh;
         var query = LaneSlice.Load<float, F32Format>(qkv, (long)head * dh, lane, dh, args.Scale);
         int keyCount = args.Committed + 1;

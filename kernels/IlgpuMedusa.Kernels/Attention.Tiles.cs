@@ -63,7 +63,7 @@ public static partial class AttentionKernel
         int perKv = args.Heads / args.KvHeads;
         int rows = args.Tokens * perKv;
         int kvDim = args.KvHeads * dh;
-        long slotCount = keys.Length / kvDim; // Hkv · Dh ≥ 1 (the launcher checks)
+        long slotCount = keys.Length / (kvDim > 0 ? kvDim : 1); // Hkv · Dh ≥ 1 (the launcher checks; clamped all the same)
         long headOffset = (long)kvHead * dh;
 
         for (int i = tid; i < tileRows * dh; i += groupSize)

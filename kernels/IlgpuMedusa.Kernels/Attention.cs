@@ -105,7 +105,7 @@ public static partial class AttentionKernel
         int split = Grid.IdxZ;
         int dh = args.HeadDim;
         int kvDim = args.KvHeads * dh;
-        long slotCount = keys.Length / kvDim; // Hkv · Dh ≥ 1 (the launcher checks)
+        long slotCount = keys.Length / (kvDim > 0 ? kvDim : 1); // Hkv · Dh ≥ 1 (the launcher checks; clamped all the same)
         long headOffset = (long)(head / (args.Heads / args.KvHeads)) * dh;
         long queryStart = (long)token * args.QkvStride + (long)head * dh;
         for (int d = tid; d < dh; d += groupSize)
@@ -311,7 +311,7 @@ public static partial class AttentionKernel
         int split = Grid.IdxZ;
         int dh = args.HeadDim;
         int kvDim = args.KvHeads * dh;
-        long slotCount = keys.Length / kvDim; // Hkv · Dh ≥ 1 (the launcher checks)
+        long slotCount = keys.Length / (kvDim > 0 ? kvDim : 1); // Hkv · Dh ≥ 1 (the launcher checks; clamped all the same)
         long headOffset = (long)(head / (args.Heads / args.KvHeads)) * dh;
         int lastToken = args.Tokens - 1;
         for (int i = tid; i < BlockTokens * dh; i += groupSize)

@@ -53,7 +53,7 @@ public static class KvCompactKernel
         int plane = index / args.KvDim;
         int c = index - plane * args.KvDim;
         long column = plane * args.PlaneLength + c;
-        long slots = args.PlaneLength / args.KvDim;
+        long slots = args.PlaneLength / (args.KvDim > 0 ? args.KvDim : 1);
         for (int i = 0; i < args.Count; i++)
         {
             int from = sources[i];

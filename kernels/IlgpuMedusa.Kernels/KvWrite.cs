@@ -53,7 +53,7 @@ public static class KvWriteKernel
         int t = index / args.KvDim;
         int c = index - t * args.KvDim;
         int position = args.StartPosition + t;
-        long slot = KvSlots.Slot(blockTable, position, args.BlockSize, keys.Length / args.KvDim);
+        long slot = KvSlots.Slot(blockTable, position, args.BlockSize, keys.Length / (args.KvDim > 0 ? args.KvDim : 1));
         if (slot < 0) return; // a table entry outside the cache: nothing is written
         long source = (long)t * args.QkvStride + args.KeyOffset + c;
         keys[slot * args.KvDim + c] = kv.Encode(qkv[source]);

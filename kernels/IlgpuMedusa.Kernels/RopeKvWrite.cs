@@ -79,7 +79,7 @@ public static class RopeKvWriteKernel
         if (s < args.QueryHeads) return;
         int kvDim = args.KvHeads * args.HeadDim;
         int position = args.StartPosition + t;
-        long slot = KvSlots.Slot(blockTable, position, args.BlockSize, keys.Length / kvDim);
+        long slot = KvSlots.Slot(blockTable, position, args.BlockSize, keys.Length / (kvDim > 0 ? kvDim : 1));
         if (slot < 0) return; // a table entry outside the cache: the rotation stands, nothing is stored
         long at = slot * kvDim + (s - args.QueryHeads) * args.HeadDim + j;
         keys[at] = kv.Encode(ra);

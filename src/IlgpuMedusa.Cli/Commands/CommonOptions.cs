@@ -38,7 +38,7 @@ internal sealed class CommonOptions
     public Option<DType?> KvDtype { get; } = new("--kv-dtype")
     {
         Description = "KV cache elements: f32 (default) or f16 (half the memory, so the same budget holds twice the tokens; " +
-            "keys and values are rounded to binary16 when written, attention is still computed in float32).",
+            "keys and values are rounded to binary16 when written, saturating at ±65504; attention is still computed in float32).",
         HelpName = "f32|f16",
         CustomParser = result =>
         {

@@ -122,7 +122,8 @@ public interface IComputeBackend : IDisposable
     /// Writes the keys and values of T new tokens into the cache. qkv F32[T, (H + 2Hkv)·Dh] holds Q | K | V per row;
     /// K starts at column <paramref name="queryHeads"/> · Dh. Token t goes to logical position <paramref name="startPosition"/> + t,
     /// physical slot blockTable[p / B] · B + p mod B. blockTable I32[1, n]. An F16 cache stores each key and value
-    /// rounded to the nearest binary16 (ties to even, overflow to ±∞): the same bits on every backend.
+    /// saturated at ±65504 (infinities too; NaN stays NaN) and rounded to the nearest binary16, ties to even: the same
+    /// bits on every backend for every input but NaN payloads.
     /// </summary>
     void KvWrite(KvCache cache, int layer, DeviceTensor qkv, int queryHeads, DeviceTensor blockTable, int startPosition);
 

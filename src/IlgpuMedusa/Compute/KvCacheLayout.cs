@@ -6,7 +6,7 @@ namespace IlgpuMedusa.Compute;
 /// Shape of the paged KV cache: for each of L layers, keys and values of <see cref="BlockCount"/> blocks of
 /// B = <see cref="BlockSize"/> token slots, each slot Hkv · Dh elements of <see cref="ElementType"/> (float32, or IEEE
 /// binary16 bits: half the memory; every op computes in float32 and rounds a key or value to nearest even once, when it
-/// is written). Storage order is [L][K|V][block][slot][Hkv·Dh]. A sequence's logical position p lives at physical slot
+/// is written, saturating at ±65504). Storage order is [L][K|V][block][slot][Hkv·Dh]. A sequence's logical position p lives at physical slot
 /// blockTable[p / B] · B + p mod B.
 /// </summary>
 /// <param name="Layers">L.</param>
