@@ -72,8 +72,22 @@ void Log(string text) => Console.WriteLine($"[{clock.Elapsed.TotalSeconds,6:F1}s
 
 Log("devices:");
 foreach (var d in IlgpuDevices.Describe(new DeviceOptions { AllowCpuOpenCL = true })) Log($"  {d.Summary} | {d.Details}");
-using var backend = IlgpuBackend.TryCreate(new DeviceOptions { Kind = kind, AllowCpuOpenCL = true })
-    ?? throw new InvalidOperationException($"no {kind} backend");
+IlgpuBackend? created;
+try
+{
+    created = IlgpuBackend.TryCreate(new DeviceOptions { Kind = kind, AllowCpuOpenCL = true });
+}
+catch (ArgumentException e)
+{
+    Console.Error.WriteLine($"error: {e.Message}");
+    return 1;
+}
+if (created is null)
+{
+    Console.Error.WriteLine($"error: no {kind} backend (see the device list above)");
+    return 1;
+}
+using var backend = created;
 Log($"backend: {backend.DeviceName}; matmul {backend.Kernels.MatMul.Tuning}, tensor cores {backend.Kernels.MatMul.Tuning.TensorCores}");
 if (backend.Kernels.MatMul.TensorCoreError is { } tensorError) Log($"tensor cores FAILED to load: {tensorError}");
 
