@@ -74,6 +74,7 @@ internal static class GenerateCommand
                 ["decode_tokens_per_second"] = Math.Round(stats.DecodeTokensPerSecond, 2),
                 ["finish_reason"] = stats.FinishReason.ToString(),
                 ["device"] = engine.DeviceName,
+                ["kv_dtype"] = engine.Pool.Layout.ElementType.ToString().ToLowerInvariant(),
                 ["medusa"] = stats.Medusa is not null,
                 ["steps"] = stats.Medusa?.Steps ?? stats.Steps + 1,
                 ["mean_accepted"] = Math.Round(stats.Medusa?.MeanAccepted ?? 1.0, 3),

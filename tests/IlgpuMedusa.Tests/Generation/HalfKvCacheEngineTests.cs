@@ -85,7 +85,7 @@ public class HalfKvCacheEngineTests
     }
 
     [Fact]
-    public void Cli_profile_and_bench_report_the_kv_dtype()
+    public void Cli_generate_profile_and_bench_report_the_kv_dtype()
     {
         var profile = CliRunner.Run("profile", "--model", TestModels.Stories15MDirectory, "--device", "host", "--prompt-tokens", "8", "--decode-tokens", "4",
             "--tree-sizes", "1,4", "--repeats", "1", "--copy-mb", "0", "--kv-dtype", "f16", "--json");
@@ -95,6 +95,12 @@ public class HalfKvCacheEngineTests
             Assert.Equal("f16", json.RootElement.GetProperty("kv_dtype").GetString());
             Assert.Equal(4, json.RootElement.GetProperty("greedy_tokens").GetArrayLength());
         }
+
+        var generate = CliRunner.Run("generate", "--model", TestModels.Stories15MDirectory, "--device", "host", "--heads", "none", "--prompt", "The cat",
+            "--max-tokens", "3", "--kv-dtype", "f16", "--json");
+        Assert.True(generate.ExitCode == 0, generate.StandardError);
+        using (var json = JsonDocument.Parse(generate.StandardOutput))
+            Assert.Equal("f16", json.RootElement.GetProperty("kv_dtype").GetString());
 
         var prompts = Path.Combine(TestModels.TempDirectory("kv-dtype-bench"), "prompts.txt");
         File.WriteAllText(prompts, "The cat sat on\n");
