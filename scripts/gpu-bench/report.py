@@ -270,8 +270,17 @@ def variant_lines(main, variants, indent="  "):
     return lines
 
 
-def tree_variant_lines(main, variants, indent="  "):
-    """One line per tree variant: decode, each tree step and the greedy tokens against the main profile's."""
+def hf_agreement(doc, hf):
+    """Greedy tokens of a variant against transformers' fp16 ones (which keep keys and values in fp16 too): a phrase."""
+    g = compare_tokens((doc or {}).get("greedy_tokens"), ((hf or {}).get("greedy") or {}).get("tokens"))
+    if g["identical"] is None:
+        return None
+    return "identical to transformers fp16" if g["identical"] else f"first mismatch with transformers fp16 at {g['first_mismatch_index']}"
+
+
+def tree_variant_lines(main, variants, indent="  ", hf=None):
+    """One line per tree variant: decode, each tree step and the greedy tokens against the main profile's (the binary16
+    KV variant also against transformers fp16)."""
     lines = []
     if not isinstance(main, dict):
         return lines
@@ -284,8 +293,10 @@ def tree_variant_lines(main, variants, indent="  "):
         same = (main.get("greedy_tokens") == doc.get("greedy_tokens")) if main.get("greedy_tokens") and doc.get("greedy_tokens") else None
         # A binary16 KV cache rounds keys and values: other greedy tokens there are possible, not a kernel fault.
         differ = "greedy tokens differ (the cache rounds: possible)" if "binary16" in label else "greedy tokens DIFFER"
+        versus_hf = hf_agreement(doc, hf) if "binary16" in label else None
         lines.append(f"{indent}default vs {label}: decode {fmt(md)} vs {fmt(vd)} tok/s; {trees}; "
-                     + {True: "same greedy tokens", False: differ, None: "greedy tokens not compared"}[same])
+                     + {True: "same greedy tokens", False: differ, None: "greedy tokens not compared"}[same]
+                     + (f"; {versus_hf}" if versus_hf else ""))
     return lines
 
 
@@ -576,7 +587,8 @@ def main(argv=None) -> int:
         summary["tree_variants"] = {label: {"decode_tokens_per_second": number(doc.get("decode_tokens_per_second")),
                                             "tree_step_ms": {k: number(v) for k, v in (doc.get("tree_step_ms") or {}).items()},
                                             "greedy_tokens_equal": (ours.get("greedy_tokens") == doc.get("greedy_tokens"))
-                                            if isinstance(ours, dict) and ours.get("greedy_tokens") and doc.get("greedy_tokens") else None}
+                                            if isinstance(ours, dict) and ours.get("greedy_tokens") and doc.get("greedy_tokens") else None,
+                                            "versus_hf_fp16": hf_agreement(doc, he) if "binary16" in label else None}
                                     for label, doc in tree_variants if isinstance(doc, dict)}
         summary["decode_variants"] = {label: {"decode_tokens_per_second": number((doc or {}).get("decode_tokens_per_second")),
                                               "one_node_step_ms": number(((doc or {}).get("tree_step_ms") or {}).get("1")),
@@ -598,7 +610,7 @@ def main(argv=None) -> int:
         result["shapes"][shape] = {"summary": summary, "step_status": status, "model": model, "ours": ours,
                                    "ours_missing_fields": absent, "hf_eager": he, "hf_compiled": hc, "errors": errors}
         blocks.append("\n".join([table(shape, summary, status, model, args.mode)] + unfused_lines(summary["unfused"])
-                                 + tensor_lines(summary["f32_cores"]) + tree_variant_lines(ours, tree_variants)
+                                 + tensor_lines(summary["f32_cores"]) + tree_variant_lines(ours, tree_variants, hf=he)
                                  + variant_lines(ours, decode_variants)
                                  + op_times_lines(summary["op_times"])))
     failed = [s for s in steps if s["status"] in ("failed", "timeout")]
