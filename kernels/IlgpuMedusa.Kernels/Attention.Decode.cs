@@ -171,13 +171,13 @@ public static partial class AttentionKernel
 
     /// <summary>
     /// Where key <paramref name="key"/>'s row of one key/value head starts in a layer's plane, through the block table;
-    /// keys at or past <paramref name="end"/> get offset 0, a valid row (they are never visible: their weight is 0); a
-    /// table entry outside the cache's <paramref name="slotCount"/> slots reads slot 0 (<see cref="KvSlots"/>).
+    /// keys at or past <paramref name="end"/> (never visible: their weight is 0) read key end − 1's row, a row of this
+    /// sequence: never another sequence's, whose ∞ or NaN would make 0 · ∞ = NaN here. A table entry outside the cache's
+    /// <paramref name="slotCount"/> slots reads slot 0 (<see cref="KvSlots"/>). Callers have begin ≤ key, begin &lt; end.
     /// </summary>
     private static long KeyRowOffset(ArrayView<int> blockTable, AttentionArgs args, int key, int end, int kvDim, long headOffset, long slotCount)
     {
-        if (key >= end) return 0;
-        long slot = KvSlots.Slot(blockTable, key, args.BlockSize, slotCount);
+        long slot = KvSlots.Slot(blockTable, key < end ? key : end - 1, args.BlockSize, slotCount);
         return (slot < 0 ? 0 : slot) * kvDim + headOffset;
     }
 

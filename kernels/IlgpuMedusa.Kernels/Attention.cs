@@ -79,8 +79,8 @@ public static partial class AttentionKernel
     /// <param name="output">F32[T, H·Dh] (Z = 1).</param>
     /// <param name="partials">F32[T·H·Z, Dh + 2]: per split Σ p·v, then max and Σ p (Z &gt; 1).</param>
     /// <param name="qkv">F32[T, stride]: Q | K | V, RoPE applied.</param>
-    /// <param name="keys">The layer's key plane F32[slots, Hkv·Dh].</param>
-    /// <param name="values">The layer's value plane F32[slots, Hkv·Dh].</param>
+    /// <param name="keys">The layer's key plane [slots, Hkv·Dh], elements decoded by <typeparamref name="TFormat"/>.</param>
+    /// <param name="values">The layer's value plane [slots, Hkv·Dh], elements decoded by <typeparamref name="TFormat"/>.</param>
     /// <param name="blockTable">I32[blocks].</param>
     /// <param name="mask">I32[T, T] (ignored when args.HasMask is 0).</param>
     /// <param name="args">Shapes.</param>
@@ -128,6 +128,10 @@ public static partial class AttentionKernel
         int quadStep = quads <= groupSize ? quads : groupSize;
         float runningMax = Hidden;
         float runningSum = 0f;
+        // Keys that take no part (hidden, or past the split) weigh 0 and read the query's own key row, just written: a row
+        // of this sequence, never another sequence's, whose ∞ or NaN would make 0 · ∞ = NaN here.
+        long ownSlot = KvSlots.Slot(blockTable, args.Committed + token, args.BlockSize, slotCount);
+        long ownOffset = (ownSlot < 0 ? 0 : ownSlot) * kvDim + headOffset;
         for (int chunk = begin; chunk < end; chunk += groupSize)
         {
             // Scores: one key per thread.
@@ -135,7 +139,7 @@ public static partial class AttentionKernel
             bool visible = key < end
                 && (key < args.Committed || args.HasMask == 0 || mask[token * args.Tokens + key - args.Committed] != 0);
             float score = Hidden;
-            long offset = 0;
+            long offset = ownOffset;
             if (visible)
             {
                 long slot = KvSlots.Slot(blockTable, key, args.BlockSize, slotCount);
@@ -181,7 +185,7 @@ public static partial class AttentionKernel
 
             // P·V over the chunk: thread (part, quad) takes keys part, part + parts, ... two at a time, four dimensions
             // each (consecutive threads read consecutive floats of a value row). Keys that take no part have p = 0 and
-            // slot offset 0, a valid row, so no branch is needed.
+            // the query's own row, a valid row of this sequence, so no branch is needed.
             int count = end - chunk < groupSize ? end - chunk : groupSize;
             if (part < parts)
             {

@@ -988,34 +988,50 @@ public abstract class ConformanceTests
     }
 
     /// <summary>
-    /// Another sequence's large keys and values do not reach a decode: one sequence writes 70,000 (beyond the largest
-    /// half) into block 0, another decodes over blocks 1 and 2. Kernels let keys that take no part read a valid row with
-    /// weight 0 (the warp kernel: slot 0), so a stored infinity would make 0 · ∞ = NaN there; the half cache saturates at
-    /// ±65,504 instead, and the outputs equal the host's, which never reads block 0.
+    /// Another sequence's keys and values never reach a sequence's attention: one sequence's block 0 holds ±∞ and NaN
+    /// (a float32 cache keeps them; a half cache saturates the infinities, keeps the NaNs), another decodes and verifies
+    /// a 3-node tree over blocks 1 and 2, through the launcher's default kernels (the emulator: warp and tiles) and the
+    /// portable ones (per-token and blocks), unsplit and split. Kernels let keys that take no part read some row with
+    /// weight 0 and 0 · ∞ or 0 · NaN is NaN, so that row must be one of the sequence's own; the outputs equal the host's,
+    /// which reads only the sequence's own keys.
     /// </summary>
-    [Fact]
-    public void Half_cache_overflow_in_one_sequence_does_not_reach_another()
+    [Theory]
+    [InlineData(DType.F32)]
+    [InlineData(DType.F16)]
+    public void Another_sequences_infinities_and_NaNs_do_not_reach_attention(DType element)
     {
         using var twin = NewTwin(73);
-        var layout = new KvCacheLayout(Layers: 1, KvHeads: 1, HeadDim: 8, BlockSize: 4, BlockCount: 3, DType.F16);
+        using var portable = new AttentionLauncher(Device.Accelerator, Device.GroupSize, blocks: 2, warpDecode: false, tiles: false);
+        var layout = new KvCacheLayout(Layers: 1, KvHeads: 1, HeadDim: 8, BlockSize: 4, BlockCount: 3, element);
         var caches = twin.Cache(layout);
         const int heads = 2;
         int width = (heads + 2) * layout.HeadDim;
-        var huge = new float[4 * width];
-        Array.Fill(huge, 70000f);
-        var big = twin.Floats(4, width, huge);
+        var poison = new float[4 * width];
+        for (int i = 0; i < poison.Length; i++) poison[i] = (i % 3) switch { 0 => float.PositiveInfinity, 1 => float.NaN, _ => float.NegativeInfinity };
+        var bad = twin.Floats(4, width, poison);
         var first = twin.Ints(1, 1, [0]);
-        Accelerators.Host.KvWrite(caches.Host, 0, big.Host, heads, first.Host, 0);
-        Device.KvWrite(caches.Device, 0, big.Device, heads, first.Device, 0);
+        Accelerators.Host.KvWrite(caches.Host, 0, bad.Host, heads, first.Host, 0);
+        Device.KvWrite(caches.Device, 0, bad.Device, heads, first.Device, 0);
         var second = twin.Ints(1, 2, [1, 2]);
-        var prefix = twin.RandomTensor(5, width);
+        var prefix = twin.RandomTensor(4, width);
         Accelerators.Host.KvWrite(caches.Host, 0, prefix.Host, heads, second.Host, 0);
         Device.KvWrite(caches.Device, 0, prefix.Device, heads, second.Device, 0);
-        var output = twin.Zeros(DType.F32, 1, heads * layout.HeadDim);
-        var query = twin.RandomTensor(1, width);
-        Accelerators.Host.Attention(output.Host, query.Host, caches.Host, 0, second.Host, 4, null);
-        Device.Attention(output.Device, query.Device, caches.Device, 0, second.Device, 4, null);
-        Twin.AssertClose(output, Tolerance.ForSum(DType.F32, layout.HeadDim), "decode beside a saturated sequence");
+        var tree = twin.RandomTensor(3, width, 2f);
+        Accelerators.Host.KvWrite(caches.Host, 0, tree.Host, heads, second.Host, 4);
+        Device.KvWrite(caches.Device, 0, tree.Device, heads, second.Device, 4);
+        var mask = twin.Ints(3, 3, [1, 0, 0, 1, 1, 0, 1, 0, 1]);
+        foreach (var launcher in new AttentionLauncher?[] { null, portable })
+            foreach (int? splits in new int?[] { 1, 2 })
+            {
+                var one = twin.Zeros(DType.F32, 1, heads * layout.HeadDim);
+                Accelerators.Host.Attention(one.Host, tree.Host.Slice(0, 1), caches.Host, 0, second.Host, 4, null);
+                Device.Attention(one.Device, tree.Device.Slice(0, 1), caches.Device, 0, second.Device, 4, null, splits, launcher);
+                Twin.AssertClose(one, Tolerance.ForSum(DType.F32, layout.HeadDim), $"decode beside a poisoned sequence, {element}, splits {splits}, {(launcher is null ? "default" : "portable")} kernels");
+                var three = twin.Zeros(DType.F32, 3, heads * layout.HeadDim);
+                Accelerators.Host.Attention(three.Host, tree.Host, caches.Host, 0, second.Host, 4, mask.Host);
+                Device.Attention(three.Device, tree.Device, caches.Device, 0, second.Device, 4, mask.Device, splits, launcher);
+                Twin.AssertClose(three, Tolerance.ForSum(DType.F32, layout.HeadDim), $"tree beside a poisoned sequence, {element}, splits {splits}, {(launcher is null ? "default" : "portable")} kernels");
+            }
     }
 
     /// <summary>
