@@ -119,7 +119,7 @@ public static partial class AttentionKernel
         var acc = zero;
         for (int key = begin; key < end; key += DecodeKeysPerStep)
         {
-            // Keys past the end (and a hidden new key) read row 0 of the cache (valid) and weigh 0.
+            // Keys past the end read the split's last key row (this sequence's), a hidden new key its own row; both weigh 0.
             long o0 = KeyRowOffset(blockTable, args, key, end, kvDim, headOffset, slotCount);
             long o1 = KeyRowOffset(blockTable, args, key + 1, end, kvDim, headOffset, slotCount);
             long o2 = KeyRowOffset(blockTable, args, key + 2, end, kvDim, headOffset, slotCount);
