@@ -19,8 +19,8 @@ public sealed record EngineOptions
     public int? KvBudgetMb { get; init; }
     /// <summary>
     /// Element type of the KV cache: <see cref="DType.F32"/> (default) or <see cref="DType.F16"/>, which takes half the
-    /// memory, so the same budget holds twice the tokens: each key and value is rounded to binary16 once, when written,
-    /// and attention is still computed in float32.
+    /// memory, so the same budget holds twice the tokens: each key and value is rounded to binary16 once, when written
+    /// (saturating at ±65504), and attention is still computed in float32.
     /// </summary>
     public DType KvCacheType { get; init; } = DType.F32;
     /// <summary>

@@ -41,8 +41,8 @@ public sealed class IlgpuMedusaOptions
 
     /// <summary>
     /// Element type of the KV cache, case-insensitive: "f32" (default when null) or "f16" (half the memory, so the same
-    /// budget holds twice the tokens; keys and values are rounded to binary16 once, when written, and attention is still
-    /// computed in float32).
+    /// budget holds twice the tokens; keys and values are rounded to binary16 once, when written, saturating at ±65504, and
+    /// attention is still computed in float32).
     /// </summary>
     public string? KvCacheType { get; set; }
 
