@@ -19,6 +19,7 @@ public static class Program
             TrainHeadsCommand.Create(),
             ProfileCommand.Create(),
             DevicesCommand.Create(),
+            ServeCommand.Create(),
         };
         var parse = root.Parse(args);
         if (parse.Errors.Count > 0)

@@ -199,7 +199,7 @@ public sealed class IlgpuMedusaChatClient : IChatClient
         return (EncodeMessages(messages, options), generation);
     }
 
-    private static ChatFinishReason FinishReasonOf(GenerationStats stats) => stats.FinishReason switch
+    internal static ChatFinishReason FinishReasonOf(GenerationStats stats) => stats.FinishReason switch
     {
         FinishReason.MaxTokens or FinishReason.ContextFull => ChatFinishReason.Length,
         _ => ChatFinishReason.Stop,
@@ -213,7 +213,7 @@ public sealed class IlgpuMedusaChatClient : IChatClient
     };
 
     /// <summary>Decoding statistics, for callers who want them: tokens/s, steps, and Medusa's mean accepted tokens per step.</summary>
-    private static AdditionalPropertiesDictionary PropertiesOf(GenerationStats stats)
+    internal static AdditionalPropertiesDictionary PropertiesOf(GenerationStats stats)
     {
         var properties = new AdditionalPropertiesDictionary
         {

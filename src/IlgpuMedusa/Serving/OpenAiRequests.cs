@@ -1,0 +1,313 @@
+using System.Globalization;
+using System.Net;
+using System.Text.Json;
+using IlgpuMedusa.Hosting;
+using IlgpuMedusa.Medusa;
+using Microsoft.Extensions.AI;
+
+namespace IlgpuMedusa.Serving;
+
+/// <summary>A parsed <c>POST /v1/chat/completions</c> body.</summary>
+/// <param name="Messages">The conversation, in order.</param>
+/// <param name="Options">Sampling, length, stop sequences and Medusa settings, for <see cref="IlgpuMedusaChatClient"/>.</param>
+/// <param name="Stream">Whether the reply streams as server-sent events.</param>
+/// <param name="IncludeUsage">With <paramref name="Stream"/>: whether a last chunk carries the token usage.</param>
+public sealed record ChatCompletionRequest(IReadOnlyList<ChatMessage> Messages, ChatOptions Options, bool Stream, bool IncludeUsage);
+
+/// <summary>A parsed <c>POST /v1/completions</c> body.</summary>
+/// <param name="Prompt">The text to continue.</param>
+/// <param name="Options">As for chat; the server turns them into generation options the same way.</param>
+/// <param name="Stream">Whether the reply streams as server-sent events.</param>
+/// <param name="IncludeUsage">With <paramref name="Stream"/>: whether a last chunk carries the token usage.</param>
+public sealed record CompletionRequest(string Prompt, ChatOptions Options, bool Stream, bool IncludeUsage);
+
+/// <summary>
+/// Reads OpenAI-style request bodies into <see cref="ChatCompletionRequest"/> and <see cref="CompletionRequest"/>. Every
+/// field this server acts on is checked for type and range, and an error names the field (OpenAI's <c>param</c>) and
+/// what was expected. Fields a request may carry but that would change the result in ways this runtime does not
+/// implement (penalties, log probabilities, tools, several choices, JSON output) are refused unless they hold their
+/// neutral value, rather than silently ignored; fields without effect on the output (<c>user</c>, <c>metadata</c>,
+/// <c>store</c>, ...) are ignored.
+/// </summary>
+public static class OpenAiRequests
+{
+    /// <summary>Most stop sequences one request may give (OpenAI allows 4; a few more cost nothing here).</summary>
+    public const int MaxStopSequences = 16;
+
+    /// <summary>Parses a chat completion request.</summary>
+    /// <param name="body">The request's JSON.</param>
+    /// <param name="modelId">The model this server serves: a <c>model</c> field naming another is answered with 404.</param>
+    /// <exception cref="OpenAiErrorException">The body is not a valid request; the message names the field.</exception>
+    public static ChatCompletionRequest ParseChat(JsonElement body, string modelId)
+    {
+        CheckObject(body);
+        CheckModel(body, modelId);
+        if (!body.TryGetProperty("messages", out var messages) || messages.ValueKind == JsonValueKind.Null)
+            throw OpenAiErrorException.BadRequest("messages", "required: an array of {\"role\", \"content\"} objects.");
+        if (messages.ValueKind != JsonValueKind.Array) throw OpenAiErrorException.BadRequest("messages", $"expected an array, got {Describe(messages)}.");
+        if (messages.GetArrayLength() == 0) throw OpenAiErrorException.BadRequest("messages", "must hold at least one message.");
+        var list = new List<ChatMessage>();
+        int index = 0;
+        foreach (var message in messages.EnumerateArray()) list.Add(ParseMessage(message, $"messages[{index++}]"));
+        RefuseUnsupported(body, chat: true);
+        var options = ParseOptions(body, "max_completion_tokens");
+        var (stream, includeUsage) = ParseStream(body);
+        return new ChatCompletionRequest(list, options, stream, includeUsage);
+    }
+
+    /// <summary>Parses a (legacy) text completion request.</summary>
+    /// <param name="body">The request's JSON.</param>
+    /// <param name="modelId">The model this server serves.</param>
+    /// <exception cref="OpenAiErrorException">The body is not a valid request; the message names the field.</exception>
+    public static CompletionRequest ParseCompletion(JsonElement body, string modelId)
+    {
+        CheckObject(body);
+        CheckModel(body, modelId);
+        if (!body.TryGetProperty("prompt", out var prompt) || prompt.ValueKind == JsonValueKind.Null)
+            throw OpenAiErrorException.BadRequest("prompt", "required: the text to continue.");
+        string text = prompt.ValueKind switch
+        {
+            JsonValueKind.String => prompt.GetString()!,
+            // One prompt per request: a batch of prompts is several requests here (they are batched on the device anyway).
+            JsonValueKind.Array when prompt.GetArrayLength() == 1 && prompt[0].ValueKind == JsonValueKind.String => prompt[0].GetString()!,
+            JsonValueKind.Array => throw OpenAiErrorException.BadRequest("prompt",
+                "expected a string (or an array holding one string); several prompts or token ids in one request are not supported: send one request per prompt."),
+            _ => throw OpenAiErrorException.BadRequest("prompt", $"expected a string, got {Describe(prompt)}."),
+        };
+        if (body.TryGetProperty("echo", out var echo) && ReadBool(echo, "echo"))
+            throw OpenAiErrorException.BadRequest("echo", "true is not supported: the response holds the continuation only.");
+        if (body.TryGetProperty("suffix", out var suffix) && suffix.ValueKind != JsonValueKind.Null)
+            throw OpenAiErrorException.BadRequest("suffix", "not supported (no fill-in-the-middle).");
+        if (body.TryGetProperty("best_of", out var bestOf) && bestOf.ValueKind != JsonValueKind.Null && ReadInt(bestOf, "best_of", 1, int.MaxValue) != 1)
+            throw OpenAiErrorException.BadRequest("best_of", "only 1 is supported.");
+        RefuseUnsupported(body, chat: false);
+        var options = ParseOptions(body, "max_tokens");
+        var (stream, includeUsage) = ParseStream(body);
+        return new CompletionRequest(text, options, stream, includeUsage);
+    }
+
+    private static void CheckObject(JsonElement body)
+    {
+        if (body.ValueKind != JsonValueKind.Object)
+            throw new OpenAiErrorException(HttpStatusCode.BadRequest, $"the request body must be a JSON object, got {Describe(body)}.");
+    }
+
+    private static void CheckModel(JsonElement body, string modelId)
+    {
+        if (!body.TryGetProperty("model", out var model) || model.ValueKind == JsonValueKind.Null) return; // the one model served
+        if (model.ValueKind != JsonValueKind.String) throw OpenAiErrorException.BadRequest("model", $"expected a string, got {Describe(model)}.");
+        var name = model.GetString()!;
+        if (!string.Equals(name, modelId, StringComparison.Ordinal))
+            throw new OpenAiErrorException(HttpStatusCode.NotFound, $"model '{name}' is not served here; this server serves '{modelId}' (see GET /v1/models).",
+                "model", code: "model_not_found");
+    }
+
+    private static ChatMessage ParseMessage(JsonElement message, string path)
+    {
+        if (message.ValueKind != JsonValueKind.Object) throw OpenAiErrorException.BadRequest(path, $"expected an object with \"role\" and \"content\", got {Describe(message)}.");
+        if (!message.TryGetProperty("role", out var roleElement) || roleElement.ValueKind != JsonValueKind.String)
+            throw OpenAiErrorException.BadRequest($"{path}.role", "required: \"system\", \"developer\", \"user\" or \"assistant\".");
+        var roleName = roleElement.GetString()!;
+        ChatRole role = roleName switch
+        {
+            "system" or "developer" => ChatRole.System,
+            "user" => ChatRole.User,
+            "assistant" => ChatRole.Assistant,
+            "tool" or "function" => throw OpenAiErrorException.BadRequest($"{path}.role", $"'{roleName}' is not supported: this server has no tool calling."),
+            _ => throw OpenAiErrorException.BadRequest($"{path}.role", $"unknown role '{roleName}'; expected \"system\", \"developer\", \"user\" or \"assistant\"."),
+        };
+        if (message.TryGetProperty("tool_calls", out var calls) && calls.ValueKind != JsonValueKind.Null &&
+            !(calls.ValueKind == JsonValueKind.Array && calls.GetArrayLength() == 0))
+            throw OpenAiErrorException.BadRequest($"{path}.tool_calls", "not supported: this server has no tool calling.");
+        if (!message.TryGetProperty("content", out var content))
+            throw OpenAiErrorException.BadRequest($"{path}.content", "required: a string or an array of text parts.");
+        string text;
+        switch (content.ValueKind)
+        {
+            case JsonValueKind.String:
+                text = content.GetString()!;
+                break;
+            case JsonValueKind.Null when role == ChatRole.Assistant:
+                text = "";
+                break;
+            case JsonValueKind.Array:
+                var parts = new System.Text.StringBuilder();
+                int i = 0;
+                foreach (var part in content.EnumerateArray())
+                {
+                    var partPath = $"{path}.content[{i++}]";
+                    if (part.ValueKind != JsonValueKind.Object || !part.TryGetProperty("type", out var type) || type.ValueKind != JsonValueKind.String)
+                        throw OpenAiErrorException.BadRequest(partPath, "expected an object {\"type\": \"text\", \"text\": ...}.");
+                    if (type.GetString() != "text")
+                        throw OpenAiErrorException.BadRequest($"{partPath}.type", $"'{type.GetString()}' is not supported: this model reads text only.");
+                    if (!part.TryGetProperty("text", out var partText) || partText.ValueKind != JsonValueKind.String)
+                        throw OpenAiErrorException.BadRequest($"{partPath}.text", "required: a string.");
+                    parts.Append(partText.GetString());
+                }
+                text = parts.ToString();
+                break;
+            default:
+                throw OpenAiErrorException.BadRequest($"{path}.content", $"expected a string or an array of text parts, got {Describe(content)}.");
+        }
+        return new ChatMessage(role, text);
+    }
+
+    /// <summary>Fields that would change the output in ways this runtime does not implement: refused unless neutral.</summary>
+    private static void RefuseUnsupported(JsonElement body, bool chat)
+    {
+        if (body.TryGetProperty("n", out var n) && n.ValueKind != JsonValueKind.Null && ReadInt(n, "n", 1, int.MaxValue) != 1)
+            throw OpenAiErrorException.BadRequest("n", "only 1 is supported: send one request per choice (concurrent requests are batched on the device).");
+        foreach (var penalty in (string[])["frequency_penalty", "presence_penalty"])
+            if (body.TryGetProperty(penalty, out var value) && value.ValueKind != JsonValueKind.Null && ReadNumber(value, penalty) != 0)
+                throw OpenAiErrorException.BadRequest(penalty, "only 0 is supported (no repetition penalties).");
+        if (body.TryGetProperty("logit_bias", out var bias) && bias.ValueKind != JsonValueKind.Null &&
+            !(bias.ValueKind == JsonValueKind.Object && !bias.EnumerateObject().Any()))
+            throw OpenAiErrorException.BadRequest("logit_bias", "not supported.");
+        if (body.TryGetProperty("logprobs", out var logprobs) && logprobs.ValueKind != JsonValueKind.Null &&
+            (chat ? ReadBool(logprobs, "logprobs") : ReadInt(logprobs, "logprobs", 0, int.MaxValue) != 0))
+            throw OpenAiErrorException.BadRequest("logprobs", "log probabilities are not supported.");
+        if (body.TryGetProperty("top_logprobs", out var top) && top.ValueKind != JsonValueKind.Null && ReadInt(top, "top_logprobs", 0, int.MaxValue) != 0)
+            throw OpenAiErrorException.BadRequest("top_logprobs", "log probabilities are not supported.");
+        if (!chat) return;
+        foreach (var tools in (string[])["tools", "functions"])
+            if (body.TryGetProperty(tools, out var value) && value.ValueKind != JsonValueKind.Null &&
+                !(value.ValueKind == JsonValueKind.Array && value.GetArrayLength() == 0))
+                throw OpenAiErrorException.BadRequest(tools, "not supported: this server has no tool calling.");
+        if (body.TryGetProperty("response_format", out var format) && format.ValueKind != JsonValueKind.Null &&
+            !(format.ValueKind == JsonValueKind.Object && format.TryGetProperty("type", out var formatType) &&
+              formatType.ValueKind == JsonValueKind.String && formatType.GetString() == "text"))
+            throw OpenAiErrorException.BadRequest("response_format", "only {\"type\": \"text\"} is supported (no JSON mode or schemas).");
+    }
+
+    /// <summary>
+    /// The length, sampling, stop and Medusa fields. Ranges are checked here so that the chat client's own checks never
+    /// see a bad value (its messages name .NET properties, not request fields).
+    /// </summary>
+    private static ChatOptions ParseOptions(JsonElement body, string preferredMaxTokens)
+    {
+        var options = new ChatOptions();
+        // Chat requests name the length max_completion_tokens now and max_tokens before; either is read, the newer first.
+        foreach (var name in preferredMaxTokens == "max_tokens" ? (string[])["max_tokens"] : ["max_completion_tokens", "max_tokens"])
+            if (body.TryGetProperty(name, out var max) && max.ValueKind != JsonValueKind.Null)
+            {
+                options.MaxOutputTokens = ReadInt(max, name, 1, int.MaxValue);
+                break;
+            }
+        if (body.TryGetProperty("temperature", out var temperature) && temperature.ValueKind != JsonValueKind.Null)
+        {
+            double t = ReadNumber(temperature, "temperature");
+            if (!(t >= 0 && t <= 2)) throw OpenAiErrorException.BadRequest("temperature", $"expected a number from 0 (greedy) to 2, got {Format(t)}.");
+            options.Temperature = (float)t;
+        }
+        if (body.TryGetProperty("top_p", out var topP) && topP.ValueKind != JsonValueKind.Null)
+        {
+            double p = ReadNumber(topP, "top_p");
+            if (!(p > 0 && p <= 1)) throw OpenAiErrorException.BadRequest("top_p", $"expected a number in (0, 1], got {Format(p)}.");
+            options.TopP = (float)p;
+        }
+        if (body.TryGetProperty("seed", out var seed) && seed.ValueKind != JsonValueKind.Null)
+        {
+            if (seed.ValueKind != JsonValueKind.Number || !seed.TryGetInt64(out long value))
+                throw OpenAiErrorException.BadRequest("seed", $"expected a 64-bit integer, got {Describe(seed)}.");
+            options.Seed = value;
+        }
+        if (body.TryGetProperty("stop", out var stop) && stop.ValueKind != JsonValueKind.Null)
+            options.StopSequences = ReadStops(stop);
+        ReadMedusa(body, options);
+        return options;
+    }
+
+    private static List<string> ReadStops(JsonElement stop)
+    {
+        var stops = new List<string>();
+        if (stop.ValueKind == JsonValueKind.String) stops.Add(stop.GetString()!);
+        else if (stop.ValueKind == JsonValueKind.Array)
+        {
+            int i = 0;
+            foreach (var item in stop.EnumerateArray())
+            {
+                if (item.ValueKind != JsonValueKind.String) throw OpenAiErrorException.BadRequest($"stop[{i}]", $"expected a string, got {Describe(item)}.");
+                stops.Add(item.GetString()!);
+                i++;
+            }
+        }
+        else throw OpenAiErrorException.BadRequest("stop", $"expected a string or an array of strings, got {Describe(stop)}.");
+        if (stops.Count > MaxStopSequences) throw OpenAiErrorException.BadRequest("stop", $"at most {MaxStopSequences} stop sequences, got {stops.Count}.");
+        if (stops.Any(string.IsNullOrEmpty)) throw OpenAiErrorException.BadRequest("stop", "stop sequences must not be empty strings.");
+        return stops;
+    }
+
+    /// <summary>
+    /// This server's own fields: <c>medusa</c> (bool), <c>medusa_tree</c> (a preset name; never a file path, which would
+    /// let a client make the server read its files) and <c>medusa_acceptance</c> (greedy or typical).
+    /// </summary>
+    private static void ReadMedusa(JsonElement body, ChatOptions options)
+    {
+        var extra = new AdditionalPropertiesDictionary();
+        if (body.TryGetProperty(IlgpuMedusaChatOptionKeys.Medusa, out var medusa) && medusa.ValueKind != JsonValueKind.Null)
+            extra[IlgpuMedusaChatOptionKeys.Medusa] = ReadBool(medusa, IlgpuMedusaChatOptionKeys.Medusa);
+        if (body.TryGetProperty(IlgpuMedusaChatOptionKeys.Tree, out var tree) && tree.ValueKind != JsonValueKind.Null)
+        {
+            if (tree.ValueKind != JsonValueKind.String) throw OpenAiErrorException.BadRequest(IlgpuMedusaChatOptionKeys.Tree, $"expected a preset name, got {Describe(tree)}.");
+            var name = tree.GetString()!;
+            if (!TreePresets.IsKnown(name))
+                throw OpenAiErrorException.BadRequest(IlgpuMedusaChatOptionKeys.Tree, $"unknown tree '{name}'; {TreePresets.Choices}.");
+            extra[IlgpuMedusaChatOptionKeys.Tree] = name;
+        }
+        if (body.TryGetProperty(IlgpuMedusaChatOptionKeys.Acceptance, out var acceptance) && acceptance.ValueKind != JsonValueKind.Null)
+        {
+            var text = acceptance.ValueKind == JsonValueKind.String ? acceptance.GetString()! : "";
+            if (text is not ("greedy" or "typical"))
+                throw OpenAiErrorException.BadRequest(IlgpuMedusaChatOptionKeys.Acceptance, $"expected \"greedy\" or \"typical\", got {Describe(acceptance)}.");
+            extra[IlgpuMedusaChatOptionKeys.Acceptance] = text;
+        }
+        if (extra.Count > 0) options.AdditionalProperties = extra;
+    }
+
+    private static (bool Stream, bool IncludeUsage) ParseStream(JsonElement body)
+    {
+        bool stream = body.TryGetProperty("stream", out var s) && s.ValueKind != JsonValueKind.Null && ReadBool(s, "stream");
+        bool usage = false;
+        if (body.TryGetProperty("stream_options", out var so) && so.ValueKind != JsonValueKind.Null)
+        {
+            if (so.ValueKind != JsonValueKind.Object) throw OpenAiErrorException.BadRequest("stream_options", $"expected an object, got {Describe(so)}.");
+            if (!stream) throw OpenAiErrorException.BadRequest("stream_options", "only allowed with \"stream\": true.");
+            usage = so.TryGetProperty("include_usage", out var u) && u.ValueKind != JsonValueKind.Null && ReadBool(u, "stream_options.include_usage");
+        }
+        return (stream, usage);
+    }
+
+    private static bool ReadBool(JsonElement value, string name) => value.ValueKind switch
+    {
+        JsonValueKind.True => true,
+        JsonValueKind.False => false,
+        _ => throw OpenAiErrorException.BadRequest(name, $"expected true or false, got {Describe(value)}."),
+    };
+
+    private static double ReadNumber(JsonElement value, string name)
+    {
+        if (value.ValueKind != JsonValueKind.Number) throw OpenAiErrorException.BadRequest(name, $"expected a number, got {Describe(value)}.");
+        return value.GetDouble();
+    }
+
+    private static int ReadInt(JsonElement value, string name, int min, int max)
+    {
+        if (value.ValueKind != JsonValueKind.Number || !value.TryGetInt64(out long n) || n < min || n > max)
+            throw OpenAiErrorException.BadRequest(name, $"expected an integer from {min} to {max}, got {Describe(value)}.");
+        return (int)n;
+    }
+
+    private static string Format(double value) => value.ToString("R", CultureInfo.InvariantCulture);
+
+    /// <summary>A short description of a JSON value for error messages (the value itself when short).</summary>
+    internal static string Describe(JsonElement value) => value.ValueKind switch
+    {
+        JsonValueKind.Object => "an object",
+        JsonValueKind.Array => "an array",
+        JsonValueKind.String => value.GetString()!.Length <= 40 ? $"the string \"{value.GetString()}\"" : "a string",
+        JsonValueKind.Number => value.GetRawText().Length <= 40 ? value.GetRawText() : "a number",
+        JsonValueKind.True => "true",
+        JsonValueKind.False => "false",
+        _ => "null",
+    };
+}

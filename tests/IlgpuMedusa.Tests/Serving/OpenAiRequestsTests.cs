@@ -1,0 +1,178 @@
+using System.Net;
+using System.Text.Json;
+using IlgpuMedusa.Hosting;
+using IlgpuMedusa.Serving;
+using Microsoft.Extensions.AI;
+
+namespace IlgpuMedusa.Tests.Serving;
+
+/// <summary>Request bodies of the OpenAI routes: what each field becomes, and errors that name the field.</summary>
+public class OpenAiRequestsTests
+{
+    private const string Model = "stories15M";
+
+    private static ChatCompletionRequest Chat(string json)
+    {
+        using var document = JsonDocument.Parse(json);
+        return OpenAiRequests.ParseChat(document.RootElement.Clone(), Model);
+    }
+
+    private static CompletionRequest Completion(string json)
+    {
+        using var document = JsonDocument.Parse(json);
+        return OpenAiRequests.ParseCompletion(document.RootElement.Clone(), Model);
+    }
+
+    [Fact]
+    public void Chat_ReadsEveryField()
+    {
+        var request = Chat("""
+            {"model": "stories15M", "messages": [
+               {"role": "system", "content": "Be brief."},
+               {"role": "developer", "content": [{"type": "text", "text": "Tell "}, {"type": "text", "text": "stories."}]},
+               {"role": "user", "content": "Once upon a time", "name": "kid"},
+               {"role": "assistant", "content": null}],
+             "max_completion_tokens": 12, "max_tokens": 99, "temperature": 0.7, "top_p": 0.9, "seed": -5,
+             "stop": ["The end", "\n\n"], "stream": true, "stream_options": {"include_usage": true},
+             "n": 1, "frequency_penalty": 0, "presence_penalty": 0.0, "logprobs": false, "tools": [], "response_format": {"type": "text"},
+             "user": "ignored", "metadata": {"a": "b"},
+             "medusa": false, "medusa_tree": "dynamic-8", "medusa_acceptance": "typical"}
+            """);
+        Assert.Equal([ChatRole.System, ChatRole.System, ChatRole.User, ChatRole.Assistant], request.Messages.Select(m => m.Role));
+        Assert.Equal(["Be brief.", "Tell stories.", "Once upon a time", ""], request.Messages.Select(m => m.Text));
+        var o = request.Options;
+        Assert.Equal(12, o.MaxOutputTokens); // the newer field wins over max_tokens
+        Assert.Equal(0.7f, o.Temperature);
+        Assert.Equal(0.9f, o.TopP);
+        Assert.Equal(-5L, o.Seed);
+        Assert.Equal(["The end", "\n\n"], o.StopSequences!);
+        Assert.True(request.Stream);
+        Assert.True(request.IncludeUsage);
+        Assert.Equal(false, o.AdditionalProperties![IlgpuMedusaChatOptionKeys.Medusa]);
+        Assert.Equal("dynamic-8", o.AdditionalProperties[IlgpuMedusaChatOptionKeys.Tree]);
+        Assert.Equal("typical", o.AdditionalProperties[IlgpuMedusaChatOptionKeys.Acceptance]);
+    }
+
+    [Fact]
+    public void Chat_LeavesOutWhatTheRequestLeavesOut()
+    {
+        var request = Chat("""{"messages": [{"role": "user", "content": "Hi"}]}""");
+        var o = request.Options;
+        Assert.Null(o.MaxOutputTokens);
+        Assert.Null(o.Temperature);
+        Assert.Null(o.TopP);
+        Assert.Null(o.Seed);
+        Assert.Null(o.StopSequences);
+        Assert.Null(o.AdditionalProperties);
+        Assert.False(request.Stream);
+        Assert.False(request.IncludeUsage);
+        Assert.Equal(7, Chat("""{"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 7}""").Options.MaxOutputTokens);
+        Assert.Equal(["x"], Chat("""{"messages": [{"role": "user", "content": "Hi"}], "stop": "x"}""").Options.StopSequences!);
+    }
+
+    [Theory]
+    [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "temperature": 2.5}""", "temperature", "from 0 (greedy) to 2, got 2.5")]
+    [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "temperature": "hot"}""", "temperature", "expected a number, got the string \"hot\"")]
+    [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "top_p": 0}""", "top_p", "(0, 1], got 0")]
+    [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 0}""", "max_tokens", "integer from 1 to 2147483647, got 0")]
+    [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "max_completion_tokens": 1.5}""", "max_completion_tokens", "got 1.5")]
+    [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3000000000}""", "max_tokens", "got 3000000000")]
+    [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "seed": 1.5}""", "seed", "64-bit integer")]
+    [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "stop": [""]}""", "stop", "must not be empty")]
+    [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "stop": ["a", 3]}""", "stop[1]", "expected a string, got 3")]
+    [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "stop": ["1","2","3","4","5","6","7","8","9","10","11","12","13","14","15","16","17"]}""", "stop", "at most 16")]
+    [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "n": 2}""", "n", "only 1")]
+    [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "frequency_penalty": 0.5}""", "frequency_penalty", "only 0")]
+    [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "logprobs": true}""", "logprobs", "not supported")]
+    [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "top_logprobs": 3}""", "top_logprobs", "not supported")]
+    [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "logit_bias": {"50256": -100}}""", "logit_bias", "not supported")]
+    [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "tools": [{"type": "function"}]}""", "tools", "no tool calling")]
+    [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "response_format": {"type": "json_object"}}""", "response_format", "only {\"type\": \"text\"}")]
+    [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "stream_options": {"include_usage": true}}""", "stream_options", "only allowed with \"stream\": true")]
+    [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "stream": "yes"}""", "stream", "expected true or false")]
+    [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "medusa": 1}""", "medusa", "expected true or false")]
+    [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "medusa_acceptance": "lenient"}""", "medusa_acceptance", "\"greedy\" or \"typical\"")]
+    [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "model": 7}""", "model", "expected a string")]
+    [InlineData("""{"messages": "Hi"}""", "messages", "expected an array, got the string \"Hi\"")]
+    [InlineData("""{"messages": []}""", "messages", "at least one message")]
+    [InlineData("""{"model": "stories15M"}""", "messages", "required")]
+    [InlineData("""{"messages": [{"content": "Hi"}]}""", "messages[0].role", "required")]
+    [InlineData("""{"messages": [{"role": "user", "content": "Hi"}, {"role": "tool", "content": "42"}]}""", "messages[1].role", "'tool' is not supported")]
+    [InlineData("""{"messages": [{"role": "robot", "content": "Hi"}]}""", "messages[0].role", "unknown role 'robot'")]
+    [InlineData("""{"messages": [{"role": "user"}]}""", "messages[0].content", "required")]
+    [InlineData("""{"messages": [{"role": "user", "content": null}]}""", "messages[0].content", "expected a string or an array of text parts, got null")]
+    [InlineData("""{"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}""", "messages[0].content[0].type", "reads text only")]
+    [InlineData("""{"messages": [{"role": "user", "content": [{"type": "text"}]}]}""", "messages[0].content[0].text", "required")]
+    [InlineData("""{"messages": [{"role": "assistant", "content": "", "tool_calls": [{"id": "1"}]}]}""", "messages[0].tool_calls", "no tool calling")]
+    public void Chat_BadField_IsA400NamingIt(string json, string param, string expected)
+    {
+        var e = Assert.Throws<OpenAiErrorException>(() => Chat(json));
+        Assert.Equal(HttpStatusCode.BadRequest, e.Status);
+        Assert.Equal(param, e.Param);
+        Assert.Equal("invalid_request_error", e.Type);
+        Assert.StartsWith(param + ": ", e.Message, StringComparison.Ordinal);
+        Assert.Contains(expected, e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Chat_TreeMustBeAPreset_NeverAFileOnTheServer()
+    {
+        var path = Path.Combine(TestModels.TempDirectory("tree"), "tree.json");
+        File.WriteAllText(path, "[[0], [0, 0]]"); // a valid tree file: still refused over HTTP
+        foreach (var tree in new[] { path, "/etc/passwd", "../tree.json" })
+        {
+            var e = Assert.Throws<OpenAiErrorException>(() => Chat($$"""{"messages": [{"role": "user", "content": "Hi"}], "medusa_tree": {{JsonSerializer.Serialize(tree)}}}"""));
+            Assert.Equal("medusa_tree", e.Param);
+            Assert.Contains($"unknown tree '{tree}'", e.Message, StringComparison.Ordinal);
+        }
+        Assert.Equal("mc_sim_7b_63", Chat("""{"messages": [{"role": "user", "content": "Hi"}], "medusa_tree": "mc_sim_7b_63"}""").Options.AdditionalProperties![IlgpuMedusaChatOptionKeys.Tree]);
+    }
+
+    [Fact]
+    public void Chat_AnotherModel_Is404ModelNotFound()
+    {
+        var e = Assert.Throws<OpenAiErrorException>(() => Chat("""{"model": "gpt-4o", "messages": [{"role": "user", "content": "Hi"}]}"""));
+        Assert.Equal(HttpStatusCode.NotFound, e.Status);
+        Assert.Equal("model_not_found", e.Code);
+        Assert.Equal("model", e.Param);
+        Assert.Contains("'gpt-4o' is not served here; this server serves 'stories15M'", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Body_MustBeAnObject()
+    {
+        var e = Assert.Throws<OpenAiErrorException>(() => Chat("[1, 2]"));
+        Assert.Equal(HttpStatusCode.BadRequest, e.Status);
+        Assert.Contains("must be a JSON object, got an array", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Completion_ReadsPromptAndFields()
+    {
+        var request = Completion("""{"model": "stories15M", "prompt": "Once upon a time", "max_tokens": 5, "temperature": 0, "stream": true, "echo": false, "best_of": 1, "logprobs": 0}""");
+        Assert.Equal("Once upon a time", request.Prompt);
+        Assert.Equal(5, request.Options.MaxOutputTokens);
+        Assert.Equal(0f, request.Options.Temperature);
+        Assert.True(request.Stream);
+        Assert.Equal("x", Completion("""{"prompt": ["x"]}""").Prompt);
+        Assert.Equal("", Completion("""{"prompt": ""}""").Prompt);
+    }
+
+    [Theory]
+    [InlineData("""{"max_tokens": 5}""", "prompt", "required")]
+    [InlineData("""{"prompt": ["a", "b"]}""", "prompt", "one request per prompt")]
+    [InlineData("""{"prompt": [1, 2, 3]}""", "prompt", "token ids")]
+    [InlineData("""{"prompt": 5}""", "prompt", "expected a string, got 5")]
+    [InlineData("""{"prompt": "x", "echo": true}""", "echo", "not supported")]
+    [InlineData("""{"prompt": "x", "suffix": "y"}""", "suffix", "not supported")]
+    [InlineData("""{"prompt": "x", "best_of": 3}""", "best_of", "only 1")]
+    [InlineData("""{"prompt": "x", "logprobs": 2}""", "logprobs", "not supported")]
+    [InlineData("""{"prompt": "x", "max_tokens": -1}""", "max_tokens", "got -1")]
+    public void Completion_BadField_IsA400NamingIt(string json, string param, string expected)
+    {
+        var e = Assert.Throws<OpenAiErrorException>(() => Completion(json));
+        Assert.Equal(HttpStatusCode.BadRequest, e.Status);
+        Assert.Equal(param, e.Param);
+        Assert.Contains(expected, e.Message, StringComparison.Ordinal);
+    }
+}

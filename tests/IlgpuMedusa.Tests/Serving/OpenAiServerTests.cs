@@ -1,0 +1,373 @@
+using System.Net;
+using System.Net.Http.Headers;
+using System.Net.Sockets;
+using System.Text;
+using System.Text.Json;
+using IlgpuMedusa.Compute;
+using IlgpuMedusa.Generation;
+using IlgpuMedusa.Hosting;
+using IlgpuMedusa.Serving;
+using IlgpuMedusa.Tests.Hosting;
+
+namespace IlgpuMedusa.Tests.Serving;
+
+/// <summary>One engine on the demo model (host backend) and an OpenAI server on it, shared by a class's tests.</summary>
+public sealed class OpenAiServerFixture : IAsyncLifetime
+{
+    public InferenceEngine Engine { get; } = HostingTestSupport.LoadEngine();
+
+    public IlgpuMedusaChatClient Chat { get; private set; } = null!;
+
+    public OpenAiServer Server { get; private set; } = null!;
+
+    public RecordingLoggerFactory Log { get; } = new();
+
+    public HttpClient Http { get; } = new() { Timeout = TimeSpan.FromMinutes(2) };
+
+    public Task InitializeAsync()
+    {
+        Chat = new IlgpuMedusaChatClient(Engine);
+        Server = StartServer(new OpenAiServerOptions());
+        Http.BaseAddress = Server.BaseAddress;
+        return Task.CompletedTask;
+    }
+
+    /// <summary>Another server on the same engine, on a free port.</summary>
+    public OpenAiServer StartServer(OpenAiServerOptions options)
+    {
+        var server = new OpenAiServer(Chat, options with { Port = FreePort() }, Log.CreateLogger("serve"));
+        server.Start();
+        return server;
+    }
+
+    public async Task DisposeAsync()
+    {
+        await Server.DisposeAsync();
+        Http.Dispose();
+        Chat.Dispose();
+        Engine.Dispose();
+    }
+
+    /// <summary>A port nobody listens on now (the system's choice for port 0).</summary>
+    public static int FreePort()
+    {
+        var probe = new TcpListener(IPAddress.Loopback, 0);
+        probe.Start();
+        int port = ((IPEndPoint)probe.LocalEndpoint).Port;
+        probe.Stop();
+        return port;
+    }
+}
+
+/// <summary>
+/// The OpenAI-compatible server over real HTTP on the demo model: greedy replies equal llama2.c's reference text (an
+/// independent implementation), streamed pieces add up to the same text, errors carry their status and name the
+/// field, and a client that leaves or a server that stops gives every KV block back.
+/// </summary>
+public sealed class OpenAiServerTests(OpenAiServerFixture fixture) : IClassFixture<OpenAiServerFixture>
+{
+    private readonly HttpClient _http = fixture.Http;
+
+    private static StringContent Body(string json) => new(json, Encoding.UTF8, "application/json");
+
+    private async Task<(HttpStatusCode Status, JsonElement Json)> PostAsync(string path, string json, HttpClient? http = null)
+    {
+        using var response = await (http ?? _http).PostAsync(path, Body(json));
+        var text = await response.Content.ReadAsStringAsync();
+        Assert.StartsWith("application/json", response.Content.Headers.ContentType?.MediaType, StringComparison.Ordinal);
+        using var document = JsonDocument.Parse(text);
+        return (response.StatusCode, document.RootElement.Clone());
+    }
+
+    /// <summary>The data lines of a server-sent event stream, [DONE] included.</summary>
+    private async Task<List<string>> StreamAsync(string path, string json)
+    {
+        using var request = new HttpRequestMessage(HttpMethod.Post, path) { Content = Body(json) };
+        using var response = await _http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead);
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        Assert.Equal("text/event-stream", response.Content.Headers.ContentType?.MediaType);
+        var text = await response.Content.ReadAsStringAsync();
+        var events = text.Split("\n\n", StringSplitOptions.RemoveEmptyEntries);
+        Assert.All(events, e => Assert.StartsWith("data: ", e, StringComparison.Ordinal));
+        Assert.True(text.EndsWith("\n\n", StringComparison.Ordinal), "the stream does not end with a blank line");
+        return events.Select(e => e["data: ".Length..]).ToList();
+    }
+
+    [Fact]
+    public async Task Completion_Greedy_IsLlama2csReference_WithUsageAndStopAtTheEndToken()
+    {
+        var (status, json) = await PostAsync("v1/completions", """{"model": "stories15M", "prompt": "Once upon a time", "max_tokens": 250, "temperature": 0}""");
+        Assert.Equal(HttpStatusCode.OK, status);
+        Assert.Equal("text_completion", json.GetProperty("object").GetString());
+        Assert.Equal("stories15M", json.GetProperty("model").GetString());
+        Assert.StartsWith("cmpl-", json.GetProperty("id").GetString(), StringComparison.Ordinal);
+        var choice = Assert.Single(json.GetProperty("choices").EnumerateArray().ToList());
+        Assert.Equal(HostingTestSupport.ReferenceContinuation, choice.GetProperty("text").GetString());
+        Assert.Equal("stop", choice.GetProperty("finish_reason").GetString()); // the story ends with EOS before 250 tokens
+        var usage = json.GetProperty("usage");
+        Assert.Equal(5, usage.GetProperty("prompt_tokens").GetInt32()); // BOS + llama2.c's 4 prompt tokens
+        int completion = usage.GetProperty("completion_tokens").GetInt32();
+        Assert.InRange(completion, 100, 249);
+        Assert.Equal(5 + completion, usage.GetProperty("total_tokens").GetInt32());
+        Assert.True(json.GetProperty("ilgpu_medusa").GetProperty("medusa").GetBoolean()); // the demo's heads are used by default
+    }
+
+    [Fact]
+    public async Task Chat_Greedy_IsTheReference_UnderThePlainTemplate()
+    {
+        var (status, json) = await PostAsync("v1/chat/completions",
+            """{"messages": [{"role": "user", "content": "Once upon a time"}], "max_tokens": 20, "medusa": false}""");
+        Assert.Equal(HttpStatusCode.OK, status);
+        Assert.Equal("chat.completion", json.GetProperty("object").GetString());
+        var choice = json.GetProperty("choices")[0];
+        Assert.Equal("assistant", choice.GetProperty("message").GetProperty("role").GetString());
+        var text = choice.GetProperty("message").GetProperty("content").GetString()!;
+        Assert.StartsWith(", there was a little girl named Lily.", text, StringComparison.Ordinal);
+        Assert.StartsWith(HostingTestSupport.Prompt + text, HostingTestSupport.Reference, StringComparison.Ordinal);
+        Assert.Equal("length", choice.GetProperty("finish_reason").GetString());
+        Assert.Equal(20, json.GetProperty("usage").GetProperty("completion_tokens").GetInt32());
+        Assert.False(json.GetProperty("ilgpu_medusa").GetProperty("medusa").GetBoolean());
+    }
+
+    [Fact]
+    public async Task Chat_Streaming_AddsUpToTheSameText_ThenFinishUsageAndDone()
+    {
+        var events = await StreamAsync("v1/chat/completions",
+            """{"messages": [{"role": "user", "content": "Once upon a time"}], "max_tokens": 40, "stream": true, "stream_options": {"include_usage": true}}""");
+        Assert.Equal("[DONE]", events[^1]);
+        var chunks = events[..^1].Select(e => JsonDocument.Parse(e).RootElement).ToList();
+        Assert.All(chunks, c => Assert.Equal("chat.completion.chunk", c.GetProperty("object").GetString()));
+        Assert.Single(chunks.Select(c => c.GetProperty("id").GetString()).Distinct());
+        Assert.Equal("assistant", chunks[0].GetProperty("choices")[0].GetProperty("delta").GetProperty("role").GetString());
+        var usageChunk = chunks[^1];
+        Assert.Equal(0, usageChunk.GetProperty("choices").GetArrayLength());
+        Assert.Equal(40, usageChunk.GetProperty("usage").GetProperty("completion_tokens").GetInt32());
+        var finish = chunks[^2].GetProperty("choices")[0];
+        Assert.Equal("length", finish.GetProperty("finish_reason").GetString());
+        var text = string.Concat(chunks[..^1].Select(c => c.GetProperty("choices")[0].GetProperty("delta"))
+            .Select(d => d.TryGetProperty("content", out var content) ? content.GetString() : ""));
+        Assert.True(chunks.Count >= 5, $"only {chunks.Count} chunks: the reply did not stream");
+        Assert.StartsWith(HostingTestSupport.Prompt + text, HostingTestSupport.Reference, StringComparison.Ordinal);
+
+        var (_, whole) = await PostAsync("v1/chat/completions", """{"messages": [{"role": "user", "content": "Once upon a time"}], "max_tokens": 40}""");
+        Assert.Equal(whole.GetProperty("choices")[0].GetProperty("message").GetProperty("content").GetString(), text);
+    }
+
+    [Fact]
+    public async Task Completion_Streaming_AddsUpToTheReference()
+    {
+        var events = await StreamAsync("v1/completions", """{"prompt": "Once upon a time", "max_tokens": 250, "stream": true}""");
+        Assert.Equal("[DONE]", events[^1]);
+        var chunks = events[..^1].Select(e => JsonDocument.Parse(e).RootElement).ToList();
+        Assert.All(chunks, c => Assert.Equal("text_completion", c.GetProperty("object").GetString()));
+        var text = string.Concat(chunks.Select(c => c.GetProperty("choices")[0].GetProperty("text").GetString()));
+        Assert.Equal(HostingTestSupport.ReferenceContinuation, text);
+        Assert.Equal("stop", chunks[^1].GetProperty("choices")[0].GetProperty("finish_reason").GetString());
+        Assert.All(chunks[..^1], c => Assert.Equal(JsonValueKind.Null, c.GetProperty("choices")[0].GetProperty("finish_reason").ValueKind));
+    }
+
+    [Fact]
+    public async Task StopSequence_EndsTheReplyBeforeIt()
+    {
+        var (_, json) = await PostAsync("v1/completions", """{"prompt": "Once upon a time", "max_tokens": 50, "stop": ["Lily"]}""");
+        Assert.Equal(", there was a little girl named ", json.GetProperty("choices")[0].GetProperty("text").GetString());
+        Assert.Equal("stop", json.GetProperty("choices")[0].GetProperty("finish_reason").GetString());
+    }
+
+    [Fact]
+    public async Task Sampling_WithASeed_IsRepeatable()
+    {
+        const string request = """{"prompt": "Once upon a time", "max_tokens": 30, "temperature": 1.0, "top_p": 0.9, "seed": 7}""";
+        var (_, first) = await PostAsync("v1/completions", request);
+        var (_, second) = await PostAsync("v1/completions", request);
+        Assert.Equal(first.GetProperty("choices")[0].GetProperty("text").GetString(), second.GetProperty("choices")[0].GetProperty("text").GetString());
+    }
+
+    [Fact]
+    public async Task ConcurrentRequests_EachGetTheirOwnReply()
+    {
+        // Batched together on the engine's scheduler: every greedy reply is still the reference prefix of its length.
+        int[] lengths = [10, 25, 40, 60];
+        var replies = await Task.WhenAll(lengths.Select(n => PostAsync("v1/completions", $$"""{"prompt": "Once upon a time", "max_tokens": {{n}}}""")));
+        for (int i = 0; i < lengths.Length; i++)
+        {
+            Assert.Equal(HttpStatusCode.OK, replies[i].Status);
+            Assert.Equal(lengths[i], replies[i].Json.GetProperty("usage").GetProperty("completion_tokens").GetInt32());
+            Assert.StartsWith(HostingTestSupport.Prompt + replies[i].Json.GetProperty("choices")[0].GetProperty("text").GetString(),
+                HostingTestSupport.Reference, StringComparison.Ordinal);
+        }
+    }
+
+    [Fact]
+    public async Task Models_ListsTheOneModel()
+    {
+        var list = JsonDocument.Parse(await _http.GetStringAsync("v1/models")).RootElement;
+        Assert.Equal("list", list.GetProperty("object").GetString());
+        var model = Assert.Single(list.GetProperty("data").EnumerateArray().ToList());
+        Assert.Equal("stories15M", model.GetProperty("id").GetString());
+        Assert.Equal("model", model.GetProperty("object").GetString());
+        Assert.Equal(256, model.GetProperty("max_model_len").GetInt32()); // the demo's context (llama2.c header seq_len)
+        Assert.Equal("stories15M", JsonDocument.Parse(await _http.GetStringAsync("v1/models/stories15M")).RootElement.GetProperty("id").GetString());
+        using var other = await _http.GetAsync("v1/models/gpt-4o");
+        Assert.Equal(HttpStatusCode.NotFound, other.StatusCode);
+        Assert.Equal("""{"status":"ok"}""", await _http.GetStringAsync("health"));
+    }
+
+    [Theory]
+    [InlineData("v1/chat/completions", """{"messages": [{"role": "user", "content": "Hi"}], "temperature": -1}""", HttpStatusCode.BadRequest, "temperature")]
+    [InlineData("v1/chat/completions", """{"model": "llama-3", "messages": [{"role": "user", "content": "Hi"}]}""", HttpStatusCode.NotFound, "model")]
+    [InlineData("v1/completions", """{"prompt": "Once upon a time", "medusa_tree": "../../etc/tree.json"}""", HttpStatusCode.BadRequest, "medusa_tree")]
+    public async Task BadRequests_GetTheirStatus_AndNameTheField(string path, string json, HttpStatusCode expected, string param)
+    {
+        var (status, body) = await PostAsync(path, json);
+        Assert.Equal(expected, status);
+        var error = body.GetProperty("error");
+        Assert.Equal(param, error.GetProperty("param").GetString());
+        Assert.Contains(param, error.GetProperty("message").GetString(), StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task MalformedAndOversizedBodies_Are400And413()
+    {
+        var (status, json) = await PostAsync("v1/chat/completions", """{"messages": [""");
+        Assert.Equal(HttpStatusCode.BadRequest, status);
+        Assert.Contains("not valid JSON", json.GetProperty("error").GetProperty("message").GetString(), StringComparison.Ordinal);
+
+        (status, json) = await PostAsync("v1/completions", "");
+        Assert.Equal(HttpStatusCode.BadRequest, status);
+        Assert.Contains("no body", json.GetProperty("error").GetProperty("message").GetString(), StringComparison.Ordinal);
+
+        var huge = $$"""{"prompt": "{{new string('a', 5 << 20)}}"}""";
+        (status, json) = await PostAsync("v1/completions", huge);
+        Assert.Equal(HttpStatusCode.RequestEntityTooLarge, status);
+        Assert.Contains("at most 4194304", json.GetProperty("error").GetProperty("message").GetString(), StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task APromptLongerThanTheContext_IsA400()
+    {
+        var prompt = string.Join(' ', Enumerable.Repeat("dragon", 400)); // far more tokens than the demo's 256
+        var (status, json) = await PostAsync("v1/completions", JsonSerializer.Serialize(new { prompt }));
+        Assert.Equal(HttpStatusCode.BadRequest, status);
+        Assert.Contains("the model's context is 256", json.GetProperty("error").GetProperty("message").GetString(), StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task ARequestLargerThanTheWholeKvCache_IsA400_ThatSaysSo()
+    {
+        // 1 MiB holds about 75 of the demo's positions (6 layers x 2 x 288 floats each): 200 tokens can never fit.
+        using var small = InferenceEngine.Load(new EngineOptions
+        {
+            ModelPath = TestModels.Stories15MDirectory, Device = new DeviceOptions { Kind = DeviceKind.Host }, KvBudgetMb = 1,
+        });
+        using var chat = new IlgpuMedusaChatClient(small);
+        await using var server = new OpenAiServer(chat, new OpenAiServerOptions { Port = OpenAiServerFixture.FreePort() });
+        server.Start();
+        using var http = new HttpClient { BaseAddress = server.BaseAddress };
+        var (status, json) = await PostAsync("v1/chat/completions",
+            """{"messages": [{"role": "user", "content": "Once upon a time"}], "max_tokens": 200, "stream": true}""", http);
+        Assert.Equal(HttpStatusCode.BadRequest, status);
+        var error = json.GetProperty("error");
+        Assert.Equal("kv_budget_exceeded", error.GetProperty("code").GetString());
+        Assert.Contains("does not fit the server's KV cache", error.GetProperty("message").GetString(), StringComparison.Ordinal);
+        var (ok, reply) = await PostAsync("v1/completions", """{"prompt": "Once upon a time", "max_tokens": 20}""", http);
+        Assert.Equal(HttpStatusCode.OK, ok); // a request that fits is served
+        Assert.Equal(20, reply.GetProperty("usage").GetProperty("completion_tokens").GetInt32());
+    }
+
+    [Fact]
+    public async Task WrongMethodAndUnknownRoute_Are405And404()
+    {
+        using var get = await _http.GetAsync("v1/chat/completions");
+        Assert.Equal(HttpStatusCode.MethodNotAllowed, get.StatusCode);
+        Assert.Equal("POST", string.Join(",", get.Content.Headers.Allow));
+        using var missing = await _http.PostAsync("v1/embeddings", Body("{}"));
+        Assert.Equal(HttpStatusCode.NotFound, missing.StatusCode);
+        Assert.Contains("no route POST /v1/embeddings", await missing.Content.ReadAsStringAsync(), StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task ApiKey_IsRequiredOnV1_ButNotForHealth()
+    {
+        await using var server = fixture.StartServer(new OpenAiServerOptions { ApiKey = "s3cret" });
+        using var http = new HttpClient { BaseAddress = server.BaseAddress };
+        using var none = await http.GetAsync("v1/models");
+        Assert.Equal(HttpStatusCode.Unauthorized, none.StatusCode);
+        Assert.Contains("Authorization: Bearer", await none.Content.ReadAsStringAsync(), StringComparison.Ordinal);
+        http.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue("Bearer", "wrong");
+        using var wrong = await http.GetAsync("v1/models");
+        Assert.Equal(HttpStatusCode.Unauthorized, wrong.StatusCode);
+        Assert.Equal(HttpStatusCode.OK, (await http.GetAsync("health")).StatusCode);
+        http.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue("Bearer", "s3cret");
+        var (status, json) = await PostAsync("v1/completions", """{"prompt": "Once upon a time", "max_tokens": 3}""", http);
+        Assert.Equal(HttpStatusCode.OK, status);
+        Assert.Equal(3, json.GetProperty("usage").GetProperty("completion_tokens").GetInt32());
+    }
+
+    [Fact]
+    public async Task ARequestBeyondTheLimit_Is429_WhileTheFirstStreams()
+    {
+        await using var server = fixture.StartServer(new OpenAiServerOptions { MaxConcurrentRequests = 1 });
+        using var http = new HttpClient { BaseAddress = server.BaseAddress };
+        using var first = new HttpRequestMessage(HttpMethod.Post, "v1/completions")
+        {
+            Content = Body("""{"prompt": "Once upon a time", "max_tokens": 250, "stream": true, "medusa": false}"""),
+        };
+        using var streaming = await http.SendAsync(first, HttpCompletionOption.ResponseHeadersRead);
+        using var reader = new StreamReader(await streaming.Content.ReadAsStreamAsync());
+        Assert.StartsWith("data: ", await reader.ReadLineAsync(), StringComparison.Ordinal); // the first request holds the only place now
+        using var second = await http.PostAsync("v1/completions", Body("""{"prompt": "Once upon a time", "max_tokens": 3}"""));
+        Assert.Equal(HttpStatusCode.TooManyRequests, second.StatusCode);
+        Assert.Equal("1", second.Headers.GetValues("Retry-After").Single());
+        Assert.Contains("already answering 1 requests", await second.Content.ReadAsStringAsync(), StringComparison.Ordinal);
+        var rest = await reader.ReadToEndAsync();
+        Assert.EndsWith("data: [DONE]\n\n", rest, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task AClientThatLeavesMidStream_CancelsItsGeneration_AndEveryBlockComesBack()
+    {
+        int free = fixture.Engine.Pool.FreeBlocks;
+        // No draining: by default HttpClient reads up to 1 MB of a disposed response to keep the connection.
+        using var http = new HttpClient(new SocketsHttpHandler { MaxResponseDrainSize = 0 }) { BaseAddress = fixture.Server.BaseAddress };
+        using (var request = new HttpRequestMessage(HttpMethod.Post, "v1/completions")
+               {
+                   Content = Body("""{"prompt": "Once upon a time", "max_tokens": 250, "stream": true, "medusa": false}"""),
+               })
+        using (var response = await http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead))
+        {
+            using var reader = new StreamReader(await response.Content.ReadAsStreamAsync());
+            Assert.StartsWith("data: ", await reader.ReadLineAsync(), StringComparison.Ordinal);
+        } // disposing the response closes the connection mid-stream
+        await WaitUntil(() => fixture.Server.RequestsInFlight == 0 && fixture.Engine.Pool.FreeBlocks == free);
+        Assert.True(fixture.Log.Messages.Any(m => m.Contains("POST /v1/completions 200", StringComparison.Ordinal) && m.Contains("client disconnected", StringComparison.Ordinal)), string.Join("\n", fixture.Log.Messages));
+    }
+
+    [Fact]
+    public async Task Stopping_CancelsRequestsInFlight_WithAnErrorEvent_AndFreesTheirBlocks()
+    {
+        int free = fixture.Engine.Pool.FreeBlocks;
+        var server = fixture.StartServer(new OpenAiServerOptions { ShutdownGrace = TimeSpan.Zero });
+        using var http = new HttpClient { BaseAddress = server.BaseAddress };
+        using var request = new HttpRequestMessage(HttpMethod.Post, "v1/chat/completions")
+        {
+            Content = Body("""{"messages": [{"role": "user", "content": "Once upon a time"}], "max_tokens": 250, "stream": true, "medusa": false}"""),
+        };
+        using var response = await http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead);
+        using var reader = new StreamReader(await response.Content.ReadAsStreamAsync());
+        Assert.StartsWith("data: ", await reader.ReadLineAsync(), StringComparison.Ordinal);
+        await server.StopAsync();
+        var rest = await reader.ReadToEndAsync();
+        Assert.True(rest.Contains("\"code\":\"shutting_down\"", StringComparison.Ordinal), rest + string.Join("\n", fixture.Log.Messages));
+        Assert.EndsWith("data: [DONE]\n\n", rest, StringComparison.Ordinal);
+        Assert.Equal(free, fixture.Engine.Pool.FreeBlocks);
+        Assert.Equal(0, server.RequestsInFlight);
+        await Assert.ThrowsAsync<HttpRequestException>(() => http.GetAsync("health")); // no longer listening
+    }
+
+    private static async Task WaitUntil(Func<bool> condition)
+    {
+        for (int i = 0; i < 200 && !condition(); i++) await Task.Delay(50);
+        Assert.True(condition(), "the condition did not hold within 10 s");
+    }
+}
