@@ -30,6 +30,11 @@ if [ -f tests/tools/llama-tokenizer-js/package.json ] && [ ! -d tests/tools/llam
   npm ci --silent --prefix tests/tools/llama-tokenizer-js
 fi
 
+if [ -f tests/tools/openai-client/package.json ] && [ ! -d tests/tools/openai-client/node_modules ]; then
+  echo "== installing OpenAI's JavaScript SDK (the server tests' independent client)"
+  npm ci --silent --prefix tests/tools/openai-client
+fi
+
 # NVIDIA's PTX assembler, so that every CUDA kernel is assembled offline for sm_80 and sm_90 (no GPU needed). Without
 # it the other tests still run and the assembly tests fail, saying how to get it.
 bash scripts/get-ptxas.sh || echo "warning: could not get ptxas (see scripts/get-ptxas.sh); the PtxasChecks tests will fail" >&2

@@ -1,0 +1,88 @@
+using System.Diagnostics;
+using System.Text.Json;
+using IlgpuMedusa.Tests.Hosting;
+
+namespace IlgpuMedusa.Tests.Serving;
+
+/// <summary>
+/// OpenAI's own JavaScript SDK (npm package openai, run by node through tests/tools/openai-client/client.mjs) as the
+/// client: its request building, response parsing, server-sent event reader and error objects are an independent
+/// check that the server speaks the API, not just what these tests expect of it.
+/// </summary>
+public sealed class OfficialClientTests(OpenAiServerFixture fixture) : IClassFixture<OpenAiServerFixture>
+{
+    private static readonly string ToolDirectory = Path.Combine(TestModels.RepositoryRoot, "tests", "tools", "openai-client");
+
+    [Fact]
+    public void TheOfficialSdk_ListsChatsStreamsCompletes_AndReadsErrors()
+    {
+        var result = RunClient(new Uri(fixture.Server.BaseAddress, "v1").ToString(), "stories15M", HostingTestSupport.Prompt);
+        Assert.Equal(["stories15M"], result.GetProperty("models").EnumerateArray().Select(m => m.GetString()));
+
+        // 30 greedy tokens of the plain template / the completion: llama2.c's reference text, through each route.
+        foreach (var name in new[] { "chat", "chatStream", "completion", "completionStream" })
+        {
+            var text = result.GetProperty(name).GetProperty("text").GetString()!;
+            Assert.True(text.Length > 60, $"{name}: only '{text}'");
+            Assert.StartsWith(HostingTestSupport.Prompt + text, HostingTestSupport.Reference, StringComparison.Ordinal);
+        }
+        Assert.Equal(result.GetProperty("chat").GetProperty("text").GetString(), result.GetProperty("chatStream").GetProperty("text").GetString());
+        Assert.Equal(result.GetProperty("completion").GetProperty("text").GetString(), result.GetProperty("completionStream").GetProperty("text").GetString());
+        Assert.Equal("length", result.GetProperty("chat").GetProperty("finish").GetString());
+        Assert.Equal("length", result.GetProperty("chatStream").GetProperty("finish").GetString());
+        Assert.Equal("length", result.GetProperty("completion").GetProperty("finish").GetString());
+        foreach (var name in new[] { "chat", "chatStream", "completion" })
+        {
+            var usage = result.GetProperty(name).GetProperty("usage");
+            Assert.Equal(5, usage.GetProperty("prompt_tokens").GetInt32());
+            Assert.Equal(30, usage.GetProperty("completion_tokens").GetInt32());
+            Assert.Equal(35, usage.GetProperty("total_tokens").GetInt32());
+        }
+        Assert.True(result.GetProperty("chatStream").GetProperty("chunks").GetInt32() >= 5, "the chat reply did not stream");
+
+        var bad = result.GetProperty("badTemperature");
+        Assert.Equal(400, bad.GetProperty("status").GetInt32());
+        Assert.Equal("temperature", bad.GetProperty("param").GetString());
+        Assert.Contains("from 0 (greedy) to 2, got 3", bad.GetProperty("message").GetString(), StringComparison.Ordinal);
+        var other = result.GetProperty("otherModel");
+        Assert.Equal(404, other.GetProperty("status").GetInt32());
+        Assert.Equal("model_not_found", other.GetProperty("code").GetString());
+    }
+
+    private static JsonElement RunClient(params string[] args)
+    {
+        if (!Directory.Exists(Path.Combine(ToolDirectory, "node_modules", "openai")))
+            Assert.Fail($"OpenAI's JavaScript SDK is not installed in '{ToolDirectory}'. Run: npm ci --prefix tests/tools/openai-client (needs Node.js 20 or newer).");
+        var start = new ProcessStartInfo("node")
+        {
+            WorkingDirectory = ToolDirectory,
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            UseShellExecute = false,
+        };
+        start.ArgumentList.Add("client.mjs");
+        foreach (var a in args) start.ArgumentList.Add(a);
+        Process process;
+        try
+        {
+            process = Process.Start(start) ?? throw new InvalidOperationException("Process.Start returned null");
+        }
+        catch (System.ComponentModel.Win32Exception e)
+        {
+            Assert.Fail($"Cannot start 'node' ({e.Message}). Install Node.js 20 or newer, then run: npm ci --prefix tests/tools/openai-client");
+            throw;
+        }
+        using (process)
+        {
+            var stdout = process.StandardOutput.ReadToEndAsync();
+            var stderr = process.StandardError.ReadToEndAsync();
+            if (!process.WaitForExit(TimeSpan.FromMinutes(3)))
+            {
+                process.Kill(entireProcessTree: true);
+                Assert.Fail("node client.mjs did not finish within 3 minutes");
+            }
+            Assert.True(process.ExitCode == 0, $"node client.mjs failed (exit {process.ExitCode}): {stderr.Result}");
+            return JsonDocument.Parse(stdout.Result).RootElement.Clone();
+        }
+    }
+}

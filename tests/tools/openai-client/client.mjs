@@ -1,0 +1,47 @@
+// Drives an IlgpuMedusa server with OpenAI's official JavaScript SDK and prints what it got as one JSON object.
+// Usage: node client.mjs BASE_URL MODEL PROMPT   (BASE_URL like http://127.0.0.1:8080/v1)
+import OpenAI from "openai";
+
+const [baseURL, model, prompt] = process.argv.slice(2);
+const client = new OpenAI({ baseURL, apiKey: "not-checked", maxRetries: 0, timeout: 120_000 });
+const messages = [{ role: "user", content: prompt }];
+const result = {};
+
+result.models = (await client.models.list()).data.map((m) => m.id);
+
+const chat = await client.chat.completions.create({ model, messages, max_tokens: 30 });
+result.chat = { text: chat.choices[0].message.content, finish: chat.choices[0].finish_reason, usage: chat.usage };
+
+const stream = await client.chat.completions.create({ model, messages, max_tokens: 30, stream: true, stream_options: { include_usage: true } });
+let text = "", chunks = 0, usage = null, finish = null;
+for await (const chunk of stream) {
+  chunks++;
+  if (chunk.choices.length > 0) {
+    text += chunk.choices[0].delta.content ?? "";
+    finish = chunk.choices[0].finish_reason ?? finish;
+  }
+  if (chunk.usage) usage = chunk.usage;
+}
+result.chatStream = { text, chunks, finish, usage };
+
+const completion = await client.completions.create({ model, prompt, max_tokens: 30 });
+result.completion = { text: completion.choices[0].text, finish: completion.choices[0].finish_reason, usage: completion.usage };
+
+const completionStream = await client.completions.create({ model, prompt, max_tokens: 30, stream: true });
+text = "";
+for await (const chunk of completionStream) text += chunk.choices[0]?.text ?? "";
+result.completionStream = { text };
+
+for (const [name, request] of [
+  ["badTemperature", { model, messages, temperature: 3 }],
+  ["otherModel", { model: "gpt-4o", messages }],
+]) {
+  try {
+    await client.chat.completions.create(request);
+    result[name] = { status: 0 };
+  } catch (e) {
+    result[name] = { status: e.status ?? -1, param: e.param ?? null, code: e.code ?? null, message: e.message };
+  }
+}
+
+console.log(JSON.stringify(result));
