@@ -13,7 +13,7 @@ public class ServeCommandTests
     [Fact]
     public async Task Serves_TheDemoModel_ThenStopsOnSigterm_WithExitCode0()
     {
-        int port = FreePort();
+        int port = Serving.OpenAiServerFixture.FreePort();
         var dll = Path.Combine(AppContext.BaseDirectory, "ilgpu-medusa.dll");
         var start = new ProcessStartInfo("dotnet")
         {
@@ -94,14 +94,5 @@ public class ServeCommandTests
         {
             taken.Stop();
         }
-    }
-
-    private static int FreePort()
-    {
-        var probe = new TcpListener(IPAddress.Loopback, 0);
-        probe.Start();
-        int port = ((IPEndPoint)probe.LocalEndpoint).Port;
-        probe.Stop();
-        return port;
     }
 }
