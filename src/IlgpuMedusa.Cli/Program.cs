@@ -30,7 +30,10 @@ public static class Program
         }
         try
         {
-            return parse.Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
+            var configuration = new InvocationConfiguration { EnableDefaultExceptionHandler = false };
+            // The server lets requests in flight finish before it stops; other commands stop within System.CommandLine's default 2 s.
+            if (parse.CommandResult.Command.Name == "serve") configuration.ProcessTerminationTimeout = TimeSpan.FromSeconds(ServeCommand.ShutdownSeconds);
+            return parse.Invoke(configuration);
         }
         catch (Exception e) when (CliErrors.IsUserError(e))
         {

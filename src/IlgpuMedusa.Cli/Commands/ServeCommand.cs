@@ -28,6 +28,11 @@ internal static class ServeCommand
             Description = "Completion requests in flight at once (they are batched on the device); one more gets 429.",
             DefaultValueFactory = _ => 64,
         };
+        var allowOrigin = new Option<string[]>("--allow-origin")
+        {
+            Description = "A web origin (https://app.example, or *) whose browser requests are served with CORS headers; repeatable. " +
+                "By default requests from web pages (with an Origin header) are refused.",
+        };
         var maxTokens = new Option<int>("--max-tokens", "-n") { Description = "Most tokens per reply when a request gives no max_tokens.", DefaultValueFactory = _ => 256 };
         var tree = new Option<string?>("--tree") { Description = $"Medusa tree for requests that name none: a preset ({string.Join(", ", IlgpuMedusa.Medusa.TreePresets.Names)}) or a JSON file of paths." };
         var acceptance = new Option<string>("--acceptance") { Description = "Medusa acceptance for requests that name none: greedy (lossless) or typical.", DefaultValueFactory = _ => "greedy" };
@@ -38,7 +43,7 @@ internal static class ServeCommand
         };
         var command = new Command("serve", "Serve the model over HTTP with the OpenAI API (/v1/chat/completions, /v1/completions, /v1/models) until Ctrl+C.")
         {
-            host, port, modelName, apiKey, maxRequests, maxTokens, tree, acceptance, template,
+            host, port, modelName, apiKey, allowOrigin, maxRequests, maxTokens, tree, acceptance, template,
         };
         common.AddTo(command);
         command.SetAction(async (parse, cancellationToken) =>
@@ -56,8 +61,9 @@ internal static class ServeCommand
                 ModelName = parse.GetValue(modelName),
                 ApiKey = parse.GetValue(apiKey) ?? NonEmpty(Environment.GetEnvironmentVariable("ILGPU_MEDUSA_API_KEY")),
                 MaxConcurrentRequests = parse.GetValue(maxRequests),
-                // System.CommandLine gives an action two seconds after Ctrl+C before it ends the process.
-                ShutdownGrace = TimeSpan.FromSeconds(1),
+                AllowedOrigins = parse.GetValue(allowOrigin) ?? [],
+                // Program gives this command ShutdownSeconds after Ctrl+C or SIGTERM before it ends the process.
+                ShutdownGrace = TimeSpan.FromSeconds(2),
             }.Validate();
             var kind = ParseTemplate(parse.GetValue(template)!);
             using var engine = CommonOptions.LoadEngine(common.ToEngineOptions(parse));
@@ -67,7 +73,8 @@ internal static class ServeCommand
             server.Start();
             Console.Error.WriteLine(
                 $"Serving '{server.ModelId}' ({chat.Template} chat template, {engine.DeviceName}, " +
-                $"{(engine.Heads is null ? "no Medusa heads" : $"Medusa tree {defaults.Tree ?? engine.DefaultTree}")}) at {server.BaseAddress}v1 " +
+                $"{(engine.Heads is null ? "no Medusa heads" : $"Medusa tree {defaults.Tree ?? engine.DefaultTree}")}) at {server.BaseAddress}v1" +
+                $"{(server.AllInterfaces ? $" (listening on every IPv4 interface, port {serverOptions.Port})" : "")} " +
                 $"{(serverOptions.ApiKey is null ? "" : "(API key required) ")}- Ctrl+C stops.");
             await server.RunAsync(cancellationToken);
             Console.Error.WriteLine("Stopped.");
@@ -75,6 +82,12 @@ internal static class ServeCommand
         });
         return command;
     }
+
+    /// <summary>
+    /// How long the process may take to stop after Ctrl+C or SIGTERM: two seconds of grace for requests in flight, two
+    /// for cancelled ones to send their last event, then the engine's disposal.
+    /// </summary>
+    public const int ShutdownSeconds = 15;
 
     private static string? NonEmpty(string? value) => string.IsNullOrEmpty(value) ? null : value;
 

@@ -68,11 +68,9 @@ public static class TreePresets
         if (!name.StartsWith("dynamic-", StringComparison.Ordinal)) return false;
         var rest = name.AsSpan(8);
         int dash = rest.IndexOf('-');
-        var culture = System.Globalization.CultureInfo.InvariantCulture;
-        var style = System.Globalization.NumberStyles.None;
-        if (!int.TryParse(dash < 0 ? rest : rest[..dash], style, culture, out nodes) || nodes is < 2 or > MaxDynamicNodes) return false;
+        if (!TryParseCount(dash < 0 ? rest : rest[..dash], out nodes) || nodes is < 2 or > MaxDynamicNodes) return false;
         if (dash < 0) return true;
-        if (!int.TryParse(rest[(dash + 1)..], style, culture, out int percent) || percent is < 1 or > 99) return false;
+        if (!TryParseCount(rest[(dash + 1)..], out int percent) || percent is < 1 or > 99) return false;
         minProbability = percent / 100f;
         return true;
     }
@@ -82,6 +80,22 @@ public static class TreePresets
 
     /// <summary>True for a fixed preset or a <c>dynamic-N</c> / <c>dynamic-N-P</c> name.</summary>
     public static bool IsKnown(string name) => TryGet(name, out _) || IsDynamic(name, out _);
+
+    /// <summary>
+    /// A count written the one way a name spells it: 1 to 3 ASCII digits without a leading zero. Signs, spaces and
+    /// leading zeros are refused, so that each tree has one name (the engine keeps one compiled tree per name).
+    /// </summary>
+    private static bool TryParseCount(ReadOnlySpan<char> text, out int value)
+    {
+        value = 0;
+        if (text.Length is 0 or > 3 || text[0] == '0') return false;
+        foreach (char c in text)
+        {
+            if (!char.IsAsciiDigit(c)) return false;
+            value = value * 10 + (c - '0');
+        }
+        return true;
+    }
 
     /// <summary>The paths of a preset.</summary>
     public static bool TryGet(string name, out IReadOnlyList<int[]> paths)
@@ -94,7 +108,7 @@ public static class TreePresets
             "tree-8" => McSim7b63.Take(7).ToArray(),
             "tree-5" => [[0], [1], [2], [0, 0]],
             "tree-4" => [[0], [1], [0, 0]],
-            _ when name.StartsWith("chain-", StringComparison.Ordinal) && int.TryParse(name.AsSpan(6), out int depth) && depth is >= 1 and <= 16 =>
+            _ when name.StartsWith("chain-", StringComparison.Ordinal) && TryParseCount(name.AsSpan(6), out int depth) && depth is >= 1 and <= 16 =>
                 Enumerable.Range(1, depth).Select(d => new int[d]).ToArray(),
             _ => [],
         };

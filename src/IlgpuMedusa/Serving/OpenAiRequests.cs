@@ -25,9 +25,9 @@ public sealed record CompletionRequest(string Prompt, ChatOptions Options, bool 
 /// Reads OpenAI-style request bodies into <see cref="ChatCompletionRequest"/> and <see cref="CompletionRequest"/>. Every
 /// field this server acts on is checked for type and range, and an error names the field (OpenAI's <c>param</c>) and
 /// what was expected. Fields a request may carry but that would change the result in ways this runtime does not
-/// implement (penalties, log probabilities, tools, several choices, JSON output) are refused unless they hold their
-/// neutral value, rather than silently ignored; fields without effect on the output (<c>user</c>, <c>metadata</c>,
-/// <c>store</c>, ...) are ignored.
+/// implement (penalties, log probabilities, tools, several choices, JSON output, audio) are refused unless they hold
+/// their neutral value, rather than silently ignored; any other field is ignored (<c>user</c>, <c>metadata</c>,
+/// <c>store</c>, ...).
 /// </summary>
 public static class OpenAiRequests
 {
@@ -50,7 +50,7 @@ public static class OpenAiRequests
         int index = 0;
         foreach (var message in messages.EnumerateArray()) list.Add(ParseMessage(message, $"messages[{index++}]"));
         RefuseUnsupported(body, chat: true);
-        var options = ParseOptions(body, "max_completion_tokens");
+        var options = ParseOptions(body, chat: true);
         var (stream, includeUsage) = ParseStream(body);
         return new ChatCompletionRequest(list, options, stream, includeUsage);
     }
@@ -67,9 +67,9 @@ public static class OpenAiRequests
             throw OpenAiErrorException.BadRequest("prompt", "required: the text to continue.");
         string text = prompt.ValueKind switch
         {
-            JsonValueKind.String => prompt.GetString()!,
+            JsonValueKind.String => Text(prompt, "prompt"),
             // One prompt per request: a batch of prompts is several requests here (they are batched on the device anyway).
-            JsonValueKind.Array when prompt.GetArrayLength() == 1 && prompt[0].ValueKind == JsonValueKind.String => prompt[0].GetString()!,
+            JsonValueKind.Array when prompt.GetArrayLength() == 1 && prompt[0].ValueKind == JsonValueKind.String => Text(prompt[0], "prompt[0]"),
             JsonValueKind.Array => throw OpenAiErrorException.BadRequest("prompt",
                 "expected a string (or an array holding one string); several prompts or token ids in one request are not supported: send one request per prompt."),
             _ => throw OpenAiErrorException.BadRequest("prompt", $"expected a string, got {Describe(prompt)}."),
@@ -81,7 +81,7 @@ public static class OpenAiRequests
         if (body.TryGetProperty("best_of", out var bestOf) && bestOf.ValueKind != JsonValueKind.Null && ReadInt(bestOf, "best_of", 1, int.MaxValue) != 1)
             throw OpenAiErrorException.BadRequest("best_of", "only 1 is supported.");
         RefuseUnsupported(body, chat: false);
-        var options = ParseOptions(body, "max_tokens");
+        var options = ParseOptions(body, chat: false);
         var (stream, includeUsage) = ParseStream(body);
         return new CompletionRequest(text, options, stream, includeUsage);
     }
@@ -96,9 +96,9 @@ public static class OpenAiRequests
     {
         if (!body.TryGetProperty("model", out var model) || model.ValueKind == JsonValueKind.Null) return; // the one model served
         if (model.ValueKind != JsonValueKind.String) throw OpenAiErrorException.BadRequest("model", $"expected a string, got {Describe(model)}.");
-        var name = model.GetString()!;
+        var name = Text(model, "model");
         if (!string.Equals(name, modelId, StringComparison.Ordinal))
-            throw new OpenAiErrorException(HttpStatusCode.NotFound, $"model '{name}' is not served here; this server serves '{modelId}' (see GET /v1/models).",
+            throw new OpenAiErrorException(HttpStatusCode.NotFound, $"model '{Shorten(name)}' is not served here; this server serves '{modelId}' (see GET /v1/models).",
                 "model", code: "model_not_found");
     }
 
@@ -107,14 +107,14 @@ public static class OpenAiRequests
         if (message.ValueKind != JsonValueKind.Object) throw OpenAiErrorException.BadRequest(path, $"expected an object with \"role\" and \"content\", got {Describe(message)}.");
         if (!message.TryGetProperty("role", out var roleElement) || roleElement.ValueKind != JsonValueKind.String)
             throw OpenAiErrorException.BadRequest($"{path}.role", "required: \"system\", \"developer\", \"user\" or \"assistant\".");
-        var roleName = roleElement.GetString()!;
+        var roleName = Text(roleElement, $"{path}.role");
         ChatRole role = roleName switch
         {
             "system" or "developer" => ChatRole.System,
             "user" => ChatRole.User,
             "assistant" => ChatRole.Assistant,
-            "tool" or "function" => throw OpenAiErrorException.BadRequest($"{path}.role", $"'{roleName}' is not supported: this server has no tool calling."),
-            _ => throw OpenAiErrorException.BadRequest($"{path}.role", $"unknown role '{roleName}'; expected \"system\", \"developer\", \"user\" or \"assistant\"."),
+            "tool" or "function" => throw OpenAiErrorException.BadRequest($"{path}.role", $"'{Shorten(roleName)}' is not supported: this server has no tool calling."),
+            _ => throw OpenAiErrorException.BadRequest($"{path}.role", $"unknown role '{Shorten(roleName)}'; expected \"system\", \"developer\", \"user\" or \"assistant\"."),
         };
         if (message.TryGetProperty("tool_calls", out var calls) && calls.ValueKind != JsonValueKind.Null &&
             !(calls.ValueKind == JsonValueKind.Array && calls.GetArrayLength() == 0))
@@ -125,7 +125,7 @@ public static class OpenAiRequests
         switch (content.ValueKind)
         {
             case JsonValueKind.String:
-                text = content.GetString()!;
+                text = Text(content, $"{path}.content");
                 break;
             case JsonValueKind.Null when role == ChatRole.Assistant:
                 text = "";
@@ -138,11 +138,12 @@ public static class OpenAiRequests
                     var partPath = $"{path}.content[{i++}]";
                     if (part.ValueKind != JsonValueKind.Object || !part.TryGetProperty("type", out var type) || type.ValueKind != JsonValueKind.String)
                         throw OpenAiErrorException.BadRequest(partPath, "expected an object {\"type\": \"text\", \"text\": ...}.");
-                    if (type.GetString() != "text")
-                        throw OpenAiErrorException.BadRequest($"{partPath}.type", $"'{type.GetString()}' is not supported: this model reads text only.");
+                    var typeName = Text(type, $"{partPath}.type");
+                    if (typeName != "text")
+                        throw OpenAiErrorException.BadRequest($"{partPath}.type", $"'{Shorten(typeName)}' is not supported: this model reads text only.");
                     if (!part.TryGetProperty("text", out var partText) || partText.ValueKind != JsonValueKind.String)
                         throw OpenAiErrorException.BadRequest($"{partPath}.text", "required: a string.");
-                    parts.Append(partText.GetString());
+                    parts.Append(Text(partText, $"{partPath}.text"));
                 }
                 text = parts.ToString();
                 break;
@@ -173,9 +174,17 @@ public static class OpenAiRequests
             if (body.TryGetProperty(tools, out var value) && value.ValueKind != JsonValueKind.Null &&
                 !(value.ValueKind == JsonValueKind.Array && value.GetArrayLength() == 0))
                 throw OpenAiErrorException.BadRequest(tools, "not supported: this server has no tool calling.");
+        if (body.TryGetProperty("tool_choice", out var choice) && choice.ValueKind != JsonValueKind.Null &&
+            !(choice.ValueKind == JsonValueKind.String && Text(choice, "tool_choice") is "none" or "auto"))
+            throw OpenAiErrorException.BadRequest("tool_choice", "only \"none\" or \"auto\" (no tools are called) is supported: this server has no tool calling.");
+        if (body.TryGetProperty("modalities", out var modalities) && modalities.ValueKind != JsonValueKind.Null &&
+            !(modalities.ValueKind == JsonValueKind.Array && modalities.EnumerateArray().All(m => m.ValueKind == JsonValueKind.String && Text(m, "modalities") == "text")))
+            throw OpenAiErrorException.BadRequest("modalities", "only [\"text\"] is supported.");
+        if (body.TryGetProperty("audio", out var audio) && audio.ValueKind != JsonValueKind.Null)
+            throw OpenAiErrorException.BadRequest("audio", "not supported: this model reads and writes text only.");
         if (body.TryGetProperty("response_format", out var format) && format.ValueKind != JsonValueKind.Null &&
             !(format.ValueKind == JsonValueKind.Object && format.TryGetProperty("type", out var formatType) &&
-              formatType.ValueKind == JsonValueKind.String && formatType.GetString() == "text"))
+              formatType.ValueKind == JsonValueKind.String && Text(formatType, "response_format.type") == "text"))
             throw OpenAiErrorException.BadRequest("response_format", "only {\"type\": \"text\"} is supported (no JSON mode or schemas).");
     }
 
@@ -183,11 +192,11 @@ public static class OpenAiRequests
     /// The length, sampling, stop and Medusa fields. Ranges are checked here so that the chat client's own checks never
     /// see a bad value (its messages name .NET properties, not request fields).
     /// </summary>
-    private static ChatOptions ParseOptions(JsonElement body, string preferredMaxTokens)
+    private static ChatOptions ParseOptions(JsonElement body, bool chat)
     {
         var options = new ChatOptions();
         // Chat requests name the length max_completion_tokens now and max_tokens before; either is read, the newer first.
-        foreach (var name in preferredMaxTokens == "max_tokens" ? (string[])["max_tokens"] : ["max_completion_tokens", "max_tokens"])
+        foreach (var name in chat ? (string[])["max_completion_tokens", "max_tokens"] : ["max_tokens"])
             if (body.TryGetProperty(name, out var max) && max.ValueKind != JsonValueKind.Null)
             {
                 options.MaxOutputTokens = ReadInt(max, name, 1, int.MaxValue);
@@ -220,14 +229,14 @@ public static class OpenAiRequests
     private static List<string> ReadStops(JsonElement stop)
     {
         var stops = new List<string>();
-        if (stop.ValueKind == JsonValueKind.String) stops.Add(stop.GetString()!);
+        if (stop.ValueKind == JsonValueKind.String) stops.Add(Text(stop, "stop"));
         else if (stop.ValueKind == JsonValueKind.Array)
         {
             int i = 0;
             foreach (var item in stop.EnumerateArray())
             {
                 if (item.ValueKind != JsonValueKind.String) throw OpenAiErrorException.BadRequest($"stop[{i}]", $"expected a string, got {Describe(item)}.");
-                stops.Add(item.GetString()!);
+                stops.Add(Text(item, $"stop[{i}]"));
                 i++;
             }
         }
@@ -249,14 +258,14 @@ public static class OpenAiRequests
         if (body.TryGetProperty(IlgpuMedusaChatOptionKeys.Tree, out var tree) && tree.ValueKind != JsonValueKind.Null)
         {
             if (tree.ValueKind != JsonValueKind.String) throw OpenAiErrorException.BadRequest(IlgpuMedusaChatOptionKeys.Tree, $"expected a preset name, got {Describe(tree)}.");
-            var name = tree.GetString()!;
+            var name = Text(tree, IlgpuMedusaChatOptionKeys.Tree);
             if (!TreePresets.IsKnown(name))
-                throw OpenAiErrorException.BadRequest(IlgpuMedusaChatOptionKeys.Tree, $"unknown tree '{name}'; {TreePresets.Choices}.");
+                throw OpenAiErrorException.BadRequest(IlgpuMedusaChatOptionKeys.Tree, $"unknown tree '{Shorten(name)}'; {TreePresets.Choices}.");
             extra[IlgpuMedusaChatOptionKeys.Tree] = name;
         }
         if (body.TryGetProperty(IlgpuMedusaChatOptionKeys.Acceptance, out var acceptance) && acceptance.ValueKind != JsonValueKind.Null)
         {
-            var text = acceptance.ValueKind == JsonValueKind.String ? acceptance.GetString()! : "";
+            var text = acceptance.ValueKind == JsonValueKind.String ? Text(acceptance, IlgpuMedusaChatOptionKeys.Acceptance) : "";
             if (text is not ("greedy" or "typical"))
                 throw OpenAiErrorException.BadRequest(IlgpuMedusaChatOptionKeys.Acceptance, $"expected \"greedy\" or \"typical\", got {Describe(acceptance)}.");
             extra[IlgpuMedusaChatOptionKeys.Acceptance] = text;
@@ -297,6 +306,22 @@ public static class OpenAiRequests
         return (int)n;
     }
 
+    /// <summary>A string field's text; an escaped lone surrogate (valid JSON, not valid text) is a 400 naming the field.</summary>
+    private static string Text(JsonElement value, string name)
+    {
+        try
+        {
+            return value.GetString()!;
+        }
+        catch (InvalidOperationException)
+        {
+            throw OpenAiErrorException.BadRequest(name, "the string is not valid Unicode text (an unpaired surrogate escape).");
+        }
+    }
+
+    /// <summary>A client's value in a message, cut to 80 characters.</summary>
+    private static string Shorten(string text) => text.Length <= 80 ? text : text[..80] + "…";
+
     private static string Format(double value) => value.ToString("R", CultureInfo.InvariantCulture);
 
     /// <summary>A short description of a JSON value for error messages (the value itself when short).</summary>
@@ -304,7 +329,7 @@ public static class OpenAiRequests
     {
         JsonValueKind.Object => "an object",
         JsonValueKind.Array => "an array",
-        JsonValueKind.String => value.GetString()!.Length <= 40 ? $"the string \"{value.GetString()}\"" : "a string",
+        JsonValueKind.String => value.GetRawText() is { Length: <= 42 } raw && !raw.Contains('\\') ? $"the string {raw}" : "a string",
         JsonValueKind.Number => value.GetRawText().Length <= 40 ? value.GetRawText() : "a number",
         JsonValueKind.True => "true",
         JsonValueKind.False => "false",

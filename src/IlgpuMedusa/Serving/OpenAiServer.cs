@@ -1,5 +1,6 @@
 using System.Collections.Concurrent;
 using System.Diagnostics;
+using System.Globalization;
 using System.Net;
 using System.Security.Cryptography;
 using System.Text;
@@ -39,6 +40,9 @@ public sealed class OpenAiServer : IAsyncDisposable
     /// <summary>Most bytes of a too-large body read (and dropped) so that its sender still gets the 413.</summary>
     private const long DrainLimit = 64L << 20;
 
+    /// <summary>After shutdown cancels the requests in flight, how long they may take to send their last event before their connections are closed.</summary>
+    private static readonly TimeSpan CancelledRequestGrace = TimeSpan.FromSeconds(2);
+
     private readonly InferenceEngine _engine;
     private readonly IlgpuMedusaChatClient _chat;
     private readonly OpenAiServerOptions _options;
@@ -47,10 +51,14 @@ public sealed class OpenAiServer : IAsyncDisposable
     private readonly CancellationTokenSource _cancelRequests = new();
     private readonly SemaphoreSlim _slots;
     private readonly ConcurrentDictionary<long, Task> _inFlight = new();
+    private readonly ConcurrentDictionary<long, Exchange> _exchanges = new();
+    private readonly byte[]? _apiKeyHash;
+    private readonly Lazy<long> _promptCharacterLimit;
     private readonly long _created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
     private readonly object _lock = new();
     private Task? _acceptLoop;
     private long _nextRequest;
+    private long _nextExchange;
     private bool _started;
     private bool _stopping;
     private Task? _stopped;
@@ -69,13 +77,18 @@ public sealed class OpenAiServer : IAsyncDisposable
         _logger = logger ?? NullLogger.Instance;
         _slots = new SemaphoreSlim(_options.MaxConcurrentRequests, _options.MaxConcurrentRequests);
         ModelId = _options.ModelName ?? chat.ModelId;
-        bool anyInterface = _options.Host is "0.0.0.0" or "*" or "+" or "::" or "[::]";
-        string host = anyInterface ? "*" : _options.Host.Contains(':', StringComparison.Ordinal) && !_options.Host.StartsWith('[') ? $"[{_options.Host}]" : _options.Host;
+        _apiKeyHash = _options.ApiKey is { } key ? SHA256.HashData(Encoding.UTF8.GetBytes(key)) : null;
+        _promptCharacterLimit = new Lazy<long>(PromptCharacterLimit);
+        AllInterfaces = _options.Host is "0.0.0.0" or "*" or "+";
+        string host = AllInterfaces ? "*" : _options.Host;
         // HttpListener matches a request's Host header against the prefixes: a loopback server answers both names.
         foreach (var name in host is "127.0.0.1" or "localhost" ? (string[])["127.0.0.1", "localhost"] : [host])
             _listener.Prefixes.Add($"http://{name}:{_options.Port}/");
-        BaseAddress = new Uri($"http://{(anyInterface ? "127.0.0.1" : host)}:{_options.Port}/");
+        BaseAddress = new Uri($"http://{(AllInterfaces ? "127.0.0.1" : host)}:{_options.Port}/");
     }
+
+    /// <summary>Whether the server listens on every IPv4 interface (<c>0.0.0.0</c>) rather than one address.</summary>
+    public bool AllInterfaces { get; }
 
     /// <summary>The model id requests name and <c>GET /v1/models</c> lists.</summary>
     public string ModelId { get; }
@@ -83,7 +96,7 @@ public sealed class OpenAiServer : IAsyncDisposable
     /// <summary>Where a client on this machine reaches the server (for every interface: through 127.0.0.1).</summary>
     public Uri BaseAddress { get; }
 
-    /// <summary>Requests being answered now.</summary>
+    /// <summary>HTTP requests being handled now, of every route (a completion request counts from its arrival to its last byte).</summary>
     public int RequestsInFlight => _inFlight.Count;
 
     /// <summary>Starts listening and accepting requests.</summary>
@@ -94,6 +107,8 @@ public sealed class OpenAiServer : IAsyncDisposable
         {
             ObjectDisposedException.ThrowIf(_stopping, this);
             if (_started) throw new InvalidOperationException("the server is already started.");
+            // The defaults' tree (a file, perhaps) is resolved now, so that a bad one fails the start, not every request.
+            _engine.EncodePrompt("", _chat.Defaults);
             try
             {
                 _listener.Start();
@@ -106,6 +121,8 @@ public sealed class OpenAiServer : IAsyncDisposable
             _acceptLoop = Task.Run(AcceptLoopAsync);
         }
         _logger.LogInformation("serving {Model} at {Address} (OpenAI API: /v1/chat/completions, /v1/completions, /v1/models)", ModelId, BaseAddress);
+        if (AllInterfaces && _options.ApiKey is null)
+            _logger.LogWarning("listening on every interface without an API key: anyone who can reach port {Port} can use the model (--api-key)", _options.Port);
     }
 
     /// <summary>Starts (unless started) and serves until <paramref name="cancellationToken"/> is cancelled, then stops as <see cref="StopAsync"/> does.</summary>
@@ -151,6 +168,13 @@ public sealed class OpenAiServer : IAsyncDisposable
                 _logger.LogInformation("cancelling {Count} requests still running after {Grace} s", _inFlight.Count, _options.ShutdownGrace.TotalSeconds);
                 await _cancelRequests.CancelAsync().ConfigureAwait(false);
             }
+            // A cancelled request still writes its last event; one whose client neither sends nor reads is cut off.
+            pending = Task.WhenAll(_inFlight.Values);
+            if (await Task.WhenAny(pending, Task.Delay(CancelledRequestGrace)).ConfigureAwait(false) != pending)
+            {
+                _logger.LogInformation("closing {Count} connections that did not finish", _exchanges.Count);
+                foreach (var exchange in _exchanges.Values) exchange.Abort();
+            }
             await Task.WhenAll(_inFlight.Values).ConfigureAwait(false);
             _listener.Stop(); // ends GetContextAsync
             await _acceptLoop!.ConfigureAwait(false);
@@ -185,7 +209,9 @@ public sealed class OpenAiServer : IAsyncDisposable
 
     private async Task HandleAsync(HttpListenerContext context)
     {
+        long id = Interlocked.Increment(ref _nextExchange);
         var exchange = new Exchange(context);
+        _exchanges[id] = exchange;
         var clock = Stopwatch.StartNew();
         string method = context.Request.HttpMethod, path = context.Request.Url?.AbsolutePath ?? "/";
         string outcome;
@@ -193,33 +219,61 @@ public sealed class OpenAiServer : IAsyncDisposable
         {
             outcome = await RouteAsync(exchange, method, path.Length > 1 ? path.TrimEnd('/') : path).ConfigureAwait(false);
         }
-        catch (Exception e) when (IsClientGone(e))
+        catch (ClientGoneException e)
         {
-            outcome = "client disconnected; generation cancelled";
+            outcome = e.Message;
             exchange.Abort();
         }
         catch (Exception e)
         {
             var error = ToError(e);
             outcome = error.Message;
-            if ((int)error.Status >= 500 && e is not OperationCanceledException) _logger.LogError(e, "{Method} {Path} failed", method, path);
+            if ((int)error.Status >= 500 && e is not OperationCanceledException) _logger.LogError(e, "{Method} {Path} failed", method, Printable(path));
             try
             {
+                if (!exchange.BodyRead) await exchange.DrainAsync().ConfigureAwait(false); // so that a client still sending reads the answer
                 await exchange.WriteErrorAsync(error).ConfigureAwait(false);
             }
-            catch (Exception w) when (IsClientGone(w))
+            catch (ClientGoneException)
             {
                 exchange.Abort();
             }
         }
         exchange.Close();
-        _logger.LogInformation("{Method} {Path} {Status} {Seconds:0.000} s: {Outcome}", method, path, exchange.Status, clock.Elapsed.TotalSeconds, outcome);
+        _exchanges.TryRemove(id, out _);
+        _logger.LogInformation("{Method} {Path} {Status} {Seconds:0.000} s: {Outcome}", method, Printable(path), exchange.Status, clock.Elapsed.TotalSeconds, Printable(outcome));
+    }
+
+    /// <summary>Text for a log line: control characters (a client's newline could forge a line) escaped, at most 300 characters.</summary>
+    private static string Printable(string text)
+    {
+        var builder = new StringBuilder(Math.Min(text.Length, 300));
+        foreach (char c in text)
+        {
+            if (builder.Length >= 300)
+            {
+                builder.Append('…');
+                break;
+            }
+            if (char.IsControl(c)) builder.Append(CultureInfo.InvariantCulture, $"\\u{(int)c:x4}");
+            else builder.Append(c);
+        }
+        return builder.ToString();
     }
 
     private async Task<string> RouteAsync(Exchange exchange, string method, string path)
     {
         if (Volatile.Read(ref _stopping))
             throw new OpenAiErrorException(HttpStatusCode.ServiceUnavailable, "the server is shutting down.", type: "server_error", code: "shutting_down");
+        if (CheckOrigin(exchange) && method == "OPTIONS")
+        {
+            // A browser's preflight for an allowed origin.
+            exchange.Response.AddHeader("Access-Control-Allow-Methods", "GET, POST, OPTIONS");
+            exchange.Response.AddHeader("Access-Control-Allow-Headers", "Authorization, Content-Type");
+            exchange.Response.AddHeader("Access-Control-Max-Age", "600");
+            exchange.WriteEmpty(HttpStatusCode.NoContent);
+            return "preflight";
+        }
         if (path == "/health")
         {
             RequireMethod(exchange, method, "GET");
@@ -269,12 +323,30 @@ public sealed class OpenAiServer : IAsyncDisposable
         throw new OpenAiErrorException(HttpStatusCode.MethodNotAllowed, $"{method} is not allowed here; use {allowed}.", code: "method_not_allowed");
     }
 
+    /// <summary>
+    /// Browsers send <c>Origin</c> on cross-site requests, and a page on any site may post a "simple" request (no
+    /// preflight) to a server on this machine: such requests are refused unless their origin is allowed. Clients that
+    /// are not browsers send no <c>Origin</c>. Returns whether the request came from an allowed origin.
+    /// </summary>
+    private bool CheckOrigin(Exchange exchange)
+    {
+        var origin = exchange.Request.Headers["Origin"];
+        if (origin is null) return false;
+        if (!_options.AllowedOrigins.Any(o => o == "*" || string.Equals(o, origin, StringComparison.OrdinalIgnoreCase)))
+            throw new OpenAiErrorException(HttpStatusCode.Forbidden,
+                $"cross-origin request from '{Shorten(origin)}' refused; allow that origin with --allow-origin (OpenAiServerOptions.AllowedOrigins).", code: "origin_not_allowed");
+        exchange.Response.AddHeader("Access-Control-Allow-Origin", origin);
+        exchange.Response.AddHeader("Vary", "Origin");
+        return true;
+    }
+
     private void Authorize(Exchange exchange)
     {
-        if (_options.ApiKey is not { } key) return;
+        if (_apiKeyHash is null) return;
         var header = exchange.Request.Headers["Authorization"];
         var given = header is not null && header.StartsWith("Bearer ", StringComparison.OrdinalIgnoreCase) ? header["Bearer ".Length..].Trim() : "";
-        if (CryptographicOperations.FixedTimeEquals(Encoding.UTF8.GetBytes(given), Encoding.UTF8.GetBytes(key))) return;
+        // Hashes of equal length: the comparison's time tells nothing of the key, its length included.
+        if (CryptographicOperations.FixedTimeEquals(SHA256.HashData(Encoding.UTF8.GetBytes(given)), _apiKeyHash)) return;
         exchange.Response.AddHeader("WWW-Authenticate", "Bearer");
         throw new OpenAiErrorException(HttpStatusCode.Unauthorized,
             header is null ? "this server needs an API key: send the header 'Authorization: Bearer <key>'." : "the API key is not valid.", code: "invalid_api_key");
@@ -282,9 +354,10 @@ public sealed class OpenAiServer : IAsyncDisposable
 
     private async Task<string> ChatAsync(Exchange exchange)
     {
+        using var slot = TakeSlot(); // before the body: parsing and tokenizing cost memory and time too
         using var body = await ReadBodyAsync(exchange).ConfigureAwait(false);
         var request = OpenAiRequests.ParseChat(body.RootElement, ModelId);
-        using var slot = TakeSlot();
+        CheckPromptLength(request.Messages.Sum(m => (long)m.Text.Length), "messages");
         string id = "chatcmpl-" + Guid.NewGuid().ToString("N");
         long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
         if (!request.Stream)
@@ -342,11 +415,12 @@ public sealed class OpenAiServer : IAsyncDisposable
 
     private async Task<string> CompletionAsync(Exchange exchange)
     {
+        using var slot = TakeSlot();
         using var body = await ReadBodyAsync(exchange).ConfigureAwait(false);
         var request = OpenAiRequests.ParseCompletion(body.RootElement, ModelId);
+        CheckPromptLength(request.Prompt.Length, "prompt");
         var options = _chat.ToGenerationOptions(request.Options);
         var ids = _engine.EncodePrompt(request.Prompt, options);
-        using var slot = TakeSlot();
         string id = "cmpl-" + Guid.NewGuid().ToString("N");
         long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
         var stats = new GenerationStats();
@@ -410,45 +484,50 @@ public sealed class OpenAiServer : IAsyncDisposable
 
     private async Task<JsonDocument> ReadBodyAsync(Exchange exchange)
     {
-        var request = exchange.Request;
-        int max = _options.MaxRequestBytes;
-        var chunk = new byte[16384];
-        int read;
-        if (request.ContentLength64 > max) throw await TooLarge(request.ContentLength64).ConfigureAwait(false);
-        using var buffer = new MemoryStream();
-        while ((read = await request.InputStream.ReadAsync(chunk).ConfigureAwait(false)) > 0)
-        {
-            if (buffer.Length + read > max) throw await TooLarge(buffer.Length + read).ConfigureAwait(false);
-            buffer.Write(chunk, 0, read);
-        }
-        if (buffer.Length == 0) throw new OpenAiErrorException(HttpStatusCode.BadRequest, "the request has no body; expected a JSON object.");
+        var bytes = await exchange.ReadBodyAsync(_options.MaxRequestBytes).ConfigureAwait(false);
+        if (bytes.Length == 0) throw new OpenAiErrorException(HttpStatusCode.BadRequest, "the request has no body; expected a JSON object.");
+        // Checked up front: System.Text.Json reads invalid UTF-8 inside strings and fails only when one is decoded.
+        if (!System.Text.Unicode.Utf8.IsValid(bytes))
+            throw new OpenAiErrorException(HttpStatusCode.BadRequest, "the request body is not valid UTF-8.");
         try
         {
-            return JsonDocument.Parse(buffer.GetBuffer().AsMemory(0, (int)buffer.Length), JsonOptions);
+            return JsonDocument.Parse(bytes, JsonOptions);
         }
         catch (JsonException e)
         {
             throw new OpenAiErrorException(HttpStatusCode.BadRequest, $"the request body is not valid JSON: {e.Message}");
         }
-
-        async Task<OpenAiErrorException> TooLarge(long bytes)
-        {
-            // Read the rest (up to a bound) before answering: a client still sending would otherwise see a broken
-            // connection instead of the 413.
-            long drained = 0;
-            while (drained < DrainLimit && (read = await request.InputStream.ReadAsync(chunk).ConfigureAwait(false)) > 0) drained += read;
-            return new(HttpStatusCode.RequestEntityTooLarge,
-                $"the request body is {(request.ContentLength64 > 0 ? bytes.ToString(System.Globalization.CultureInfo.InvariantCulture) : "more than " + max)} bytes; this server accepts at most {max}.",
-                code: "request_too_large");
-        }
     }
+
+    /// <summary>
+    /// Refuses a prompt too long for the context before it is tokenized (which takes seconds for megabytes of text):
+    /// no token covers more characters than the longest vocabulary piece, and normalisation may merge a few characters
+    /// into one, hence the factor of 4. A prompt under this bound is tokenized and checked exactly.
+    /// </summary>
+    private void CheckPromptLength(long characters, string param)
+    {
+        long limit = _promptCharacterLimit.Value;
+        if (characters > limit)
+            throw OpenAiErrorException.BadRequest(param,
+                $"{characters} characters cannot fit the model's context of {_engine.Config.MaxSequenceLength} tokens (at most {limit} characters).");
+    }
+
+    private long PromptCharacterLimit()
+    {
+        var tokenizer = _engine.Tokenizer;
+        int longest = 1;
+        for (int id = 0; id < tokenizer.VocabularySize; id++) longest = Math.Max(longest, tokenizer.Decode([id]).Length);
+        return (long)_engine.Config.MaxSequenceLength * (longest + 1) * 4;
+    }
+
+    private static string Shorten(string text) => text.Length <= 80 ? text : text[..80] + "…";
 
     private OpenAiErrorException ToError(Exception e) => e switch
     {
         OpenAiErrorException o => o,
         OperationCanceledException when _cancelRequests.IsCancellationRequested =>
             new(HttpStatusCode.ServiceUnavailable, "the server is shutting down; the request was cancelled.", type: "server_error", code: "shutting_down"),
-        KvPoolExhaustedException k => new(HttpStatusCode.BadRequest, $"the request does not fit the server's KV cache: {k.Message}", "max_tokens", code: "kv_budget_exceeded"),
+        KvPoolExhaustedException k => new(HttpStatusCode.BadRequest, $"the request does not fit the server's KV cache: {k.Message}", code: "kv_budget_exceeded"),
         ArgumentException a => new(HttpStatusCode.BadRequest, WithoutParameterSuffix(a.Message)),
         _ => new(HttpStatusCode.InternalServerError, $"internal error: {e.GetType().Name}: {e.Message}", type: "server_error"),
     };
@@ -460,8 +539,11 @@ public sealed class OpenAiServer : IAsyncDisposable
         return at < 0 ? message : message[..at];
     }
 
-    /// <summary>Errors that mean the client closed the connection: nothing more can be said to it.</summary>
-    private static bool IsClientGone(Exception e) => e is HttpListenerException or IOException or ObjectDisposedException;
+    /// <summary>Errors of the connection's own reads and writes: the client is gone (or cut off), nothing more can be said to it.</summary>
+    private static bool IsConnectionError(Exception e) => e is HttpListenerException or IOException or ObjectDisposedException or OperationCanceledException;
+
+    /// <summary>The connection failed while reading the request or writing the response (not an error of the server's own).</summary>
+    private sealed class ClientGoneException(string message, Exception inner) : Exception(message, inner);
 
     private static string FinishReasonName(ChatFinishReason? reason) => reason == ChatFinishReason.Length ? "length" : "stop";
 
@@ -571,7 +653,8 @@ public sealed class OpenAiServer : IAsyncDisposable
     private static byte[] Json(Action<Utf8JsonWriter> write)
     {
         var buffer = new System.Buffers.ArrayBufferWriter<byte>(512);
-        using (var w = new Utf8JsonWriter(buffer))
+        // Relaxed escaping: quotes and non-ASCII text stay readable (these bodies are JSON for API clients, never HTML).
+        using (var w = new Utf8JsonWriter(buffer, new JsonWriterOptions { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping }))
         {
             w.WriteStartObject();
             write(w);
@@ -585,9 +668,21 @@ public sealed class OpenAiServer : IAsyncDisposable
         public void Dispose() => semaphore.Release();
     }
 
-    /// <summary>One request and its response: what was sent so far decides how an error can still be told.</summary>
+    /// <summary>
+    /// One request and its response: what was sent so far decides how an error can still be told. Every read and write
+    /// has a time limit (a client that neither sends nor reads cannot hold the server), after which, or on
+    /// <see cref="Abort"/>, the connection is closed; a failed read or write is a <see cref="ClientGoneException"/>.
+    /// </summary>
     private sealed class Exchange(HttpListenerContext context)
     {
+        /// <summary>How long the whole request body may take to arrive.</summary>
+        private static readonly TimeSpan BodyTimeout = TimeSpan.FromSeconds(30);
+
+        /// <summary>How long one write may wait for the client to take it.</summary>
+        private static readonly TimeSpan WriteTimeout = TimeSpan.FromSeconds(30);
+
+        private int _aborted;
+
         public HttpListenerRequest Request => context.Request;
 
         public HttpListenerResponse Response => context.Response;
@@ -595,7 +690,71 @@ public sealed class OpenAiServer : IAsyncDisposable
         /// <summary>The status sent (0 until the response starts).</summary>
         public int Status { get; private set; }
 
+        /// <summary>Whether the request body has been read (or drained) to its end.</summary>
+        public bool BodyRead { get; private set; }
+
         private bool Streaming { get; set; }
+
+        /// <summary>The body, at most <paramref name="max"/> bytes (413 beyond, after reading the rest up to a bound).</summary>
+        public async Task<byte[]> ReadBodyAsync(int max)
+        {
+            long declared = Request.ContentLength64;
+            if (declared > max) throw await TooLargeAsync(declared, max).ConfigureAwait(false);
+            using var buffer = new MemoryStream();
+            var chunk = new byte[16384];
+            using var timeout = AbortAfter(BodyTimeout, HttpStatusCode.RequestTimeout);
+            try
+            {
+                int read;
+                while ((read = await Request.InputStream.ReadAsync(chunk, timeout.Token).ConfigureAwait(false)) > 0)
+                {
+                    if (buffer.Length + read > max) throw await TooLargeAsync(declared > 0 ? declared : -1, max).ConfigureAwait(false);
+                    buffer.Write(chunk, 0, read);
+                }
+            }
+            catch (Exception e) when (IsConnectionError(e))
+            {
+                if (timeout.IsCancellationRequested)
+                    throw new ClientGoneException($"the request body did not arrive within {BodyTimeout.TotalSeconds} s; answered 408 and closed", e);
+                // HttpListener fails the read when the sender stops short of Content-Length: it may still read an answer.
+                BodyRead = true;
+                throw new OpenAiErrorException(HttpStatusCode.BadRequest, $"the request body ended after {buffer.Length} of its {declared} bytes (Content-Length).");
+            }
+            BodyRead = true;
+            if (declared > 0 && buffer.Length < declared)
+                throw new OpenAiErrorException(HttpStatusCode.BadRequest, $"the request body ended after {buffer.Length} of its {declared} bytes (Content-Length).");
+            return buffer.ToArray();
+        }
+
+        private async Task<OpenAiErrorException> TooLargeAsync(long declared, int max)
+        {
+            await DrainAsync().ConfigureAwait(false);
+            return new(HttpStatusCode.RequestEntityTooLarge,
+                $"the request body is {(declared > 0 ? declared.ToString(CultureInfo.InvariantCulture) : $"more than {max}")} bytes; this server accepts at most {max}.",
+                code: "request_too_large");
+        }
+
+        /// <summary>
+        /// Reads what is left of the body, up to a bound, and drops it: a client still sending when the answer comes
+        /// would otherwise see a broken connection instead of the answer.
+        /// </summary>
+        public async Task DrainAsync()
+        {
+            if (BodyRead) return;
+            BodyRead = true;
+            var chunk = new byte[16384];
+            using var timeout = AbortAfter(BodyTimeout, HttpStatusCode.RequestTimeout);
+            try
+            {
+                long drained = 0;
+                int read;
+                while (drained < DrainLimit && (read = await Request.InputStream.ReadAsync(chunk, timeout.Token).ConfigureAwait(false)) > 0) drained += read;
+            }
+            catch (Exception e) when (IsConnectionError(e))
+            {
+                throw new ClientGoneException($"the connection failed while the request body was read ({e.Message})", e);
+            }
+        }
 
         public async Task WriteJsonAsync(HttpStatusCode status, byte[] json)
         {
@@ -603,7 +762,14 @@ public sealed class OpenAiServer : IAsyncDisposable
             Response.StatusCode = Status;
             Response.ContentType = "application/json; charset=utf-8";
             Response.ContentLength64 = json.Length;
-            if (Request.HttpMethod != "HEAD") await Response.OutputStream.WriteAsync(json).ConfigureAwait(false);
+            if (Request.HttpMethod != "HEAD") await WriteAsync(json, flush: false).ConfigureAwait(false);
+        }
+
+        public void WriteEmpty(HttpStatusCode status)
+        {
+            Status = (int)status;
+            Response.StatusCode = Status;
+            Response.ContentLength64 = 0;
         }
 
         public void BeginEvents()
@@ -616,19 +782,39 @@ public sealed class OpenAiServer : IAsyncDisposable
             Streaming = true;
         }
 
-        public async Task WriteEventAsync(byte[] json)
+        public Task WriteEventAsync(byte[] json)
         {
-            var output = Response.OutputStream;
-            await output.WriteAsync(DataPrefix).ConfigureAwait(false);
-            await output.WriteAsync(json).ConfigureAwait(false);
-            await output.WriteAsync(EventEnd).ConfigureAwait(false);
-            await output.FlushAsync().ConfigureAwait(false);
+            var frame = new byte[DataPrefix.Length + json.Length + EventEnd.Length];
+            DataPrefix.CopyTo(frame, 0);
+            json.CopyTo(frame, DataPrefix.Length);
+            EventEnd.CopyTo(frame, DataPrefix.Length + json.Length);
+            return WriteAsync(frame, flush: true);
         }
 
-        public async Task WriteDoneAsync()
+        public Task WriteDoneAsync() => WriteAsync(DoneEvent, flush: true);
+
+        private async Task WriteAsync(byte[] bytes, bool flush)
         {
-            await Response.OutputStream.WriteAsync(DoneEvent).ConfigureAwait(false);
-            await Response.OutputStream.FlushAsync().ConfigureAwait(false);
+            using var timeout = AbortAfter(WriteTimeout, HttpStatusCode.ServiceUnavailable);
+            try
+            {
+                await Response.OutputStream.WriteAsync(bytes, timeout.Token).ConfigureAwait(false);
+                if (flush) await Response.OutputStream.FlushAsync(timeout.Token).ConfigureAwait(false);
+            }
+            catch (Exception e) when (IsConnectionError(e))
+            {
+                throw new ClientGoneException(timeout.IsCancellationRequested
+                    ? $"the client took no data for {WriteTimeout.TotalSeconds} s; connection closed"
+                    : Streaming ? "client disconnected; generation cancelled" : $"the connection failed while the response was written ({e.Message})", e);
+            }
+        }
+
+        /// <summary>A token that fires after <paramref name="limit"/> and then closes the connection, ending any read or write stuck on it.</summary>
+        private CancellationTokenSource AbortAfter(TimeSpan limit, HttpStatusCode unsentStatus)
+        {
+            var timeout = new CancellationTokenSource(limit);
+            timeout.Token.Register(() => Abort(unsentStatus));
+            return timeout;
         }
 
         /// <summary>As a JSON response, or, once events are streaming, as a last event (the status is already sent).</summary>
@@ -655,25 +841,38 @@ public sealed class OpenAiServer : IAsyncDisposable
             await WriteDoneAsync().ConfigureAwait(false);
         }
 
+        /// <summary>Ends the response normally, unless the connection was aborted.</summary>
         public void Close()
         {
+            if (Volatile.Read(ref _aborted) != 0) return;
             try
             {
                 Response.Close();
             }
-            catch (Exception e) when (IsClientGone(e) || e is InvalidOperationException)
+            catch (Exception e) when (IsConnectionError(e) || e is InvalidOperationException)
             {
                 Abort();
             }
         }
 
-        public void Abort()
+        /// <summary>
+        /// Closes the connection at once; safe from any thread, more than once. HttpListener on Linux still sends the
+        /// status line and an empty body when the response has not started: <paramref name="unsentStatus"/> is that status
+        /// (without it, an empty 200).
+        /// </summary>
+        public void Abort(HttpStatusCode unsentStatus = HttpStatusCode.ServiceUnavailable)
         {
+            if (Interlocked.Exchange(ref _aborted, 1) != 0) return;
             try
             {
+                if (Status == 0)
+                {
+                    Status = (int)unsentStatus;
+                    Response.StatusCode = Status;
+                }
                 Response.Abort();
             }
-            catch (Exception e) when (IsClientGone(e) || e is InvalidOperationException)
+            catch (Exception e) when (IsConnectionError(e) || e is InvalidOperationException)
             {
                 // already closed
             }

@@ -109,8 +109,14 @@ public class DynamicTreePlannerTests
     {
         Assert.True(TreePresets.IsDynamic("dynamic-8", out int nodes));
         Assert.Equal(8, nodes);
-        foreach (var bad in new[] { "dynamic-1", "dynamic-65", "dynamic-", "dynamic-x", "dynamic-+4", "dynamic- 4", "dynamic-8-0", "dynamic-8-100", "dynamic-8-", "dynamic-8-x", "dynamic-8-25-1" })
+        foreach (var bad in new[] { "dynamic-1", "dynamic-65", "dynamic-", "dynamic-x", "dynamic-+4", "dynamic- 4", "dynamic-8-0", "dynamic-8-100", "dynamic-8-", "dynamic-8-x", "dynamic-8-25-1",
+                     "dynamic-08", "dynamic-003-05", "dynamic-8-05", "dynamic-" + new string('0', 1000) + "8" })
             Assert.False(TreePresets.IsDynamic(bad, out _), bad);
+        // One spelling per tree (the engine compiles and keeps a tree per name, so aliases would grow without bound).
+        foreach (var bad in new[] { "chain-03", "chain-+3", "chain- 3", "chain-3 ", "chain-0", "chain-17" })
+            Assert.False(TreePresets.IsKnown(bad), bad);
+        Assert.True(TreePresets.IsKnown("chain-3"));
+        Assert.True(TreePresets.IsKnown("chain-16"));
         Assert.True(TreePresets.IsDynamic("dynamic-8-25", out nodes, out float floor));
         Assert.Equal(8, nodes);
         Assert.Equal(0.25f, floor);

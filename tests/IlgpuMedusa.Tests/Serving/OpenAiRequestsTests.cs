@@ -34,7 +34,7 @@ public class OpenAiRequestsTests
                {"role": "assistant", "content": null}],
              "max_completion_tokens": 12, "max_tokens": 99, "temperature": 0.7, "top_p": 0.9, "seed": -5,
              "stop": ["The end", "\n\n"], "stream": true, "stream_options": {"include_usage": true},
-             "n": 1, "frequency_penalty": 0, "presence_penalty": 0.0, "logprobs": false, "tools": [], "response_format": {"type": "text"},
+             "n": 1, "tool_choice": "none", "modalities": ["text"], "frequency_penalty": 0, "presence_penalty": 0.0, "logprobs": false, "tools": [], "response_format": {"type": "text"},
              "user": "ignored", "metadata": {"a": "b"},
              "medusa": false, "medusa_tree": "dynamic-8", "medusa_acceptance": "typical"}
             """);
@@ -88,6 +88,9 @@ public class OpenAiRequestsTests
     [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "logit_bias": {"50256": -100}}""", "logit_bias", "not supported")]
     [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "tools": [{"type": "function"}]}""", "tools", "no tool calling")]
     [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "response_format": {"type": "json_object"}}""", "response_format", "only {\"type\": \"text\"}")]
+    [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "tool_choice": "required"}""", "tool_choice", "no tool calling")]
+    [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "modalities": ["text", "audio"]}""", "modalities", "only [\"text\"]")]
+    [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "audio": {"voice": "alloy"}}""", "audio", "text only")]
     [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "stream_options": {"include_usage": true}}""", "stream_options", "only allowed with \"stream\": true")]
     [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "stream": "yes"}""", "stream", "expected true or false")]
     [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "medusa": 1}""", "medusa", "expected true or false")]

@@ -217,6 +217,9 @@ public sealed class OpenAiServerTests(OpenAiServerFixture fixture) : IClassFixtu
     [InlineData("v1/chat/completions", """{"messages": [{"role": "user", "content": "Hi"}], "temperature": -1}""", HttpStatusCode.BadRequest, "temperature")]
     [InlineData("v1/chat/completions", """{"model": "llama-3", "messages": [{"role": "user", "content": "Hi"}]}""", HttpStatusCode.NotFound, "model")]
     [InlineData("v1/completions", """{"prompt": "Once upon a time", "medusa_tree": "../../etc/tree.json"}""", HttpStatusCode.BadRequest, "medusa_tree")]
+    [InlineData("v1/completions", """{"prompt": "Once upon a time", "medusa_tree": "chain-03"}""", HttpStatusCode.BadRequest, "medusa_tree")]
+    [InlineData("v1/completions", """{"prompt": "Once \ud800 upon"}""", HttpStatusCode.BadRequest, "prompt")]
+    [InlineData("v1/chat/completions", """{"messages": [{"role": "user\udc00", "content": "Hi"}]}""", HttpStatusCode.BadRequest, "messages[0].role")]
     public async Task BadRequests_GetTheirStatus_AndNameTheField(string path, string json, HttpStatusCode expected, string param)
     {
         var (status, body) = await PostAsync(path, json);
@@ -240,7 +243,113 @@ public sealed class OpenAiServerTests(OpenAiServerFixture fixture) : IClassFixtu
         var huge = $$"""{"prompt": "{{new string('a', 5 << 20)}}"}""";
         (status, json) = await PostAsync("v1/completions", huge);
         Assert.Equal(HttpStatusCode.RequestEntityTooLarge, status);
-        Assert.Contains("at most 4194304", json.GetProperty("error").GetProperty("message").GetString(), StringComparison.Ordinal);
+        Assert.Contains("at most 1048576", json.GetProperty("error").GetProperty("message").GetString(), StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task InvalidUtf8_IsA400()
+    {
+        using var content = new ByteArrayContent([.. "{\"prompt\": \"Hi "u8, 0xFF, .. "\"}"u8]);
+        using var response = await _http.PostAsync("v1/completions", content);
+        Assert.Equal(HttpStatusCode.BadRequest, response.StatusCode);
+        Assert.Contains("not valid UTF-8", await response.Content.ReadAsStringAsync(), StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task AHugePrompt_IsRefusedBeforeItIsTokenized()
+    {
+        var prompt = new string('x', 900_000); // under the 1 MiB body limit; far more than 256 tokens could hold
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        var (status, json) = await PostAsync("v1/completions", JsonSerializer.Serialize(new { prompt }));
+        Assert.Equal(HttpStatusCode.BadRequest, status);
+        Assert.Equal("prompt", json.GetProperty("error").GetProperty("param").GetString());
+        Assert.Contains("900000 characters cannot fit the model's context of 256 tokens", json.GetProperty("error").GetProperty("message").GetString(), StringComparison.Ordinal);
+        var messages = new[] { new { role = "user", content = prompt } };
+        (status, json) = await PostAsync("v1/chat/completions", JsonSerializer.Serialize(new { messages }));
+        Assert.Equal("messages", json.GetProperty("error").GetProperty("param").GetString());
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(30), $"took {clock.Elapsed}"); // tokenizing would take far longer on a loaded CI machine too
+    }
+
+    [Fact]
+    public async Task ATruncatedBody_IsA400_NotAnEmptyReply()
+    {
+        var reply = await RawAsync(fixture.Server.BaseAddress,
+            "POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"prompt\":", closeSending: true);
+        Assert.True(reply.StartsWith("HTTP/1.1 400", StringComparison.Ordinal), reply + string.Join("\n", fixture.Log.Messages));
+        Assert.Contains("the request body ended after 10 of its 100 bytes", reply, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task CrossOriginRequests_AreRefused_UnlessTheOriginIsAllowed()
+    {
+        using var request = new HttpRequestMessage(HttpMethod.Post, "v1/completions") { Content = new StringContent("""{"prompt": "Once upon a time", "max_tokens": 3}""") };
+        request.Headers.Add("Origin", "https://evil.example");
+        using var refused = await _http.SendAsync(request);
+        Assert.Equal(HttpStatusCode.Forbidden, refused.StatusCode);
+        Assert.Contains("cross-origin request from 'https://evil.example' refused", await refused.Content.ReadAsStringAsync(), StringComparison.Ordinal);
+
+        await using var server = fixture.StartServer(new OpenAiServerOptions { AllowedOrigins = ["https://app.example"] });
+        using var http = new HttpClient { BaseAddress = server.BaseAddress };
+        using var preflight = new HttpRequestMessage(HttpMethod.Options, "v1/chat/completions");
+        preflight.Headers.Add("Origin", "https://app.example");
+        preflight.Headers.Add("Access-Control-Request-Method", "POST");
+        using var answer = await http.SendAsync(preflight);
+        Assert.Equal(HttpStatusCode.NoContent, answer.StatusCode);
+        Assert.Equal("https://app.example", answer.Headers.GetValues("Access-Control-Allow-Origin").Single());
+        Assert.Contains("POST", answer.Headers.GetValues("Access-Control-Allow-Methods").Single(), StringComparison.Ordinal);
+        using var allowed = new HttpRequestMessage(HttpMethod.Post, "v1/completions") { Content = Body("""{"prompt": "Once upon a time", "max_tokens": 3}""") };
+        allowed.Headers.Add("Origin", "https://app.example");
+        using var served = await http.SendAsync(allowed);
+        Assert.Equal(HttpStatusCode.OK, served.StatusCode);
+        Assert.Equal("https://app.example", served.Headers.GetValues("Access-Control-Allow-Origin").Single());
+    }
+
+    [Fact]
+    public async Task AClientsNewline_CannotForgeALogLine()
+    {
+        var (status, _) = await PostAsync("v1/completions", """{"model": "x\n[12:00:00] POST /v1/completions 200 0.001 s: forged", "prompt": "Hi"}""");
+        Assert.Equal(HttpStatusCode.NotFound, status);
+        var line = Assert.Single(fixture.Log.Messages, m => m.Contains("forged", StringComparison.Ordinal));
+        Assert.DoesNotContain('\n', line);
+        Assert.Contains("model 'x\\u000a[12:00:00]", line, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Stopping_IsNotHeldUpByAClientThatNeverSendsItsBody()
+    {
+        var server = fixture.StartServer(new OpenAiServerOptions { ShutdownGrace = TimeSpan.Zero });
+        using var client = new TcpClient();
+        await client.ConnectAsync(IPAddress.Loopback, server.BaseAddress.Port);
+        var stream = client.GetStream();
+        await stream.WriteAsync(Encoding.ASCII.GetBytes("POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n{"));
+        await WaitUntil(() => server.RequestsInFlight == 1);
+        var stop = server.StopAsync();
+        var finished = await Task.WhenAny(stop, Task.Delay(TimeSpan.FromSeconds(20)));
+        Assert.True(finished == stop, "StopAsync waited on the stalled upload");
+        Assert.Equal(0, server.RequestsInFlight);
+    }
+
+    [Fact]
+    public async Task AServerWhoseDefaultTreeFileIsMissing_DoesNotStart()
+    {
+        var missing = Path.Combine(TestModels.TempDirectory("tree"), "no-such-tree.json");
+        using var chat = new IlgpuMedusaChatClient(fixture.Engine, defaults: new GenerationOptions { Tree = missing });
+        await using var server = new OpenAiServer(chat, new OpenAiServerOptions { Port = OpenAiServerFixture.FreePort() });
+        var e = Assert.ThrowsAny<IOException>(server.Start);
+        Assert.Contains("no-such-tree.json", e.Message, StringComparison.Ordinal);
+    }
+
+    /// <summary>Sends raw bytes (optionally closing the sending side) and returns everything the server answers.</summary>
+    private static async Task<string> RawAsync(Uri server, string request, bool closeSending)
+    {
+        using var client = new TcpClient();
+        await client.ConnectAsync(IPAddress.Loopback, server.Port);
+        var stream = client.GetStream();
+        await stream.WriteAsync(Encoding.UTF8.GetBytes(request));
+        if (closeSending) client.Client.Shutdown(SocketShutdown.Send);
+        using var reader = new StreamReader(stream);
+        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+        return await reader.ReadToEndAsync(timeout.Token);
     }
 
     [Fact]
