@@ -15,11 +15,12 @@ namespace IlgpuMedusa.Serving;
 public sealed record ChatCompletionRequest(IReadOnlyList<ChatMessage> Messages, ChatOptions Options, bool Stream, bool IncludeUsage);
 
 /// <summary>A parsed <c>POST /v1/completions</c> body.</summary>
-/// <param name="Prompt">The text to continue.</param>
+/// <param name="Prompt">The text to continue (BOS is put first), or "" when <paramref name="PromptIds"/> is given.</param>
 /// <param name="Options">As for chat; the server turns them into generation options the same way.</param>
 /// <param name="Stream">Whether the reply streams as server-sent events.</param>
 /// <param name="IncludeUsage">With <paramref name="Stream"/>: whether a last chunk carries the token usage.</param>
-public sealed record CompletionRequest(string Prompt, ChatOptions Options, bool Stream, bool IncludeUsage);
+/// <param name="PromptIds">The prompt as token ids, used as they are (no BOS added), or null for a text prompt.</param>
+public sealed record CompletionRequest(string Prompt, ChatOptions Options, bool Stream, bool IncludeUsage, IReadOnlyList<int>? PromptIds = null);
 
 /// <summary>
 /// Reads OpenAI-style request bodies into <see cref="ChatCompletionRequest"/> and <see cref="CompletionRequest"/>. Every
@@ -58,22 +59,28 @@ public static class OpenAiRequests
     /// <summary>Parses a (legacy) text completion request.</summary>
     /// <param name="body">The request's JSON.</param>
     /// <param name="modelId">The model this server serves.</param>
+    /// <param name="vocabularySize">The model's vocabulary: token ids in a prompt must be below it.</param>
     /// <exception cref="OpenAiErrorException">The body is not a valid request; the message names the field.</exception>
-    public static CompletionRequest ParseCompletion(JsonElement body, string modelId)
+    public static CompletionRequest ParseCompletion(JsonElement body, string modelId, int vocabularySize)
     {
         CheckObject(body);
         CheckModel(body, modelId);
         if (!body.TryGetProperty("prompt", out var prompt) || prompt.ValueKind == JsonValueKind.Null)
             throw OpenAiErrorException.BadRequest("prompt", "required: the text to continue.");
+        IReadOnlyList<int>? ids = null;
         string text = prompt.ValueKind switch
         {
             JsonValueKind.String => Text(prompt, "prompt"),
             // One prompt per request: a batch of prompts is several requests here (they are batched on the device anyway).
             JsonValueKind.Array when prompt.GetArrayLength() == 1 && prompt[0].ValueKind == JsonValueKind.String => Text(prompt[0], "prompt[0]"),
+            JsonValueKind.Array when prompt.GetArrayLength() > 0 && prompt[0].ValueKind == JsonValueKind.Number => "",
+            JsonValueKind.Array when prompt.GetArrayLength() == 1 && prompt[0].ValueKind == JsonValueKind.Array => "",
             JsonValueKind.Array => throw OpenAiErrorException.BadRequest("prompt",
-                "expected a string (or an array holding one string); several prompts or token ids in one request are not supported: send one request per prompt."),
+                "expected a string, an array of token ids, or an array holding one of those; several prompts in one request are not supported: send one request per prompt."),
             _ => throw OpenAiErrorException.BadRequest("prompt", $"expected a string, got {Describe(prompt)}."),
         };
+        if (prompt.ValueKind == JsonValueKind.Array && text.Length == 0 && prompt[0].ValueKind != JsonValueKind.String)
+            ids = prompt[0].ValueKind == JsonValueKind.Array ? ReadIds(prompt[0], "prompt[0]", vocabularySize) : ReadIds(prompt, "prompt", vocabularySize);
         if (body.TryGetProperty("echo", out var echo) && ReadBool(echo, "echo"))
             throw OpenAiErrorException.BadRequest("echo", "true is not supported: the response holds the continuation only.");
         if (body.TryGetProperty("suffix", out var suffix) && suffix.ValueKind != JsonValueKind.Null)
@@ -83,7 +90,22 @@ public static class OpenAiRequests
         RefuseUnsupported(body, chat: false);
         var options = ParseOptions(body, chat: false);
         var (stream, includeUsage) = ParseStream(body);
-        return new CompletionRequest(text, options, stream, includeUsage);
+        return new CompletionRequest(text, options, stream, includeUsage, ids);
+    }
+
+    /// <summary>Token ids, each in [0, <paramref name="vocabularySize"/>); at least one.</summary>
+    private static int[] ReadIds(JsonElement array, string name, int vocabularySize)
+    {
+        var ids = new int[array.GetArrayLength()];
+        if (ids.Length == 0) throw OpenAiErrorException.BadRequest(name, "expected at least one token id.");
+        int i = 0;
+        foreach (var item in array.EnumerateArray())
+        {
+            if (item.ValueKind != JsonValueKind.Number || !item.TryGetInt32(out int id) || id < 0 || id >= vocabularySize)
+                throw OpenAiErrorException.BadRequest($"{name}[{i}]", $"expected a token id from 0 to {vocabularySize - 1}, got {Describe(item)}.");
+            ids[i++] = id;
+        }
+        return ids;
     }
 
     private static void CheckObject(JsonElement body)

@@ -417,10 +417,12 @@ public sealed class OpenAiServer : IAsyncDisposable
     {
         using var slot = TakeSlot();
         using var body = await ReadBodyAsync(exchange).ConfigureAwait(false);
-        var request = OpenAiRequests.ParseCompletion(body.RootElement, ModelId);
+        var request = OpenAiRequests.ParseCompletion(body.RootElement, ModelId, _engine.Tokenizer.VocabularySize);
         CheckPromptLength(request.Prompt.Length, "prompt");
         var options = _chat.ToGenerationOptions(request.Options);
-        var ids = _engine.EncodePrompt(request.Prompt, options);
+        var ids = request.PromptIds ?? _engine.EncodePrompt(request.Prompt, options);
+        if (ids.Count >= _engine.Config.MaxSequenceLength)
+            throw OpenAiErrorException.BadRequest("prompt", $"{ids.Count} tokens leave no room in the model's context of {_engine.Config.MaxSequenceLength}.");
         string id = "cmpl-" + Guid.NewGuid().ToString("N");
         long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
         var stats = new GenerationStats();

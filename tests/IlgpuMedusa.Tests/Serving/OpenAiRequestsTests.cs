@@ -20,7 +20,7 @@ public class OpenAiRequestsTests
     private static CompletionRequest Completion(string json)
     {
         using var document = JsonDocument.Parse(json);
-        return OpenAiRequests.ParseCompletion(document.RootElement.Clone(), Model);
+        return OpenAiRequests.ParseCompletion(document.RootElement.Clone(), Model, vocabularySize: 32000);
     }
 
     [Fact]
@@ -158,13 +158,22 @@ public class OpenAiRequestsTests
         Assert.Equal(0f, request.Options.Temperature);
         Assert.True(request.Stream);
         Assert.Equal("x", Completion("""{"prompt": ["x"]}""").Prompt);
+        Assert.Null(Completion("""{"prompt": ["x"]}""").PromptIds);
         Assert.Equal("", Completion("""{"prompt": ""}""").Prompt);
+        Assert.Equal([1, 9038, 2501, 263, 931], Completion("""{"prompt": [1, 9038, 2501, 263, 931]}""").PromptIds!);
+        Assert.Equal([0, 31999], Completion("""{"prompt": [[0, 31999]]}""").PromptIds!);
     }
 
     [Theory]
     [InlineData("""{"max_tokens": 5}""", "prompt", "required")]
     [InlineData("""{"prompt": ["a", "b"]}""", "prompt", "one request per prompt")]
-    [InlineData("""{"prompt": [1, 2, 3]}""", "prompt", "token ids")]
+    [InlineData("""{"prompt": [[1, 2], [3]]}""", "prompt", "one request per prompt")]
+    [InlineData("""{"prompt": []}""", "prompt", "one request per prompt")]
+    [InlineData("""{"prompt": [[]]}""", "prompt[0]", "at least one token id")]
+    [InlineData("""{"prompt": [1, "a"]}""", "prompt[1]", "token id from 0 to 31999, got the string \"a\"")]
+    [InlineData("""{"prompt": [1, 32000]}""", "prompt[1]", "got 32000")]
+    [InlineData("""{"prompt": [[1, -1]]}""", "prompt[0][1]", "got -1")]
+    [InlineData("""{"prompt": [1.5]}""", "prompt[0]", "got 1.5")]
     [InlineData("""{"prompt": 5}""", "prompt", "expected a string, got 5")]
     [InlineData("""{"prompt": "x", "echo": true}""", "echo", "not supported")]
     [InlineData("""{"prompt": "x", "suffix": "y"}""", "suffix", "not supported")]

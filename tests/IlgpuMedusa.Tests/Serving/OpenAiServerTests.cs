@@ -167,6 +167,21 @@ public sealed class OpenAiServerTests(OpenAiServerFixture fixture) : IClassFixtu
     }
 
     [Fact]
+    public async Task Completion_OfTokenIds_UsesThemAsTheyAre()
+    {
+        // llama2.c's ids for "Once upon a time" with BOS: the same continuation as the text prompt.
+        var (status, json) = await PostAsync("v1/completions", """{"prompt": [1, 9038, 2501, 263, 931], "max_tokens": 20}""");
+        Assert.Equal(HttpStatusCode.OK, status);
+        var text = json.GetProperty("choices")[0].GetProperty("text").GetString()!;
+        Assert.StartsWith(", there was a little girl named Lily.", text, StringComparison.Ordinal);
+        Assert.StartsWith(HostingTestSupport.Prompt + text, HostingTestSupport.Reference, StringComparison.Ordinal);
+        Assert.Equal(5, json.GetProperty("usage").GetProperty("prompt_tokens").GetInt32());
+        var (tooLong, error) = await PostAsync("v1/completions", JsonSerializer.Serialize(new { prompt = Enumerable.Repeat(9038, 256) }));
+        Assert.Equal(HttpStatusCode.BadRequest, tooLong);
+        Assert.Contains("256 tokens leave no room in the model's context of 256", error.GetProperty("error").GetProperty("message").GetString(), StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task StopSequence_EndsTheReplyBeforeIt()
     {
         var (_, json) = await PostAsync("v1/completions", """{"prompt": "Once upon a time", "max_tokens": 50, "stop": ["Lily"]}""");
