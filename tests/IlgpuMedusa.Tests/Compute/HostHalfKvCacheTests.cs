@@ -167,6 +167,50 @@ public sealed unsafe class HostHalfKvCacheTests : IDisposable
         Assert.Equal(-2f, widened[0xC000]);
     }
 
+    [Fact]
+    public void Scaling_down_every_half_bit_pattern_is_exact()
+    {
+        // The attention reads a half x as the float x / 2^112 (and scales the other operand up): all 65536 patterns
+        // through the 512-bit, 256-bit and pointer (vector plus scalar tail) versions, times 2^112, against .NET's scalar
+        // widening; and the finite-only versions for every pattern but the infinities and NaNs.
+        var all = new ushort[65536 + 5];
+        for (int i = 0; i < all.Length; i++) all[i] = (ushort)i;
+        var scaled = new float[all.Length];
+        fixed (ushort* source = all)
+        fixed (float* destination = scaled)
+        {
+            HostMatMul.ScaleDownHalves(source, destination, all.Length, finite: false);
+            for (int i = 0; i < 65536; i++)
+            {
+                float expected = (float)BitConverter.UInt16BitsToHalf((ushort)i);
+                var results = new List<float>
+                {
+                    scaled[i],
+                    HostMatMul.ScaleDownHalves(Vector256.Load(source + i / 16 * 16)).GetElement(i % 16),
+                    HostMatMul.ScaleDownHalves(Vector128.Load(source + i / 8 * 8)).GetElement(i % 8),
+                };
+                if (float.IsFinite(expected))
+                {
+                    results.Add(HostMatMul.ScaleDownFiniteHalves(Vector256.Load(source + i / 16 * 16)).GetElement(i % 16));
+                    results.Add(HostMatMul.ScaleDownFiniteHalves(Vector128.Load(source + i / 8 * 8)).GetElement(i % 8));
+                }
+                foreach (float actual in results)
+                {
+                    float up = actual * HostMatMul.HalfScale;
+                    if (float.IsNaN(expected))
+                        Assert.True(float.IsNaN(up) && float.IsNegative(up) == float.IsNegative(expected), $"half 0x{i:X4}: {up}");
+                    else
+                        Assert.True(BitConverter.SingleToUInt32Bits(expected) == BitConverter.SingleToUInt32Bits(up), $"half 0x{i:X4}: {up}, expected {expected}");
+                }
+            }
+        }
+        for (int i = 65536; i < all.Length; i++) Assert.Equal(scaled[i - 65536], scaled[i]); // the scalar tail
+        Assert.Equal(MathF.ScaleB(1, -112), scaled[0x3C00]);
+        Assert.Equal(MathF.ScaleB(1, -136), scaled[0x0001]); // a subnormal half: a subnormal float
+        Assert.Equal(float.NegativeInfinity, scaled[0xFC00]);
+        Assert.Equal(HostMatMul.HalfScale, MathF.ScaleB(1, 112));
+    }
+
     /// <summary>
     /// Attention in double precision written out here: query t (float) against the binary16-rounded keys and values of
     /// logical positions 0..committed+T−1, visible as the interface says, scores q·k/√Dh, softmax, Σ p·v.
