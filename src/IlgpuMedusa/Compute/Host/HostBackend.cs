@@ -727,6 +727,8 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
                 {
                     var source = row.Slice(kOffset + part * l.KvDim, l.KvDim);
                     for (int i = 0; i < clamped.Length; i++) clamped[i] = HalfKv.Saturate(source[i]);
+                    // Max is NaN where any element is: the attention reads a cache that has never held a NaN faster.
+                    if (float.IsNaN(TensorPrimitives.Max(clamped))) c.MayHoldNaN = true;
                     TensorPrimitives.ConvertToHalf(clamped, c.HalfSlot(layer, part, slot));
                 }
                 continue;
