@@ -167,6 +167,50 @@ public sealed unsafe class HostHalfKvCacheTests : IDisposable
         Assert.Equal(-2f, widened[0xC000]);
     }
 
+    [Fact]
+    public void Scaling_down_every_half_bit_pattern_is_exact()
+    {
+        // The attention reads a half x as the float x / 2^112 (and scales the other operand up): all 65536 patterns
+        // through the 512-bit, 256-bit and pointer (vector plus scalar tail) versions, times 2^112, against .NET's scalar
+        // widening; and the finite-only versions for every pattern but the infinities and NaNs.
+        var all = new ushort[65536 + 5];
+        for (int i = 0; i < all.Length; i++) all[i] = (ushort)i;
+        var scaled = new float[all.Length];
+        fixed (ushort* source = all)
+        fixed (float* destination = scaled)
+        {
+            HostMatMul.ScaleDownHalves(source, destination, all.Length, finite: false);
+            for (int i = 0; i < 65536; i++)
+            {
+                float expected = (float)BitConverter.UInt16BitsToHalf((ushort)i);
+                var results = new List<float>
+                {
+                    scaled[i],
+                    HostMatMul.ScaleDownHalves(Vector256.Load(source + i / 16 * 16)).GetElement(i % 16),
+                    HostMatMul.ScaleDownHalves(Vector128.Load(source + i / 8 * 8)).GetElement(i % 8),
+                };
+                if (float.IsFinite(expected))
+                {
+                    results.Add(HostMatMul.ScaleDownFiniteHalves(Vector256.Load(source + i / 16 * 16)).GetElement(i % 16));
+                    results.Add(HostMatMul.ScaleDownFiniteHalves(Vector128.Load(source + i / 8 * 8)).GetElement(i % 8));
+                }
+                foreach (float actual in results)
+                {
+                    float up = actual * HostMatMul.HalfScale;
+                    if (float.IsNaN(expected))
+                        Assert.True(float.IsNaN(up) && float.IsNegative(up) == float.IsNegative(expected), $"half 0x{i:X4}: {up}");
+                    else
+                        Assert.True(BitConverter.SingleToUInt32Bits(expected) == BitConverter.SingleToUInt32Bits(up), $"half 0x{i:X4}: {up}, expected {expected}");
+                }
+            }
+        }
+        for (int i = 65536; i < all.Length; i++) Assert.Equal(scaled[i - 65536], scaled[i]); // the scalar tail
+        Assert.Equal(MathF.ScaleB(1, -112), scaled[0x3C00]);
+        Assert.Equal(MathF.ScaleB(1, -136), scaled[0x0001]); // a subnormal half: a subnormal float
+        Assert.Equal(float.NegativeInfinity, scaled[0xFC00]);
+        Assert.Equal(HostMatMul.HalfScale, MathF.ScaleB(1, 112));
+    }
+
     /// <summary>
     /// Attention in double precision written out here: query t (float) against the binary16-rounded keys and values of
     /// logical positions 0..committed+T−1, visible as the interface says, scores q·k/√Dh, softmax, Σ p·v.
@@ -301,6 +345,65 @@ public sealed unsafe class HostHalfKvCacheTests : IDisposable
             outputs.Add(values);
         }
         Assert.Equal(outputs[1].Select(BitConverter.SingleToUInt32Bits), outputs[0].Select(BitConverter.SingleToUInt32Bits));
+    }
+
+    [Theory]
+    [InlineData(4, 4, 1, false)] // a decode step without GQA: one query per work item
+    [InlineData(8, 2, 1, false)] // a decode step with GQA: four queries per work item
+    [InlineData(6, 3, 5, true)]  // a tree under a mask
+    public void F16_attention_keeps_the_f32_results_with_a_nan_in_the_cache_and_queries_of_2_to_the_16_or_more(int heads, int kvHeads, int tokens, bool masked)
+    {
+        // The attention scales queries by 2^112 and reads the halves in fewer steps while the cache has never held a
+        // NaN; a query of 2^16 or more, or a NaN anywhere, takes the exact widening. Each case against an F32 cache of the
+        // rounded values: the same bits, NaN where it has NaN. Dh = 40: vectors and a scalar tail.
+        const int dh = 40, committed = 37;
+        var random = new Random(heads * 100 + tokens);
+        int width = (heads + 2 * kvHeads) * dh, blockCount = (committed + tokens + 15) / 16 + 1;
+        int[] table = Enumerable.Range(0, blockCount).OrderBy(_ => random.Next()).ToArray();
+        using var blocks = _backend.Allocate(DType.I32, 1, table.Length);
+        _backend.Upload(blocks, table);
+        var all = new float[(committed + tokens) * width];
+        for (int i = 0; i < all.Length; i++) all[i] = (float)(Half)((random.NextDouble() * 2 - 1) * 4);
+        var mask = new int[tokens * tokens];
+        for (int t = 0; t < tokens; t++)
+            for (int u = 0; u <= t; u++) mask[t * tokens + u] = (t - u) % 2 == 0 ? 1 : 0;
+        using var maskTensor = masked ? _backend.Allocate(DType.I32, tokens, tokens) : null;
+        if (maskTensor is not null) _backend.Upload(maskTensor, mask);
+
+        float[] Attend(DType type, float[] rows, float[] queries)
+        {
+            using var cache = _backend.AllocateKvCache(Layout(type, layers: 1, kvHeads: kvHeads, headDim: dh, blockSize: 16, blockCount: blockCount));
+            Write(cache, 0, rows, committed + tokens, heads, table, 0);
+            using var input = _backend.Allocate(DType.F32, tokens, width);
+            _backend.Upload(input, queries);
+            using var output = _backend.Allocate(DType.F32, tokens, heads * dh);
+            _backend.Attention(output, input, cache, 0, blocks, committed, maskTensor);
+            var values = new float[tokens * heads * dh];
+            _backend.Download(output, values);
+            return values;
+        }
+
+        void Check(float[] rows, float[] queries, string what, bool expectNaN)
+        {
+            var half = Attend(DType.F16, rows, queries);
+            var single = Attend(DType.F32, rows, queries);
+            for (int i = 0; i < half.Length; i++)
+                Assert.True(float.IsNaN(single[i]) ? float.IsNaN(half[i]) : BitConverter.SingleToUInt32Bits(single[i]) == BitConverter.SingleToUInt32Bits(half[i]),
+                    $"{what}: element {i}: {half[i]} vs {single[i]}");
+            Assert.Equal(expectNaN, single.Any(float.IsNaN));
+        }
+
+        var queries = all.AsSpan(committed * width).ToArray();
+        Check(all, queries, "finite", false);
+        // Query elements of 2^16 and more (one query head of every token): still finite results, the same bits.
+        var huge = (float[])queries.Clone();
+        for (int t = 0; t < tokens; t++) huge[t * width + 5] = 70000f;
+        Check(all, huge, "a query of 70000", false);
+        // A NaN in a committed key (every query sees it: all of its KV head's outputs are NaN) and one in a value.
+        var withNaN = (float[])all.Clone();
+        withNaN[3 * width + heads * dh + 7] = float.NaN;                        // position 3, KV head 0's key
+        withNaN[5 * width + (heads + kvHeads) * dh + (kvHeads - 1) * dh + 39] = float.NaN; // position 5, the last KV head's value, tail element
+        Check(withNaN, queries, "a NaN in the cache", true);
     }
 
     [Fact]

@@ -727,6 +727,8 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
                 {
                     var source = row.Slice(kOffset + part * l.KvDim, l.KvDim);
                     for (int i = 0; i < clamped.Length; i++) clamped[i] = HalfKv.Saturate(source[i]);
+                    // Max is NaN where any element is: the attention reads a cache that has never held a NaN faster.
+                    if (float.IsNaN(TensorPrimitives.Max(clamped))) c.MayHoldNaN = true;
                     TensorPrimitives.ConvertToHalf(clamped, c.HalfSlot(layer, part, slot));
                 }
                 continue;
@@ -775,7 +777,7 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
             float* query = (float*)q.Pointer + (long)t * q.Columns + h * dh;
             float* keyBase = layerKeys + kvHead * dh, valueBase = layerValues + kvHead * dh;
             float* result = (float*)o.Pointer + (long)t * o.Columns + h * dh;
-            AttendOne(query, keyBase, valueBase, slotsArray.AsSpan(0, committed + tokens), committed, tokens, t, m, result, dh, scale);
+            AttendOne(query, keyBase, valueBase, slotsArray.AsSpan(0, committed + tokens), committed, tokens, t, m is null ? null : (int*)m.Pointer, result, dh, scale);
         }
         if (work < ParallelThreshold || items == 1) for (int i = 0; i < items; i++) Run(i);
         else _workers.For(items, Run);
@@ -783,12 +785,9 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
     }
 
     /// <summary>
-    /// The attention over an F16 cache. A work item is one KV head and a run of tokens: it widens that head's keys and
-    /// values (exactly) once into float rows of a scratch of its own, then runs <see cref="AttendOne"/> on them for each of
-    /// its tokens and the query heads of the group: the float32 sums of the F32 cache over the rounded values, in the
-    /// same order. The widened rows stay in the cache of the core that reads them (widening all of a layer up front and
-    /// sharing it between the threads measured slower than widening on the fly); a head's tokens are split into runs
-    /// only where there are fewer than two KV heads per thread, each run widening the head again.
+    /// The attention over an F16 cache. A work item is one KV head and a run of tokens, whose queries (the run's tokens
+    /// times the group's query heads) it takes together (<see cref="AttendHalves"/>); a head's tokens are split into runs
+    /// only where there are fewer than two KV heads per thread, each run reading the head again.
     /// </summary>
     private void AttentionHalf(HostTensor o, HostTensor q, HostKvCache c, int layer, long[] slotsArray, int committed, HostTensor? m)
     {
@@ -800,57 +799,190 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
         int perRun = (tokens + runs - 1) / runs;
         runs = (tokens + perRun - 1) / perRun;
         ushort* cachedKeys = c.SlotPointer<ushort>(layer, 0, 0), cachedValues = c.SlotPointer<ushort>(layer, 1, 0);
+        int* mask = m is null ? null : (int*)m.Pointer;
+        bool finite = !c.MayHoldNaN;
         void Run(int item)
         {
             int kvHead = item / runs, first = item % runs * perRun, last = Math.Min(tokens, first + perRun);
             // Keys a token of the run can see: committed ones, then up to the run's last token (causal) or all T (mask).
             int visible = m is null ? committed + last : keys;
-            float[] scratch = ArrayPool<float>.Shared.Rent(2 * visible * dh);
-            long[] rowsArray = ArrayPool<long>.Shared.Rent(visible);
-            fixed (float* widened = scratch)
-            {
-                float* keyRows = widened, valueRows = widened + (long)visible * dh;
-                for (int j = 0; j < visible; j++)
-                {
-                    HostMatMul.WidenHalves(cachedKeys + slotsArray[j] + kvHead * dh, keyRows + (long)j * dh, dh);
-                    HostMatMul.WidenHalves(cachedValues + slotsArray[j] + kvHead * dh, valueRows + (long)j * dh, dh);
-                    rowsArray[j] = (long)j * dh;
-                }
-                for (int t = first; t < last; t++)
-                {
-                    for (int h = kvHead * groups; h < (kvHead + 1) * groups; h++)
-                    {
-                        float* query = (float*)q.Pointer + (long)t * q.Columns + h * dh;
-                        float* result = (float*)o.Pointer + (long)t * o.Columns + h * dh;
-                        AttendOne(query, keyRows, valueRows, rowsArray.AsSpan(0, visible), committed, tokens, t, m, result, dh, scale);
-                    }
-                }
-            }
-            ArrayPool<long>.Shared.Return(rowsArray);
-            ArrayPool<float>.Shared.Return(scratch);
+            AttendHalves(q, o, cachedKeys + kvHead * dh, cachedValues + kvHead * dh, slotsArray.AsSpan(0, visible), committed, tokens, mask,
+                first, last, kvHead * groups, groups, dh, scale, finite);
         }
         int items = l.KvHeads * runs;
         if (work < ParallelThreshold || items == 1) for (int i = 0; i < items; i++) Run(i);
         else _workers.For(items, Run);
     }
 
+    /// <summary>Floats of the rows <see cref="AttendHalves"/> converts at a time: 16 KiB, which stay in the core's L1 cache.</summary>
+    private const int TileFloats = 4096;
+
+    /// <summary>
+    /// Query heads firstHead..firstHead + groups − 1 of tokens first..last − 1 (their results too) over the binary16 keys
+    /// and values at keyBase + slots[j] and valueBase + slots[j] (visibility as for <see cref="AttendOne"/>). Each query
+    /// gets the float32 sums of AttendOne over an F32 cache of the widened values, in the same order, so the same bits.
+    /// A half divided by 2^112 is a float made of its bits in three instructions, six where the cache may hold a NaN
+    /// (<paramref name="finite"/> false; see <see cref="HostMatMul.ScaleDownHalves(Vector256{ushort})"/>), against a dozen
+    /// to widen it, so the rows are read that way and the queries and weights multiplied by 2^112 instead, exactly while a
+    /// query is below 2^16 in magnitude: every product, and so every sum, is the same. One query (a decode step without
+    /// GQA) reads each row in registers as it goes (<see cref="AttendOneHalves"/>). Several take the rows a tile at a
+    /// time: a tile of key rows is converted once into a buffer that stays in the L1 cache and scored against every
+    /// query, then the value rows likewise; a query of 2^16 or more goes this way too, with the rows widened and the
+    /// queries and weights as they are. (Widening the whole history into a scratch first made the attention take twice
+    /// the time of the F32 cache's at T = 1.)
+    /// </summary>
+    private static void AttendHalves(HostTensor q, HostTensor o, ushort* keyBase, ushort* valueBase, ReadOnlySpan<long> slots, int committed, int tokens,
+        int* mask, int first, int last, int firstHead, int groups, int dh, float scale, bool finite)
+    {
+        int count = (last - first) * groups, visible = slots.Length;
+        float* results = (float*)o.Pointer + (long)first * o.Columns + firstHead * dh;
+        if (count == 1 && dh <= MaxStackHeadDim)
+        {
+            var query = new ReadOnlySpan<float>((float*)q.Pointer + (long)first * q.Columns + firstHead * dh, dh);
+            if (TensorPrimitives.MaxMagnitude(query) < ScalableQuery) // false for NaN too
+            {
+                float* scaledQuery = stackalloc float[dh];
+                TensorPrimitives.Multiply(query, HostMatMul.HalfScale, new Span<float>(scaledQuery, dh));
+                AttendOneHalves(scaledQuery, keyBase, valueBase, slots, committed, tokens, first, mask, results, dh, scale, finite);
+                return;
+            }
+        }
+        // Row i of scores holds query i's scores, then its weights; query i is token first + i / groups, query head
+        // firstHead + i % groups. factors[i] holds its maximum score, then the reciprocal of its weights' sum; queries its
+        // row, scaled by 2^112 where they all allow it.
+        float[] rented = ArrayPool<float>.Shared.Rent(count * (visible + 1 + dh));
+        int tile = Math.Max(1, TileFloats / dh);
+        Span<float> tileSpan = dh <= TileFloats ? stackalloc float[tile * dh] : new float[dh];
+        fixed (float* scores = rented, rows = tileSpan)
+        {
+            float* factors = scores + (long)count * visible, queries = factors + count;
+            bool scaled = true;
+            for (int t = first; t < last; t++)
+            {
+                var row = new ReadOnlySpan<float>((float*)q.Pointer + (long)t * q.Columns + firstHead * dh, groups * dh);
+                scaled &= TensorPrimitives.MaxMagnitude(row) < ScalableQuery;
+                row.CopyTo(new Span<float>(queries + (long)(t - first) * groups * dh, groups * dh));
+            }
+            float up = scaled ? HostMatMul.HalfScale : 1f;
+            var allQueries = new Span<float>(queries, count * dh);
+            TensorPrimitives.Multiply(allQueries, up, allQueries);
+            new Span<float>(factors, count).Fill(float.NegativeInfinity);
+            for (int start = 0; start < visible; start += tile)
+            {
+                int end = Math.Min(visible, start + tile);
+                ConvertTile(keyBase, slots, start, end, rows, dh, scaled, finite);
+                for (int t = first, i = 0; t < last; t++)
+                {
+                    int* maskRow = mask is null ? null : mask + (long)t * tokens;
+                    for (int g = 0; g < groups; g++, i++)
+                    {
+                        float* query = queries + (long)i * dh, row = scores + (long)i * visible;
+                        float max = factors[i];
+                        for (int j = start; j < end; j++)
+                        {
+                            if (!(j < committed || (maskRow is null ? j - committed <= t : maskRow[j - committed] != 0)))
+                            {
+                                row[j] = float.NegativeInfinity;
+                                continue;
+                            }
+                            float s = HostMatMul.Dot(query, rows + (long)(j - start) * dh, dh) * scale;
+                            row[j] = s;
+                            if (s > max) max = s;
+                        }
+                        factors[i] = max;
+                    }
+                }
+            }
+            for (int i = 0; i < count; i++) factors[i] = Exponentiate(new Span<float>(scores + (long)i * visible, visible), factors[i]);
+            for (int t = first; t < last; t++) new Span<float>(results + (long)(t - first) * o.Columns, groups * dh).Clear();
+            for (int start = 0; start < visible; start += tile)
+            {
+                int end = Math.Min(visible, start + tile);
+                ConvertTile(valueBase, slots, start, end, rows, dh, scaled, finite);
+                for (int t = first, i = 0; t < last; t++)
+                {
+                    float* result = results + (long)(t - first) * o.Columns;
+                    for (int g = 0; g < groups; g++, i++, result += dh)
+                    {
+                        float* weights = scores + (long)i * visible;
+                        for (int j = start; j < end; j++)
+                        {
+                            if (weights[j] == 0f) continue;
+                            // The scale rounded as AttendOne's, then times 2^112 or 1 (exact).
+                            HostMatMul.AddScaled(result, rows + (long)(j - start) * dh, weights[j] * factors[i] * up, dh);
+                        }
+                    }
+                }
+            }
+        }
+        ArrayPool<float>.Shared.Return(rented);
+    }
+
+    /// <summary>Largest head size whose scaled query <see cref="AttendHalves"/> keeps on the stack.</summary>
+    private const int MaxStackHeadDim = 1024;
+
+    /// <summary>Queries below this in magnitude times 2^112 stay finite (and exact): 2^16.</summary>
+    private const float ScalableQuery = 65536f;
+
+    /// <summary>Rows start..end − 1 at base + slots[j], (exactly) divided by 2^112 or widened, into consecutive rows of tile.</summary>
+    private static void ConvertTile(ushort* rowBase, ReadOnlySpan<long> slots, int start, int end, float* tile, int dh, bool scaled, bool finite)
+    {
+        for (int j = start; j < end; j++)
+        {
+            float* row = tile + (long)(j - start) * dh;
+            if (scaled) HostMatMul.ScaleDownHalves(rowBase + slots[j], row, dh, finite);
+            else HostMatMul.WidenHalves(rowBase + slots[j], row, dh);
+        }
+    }
+
+    /// <summary>
+    /// <see cref="AttendOne"/> over binary16 keys and values, with the query times 2^112 (see <see cref="AttendHalves"/>):
+    /// the same scores, weights and result. <paramref name="finite"/>: the cache holds no NaN (nor infinity, which it
+    /// never holds), so a row is divided by 2^112 in three instructions instead of six.
+    /// </summary>
+    private static void AttendOneHalves(float* scaledQuery, ushort* keyBase, ushort* valueBase, ReadOnlySpan<long> slots, int committed, int tokens, int t,
+        int* mask, float* result, int dh, float scale, bool finite)
+    {
+        int keys = slots.Length;
+        float[] scoresArray = ArrayPool<float>.Shared.Rent(keys);
+        int* maskRow = mask is null ? null : mask + (long)t * tokens;
+        float max = float.NegativeInfinity;
+        fixed (float* scores = scoresArray)
+        {
+            for (int j = 0; j < keys; j++)
+            {
+                if (!(j < committed || (maskRow is null ? j - committed <= t : maskRow[j - committed] != 0)))
+                {
+                    scores[j] = float.NegativeInfinity;
+                    continue;
+                }
+                float s = HostMatMul.DotScaledHalves(scaledQuery, keyBase + slots[j], dh, finite) * scale;
+                scores[j] = s;
+                if (s > max) max = s;
+            }
+            float inverse = Exponentiate(new Span<float>(scores, keys), max);
+            HostMatMul.WeightedSumHalves(result, valueBase, slots, scores, inverse, dh, finite);
+        }
+        ArrayPool<float>.Shared.Return(scoresArray);
+    }
+
     /// <summary>
     /// One query head of token t over the keys and values of its KV head: key j at keyBase + slots[j], visible when
-    /// j &lt; committed, or per the mask row (causal without one) among the T new keys; keys past slots' end are not
-    /// visible to t. Scores q·k · scale, softmax, result = Σ p·v.
+    /// j &lt; committed, or per the mask row (causal without one; mask is T × T) among the T new keys; keys past slots'
+    /// end are not visible to t. Scores q·k · scale, softmax, result = Σ p·v.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void AttendOne(float* query, float* keyBase, float* valueBase, ReadOnlySpan<long> slots, int committed, int tokens, int t, HostTensor? m,
+    private static void AttendOne(float* query, float* keyBase, float* valueBase, ReadOnlySpan<long> slots, int committed, int tokens, int t, int* mask,
         float* result, int dh, float scale)
     {
         int keys = slots.Length;
         float[] scoresArray = ArrayPool<float>.Shared.Rent(keys);
         var scores = scoresArray.AsSpan(0, keys);
-        var maskRow = m is null ? default : m.Ints.Slice(t * tokens, tokens);
+        int* maskRow = mask is null ? null : mask + (long)t * tokens;
         float max = float.NegativeInfinity;
         for (int j = 0; j < keys; j++)
         {
-            bool visible = j < committed || (m is null ? j - committed <= t : maskRow[j - committed] != 0);
+            bool visible = j < committed || (maskRow is null ? j - committed <= t : maskRow[j - committed] != 0);
             if (!visible)
             {
                 scores[j] = float.NegativeInfinity;
@@ -860,21 +992,31 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
             scores[j] = s;
             if (s > max) max = s;
         }
-        float sum = 0;
-        for (int j = 0; j < keys; j++)
-        {
-            float e = float.IsNegativeInfinity(scores[j]) ? 0f : MathF.Exp(scores[j] - max);
-            scores[j] = e;
-            sum += e;
-        }
         new Span<float>(result, dh).Clear();
-        float inverse = 1f / sum;
+        float inverse = Exponentiate(scores, max);
         for (int j = 0; j < keys; j++)
         {
             if (scores[j] == 0f) continue;
             HostMatMul.AddScaled(result, valueBase + slots[j], scores[j] * inverse, dh);
         }
         ArrayPool<float>.Shared.Return(scoresArray);
+    }
+
+    /// <summary>
+    /// The softmax of the attention, but for the division: scores (−∞ for a key not visible) become e^(s − max), and the
+    /// reciprocal of their sum is returned, by which each is multiplied where it is used.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float Exponentiate(Span<float> scores, float max)
+    {
+        float sum = 0;
+        for (int j = 0; j < scores.Length; j++)
+        {
+            float e = float.IsNegativeInfinity(scores[j]) ? 0f : MathF.Exp(scores[j] - max);
+            scores[j] = e;
+            sum += e;
+        }
+        return 1f / sum;
     }
 
     /// <inheritdoc />

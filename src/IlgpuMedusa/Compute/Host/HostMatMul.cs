@@ -541,6 +541,173 @@ internal static unsafe class HostMatMul
         for (; i < n; i++) target[i] += scale * source[i];
     }
 
+    /// <summary>2^112: a binary16 value is the float32 that <see cref="ScaleDownHalves(ushort*, float*, int, bool)"/> makes of it times this.</summary>
+    public const float HalfScale = 5.192296858534828e33f;
+
+    /// <summary>
+    /// <see cref="Dot"/> with b given as IEEE binary16 bits and a as the other operand times <see cref="HalfScale"/>:
+    /// Σ a[i] · (b[i] / HalfScale), in registers. Where a is x · HalfScale without overflow (|x| &lt; 2^16), every
+    /// product is exactly x[i] · b[i], so the sum has the same bits as Dot of x and the widened b. With
+    /// <paramref name="finite"/>, b must hold no infinity or NaN (see <see cref="ScaleDownFiniteHalves(Vector256{ushort})"/>).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static float DotScaledHalves(float* a, ushort* b, int n, bool finite)
+    {
+        int i = 0;
+        float sum = 0;
+        if (Vector512.IsHardwareAccelerated && n >= 16)
+        {
+            var acc = Vector512<float>.Zero;
+            for (; i <= n - 16; i += 16) acc = Vector512.FusedMultiplyAdd(Vector512.Load(a + i), ScaleDown(Vector256.Load(b + i), finite), acc);
+            sum = Vector512.Sum(acc);
+        }
+        else if (Vector256.IsHardwareAccelerated && n >= 8)
+        {
+            var acc = Vector256<float>.Zero;
+            for (; i <= n - 8; i += 8) acc = Vector256.FusedMultiplyAdd(Vector256.Load(a + i), ScaleDown(Vector128.Load(b + i), finite), acc);
+            sum = Vector256.Sum(acc);
+        }
+        for (; i < n; i++) sum += a[i] * ScaleDownHalf(b[i]);
+        return sum;
+    }
+
+    /// <summary>
+    /// result[c] = Σ_j (weights[j] · inverse) · v_j[c] for c &lt; n, v_j the IEEE binary16 row at valueBase + rows[j],
+    /// over j in order, skipping zero weights: the same bits as <see cref="AddScaled"/> of each widened row in turn, with
+    /// scale weights[j] · inverse, on a cleared result. Up to four vectors of the result stay in registers across all the
+    /// rows (AddScaled stores the result and loads it back for the next row, which chains every row's multiply-adds
+    /// behind the previous row's for a small head). <paramref name="finite"/> as for <see cref="DotScaledHalves"/>.
+    /// </summary>
+    public static void WeightedSumHalves(float* result, ushort* valueBase, ReadOnlySpan<long> rows, float* weights, float inverse, int n, bool finite)
+    {
+        int c = 0;
+        if (Vector512.IsHardwareAccelerated)
+        {
+            while (c <= n - 16)
+            {
+                int vectors = Math.Min(4, (n - c) / 16);
+                Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
+                for (int j = 0; j < rows.Length; j++)
+                {
+                    if (weights[j] == 0f) continue;
+                    // The scale rounded as AddScaled's, then times 2^112 (exact): each product is exactly AddScaled's.
+                    var s = Vector512.Create(weights[j] * inverse * HalfScale);
+                    ushort* v = valueBase + rows[j] + c;
+                    a0 = Vector512.FusedMultiplyAdd(ScaleDown(Vector256.Load(v), finite), s, a0);
+                    if (vectors > 1) a1 = Vector512.FusedMultiplyAdd(ScaleDown(Vector256.Load(v + 16), finite), s, a1);
+                    if (vectors > 2) a2 = Vector512.FusedMultiplyAdd(ScaleDown(Vector256.Load(v + 32), finite), s, a2);
+                    if (vectors > 3) a3 = Vector512.FusedMultiplyAdd(ScaleDown(Vector256.Load(v + 48), finite), s, a3);
+                }
+                a0.Store(result + c);
+                if (vectors > 1) a1.Store(result + c + 16);
+                if (vectors > 2) a2.Store(result + c + 32);
+                if (vectors > 3) a3.Store(result + c + 48);
+                c += 16 * vectors;
+            }
+        }
+        else if (Vector256.IsHardwareAccelerated)
+        {
+            while (c <= n - 8)
+            {
+                int vectors = Math.Min(4, (n - c) / 8);
+                Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
+                for (int j = 0; j < rows.Length; j++)
+                {
+                    if (weights[j] == 0f) continue;
+                    var s = Vector256.Create(weights[j] * inverse * HalfScale);
+                    ushort* v = valueBase + rows[j] + c;
+                    a0 = Vector256.FusedMultiplyAdd(ScaleDown(Vector128.Load(v), finite), s, a0);
+                    if (vectors > 1) a1 = Vector256.FusedMultiplyAdd(ScaleDown(Vector128.Load(v + 8), finite), s, a1);
+                    if (vectors > 2) a2 = Vector256.FusedMultiplyAdd(ScaleDown(Vector128.Load(v + 16), finite), s, a2);
+                    if (vectors > 3) a3 = Vector256.FusedMultiplyAdd(ScaleDown(Vector128.Load(v + 24), finite), s, a3);
+                }
+                a0.Store(result + c);
+                if (vectors > 1) a1.Store(result + c + 8);
+                if (vectors > 2) a2.Store(result + c + 16);
+                if (vectors > 3) a3.Store(result + c + 24);
+                c += 8 * vectors;
+            }
+        }
+        for (; c < n; c++)
+        {
+            float sum = 0;
+            for (int j = 0; j < rows.Length; j++)
+                if (weights[j] != 0f) sum += weights[j] * inverse * HalfScale * ScaleDownHalf(valueBase[rows[j] + c]);
+            result[c] = sum;
+        }
+    }
+
+    /// <summary>
+    /// destination[i] = source[i] (IEEE binary16 bits) / <see cref="HalfScale"/>, exactly, for i &lt; n.
+    /// <paramref name="finite"/> as for <see cref="DotScaledHalves"/>.
+    /// </summary>
+    public static void ScaleDownHalves(ushort* source, float* destination, int n, bool finite)
+    {
+        int i = 0;
+        if (Vector512.IsHardwareAccelerated)
+        {
+            for (; i <= n - 16; i += 16) ScaleDown(Vector256.Load(source + i), finite).Store(destination + i);
+        }
+        else if (Vector256.IsHardwareAccelerated)
+        {
+            for (; i <= n - 8; i += 8) ScaleDown(Vector128.Load(source + i), finite).Store(destination + i);
+        }
+        for (; i < n; i++) destination[i] = ScaleDownHalf(source[i]);
+    }
+
+    // A binary16 value divided by 2^112 is a float32 made of the half's bits, moved: the sign to bit 31, exponent and
+    // fraction 13 bits up, under a float exponent field that keeps the half's exponent e (a normal half's 2^(e-15)·1.f
+    // becomes 2^(e-127)·1.f; a subnormal half, e = 0, a subnormal float of the same fraction). That is a sign extension,
+    // a shift and a mask, against the dozen steps of an exact widening (WidenHalves), and the 2^112 goes into the other
+    // operand of the multiply instead. Only exponent 31 (infinities, NaNs) needs more: the float's field must be 255.
+    // (A subnormal half makes a subnormal operand, which may cost a microcode assist on some x86 cores; such small keys
+    // and values are rare.)
+    private const int ScaledKeep = unchecked((int)0x8FFFFFFF);
+    private const uint HalfSpecialShifted = 0xF8000000; // a half's exponent field all ones, shifted to the top
+
+    /// <summary>16 IEEE binary16 values (bits) divided exactly by <see cref="HalfScale"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<float> ScaleDownHalves(Vector256<ushort> halves)
+    {
+        var x = Vector512.WidenLower(halves.AsInt16().ToVector512Unsafe());
+        // Bits 30..28 of x << 13 are copies of the sign; they must be 0, or 1 where the exponent is 31 (which with
+        // bits 27..23 makes 255); the sign bit and the rest are right.
+        var special = Vector512.GreaterThanOrEqual((x << 17).AsUInt32(), Vector512.Create(HalfSpecialShifted)).AsInt32();
+        return Vector512.ConditionalSelect(Vector512.Create(ScaledKeep), x << 13, special).AsSingle();
+    }
+
+    /// <summary>8 IEEE binary16 values (bits) divided exactly by <see cref="HalfScale"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<float> ScaleDownHalves(Vector128<ushort> halves)
+    {
+        var x = Vector256.WidenLower(halves.AsInt16().ToVector256Unsafe());
+        var special = Vector256.GreaterThanOrEqual((x << 17).AsUInt32(), Vector256.Create(HalfSpecialShifted)).AsInt32();
+        return Vector256.ConditionalSelect(Vector256.Create(ScaledKeep), x << 13, special).AsSingle();
+    }
+
+    /// <summary>
+    /// <see cref="ScaleDownHalves(Vector256{ushort})"/> of 16 finite binary16 values (no infinity, no NaN: for those it
+    /// gives finite garbage), in half the instructions.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<float> ScaleDownFiniteHalves(Vector256<ushort> halves) =>
+        ((Vector512.WidenLower(halves.AsInt16().ToVector512Unsafe()) << 13) & Vector512.Create(ScaledKeep)).AsSingle();
+
+    /// <summary><see cref="ScaleDownHalves(Vector128{ushort})"/> of 8 finite binary16 values (as ScaleDownFiniteHalves of 16).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<float> ScaleDownFiniteHalves(Vector128<ushort> halves) =>
+        ((Vector256.WidenLower(halves.AsInt16().ToVector256Unsafe()) << 13) & Vector256.Create(ScaledKeep)).AsSingle();
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<float> ScaleDown(Vector256<ushort> halves, bool finite) => finite ? ScaleDownFiniteHalves(halves) : ScaleDownHalves(halves);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> ScaleDown(Vector128<ushort> halves, bool finite) => finite ? ScaleDownFiniteHalves(halves) : ScaleDownHalves(halves);
+
+    /// <summary>One IEEE binary16 value (bits) divided exactly by <see cref="HalfScale"/> (a power of two, so the quotient is exact).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float ScaleDownHalf(ushort half) => (float)BitConverter.UInt16BitsToHalf(half) * (1f / HalfScale);
+
     /// <summary>destination[i] = source[i] (IEEE binary16 bits) widened exactly to float32, for i &lt; n.</summary>
     public static void WidenHalves(ushort* source, float* destination, int n)
     {

@@ -134,6 +134,12 @@ internal sealed unsafe class HostKvCache : KvCache
     /// <summary>True when the elements are binary16 bits.</summary>
     public bool IsHalf => Layout.ElementType == DType.F16;
 
+    /// <summary>
+    /// Set once a NaN has been written to an F16 cache, and never cleared. Until then every element is finite (the
+    /// writes saturate infinities to ±65504), which the attention relies on to read the halves faster.
+    /// </summary>
+    public bool MayHoldNaN { get; set; }
+
     /// <summary>Floats of keys (part 0) or values (part 1) of one physical slot of an F32 cache.</summary>
     public Span<float> Slot(int layer, int part, long physicalSlot) => new(SlotPointer<float>(layer, part, physicalSlot), Layout.KvDim);
 
