@@ -9,10 +9,12 @@ code, seconds, limit), env.txt (key=value), nvidia-smi.csv, COMMIT, and per shap
 JSON), ours-S.out (our `profile --json` stdout), hf-eager-S.json and hf-compiled-S.json (hf_reference.py), and the
 .err file of each step (its stderr; the tail of a failed step's is put in the JSON). The shape "demo" is the demo
 stage: demo-conformance.out (the conformance console's log), demo-greedy-device.out and demo-greedy-host.out
-(`generate --json`), demo-bench-device.out and demo-bench-host.out (`bench --json`).
+(`generate --json`), demo-bench-device.out and demo-bench-host.out (`bench --json`), demo-serve-device.out
+(serve_check.py's JSON).
 
 Exit code: 0; 1 with --require-ours when a figure the dry run checks is missing; 3 when a demo check failed
-(conformance failures, or greedy tokens that differ between the device and the host).
+(conformance failures, greedy tokens that differ between the device and the host, or the server's batched greedy
+reply differing from its reply alone).
 """
 from __future__ import annotations
 
@@ -181,7 +183,7 @@ def compare_tokens(mine, theirs):
 DEMO_STEPS = {"conformance": "demo-conformance", "greedy device": "demo-greedy-device", "greedy host": "demo-greedy-host",
               "bench device": "demo-bench-device", "bench device copy uploads": "demo-bench-device-copy-uploads",
               "bench host": "demo-bench-host", "sweep device": "demo-sweep-device",
-              "op times": "demo-ops"}
+              "serve device": "demo-serve-device", "op times": "demo-ops"}
 
 
 def summarize_op_times(doc):
@@ -390,10 +392,13 @@ def summarize_demo(raw, steps, device):
     bench_host = summarize_bench(extract_json_object(read_text(os.path.join(raw, "demo-bench-host.out"))))
     sweep = summarize_sweep(extract_json_object(read_text(os.path.join(raw, "demo-sweep-device.out"))))
     op_times = summarize_op_times(extract_json_object(read_text(os.path.join(raw, "demo-ops.out"))))
+    serve = extract_json_object(read_text(os.path.join(raw, "demo-serve-device.out"))) or None
+    if serve:
+        serve.pop("server_log_tail", None)
     demo = {"device": device, "raw": raw, "step_status": status, "conformance": conformance, "greedy": g,
             "decode_tokens_per_second": decode, "bench_device": bench_device,
             "bench_device_copy_uploads": bench_copies, "bench_host": bench_host,
-            "sweep_device": sweep, "op_times": op_times}
+            "sweep_device": sweep, "serve_device": serve, "op_times": op_times}
     if bench_device and bench_host:
         demo["bench_ar_device_over_host"] = ratio(bench_device["ar_tokens_per_second"], bench_host["ar_tokens_per_second"])
     checks = []
@@ -401,6 +406,8 @@ def summarize_demo(raw, steps, device):
         checks.append(f"conformance: {conformance['failed']} checks failed on {conformance['device']}")
     if g["identical"] is False:
         checks.append(f"greedy tokens differ between {device} and host from index {g['first_mismatch_index']}")
+    if serve and serve.get("identical_first_reply") is False:
+        checks.append("serve: the first prompt's greedy reply among concurrent requests differs from its reply alone")
     demo["checks_failed"] = checks
     missing = [label for label, present in (
         ("conformance count", conformance["passed"] is not None),
@@ -461,6 +468,16 @@ def demo_table(demo, created, gpu, commit):
             lines.append(f"    {str(c['name']):<28} {fmt(c['tokens_per_second'])} tok/s, {x(c['speedup'])},"
                          f" {fmt(c['ms_per_step'], 3)} ms/step" + (f", accepted {fmt(c['mean_accepted'], 2)}"
                                                                    if c['mean_accepted'] is not None else ""))
+    sv = demo.get("serve_device")
+    if sv and sv.get("concurrent"):
+        a, c = sv["alone"], sv["concurrent"]
+        lines.append(f"  serve on {d} (HTTP, {c['requests']} streaming requests at once x {sv['max_tokens']} tokens):"
+                     f" {fmt(c['tokens_per_second'])} tok/s together vs {fmt(a['tokens_per_second'])} alone"
+                     f" ({x(sv.get('concurrent_over_alone'))}), first token {fmt(c['ttft_ms_mean'])} ms mean /"
+                     f" {fmt(c['ttft_ms_max'])} max, batched reply identical to alone {sv.get('identical_first_reply')},"
+                     f" exit code {sv.get('exit_code')}")
+    elif sv:
+        lines.append(f"  serve on {d}: {sv.get('error', 'no result')} (exit code {sv.get('exit_code')})")
     lines.extend(op_times_lines(demo.get("op_times")))
     for check in demo["checks_failed"]:
         lines.append(f"  CHECK FAILED: {check}")

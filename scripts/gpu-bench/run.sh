@@ -9,7 +9,9 @@
 # The demo stage (shape "demo", first by default: two issues wait on it) uses the kit's stories15M in f16 with its
 # Medusa heads: the kernel conformance console on the device; greedy tokens from "Once upon a time" on the device and
 # on the host backend (--heads none), compared token by token, with both decode rates; `bench` on the device (AR vs
-# Medusa); `bench` on the host last, only with time to spare. The other shapes are random-weight models (make_model.py).
+# Medusa); every tree on the device (`bench --sweep-trees`); the HTTP server on the device under 8 concurrent streaming
+# requests (serve_check.py); `bench` on the host last, only with time to spare. The other shapes are random-weight
+# models (make_model.py).
 #
 # Options: --device D (cuda; dry run: host, or opencl with ILGPU_MEDUSA_ALLOW_CPU_OPENCL=1), --shapes demo,1b,7b
 #   (dry run: demo,tiny), --skip-demo, --budget-s S (450; dry run 360), --prompt-tokens N (512; 64),
@@ -24,7 +26,8 @@
 #
 # Every step runs under `timeout` inside one overall budget, most important results first; a failed step is reported
 # (its stderr tail goes into gpu-bench.json) and the run goes on with whatever does not depend on it. The exit code is
-# 1 when a step failed or timed out, or a demo check failed (conformance, greedy tokens differ), else 0.
+# 1 when a step failed or timed out, or a demo check failed (conformance, greedy tokens differ, the server's batched
+# reply differs from its reply alone), else 0.
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
 ROOT=$PWD
@@ -354,7 +357,7 @@ ours_op_times() {
 # ---------------------------------------------------------------- the demo stage
 DEMO_MODEL=$WORK/demo/stories15M-f16
 BENCH_PROMPTS_FILE=""
-DEMO_STEPS=(demo-conformance demo-greedy-device demo-greedy-host demo-bench-device demo-bench-device-copy-uploads demo-sweep-device demo-ops)
+DEMO_STEPS=(demo-conformance demo-greedy-device demo-greedy-host demo-bench-device demo-bench-device-copy-uploads demo-sweep-device demo-serve-device demo-ops)
 
 # bench_on NAME DEVICE WANT_S: `bench` of AR vs Medusa (the heads in the model directory: --heads auto) on DEVICE.
 bench_on() {
@@ -400,7 +403,7 @@ demo_stage() {
   fi
 
   if [[ ! -f $DEMO_MODEL/model.safetensors ]]; then
-    for name in demo-greedy-device demo-greedy-host demo-bench-device demo-bench-device-copy-uploads demo-sweep-device demo-ops; do skip_step "$name" "no demo model (unpack-demo)"; done
+    for name in demo-greedy-device demo-greedy-host demo-bench-device demo-bench-device-copy-uploads demo-sweep-device demo-serve-device demo-ops; do skip_step "$name" "no demo model (unpack-demo)"; done
     return
   fi
   # 2. Greedy tokens from the same prompt on the device and on the host, without heads: the same f16 weights on both
@@ -420,7 +423,7 @@ demo_stage() {
     note "prompts/stories-20.txt is not in this working tree: using the kit's copy"
   fi
   if [[ ! -f $prompts ]]; then
-    for name in demo-bench-device demo-bench-device-copy-uploads demo-sweep-device demo-ops; do
+    for name in demo-bench-device demo-bench-device-copy-uploads demo-sweep-device demo-serve-device demo-ops; do
       skip_step "$name" "no prompts/stories-20.txt (neither in the working tree nor in the kit)"
     done
     return
@@ -447,6 +450,11 @@ demo_stage() {
   [[ -d $ROOT/heads/trees ]] && trees=(--tree "$ROOT/heads/trees")
   run_step demo-sweep-device 150 "${APP[@]}" bench --model "$DEMO_MODEL" --device "$DEVICE" --heads auto \
     --prompts "$BENCH_PROMPTS_FILE" --max-tokens "$BENCH_TOKENS" --sweep-trees "${trees[@]}" --json
+  # 5. The HTTP server on the device under load (`serve`, driven by serve_check.py): one greedy request alone, then 8
+  #    streaming requests at once, batched by the scheduler; the first prompt's reply must be the same both times, and
+  #    the server must stop with exit code 0 on SIGTERM.
+  run_step demo-serve-device 90 python3 "$SCRIPTS/serve_check.py" --model "$DEMO_MODEL" --device "$DEVICE" \
+    --prompts "$BENCH_PROMPTS_FILE" --clients 8 --max-tokens "$BENCH_TOKENS" -- "${APP[@]}"
   if ((OP_STEPS > 0)); then
     run_step demo-prompt 30 python3 "$SCRIPTS/make_model.py" --prompt-only --out "$WORK/prompt-demo" --prompt-tokens 64
     ours_op_times demo-ops "$DEMO_MODEL" "$WORK/prompt-demo/prompt_ids.json" 60
