@@ -3,13 +3,16 @@
 `ilgpu-medusa serve` under load, the way it is deployed: starts the server on a free port of this machine, waits for
 GET /health, sends one greedy completion alone, then --clients streaming completions at once (the prompts of
 --prompts, round robin; the engine batches them), and stops the server with SIGTERM. Prints one JSON object:
-tokens/s alone and together, time to first token, whether the first prompt's batched reply equals its reply alone
-(greedy decoding must not depend on the batch), and the server's exit code. Standard library only.
+tokens/s alone and together, time to first token, whether the first prompt's batched reply equals its reply alone, and
+the server's exit code. Standard library only. On the host the batched reply must be the same (--require-identical:
+the host computes each row alike whatever the batch); a GPU's kernels for one row and for many may sum in another
+order, which can flip a near-tie, so there it is reported. Everything ends within --deadline-s, JSON printed.
 
   python3 scripts/gpu-bench/serve_check.py --model DIR --device cuda --prompts prompts/stories-20.txt \
-      [--clients 8] [--max-tokens 128] -- dotnet .gpu-kit/app/ilgpu-medusa.dll
+      [--clients 8] [--max-tokens 128] [--deadline-s 120] [--require-identical] -- dotnet .gpu-kit/app/ilgpu-medusa.dll
 
-Exit code 0 when every request succeeded, the replies agree and the server stopped with 0; 1 otherwise.
+Exit code 0 when every request succeeded, the server stopped with 0 (and with --require-identical the replies agree);
+1 otherwise.
 """
 from __future__ import annotations
 
@@ -36,7 +39,10 @@ def parse_args(argv=None):
     p.add_argument("--prompts", required=True, help="prompts, one a line ('#' comments and blank lines skipped)")
     p.add_argument("--clients", type=int, default=8, help="concurrent streaming requests (default 8)")
     p.add_argument("--max-tokens", type=int, default=128, help="max_tokens of every request (default 128)")
-    p.add_argument("--start-timeout-s", type=float, default=180, help="how long the server may take to load (default 180)")
+    p.add_argument("--deadline-s", type=float, default=120,
+                   help="all of it, the server's stop included, within this many seconds (default 120; keep it under any outer limit)")
+    p.add_argument("--require-identical", action="store_true",
+                   help="fail when the first prompt's batched reply differs from its reply alone (for the host backend)")
     p.add_argument("app", nargs="+", help="the command that runs ilgpu-medusa, after --")
     args = p.parse_args(argv)
     if args.clients < 1 or args.max_tokens < 1:
@@ -58,7 +64,7 @@ def read_prompts(path: str) -> list[str]:
     return prompts
 
 
-def post(port: int, path: str, body: dict, timeout: float = 300) -> dict:
+def post(port: int, path: str, body: dict, timeout: float) -> dict:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
@@ -71,10 +77,10 @@ def post(port: int, path: str, body: dict, timeout: float = 300) -> dict:
         conn.close()
 
 
-def stream(port: int, body: dict, result: dict) -> None:
+def stream(port: int, body: dict, result: dict, timeout: float) -> None:
     """One streaming completion: its text, tokens (from the usage chunk), time to the first text and in all."""
     t0 = time.perf_counter()
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         conn.request("POST", "/v1/completions", json.dumps(dict(body, stream=True, stream_options={"include_usage": True})),
                      {"Content-Type": "application/json"})
@@ -119,28 +125,32 @@ def main(argv=None) -> int:
     log(f"starting: {' '.join(command)}")
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=server_log)
     out = {"device": args.device, "clients": args.clients, "max_tokens": args.max_tokens, "port": port, "ok": False}
+    t0 = time.perf_counter()
+    # The server's stop gets up to 20 s of the deadline; requests get what is left before it.
+    left = lambda: max(1.0, args.deadline_s - 20 - (time.perf_counter() - t0))  # noqa: E731
     try:
-        t0 = time.perf_counter()
         while True:
             if server.poll() is not None:
                 raise RuntimeError(f"the server exited with {server.returncode} before it answered")
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
             try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
                 conn.request("GET", "/health")
                 if conn.getresponse().status == 200:
                     break
             except OSError:
                 pass
-            if time.perf_counter() - t0 > args.start_timeout_s:
-                raise RuntimeError(f"no answer from /health within {args.start_timeout_s} s")
+            finally:
+                conn.close()
+            if left() <= 1.0:
+                raise RuntimeError(f"no answer from /health within {time.perf_counter() - t0:.0f} s")
             time.sleep(0.2)
         out["start_seconds"] = round(time.perf_counter() - t0, 2)
         log(f"server up on port {port} after {out['start_seconds']} s")
 
         request = {"prompt": prompts[0], "max_tokens": args.max_tokens, "temperature": 0}
-        post(port, "/v1/completions", dict(request, max_tokens=8))  # warm-up: kernels compiled, trees built
+        post(port, "/v1/completions", dict(request, max_tokens=8), left())  # warm-up: kernels compiled, trees built
         t1 = time.perf_counter()
-        alone = post(port, "/v1/completions", request)
+        alone = post(port, "/v1/completions", request, left())
         alone_s = time.perf_counter() - t1
         alone_tokens = alone["usage"]["completion_tokens"]
         out["alone"] = {"tokens": alone_tokens, "seconds": round(alone_s, 4),
@@ -150,7 +160,8 @@ def main(argv=None) -> int:
 
         results = [{} for _ in range(args.clients)]
         threads = [threading.Thread(target=stream, args=(port, {"prompt": prompts[i % len(prompts)], "max_tokens": args.max_tokens,
-                                                                 "temperature": 0}, results[i])) for i in range(args.clients)]
+                                                                 "temperature": 0}, results[i], left()))
+                   for i in range(args.clients)]
         for t in threads:
             t.start()
         for t in threads:
@@ -175,7 +186,7 @@ def main(argv=None) -> int:
         if server.poll() is None:
             server.send_signal(signal.SIGTERM)
             try:
-                server.wait(timeout=30)
+                server.wait(timeout=max(5.0, args.deadline_s - (time.perf_counter() - t0)))
             except subprocess.TimeoutExpired:
                 server.kill()
                 server.wait()
@@ -185,7 +196,7 @@ def main(argv=None) -> int:
         out["server_log_tail"] = lines[-8:]
         server_log.close()
         os.unlink(server_log.name)
-    out["ok"] = "error" not in out and out.get("identical_first_reply") is True and out["exit_code"] == 0
+    out["ok"] = "error" not in out and out["exit_code"] == 0 and (out.get("identical_first_reply") is True or not args.require_identical)
     print(json.dumps(out))
     return 0 if out["ok"] else 1
 

@@ -102,25 +102,27 @@ public sealed class Sampler
     }
 
     /// <summary>
-    /// softmax(logits / temperature) into <paramref name="p"/>, computed as e^(x − max) / Σ e^(x − max) so that no term
-    /// overflows however small the temperature (a plain softmax of logits / 0.1 overflows a float past logit 8.8).
+    /// softmax(logits / temperature) into <paramref name="p"/>, computed as e^((x − max) / t) / Σ e^((x − max) / t): the
+    /// largest term is e^0 and no term overflows however small the temperature. (Dividing first overflowed: logits / 1e-39
+    /// are ±∞, and the mass went to every positive logit alike; a plain softmax of logits / 0.1 overflows past logit 8.8.)
+    /// A tiny temperature thus tends to greedy choice, ties shared.
     /// </summary>
     /// <exception cref="InvalidOperationException">The logits hold NaN or are all −∞ (a broken forward).</exception>
     public static void Probabilities(ReadOnlySpan<float> logits, float temperature, Span<float> p)
     {
-        TensorPrimitives.Divide(logits, temperature, p);
-        float max = TensorPrimitives.Max(p);
+        float max = TensorPrimitives.Max(logits);
         if (!float.IsFinite(max) && !float.IsPositiveInfinity(max))
             throw new InvalidOperationException($"sampling: the logits are not numbers (their largest value is {max}); the forward pass produced NaN or -inf everywhere.");
         if (float.IsPositiveInfinity(max))
         {
             // Infinite logits: all the mass on them, shared equally.
             int count = 0;
-            foreach (float v in p) if (float.IsPositiveInfinity(v)) count++;
-            for (int i = 0; i < p.Length; i++) p[i] = float.IsPositiveInfinity(p[i]) ? 1f / count : 0f;
+            foreach (float v in logits) if (float.IsPositiveInfinity(v)) count++;
+            for (int i = 0; i < p.Length; i++) p[i] = float.IsPositiveInfinity(logits[i]) ? 1f / count : 0f;
             return;
         }
-        TensorPrimitives.Subtract(p, max, p);
+        TensorPrimitives.Subtract(logits, max, p); // ≤ 0 (−∞ stays −∞)
+        TensorPrimitives.Divide(p, temperature, p);
         TensorPrimitives.Exp(p, p);
         float sum = TensorPrimitives.Sum(p); // ≥ 1: the largest term is e^0
         TensorPrimitives.Divide(p, sum, p);

@@ -233,7 +233,8 @@ public static class OpenAiRequests
         if (body.TryGetProperty("top_p", out var topP) && topP.ValueKind != JsonValueKind.Null)
         {
             double p = ReadNumber(topP, "top_p");
-            if (!(p > 0 && p <= 1)) throw OpenAiErrorException.BadRequest("top_p", $"expected a number in (0, 1], got {Format(p)}.");
+            // Checked as the float it becomes: 1e-300 is above 0 but rounds to 0f.
+            if (!((float)p > 0 && p <= 1)) throw OpenAiErrorException.BadRequest("top_p", $"expected a number in (0, 1], got {Format(p)}.");
             options.TopP = (float)p;
         }
         if (body.TryGetProperty("seed", out var seed) && seed.ValueKind != JsonValueKind.Null)

@@ -168,17 +168,24 @@ public sealed class OpenAiServer : IAsyncDisposable
                 _logger.LogInformation("cancelling {Count} requests still running after {Grace} s", _inFlight.Count, _options.ShutdownGrace.TotalSeconds);
                 await _cancelRequests.CancelAsync().ConfigureAwait(false);
             }
-            // A cancelled request still writes its last event; one whose client neither sends nor reads is cut off.
+            // A cancelled request still writes its last event; one whose client neither sends nor reads is cut off,
+            // again every half second for requests that arrive meanwhile (they are answered 503 at once, without
+            // reading their bodies, and their connections closed).
             pending = Task.WhenAll(_inFlight.Values);
             if (await Task.WhenAny(pending, Task.Delay(CancelledRequestGrace)).ConfigureAwait(false) != pending)
             {
                 _logger.LogInformation("closing {Count} connections that did not finish", _exchanges.Count);
-                foreach (var exchange in _exchanges.Values) exchange.Abort();
+                while (!_inFlight.IsEmpty)
+                {
+                    foreach (var exchange in _exchanges.Values) exchange.Abort();
+                    pending = Task.WhenAll(_inFlight.Values);
+                    await Task.WhenAny(pending, Task.Delay(500)).ConfigureAwait(false);
+                }
             }
-            await Task.WhenAll(_inFlight.Values).ConfigureAwait(false);
             _listener.Stop(); // ends GetContextAsync
             await _acceptLoop!.ConfigureAwait(false);
-            await Task.WhenAll(_inFlight.Values).ConfigureAwait(false); // the 503s of requests accepted in between
+            foreach (var exchange in _exchanges.Values) exchange.Abort(); // requests accepted in between
+            await Task.WhenAll(_inFlight.Values).ConfigureAwait(false);
         }
         _listener.Close();
         _cancelRequests.Dispose();
@@ -214,7 +221,7 @@ public sealed class OpenAiServer : IAsyncDisposable
         _exchanges[id] = exchange;
         var clock = Stopwatch.StartNew();
         string method = context.Request.HttpMethod, path = context.Request.Url?.AbsolutePath ?? "/";
-        string outcome;
+        string outcome = "";
         try
         {
             outcome = await RouteAsync(exchange, method, path.Length > 1 ? path.TrimEnd('/') : path).ConfigureAwait(false);
@@ -228,20 +235,37 @@ public sealed class OpenAiServer : IAsyncDisposable
         {
             var error = ToError(e);
             outcome = error.Message;
-            if ((int)error.Status >= 500 && e is not OperationCanceledException) _logger.LogError(e, "{Method} {Path} failed", method, Printable(path));
-            try
-            {
-                if (!exchange.BodyRead) await exchange.DrainAsync().ConfigureAwait(false); // so that a client still sending reads the answer
-                await exchange.WriteErrorAsync(error).ConfigureAwait(false);
-            }
-            catch (ClientGoneException)
-            {
-                exchange.Abort();
-            }
+            // Stack traces for the server's own failures only: an answered error (4xx, 503) is the request's story.
+            if (e is not OpenAiErrorException and not OperationCanceledException) _logger.LogError(e, "{Method} {Path} failed", method, Printable(path));
+            await TellErrorAsync(exchange, error).ConfigureAwait(false);
         }
-        exchange.Close();
-        _exchanges.TryRemove(id, out _);
-        _logger.LogInformation("{Method} {Path} {Status} {Seconds:0.000} s: {Outcome}", method, Printable(path), exchange.Status, clock.Elapsed.TotalSeconds, Printable(outcome));
+        finally
+        {
+            exchange.Close();
+            _exchanges.TryRemove(id, out _);
+            _logger.LogInformation("{Method} {Path} {Status} {Seconds:0.000} s: {Outcome}", method, Printable(path), exchange.Status, clock.Elapsed.TotalSeconds,
+                Printable(outcome));
+        }
+    }
+
+    /// <summary>
+    /// Answers with the error (or, once streaming, sends it as the last event). A client still sending its body gets the
+    /// rest read first, so that it reads the answer rather than a broken connection; not while the server stops, when
+    /// the answer goes at once and the connection is closed.
+    /// </summary>
+    private async Task TellErrorAsync(Exchange exchange, OpenAiErrorException error)
+    {
+        try
+        {
+            exchange.SetStatus(error.Status); // first: a connection closed while its body drains is logged with it
+            if (Volatile.Read(ref _stopping)) exchange.Response.KeepAlive = false;
+            else if (!exchange.BodyRead) await exchange.DrainAsync().ConfigureAwait(false);
+            await exchange.WriteErrorAsync(error).ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is ClientGoneException || IsConnectionError(e) || e is InvalidOperationException)
+        {
+            exchange.Abort();
+        }
     }
 
     /// <summary>Text for a log line: control characters (a client's newline could forge a line) escaped, at most 300 characters.</summary>
@@ -356,7 +380,7 @@ public sealed class OpenAiServer : IAsyncDisposable
     {
         using var slot = TakeSlot(); // before the body: parsing and tokenizing cost memory and time too
         using var body = await ReadBodyAsync(exchange).ConfigureAwait(false);
-        var request = OpenAiRequests.ParseChat(body.RootElement, ModelId);
+        var request = Parse(() => OpenAiRequests.ParseChat(body.RootElement, ModelId));
         CheckPromptLength(request.Messages.Sum(m => (long)m.Text.Length), "messages");
         string id = "chatcmpl-" + Guid.NewGuid().ToString("N");
         long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
@@ -417,7 +441,7 @@ public sealed class OpenAiServer : IAsyncDisposable
     {
         using var slot = TakeSlot();
         using var body = await ReadBodyAsync(exchange).ConfigureAwait(false);
-        var request = OpenAiRequests.ParseCompletion(body.RootElement, ModelId, _engine.Tokenizer.VocabularySize);
+        var request = Parse(() => OpenAiRequests.ParseCompletion(body.RootElement, ModelId, _engine.Tokenizer.VocabularySize));
         CheckPromptLength(request.Prompt.Length, "prompt");
         var options = _chat.ToGenerationOptions(request.Options);
         var ids = request.PromptIds ?? _engine.EncodePrompt(request.Prompt, options);
@@ -498,6 +522,22 @@ public sealed class OpenAiServer : IAsyncDisposable
         catch (JsonException e)
         {
             throw new OpenAiErrorException(HttpStatusCode.BadRequest, $"the request body is not valid JSON: {e.Message}");
+        }
+    }
+
+    /// <summary>
+    /// Runs a request parser. Property names are decoded while the parser looks fields up, and one holding an unpaired
+    /// surrogate escape (valid JSON, not text) throws there, outside the checks of the field values.
+    /// </summary>
+    private static T Parse<T>(Func<T> parse)
+    {
+        try
+        {
+            return parse();
+        }
+        catch (InvalidOperationException e)
+        {
+            throw new OpenAiErrorException(HttpStatusCode.BadRequest, $"the request body holds a name or string that is not valid Unicode text: {e.Message}");
         }
     }
 
@@ -677,8 +717,8 @@ public sealed class OpenAiServer : IAsyncDisposable
     /// </summary>
     private sealed class Exchange(HttpListenerContext context)
     {
-        /// <summary>How long the whole request body may take to arrive.</summary>
-        private static readonly TimeSpan BodyTimeout = TimeSpan.FromSeconds(30);
+        /// <summary>How long the whole request body may take to arrive (a request holds its place among the requests in flight meanwhile).</summary>
+        private static readonly TimeSpan BodyTimeout = TimeSpan.FromSeconds(10);
 
         /// <summary>How long one write may wait for the client to take it.</summary>
         private static readonly TimeSpan WriteTimeout = TimeSpan.FromSeconds(30);
@@ -718,6 +758,7 @@ public sealed class OpenAiServer : IAsyncDisposable
             {
                 if (timeout.IsCancellationRequested)
                     throw new ClientGoneException($"the request body did not arrive within {BodyTimeout.TotalSeconds} s; answered 408 and closed", e);
+                if (Volatile.Read(ref _aborted) != 0) throw new ClientGoneException("the connection was closed while the request body was read", e);
                 // HttpListener fails the read when the sender stops short of Content-Length: it may still read an answer.
                 BodyRead = true;
                 throw new OpenAiErrorException(HttpStatusCode.BadRequest, $"the request body ended after {buffer.Length} of its {declared} bytes (Content-Length).");
@@ -758,23 +799,33 @@ public sealed class OpenAiServer : IAsyncDisposable
             }
         }
 
-        public async Task WriteJsonAsync(HttpStatusCode status, byte[] json)
+        /// <summary>Sets the status the response will carry (and an abort before it starts).</summary>
+        public void SetStatus(HttpStatusCode status) => Headers(() =>
         {
             Status = (int)status;
             Response.StatusCode = Status;
-            Response.ContentType = "application/json; charset=utf-8";
-            Response.ContentLength64 = json.Length;
+        });
+
+        public async Task WriteJsonAsync(HttpStatusCode status, byte[] json)
+        {
+            Headers(() =>
+            {
+                Status = (int)status;
+                Response.StatusCode = Status;
+                Response.ContentType = "application/json; charset=utf-8";
+                Response.ContentLength64 = json.Length;
+            });
             if (Request.HttpMethod != "HEAD") await WriteAsync(json, flush: false).ConfigureAwait(false);
         }
 
-        public void WriteEmpty(HttpStatusCode status)
+        public void WriteEmpty(HttpStatusCode status) => Headers(() =>
         {
             Status = (int)status;
             Response.StatusCode = Status;
             Response.ContentLength64 = 0;
-        }
+        });
 
-        public void BeginEvents()
+        public void BeginEvents() => Headers(() =>
         {
             Status = 200;
             Response.StatusCode = 200;
@@ -782,6 +833,20 @@ public sealed class OpenAiServer : IAsyncDisposable
             Response.AddHeader("Cache-Control", "no-cache");
             Response.SendChunked = true;
             Streaming = true;
+        });
+
+        /// <summary>Sets response headers, unless the connection is closed (an abort from a timer or the shutdown may come at any time).</summary>
+        private void Headers(Action set)
+        {
+            if (Volatile.Read(ref _aborted) != 0) throw new ClientGoneException("the connection was closed", new ObjectDisposedException(nameof(HttpListenerResponse)));
+            try
+            {
+                set();
+            }
+            catch (Exception e) when (e is ObjectDisposedException or InvalidOperationException)
+            {
+                throw new ClientGoneException("the connection was closed", e);
+            }
         }
 
         public Task WriteEventAsync(byte[] json)

@@ -46,6 +46,25 @@ public class SamplingTests
     }
 
     [Fact]
+    public void ATinyTemperatureIsGreedy_NotASpreadOverEveryPositiveLogit()
+    {
+        // Logits / 1e-39 are ±∞ in float32: dividing before subtracting the maximum spread the mass over all positive
+        // logits (tokens 0, 1 and 3 here). The limit of softmax(x / t) as t → 0 is all the mass on the largest logit.
+        float[] logits = [3f, 2.5f, -1f, 0.5f, 3.25f];
+        foreach (float t in new[] { 1e-39f, 1e-44f, 1e-30f })
+        {
+            var p = new float[5];
+            Sampler.Probabilities(logits, t, p);
+            Assert.Equal([0f, 0f, 0f, 0f, 1f], p);
+            var sampler = new Sampler(Sampling.Temperature(t), 3);
+            for (int i = 0; i < 20; i++) Assert.Equal(4, sampler.Sample(logits));
+        }
+        var ties = new float[3];
+        Sampler.Probabilities([1f, 1f, 0f], 1e-40f, ties); // equal maxima share the mass
+        Assert.Equal([0.5f, 0.5f, 0f], ties);
+    }
+
+    [Fact]
     public void TopPBelowOneOverTheVocabularyStillDraws()
     {
         // A flat distribution over 4 tokens: a nucleus of mass 1e-6 is the most likely token (the lowest id on ties).

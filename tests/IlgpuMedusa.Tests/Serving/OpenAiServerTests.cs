@@ -235,6 +235,7 @@ public sealed class OpenAiServerTests(OpenAiServerFixture fixture) : IClassFixtu
     [InlineData("v1/completions", """{"prompt": "Once upon a time", "medusa_tree": "chain-03"}""", HttpStatusCode.BadRequest, "medusa_tree")]
     [InlineData("v1/completions", """{"prompt": "Once \ud800 upon"}""", HttpStatusCode.BadRequest, "prompt")]
     [InlineData("v1/chat/completions", """{"messages": [{"role": "user\udc00", "content": "Hi"}]}""", HttpStatusCode.BadRequest, "messages[0].role")]
+    [InlineData("v1/completions", """{"prompt": "Hi", "top_p": 1e-300}""", HttpStatusCode.BadRequest, "top_p")]
     public async Task BadRequests_GetTheirStatus_AndNameTheField(string path, string json, HttpStatusCode expected, string param)
     {
         var (status, body) = await PostAsync(path, json);
@@ -259,6 +260,14 @@ public sealed class OpenAiServerTests(OpenAiServerFixture fixture) : IClassFixtu
         (status, json) = await PostAsync("v1/completions", huge);
         Assert.Equal(HttpStatusCode.RequestEntityTooLarge, status);
         Assert.Contains("at most 1048576", json.GetProperty("error").GetProperty("message").GetString(), StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task AFieldNameThatIsNotText_IsA400()
+    {
+        var (status, json) = await PostAsync("v1/completions", """{"\ud800": 1, "prompt": "Hi"}""");
+        Assert.Equal(HttpStatusCode.BadRequest, status);
+        Assert.Contains("not valid Unicode text", json.GetProperty("error").GetProperty("message").GetString(), StringComparison.Ordinal);
     }
 
     [Fact]
@@ -324,6 +333,7 @@ public sealed class OpenAiServerTests(OpenAiServerFixture fixture) : IClassFixtu
     {
         var (status, _) = await PostAsync("v1/completions", """{"model": "x\n[12:00:00] POST /v1/completions 200 0.001 s: forged", "prompt": "Hi"}""");
         Assert.Equal(HttpStatusCode.NotFound, status);
+        await WaitUntil(() => fixture.Log.Messages.Any(m => m.Contains("forged", StringComparison.Ordinal))); // logged after the answer is sent
         var line = Assert.Single(fixture.Log.Messages, m => m.Contains("forged", StringComparison.Ordinal));
         Assert.DoesNotContain('\n', line);
         Assert.Contains("model 'x\\u000a[12:00:00]", line, StringComparison.Ordinal);
