@@ -426,13 +426,8 @@ public sealed class OpenAiServer : IAsyncDisposable
                 usage = update.Contents.OfType<UsageContent>().FirstOrDefault()?.Details ?? usage;
                 statistics = update.AdditionalProperties ?? statistics;
             }
-            await exchange.WriteEventAsync(Json(w =>
-            {
-                WriteChatChunk(w, id, created, role: false, null, FinishReasonName(finish));
-                if (!request.IncludeUsage) WriteStatistics(w, statistics);
-            })).ConfigureAwait(false);
-            if (request.IncludeUsage) await exchange.WriteEventAsync(Json(w => WriteUsageChunk(w, id, "chat.completion.chunk", created, usage, statistics))).ConfigureAwait(false);
-            await exchange.WriteDoneAsync().ConfigureAwait(false);
+            await EndStreamAsync(exchange, w => WriteChatChunk(w, id, created, role: false, null, FinishReasonName(finish)), request.IncludeUsage,
+                w => WriteUsageChunk(w, id, "chat.completion.chunk", created, usage, statistics), statistics).ConfigureAwait(false);
             return $"{usage?.OutputTokenCount} tokens streamed, {FinishReasonName(finish)}";
         }
     }
@@ -484,18 +479,31 @@ public sealed class OpenAiServer : IAsyncDisposable
             }
             var finish = FinishReasonName(IlgpuMedusaChatClient.FinishReasonOf(stats));
             var statistics = IlgpuMedusaChatClient.PropertiesOf(stats);
-            await exchange.WriteEventAsync(Json(w =>
+            await EndStreamAsync(exchange, w =>
             {
                 WriteHeader(w, id, "text_completion", created);
                 w.WriteStartArray("choices");
                 WriteCompletionChoice(w, "", finish);
                 w.WriteEndArray();
-                if (!request.IncludeUsage) WriteStatistics(w, statistics);
-            })).ConfigureAwait(false);
-            if (request.IncludeUsage) await exchange.WriteEventAsync(Json(w => WriteUsageChunk(w, id, "text_completion", created, UsageOf(stats), statistics))).ConfigureAwait(false);
-            await exchange.WriteDoneAsync().ConfigureAwait(false);
+            }, request.IncludeUsage, w => WriteUsageChunk(w, id, "text_completion", created, UsageOf(stats), statistics), statistics).ConfigureAwait(false);
             return $"{stats.GeneratedTokens} tokens streamed, {finish}";
         }
+    }
+
+    /// <summary>
+    /// The end of a stream: the chunk with the finish reason (with the statistics, unless a usage chunk follows), the
+    /// usage chunk when the request asked for it, then <c>data: [DONE]</c>.
+    /// </summary>
+    private static async Task EndStreamAsync(Exchange exchange, Action<Utf8JsonWriter> finishChunk, bool includeUsage, Action<Utf8JsonWriter> usageChunk,
+        AdditionalPropertiesDictionary? statistics)
+    {
+        await exchange.WriteEventAsync(Json(w =>
+        {
+            finishChunk(w);
+            if (!includeUsage) WriteStatistics(w, statistics);
+        })).ConfigureAwait(false);
+        if (includeUsage) await exchange.WriteEventAsync(Json(usageChunk)).ConfigureAwait(false);
+        await exchange.WriteDoneAsync().ConfigureAwait(false);
     }
 
     /// <summary>A place among the requests in flight, or 429 when all are taken.</summary>
