@@ -25,9 +25,9 @@ namespace IlgpuMedusa.Serving;
 /// </list>
 /// Both completion routes stream as server-sent events with <c>"stream": true</c> (chunks, then <c>data: [DONE]</c>).
 /// Concurrent requests are generated together by the engine's scheduler (continuous batching, Medusa per sequence).
-/// Errors come in OpenAI's shape with a status that says whose fault it is (400 bad field, 401 key, 404 route or
-/// model, 405 method, 413 body too large, 429 too many requests in flight, 500 the server's own, 503 shutting down);
-/// the message names the field. A streaming client that disconnects cancels its generation, which frees its KV
+/// Errors come in OpenAI's shape with a status that says whose fault it is (400 bad field, 401 key, 403 a web page of
+/// another origin, 404 route or model, 405 method, 408 body too slow, 413 body too large, 429 too many requests in
+/// flight, 500 the server's own, 503 shutting down); the message names the field. A streaming client that disconnects cancels its generation, which frees its KV
 /// blocks at once. Built on <see cref="HttpListener"/>, part of .NET itself, so the library needs no web framework.
 /// </summary>
 public sealed class OpenAiServer : IAsyncDisposable
@@ -175,7 +175,8 @@ public sealed class OpenAiServer : IAsyncDisposable
             if (await Task.WhenAny(pending, Task.Delay(CancelledRequestGrace)).ConfigureAwait(false) != pending)
             {
                 _logger.LogInformation("closing {Count} connections that did not finish", _exchanges.Count);
-                while (!_inFlight.IsEmpty)
+                // At most ten rounds: a flood of new connections must not keep the listener open for ever.
+                for (int round = 0; round < 10 && !_inFlight.IsEmpty; round++)
                 {
                     foreach (var exchange in _exchanges.Values) exchange.Abort();
                     pending = Task.WhenAll(_inFlight.Values);
@@ -330,7 +331,7 @@ public sealed class OpenAiServer : IAsyncDisposable
             RequireMethod(exchange, method, "GET");
             var id = Uri.UnescapeDataString(path["/v1/models/".Length..]);
             if (id != ModelId)
-                throw new OpenAiErrorException(HttpStatusCode.NotFound, $"model '{id}' is not served here; this server serves '{ModelId}'.", "model", code: "model_not_found");
+                throw new OpenAiErrorException(HttpStatusCode.NotFound, $"model '{Shorten(id)}' is not served here; this server serves '{ModelId}'.", "model", code: "model_not_found");
             await exchange.WriteJsonAsync(HttpStatusCode.OK, Json(WriteModelFields)).ConfigureAwait(false);
             return ModelId;
         }
