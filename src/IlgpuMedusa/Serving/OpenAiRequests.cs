@@ -81,7 +81,7 @@ public static class OpenAiRequests
         };
         if (prompt.ValueKind == JsonValueKind.Array && text.Length == 0 && prompt[0].ValueKind != JsonValueKind.String)
             ids = prompt[0].ValueKind == JsonValueKind.Array ? ReadIds(prompt[0], "prompt[0]", vocabularySize) : ReadIds(prompt, "prompt", vocabularySize);
-        if (body.TryGetProperty("echo", out var echo) && ReadBool(echo, "echo"))
+        if (body.TryGetProperty("echo", out var echo) && echo.ValueKind != JsonValueKind.Null && ReadBool(echo, "echo"))
             throw OpenAiErrorException.BadRequest("echo", "true is not supported: the response holds the continuation only.");
         if (body.TryGetProperty("suffix", out var suffix) && suffix.ValueKind != JsonValueKind.Null)
             throw OpenAiErrorException.BadRequest("suffix", "not supported (no fill-in-the-middle).");

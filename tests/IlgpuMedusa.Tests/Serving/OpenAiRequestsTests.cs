@@ -157,7 +157,7 @@ public class OpenAiRequestsTests
         Assert.Equal(5, request.Options.MaxOutputTokens);
         Assert.Equal(0f, request.Options.Temperature);
         Assert.True(request.Stream);
-        Assert.Equal("x", Completion("""{"prompt": ["x"]}""").Prompt);
+        Assert.Equal("x", Completion("""{"prompt": ["x"], "echo": null, "suffix": null, "best_of": null, "logprobs": null, "n": null}""").Prompt);
         Assert.Null(Completion("""{"prompt": ["x"]}""").PromptIds);
         Assert.Equal("", Completion("""{"prompt": ""}""").Prompt);
         Assert.Equal([1, 9038, 2501, 263, 931], Completion("""{"prompt": [1, 9038, 2501, 263, 931]}""").PromptIds!);
