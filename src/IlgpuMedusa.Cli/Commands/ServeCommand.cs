@@ -85,7 +85,8 @@ internal static class ServeCommand
 
     /// <summary>
     /// How long the process may take to stop after Ctrl+C or SIGTERM: two seconds of grace for requests in flight, two
-    /// for cancelled ones to send their last event, then the engine's disposal.
+    /// for cancelled ones to send their last event, up to five of closing connections that neither send nor read, then
+    /// the engine's disposal.
     /// </summary>
     public const int ShutdownSeconds = 15;
 
