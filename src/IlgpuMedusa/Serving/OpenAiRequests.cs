@@ -343,7 +343,7 @@ public static class OpenAiRequests
     }
 
     /// <summary>A client's value in a message, cut to 80 characters.</summary>
-    private static string Shorten(string text) => text.Length <= 80 ? text : text[..80] + "…";
+    internal static string Shorten(string text) => text.Length <= 80 ? text : text[..80] + "…";
 
     private static string Format(double value) => value.ToString("R", CultureInfo.InvariantCulture);
 

@@ -331,7 +331,7 @@ public sealed class OpenAiServer : IAsyncDisposable
             RequireMethod(exchange, method, "GET");
             var id = Uri.UnescapeDataString(path["/v1/models/".Length..]);
             if (id != ModelId)
-                throw new OpenAiErrorException(HttpStatusCode.NotFound, $"model '{Shorten(id)}' is not served here; this server serves '{ModelId}'.", "model", code: "model_not_found");
+                throw new OpenAiErrorException(HttpStatusCode.NotFound, $"model '{OpenAiRequests.Shorten(id)}' is not served here; this server serves '{ModelId}'.", "model", code: "model_not_found");
             await exchange.WriteJsonAsync(HttpStatusCode.OK, Json(WriteModelFields)).ConfigureAwait(false);
             return ModelId;
         }
@@ -359,7 +359,7 @@ public sealed class OpenAiServer : IAsyncDisposable
         if (origin is null) return false;
         if (!_options.AllowedOrigins.Any(o => o == "*" || string.Equals(o, origin, StringComparison.OrdinalIgnoreCase)))
             throw new OpenAiErrorException(HttpStatusCode.Forbidden,
-                $"cross-origin request from '{Shorten(origin)}' refused; allow that origin with --allow-origin (OpenAiServerOptions.AllowedOrigins).", code: "origin_not_allowed");
+                $"cross-origin request from '{OpenAiRequests.Shorten(origin)}' refused; allow that origin with --allow-origin (OpenAiServerOptions.AllowedOrigins).", code: "origin_not_allowed");
         exchange.Response.AddHeader("Access-Control-Allow-Origin", origin);
         exchange.Response.AddHeader("Vary", "Origin");
         return true;
@@ -570,8 +570,6 @@ public sealed class OpenAiServer : IAsyncDisposable
         for (int id = 0; id < tokenizer.VocabularySize; id++) longest = Math.Max(longest, tokenizer.Decode([id]).Length);
         return (long)_engine.Config.MaxSequenceLength * (longest + 1) * 4;
     }
-
-    private static string Shorten(string text) => text.Length <= 80 ? text : text[..80] + "…";
 
     private OpenAiErrorException ToError(Exception e) => e switch
     {
