@@ -97,10 +97,36 @@ internal abstract class SequenceDecoder
     }
 
     /// <summary>
-    /// True when <see cref="Complete"/> reads logits rows, not only their argmax (sampling with a temperature, typical
-    /// acceptance). When no sequence of a step needs them, the scheduler asks the backend for the greedy tokens only.
+    /// True when <see cref="Complete"/> or the caller reads logits rows, not only their argmax (sampling with a
+    /// temperature, typical acceptance, log-probabilities). When no sequence of a step needs them, the scheduler asks the
+    /// backend for the greedy tokens only.
     /// </summary>
-    public virtual bool NeedsLogitRows => !Sampler.IsGreedy;
+    public virtual bool NeedsLogitRows => !Sampler.IsGreedy || ReportsLogprobs || (ScoresPrompt && Prefilling);
+
+    /// <summary>
+    /// Set when the caller reads the logits row of every accepted token (<see cref="AcceptedRows"/>) for its
+    /// log-probability: every row then has logits (none is skipped for speed).
+    /// </summary>
+    public bool ReportsLogprobs { get; init; }
+
+    /// <summary>
+    /// Set when the caller scores the prompt: the prefill asks for the logits of every prompt row (a sequence resumed
+    /// after preemption does not: its prompt was scored before).
+    /// </summary>
+    public bool ScoresPrompt { get; init; }
+
+    /// <summary>
+    /// For each token <see cref="Complete"/> appended, in order: the row of the <see cref="StepLogits"/> it was chosen
+    /// from, or −1 when that row had no logits (a Medusa leaf whose token came from a pass of its own).
+    /// </summary>
+    public List<int> AcceptedRows { get; } = new(16);
+
+    /// <summary>
+    /// During a prefill: the prompt position of the planned chunk's first row. With <see cref="ScoresPrompt"/>, row i of
+    /// the step's logits is then the distribution of prompt token PrefillStart + i + 1 (the last row's, past the prompt,
+    /// that of the first generated token).
+    /// </summary>
+    public int PrefillStart { get; private set; }
 
     /// <summary>Rows this decoder's next step needs at least (a prefill can be cut to fit a batch).</summary>
     public int NextStepMinimum => Prefilling ? 1 : StepSize;
@@ -117,6 +143,7 @@ internal abstract class SequenceDecoder
             int count = Math.Min(budget, _prompt.Length - _prefilled);
             if (count <= 0) return false;
             Reserve(count);
+            PrefillStart = _prefilled;
             for (int i = 0; i < count; i++)
             {
                 _planTokens[i] = _prompt[_prefilled + i];
@@ -124,7 +151,7 @@ internal abstract class SequenceDecoder
             }
             PlanCount = count;
             PlanMask = null;
-            PlanLogitsFrom = _prefilled + count == _prompt.Length && !_resume ? count - 1 : count;
+            PlanLogitsFrom = _resume ? count : ScoresPrompt ? 0 : _prefilled + count == _prompt.Length ? count - 1 : count;
             SelectLogitRows(decodeStep: false);
             return true;
         }
@@ -169,6 +196,7 @@ internal abstract class SequenceDecoder
     /// <summary>Consumes the planned forward: <paramref name="hidden"/> = its rows' final hidden states F32[PlanCount, D].</summary>
     public void Complete(DeviceTensor hidden, StepLogits logits, List<int> accepted)
     {
+        AcceptedRows.Clear();
         if (Prefilling)
         {
             _prefilled += PlanCount;
@@ -176,13 +204,20 @@ internal abstract class SequenceDecoder
             if (Prefilling) return;
             if (!_resume)
             {
-                Pending = Choose(logits, 0);
-                accepted.Add(Pending);
+                // The last prompt row gives the first token (the only row, unless the whole prompt is scored).
+                Accept(accepted, Pending = Choose(logits, PlanLogitRows.Length - 1), PlanLogitRows.Length - 1);
             }
             AfterPrefill(hidden.Slice(hidden.Rows - 1, 1));
             return;
         }
         CompleteStep(hidden, logits, accepted);
+    }
+
+    /// <summary>Appends <paramref name="token"/>, chosen from row <paramref name="row"/> of the step's logits (−1: none).</summary>
+    protected void Accept(List<int> accepted, int token, int row)
+    {
+        accepted.Add(token);
+        AcceptedRows.Add(row);
     }
 
     /// <summary>Called with the final hidden state of the last prompt token.</summary>
@@ -226,8 +261,7 @@ internal sealed class AutoregressiveDecoder : SequenceDecoder
     protected override void CompleteStep(DeviceTensor hidden, StepLogits logits, List<int> accepted)
     {
         Committed++;
-        Pending = Choose(logits, 0);
-        accepted.Add(Pending);
+        Accept(accepted, Pending = Choose(logits, 0), 0);
     }
 }
 

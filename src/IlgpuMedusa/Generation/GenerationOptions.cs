@@ -27,6 +27,24 @@ public sealed record GenerationOptions
     /// <summary>How Medusa candidates are accepted.</summary>
     public Medusa.Acceptance Acceptance { get; init; } = Medusa.Acceptance.Greedy;
 
+    /// <summary>Most alternatives <see cref="Logprobs"/> may ask for.</summary>
+    public const int MaxTopLogprobs = 20;
+
+    /// <summary>
+    /// null: no log-probabilities. n (0..<see cref="MaxTopLogprobs"/>): every generated token comes with its
+    /// log-probability and the n most likely tokens at its position (<see cref="GeneratedPiece.Logprobs"/>). The
+    /// distribution is the base model's at temperature 1 (see <see cref="TokenLogprob"/>); Medusa decoding gives the same
+    /// values as one token per step. Costs a logits row per generated token on the host.
+    /// </summary>
+    public int? Logprobs { get; init; }
+
+    /// <summary>
+    /// Scores the prompt too: <see cref="GenerationStats.PromptLogprobs"/> gets every prompt token's log-probability
+    /// given the tokens before it (none for the first), with <see cref="Logprobs"/> alternatives (0 when null). The prefill
+    /// then computes logits for every prompt row, not only the last. What evaluation harnesses use to score a text.
+    /// </summary>
+    public bool PromptLogprobs { get; init; }
+
     /// <summary>Throws <see cref="ArgumentException"/> naming the bad option.</summary>
     public GenerationOptions Validate()
     {
@@ -39,6 +57,8 @@ public sealed record GenerationOptions
         if (Tree is not null && !Medusa.TreePresets.IsKnown(Tree) && !Tree.EndsWith(".json", StringComparison.OrdinalIgnoreCase) && !File.Exists(Tree))
             throw new ArgumentException(
                 $"Tree (--tree): unknown tree '{Tree}'; {Medusa.TreePresets.Choices}; or give a JSON file of paths.", nameof(Tree));
+        if (Logprobs is < 0 or > MaxTopLogprobs)
+            throw new ArgumentOutOfRangeException(nameof(Logprobs), Logprobs, $"Logprobs (--logprobs) must be from 0 to {MaxTopLogprobs} alternatives, or null for none.");
         foreach (var s in StopSequences)
             if (string.IsNullOrEmpty(s)) throw new ArgumentException("StopSequences (--stop) must not contain empty strings.", nameof(StopSequences));
         return this;
@@ -63,7 +83,10 @@ public enum FinishReason
 /// <summary>A piece of streamed output: the text that became complete and the ids accepted in this step.</summary>
 /// <param name="Text">Text delta (may be empty while a UTF-8 character is incomplete).</param>
 /// <param name="TokenIds">Ids accepted in this step.</param>
-public sealed record GeneratedPiece(string Text, IReadOnlyList<int> TokenIds);
+/// <param name="Logprobs">
+/// With <see cref="GenerationOptions.Logprobs"/>: one entry per id of <paramref name="TokenIds"/>, in order; otherwise null.
+/// </param>
+public sealed record GeneratedPiece(string Text, IReadOnlyList<int> TokenIds, IReadOnlyList<TokenLogprob>? Logprobs = null);
 
 /// <summary>Counters of one generation.</summary>
 public sealed class GenerationStats
@@ -84,6 +107,11 @@ public sealed class GenerationStats
     public Medusa.MedusaStats? Medusa { get; internal set; }
     /// <summary>The tree used, when Medusa decoded.</summary>
     public string? Tree { get; internal set; }
+    /// <summary>
+    /// With <see cref="GenerationOptions.PromptLogprobs"/>: entry i scores prompt token i given the tokens before it; entry
+    /// 0 is null (nothing comes before the first token). Complete once the first piece has arrived; null otherwise.
+    /// </summary>
+    public IReadOnlyList<TokenLogprob?>? PromptLogprobs { get; internal set; }
     /// <summary>Tokens the decode steps produced: all generated tokens but the first, which the prefill's forward gives.</summary>
     public int DecodedTokens => Math.Max(0, GeneratedTokens - 1);
     /// <summary>Tokens per second of decoding: <see cref="DecodedTokens"/> over <see cref="DecodeSeconds"/> (the first token is the prefill's).</summary>

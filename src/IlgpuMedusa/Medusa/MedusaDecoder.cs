@@ -253,8 +253,7 @@ internal sealed class MedusaDecoder : SequenceDecoder
         if (_fallback)
         {
             Committed = s + 1;
-            Pending = Choose(logits, 0);
-            accepted.Add(Pending);
+            Accept(accepted, Pending = Choose(logits, 0), 0);
             Predict(hidden.Slice(0, 1));
             _stats.Record(1);
             return;
@@ -297,10 +296,11 @@ internal sealed class MedusaDecoder : SequenceDecoder
         }
         Committed = s + length;
 
-        for (int i = 1; i < length; i++) accepted.Add(_tokens[nodes[i]]);
+        // Node i of the path is the token its parent's row chose; the rows are the plan's nodes unless leaves were skipped.
+        for (int i = 1; i < length; i++) Accept(accepted, _tokens[nodes[i]], lazy ? -1 : nodes[i - 1]);
         int last = nodes[length - 1];
         Pending = sampled >= 0 ? sampled : !lazy ? Choose(logits, last) : _nodeArgMax[last] >= 0 ? _nodeArgMax[last] : LeafToken(hidden, last);
-        accepted.Add(Pending);
+        Accept(accepted, Pending, lazy ? -1 : last);
         Predict(hidden.Slice(last, 1));
         _stats.Record(length);
     }

@@ -49,6 +49,7 @@ public sealed class Scheduler : IDisposable
     private int[] _positions = [];
     private int[] _gather = [];
     private int[] _argMax = [];
+    private float[] _logitRow = [];
     private volatile bool _disposed;
     private long _preemptions, _steps, _generated, _sequenceSteps, _sequenceTokens;
     private double _busySeconds;
@@ -161,6 +162,10 @@ public sealed class Scheduler : IDisposable
         public Channel<GeneratedPiece> Output { get; } = Channel.CreateUnbounded<GeneratedPiece>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
         public List<int> Emitted { get; } = [];
         public List<int> Accepted { get; } = new(16);
+        /// <summary>With <see cref="GenerationOptions.Logprobs"/>: the log-probability of each token in <see cref="Accepted"/>.</summary>
+        public List<TokenLogprob> AcceptedLogprobs { get; } = [];
+        /// <summary>With <see cref="GenerationOptions.PromptLogprobs"/>: prompt token i's score (set, not appended: a prefill restarted by preemption scores again).</summary>
+        public TokenLogprob?[]? PromptScores { get; } = options.PromptLogprobs ? new TokenLogprob?[prompt.Length] : null;
         public Stopwatch Clock { get; } = new();
         public KvSequence? Sequence { get; set; }
         public SequenceDecoder? Decoder { get; set; }
@@ -285,9 +290,17 @@ public sealed class Scheduler : IDisposable
         if (r.Tree is { } tree)
         {
             var mask = tree.Tree.IsDynamic ? null : _trees(r.Options.Tree, true).Mask;
-            return new MedusaDecoder(_model, r.Sequence!, r.Sampler, prompt, pending, _heads!, tree.Tree, mask, r.Options.Acceptance, r.Stats.Medusa!);
+            return new MedusaDecoder(_model, r.Sequence!, r.Sampler, prompt, pending, _heads!, tree.Tree, mask, r.Options.Acceptance, r.Stats.Medusa!)
+            {
+                ReportsLogprobs = r.Options.Logprobs is not null,
+                ScoresPrompt = r.Options.PromptLogprobs,
+            };
         }
-        return new AutoregressiveDecoder(_model, r.Sequence!, r.Sampler, prompt, pending);
+        return new AutoregressiveDecoder(_model, r.Sequence!, r.Sampler, prompt, pending)
+        {
+            ReportsLogprobs = r.Options.Logprobs is not null,
+            ScoresPrompt = r.Options.PromptLogprobs,
+        };
     }
 
     /// <summary>Plans each running sequence's next forward into one batch, reserving KV blocks (preempting when short).</summary>
@@ -412,6 +425,7 @@ public sealed class Scheduler : IDisposable
             var stepLogits = count == 0 ? default : new StepLogits(logits?.Slice(logitRow, count)!, _argMax.AsSpan(logitRow, count));
             logitRow += count;
             r.Accepted.Clear();
+            r.AcceptedLogprobs.Clear();
             bool wasPrefilling = decoder.Prefilling;
             // In a batch past the limit, Medusa sequences skip their heads and take one-token steps until it shrinks.
             if (decoder is MedusaDecoder medusa) medusa.SpeculateNext = _running.Count <= _speculationBatchLimit;
@@ -419,6 +433,7 @@ public sealed class Scheduler : IDisposable
             {
                 if (FailStepFor?.Invoke(r.Options) == true) throw new InvalidOperationException("a step of this request failed (injected by a test)");
                 decoder.Complete(hidden.Slice(segment.Start, segment.Count), stepLogits, r.Accepted);
+                if (count > 0) ReadLogprobs(r, decoder, stepLogits.Rows, wasPrefilling);
             }
             catch (Exception e) when (e is not OutOfMemoryException)
             {
@@ -444,6 +459,40 @@ public sealed class Scheduler : IDisposable
             }
             Emit(r);
         }
+    }
+
+    /// <summary>
+    /// The log-probabilities a request asked for, from the logits rows of its step: the prompt tokens a prefill chunk
+    /// scored, and each accepted token (from the row it was chosen from).
+    /// </summary>
+    private void ReadLogprobs(Request r, SequenceDecoder decoder, DeviceTensor rows, bool wasPrefilling)
+    {
+        int top = r.Options.Logprobs ?? 0;
+        if (wasPrefilling && r.PromptScores is { } scores && decoder.ScoresPrompt)
+        {
+            for (int i = 0; i < rows.Rows; i++)
+            {
+                int position = decoder.PrefillStart + i + 1;
+                if (position >= scores.Length) break; // the last prompt row gives the first generated token
+                scores[position] = LogprobMath.Of(Row(rows, i), r.Prompt[position], top);
+            }
+            if (!decoder.Prefilling) r.Stats.PromptLogprobs = scores; // before the first piece is written
+        }
+        if (!decoder.ReportsLogprobs) return;
+        for (int j = 0; j < r.Accepted.Count; j++)
+        {
+            int row = decoder.AcceptedRows[j];
+            if (row < 0) throw new InvalidOperationException("a token was accepted without the logits row its log-probability needs");
+            r.AcceptedLogprobs.Add(LogprobMath.Of(Row(rows, row), r.Accepted[j], top));
+        }
+    }
+
+    /// <summary>Row <paramref name="row"/> of the logits, on the host.</summary>
+    private ReadOnlySpan<float> Row(DeviceTensor logits, int row)
+    {
+        if (_logitRow.Length != logits.Columns) _logitRow = new float[logits.Columns];
+        _model.Backend.Download(logits.Slice(row, 1), _logitRow);
+        return _logitRow;
     }
 
     /// <summary>Streams the accepted tokens of a step, ending the request at an end token, a stop sequence or its limit.</summary>
@@ -481,7 +530,9 @@ public sealed class Scheduler : IDisposable
         }
         r.Stats.DecodeSeconds = r.Clock.Elapsed.TotalSeconds;
         lock (_lock) _generated += taken;
-        if (taken > 0) r.Output.Writer.TryWrite(new GeneratedPiece(text.ToString(), r.Accepted.GetRange(0, taken)));
+        if (taken > 0)
+            r.Output.Writer.TryWrite(new GeneratedPiece(text.ToString(), r.Accepted.GetRange(0, taken),
+                r.Options.Logprobs is null ? null : r.AcceptedLogprobs.GetRange(0, taken)));
         if (finished)
         {
             lock (_lock) Finish(r, null);
