@@ -21,7 +21,11 @@ internal static class GenerateCommand
         var json = new Option<bool>("--json") { Description = "Print one JSON object instead of streaming text." };
         var tree = new Option<string?>("--tree") { Description = $"Medusa tree: a preset ({string.Join(", ", IlgpuMedusa.Medusa.TreePresets.Names)}) or a JSON file of paths." };
         var acceptance = new Option<string>("--acceptance") { Description = "Medusa acceptance: greedy (lossless) or typical.", DefaultValueFactory = _ => "greedy" };
-        var command = new Command("generate", "Generate a continuation of a prompt.") { prompt, maxTokens, temperature, topP, seed, stop, json, tree, acceptance };
+        var logprobs = new Option<int?>("--logprobs")
+        {
+            Description = $"With --json: each generated token's log-probability and its N most likely alternatives (0..{GenerationOptions.MaxTopLogprobs}), as \"logprobs\".",
+        };
+        var command = new Command("generate", "Generate a continuation of a prompt.") { prompt, maxTokens, temperature, topP, seed, stop, json, tree, acceptance, logprobs };
         common.AddTo(command);
         command.SetAction((parse, cancellationToken) =>
         {
@@ -33,7 +37,10 @@ internal static class GenerateCommand
                 StopSequences = parse.GetValue(stop) ?? [],
                 Tree = parse.GetValue(tree),
                 Acceptance = IlgpuMedusa.Medusa.Acceptance.Parse(parse.GetValue(acceptance)!),
+                Logprobs = parse.GetValue(logprobs),
             }.Validate();
+            if (options.Logprobs is not null && !parse.GetValue(json))
+                throw new ArgumentException("--logprobs: log-probabilities are printed in the JSON object; add --json.");
             var engineOptions = common.ToEngineOptions(parse);
             using var engine = CommonOptions.LoadEngine(engineOptions);
             Run(engine, parse.GetValue(prompt)!, options, parse.GetValue(json), cancellationToken);
@@ -48,12 +55,14 @@ internal static class GenerateCommand
         var stats = new GenerationStats();
         var text = new StringBuilder();
         var tokens = new List<int>();
+        var logprobs = new List<TokenLogprob>();
         var clock = Stopwatch.StartNew();
         if (!json) Console.Write(prompt);
         foreach (var piece in engine.Generate(ids, options, stats, cancellationToken))
         {
             text.Append(piece.Text);
             tokens.AddRange(piece.TokenIds);
+            if (piece.Logprobs is not null) logprobs.AddRange(piece.Logprobs);
             if (!json)
             {
                 Console.Write(piece.Text);
@@ -82,6 +91,17 @@ internal static class GenerateCommand
                 ["head_hit_rates"] = stats.Medusa?.HeadHitRates().Select(r => Math.Round(r, 3)).ToArray() ?? [],
                 ["tree"] = stats.Tree ?? "",
             };
+            if (options.Logprobs is not null)
+            {
+                string Piece(int id) => Encoding.UTF8.GetString(engine.Tokenizer.TokenBytes(id)); // with its leading space
+                result["logprobs"] = logprobs.Select(l => new Dictionary<string, object>
+                {
+                    ["id"] = l.TokenId,
+                    ["token"] = Piece(l.TokenId),
+                    ["logprob"] = Math.Round(l.Logprob, 5),
+                    ["top"] = l.Top.Select(t => new Dictionary<string, object> { ["id"] = t.TokenId, ["token"] = Piece(t.TokenId), ["logprob"] = Math.Round(t.Logprob, 5) }).ToArray(),
+                }).ToArray();
+            }
             Console.WriteLine(JsonSerializer.Serialize(result));
         }
         else

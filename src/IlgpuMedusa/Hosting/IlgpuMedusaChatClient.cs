@@ -15,6 +15,12 @@ public static class IlgpuMedusaChatOptionKeys
     public const string Tree = "medusa_tree";
     /// <summary>string: Medusa acceptance, "greedy" (lossless) or "typical".</summary>
     public const string Acceptance = "medusa_acceptance";
+    /// <summary>
+    /// int (0..<see cref="GenerationOptions.MaxTopLogprobs"/>): report each generated token's log-probability and that many
+    /// alternatives (<see cref="GenerationOptions.Logprobs"/>); they arrive in the <see cref="GeneratedPiece"/> each
+    /// streaming update carries as its RawRepresentation (non-streaming: the response's RawRepresentation, the list of pieces).
+    /// </summary>
+    public const string Logprobs = "logprobs";
 }
 
 /// <summary>
@@ -88,6 +94,19 @@ public sealed class IlgpuMedusaChatClient : IChatClient
                 var name = ReadString(IlgpuMedusaChatOptionKeys.Tree, tree);
                 result = Keyed(IlgpuMedusaChatOptionKeys.Tree, () => (result with { Tree = name ?? Defaults.Tree }).Validate());
             }
+            if (properties.TryGetValue(IlgpuMedusaChatOptionKeys.Logprobs, out var logprobs))
+            {
+                int? count = logprobs switch
+                {
+                    null => null,
+                    int i => i,
+                    long l when l is >= int.MinValue and <= int.MaxValue => (int)l,
+                    JsonElement { ValueKind: JsonValueKind.Null } => null,
+                    JsonElement { ValueKind: JsonValueKind.Number } e when e.TryGetInt32(out int i) => i,
+                    _ => throw new ArgumentException($"ChatOptions.AdditionalProperties[\"{IlgpuMedusaChatOptionKeys.Logprobs}\"] must be an integer from 0 to {GenerationOptions.MaxTopLogprobs}, got {logprobs}.", nameof(options)),
+                };
+                result = Keyed(IlgpuMedusaChatOptionKeys.Logprobs, () => (result with { Logprobs = count }).Validate());
+            }
             if (properties.TryGetValue(IlgpuMedusaChatOptionKeys.Acceptance, out var acceptance))
             {
                 var text = ReadString(IlgpuMedusaChatOptionKeys.Acceptance, acceptance);
@@ -128,8 +147,12 @@ public sealed class IlgpuMedusaChatClient : IChatClient
         var (ids, generation) = Prepare(messages, options);
         var stats = new GenerationStats();
         var text = new StringBuilder();
+        var pieces = new List<GeneratedPiece>();
         await foreach (var piece in _engine.GenerateAsync(ids, generation, stats, cancellationToken).ConfigureAwait(false))
+        {
             text.Append(piece.Text);
+            pieces.Add(piece);
+        }
         var reply = text.ToString();
         if (Template != ChatTemplateKind.Plain) reply = reply.TrimStart();
         return new ChatResponse(new ChatMessage(ChatRole.Assistant, reply) { MessageId = NewId() })
@@ -140,6 +163,7 @@ public sealed class IlgpuMedusaChatClient : IChatClient
             FinishReason = FinishReasonOf(stats),
             Usage = UsageOf(stats),
             AdditionalProperties = PropertiesOf(stats),
+            RawRepresentation = pieces,
         };
     }
 
@@ -156,13 +180,15 @@ public sealed class IlgpuMedusaChatClient : IChatClient
         {
             var text = started ? piece.Text : piece.Text.TrimStart();
             started |= text.Length > 0;
-            if (text.Length == 0) continue;
+            // A piece with no text yet (half a character) still carries its tokens' log-probabilities when asked for.
+            if (text.Length == 0 && piece.Logprobs is not { Count: > 0 }) continue;
             yield return new ChatResponseUpdate(ChatRole.Assistant, text)
             {
                 ResponseId = responseId,
                 MessageId = messageId,
                 ModelId = ModelId,
                 CreatedAt = created,
+                RawRepresentation = piece,
             };
         }
         yield return new ChatResponseUpdate(ChatRole.Assistant, [new UsageContent(UsageOf(stats))])

@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Net;
 using System.Text.Json;
+using IlgpuMedusa.Generation;
 using IlgpuMedusa.Hosting;
 using IlgpuMedusa.Medusa;
 using Microsoft.Extensions.AI;
@@ -12,7 +13,11 @@ namespace IlgpuMedusa.Serving;
 /// <param name="Options">Sampling, length, stop sequences and Medusa settings, for <see cref="IlgpuMedusaChatClient"/>.</param>
 /// <param name="Stream">Whether the reply streams as server-sent events.</param>
 /// <param name="IncludeUsage">With <paramref name="Stream"/>: whether a last chunk carries the token usage.</param>
-public sealed record ChatCompletionRequest(IReadOnlyList<ChatMessage> Messages, ChatOptions Options, bool Stream, bool IncludeUsage);
+/// <param name="TopLogprobs">
+/// With <c>"logprobs": true</c>: how many alternatives each token lists (<c>top_logprobs</c>, 0 when absent); null when
+/// log-probabilities were not asked for. Also in <paramref name="Options"/> under <see cref="IlgpuMedusaChatOptionKeys.Logprobs"/>.
+/// </param>
+public sealed record ChatCompletionRequest(IReadOnlyList<ChatMessage> Messages, ChatOptions Options, bool Stream, bool IncludeUsage, int? TopLogprobs = null);
 
 /// <summary>A parsed <c>POST /v1/completions</c> body.</summary>
 /// <param name="Prompt">The text to continue (BOS is put first), or "" when <paramref name="PromptIds"/> is given.</param>
@@ -20,13 +25,23 @@ public sealed record ChatCompletionRequest(IReadOnlyList<ChatMessage> Messages, 
 /// <param name="Stream">Whether the reply streams as server-sent events.</param>
 /// <param name="IncludeUsage">With <paramref name="Stream"/>: whether a last chunk carries the token usage.</param>
 /// <param name="PromptIds">The prompt as token ids, used as they are (no BOS added), or null for a text prompt.</param>
-public sealed record CompletionRequest(string Prompt, ChatOptions Options, bool Stream, bool IncludeUsage, IReadOnlyList<int>? PromptIds = null);
+/// <param name="Logprobs">
+/// <c>logprobs</c>: how many alternatives each token lists besides itself (0..<see cref="GenerationOptions.MaxTopLogprobs"/>),
+/// or null for no log-probabilities.
+/// </param>
+/// <param name="Echo"><c>echo</c>: the reply starts with the prompt (and, with <paramref name="Logprobs"/>, the prompt tokens' scores).</param>
+/// <param name="ScoreOnly">
+/// <c>"max_tokens": 0</c> (only with <paramref name="Echo"/>): nothing is generated, the reply is the scored prompt.
+/// <paramref name="Options"/> then asks for one token, which the server runs and drops (the prefill computes it anyway).
+/// </param>
+public sealed record CompletionRequest(string Prompt, ChatOptions Options, bool Stream, bool IncludeUsage, IReadOnlyList<int>? PromptIds = null,
+    int? Logprobs = null, bool Echo = false, bool ScoreOnly = false);
 
 /// <summary>
 /// Reads OpenAI-style request bodies into <see cref="ChatCompletionRequest"/> and <see cref="CompletionRequest"/>. Every
 /// field this server acts on is checked for type and range, and an error names the field (OpenAI's <c>param</c>) and
 /// what was expected. Fields a request may carry but that would change the result in ways this runtime does not
-/// implement (penalties, log probabilities, tools, several choices, JSON output, audio) are refused unless they hold
+/// implement (penalties, logit biases, tools, several choices, JSON output, audio) are refused unless they hold
 /// their neutral value, rather than silently ignored; any other field is ignored (<c>user</c>, <c>metadata</c>,
 /// <c>store</c>, ...).
 /// </summary>
@@ -53,7 +68,14 @@ public static class OpenAiRequests
         RefuseUnsupported(body, chat: true);
         var options = ParseOptions(body, chat: true);
         var (stream, includeUsage) = ParseStream(body);
-        return new ChatCompletionRequest(list, options, stream, includeUsage);
+        bool logprobs = body.TryGetProperty("logprobs", out var lp) && lp.ValueKind != JsonValueKind.Null && ReadBool(lp, "logprobs");
+        int? top = body.TryGetProperty("top_logprobs", out var tl) && tl.ValueKind != JsonValueKind.Null
+            ? ReadInt(tl, "top_logprobs", 0, GenerationOptions.MaxTopLogprobs)
+            : null;
+        if (top > 0 && !logprobs) throw OpenAiErrorException.BadRequest("top_logprobs", "only allowed with \"logprobs\": true.");
+        int? topLogprobs = logprobs ? top ?? 0 : null;
+        if (topLogprobs is { } count) (options.AdditionalProperties ??= [])[IlgpuMedusaChatOptionKeys.Logprobs] = count;
+        return new ChatCompletionRequest(list, options, stream, includeUsage, topLogprobs);
     }
 
     /// <summary>Parses a (legacy) text completion request.</summary>
@@ -81,16 +103,25 @@ public static class OpenAiRequests
         };
         if (prompt.ValueKind == JsonValueKind.Array && text.Length == 0 && prompt[0].ValueKind != JsonValueKind.String)
             ids = prompt[0].ValueKind == JsonValueKind.Array ? ReadIds(prompt[0], "prompt[0]", vocabularySize) : ReadIds(prompt, "prompt", vocabularySize);
-        if (body.TryGetProperty("echo", out var echo) && echo.ValueKind != JsonValueKind.Null && ReadBool(echo, "echo"))
-            throw OpenAiErrorException.BadRequest("echo", "true is not supported: the response holds the continuation only.");
+        bool echo = body.TryGetProperty("echo", out var echoValue) && echoValue.ValueKind != JsonValueKind.Null && ReadBool(echoValue, "echo");
+        int? logprobs = body.TryGetProperty("logprobs", out var lp) && lp.ValueKind != JsonValueKind.Null
+            ? ReadInt(lp, "logprobs", 0, GenerationOptions.MaxTopLogprobs)
+            : null;
+        if (body.TryGetProperty("top_logprobs", out var top) && top.ValueKind != JsonValueKind.Null)
+            throw OpenAiErrorException.BadRequest("top_logprobs", "a chat completion field: on /v1/completions, \"logprobs\" is the number of alternatives.");
+        // "max_tokens": 0 with echo scores the prompt and generates nothing (how evaluation scripts score a text).
+        bool scoreOnly = body.TryGetProperty("max_tokens", out var maxTokens) && maxTokens.ValueKind == JsonValueKind.Number &&
+                         maxTokens.TryGetInt64(out long max) && max == 0;
+        if (scoreOnly && !echo) throw OpenAiErrorException.BadRequest("max_tokens", "0 is only allowed with \"echo\": true (to score the prompt); otherwise at least 1.");
         if (body.TryGetProperty("suffix", out var suffix) && suffix.ValueKind != JsonValueKind.Null)
             throw OpenAiErrorException.BadRequest("suffix", "not supported (no fill-in-the-middle).");
         if (body.TryGetProperty("best_of", out var bestOf) && bestOf.ValueKind != JsonValueKind.Null && ReadInt(bestOf, "best_of", 1, int.MaxValue) != 1)
             throw OpenAiErrorException.BadRequest("best_of", "only 1 is supported.");
         RefuseUnsupported(body, chat: false);
-        var options = ParseOptions(body, chat: false);
+        var options = ParseOptions(body, chat: false, minTokens: scoreOnly ? 0 : 1);
+        if (scoreOnly) options.MaxOutputTokens = 1;
         var (stream, includeUsage) = ParseStream(body);
-        return new CompletionRequest(text, options, stream, includeUsage, ids);
+        return new CompletionRequest(text, options, stream, includeUsage, ids, logprobs, echo, scoreOnly);
     }
 
     /// <summary>Token ids, each in [0, <paramref name="vocabularySize"/>); at least one.</summary>
@@ -186,11 +217,6 @@ public static class OpenAiRequests
         if (body.TryGetProperty("logit_bias", out var bias) && bias.ValueKind != JsonValueKind.Null &&
             !(bias.ValueKind == JsonValueKind.Object && !bias.EnumerateObject().Any()))
             throw OpenAiErrorException.BadRequest("logit_bias", "not supported.");
-        if (body.TryGetProperty("logprobs", out var logprobs) && logprobs.ValueKind != JsonValueKind.Null &&
-            (chat ? ReadBool(logprobs, "logprobs") : ReadInt(logprobs, "logprobs", 0, int.MaxValue) != 0))
-            throw OpenAiErrorException.BadRequest("logprobs", "log probabilities are not supported.");
-        if (body.TryGetProperty("top_logprobs", out var top) && top.ValueKind != JsonValueKind.Null && ReadInt(top, "top_logprobs", 0, int.MaxValue) != 0)
-            throw OpenAiErrorException.BadRequest("top_logprobs", "log probabilities are not supported.");
         if (!chat) return;
         foreach (var tools in (string[])["tools", "functions"])
             if (body.TryGetProperty(tools, out var value) && value.ValueKind != JsonValueKind.Null &&
@@ -214,14 +240,14 @@ public static class OpenAiRequests
     /// The length, sampling, stop and Medusa fields. Ranges are checked here so that the chat client's own checks never
     /// see a bad value (its messages name .NET properties, not request fields).
     /// </summary>
-    private static ChatOptions ParseOptions(JsonElement body, bool chat)
+    private static ChatOptions ParseOptions(JsonElement body, bool chat, int minTokens = 1)
     {
         var options = new ChatOptions();
         // Chat requests name the length max_completion_tokens now and max_tokens before; either is read, the newer first.
         foreach (var name in chat ? (string[])["max_completion_tokens", "max_tokens"] : ["max_tokens"])
             if (body.TryGetProperty(name, out var max) && max.ValueKind != JsonValueKind.Null)
             {
-                options.MaxOutputTokens = ReadInt(max, name, 1, int.MaxValue);
+                options.MaxOutputTokens = ReadInt(max, name, minTokens, int.MaxValue);
                 break;
             }
         if (body.TryGetProperty("temperature", out var temperature) && temperature.ValueKind != JsonValueKind.Null)

@@ -54,6 +54,7 @@ public sealed class OpenAiServer : IAsyncDisposable
     private readonly ConcurrentDictionary<long, Exchange> _exchanges = new();
     private readonly byte[]? _apiKeyHash;
     private readonly Lazy<long> _promptCharacterLimit;
+    private readonly OpenAiLogprobs _logprobs;
     private readonly long _created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
     private readonly object _lock = new();
     private Task? _acceptLoop;
@@ -79,6 +80,7 @@ public sealed class OpenAiServer : IAsyncDisposable
         ModelId = _options.ModelName ?? chat.ModelId;
         _apiKeyHash = _options.ApiKey is { } key ? SHA256.HashData(Encoding.UTF8.GetBytes(key)) : null;
         _promptCharacterLimit = new Lazy<long>(PromptCharacterLimit);
+        _logprobs = new OpenAiLogprobs(_engine.Tokenizer);
         AllInterfaces = _options.Host is "0.0.0.0" or "*" or "+";
         string host = AllInterfaces ? "*" : _options.Host;
         // HttpListener matches a request's Host header against the prefixes: a loopback server answers both names.
@@ -398,7 +400,8 @@ public sealed class OpenAiServer : IAsyncDisposable
                 w.WriteString("role", "assistant");
                 w.WriteString("content", response.Text);
                 w.WriteEndObject();
-                w.WriteNull("logprobs");
+                if (request.TopLogprobs is null) w.WriteNull("logprobs");
+                else _logprobs.WriteChat(w, (response.RawRepresentation as IEnumerable<GeneratedPiece> ?? []).SelectMany(p => p.Logprobs ?? []));
                 w.WriteString("finish_reason", FinishReasonName(response.FinishReason));
                 w.WriteEndObject();
                 w.WriteEndArray();
@@ -414,7 +417,7 @@ public sealed class OpenAiServer : IAsyncDisposable
             // The first update before the response starts: a request the engine refuses still gets its status code.
             bool more = await updates.MoveNextAsync().ConfigureAwait(false);
             exchange.BeginEvents();
-            await exchange.WriteEventAsync(Json(w => WriteChatChunk(w, id, created, role: true, "", null))).ConfigureAwait(false);
+            await exchange.WriteEventAsync(Json(w => WriteChatChunk(w, id, created, role: true, "", null, null))).ConfigureAwait(false);
             ChatFinishReason? finish = null;
             UsageDetails? usage = null;
             AdditionalPropertiesDictionary? statistics = null;
@@ -422,12 +425,14 @@ public sealed class OpenAiServer : IAsyncDisposable
             {
                 var update = updates.Current;
                 var text = update.Text;
-                if (text.Length > 0) await exchange.WriteEventAsync(Json(w => WriteChatChunk(w, id, created, role: false, text, null))).ConfigureAwait(false);
+                var logprobs = request.TopLogprobs is null ? null : (update.RawRepresentation as GeneratedPiece)?.Logprobs;
+                if (text.Length > 0 || logprobs is { Count: > 0 })
+                    await exchange.WriteEventAsync(Json(w => WriteChatChunk(w, id, created, role: false, text, null, logprobs))).ConfigureAwait(false);
                 finish = update.FinishReason ?? finish;
                 usage = update.Contents.OfType<UsageContent>().FirstOrDefault()?.Details ?? usage;
                 statistics = update.AdditionalProperties ?? statistics;
             }
-            await EndStreamAsync(exchange, w => WriteChatChunk(w, id, created, role: false, null, FinishReasonName(finish)), request.IncludeUsage,
+            await EndStreamAsync(exchange, w => WriteChatChunk(w, id, created, role: false, null, FinishReasonName(finish), null), request.IncludeUsage,
                 w => WriteUsageChunk(w, id, "chat.completion.chunk", created, usage, statistics), statistics).ConfigureAwait(false);
             return $"{usage?.OutputTokenCount} tokens streamed, {FinishReasonName(finish)}";
         }
@@ -439,55 +444,95 @@ public sealed class OpenAiServer : IAsyncDisposable
         using var body = await ReadBodyAsync(exchange).ConfigureAwait(false);
         var request = Parse(() => OpenAiRequests.ParseCompletion(body.RootElement, ModelId, _engine.Tokenizer.VocabularySize));
         CheckPromptLength(request.Prompt.Length, "prompt");
-        var options = _chat.ToGenerationOptions(request.Options);
+        var options = _chat.ToGenerationOptions(request.Options) with
+        {
+            Logprobs = request.Logprobs,
+            PromptLogprobs = request.Echo && request.Logprobs is not null,
+        };
+        if (request.ScoreOnly) options = options with { UseMedusa = false }; // one token, from the prefill: no heads needed
         var ids = request.PromptIds ?? _engine.EncodePrompt(request.Prompt, options);
         if (ids.Count >= _engine.Config.MaxSequenceLength)
             throw OpenAiErrorException.BadRequest("prompt", $"{ids.Count} tokens leave no room in the model's context of {_engine.Config.MaxSequenceLength}.");
         string id = "cmpl-" + Guid.NewGuid().ToString("N");
         long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
         var stats = new GenerationStats();
+        // echo: the reply starts with the prompt as given (a token-id prompt as its decoded text) and, with logprobs, its tokens' scores.
+        string echoed = !request.Echo ? "" : request.PromptIds is null ? request.Prompt : _engine.Tokenizer.Decode(ids);
+        int offset = 0; // text_offset of the next token listed
+        Action<Utf8JsonWriter>? Logprobs(IReadOnlyList<int> tokenIds, IReadOnlyList<TokenLogprob?> entries)
+        {
+            if (request.Logprobs is null) return null;
+            int from = offset;
+            foreach (int token in tokenIds) offset += _logprobs.Token(token).Text.Length;
+            return w => _logprobs.WriteCompletion(w, tokenIds, entries, from);
+        }
+        IReadOnlyList<TokenLogprob?> PromptEntries() => stats.PromptLogprobs ?? throw new InvalidOperationException("the engine returned no prompt scores");
         var pieces = _engine.GenerateAsync(ids, options, stats, _cancelRequests.Token).GetAsyncEnumerator();
         await using (pieces.ConfigureAwait(false))
         {
-            bool more = await pieces.MoveNextAsync().ConfigureAwait(false);
+            bool more = await pieces.MoveNextAsync().ConfigureAwait(false); // the prompt's scores are in once the first piece is
+            if (request.ScoreOnly) while (more) more = await pieces.MoveNextAsync().ConfigureAwait(false); // the one token asked for is dropped
             if (!request.Stream)
             {
-                var text = new StringBuilder();
-                for (; more; more = await pieces.MoveNextAsync().ConfigureAwait(false)) text.Append(pieces.Current.Text);
+                var text = new StringBuilder(echoed);
+                var tokenIds = new List<int>(request.Echo ? ids : []);
+                var entries = new List<TokenLogprob?>(request.Echo && request.Logprobs is not null ? PromptEntries() : []);
+                for (; more; more = await pieces.MoveNextAsync().ConfigureAwait(false))
+                {
+                    text.Append(pieces.Current.Text);
+                    tokenIds.AddRange(pieces.Current.TokenIds);
+                    if (pieces.Current.Logprobs is { } logprobs) entries.AddRange(logprobs);
+                }
+                var finish = request.ScoreOnly ? "length" : FinishReasonName(IlgpuMedusaChatClient.FinishReasonOf(stats));
+                var usage = UsageOf(stats, request.ScoreOnly);
+                var logprobsWriter = Logprobs(tokenIds, entries);
                 await exchange.WriteJsonAsync(HttpStatusCode.OK, Json(w =>
                 {
                     WriteHeader(w, id, "text_completion", created);
                     w.WriteStartArray("choices");
-                    WriteCompletionChoice(w, text.ToString(), FinishReasonName(IlgpuMedusaChatClient.FinishReasonOf(stats)));
+                    WriteCompletionChoice(w, text.ToString(), finish, logprobsWriter);
                     w.WriteEndArray();
-                    WriteUsage(w, stats);
+                    WriteUsage(w, usage);
                     WriteStatistics(w, IlgpuMedusaChatClient.PropertiesOf(stats));
                 })).ConfigureAwait(false);
-                return $"{stats.GeneratedTokens} tokens, {FinishReasonName(IlgpuMedusaChatClient.FinishReasonOf(stats))}";
+                return $"{usage.OutputTokenCount} tokens, {finish}";
             }
             exchange.BeginEvents();
-            for (; more; more = await pieces.MoveNextAsync().ConfigureAwait(false))
+            if (request.Echo)
             {
-                var text = pieces.Current.Text;
-                if (text.Length == 0) continue;
+                var logprobsWriter = Logprobs(ids, request.Logprobs is null ? [] : PromptEntries());
                 await exchange.WriteEventAsync(Json(w =>
                 {
                     WriteHeader(w, id, "text_completion", created);
                     w.WriteStartArray("choices");
-                    WriteCompletionChoice(w, text, null);
+                    WriteCompletionChoice(w, echoed, null, logprobsWriter);
                     w.WriteEndArray();
                 })).ConfigureAwait(false);
             }
-            var finish = FinishReasonName(IlgpuMedusaChatClient.FinishReasonOf(stats));
+            for (; more; more = await pieces.MoveNextAsync().ConfigureAwait(false))
+            {
+                var piece = pieces.Current;
+                if (piece.Text.Length == 0 && !(request.Logprobs is not null && piece.TokenIds.Count > 0)) continue;
+                var logprobsWriter = Logprobs(piece.TokenIds, piece.Logprobs ?? []);
+                await exchange.WriteEventAsync(Json(w =>
+                {
+                    WriteHeader(w, id, "text_completion", created);
+                    w.WriteStartArray("choices");
+                    WriteCompletionChoice(w, piece.Text, null, logprobsWriter);
+                    w.WriteEndArray();
+                })).ConfigureAwait(false);
+            }
+            var finishReason = request.ScoreOnly ? "length" : FinishReasonName(IlgpuMedusaChatClient.FinishReasonOf(stats));
+            var streamedUsage = UsageOf(stats, request.ScoreOnly);
             var statistics = IlgpuMedusaChatClient.PropertiesOf(stats);
             await EndStreamAsync(exchange, w =>
             {
                 WriteHeader(w, id, "text_completion", created);
                 w.WriteStartArray("choices");
-                WriteCompletionChoice(w, "", finish);
+                WriteCompletionChoice(w, "", finishReason);
                 w.WriteEndArray();
-            }, request.IncludeUsage, w => WriteUsageChunk(w, id, "text_completion", created, UsageOf(stats), statistics), statistics).ConfigureAwait(false);
-            return $"{stats.GeneratedTokens} tokens streamed, {finish}";
+            }, request.IncludeUsage, w => WriteUsageChunk(w, id, "text_completion", created, streamedUsage, statistics), statistics).ConfigureAwait(false);
+            return $"{streamedUsage.OutputTokenCount} tokens streamed, {finishReason}";
         }
     }
 
@@ -596,12 +641,17 @@ public sealed class OpenAiServer : IAsyncDisposable
 
     private static string FinishReasonName(ChatFinishReason? reason) => reason == ChatFinishReason.Length ? "length" : "stop";
 
-    private static UsageDetails UsageOf(GenerationStats stats) => new()
+    /// <summary>The token counts of a reply; a prompt scored with <c>"max_tokens": 0</c> generated nothing the client sees.</summary>
+    private static UsageDetails UsageOf(GenerationStats stats, bool scoreOnly = false)
     {
-        InputTokenCount = stats.PromptTokens,
-        OutputTokenCount = stats.GeneratedTokens,
-        TotalTokenCount = stats.PromptTokens + stats.GeneratedTokens,
-    };
+        int generated = scoreOnly ? 0 : stats.GeneratedTokens;
+        return new UsageDetails
+        {
+            InputTokenCount = stats.PromptTokens,
+            OutputTokenCount = generated,
+            TotalTokenCount = stats.PromptTokens + generated,
+        };
+    }
 
     private void WriteModel(Utf8JsonWriter w)
     {
@@ -629,7 +679,7 @@ public sealed class OpenAiServer : IAsyncDisposable
         w.WriteString("model", ModelId);
     }
 
-    private void WriteChatChunk(Utf8JsonWriter w, string id, long created, bool role, string? content, string? finish)
+    private void WriteChatChunk(Utf8JsonWriter w, string id, long created, bool role, string? content, string? finish, IReadOnlyList<TokenLogprob>? logprobs)
     {
         WriteHeader(w, id, "chat.completion.chunk", created);
         w.WriteStartArray("choices");
@@ -639,19 +689,21 @@ public sealed class OpenAiServer : IAsyncDisposable
         if (role) w.WriteString("role", "assistant");
         if (content is not null) w.WriteString("content", content);
         w.WriteEndObject();
-        w.WriteNull("logprobs");
+        if (logprobs is null) w.WriteNull("logprobs");
+        else _logprobs.WriteChat(w, logprobs);
         if (finish is null) w.WriteNull("finish_reason");
         else w.WriteString("finish_reason", finish);
         w.WriteEndObject();
         w.WriteEndArray();
     }
 
-    private static void WriteCompletionChoice(Utf8JsonWriter w, string text, string? finish)
+    private static void WriteCompletionChoice(Utf8JsonWriter w, string text, string? finish, Action<Utf8JsonWriter>? logprobs = null)
     {
         w.WriteStartObject();
         w.WriteNumber("index", 0);
         w.WriteString("text", text);
-        w.WriteNull("logprobs");
+        if (logprobs is null) w.WriteNull("logprobs");
+        else logprobs(w);
         if (finish is null) w.WriteNull("finish_reason");
         else w.WriteString("finish_reason", finish);
         w.WriteEndObject();

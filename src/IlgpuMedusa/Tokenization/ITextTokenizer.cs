@@ -24,6 +24,13 @@ public interface ITextTokenizer
     /// continue text already shown (a prompt), so that space is a real space between words and is kept.
     /// </summary>
     IStreamingDetokenizer CreateStreamingDetokenizer(bool continuesText = false);
+
+    /// <summary>
+    /// The UTF-8 bytes token <paramref name="id"/> stands for, as a log-probability listing shows it: a word piece's
+    /// text with its leading space (no dummy-prefix removal), one raw byte for a byte-fallback token (possibly part of a
+    /// character), nothing for BOS/EOS and other special tokens. This default decodes the id on its own.
+    /// </summary>
+    byte[] TokenBytes(int id) => System.Text.Encoding.UTF8.GetBytes(Decode([id]));
 }
 
 /// <summary>Turns a stream of generated ids into text deltas, holding back incomplete UTF-8 sequences.</summary>

@@ -82,6 +82,9 @@ public sealed class LlamaTextTokenizer : ITextTokenizer
     /// <inheritdoc/>
     public IStreamingDetokenizer CreateStreamingDetokenizer(bool continuesText = false) => new SentencePieceStreamingDetokenizer(_table, continuesText);
 
+    /// <inheritdoc/>
+    public byte[] TokenBytes(int id) => _table.Bytes(id);
+
     /// <summary>The vocabulary as the streaming detokenizer sees it; for tests.</summary>
     internal SentencePieceDecodingTable DecodingTable => _table;
 }

@@ -78,6 +78,15 @@ internal sealed class SentencePieceDecodingTable
         return offset < ByteCount;
     }
 
+    /// <summary>What <paramref name="id"/> contributes to decoded text, as UTF-8 bytes (see <see cref="ITextTokenizer.TokenBytes"/>).</summary>
+    public byte[] Bytes(int id)
+    {
+        CheckId(id);
+        if (TryGetByte(id, out byte value)) return [value];
+        if (IsSilent(id)) return [];
+        return System.Text.Encoding.UTF8.GetBytes(_pieces[id].Replace(SentencePieceModelBuilder.SpaceMarker, ' '));
+    }
+
     /// <summary>
     /// Whether <paramref name="id"/> decodes to no text: BOS, EOS, <c>&lt;unk&gt;</c> and any id before the byte tokens
     /// (Microsoft.ML.Tokenizers' Decode skips all of those).

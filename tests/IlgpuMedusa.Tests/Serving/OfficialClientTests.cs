@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Text;
 using System.Text.Json;
 using IlgpuMedusa.Tests.Hosting;
 
@@ -39,6 +40,27 @@ public sealed class OfficialClientTests(OpenAiServerFixture fixture) : IClassFix
             Assert.Equal(35, usage.GetProperty("total_tokens").GetInt32());
         }
         Assert.True(result.GetProperty("chatStream").GetProperty("chunks").GetInt32() >= 5, "the chat reply did not stream");
+
+        // Log-probabilities as the SDK reads them: each greedy token is the first of its alternatives, the tokens spell
+        // the reply, and scoring the prompt (max_tokens 0, echo) lists its tokens with no score for the first (BOS).
+        var scored = result.GetProperty("chatLogprobs");
+        var content = scored.GetProperty("content").EnumerateArray().ToList();
+        Assert.Equal(10, content.Count);
+        Assert.Equal(scored.GetProperty("text").GetString(), string.Concat(content.Select(t => t.GetProperty("token").GetString())));
+        foreach (var token in content)
+        {
+            Assert.Equal(token.GetProperty("token").GetString(), token.GetProperty("top")[0].GetString());
+            Assert.Equal(2, token.GetProperty("top").GetArrayLength());
+            Assert.InRange(token.GetProperty("logprob").GetDouble(), -20, 0);
+            Assert.Equal(Encoding.UTF8.GetBytes(token.GetProperty("token").GetString()!), token.GetProperty("bytes").EnumerateArray().Select(b => (byte)b.GetInt32()));
+        }
+        var prompt = result.GetProperty("promptScores");
+        Assert.Equal(HostingTestSupport.Prompt, prompt.GetProperty("text").GetString());
+        Assert.Equal(["", " Once", " upon", " a", " time"], prompt.GetProperty("tokens").EnumerateArray().Select(t => t.GetString()));
+        var scores = prompt.GetProperty("tokenLogprobs").EnumerateArray().ToList();
+        Assert.Equal(JsonValueKind.Null, scores[0].ValueKind);
+        Assert.All(scores.Skip(1), s => Assert.InRange(s.GetDouble(), -20, 0));
+        Assert.Equal(0, prompt.GetProperty("usage").GetProperty("completion_tokens").GetInt32());
 
         var bad = result.GetProperty("badTemperature");
         Assert.Equal(400, bad.GetProperty("status").GetInt32());

@@ -83,8 +83,9 @@ public class OpenAiRequestsTests
     [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "stop": ["1","2","3","4","5","6","7","8","9","10","11","12","13","14","15","16","17"]}""", "stop", "at most 16")]
     [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "n": 2}""", "n", "only 1")]
     [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "frequency_penalty": 0.5}""", "frequency_penalty", "only 0")]
-    [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "logprobs": true}""", "logprobs", "not supported")]
-    [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "top_logprobs": 3}""", "top_logprobs", "not supported")]
+    [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "logprobs": 1}""", "logprobs", "expected true or false, got 1")]
+    [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "top_logprobs": 3}""", "top_logprobs", "only allowed with \"logprobs\": true")]
+    [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "logprobs": true, "top_logprobs": 21}""", "top_logprobs", "integer from 0 to 20, got 21")]
     [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "logit_bias": {"50256": -100}}""", "logit_bias", "not supported")]
     [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "tools": [{"type": "function"}]}""", "tools", "no tool calling")]
     [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "response_format": {"type": "json_object"}}""", "response_format", "only {\"type\": \"text\"}")]
@@ -164,6 +165,30 @@ public class OpenAiRequestsTests
         Assert.Equal([0, 31999], Completion("""{"prompt": [[0, 31999]]}""").PromptIds!);
     }
 
+    [Fact]
+    public void LogprobFields_BecomeOptions()
+    {
+        Assert.Null(Chat("""{"messages": [{"role": "user", "content": "Hi"}], "logprobs": false, "top_logprobs": 0}""").TopLogprobs);
+        var chat = Chat("""{"messages": [{"role": "user", "content": "Hi"}], "logprobs": true}""");
+        Assert.Equal(0, chat.TopLogprobs);
+        Assert.Equal(0, chat.Options.AdditionalProperties![IlgpuMedusaChatOptionKeys.Logprobs]);
+        Assert.Equal(20, Chat("""{"messages": [{"role": "user", "content": "Hi"}], "logprobs": true, "top_logprobs": 20}""").TopLogprobs);
+
+        var plain = Completion("""{"prompt": "x"}""");
+        Assert.Null(plain.Logprobs);
+        Assert.False(plain.Echo);
+        Assert.False(plain.ScoreOnly);
+        var scoring = Completion("""{"prompt": "x", "max_tokens": 0, "echo": true, "logprobs": 5}""");
+        Assert.Equal(5, scoring.Logprobs);
+        Assert.True(scoring.Echo);
+        Assert.True(scoring.ScoreOnly);
+        Assert.Equal(1, scoring.Options.MaxOutputTokens); // the one token the prefill gives, run and dropped
+        var echo = Completion("""{"prompt": "x", "max_tokens": 3, "echo": true}""");
+        Assert.True(echo.Echo);
+        Assert.False(echo.ScoreOnly);
+        Assert.Null(echo.Logprobs);
+    }
+
     [Theory]
     [InlineData("""{"max_tokens": 5}""", "prompt", "required")]
     [InlineData("""{"prompt": ["a", "b"]}""", "prompt", "one request per prompt")]
@@ -175,10 +200,13 @@ public class OpenAiRequestsTests
     [InlineData("""{"prompt": [[1, -1]]}""", "prompt[0][1]", "got -1")]
     [InlineData("""{"prompt": [1.5]}""", "prompt[0]", "got 1.5")]
     [InlineData("""{"prompt": 5}""", "prompt", "expected a string, got 5")]
-    [InlineData("""{"prompt": "x", "echo": true}""", "echo", "not supported")]
+    [InlineData("""{"prompt": "x", "echo": 1}""", "echo", "expected true or false")]
+    [InlineData("""{"prompt": "x", "max_tokens": 0}""", "max_tokens", "only allowed with \"echo\": true")]
+    [InlineData("""{"prompt": "x", "logprobs": true}""", "logprobs", "integer from 0 to 20, got true")]
+    [InlineData("""{"prompt": "x", "logprobs": 21}""", "logprobs", "got 21")]
+    [InlineData("""{"prompt": "x", "logprobs": 2, "top_logprobs": 2}""", "top_logprobs", "\"logprobs\" is the number of alternatives")]
     [InlineData("""{"prompt": "x", "suffix": "y"}""", "suffix", "not supported")]
     [InlineData("""{"prompt": "x", "best_of": 3}""", "best_of", "only 1")]
-    [InlineData("""{"prompt": "x", "logprobs": 2}""", "logprobs", "not supported")]
     [InlineData("""{"prompt": "x", "max_tokens": -1}""", "max_tokens", "got -1")]
     public void Completion_BadField_IsA400NamingIt(string json, string param, string expected)
     {

@@ -181,6 +181,104 @@ public sealed class OpenAiServerTests(OpenAiServerFixture fixture) : IClassFixtu
         Assert.Contains("256 tokens leave no room in the model's context of 256", error.GetProperty("error").GetProperty("message").GetString(), StringComparison.Ordinal);
     }
 
+    /// <summary>The completion <c>logprobs</c> object's arrays.</summary>
+    private static (List<string> Tokens, List<double?> Logprobs, List<Dictionary<string, double>?> Top, List<int> Offsets) CompletionLogprobs(JsonElement choice)
+    {
+        var l = choice.GetProperty("logprobs");
+        return (l.GetProperty("tokens").EnumerateArray().Select(t => t.GetString()!).ToList(),
+            l.GetProperty("token_logprobs").EnumerateArray().Select(t => t.ValueKind == JsonValueKind.Null ? (double?)null : t.GetDouble()).ToList(),
+            l.GetProperty("top_logprobs").EnumerateArray()
+                .Select(t => t.ValueKind == JsonValueKind.Null ? null : t.EnumerateObject().ToDictionary(p => p.Name, p => p.Value.GetDouble())).ToList(),
+            l.GetProperty("text_offset").EnumerateArray().Select(t => t.GetInt32()).ToList());
+    }
+
+    [Fact]
+    public async Task Completion_Logprobs_ListTheReferenceTokens_AndScoringThemAsAPromptGivesTheSameValues()
+    {
+        var (status, json) = await PostAsync("v1/completions", """{"prompt": "Once upon a time", "max_tokens": 30, "logprobs": 3}""");
+        Assert.Equal(HttpStatusCode.OK, status);
+        var choice = json.GetProperty("choices")[0];
+        var text = choice.GetProperty("text").GetString()!;
+        Assert.StartsWith(HostingTestSupport.Prompt + text, HostingTestSupport.Reference, StringComparison.Ordinal);
+        var (tokens, logprobs, top, offsets) = CompletionLogprobs(choice);
+        Assert.Equal(30, tokens.Count);
+        Assert.Equal(text, string.Concat(tokens)); // the continuation's tokens spell it
+        for (int i = 0; i < tokens.Count; i++)
+        {
+            // Greedy: the token is its position's most likely one; the map holds the 3 best, the token among them.
+            Assert.InRange(top[i]!.Count, 1, 4);
+            Assert.Equal(logprobs[i]!.Value, top[i]![tokens[i]]);
+            Assert.Equal(top[i]!.Values.Max(), logprobs[i]!.Value);
+            Assert.Equal(i == 0 ? 0 : offsets[i - 1] + tokens[i - 1].Length, offsets[i]);
+        }
+
+        // Scoring the prompt and that continuation as one text (ids, max_tokens 0, echo) gives the same numbers from the
+        // prefill's rows that decoding gave one step at a time.
+        var ids = new List<int> { 1, 9038, 2501, 263, 931 };
+        foreach (var token in tokens) ids.Add(fixture.Engine.Tokenizer.Encode("x" + token, addBos: false).Skip(1).Single());
+        var (scoreStatus, scored) = await PostAsync("v1/completions", JsonSerializer.Serialize(new { prompt = ids, max_tokens = 0, echo = true, logprobs = 1 }));
+        Assert.Equal(HttpStatusCode.OK, scoreStatus);
+        var scoredChoice = scored.GetProperty("choices")[0];
+        Assert.Equal(HostingTestSupport.Prompt + text, scoredChoice.GetProperty("text").GetString());
+        Assert.Equal("length", scoredChoice.GetProperty("finish_reason").GetString());
+        Assert.Equal(0, scored.GetProperty("usage").GetProperty("completion_tokens").GetInt32());
+        Assert.Equal(ids.Count, scored.GetProperty("usage").GetProperty("prompt_tokens").GetInt32());
+        var (scoredTokens, scores, scoredTop, _) = CompletionLogprobs(scoredChoice);
+        Assert.Equal(["", " Once", " upon", " a", " time", .. tokens], scoredTokens);
+        Assert.Null(scores[0]);
+        Assert.Null(scoredTop[0]);
+        for (int i = 0; i < tokens.Count; i++) Assert.True(Math.Abs(logprobs[i]!.Value - scores[5 + i]!.Value) < 1e-3, $"token {i}: {logprobs[i]} decoded, {scores[5 + i]} scored");
+    }
+
+    [Fact]
+    public async Task Chat_Logprobs_StreamedAndWhole_AreTheSame()
+    {
+        const string request = """{"messages": [{"role": "user", "content": "Once upon a time"}], "max_tokens": 25, "logprobs": true, "top_logprobs": 4""";
+        var (_, whole) = await PostAsync("v1/chat/completions", request + "}");
+        var choice = whole.GetProperty("choices")[0];
+        var content = choice.GetProperty("logprobs").GetProperty("content").EnumerateArray().ToList();
+        Assert.Equal(JsonValueKind.Null, choice.GetProperty("logprobs").GetProperty("refusal").ValueKind);
+        Assert.Equal(25, content.Count);
+        Assert.Equal(choice.GetProperty("message").GetProperty("content").GetString(), string.Concat(content.Select(c => c.GetProperty("token").GetString())));
+        foreach (var token in content)
+        {
+            var alternatives = token.GetProperty("top_logprobs").EnumerateArray().ToList();
+            Assert.Equal(4, alternatives.Count);
+            Assert.Equal(token.GetProperty("token").GetString(), alternatives[0].GetProperty("token").GetString());
+            Assert.Equal(token.GetProperty("logprob").GetDouble(), alternatives[0].GetProperty("logprob").GetDouble());
+            Assert.True(alternatives.Zip(alternatives.Skip(1)).All(p => p.First.GetProperty("logprob").GetDouble() >= p.Second.GetProperty("logprob").GetDouble()));
+        }
+
+        var events = await StreamAsync("v1/chat/completions", request + """, "stream": true}""");
+        var streamed = events[..^1].Select(e => JsonDocument.Parse(e).RootElement)
+            .Select(c => c.GetProperty("choices")[0].GetProperty("logprobs"))
+            .Where(l => l.ValueKind != JsonValueKind.Null)
+            .SelectMany(l => l.GetProperty("content").EnumerateArray()).ToList();
+        Assert.Equal(content.Select(c => c.GetRawText()), streamed.Select(c => c.GetRawText()));
+
+        var (_, plain) = await PostAsync("v1/chat/completions", """{"messages": [{"role": "user", "content": "Once upon a time"}], "max_tokens": 5}""");
+        Assert.Equal(JsonValueKind.Null, plain.GetProperty("choices")[0].GetProperty("logprobs").ValueKind);
+    }
+
+    [Fact]
+    public async Task Completion_StreamedWithEcho_StartsWithThePromptAndItsScores()
+    {
+        var events = await StreamAsync("v1/completions", """{"prompt": "Once upon a time", "max_tokens": 12, "stream": true, "echo": true, "logprobs": 0}""");
+        var choices = events[..^1].Select(e => JsonDocument.Parse(e).RootElement.GetProperty("choices")[0]).ToList();
+        Assert.Equal(HostingTestSupport.Prompt, choices[0].GetProperty("text").GetString());
+        var (promptTokens, promptScores, _, _) = CompletionLogprobs(choices[0]);
+        Assert.Equal(["", " Once", " upon", " a", " time"], promptTokens);
+        Assert.Null(promptScores[0]);
+        var text = string.Concat(choices.Select(c => c.GetProperty("text").GetString()));
+        Assert.StartsWith(text, HostingTestSupport.Reference, StringComparison.Ordinal);
+        var listed = choices.Where(c => c.GetProperty("logprobs").ValueKind != JsonValueKind.Null).Select(CompletionLogprobs).ToList();
+        Assert.Equal(5 + 12, listed.Sum(l => l.Tokens.Count));
+        // Offsets run on across the chunks: each starts where the tokens before it end.
+        var offsets = listed.SelectMany(l => l.Offsets).ToList();
+        var all = listed.SelectMany(l => l.Tokens).ToList();
+        for (int i = 1; i < all.Count; i++) Assert.Equal(offsets[i - 1] + all[i - 1].Length, offsets[i]);
+    }
+
     [Fact]
     public async Task StopSequence_EndsTheReplyBeforeIt()
     {

@@ -32,6 +32,20 @@ text = "";
 for await (const chunk of completionStream) text += chunk.choices[0]?.text ?? "";
 result.completionStream = { text };
 
+const scored = await client.chat.completions.create({ model, messages, max_tokens: 10, logprobs: true, top_logprobs: 2 });
+result.chatLogprobs = {
+  text: scored.choices[0].message.content,
+  content: scored.choices[0].logprobs.content.map((t) => ({ token: t.token, logprob: t.logprob, bytes: t.bytes, top: t.top_logprobs.map((a) => a.token) })),
+};
+
+const echoed = await client.completions.create({ model, prompt, max_tokens: 0, echo: true, logprobs: 1 });
+result.promptScores = {
+  text: echoed.choices[0].text,
+  tokens: echoed.choices[0].logprobs.tokens,
+  tokenLogprobs: echoed.choices[0].logprobs.token_logprobs,
+  usage: echoed.usage,
+};
+
 for (const [name, request] of [
   ["badTemperature", { model, messages, temperature: 3 }],
   ["otherModel", { model: "gpt-4o", messages }],
