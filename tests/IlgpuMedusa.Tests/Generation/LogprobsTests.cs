@@ -2,17 +2,10 @@ using System.Runtime.InteropServices;
 using IlgpuMedusa.Compute;
 using IlgpuMedusa.Generation;
 using IlgpuMedusa.Models;
+using IlgpuMedusa.Tests.Hosting;
 using IlgpuMedusa.Tokenization;
 
 namespace IlgpuMedusa.Tests.Generation;
-
-/// <summary>The demo engine with its shipped Medusa heads, on the host, shared by the log-probability tests.</summary>
-public sealed class DemoEngineFixture : IDisposable
-{
-    public InferenceEngine Engine { get; } = InferenceEngine.Load(new EngineOptions { ModelPath = TestModels.Stories15MDirectory, Device = new DeviceOptions { Kind = DeviceKind.Host } });
-
-    public void Dispose() => Engine.Dispose();
-}
 
 /// <summary>
 /// Log-probabilities of generated and prompt tokens: the math against values worked out by hand, a model whose logits

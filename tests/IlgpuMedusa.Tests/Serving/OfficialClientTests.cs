@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Text;
 using System.Text.Json;
 using IlgpuMedusa.Tests.Hosting;
@@ -12,7 +11,7 @@ namespace IlgpuMedusa.Tests.Serving;
 /// </summary>
 public sealed class OfficialClientTests(OpenAiServerFixture fixture) : IClassFixture<OpenAiServerFixture>
 {
-    private static readonly string ToolDirectory = Path.Combine(TestModels.RepositoryRoot, "tests", "tools", "openai-client");
+    private static readonly NodeTool Tool = new("openai-client", "openai", nodeVersion: 20);
 
     [Fact]
     public void TheOfficialSdk_ListsChatsStreamsCompletes_AndReadsErrors()
@@ -71,40 +70,6 @@ public sealed class OfficialClientTests(OpenAiServerFixture fixture) : IClassFix
         Assert.Equal("model_not_found", other.GetProperty("code").GetString());
     }
 
-    private static JsonElement RunClient(params string[] args)
-    {
-        if (!Directory.Exists(Path.Combine(ToolDirectory, "node_modules", "openai")))
-            Assert.Fail($"OpenAI's JavaScript SDK is not installed in '{ToolDirectory}'. Run: npm ci --prefix tests/tools/openai-client (needs Node.js 20 or newer).");
-        var start = new ProcessStartInfo("node")
-        {
-            WorkingDirectory = ToolDirectory,
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-            UseShellExecute = false,
-        };
-        start.ArgumentList.Add("client.mjs");
-        foreach (var a in args) start.ArgumentList.Add(a);
-        Process process;
-        try
-        {
-            process = Process.Start(start) ?? throw new InvalidOperationException("Process.Start returned null");
-        }
-        catch (System.ComponentModel.Win32Exception e)
-        {
-            Assert.Fail($"Cannot start 'node' ({e.Message}). Install Node.js 20 or newer, then run: npm ci --prefix tests/tools/openai-client");
-            throw;
-        }
-        using (process)
-        {
-            var stdout = process.StandardOutput.ReadToEndAsync();
-            var stderr = process.StandardError.ReadToEndAsync();
-            if (!process.WaitForExit(TimeSpan.FromMinutes(3)))
-            {
-                process.Kill(entireProcessTree: true);
-                Assert.Fail("node client.mjs did not finish within 3 minutes");
-            }
-            Assert.True(process.ExitCode == 0, $"node client.mjs failed (exit {process.ExitCode}): {stderr.Result}");
-            return JsonDocument.Parse(stdout.Result).RootElement.Clone();
-        }
-    }
+    private static JsonElement RunClient(params string[] args) =>
+        JsonDocument.Parse(Tool.Run("client.mjs", null, TimeSpan.FromMinutes(3), args)).RootElement.Clone();
 }
