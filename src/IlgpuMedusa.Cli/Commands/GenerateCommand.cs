@@ -16,6 +16,7 @@ internal static class GenerateCommand
         var maxTokens = new Option<int>("--max-tokens", "-n") { Description = "Most tokens to generate.", DefaultValueFactory = _ => 256 };
         var temperature = new Option<float>("--temperature", "-t") { Description = "Sampling temperature; 0 is greedy.", DefaultValueFactory = _ => 0f };
         var topP = new Option<float>("--top-p") { Description = "Nucleus sampling mass in (0, 1].", DefaultValueFactory = _ => 1f };
+        var topK = new Option<int>("--top-k") { Description = "Sample among the K most likely tokens only; 0 keeps every token.", DefaultValueFactory = _ => 0 };
         var seed = new Option<ulong>("--seed") { Description = "Random seed for sampling.", DefaultValueFactory = _ => 42UL };
         var stop = new Option<string[]>("--stop") { Description = "Stop sequence (repeatable).", AllowMultipleArgumentsPerToken = false };
         var json = new Option<bool>("--json") { Description = "Print one JSON object instead of streaming text." };
@@ -25,14 +26,14 @@ internal static class GenerateCommand
         {
             Description = $"With --json: each generated token's log-probability and its N most likely alternatives (0..{GenerationOptions.MaxTopLogprobs}), as \"logprobs\".",
         };
-        var command = new Command("generate", "Generate a continuation of a prompt.") { prompt, maxTokens, temperature, topP, seed, stop, json, tree, acceptance, logprobs };
+        var command = new Command("generate", "Generate a continuation of a prompt.") { prompt, maxTokens, temperature, topP, topK, seed, stop, json, tree, acceptance, logprobs };
         common.AddTo(command);
         command.SetAction((parse, cancellationToken) =>
         {
             var options = new GenerationOptions
             {
                 MaxTokens = parse.GetValue(maxTokens),
-                Sampling = Sampling.From(parse.GetValue(temperature), parse.GetValue(topP)),
+                Sampling = Sampling.From(parse.GetValue(temperature), parse.GetValue(topP), parse.GetValue(topK)),
                 Seed = parse.GetValue(seed),
                 StopSequences = parse.GetValue(stop) ?? [],
                 Tree = parse.GetValue(tree),

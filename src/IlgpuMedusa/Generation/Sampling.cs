@@ -12,8 +12,11 @@ public abstract record Sampling
     /// <summary>Always the most likely token (ties: lowest id). Deterministic.</summary>
     public static Sampling Greedy { get; } = new GreedySampling();
 
-    /// <summary>Softmax at <paramref name="temperature"/>, optionally cut to the top-p nucleus, then a seeded draw.</summary>
-    public static Sampling Temperature(float temperature, float topP = 1f) => new TemperatureSampling(temperature, topP);
+    /// <summary>
+    /// Softmax at <paramref name="temperature"/>, optionally over the <paramref name="topK"/> most likely tokens only (0: all),
+    /// then cut to the top-p nucleus of that, then a seeded draw.
+    /// </summary>
+    public static Sampling Temperature(float temperature, float topP = 1f, int topK = 0) => new TemperatureSampling(temperature, topP, topK);
 
     /// <summary>Greedy decoding.</summary>
     public sealed record GreedySampling : Sampling;
@@ -22,28 +25,34 @@ public abstract record Sampling
     public sealed record TemperatureSampling : Sampling
     {
         /// <summary>Creates the sampling; throws <see cref="ArgumentOutOfRangeException"/> naming the bad value.</summary>
-        public TemperatureSampling(float temperature, float topP)
+        public TemperatureSampling(float temperature, float topP, int topK = 0)
         {
             if (!(temperature > 0) || float.IsInfinity(temperature))
                 throw new ArgumentOutOfRangeException(nameof(temperature), temperature, "temperature must be a positive number (use greedy sampling for temperature 0).");
             if (!(topP > 0 && topP <= 1))
                 throw new ArgumentOutOfRangeException(nameof(topP), topP, "top-p must be in (0, 1].");
+            if (topK < 0)
+                throw new ArgumentOutOfRangeException(nameof(topK), topK, "top-k must be 0 (every token) or a positive number of tokens.");
             TemperatureValue = temperature;
             TopP = topP;
+            TopK = topK;
         }
 
         /// <summary>Softmax temperature.</summary>
         public float TemperatureValue { get; }
         /// <summary>Nucleus mass in (0, 1]; 1 keeps the whole distribution.</summary>
         public float TopP { get; }
+        /// <summary>Draws only among this many most likely tokens (ties: lower id first); 0 keeps every token.</summary>
+        public int TopK { get; }
     }
 
-    /// <summary>Builds a sampling from CLI-style numbers: temperature 0 is greedy.</summary>
-    public static Sampling From(float temperature, float topP)
+    /// <summary>Builds a sampling from CLI-style numbers: temperature 0 is greedy (top-p and top-k then change nothing).</summary>
+    public static Sampling From(float temperature, float topP, int topK = 0)
     {
         if (!(topP > 0 && topP <= 1)) throw new ArgumentOutOfRangeException(nameof(topP), topP, "top-p must be in (0, 1].");
         if (temperature < 0 || float.IsNaN(temperature)) throw new ArgumentOutOfRangeException(nameof(temperature), temperature, "temperature must be >= 0.");
-        return temperature == 0 ? Greedy : Temperature(temperature, topP);
+        if (topK < 0) throw new ArgumentOutOfRangeException(nameof(topK), topK, "top-k must be 0 (every token) or a positive number of tokens.");
+        return temperature == 0 ? Greedy : Temperature(temperature, topP, topK);
     }
 }
 
@@ -94,7 +103,8 @@ public sealed class Sampler
                     _order = new int[logits.Length];
                 }
                 var p = _probabilities.AsSpan(0, logits.Length);
-                Probabilities(logits, t.TemperatureValue, p);
+                if (t.TopK > 0 && t.TopK < logits.Length) TopKProbabilities(logits, t.TemperatureValue, t.TopK, p);
+                else Probabilities(logits, t.TemperatureValue, p);
                 return t.TopP < 1f ? SampleTopP(p, t.TopP) : SampleFull(p);
             default:
                 throw new InvalidOperationException($"unknown sampling {_sampling}");
@@ -126,6 +136,26 @@ public sealed class Sampler
         TensorPrimitives.Exp(p, p);
         float sum = TensorPrimitives.Sum(p); // ≥ 1: the largest term is e^0
         TensorPrimitives.Divide(p, sum, p);
+    }
+
+    /// <summary>
+    /// <see cref="Probabilities"/> over the <paramref name="k"/> largest logits only (ties: lower id first); every other
+    /// token gets 0.
+    /// </summary>
+    public static void TopKProbabilities(ReadOnlySpan<float> logits, float temperature, int k, Span<float> p)
+    {
+        var keep = LogprobMath.Largest(logits, k);
+        float max = logits[keep[0]];
+        if (!float.IsFinite(max))
+        {
+            // Infinite or NaN logits: the full softmax says what that means (and throws for a broken forward).
+            Probabilities(logits, temperature, p);
+            return;
+        }
+        p.Clear();
+        float sum = 0;
+        foreach (int i in keep) sum += p[i] = MathF.Exp((logits[i] - max) / temperature);
+        foreach (int i in keep) p[i] /= sum;
     }
 
     private int SampleFull(ReadOnlySpan<float> p)

@@ -28,7 +28,7 @@ public static class IlgpuMedusaChatOptionKeys
 /// <see cref="ChatTemplate"/>, <see cref="ChatOptions"/> map to <see cref="GenerationOptions"/>, and the response carries
 /// <see cref="UsageDetails"/> and a finish reason (<see cref="ChatFinishReason.Stop"/> for an end token or stop sequence,
 /// <see cref="ChatFinishReason.Length"/> for the token limit or a full context). Unsupported options (tools, response
-/// formats, penalties, top-k) are ignored. The client does not own the engine: disposing it leaves the engine alone.
+/// formats, penalties) are ignored. The client does not own the engine: disposing it leaves the engine alone.
 /// </summary>
 public sealed class IlgpuMedusaChatClient : IChatClient
 {
@@ -74,11 +74,16 @@ public sealed class IlgpuMedusaChatClient : IChatClient
             throw new ArgumentOutOfRangeException(nameof(options), t, "ChatOptions.Temperature must be 0 (greedy) or more.");
         if (options.TopP is { } p && !(p > 0 && p <= 1))
             throw new ArgumentOutOfRangeException(nameof(options), p, "ChatOptions.TopP must be in (0, 1].");
-        if (options.Temperature is not null || options.TopP is not null)
+        if (options.TopK is < 0)
+            throw new ArgumentOutOfRangeException(nameof(options), options.TopK, "ChatOptions.TopK must be 0 (every token) or a positive number of tokens.");
+        if (options.Temperature is not null || options.TopP is not null || options.TopK is not null)
         {
             var current = result.Sampling as Sampling.TemperatureSampling;
             float temperature = options.Temperature ?? current?.TemperatureValue ?? 1f;
-            result = result with { Sampling = temperature == 0 ? Sampling.Greedy : Sampling.Temperature(temperature, options.TopP ?? current?.TopP ?? 1f) };
+            result = result with
+            {
+                Sampling = temperature == 0 ? Sampling.Greedy : Sampling.Temperature(temperature, options.TopP ?? current?.TopP ?? 1f, options.TopK ?? current?.TopK ?? 0),
+            };
         }
         if (options.Seed is { } seed) result = result with { Seed = unchecked((ulong)seed) };
         if (options.StopSequences is { Count: > 0 } stops)

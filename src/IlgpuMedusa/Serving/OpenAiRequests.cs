@@ -263,6 +263,12 @@ public static class OpenAiRequests
             if (!((float)p > 0 && p <= 1)) throw OpenAiErrorException.BadRequest("top_p", $"expected a number in (0, 1], got {Format(p)}.");
             options.TopP = (float)p;
         }
+        if (body.TryGetProperty("top_k", out var topK) && topK.ValueKind != JsonValueKind.Null)
+        {
+            // vLLM's extension: -1 (or 0) keeps every token.
+            int k = ReadInt(topK, "top_k", -1, int.MaxValue);
+            if (k > 0) options.TopK = k;
+        }
         if (body.TryGetProperty("seed", out var seed) && seed.ValueKind != JsonValueKind.Null)
         {
             if (seed.ValueKind != JsonValueKind.Number || !seed.TryGetInt64(out long value))

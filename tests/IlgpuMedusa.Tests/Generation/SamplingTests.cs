@@ -91,6 +91,32 @@ public class SamplingTests
     }
 
     [Fact]
+    public void TopK_DrawsOnlyAmongTheKBest_InTheirSoftmaxProportions()
+    {
+        // Logits 0, ln 6, ln 4, 0: k = 2 keeps ids 1 and 2, renormalised to 6/10 and 4/10.
+        float[] logits = [0f, MathF.Log(6f), MathF.Log(4f), 0f];
+        var sampler = new Sampler(Sampling.Temperature(1f, 1f, topK: 2), 99);
+        var counts = new int[4];
+        for (int i = 0; i < 20_000; i++) counts[sampler.Sample(logits)]++;
+        Assert.Equal(0, counts[0] + counts[3]);
+        Assert.InRange(counts[1] / 20_000.0, 0.58, 0.62);
+        // Top-p then applies to what top-k kept: 0.5 keeps id 1 alone (0.6 reaches it).
+        var both = new Sampler(Sampling.Temperature(1f, 0.5f, topK: 2), 7);
+        for (int i = 0; i < 200; i++) Assert.Equal(1, both.Sample(logits));
+        // k = 1 is greedy; ties at the boundary keep the lower id; k beyond the vocabulary keeps every token.
+        var one = new Sampler(Sampling.Temperature(2f, 1f, topK: 1), 3);
+        for (int i = 0; i < 200; i++) Assert.Equal(1, one.Sample(logits));
+        var tied = new Sampler(Sampling.Temperature(1f, 1f, topK: 2), 5);
+        var seen = new HashSet<int>();
+        for (int i = 0; i < 400; i++) seen.Add(tied.Sample([1f, 1f, 1f, 1f]));
+        Assert.Equal([0, 1], seen.Order());
+        var all = new Sampler(Sampling.Temperature(1f, 1f, topK: 50), 5);
+        seen.Clear();
+        for (int i = 0; i < 400; i++) seen.Add(all.Sample([1f, 1f, 1f, 1f]));
+        Assert.Equal([0, 1, 2, 3], seen.Order());
+    }
+
+    [Fact]
     public void SeededGenerationIsReproducible()
     {
         using var engine = InferenceEngine.Load(new EngineOptions { ModelPath = TestModels.Stories15MDirectory, Device = new DeviceOptions { Kind = DeviceKind.Host }, Heads = "none" });
@@ -111,5 +137,6 @@ public class SamplingTests
     {
         var e = Assert.ThrowsAny<ArgumentException>(() => Sampling.From(temperature, topP));
         Assert.Contains(name, e.Message, StringComparison.Ordinal);
+        Assert.Contains("top-k", Assert.ThrowsAny<ArgumentException>(() => Sampling.From(0.8f, 1f, -1)).Message, StringComparison.Ordinal);
     }
 }

@@ -101,6 +101,7 @@ public sealed class ChatClientTests(DemoEngineFixture fixture) : IClassFixture<D
             MaxOutputTokens = 33,
             Temperature = 0.7f,
             TopP = 0.9f,
+            TopK = 12,
             Seed = -1,
             StopSequences = [.. TheEnd],
             AdditionalProperties = new()
@@ -108,12 +109,15 @@ public sealed class ChatClientTests(DemoEngineFixture fixture) : IClassFixture<D
                 [IlgpuMedusaChatOptionKeys.Medusa] = "off",
                 [IlgpuMedusaChatOptionKeys.Tree] = "tree-16",
                 [IlgpuMedusaChatOptionKeys.Acceptance] = "typical",
+                [IlgpuMedusaChatOptionKeys.Logprobs] = 3,
             },
         });
         Assert.Equal(33, mapped.MaxTokens);
         var sampling = Assert.IsType<Sampling.TemperatureSampling>(mapped.Sampling);
         Assert.Equal(0.7f, sampling.TemperatureValue);
         Assert.Equal(0.9f, sampling.TopP);
+        Assert.Equal(12, sampling.TopK);
+        Assert.Equal(3, mapped.Logprobs);
         Assert.Equal(ulong.MaxValue, mapped.Seed);
         Assert.Equal(TheEnd, mapped.StopSequences);
         Assert.False(mapped.UseMedusa);
@@ -132,6 +136,10 @@ public sealed class ChatClientTests(DemoEngineFixture fixture) : IClassFixture<D
         var nucleusOnly = Assert.IsType<Sampling.TemperatureSampling>(tuned.ToGenerationOptions(new ChatOptions { TopP = 0.5f }).Sampling);
         Assert.Equal(0.7f, nucleusOnly.TemperatureValue);
         Assert.Equal(0.5f, nucleusOnly.TopP);
+        Assert.Equal(0, nucleusOnly.TopK);
+        Assert.Throws<ArgumentOutOfRangeException>(() => _client.ToGenerationOptions(new ChatOptions { TopK = -1 }));
+        var badLogprobs = Assert.ThrowsAny<ArgumentException>(() => _client.ToGenerationOptions(new ChatOptions { AdditionalProperties = new() { [IlgpuMedusaChatOptionKeys.Logprobs] = 50 } }));
+        Assert.Contains("logprobs", badLogprobs.Message, StringComparison.Ordinal);
         var json = System.Text.Json.JsonDocument.Parse("""{"medusa": true, "tree": "chain-3"}""").RootElement;
         var fromJson = _client.ToGenerationOptions(new ChatOptions
         {

@@ -29,20 +29,22 @@ public class SampledMedusaTests(ShippedHeadsEngineFixture fixture) : IClassFixtu
         return (ids, stats);
     }
 
-    public static TheoryData<string, float, float, ulong> Cases() => new()
+    public static TheoryData<string, float, float, ulong, int> Cases() => new()
     {
-        { "chain-3", 0.8f, 1f, 1 },
-        { "dynamic-3", 0.8f, 0.9f, 2 },
-        { "tree-8", 1f, 1f, 3 },
-        { "dynamic-16", 0.5f, 0.95f, 4 },
-        { "mc_sim_7b_63", 0.2f, 1f, 5 },
+        { "chain-3", 0.8f, 1f, 1, 0 },
+        { "dynamic-3", 0.8f, 0.9f, 2, 0 },
+        { "tree-8", 1f, 1f, 3, 0 },
+        { "dynamic-16", 0.5f, 0.95f, 4, 0 },
+        { "mc_sim_7b_63", 0.2f, 1f, 5, 0 },
+        { "dynamic-3", 1f, 1f, 6, 20 },
+        { "tree-8", 1.2f, 0.9f, 7, 5 },
     };
 
     [Theory]
     [MemberData(nameof(Cases))]
-    public void SeededMedusaSamplingEqualsSeededPlainSampling(string tree, float temperature, float topP, ulong seed)
+    public void SeededMedusaSamplingEqualsSeededPlainSampling(string tree, float temperature, float topP, ulong seed, int topK)
     {
-        var sampling = Sampling.Temperature(temperature, topP);
+        var sampling = Sampling.Temperature(temperature, topP, topK);
         var plain = Run(fixture.Engine, "Once upon a time", new GenerationOptions { MaxTokens = 96, Sampling = sampling, Seed = seed, UseMedusa = false });
         var medusa = Run(fixture.Engine, "Once upon a time", new GenerationOptions { MaxTokens = 96, Sampling = sampling, Seed = seed, Tree = tree });
         Assert.Equal(plain.Ids, medusa.Ids);

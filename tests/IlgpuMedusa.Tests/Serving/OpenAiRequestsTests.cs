@@ -74,6 +74,8 @@ public class OpenAiRequestsTests
     [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "temperature": 2.5}""", "temperature", "from 0 (greedy) to 2, got 2.5")]
     [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "temperature": "hot"}""", "temperature", "expected a number, got the string \"hot\"")]
     [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "top_p": 0}""", "top_p", "(0, 1], got 0")]
+    [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "top_k": -2}""", "top_k", "integer from -1 to 2147483647, got -2")]
+    [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "top_k": 2.5}""", "top_k", "got 2.5")]
     [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 0}""", "max_tokens", "integer from 1 to 2147483647, got 0")]
     [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "max_completion_tokens": 1.5}""", "max_completion_tokens", "got 1.5")]
     [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3000000000}""", "max_tokens", "got 3000000000")]
@@ -173,6 +175,14 @@ public class OpenAiRequestsTests
         Assert.Equal(0, chat.TopLogprobs);
         Assert.Equal(0, chat.Options.AdditionalProperties![IlgpuMedusaChatOptionKeys.Logprobs]);
         Assert.Equal(20, Chat("""{"messages": [{"role": "user", "content": "Hi"}], "logprobs": true, "top_logprobs": 20}""").TopLogprobs);
+    }
+
+    [Fact]
+    public void TopK_IsReadAsVllmDoes()
+    {
+        Assert.Equal(40, Chat("""{"messages": [{"role": "user", "content": "Hi"}], "top_k": 40}""").Options.TopK);
+        Assert.Null(Chat("""{"messages": [{"role": "user", "content": "Hi"}], "top_k": -1}""").Options.TopK);
+        Assert.Null(Completion("""{"prompt": "x", "top_k": 0}""").Options.TopK);
 
         var plain = Completion("""{"prompt": "x"}""");
         Assert.Null(plain.Logprobs);
