@@ -16,6 +16,14 @@ internal static class GenerateCommand
         var maxTokens = new Option<int>("--max-tokens", "-n") { Description = "Most tokens to generate.", DefaultValueFactory = _ => 256 };
         var temperature = new Option<float>("--temperature", "-t") { Description = "Sampling temperature; 0 is greedy.", DefaultValueFactory = _ => 0f };
         var topP = new Option<float>("--top-p") { Description = "Nucleus sampling mass in (0, 1].", DefaultValueFactory = _ => 1f };
+        var frequencyPenalty = new Option<float>("--frequency-penalty") { Description = "OpenAI's frequency penalty, -2 to 2: a token loses this much per time it was generated." };
+        var presencePenalty = new Option<float>("--presence-penalty") { Description = "OpenAI's presence penalty, -2 to 2: a token loses this much once generated." };
+        var repetitionPenalty = new Option<float>("--repetition-penalty")
+        {
+            Description = "Divide (multiply when negative) the logits of tokens already in the prompt or text by this; 1 is none.",
+            DefaultValueFactory = _ => 1f,
+        };
+        var logitBias = new Option<string[]>("--logit-bias") { Description = "ID=BIAS: add BIAS (-100..100) to token ID's logit (repeatable).", AllowMultipleArgumentsPerToken = false };
         var topK = new Option<int>("--top-k") { Description = "Sample among the K most likely tokens only; 0 keeps every token.", DefaultValueFactory = _ => 0 };
         var seed = new Option<ulong>("--seed") { Description = "Random seed for sampling.", DefaultValueFactory = _ => 42UL };
         var stop = new Option<string[]>("--stop") { Description = "Stop sequence (repeatable).", AllowMultipleArgumentsPerToken = false };
@@ -26,7 +34,7 @@ internal static class GenerateCommand
         {
             Description = $"With --json: each generated token's log-probability and its N most likely alternatives (0..{GenerationOptions.MaxTopLogprobs}), as \"logprobs\".",
         };
-        var command = new Command("generate", "Generate a continuation of a prompt.") { prompt, maxTokens, temperature, topP, topK, seed, stop, json, tree, acceptance, logprobs };
+        var command = new Command("generate", "Generate a continuation of a prompt.") { prompt, maxTokens, temperature, topP, topK, seed, stop, json, tree, acceptance, logprobs, frequencyPenalty, presencePenalty, repetitionPenalty, logitBias };
         common.AddTo(command);
         command.SetAction((parse, cancellationToken) =>
         {
@@ -39,6 +47,10 @@ internal static class GenerateCommand
                 Tree = parse.GetValue(tree),
                 Acceptance = IlgpuMedusa.Medusa.Acceptance.Parse(parse.GetValue(acceptance)!),
                 Logprobs = parse.GetValue(logprobs),
+                FrequencyPenalty = parse.GetValue(frequencyPenalty),
+                PresencePenalty = parse.GetValue(presencePenalty),
+                RepetitionPenalty = parse.GetValue(repetitionPenalty),
+                LogitBias = ParseLogitBias(parse.GetValue(logitBias) ?? []),
             }.Validate();
             if (options.Logprobs is not null && !parse.GetValue(json))
                 throw new ArgumentException("--logprobs: log-probabilities are printed in the JSON object; add --json.");
@@ -48,6 +60,21 @@ internal static class GenerateCommand
             return Task.FromResult(0);
         });
         return command;
+    }
+
+    /// <summary>"ID=BIAS" pairs, as --logit-bias gives them.</summary>
+    private static Dictionary<int, float> ParseLogitBias(string[] pairs)
+    {
+        var biases = new Dictionary<int, float>();
+        foreach (var pair in pairs)
+        {
+            int at = pair.IndexOf('=', StringComparison.Ordinal);
+            if (at <= 0 || !int.TryParse(pair.AsSpan(0, at), System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int token) ||
+                !float.TryParse(pair.AsSpan(at + 1), System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out float bias))
+                throw new ArgumentException($"--logit-bias: expected ID=BIAS (a token id, a number from -100 to 100), got '{pair}'.");
+            biases[token] = bias;
+        }
+        return biases;
     }
 
     private static void Run(InferenceEngine engine, string prompt, GenerationOptions options, bool json, CancellationToken cancellationToken)

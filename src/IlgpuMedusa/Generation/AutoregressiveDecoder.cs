@@ -101,7 +101,13 @@ internal abstract class SequenceDecoder
     /// temperature, typical acceptance, log-probabilities). When no sequence of a step needs them, the scheduler asks the
     /// backend for the greedy tokens only.
     /// </summary>
-    public virtual bool NeedsLogitRows => !Sampler.IsGreedy || ReportsLogprobs || (ScoresPrompt && Prefilling);
+    public virtual bool NeedsLogitRows => !Sampler.IsGreedy || Processor is not null || ReportsLogprobs || (ScoresPrompt && Prefilling);
+
+    /// <summary>
+    /// The request's penalties and logit bias (null: none), applied to a row before each token is chosen from it; it
+    /// belongs to the request, so its counts of generated tokens survive a preemption.
+    /// </summary>
+    public LogitProcessor? Processor { get; init; }
 
     /// <summary>
     /// Set when the caller reads the logits row of every accepted token (<see cref="AcceptedRows"/>) for its
@@ -218,6 +224,7 @@ internal abstract class SequenceDecoder
     {
         accepted.Add(token);
         AcceptedRows.Add(row);
+        Processor?.Append(token);
     }
 
     /// <summary>Called with the final hidden state of the last prompt token.</summary>
@@ -228,13 +235,18 @@ internal abstract class SequenceDecoder
     /// <summary>Consumes a decode step.</summary>
     protected abstract void CompleteStep(DeviceTensor hidden, StepLogits logits, List<int> accepted);
 
-    /// <summary>Chooses a token from logits row <paramref name="row"/>: its argmax for greedy sampling, else a draw on the host.</summary>
-    protected int Choose(StepLogits logits, int row)
+    /// <summary>
+    /// Chooses a token from logits row <paramref name="row"/>: its argmax for greedy sampling, else a draw on the host;
+    /// with a <see cref="Processor"/>, from the row adjusted for the history plus <paramref name="pending"/> (tokens this
+    /// step chose before, not yet accepted).
+    /// </summary>
+    protected int Choose(StepLogits logits, int row, ReadOnlySpan<int> pending = default)
     {
-        if (Sampler.IsGreedy) return logits.ArgMax[row];
+        if (Sampler.IsGreedy && Processor is null) return logits.ArgMax[row];
         var r = logits.Rows.Slice(row, 1);
         if (_row.Length != r.Columns) _row = new float[r.Columns];
         Backend.Download(r, _row);
+        Processor?.Apply(_row, pending);
         return Sampler.Sample(_row);
     }
 }

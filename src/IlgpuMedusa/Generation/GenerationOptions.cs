@@ -27,6 +27,31 @@ public sealed record GenerationOptions
     /// <summary>How Medusa candidates are accepted.</summary>
     public Medusa.Acceptance Acceptance { get; init; } = Medusa.Acceptance.Greedy;
 
+    /// <summary>
+    /// OpenAI's frequency penalty, from −2 to 2: a token's logit loses this much for every time it was generated so far
+    /// (the prompt does not count). 0 changes nothing.
+    /// </summary>
+    public float FrequencyPenalty { get; init; }
+
+    /// <summary>OpenAI's presence penalty, from −2 to 2: a token's logit loses this much once it has been generated. 0 changes nothing.</summary>
+    public float PresencePenalty { get; init; }
+
+    /// <summary>
+    /// Hugging Face's and vLLM's repetition penalty, above 0: the logit of every token already in the prompt or the
+    /// generated text is divided by it when positive, multiplied by it otherwise. 1 changes nothing; 1.1 to 1.3 is usual.
+    /// </summary>
+    public float RepetitionPenalty { get; init; } = 1f;
+
+    /// <summary>Token id → a bias from −100 to 100 added to that token's logit (−100 in effect bans it, 100 forces it).</summary>
+    public IReadOnlyDictionary<int, float> LogitBias { get; init; } = new Dictionary<int, float>();
+
+    /// <summary>
+    /// Whether the penalties or a logit bias change the logits. Tokens are then chosen on the host from adjusted rows,
+    /// for greedy decoding too, and Medusa walks its tree choosing each token as plain decoding would (so the output is
+    /// the same with or without Medusa). Log-probabilities stay those of the unadjusted distribution.
+    /// </summary>
+    public bool ChangesLogits => FrequencyPenalty != 0 || PresencePenalty != 0 || RepetitionPenalty != 1f || LogitBias.Count > 0;
+
     /// <summary>Most alternatives <see cref="Logprobs"/> may ask for.</summary>
     public const int MaxTopLogprobs = 20;
 
@@ -57,6 +82,21 @@ public sealed record GenerationOptions
         if (Tree is not null && !Medusa.TreePresets.IsKnown(Tree) && !Tree.EndsWith(".json", StringComparison.OrdinalIgnoreCase) && !File.Exists(Tree))
             throw new ArgumentException(
                 $"Tree (--tree): unknown tree '{Tree}'; {Medusa.TreePresets.Choices}; or give a JSON file of paths.", nameof(Tree));
+        if (!(FrequencyPenalty >= -2 && FrequencyPenalty <= 2))
+            throw new ArgumentOutOfRangeException(nameof(FrequencyPenalty), FrequencyPenalty, "FrequencyPenalty (--frequency-penalty) must be from -2 to 2.");
+        if (!(PresencePenalty >= -2 && PresencePenalty <= 2))
+            throw new ArgumentOutOfRangeException(nameof(PresencePenalty), PresencePenalty, "PresencePenalty (--presence-penalty) must be from -2 to 2.");
+        if (!(RepetitionPenalty > 0) || float.IsInfinity(RepetitionPenalty))
+            throw new ArgumentOutOfRangeException(nameof(RepetitionPenalty), RepetitionPenalty, "RepetitionPenalty (--repetition-penalty) must be a positive number (1: no penalty).");
+        ArgumentNullException.ThrowIfNull(LogitBias, nameof(LogitBias));
+        foreach (var (token, bias) in LogitBias)
+        {
+            if (token < 0) throw new ArgumentOutOfRangeException(nameof(LogitBias), token, $"LogitBias (--logit-bias): token id {token} is negative.");
+            if (!(bias >= -100 && bias <= 100))
+                throw new ArgumentOutOfRangeException(nameof(LogitBias), bias, $"LogitBias (--logit-bias): the bias of token {token} must be from -100 to 100.");
+        }
+        if (ChangesLogits && Acceptance is Medusa.Acceptance.TypicalAcceptance)
+            throw new ArgumentException("Acceptance (--acceptance) typical judges guesses by the unadjusted distribution: it cannot be combined with penalties or a logit bias; use greedy acceptance.", nameof(Acceptance));
         if (Logprobs is < 0 or > MaxTopLogprobs)
             throw new ArgumentOutOfRangeException(nameof(Logprobs), Logprobs, $"Logprobs (--logprobs) must be from 0 to {MaxTopLogprobs} alternatives, or null for none.");
         foreach (var s in StopSequences)

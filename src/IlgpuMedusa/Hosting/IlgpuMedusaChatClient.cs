@@ -21,6 +21,13 @@ public static class IlgpuMedusaChatOptionKeys
     /// streaming update carries as its RawRepresentation (non-streaming: the response's RawRepresentation, the list of pieces).
     /// </summary>
     public const string Logprobs = "logprobs";
+    /// <summary>float (above 0): the repetition penalty (<see cref="GenerationOptions.RepetitionPenalty"/>).</summary>
+    public const string RepetitionPenalty = "repetition_penalty";
+    /// <summary>
+    /// IReadOnlyDictionary&lt;int, float&gt; (or a JSON object of "id": bias): biases added to token logits
+    /// (<see cref="GenerationOptions.LogitBias"/>).
+    /// </summary>
+    public const string LogitBias = "logit_bias";
 }
 
 /// <summary>
@@ -28,7 +35,7 @@ public static class IlgpuMedusaChatOptionKeys
 /// <see cref="ChatTemplate"/>, <see cref="ChatOptions"/> map to <see cref="GenerationOptions"/>, and the response carries
 /// <see cref="UsageDetails"/> and a finish reason (<see cref="ChatFinishReason.Stop"/> for an end token or stop sequence,
 /// <see cref="ChatFinishReason.Length"/> for the token limit or a full context). Unsupported options (tools, response
-/// formats, penalties) are ignored. The client does not own the engine: disposing it leaves the engine alone.
+/// formats) are ignored. The client does not own the engine: disposing it leaves the engine alone.
 /// </summary>
 public sealed class IlgpuMedusaChatClient : IChatClient
 {
@@ -86,6 +93,8 @@ public sealed class IlgpuMedusaChatClient : IChatClient
             };
         }
         if (options.Seed is { } seed) result = result with { Seed = unchecked((ulong)seed) };
+        if (options.FrequencyPenalty is { } frequency) result = result with { FrequencyPenalty = frequency };
+        if (options.PresencePenalty is { } presence) result = result with { PresencePenalty = presence };
         if (options.StopSequences is { Count: > 0 } stops)
         {
             if (stops.Any(string.IsNullOrEmpty)) throw new ArgumentException("ChatOptions.StopSequences must not contain empty strings.", nameof(options));
@@ -111,6 +120,23 @@ public sealed class IlgpuMedusaChatClient : IChatClient
                     _ => throw new ArgumentException($"ChatOptions.AdditionalProperties[\"{IlgpuMedusaChatOptionKeys.Logprobs}\"] must be an integer from 0 to {GenerationOptions.MaxTopLogprobs}, got {logprobs}.", nameof(options)),
                 };
                 result = Keyed(IlgpuMedusaChatOptionKeys.Logprobs, () => (result with { Logprobs = count }).Validate());
+            }
+            if (properties.TryGetValue(IlgpuMedusaChatOptionKeys.RepetitionPenalty, out var repetition) && repetition is not null)
+            {
+                float penalty = repetition switch
+                {
+                    float f => f,
+                    double d => (float)d,
+                    int i => i,
+                    JsonElement { ValueKind: JsonValueKind.Number } e => e.GetSingle(),
+                    _ => throw new ArgumentException($"ChatOptions.AdditionalProperties[\"{IlgpuMedusaChatOptionKeys.RepetitionPenalty}\"] must be a number, got {repetition}.", nameof(options)),
+                };
+                result = Keyed(IlgpuMedusaChatOptionKeys.RepetitionPenalty, () => (result with { RepetitionPenalty = penalty }).Validate());
+            }
+            if (properties.TryGetValue(IlgpuMedusaChatOptionKeys.LogitBias, out var bias) && bias is not null)
+            {
+                var biases = ReadLogitBias(bias);
+                result = Keyed(IlgpuMedusaChatOptionKeys.LogitBias, () => (result with { LogitBias = biases }).Validate());
             }
             if (properties.TryGetValue(IlgpuMedusaChatOptionKeys.Acceptance, out var acceptance))
             {
@@ -263,6 +289,29 @@ public sealed class IlgpuMedusaChatClient : IChatClient
     }
 
     private static string NewId() => Guid.NewGuid().ToString("N");
+
+    private static IReadOnlyDictionary<int, float> ReadLogitBias(object value)
+    {
+        switch (value)
+        {
+            case IReadOnlyDictionary<int, float> biases:
+                return biases;
+            case IDictionary<int, float> biases:
+                return new Dictionary<int, float>(biases);
+            case JsonElement { ValueKind: JsonValueKind.Object } e:
+                var result = new Dictionary<int, float>();
+                foreach (var property in e.EnumerateObject())
+                {
+                    if (!int.TryParse(property.Name, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int token) ||
+                        property.Value.ValueKind != JsonValueKind.Number)
+                        throw new ArgumentException($"ChatOptions.AdditionalProperties[\"{IlgpuMedusaChatOptionKeys.LogitBias}\"]: expected \"token id\": number pairs, got \"{property.Name}\".", nameof(value));
+                    result[token] = property.Value.GetSingle();
+                }
+                return result;
+            default:
+                throw new ArgumentException($"ChatOptions.AdditionalProperties[\"{IlgpuMedusaChatOptionKeys.LogitBias}\"] must map token ids to biases, got {value}.", nameof(value));
+        }
+    }
 
     private static bool ReadSwitch(object? value) => value switch
     {

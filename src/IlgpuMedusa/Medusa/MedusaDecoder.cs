@@ -166,6 +166,7 @@ internal sealed class MedusaDecoder : SequenceDecoder
     }
 
     private bool _guessed; // _topK holds the heads' guesses after the pending token
+    private readonly List<int> _walked = []; // tokens SampleAlongTree accepted so far in this step
 
     /// <summary>
     /// Whether the next step verifies a tree (set by the scheduler before each step completes; default true). When false
@@ -276,7 +277,7 @@ internal sealed class MedusaDecoder : SequenceDecoder
         int sampled = -1;
         var path = _acceptance is Acceptance.TypicalAcceptance typical
             ? PosteriorEvaluator.Typical(_tree, typical, Posteriors(logits.Rows, out var entropy), entropy)
-            : !Sampler.IsGreedy ? SampleAlongTree(logits, out sampled)
+            : !Sampler.IsGreedy || Processor is not null ? SampleAlongTree(logits, out sampled)
             : PosteriorEvaluator.Greedy(_tree, _tokens, lazy ? _nodeArgMax : logits.ArgMax);
         var nodes = _tree.Paths[path.Path];
         int length = path.Length;
@@ -312,14 +313,16 @@ internal sealed class MedusaDecoder : SequenceDecoder
     /// is then one draw from the base model's distribution given the tokens before it, made with the same random stream
     /// as autoregressive sampling makes it (one draw per token), so a seed gives the same text with or without Medusa,
     /// whatever the tree and however many steps fall back to one token. (Accepting a guess only when it is the argmax
-    /// would make every accepted token a greedy one.)
+    /// would make every accepted token a greedy one.) Greedy decoding with penalties or a logit bias walks the same way:
+    /// each node's row is adjusted for the tokens accepted before it (<see cref="_walked"/>), then its argmax is taken.
     /// </summary>
     private AcceptedPath SampleAlongTree(StepLogits logits, out int drawn)
     {
         int node = 0, length = 1;
+        _walked.Clear();
         while (true)
         {
-            int token = Choose(logits, node);
+            int token = Choose(logits, node, System.Runtime.InteropServices.CollectionsMarshal.AsSpan(_walked));
             int next = -1;
             for (int child = 1; child < _tree.NodeCount && next < 0; child++)
                 if (_tree.Parents[child] == node && _tokens[child] == token) next = child;
@@ -328,6 +331,7 @@ internal sealed class MedusaDecoder : SequenceDecoder
                 drawn = token;
                 break;
             }
+            _walked.Add(token);
             node = next;
             length++;
         }

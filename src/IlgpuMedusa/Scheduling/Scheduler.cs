@@ -112,6 +112,8 @@ public sealed class Scheduler : IDisposable
             throw new KvPoolExhaustedException(
                 $"this request needs up to {maxTokens} KV positions ({blocks} blocks of {_pool.BlockSize}) but the whole pool has {_pool.BlockCount} blocks " +
                 $"(budget {KvBlockPool.Megabytes(_pool.BudgetBytes)}). Raise the KV budget or lower MaxTokens.");
+        foreach (int token in options.LogitBias.Keys)
+            if (token >= c.VocabSize) throw new ArgumentException($"LogitBias (--logit-bias): token id {token} is outside the vocabulary of {c.VocabSize}.", nameof(options));
         if (tree is { } t && t.Tree.NodeCount > MaxBatchTokens)
             throw new ArgumentException($"tree '{t.Tree.Name}' has {t.Tree.NodeCount} nodes but a batch holds {MaxBatchTokens} tokens.");
         var request = new Request(prompt, options, stats, maxNew, maxTokens, tree,
@@ -162,6 +164,8 @@ public sealed class Scheduler : IDisposable
         public Channel<GeneratedPiece> Output { get; } = Channel.CreateUnbounded<GeneratedPiece>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
         public List<int> Emitted { get; } = [];
         public List<int> Accepted { get; } = new(16);
+        /// <summary>The penalties and logit bias (null: none); it counts the generated tokens across preemptions.</summary>
+        public LogitProcessor? Processor { get; } = LogitProcessor.For(options, prompt);
         /// <summary>With <see cref="GenerationOptions.Logprobs"/>: the log-probability of each token in <see cref="Accepted"/>.</summary>
         public List<TokenLogprob> AcceptedLogprobs { get; } = [];
         /// <summary>With <see cref="GenerationOptions.PromptLogprobs"/>: prompt token i's score (set, not appended: a prefill restarted by preemption scores again).</summary>
@@ -294,12 +298,14 @@ public sealed class Scheduler : IDisposable
             {
                 ReportsLogprobs = r.Options.Logprobs is not null,
                 ScoresPrompt = r.Options.PromptLogprobs,
+                Processor = r.Processor,
             };
         }
         return new AutoregressiveDecoder(_model, r.Sequence!, r.Sampler, prompt, pending)
         {
             ReportsLogprobs = r.Options.Logprobs is not null,
             ScoresPrompt = r.Options.PromptLogprobs,
+            Processor = r.Processor,
         };
     }
 

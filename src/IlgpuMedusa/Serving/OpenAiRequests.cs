@@ -50,11 +50,15 @@ public static class OpenAiRequests
     /// <summary>Most stop sequences one request may give (OpenAI allows 4; a few more cost nothing here).</summary>
     public const int MaxStopSequences = 16;
 
+    /// <summary>Most entries a <c>logit_bias</c> may have.</summary>
+    public const int MaxLogitBiases = 1024;
+
     /// <summary>Parses a chat completion request.</summary>
     /// <param name="body">The request's JSON.</param>
     /// <param name="modelId">The model this server serves: a <c>model</c> field naming another is answered with 404.</param>
+    /// <param name="vocabularySize">The model's vocabulary: token ids in <c>logit_bias</c> must be below it.</param>
     /// <exception cref="OpenAiErrorException">The body is not a valid request; the message names the field.</exception>
-    public static ChatCompletionRequest ParseChat(JsonElement body, string modelId)
+    public static ChatCompletionRequest ParseChat(JsonElement body, string modelId, int vocabularySize = int.MaxValue)
     {
         CheckObject(body);
         CheckModel(body, modelId);
@@ -66,7 +70,7 @@ public static class OpenAiRequests
         int index = 0;
         foreach (var message in messages.EnumerateArray()) list.Add(ParseMessage(message, $"messages[{index++}]"));
         RefuseUnsupported(body, chat: true);
-        var options = ParseOptions(body, chat: true);
+        var options = ParseOptions(body, chat: true, vocabularySize);
         var (stream, includeUsage) = ParseStream(body);
         bool logprobs = body.TryGetProperty("logprobs", out var lp) && lp.ValueKind != JsonValueKind.Null && ReadBool(lp, "logprobs");
         int? top = body.TryGetProperty("top_logprobs", out var tl) && tl.ValueKind != JsonValueKind.Null
@@ -118,7 +122,7 @@ public static class OpenAiRequests
         if (body.TryGetProperty("best_of", out var bestOf) && bestOf.ValueKind != JsonValueKind.Null && ReadInt(bestOf, "best_of", 1, int.MaxValue) != 1)
             throw OpenAiErrorException.BadRequest("best_of", "only 1 is supported.");
         RefuseUnsupported(body, chat: false);
-        var options = ParseOptions(body, chat: false, minTokens: scoreOnly ? 0 : 1);
+        var options = ParseOptions(body, chat: false, vocabularySize, minTokens: scoreOnly ? 0 : 1);
         if (scoreOnly) options.MaxOutputTokens = 1;
         var (stream, includeUsage) = ParseStream(body);
         return new CompletionRequest(text, options, stream, includeUsage, ids, logprobs, echo, scoreOnly);
@@ -211,12 +215,6 @@ public static class OpenAiRequests
     {
         if (body.TryGetProperty("n", out var n) && n.ValueKind != JsonValueKind.Null && ReadInt(n, "n", 1, int.MaxValue) != 1)
             throw OpenAiErrorException.BadRequest("n", "only 1 is supported: send one request per choice (concurrent requests are batched on the device).");
-        foreach (var penalty in (string[])["frequency_penalty", "presence_penalty"])
-            if (body.TryGetProperty(penalty, out var value) && value.ValueKind != JsonValueKind.Null && ReadNumber(value, penalty) != 0)
-                throw OpenAiErrorException.BadRequest(penalty, "only 0 is supported (no repetition penalties).");
-        if (body.TryGetProperty("logit_bias", out var bias) && bias.ValueKind != JsonValueKind.Null &&
-            !(bias.ValueKind == JsonValueKind.Object && !bias.EnumerateObject().Any()))
-            throw OpenAiErrorException.BadRequest("logit_bias", "not supported.");
         if (!chat) return;
         foreach (var tools in (string[])["tools", "functions"])
             if (body.TryGetProperty(tools, out var value) && value.ValueKind != JsonValueKind.Null &&
@@ -240,7 +238,7 @@ public static class OpenAiRequests
     /// The length, sampling, stop and Medusa fields. Ranges are checked here so that the chat client's own checks never
     /// see a bad value (its messages name .NET properties, not request fields).
     /// </summary>
-    private static ChatOptions ParseOptions(JsonElement body, bool chat, int minTokens = 1)
+    private static ChatOptions ParseOptions(JsonElement body, bool chat, int vocabularySize, int minTokens = 1)
     {
         var options = new ChatOptions();
         // Chat requests name the length max_completion_tokens now and max_tokens before; either is read, the newer first.
@@ -278,7 +276,48 @@ public static class OpenAiRequests
         if (body.TryGetProperty("stop", out var stop) && stop.ValueKind != JsonValueKind.Null)
             options.StopSequences = ReadStops(stop);
         ReadMedusa(body, options);
+        ReadPenalties(body, options, vocabularySize);
         return options;
+    }
+
+    /// <summary>
+    /// OpenAI's <c>frequency_penalty</c>, <c>presence_penalty</c> (−2 to 2) and <c>logit_bias</c> (token id → −100 to 100),
+    /// and vLLM's <c>repetition_penalty</c> (above 0).
+    /// </summary>
+    private static void ReadPenalties(JsonElement body, ChatOptions options, int vocabularySize)
+    {
+        foreach (var name in (string[])["frequency_penalty", "presence_penalty"])
+        {
+            if (!body.TryGetProperty(name, out var value) || value.ValueKind == JsonValueKind.Null) continue;
+            double penalty = ReadNumber(value, name);
+            if (!(penalty >= -2 && penalty <= 2)) throw OpenAiErrorException.BadRequest(name, $"expected a number from -2 to 2, got {Format(penalty)}.");
+            if (name == "frequency_penalty") options.FrequencyPenalty = (float)penalty;
+            else options.PresencePenalty = (float)penalty;
+        }
+        if (body.TryGetProperty(IlgpuMedusaChatOptionKeys.RepetitionPenalty, out var repetition) && repetition.ValueKind != JsonValueKind.Null)
+        {
+            double penalty = ReadNumber(repetition, IlgpuMedusaChatOptionKeys.RepetitionPenalty);
+            if (!((float)penalty > 0 && double.IsFinite(penalty) && penalty <= 100))
+                throw OpenAiErrorException.BadRequest(IlgpuMedusaChatOptionKeys.RepetitionPenalty, $"expected a number above 0 and at most 100 (1: no penalty), got {Format(penalty)}.");
+            (options.AdditionalProperties ??= [])[IlgpuMedusaChatOptionKeys.RepetitionPenalty] = (float)penalty;
+        }
+        if (body.TryGetProperty("logit_bias", out var bias) && bias.ValueKind != JsonValueKind.Null)
+        {
+            if (bias.ValueKind != JsonValueKind.Object) throw OpenAiErrorException.BadRequest("logit_bias", $"expected an object mapping token ids to biases, got {Describe(bias)}.");
+            var biases = new Dictionary<int, float>();
+            foreach (var entry in bias.EnumerateObject())
+            {
+                if (biases.Count == MaxLogitBiases) throw OpenAiErrorException.BadRequest("logit_bias", $"at most {MaxLogitBiases} entries.");
+                var key = entry.Name;
+                if (!int.TryParse(key, NumberStyles.None, CultureInfo.InvariantCulture, out int token) || token >= vocabularySize)
+                    throw OpenAiErrorException.BadRequest("logit_bias", $"keys must be token ids from 0 to {vocabularySize - 1}, got \"{Shorten(key)}\".");
+                double value = ReadNumber(entry.Value, $"logit_bias[{token}]");
+                if (!(value >= -100 && value <= 100))
+                    throw OpenAiErrorException.BadRequest($"logit_bias[{token}]", $"expected a number from -100 to 100, got {Format(value)}.");
+                biases[token] = (float)value;
+            }
+            if (biases.Count > 0) (options.AdditionalProperties ??= [])[IlgpuMedusaChatOptionKeys.LogitBias] = biases;
+        }
     }
 
     private static List<string> ReadStops(JsonElement stop)

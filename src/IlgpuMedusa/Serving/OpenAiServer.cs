@@ -383,7 +383,7 @@ public sealed class OpenAiServer : IAsyncDisposable
     {
         using var slot = TakeSlot(); // before the body: parsing and tokenizing cost memory and time too
         using var body = await ReadBodyAsync(exchange).ConfigureAwait(false);
-        var request = Parse(() => OpenAiRequests.ParseChat(body.RootElement, ModelId));
+        var request = Parse(() => OpenAiRequests.ParseChat(body.RootElement, ModelId, _engine.Tokenizer.VocabularySize));
         CheckPromptLength(request.Messages.Sum(m => (long)m.Text.Length), "messages");
         string id = "chatcmpl-" + Guid.NewGuid().ToString("N");
         long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();

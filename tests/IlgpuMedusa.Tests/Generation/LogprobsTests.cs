@@ -204,7 +204,7 @@ public sealed class LogprobsTests(DemoEngineFixture fixture) : IClassFixture<Dem
         for (int i = 1; i < prompt.Length; i++) Close(expected[prompt[i]] - logSumExp, scores[i]!.Logprob, 1e-4);
     }
 
-    private static string WriteKnownLogitsModel(int dim, float[] vocab)
+    internal static string WriteKnownLogitsModel(int dim, float[] vocab)
     {
         var config = new ModelConfig
         {

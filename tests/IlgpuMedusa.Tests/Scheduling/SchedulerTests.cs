@@ -8,7 +8,7 @@ using IlgpuMedusa.Tests.Medusa;
 namespace IlgpuMedusa.Tests.Scheduling;
 
 /// <summary>One request of a mixed batch.</summary>
-public sealed record MixedRequest(string Prompt, int MaxTokens, bool Medusa, string? Tree, float Temperature = 0);
+public sealed record MixedRequest(string Prompt, int MaxTokens, bool Medusa, string? Tree, float Temperature = 0, float FrequencyPenalty = 0, float RepetitionPenalty = 1);
 
 /// <summary>
 /// Continuous batching must be invisible in the output: each sequence's tokens in a batch equal its tokens when run
@@ -35,6 +35,8 @@ public class SchedulerTests(RandomHeadsFixture heads) : IClassFixture<RandomHead
         Tree = r.Tree,
         Sampling = r.Temperature > 0 ? Sampling.Temperature(r.Temperature) : Sampling.Greedy,
         Seed = 11,
+        FrequencyPenalty = r.FrequencyPenalty,
+        RepetitionPenalty = r.RepetitionPenalty,
     };
 
     internal static async Task<List<int>> RunAsync(InferenceEngine engine, MixedRequest r)
@@ -92,7 +94,8 @@ public class SchedulerTests(RandomHeadsFixture heads) : IClassFixture<RandomHead
     public async Task MoreRequestsThanThePoolHolds_WaitOrArePreempted_AndFinishLikeAlone()
     {
         // 3 MiB of KV = 14 blocks of 16 tokens (216 KiB each; about two sequences of these requests); six requests that
-        // each fit alone must queue, and growing ones must preempt the newest.
+        // each fit alone must queue, and growing ones must preempt the newest. Penalties count the generated tokens
+        // across a preemption (the recomputed sequence chooses as if it had never stopped).
         using var engine = InferenceEngine.Load(new EngineOptions
         {
             ModelPath = TestModels.Stories15MDirectory,
@@ -104,9 +107,9 @@ public class SchedulerTests(RandomHeadsFixture heads) : IClassFixture<RandomHead
         MixedRequest[] requests =
         [
             new("Once upon a time", 90, Medusa: false, null),
-            new("The little dog was", 90, Medusa: true, "chain-2"),
-            new("Tom had a red ball. He", 80, Medusa: false, null),
-            new("One day, a bird", 90, Medusa: true, "chain-3"),
+            new("The little dog was", 90, Medusa: true, "chain-2", FrequencyPenalty: 0.7f),
+            new("Tom had a red ball. He", 80, Medusa: false, null, RepetitionPenalty: 1.2f),
+            new("One day, a bird", 90, Medusa: true, "chain-3", FrequencyPenalty: 0.5f, RepetitionPenalty: 1.1f),
             new("Lily and her mom went to the park", 70, Medusa: false, null),
             new("There was a big tree", 90, Medusa: true, "chain-1"),
         ];

@@ -84,11 +84,17 @@ public class OpenAiRequestsTests
     [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "stop": ["a", 3]}""", "stop[1]", "expected a string, got 3")]
     [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "stop": ["1","2","3","4","5","6","7","8","9","10","11","12","13","14","15","16","17"]}""", "stop", "at most 16")]
     [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "n": 2}""", "n", "only 1")]
-    [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "frequency_penalty": 0.5}""", "frequency_penalty", "only 0")]
+    [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "frequency_penalty": 2.5}""", "frequency_penalty", "from -2 to 2, got 2.5")]
+    [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "presence_penalty": "high"}""", "presence_penalty", "expected a number")]
+    [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "repetition_penalty": 0}""", "repetition_penalty", "above 0")]
+    [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "logit_bias": [1, 2]}""", "logit_bias", "expected an object")]
+    [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "logit_bias": {"hello": 1}}""", "logit_bias", "keys must be token ids")]
+    [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "logit_bias": {"-1": 1}}""", "logit_bias", "keys must be token ids")]
+    [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "logit_bias": {"5": 101}}""", "logit_bias[5]", "from -100 to 100, got 101")]
+    [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "logit_bias": {"5": "ban"}}""", "logit_bias[5]", "expected a number")]
     [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "logprobs": 1}""", "logprobs", "expected true or false, got 1")]
     [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "top_logprobs": 3}""", "top_logprobs", "only allowed with \"logprobs\": true")]
     [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "logprobs": true, "top_logprobs": 21}""", "top_logprobs", "integer from 0 to 20, got 21")]
-    [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "logit_bias": {"50256": -100}}""", "logit_bias", "not supported")]
     [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "tools": [{"type": "function"}]}""", "tools", "no tool calling")]
     [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "response_format": {"type": "json_object"}}""", "response_format", "only {\"type\": \"text\"}")]
     [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "tool_choice": "required"}""", "tool_choice", "no tool calling")]
@@ -175,6 +181,22 @@ public class OpenAiRequestsTests
         Assert.Equal(0, chat.TopLogprobs);
         Assert.Equal(0, chat.Options.AdditionalProperties![IlgpuMedusaChatOptionKeys.Logprobs]);
         Assert.Equal(20, Chat("""{"messages": [{"role": "user", "content": "Hi"}], "logprobs": true, "top_logprobs": 20}""").TopLogprobs);
+    }
+
+    [Fact]
+    public void Penalties_AndLogitBias_BecomeOptions()
+    {
+        var options = Chat("""{"messages": [{"role": "user", "content": "Hi"}], "frequency_penalty": 0.5, "presence_penalty": -1, "repetition_penalty": 1.2, "logit_bias": {"13": -100, "7": 2.5}}""").Options;
+        Assert.Equal(0.5f, options.FrequencyPenalty);
+        Assert.Equal(-1f, options.PresencePenalty);
+        Assert.Equal(1.2f, options.AdditionalProperties![IlgpuMedusaChatOptionKeys.RepetitionPenalty]);
+        var biases = Assert.IsAssignableFrom<IReadOnlyDictionary<int, float>>(options.AdditionalProperties[IlgpuMedusaChatOptionKeys.LogitBias]);
+        Assert.Equal(-100f, biases[13]);
+        Assert.Equal(2.5f, biases[7]);
+        Assert.False(Chat("""{"messages": [{"role": "user", "content": "Hi"}], "logit_bias": {}}""").Options.AdditionalProperties?.ContainsKey(IlgpuMedusaChatOptionKeys.LogitBias) ?? false);
+        var e = Assert.Throws<OpenAiErrorException>(() => Completion("""{"prompt": "x", "logit_bias": {"32000": 1}}"""));
+        Assert.Equal("logit_bias", e.Param);
+        Assert.Contains("from 0 to 31999, got \"32000\"", e.Message, StringComparison.Ordinal);
     }
 
     [Fact]

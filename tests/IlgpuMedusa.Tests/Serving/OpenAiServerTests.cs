@@ -280,6 +280,25 @@ public sealed class OpenAiServerTests(OpenAiServerFixture fixture) : IClassFixtu
     }
 
     [Fact]
+    public async Task Penalties_AndLogitBias_ShapeTheReply_WithOrWithoutMedusa()
+    {
+        var (_, forced) = await PostAsync("v1/completions", """{"prompt": "Once upon a time", "max_tokens": 5, "logit_bias": {"3186": 100}}""");
+        Assert.Equal(" world world world world world", forced.GetProperty("choices")[0].GetProperty("text").GetString());
+        const string penalised = """{"messages": [{"role": "user", "content": "Once upon a time"}], "max_tokens": 60, "frequency_penalty": 1.0, "repetition_penalty": 1.2""";
+        var (_, medusa) = await PostAsync("v1/chat/completions", penalised + "}");
+        var (_, plain) = await PostAsync("v1/chat/completions", penalised + """, "medusa": false}""");
+        var text = medusa.GetProperty("choices")[0].GetProperty("message").GetProperty("content").GetString()!;
+        Assert.Equal(plain.GetProperty("choices")[0].GetProperty("message").GetProperty("content").GetString(), text);
+        Assert.False(HostingTestSupport.Reference.StartsWith(HostingTestSupport.Prompt + text, StringComparison.Ordinal), "the penalties changed nothing");
+        var (status, error) = await PostAsync("v1/chat/completions", """{"messages": [{"role": "user", "content": "Hi"}], "logit_bias": {"32000": 5}}""");
+        Assert.Equal(HttpStatusCode.BadRequest, status);
+        Assert.Equal("logit_bias", error.GetProperty("error").GetProperty("param").GetString());
+        var (typicalStatus, typical) = await PostAsync("v1/completions", """{"prompt": "Hi", "presence_penalty": 1, "medusa_acceptance": "typical"}""");
+        Assert.Equal(HttpStatusCode.BadRequest, typicalStatus);
+        Assert.Contains("typical", typical.GetProperty("error").GetProperty("message").GetString(), StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task StopSequence_EndsTheReplyBeforeIt()
     {
         var (_, json) = await PostAsync("v1/completions", """{"prompt": "Once upon a time", "max_tokens": 50, "stop": ["Lily"]}""");

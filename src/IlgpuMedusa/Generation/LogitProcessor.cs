@@ -1,0 +1,70 @@
+namespace IlgpuMedusa.Generation;
+
+/// <summary>
+/// The logit adjustments of one request, applied on the host to a row of logits before a token is chosen from it (by
+/// argmax or by a draw), in this order:
+/// <list type="number">
+/// <item><see cref="GenerationOptions.LogitBias"/>: the bias is added to its token's logit;</item>
+/// <item><see cref="GenerationOptions.RepetitionPenalty"/> r (Hugging Face's and vLLM's): every token already in the
+/// prompt or the generated text has its logit divided by r when positive, multiplied by r otherwise;</item>
+/// <item><see cref="GenerationOptions.FrequencyPenalty"/> f and <see cref="GenerationOptions.PresencePenalty"/> p
+/// (OpenAI's): a token generated c times so far loses c · f + p (the prompt does not count).</item>
+/// </list>
+/// It counts the tokens it is told were generated; a Medusa step that walks a tree passes the tokens it has accepted
+/// so far in that step, so that every choice sees exactly the history plain decoding would give it.
+/// </summary>
+internal sealed class LogitProcessor
+{
+    private readonly IReadOnlyDictionary<int, float> _bias;
+    private readonly float _repetition, _frequency, _presence;
+    private readonly HashSet<int> _seen = [];           // prompt and generated tokens (repetition penalty)
+    private readonly Dictionary<int, int> _generated = []; // generated token → count (frequency and presence)
+    private readonly Dictionary<int, int> _extra = [];
+
+    private LogitProcessor(GenerationOptions options, ReadOnlySpan<int> prompt)
+    {
+        _bias = options.LogitBias;
+        _repetition = options.RepetitionPenalty;
+        _frequency = options.FrequencyPenalty;
+        _presence = options.PresencePenalty;
+        if (_repetition != 1f)
+            foreach (int token in prompt) _seen.Add(token);
+    }
+
+    /// <summary>The processor <paramref name="options"/> ask for, or null when they change no logit.</summary>
+    public static LogitProcessor? For(GenerationOptions options, ReadOnlySpan<int> prompt) =>
+        options.ChangesLogits ? new LogitProcessor(options, prompt) : null;
+
+    /// <summary>Records a generated token.</summary>
+    public void Append(int token)
+    {
+        _seen.Add(token);
+        _generated[token] = _generated.GetValueOrDefault(token) + 1;
+    }
+
+    /// <summary>
+    /// Adjusts <paramref name="logits"/> in place for the history so far plus <paramref name="pending"/>: tokens chosen in
+    /// the current step that are not yet recorded.
+    /// </summary>
+    public void Apply(Span<float> logits, ReadOnlySpan<int> pending)
+    {
+        foreach (var (token, bias) in _bias) logits[token] += bias;
+        _extra.Clear();
+        foreach (int token in pending) _extra[token] = _extra.GetValueOrDefault(token) + 1;
+        if (_repetition != 1f)
+        {
+            foreach (int token in _seen) Repeat(logits, token);
+            foreach (int token in _extra.Keys)
+                if (!_seen.Contains(token)) Repeat(logits, token);
+        }
+        if (_frequency != 0f || _presence != 0f)
+        {
+            foreach (var (token, count) in _generated) logits[token] -= (count + _extra.GetValueOrDefault(token)) * _frequency + _presence;
+            foreach (var (token, count) in _extra)
+                if (!_generated.ContainsKey(token)) logits[token] -= count * _frequency + _presence;
+        }
+    }
+
+    private void Repeat(Span<float> logits, int token) =>
+        logits[token] = logits[token] > 0 ? logits[token] / _repetition : logits[token] * _repetition;
+}
