@@ -17,7 +17,9 @@ namespace IlgpuMedusa.Serving;
 /// With <c>"logprobs": true</c>: how many alternatives each token lists (<c>top_logprobs</c>, 0 when absent); null when
 /// log-probabilities were not asked for. Also in <paramref name="Options"/> under <see cref="IlgpuMedusaChatOptionKeys.Logprobs"/>.
 /// </param>
-public sealed record ChatCompletionRequest(IReadOnlyList<ChatMessage> Messages, ChatOptions Options, bool Stream, bool IncludeUsage, int? TopLogprobs = null);
+/// <param name="Choices"><c>n</c>: how many replies to generate (1..<see cref="OpenAiRequests.MaxChoices"/>); choice i samples with seed + i.</param>
+public sealed record ChatCompletionRequest(IReadOnlyList<ChatMessage> Messages, ChatOptions Options, bool Stream, bool IncludeUsage, int? TopLogprobs = null,
+    int Choices = 1);
 
 /// <summary>A parsed <c>POST /v1/completions</c> body.</summary>
 /// <param name="Prompt">The text to continue (BOS is put first), or "" when <paramref name="PromptIds"/> is given.</param>
@@ -34,8 +36,9 @@ public sealed record ChatCompletionRequest(IReadOnlyList<ChatMessage> Messages, 
 /// <c>"max_tokens": 0</c> (only with <paramref name="Echo"/>): nothing is generated, the reply is the scored prompt.
 /// <paramref name="Options"/> then asks for one token, which the server runs and drops (the prefill computes it anyway).
 /// </param>
+/// <param name="Choices"><c>n</c>: how many continuations to generate (1..<see cref="OpenAiRequests.MaxChoices"/>); choice i samples with seed + i.</param>
 public sealed record CompletionRequest(string Prompt, ChatOptions Options, bool Stream, bool IncludeUsage, IReadOnlyList<int>? PromptIds = null,
-    int? Logprobs = null, bool Echo = false, bool ScoreOnly = false);
+    int? Logprobs = null, bool Echo = false, bool ScoreOnly = false, int Choices = 1);
 
 /// <summary>
 /// Reads OpenAI-style request bodies into <see cref="ChatCompletionRequest"/> and <see cref="CompletionRequest"/>. Every
@@ -49,6 +52,9 @@ public static class OpenAiRequests
 {
     /// <summary>Most stop sequences one request may give (OpenAI allows 4; a few more cost nothing here).</summary>
     public const int MaxStopSequences = 16;
+
+    /// <summary>Most choices (<c>n</c>) one request may ask for: each is a sequence of its own in the batch and the KV cache.</summary>
+    public const int MaxChoices = 16;
 
     /// <summary>Most entries a <c>logit_bias</c> may have.</summary>
     public const int MaxLogitBiases = 1024;
@@ -79,7 +85,7 @@ public static class OpenAiRequests
         if (top > 0 && !logprobs) throw OpenAiErrorException.BadRequest("top_logprobs", "only allowed with \"logprobs\": true.");
         int? topLogprobs = logprobs ? top ?? 0 : null;
         if (topLogprobs is { } count) (options.AdditionalProperties ??= [])[IlgpuMedusaChatOptionKeys.Logprobs] = count;
-        return new ChatCompletionRequest(list, options, stream, includeUsage, topLogprobs);
+        return new ChatCompletionRequest(list, options, stream, includeUsage, topLogprobs, ReadChoices(body));
     }
 
     /// <summary>Parses a (legacy) text completion request.</summary>
@@ -125,7 +131,7 @@ public static class OpenAiRequests
         var options = ParseOptions(body, chat: false, vocabularySize, minTokens: scoreOnly ? 0 : 1);
         if (scoreOnly) options.MaxOutputTokens = 1;
         var (stream, includeUsage) = ParseStream(body);
-        return new CompletionRequest(text, options, stream, includeUsage, ids, logprobs, echo, scoreOnly);
+        return new CompletionRequest(text, options, stream, includeUsage, ids, logprobs, echo, scoreOnly, ReadChoices(body));
     }
 
     /// <summary>Token ids, each in [0, <paramref name="vocabularySize"/>); at least one.</summary>
@@ -213,8 +219,6 @@ public static class OpenAiRequests
     /// <summary>Fields that would change the output in ways this runtime does not implement: refused unless neutral.</summary>
     private static void RefuseUnsupported(JsonElement body, bool chat)
     {
-        if (body.TryGetProperty("n", out var n) && n.ValueKind != JsonValueKind.Null && ReadInt(n, "n", 1, int.MaxValue) != 1)
-            throw OpenAiErrorException.BadRequest("n", "only 1 is supported: send one request per choice (concurrent requests are batched on the device).");
         if (!chat) return;
         foreach (var tools in (string[])["tools", "functions"])
             if (body.TryGetProperty(tools, out var value) && value.ValueKind != JsonValueKind.Null &&
@@ -366,6 +370,9 @@ public static class OpenAiRequests
         }
         if (extra.Count > 0) options.AdditionalProperties = extra;
     }
+
+    private static int ReadChoices(JsonElement body) =>
+        body.TryGetProperty("n", out var n) && n.ValueKind != JsonValueKind.Null ? ReadInt(n, "n", 1, MaxChoices) : 1;
 
     private static (bool Stream, bool IncludeUsage) ParseStream(JsonElement body)
     {

@@ -55,6 +55,7 @@ public sealed class OpenAiServer : IAsyncDisposable
     private readonly byte[]? _apiKeyHash;
     private readonly Lazy<long> _promptCharacterLimit;
     private readonly OpenAiLogprobs _logprobs;
+    private readonly ServerMetrics _metrics = new();
     private readonly long _created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
     private readonly object _lock = new();
     private Task? _acceptLoop;
@@ -224,10 +225,11 @@ public sealed class OpenAiServer : IAsyncDisposable
         _exchanges[id] = exchange;
         var clock = Stopwatch.StartNew();
         string method = context.Request.HttpMethod, path = context.Request.Url?.AbsolutePath ?? "/";
+        string route = path.Length > 1 ? path.TrimEnd('/') : path;
         string outcome = "";
         try
         {
-            outcome = await RouteAsync(exchange, method, path.Length > 1 ? path.TrimEnd('/') : path).ConfigureAwait(false);
+            outcome = await RouteAsync(exchange, method, route).ConfigureAwait(false);
         }
         catch (ClientGoneException e)
         {
@@ -246,6 +248,7 @@ public sealed class OpenAiServer : IAsyncDisposable
         {
             exchange.Close();
             _exchanges.TryRemove(id, out _);
+            _metrics.Request(route, exchange.Status, clock.Elapsed.TotalSeconds);
             _logger.LogInformation("{Method} {Path} {Status} {Seconds:0.000} s: {Outcome}", method, Printable(path), exchange.Status, clock.Elapsed.TotalSeconds,
                 Printable(outcome));
         }
@@ -306,6 +309,14 @@ public sealed class OpenAiServer : IAsyncDisposable
             RequireMethod(exchange, method, "GET");
             await exchange.WriteJsonAsync(HttpStatusCode.OK, Json(w => w.WriteString("status", "ok"))).ConfigureAwait(false);
             return "ok";
+        }
+        if (path == "/metrics")
+        {
+            RequireMethod(exchange, method, "GET");
+            Authorize(exchange);
+            var text = _metrics.Render(_engine.SchedulerStats, RequestsInFlight);
+            await exchange.WriteBodyAsync(HttpStatusCode.OK, Encoding.UTF8.GetBytes(text), "text/plain; version=0.0.4; charset=utf-8").ConfigureAwait(false);
+            return "metrics";
         }
         if (!path.StartsWith("/v1/", StringComparison.Ordinal)) throw NoRoute(method, path);
         Authorize(exchange);
@@ -387,55 +398,88 @@ public sealed class OpenAiServer : IAsyncDisposable
         CheckPromptLength(request.Messages.Sum(m => (long)m.Text.Length), "messages");
         string id = "chatcmpl-" + Guid.NewGuid().ToString("N");
         long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
-        if (!request.Stream)
-        {
-            var response = await _chat.GetResponseAsync(request.Messages, request.Options, _cancelRequests.Token).ConfigureAwait(false);
-            await exchange.WriteJsonAsync(HttpStatusCode.OK, Json(w =>
-            {
-                WriteHeader(w, id, "chat.completion", created);
-                w.WriteStartArray("choices");
-                w.WriteStartObject();
-                w.WriteNumber("index", 0);
-                w.WriteStartObject("message");
-                w.WriteString("role", "assistant");
-                w.WriteString("content", response.Text);
-                w.WriteEndObject();
-                if (request.TopLogprobs is null) w.WriteNull("logprobs");
-                else _logprobs.WriteChat(w, (response.RawRepresentation as IEnumerable<GeneratedPiece> ?? []).SelectMany(p => p.Logprobs ?? []));
-                w.WriteString("finish_reason", FinishReasonName(response.FinishReason));
-                w.WriteEndObject();
-                w.WriteEndArray();
-                WriteUsage(w, response.Usage);
-                WriteStatistics(w, response.AdditionalProperties);
-            })).ConfigureAwait(false);
-            return $"{response.Usage?.OutputTokenCount} tokens, {FinishReasonName(response.FinishReason)}";
-        }
-
-        var updates = _chat.GetStreamingResponseAsync(request.Messages, request.Options, _cancelRequests.Token).GetAsyncEnumerator();
+        int n = request.Choices;
+        var texts = Enumerable.Range(0, n).Select(_ => new StringBuilder()).ToArray();
+        var logprobs = Enumerable.Range(0, n).Select(_ => new List<TokenLogprob>()).ToArray();
+        var finishes = new ChatFinishReason?[n];
+        var usages = new UsageDetails?[n];
+        AdditionalPropertiesDictionary? statistics = null; // the first choice's
+        int ended = 0, last = 0; // choices ended so far, and the one that ended last
+        bool firstToken = false;
+        var updates = MergeAsync(n, (i, token) => _chat.GetStreamingResponseAsync(request.Messages, ChoiceOptions(request.Options, i), token), _cancelRequests.Token)
+            .GetAsyncEnumerator();
         await using (updates.ConfigureAwait(false))
         {
             // The first update before the response starts: a request the engine refuses still gets its status code.
             bool more = await updates.MoveNextAsync().ConfigureAwait(false);
-            exchange.BeginEvents();
-            await exchange.WriteEventAsync(Json(w => WriteChatChunk(w, id, created, role: true, "", null, null))).ConfigureAwait(false);
-            ChatFinishReason? finish = null;
-            UsageDetails? usage = null;
-            AdditionalPropertiesDictionary? statistics = null;
+            if (request.Stream)
+            {
+                exchange.BeginEvents();
+                for (int i = 0; i < n; i++)
+                {
+                    int index = i;
+                    await exchange.WriteEventAsync(Json(w => WriteChatChunk(w, id, created, index, role: true, "", null, null))).ConfigureAwait(false);
+                }
+            }
             for (; more; more = await updates.MoveNextAsync().ConfigureAwait(false))
             {
-                var update = updates.Current;
-                var text = update.Text;
-                var logprobs = request.TopLogprobs is null ? null : (update.RawRepresentation as GeneratedPiece)?.Logprobs;
-                if (text.Length > 0 || logprobs is { Count: > 0 })
-                    await exchange.WriteEventAsync(Json(w => WriteChatChunk(w, id, created, role: false, text, null, logprobs))).ConfigureAwait(false);
-                finish = update.FinishReason ?? finish;
-                usage = update.Contents.OfType<UsageContent>().FirstOrDefault()?.Details ?? usage;
-                statistics = update.AdditionalProperties ?? statistics;
+                var (index, update, end) = updates.Current;
+                if (end)
+                {
+                    last = index;
+                    if (!request.Stream || ++ended == n) continue;
+                    // A choice that ends before the others gets its finish chunk now (the last one's closes the stream).
+                    await exchange.WriteEventAsync(Json(w => WriteChatChunk(w, id, created, index, role: false, null, FinishReasonName(finishes[index]), null))).ConfigureAwait(false);
+                    continue;
+                }
+                if (!firstToken)
+                {
+                    firstToken = true;
+                    _metrics.FirstToken(exchange.Clock.Elapsed.TotalSeconds);
+                }
+                var text = update!.Text;
+                var pieceLogprobs = request.TopLogprobs is null ? null : (update.RawRepresentation as GeneratedPiece)?.Logprobs;
+                texts[index].Append(text);
+                if (pieceLogprobs is not null) logprobs[index].AddRange(pieceLogprobs);
+                finishes[index] = update.FinishReason ?? finishes[index];
+                usages[index] = update.Contents.OfType<UsageContent>().FirstOrDefault()?.Details ?? usages[index];
+                if (index == 0) statistics = update.AdditionalProperties ?? statistics;
+                if (request.Stream && (text.Length > 0 || pieceLogprobs is { Count: > 0 }))
+                    await exchange.WriteEventAsync(Json(w => WriteChatChunk(w, id, created, index, role: false, text, null, pieceLogprobs))).ConfigureAwait(false);
             }
-            await EndStreamAsync(exchange, w => WriteChatChunk(w, id, created, role: false, null, FinishReasonName(finish), null), request.IncludeUsage,
-                w => WriteUsageChunk(w, id, "chat.completion.chunk", created, usage, statistics), statistics).ConfigureAwait(false);
-            return $"{usage?.OutputTokenCount} tokens streamed, {FinishReasonName(finish)}";
         }
+        var usage = Total(usages);
+        _metrics.Tokens(usage.InputTokenCount ?? 0, usage.OutputTokenCount ?? 0);
+        var finish = string.Join(",", finishes.Select(FinishReasonName).Distinct());
+        if (request.Stream)
+        {
+            // The stream's last finish chunk: the choice that ended last's.
+            await EndStreamAsync(exchange, w => WriteChatChunk(w, id, created, last, role: false, null, FinishReasonName(finishes[last]), null), request.IncludeUsage,
+                w => WriteUsageChunk(w, id, "chat.completion.chunk", created, usage, statistics), statistics).ConfigureAwait(false);
+            return $"{usage.OutputTokenCount} tokens streamed, {finish}";
+        }
+        await exchange.WriteJsonAsync(HttpStatusCode.OK, Json(w =>
+        {
+            WriteHeader(w, id, "chat.completion", created);
+            w.WriteStartArray("choices");
+            for (int i = 0; i < n; i++)
+            {
+                w.WriteStartObject();
+                w.WriteNumber("index", i);
+                w.WriteStartObject("message");
+                w.WriteString("role", "assistant");
+                w.WriteString("content", texts[i].ToString());
+                w.WriteEndObject();
+                if (request.TopLogprobs is null) w.WriteNull("logprobs");
+                else _logprobs.WriteChat(w, logprobs[i]);
+                w.WriteString("finish_reason", FinishReasonName(finishes[i]));
+                w.WriteEndObject();
+            }
+            w.WriteEndArray();
+            WriteUsage(w, usage);
+            WriteStatistics(w, statistics);
+        })).ConfigureAwait(false);
+        return $"{usage.OutputTokenCount} tokens, {finish}";
     }
 
     private async Task<string> CompletionAsync(Exchange exchange)
@@ -455,85 +499,161 @@ public sealed class OpenAiServer : IAsyncDisposable
             throw OpenAiErrorException.BadRequest("prompt", $"{ids.Count} tokens leave no room in the model's context of {_engine.Config.MaxSequenceLength}.");
         string id = "cmpl-" + Guid.NewGuid().ToString("N");
         long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
-        var stats = new GenerationStats();
-        // echo: the reply starts with the prompt as given (a token-id prompt as its decoded text) and, with logprobs, its tokens' scores.
+        int n = request.Choices;
+        var stats = Enumerable.Range(0, n).Select(_ => new GenerationStats()).ToArray();
+        // echo: each reply starts with the prompt as given (a token-id prompt as its decoded text) and, with logprobs, its tokens' scores.
         string echoed = !request.Echo ? "" : request.PromptIds is null ? request.Prompt : _engine.Tokenizer.Decode(ids);
-        int offset = 0; // text_offset of the next token listed
-        Action<Utf8JsonWriter>? Logprobs(IReadOnlyList<int> tokenIds, IReadOnlyList<TokenLogprob?> entries)
+        var offsets = new int[n]; // text_offset of each choice's next listed token
+        Action<Utf8JsonWriter>? Logprobs(int choice, IReadOnlyList<int> tokenIds, IReadOnlyList<TokenLogprob?> entries)
         {
             if (request.Logprobs is null) return null;
-            int from = offset;
-            foreach (int token in tokenIds) offset += _logprobs.Token(token).Text.Length;
+            int from = offsets[choice];
+            foreach (int token in tokenIds) offsets[choice] += _logprobs.Token(token).Text.Length;
             return w => _logprobs.WriteCompletion(w, tokenIds, entries, from);
         }
-        IReadOnlyList<TokenLogprob?> PromptEntries() => stats.PromptLogprobs ?? throw new InvalidOperationException("the engine returned no prompt scores");
-        var pieces = _engine.GenerateAsync(ids, options, stats, _cancelRequests.Token).GetAsyncEnumerator();
+        IReadOnlyList<TokenLogprob?> PromptEntries(int choice) =>
+            request.Logprobs is null ? [] : stats[choice].PromptLogprobs ?? throw new InvalidOperationException("the engine returned no prompt scores");
+        void WriteChoice(Utf8JsonWriter w, int index, string text, string? finish, Action<Utf8JsonWriter>? logprobs) =>
+            WriteCompletionChoice(w, index, text, finish, logprobs);
+        string FinishOf(int choice) => request.ScoreOnly ? "length" : FinishReasonName(IlgpuMedusaChatClient.FinishReasonOf(stats[choice]));
+
+        var texts = Enumerable.Range(0, n).Select(_ => new StringBuilder(echoed)).ToArray();
+        var tokenIds = Enumerable.Range(0, n).Select(_ => new List<int>(request.Echo ? ids : [])).ToArray();
+        var entries = Enumerable.Range(0, n).Select(_ => new List<TokenLogprob?>()).ToArray();
+        var echoSent = new bool[n];
+        int ended = 0, last = 0;
+        bool firstToken = false;
+        var pieces = MergeAsync(n, (i, token) => _engine.GenerateAsync(ids, ChoiceOptions(options, i), stats[i], token), _cancelRequests.Token).GetAsyncEnumerator();
         await using (pieces.ConfigureAwait(false))
         {
-            bool more = await pieces.MoveNextAsync().ConfigureAwait(false); // the prompt's scores are in once the first piece is
-            if (request.ScoreOnly) while (more) more = await pieces.MoveNextAsync().ConfigureAwait(false); // the one token asked for is dropped
-            if (!request.Stream)
-            {
-                var text = new StringBuilder(echoed);
-                var tokenIds = new List<int>(request.Echo ? ids : []);
-                var entries = new List<TokenLogprob?>(request.Echo && request.Logprobs is not null ? PromptEntries() : []);
-                for (; more; more = await pieces.MoveNextAsync().ConfigureAwait(false))
-                {
-                    text.Append(pieces.Current.Text);
-                    tokenIds.AddRange(pieces.Current.TokenIds);
-                    if (pieces.Current.Logprobs is { } logprobs) entries.AddRange(logprobs);
-                }
-                var finish = request.ScoreOnly ? "length" : FinishReasonName(IlgpuMedusaChatClient.FinishReasonOf(stats));
-                var usage = UsageOf(stats, request.ScoreOnly);
-                var logprobsWriter = Logprobs(tokenIds, entries);
-                await exchange.WriteJsonAsync(HttpStatusCode.OK, Json(w =>
-                {
-                    WriteHeader(w, id, "text_completion", created);
-                    w.WriteStartArray("choices");
-                    WriteCompletionChoice(w, text.ToString(), finish, logprobsWriter);
-                    w.WriteEndArray();
-                    WriteUsage(w, usage);
-                    WriteStatistics(w, IlgpuMedusaChatClient.PropertiesOf(stats));
-                })).ConfigureAwait(false);
-                return $"{usage.OutputTokenCount} tokens, {finish}";
-            }
-            exchange.BeginEvents();
-            if (request.Echo)
-            {
-                var logprobsWriter = Logprobs(ids, request.Logprobs is null ? [] : PromptEntries());
-                await exchange.WriteEventAsync(Json(w =>
-                {
-                    WriteHeader(w, id, "text_completion", created);
-                    w.WriteStartArray("choices");
-                    WriteCompletionChoice(w, echoed, null, logprobsWriter);
-                    w.WriteEndArray();
-                })).ConfigureAwait(false);
-            }
+            bool more = await pieces.MoveNextAsync().ConfigureAwait(false); // a prompt's scores are in once its first piece is
+            if (request.Stream) exchange.BeginEvents();
             for (; more; more = await pieces.MoveNextAsync().ConfigureAwait(false))
             {
-                var piece = pieces.Current;
-                if (piece.Text.Length == 0 && !(request.Logprobs is not null && piece.TokenIds.Count > 0)) continue;
-                var logprobsWriter = Logprobs(piece.TokenIds, piece.Logprobs ?? []);
-                await exchange.WriteEventAsync(Json(w =>
+                var (index, piece, end) = pieces.Current;
+                if (request.Echo && !echoSent[index] && (piece is not null || end))
                 {
-                    WriteHeader(w, id, "text_completion", created);
-                    w.WriteStartArray("choices");
-                    WriteCompletionChoice(w, piece.Text, null, logprobsWriter);
-                    w.WriteEndArray();
-                })).ConfigureAwait(false);
+                    echoSent[index] = true;
+                    if (request.Logprobs is not null) entries[index].AddRange(PromptEntries(index));
+                    if (request.Stream)
+                    {
+                        var promptLogprobs = Logprobs(index, ids, PromptEntries(index));
+                        await exchange.WriteEventAsync(Json(w => WriteCompletionChunk(w, id, created, () => WriteChoice(w, index, echoed, null, promptLogprobs)))).ConfigureAwait(false);
+                    }
+                }
+                if (end)
+                {
+                    last = index;
+                    if (!request.Stream || ++ended == n) continue;
+                    await exchange.WriteEventAsync(Json(w => WriteCompletionChunk(w, id, created, () => WriteChoice(w, index, "", FinishOf(index), null)))).ConfigureAwait(false);
+                    continue;
+                }
+                if (request.ScoreOnly) continue; // the one token asked for is dropped
+                if (!firstToken)
+                {
+                    firstToken = true;
+                    _metrics.FirstToken(exchange.Clock.Elapsed.TotalSeconds);
+                }
+                texts[index].Append(piece!.Text);
+                tokenIds[index].AddRange(piece.TokenIds);
+                if (piece.Logprobs is { } pieceLogprobs) entries[index].AddRange(pieceLogprobs);
+                if (!request.Stream || (piece.Text.Length == 0 && !(request.Logprobs is not null && piece.TokenIds.Count > 0))) continue;
+                var logprobsWriter = Logprobs(index, piece.TokenIds, piece.Logprobs ?? []);
+                await exchange.WriteEventAsync(Json(w => WriteCompletionChunk(w, id, created, () => WriteChoice(w, index, piece.Text, null, logprobsWriter)))).ConfigureAwait(false);
             }
-            var finishReason = request.ScoreOnly ? "length" : FinishReasonName(IlgpuMedusaChatClient.FinishReasonOf(stats));
-            var streamedUsage = UsageOf(stats, request.ScoreOnly);
-            var statistics = IlgpuMedusaChatClient.PropertiesOf(stats);
-            await EndStreamAsync(exchange, w =>
-            {
-                WriteHeader(w, id, "text_completion", created);
-                w.WriteStartArray("choices");
-                WriteCompletionChoice(w, "", finishReason);
-                w.WriteEndArray();
-            }, request.IncludeUsage, w => WriteUsageChunk(w, id, "text_completion", created, streamedUsage, statistics), statistics).ConfigureAwait(false);
-            return $"{streamedUsage.OutputTokenCount} tokens streamed, {finishReason}";
         }
+        var usage = Total(stats.Select(s => UsageOf(s, request.ScoreOnly)).ToArray());
+        _metrics.Tokens(usage.InputTokenCount ?? 0, usage.OutputTokenCount ?? 0);
+        var statistics = IlgpuMedusaChatClient.PropertiesOf(stats[0]);
+        var finish = string.Join(",", Enumerable.Range(0, n).Select(FinishOf).Distinct());
+        if (request.Stream)
+        {
+            await EndStreamAsync(exchange, w => WriteCompletionChunk(w, id, created, () => WriteChoice(w, last, "", FinishOf(last), null)),
+                request.IncludeUsage, w => WriteUsageChunk(w, id, "text_completion", created, usage, statistics), statistics).ConfigureAwait(false);
+            return $"{usage.OutputTokenCount} tokens streamed, {finish}";
+        }
+        var writers = Enumerable.Range(0, n).Select(i => Logprobs(i, tokenIds[i], entries[i])).ToArray();
+        await exchange.WriteJsonAsync(HttpStatusCode.OK, Json(w =>
+        {
+            WriteHeader(w, id, "text_completion", created);
+            w.WriteStartArray("choices");
+            for (int i = 0; i < n; i++) WriteChoice(w, i, request.ScoreOnly ? echoed : texts[i].ToString(), FinishOf(i), writers[i]);
+            w.WriteEndArray();
+            WriteUsage(w, usage);
+            WriteStatistics(w, statistics);
+        })).ConfigureAwait(false);
+        return $"{usage.OutputTokenCount} tokens, {finish}";
+    }
+
+    /// <summary>The options of choice <paramref name="index"/> of a request: choice 0 as asked, choice i with seed + i.</summary>
+    private ChatOptions ChoiceOptions(ChatOptions options, int index)
+    {
+        if (index == 0) return options;
+        var copy = options.Clone();
+        copy.Seed = unchecked((options.Seed ?? (long)_chat.Defaults.Seed) + index);
+        return copy;
+    }
+
+    private static GenerationOptions ChoiceOptions(GenerationOptions options, int index) =>
+        index == 0 ? options : options with { Seed = unchecked(options.Seed + (ulong)index) };
+
+    /// <summary>
+    /// Runs <paramref name="count"/> streams at once (batched by the engine's scheduler) and yields their items as they
+    /// come, tagged with the stream's index, and once per stream an end marker after its last item. The first failure
+    /// stops the others and is thrown; leaving early stops them all, and every generation has ended (its KV blocks back
+    /// in the pool) before the enumerator's disposal completes.
+    /// </summary>
+    private static async IAsyncEnumerable<(int Index, T? Item, bool End)> MergeAsync<T>(int count, Func<int, CancellationToken, IAsyncEnumerable<T>> start,
+        [System.Runtime.CompilerServices.EnumeratorCancellation] CancellationToken cancellationToken)
+    {
+        if (count == 1)
+        {
+            await foreach (var item in start(0, cancellationToken).ConfigureAwait(false)) yield return (0, item, false);
+            yield return (0, default, true);
+            yield break;
+        }
+        using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        var channel = System.Threading.Channels.Channel.CreateUnbounded<(int, T?, bool)>();
+        int running = count;
+        var producers = Enumerable.Range(0, count).Select(i => Task.Run(async () =>
+        {
+            try
+            {
+                await foreach (var item in start(i, stop.Token).ConfigureAwait(false)) channel.Writer.TryWrite((i, item, false));
+                channel.Writer.TryWrite((i, default, true));
+                if (Interlocked.Decrement(ref running) == 0) channel.Writer.TryComplete();
+            }
+            catch (Exception e)
+            {
+                channel.Writer.TryComplete(e);
+                await stop.CancelAsync().ConfigureAwait(false);
+            }
+        })).ToArray();
+        try
+        {
+            await foreach (var entry in channel.Reader.ReadAllAsync(cancellationToken).ConfigureAwait(false)) yield return entry;
+        }
+        finally
+        {
+            await stop.CancelAsync().ConfigureAwait(false);
+            await Task.WhenAll(producers).ConfigureAwait(false); // they catch everything
+        }
+    }
+
+    /// <summary>The usage of several choices of one prompt: the prompt counted once, the completions summed.</summary>
+    private static UsageDetails Total(IReadOnlyList<UsageDetails?> usages)
+    {
+        long prompt = usages.FirstOrDefault(u => u is not null)?.InputTokenCount ?? 0;
+        long completion = usages.Sum(u => u?.OutputTokenCount ?? 0);
+        return new UsageDetails { InputTokenCount = prompt, OutputTokenCount = completion, TotalTokenCount = prompt + completion };
+    }
+
+    private void WriteCompletionChunk(Utf8JsonWriter w, string id, long created, Action writeChoice)
+    {
+        WriteHeader(w, id, "text_completion", created);
+        w.WriteStartArray("choices");
+        writeChoice();
+        w.WriteEndArray();
     }
 
     /// <summary>
@@ -679,12 +799,12 @@ public sealed class OpenAiServer : IAsyncDisposable
         w.WriteString("model", ModelId);
     }
 
-    private void WriteChatChunk(Utf8JsonWriter w, string id, long created, bool role, string? content, string? finish, IReadOnlyList<TokenLogprob>? logprobs)
+    private void WriteChatChunk(Utf8JsonWriter w, string id, long created, int index, bool role, string? content, string? finish, IReadOnlyList<TokenLogprob>? logprobs)
     {
         WriteHeader(w, id, "chat.completion.chunk", created);
         w.WriteStartArray("choices");
         w.WriteStartObject();
-        w.WriteNumber("index", 0);
+        w.WriteNumber("index", index);
         w.WriteStartObject("delta");
         if (role) w.WriteString("role", "assistant");
         if (content is not null) w.WriteString("content", content);
@@ -697,10 +817,10 @@ public sealed class OpenAiServer : IAsyncDisposable
         w.WriteEndArray();
     }
 
-    private static void WriteCompletionChoice(Utf8JsonWriter w, string text, string? finish, Action<Utf8JsonWriter>? logprobs = null)
+    private static void WriteCompletionChoice(Utf8JsonWriter w, int index, string text, string? finish, Action<Utf8JsonWriter>? logprobs = null)
     {
         w.WriteStartObject();
-        w.WriteNumber("index", 0);
+        w.WriteNumber("index", index);
         w.WriteString("text", text);
         if (logprobs is null) w.WriteNull("logprobs");
         else logprobs(w);
@@ -865,17 +985,22 @@ public sealed class OpenAiServer : IAsyncDisposable
             Response.StatusCode = Status;
         });
 
-        public async Task WriteJsonAsync(HttpStatusCode status, byte[] json)
+        public Task WriteJsonAsync(HttpStatusCode status, byte[] json) => WriteBodyAsync(status, json, "application/json; charset=utf-8");
+
+        public async Task WriteBodyAsync(HttpStatusCode status, byte[] body, string contentType)
         {
             Headers(() =>
             {
                 Status = (int)status;
                 Response.StatusCode = Status;
-                Response.ContentType = "application/json; charset=utf-8";
-                Response.ContentLength64 = json.Length;
+                Response.ContentType = contentType;
+                Response.ContentLength64 = body.Length;
             });
-            if (Request.HttpMethod != "HEAD") await WriteAsync(json, flush: false).ConfigureAwait(false);
+            if (Request.HttpMethod != "HEAD") await WriteAsync(body, flush: false).ConfigureAwait(false);
         }
+
+        /// <summary>Time since the request arrived.</summary>
+        public Stopwatch Clock { get; } = Stopwatch.StartNew();
 
         public void WriteEmpty(HttpStatusCode status) => Headers(() =>
         {

@@ -83,7 +83,8 @@ public class OpenAiRequestsTests
     [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "stop": [""]}""", "stop", "must not be empty")]
     [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "stop": ["a", 3]}""", "stop[1]", "expected a string, got 3")]
     [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "stop": ["1","2","3","4","5","6","7","8","9","10","11","12","13","14","15","16","17"]}""", "stop", "at most 16")]
-    [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "n": 2}""", "n", "only 1")]
+    [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "n": 17}""", "n", "integer from 1 to 16, got 17")]
+    [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "n": 0}""", "n", "got 0")]
     [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "frequency_penalty": 2.5}""", "frequency_penalty", "from -2 to 2, got 2.5")]
     [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "presence_penalty": "high"}""", "presence_penalty", "expected a number")]
     [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "repetition_penalty": 0}""", "repetition_penalty", "above 0")]
@@ -197,6 +198,14 @@ public class OpenAiRequestsTests
         var e = Assert.Throws<OpenAiErrorException>(() => Completion("""{"prompt": "x", "logit_bias": {"32000": 1}}"""));
         Assert.Equal("logit_bias", e.Param);
         Assert.Contains("from 0 to 31999, got \"32000\"", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void N_IsTheNumberOfChoices()
+    {
+        Assert.Equal(1, Chat("""{"messages": [{"role": "user", "content": "Hi"}]}""").Choices);
+        Assert.Equal(16, Chat("""{"messages": [{"role": "user", "content": "Hi"}], "n": 16}""").Choices);
+        Assert.Equal(3, Completion("""{"prompt": "x", "n": 3}""").Choices);
     }
 
     [Fact]

@@ -299,6 +299,85 @@ public sealed class OpenAiServerTests(OpenAiServerFixture fixture) : IClassFixtu
     }
 
     [Fact]
+    public async Task SeveralChoices_AreTheRepliesOfSeedsSeedPlusOne_AndTheirUsageAddsUp()
+    {
+        const string sampled = """{"prompt": "Once upon a time", "max_tokens": 24, "temperature": 1.0, "seed": 7""";
+        var (status, three) = await PostAsync("v1/completions", sampled + """, "n": 3}""");
+        Assert.Equal(HttpStatusCode.OK, status);
+        var choices = three.GetProperty("choices").EnumerateArray().ToList();
+        Assert.Equal([0, 1, 2], choices.Select(c => c.GetProperty("index").GetInt32()));
+        var texts = choices.Select(c => c.GetProperty("text").GetString()!).ToList();
+        for (int i = 0; i < 3; i++)
+        {
+            var (_, alone) = await PostAsync("v1/completions", sampled.Replace("\"seed\": 7", $"\"seed\": {7 + i}", StringComparison.Ordinal) + "}");
+            Assert.Equal(alone.GetProperty("choices")[0].GetProperty("text").GetString(), texts[i]);
+        }
+        Assert.Equal(3, texts.Distinct().Count());
+        var usage = three.GetProperty("usage");
+        Assert.Equal(5, usage.GetProperty("prompt_tokens").GetInt32()); // the prompt is counted once
+        Assert.Equal(3 * 24, usage.GetProperty("completion_tokens").GetInt32());
+        Assert.Equal(5 + 3 * 24, usage.GetProperty("total_tokens").GetInt32());
+
+        // Greedy choices are all the reference.
+        var (_, greedy) = await PostAsync("v1/chat/completions", """{"messages": [{"role": "user", "content": "Once upon a time"}], "max_tokens": 20, "n": 2}""");
+        var replies = greedy.GetProperty("choices").EnumerateArray().Select(c => c.GetProperty("message").GetProperty("content").GetString()!).ToList();
+        Assert.Equal(2, replies.Count);
+        Assert.All(replies, r => Assert.StartsWith(HostingTestSupport.Prompt + r, HostingTestSupport.Reference, StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public async Task SeveralChoices_Stream_Interleaved_EachAddingUpToItsReply()
+    {
+        const string request = """{"messages": [{"role": "user", "content": "Once upon a time"}], "max_tokens": 30, "temperature": 0.9, "seed": 3, "n": 3""";
+        var (_, whole) = await PostAsync("v1/chat/completions", request + "}");
+        var expected = whole.GetProperty("choices").EnumerateArray().Select(c => c.GetProperty("message").GetProperty("content").GetString()).ToList();
+        var events = await StreamAsync("v1/chat/completions", request + """, "stream": true, "stream_options": {"include_usage": true}}""");
+        Assert.Equal("[DONE]", events[^1]);
+        var chunks = events[..^1].Select(e => JsonDocument.Parse(e).RootElement).ToList();
+        var choices = chunks.Where(c => c.GetProperty("choices").GetArrayLength() > 0).Select(c => c.GetProperty("choices")[0]).ToList();
+        for (int i = 0; i < 3; i++)
+        {
+            var mine = choices.Where(c => c.GetProperty("index").GetInt32() == i).ToList();
+            Assert.Equal("assistant", mine[0].GetProperty("delta").GetProperty("role").GetString());
+            Assert.Equal(expected[i], string.Concat(mine.Select(c => c.GetProperty("delta").TryGetProperty("content", out var t) ? t.GetString() : "")));
+            Assert.Single(mine, c => c.GetProperty("finish_reason").ValueKind == JsonValueKind.String);
+            Assert.Equal("length", mine[^1].GetProperty("finish_reason").GetString());
+        }
+        Assert.Equal(90, chunks[^1].GetProperty("usage").GetProperty("completion_tokens").GetInt32());
+        // The three were generated side by side: some chunk of choice 1 or 2 comes before choice 0's last.
+        int lastOfFirst = choices.FindLastIndex(c => c.GetProperty("index").GetInt32() == 0);
+        Assert.Contains(choices.Take(lastOfFirst), c => c.GetProperty("index").GetInt32() > 0 && c.GetProperty("delta").TryGetProperty("content", out _));
+
+        // Completions too, with echo: each choice starts with the prompt.
+        var completion = await StreamAsync("v1/completions", """{"prompt": "Once upon a time", "max_tokens": 8, "n": 2, "echo": true, "stream": true}""");
+        var pieces = completion[..^1].Select(e => JsonDocument.Parse(e).RootElement.GetProperty("choices")[0]).ToList();
+        for (int i = 0; i < 2; i++)
+        {
+            var text = string.Concat(pieces.Where(p => p.GetProperty("index").GetInt32() == i).Select(p => p.GetProperty("text").GetString()));
+            Assert.StartsWith(HostingTestSupport.Prompt + ",", text, StringComparison.Ordinal);
+            Assert.StartsWith(text, HostingTestSupport.Reference, StringComparison.Ordinal);
+        }
+    }
+
+    [Fact]
+    public async Task AClientThatLeavesAStreamOfSeveralChoices_CancelsThemAll()
+    {
+        int free = fixture.Engine.Pool.FreeBlocks;
+        using var http = new HttpClient(new SocketsHttpHandler { MaxResponseDrainSize = 0 }) { BaseAddress = fixture.Server.BaseAddress };
+        using (var request = new HttpRequestMessage(HttpMethod.Post, "v1/completions")
+               {
+                   Content = Body("""{"prompt": "Once upon a time", "max_tokens": 250, "stream": true, "medusa": false, "n": 4, "temperature": 1}"""),
+               })
+        using (var response = await http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead))
+        {
+            using var reader = new StreamReader(await response.Content.ReadAsStreamAsync());
+            Assert.StartsWith("data: ", await reader.ReadLineAsync(), StringComparison.Ordinal);
+        }
+        await WaitUntil(() => fixture.Server.RequestsInFlight == 0 && fixture.Engine.Pool.FreeBlocks == free);
+        Assert.Equal(0, fixture.Engine.SchedulerStats.Running);
+    }
+
+    [Fact]
     public async Task StopSequence_EndsTheReplyBeforeIt()
     {
         var (_, json) = await PostAsync("v1/completions", """{"prompt": "Once upon a time", "max_tokens": 50, "stop": ["Lily"]}""");
@@ -548,11 +627,60 @@ public sealed class OpenAiServerTests(OpenAiServerFixture fixture) : IClassFixtu
         http.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue("Bearer", "wrong");
         using var wrong = await http.GetAsync("v1/models");
         Assert.Equal(HttpStatusCode.Unauthorized, wrong.StatusCode);
+        Assert.Equal(HttpStatusCode.Unauthorized, (await http.GetAsync("metrics")).StatusCode);
         Assert.Equal(HttpStatusCode.OK, (await http.GetAsync("health")).StatusCode);
         http.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue("Bearer", "s3cret");
         var (status, json) = await PostAsync("v1/completions", """{"prompt": "Once upon a time", "max_tokens": 3}""", http);
         Assert.Equal(HttpStatusCode.OK, status);
         Assert.Equal(3, json.GetProperty("usage").GetProperty("completion_tokens").GetInt32());
+        Assert.Equal(HttpStatusCode.OK, (await http.GetAsync("metrics")).StatusCode);
+    }
+
+    [Fact]
+    public async Task Metrics_InPrometheusTextFormat_CountRequestsTokensAndTheScheduler()
+    {
+        // A server of its own, so that the counts are this test's.
+        await using var server = fixture.StartServer(new OpenAiServerOptions());
+        using var http = new HttpClient { BaseAddress = server.BaseAddress };
+        var (ok, _) = await PostAsync("v1/completions", """{"prompt": "Once upon a time", "max_tokens": 7, "n": 2}""", http);
+        Assert.Equal(HttpStatusCode.OK, ok);
+        var (bad, _) = await PostAsync("v1/completions", """{"prompt": "x", "temperature": -1}""", http);
+        Assert.Equal(HttpStatusCode.BadRequest, bad);
+        await http.GetAsync("v1/models/stories15M");
+        await http.GetAsync("no/such/route");
+
+        using var response = await http.GetAsync("metrics");
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        Assert.Equal("text/plain", response.Content.Headers.ContentType?.MediaType);
+        Assert.Contains(response.Content.Headers.ContentType!.Parameters, p => p.Name == "version" && p.Value == "0.0.4");
+        var text = await response.Content.ReadAsStringAsync();
+        var samples = new Dictionary<string, double>();
+        var typed = new HashSet<string>();
+        foreach (var line in text.Split('\n', StringSplitOptions.RemoveEmptyEntries))
+        {
+            if (line.StartsWith("# TYPE ", StringComparison.Ordinal)) typed.Add(line.Split(' ')[2]);
+            if (line.StartsWith('#')) continue;
+            var match = System.Text.RegularExpressions.Regex.Match(line, @"^([a-z_]+)(\{[^}]*\})? (\S+)$");
+            Assert.True(match.Success, $"not a sample line: '{line}'");
+            string name = match.Groups[1].Value;
+            Assert.Contains(typed, t => name == t || name.StartsWith(t + "_", StringComparison.Ordinal));
+            samples[name + match.Groups[2].Value] = double.Parse(match.Groups[3].Value, System.Globalization.CultureInfo.InvariantCulture);
+        }
+        Assert.Equal(1, samples["ilgpu_medusa_http_requests_total{route=\"/v1/completions\",status=\"200\"}"]);
+        Assert.Equal(1, samples["ilgpu_medusa_http_requests_total{route=\"/v1/completions\",status=\"400\"}"]);
+        Assert.Equal(1, samples["ilgpu_medusa_http_requests_total{route=\"/v1/models\",status=\"200\"}"]);
+        Assert.Equal(1, samples["ilgpu_medusa_http_requests_total{route=\"other\",status=\"404\"}"]);
+        Assert.Equal(5, samples["ilgpu_medusa_prompt_tokens_total"]);
+        Assert.Equal(14, samples["ilgpu_medusa_completion_tokens_total"]); // two choices of 7
+        Assert.Equal(1, samples["ilgpu_medusa_request_duration_seconds_count"]);
+        Assert.Equal(1, samples["ilgpu_medusa_request_duration_seconds_bucket{le=\"+Inf\"}"]);
+        Assert.Equal(1, samples["ilgpu_medusa_time_to_first_token_seconds_count"]);
+        Assert.True(samples["ilgpu_medusa_time_to_first_token_seconds_sum"] <= samples["ilgpu_medusa_request_duration_seconds_sum"]);
+        Assert.Equal(0, samples["ilgpu_medusa_sequences_running"]);
+        Assert.Equal(fixture.Engine.Pool.BlockCount, samples["ilgpu_medusa_kv_blocks_free"]);
+        Assert.True(samples["ilgpu_medusa_generated_tokens_total"] >= 14);
+        Assert.True(samples["ilgpu_medusa_tokens_per_sequence_step"] >= 1);
+        Assert.Equal(1, samples["ilgpu_medusa_http_requests_in_flight"]); // this request
     }
 
     [Fact]
