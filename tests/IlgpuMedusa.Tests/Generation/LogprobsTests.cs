@@ -1,4 +1,3 @@
-using System.Runtime.InteropServices;
 using IlgpuMedusa.Compute;
 using IlgpuMedusa.Generation;
 using IlgpuMedusa.Models;
@@ -232,17 +231,7 @@ public sealed class LogprobsTests(DemoEngineFixture fixture) : IClassFixture<Dem
         Add(LlamaTensorNames.Down(0), dim, 16, (_, _) => 0f);
         Add(LlamaTensorNames.FinalNorm, 1, dim, (_, _) => 1f);
         Add(LlamaTensorNames.Classifier, vocab.Length, dim, (v, _) => vocab[v] / dim);
-        var handles = arrays.Select(a => GCHandle.Alloc(a.Data, GCHandleType.Pinned)).ToList();
-        try
-        {
-            var tensors = arrays.Select((a, i) => new TensorData(a.Name, DType.F32, a.Shape, handles[i].AddrOfPinnedObject())).ToList();
-            SafetensorsWriter.Write(Path.Combine(directory, "model.safetensors"), tensors, DType.F32, new Dictionary<string, string> { ["format"] = "pt" });
-        }
-        finally
-        {
-            foreach (var h in handles) h.Free();
-        }
-        using (var stream = File.Create(Path.Combine(directory, "config.json"))) ModelConverter.WriteConfig(stream, config, DType.F32);
+        IlgpuMedusa.Tests.Medusa.TinyRandomModel.WriteDirectory(directory, config, arrays);
         File.WriteAllBytes(Path.Combine(directory, "tokenizer.model"), TokenizerLoader.GetSentencePieceModelBytes(TestModels.Stories15MDirectory));
         return directory;
     }

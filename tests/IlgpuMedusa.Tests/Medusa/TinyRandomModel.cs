@@ -46,6 +46,13 @@ internal static class TinyRandomModel
         }
         Norm(LlamaTensorNames.FinalNorm);
         Matrix(LlamaTensorNames.Classifier, config.VocabSize, d, 1f);
+        WriteDirectory(directory, config, arrays);
+        return directory;
+    }
+
+    /// <summary>Writes <paramref name="arrays"/> as model.safetensors (F32) and <paramref name="config"/> as config.json into <paramref name="directory"/>.</summary>
+    public static void WriteDirectory(string directory, ModelConfig config, IReadOnlyList<(string Name, float[] Data, int[] Shape)> arrays)
+    {
         var handles = arrays.Select(a => GCHandle.Alloc(a.Data, GCHandleType.Pinned)).ToList();
         try
         {
@@ -56,7 +63,7 @@ internal static class TinyRandomModel
         {
             foreach (var h in handles) h.Free();
         }
-        using (var stream = File.Create(Path.Combine(directory, "config.json"))) ModelConverter.WriteConfig(stream, config, DType.F32);
-        return directory;
+        using var stream = File.Create(Path.Combine(directory, "config.json"));
+        ModelConverter.WriteConfig(stream, config, DType.F32);
     }
 }
