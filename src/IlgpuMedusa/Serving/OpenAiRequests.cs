@@ -40,6 +40,13 @@ public sealed record ChatCompletionRequest(IReadOnlyList<ChatMessage> Messages, 
 public sealed record CompletionRequest(string Prompt, ChatOptions Options, bool Stream, bool IncludeUsage, IReadOnlyList<int>? PromptIds = null,
     int? Logprobs = null, bool Echo = false, bool ScoreOnly = false, int Choices = 1);
 
+/// <summary>A parsed <c>POST /tokenize</c> body (vLLM's route): a text, or a conversation laid out by the chat template.</summary>
+/// <param name="Prompt">The text, or null when <paramref name="Messages"/> is given.</param>
+/// <param name="Messages">The conversation, or null for a text.</param>
+/// <param name="AddSpecialTokens">Whether BOS is put before a text (<c>add_special_tokens</c>, default true; a conversation's template decides).</param>
+/// <param name="ReturnTokenStrings">Whether the reply lists each token's text too (<c>return_token_strs</c>).</param>
+public sealed record TokenizeRequest(string? Prompt, IReadOnlyList<ChatMessage>? Messages, bool AddSpecialTokens, bool ReturnTokenStrings);
+
 /// <summary>
 /// Reads OpenAI-style request bodies into <see cref="ChatCompletionRequest"/> and <see cref="CompletionRequest"/>. Every
 /// field this server acts on is checked for type and range, and an error names the field (OpenAI's <c>param</c>) and
@@ -132,6 +139,42 @@ public static class OpenAiRequests
         if (scoreOnly) options.MaxOutputTokens = 1;
         var (stream, includeUsage) = ParseStream(body);
         return new CompletionRequest(text, options, stream, includeUsage, ids, logprobs, echo, scoreOnly, ReadChoices(body));
+    }
+
+    /// <summary>Parses a <c>POST /tokenize</c> body: <c>prompt</c> (a string) or <c>messages</c> (as for chat), <c>add_special_tokens</c>, <c>return_token_strs</c>.</summary>
+    /// <exception cref="OpenAiErrorException">The body is not a valid request; the message names the field.</exception>
+    public static TokenizeRequest ParseTokenize(JsonElement body, string modelId)
+    {
+        CheckObject(body);
+        CheckModel(body, modelId);
+        bool hasPrompt = body.TryGetProperty("prompt", out var prompt) && prompt.ValueKind != JsonValueKind.Null;
+        bool hasMessages = body.TryGetProperty("messages", out var messages) && messages.ValueKind != JsonValueKind.Null;
+        if (hasPrompt == hasMessages)
+            throw OpenAiErrorException.BadRequest(hasPrompt ? "messages" : "prompt", "give either \"prompt\" (a string) or \"messages\" (a conversation), not both.");
+        bool addSpecial = !body.TryGetProperty("add_special_tokens", out var special) || special.ValueKind == JsonValueKind.Null || ReadBool(special, "add_special_tokens");
+        bool strings = body.TryGetProperty("return_token_strs", out var strs) && strs.ValueKind != JsonValueKind.Null && ReadBool(strs, "return_token_strs");
+        if (hasPrompt)
+        {
+            if (prompt.ValueKind != JsonValueKind.String) throw OpenAiErrorException.BadRequest("prompt", $"expected a string, got {Describe(prompt)}.");
+            return new TokenizeRequest(Text(prompt, "prompt"), null, addSpecial, strings);
+        }
+        if (messages.ValueKind != JsonValueKind.Array || messages.GetArrayLength() == 0)
+            throw OpenAiErrorException.BadRequest("messages", $"expected a non-empty array of messages, got {Describe(messages)}.");
+        var list = new List<ChatMessage>();
+        int index = 0;
+        foreach (var message in messages.EnumerateArray()) list.Add(ParseMessage(message, $"messages[{index++}]"));
+        return new TokenizeRequest(null, list, addSpecial, strings);
+    }
+
+    /// <summary>Parses a <c>POST /detokenize</c> body: <c>tokens</c>, ids below <paramref name="vocabularySize"/>.</summary>
+    /// <exception cref="OpenAiErrorException">The body is not a valid request; the message names the field.</exception>
+    public static int[] ParseDetokenize(JsonElement body, string modelId, int vocabularySize)
+    {
+        CheckObject(body);
+        CheckModel(body, modelId);
+        if (!body.TryGetProperty("tokens", out var tokens) || tokens.ValueKind != JsonValueKind.Array)
+            throw OpenAiErrorException.BadRequest("tokens", "required: an array of token ids.");
+        return tokens.GetArrayLength() == 0 ? [] : ReadIds(tokens, "tokens", vocabularySize);
     }
 
     /// <summary>Token ids, each in [0, <paramref name="vocabularySize"/>); at least one.</summary>

@@ -318,6 +318,12 @@ public sealed class OpenAiServer : IAsyncDisposable
             await exchange.WriteBodyAsync(HttpStatusCode.OK, Encoding.UTF8.GetBytes(text), "text/plain; version=0.0.4; charset=utf-8").ConfigureAwait(false);
             return "metrics";
         }
+        if (path is "/tokenize" or "/detokenize")
+        {
+            RequireMethod(exchange, method, "POST");
+            Authorize(exchange);
+            return path == "/tokenize" ? await TokenizeAsync(exchange).ConfigureAwait(false) : await DetokenizeAsync(exchange).ConfigureAwait(false);
+        }
         if (!path.StartsWith("/v1/", StringComparison.Ordinal)) throw NoRoute(method, path);
         Authorize(exchange);
         switch (path)
@@ -583,6 +589,44 @@ public sealed class OpenAiServer : IAsyncDisposable
             WriteStatistics(w, statistics);
         })).ConfigureAwait(false);
         return $"{usage.OutputTokenCount} tokens, {finish}";
+    }
+
+    /// <summary>vLLM's <c>POST /tokenize</c>: the ids of a text (BOS first unless <c>add_special_tokens</c> is false) or of a conversation under the chat template.</summary>
+    private async Task<string> TokenizeAsync(Exchange exchange)
+    {
+        using var slot = TakeSlot();
+        using var body = await ReadBodyAsync(exchange).ConfigureAwait(false);
+        var request = Parse(() => OpenAiRequests.ParseTokenize(body.RootElement, ModelId));
+        CheckPromptLength(request.Prompt?.Length ?? request.Messages!.Sum(m => (long)m.Text.Length), request.Prompt is null ? "messages" : "prompt");
+        var ids = request.Prompt is { } text
+            ? _engine.Tokenizer.Encode(text, request.AddSpecialTokens)
+            : ChatTemplate.Encode(ChatTemplate.Apply(_chat.Template, request.Messages!, null), _engine.Tokenizer);
+        await exchange.WriteJsonAsync(HttpStatusCode.OK, Json(w =>
+        {
+            w.WriteNumber("count", ids.Count);
+            w.WriteNumber("max_model_len", _engine.Config.MaxSequenceLength);
+            w.WriteStartArray("tokens");
+            foreach (int id in ids) w.WriteNumberValue(id);
+            w.WriteEndArray();
+            if (request.ReturnTokenStrings)
+            {
+                w.WriteStartArray("token_strs");
+                foreach (int id in ids) w.WriteStringValue(_logprobs.Token(id).Text);
+                w.WriteEndArray();
+            }
+        })).ConfigureAwait(false);
+        return $"{ids.Count} tokens";
+    }
+
+    /// <summary>vLLM's <c>POST /detokenize</c>: the text of token ids (special tokens give no text).</summary>
+    private async Task<string> DetokenizeAsync(Exchange exchange)
+    {
+        using var slot = TakeSlot();
+        using var body = await ReadBodyAsync(exchange).ConfigureAwait(false);
+        var ids = Parse(() => OpenAiRequests.ParseDetokenize(body.RootElement, ModelId, _engine.Tokenizer.VocabularySize));
+        var text = _engine.Tokenizer.Decode(ids);
+        await exchange.WriteJsonAsync(HttpStatusCode.OK, Json(w => w.WriteString("prompt", text))).ConfigureAwait(false);
+        return $"{ids.Length} tokens";
     }
 
     /// <summary>The options of choice <paramref name="index"/> of a request: choice 0 as asked, choice i with seed + i.</summary>

@@ -15,7 +15,7 @@ internal sealed class ServerMetrics
 {
     private const string Prefix = "ilgpu_medusa_";
     private static readonly double[] Buckets = [0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120];
-    private static readonly string[] Routes = ["/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics"];
+    private static readonly string[] Routes = ["/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics", "/tokenize", "/detokenize"];
 
     private readonly ConcurrentDictionary<(string Route, int Status), long> _requests = new();
     private readonly Histogram _duration = new(), _firstToken = new();

@@ -378,6 +378,47 @@ public sealed class OpenAiServerTests(OpenAiServerFixture fixture) : IClassFixtu
     }
 
     [Fact]
+    public async Task Tokenize_AndDetokenize_AsVllmDoes()
+    {
+        // llama2.c's ids for "Once upon a time", BOS first.
+        var (status, json) = await PostAsync("tokenize", """{"prompt": "Once upon a time", "return_token_strs": true}""");
+        Assert.Equal(HttpStatusCode.OK, status);
+        Assert.Equal([1, 9038, 2501, 263, 931], json.GetProperty("tokens").EnumerateArray().Select(t => t.GetInt32()));
+        Assert.Equal(5, json.GetProperty("count").GetInt32());
+        Assert.Equal(256, json.GetProperty("max_model_len").GetInt32());
+        Assert.Equal(["", " Once", " upon", " a", " time"], json.GetProperty("token_strs").EnumerateArray().Select(t => t.GetString()));
+        var (_, noBos) = await PostAsync("tokenize", """{"prompt": "Once upon a time", "add_special_tokens": false}""");
+        Assert.Equal([9038, 2501, 263, 931], noBos.GetProperty("tokens").EnumerateArray().Select(t => t.GetInt32()));
+        Assert.False(noBos.TryGetProperty("token_strs", out _));
+        // A conversation: the ids the chat route generates from (its usage counts them).
+        var (_, chat) = await PostAsync("tokenize", """{"messages": [{"role": "user", "content": "Once upon a time"}]}""");
+        var (_, reply) = await PostAsync("v1/chat/completions", """{"messages": [{"role": "user", "content": "Once upon a time"}], "max_tokens": 1}""");
+        Assert.Equal(reply.GetProperty("usage").GetProperty("prompt_tokens").GetInt32(), chat.GetProperty("count").GetInt32());
+
+        var (_, text) = await PostAsync("detokenize", """{"tokens": [1, 9038, 2501, 263, 931, 29892]}""");
+        Assert.Equal("Once upon a time,", text.GetProperty("prompt").GetString());
+        var (_, empty) = await PostAsync("detokenize", """{"tokens": []}""");
+        Assert.Equal("", empty.GetProperty("prompt").GetString());
+
+        foreach (var (path, body, param) in new[]
+                 {
+                     ("tokenize", """{"prompt": "x", "messages": [{"role": "user", "content": "x"}]}""", "messages"),
+                     ("tokenize", """{}""", "prompt"),
+                     ("tokenize", """{"prompt": 5}""", "prompt"),
+                     ("tokenize", """{"prompt": "x", "add_special_tokens": "no"}""", "add_special_tokens"),
+                     ("detokenize", """{"tokens": [1, 32000]}""", "tokens[1]"),
+                     ("detokenize", """{"tokens": "1 2"}""", "tokens"),
+                 })
+        {
+            var (bad, error) = await PostAsync(path, body);
+            Assert.Equal(HttpStatusCode.BadRequest, bad);
+            Assert.Equal(param, error.GetProperty("error").GetProperty("param").GetString());
+        }
+        using var get = await _http.GetAsync("tokenize");
+        Assert.Equal(HttpStatusCode.MethodNotAllowed, get.StatusCode);
+    }
+
+    [Fact]
     public async Task StopSequence_EndsTheReplyBeforeIt()
     {
         var (_, json) = await PostAsync("v1/completions", """{"prompt": "Once upon a time", "max_tokens": 50, "stop": ["Lily"]}""");
