@@ -43,7 +43,7 @@ public sealed record GenerationOptions
     public float RepetitionPenalty { get; init; } = 1f;
 
     /// <summary>Token id → a bias from −100 to 100 added to that token's logit (−100 in effect bans it, 100 forces it).</summary>
-    public IReadOnlyDictionary<int, float> LogitBias { get; init; } = new Dictionary<int, float>();
+    public IReadOnlyDictionary<int, float> LogitBias { get; init; } = System.Collections.ObjectModel.ReadOnlyDictionary<int, float>.Empty;
 
     /// <summary>
     /// Whether the penalties or a logit bias change the logits. Tokens are then chosen on the host from adjusted rows,

@@ -30,6 +30,7 @@ public sealed class PenaltyTests(DemoEngineFixture fixture) : IClassFixture<Demo
         Assert.Equal(1f / 2 - 0.5f - 0.25f, logits[3]);      // pending in the step counts as generated
         Assert.Equal(4f, logits[4]);                    // biased only
         Assert.Null(LogitProcessor.For(new GenerationOptions(), [0]));
+        Assert.Equal(new GenerationOptions(), new GenerationOptions()); // defaults compare equal (one shared empty bias map)
     }
 
     [Theory]
