@@ -382,6 +382,16 @@ def summarize_demo(raw, steps, device):
         if mismatch is None and len(mine) != len(theirs):
             mismatch = n
         g.update(compared=n, identical=mismatch is None, first_mismatch_index=mismatch)
+        # Log-probabilities of the tokens both sides chose alike (the rows after a mismatch see other histories).
+        lp_dev, lp_host = dev.get("logprobs"), host.get("logprobs")
+        if isinstance(lp_dev, list) and isinstance(lp_host, list):
+            same = n if mismatch is None else mismatch
+            diffs = [abs(number(a.get("logprob")) - number(b.get("logprob"))) for a, b in zip(lp_dev[:same], lp_host[:same])
+                     if isinstance(a, dict) and isinstance(b, dict) and number(a.get("logprob")) is not None and number(b.get("logprob")) is not None]
+            if diffs:
+                g["logprob_max_abs_diff"] = max(diffs)
+                g["logprob_mean_abs_diff"] = sum(diffs) / len(diffs)
+                g["logprob_compared"] = len(diffs)
     decode = {"device": number(dev.get("decode_tokens_per_second")), "host": number(host.get("decode_tokens_per_second")),
               "device_name": dev.get("device"), "host_name": host.get("device"),
               "generated_tokens": {"device": dev.get("generated_tokens"), "host": host.get("generated_tokens")}}
@@ -435,6 +445,9 @@ def demo_table(demo, created, gpu, commit):
     else:
         same = f"DIFFERENT from index {g['first_mismatch_index']} ({g['compared']} compared)"
     lines.append(f"  greedy tokens {d} vs host: {same}")
+    if g.get("logprob_compared"):
+        lines.append(f"  token logprobs {d} vs host: max |diff| {g['logprob_max_abs_diff']:.2e}, mean {g['logprob_mean_abs_diff']:.2e}"
+                     f" over {g['logprob_compared']} tokens")
     if g["identical"] is False:
         lines.append(f"    {d}: {g['device_tokens']}")
         lines.append(f"    host: {g['host_tokens']}")

@@ -406,13 +406,14 @@ demo_stage() {
     return
   fi
   # 2. Greedy tokens from the same prompt on the device and on the host, without heads: the same f16 weights on both
-  #    sides, so the tokens should be identical (report.py compares them and shows both lists when they are not).
+  #    sides, so the tokens should be identical (report.py compares them and shows both lists when they are not), and
+  #    each token's log-probability (report.py gives the largest difference over the tokens both agree on).
   env_value demo_prompt "$DEMO_PROMPT"
   for name in device host; do
     local on=$DEVICE
     [[ $name == host ]] && on=host
     run_step "demo-greedy-$name" "$([[ $name == host ]] && echo 60 || echo 90)" "${APP[@]}" generate --model "$DEMO_MODEL" \
-      --device "$on" --heads none --prompt "$DEMO_PROMPT" --max-tokens "$DEMO_TOKENS" --temperature 0 --json
+      --device "$on" --heads none --prompt "$DEMO_PROMPT" --max-tokens "$DEMO_TOKENS" --temperature 0 --json --logprobs 1
   done
 
   # 3. The bench on the device: AR vs Medusa (tree: the app's default for the device), greedy, on the story prompts.
