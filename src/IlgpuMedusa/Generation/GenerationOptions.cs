@@ -48,7 +48,8 @@ public sealed record GenerationOptions
     /// <summary>
     /// Whether the penalties or a logit bias change the logits. Tokens are then chosen on the host from adjusted rows,
     /// for greedy decoding too, and Medusa walks its tree choosing each token as plain decoding would (so the output is
-    /// the same with or without Medusa). Log-probabilities stay those of the unadjusted distribution.
+    /// the same with or without Medusa). Log-probabilities stay those of the unadjusted distribution. Typical acceptance
+    /// judges guesses by the unadjusted distribution: a request that would verify Medusa trees with it is refused.
     /// </summary>
     public bool ChangesLogits => FrequencyPenalty != 0 || PresencePenalty != 0 || RepetitionPenalty != 1f || LogitBias.Count > 0;
 
@@ -95,8 +96,6 @@ public sealed record GenerationOptions
             if (!(bias >= -100 && bias <= 100))
                 throw new ArgumentOutOfRangeException(nameof(LogitBias), bias, $"LogitBias (--logit-bias): the bias of token {token} must be from -100 to 100.");
         }
-        if (ChangesLogits && Acceptance is Medusa.Acceptance.TypicalAcceptance)
-            throw new ArgumentException("Acceptance (--acceptance) typical judges guesses by the unadjusted distribution: it cannot be combined with penalties or a logit bias; use greedy acceptance.", nameof(Acceptance));
         if (Logprobs is < 0 or > MaxTopLogprobs)
             throw new ArgumentOutOfRangeException(nameof(Logprobs), Logprobs, $"Logprobs (--logprobs) must be from 0 to {MaxTopLogprobs} alternatives, or null for none.");
         foreach (var s in StopSequences)

@@ -144,19 +144,81 @@ public sealed class Sampler
     /// </summary>
     public static void TopKProbabilities(ReadOnlySpan<float> logits, float temperature, int k, Span<float> p)
     {
-        var keep = LogprobMath.Largest(logits, k);
-        float max = logits[keep[0]];
-        if (!float.IsFinite(max))
+        float max = TensorPrimitives.Max(logits);
+        if (!float.IsFinite(max) || k >= logits.Length)
         {
             // Infinite or NaN logits: the full softmax says what that means (and throws for a broken forward).
             Probabilities(logits, temperature, p);
             return;
         }
-        p.Clear();
+        // The k-th largest value in linear time; every larger value is kept, and as many equal to it as fit, lowest ids first.
+        float threshold = KthLargest(logits, k);
+        int ties = k;
+        foreach (float x in logits) if (x > threshold) ties--;
         float sum = 0;
-        foreach (int i in keep) sum += p[i] = MathF.Exp((logits[i] - max) / temperature);
-        foreach (int i in keep) p[i] /= sum;
+        for (int i = 0; i < logits.Length; i++)
+        {
+            float x = logits[i];
+            bool keep = x > threshold || (x == threshold && ties-- > 0);
+            sum += p[i] = keep ? MathF.Exp((x - max) / temperature) : 0f;
+        }
+        TensorPrimitives.Divide(p, sum, p);
     }
+
+    /// <summary>
+    /// The <paramref name="k"/>-th largest of <paramref name="values"/> (no NaN), by quickselect on a copy: linear time
+    /// in expectation, with a sort of what is left when the partitions stop shrinking (so never quadratic).
+    /// </summary>
+    internal static float KthLargest(ReadOnlySpan<float> values, int k)
+    {
+        var rented = System.Buffers.ArrayPool<float>.Shared.Rent(values.Length);
+        try
+        {
+            var a = rented.AsSpan(0, values.Length);
+            values.CopyTo(a);
+            int target = k - 1, lo = 0, hi = a.Length - 1, budget = 2 * (int)Math.Log2(a.Length) + 8;
+            while (lo < hi)
+            {
+                if (budget-- == 0)
+                {
+                    a[lo..(hi + 1)].Sort((x, y) => y.CompareTo(x));
+                    break;
+                }
+                // Median of three as the pivot; descending three-way partition: [lo, lt) > pivot, [lt, gt] == pivot, (gt, hi] < pivot.
+                int mid = lo + (hi - lo) / 2;
+                float pivot = Median(a[lo], a[mid], a[hi]);
+                int lt = lo, gt = hi, i = lo;
+                while (i <= gt)
+                {
+                    float x = a[i];
+                    if (x > pivot)
+                    {
+                        a[i] = a[lt];
+                        a[lt] = x;
+                        lt++;
+                        i++;
+                    }
+                    else if (x < pivot)
+                    {
+                        a[i] = a[gt];
+                        a[gt] = x;
+                        gt--;
+                    }
+                    else i++;
+                }
+                if (target < lt) hi = lt - 1;
+                else if (target > gt) lo = gt + 1;
+                else return pivot;
+            }
+            return a[target];
+        }
+        finally
+        {
+            System.Buffers.ArrayPool<float>.Shared.Return(rented);
+        }
+    }
+
+    private static float Median(float a, float b, float c) => Math.Max(Math.Min(a, b), Math.Min(Math.Max(a, b), c));
 
     private int SampleFull(ReadOnlySpan<float> p)
     {

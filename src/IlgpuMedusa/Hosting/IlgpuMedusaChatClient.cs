@@ -143,8 +143,15 @@ public sealed class IlgpuMedusaChatClient : IChatClient
                 var text = ReadString(IlgpuMedusaChatOptionKeys.Acceptance, acceptance);
                 result = Keyed(IlgpuMedusaChatOptionKeys.Acceptance,
                     () => result with { Acceptance = text is null ? Defaults.Acceptance : IlgpuMedusa.Medusa.Acceptance.Parse(text) });
+                if (text is not null && result.ChangesLogits && result.Acceptance is IlgpuMedusa.Medusa.Acceptance.TypicalAcceptance && result.UseMedusa)
+                    Keyed(IlgpuMedusaChatOptionKeys.Acceptance, () => throw new ArgumentException(
+                        "typical acceptance judges guesses by the unadjusted distribution and cannot be combined with penalties or a logit bias; use greedy.", nameof(options)));
             }
         }
+        // Typical acceptance judges guesses by the unadjusted distribution: a request with penalties or a bias that did
+        // not ask for it (the client's default) verifies its trees greedily; one that did was refused above.
+        if (result.ChangesLogits && result.Acceptance is IlgpuMedusa.Medusa.Acceptance.TypicalAcceptance)
+            result = result with { Acceptance = IlgpuMedusa.Medusa.Acceptance.Greedy };
         return result.Validate();
     }
 

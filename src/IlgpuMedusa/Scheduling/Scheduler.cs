@@ -112,6 +112,10 @@ public sealed class Scheduler : IDisposable
             throw new KvPoolExhaustedException(
                 $"this request needs up to {maxTokens} KV positions ({blocks} blocks of {_pool.BlockSize}) but the whole pool has {_pool.BlockCount} blocks " +
                 $"(budget {KvBlockPool.Megabytes(_pool.BudgetBytes)}). Raise the KV budget or lower MaxTokens.");
+        if (tree is not null && options.ChangesLogits && options.Acceptance is Medusa.Acceptance.TypicalAcceptance)
+            throw new ArgumentException(
+                "Acceptance (--acceptance) typical judges guesses by the unadjusted distribution: it cannot be combined with penalties or a logit bias; use greedy acceptance (or no Medusa).",
+                nameof(options));
         foreach (int token in options.LogitBias.Keys)
             if (token >= c.VocabSize) throw new ArgumentException($"LogitBias (--logit-bias): token id {token} is outside the vocabulary of {c.VocabSize}.", nameof(options));
         if (tree is { } t && t.Tree.NodeCount > MaxBatchTokens)

@@ -74,12 +74,28 @@ internal sealed class OpenAiLogprobs(ITextTokenizer tokenizer)
     }
 
     /// <summary>
+    /// Where each of <paramref name="ids"/> starts in the text <paramref name="detokenizer"/> makes of them (the reply's
+    /// own text: the first word's dummy-prefix space dropped at the start of a text, a multi-byte character placed where
+    /// its first byte token is), counted from <paramref name="position"/>, which moves past them.
+    /// </summary>
+    public static int[] Offsets(IStreamingDetokenizer detokenizer, IReadOnlyList<int> ids, ref int position)
+    {
+        var offsets = new int[ids.Count];
+        for (int i = 0; i < ids.Count; i++)
+        {
+            offsets[i] = position;
+            position += detokenizer.Append(ids[i]).Length;
+        }
+        return offsets;
+    }
+
+    /// <summary>
     /// The completion <c>"logprobs"</c> object for <paramref name="tokens"/> (a null entry: a token with no score, the
     /// first prompt token, whose id is <paramref name="ids"/>' entry). <c>top_logprobs</c> maps hold the alternatives and
-    /// the token itself, as OpenAI's do (so up to n + 1 entries). <c>text_offset</c> counts from <paramref name="textOffset"/>
-    /// over the tokens' texts laid end to end.
+    /// the token itself, as OpenAI's do (so up to n + 1 entries). <c>text_offset</c> is <paramref name="offsets"/>: where
+    /// each token starts in the reply's text (see <see cref="Offsets"/>).
     /// </summary>
-    public void WriteCompletion(Utf8JsonWriter w, IReadOnlyList<int> ids, IReadOnlyList<TokenLogprob?> tokens, int textOffset)
+    public void WriteCompletion(Utf8JsonWriter w, IReadOnlyList<int> ids, IReadOnlyList<TokenLogprob?> tokens, IReadOnlyList<int> offsets)
     {
         w.WriteStartObject("logprobs");
         w.WriteStartArray("tokens");
@@ -113,12 +129,7 @@ internal sealed class OpenAiLogprobs(ITextTokenizer tokenizer)
         }
         w.WriteEndArray();
         w.WriteStartArray("text_offset");
-        int offset = textOffset;
-        foreach (int id in ids)
-        {
-            w.WriteNumberValue(offset);
-            offset += Token(id).Text.Length;
-        }
+        foreach (int offset in offsets) w.WriteNumberValue(offset);
         w.WriteEndArray();
         w.WriteEndObject();
     }

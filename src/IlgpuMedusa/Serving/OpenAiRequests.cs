@@ -130,6 +130,8 @@ public static class OpenAiRequests
         bool scoreOnly = body.TryGetProperty("max_tokens", out var maxTokens) && maxTokens.ValueKind == JsonValueKind.Number &&
                          maxTokens.TryGetInt64(out long max) && max == 0;
         if (scoreOnly && !echo) throw OpenAiErrorException.BadRequest("max_tokens", "0 is only allowed with \"echo\": true (to score the prompt); otherwise at least 1.");
+        if (scoreOnly && ReadChoices(body) > 1)
+            throw OpenAiErrorException.BadRequest("n", "scoring a prompt (\"max_tokens\": 0) gives the same result for every choice: send \"n\": 1.");
         if (body.TryGetProperty("suffix", out var suffix) && suffix.ValueKind != JsonValueKind.Null)
             throw OpenAiErrorException.BadRequest("suffix", "not supported (no fill-in-the-middle).");
         if (body.TryGetProperty("best_of", out var bestOf) && bestOf.ValueKind != JsonValueKind.Null && ReadInt(bestOf, "best_of", 1, int.MaxValue) != 1)

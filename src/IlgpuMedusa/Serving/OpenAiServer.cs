@@ -8,6 +8,7 @@ using System.Text.Json;
 using IlgpuMedusa.Generation;
 using IlgpuMedusa.Hosting;
 using IlgpuMedusa.Scheduling;
+using IlgpuMedusa.Tokenization;
 using Microsoft.Extensions.AI;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
@@ -401,6 +402,7 @@ public sealed class OpenAiServer : IAsyncDisposable
         using var slot = TakeSlot(); // before the body: parsing and tokenizing cost memory and time too
         using var body = await ReadBodyAsync(exchange).ConfigureAwait(false);
         var request = Parse(() => OpenAiRequests.ParseChat(body.RootElement, ModelId, _engine.Tokenizer.VocabularySize));
+        using var choiceSlots = TakeChoiceSlots(request.Choices);
         CheckPromptLength(request.Messages.Sum(m => (long)m.Text.Length), "messages");
         string id = "chatcmpl-" + Guid.NewGuid().ToString("N");
         long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
@@ -493,6 +495,7 @@ public sealed class OpenAiServer : IAsyncDisposable
         using var slot = TakeSlot();
         using var body = await ReadBodyAsync(exchange).ConfigureAwait(false);
         var request = Parse(() => OpenAiRequests.ParseCompletion(body.RootElement, ModelId, _engine.Tokenizer.VocabularySize));
+        using var choiceSlots = TakeChoiceSlots(request.Choices);
         CheckPromptLength(request.Prompt.Length, "prompt");
         var options = _chat.ToGenerationOptions(request.Options) with
         {
@@ -509,14 +512,24 @@ public sealed class OpenAiServer : IAsyncDisposable
         var stats = Enumerable.Range(0, n).Select(_ => new GenerationStats()).ToArray();
         // echo: each reply starts with the prompt as given (a token-id prompt as its decoded text) and, with logprobs, its tokens' scores.
         string echoed = !request.Echo ? "" : request.PromptIds is null ? request.Prompt : _engine.Tokenizer.Decode(ids);
-        var offsets = new int[n]; // text_offset of each choice's next listed token
-        Action<Utf8JsonWriter>? Logprobs(int choice, IReadOnlyList<int> tokenIds, IReadOnlyList<TokenLogprob?> entries)
+        // text_offset: where each listed token starts in its choice's text. The echoed prompt is laid out as a text of its
+        // own (its first word's dummy-prefix space dropped), the generated tokens as the engine decodes them after it.
+        bool continues = ids.Any(t => t != _engine.Tokenizer.BosId);
+        var positions = new int[n];
+        var detokenizers = new IStreamingDetokenizer?[n];
+        int[] PromptOffsets()
         {
-            if (request.Logprobs is null) return null;
-            int from = offsets[choice];
-            foreach (int token in tokenIds) offsets[choice] += _logprobs.Token(token).Text.Length;
-            return w => _logprobs.WriteCompletion(w, tokenIds, entries, from);
+            int position = 0;
+            return OpenAiLogprobs.Offsets(_engine.Tokenizer.CreateStreamingDetokenizer(), ids, ref position);
         }
+        int[] GeneratedOffsets(int choice, IReadOnlyList<int> tokenIds)
+        {
+            if (detokenizers[choice] is null) positions[choice] = echoed.Length;
+            var detokenizer = detokenizers[choice] ??= _engine.Tokenizer.CreateStreamingDetokenizer(continues);
+            return OpenAiLogprobs.Offsets(detokenizer, tokenIds, ref positions[choice]);
+        }
+        Action<Utf8JsonWriter>? Logprobs(IReadOnlyList<int> tokenIds, IReadOnlyList<TokenLogprob?> entries, int[] offsets) =>
+            request.Logprobs is null ? null : w => _logprobs.WriteCompletion(w, tokenIds, entries, offsets);
         IReadOnlyList<TokenLogprob?> PromptEntries(int choice) =>
             request.Logprobs is null ? [] : stats[choice].PromptLogprobs ?? throw new InvalidOperationException("the engine returned no prompt scores");
         void WriteChoice(Utf8JsonWriter w, int index, string text, string? finish, Action<Utf8JsonWriter>? logprobs) =>
@@ -524,7 +537,7 @@ public sealed class OpenAiServer : IAsyncDisposable
         string FinishOf(int choice) => request.ScoreOnly ? "length" : FinishReasonName(IlgpuMedusaChatClient.FinishReasonOf(stats[choice]));
 
         var texts = Enumerable.Range(0, n).Select(_ => new StringBuilder(echoed)).ToArray();
-        var tokenIds = Enumerable.Range(0, n).Select(_ => new List<int>(request.Echo ? ids : [])).ToArray();
+        var tokenIds = Enumerable.Range(0, n).Select(_ => new List<int>()).ToArray(); // generated
         var entries = Enumerable.Range(0, n).Select(_ => new List<TokenLogprob?>()).ToArray();
         var echoSent = new bool[n];
         int ended = 0, last = 0;
@@ -543,7 +556,7 @@ public sealed class OpenAiServer : IAsyncDisposable
                     if (request.Logprobs is not null) entries[index].AddRange(PromptEntries(index));
                     if (request.Stream)
                     {
-                        var promptLogprobs = Logprobs(index, ids, PromptEntries(index));
+                        var promptLogprobs = Logprobs(ids, PromptEntries(index), PromptOffsets());
                         await exchange.WriteEventAsync(Json(w => WriteCompletionChunk(w, id, created, () => WriteChoice(w, index, echoed, null, promptLogprobs)))).ConfigureAwait(false);
                     }
                 }
@@ -564,7 +577,7 @@ public sealed class OpenAiServer : IAsyncDisposable
                 tokenIds[index].AddRange(piece.TokenIds);
                 if (piece.Logprobs is { } pieceLogprobs) entries[index].AddRange(pieceLogprobs);
                 if (!request.Stream || (piece.Text.Length == 0 && !(request.Logprobs is not null && piece.TokenIds.Count > 0))) continue;
-                var logprobsWriter = Logprobs(index, piece.TokenIds, piece.Logprobs ?? []);
+                var logprobsWriter = Logprobs(piece.TokenIds, piece.Logprobs ?? [], GeneratedOffsets(index, piece.TokenIds));
                 await exchange.WriteEventAsync(Json(w => WriteCompletionChunk(w, id, created, () => WriteChoice(w, index, piece.Text, null, logprobsWriter)))).ConfigureAwait(false);
             }
         }
@@ -578,7 +591,8 @@ public sealed class OpenAiServer : IAsyncDisposable
                 request.IncludeUsage, w => WriteUsageChunk(w, id, "text_completion", created, usage, statistics), statistics).ConfigureAwait(false);
             return $"{usage.OutputTokenCount} tokens streamed, {finish}";
         }
-        var writers = Enumerable.Range(0, n).Select(i => Logprobs(i, tokenIds[i], entries[i])).ToArray();
+        var writers = Enumerable.Range(0, n).Select(i => Logprobs(
+            [.. request.Echo ? ids : [], .. tokenIds[i]], entries[i], [.. request.Echo ? PromptOffsets() : [], .. GeneratedOffsets(i, tokenIds[i])])).ToArray();
         await exchange.WriteJsonAsync(HttpStatusCode.OK, Json(w =>
         {
             WriteHeader(w, id, "text_completion", created);
@@ -726,6 +740,25 @@ public sealed class OpenAiServer : IAsyncDisposable
         return new SemaphoreReleaser(_slots);
     }
 
+    /// <summary>
+    /// The places of a request's choices beyond its first (each is a sequence of its own in the batch): 429 when they are
+    /// not free now, 400 when the server could never give them.
+    /// </summary>
+    private SemaphoreReleaser TakeChoiceSlots(int choices)
+    {
+        if (choices > _options.MaxConcurrentRequests)
+            throw OpenAiErrorException.BadRequest("n", $"{choices} choices need {choices} of the server's {_options.MaxConcurrentRequests} request places (--max-concurrent-requests).");
+        for (int taken = 0; taken < choices - 1; taken++)
+        {
+            if (_slots.Wait(0)) continue;
+            if (taken > 0) _slots.Release(taken);
+            throw new OpenAiErrorException(HttpStatusCode.TooManyRequests,
+                $"{choices} choices need {choices} request places and fewer are free now (--max-concurrent-requests {_options.MaxConcurrentRequests}); try again shortly.",
+                type: "rate_limit_error", code: "too_many_requests");
+        }
+        return new SemaphoreReleaser(_slots, choices - 1);
+    }
+
     private async Task<JsonDocument> ReadBodyAsync(Exchange exchange)
     {
         var bytes = await exchange.ReadBodyAsync(_options.MaxRequestBytes).ConfigureAwait(false);
@@ -786,11 +819,18 @@ public sealed class OpenAiServer : IAsyncDisposable
         OperationCanceledException when _cancelRequests.IsCancellationRequested =>
             new(HttpStatusCode.ServiceUnavailable, "the server is shutting down; the request was cancelled.", type: "server_error", code: "shutting_down"),
         KvPoolExhaustedException k => new(HttpStatusCode.BadRequest, $"the request does not fit the server's KV cache: {k.Message}", code: "kv_budget_exceeded"),
-        ArgumentException a => new(HttpStatusCode.BadRequest, WithoutParameterSuffix(a.Message)),
+        // The chat client names its additional properties, which are this server's request fields (medusa_tree, logprobs, ...).
+        ArgumentException a => new(HttpStatusCode.BadRequest, WithoutParameterSuffix(a.Message), RequestFields.Contains(a.ParamName) ? a.ParamName : null),
         _ => new(HttpStatusCode.InternalServerError, $"internal error: {e.GetType().Name}: {e.Message}", type: "server_error"),
     };
 
     /// <summary>.NET appends " (Parameter 'x')" to argument errors; a client does not know those names.</summary>
+    private static readonly HashSet<string?> RequestFields =
+    [
+        IlgpuMedusaChatOptionKeys.Medusa, IlgpuMedusaChatOptionKeys.Tree, IlgpuMedusaChatOptionKeys.Acceptance, IlgpuMedusaChatOptionKeys.Logprobs,
+        IlgpuMedusaChatOptionKeys.RepetitionPenalty, IlgpuMedusaChatOptionKeys.LogitBias,
+    ];
+
     private static string WithoutParameterSuffix(string message)
     {
         int at = message.IndexOf(" (Parameter '", StringComparison.Ordinal);
@@ -928,9 +968,12 @@ public sealed class OpenAiServer : IAsyncDisposable
         return buffer.WrittenSpan.ToArray();
     }
 
-    private readonly struct SemaphoreReleaser(SemaphoreSlim semaphore) : IDisposable
+    private readonly struct SemaphoreReleaser(SemaphoreSlim semaphore, int count = 1) : IDisposable
     {
-        public void Dispose() => semaphore.Release();
+        public void Dispose()
+        {
+            if (count > 0) semaphore.Release(count);
+        }
     }
 
     /// <summary>

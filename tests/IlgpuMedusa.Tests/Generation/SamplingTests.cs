@@ -117,6 +117,30 @@ public class SamplingTests
     }
 
     [Fact]
+    public void TopK_KeepsExactlyTheKLargest_LowestIdsAmongEquals_ForAnyK()
+    {
+        // Against a plain sort: many ties (values rounded to tenths), k from 1 to the whole vocabulary but one.
+        var random = new Random(17);
+        var logits = new float[32000];
+        for (int i = 0; i < logits.Length; i++) logits[i] = MathF.Round((float)(random.NextDouble() * 8 - 4), 1);
+        var p = new float[logits.Length];
+        foreach (int k in new[] { 1, 2, 7, 40, 1000, 16000, 31999 })
+        {
+            var expected = Enumerable.Range(0, logits.Length).OrderByDescending(i => logits[i]).ThenBy(i => i).Take(k).Order().ToArray();
+            Sampler.TopKProbabilities(logits, 0.7f, k, p);
+            var kept = Enumerable.Range(0, p.Length).Where(i => p[i] > 0).ToArray();
+            Assert.Equal(expected, kept);
+            Assert.Equal(1.0, p.Sum(x => (double)x), 4);
+            var sorted = logits.OrderByDescending(x => x).ToArray();
+            Assert.Equal(sorted[k - 1], Sampler.KthLargest(logits, k));
+        }
+        // Already sorted and all-equal inputs (the quickselect's bad cases) still select correctly.
+        var ascending = Enumerable.Range(0, 5000).Select(i => (float)i).ToArray();
+        Assert.Equal(4999f - 99, Sampler.KthLargest(ascending, 100));
+        Assert.Equal(3f, Sampler.KthLargest(Enumerable.Repeat(3f, 4000).ToArray(), 2500));
+    }
+
+    [Fact]
     public void SeededGenerationIsReproducible()
     {
         using var engine = InferenceEngine.Load(new EngineOptions { ModelPath = TestModels.Stories15MDirectory, Device = new DeviceOptions { Kind = DeviceKind.Host }, Heads = "none" });

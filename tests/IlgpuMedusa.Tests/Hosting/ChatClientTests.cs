@@ -138,6 +138,16 @@ public sealed class ChatClientTests(DemoEngineFixture fixture) : IClassFixture<D
         Assert.Equal(0.5f, nucleusOnly.TopP);
         Assert.Equal(0, nucleusOnly.TopK);
         Assert.Throws<ArgumentOutOfRangeException>(() => _client.ToGenerationOptions(new ChatOptions { TopK = -1 }));
+        // A client whose default acceptance is typical verifies a penalised request's trees greedily; a request that asks
+        // for typical acceptance with a penalty is refused, naming the property.
+        var typicalByDefault = new IlgpuMedusaChatClient(fixture.Engine, defaults: new GenerationOptions { Acceptance = IlgpuMedusa.Medusa.Acceptance.Typical() });
+        Assert.IsType<IlgpuMedusa.Medusa.Acceptance.TypicalAcceptance>(typicalByDefault.ToGenerationOptions(new ChatOptions()).Acceptance);
+        Assert.Same(IlgpuMedusa.Medusa.Acceptance.Greedy, typicalByDefault.ToGenerationOptions(new ChatOptions { FrequencyPenalty = 0.5f }).Acceptance);
+        var explicitTypical = Assert.ThrowsAny<ArgumentException>(() => _client.ToGenerationOptions(new ChatOptions
+        {
+            PresencePenalty = 1, AdditionalProperties = new() { [IlgpuMedusaChatOptionKeys.Acceptance] = "typical" },
+        }));
+        Assert.Equal(IlgpuMedusaChatOptionKeys.Acceptance, explicitTypical.ParamName);
         var badLogprobs = Assert.ThrowsAny<ArgumentException>(() => _client.ToGenerationOptions(new ChatOptions { AdditionalProperties = new() { [IlgpuMedusaChatOptionKeys.Logprobs] = 50 } }));
         Assert.Contains("logprobs", badLogprobs.Message, StringComparison.Ordinal);
         var json = System.Text.Json.JsonDocument.Parse("""{"medusa": true, "tree": "chain-3"}""").RootElement;

@@ -243,6 +243,7 @@ public class OpenAiRequestsTests
     [InlineData("""{"prompt": 5}""", "prompt", "expected a string, got 5")]
     [InlineData("""{"prompt": "x", "echo": 1}""", "echo", "expected true or false")]
     [InlineData("""{"prompt": "x", "max_tokens": 0}""", "max_tokens", "only allowed with \"echo\": true")]
+    [InlineData("""{"prompt": "x", "max_tokens": 0, "echo": true, "n": 2}""", "n", "send \"n\": 1")]
     [InlineData("""{"prompt": "x", "logprobs": true}""", "logprobs", "integer from 0 to 20, got true")]
     [InlineData("""{"prompt": "x", "logprobs": 21}""", "logprobs", "got 21")]
     [InlineData("""{"prompt": "x", "logprobs": 2, "top_logprobs": 2}""", "top_logprobs", "\"logprobs\" is the number of alternatives")]

@@ -209,8 +209,8 @@ public sealed class OpenAiServerTests(OpenAiServerFixture fixture) : IClassFixtu
             Assert.InRange(top[i]!.Count, 1, 4);
             Assert.Equal(logprobs[i]!.Value, top[i]![tokens[i]]);
             Assert.Equal(top[i]!.Values.Max(), logprobs[i]!.Value);
-            Assert.Equal(i == 0 ? 0 : offsets[i - 1] + tokens[i - 1].Length, offsets[i]);
         }
+        AssertOffsetsIndexTheText(text, tokens, offsets);
 
         // Scoring the prompt and that continuation as one text (ids, max_tokens 0, echo) gives the same numbers from the
         // prefill's rows that decoding gave one step at a time.
@@ -273,10 +273,43 @@ public sealed class OpenAiServerTests(OpenAiServerFixture fixture) : IClassFixtu
         Assert.StartsWith(text, HostingTestSupport.Reference, StringComparison.Ordinal);
         var listed = choices.Where(c => c.GetProperty("logprobs").ValueKind != JsonValueKind.Null).Select(CompletionLogprobs).ToList();
         Assert.Equal(5 + 12, listed.Sum(l => l.Tokens.Count));
-        // Offsets run on across the chunks: each starts where the tokens before it end.
-        var offsets = listed.SelectMany(l => l.Offsets).ToList();
-        var all = listed.SelectMany(l => l.Tokens).ToList();
-        for (int i = 1; i < all.Count; i++) Assert.Equal(offsets[i - 1] + all[i - 1].Length, offsets[i]);
+        // Offsets run on across the chunks and index the text: the prompt's first word without its leading space.
+        AssertOffsetsIndexTheText(text, listed.SelectMany(l => l.Tokens).ToList(), listed.SelectMany(l => l.Offsets).ToList());
+        Assert.Equal([0, 0, 4, 9, 11, 16], listed.SelectMany(l => l.Offsets).Take(6));
+    }
+
+    /// <summary>Each listed token stands at its text_offset in the reply's text (a text's first word without its leading space; a byte token where its character is).</summary>
+    private static void AssertOffsetsIndexTheText(string text, List<string> tokens, List<int> offsets)
+    {
+        Assert.Equal(tokens.Count, offsets.Count);
+        for (int i = 0; i < tokens.Count; i++)
+        {
+            Assert.InRange(offsets[i], i == 0 ? 0 : offsets[i - 1], text.Length);
+            if (tokens[i].StartsWith("bytes:", StringComparison.Ordinal) || tokens[i].Length == 0) continue;
+            var token = offsets[i] == 0 ? tokens[i].TrimStart() : tokens[i];
+            Assert.True(text[offsets[i]..].StartsWith(token, StringComparison.Ordinal), $"token {i} '{tokens[i]}' is not at {offsets[i]} in '{text}'");
+        }
+    }
+
+    [Fact]
+    public async Task TextOffsets_IndexTheReply_ForByteTokensAndAnEmptyPrompt()
+    {
+        var (_, snowman) = await PostAsync("v1/completions", """{"prompt": "The ☃ melted", "max_tokens": 4, "echo": true, "logprobs": 0}""");
+        var choice = snowman.GetProperty("choices")[0];
+        var text = choice.GetProperty("text").GetString()!;
+        var (tokens, _, _, offsets) = CompletionLogprobs(choice);
+        Assert.Contains(tokens, t => t.StartsWith("bytes:\\x", StringComparison.Ordinal)); // the snowman is three byte tokens
+        AssertOffsetsIndexTheText(text, tokens, offsets);
+        int snow = text.IndexOf('☃', StringComparison.Ordinal);
+        Assert.Equal(Enumerable.Repeat(snow, 3), tokens.Select((t, i) => (t, i)).Where(p => p.t.StartsWith("bytes:", StringComparison.Ordinal)).Select(p => offsets[p.i]));
+
+        var (_, empty) = await PostAsync("v1/completions", """{"prompt": "", "max_tokens": 3, "logprobs": 0}""");
+        var emptyChoice = empty.GetProperty("choices")[0];
+        var emptyText = emptyChoice.GetProperty("text").GetString()!;
+        var (emptyTokens, _, _, emptyOffsets) = CompletionLogprobs(emptyChoice);
+        Assert.Equal("Once upon a", emptyText);
+        Assert.Equal([0, 4, 9], emptyOffsets);
+        AssertOffsetsIndexTheText(emptyText, emptyTokens, emptyOffsets);
     }
 
     [Fact]
@@ -296,6 +329,7 @@ public sealed class OpenAiServerTests(OpenAiServerFixture fixture) : IClassFixtu
         var (typicalStatus, typical) = await PostAsync("v1/completions", """{"prompt": "Hi", "presence_penalty": 1, "medusa_acceptance": "typical"}""");
         Assert.Equal(HttpStatusCode.BadRequest, typicalStatus);
         Assert.Contains("typical", typical.GetProperty("error").GetProperty("message").GetString(), StringComparison.Ordinal);
+        Assert.Equal("medusa_acceptance", typical.GetProperty("error").GetProperty("param").GetString());
     }
 
     [Fact]
@@ -742,6 +776,31 @@ public sealed class OpenAiServerTests(OpenAiServerFixture fixture) : IClassFixtu
         Assert.Contains("already answering 1 requests", await second.Content.ReadAsStringAsync(), StringComparison.Ordinal);
         var rest = await reader.ReadToEndAsync();
         Assert.EndsWith("data: [DONE]\n\n", rest, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task EveryChoiceTakesARequestPlace()
+    {
+        await using var server = fixture.StartServer(new OpenAiServerOptions { MaxConcurrentRequests = 2 });
+        using var http = new HttpClient { BaseAddress = server.BaseAddress };
+        var (never, error) = await PostAsync("v1/completions", """{"prompt": "Once upon a time", "max_tokens": 3, "n": 3}""", http);
+        Assert.Equal(HttpStatusCode.BadRequest, never);
+        Assert.Equal("n", error.GetProperty("error").GetProperty("param").GetString());
+        Assert.Contains("3 choices need 3 of the server's 2 request places", error.GetProperty("error").GetProperty("message").GetString(), StringComparison.Ordinal);
+        using var first = new HttpRequestMessage(HttpMethod.Post, "v1/completions")
+        {
+            Content = Body("""{"prompt": "Once upon a time", "max_tokens": 250, "stream": true, "medusa": false}"""),
+        };
+        using var streaming = await http.SendAsync(first, HttpCompletionOption.ResponseHeadersRead);
+        using var reader = new StreamReader(await streaming.Content.ReadAsStreamAsync());
+        Assert.StartsWith("data: ", await reader.ReadLineAsync(), StringComparison.Ordinal); // one of the two places is taken
+        var (busy, _) = await PostAsync("v1/chat/completions", """{"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3, "n": 2}""", http);
+        Assert.Equal(HttpStatusCode.TooManyRequests, busy);
+        var (one, _) = await PostAsync("v1/chat/completions", """{"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3}""", http);
+        Assert.Equal(HttpStatusCode.OK, one); // the places of the refused choices were given back
+        Assert.EndsWith("data: [DONE]\n\n", await reader.ReadToEndAsync(), StringComparison.Ordinal);
+        var (both, _) = await PostAsync("v1/chat/completions", """{"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3, "n": 2}""", http);
+        Assert.Equal(HttpStatusCode.OK, both);
     }
 
     [Fact]
