@@ -532,8 +532,6 @@ public sealed class OpenAiServer : IAsyncDisposable
             request.Logprobs is null ? null : w => _logprobs.WriteCompletion(w, tokenIds, entries, offsets);
         IReadOnlyList<TokenLogprob?> PromptEntries(int choice) =>
             request.Logprobs is null ? [] : stats[choice].PromptLogprobs ?? throw new InvalidOperationException("the engine returned no prompt scores");
-        void WriteChoice(Utf8JsonWriter w, int index, string text, string? finish, Action<Utf8JsonWriter>? logprobs) =>
-            WriteCompletionChoice(w, index, text, finish, logprobs);
         string FinishOf(int choice) => request.ScoreOnly ? "length" : FinishReasonName(IlgpuMedusaChatClient.FinishReasonOf(stats[choice]));
 
         var texts = Enumerable.Range(0, n).Select(_ => new StringBuilder(echoed)).ToArray();
@@ -557,14 +555,14 @@ public sealed class OpenAiServer : IAsyncDisposable
                     if (request.Stream)
                     {
                         var promptLogprobs = Logprobs(ids, PromptEntries(index), PromptOffsets());
-                        await exchange.WriteEventAsync(Json(w => WriteCompletionChunk(w, id, created, () => WriteChoice(w, index, echoed, null, promptLogprobs)))).ConfigureAwait(false);
+                        await exchange.WriteEventAsync(Json(w => WriteCompletionChunk(w, id, created, () => WriteCompletionChoice(w, index, echoed, null, promptLogprobs)))).ConfigureAwait(false);
                     }
                 }
                 if (end)
                 {
                     last = index;
                     if (!request.Stream || ++ended == n) continue;
-                    await exchange.WriteEventAsync(Json(w => WriteCompletionChunk(w, id, created, () => WriteChoice(w, index, "", FinishOf(index), null)))).ConfigureAwait(false);
+                    await exchange.WriteEventAsync(Json(w => WriteCompletionChunk(w, id, created, () => WriteCompletionChoice(w, index, "", FinishOf(index), null)))).ConfigureAwait(false);
                     continue;
                 }
                 if (request.ScoreOnly) continue; // the one token asked for is dropped
@@ -578,7 +576,7 @@ public sealed class OpenAiServer : IAsyncDisposable
                 if (piece.Logprobs is { } pieceLogprobs) entries[index].AddRange(pieceLogprobs);
                 if (!request.Stream || (piece.Text.Length == 0 && !(request.Logprobs is not null && piece.TokenIds.Count > 0))) continue;
                 var logprobsWriter = Logprobs(piece.TokenIds, piece.Logprobs ?? [], GeneratedOffsets(index, piece.TokenIds));
-                await exchange.WriteEventAsync(Json(w => WriteCompletionChunk(w, id, created, () => WriteChoice(w, index, piece.Text, null, logprobsWriter)))).ConfigureAwait(false);
+                await exchange.WriteEventAsync(Json(w => WriteCompletionChunk(w, id, created, () => WriteCompletionChoice(w, index, piece.Text, null, logprobsWriter)))).ConfigureAwait(false);
             }
         }
         var usage = Total(stats.Select(s => UsageOf(s, request.ScoreOnly)).ToArray());
@@ -587,7 +585,7 @@ public sealed class OpenAiServer : IAsyncDisposable
         var finish = string.Join(",", Enumerable.Range(0, n).Select(FinishOf).Distinct());
         if (request.Stream)
         {
-            await EndStreamAsync(exchange, w => WriteCompletionChunk(w, id, created, () => WriteChoice(w, last, "", FinishOf(last), null)),
+            await EndStreamAsync(exchange, w => WriteCompletionChunk(w, id, created, () => WriteCompletionChoice(w, last, "", FinishOf(last), null)),
                 request.IncludeUsage, w => WriteUsageChunk(w, id, "text_completion", created, usage, statistics), statistics).ConfigureAwait(false);
             return $"{usage.OutputTokenCount} tokens streamed, {finish}";
         }
@@ -597,7 +595,7 @@ public sealed class OpenAiServer : IAsyncDisposable
         {
             WriteHeader(w, id, "text_completion", created);
             w.WriteStartArray("choices");
-            for (int i = 0; i < n; i++) WriteChoice(w, i, request.ScoreOnly ? echoed : texts[i].ToString(), FinishOf(i), writers[i]);
+            for (int i = 0; i < n; i++) WriteCompletionChoice(w, i, request.ScoreOnly ? echoed : texts[i].ToString(), FinishOf(i), writers[i]);
             w.WriteEndArray();
             WriteUsage(w, usage);
             WriteStatistics(w, statistics);
@@ -922,8 +920,6 @@ public sealed class OpenAiServer : IAsyncDisposable
         WriteUsage(w, usage);
         WriteStatistics(w, statistics);
     }
-
-    private static void WriteUsage(Utf8JsonWriter w, GenerationStats stats) => WriteUsage(w, UsageOf(stats));
 
     private static void WriteUsage(Utf8JsonWriter w, UsageDetails? usage)
     {
