@@ -291,7 +291,7 @@ internal sealed class ReplSession
             $"Session totals: {_totals.Replies} {(_totals.Replies == 1 ? "reply" : "replies")}, {_totals.Tokens} tokens in {_totals.Forwards} forwards, {MeanAccepted(_totals.DecodedTokens, _totals.DecodeSteps):0.00} accepted tokens per decode step, {(_totals.DecodeSeconds > 0 ? _totals.DecodedTokens / _totals.DecodeSeconds : 0):0.0} tokens/s decoding.")));
         var s = _engine.SchedulerStats;
         _console.MarkupLine(Markup.Escape(FormattableString.Invariant(
-            $"Scheduler: {s.Running} running, {s.Waiting} waiting, {s.Preemptions} preempted so far, KV blocks {s.BlocksUsed} used / {s.BlocksFree} free, {s.Steps} batched forwards, {s.TokensPerSecond:0.0} tokens/s while busy, {s.MeanAcceptedPerStep:0.00} tokens per sequence-step.")));
+            $"Scheduler: {s.Running} running, {s.Waiting} waiting, {s.Preemptions} preempted so far, KV blocks {s.BlocksUsed} used / {s.BlocksFree} free ({s.BlocksCached} keeping cached prefixes), prefix cache {s.PrefixHitTokens} of {s.PrefixQueryTokens} prompt tokens, {s.Steps} batched forwards, {s.TokensPerSecond:0.0} tokens/s while busy, {s.MeanAcceptedPerStep:0.00} tokens per sequence-step.")));
     }
 
     private void Error(string message) => _console.MarkupLine("[red]error:[/] " + Markup.Escape(message));

@@ -157,6 +157,7 @@ internal static class BenchCommand
                 var tokens = new List<int>(maxTokens);
                 var device = engine.Backend as Compute.Ilgpu.IlgpuBackend;
                 long waits = device?.HostWaits ?? 0, drains = device?.HostDrains ?? 0;
+                engine.ClearPrefixCache(); // every configuration prefills the whole prompt: prefill rates are cold ones
                 foreach (var piece in engine.Generate(encoded[index], options, stats, cancellationToken)) tokens.AddRange(piece.TokenIds);
                 if (!counted) continue;
                 var t = totals[c];

@@ -50,6 +50,11 @@ internal sealed class CommonOptions
         },
     };
 
+    public Option<bool> NoPrefixCache { get; } = new("--no-prefix-cache")
+    {
+        Description = "Turn automatic prefix caching off: every prompt is computed whole, and KV blocks are not kept after their sequence ends.",
+    };
+
     public Option<string> Heads { get; } = new("--heads")
     {
         Description = "Medusa heads: auto (medusa_lm_head.safetensors in the model directory when present), none, or a heads file.",
@@ -69,6 +74,7 @@ internal sealed class CommonOptions
         command.Options.Add(WeightsDtype);
         command.Options.Add(KvBudgetMb);
         command.Options.Add(KvDtype);
+        command.Options.Add(NoPrefixCache);
         command.Options.Add(Threads);
         command.Options.Add(Heads);
     }
@@ -88,6 +94,7 @@ internal sealed class CommonOptions
             WeightsType = dtype is null ? null : DTypeInfo.ParseFloat(dtype, "--weights-dtype"),
             KvBudgetMb = parse.GetValue(KvBudgetMb),
             KvCacheType = parse.GetValue(KvDtype) ?? DType.F32,
+            PrefixCaching = !parse.GetValue(NoPrefixCache),
             Heads = parse.GetValue(Heads),
         }.Validate();
     }

@@ -65,6 +65,7 @@ internal static class ConcurrencyBench
     private static (double Total, double PerSequence, long Tokens, double Seconds) Run(InferenceEngine engine, string[] prompts, int n, int maxTokens, bool medusa, string? tree, CancellationToken cancellationToken)
     {
         var options = new GenerationOptions { MaxTokens = maxTokens, UseMedusa = medusa, Tree = tree };
+        engine.ClearPrefixCache(); // each level starts cold: the earlier level's prompts would otherwise be cached
         var clock = Stopwatch.StartNew();
         var tasks = Enumerable.Range(0, n).Select(i => Task.Run(async () =>
         {

@@ -105,6 +105,7 @@ internal static class GenerateCommand
                 ["text"] = text.ToString(),
                 ["tokens"] = tokens,
                 ["prompt_tokens"] = stats.PromptTokens,
+                ["cached_prompt_tokens"] = stats.CachedPromptTokens,
                 ["generated_tokens"] = stats.GeneratedTokens,
                 ["seconds"] = Math.Round(seconds, 4),
                 ["tokens_per_second"] = Math.Round(stats.GeneratedTokens / Math.Max(seconds, 1e-9), 2),

@@ -52,6 +52,24 @@ internal abstract class SequenceDecoder
         Pending = resumePending ?? -1;
     }
 
+    /// <summary>
+    /// Leading prompt tokens whose KV the sequence already holds (a cached prefix, <see cref="KvSequence.AttachCachedPrefix"/>):
+    /// the prefill starts after them. Fewer than the prompt's tokens, so the prefill still runs the last one. (A prompt that
+    /// is scored, <see cref="ScoresPrompt"/>, needs the logits of every row: its caller starts it from 0.)
+    /// </summary>
+    public int CachedPrefix
+    {
+        get => _cachedPrefix;
+        init
+        {
+            if (value < 0 || value >= _prompt.Length)
+                throw new ArgumentOutOfRangeException(nameof(CachedPrefix), value, $"a cached prefix leaves at least one of the {_prompt.Length} prompt tokens to compute");
+            _cachedPrefix = _prefilled = Committed = value;
+        }
+    }
+
+    private readonly int _cachedPrefix;
+
     protected LlamaModel Model { get; }
     public KvSequence Sequence { get; }
     protected Sampler Sampler { get; }

@@ -29,6 +29,16 @@ public sealed record EngineOptions
     /// </summary>
     public string? Heads { get; init; }
 
+    /// <summary>
+    /// Automatic prefix caching (default on): full KV blocks of known tokens stay in the cache after their sequence ends,
+    /// and a sequence that starts with the same tokens (a shared system prompt, the earlier turns of a chat, another
+    /// choice of the same prompt, a sequence recomputed after preemption) takes them instead of computing them again.
+    /// Cached blocks no sequence holds count as free: they are forgotten, least recently used first, when the pool needs
+    /// room. The KV of a cached prefix is what a prefill of it computes, possibly in a differently shaped batch, so on an
+    /// accelerator the last bits of later logits may differ from a cold run's.
+    /// </summary>
+    public bool PrefixCaching { get; init; } = true;
+
     /// <summary>Token slots per KV block.</summary>
     public int KvBlockSize { get; init; } = 16;
     /// <summary>

@@ -132,6 +132,11 @@ public sealed class GenerationStats
 {
     /// <summary>Prompt tokens, BOS included.</summary>
     public int PromptTokens { get; internal set; }
+    /// <summary>
+    /// Of <see cref="PromptTokens"/>, those whose KV came from the prefix cache instead of the prefill (a multiple of the
+    /// KV block size; 0 with prefix caching off, for a scored prompt, or when no earlier sequence started the same way).
+    /// </summary>
+    public int CachedPromptTokens { get; internal set; }
     /// <summary>Tokens generated (end token excluded).</summary>
     public int GeneratedTokens { get; internal set; }
     /// <summary>Forward passes after the prefill.</summary>

@@ -62,8 +62,14 @@ public sealed class InferenceEngine : IInferenceEngine, IDisposable
     /// <summary>The scheduler serving every generation of this engine.</summary>
     public Scheduler Scheduler { get; }
 
-    /// <summary>The scheduler's counters (running, waiting, preempted, blocks, tokens/s, accepted per step).</summary>
+    /// <summary>The scheduler's counters (running, waiting, preempted, blocks, prefix cache, tokens/s, accepted per step).</summary>
     public SchedulerStats SchedulerStats => Scheduler.Stats;
+
+    /// <summary>
+    /// Forgets the cached prefixes no request holds (<see cref="EngineOptions.PrefixCaching"/>): the next prompts are
+    /// computed whole, as on a cold start. Safe while requests run.
+    /// </summary>
+    public void ClearPrefixCache() => Scheduler.ClearPrefixCache();
 
     /// <summary>The Medusa heads, or null when the engine decodes autoregressively only.</summary>
     public MedusaHeads? Heads { get; }
@@ -109,7 +115,7 @@ public sealed class InferenceEngine : IInferenceEngine, IDisposable
                 ? mb * 1024L * 1024L
                 : Math.Min(EngineOptions.DefaultKvSequences * (long)c.MaxSequenceLength * KvCacheLayout.BytesPerToken(c.Layers, c.KvDim, options.KvCacheType),
                     EngineOptions.DefaultKvBudgetCapBytes);
-            pool = KvBlockPool.FromBudget(backend, c.Layers, c.KvHeads, c.HeadDim, options.KvBlockSize, budget, options.KvCacheType);
+            pool = KvBlockPool.FromBudget(backend, c.Layers, c.KvHeads, c.HeadDim, options.KvBlockSize, budget, options.KvCacheType, options.PrefixCaching);
             var headsPath = FindHeads(options);
             if (headsPath is not null)
             {

@@ -272,6 +272,7 @@ public sealed class IlgpuMedusaChatClient : IChatClient
     private static UsageDetails UsageOf(GenerationStats stats) => new()
     {
         InputTokenCount = stats.PromptTokens,
+        CachedInputTokenCount = stats.CachedPromptTokens,
         OutputTokenCount = stats.GeneratedTokens,
         TotalTokenCount = stats.PromptTokens + stats.GeneratedTokens,
     };

@@ -46,6 +46,12 @@ public sealed class IlgpuMedusaOptions
     /// </summary>
     public string? KvCacheType { get; set; }
 
+    /// <summary>
+    /// Automatic prefix caching (default true): sequences that start with the same tokens share the KV blocks of that
+    /// prefix, and blocks stay cached after their sequence ends (see <see cref="EngineOptions.PrefixCaching"/>).
+    /// </summary>
+    public bool? PrefixCaching { get; set; }
+
     /// <summary>Token slots per KV block.</summary>
     public int? KvBlockSize { get; set; }
 
@@ -91,6 +97,7 @@ public sealed class IlgpuMedusaOptions
         return engine with
         {
             KvCacheType = KvCacheType is null ? engine.KvCacheType : EngineOptions.ParseKvCacheType(KvCacheType, $"{SectionName}:{nameof(KvCacheType)}"),
+            PrefixCaching = PrefixCaching ?? engine.PrefixCaching,
             KvBlockSize = KvBlockSize ?? engine.KvBlockSize,
             MaxBatchTokens = MaxBatchTokens ?? engine.MaxBatchTokens,
             SpeculationBatchLimit = SpeculationBatchLimit,

@@ -24,15 +24,20 @@ public sealed class KvPoolExhaustedException : InvalidOperationException
 
 /// <summary>
 /// The KV cache of every sequence: one device allocation cut into blocks of B token slots (paged, like vLLM).
-/// Sequences hold blocks through a <see cref="KvSequence"/>; blocks return to the pool when it is disposed.
+/// Sequences hold blocks through a <see cref="KvSequence"/>; blocks return to the pool when it is disposed. With prefix
+/// caching (<see cref="PrefixCaching"/>) full blocks of known tokens stay cached after their sequences end and are shared
+/// by sequences that start with the same tokens (<see cref="PrefixCache"/>); a block is free again when no sequence
+/// holds it.
 /// Not thread-safe: one scheduler loop owns it.
 /// </summary>
 public sealed class KvBlockPool : IDisposable
 {
     private readonly Stack<int> _free;
+    private readonly int[] _holders; // sequences holding each block
+    private readonly PrefixCache? _prefixes;
 
-    /// <summary>Allocates the cache on <paramref name="backend"/>.</summary>
-    public KvBlockPool(IComputeBackend backend, KvCacheLayout layout, long budgetBytes)
+    /// <summary>Allocates the cache on <paramref name="backend"/>; <paramref name="prefixCaching"/> keeps and shares blocks of known prefixes.</summary>
+    public KvBlockPool(IComputeBackend backend, KvCacheLayout layout, long budgetBytes, bool prefixCaching = false)
     {
         if (layout.BlockCount <= 0 || layout.BlockSize <= 0)
             throw new ArgumentException($"KV pool needs at least one block of at least one slot, got {layout.BlockCount} x {layout.BlockSize}");
@@ -40,11 +45,13 @@ public sealed class KvBlockPool : IDisposable
         BudgetBytes = budgetBytes;
         Cache = backend.AllocateKvCache(layout);
         _free = new Stack<int>(Enumerable.Range(0, layout.BlockCount).Reverse());
+        _holders = new int[layout.BlockCount];
+        _prefixes = prefixCaching ? new PrefixCache(layout.BlockCount, layout.BlockSize) : null;
     }
 
     /// <summary>Sizes a pool from a byte budget: as many blocks as fit, with elements of <paramref name="elementType"/> (F32 or F16).</summary>
     public static KvBlockPool FromBudget(IComputeBackend backend, int layers, int kvHeads, int headDim, int blockSize, long budgetBytes,
-        DType elementType = DType.F32)
+        DType elementType = DType.F32, bool prefixCaching = false)
     {
         var probe = new KvCacheLayout(layers, kvHeads, headDim, blockSize, 1, KvCacheLayout.CheckElementType(elementType, "KV block pool"));
         long blocks = budgetBytes / probe.BytesPerBlock;
@@ -53,7 +60,7 @@ public sealed class KvBlockPool : IDisposable
                 $"KV budget of {Megabytes(budgetBytes)} is smaller than one block of {blockSize} tokens ({Megabytes(probe.BytesPerBlock)}).");
         try
         {
-            return new KvBlockPool(backend, probe with { BlockCount = (int)Math.Min(blocks, int.MaxValue) }, budgetBytes);
+            return new KvBlockPool(backend, probe with { BlockCount = (int)Math.Min(blocks, int.MaxValue) }, budgetBytes, prefixCaching);
         }
         catch (OutOfMemoryException e)
         {
@@ -76,8 +83,16 @@ public sealed class KvBlockPool : IDisposable
     public int BlockSize => Layout.BlockSize;
     /// <summary>Number of blocks.</summary>
     public int BlockCount => Layout.BlockCount;
-    /// <summary>Blocks not held by any sequence.</summary>
-    public int FreeBlocks => _free.Count;
+    /// <summary>Blocks not held by any sequence (those keeping a cached prefix included: the pool takes them when it needs to).</summary>
+    public int FreeBlocks => _free.Count + (_prefixes?.Released ?? 0);
+    /// <summary>Free blocks that keep a cached prefix for later sequences (0 without prefix caching).</summary>
+    public int CachedBlocks => _prefixes?.Released ?? 0;
+    /// <summary>True when full blocks of known tokens are kept and shared (<see cref="KvSequence.AttachCachedPrefix"/>).</summary>
+    public bool PrefixCaching => _prefixes is not null;
+    /// <summary>Prompt tokens looked up in the prefix cache so far (<see cref="KvSequence.AttachCachedPrefix"/>).</summary>
+    public long PrefixQueryTokens { get; private set; }
+    /// <summary>Of <see cref="PrefixQueryTokens"/>, those found cached (their KV was not computed again).</summary>
+    public long PrefixHitTokens { get; private set; }
     /// <summary>Token capacity of the whole pool.</summary>
     public long TokenCapacity => (long)BlockCount * BlockSize;
 
@@ -97,14 +112,60 @@ public sealed class KvBlockPool : IDisposable
 
     internal int Take(int wantedTotal, int held)
     {
-        if (_free.Count == 0)
+        // A block never used (or whose prefix was evicted) first; else the cached prefix released longest ago is forgotten.
+        if (!_free.TryPop(out int block) && _prefixes?.TryEvict(out block) != true)
             throw new KvPoolExhaustedException(
                 $"KV block pool exhausted: a sequence needs {wantedTotal} blocks and holds {held}, but all {BlockCount} blocks " +
                 $"(budget {Megabytes(BudgetBytes)}) are in use.");
-        return _free.Pop();
+        _holders[block] = 1;
+        return block;
     }
 
-    internal void Return(int block) => _free.Push(block);
+    /// <summary>One more sequence holds cached <paramref name="block"/>.</summary>
+    internal void Hold(int block)
+    {
+        if (_holders[block]++ == 0) _prefixes!.Hold(block);
+    }
+
+    internal void Return(int block)
+    {
+        if (_holders[block] <= 0) throw new InvalidOperationException($"KV block {block} was returned to the pool more often than taken");
+        if (--_holders[block] > 0) return;
+        if (_prefixes?.IsIndexed(block) == true) _prefixes.Release(block);
+        else _free.Push(block);
+    }
+
+    /// <summary>
+    /// The longest run of cached full blocks that starts <paramref name="tokens"/>, leaving at least
+    /// <paramref name="keep"/> tokens uncached; the identity of the prefix each block ends goes to
+    /// <paramref name="identities"/>. Counts the lookup in <see cref="PrefixQueryTokens"/> and <see cref="PrefixHitTokens"/>.
+    /// </summary>
+    internal int FindCached(ReadOnlySpan<int> tokens, int keep, Span<int> blocks, Span<long> identities)
+    {
+        if (_prefixes is null) return 0;
+        int found = 0;
+        long parent = PrefixCache.Root;
+        int limit = Math.Min(blocks.Length, Math.Max(0, tokens.Length - keep) / BlockSize);
+        while (found < limit && _prefixes.TryFind(parent, tokens.Slice(found * BlockSize, BlockSize), out int block, out long identity))
+        {
+            blocks[found] = block;
+            identities[found] = parent = identity;
+            found++;
+        }
+        PrefixQueryTokens += tokens.Length;
+        PrefixHitTokens += (long)found * BlockSize;
+        return found;
+    }
+
+    /// <summary>Indexes a sequence's full <paramref name="block"/> (see <see cref="PrefixCache.Add"/>).</summary>
+    internal long AddCached(int block, long parent, ReadOnlySpan<int> tokens) => _prefixes!.Add(block, parent, tokens);
+
+    /// <summary>Forgets every cached prefix that no sequence holds (a cold cache, as for a benchmark's baseline).</summary>
+    public void ClearPrefixCache()
+    {
+        if (_prefixes is null) return;
+        foreach (int block in _prefixes.Clear()) _free.Push(block);
+    }
 
     /// <summary>Frees the device cache.</summary>
     public void Dispose() => Cache.Dispose();
@@ -119,6 +180,8 @@ public sealed class KvSequence : IDisposable
     private readonly KvBlockPool _pool;
     private readonly int[] _table;
     private bool _dirty;
+    private int _indexed;          // leading blocks known to the prefix cache (taken from it or added to it)
+    private long _prefixIdentity;  // the identity of the prefix those blocks end
 
     internal KvSequence(KvBlockPool pool, int maxBlocks)
     {
@@ -129,6 +192,8 @@ public sealed class KvSequence : IDisposable
 
     /// <summary>Blocks held.</summary>
     public int BlockCount { get; private set; }
+    /// <summary>Leading blocks the prefix cache knows: taken from it, or offered to it (<see cref="OfferCachedBlocks"/>).</summary>
+    public int IndexedBlocks => _indexed;
     /// <summary>Positions the held blocks can store.</summary>
     public int Capacity => BlockCount * _pool.BlockSize;
     /// <summary>Most positions this sequence may ever use.</summary>
@@ -137,6 +202,40 @@ public sealed class KvSequence : IDisposable
     public KvCache Cache => _pool.Cache;
     /// <summary>The block table on the device, I32[1, max blocks]; entries past <see cref="BlockCount"/> are unused.</summary>
     public DeviceTensor DeviceBlockTable { get; }
+
+    /// <summary>
+    /// Before any other block is taken: takes the cached blocks that hold the longest run of full blocks starting
+    /// <paramref name="tokens"/>, leaving at least one token to compute (the forward that gives the next token's logits).
+    /// Returns the positions now in the cache (a multiple of the block size; 0 without prefix caching).
+    /// </summary>
+    public int AttachCachedPrefix(ReadOnlySpan<int> tokens)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (BlockCount != 0) throw new InvalidOperationException("a cached prefix is attached before the sequence takes any block");
+        if (!_pool.PrefixCaching) return 0;
+        Span<long> identities = _table.Length <= 256 ? stackalloc long[_table.Length] : new long[_table.Length];
+        int found = _pool.FindCached(tokens, keep: 1, _table, identities);
+        for (int i = 0; i < found; i++) _pool.Hold(_table[i]);
+        BlockCount = _indexed = found;
+        _prefixIdentity = found > 0 ? identities[found - 1] : PrefixCache.Root;
+        _dirty |= found > 0;
+        return found * _pool.BlockSize;
+    }
+
+    /// <summary>
+    /// Offers this sequence's full blocks to the prefix cache: positions [0, <paramref name="cached"/>) are in the cache and
+    /// hold <paramref name="tokens"/>[0, cached) (the caller's word; only blocks wholly below both are offered). Such a
+    /// block is never written again. Does nothing without prefix caching.
+    /// </summary>
+    public void OfferCachedBlocks(ReadOnlySpan<int> tokens, int cached)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (!_pool.PrefixCaching) return;
+        int full = Math.Min(Math.Min(cached, tokens.Length) / _pool.BlockSize, BlockCount);
+        int b = _pool.BlockSize;
+        for (; _indexed < full; _indexed++)
+            _prefixIdentity = _pool.AddCached(_table[_indexed], _prefixIdentity, tokens.Slice(_indexed * b, b));
+    }
 
     /// <summary>Makes sure positions [0, tokens) have blocks, taking more from the pool if needed.</summary>
     public void EnsureCapacity(int tokens)
@@ -171,7 +270,8 @@ public sealed class KvSequence : IDisposable
     {
         if (_disposed) return;
         _disposed = true;
-        for (int i = 0; i < BlockCount; i++) _pool.Return(_table[i]);
+        // Last block first: among cached prefixes released together the pool then evicts tails before heads.
+        for (int i = BlockCount - 1; i >= 0; i--) _pool.Return(_table[i]);
         BlockCount = 0;
         DeviceBlockTable.Dispose();
     }

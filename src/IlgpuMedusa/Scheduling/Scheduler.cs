@@ -19,8 +19,12 @@ namespace IlgpuMedusa.Scheduling;
 /// <param name="GeneratedTokens">Tokens emitted to callers.</param>
 /// <param name="TokensPerSecond">Emitted tokens per second of busy time.</param>
 /// <param name="MeanAcceptedPerStep">Tokens emitted per sequence-step (1 without Medusa).</param>
+/// <param name="BlocksCached">Of <paramref name="BlocksFree"/>, blocks keeping a cached prefix for later sequences.</param>
+/// <param name="PrefixQueryTokens">Prompt tokens looked up in the prefix cache (each admission, recomputations included).</param>
+/// <param name="PrefixHitTokens">Of <paramref name="PrefixQueryTokens"/>, those whose KV was found cached and not computed.</param>
 public sealed record SchedulerStats(int Running, int Waiting, long Preemptions, int BlocksUsed, int BlocksFree, long Steps,
-    long GeneratedTokens, double TokensPerSecond, double MeanAcceptedPerStep);
+    long GeneratedTokens, double TokensPerSecond, double MeanAcceptedPerStep, int BlocksCached = 0, long PrefixQueryTokens = 0,
+    long PrefixHitTokens = 0);
 
 /// <summary>
 /// Continuous batching: one loop serves every request. Each iteration it admits waiting sequences the KV pool can
@@ -28,7 +32,9 @@ public sealed record SchedulerStats(int Running, int Waiting, long Preemptions, 
 /// them side by side in ONE forward pass (each sequence with its own positions, block table and mask), computes the
 /// logits of the rows that matter, and lets each sequence accept its tokens. Sequences join and leave between steps.
 /// When the pool runs short the newest sequence is preempted: its blocks are freed and it is recomputed later from its
-/// tokens, so no request that fits alone ever fails and no other sequence's cache is touched.
+/// tokens, so no request that fits alone ever fails and no other sequence's cache is touched. With prefix caching
+/// (<see cref="KvBlockPool.PrefixCaching"/>) a sequence starts from the cached blocks of the longest full-block prefix
+/// of its tokens, and offers its own full blocks to the cache as they fill.
 /// </summary>
 public sealed class Scheduler : IDisposable
 {
@@ -89,7 +95,7 @@ public sealed class Scheduler : IDisposable
             {
                 return new SchedulerStats(_running.Count, _waiting.Count, _preemptions, _pool.BlockCount - _pool.FreeBlocks, _pool.FreeBlocks,
                     _steps, _generated, _busySeconds > 0 ? _generated / _busySeconds : 0,
-                    _sequenceSteps > 0 ? (double)_sequenceTokens / _sequenceSteps : 0);
+                    _sequenceSteps > 0 ? (double)_sequenceTokens / _sequenceSteps : 0, _pool.CachedBlocks, _pool.PrefixQueryTokens, _pool.PrefixHitTokens);
             }
         }
     }
@@ -146,6 +152,15 @@ public sealed class Scheduler : IDisposable
         return request.Output.Reader;
     }
 
+    /// <summary>
+    /// Forgets every cached prefix no sequence holds, so that the next prompts are computed whole (a benchmark's cold
+    /// baseline); prefixes that running sequences hold stay. Safe while requests run.
+    /// </summary>
+    public void ClearPrefixCache()
+    {
+        lock (_lock) _pool.ClearPrefixCache(); // the loop changes the pool only under the lock
+    }
+
     /// <summary>Tests: a step of a request whose options this returns true for fails (as a broken sampler or heads would).</summary>
     internal Func<GenerationOptions, bool>? FailStepFor { get; set; }
 
@@ -177,6 +192,10 @@ public sealed class Scheduler : IDisposable
         public Stopwatch Clock { get; } = new();
         public KvSequence? Sequence { get; set; }
         public SequenceDecoder? Decoder { get; set; }
+        /// <summary>The prompt and the emitted tokens in one list, built when the prefix cache is offered generated tokens.</summary>
+        public List<int>? Known { get; set; }
+        /// <summary>Set once the first admission has reported its cached prompt tokens (a prefill cut short by preemption starts again).</summary>
+        public bool CachedPromptCounted { get; set; }
         public bool Done { get; set; }
     }
 
@@ -276,7 +295,7 @@ public sealed class Scheduler : IDisposable
             {
                 r.Sequence = _pool.CreateSequence(r.MaxTokens);
                 if (FailAdmissionFor?.Invoke(r.Options) == true) throw new InvalidOperationException("starting this request failed (injected by a test)");
-                r.Decoder = CreateDecoder(r);
+                r.Decoder = CreateDecoder(r, r.Sequence);
             }
             catch (Exception e)
             {
@@ -289,27 +308,38 @@ public sealed class Scheduler : IDisposable
         }
     }
 
-    private SequenceDecoder CreateDecoder(Request r)
+    private SequenceDecoder CreateDecoder(Request r, KvSequence sequence)
     {
         // A preempted sequence resumes from everything it emitted: all but the last token are recomputed into the cache,
         // the last stays pending.
-        int[] prompt = r.Emitted.Count == 0 ? r.Prompt : [.. r.Prompt, .. r.Emitted.Take(r.Emitted.Count - 1)];
-        int? pending = r.Emitted.Count == 0 ? null : r.Emitted[^1];
-        if (r.Tree is { } tree)
+        bool resume = r.Emitted.Count > 0;
+        int[] prompt = resume ? [.. r.Prompt, .. r.Emitted.Take(r.Emitted.Count - 1)] : r.Prompt;
+        int? pending = resume ? r.Emitted[^1] : null;
+        var tree = r.Tree;
+        var mask = tree is { } t && !t.Tree.IsDynamic ? _trees(r.Options.Tree, true).Mask : null;
+        // A prompt that is scored needs every row's logits: it is computed whole (and offers its blocks afterwards).
+        int cached = r.Options.PromptLogprobs && !resume ? 0 : sequence.AttachCachedPrefix(prompt);
+        if (!resume && !r.CachedPromptCounted)
         {
-            var mask = tree.Tree.IsDynamic ? null : _trees(r.Options.Tree, true).Mask;
-            return new MedusaDecoder(_model, r.Sequence!, r.Sampler, prompt, pending, _heads!, tree.Tree, mask, r.Options.Acceptance, r.Stats.Medusa!)
+            r.Stats.CachedPromptTokens = cached;
+            r.CachedPromptCounted = true;
+        }
+        if (tree is { } medusa)
+        {
+            return new MedusaDecoder(_model, sequence, r.Sampler, prompt, pending, _heads!, medusa.Tree, mask, r.Options.Acceptance, r.Stats.Medusa!)
             {
                 ReportsLogprobs = r.Options.Logprobs is not null,
                 ScoresPrompt = r.Options.PromptLogprobs,
                 Processor = r.Processor,
+                CachedPrefix = cached,
             };
         }
-        return new AutoregressiveDecoder(_model, r.Sequence!, r.Sampler, prompt, pending)
+        return new AutoregressiveDecoder(_model, sequence, r.Sampler, prompt, pending)
         {
             ReportsLogprobs = r.Options.Logprobs is not null,
             ScoresPrompt = r.Options.PromptLogprobs,
             Processor = r.Processor,
+            CachedPrefix = cached,
         };
     }
 
@@ -508,7 +538,11 @@ public sealed class Scheduler : IDisposable
     /// <summary>Streams the accepted tokens of a step, ending the request at an end token, a stop sequence or its limit.</summary>
     private void Emit(Request r)
     {
-        if (r.Accepted.Count == 0) return;
+        if (r.Accepted.Count == 0)
+        {
+            lock (_lock) OfferCachedBlocks(r);
+            return;
+        }
         var c = _model.Config;
         var text = new System.Text.StringBuilder();
         int taken = 0;
@@ -543,10 +577,32 @@ public sealed class Scheduler : IDisposable
         if (taken > 0)
             r.Output.Writer.TryWrite(new GeneratedPiece(text.ToString(), r.Accepted.GetRange(0, taken),
                 r.Options.Logprobs is null ? null : r.AcceptedLogprobs.GetRange(0, taken)));
-        if (finished)
+        lock (_lock)
         {
-            lock (_lock) Finish(r, null);
+            OfferCachedBlocks(r); // before Finish frees the blocks: a request's whole text can serve the next turn
+            if (finished) Finish(r, null);
         }
+    }
+
+    /// <summary>
+    /// Offers the request's filled blocks to the prefix cache. The cache holds the prompt, then the emitted tokens (all
+    /// but the pending one, which is not in it yet); past an end token the emitted list stops, and so do the offers.
+    /// </summary>
+    private void OfferCachedBlocks(Request r)
+    {
+        if (r.Sequence is not { } sequence || r.Decoder is not { } decoder || !_pool.PrefixCaching) return;
+        int known = r.Prompt.Length + r.Emitted.Count;
+        int cached = Math.Min(decoder.Committed, known);
+        if (cached < (sequence.IndexedBlocks + 1) * _pool.BlockSize) return; // no block filled since the last offer
+        if (cached <= r.Prompt.Length)
+        {
+            sequence.OfferCachedBlocks(r.Prompt, cached);
+            return;
+        }
+        r.Known ??= new List<int>(r.Prompt.Length + 64);
+        if (r.Known.Count == 0) r.Known.AddRange(r.Prompt);
+        for (int i = r.Known.Count - r.Prompt.Length; i < r.Emitted.Count; i++) r.Known.Add(r.Emitted[i]);
+        sequence.OfferCachedBlocks(System.Runtime.InteropServices.CollectionsMarshal.AsSpan(r.Known), cached);
     }
 
     /// <summary>Ends a request: frees its blocks at once and completes its stream.</summary>

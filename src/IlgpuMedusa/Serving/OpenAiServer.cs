@@ -699,9 +699,16 @@ public sealed class OpenAiServer : IAsyncDisposable
     /// <summary>The usage of several choices of one prompt: the prompt counted once, the completions summed.</summary>
     private static UsageDetails Total(IReadOnlyList<UsageDetails?> usages)
     {
-        long prompt = usages.FirstOrDefault(u => u is not null)?.InputTokenCount ?? 0;
+        var first = usages.FirstOrDefault(u => u is not null);
+        long prompt = first?.InputTokenCount ?? 0;
         long completion = usages.Sum(u => u?.OutputTokenCount ?? 0);
-        return new UsageDetails { InputTokenCount = prompt, OutputTokenCount = completion, TotalTokenCount = prompt + completion };
+        return new UsageDetails
+        {
+            InputTokenCount = prompt,
+            CachedInputTokenCount = first?.CachedInputTokenCount ?? 0,
+            OutputTokenCount = completion,
+            TotalTokenCount = prompt + completion,
+        };
     }
 
     private void WriteCompletionChunk(Utf8JsonWriter w, string id, long created, Action writeChoice)
@@ -850,6 +857,7 @@ public sealed class OpenAiServer : IAsyncDisposable
         return new UsageDetails
         {
             InputTokenCount = stats.PromptTokens,
+            CachedInputTokenCount = stats.CachedPromptTokens,
             OutputTokenCount = generated,
             TotalTokenCount = stats.PromptTokens + generated,
         };
@@ -927,6 +935,9 @@ public sealed class OpenAiServer : IAsyncDisposable
         w.WriteNumber("prompt_tokens", usage?.InputTokenCount ?? 0);
         w.WriteNumber("completion_tokens", usage?.OutputTokenCount ?? 0);
         w.WriteNumber("total_tokens", usage?.TotalTokenCount ?? 0);
+        w.WriteStartObject("prompt_tokens_details");
+        w.WriteNumber("cached_tokens", usage?.CachedInputTokenCount ?? 0); // prompt tokens the prefix cache held
+        w.WriteEndObject();
         w.WriteEndObject();
     }
 

@@ -67,6 +67,9 @@ internal sealed class ServerMetrics
         Metric("sequences_waiting", "gauge", "Sequences waiting for KV blocks.", scheduler.Waiting);
         Metric("kv_blocks_used", "gauge", "KV cache blocks held by sequences.", scheduler.BlocksUsed);
         Metric("kv_blocks_free", "gauge", "KV cache blocks free.", scheduler.BlocksFree);
+        Metric("kv_blocks_cached", "gauge", "Of the free KV blocks, those keeping a cached prefix (taken back when the pool needs room).", scheduler.BlocksCached);
+        Metric("prefix_cache_queries_total", "counter", "Prompt tokens looked up in the prefix cache (every admission, recomputations included).", scheduler.PrefixQueryTokens);
+        Metric("prefix_cache_hits_total", "counter", "Of those, tokens found cached: their KV was not computed again.", scheduler.PrefixHitTokens);
         Metric("preemptions_total", "counter", "Sequences preempted to free KV blocks (recomputed later).", scheduler.Preemptions);
         Metric("forward_passes_total", "counter", "Batched forward passes run by the scheduler.", scheduler.Steps);
         Metric("generated_tokens_total", "counter", "Tokens the scheduler emitted (every request, HTTP or not).", scheduler.GeneratedTokens);
