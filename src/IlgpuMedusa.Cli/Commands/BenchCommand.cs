@@ -39,9 +39,15 @@ internal static class BenchCommand
         var sweep = new Option<bool>("--sweep-trees") { Description = "Measure every tree preset (plus each --tree) and recommend the fastest." };
         var json = new Option<bool>("--json") { Description = "Print one JSON object." };
         var concurrency = new Option<string?>("--concurrency") { Description = "Comma-separated numbers of simultaneous requests (e.g. 1,2,4,8,16): total and per-sequence tokens/s with and without Medusa under continuous batching." };
+        var prefixCache = new Option<bool>("--prefix-cache")
+        {
+            Description = "Measure the prefix cache instead: requests that share a long opening (the model's own story), each cold (cache cleared) and warm, " +
+                "alternating: time to first token, request time, their ratios, and whether warm and cold requests give the same tokens.",
+        };
+        var prefixTokens = new Option<int?>("--prefix-tokens") { Description = "With --prefix-cache: tokens of the shared opening (default: all the context the prompts and --max-tokens leave)." };
         var command = new Command("bench", "Measure autoregressive and Medusa decoding side by side (tokens/s, accepted tokens per step, memory).")
         {
-            prompts, maxTokens, runs, warmup, tree, sweep, json, concurrency,
+            prompts, maxTokens, runs, warmup, tree, sweep, json, concurrency, prefixCache, prefixTokens,
         };
         common.AddTo(command);
         command.SetAction((parse, cancellationToken) =>
@@ -56,7 +62,18 @@ internal static class BenchCommand
             bool sweepTrees = parse.GetValue(sweep);
             if (!sweepTrees && trees.Length > 1) throw new ArgumentException("--tree: give one tree, or several with --sweep-trees.");
             var levels = parse.GetValue(concurrency) is { } text ? ConcurrencyBench.Parse(text) : null;
+            bool measurePrefixCache = parse.GetValue(prefixCache);
+            if (measurePrefixCache && (levels is not null || sweepTrees))
+                throw new ArgumentException("--prefix-cache measures something else than --concurrency and --sweep-trees; give one of them.");
+            if (!measurePrefixCache && parse.GetValue(prefixTokens) is not null) throw new ArgumentException("--prefix-tokens goes with --prefix-cache.");
             using var engine = CommonOptions.LoadEngine(common.ToEngineOptions(parse));
+            if (measurePrefixCache)
+            {
+                var measured = PrefixCacheBench.Measure(engine, promptList, parse.GetValue(prefixTokens), n, passes, cancellationToken);
+                if (parse.GetValue(json)) Console.WriteLine(JsonSerializer.Serialize(measured));
+                else PrefixCacheBench.Print(measured);
+                return Task.FromResult(0);
+            }
             if (levels is not null)
             {
                 if (trees.Length > 0 && engine.Heads is null)

@@ -182,6 +182,16 @@ public class CliBadInputTests
     }
 
     [Fact]
+    public void PrefixCacheBenchOptionsThatCannotGoTogether_AreNamed()
+    {
+        string[] bench = ["bench", "--model", TestModels.Stories15MDirectory, "--device", "host", "--max-tokens", "8"];
+        AssertCleanFailure(CliRunner.Run([.. bench, "--prefix-tokens", "40"]), "--prefix-tokens", "--prefix-cache");
+        AssertCleanFailure(CliRunner.Run([.. bench, "--prefix-cache", "--no-prefix-cache"]), "--prefix-cache", "--no-prefix-cache");
+        AssertCleanFailure(CliRunner.Run([.. bench, "--prefix-cache", "--concurrency", "2"]), "--prefix-cache", "--concurrency");
+        AssertCleanFailure(CliRunner.Run([.. bench, "--prefix-cache", "--prefix-tokens", "250"]), "--prefix-tokens", "context of 256");
+    }
+
+    [Fact]
     public void ProfileOptionsSummingPastAnIntAreNamed()
     {
         var result = CliRunner.Run("profile", "--model", TestModels.Stories15MDirectory, "--device", "host", "--prompt-tokens", "16", "--tree-sizes", "2147483647");

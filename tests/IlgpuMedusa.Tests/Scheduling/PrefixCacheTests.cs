@@ -304,6 +304,31 @@ public sealed class PrefixCacheEngineTests(RandomHeadsFixture heads) : IClassFix
     }
 
     [Fact]
+    public async Task OnOpenCL_CachedBlocksAreReadByTheDeviceKernels_AsIfComputed()
+    {
+        // PoCL: the attention kernels follow block tables whose first entries other sequences filled.
+        using var engine = InferenceEngine.Load(new EngineOptions
+        {
+            ModelPath = TestModels.Stories15MDirectory,
+            Device = new DeviceOptions { Kind = DeviceKind.OpenCL, AllowCpuOpenCL = true },
+            Heads = heads.HeadsPath,
+        });
+        Assert.Equal(DeviceKind.OpenCL, engine.Backend.Kind);
+        var options = new GenerationOptions { MaxTokens = 12, Tree = "tree-8", Logprobs = 1 };
+        string system = "Lily and Tom were best friends. They liked to play in the big green park near their house every day after school.";
+        int[] first = [.. engine.EncodePrompt(system + " One day, they found a red ball.", options)];
+        int[] second = [.. engine.EncodePrompt(system + " One day, it started to rain.", options)];
+        var cold = await Run(engine, second, options);
+        engine.ClearPrefixCache();
+        await Run(engine, first, options);
+        var warm = await Run(engine, second, options);
+        Assert.Equal(0, cold.Stats.CachedPromptTokens);
+        Assert.True(warm.Stats.CachedPromptTokens >= 16, $"{warm.Stats.CachedPromptTokens} cached prompt tokens");
+        Assert.Equal(cold.Ids, warm.Ids);
+        for (int i = 0; i < cold.Logprobs.Count; i++) Assert.Equal(cold.Logprobs[i].Logprob, warm.Logprobs[i].Logprob, 1e-4);
+    }
+
+    [Fact]
     public async Task AScoredPrompt_IsComputedWhole_AndScoresAsCold()
     {
         using var engine = Load(caching: true, headsPath: "none");
@@ -351,6 +376,23 @@ public sealed class PrefixCacheEngineTests(RandomHeadsFixture heads) : IClassFix
         var again = await Run(warm, requests[0].Prompt, requests[0].Options);
         Assert.Equal(expected[0], again.Ids);
         Assert.True(again.Stats.CachedPromptTokens >= 32, $"{again.Stats.CachedPromptTokens} cached prompt tokens");
+    }
+
+    [Fact]
+    public void BenchPrefixCache_WarmRequestsFindTheSharedDocument_AndGiveTheColdTokens()
+    {
+        // A 100-token document shared by the four built-in prompts (which differ from their first token): a warm request
+        // finds the document's six full blocks of 16, a cold one nothing.
+        var result = Cli.CliRunner.Run("bench", "--model", TestModels.Stories15MDirectory, "--device", "host", "--prefix-cache", "--prefix-tokens", "100",
+            "--max-tokens", "8", "--json");
+        Assert.True(result.ExitCode == 0, result.StandardError);
+        using var json = System.Text.Json.JsonDocument.Parse(result.StandardOutput);
+        var root = json.RootElement;
+        Assert.Equal(100, root.GetProperty("prefix_tokens").GetInt32());
+        Assert.Equal(96, root.GetProperty("cached_prompt_tokens_warm_mean").GetDouble());
+        Assert.Equal(0, root.GetProperty("cached_prompt_tokens_cold_mean").GetDouble());
+        Assert.Equal("4/4", root.GetProperty("warm_tokens_identical_to_cold").GetString());
+        Assert.True(root.GetProperty("time_to_first_token_cold_over_warm").GetDouble() > 0);
     }
 
     [Fact]

@@ -333,6 +333,30 @@ public sealed class OpenAiServerTests(OpenAiServerFixture fixture) : IClassFixtu
     }
 
     [Fact]
+    public async Task ASecondRequestWithTheSamePrompt_ReportsItsCachedPromptTokens_AndAnswersTheSame()
+    {
+        // A prompt no other test sends: 2 full blocks of 16 and more; the second request finds them all (the last prompt
+        // token is always computed) in the chat shape and the completion shape of usage alike.
+        const string prompt = "The prefix cache keeps what a prompt computed. Once upon a time, a small red fox lived in a quiet wood by a river. Every morning the fox walked to the water and looked at the fish swimming there.";
+        string body = $$"""{"prompt": "{{prompt}}", "max_tokens": 12, "temperature": 0}""";
+        var (_, first) = await PostAsync("v1/completions", body);
+        var (status, second) = await PostAsync("v1/completions", body);
+        Assert.Equal(HttpStatusCode.OK, status);
+        int promptTokens = second.GetProperty("usage").GetProperty("prompt_tokens").GetInt32();
+        Assert.True(promptTokens > 33, $"{promptTokens} prompt tokens");
+        Assert.Equal(0, first.GetProperty("usage").GetProperty("prompt_tokens_details").GetProperty("cached_tokens").GetInt32());
+        Assert.Equal((promptTokens - 1) / 16 * 16, second.GetProperty("usage").GetProperty("prompt_tokens_details").GetProperty("cached_tokens").GetInt32());
+        Assert.Equal(first.GetProperty("choices")[0].GetProperty("text").GetString(), second.GetProperty("choices")[0].GetProperty("text").GetString());
+
+        var chat = $$"""{"messages": [{"role": "user", "content": "{{prompt}}"}], "max_tokens": 12, "temperature": 0}""";
+        var (_, reply) = await PostAsync("v1/chat/completions", chat);
+        var usage = reply.GetProperty("usage");
+        Assert.Equal(promptTokens, usage.GetProperty("prompt_tokens").GetInt32()); // the demo's template is plain text
+        Assert.Equal((promptTokens - 1) / 16 * 16, usage.GetProperty("prompt_tokens_details").GetProperty("cached_tokens").GetInt32());
+        Assert.Equal(first.GetProperty("choices")[0].GetProperty("text").GetString(), reply.GetProperty("choices")[0].GetProperty("message").GetProperty("content").GetString());
+    }
+
+    [Fact]
     public async Task SeveralChoices_AreTheRepliesOfSeedsSeedPlusOne_AndTheirUsageAddsUp()
     {
         const string sampled = """{"prompt": "Once upon a time", "max_tokens": 24, "temperature": 1.0, "seed": 7""";
@@ -755,6 +779,10 @@ public sealed class OpenAiServerTests(OpenAiServerFixture fixture) : IClassFixtu
         Assert.Equal(fixture.Engine.Pool.BlockCount, samples["ilgpu_medusa_kv_blocks_free"]);
         Assert.True(samples["ilgpu_medusa_generated_tokens_total"] >= 14);
         Assert.True(samples["ilgpu_medusa_tokens_per_sequence_step"] >= 1);
+        var scheduler = fixture.Engine.SchedulerStats; // other tests share the engine: its counters only grow
+        Assert.InRange(samples["ilgpu_medusa_prefix_cache_queries_total"], 5, scheduler.PrefixQueryTokens);
+        Assert.InRange(samples["ilgpu_medusa_prefix_cache_hits_total"], 0, samples["ilgpu_medusa_prefix_cache_queries_total"]);
+        Assert.InRange(samples["ilgpu_medusa_kv_blocks_cached"], 0, samples["ilgpu_medusa_kv_blocks_free"]);
         Assert.Equal(1, samples["ilgpu_medusa_http_requests_in_flight"]); // this request
     }
 
