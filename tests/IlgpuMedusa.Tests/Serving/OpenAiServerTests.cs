@@ -354,6 +354,17 @@ public sealed class OpenAiServerTests(OpenAiServerFixture fixture) : IClassFixtu
         Assert.Equal(promptTokens, usage.GetProperty("prompt_tokens").GetInt32()); // the demo's template is plain text
         Assert.Equal((promptTokens - 1) / 16 * 16, usage.GetProperty("prompt_tokens_details").GetProperty("cached_tokens").GetInt32());
         Assert.Equal(first.GetProperty("choices")[0].GetProperty("text").GetString(), reply.GetProperty("choices")[0].GetProperty("message").GetProperty("content").GetString());
+
+        // Several choices of a new prompt: the first computes it, the other two start once it has and find it cached. (Not
+        // a proof of the head start: on this small machine the choices rarely reach the scheduler in the same step anyway.)
+        const string other = "Several choices share one prompt. Once upon a time, a tall giraffe named Gina lived in a sunny field. She ate green leaves from the top of the trees every day.";
+        long hitsBefore = fixture.Engine.SchedulerStats.PrefixHitTokens;
+        var (choicesStatus, three) = await PostAsync("v1/completions", $$"""{"prompt": "{{other}}", "max_tokens": 6, "temperature": 1, "seed": 3, "n": 3}""");
+        Assert.Equal(HttpStatusCode.OK, choicesStatus);
+        int otherTokens = three.GetProperty("usage").GetProperty("prompt_tokens").GetInt32();
+        Assert.True(otherTokens > 33, $"{otherTokens} prompt tokens");
+        Assert.Equal(3, three.GetProperty("choices").GetArrayLength());
+        Assert.Equal(2L * ((otherTokens - 1) / 16 * 16), fixture.Engine.SchedulerStats.PrefixHitTokens - hitsBefore);
     }
 
     [Fact]
