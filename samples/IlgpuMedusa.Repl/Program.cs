@@ -31,7 +31,7 @@ try
 {
     var modelPath = arguments.ModelPath ?? DemoModel.DefaultDirectory;
     if (arguments.ModelPath is null) await Startup.FetchDemoAsync(modelPath, console, interactive);
-    var options = new EngineOptions { ModelPath = modelPath, Device = new DeviceOptions { Kind = arguments.Device }, Heads = arguments.Heads, KvCacheType = arguments.KvCacheType };
+    var options = new EngineOptions { ModelPath = modelPath, Device = new DeviceOptions { Kind = arguments.Device }, Heads = arguments.Heads, KvCacheType = arguments.KvCacheType, PrefixCaching = arguments.PrefixCaching };
     using var engine = Startup.LoadEngine(options, console, interactive);
     var session = new ReplSession(engine, console, promptVisible: !Console.IsInputRedirected, arguments.Template, arguments.MaxTokens);
     // Ctrl+C while a reply runs stops that reply; at the prompt it ends the REPL as usual.

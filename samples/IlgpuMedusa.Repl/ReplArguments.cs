@@ -6,16 +6,18 @@ using IlgpuMedusa.Models;
 
 namespace IlgpuMedusa.Repl;
 
-/// <summary>The REPL's command line: <c>[--model DIR] [--device KIND] [--heads SPEC] [--kv-dtype f32|f16] [--max-tokens N] [--template KIND]</c>.</summary>
+/// <summary>The REPL's command line: <c>[--model DIR] [--device KIND] [--heads SPEC] [--kv-dtype f32|f16] [--no-prefix-cache] [--max-tokens N] [--template KIND]</c>.</summary>
 internal sealed record ReplArguments
 {
     public const string Usage = """
         usage: IlgpuMedusa.Repl [--model DIR] [--device auto|cuda|opencl|host|cpu-emulator] [--heads auto|none|FILE]
-                                [--kv-dtype f32|f16] [--max-tokens N] [--template auto|plain|llama2-chat|vicuna]
+                                [--kv-dtype f32|f16] [--no-prefix-cache] [--max-tokens N]
+                                [--template auto|plain|llama2-chat|vicuna]
           --model DIR       model directory (default: the demo model in models/stories15M, fetched when missing)
           --device KIND     device (default auto: CUDA, then an OpenCL GPU, then the CPU)
           --heads SPEC      Medusa heads: auto (those in the model directory), none, or a heads file
           --kv-dtype TYPE   KV cache elements: f32 (default) or f16 (half the memory; attention still in float32)
+          --no-prefix-cache compute each turn's whole prompt (by default the earlier turns' KV is reused)
           --max-tokens N    most tokens per reply (default 200)
           --template KIND   chat template (default auto: plain completion for base models such as the demo model)
         """;
@@ -25,6 +27,7 @@ internal sealed record ReplArguments
     public DeviceKind Device { get; init; } = DeviceKind.Auto;
     public string? Heads { get; init; }
     public DType KvCacheType { get; init; } = DType.F32;
+    public bool PrefixCaching { get; init; } = true;
     public int MaxTokens { get; init; } = 200;
     public ChatTemplateKind Template { get; init; } = ChatTemplateKind.Auto;
     public bool Help { get; init; }
@@ -44,6 +47,7 @@ internal sealed record ReplArguments
                 "--device" => result with { Device = DeviceOptions.ParseKind(Value()) },
                 "--heads" => result with { Heads = Value() },
                 "--kv-dtype" => result with { KvCacheType = EngineOptions.ParseKvCacheType(Value(), "--kv-dtype") },
+                "--no-prefix-cache" => result with { PrefixCaching = false },
                 "--max-tokens" or "-n" => result with { MaxTokens = ParseMaxTokens(Value()) },
                 "--template" => result with { Template = ParseTemplate(Value()) },
                 _ => throw new ArgumentException($"unknown argument '{name}'."),

@@ -280,7 +280,7 @@ internal sealed class ReplSession
         long forwards = ForwardsOf(last);
         string mode = last.Medusa is not null ? $"Medusa, tree {last.Tree}" : "autoregressive";
         _console.MarkupLine(Markup.Escape(FormattableString.Invariant(
-            $"Last reply: {last.GeneratedTokens} tokens in {forwards} forwards ({mode}; the prefill gives the first), {last.DecodeTokensPerSecond:0.0} tokens/s decoding, prefill {last.PromptTokens} tokens in {last.PrefillSeconds * 1000:0} ms, {last.FinishReason}.")));
+            $"Last reply: {last.GeneratedTokens} tokens in {forwards} forwards ({mode}; the prefill gives the first), {last.DecodeTokensPerSecond:0.0} tokens/s decoding, prefill {last.PromptTokens} tokens ({last.CachedPromptTokens} of them from the prefix cache) in {last.PrefillSeconds * 1000:0} ms, {last.FinishReason}.")));
         // Index k: decode steps that emitted k tokens. Autoregressive decoding emits one per step.
         IReadOnlyList<long> histogram = last.Medusa?.AcceptHistogram ?? [0, DecodeStepsOf(last)];
         var chart = new BarChart().Width(60).Label("Accepted tokens per decode step (last reply)").LeftAlignLabel();

@@ -59,6 +59,7 @@ public class ReplTests
 
         // /stats: the last reply, its acceptance-length bar chart, the session totals.
         Assert.Contains("Last reply: 30 tokens in 30 forwards (autoregressive; the prefill gives the first)", output, StringComparison.Ordinal);
+        Assert.Contains("prefill 5 tokens (0 of them from the prefix cache)", output, StringComparison.Ordinal); // under one block
         Assert.Contains("Accepted tokens per decode step (last reply)", output, StringComparison.Ordinal);
         Assert.Matches(@"1 token +█+ 29", output); // 29 decode steps after the prefill
         // Session: 30 forwards for the autoregressive reply, the Medusa reply's decode steps plus its prefill for the
@@ -102,6 +103,26 @@ public class ReplTests
         Assert.Contains("Chat mode (Llama2Chat template)", result.StandardOutput, StringComparison.Ordinal);
         Assert.Equal(2, result.StandardOutput.Split('\n').Count(l => l.StartsWith("[4 tokens, ", StringComparison.Ordinal)));
         Assert.Contains("Conversation and statistics cleared.", result.StandardOutput, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void ALaterTurn_TakesTheEarlierTurnsFromThePrefixCache_UnlessItIsOff(bool caching)
+    {
+        // The second turn's prompt starts with the whole first turn (its 40-odd token message and the reply): with prefix
+        // caching its full blocks of 16 come from the cache.
+        const string message = "Tell me a story about a little girl named Lily who loved to play outside in the sunshine with her dog Max every day.";
+        string[] args = Args("--max-tokens", "8", "--template", "llama2-chat");
+        var result = RunRepl($"{message}\nAnd then?\n/stats\n/quit\n", caching ? args : [.. args, "--no-prefix-cache"]);
+        Assert.True(result.ExitCode == 0, $"exit code {result.ExitCode}\n{result.StandardOutput}\n{result.StandardError}");
+        var last = System.Text.RegularExpressions.Regex.Match(result.StandardOutput, @"prefill (\d+) tokens \((\d+) of them from the prefix cache\)");
+        Assert.True(last.Success, result.StandardOutput);
+        int prompt = int.Parse(last.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture);
+        int cached = int.Parse(last.Groups[2].Value, System.Globalization.CultureInfo.InvariantCulture);
+        Assert.True(prompt > 48, $"{prompt} prompt tokens");
+        if (caching) Assert.InRange(cached, 32, prompt - 1);
+        else Assert.Equal(0, cached);
     }
 
     [Fact]
