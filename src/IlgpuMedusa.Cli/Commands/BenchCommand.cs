@@ -38,7 +38,7 @@ internal static class BenchCommand
         };
         var sweep = new Option<bool>("--sweep-trees") { Description = "Measure every tree preset (plus each --tree) and recommend the fastest." };
         var json = new Option<bool>("--json") { Description = "Print one JSON object." };
-        var concurrency = new Option<string?>("--concurrency") { Description = "Comma-separated numbers of simultaneous requests (e.g. 1,2,4,8,16): total and per-sequence tokens/s with and without Medusa under continuous batching." };
+        var concurrency = new Option<string?>("--concurrency") { Description = "Comma-separated numbers of simultaneous requests (e.g. 1,2,4,8,16): total and per-sequence tokens/s with and without Medusa under continuous batching (prefix caching off: the prompts repeat)." };
         var prefixCache = new Option<bool>("--prefix-cache")
         {
             Description = "Measure the prefix cache instead: requests that share a long opening (the model's own story), each cold (cache cleared) and warm, " +
@@ -66,7 +66,11 @@ internal static class BenchCommand
             if (measurePrefixCache && (levels is not null || sweepTrees))
                 throw new ArgumentException("--prefix-cache measures something else than --concurrency and --sweep-trees; give one of them.");
             if (!measurePrefixCache && parse.GetValue(prefixTokens) is not null) throw new ArgumentException("--prefix-tokens goes with --prefix-cache.");
-            using var engine = CommonOptions.LoadEngine(common.ToEngineOptions(parse));
+            var engineOptions = common.ToEngineOptions(parse);
+            // Requests of a level repeat the prompts: with prefix caching the repeats would skip work the first ones did,
+            // and the figures would not compare with batching of distinct work (bench --prefix-cache measures that).
+            if (levels is not null) engineOptions = engineOptions with { PrefixCaching = false };
+            using var engine = CommonOptions.LoadEngine(engineOptions);
             if (measurePrefixCache)
             {
                 var measured = PrefixCacheBench.Measure(engine, promptList, parse.GetValue(prefixTokens), n, passes, cancellationToken);

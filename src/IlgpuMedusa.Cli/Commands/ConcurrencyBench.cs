@@ -7,7 +7,7 @@ namespace IlgpuMedusa.Cli.Commands;
 /// <summary>
 /// <c>bench --concurrency 1,2,4,8,16</c>: N requests submitted at once to the engine's scheduler (continuous batching),
 /// with and without Medusa, alternating; reports total tokens/s and mean per-sequence tokens/s for each N, and the ratio
-/// of each N's total to N = 1's.
+/// of each N's total to N = 1's. The engine runs without prefix caching (BenchCommand): requests repeat the prompts.
 /// </summary>
 internal static class ConcurrencyBench
 {
@@ -59,13 +59,13 @@ internal static class ConcurrencyBench
             ["preemptions"] = s.Preemptions,
             ["kv_blocks"] = engine.Pool.BlockCount,
             ["kv_dtype"] = engine.Pool.Layout.ElementType.ToString().ToLowerInvariant(),
+            ["prefix_caching"] = engine.Pool.PrefixCaching,
         };
     }
 
     private static (double Total, double PerSequence, long Tokens, double Seconds) Run(InferenceEngine engine, string[] prompts, int n, int maxTokens, bool medusa, string? tree, CancellationToken cancellationToken)
     {
         var options = new GenerationOptions { MaxTokens = maxTokens, UseMedusa = medusa, Tree = tree };
-        engine.ClearPrefixCache(); // each level starts cold: the earlier level's prompts would otherwise be cached
         var clock = Stopwatch.StartNew();
         var tasks = Enumerable.Range(0, n).Select(i => Task.Run(async () =>
         {

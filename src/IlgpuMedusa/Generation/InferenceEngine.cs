@@ -258,7 +258,7 @@ public sealed class InferenceEngine : IInferenceEngine, IDisposable
             throw new ArgumentException($"a prompt must have 1..{Config.MaxSequenceLength - 1} tokens, got {promptIds.Count}.", nameof(promptIds));
         foreach (var id in promptIds)
             if ((uint)id >= (uint)Config.VocabSize) throw new ArgumentException($"prompt token {id} is outside the vocabulary of {Config.VocabSize}.", nameof(promptIds));
-        return Scheduler.Submit(promptIds as int[] ?? [.. promptIds], options, stats, cancellationToken);
+        return Scheduler.Submit([.. promptIds], options, stats, cancellationToken); // a copy: the caller may reuse its buffer, and blocks are cached by these tokens
     }
 
     /// <summary>A resolved tree and, once the scheduler has asked for it, a fixed tree's mask on the device.</summary>

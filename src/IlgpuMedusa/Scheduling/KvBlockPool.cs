@@ -131,8 +131,8 @@ public sealed class KvBlockPool : IDisposable
     {
         if (_holders[block] <= 0) throw new InvalidOperationException($"KV block {block} was returned to the pool more often than taken");
         if (--_holders[block] > 0) return;
-        if (_prefixes?.IsIndexed(block) == true) _prefixes.Release(block);
-        else _free.Push(block);
+        if (_prefixes?.Release(block) == false) return; // stays cached
+        _free.Push(block);
     }
 
     /// <summary>
@@ -157,11 +157,38 @@ public sealed class KvBlockPool : IDisposable
         return found;
     }
 
-    /// <summary>Indexes a sequence's full <paramref name="block"/> (see <see cref="PrefixCache.Add"/>).</summary>
-    internal long AddCached(int block, long parent, ReadOnlySpan<int> tokens) => _prefixes!.Add(block, parent, tokens);
+    /// <summary>
+    /// Like <see cref="FindCached"/> without taking anything or counting: how many leading full blocks of
+    /// <paramref name="tokens"/> are cached (leaving <paramref name="keep"/> tokens), and how many of those no sequence
+    /// holds (they count as free now, and would not once taken).
+    /// </summary>
+    internal (int Found, int Released) PeekCached(ReadOnlySpan<int> tokens, int keep, int maxBlocks)
+    {
+        if (_prefixes is null) return (0, 0);
+        int found = 0, released = 0;
+        long parent = PrefixCache.Root;
+        int limit = Math.Min(maxBlocks, Math.Max(0, tokens.Length - keep) / BlockSize);
+        while (found < limit && _prefixes.TryFind(parent, tokens.Slice(found * BlockSize, BlockSize), out int block, out parent))
+        {
+            if (_prefixes.IsReleased(block)) released++;
+            found++;
+        }
+        return (found, released);
+    }
 
-    /// <summary>Forgets every cached prefix that no sequence holds (a cold cache, as for a benchmark's baseline).</summary>
-    public void ClearPrefixCache()
+    /// <summary>Indexes a sequence's full <paramref name="block"/> (see <see cref="PrefixCache.Add"/>).</summary>
+    internal long AddCached(int block, long parent, ReadOnlySpan<int> tokens)
+    {
+        long identity = _prefixes!.Add(block, parent, tokens, out int freed);
+        if (freed >= 0) _free.Push(freed); // an unheld older copy gave its place to this held one
+        return identity;
+    }
+
+    /// <summary>
+    /// Forgets every cached prefix that no sequence holds (a cold cache, as for a benchmark's baseline). Not safe while a
+    /// scheduler runs on this pool: use <see cref="Generation.InferenceEngine.ClearPrefixCache"/> there.
+    /// </summary>
+    internal void ClearPrefixCache()
     {
         if (_prefixes is null) return;
         foreach (int block in _prefixes.Clear()) _free.Push(block);
@@ -193,7 +220,7 @@ public sealed class KvSequence : IDisposable
     /// <summary>Blocks held.</summary>
     public int BlockCount { get; private set; }
     /// <summary>Leading blocks the prefix cache knows: taken from it, or offered to it (<see cref="OfferCachedBlocks"/>).</summary>
-    public int IndexedBlocks => _indexed;
+    internal int IndexedBlocks => _indexed;
     /// <summary>Positions the held blocks can store.</summary>
     public int Capacity => BlockCount * _pool.BlockSize;
     /// <summary>Most positions this sequence may ever use.</summary>
@@ -208,7 +235,7 @@ public sealed class KvSequence : IDisposable
     /// <paramref name="tokens"/>, leaving at least one token to compute (the forward that gives the next token's logits).
     /// Returns the positions now in the cache (a multiple of the block size; 0 without prefix caching).
     /// </summary>
-    public int AttachCachedPrefix(ReadOnlySpan<int> tokens)
+    internal int AttachCachedPrefix(ReadOnlySpan<int> tokens)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         if (BlockCount != 0) throw new InvalidOperationException("a cached prefix is attached before the sequence takes any block");
@@ -227,7 +254,7 @@ public sealed class KvSequence : IDisposable
     /// hold <paramref name="tokens"/>[0, cached) (the caller's word; only blocks wholly below both are offered). Such a
     /// block is never written again. Does nothing without prefix caching.
     /// </summary>
-    public void OfferCachedBlocks(ReadOnlySpan<int> tokens, int cached)
+    internal void OfferCachedBlocks(ReadOnlySpan<int> tokens, int cached)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         if (!_pool.PrefixCaching) return;

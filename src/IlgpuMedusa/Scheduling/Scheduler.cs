@@ -194,8 +194,8 @@ public sealed class Scheduler : IDisposable
         public SequenceDecoder? Decoder { get; set; }
         /// <summary>The prompt and the emitted tokens in one list, built when the prefix cache is offered generated tokens.</summary>
         public List<int>? Known { get; set; }
-        /// <summary>Set once the first admission has reported its cached prompt tokens (a prefill cut short by preemption starts again).</summary>
-        public bool CachedPromptCounted { get; set; }
+        /// <summary>The tokens its decoder prefills (<see cref="DecoderPrompt"/>), while it runs.</summary>
+        public int[]? DecoderTokens { get; set; }
         public bool Done { get; set; }
     }
 
@@ -282,20 +282,38 @@ public sealed class Scheduler : IDisposable
         }
     }
 
-    /// <summary>Starts waiting sequences, oldest first, while the pool has free blocks for their first forward.</summary>
+    /// <summary>
+    /// Starts waiting sequences, oldest first, while the pool has free blocks for their first forward (blocks of a cached
+    /// prefix they would share are not charged). A sequence whose prompt continues past its cached blocks into blocks a
+    /// running sequence is prefilling right now waits for them (the sequences after it go first), so that identical
+    /// prompts arriving together (several choices, a shared system prompt) compute their common blocks once.
+    /// </summary>
     private void Admit()
     {
+        if (_waiting.Count == 0) return;
+        var deferred = new List<Request>();
         while (_waiting.Count > 0)
         {
             var r = _waiting.Peek();
+            var (tokens, _) = DecoderPrompt(r);
+            int found = 0, released = 0;
+            if (UsesPrefixCache(r))
+            {
+                (found, released) = _pool.PeekCached(tokens, keep: 1, _pool.BlocksFor(r.MaxTokens));
+                if (PrefilledElsewhere(tokens, found))
+                {
+                    deferred.Add(_waiting.Dequeue());
+                    continue;
+                }
+            }
             int first = r.Prompt.Length + r.Emitted.Count;
-            if (_pool.BlocksFor(Math.Min(first + 1, r.MaxTokens)) > _pool.FreeBlocks && _running.Count > 0) break;
+            if (_pool.BlocksFor(Math.Min(first + 1, r.MaxTokens)) - found > _pool.FreeBlocks - released && _running.Count > 0) break;
             _waiting.Dequeue();
             try
             {
                 r.Sequence = _pool.CreateSequence(r.MaxTokens);
                 if (FailAdmissionFor?.Invoke(r.Options) == true) throw new InvalidOperationException("starting this request failed (injected by a test)");
-                r.Decoder = CreateDecoder(r, r.Sequence);
+                r.Decoder = CreateDecoder(r, r.Sequence, tokens);
             }
             catch (Exception e)
             {
@@ -306,24 +324,53 @@ public sealed class Scheduler : IDisposable
             if (!r.Clock.IsRunning) r.Clock.Start();
             _running.Add(r);
         }
+        if (deferred.Count == 0) return;
+        // The deferred ones keep their places at the front, in their order.
+        var rest = _waiting.ToArray();
+        _waiting.Clear();
+        foreach (var w in deferred) _waiting.Enqueue(w);
+        foreach (var w in rest) _waiting.Enqueue(w);
     }
 
-    private SequenceDecoder CreateDecoder(Request r, KvSequence sequence)
+    /// <summary>
+    /// True when a running sequence is prefilling <paramref name="tokens"/>' full block after its <paramref name="found"/>
+    /// cached ones (a block this prompt would use: one token past it remains), so that waiting a step or a few saves
+    /// computing it twice.
+    /// </summary>
+    private bool PrefilledElsewhere(int[] tokens, int found)
     {
-        // A preempted sequence resumes from everything it emitted: all but the last token are recomputed into the cache,
-        // the last stays pending.
+        int end = (found + 1) * _pool.BlockSize;
+        if (end > tokens.Length - 1) return false;
+        foreach (var other in _running)
+        {
+            if (other.Decoder is not { Prefilling: true } decoder || other.DecoderTokens is not { } theirs) continue;
+            if (theirs.Length >= end && decoder.Committed < end && theirs.AsSpan(0, end).SequenceEqual(tokens.AsSpan(0, end))) return true;
+        }
+        return false;
+    }
+
+    /// <summary>
+    /// The tokens a decoder for <paramref name="r"/> prefills: its prompt, or after a preemption everything it emitted but
+    /// the last token, which stays pending (the cache is recomputed, no token chosen).
+    /// </summary>
+    private static (int[] Tokens, int? Pending) DecoderPrompt(Request r) => r.Emitted.Count == 0
+        ? (r.Prompt, null)
+        : ([.. r.Prompt, .. r.Emitted.Take(r.Emitted.Count - 1)], r.Emitted[^1]);
+
+    /// <summary>A prompt that is scored needs every row's logits: it is computed whole (and offers its blocks afterwards).</summary>
+    private bool UsesPrefixCache(Request r) => _pool.PrefixCaching && !(r.Options.PromptLogprobs && r.Emitted.Count == 0);
+
+    private SequenceDecoder CreateDecoder(Request r, KvSequence sequence, int[] prompt)
+    {
         bool resume = r.Emitted.Count > 0;
-        int[] prompt = resume ? [.. r.Prompt, .. r.Emitted.Take(r.Emitted.Count - 1)] : r.Prompt;
         int? pending = resume ? r.Emitted[^1] : null;
+        r.DecoderTokens = prompt;
         var tree = r.Tree;
         var mask = tree is { } t && !t.Tree.IsDynamic ? _trees(r.Options.Tree, true).Mask : null;
-        // A prompt that is scored needs every row's logits: it is computed whole (and offers its blocks afterwards).
-        int cached = r.Options.PromptLogprobs && !resume ? 0 : sequence.AttachCachedPrefix(prompt);
-        if (!resume && !r.CachedPromptCounted)
-        {
-            r.Stats.CachedPromptTokens = cached;
-            r.CachedPromptCounted = true;
-        }
+        int cached = UsesPrefixCache(r) ? sequence.AttachCachedPrefix(prompt) : 0;
+        // The admission whose prefill gives the first token says how much of the prompt was cached (a prefill cut short by
+        // preemption starts again; a sequence recomputed after emitting tokens does not change it).
+        if (!resume) r.Stats.CachedPromptTokens = cached;
         if (tree is { } medusa)
         {
             return new MedusaDecoder(_model, sequence, r.Sampler, prompt, pending, _heads!, medusa.Tree, mask, r.Options.Acceptance, r.Stats.Medusa!)

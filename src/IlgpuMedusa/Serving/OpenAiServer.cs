@@ -654,21 +654,12 @@ public sealed class OpenAiServer : IAsyncDisposable
         index == 0 ? options : options with { Seed = unchecked(options.Seed + (ulong)index) };
 
     /// <summary>
-    /// <see cref="MergeAsync{T}(int, bool, Func{int, CancellationToken, IAsyncEnumerable{T}}, CancellationToken)"/> with
-    /// the engine's choice of a head start: with prefix caching the first choice computes the prompt alone and the others
-    /// start once it has (its first item), taking the prompt's KV from the cache instead of computing it again each.
-    /// </summary>
-    private IAsyncEnumerable<(int Index, T? Item, bool End)> MergeAsync<T>(int count, Func<int, CancellationToken, IAsyncEnumerable<T>> start,
-        CancellationToken cancellationToken) => MergeAsync(count, _engine.Pool.PrefixCaching, start, cancellationToken);
-
-    /// <summary>
     /// Runs <paramref name="count"/> streams at once (batched by the engine's scheduler) and yields their items as they
-    /// come, tagged with the stream's index, and once per stream an end marker after its last item. With
-    /// <paramref name="firstAhead"/> streams 1.. start when stream 0 has yielded its first item (or ended). The first
-    /// failure stops the others and is thrown; leaving early stops them all, and every generation has ended (its KV
-    /// blocks back in the pool) before the enumerator's disposal completes.
+    /// come, tagged with the stream's index, and once per stream an end marker after its last item. The first failure
+    /// stops the others and is thrown; leaving early stops them all, and every generation has ended (its KV blocks back
+    /// in the pool) before the enumerator's disposal completes.
     /// </summary>
-    private static async IAsyncEnumerable<(int Index, T? Item, bool End)> MergeAsync<T>(int count, bool firstAhead, Func<int, CancellationToken, IAsyncEnumerable<T>> start,
+    private static async IAsyncEnumerable<(int Index, T? Item, bool End)> MergeAsync<T>(int count, Func<int, CancellationToken, IAsyncEnumerable<T>> start,
         [System.Runtime.CompilerServices.EnumeratorCancellation] CancellationToken cancellationToken)
     {
         if (count == 1)
@@ -680,19 +671,11 @@ public sealed class OpenAiServer : IAsyncDisposable
         using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         var channel = System.Threading.Channels.Channel.CreateUnbounded<(int, T?, bool)>();
         int running = count;
-        var firstStarted = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        if (!firstAhead) firstStarted.SetResult();
         var producers = Enumerable.Range(0, count).Select(i => Task.Run(async () =>
         {
             try
             {
-                if (i > 0) await firstStarted.Task.ConfigureAwait(false);
-                stop.Token.ThrowIfCancellationRequested();
-                await foreach (var item in start(i, stop.Token).ConfigureAwait(false))
-                {
-                    channel.Writer.TryWrite((i, item, false));
-                    if (i == 0) firstStarted.TrySetResult();
-                }
+                await foreach (var item in start(i, stop.Token).ConfigureAwait(false)) channel.Writer.TryWrite((i, item, false));
                 channel.Writer.TryWrite((i, default, true));
                 if (Interlocked.Decrement(ref running) == 0) channel.Writer.TryComplete();
             }
@@ -700,10 +683,6 @@ public sealed class OpenAiServer : IAsyncDisposable
             {
                 channel.Writer.TryComplete(e);
                 await stop.CancelAsync().ConfigureAwait(false);
-            }
-            finally
-            {
-                if (i == 0) firstStarted.TrySetResult(); // ended or failed without an item: the others go (or see the stop)
             }
         })).ToArray();
         try

@@ -96,10 +96,49 @@ public sealed class PrefixCachePoolTests : IDisposable
             Assert.Equal(late.PhysicalSlot(12), probe.PhysicalSlot(12));
         }
         early.Dispose();
-        Assert.Equal(3, pool.CachedBlocks);
+        Assert.Equal(0, pool.CachedBlocks); // late's held copies took the index over; early's went back as plain free blocks
         late.Dispose();
-        Assert.Equal(4, pool.CachedBlocks); // late's duplicates went back as plain free blocks
+        Assert.Equal(4, pool.CachedBlocks);
         Assert.Equal(12, pool.FreeBlocks);
+    }
+
+    [Fact]
+    public void AHeldCopyReplacesAnUnheldIndexedBlock_SoAHeldPrefixStaysFindable()
+    {
+        // early indexes three blocks and ends (they wait in the LRU); late, started beside it, computed the same three
+        // and a fourth. Late's copies take the index over, so evicting early's blocks loses nothing late holds.
+        using var pool = Pool(10);
+        int[] tokens = Tokens(16);
+        var early = Computed(pool, tokens.AsSpan(0, 12).ToArray());
+        using var late = pool.CreateSequence((int)pool.TokenCapacity);
+        late.EnsureCapacity(16);
+        early.Dispose();
+        late.OfferCachedBlocks(tokens, 16);
+        Assert.Equal(0, pool.CachedBlocks); // early's three went back as plain free blocks
+        using var taker = pool.CreateSequence((int)pool.TokenCapacity);
+        taker.EnsureCapacity(24); // all six free blocks
+        using var again = pool.CreateSequence((int)pool.TokenCapacity);
+        Assert.Equal(16, again.AttachCachedPrefix([.. tokens, 1]));
+        for (int position = 0; position < 16; position++) Assert.Equal(late.PhysicalSlot(position), again.PhysicalSlot(position));
+    }
+
+    [Fact]
+    public void WhenAnIndexedBlocksLastHolderEnds_AHeldTwinTakesItsPlace()
+    {
+        using var pool = Pool(10);
+        int[] tokens = Tokens(16);
+        var early = Computed(pool, tokens.AsSpan(0, 12).ToArray()); // indexed, held
+        using var late = pool.CreateSequence((int)pool.TokenCapacity);
+        late.EnsureCapacity(16);
+        late.OfferCachedBlocks(tokens, 16); // three twins of early's blocks, and a fourth block chained on them
+        early.Dispose();
+        Assert.Equal(0, pool.CachedBlocks); // the twins took the index: early's blocks are plainly free
+        Assert.Equal(10 - 4, pool.FreeBlocks);
+        using var taker = pool.CreateSequence((int)pool.TokenCapacity);
+        taker.EnsureCapacity(24);
+        using var again = pool.CreateSequence((int)pool.TokenCapacity);
+        Assert.Equal(16, again.AttachCachedPrefix([.. tokens, 1]));
+        Assert.Equal(late.PhysicalSlot(0), again.PhysicalSlot(0));
     }
 
     [Fact]
@@ -393,6 +432,88 @@ public sealed class PrefixCacheEngineTests(RandomHeadsFixture heads) : IClassFix
         Assert.Equal(0, root.GetProperty("cached_prompt_tokens_cold_mean").GetDouble());
         Assert.Equal("4/4", root.GetProperty("warm_tokens_identical_to_cold").GetString());
         Assert.True(root.GetProperty("time_to_first_token_cold_over_warm").GetDouble() > 0);
+    }
+
+    [Fact]
+    public async Task ARequestWhosePromptARunningOneHolds_IsAdmittedWithoutWaitingForIt()
+    {
+        // 14 blocks; A holds 8 or more while it decodes, so at most 6 are free. B has the same prompt: charged for all 8 it
+        // would wait for A to end; it needs two of its own (the rest are A's, cached), so it starts at once.
+        using var engine = Load(caching: true, kvBudgetMb: 3, headsPath: "none");
+        var options = new GenerationOptions { MaxTokens = 60 };
+        int[] prompt = [.. engine.EncodePrompt("Once upon a time, there was a little girl named Lily. She loved to play outside in the sunshine with her friends. " +
+            "Her mom told her to be careful near the big pond. One day, she went to the park with her dog Max and they played with a red ball all day " +
+            "long until the sun went down. When they got home, her mom made a big cake for them and they ate it together with milk. Lily was very happy " +
+            "and she gave Max a big hug. The next morning, Lily woke up and", options)];
+        Assert.InRange(prompt.Length, 112, 127); // its first forward needs 8 blocks
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        var started = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var aStats = new GenerationStats();
+        var a = Task.Run(async () =>
+        {
+            try
+            {
+                await foreach (var _ in engine.GenerateAsync(prompt, options, aStats)) started.TrySetResult();
+            }
+            finally
+            {
+                started.TrySetResult();
+            }
+            return clock.Elapsed;
+        });
+        await started.Task;
+        var b = new GenerationStats();
+        TimeSpan? bFirst = null;
+        await foreach (var _ in engine.GenerateAsync(prompt, options with { MaxTokens = 2 }, b)) bFirst ??= clock.Elapsed;
+        var aEnd = await a;
+        Assert.True(aStats.GeneratedTokens >= 20, $"A generated {aStats.GeneratedTokens} tokens");
+        Assert.Equal((prompt.Length - 1) / 16 * 16, b.CachedPromptTokens);
+        Assert.True(bFirst < aEnd, $"B's first token at {bFirst?.TotalMilliseconds:0} ms, A ended at {aEnd.TotalMilliseconds:0} ms");
+    }
+
+    [Fact]
+    public async Task IdenticalPromptsArrivingTogether_ComputeTheirBlocksOnce_AndAnswerLikeColdRuns()
+    {
+        using var warm = Load(caching: true);
+        using var cold = Load(caching: false);
+        int[] prompt = [.. warm.EncodePrompt("Lily and Tom were best friends. They liked to play in the big green park near their house every day after school. One day,", new GenerationOptions())];
+        var requests = Enumerable.Range(0, 4).Select(i => new GenerationOptions
+        {
+            MaxTokens = 20,
+            Sampling = Sampling.Temperature(0.9f),
+            Seed = (ulong)(30 + i),
+            UseMedusa = i % 2 == 0,
+            Tree = "tree-8",
+        }).ToArray();
+        long before = warm.SchedulerStats.PrefixHitTokens;
+        var together = await Task.WhenAll(requests.Select(o => Task.Run(() => Run(warm, prompt, o))));
+        int cachedEach = (prompt.Length - 1) / 16 * 16;
+        Assert.True(cachedEach >= 16, $"{prompt.Length} prompt tokens");
+        // Whichever starts first computes the prompt; the others wait while it does, then take its blocks.
+        Assert.Equal(3L * cachedEach, warm.SchedulerStats.PrefixHitTokens - before);
+        Assert.Equal(3, together.Count(t => t.Stats.CachedPromptTokens == cachedEach));
+        for (int i = 0; i < requests.Length; i++) Assert.Equal((await Run(cold, prompt, requests[i])).Ids, together[i].Ids);
+    }
+
+    [Fact]
+    public async Task APromptArrayTheCallerChangesAfterwards_DoesNotReachTheCache()
+    {
+        using var engine = Load(caching: true, headsPath: "none");
+        var options = new GenerationOptions { MaxTokens = 30 };
+        int[] original = [.. engine.EncodePrompt("Lily and Tom were best friends. They liked to play in the big green park near their house every day after school.", options)];
+        int[] buffer = [.. original];
+        var pieces = engine.Generate(buffer, options, new GenerationStats()).GetEnumerator();
+        Assert.True(pieces.MoveNext()); // submitted and prefilled
+        Array.Fill(buffer, 1000); // the caller reuses its buffer while its request streams
+        while (pieces.MoveNext())
+        {
+        }
+        pieces.Dispose();
+        using var cold = Load(caching: false, headsPath: "none");
+        var stats = new GenerationStats();
+        var again = await Run(engine, original, options);
+        Assert.Equal((original.Length - 1) / 16 * 16, again.Stats.CachedPromptTokens);
+        Assert.Equal((await Run(cold, original, options)).Ids, again.Ids);
     }
 
     [Fact]
