@@ -3,7 +3,11 @@ namespace IlgpuMedusa.Generation;
 /// <summary>Options of one generation request. Defaults live here and nowhere else.</summary>
 public sealed record GenerationOptions
 {
-    /// <summary>Most tokens to generate; null means until an end token or the end of the model's context.</summary>
+    /// <summary>
+    /// Most tokens to generate; null means until an end token or the end of the model's context. 0 runs the prompt only:
+    /// nothing is generated, its KV goes to the prefix cache (a shared system prompt made ready ahead of its requests)
+    /// and, with <see cref="PromptLogprobs"/>, its tokens are scored; such a prompt may fill the whole context.
+    /// </summary>
     public int? MaxTokens { get; init; } = 256;
 
     /// <summary>How tokens are chosen.</summary>
@@ -74,8 +78,8 @@ public sealed record GenerationOptions
     /// <summary>Throws <see cref="ArgumentException"/> naming the bad option.</summary>
     public GenerationOptions Validate()
     {
-        if (MaxTokens is <= 0)
-            throw new ArgumentOutOfRangeException(nameof(MaxTokens), MaxTokens, "MaxTokens (--max-tokens) must be a positive number of tokens.");
+        if (MaxTokens is < 0)
+            throw new ArgumentOutOfRangeException(nameof(MaxTokens), MaxTokens, "MaxTokens (--max-tokens) must be a number of tokens (0: run the prompt only).");
         ArgumentNullException.ThrowIfNull(Sampling, nameof(Sampling));
         ArgumentNullException.ThrowIfNull(Acceptance, nameof(Acceptance));
         if (Tree is not null && string.IsNullOrWhiteSpace(Tree))

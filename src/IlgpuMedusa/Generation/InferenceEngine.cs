@@ -155,6 +155,12 @@ public sealed class InferenceEngine : IInferenceEngine, IDisposable
         return File.Exists(released) ? released : null;
     }
 
+    /// <summary>
+    /// The longest prompt a request with <paramref name="options"/> may have: one token less than the context, for the
+    /// first generated token, or the whole context when nothing is generated (<see cref="GenerationOptions.MaxTokens"/> 0).
+    /// </summary>
+    public int MaxPromptTokens(GenerationOptions options) => options.MaxTokens == 0 ? Config.MaxSequenceLength : Config.MaxSequenceLength - 1;
+
     /// <summary>Encodes a prompt and checks it fits the context (and that the options' Medusa tree fits the heads).</summary>
     public IReadOnlyList<int> EncodePrompt(string prompt, GenerationOptions options)
     {
@@ -162,7 +168,7 @@ public sealed class InferenceEngine : IInferenceEngine, IDisposable
         var ids = Tokenizer.Encode(prompt, options.AddBos);
         if (ids.Count == 0)
             throw new ArgumentException("the prompt is empty and no BOS was requested: there is nothing to continue.", nameof(prompt));
-        if (ids.Count >= Config.MaxSequenceLength)
+        if (ids.Count > MaxPromptTokens(options))
             throw new ArgumentException(
                 $"the prompt is {ids.Count} tokens but the model's context is {Config.MaxSequenceLength}: it must leave room for at least one generated token.",
                 nameof(prompt));
@@ -254,8 +260,8 @@ public sealed class InferenceEngine : IInferenceEngine, IDisposable
     private ChannelReader<GeneratedPiece> Submit(IReadOnlyList<int> promptIds, GenerationOptions options, GenerationStats stats, CancellationToken cancellationToken)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
-        if (promptIds.Count == 0 || promptIds.Count >= Config.MaxSequenceLength)
-            throw new ArgumentException($"a prompt must have 1..{Config.MaxSequenceLength - 1} tokens, got {promptIds.Count}.", nameof(promptIds));
+        if (promptIds.Count == 0 || promptIds.Count > MaxPromptTokens(options))
+            throw new ArgumentException($"a prompt must have 1..{MaxPromptTokens(options)} tokens, got {promptIds.Count}.", nameof(promptIds));
         foreach (var id in promptIds)
             if ((uint)id >= (uint)Config.VocabSize) throw new ArgumentException($"prompt token {id} is outside the vocabulary of {Config.VocabSize}.", nameof(promptIds));
         return Scheduler.Submit([.. promptIds], options, stats, cancellationToken); // a copy: the caller may reuse its buffer, and blocks are cached by these tokens

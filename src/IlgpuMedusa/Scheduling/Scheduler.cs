@@ -110,7 +110,8 @@ public sealed class Scheduler : IDisposable
         var c = _model.Config;
         int maxNew = Math.Min(options.MaxTokens ?? int.MaxValue, c.MaxSequenceLength - prompt.Length);
         // Resolved here, so that a bad tree fails the call; its mask is uploaded on the scheduler's thread (CreateDecoder).
-        (CandidateTree Tree, DeviceTensor? Mask)? tree = options.UseMedusa && _heads is not null ? _trees(options.Tree, false) : null;
+        // A request that generates nothing (MaxTokens 0: the prompt only) needs no heads.
+        (CandidateTree Tree, DeviceTensor? Mask)? tree = options.UseMedusa && _heads is not null && maxNew > 0 ? _trees(options.Tree, false) : null;
         int slack = tree?.Tree.NodeCount ?? 1;
         int maxTokens = Math.Min(c.MaxSequenceLength, prompt.Length + maxNew + slack);
         int blocks = _pool.BlocksFor(maxTokens);
@@ -588,6 +589,18 @@ public sealed class Scheduler : IDisposable
         if (r.Accepted.Count == 0)
         {
             lock (_lock) OfferCachedBlocks(r);
+            return;
+        }
+        if (r.MaxNew == 0)
+        {
+            // The prompt only (MaxTokens 0): the token its last row chose is not generated.
+            r.Stats.FinishReason = FinishReason.MaxTokens;
+            r.Stats.DecodeSeconds = 0;
+            lock (_lock)
+            {
+                OfferCachedBlocks(r);
+                Finish(r, null);
+            }
             return;
         }
         var c = _model.Config;

@@ -138,7 +138,7 @@ public static class OpenAiRequests
             throw OpenAiErrorException.BadRequest("best_of", "only 1 is supported.");
         RefuseUnsupported(body, chat: false);
         var options = ParseOptions(body, chat: false, vocabularySize, minTokens: scoreOnly ? 0 : 1);
-        if (scoreOnly) options.MaxOutputTokens = 1;
+        if (scoreOnly) options.MaxOutputTokens = 1; // a valid chat option; the server runs the prompt only (MaxTokens 0)
         var (stream, includeUsage) = ParseStream(body);
         return new CompletionRequest(text, options, stream, includeUsage, ids, logprobs, echo, scoreOnly, ReadChoices(body));
     }

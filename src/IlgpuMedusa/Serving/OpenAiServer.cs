@@ -502,9 +502,9 @@ public sealed class OpenAiServer : IAsyncDisposable
             Logprobs = request.Logprobs,
             PromptLogprobs = request.Echo && request.Logprobs is not null,
         };
-        if (request.ScoreOnly) options = options with { UseMedusa = false }; // one token, from the prefill: no heads needed
+        if (request.ScoreOnly) options = options with { MaxTokens = 0 }; // the prompt only: it may fill the whole context
         var ids = request.PromptIds ?? _engine.EncodePrompt(request.Prompt, options);
-        if (ids.Count >= _engine.Config.MaxSequenceLength)
+        if (ids.Count > _engine.MaxPromptTokens(options))
             throw OpenAiErrorException.BadRequest("prompt", $"{ids.Count} tokens leave no room in the model's context of {_engine.Config.MaxSequenceLength}.");
         string id = "cmpl-" + Guid.NewGuid().ToString("N");
         long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
@@ -565,7 +565,6 @@ public sealed class OpenAiServer : IAsyncDisposable
                     await exchange.WriteEventAsync(Json(w => WriteCompletionChunk(w, id, created, () => WriteCompletionChoice(w, index, "", FinishOf(index), null)))).ConfigureAwait(false);
                     continue;
                 }
-                if (request.ScoreOnly) continue; // the one token asked for is dropped
                 if (!firstToken)
                 {
                     firstToken = true;

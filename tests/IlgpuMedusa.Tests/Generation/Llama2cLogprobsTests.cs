@@ -65,6 +65,26 @@ public sealed class Llama2cLogprobsTests(DemoEngineFixture fixture) : IClassFixt
         }
     }
 
+    [Fact]
+    public void APromptFillingTheWholeContext_IsScoredWithoutGenerating_AsLlama2cScoresIt()
+    {
+        // MaxTokens 0 runs the prompt only, so it may take all 256 positions of the demo's context (llama2.c's seq_len).
+        var engine = fixture.Engine;
+        var options = new GenerationOptions { MaxTokens = 0, PromptLogprobs = true, Logprobs = 2 };
+        var ids = engine.Tokenizer.Encode(HostingTestSupport.Reference + " " + HostingTestSupport.Reference, true).Take(256).ToArray();
+        Assert.Equal(256, ids.Length);
+        var stats = new GenerationStats();
+        Assert.Empty(engine.Generate(ids, options, stats).ToList());
+        Assert.Equal(FinishReason.MaxTokens, stats.FinishReason);
+        Assert.Equal(0, stats.GeneratedTokens);
+        var (scores, _) = Llama2cReference.Run(ids, 2);
+        var prompt = stats.PromptLogprobs!;
+        Assert.Equal(256, prompt.Count);
+        for (int i = 1; i < ids.Length; i++) Same(scores[i - 1], prompt[i]!, $"prompt token {i}");
+        Assert.Throws<ArgumentException>(() => engine.Generate([.. ids, 263], options, new GenerationStats()));
+        Assert.Throws<ArgumentException>(() => engine.Generate(ids, options with { MaxTokens = 1 }, new GenerationStats()));
+    }
+
     [Theory]
     [InlineData(0f)]
     [InlineData(1f)]

@@ -517,6 +517,25 @@ public sealed class PrefixCacheEngineTests(RandomHeadsFixture heads) : IClassFix
     }
 
     [Fact]
+    public async Task RunningAPromptOnly_MakesItReadyInTheCache()
+    {
+        // MaxTokens 0: a system prompt computed ahead of its requests (nothing generated, no Medusa step).
+        using var engine = Load(caching: true);
+        string system = "You are a storyteller. Lily and Tom were best friends. They liked to play in the big green park near their house every day after school.";
+        int[] warmUp = [.. engine.EncodePrompt(system, new GenerationOptions { MaxTokens = 0 })];
+        var run = await Run(engine, warmUp, new GenerationOptions { MaxTokens = 0 });
+        Assert.Empty(run.Ids);
+        int[] request = [.. engine.EncodePrompt(system + " One day, it started to rain.", new GenerationOptions())];
+        int full = warmUp.Length / 16 * 16; // every position of the warm-up is computed: all its full blocks are offered
+        Assert.Equal(warmUp.AsSpan(0, full).ToArray(), request.AsSpan(0, full).ToArray());
+        var answer = await Run(engine, request, new GenerationOptions { MaxTokens = 10 });
+        Assert.Equal(full, answer.Stats.CachedPromptTokens);
+        Assert.Equal(10, answer.Ids.Count);
+        Assert.Equal(0, run.Stats.GeneratedTokens);
+        Assert.Equal(FinishReason.MaxTokens, run.Stats.FinishReason);
+    }
+
+    [Fact]
     public void EngineOptions_TurnItOff_AndTheHostingOptionsCarryIt()
     {
         Assert.True(new EngineOptions { ModelPath = "m" }.PrefixCaching);

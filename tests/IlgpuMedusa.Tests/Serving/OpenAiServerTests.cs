@@ -231,6 +231,25 @@ public sealed class OpenAiServerTests(OpenAiServerFixture fixture) : IClassFixtu
     }
 
     [Fact]
+    public async Task ScoringAPromptThatFillsTheWholeContext_IsAllowed_AndOneTokenMoreIsNot()
+    {
+        // Evaluation harnesses score rolling windows of exactly the model's context (256 tokens here): nothing is generated,
+        // so the whole context is the prompt's.
+        int[] ids = [.. fixture.Engine.Tokenizer.Encode(HostingTestSupport.Reference + " " + HostingTestSupport.Reference, true).Take(256)];
+        var (status, scored) = await PostAsync("v1/completions", JsonSerializer.Serialize(new { prompt = ids, max_tokens = 0, echo = true, logprobs = 0 }));
+        Assert.Equal(HttpStatusCode.OK, status);
+        Assert.Equal(256, scored.GetProperty("usage").GetProperty("prompt_tokens").GetInt32());
+        Assert.Equal(0, scored.GetProperty("usage").GetProperty("completion_tokens").GetInt32());
+        var (tokens, scores, _, _) = CompletionLogprobs(scored.GetProperty("choices")[0]);
+        Assert.Equal(256, tokens.Count);
+        Assert.Null(scores[0]);
+        Assert.All(scores.Skip(1), s => Assert.True(s is < 0 and > -30, $"log-probability {s}"));
+        var (tooLong, error) = await PostAsync("v1/completions", JsonSerializer.Serialize(new { prompt = ids.Append(263), max_tokens = 0, echo = true, logprobs = 0 }));
+        Assert.Equal(HttpStatusCode.BadRequest, tooLong);
+        Assert.Contains("257 tokens leave no room in the model's context of 256", error.GetProperty("error").GetProperty("message").GetString(), StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task Chat_Logprobs_StreamedAndWhole_AreTheSame()
     {
         const string request = """{"messages": [{"role": "user", "content": "Once upon a time"}], "max_tokens": 25, "logprobs": true, "top_logprobs": 4""";
