@@ -38,6 +38,9 @@ internal static class GenerateCommand
         common.AddTo(command);
         command.SetAction((parse, cancellationToken) =>
         {
+            // The library's MaxTokens 0 (the prompt only) is no continuation: generate asks for at least one token.
+            if (parse.GetValue(maxTokens) < 1)
+                throw new ArgumentOutOfRangeException(nameof(maxTokens), parse.GetValue(maxTokens), "--max-tokens must be a positive number of tokens.");
             var options = new GenerationOptions
             {
                 MaxTokens = parse.GetValue(maxTokens),

@@ -144,7 +144,8 @@ public class OptionsValidationTests
     {
         var maxTokens = Assert.Throws<ArgumentOutOfRangeException>(() => new GenerationOptions { MaxTokens = -3 }.Validate());
         Assert.Equal("MaxTokens", maxTokens.ParamName);
-        Assert.StartsWith("MaxTokens (--max-tokens) must be a positive number", maxTokens.Message, StringComparison.Ordinal);
+        Assert.StartsWith("MaxTokens (--max-tokens) must be a number of tokens (0: run the prompt only)", maxTokens.Message, StringComparison.Ordinal);
+        new GenerationOptions { MaxTokens = 0 }.Validate(); // the prompt only
 
         var tree = Assert.Throws<ArgumentException>(() => new GenerationOptions { Tree = "tree-9000" }.Validate());
         Assert.Equal("Tree", tree.ParamName);
