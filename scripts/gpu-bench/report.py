@@ -182,7 +182,7 @@ def compare_tokens(mine, theirs):
 DEMO_STEPS = {"conformance": "demo-conformance", "greedy device": "demo-greedy-device", "greedy host": "demo-greedy-host",
               "bench device": "demo-bench-device", "bench device copy uploads": "demo-bench-device-copy-uploads",
               "bench host": "demo-bench-host", "sweep device": "demo-sweep-device",
-              "serve device": "demo-serve-device", "op times": "demo-ops"}
+              "serve device": "demo-serve-device", "prefix cache device": "demo-prefix-cache-device", "op times": "demo-ops"}
 
 
 def summarize_op_times(doc):
@@ -402,12 +402,13 @@ def summarize_demo(raw, steps, device):
     sweep = summarize_sweep(extract_json_object(read_text(os.path.join(raw, "demo-sweep-device.out"))))
     op_times = summarize_op_times(extract_json_object(read_text(os.path.join(raw, "demo-ops.out"))))
     serve = extract_json_object(read_text(os.path.join(raw, "demo-serve-device.out"))) or None
+    prefix_cache = extract_json_object(read_text(os.path.join(raw, "demo-prefix-cache-device.out"))) or None
     if serve:
         serve.pop("server_log_tail", None)
     demo = {"device": device, "raw": raw, "step_status": status, "conformance": conformance, "greedy": g,
             "decode_tokens_per_second": decode, "bench_device": bench_device,
             "bench_device_copy_uploads": bench_copies, "bench_host": bench_host,
-            "sweep_device": sweep, "serve_device": serve, "op_times": op_times}
+            "sweep_device": sweep, "serve_device": serve, "prefix_cache_device": prefix_cache, "op_times": op_times}
     if bench_device and bench_host:
         demo["bench_ar_device_over_host"] = ratio(bench_device["ar_tokens_per_second"], bench_host["ar_tokens_per_second"])
     checks = []
@@ -488,6 +489,13 @@ def demo_table(demo, created, gpu, commit):
                      f" exit code {sv.get('exit_code')}")
     elif sv:
         lines.append(f"  serve on {d}: {sv.get('error', 'no result')} (exit code {sv.get('exit_code')})")
+    pc = demo.get("prefix_cache_device")
+    if pc:
+        lines.append(f"  prefix cache on {d} ({pc.get('prefix_tokens')}-token shared opening, {pc.get('cached_prompt_tokens_warm_mean')} tokens"
+                     f" found warm): time to first token {fmt(number(pc.get('time_to_first_token_ms_cold_median')))} ms cold,"
+                     f" {fmt(number(pc.get('time_to_first_token_ms_warm_median')))} ms warm"
+                     f" ({x(number(pc.get('time_to_first_token_cold_over_warm')))}), request {x(number(pc.get('request_cold_over_warm')))},"
+                     f" warm tokens = cold {pc.get('warm_tokens_identical_to_cold')}")
     lines.extend(op_times_lines(demo.get("op_times")))
     for check in demo["checks_failed"]:
         lines.append(f"  CHECK FAILED: {check}")

@@ -10,7 +10,8 @@
 # Medusa heads: the kernel conformance console on the device; greedy tokens from "Once upon a time" on the device and
 # on the host backend (--heads none), compared token by token, with both decode rates; `bench` on the device (AR vs
 # Medusa); every tree on the device (`bench --sweep-trees`); the HTTP server on the device under 8 concurrent streaming
-# requests (serve_check.py); `bench` on the host last, only with time to spare. The other shapes are random-weight
+# requests (serve_check.py); the prefix cache's time to first token, cold vs warm (`bench --prefix-cache`); `bench`
+# on the host last, only with time to spare. The other shapes are random-weight
 # models (make_model.py).
 #
 # Options: --device D (cuda; dry run: host, or opencl with ILGPU_MEDUSA_ALLOW_CPU_OPENCL=1), --shapes demo,1b,7b
@@ -356,7 +357,7 @@ ours_op_times() {
 # ---------------------------------------------------------------- the demo stage
 DEMO_MODEL=$WORK/demo/stories15M-f16
 BENCH_PROMPTS_FILE=""
-DEMO_STEPS=(demo-conformance demo-greedy-device demo-greedy-host demo-bench-device demo-bench-device-copy-uploads demo-sweep-device demo-serve-device demo-ops)
+DEMO_STEPS=(demo-conformance demo-greedy-device demo-greedy-host demo-bench-device demo-bench-device-copy-uploads demo-sweep-device demo-serve-device demo-prefix-cache-device demo-ops)
 
 # bench_on NAME DEVICE WANT_S: `bench` of AR vs Medusa (the heads in the model directory: --heads auto) on DEVICE.
 bench_on() {
@@ -402,7 +403,7 @@ demo_stage() {
   fi
 
   if [[ ! -f $DEMO_MODEL/model.safetensors ]]; then
-    for name in demo-greedy-device demo-greedy-host demo-bench-device demo-bench-device-copy-uploads demo-sweep-device demo-serve-device demo-ops; do skip_step "$name" "no demo model (unpack-demo)"; done
+    for name in demo-greedy-device demo-greedy-host demo-bench-device demo-bench-device-copy-uploads demo-sweep-device demo-serve-device demo-prefix-cache-device demo-ops; do skip_step "$name" "no demo model (unpack-demo)"; done
     return
   fi
   # 2. Greedy tokens from the same prompt on the device and on the host, without heads: the same f16 weights on both
@@ -423,7 +424,7 @@ demo_stage() {
     note "prompts/stories-20.txt is not in this working tree: using the kit's copy"
   fi
   if [[ ! -f $prompts ]]; then
-    for name in demo-bench-device demo-bench-device-copy-uploads demo-sweep-device demo-serve-device demo-ops; do
+    for name in demo-bench-device demo-bench-device-copy-uploads demo-sweep-device demo-serve-device demo-prefix-cache-device demo-ops; do
       skip_step "$name" "no prompts/stories-20.txt (neither in the working tree nor in the kit)"
     done
     return
@@ -457,6 +458,10 @@ demo_stage() {
   [[ $DEVICE == host ]] && identical=(--require-identical)
   run_step demo-serve-device 90 python3 "$SCRIPTS/serve_check.py" --model "$DEMO_MODEL" --device "$DEVICE" \
     --prompts "$BENCH_PROMPTS_FILE" --clients 8 --max-tokens "$BENCH_TOKENS" --deadline-s 75 "${identical[@]}" -- "${APP[@]}"
+  # 6. The prefix cache on the device (`bench --prefix-cache`): requests sharing a 230-token opening, cold (cache
+  #    cleared) and warm, alternating: time to first token of each, their ratio, warm tokens = cold.
+  run_step demo-prefix-cache-device 60 "${APP[@]}" bench --model "$DEMO_MODEL" --device "$DEVICE" --heads auto \
+    --prefix-cache --max-tokens 16 --runs 2 --json
   if ((OP_STEPS > 0)); then
     run_step demo-prompt 30 python3 "$SCRIPTS/make_model.py" --prompt-only --out "$WORK/prompt-demo" --prompt-tokens 64
     ours_op_times demo-ops "$DEMO_MODEL" "$WORK/prompt-demo/prompt_ids.json" 60
