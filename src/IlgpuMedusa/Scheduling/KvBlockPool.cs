@@ -35,6 +35,8 @@ public sealed class KvBlockPool : IDisposable
     private readonly Stack<int> _free;
     private readonly int[] _holders; // sequences holding each block
     private readonly PrefixCache? _prefixes;
+    private readonly int[] _peekBlocks;       // PeekCached's scratch (it runs at every admission check)
+    private readonly long[] _peekIdentities;
 
     /// <summary>Allocates the cache on <paramref name="backend"/>; <paramref name="prefixCaching"/> keeps and shares blocks of known prefixes.</summary>
     public KvBlockPool(IComputeBackend backend, KvCacheLayout layout, long budgetBytes, bool prefixCaching = false)
@@ -47,6 +49,8 @@ public sealed class KvBlockPool : IDisposable
         _free = new Stack<int>(Enumerable.Range(0, layout.BlockCount).Reverse());
         _holders = new int[layout.BlockCount];
         _prefixes = prefixCaching ? new PrefixCache(layout.BlockCount, layout.BlockSize) : null;
+        _peekBlocks = prefixCaching ? new int[layout.BlockCount] : [];
+        _peekIdentities = prefixCaching ? new long[layout.BlockCount] : [];
     }
 
     /// <summary>Sizes a pool from a byte budget: as many blocks as fit, with elements of <paramref name="elementType"/> (F32 or F16).</summary>
@@ -143,17 +147,24 @@ public sealed class KvBlockPool : IDisposable
     internal int FindCached(ReadOnlySpan<int> tokens, int keep, Span<int> blocks, Span<long> identities)
     {
         if (_prefixes is null) return 0;
+        int found = Walk(tokens, keep, blocks, identities);
+        PrefixQueryTokens += tokens.Length;
+        PrefixHitTokens += (long)found * BlockSize;
+        return found;
+    }
+
+    /// <summary>The cached run of full blocks starting <paramref name="tokens"/> (at most blocks.Length), uncounted.</summary>
+    private int Walk(ReadOnlySpan<int> tokens, int keep, Span<int> blocks, Span<long> identities)
+    {
         int found = 0;
         long parent = PrefixCache.Root;
         int limit = Math.Min(blocks.Length, Math.Max(0, tokens.Length - keep) / BlockSize);
-        while (found < limit && _prefixes.TryFind(parent, tokens.Slice(found * BlockSize, BlockSize), out int block, out long identity))
+        while (found < limit && _prefixes!.TryFind(parent, tokens.Slice(found * BlockSize, BlockSize), out int block, out parent))
         {
             blocks[found] = block;
-            identities[found] = parent = identity;
+            identities[found] = parent;
             found++;
         }
-        PrefixQueryTokens += tokens.Length;
-        PrefixHitTokens += (long)found * BlockSize;
         return found;
     }
 
@@ -165,14 +176,10 @@ public sealed class KvBlockPool : IDisposable
     internal (int Found, int Released) PeekCached(ReadOnlySpan<int> tokens, int keep, int maxBlocks)
     {
         if (_prefixes is null) return (0, 0);
-        int found = 0, released = 0;
-        long parent = PrefixCache.Root;
-        int limit = Math.Min(maxBlocks, Math.Max(0, tokens.Length - keep) / BlockSize);
-        while (found < limit && _prefixes.TryFind(parent, tokens.Slice(found * BlockSize, BlockSize), out int block, out parent))
-        {
+        int found = Walk(tokens, keep, _peekBlocks.AsSpan(0, Math.Min(maxBlocks, BlockCount)), _peekIdentities);
+        int released = 0;
+        foreach (int block in _peekBlocks.AsSpan(0, found))
             if (_prefixes.IsReleased(block)) released++;
-            found++;
-        }
         return (found, released);
     }
 

@@ -50,9 +50,6 @@ internal sealed class PrefixCache
     /// <summary>Indexed blocks that no sequence holds (cached, yet free for the pool to take).</summary>
     public int Released => _released.Count;
 
-    /// <summary>Blocks in the index, held or not.</summary>
-    public int Indexed => _blocks.Count;
-
     /// <summary>The indexed block holding <paramref name="tokens"/> (B of them) after the prefix <paramref name="parent"/>, if any.</summary>
     public bool TryFind(long parent, ReadOnlySpan<int> tokens, out int block, out long identity)
     {

@@ -595,7 +595,6 @@ public sealed class Scheduler : IDisposable
         {
             // The prompt only (MaxTokens 0): the token its last row chose is not generated.
             r.Stats.FinishReason = FinishReason.MaxTokens;
-            r.Stats.DecodeSeconds = 0;
             lock (_lock)
             {
                 OfferCachedBlocks(r);

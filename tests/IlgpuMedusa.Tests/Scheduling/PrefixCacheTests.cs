@@ -510,7 +510,6 @@ public sealed class PrefixCacheEngineTests(RandomHeadsFixture heads) : IClassFix
         }
         pieces.Dispose();
         using var cold = Load(caching: false, headsPath: "none");
-        var stats = new GenerationStats();
         var again = await Run(engine, original, options);
         Assert.Equal((original.Length - 1) / 16 * 16, again.Stats.CachedPromptTokens);
         Assert.Equal((await Run(cold, original, options)).Ids, again.Ids);
