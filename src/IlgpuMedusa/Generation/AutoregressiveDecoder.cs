@@ -260,7 +260,8 @@ internal abstract class SequenceDecoder
     /// </summary>
     protected int Choose(StepLogits logits, int row, ReadOnlySpan<int> pending = default)
     {
-        if (Sampler.IsGreedy && Processor is null) return logits.ArgMax[row];
+        if (Sampler.IsGreedy && (Processor is null || (Processor.OnlyConstrains && Processor.Allows(logits.ArgMax[row], pending))))
+            return logits.ArgMax[row]; // a constraint that allows the argmax leaves it the argmax: the row need not be read
         var r = logits.Rows.Slice(row, 1);
         if (_row.Length != r.Columns) _row = new float[r.Columns];
         Backend.Download(r, _row);

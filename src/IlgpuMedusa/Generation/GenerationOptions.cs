@@ -50,12 +50,19 @@ public sealed record GenerationOptions
     public IReadOnlyDictionary<int, float> LogitBias { get; init; } = System.Collections.ObjectModel.ReadOnlyDictionary<int, float>.Empty;
 
     /// <summary>
-    /// Whether the penalties or a logit bias change the logits. Tokens are then chosen on the host from adjusted rows,
-    /// for greedy decoding too, and Medusa walks its tree choosing each token as plain decoding would (so the output is
-    /// the same with or without Medusa). Log-probabilities stay those of the unadjusted distribution. Typical acceptance
+    /// What the text must be: <see cref="Generation.ResponseFormat.Text"/> (anything) or
+    /// <see cref="Generation.ResponseFormat.JsonObject"/> (JSON mode: one JSON object, see there).
+    /// </summary>
+    public ResponseFormat ResponseFormat { get; init; } = ResponseFormat.Text;
+
+    /// <summary>
+    /// Whether the penalties, a logit bias or JSON mode change the logits. Tokens are then chosen on the host from adjusted
+    /// rows, for greedy decoding too, and Medusa walks its tree choosing each token as plain decoding would (so the output
+    /// is the same with or without Medusa). Log-probabilities stay those of the unadjusted distribution. Typical acceptance
     /// judges guesses by the unadjusted distribution: a request that would verify Medusa trees with it is refused.
     /// </summary>
-    public bool ChangesLogits => FrequencyPenalty != 0 || PresencePenalty != 0 || RepetitionPenalty != 1f || LogitBias.Count > 0;
+    public bool ChangesLogits => FrequencyPenalty != 0 || PresencePenalty != 0 || RepetitionPenalty != 1f || LogitBias.Count > 0 ||
+        ResponseFormat != ResponseFormat.Text;
 
     /// <summary>Most alternatives <see cref="Logprobs"/> may ask for.</summary>
     public const int MaxTopLogprobs = 20;
@@ -102,6 +109,8 @@ public sealed record GenerationOptions
         }
         if (Logprobs is < 0 or > MaxTopLogprobs)
             throw new ArgumentOutOfRangeException(nameof(Logprobs), Logprobs, $"Logprobs (--logprobs) must be from 0 to {MaxTopLogprobs} alternatives, or null for none.");
+        if (!Enum.IsDefined(ResponseFormat))
+            throw new ArgumentOutOfRangeException(nameof(ResponseFormat), ResponseFormat, "ResponseFormat (--response-format) must be Text or JsonObject.");
         foreach (var s in StopSequences)
             if (string.IsNullOrEmpty(s)) throw new ArgumentException("StopSequences (--stop) must not contain empty strings.", nameof(StopSequences));
         return this;

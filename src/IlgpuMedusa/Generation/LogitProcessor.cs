@@ -8,7 +8,9 @@ namespace IlgpuMedusa.Generation;
 /// <item><see cref="GenerationOptions.RepetitionPenalty"/> r (Hugging Face's and vLLM's): every token already in the
 /// prompt or the generated text has its logit divided by r when positive, multiplied by r otherwise;</item>
 /// <item><see cref="GenerationOptions.FrequencyPenalty"/> f and <see cref="GenerationOptions.PresencePenalty"/> p
-/// (OpenAI's): a token generated c times so far loses c · f + p (the prompt does not count).</item>
+/// (OpenAI's): a token generated c times so far loses c · f + p (the prompt does not count);</item>
+/// <item><see cref="GenerationOptions.ResponseFormat"/> JSON: every token that would not keep the text a prefix of a
+/// JSON object gets −∞ (<see cref="Constraints.JsonConstraint"/>).</item>
 /// </list>
 /// It counts the tokens it is told were generated; a Medusa step that walks a tree passes the tokens it has accepted
 /// so far in that step, so that every choice sees exactly the history plain decoding would give it.
@@ -20,9 +22,15 @@ internal sealed class LogitProcessor
     private readonly HashSet<int> _seen = [];           // prompt and generated tokens (repetition penalty)
     private readonly Dictionary<int, int> _generated = []; // generated token → count (frequency and presence)
     private readonly Dictionary<int, int> _extra = [];
+    private readonly Constraints.JsonConstraint? _json;
 
-    private LogitProcessor(GenerationOptions options, ReadOnlySpan<int> prompt)
+    private LogitProcessor(GenerationOptions options, ReadOnlySpan<int> prompt, Func<Constraints.ConstraintVocabulary>? vocabulary)
     {
+        if (options.ResponseFormat == ResponseFormat.JsonObject)
+        {
+            if (vocabulary is null) throw new ArgumentException("JSON mode needs the model's vocabulary.", nameof(vocabulary));
+            _json = new Constraints.JsonConstraint(vocabulary());
+        }
         _bias = options.LogitBias;
         _repetition = options.RepetitionPenalty;
         _frequency = options.FrequencyPenalty;
@@ -31,13 +39,26 @@ internal sealed class LogitProcessor
             foreach (int token in prompt) _seen.Add(token);
     }
 
-    /// <summary>The processor <paramref name="options"/> ask for, or null when they change no logit.</summary>
-    public static LogitProcessor? For(GenerationOptions options, ReadOnlySpan<int> prompt) =>
-        options.ChangesLogits ? new LogitProcessor(options, prompt) : null;
+    /// <summary>
+    /// The processor <paramref name="options"/> ask for, or null when they change no logit. <paramref name="vocabulary"/>
+    /// gives the token bytes JSON mode needs (called only then).
+    /// </summary>
+    public static LogitProcessor? For(GenerationOptions options, ReadOnlySpan<int> prompt, Func<Constraints.ConstraintVocabulary>? vocabulary = null) =>
+        options.ChangesLogits ? new LogitProcessor(options, prompt, vocabulary) : null;
+
+    /// <summary>
+    /// True when the only adjustment is a constraint (JSON mode): a row's argmax is then its adjusted argmax whenever the
+    /// constraint allows it (<see cref="Allows"/>), and the row need not be read.
+    /// </summary>
+    public bool OnlyConstrains => _json is not null && _bias.Count == 0 && _repetition == 1f && _frequency == 0f && _presence == 0f;
+
+    /// <summary>Whether a constraint lets <paramref name="token"/> follow the history plus <paramref name="pending"/> (true without one).</summary>
+    public bool Allows(int token, ReadOnlySpan<int> pending) => _json?.Allows(token, pending) ?? true;
 
     /// <summary>Records a generated token.</summary>
     public void Append(int token)
     {
+        _json?.Append(token);
         _seen.Add(token);
         _generated[token] = _generated.GetValueOrDefault(token) + 1;
     }
@@ -63,6 +84,7 @@ internal sealed class LogitProcessor
             foreach (var (token, count) in _extra)
                 if (!_generated.ContainsKey(token)) logits[token] -= count * _frequency + _presence;
         }
+        _json?.Mask(logits, pending);
     }
 
     private void Repeat(Span<float> logits, int token) =>

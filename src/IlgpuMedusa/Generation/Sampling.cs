@@ -228,7 +228,10 @@ public sealed class Sampler
             cumulative += p[i];
             if (r < cumulative) return i;
         }
-        return p.Length - 1; // rounding
+        // Rounding: the last token that can be drawn (never one of probability 0, such as a token a constraint ruled out).
+        for (int i = p.Length - 1; i > 0; i--)
+            if (p[i] > 0) return i;
+        return 0;
     }
 
     /// <summary>Top-p: sort by probability, keep the smallest prefix whose mass reaches p, draw within it.</summary>

@@ -145,7 +145,7 @@ public sealed class IlgpuMedusaChatClient : IChatClient
                     () => result with { Acceptance = text is null ? Defaults.Acceptance : IlgpuMedusa.Medusa.Acceptance.Parse(text) });
                 if (text is not null && result.ChangesLogits && result.Acceptance is IlgpuMedusa.Medusa.Acceptance.TypicalAcceptance && result.UseMedusa)
                     Keyed(IlgpuMedusaChatOptionKeys.Acceptance, () => throw new ArgumentException(
-                        "typical acceptance judges guesses by the unadjusted distribution and cannot be combined with penalties or a logit bias; use greedy.", nameof(options)));
+                        "typical acceptance judges guesses by the unadjusted distribution and cannot be combined with penalties, a logit bias or JSON mode; use greedy.", nameof(options)));
             }
         }
         // Typical acceptance judges guesses by the unadjusted distribution: a request with penalties or a bias that did

@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Threading.Channels;
 using IlgpuMedusa.Compute;
 using IlgpuMedusa.Generation;
+using IlgpuMedusa.Generation.Constraints;
 using IlgpuMedusa.Medusa;
 using IlgpuMedusa.Models;
 using IlgpuMedusa.Tokenization;
@@ -43,6 +44,8 @@ public sealed class Scheduler : IDisposable
     private readonly KvBlockPool _pool;
     private readonly ForwardWorkspace _workspace;
     private readonly ITextTokenizer _tokenizer;
+    /// <summary>The token bytes JSON mode reads, built for the first request that asks for it.</summary>
+    private readonly Lazy<ConstraintVocabulary> _constraintVocabulary;
     private readonly Func<string?, bool, (CandidateTree Tree, DeviceTensor? Mask)> _trees; // (name, with its device mask)
     private readonly Lock _lock = new();
     private readonly Queue<Request> _waiting = new();
@@ -76,6 +79,7 @@ public sealed class Scheduler : IDisposable
         _pool = pool;
         _workspace = workspace;
         _tokenizer = tokenizer;
+        _constraintVocabulary = new(() => ConstraintVocabulary.Build(tokenizer, model.Config.VocabSize, model.Config.EndTokenIds));
         _trees = trees;
         _loop = new Thread(Loop) { IsBackground = true, Name = "ilgpu-medusa scheduler" };
         _loop.Start();
@@ -121,14 +125,15 @@ public sealed class Scheduler : IDisposable
                 $"(budget {KvBlockPool.Megabytes(_pool.BudgetBytes)}). Raise the KV budget or lower MaxTokens.");
         if (tree is not null && options.ChangesLogits && options.Acceptance is Medusa.Acceptance.TypicalAcceptance)
             throw new ArgumentException(
-                "Acceptance (--acceptance) typical judges guesses by the unadjusted distribution: it cannot be combined with penalties or a logit bias; use greedy acceptance (or no Medusa).",
+                "Acceptance (--acceptance) typical judges guesses by the unadjusted distribution: it cannot be combined with penalties, a logit bias or JSON mode; use greedy acceptance (or no Medusa).",
                 nameof(options));
         foreach (int token in options.LogitBias.Keys)
             if (token >= c.VocabSize) throw new ArgumentException($"LogitBias (--logit-bias): token id {token} is outside the vocabulary of {c.VocabSize}.", nameof(options));
         if (tree is { } t && t.Tree.NodeCount > MaxBatchTokens)
             throw new ArgumentException($"tree '{t.Tree.Name}' has {t.Tree.NodeCount} nodes but a batch holds {MaxBatchTokens} tokens.");
         var request = new Request(prompt, options, stats, maxNew, maxTokens, tree,
-            _tokenizer.CreateStreamingDetokenizer(prompt.Any(id => id != _tokenizer.BosId)), new Sampler(options.Sampling, options.Seed), cancellationToken);
+            _tokenizer.CreateStreamingDetokenizer(prompt.Any(id => id != _tokenizer.BosId)), new Sampler(options.Sampling, options.Seed),
+            () => _constraintVocabulary.Value, cancellationToken);
         stats.PromptTokens = prompt.Length;
         stats.FinishReason = FinishReason.MaxTokens;
         if (tree is { } tr)
@@ -169,7 +174,8 @@ public sealed class Scheduler : IDisposable
     internal Func<GenerationOptions, bool>? FailAdmissionFor { get; set; }
 
     private sealed class Request(int[] prompt, GenerationOptions options, GenerationStats stats, int maxNew, int maxTokens,
-        (CandidateTree Tree, DeviceTensor? Mask)? tree, IStreamingDetokenizer detokenizer, Sampler sampler, CancellationToken cancellation)
+        (CandidateTree Tree, DeviceTensor? Mask)? tree, IStreamingDetokenizer detokenizer, Sampler sampler, Func<ConstraintVocabulary> vocabulary,
+        CancellationToken cancellation)
     {
         public int[] Prompt { get; } = prompt;
         public GenerationOptions Options { get; } = options;
@@ -185,7 +191,7 @@ public sealed class Scheduler : IDisposable
         public List<int> Emitted { get; } = [];
         public List<int> Accepted { get; } = new(16);
         /// <summary>The penalties and logit bias (null: none); it counts the generated tokens across preemptions.</summary>
-        public LogitProcessor? Processor { get; } = LogitProcessor.For(options, prompt);
+        public LogitProcessor? Processor { get; } = LogitProcessor.For(options, prompt, vocabulary);
         /// <summary>With <see cref="GenerationOptions.Logprobs"/>: the log-probability of each token in <see cref="Accepted"/>.</summary>
         public List<TokenLogprob> AcceptedLogprobs { get; } = [];
         /// <summary>With <see cref="GenerationOptions.PromptLogprobs"/>: prompt token i's score (set, not appended: a prefill restarted by preemption scores again).</summary>

@@ -1,0 +1,294 @@
+namespace IlgpuMedusa.Generation.Constraints;
+
+/// <summary>
+/// A byte-at-a-time recognizer of one JSON text (RFC 8259) whose top-level value is an object, as OpenAI's JSON mode
+/// asks: <see cref="Advance"/> says whether a byte can extend what was read so far towards a complete text, so every
+/// state it accepts can still be completed (a constraint built on it never leads generation into a dead end). A small
+/// value type: a candidate's state is copied, never shared.
+/// <para>It accepts exactly the JSON texts of an object, with these limits, which every generated text then meets too:</para>
+/// <list type="bullet">
+/// <item>nesting of at most <see cref="MaxDepth"/> objects and arrays;</item>
+/// <item>runs of at most <see cref="MaxWhitespaceRun"/> whitespace bytes (a model cannot stall in blank lines), and
+/// nothing after the closing brace (the text ends there);</item>
+/// <item>strings are well-formed UTF-8 (no overlong forms, no surrogates) and no <c>\u</c> escape names a surrogate
+/// (D800-DFFF), so every string decodes to valid Unicode; characters outside the Basic Multilingual Plane are written
+/// as UTF-8.</item>
+/// </list>
+/// </summary>
+internal struct JsonGrammar
+{
+    /// <summary>Most objects and arrays open at once.</summary>
+    public const int MaxDepth = 64;
+
+    /// <summary>Most whitespace bytes in a row.</summary>
+    public const int MaxWhitespaceRun = 16;
+
+    private const byte Quote = (byte)'"', Backslash = (byte)'\\';
+
+    private enum Mode : byte
+    {
+        Start,          // before the top-level object: whitespace, '{'
+        ObjectOpen,     // after '{': whitespace, a key, '}'
+        ObjectKey,      // after ',' in an object: whitespace, a key
+        Colon,          // after a key: whitespace, ':'
+        Value,          // after ':' or ',' in an array: whitespace, a value
+        ArrayOpen,      // after '[': whitespace, a value, ']'
+        AfterValue,     // whitespace, ',' or the container's closing bracket
+        String,         // inside a string (key or value)
+        Escape,         // after '\' in a string
+        Unicode,        // inside \uXXXX
+        Minus,          // after '-': a digit
+        Zero,           // a number's integer part "0": '.', 'e', or the end
+        Integer,        // digits of the integer part
+        Dot,            // after '.': a digit
+        Fraction,       // fraction digits
+        Exponent,       // after 'e': a sign or a digit
+        ExponentSign,   // after the exponent's sign: a digit
+        ExponentDigits, // exponent digits
+        Literal,        // inside true, false or null
+        Done,           // the top-level object is closed
+    }
+
+    private static readonly byte[][] Literals = ["true"u8.ToArray(), "false"u8.ToArray(), "null"u8.ToArray()];
+
+    private Mode _mode;
+    private bool _key;          // the string being read is an object key
+    private byte _depth;        // containers open
+    private byte _spaces;       // whitespace bytes in the current run
+    private byte _pending;      // String: UTF-8 continuation bytes still due; Unicode: hex digits still due; Literal: next index
+    private byte _low, _high;   // String: range of the next continuation byte; Unicode: _low = 1 when the first digit was D; Literal: _low = which
+    private ulong _objects;     // bit d set: container d (0 = outermost) is an object
+
+    /// <summary>Nothing read yet.</summary>
+    public static JsonGrammar Start => default;
+
+    /// <summary>The top-level object is closed: the text is complete and nothing more may follow.</summary>
+    public readonly bool IsComplete => _mode == Mode.Done;
+
+    /// <summary>Reads one more byte; false (state unchanged in meaning, to be discarded) when no JSON object text continues so.</summary>
+    public bool Advance(byte b)
+    {
+        switch (_mode)
+        {
+            case Mode.String:
+                return InString(b);
+            case Mode.Escape:
+                if (b == (byte)'u')
+                {
+                    _mode = Mode.Unicode;
+                    _pending = 4;
+                    _low = 0;
+                    return true;
+                }
+                _mode = Mode.String;
+                return b is Quote or Backslash or (byte)'/' or (byte)'b' or (byte)'f' or (byte)'n' or (byte)'r' or (byte)'t';
+            case Mode.Unicode:
+                return InUnicode(b);
+            case Mode.Literal:
+            {
+                var literal = Literals[_low];
+                if (b != literal[_pending]) return false;
+                if (++_pending == literal.Length) EndValue();
+                return true;
+            }
+            case Mode.Minus:
+                if (b == (byte)'0') _mode = Mode.Zero;
+                else if (IsDigit(b)) _mode = Mode.Integer;
+                else return false;
+                return true;
+            case Mode.Zero:
+                if (b == (byte)'.') _mode = Mode.Dot;
+                else if (b is (byte)'e' or (byte)'E') _mode = Mode.Exponent;
+                else return EndNumber(b);
+                return true;
+            case Mode.Integer:
+                if (IsDigit(b)) return true;
+                if (b == (byte)'.') _mode = Mode.Dot;
+                else if (b is (byte)'e' or (byte)'E') _mode = Mode.Exponent;
+                else return EndNumber(b);
+                return true;
+            case Mode.Dot:
+                if (!IsDigit(b)) return false;
+                _mode = Mode.Fraction;
+                return true;
+            case Mode.Fraction:
+                if (IsDigit(b)) return true;
+                if (b is (byte)'e' or (byte)'E') _mode = Mode.Exponent;
+                else return EndNumber(b);
+                return true;
+            case Mode.Exponent:
+                if (b is (byte)'+' or (byte)'-') _mode = Mode.ExponentSign;
+                else if (IsDigit(b)) _mode = Mode.ExponentDigits;
+                else return false;
+                return true;
+            case Mode.ExponentSign:
+                if (!IsDigit(b)) return false;
+                _mode = Mode.ExponentDigits;
+                return true;
+            case Mode.ExponentDigits:
+                return IsDigit(b) || EndNumber(b);
+            case Mode.Done:
+                return false;
+        }
+
+        // Between tokens: whitespace, then what the mode expects.
+        if (b is (byte)' ' or (byte)'\t' or (byte)'\n' or (byte)'\r')
+            return ++_spaces <= MaxWhitespaceRun;
+        _spaces = 0;
+        switch (_mode)
+        {
+            case Mode.Start:
+                return b == (byte)'{' && Open(isObject: true);
+            case Mode.ObjectOpen:
+                if (b == (byte)'}') return Close();
+                return b == Quote && BeginString(key: true);
+            case Mode.ObjectKey:
+                return b == Quote && BeginString(key: true);
+            case Mode.Colon:
+                if (b != (byte)':') return false;
+                _mode = Mode.Value;
+                return true;
+            case Mode.ArrayOpen:
+                if (b == (byte)']') return Close();
+                return BeginValue(b);
+            case Mode.Value:
+                return BeginValue(b);
+            case Mode.AfterValue:
+                bool inObject = InObject;
+                if (b == (byte)',')
+                {
+                    _mode = inObject ? Mode.ObjectKey : Mode.Value;
+                    return true;
+                }
+                return (inObject ? b == (byte)'}' : b == (byte)']') && Close();
+            default:
+                throw new InvalidOperationException($"JSON grammar: unknown mode {_mode}");
+        }
+    }
+
+    private readonly bool InObject => (_objects >> (_depth - 1) & 1) != 0;
+
+    private static bool IsDigit(byte b) => (uint)(b - '0') <= 9;
+
+    private bool BeginValue(byte b)
+    {
+        switch (b)
+        {
+            case (byte)'{':
+                return Open(isObject: true);
+            case (byte)'[':
+                return Open(isObject: false);
+            case Quote:
+                return BeginString(key: false);
+            case (byte)'-':
+                _mode = Mode.Minus;
+                return true;
+            case (byte)'0':
+                _mode = Mode.Zero;
+                return true;
+            case (byte)'t' or (byte)'f' or (byte)'n':
+                _mode = Mode.Literal;
+                _low = b == (byte)'t' ? (byte)0 : b == (byte)'f' ? (byte)1 : (byte)2;
+                _pending = 1;
+                return true;
+            default:
+                if (!IsDigit(b)) return false;
+                _mode = Mode.Integer;
+                return true;
+        }
+    }
+
+    private bool Open(bool isObject)
+    {
+        if (_depth >= MaxDepth) return false;
+        if (isObject) _objects |= 1UL << _depth;
+        else _objects &= ~(1UL << _depth);
+        _depth++;
+        _mode = isObject ? Mode.ObjectOpen : Mode.ArrayOpen;
+        return true;
+    }
+
+    private bool Close()
+    {
+        _depth--;
+        EndValue();
+        return true;
+    }
+
+    private bool BeginString(bool key)
+    {
+        _mode = Mode.String;
+        _key = key;
+        _pending = 0;
+        return true;
+    }
+
+    private void EndValue()
+    {
+        _mode = _depth == 0 ? Mode.Done : Mode.AfterValue;
+        _spaces = 0;
+    }
+
+    // A number ends at the first byte that cannot continue it; that byte is then read as what follows the value.
+    // (Numbers only occur inside a container here, so the text is never complete at a number's end.)
+    private bool EndNumber(byte b)
+    {
+        EndValue();
+        return Advance(b);
+    }
+
+    private bool InString(byte b)
+    {
+        if (_pending > 0)
+        {
+            if (b < _low || b > _high) return false;
+            _pending--;
+            _low = 0x80;
+            _high = 0xBF;
+            return true;
+        }
+        if (b == Quote)
+        {
+            if (_key) _mode = Mode.Colon;
+            else EndValue();
+            return true;
+        }
+        if (b == Backslash)
+        {
+            _mode = Mode.Escape;
+            return true;
+        }
+        if (b < 0x20) return false; // control characters must be escaped
+        if (b < 0x80) return true;
+        // The lead byte of a multi-byte character: how many continuation bytes follow, and the range of the first (which
+        // rules out overlong forms, surrogates and code points past U+10FFFF).
+        (_pending, _low, _high) = b switch
+        {
+            >= 0xC2 and <= 0xDF => ((byte)1, (byte)0x80, (byte)0xBF),
+            0xE0 => ((byte)2, (byte)0xA0, (byte)0xBF),
+            0xED => ((byte)2, (byte)0x80, (byte)0x9F),
+            >= 0xE1 and <= 0xEF => ((byte)2, (byte)0x80, (byte)0xBF),
+            0xF0 => ((byte)3, (byte)0x90, (byte)0xBF),
+            >= 0xF1 and <= 0xF3 => ((byte)3, (byte)0x80, (byte)0xBF),
+            0xF4 => ((byte)3, (byte)0x80, (byte)0x8F),
+            _ => ((byte)0, (byte)0, (byte)0),
+        };
+        return _pending > 0;
+    }
+
+    private bool InUnicode(byte b)
+    {
+        int digit = b switch
+        {
+            >= (byte)'0' and <= (byte)'9' => b - '0',
+            >= (byte)'a' and <= (byte)'f' => b - 'a' + 10,
+            >= (byte)'A' and <= (byte)'F' => b - 'A' + 10,
+            _ => -1,
+        };
+        if (digit < 0) return false;
+        if (_pending == 4) _low = digit == 0xD ? (byte)1 : (byte)0;
+        else if (_pending == 3 && _low == 1 && digit >= 8) return false; // D800-DFFF: a surrogate
+        if (--_pending == 0) _mode = Mode.String;
+        return true;
+    }
+}

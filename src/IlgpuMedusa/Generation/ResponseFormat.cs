@@ -1,0 +1,18 @@
+namespace IlgpuMedusa.Generation;
+
+/// <summary>What the generated text must be (<see cref="GenerationOptions.ResponseFormat"/>).</summary>
+public enum ResponseFormat
+{
+    /// <summary>Any text the model writes.</summary>
+    Text,
+
+    /// <summary>
+    /// JSON mode (OpenAI's <c>json_object</c>): every token is chosen among those that keep the text a prefix of a JSON
+    /// object, and once the object is closed only an end token may follow, so a generation that ends with an end token is
+    /// exactly one valid JSON object (one cut short by MaxTokens, a stop sequence or the context is a prefix of one). Limits:
+    /// nesting depth 64, at most 16 whitespace bytes in a row, no <c>\u</c> escape of a surrogate (such characters come
+    /// as UTF-8). Tell the model in the prompt that JSON is wanted: the constraint decides which tokens are allowed, not
+    /// what the model means by them.
+    /// </summary>
+    JsonObject,
+}
