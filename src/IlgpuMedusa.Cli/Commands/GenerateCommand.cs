@@ -34,7 +34,12 @@ internal static class GenerateCommand
         {
             Description = $"With --json: each generated token's log-probability and its N most likely alternatives (0..{GenerationOptions.MaxTopLogprobs}), as \"logprobs\".",
         };
-        var command = new Command("generate", "Generate a continuation of a prompt.") { prompt, maxTokens, temperature, topP, topK, seed, stop, json, tree, acceptance, logprobs, frequencyPenalty, presencePenalty, repetitionPenalty, logitBias };
+        var responseFormat = new Option<string>("--response-format")
+        {
+            Description = "text, or json: JSON mode, the continuation is one JSON object (tokens that would break it are never chosen).",
+            DefaultValueFactory = _ => "text",
+        };
+        var command = new Command("generate", "Generate a continuation of a prompt.") { prompt, maxTokens, temperature, topP, topK, seed, stop, json, tree, acceptance, logprobs, frequencyPenalty, presencePenalty, repetitionPenalty, logitBias, responseFormat };
         common.AddTo(command);
         command.SetAction((parse, cancellationToken) =>
         {
@@ -54,6 +59,7 @@ internal static class GenerateCommand
                 PresencePenalty = parse.GetValue(presencePenalty),
                 RepetitionPenalty = parse.GetValue(repetitionPenalty),
                 LogitBias = ParseLogitBias(parse.GetValue(logitBias) ?? []),
+                ResponseFormat = ParseResponseFormat(parse.GetValue(responseFormat)!),
             }.Validate();
             if (options.Logprobs is not null && !parse.GetValue(json))
                 throw new ArgumentException("--logprobs: log-probabilities are printed in the JSON object; add --json.");
@@ -64,6 +70,14 @@ internal static class GenerateCommand
         });
         return command;
     }
+
+    /// <summary>--response-format: text, or json (json_object, as OpenAI names it, too).</summary>
+    internal static ResponseFormat ParseResponseFormat(string text) => text.ToLowerInvariant() switch
+    {
+        "text" => ResponseFormat.Text,
+        "json" or "json_object" => ResponseFormat.JsonObject,
+        _ => throw new ArgumentException($"--response-format: unknown format '{text}'; expected text or json."),
+    };
 
     /// <summary>"ID=BIAS" pairs, as --logit-bias gives them.</summary>
     private static Dictionary<int, float> ParseLogitBias(string[] pairs)

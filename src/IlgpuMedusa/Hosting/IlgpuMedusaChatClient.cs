@@ -64,8 +64,9 @@ public sealed class IlgpuMedusaChatClient : IChatClient
     public string ModelId { get; }
 
     /// <summary>
-    /// Maps <paramref name="options"/> onto <see cref="Defaults"/>: MaxOutputTokens, Temperature (0 = greedy), TopP, Seed,
-    /// StopSequences, and the <see cref="IlgpuMedusaChatOptionKeys"/> properties. Throws <see cref="ArgumentException"/>
+    /// Maps <paramref name="options"/> onto <see cref="Defaults"/>: MaxOutputTokens, Temperature (0 = greedy), TopP, TopK,
+    /// Seed, FrequencyPenalty, PresencePenalty, ResponseFormat (Text, or Json without a schema: JSON mode), StopSequences,
+    /// and the <see cref="IlgpuMedusaChatOptionKeys"/> properties. Throws <see cref="ArgumentException"/>
     /// naming the bad option.
     /// </summary>
     public GenerationOptions ToGenerationOptions(ChatOptions? options)
@@ -95,6 +96,23 @@ public sealed class IlgpuMedusaChatClient : IChatClient
         if (options.Seed is { } seed) result = result with { Seed = unchecked((ulong)seed) };
         if (options.FrequencyPenalty is { } frequency) result = result with { FrequencyPenalty = frequency };
         if (options.PresencePenalty is { } presence) result = result with { PresencePenalty = presence };
+        switch (options.ResponseFormat)
+        {
+            case null:
+                break;
+            case ChatResponseFormatText:
+                result = result with { ResponseFormat = ResponseFormat.Text };
+                break;
+            case ChatResponseFormatJson { Schema: null }:
+                result = result with { ResponseFormat = ResponseFormat.JsonObject };
+                break;
+            case ChatResponseFormatJson:
+                throw new ArgumentException(
+                    "ChatOptions.ResponseFormat: JSON schemas are not supported; ChatResponseFormat.Json (no schema) gives JSON mode, one JSON object " +
+                    "(describe the fields wanted in the prompt).", nameof(options));
+            default:
+                throw new ArgumentException($"ChatOptions.ResponseFormat: {options.ResponseFormat.GetType().Name} is not supported; use ChatResponseFormat.Text or ChatResponseFormat.Json.", nameof(options));
+        }
         if (options.StopSequences is { Count: > 0 } stops)
         {
             if (stops.Any(string.IsNullOrEmpty)) throw new ArgumentException("ChatOptions.StopSequences must not contain empty strings.", nameof(options));

@@ -277,10 +277,6 @@ public static class OpenAiRequests
             throw OpenAiErrorException.BadRequest("modalities", "only [\"text\"] is supported.");
         if (body.TryGetProperty("audio", out var audio) && audio.ValueKind != JsonValueKind.Null)
             throw OpenAiErrorException.BadRequest("audio", "not supported: this model reads and writes text only.");
-        if (body.TryGetProperty("response_format", out var format) && format.ValueKind != JsonValueKind.Null &&
-            !(format.ValueKind == JsonValueKind.Object && format.TryGetProperty("type", out var formatType) &&
-              formatType.ValueKind == JsonValueKind.String && Text(formatType, "response_format.type") == "text"))
-            throw OpenAiErrorException.BadRequest("response_format", "only {\"type\": \"text\"} is supported (no JSON mode or schemas).");
     }
 
     /// <summary>
@@ -326,7 +322,27 @@ public static class OpenAiRequests
             options.StopSequences = ReadStops(stop);
         ReadMedusa(body, options);
         ReadPenalties(body, options, vocabularySize);
+        ReadResponseFormat(body, options);
         return options;
+    }
+
+    /// <summary>
+    /// <c>response_format</c>: <c>{"type": "text"}</c>, or <c>{"type": "json_object"}</c> (JSON mode: the reply is one
+    /// JSON object); JSON schemas are refused. Read on completions too, as vLLM does.
+    /// </summary>
+    private static void ReadResponseFormat(JsonElement body, ChatOptions options)
+    {
+        if (!body.TryGetProperty("response_format", out var format) || format.ValueKind == JsonValueKind.Null) return;
+        if (format.ValueKind != JsonValueKind.Object || !format.TryGetProperty("type", out var type) || type.ValueKind != JsonValueKind.String)
+            throw OpenAiErrorException.BadRequest("response_format", $"expected an object {{\"type\": \"text\"}} or {{\"type\": \"json_object\"}}, got {Describe(format)}.");
+        options.ResponseFormat = Text(type, "response_format.type") switch
+        {
+            "text" => ChatResponseFormat.Text,
+            "json_object" => ChatResponseFormat.Json,
+            "json_schema" => throw OpenAiErrorException.BadRequest("response_format.type",
+                "JSON schemas are not supported; {\"type\": \"json_object\"} constrains the reply to one JSON object (describe the fields wanted in the prompt)."),
+            var other => throw OpenAiErrorException.BadRequest("response_format.type", $"unknown type '{Shorten(other)}'; expected \"text\" or \"json_object\"."),
+        };
     }
 
     /// <summary>

@@ -63,6 +63,13 @@ public class CliBadInputTests
     }
 
     [Fact]
+    public void UnknownResponseFormat()
+    {
+        var result = CliRunner.Run("generate", "--model", TestModels.Stories15MDirectory, "--prompt", "Hi", "--response-format", "yaml", "--device", "host");
+        AssertCleanFailure(result, "--response-format", "yaml", "json");
+    }
+
+    [Fact]
     public void UnknownDevice()
     {
         var result = CliRunner.Run("generate", "--model", TestModels.Stories15MDirectory, "--prompt", "Hi", "--device", "tpu");

@@ -102,7 +102,7 @@ public sealed class JsonModeTests(DemoEngineFixture fixture) : IClassFixture<Dem
     [MemberData(nameof(ValidObjects))]
     public void ValidObjects_AreAccepted_AndEveryPrefixCanContinue(string text)
     {
-        text = text.TrimEnd(); // the text ends at its closing brace
+        text = text.Trim(); // the text is the object, from brace to brace
         Assert.True(ParsesAsObject(text), "System.Text.Json must accept the test document");
         Assert.True(GrammarAccepts(text));
         var bytes = Encoding.UTF8.GetBytes(text);
@@ -164,8 +164,10 @@ public sealed class JsonModeTests(DemoEngineFixture fixture) : IClassFixture<Dem
         Assert.True(ParsesAsObject("{" + new string(' ', JsonGrammar.MaxWhitespaceRun + 1) + "}"));
         Assert.False(GrammarAccepts("{" + new string(' ', JsonGrammar.MaxWhitespaceRun + 1) + "}"));
         Assert.True(GrammarAccepts("{" + new string(' ', 16) + "\"a\"" + new string('\n', 16) + ":" + new string('\t', 16) + "1" + new string(' ', 16) + "}"));
-        // Nothing after the closing brace, not even whitespace.
+        // Nothing before the opening brace or after the closing one, not even whitespace.
         Assert.False(Reads("{} ", out _));
+        Assert.False(Reads(" {}", out _));
+        Assert.False(Reads("\n", out _));
         // \u escapes of surrogates are refused (the character is written as UTF-8 instead); their neighbours are not.
         foreach (string escape in new[] { "D800", "d800", "DBFF", "DC00", "DFFF", "dfff" })
             Assert.False(GrammarAccepts($"{{\"a\":\"\\u{escape}\"}}"), escape);
@@ -232,7 +234,7 @@ public sealed class JsonModeTests(DemoEngineFixture fixture) : IClassFixture<Dem
                     }
                 }
                 var mutated = text.ToArray();
-                if (mutated.Length > 0 && mutated[^1] == (byte)' ') continue; // trailing whitespace: the grammar ends at the brace
+                if (mutated.Length > 0 && (mutated[^1] == (byte)' ' || mutated[0] == (byte)' ')) continue; // the grammar starts and ends at a brace
                 bool expected = ParsesAsObject(mutated);
                 bool actual = Reads(mutated, out var state) && state.IsComplete;
                 Assert.True(expected == actual, $"'{Convert.ToHexString(mutated)}' ({Encoding.UTF8.GetString(mutated)}): System.Text.Json {expected}");
@@ -398,6 +400,37 @@ public sealed class JsonModeTests(DemoEngineFixture fixture) : IClassFixture<Dem
             Assert.EndsWith("}", result.Text, StringComparison.Ordinal);
         }
         Assert.True(ended >= 3, $"{ended} of 6 generations ended with an end token");
+    }
+
+    /// <summary>The chat client: <see cref="Microsoft.Extensions.AI.ChatResponseFormat.Json"/> is JSON mode; a schema is refused, naming the option.</summary>
+    [Fact]
+    public async Task TheChatClient_MapsChatResponseFormatJson()
+    {
+        var client = new IlgpuMedusa.Hosting.IlgpuMedusaChatClient(fixture.Engine);
+        var json = new Microsoft.Extensions.AI.ChatOptions { ResponseFormat = Microsoft.Extensions.AI.ChatResponseFormat.Json, MaxOutputTokens = 30 };
+        Assert.Equal(ResponseFormat.JsonObject, client.ToGenerationOptions(json).ResponseFormat);
+        Assert.Equal(ResponseFormat.Text, client.ToGenerationOptions(new() { ResponseFormat = Microsoft.Extensions.AI.ChatResponseFormat.Text }).ResponseFormat);
+        var reply = await ((Microsoft.Extensions.AI.IChatClient)client).GetResponseAsync([new Microsoft.Extensions.AI.ChatMessage(Microsoft.Extensions.AI.ChatRole.User, "Lily's name and age as JSON, please.")], json);
+        Assert.StartsWith("{", reply.Text, StringComparison.Ordinal);
+        Assert.True(IsJsonPrefix(reply.Text), reply.Text);
+        using var schema = JsonDocument.Parse("""{"type": "object", "properties": {"name": {"type": "string"}}}""");
+        var withSchema = new Microsoft.Extensions.AI.ChatOptions { ResponseFormat = Microsoft.Extensions.AI.ChatResponseFormat.ForJsonSchema(schema.RootElement.Clone(), "person") };
+        var e = Assert.ThrowsAny<ArgumentException>(() => client.ToGenerationOptions(withSchema));
+        Assert.Contains("ChatOptions.ResponseFormat", e.Message, StringComparison.Ordinal);
+        Assert.Contains("schemas are not supported", e.Message, StringComparison.Ordinal);
+    }
+
+    /// <summary>The command line: <c>generate --response-format json --json</c> prints a text that starts a JSON object.</summary>
+    [Fact]
+    public void TheCommandLine_GeneratesJson()
+    {
+        var result = IlgpuMedusa.Tests.Cli.CliRunner.Run("generate", "--model", TestModels.Stories15MDirectory, "--prompt", "Lily's toys as JSON:",
+            "--max-tokens", "30", "--response-format", "json", "--json", "--device", "host");
+        Assert.True(result.ExitCode == 0, result.StandardError);
+        using var output = JsonDocument.Parse(result.StandardOutput);
+        string text = output.RootElement.GetProperty("text").GetString()!;
+        Assert.StartsWith("{", text, StringComparison.Ordinal);
+        Assert.True(IsJsonPrefix(text), text);
     }
 
     [Fact]

@@ -97,7 +97,9 @@ public class OpenAiRequestsTests
     [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "top_logprobs": 3}""", "top_logprobs", "only allowed with \"logprobs\": true")]
     [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "logprobs": true, "top_logprobs": 21}""", "top_logprobs", "integer from 0 to 20, got 21")]
     [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "tools": [{"type": "function"}]}""", "tools", "no tool calling")]
-    [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "response_format": {"type": "json_object"}}""", "response_format", "only {\"type\": \"text\"}")]
+    [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}}""", "response_format.type", "JSON schemas are not supported")]
+    [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "response_format": {"type": "yaml"}}""", "response_format.type", "unknown type 'yaml'")]
+    [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "response_format": "json_object"}""", "response_format", "expected an object")]
     [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "tool_choice": "required"}""", "tool_choice", "no tool calling")]
     [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "modalities": ["text", "audio"]}""", "modalities", "only [\"text\"]")]
     [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "audio": {"voice": "alloy"}}""", "audio", "text only")]
@@ -182,6 +184,18 @@ public class OpenAiRequestsTests
         Assert.Equal(0, chat.TopLogprobs);
         Assert.Equal(0, chat.Options.AdditionalProperties![IlgpuMedusaChatOptionKeys.Logprobs]);
         Assert.Equal(20, Chat("""{"messages": [{"role": "user", "content": "Hi"}], "logprobs": true, "top_logprobs": 20}""").TopLogprobs);
+    }
+
+    [Fact]
+    public void ResponseFormat_JsonObject_IsJsonMode_OnChatAndCompletions()
+    {
+        var chat = Chat("""{"messages": [{"role": "user", "content": "Hi"}], "response_format": {"type": "json_object"}}""").Options.ResponseFormat;
+        Assert.Null(Assert.IsType<ChatResponseFormatJson>(chat).Schema);
+        Assert.IsType<ChatResponseFormatJson>(Completion("""{"prompt": "x", "response_format": {"type": "json_object"}}""").Options.ResponseFormat);
+        Assert.IsType<ChatResponseFormatText>(Chat("""{"messages": [{"role": "user", "content": "Hi"}], "response_format": {"type": "text"}}""").Options.ResponseFormat);
+        Assert.Null(Chat("""{"messages": [{"role": "user", "content": "Hi"}], "response_format": null}""").Options.ResponseFormat);
+        var e = Assert.Throws<OpenAiErrorException>(() => Completion("""{"prompt": "x", "response_format": {"type": "json_schema"}}"""));
+        Assert.Equal("response_format.type", e.Param);
     }
 
     [Fact]

@@ -352,6 +352,36 @@ public sealed class OpenAiServerTests(OpenAiServerFixture fixture) : IClassFixtu
     }
 
     [Fact]
+    public async Task JsonMode_TheReplyIsJson_StreamedOrWhole_WithOrWithoutMedusa()
+    {
+        const string request = """{"messages": [{"role": "user", "content": "Write Lily's name and age as JSON."}], "max_tokens": 40, "response_format": {"type": "json_object"}""";
+        var (status, medusa) = await PostAsync("v1/chat/completions", request + "}");
+        Assert.Equal(HttpStatusCode.OK, status);
+        var (_, plain) = await PostAsync("v1/chat/completions", request + """, "medusa": false}""");
+        string text = medusa.GetProperty("choices")[0].GetProperty("message").GetProperty("content").GetString()!;
+        Assert.Equal(plain.GetProperty("choices")[0].GetProperty("message").GetProperty("content").GetString(), text);
+        Assert.StartsWith("{", text, StringComparison.Ordinal); // JSON mode: the reply is the object, from its brace
+        var reader = new Utf8JsonReader(System.Text.Encoding.UTF8.GetBytes(text), isFinalBlock: false, state: default);
+        while (reader.Read())
+        {
+        }
+        Assert.True(reader.CurrentDepth >= 1 || reader.TokenType == JsonTokenType.EndObject, text); // a JSON prefix System.Text.Json reads without error
+        // Streamed, the same text.
+        var events = await StreamAsync("v1/chat/completions", request + """, "stream": true}""");
+        Assert.Equal("[DONE]", events[^1]);
+        var streamed = string.Concat(events[..^1].Select(e => JsonDocument.Parse(e).RootElement.GetProperty("choices")[0].GetProperty("delta"))
+            .Select(d => d.TryGetProperty("content", out var content) ? content.GetString() : ""));
+        Assert.Equal(text, streamed);
+        // Completions take it too.
+        var (completionStatus, completion) = await PostAsync("v1/completions", """{"prompt": "Once upon a time", "max_tokens": 20, "response_format": {"type": "json_object"}}""");
+        Assert.Equal(HttpStatusCode.OK, completionStatus);
+        Assert.Contains('{', completion.GetProperty("choices")[0].GetProperty("text").GetString()!);
+        var (schemaStatus, schema) = await PostAsync("v1/chat/completions", """{"messages": [{"role": "user", "content": "Hi"}], "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}}""");
+        Assert.Equal(HttpStatusCode.BadRequest, schemaStatus);
+        Assert.Equal("response_format.type", schema.GetProperty("error").GetProperty("param").GetString());
+    }
+
+    [Fact]
     public async Task ASecondRequestWithTheSamePrompt_ReportsItsCachedPromptTokens_AndAnswersTheSame()
     {
         // A prompt no other test sends: 2 full blocks of 16 and more; the second request finds them all (the last prompt

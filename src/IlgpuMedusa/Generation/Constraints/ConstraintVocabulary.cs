@@ -15,9 +15,11 @@ internal sealed class ConstraintVocabulary
     private readonly int[] _order;        // ids with at least one byte, sorted by their bytes
     private readonly int[] _shared;       // _shared[i]: length of the prefix _order[i] shares with _order[i − 1]
     private readonly bool[] _end;         // (V) end tokens
+    private readonly int[] _special;      // ids with bytes that are not string text (JsonGrammar.IsStringText), ascending
 
-    private ConstraintVocabulary(byte[] bytes, int[] offset, int[] order, int[] shared, bool[] end, int longest)
+    private ConstraintVocabulary(byte[] bytes, int[] offset, int[] order, int[] shared, bool[] end, int[] special, int longest)
     {
+        _special = special;
         _bytes = bytes;
         _offset = offset;
         _order = order;
@@ -70,7 +72,10 @@ internal sealed class ConstraintVocabulary
         var shared = new int[carrying];
         for (int i = 1; i < carrying; i++)
             shared[i] = pieces[order[i]].AsSpan().CommonPrefixLength(pieces[order[i - 1]]);
-        return new ConstraintVocabulary(bytes, offset, order, shared, end, longest);
+        var special = new List<int>();
+        for (int id = 0; id < vocabularySize; id++)
+            if (pieces[id].Length > 0 && !JsonGrammar.IsStringText(pieces[id])) special.Add(id);
+        return new ConstraintVocabulary(bytes, offset, order, shared, end, [.. special], longest);
     }
 
     /// <summary>The bytes of <paramref name="token"/> (empty for end tokens and tokens that carry no text).</summary>
@@ -123,6 +128,17 @@ internal sealed class ConstraintVocabulary
             if (_offset[id + 1] != _offset[id]) continue;
             if (_end[id] && complete) allowed++;
             else logits[id] = float.NegativeInfinity;
+        }
+        if (state.InStringText)
+        {
+            // Inside a string every token of plain string text is allowed as it is: only the others are read.
+            allowed += _order.Length - _special.Length;
+            foreach (int id in _special)
+            {
+                if (Allows(state, id)) allowed++;
+                else logits[id] = float.NegativeInfinity;
+            }
+            return allowed;
         }
         // The others in byte order: scratch[k] is the state after the first k bytes of the token before (valid up to
         // `known`); when that token failed at byte `failed`, each next one sharing that byte fails too.

@@ -8,8 +8,8 @@ namespace IlgpuMedusa.Generation.Constraints;
 /// <para>It accepts exactly the JSON texts of an object, with these limits, which every generated text then meets too:</para>
 /// <list type="bullet">
 /// <item>nesting of at most <see cref="MaxDepth"/> objects and arrays;</item>
-/// <item>runs of at most <see cref="MaxWhitespaceRun"/> whitespace bytes (a model cannot stall in blank lines), and
-/// nothing after the closing brace (the text ends there);</item>
+/// <item>runs of at most <see cref="MaxWhitespaceRun"/> whitespace bytes (a model cannot stall in blank lines), none
+/// before the opening brace and nothing after the closing one: the text is the object, from brace to brace;</item>
 /// <item>strings are well-formed UTF-8 (no overlong forms, no surrogates) and no <c>\u</c> escape names a surrogate
 /// (D800-DFFF), so every string decodes to valid Unicode; characters outside the Basic Multilingual Plane are written
 /// as UTF-8.</item>
@@ -27,7 +27,7 @@ internal struct JsonGrammar
 
     private enum Mode : byte
     {
-        Start,          // before the top-level object: whitespace, '{'
+        Start,          // before the top-level object: '{'
         ObjectOpen,     // after '{': whitespace, a key, '}'
         ObjectKey,      // after ',' in an object: whitespace, a key
         Colon,          // after a key: whitespace, ':'
@@ -61,6 +61,16 @@ internal struct JsonGrammar
 
     /// <summary>Nothing read yet.</summary>
     public static JsonGrammar Start => default;
+
+    /// <summary>
+    /// Inside a string, between characters: every byte sequence of whole UTF-8 characters without '"', '\\' or control
+    /// characters (<see cref="IsStringText"/>) continues the text and leaves it in this state.
+    /// </summary>
+    public readonly bool InStringText => _mode == Mode.String && _pending == 0;
+
+    /// <summary>Whether <paramref name="bytes"/> are whole UTF-8 characters, none of them '"', '\\' or a control character.</summary>
+    public static bool IsStringText(ReadOnlySpan<byte> bytes) =>
+        System.Text.Unicode.Utf8.IsValid(bytes) && bytes.IndexOfAnyInRange((byte)0, (byte)0x1F) < 0 && bytes.IndexOfAny(Quote, Backslash) < 0;
 
     /// <summary>The top-level object is closed: the text is complete and nothing more may follow.</summary>
     public readonly bool IsComplete => _mode == Mode.Done;
@@ -131,8 +141,8 @@ internal struct JsonGrammar
                 return false;
         }
 
-        // Between tokens: whitespace, then what the mode expects.
-        if (b is (byte)' ' or (byte)'\t' or (byte)'\n' or (byte)'\r')
+        // Between tokens: whitespace (not before the object: the text starts with its brace), then what the mode expects.
+        if (_mode != Mode.Start && b is (byte)' ' or (byte)'\t' or (byte)'\n' or (byte)'\r')
             return ++_spaces <= MaxWhitespaceRun;
         _spaces = 0;
         switch (_mode)
