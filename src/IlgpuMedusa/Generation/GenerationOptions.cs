@@ -50,10 +50,14 @@ public sealed record GenerationOptions
     public IReadOnlyDictionary<int, float> LogitBias { get; init; } = System.Collections.ObjectModel.ReadOnlyDictionary<int, float>.Empty;
 
     /// <summary>
-    /// What the text must be: <see cref="Generation.ResponseFormat.Text"/> (anything) or
-    /// <see cref="Generation.ResponseFormat.JsonObject"/> (JSON mode: one JSON object, see there).
+    /// What the text must be: <see cref="Generation.ResponseFormat.Text"/> (anything),
+    /// <see cref="Generation.ResponseFormat.JsonObject"/> (JSON mode: one JSON object, see there) or
+    /// <see cref="Generation.ResponseFormat.JsonSchema"/> (an object following <see cref="JsonSchema"/>).
     /// </summary>
     public ResponseFormat ResponseFormat { get; init; } = ResponseFormat.Text;
+
+    /// <summary>The JSON schema (its text) the output follows with <see cref="Generation.ResponseFormat.JsonSchema"/>; null otherwise.</summary>
+    public string? JsonSchema { get; init; }
 
     /// <summary>
     /// Whether the penalties, a logit bias or JSON mode change the logits. Tokens are then chosen on the host from adjusted
@@ -110,7 +114,10 @@ public sealed record GenerationOptions
         if (Logprobs is < 0 or > MaxTopLogprobs)
             throw new ArgumentOutOfRangeException(nameof(Logprobs), Logprobs, $"Logprobs (--logprobs) must be from 0 to {MaxTopLogprobs} alternatives, or null for none.");
         if (!Enum.IsDefined(ResponseFormat))
-            throw new ArgumentOutOfRangeException(nameof(ResponseFormat), ResponseFormat, "ResponseFormat (--response-format) must be Text or JsonObject.");
+            throw new ArgumentOutOfRangeException(nameof(ResponseFormat), ResponseFormat, "ResponseFormat (--response-format) must be Text, JsonObject or JsonSchema.");
+        if (ResponseFormat == ResponseFormat.JsonSchema) Constraints.CompiledJsonSchema.Compile(JsonSchema); // throws naming what is unsupported
+        else if (JsonSchema is not null)
+            throw new ArgumentException("JsonSchema is set but ResponseFormat is not JsonSchema: set ResponseFormat = ResponseFormat.JsonSchema to use it.", nameof(JsonSchema));
         foreach (var s in StopSequences)
             if (string.IsNullOrEmpty(s)) throw new ArgumentException("StopSequences (--stop) must not contain empty strings.", nameof(StopSequences));
         return this;

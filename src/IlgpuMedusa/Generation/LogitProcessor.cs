@@ -10,7 +10,7 @@ namespace IlgpuMedusa.Generation;
 /// <item><see cref="GenerationOptions.FrequencyPenalty"/> f and <see cref="GenerationOptions.PresencePenalty"/> p
 /// (OpenAI's): a token generated c times so far loses c · f + p (the prompt does not count);</item>
 /// <item><see cref="GenerationOptions.ResponseFormat"/> JSON: every token that would not keep the text a prefix of a
-/// JSON object gets −∞ (<see cref="Constraints.JsonConstraint"/>).</item>
+/// JSON object (or, with a schema, of a JSON text the schema allows) gets −∞ (<see cref="Constraints.GrammarConstraint{TGrammar}"/>).</item>
 /// </list>
 /// It counts the tokens it is told were generated; a Medusa step that walks a tree passes the tokens it has accepted
 /// so far in that step, so that every choice sees exactly the history plain decoding would give it.
@@ -22,14 +22,16 @@ internal sealed class LogitProcessor
     private readonly HashSet<int> _seen = [];           // prompt and generated tokens (repetition penalty)
     private readonly Dictionary<int, int> _generated = []; // generated token → count (frequency and presence)
     private readonly Dictionary<int, int> _extra = [];
-    private readonly Constraints.JsonConstraint? _json;
+    private readonly Constraints.ITokenConstraint? _json;
 
     private LogitProcessor(GenerationOptions options, ReadOnlySpan<int> prompt, Func<Constraints.ConstraintVocabulary>? vocabulary)
     {
-        if (options.ResponseFormat == ResponseFormat.JsonObject)
+        if (options.ResponseFormat != ResponseFormat.Text)
         {
             if (vocabulary is null) throw new ArgumentException("JSON mode needs the model's vocabulary.", nameof(vocabulary));
-            _json = new Constraints.JsonConstraint(vocabulary());
+            _json = options.ResponseFormat == ResponseFormat.JsonSchema
+                ? new Constraints.GrammarConstraint<Constraints.JsonSchemaGrammar>(vocabulary(), Constraints.CompiledJsonSchema.Compile(options.JsonSchema).Start)
+                : new Constraints.GrammarConstraint<Constraints.JsonGrammar>(vocabulary(), Constraints.JsonGrammar.Start);
         }
         _bias = options.LogitBias;
         _repetition = options.RepetitionPenalty;

@@ -15,4 +15,13 @@ public enum ResponseFormat
     /// what the model means by them.
     /// </summary>
     JsonObject,
+
+    /// <summary>
+    /// Structured output (OpenAI's <c>json_schema</c>, strict): as <see cref="JsonObject"/>, and the object follows
+    /// <see cref="GenerationOptions.JsonSchema"/>: every property the schema lists, in its order, each value of its
+    /// schema, nothing else. The supported subset (types, properties, required, additionalProperties false, items,
+    /// minItems, maxItems, enum, const; formats are not enforced) is listed in docs/library.md; anything else is refused
+    /// when the options are validated, naming the schema path.
+    /// </summary>
+    JsonSchema,
 }

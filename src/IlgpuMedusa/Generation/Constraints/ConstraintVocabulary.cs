@@ -88,7 +88,8 @@ internal sealed class ConstraintVocabulary
     /// Whether <paramref name="token"/> may follow the text <paramref name="state"/> has read: an end token when the text
     /// is complete, another token when each of its bytes continues the text; a token that adds no text never.
     /// </summary>
-    public bool Allows(in JsonGrammar state, int token)
+    public bool Allows<TGrammar>(in TGrammar state, int token)
+        where TGrammar : struct, IByteGrammar
     {
         if ((uint)token >= (uint)_end.Length) return false;
         if (_end[token]) return state.IsComplete;
@@ -101,7 +102,8 @@ internal sealed class ConstraintVocabulary
     }
 
     /// <summary>Reads <paramref name="token"/> into <paramref name="state"/>; false when <see cref="Allows"/> would say no.</summary>
-    public bool TryAppend(ref JsonGrammar state, int token)
+    public bool TryAppend<TGrammar>(ref TGrammar state, int token)
+        where TGrammar : struct, IByteGrammar
     {
         if (!Allows(state, token)) return false;
         foreach (byte b in Bytes(token))
@@ -114,7 +116,8 @@ internal sealed class ConstraintVocabulary
     /// entries); returns how many tokens stay allowed. <paramref name="scratch"/> holds at least <see cref="LongestToken"/>
     /// + 1 states.
     /// </summary>
-    public int Mask(in JsonGrammar state, Span<float> logits, Span<JsonGrammar> scratch)
+    public int Mask<TGrammar>(in TGrammar state, Span<float> logits, Span<TGrammar> scratch)
+        where TGrammar : struct, IByteGrammar
     {
         if (logits.Length != _end.Length)
             throw new ArgumentException($"the logits row has {logits.Length} entries but the vocabulary {_end.Length}", nameof(logits));

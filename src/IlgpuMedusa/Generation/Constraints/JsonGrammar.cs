@@ -15,7 +15,7 @@ namespace IlgpuMedusa.Generation.Constraints;
 /// as UTF-8.</item>
 /// </list>
 /// </summary>
-internal struct JsonGrammar
+internal struct JsonGrammar : IByteGrammar
 {
     /// <summary>Most objects and arrays open at once.</summary>
     public const int MaxDepth = 64;
@@ -35,8 +35,6 @@ internal struct JsonGrammar
         ArrayOpen,      // after '[': whitespace, a value, ']'
         AfterValue,     // whitespace, ',' or the container's closing bracket
         String,         // inside a string (key or value)
-        Escape,         // after '\' in a string
-        Unicode,        // inside \uXXXX
         Minus,          // after '-': a digit
         Zero,           // a number's integer part "0": '.', 'e', or the end
         Integer,        // digits of the integer part
@@ -55,8 +53,9 @@ internal struct JsonGrammar
     private bool _key;          // the string being read is an object key
     private byte _depth;        // containers open
     private byte _spaces;       // whitespace bytes in the current run
-    private byte _pending;      // String: UTF-8 continuation bytes still due; Unicode: hex digits still due; Literal: next index
-    private byte _low, _high;   // String: range of the next continuation byte; Unicode: _low = 1 when the first digit was D; Literal: _low = which
+    private JsonStringScanner _string;
+    private byte _pending;      // Literal: next index
+    private byte _low;          // Literal: which
     private ulong _objects;     // bit d set: container d (0 = outermost) is an object
 
     /// <summary>Nothing read yet.</summary>
@@ -66,7 +65,7 @@ internal struct JsonGrammar
     /// Inside a string, between characters: every byte sequence of whole UTF-8 characters without '"', '\\' or control
     /// characters (<see cref="IsStringText"/>) continues the text and leaves it in this state.
     /// </summary>
-    public readonly bool InStringText => _mode == Mode.String && _pending == 0;
+    public readonly bool InStringText => _mode == Mode.String && _string.BetweenCharacters;
 
     /// <summary>Whether <paramref name="bytes"/> are whole UTF-8 characters, none of them '"', '\\' or a control character.</summary>
     public static bool IsStringText(ReadOnlySpan<byte> bytes) =>
@@ -81,19 +80,17 @@ internal struct JsonGrammar
         switch (_mode)
         {
             case Mode.String:
-                return InString(b);
-            case Mode.Escape:
-                if (b == (byte)'u')
+                switch (_string.Advance(b))
                 {
-                    _mode = Mode.Unicode;
-                    _pending = 4;
-                    _low = 0;
-                    return true;
+                    case JsonStringScanner.Step.Continue:
+                        return true;
+                    case JsonStringScanner.Step.Closed:
+                        if (_key) _mode = Mode.Colon;
+                        else EndValue();
+                        return true;
+                    default:
+                        return false;
                 }
-                _mode = Mode.String;
-                return b is Quote or Backslash or (byte)'/' or (byte)'b' or (byte)'f' or (byte)'n' or (byte)'r' or (byte)'t';
-            case Mode.Unicode:
-                return InUnicode(b);
             case Mode.Literal:
             {
                 var literal = Literals[_low];
@@ -229,7 +226,7 @@ internal struct JsonGrammar
     {
         _mode = Mode.String;
         _key = key;
-        _pending = 0;
+        _string = default;
         return true;
     }
 
@@ -245,60 +242,5 @@ internal struct JsonGrammar
     {
         EndValue();
         return Advance(b);
-    }
-
-    private bool InString(byte b)
-    {
-        if (_pending > 0)
-        {
-            if (b < _low || b > _high) return false;
-            _pending--;
-            _low = 0x80;
-            _high = 0xBF;
-            return true;
-        }
-        if (b == Quote)
-        {
-            if (_key) _mode = Mode.Colon;
-            else EndValue();
-            return true;
-        }
-        if (b == Backslash)
-        {
-            _mode = Mode.Escape;
-            return true;
-        }
-        if (b < 0x20) return false; // control characters must be escaped
-        if (b < 0x80) return true;
-        // The lead byte of a multi-byte character: how many continuation bytes follow, and the range of the first (which
-        // rules out overlong forms, surrogates and code points past U+10FFFF).
-        (_pending, _low, _high) = b switch
-        {
-            >= 0xC2 and <= 0xDF => ((byte)1, (byte)0x80, (byte)0xBF),
-            0xE0 => ((byte)2, (byte)0xA0, (byte)0xBF),
-            0xED => ((byte)2, (byte)0x80, (byte)0x9F),
-            >= 0xE1 and <= 0xEF => ((byte)2, (byte)0x80, (byte)0xBF),
-            0xF0 => ((byte)3, (byte)0x90, (byte)0xBF),
-            >= 0xF1 and <= 0xF3 => ((byte)3, (byte)0x80, (byte)0xBF),
-            0xF4 => ((byte)3, (byte)0x80, (byte)0x8F),
-            _ => ((byte)0, (byte)0, (byte)0),
-        };
-        return _pending > 0;
-    }
-
-    private bool InUnicode(byte b)
-    {
-        int digit = b switch
-        {
-            >= (byte)'0' and <= (byte)'9' => b - '0',
-            >= (byte)'a' and <= (byte)'f' => b - 'a' + 10,
-            >= (byte)'A' and <= (byte)'F' => b - 'A' + 10,
-            _ => -1,
-        };
-        if (digit < 0) return false;
-        if (_pending == 4) _low = digit == 0xD ? (byte)1 : (byte)0;
-        else if (_pending == 3 && _low == 1 && digit >= 8) return false; // D800-DFFF: a surrogate
-        if (--_pending == 0) _mode = Mode.String;
-        return true;
     }
 }

@@ -1,0 +1,246 @@
+using System.Text.Encodings.Web;
+using System.Text.Json;
+
+namespace IlgpuMedusa.Generation.Constraints;
+
+/// <summary>What a value of a <see cref="SchemaNode"/> may be.</summary>
+internal enum SchemaKind : byte
+{
+    /// <summary>An object with exactly its listed properties, written in the listed order.</summary>
+    Object,
+    /// <summary>An array whose items all follow one schema.</summary>
+    Array,
+    /// <summary>Any string.</summary>
+    String,
+    /// <summary>Any number.</summary>
+    Number,
+    /// <summary>An integer: a number without fraction or exponent.</summary>
+    Integer,
+    /// <summary>One of a set of values written exactly (enum, const, booleans, null).</summary>
+    Literals,
+    /// <summary>One of several of the kinds above, told apart by their first byte (a list of types, such as ["string", "null"]).</summary>
+    Union,
+}
+
+/// <summary>One schema of a <see cref="CompiledJsonSchema"/>, immutable after compilation.</summary>
+internal sealed class SchemaNode
+{
+    public required SchemaKind Kind { get; init; }
+    /// <summary>Index in <see cref="CompiledJsonSchema.Nodes"/>.</summary>
+    public int Id { get; set; }
+    /// <summary>Object: each property's key as written, quotes included (<c>"name"</c>), in order.</summary>
+    public byte[][] Keys { get; init; } = [];
+    /// <summary>Object: each property's schema.</summary>
+    public SchemaNode[] Properties { get; init; } = [];
+    /// <summary>Array: the items' schema.</summary>
+    public SchemaNode? Items { get; init; }
+    /// <summary>Array: fewest items.</summary>
+    public int MinItems { get; init; }
+    /// <summary>Array: most items.</summary>
+    public int MaxItems { get; init; } = int.MaxValue;
+    /// <summary>Literals: every allowed value as its bytes, sorted, no duplicates.</summary>
+    public byte[][] Literals { get; init; } = [];
+    /// <summary>Union: the alternatives (no two start with the same byte).</summary>
+    public SchemaNode[] Alternatives { get; init; } = [];
+}
+
+/// <summary>
+/// A JSON schema compiled for constrained generation (<see cref="ResponseFormat.JsonSchema"/>): the subset that structured
+/// output needs and that a left-to-right grammar can enforce exactly. Supported: <c>type</c> (<c>object</c>, <c>array</c>,
+/// <c>string</c>, <c>number</c>, <c>integer</c>, <c>boolean</c>, <c>null</c>, or a list of them, such as
+/// <c>["string", "null"]</c>), <c>properties</c>, <c>required</c>, <c>additionalProperties: false</c>, <c>items</c>,
+/// <c>minItems</c>, <c>maxItems</c>, <c>enum</c>, <c>const</c>; <c>title</c>, <c>description</c>, <c>$schema</c>,
+/// <c>$comment</c>, <c>$id</c>, <c>default</c>, <c>examples</c> and <c>format</c> are read as annotations (a format is not
+/// enforced). The text is written as OpenAI's strict structured outputs write it: every listed property, in the listed
+/// order (so optional properties are present too), nothing else; the top level is an object. Anything else is refused
+/// with an <see cref="ArgumentException"/> naming the schema path and the keyword.
+/// </summary>
+internal sealed class CompiledJsonSchema
+{
+    /// <summary>Most objects and arrays nested in one another.</summary>
+    public const int MaxDepth = JsonSchemaGrammar.MaxFrames;
+
+    /// <summary>Most schema nodes.</summary>
+    public const int MaxNodes = 4096;
+
+    /// <summary>Most bytes of a schema's text.</summary>
+    public const int MaxSchemaBytes = 256 * 1024;
+
+    private static readonly HashSet<string> Annotations = ["title", "description", "$schema", "$comment", "$id", "default", "examples", "format"];
+    private static readonly HashSet<string> Keywords = ["type", "properties", "required", "additionalProperties", "items", "minItems", "maxItems", "enum", "const"];
+    private static readonly byte[][] Booleans = ["false"u8.ToArray(), "true"u8.ToArray()];
+    private static readonly byte[][] Null = ["null"u8.ToArray()];
+
+    private CompiledJsonSchema(SchemaNode root, SchemaNode[] nodes)
+    {
+        Root = root;
+        Nodes = nodes;
+    }
+
+    /// <summary>The top-level schema (an object).</summary>
+    public SchemaNode Root { get; }
+
+    /// <summary>Every node, by <see cref="SchemaNode.Id"/>.</summary>
+    public SchemaNode[] Nodes { get; }
+
+    /// <summary>The grammar state before the first byte.</summary>
+    public JsonSchemaGrammar Start => new(this);
+
+    /// <summary>Compiles <paramref name="schema"/>, a JSON schema as text; throws <see cref="ArgumentException"/> naming what is wrong or unsupported.</summary>
+    public static CompiledJsonSchema Compile(string? schema)
+    {
+        if (string.IsNullOrWhiteSpace(schema))
+            throw new ArgumentException("JsonSchema: ResponseFormat JsonSchema needs a schema (a JSON object).");
+        if (System.Text.Encoding.UTF8.GetByteCount(schema) > MaxSchemaBytes)
+            throw new ArgumentException($"JsonSchema: the schema is longer than {MaxSchemaBytes / 1024} KiB.");
+        JsonDocument document;
+        try
+        {
+            document = JsonDocument.Parse(schema, new JsonDocumentOptions { MaxDepth = 4 * MaxDepth + 8 });
+        }
+        catch (JsonException e)
+        {
+            throw new ArgumentException($"JsonSchema: not valid JSON ({e.Message}).", e);
+        }
+        using (document)
+        {
+            var nodes = new List<SchemaNode>();
+            var root = Node(document.RootElement, "$", 0, nodes);
+            if (root.Kind != SchemaKind.Object)
+                throw new ArgumentException("JsonSchema: the top-level schema must be an object (\"type\": \"object\" with \"properties\").");
+            return new CompiledJsonSchema(root, [.. nodes]);
+        }
+    }
+
+    private static ArgumentException Error(string path, string message) => new($"JsonSchema at {path}: {message}");
+
+    private static SchemaNode Node(JsonElement schema, string path, int depth, List<SchemaNode> nodes)
+    {
+        if (schema.ValueKind != JsonValueKind.Object)
+            throw Error(path, $"expected a schema object, got {schema.ValueKind.ToString().ToLowerInvariant()} (boolean schemas are not supported).");
+        foreach (var property in schema.EnumerateObject())
+            if (!Keywords.Contains(property.Name) && !Annotations.Contains(property.Name))
+                throw Error(path, $"keyword '{property.Name}' is not supported; supported: {string.Join(", ", Keywords)} (and the annotations {string.Join(", ", Annotations)}).");
+        if (nodes.Count >= MaxNodes) throw Error(path, $"the schema has more than {MaxNodes} parts.");
+
+        if (schema.TryGetProperty("const", out var constant))
+        {
+            if (schema.TryGetProperty("enum", out _)) throw Error(path, "'const' and 'enum' together are not supported.");
+            return Add(new SchemaNode { Kind = SchemaKind.Literals, Literals = [Canonical(constant)] }, nodes);
+        }
+        if (schema.TryGetProperty("enum", out var values))
+        {
+            if (values.ValueKind != JsonValueKind.Array || values.GetArrayLength() == 0)
+                throw Error($"{path}.enum", "expected a non-empty array of values.");
+            var literals = values.EnumerateArray().Select(Canonical).Distinct(ByteArrayComparer.Instance).ToArray();
+            if (literals.Length > ushort.MaxValue) throw Error($"{path}.enum", $"more than {ushort.MaxValue} values.");
+            Array.Sort(literals, (a, b) => a.AsSpan().SequenceCompareTo(b));
+            return Add(new SchemaNode { Kind = SchemaKind.Literals, Literals = literals }, nodes);
+        }
+        if (!schema.TryGetProperty("type", out var type))
+            throw Error(path, "needs a 'type' (or 'enum' or 'const'): schemas that allow any value are not supported.");
+        List<string> types = [];
+        if (type.ValueKind == JsonValueKind.String) types.Add(type.GetString()!);
+        else if (type.ValueKind == JsonValueKind.Array && type.GetArrayLength() > 0 && type.EnumerateArray().All(t => t.ValueKind == JsonValueKind.String))
+            types.AddRange(type.EnumerateArray().Select(t => t.GetString()!));
+        else throw Error($"{path}.type", "expected a type name or a non-empty array of type names.");
+        foreach (var keyword in (string[])["properties", "required", "additionalProperties"])
+            if (schema.TryGetProperty(keyword, out _) && !types.Contains("object")) throw Error(path, $"'{keyword}' applies to objects only.");
+        foreach (var keyword in (string[])["items", "minItems", "maxItems"])
+            if (schema.TryGetProperty(keyword, out _) && !types.Contains("array")) throw Error(path, $"'{keyword}' applies to arrays only.");
+        if (types.Contains("integer") && types.Contains("number")) types.Remove("integer"); // every integer is a number
+        // The types start with different bytes ({, [, ", a digit or -, t or f, n): a union reads the first byte to choose.
+        var alternatives = types.Distinct().Select(t => Typed(t, schema, path, depth, nodes)).ToArray();
+        if (alternatives.Length == 1) return alternatives[0];
+        return Add(new SchemaNode { Kind = SchemaKind.Union, Alternatives = alternatives }, nodes);
+    }
+
+    private static SchemaNode Typed(string type, JsonElement schema, string path, int depth, List<SchemaNode> nodes) => type switch
+    {
+        "object" => ObjectSchema(schema, path, depth, nodes),
+        "array" => ArraySchema(schema, path, depth, nodes),
+        "string" => Add(new SchemaNode { Kind = SchemaKind.String }, nodes),
+        "number" => Add(new SchemaNode { Kind = SchemaKind.Number }, nodes),
+        "integer" => Add(new SchemaNode { Kind = SchemaKind.Integer }, nodes),
+        "boolean" => Add(new SchemaNode { Kind = SchemaKind.Literals, Literals = Booleans }, nodes),
+        "null" => Add(new SchemaNode { Kind = SchemaKind.Literals, Literals = Null }, nodes),
+        _ => throw Error($"{path}.type", $"unknown type '{type}'; expected object, array, string, number, integer, boolean or null."),
+    };
+
+    private static SchemaNode ObjectSchema(JsonElement schema, string path, int depth, List<SchemaNode> nodes)
+    {
+        if (depth >= MaxDepth) throw Error(path, $"objects and arrays are nested more than {MaxDepth} deep.");
+        if (!schema.TryGetProperty("properties", out var properties) || properties.ValueKind != JsonValueKind.Object)
+            throw Error(path, "an object needs its 'properties' (an object of schemas): objects with any properties are not supported.");
+        if (schema.TryGetProperty("additionalProperties", out var additional) && additional.ValueKind != JsonValueKind.False)
+            throw Error($"{path}.additionalProperties", "only false is supported: the object has exactly its listed properties.");
+        var names = new List<string>();
+        var keys = new List<byte[]>();
+        var children = new List<SchemaNode>();
+        foreach (var property in properties.EnumerateObject())
+        {
+            if (names.Contains(property.Name)) throw Error($"{path}.properties", $"property '{property.Name}' is listed twice.");
+            names.Add(property.Name);
+            keys.Add(Canonical(JsonSerializer.SerializeToElement(property.Name)));
+            children.Add(Node(property.Value, $"{path}.properties.{property.Name}", depth + 1, nodes));
+        }
+        if (schema.TryGetProperty("required", out var required))
+        {
+            if (required.ValueKind != JsonValueKind.Array) throw Error($"{path}.required", "expected an array of property names.");
+            foreach (var name in required.EnumerateArray())
+                if (name.ValueKind != JsonValueKind.String || !names.Contains(name.GetString()!))
+                    throw Error($"{path}.required", $"{name.GetRawText()} is not one of the listed properties.");
+        }
+        return Add(new SchemaNode { Kind = SchemaKind.Object, Keys = [.. keys], Properties = [.. children] }, nodes);
+    }
+
+    private static SchemaNode ArraySchema(JsonElement schema, string path, int depth, List<SchemaNode> nodes)
+    {
+        if (depth >= MaxDepth) throw Error(path, $"objects and arrays are nested more than {MaxDepth} deep.");
+        if (!schema.TryGetProperty("items", out var items))
+            throw Error(path, "an array needs 'items' (the schema of every item): arrays of any values are not supported.");
+        int min = Count(schema, "minItems", path, 0), max = Count(schema, "maxItems", path, int.MaxValue);
+        if (min > max) throw Error(path, $"minItems {min} is above maxItems {max}.");
+        var item = Node(items, $"{path}.items", depth + 1, nodes);
+        return Add(new SchemaNode { Kind = SchemaKind.Array, Items = item, MinItems = min, MaxItems = max }, nodes);
+    }
+
+    private static int Count(JsonElement schema, string keyword, string path, int absent)
+    {
+        if (!schema.TryGetProperty(keyword, out var value)) return absent;
+        if (value.ValueKind != JsonValueKind.Number || !value.TryGetInt32(out int count) || count < 0)
+            throw Error($"{path}.{keyword}", $"expected a non-negative integer, got {value.GetRawText()}.");
+        return count;
+    }
+
+    private static SchemaNode Add(SchemaNode node, List<SchemaNode> nodes)
+    {
+        node.Id = nodes.Count;
+        nodes.Add(node);
+        return node;
+    }
+
+    /// <summary>A value as the only bytes that may write it: compact, non-ASCII characters as they are (not escaped).</summary>
+    private static byte[] Canonical(JsonElement value)
+    {
+        using var buffer = new MemoryStream();
+        using (var writer = new Utf8JsonWriter(buffer, new JsonWriterOptions { Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping, Indented = false }))
+            value.WriteTo(writer);
+        if (buffer.Length > ushort.MaxValue) throw new ArgumentException($"JsonSchema: a value or property name is longer than {ushort.MaxValue} bytes.");
+        return buffer.ToArray();
+    }
+
+    private sealed class ByteArrayComparer : IEqualityComparer<byte[]>
+    {
+        public static readonly ByteArrayComparer Instance = new();
+
+        public bool Equals(byte[]? x, byte[]? y) => x.AsSpan().SequenceEqual(y);
+
+        public int GetHashCode(byte[] obj)
+        {
+            var hash = new HashCode();
+            hash.AddBytes(obj);
+            return hash.ToHashCode();
+        }
+    }
+}

@@ -1,0 +1,254 @@
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Schema;
+using System.Text.Json.Serialization;
+using IlgpuMedusa.Generation;
+using IlgpuMedusa.Generation.Constraints;
+using IlgpuMedusa.Tests.Hosting;
+
+namespace IlgpuMedusa.Tests.Generation;
+
+/// <summary>
+/// Structured output (<see cref="ResponseFormat.JsonSchema"/>). The schemas come from System.Text.Json's schema exporter
+/// for .NET types, and what the grammar lets through is read back by System.Text.Json's deserializer with strict
+/// options (required properties, no unknown members, nullability respected): an independent check of every text.
+/// Hand-labelled documents cover what the deserializer does not see (property order, integers, item counts).
+/// </summary>
+public sealed class JsonSchemaTests(DemoEngineFixture fixture) : IClassFixture<DemoEngineFixture>
+{
+    public enum Color { Red, Green, Blue }
+
+    public sealed record Pet(string Kind, double Weight);
+
+    public sealed record Person(string Name, long Age, bool? Student, Color Favorite, List<Pet> Pets, Pet Best);
+
+    private static readonly JsonSerializerOptions Strict = new(JsonSerializerOptions.Default)
+    {
+        RespectNullableAnnotations = true,
+        RespectRequiredConstructorParameters = true,
+        UnmappedMemberHandling = JsonUnmappedMemberHandling.Disallow,
+        Converters = { new JsonStringEnumConverter(allowIntegerValues: false) },
+    };
+
+    /// <summary>The schema System.Text.Json exports for <see cref="Person"/> (objects, integers, numbers, a nullable boolean, an enum, an array of objects).</summary>
+    private static readonly string PersonSchema =
+        JsonSchemaExporter.GetJsonSchemaAsNode(Strict, typeof(Person), new JsonSchemaExporterOptions { TreatNullObliviousAsNonNullable = true }).ToJsonString();
+
+    private static bool Accepts(CompiledJsonSchema schema, string text)
+    {
+        var state = schema.Start;
+        foreach (byte b in Encoding.UTF8.GetBytes(text))
+            if (!state.Advance(b)) return false;
+        return state.IsComplete;
+    }
+
+    private static bool IsPrefix(CompiledJsonSchema schema, string text)
+    {
+        var state = schema.Start;
+        foreach (byte b in Encoding.UTF8.GetBytes(text))
+            if (!state.Advance(b)) return false;
+        return true;
+    }
+
+    [Fact]
+    public void TheExportedSchema_UsesOnlyTheSupportedSubset()
+    {
+        var schema = CompiledJsonSchema.Compile(PersonSchema);
+        Assert.Equal(SchemaKind.Object, schema.Root.Kind);
+        Assert.Equal(6, schema.Root.Keys.Length);
+    }
+
+    [Theory]
+    [InlineData("""{"Name":"Lily","Age":5,"Student":null,"Favorite":"Red","Pets":[],"Best":{"Kind":"cat","Weight":4.5}}""", true)]
+    [InlineData("""{"Name": "Lily é", "Age": -12, "Student": true, "Favorite": "Blue", "Pets": [{"Kind": "dog", "Weight": 1e2}, {"Kind": "\"fish\"", "Weight": 0}], "Best": {"Kind": "", "Weight": -0.5}}""", true)]
+    [InlineData("{\n\"Name\": \"Tom\",\n\"Age\": 0,\n\"Student\": false,\n\"Favorite\": \"Green\",\n\"Pets\": [ ],\n\"Best\": { \"Kind\": \"x\", \"Weight\": 3 }\n}", true)]
+    [InlineData("{\n  \"Name\": \"Tom\",\n  \"Age\": 0,\n  \"Student\": false,\n  \"Favorite\": \"Green\",\n  \"Pets\": [ ],\n  \"Best\": { \"Kind\": \"x\", \"Weight\": 3 }\n}", false)] // indentation: one whitespace byte in a row
+    [InlineData("""{"Age":5,"Name":"Lily","Student":null,"Favorite":"Red","Pets":[],"Best":{"Kind":"cat","Weight":4.5}}""", false)] // order
+    [InlineData("""{"Name":"Lily","Age":5,"Student":null,"Favorite":"Red","Pets":[]}""", false)]                              // a property missing
+    [InlineData("""{"Name":"Lily","Age":5.5,"Student":null,"Favorite":"Red","Pets":[],"Best":{"Kind":"cat","Weight":4.5}}""", false)] // not an integer
+    [InlineData("""{"Name":"Lily","Age":5e1,"Student":null,"Favorite":"Red","Pets":[],"Best":{"Kind":"cat","Weight":4.5}}""", false)]
+    [InlineData("""{"Name":"Lily","Age":5,"Student":"yes","Favorite":"Red","Pets":[],"Best":{"Kind":"cat","Weight":4.5}}""", false)]
+    [InlineData("""{"Name":"Lily","Age":5,"Student":null,"Favorite":"Purple","Pets":[],"Best":{"Kind":"cat","Weight":4.5}}""", false)] // not in the enum
+    [InlineData("""{"Name":"Lily","Age":5,"Student":null,"Favorite":"Red","Pets":[1],"Best":{"Kind":"cat","Weight":4.5}}""", false)]
+    [InlineData("""{"Name":"Lily","Age":5,"Student":null,"Favorite":"Red","Pets":[],"Best":{"Kind":"cat","Weight":4.5},"Extra":1}""", false)]
+    [InlineData("""{"Name":null,"Age":5,"Student":null,"Favorite":"Red","Pets":[],"Best":{"Kind":"cat","Weight":4.5}}""", false)]
+    [InlineData(""" {"Name":"Lily","Age":5,"Student":null,"Favorite":"Red","Pets":[],"Best":{"Kind":"cat","Weight":4.5}}""", false)] // text before the brace
+    public void HandLabelledDocuments(string text, bool valid)
+    {
+        Assert.Equal(valid, Accepts(CompiledJsonSchema.Compile(PersonSchema), text));
+        if (valid) Assert.NotNull(JsonSerializer.Deserialize<Person>(text, Strict)); // the deserializer agrees
+    }
+
+    [Fact]
+    public void ArraysCountTheirItems_AndEnumsOfNumbersEndWhereTheyCan()
+    {
+        var schema = CompiledJsonSchema.Compile("""
+            {"type": "object", "properties": {
+               "tags": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 2},
+               "n": {"enum": [1, 12, 123, "x", null, true]},
+               "c": {"const": {"a": [1, "é"]}},
+               "u": {"type": ["integer", "null", "string"]}}}
+            """);
+        Assert.True(Accepts(schema, """{"tags":["a"],"n":1,"c":{"a":[1,"é"]},"u":7}"""));
+        Assert.True(Accepts(schema, """{"tags":["a","b"],"n":12,"c":{"a":[1,"é"]},"u":null}"""));
+        Assert.True(Accepts(schema, """{"tags":["a"],"n":123,"c":{"a":[1,"é"]},"u":"s"}"""));
+        Assert.True(Accepts(schema, """{"tags":["a"],"n":"x","c":{"a":[1,"é"]},"u":-3}"""));
+        Assert.True(Accepts(schema, """{"tags":["a"],"n":null,"c":{"a":[1,"é"]},"u":0}"""));
+        Assert.True(Accepts(schema, """{"tags":["a"],"n":true,"c":{"a":[1,"é"]},"u":0}"""));
+        Assert.False(Accepts(schema, """{"tags":[],"n":1,"c":{"a":[1,"é"]},"u":7}"""));          // minItems 1
+        Assert.False(Accepts(schema, """{"tags":["a","b","c"],"n":1,"c":{"a":[1,"é"]},"u":7}""")); // maxItems 2
+        Assert.False(Accepts(schema, """{"tags":["a"],"n":2,"c":{"a":[1,"é"]},"u":7}"""));
+        Assert.False(Accepts(schema, """{"tags":["a"],"n":1234,"c":{"a":[1,"é"]},"u":7}"""));
+        Assert.False(Accepts(schema, """{"tags":["a"],"n":false,"c":{"a":[1,"é"]},"u":7}"""));
+        Assert.False(Accepts(schema, """{"tags":["a"],"n":1,"c":{"a": [1,"é"]},"u":7}"""));     // a const is written exactly
+        Assert.False(Accepts(schema, """{"tags":["a"],"n":1,"c":{"a":[1,"\u00e9"]},"u":7}"""));
+        Assert.False(Accepts(schema, """{"tags":["a"],"n":1,"c":{"a":[1,"é"]},"u":7.5}"""));
+        Assert.False(Accepts(schema, """{"tags":["a"],"n":1,"c":{"a":[1,"é"]},"u":true}"""));
+        // Every prefix of a valid text continues; the grammar is complete only at its end.
+        const string valid = """{"tags":["a","b"],"n":12,"c":{"a":[1,"é"]},"u":"s"}""";
+        var bytes = Encoding.UTF8.GetBytes(valid);
+        var state = schema.Start;
+        for (int i = 0; i < bytes.Length; i++)
+        {
+            Assert.False(state.IsComplete);
+            Assert.True(state.Advance(bytes[i]), $"byte {i}");
+        }
+        Assert.True(state.IsComplete);
+        Assert.False(state.Advance((byte)' '));
+    }
+
+    [Theory]
+    [InlineData("", "needs a schema")]
+    [InlineData("{", "not valid JSON")]
+    [InlineData("""{"type": "string"}""", "top-level schema must be an object")]
+    [InlineData("""{"type": "object"}""", "needs its 'properties'")]
+    [InlineData("""{"type": "object", "properties": {"a": {"type": "string", "pattern": "^a"}}}""", "$.properties.a: keyword 'pattern' is not supported")]
+    [InlineData("""{"type": "object", "properties": {"a": {"anyOf": [{"type": "string"}]}}}""", "keyword 'anyOf' is not supported")]
+    [InlineData("""{"type": "object", "properties": {"a": {"$ref": "#"}}}""", "keyword '$ref' is not supported")]
+    [InlineData("""{"type": "object", "properties": {}, "additionalProperties": true}""", "$.additionalProperties: only false")]
+    [InlineData("""{"type": "object", "properties": {"a": {"type": "array"}}}""", "$.properties.a: an array needs 'items'")]
+    [InlineData("""{"type": "object", "properties": {"a": {"type": "array", "items": {"type": "string"}, "minItems": 3, "maxItems": 2}}}""", "minItems 3 is above maxItems 2")]
+    [InlineData("""{"type": "object", "properties": {"a": {"type": "string"}}, "required": ["b"]}""", "$.required: \"b\" is not one of the listed properties")]
+    [InlineData("""{"type": "object", "properties": {"a": {"type": "strung"}}}""", "unknown type 'strung'")]
+    [InlineData("""{"type": "object", "properties": {"a": {}}}""", "needs a 'type'")]
+    [InlineData("""{"type": "object", "properties": {"a": true}}""", "boolean schemas are not supported")]
+    [InlineData("""{"type": "object", "properties": {"a": {"type": "string", "items": {"type": "string"}}}}""", "'items' applies to arrays only")]
+    [InlineData("""{"type": "object", "properties": {"a": {"enum": []}}}""", "$.properties.a.enum: expected a non-empty array")]
+    public void UnsupportedSchemas_AreRefused_NamingWhere(string schema, string expected)
+    {
+        var e = Assert.ThrowsAny<ArgumentException>(() => CompiledJsonSchema.Compile(schema));
+        Assert.Contains(expected, e.Message, StringComparison.Ordinal);
+        Assert.StartsWith("JsonSchema", e.Message, StringComparison.Ordinal);
+        // The options say the same when validated.
+        var options = new GenerationOptions { ResponseFormat = ResponseFormat.JsonSchema, JsonSchema = schema };
+        Assert.Contains(expected, Assert.ThrowsAny<ArgumentException>(() => options.Validate()).Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void DeepSchemas_AreRefused_AndASchemaWithoutTheFormat_Too()
+    {
+        string deep = """{"type": "object", "properties": {"a": """;
+        for (int i = 0; i < CompiledJsonSchema.MaxDepth; i++) deep += """{"type": "object", "properties": {"a": """;
+        deep += """{"type": "string"}""" + string.Concat(Enumerable.Repeat("}}", CompiledJsonSchema.MaxDepth + 1));
+        Assert.Contains("nested more than", Assert.ThrowsAny<ArgumentException>(() => CompiledJsonSchema.Compile(deep)).Message, StringComparison.Ordinal);
+        var stray = new GenerationOptions { JsonSchema = PersonSchema };
+        Assert.Contains("ResponseFormat is not JsonSchema", Assert.ThrowsAny<ArgumentException>(() => stray.Validate()).Message, StringComparison.Ordinal);
+    }
+
+    /// <summary>
+    /// Random walks through the demo vocabulary under the schema (structural tokens favoured so that strings end) decode to
+    /// text that System.Text.Json deserializes into <see cref="Person"/> with strict options; the mask equals token-by-token checks on the way.
+    /// </summary>
+    [Fact]
+    public void RandomWalksThroughTheVocabulary_DeserializeStrictly()
+    {
+        var engine = fixture.Engine;
+        var tokenizer = engine.Tokenizer;
+        var schema = CompiledJsonSchema.Compile(PersonSchema);
+        var vocabulary = ConstraintVocabulary.Build(tokenizer, engine.Config.VocabSize, engine.Config.EndTokenIds);
+        var scratch = new JsonSchemaGrammar[vocabulary.LongestToken + 1];
+        var logits = new float[vocabulary.Size];
+        var closing = System.Buffers.SearchValues.Create("}]\",:"u8);
+        int completed = 0, maskChecks = 0;
+        for (int seed = 0; seed < 40; seed++)
+        {
+            var random = new Random(seed);
+            var state = schema.Start;
+            var tokens = new List<int>();
+            for (int step = 0; step < 400 && !state.IsComplete; step++)
+            {
+                Array.Fill(logits, 0f);
+                int allowed = vocabulary.Mask(state, logits, scratch);
+                Assert.True(allowed > 0, $"seed {seed}, step {step}: nothing allowed after '{tokenizer.Decode(tokens)}'");
+                if (seed < 3 && step % 5 == 0)
+                {
+                    for (int t = 0; t < logits.Length; t++)
+                        Assert.True(vocabulary.Allows(state, t) == (logits[t] == 0f), $"token {t}");
+                    maskChecks++;
+                }
+                // Short numbers: the deserializer reads Age as a long.
+                double Weight(int t) => vocabulary.Bytes(t).IndexOfAny(closing) >= 0 ? 400 : vocabulary.Bytes(t).Length > 2 && vocabulary.Bytes(t).IndexOfAnyInRange((byte)'0', (byte)'9') >= 0 ? 0.01 : 1;
+                double total = 0;
+                for (int t = 0; t < logits.Length; t++) if (logits[t] == 0f) total += Weight(t);
+                double r = random.NextDouble() * total;
+                int chosen = -1;
+                for (int t = 0; t < logits.Length && chosen < 0; t++)
+                    if (logits[t] == 0f && (r -= Weight(t)) <= 0) chosen = t;
+                if (chosen < 0) chosen = Array.FindLastIndex(logits, v => v == 0f);
+                Assert.True(vocabulary.TryAppend(ref state, chosen));
+                tokens.Add(chosen);
+            }
+            if (!state.IsComplete) continue;
+            completed++;
+            string text = tokenizer.Decode(tokens);
+            var person = JsonSerializer.Deserialize<Person>(text, Strict);
+            Assert.NotNull(person);
+            using var document = JsonDocument.Parse(text);
+            Assert.Equal(["Name", "Age", "Student", "Favorite", "Pets", "Best"], document.RootElement.EnumerateObject().Select(p => p.Name));
+        }
+        Assert.True(completed >= 30, $"{completed} of 40 walks closed their object");
+        Assert.True(maskChecks > 10);
+    }
+
+    private static (List<int> Ids, string Text, GenerationStats Stats) Run(InferenceEngine engine, IReadOnlyList<int> prompt, GenerationOptions options)
+    {
+        var stats = new GenerationStats();
+        var pieces = engine.Generate(prompt, options, stats).ToList();
+        return (pieces.SelectMany(p => p.TokenIds).ToList(), string.Concat(pieces.Select(p => p.Text)), stats);
+    }
+
+    /// <summary>
+    /// On the demo model (a logit bias toward quotes, commas and closing brackets, applied before the constraint, helps
+    /// the story model finish): Medusa gives plain decoding's tokens, every text is one the grammar can continue, and the
+    /// texts the model ends deserialize strictly.
+    /// </summary>
+    [Theory]
+    [InlineData("dynamic-3", 0f, 1UL, false)]
+    [InlineData("tree-8", 0.8f, 2UL, true)]
+    [InlineData("chain-3", 1.0f, 3UL, true)]
+    public void OnTheDemoModel_MedusaEqualsPlainDecoding_AndEndedTextsDeserialize(string tree, float temperature, ulong seed, bool ends)
+    {
+        var engine = fixture.Engine;
+        var bias = new Dictionary<int, float>();
+        foreach (string piece in new[] { "\"", "\",", ",", "}", "]" }) bias[engine.Tokenizer.Encode(piece, addBos: false)[^1]] = 4f;
+        var options = new GenerationOptions
+        {
+            MaxTokens = 150, Sampling = Sampling.From(temperature, 1f), Seed = seed, Tree = tree,
+            ResponseFormat = ResponseFormat.JsonSchema, JsonSchema = PersonSchema, LogitBias = bias,
+        };
+        var prompt = engine.EncodePrompt("Lily's card:", options);
+        var plain = Run(engine, prompt, options with { UseMedusa = false });
+        var medusa = Run(engine, prompt, options);
+        Assert.Equal(plain.Ids, medusa.Ids);
+        var schema = CompiledJsonSchema.Compile(PersonSchema);
+        Assert.True(IsPrefix(schema, plain.Text), plain.Text);
+        Assert.StartsWith("{", plain.Text, StringComparison.Ordinal);
+        Assert.Contains("\"Name\"", plain.Text, StringComparison.Ordinal);
+        Assert.Equal(ends, plain.Stats.FinishReason == FinishReason.EndToken);
+        if (ends)
+        {
+            Assert.True(Accepts(schema, plain.Text), plain.Text);
+            Assert.NotNull(JsonSerializer.Deserialize<Person>(plain.Text, Strict));
+        }
+    }
+}
