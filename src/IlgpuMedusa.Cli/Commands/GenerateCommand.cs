@@ -36,10 +36,11 @@ internal static class GenerateCommand
         };
         var responseFormat = new Option<string>("--response-format")
         {
-            Description = "text, or json: JSON mode, the continuation is one JSON object (tokens that would break it are never chosen).",
+            Description = "text; json: JSON mode, the continuation is one JSON object (tokens that would break it are never chosen); json_schema: an object following --json-schema.",
             DefaultValueFactory = _ => "text",
         };
-        var command = new Command("generate", "Generate a continuation of a prompt.") { prompt, maxTokens, temperature, topP, topK, seed, stop, json, tree, acceptance, logprobs, frequencyPenalty, presencePenalty, repetitionPenalty, logitBias, responseFormat };
+        var jsonSchema = new Option<FileInfo?>("--json-schema") { Description = "A JSON schema file: the continuation is an object following it (implies --response-format json_schema)." };
+        var command = new Command("generate", "Generate a continuation of a prompt.") { prompt, maxTokens, temperature, topP, topK, seed, stop, json, tree, acceptance, logprobs, frequencyPenalty, presencePenalty, repetitionPenalty, logitBias, responseFormat, jsonSchema };
         common.AddTo(command);
         command.SetAction((parse, cancellationToken) =>
         {
@@ -59,8 +60,7 @@ internal static class GenerateCommand
                 PresencePenalty = parse.GetValue(presencePenalty),
                 RepetitionPenalty = parse.GetValue(repetitionPenalty),
                 LogitBias = ParseLogitBias(parse.GetValue(logitBias) ?? []),
-                ResponseFormat = ParseResponseFormat(parse.GetValue(responseFormat)!),
-            }.Validate();
+            }.WithResponseFormat(parse.GetValue(responseFormat)!, parse.GetValue(jsonSchema)).Validate();
             if (options.Logprobs is not null && !parse.GetValue(json))
                 throw new ArgumentException("--logprobs: log-probabilities are printed in the JSON object; add --json.");
             var engineOptions = common.ToEngineOptions(parse);
@@ -71,13 +71,46 @@ internal static class GenerateCommand
         return command;
     }
 
-    /// <summary>--response-format: text, or json (json_object, as OpenAI names it, too).</summary>
-    internal static ResponseFormat ParseResponseFormat(string text) => text.ToLowerInvariant() switch
+    /// <summary>
+    /// --response-format (text; json, or json_object as OpenAI names it; json_schema) and --json-schema FILE, which implies
+    /// json_schema.
+    /// </summary>
+    internal static GenerationOptions WithResponseFormat(this GenerationOptions options, string format, FileInfo? schemaFile)
     {
-        "text" => ResponseFormat.Text,
-        "json" or "json_object" => ResponseFormat.JsonObject,
-        _ => throw new ArgumentException($"--response-format: unknown format '{text}'; expected text or json."),
-    };
+        var kind = format.ToLowerInvariant() switch
+        {
+            "text" => ResponseFormat.Text,
+            "json" or "json_object" => ResponseFormat.JsonObject,
+            "json_schema" => ResponseFormat.JsonSchema,
+            _ => throw new ArgumentException($"--response-format: unknown format '{format}'; expected text, json or json_schema."),
+        };
+        if (schemaFile is null)
+        {
+            if (kind == ResponseFormat.JsonSchema) throw new ArgumentException("--response-format json_schema needs --json-schema FILE.");
+            return options with { ResponseFormat = kind };
+        }
+        if (kind == ResponseFormat.JsonObject) throw new ArgumentException("--json-schema: a schema is followed with --response-format json_schema (or none), not json.");
+        string text;
+        try
+        {
+            long length = new FileInfo(schemaFile.FullName).Length;
+            if (length > GenerationOptions.MaxJsonSchemaBytes)
+                throw new ArgumentException($"--json-schema: {schemaFile.FullName} is {length} bytes; a schema may have {GenerationOptions.MaxJsonSchemaBytes}.");
+            text = File.ReadAllText(schemaFile.FullName);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new ArgumentException($"--json-schema: cannot read {schemaFile.FullName}: {e.Message}", e);
+        }
+        try
+        {
+            return (options with { ResponseFormat = ResponseFormat.JsonSchema, JsonSchema = text }).Validate();
+        }
+        catch (ArgumentException e)
+        {
+            throw new ArgumentException($"--json-schema {schemaFile.Name}: {e.Message}", e);
+        }
+    }
 
     /// <summary>"ID=BIAS" pairs, as --logit-bias gives them.</summary>
     private static Dictionary<int, float> ParseLogitBias(string[] pairs)

@@ -56,8 +56,14 @@ public sealed record GenerationOptions
     /// </summary>
     public ResponseFormat ResponseFormat { get; init; } = ResponseFormat.Text;
 
-    /// <summary>The JSON schema (its text) the output follows with <see cref="Generation.ResponseFormat.JsonSchema"/>; null otherwise.</summary>
+    /// <summary>
+    /// The JSON schema (its text, at most <see cref="MaxJsonSchemaBytes"/> bytes) the output follows with
+    /// <see cref="Generation.ResponseFormat.JsonSchema"/>; null otherwise.
+    /// </summary>
     public string? JsonSchema { get; init; }
+
+    /// <summary>Most bytes of <see cref="JsonSchema"/>.</summary>
+    public const int MaxJsonSchemaBytes = 256 * 1024;
 
     /// <summary>
     /// Whether the penalties, a logit bias or JSON mode change the logits. Tokens are then chosen on the host from adjusted

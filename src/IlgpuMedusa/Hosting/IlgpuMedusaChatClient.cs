@@ -65,7 +65,8 @@ public sealed class IlgpuMedusaChatClient : IChatClient
 
     /// <summary>
     /// Maps <paramref name="options"/> onto <see cref="Defaults"/>: MaxOutputTokens, Temperature (0 = greedy), TopP, TopK,
-    /// Seed, FrequencyPenalty, PresencePenalty, ResponseFormat (Text, or Json without a schema: JSON mode), StopSequences,
+    /// Seed, FrequencyPenalty, PresencePenalty, ResponseFormat (Text; Json without a schema: JSON mode; with one: that
+    /// schema, see <see cref="ResponseFormat.JsonSchema"/>), StopSequences,
     /// and the <see cref="IlgpuMedusaChatOptionKeys"/> properties. Throws <see cref="ArgumentException"/>
     /// naming the bad option.
     /// </summary>
@@ -101,15 +102,21 @@ public sealed class IlgpuMedusaChatClient : IChatClient
             case null:
                 break;
             case ChatResponseFormatText:
-                result = result with { ResponseFormat = ResponseFormat.Text };
+                result = result with { ResponseFormat = ResponseFormat.Text, JsonSchema = null };
                 break;
             case ChatResponseFormatJson { Schema: null }:
-                result = result with { ResponseFormat = ResponseFormat.JsonObject };
+                result = result with { ResponseFormat = ResponseFormat.JsonObject, JsonSchema = null };
                 break;
-            case ChatResponseFormatJson:
-                throw new ArgumentException(
-                    "ChatOptions.ResponseFormat: JSON schemas are not supported; ChatResponseFormat.Json (no schema) gives JSON mode, one JSON object " +
-                    "(describe the fields wanted in the prompt).", nameof(options));
+            case ChatResponseFormatJson { Schema: { } schema }:
+                try
+                {
+                    result = (result with { ResponseFormat = ResponseFormat.JsonSchema, JsonSchema = schema.GetRawText() }).Validate();
+                }
+                catch (ArgumentException e)
+                {
+                    throw new ArgumentException($"ChatOptions.ResponseFormat: {e.Message}", nameof(options), e);
+                }
+                break;
             default:
                 throw new ArgumentException($"ChatOptions.ResponseFormat: {options.ResponseFormat.GetType().Name} is not supported; use ChatResponseFormat.Text or ChatResponseFormat.Json.", nameof(options));
         }

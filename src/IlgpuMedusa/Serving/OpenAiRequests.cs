@@ -327,8 +327,9 @@ public static class OpenAiRequests
     }
 
     /// <summary>
-    /// <c>response_format</c>: <c>{"type": "text"}</c>, or <c>{"type": "json_object"}</c> (JSON mode: the reply is one
-    /// JSON object); JSON schemas are refused. Read on completions too, as vLLM does.
+    /// <c>response_format</c>: <c>{"type": "text"}</c>, <c>{"type": "json_object"}</c> (JSON mode: the reply is one JSON
+    /// object) or <c>{"type": "json_schema", ...}</c> (structured output; the supported subset of JSON Schema is
+    /// <see cref="IlgpuMedusa.Generation.Constraints.CompiledJsonSchema"/>'s). Read on completions too, as vLLM does.
     /// </summary>
     private static void ReadResponseFormat(JsonElement body, ChatOptions options)
     {
@@ -339,10 +340,31 @@ public static class OpenAiRequests
         {
             "text" => ChatResponseFormat.Text,
             "json_object" => ChatResponseFormat.Json,
-            "json_schema" => throw OpenAiErrorException.BadRequest("response_format.type",
-                "JSON schemas are not supported; {\"type\": \"json_object\"} constrains the reply to one JSON object (describe the fields wanted in the prompt)."),
-            var other => throw OpenAiErrorException.BadRequest("response_format.type", $"unknown type '{Shorten(other)}'; expected \"text\" or \"json_object\"."),
+            "json_schema" => ReadJsonSchema(format),
+            var other => throw OpenAiErrorException.BadRequest("response_format.type", $"unknown type '{Shorten(other)}'; expected \"text\", \"json_object\" or \"json_schema\"."),
         };
+    }
+
+    /// <summary><c>{"type": "json_schema", "json_schema": {"name": ..., "schema": {...}, "strict": ...}}</c>: the schema compiled here, so that an unsupported one is a 400 naming it.</summary>
+    private static ChatResponseFormatJson ReadJsonSchema(JsonElement format)
+    {
+        if (!format.TryGetProperty("json_schema", out var definition) || definition.ValueKind != JsonValueKind.Object)
+            throw OpenAiErrorException.BadRequest("response_format.json_schema", "required with \"type\": \"json_schema\": an object {\"name\": ..., \"schema\": {...}}.");
+        if (!definition.TryGetProperty("schema", out var schema) || schema.ValueKind != JsonValueKind.Object)
+            throw OpenAiErrorException.BadRequest("response_format.json_schema.schema", "required: the JSON schema, an object.");
+        if (definition.TryGetProperty("strict", out var strict) && strict.ValueKind is not (JsonValueKind.True or JsonValueKind.False or JsonValueKind.Null))
+            throw OpenAiErrorException.BadRequest("response_format.json_schema.strict", $"expected true or false, got {Describe(strict)}.");
+        string? name = definition.TryGetProperty("name", out var n) && n.ValueKind == JsonValueKind.String ? Text(n, "response_format.json_schema.name") : null;
+        string? description = definition.TryGetProperty("description", out var d) && d.ValueKind == JsonValueKind.String ? Text(d, "response_format.json_schema.description") : null;
+        try
+        {
+            IlgpuMedusa.Generation.Constraints.CompiledJsonSchema.Compile(schema.GetRawText());
+        }
+        catch (ArgumentException e)
+        {
+            throw OpenAiErrorException.BadRequest("response_format.json_schema.schema", e.Message);
+        }
+        return ChatResponseFormat.ForJsonSchema(schema.Clone(), name, description);
     }
 
     /// <summary>

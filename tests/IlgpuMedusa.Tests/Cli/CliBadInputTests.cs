@@ -70,6 +70,29 @@ public class CliBadInputTests
     }
 
     [Fact]
+    public void JsonSchemaMistakes_AreNamed()
+    {
+        string dir = Directory.CreateTempSubdirectory("ilgpu-medusa-schema-").FullName;
+        try
+        {
+            string[] common = ["generate", "--model", TestModels.Stories15MDirectory, "--prompt", "Hi", "--device", "host"];
+            AssertCleanFailure(CliRunner.Run([.. common, "--response-format", "json_schema"]), "--response-format json_schema needs --json-schema");
+            AssertCleanFailure(CliRunner.Run([.. common, "--json-schema", Path.Combine(dir, "missing.json")]), "--json-schema", "missing.json");
+            string bad = Path.Combine(dir, "bad.json");
+            File.WriteAllText(bad, """{"type": "object", "properties": {"when": {"type": "string", "pattern": "^2"}}}""");
+            AssertCleanFailure(CliRunner.Run([.. common, "--json-schema", bad]), "bad.json", "$.properties.when", "pattern");
+            AssertCleanFailure(CliRunner.Run([.. common, "--json-schema", bad, "--response-format", "json"]), "--json-schema", "json_schema");
+            string big = Path.Combine(dir, "big.json");
+            File.WriteAllText(big, new string(' ', IlgpuMedusa.Generation.GenerationOptions.MaxJsonSchemaBytes + 1));
+            AssertCleanFailure(CliRunner.Run([.. common, "--json-schema", big]), "big.json", "bytes");
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    [Fact]
     public void UnknownDevice()
     {
         var result = CliRunner.Run("generate", "--model", TestModels.Stories15MDirectory, "--prompt", "Hi", "--device", "tpu");

@@ -402,7 +402,7 @@ public sealed class JsonModeTests(DemoEngineFixture fixture) : IClassFixture<Dem
         Assert.True(ended >= 3, $"{ended} of 6 generations ended with an end token");
     }
 
-    /// <summary>The chat client: <see cref="Microsoft.Extensions.AI.ChatResponseFormat.Json"/> is JSON mode; a schema is refused, naming the option.</summary>
+    /// <summary>The chat client: <see cref="Microsoft.Extensions.AI.ChatResponseFormat.Json"/> is JSON mode, with a schema structured output; an unsupported schema is refused, naming the option.</summary>
     [Fact]
     public async Task TheChatClient_MapsChatResponseFormatJson()
     {
@@ -413,11 +413,20 @@ public sealed class JsonModeTests(DemoEngineFixture fixture) : IClassFixture<Dem
         var reply = await ((Microsoft.Extensions.AI.IChatClient)client).GetResponseAsync([new Microsoft.Extensions.AI.ChatMessage(Microsoft.Extensions.AI.ChatRole.User, "Lily's name and age as JSON, please.")], json);
         Assert.StartsWith("{", reply.Text, StringComparison.Ordinal);
         Assert.True(IsJsonPrefix(reply.Text), reply.Text);
-        using var schema = JsonDocument.Parse("""{"type": "object", "properties": {"name": {"type": "string"}}}""");
-        var withSchema = new Microsoft.Extensions.AI.ChatOptions { ResponseFormat = Microsoft.Extensions.AI.ChatResponseFormat.ForJsonSchema(schema.RootElement.Clone(), "person") };
-        var e = Assert.ThrowsAny<ArgumentException>(() => client.ToGenerationOptions(withSchema));
+        // With a schema: structured output; the reply is an object with the schema's first property first.
+        using var schema = JsonDocument.Parse("""{"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}}}""");
+        var withSchema = new Microsoft.Extensions.AI.ChatOptions { ResponseFormat = Microsoft.Extensions.AI.ChatResponseFormat.ForJsonSchema(schema.RootElement.Clone(), "person"), MaxOutputTokens = 30 };
+        var mapped = client.ToGenerationOptions(withSchema);
+        Assert.Equal(ResponseFormat.JsonSchema, mapped.ResponseFormat);
+        Assert.Equal(schema.RootElement.GetRawText(), mapped.JsonSchema);
+        var structured = await ((Microsoft.Extensions.AI.IChatClient)client).GetResponseAsync([new Microsoft.Extensions.AI.ChatMessage(Microsoft.Extensions.AI.ChatRole.User, "Lily's card.")], withSchema);
+        Assert.Matches("^\\{\\s?\"name\"", structured.Text);
+        // An unsupported schema is refused, naming the option and the schema path.
+        using var unsupported = JsonDocument.Parse("""{"type": "object", "properties": {"name": {"type": "string", "pattern": "^L"}}}""");
+        var bad = new Microsoft.Extensions.AI.ChatOptions { ResponseFormat = Microsoft.Extensions.AI.ChatResponseFormat.ForJsonSchema(unsupported.RootElement.Clone(), "person") };
+        var e = Assert.ThrowsAny<ArgumentException>(() => client.ToGenerationOptions(bad));
         Assert.Contains("ChatOptions.ResponseFormat", e.Message, StringComparison.Ordinal);
-        Assert.Contains("schemas are not supported", e.Message, StringComparison.Ordinal);
+        Assert.Contains("$.properties.name: keyword 'pattern' is not supported", e.Message, StringComparison.Ordinal);
     }
 
     /// <summary>The command line: <c>generate --response-format json --json</c> prints a text that starts a JSON object.</summary>

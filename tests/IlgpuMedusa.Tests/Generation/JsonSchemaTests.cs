@@ -210,6 +210,28 @@ public sealed class JsonSchemaTests(DemoEngineFixture fixture) : IClassFixture<D
         Assert.True(maskChecks > 10);
     }
 
+    /// <summary>The command line: <c>generate --json-schema FILE --json</c> prints a text the schema's grammar can continue, starting with its first key.</summary>
+    [Fact]
+    public void TheCommandLine_FollowsASchemaFile()
+    {
+        string file = Path.Combine(Directory.CreateTempSubdirectory("ilgpu-medusa-schema-").FullName, "person.json");
+        File.WriteAllText(file, PersonSchema);
+        try
+        {
+            var result = IlgpuMedusa.Tests.Cli.CliRunner.Run("generate", "--model", TestModels.Stories15MDirectory, "--prompt", "Lily's card:",
+                "--max-tokens", "30", "--json-schema", file, "--json", "--device", "host");
+            Assert.True(result.ExitCode == 0, result.StandardError);
+            using var output = JsonDocument.Parse(result.StandardOutput);
+            string text = output.RootElement.GetProperty("text").GetString()!;
+            Assert.Matches("^\\{\\s?\"Name\"", text);
+            Assert.True(IsPrefix(CompiledJsonSchema.Compile(PersonSchema), text), text);
+        }
+        finally
+        {
+            Directory.Delete(Path.GetDirectoryName(file)!, recursive: true);
+        }
+    }
+
     private static (List<int> Ids, string Text, GenerationStats Stats) Run(InferenceEngine engine, IReadOnlyList<int> prompt, GenerationOptions options)
     {
         var stats = new GenerationStats();

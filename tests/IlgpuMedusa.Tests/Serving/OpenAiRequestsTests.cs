@@ -97,7 +97,11 @@ public class OpenAiRequestsTests
     [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "top_logprobs": 3}""", "top_logprobs", "only allowed with \"logprobs\": true")]
     [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "logprobs": true, "top_logprobs": 21}""", "top_logprobs", "integer from 0 to 20, got 21")]
     [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "tools": [{"type": "function"}]}""", "tools", "no tool calling")]
-    [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}}""", "response_format.type", "JSON schemas are not supported")]
+    [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "response_format": {"type": "json_schema"}}""", "response_format.json_schema", "required")]
+    [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}""", "response_format.json_schema.schema", "required")]
+    [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}}""", "response_format.json_schema.schema", "needs a 'type'")]
+    [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "response_format": {"type": "json_schema", "json_schema": {"name": "x", "strict": "yes", "schema": {"type": "object", "properties": {}}}}}""", "response_format.json_schema.strict", "expected true or false")]
+    [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "response_format": {"type": "json_schema", "json_schema": {"schema": {"type": "object", "properties": {"a": {"type": "string", "pattern": "x"}}}}}}""", "response_format.json_schema.schema", "$.properties.a: keyword 'pattern' is not supported")]
     [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "response_format": {"type": "yaml"}}""", "response_format.type", "unknown type 'yaml'")]
     [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "response_format": "json_object"}""", "response_format", "expected an object")]
     [InlineData("""{"messages": [{"role": "user", "content": "Hi"}], "tool_choice": "required"}""", "tool_choice", "no tool calling")]
@@ -195,7 +199,12 @@ public class OpenAiRequestsTests
         Assert.IsType<ChatResponseFormatText>(Chat("""{"messages": [{"role": "user", "content": "Hi"}], "response_format": {"type": "text"}}""").Options.ResponseFormat);
         Assert.Null(Chat("""{"messages": [{"role": "user", "content": "Hi"}], "response_format": null}""").Options.ResponseFormat);
         var e = Assert.Throws<OpenAiErrorException>(() => Completion("""{"prompt": "x", "response_format": {"type": "json_schema"}}"""));
-        Assert.Equal("response_format.type", e.Param);
+        Assert.Equal("response_format.json_schema", e.Param);
+        var schema = Chat("""{"messages": [{"role": "user", "content": "Hi"}], "response_format": {"type": "json_schema", "json_schema": {"name": "card", "description": "d", "strict": true, "schema": {"type": "object", "properties": {"a": {"type": "integer"}}}}}}""").Options.ResponseFormat;
+        var json = Assert.IsType<ChatResponseFormatJson>(schema);
+        Assert.Equal("card", json.SchemaName);
+        Assert.Equal("d", json.SchemaDescription);
+        Assert.Equal("integer", json.Schema!.Value.GetProperty("properties").GetProperty("a").GetProperty("type").GetString());
     }
 
     [Fact]

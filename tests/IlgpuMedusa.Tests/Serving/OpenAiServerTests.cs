@@ -376,9 +376,14 @@ public sealed class OpenAiServerTests(OpenAiServerFixture fixture) : IClassFixtu
         var (completionStatus, completion) = await PostAsync("v1/completions", """{"prompt": "Once upon a time", "max_tokens": 20, "response_format": {"type": "json_object"}}""");
         Assert.Equal(HttpStatusCode.OK, completionStatus);
         Assert.Contains('{', completion.GetProperty("choices")[0].GetProperty("text").GetString()!);
-        var (schemaStatus, schema) = await PostAsync("v1/chat/completions", """{"messages": [{"role": "user", "content": "Hi"}], "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}}""");
-        Assert.Equal(HttpStatusCode.BadRequest, schemaStatus);
-        Assert.Equal("response_format.type", schema.GetProperty("error").GetProperty("param").GetString());
+        // A schema: the reply starts with its first property.
+        var (schemaStatus, schema) = await PostAsync("v1/chat/completions", """{"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 20, "response_format": {"type": "json_schema", "json_schema": {"name": "x", "strict": true, "schema": {"type": "object", "properties": {"mood": {"enum": ["happy", "sad"]}, "n": {"type": "integer"}}, "required": ["mood", "n"], "additionalProperties": false}}}}""");
+        Assert.Equal(HttpStatusCode.OK, schemaStatus);
+        Assert.Matches("^\\{\\s?\"mood\"\\s?:\\s?\"(happy|sad)\"", schema.GetProperty("choices")[0].GetProperty("message").GetProperty("content").GetString());
+        var (badStatus, bad) = await PostAsync("v1/chat/completions", """{"messages": [{"role": "user", "content": "Hi"}], "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object", "properties": {"a": {"anyOf": []}}}}}}""");
+        Assert.Equal(HttpStatusCode.BadRequest, badStatus);
+        Assert.Equal("response_format.json_schema.schema", bad.GetProperty("error").GetProperty("param").GetString());
+        Assert.Contains("keyword 'anyOf' is not supported", bad.GetProperty("error").GetProperty("message").GetString(), StringComparison.Ordinal);
     }
 
     [Fact]

@@ -64,7 +64,7 @@ internal sealed class CompiledJsonSchema
     public const int MaxNodes = 4096;
 
     /// <summary>Most bytes of a schema's text.</summary>
-    public const int MaxSchemaBytes = 256 * 1024;
+    public const int MaxSchemaBytes = GenerationOptions.MaxJsonSchemaBytes;
 
     private static readonly HashSet<string> Annotations = ["title", "description", "$schema", "$comment", "$id", "default", "examples", "format"];
     private static readonly HashSet<string> Keywords = ["type", "properties", "required", "additionalProperties", "items", "minItems", "maxItems", "enum", "const"];
