@@ -35,14 +35,7 @@ internal struct JsonGrammar : IByteGrammar
         ArrayOpen,      // after '[': whitespace, a value, ']'
         AfterValue,     // whitespace, ',' or the container's closing bracket
         String,         // inside a string (key or value)
-        Minus,          // after '-': a digit
-        Zero,           // a number's integer part "0": '.', 'e', or the end
-        Integer,        // digits of the integer part
-        Dot,            // after '.': a digit
-        Fraction,       // fraction digits
-        Exponent,       // after 'e': a sign or a digit
-        ExponentSign,   // after the exponent's sign: a digit
-        ExponentDigits, // exponent digits
+        Number,         // inside a number
         Literal,        // inside true, false or null
         Done,           // the top-level object is closed
     }
@@ -54,6 +47,7 @@ internal struct JsonGrammar : IByteGrammar
     private byte _depth;        // containers open
     private byte _spaces;       // whitespace bytes in the current run
     private JsonStringScanner _string;
+    private JsonNumberScanner _number;
     private byte _pending;      // Literal: next index
     private byte _low;          // Literal: which
     private ulong _objects;     // bit d set: container d (0 = outermost) is an object
@@ -98,42 +92,19 @@ internal struct JsonGrammar : IByteGrammar
                 if (++_pending == literal.Length) EndValue();
                 return true;
             }
-            case Mode.Minus:
-                if (b == (byte)'0') _mode = Mode.Zero;
-                else if (IsDigit(b)) _mode = Mode.Integer;
-                else return false;
-                return true;
-            case Mode.Zero:
-                if (b == (byte)'.') _mode = Mode.Dot;
-                else if (b is (byte)'e' or (byte)'E') _mode = Mode.Exponent;
-                else return EndNumber(b);
-                return true;
-            case Mode.Integer:
-                if (IsDigit(b)) return true;
-                if (b == (byte)'.') _mode = Mode.Dot;
-                else if (b is (byte)'e' or (byte)'E') _mode = Mode.Exponent;
-                else return EndNumber(b);
-                return true;
-            case Mode.Dot:
-                if (!IsDigit(b)) return false;
-                _mode = Mode.Fraction;
-                return true;
-            case Mode.Fraction:
-                if (IsDigit(b)) return true;
-                if (b is (byte)'e' or (byte)'E') _mode = Mode.Exponent;
-                else return EndNumber(b);
-                return true;
-            case Mode.Exponent:
-                if (b is (byte)'+' or (byte)'-') _mode = Mode.ExponentSign;
-                else if (IsDigit(b)) _mode = Mode.ExponentDigits;
-                else return false;
-                return true;
-            case Mode.ExponentSign:
-                if (!IsDigit(b)) return false;
-                _mode = Mode.ExponentDigits;
-                return true;
-            case Mode.ExponentDigits:
-                return IsDigit(b) || EndNumber(b);
+            case Mode.Number:
+                switch (_number.Advance(b))
+                {
+                    case JsonNumberScanner.Step.Continue:
+                        return true;
+                    case JsonNumberScanner.Step.Ended:
+                        // A number ends at the first byte that cannot continue it; that byte is then read as what follows
+                        // the value. (Numbers only occur inside a container here, so the text is never complete at one.)
+                        EndValue();
+                        return Advance(b);
+                    default:
+                        return false;
+                }
             case Mode.Done:
                 return false;
         }
@@ -175,8 +146,6 @@ internal struct JsonGrammar : IByteGrammar
 
     private readonly bool InObject => (_objects >> (_depth - 1) & 1) != 0;
 
-    private static bool IsDigit(byte b) => (uint)(b - '0') <= 9;
-
     private bool BeginValue(byte b)
     {
         switch (b)
@@ -187,20 +156,15 @@ internal struct JsonGrammar : IByteGrammar
                 return Open(isObject: false);
             case Quote:
                 return BeginString(key: false);
-            case (byte)'-':
-                _mode = Mode.Minus;
-                return true;
-            case (byte)'0':
-                _mode = Mode.Zero;
-                return true;
             case (byte)'t' or (byte)'f' or (byte)'n':
                 _mode = Mode.Literal;
                 _low = b == (byte)'t' ? (byte)0 : b == (byte)'f' ? (byte)1 : (byte)2;
                 _pending = 1;
                 return true;
             default:
-                if (!IsDigit(b)) return false;
-                _mode = Mode.Integer;
+                if (!JsonNumberScanner.Starts(b)) return false;
+                _mode = Mode.Number;
+                _number = JsonNumberScanner.Begin(b, integerOnly: false);
                 return true;
         }
     }
@@ -234,13 +198,5 @@ internal struct JsonGrammar : IByteGrammar
     {
         _mode = _depth == 0 ? Mode.Done : Mode.AfterValue;
         _spaces = 0;
-    }
-
-    // A number ends at the first byte that cannot continue it; that byte is then read as what follows the value.
-    // (Numbers only occur inside a container here, so the text is never complete at a number's end.)
-    private bool EndNumber(byte b)
-    {
-        EndValue();
-        return Advance(b);
     }
 }

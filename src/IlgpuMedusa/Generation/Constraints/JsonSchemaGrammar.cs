@@ -43,7 +43,7 @@ internal struct JsonSchemaGrammar : IByteGrammar
     {
         None,           // between values: the top frame's phase says what comes
         String,
-        Minus, Zero, Integer, Dot, Fraction, Exponent, ExponentSign, ExponentDigits,
+        Number,
         Literal,        // one of a node's literals
     }
 
@@ -65,7 +65,7 @@ internal struct JsonSchemaGrammar : IByteGrammar
     private byte _depth;
     private bool _done;
     private Scalar _scalar;
-    private bool _integerOnly;   // the number being read is an integer
+    private JsonNumberScanner _number;
     private byte _spaces;
     private JsonStringScanner _string;
     private ushort _literalNode, _from, _to, _position; // literals: candidates [_from, _to) of the node, bytes matched
@@ -97,42 +97,13 @@ internal struct JsonSchemaGrammar : IByteGrammar
                 }
             case Scalar.Literal:
                 return InLiteral(b);
-            case Scalar.Minus:
-                if (b == (byte)'0') _scalar = Scalar.Zero;
-                else if (IsDigit(b)) _scalar = Scalar.Integer;
-                else return false;
-                return true;
-            case Scalar.Zero:
-                if (!_integerOnly && b == (byte)'.') _scalar = Scalar.Dot;
-                else if (!_integerOnly && b is (byte)'e' or (byte)'E') _scalar = Scalar.Exponent;
-                else return EndScalar(b);
-                return true;
-            case Scalar.Integer:
-                if (IsDigit(b)) return true;
-                if (!_integerOnly && b == (byte)'.') _scalar = Scalar.Dot;
-                else if (!_integerOnly && b is (byte)'e' or (byte)'E') _scalar = Scalar.Exponent;
-                else return EndScalar(b);
-                return true;
-            case Scalar.Dot:
-                if (!IsDigit(b)) return false;
-                _scalar = Scalar.Fraction;
-                return true;
-            case Scalar.Fraction:
-                if (IsDigit(b)) return true;
-                if (b is (byte)'e' or (byte)'E') _scalar = Scalar.Exponent;
-                else return EndScalar(b);
-                return true;
-            case Scalar.Exponent:
-                if (b is (byte)'+' or (byte)'-') _scalar = Scalar.ExponentSign;
-                else if (IsDigit(b)) _scalar = Scalar.ExponentDigits;
-                else return false;
-                return true;
-            case Scalar.ExponentSign:
-                if (!IsDigit(b)) return false;
-                _scalar = Scalar.ExponentDigits;
-                return true;
-            case Scalar.ExponentDigits:
-                return IsDigit(b) || EndScalar(b);
+            case Scalar.Number:
+                return _number.Advance(b) switch
+                {
+                    JsonNumberScanner.Step.Continue => true,
+                    JsonNumberScanner.Step.Ended => EndScalar(b),
+                    _ => false,
+                };
         }
 
         if (_depth == 0) return BeginValue(_schema.Root, b); // the top-level object: no whitespace before it
@@ -192,8 +163,6 @@ internal struct JsonSchemaGrammar : IByteGrammar
         }
     }
 
-    private static bool IsDigit(byte b) => (uint)(b - '0') <= 9;
-
     /// <summary>Starts a value of <paramref name="node"/> with its first byte.</summary>
     private bool BeginValue(SchemaNode node, byte b)
     {
@@ -209,11 +178,9 @@ internal struct JsonSchemaGrammar : IByteGrammar
                 _string = default;
                 return true;
             case SchemaKind.Number or SchemaKind.Integer:
-                _integerOnly = node.Kind == SchemaKind.Integer;
-                if (b == (byte)'-') _scalar = Scalar.Minus;
-                else if (b == (byte)'0') _scalar = Scalar.Zero;
-                else if (IsDigit(b)) _scalar = Scalar.Integer;
-                else return false;
+                if (!JsonNumberScanner.Starts(b)) return false;
+                _scalar = Scalar.Number;
+                _number = JsonNumberScanner.Begin(b, integerOnly: node.Kind == SchemaKind.Integer);
                 return true;
             case SchemaKind.Literals:
             {
@@ -245,7 +212,7 @@ internal struct JsonSchemaGrammar : IByteGrammar
         SchemaKind.Object => b == (byte)'{',
         SchemaKind.Array => b == (byte)'[',
         SchemaKind.String => b == Quote,
-        SchemaKind.Number or SchemaKind.Integer => b == (byte)'-' || IsDigit(b),
+        SchemaKind.Number or SchemaKind.Integer => JsonNumberScanner.Starts(b),
         SchemaKind.Literals => node.Literals.Any(l => l[0] == b),
         SchemaKind.Union => node.Alternatives.Any(a => Starts(a, b)),
         _ => false,
