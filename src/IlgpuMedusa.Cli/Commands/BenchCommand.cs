@@ -45,9 +45,15 @@ internal static class BenchCommand
                 "alternating: time to first token, request time, their ratios, and whether warm and cold requests give the same tokens.",
         };
         var prefixTokens = new Option<int?>("--prefix-tokens") { Description = "With --prefix-cache: tokens of the shared opening (default: all the context the prompts and --max-tokens leave)." };
+        var responseFormat = new Option<string>("--response-format")
+        {
+            Description = "Decode under a constraint: text (none), json (JSON mode) or json_schema (with --json-schema FILE).",
+            DefaultValueFactory = _ => "text",
+        };
+        var jsonSchema = new Option<FileInfo?>("--json-schema") { Description = "A JSON schema file the outputs follow (implies --response-format json_schema)." };
         var command = new Command("bench", "Measure autoregressive and Medusa decoding side by side (tokens/s, accepted tokens per step, memory).")
         {
-            prompts, maxTokens, runs, warmup, tree, sweep, json, concurrency, prefixCache, prefixTokens,
+            prompts, maxTokens, runs, warmup, tree, sweep, json, concurrency, prefixCache, prefixTokens, responseFormat, jsonSchema,
         };
         common.AddTo(command);
         command.SetAction((parse, cancellationToken) =>
@@ -88,8 +94,11 @@ internal static class BenchCommand
                 Console.WriteLine(parse.GetValue(json) ? JsonSerializer.Serialize(batched) : string.Join(Environment.NewLine, ((List<Dictionary<string, object>>)batched["levels"]).Select(r => string.Join("  ", r.Select(p => $"{p.Key}={p.Value}")))));
                 return Task.FromResult(0);
             }
+            var constraint = new GenerationOptions().WithResponseFormat(parse.GetValue(responseFormat)!, parse.GetValue(jsonSchema)).Validate();
+            if (constraint.ResponseFormat != ResponseFormat.Text && (measurePrefixCache || levels is not null))
+                throw new ArgumentException("--response-format goes with the autoregressive-vs-Medusa comparison, not with --prefix-cache or --concurrency.");
             var configurations = Configurations(engine, trees, sweepTrees);
-            var result = Measure(engine, promptList, configurations, n, passes, warm, cancellationToken);
+            var result = Measure(engine, promptList, configurations, n, passes, warm, constraint, cancellationToken);
             if (parse.GetValue(json)) Console.WriteLine(JsonSerializer.Serialize(result));
             else Print(result);
             return Task.FromResult(0);
@@ -157,7 +166,7 @@ internal static class BenchCommand
     }
 
     private static Dictionary<string, object> Measure(InferenceEngine engine, string[] prompts, List<Configuration> configurations, int maxTokens, int passes, int warmup,
-        CancellationToken cancellationToken)
+        GenerationOptions constraint, CancellationToken cancellationToken)
     {
         var totals = configurations.Select(_ => new Totals()).ToArray();
         var encoded = prompts.Select(p => engine.EncodePrompt(p, new GenerationOptions())).ToArray();
@@ -173,7 +182,7 @@ internal static class BenchCommand
             {
                 cancellationToken.ThrowIfCancellationRequested();
                 var config = configurations[c];
-                var options = new GenerationOptions { MaxTokens = maxTokens, Sampling = Sampling.Greedy, UseMedusa = config.Tree is not null, Tree = config.Tree };
+                var options = constraint with { MaxTokens = maxTokens, Sampling = Sampling.Greedy, UseMedusa = config.Tree is not null, Tree = config.Tree };
                 var stats = new GenerationStats();
                 var tokens = new List<int>(maxTokens);
                 var device = engine.Backend as Compute.Ilgpu.IlgpuBackend;
@@ -255,6 +264,7 @@ internal static class BenchCommand
             ["heads"] = engine.Heads is { } h ? $"{h.HeadCount} heads x {h.LayerCount} ResBlocks ({h.Source})" : "none",
             ["prompts"] = prompts.Length,
             ["max_tokens"] = maxTokens,
+            ["response_format"] = constraint.ResponseFormat.ToString(),
             ["measured_passes"] = passes,
             ["prefill_tokens_per_second_median"] = Math.Round(Median(totals[0].PrefillRates), 2),
             ["peak_working_set_mb"] = Math.Round(self.PeakWorkingSet64 / 1048576.0, 1),

@@ -36,6 +36,15 @@ internal abstract class SequenceDecoder
     private int[] _planTokens = new int[1];
     private int[] _planPositions = new int[1];
     private float[] _row = [];
+    private DeviceTensor? _stepHidden; // the hidden rows of the step being completed
+    private DeviceTensor? _lazyRow;    // F32[1, V]: a row's logits computed on its own (see Choose)
+
+    /// <summary>Frees the decoder's device buffers (the sequence's KV blocks are its own).</summary>
+    public virtual void Release()
+    {
+        _lazyRow?.Dispose();
+        _lazyRow = null;
+    }
 
     /// <summary>
     /// Starts a sequence. <paramref name="prompt"/> is prefilled first. When <paramref name="resumePending"/> is set the
@@ -116,10 +125,11 @@ internal abstract class SequenceDecoder
 
     /// <summary>
     /// True when <see cref="Complete"/> or the caller reads logits rows, not only their argmax (sampling with a
-    /// temperature, typical acceptance, log-probabilities). When no sequence of a step needs them, the scheduler asks the
-    /// backend for the greedy tokens only.
+    /// temperature, penalties, typical acceptance, log-probabilities). When no sequence of a step needs them, the scheduler
+    /// asks the backend for the greedy tokens only. Greedy decoding under a constraint alone (JSON mode) does not: a row
+    /// whose argmax the constraint rules out is computed on its own then, from its hidden state (<see cref="Choose"/>).
     /// </summary>
-    public virtual bool NeedsLogitRows => !Sampler.IsGreedy || Processor is not null || ReportsLogprobs || (ScoresPrompt && Prefilling);
+    public virtual bool NeedsLogitRows => !Sampler.IsGreedy || Processor is { OnlyConstrains: false } || ReportsLogprobs || (ScoresPrompt && Prefilling);
 
     /// <summary>
     /// The request's penalties and logit bias (null: none), applied to a row before each token is chosen from it; it
@@ -220,6 +230,7 @@ internal abstract class SequenceDecoder
     /// <summary>Consumes the planned forward: <paramref name="hidden"/> = its rows' final hidden states F32[PlanCount, D].</summary>
     public void Complete(DeviceTensor hidden, StepLogits logits, List<int> accepted)
     {
+        _stepHidden = hidden;
         AcceptedRows.Clear();
         if (Prefilling)
         {
@@ -262,7 +273,16 @@ internal abstract class SequenceDecoder
     {
         if (Sampler.IsGreedy && (Processor is null || (Processor.OnlyConstrains && Processor.Allows(logits.ArgMax[row], pending))))
             return logits.ArgMax[row]; // a constraint that allows the argmax leaves it the argmax: the row need not be read
-        var r = logits.Rows.Slice(row, 1);
+        DeviceTensor r;
+        if (logits.Rows is null)
+        {
+            // Only the argmax was computed (greedy under a constraint alone) and the constraint rules it out: this row's
+            // logits now, from its hidden state.
+            _lazyRow ??= Backend.Allocate(Models.DType.F32, 1, Model.Config.VocabSize);
+            Model.Logits(_stepHidden!.Slice(PlanLogitRows[row], 1), _lazyRow);
+            r = _lazyRow;
+        }
+        else r = logits.Rows.Slice(row, 1);
         if (_row.Length != r.Columns) _row = new float[r.Columns];
         Backend.Download(r, _row);
         Processor?.Apply(_row, pending);

@@ -175,9 +175,10 @@ internal sealed class MedusaDecoder : SequenceDecoder
     /// </summary>
     public bool SpeculateNext { get; set; } = true;
 
-    /// <summary>Frees the decoder's device buffers.</summary>
-    public void Release()
+    /// <inheritdoc />
+    public override void Release()
     {
+        base.Release();
         _deviceSources.Dispose();
         _deviceTop?.Dispose();
         if (_ownMasks is not null)
@@ -192,9 +193,10 @@ internal sealed class MedusaDecoder : SequenceDecoder
     /// get no logits in the tree forward (the base classifier is most of a tree step's work on a CPU), and an accepted
     /// leaf's bonus token is computed afterwards from its hidden row alone. Smaller trees take every node's token in the
     /// one classifier pass: their accepted path ends at a leaf in most steps, and a second pass costs more than the extra
-    /// rows. Sampling and typical acceptance read whole logits rows and keep every row.
+    /// rows. Sampling and typical acceptance read whole logits rows and keep every row; so does a constraint, whose walk
+    /// along the tree chooses each node's token (<see cref="SampleAlongTree"/>).
     /// </summary>
-    private bool LazyLeaves => !NeedsLogitRows && _leafCount > Backend.EagerLeafRows;
+    private bool LazyLeaves => !NeedsLogitRows && Processor is null && _leafCount > Backend.EagerLeafRows;
 
     /// <inheritdoc />
     protected override bool SkipsLogits(int row) => !_fallback && LazyLeaves && _leaf[row];

@@ -445,7 +445,7 @@ public sealed class Scheduler : IDisposable
 
     private void Preempt(Request r)
     {
-        (r.Decoder as MedusaDecoder)?.Release();
+        r.Decoder?.Release();
         r.Decoder = null;
         r.Sequence?.Dispose();
         r.Sequence = null;
@@ -681,7 +681,7 @@ public sealed class Scheduler : IDisposable
         {
             try
             {
-                (r.Decoder as MedusaDecoder)?.Release();
+                r.Decoder?.Release();
             }
             finally
             {

@@ -225,6 +225,9 @@ public sealed class LlamaModel : IDisposable
         return logits;
     }
 
+    /// <summary>Logits F32[n, V] of hidden rows F32[n, D] into <paramref name="output"/>.</summary>
+    public void Logits(DeviceTensor hidden, DeviceTensor output) => Backend.MatMul(output, hidden, _classifier, accumulate: false);
+
     /// <summary>
     /// The greedy token of each hidden row F32[n, D] into <paramref name="ids"/> I32[n, 1], without keeping the logits
     /// (the backend may never compute them all exactly; see <see cref="IComputeBackend.ProductArgMax"/>).
