@@ -210,6 +210,29 @@ public sealed class JsonSchemaTests(DemoEngineFixture fixture) : IClassFixture<D
         Assert.True(maskChecks > 10);
     }
 
+    /// <summary>
+    /// On OpenCL (PoCL, the ILGPU kernels): greedy decoding under the schema takes its tokens from the fast argmax pass and
+    /// computes a row on its own where the constraint rules the argmax out; Medusa and plain decoding agree, and the text
+    /// is one the grammar can continue.
+    /// </summary>
+    [Fact]
+    public void OnOpenCL_ConstrainedGreedyDecoding_AgreesWithAndWithoutMedusa()
+    {
+        using var engine = InferenceEngine.Load(new EngineOptions
+        {
+            ModelPath = TestModels.Stories15MDirectory,
+            Device = new IlgpuMedusa.Compute.DeviceOptions { Kind = IlgpuMedusa.Compute.DeviceKind.OpenCL, AllowCpuOpenCL = true },
+        });
+        Assert.Equal(IlgpuMedusa.Compute.DeviceKind.OpenCL, engine.Backend.Kind);
+        var options = new GenerationOptions { MaxTokens = 40, Tree = "tree-8", ResponseFormat = ResponseFormat.JsonSchema, JsonSchema = PersonSchema };
+        var prompt = engine.EncodePrompt("Lily's card:", options);
+        var plain = Run(engine, prompt, options with { UseMedusa = false });
+        var medusa = Run(engine, prompt, options);
+        Assert.Equal(plain.Ids, medusa.Ids);
+        Assert.True(IsPrefix(CompiledJsonSchema.Compile(PersonSchema), plain.Text), plain.Text);
+        Assert.Contains("\"Age\"", plain.Text, StringComparison.Ordinal); // past the first property: forced keys were taken
+    }
+
     /// <summary>The command line: <c>generate --json-schema FILE --json</c> prints a text the schema's grammar can continue, starting with its first key.</summary>
     [Fact]
     public void TheCommandLine_FollowsASchemaFile()
