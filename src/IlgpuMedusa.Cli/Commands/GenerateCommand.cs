@@ -93,10 +93,18 @@ internal static class GenerateCommand
         string text;
         try
         {
-            long length = new FileInfo(schemaFile.FullName).Length;
-            if (length > GenerationOptions.MaxJsonSchemaBytes)
-                throw new ArgumentException($"--json-schema: {schemaFile.FullName} is {length} bytes; a schema may have {GenerationOptions.MaxJsonSchemaBytes}.");
-            text = File.ReadAllText(schemaFile.FullName);
+            // Read at most one byte past the limit, whatever the file says its length is (a pipe or a device says 0).
+            using var stream = new FileStream(schemaFile.FullName, FileMode.Open, FileAccess.Read);
+            var buffer = new byte[GenerationOptions.MaxJsonSchemaBytes + 1];
+            int read = 0, n;
+            while (read < buffer.Length && (n = stream.Read(buffer, read, buffer.Length - read)) > 0) read += n;
+            if (read > GenerationOptions.MaxJsonSchemaBytes)
+                throw new ArgumentException($"--json-schema: {schemaFile.FullName} has more than {GenerationOptions.MaxJsonSchemaBytes} bytes, the most a schema may have.");
+            text = new System.Text.UTF8Encoding(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: true).GetString(buffer, 0, read).TrimStart('\uFEFF');
+        }
+        catch (System.Text.DecoderFallbackException e)
+        {
+            throw new ArgumentException($"--json-schema: {schemaFile.FullName} is not UTF-8 text.", e);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {

@@ -9,10 +9,11 @@ public enum ResponseFormat
     /// <summary>
     /// JSON mode (OpenAI's <c>json_object</c>): every token is chosen among those that keep the text a prefix of a JSON
     /// object, and once the object is closed only an end token may follow, so a generation that ends with an end token is
-    /// exactly one valid JSON object, from its opening brace to its closing one (one cut short by MaxTokens, a stop sequence
-    /// or the context is a prefix of one). Limits: nesting depth 64, at most 16 whitespace bytes in a row, no <c>\u</c> escape of a surrogate (such characters come
-    /// as UTF-8). Tell the model in the prompt that JSON is wanted: the constraint decides which tokens are allowed, not
-    /// what the model means by them.
+    /// exactly one valid JSON object, from its opening brace to its closing one (one cut short by MaxTokens, a stop
+    /// sequence or the context is a prefix of one). Limits: nesting depth 64, at most 16 whitespace bytes in a row, no
+    /// <c>\u</c> escape of a surrogate (such characters come as UTF-8), no U+2581 (the tokenizer's space marker, which it
+    /// shows as a space); duplicate keys are not prevented. Tell the model in the prompt that JSON is wanted: the
+    /// constraint decides which tokens are allowed, not what the model means by them.
     /// </summary>
     JsonObject,
 

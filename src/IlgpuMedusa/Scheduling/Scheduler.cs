@@ -132,7 +132,9 @@ public sealed class Scheduler : IDisposable
         if (tree is { } t && t.Tree.NodeCount > MaxBatchTokens)
             throw new ArgumentException($"tree '{t.Tree.Name}' has {t.Tree.NodeCount} nodes but a batch holds {MaxBatchTokens} tokens.");
         var request = new Request(prompt, options, stats, maxNew, maxTokens, tree,
-            _tokenizer.CreateStreamingDetokenizer(prompt.Any(id => id != _tokenizer.BosId)), new Sampler(options.Sampling, options.Seed),
+            // Under a constraint the text is exactly the bytes the grammar read: no dummy-prefix space is dropped from it.
+            _tokenizer.CreateStreamingDetokenizer(prompt.Any(id => id != _tokenizer.BosId) || options.ResponseFormat != ResponseFormat.Text),
+            new Sampler(options.Sampling, options.Seed),
             () => _constraintVocabulary.Value, cancellationToken);
         stats.PromptTokens = prompt.Length;
         stats.FinishReason = FinishReason.MaxTokens;

@@ -335,7 +335,7 @@ public static class OpenAiRequests
     {
         if (!body.TryGetProperty("response_format", out var format) || format.ValueKind == JsonValueKind.Null) return;
         if (format.ValueKind != JsonValueKind.Object || !format.TryGetProperty("type", out var type) || type.ValueKind != JsonValueKind.String)
-            throw OpenAiErrorException.BadRequest("response_format", $"expected an object {{\"type\": \"text\"}} or {{\"type\": \"json_object\"}}, got {Describe(format)}.");
+            throw OpenAiErrorException.BadRequest("response_format", $"expected an object {{\"type\": \"text\"}}, {{\"type\": \"json_object\"}} or {{\"type\": \"json_schema\", ...}}, got {Describe(format)}.");
         options.ResponseFormat = Text(type, "response_format.type") switch
         {
             "text" => ChatResponseFormat.Text,

@@ -85,6 +85,8 @@ public class CliBadInputTests
             string big = Path.Combine(dir, "big.json");
             File.WriteAllText(big, new string(' ', IlgpuMedusa.Generation.GenerationOptions.MaxJsonSchemaBytes + 1));
             AssertCleanFailure(CliRunner.Run([.. common, "--json-schema", big]), "big.json", "bytes");
+            // A device says its length is 0: the read stops one byte past the limit all the same.
+            AssertCleanFailure(CliRunner.Run([.. common, "--json-schema", "/dev/zero"]), "/dev/zero", "bytes");
         }
         finally
         {

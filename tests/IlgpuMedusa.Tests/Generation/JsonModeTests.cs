@@ -166,6 +166,9 @@ public sealed class JsonModeTests(DemoEngineFixture fixture) : IClassFixture<Dem
         Assert.True(GrammarAccepts("{" + new string(' ', 16) + "\"a\"" + new string('\n', 16) + ":" + new string('\t', 16) + "1" + new string(' ', 16) + "}"));
         // Nothing before the opening brace or after the closing one, not even whitespace.
         Assert.False(Reads("{} ", out _));
+        // U+2581, the tokenizer's space marker, is shown as a space: refused in strings (its neighbours are not).
+        Assert.False(GrammarAccepts("{\"a\":\"x\u2581y\"}"));
+        Assert.True(GrammarAccepts("{\"a\":\"x\u2580\u2582y\"}"));
         Assert.False(Reads(" {}", out _));
         Assert.False(Reads("\n", out _));
         // \u escapes of surrogates are refused (the character is written as UTF-8 instead); their neighbours are not.
@@ -326,6 +329,52 @@ public sealed class JsonModeTests(DemoEngineFixture fixture) : IClassFixture<Dem
         Assert.True(completed >= 50, $"{completed} of 60 walks closed their object");
     }
 
+    /// <summary>The generated tokens as the grammar read them: their bytes, one after the other, as UTF-8.</summary>
+    private static string GrammarView(InferenceEngine engine, IEnumerable<int> ids) =>
+        Encoding.UTF8.GetString(ids.Where(id => !engine.Config.EndTokenIds.Contains(id)).SelectMany(engine.Tokenizer.TokenBytes).ToArray());
+
+    /// <summary>From an empty prompt (BOS alone), the text keeps every space the grammar read: no dummy-prefix space is dropped.</summary>
+    [Fact]
+    public void FromAnEmptyPrompt_TheTextIsTheBytesTheGrammarRead()
+    {
+        var engine = fixture.Engine;
+        var options = new GenerationOptions { MaxTokens = 60, ResponseFormat = ResponseFormat.JsonObject, Sampling = Sampling.From(0.9f, 1f), Seed = 11 };
+        var prompt = engine.EncodePrompt("", options);
+        Assert.Equal([engine.Tokenizer.BosId], prompt);
+        var result = Run(engine, prompt, options);
+        Assert.StartsWith("{", result.Text, StringComparison.Ordinal);
+        Assert.Equal(GrammarView(engine, result.Ids), result.Text);
+        Assert.Contains(' ', result.Text);
+    }
+
+    /// <summary>
+    /// The dummy-prefix case on a model whose logits are known (the same at every position): from an empty prompt the
+    /// byte token '{', the byte token '"', then the piece "▁x" (the penalties push each used token down). Shown with its
+    /// dummy-prefix space dropped, the key would read "x" while the grammar read " x"; under a constraint the space stays.
+    /// </summary>
+    [Fact]
+    public void AfterByteTokens_AWordPiecesSpace_IsShownAsTheGrammarReadIt()
+    {
+        var tokenizer = fixture.Engine.Tokenizer;
+        int Byte(byte value) => Enumerable.Range(0, 300).First(id => tokenizer.TokenBytes(id) is [var b] && b == value); // <0xNN> come first
+        int brace = Byte((byte)'{'), quote = Byte((byte)'"');
+        var x = tokenizer.Encode("x", addBos: false);
+        Assert.Single(x); // "▁x"
+        var vocab = new float[32000];
+        Array.Fill(vocab, -5f);
+        vocab[brace] = 10f;
+        vocab[x[0]] = 9f;
+        vocab[quote] = 8f;
+        using var engine = InferenceEngine.Load(new EngineOptions
+        {
+            ModelPath = LogprobsTests.WriteKnownLogitsModel(8, vocab), Device = new IlgpuMedusa.Compute.DeviceOptions { Kind = IlgpuMedusa.Compute.DeviceKind.Host }, Heads = "none",
+        });
+        var options = new GenerationOptions { MaxTokens = 3, ResponseFormat = ResponseFormat.JsonObject, FrequencyPenalty = 2, PresencePenalty = 2 };
+        var result = Run(engine, [engine.Tokenizer.BosId], options);
+        Assert.Equal([brace, quote, x[0]], result.Ids);
+        Assert.Equal("{\" x", result.Text);
+    }
+
     private static (List<int> Ids, string Text, GenerationStats Stats) Run(IlgpuMedusa.Generation.InferenceEngine engine, IReadOnlyList<int> prompt, GenerationOptions options)
     {
         var stats = new GenerationStats();
@@ -358,6 +407,7 @@ public sealed class JsonModeTests(DemoEngineFixture fixture) : IClassFixture<Dem
         Assert.Equal(plain.Ids, medusa.Ids);
         Assert.Equal(plain.Text, medusa.Text);
         Assert.Contains('{', plain.Text);
+        Assert.Equal(GrammarView(engine, plain.Ids), plain.Text); // the text shown is the bytes the grammar read
         if (plain.Stats.FinishReason == FinishReason.EndToken) Assert.True(ParsesAsObject(plain.Text), plain.Text);
         else Assert.True(IsJsonPrefix(plain.Text), plain.Text);
         // The constraint changed the text: unconstrained, the model tells a story.

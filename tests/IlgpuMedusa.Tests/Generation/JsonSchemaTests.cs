@@ -144,6 +144,38 @@ public sealed class JsonSchemaTests(DemoEngineFixture fixture) : IClassFixture<D
         Assert.Contains(expected, Assert.ThrowsAny<ArgumentException>(() => options.Validate()).Message, StringComparison.Ordinal);
     }
 
+    [Theory]
+    [InlineData("""{"type": "string", "enum": [1]}""", "$.properties.a.enum: 1 is not of type string")]
+    [InlineData("""{"type": "integer", "const": 1.5}""", "$.properties.a.const: 1.5 is not of type integer")]
+    [InlineData("""{"type": "array", "items": {"type": "string"}, "enum": [[1]]}""", "'items' beside 'enum' is not supported")]
+    [InlineData("""{"enum": ["a"], "const": "a"}""", "'const' and 'enum' together")]
+    [InlineData("""{"const": "x\u2581y"}""", "U+2581")]
+    [InlineData("""{"const": "\uD800"}""", "unpaired surrogate")]
+    [InlineData("""{"type": "array", "items": {"type": "string"}, "minItems": 1.5}""", "$.properties.a.minItems: expected a non-negative integer, got 1.5")]
+    public void EnumsAndConsts_AreCheckedAgainstTheirType_AndOddValuesAreRefused(string property, string expected)
+    {
+        string schema = """{"type": "object", "properties": {"a": """ + property + "}}";
+        var e = Assert.ThrowsAny<ArgumentException>(() => CompiledJsonSchema.Compile(schema));
+        Assert.Contains(expected, e.Message, StringComparison.Ordinal);
+        // The options and the chat client say it as an ArgumentException too, not an InvalidOperationException.
+        Assert.ThrowsAny<ArgumentException>(() => new GenerationOptions { ResponseFormat = ResponseFormat.JsonSchema, JsonSchema = schema }.Validate());
+    }
+
+    [Fact]
+    public void EnumValues_AreWrittenCanonically_AsUtf8_AndKeysWithSurrogateEscapesAreRefused()
+    {
+        var schema = CompiledJsonSchema.Compile("""{"type": "object", "properties": {"e": {"type": ["string", "integer"], "enum": ["😀", "a\"b\n", 2, 2.0, "\u00e9"]}}}""");
+        Assert.True(Accepts(schema, "{\"e\":\"😀\"}"));
+        Assert.False(Accepts(schema, "{\"e\":\"\\uD83D\\uDE00\"}"));
+        Assert.True(Accepts(schema, "{\"e\":\"a\\\"b\\n\"}"));
+        Assert.True(Accepts(schema, "{\"e\":\"é\"}"));
+        Assert.True(Accepts(schema, "{\"e\":2}"));
+        Assert.True(Accepts(schema, "{\"e\":2.0}")); // numbers as the schema writes them (2.0 is an integer)
+        Assert.Contains("unpaired surrogate", Assert.ThrowsAny<ArgumentException>(() => CompiledJsonSchema.Compile("""{"type": "object", "properties": {"\uD800": {"type": "string"}}}""")).Message, StringComparison.Ordinal);
+        Assert.Contains("U+2581", Assert.ThrowsAny<ArgumentException>(() => CompiledJsonSchema.Compile("""{"type": "object", "properties": {"a\u2581": {"type": "string"}}}""")).Message, StringComparison.Ordinal);
+        Assert.Equal(1, CompiledJsonSchema.Compile("""{"type": "object", "properties": {"a": {"type": "array", "items": {"type": "string"}, "minItems": 1.0}}}""").Root.Properties[0].MinItems);
+    }
+
     [Fact]
     public void DeepSchemas_AreRefused_AndASchemaWithoutTheFormat_Too()
     {

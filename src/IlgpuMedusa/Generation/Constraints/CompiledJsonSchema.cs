@@ -1,4 +1,3 @@
-using System.Text.Encodings.Web;
 using System.Text.Json;
 
 namespace IlgpuMedusa.Generation.Constraints;
@@ -86,8 +85,19 @@ internal sealed class CompiledJsonSchema
     /// <summary>The grammar state before the first byte.</summary>
     public JsonSchemaGrammar Start => new(this);
 
+    // Compiled schemas by the string they came from: options pass the same string through every Validate and the request.
+    private static readonly System.Runtime.CompilerServices.ConditionalWeakTable<string, CompiledJsonSchema> Cache = new();
+
     /// <summary>Compiles <paramref name="schema"/>, a JSON schema as text; throws <see cref="ArgumentException"/> naming what is wrong or unsupported.</summary>
     public static CompiledJsonSchema Compile(string? schema)
+    {
+        if (schema is not null && Cache.TryGetValue(schema, out var compiled)) return compiled;
+        compiled = CompileText(schema);
+        Cache.AddOrUpdate(schema!, compiled);
+        return compiled;
+    }
+
+    private static CompiledJsonSchema CompileText(string? schema)
     {
         if (string.IsNullOrWhiteSpace(schema))
             throw new ArgumentException("JsonSchema: ResponseFormat JsonSchema needs a schema (a JSON object).");
@@ -96,21 +106,33 @@ internal sealed class CompiledJsonSchema
         JsonDocument document;
         try
         {
-            document = JsonDocument.Parse(schema, new JsonDocumentOptions { MaxDepth = 4 * MaxDepth + 8 });
+            document = JsonDocument.Parse(schema, new JsonDocumentOptions { MaxDepth = MaxJsonDepth });
         }
         catch (JsonException e)
         {
-            throw new ArgumentException($"JsonSchema: not valid JSON ({e.Message}).", e);
+            throw new ArgumentException($"JsonSchema: not valid JSON, or nested more than {MaxJsonDepth} deep ({e.Message}).", e);
         }
         using (document)
         {
             var nodes = new List<SchemaNode>();
-            var root = Node(document.RootElement, "$", 0, nodes);
+            SchemaNode root;
+            try
+            {
+                root = Node(document.RootElement, "$", 0, nodes);
+            }
+            catch (InvalidOperationException e)
+            {
+                // A name or string the reader cannot decode (an escaped unpaired surrogate such as "\uD800").
+                throw new ArgumentException($"JsonSchema: {e.Message} (a \\u escape of an unpaired surrogate?).", e);
+            }
             if (root.Kind != SchemaKind.Object)
                 throw new ArgumentException("JsonSchema: the top-level schema must be an object (\"type\": \"object\" with \"properties\").");
             return new CompiledJsonSchema(root, [.. nodes]);
         }
     }
+
+    /// <summary>Most levels of JSON in a schema's text (a const value's included).</summary>
+    private const int MaxJsonDepth = 256;
 
     private static ArgumentException Error(string path, string message) => new($"JsonSchema at {path}: {message}");
 
@@ -123,27 +145,40 @@ internal sealed class CompiledJsonSchema
                 throw Error(path, $"keyword '{property.Name}' is not supported; supported: {string.Join(", ", Keywords)} (and the annotations {string.Join(", ", Annotations)}).");
         if (nodes.Count >= MaxNodes) throw Error(path, $"the schema has more than {MaxNodes} parts.");
 
-        if (schema.TryGetProperty("const", out var constant))
+        List<string>? types = null;
+        if (schema.TryGetProperty("type", out var type))
         {
-            if (schema.TryGetProperty("enum", out _)) throw Error(path, "'const' and 'enum' together are not supported.");
-            return Add(new SchemaNode { Kind = SchemaKind.Literals, Literals = [Canonical(constant)] }, nodes);
+            types = [];
+            if (type.ValueKind == JsonValueKind.String) types.Add(type.GetString()!);
+            else if (type.ValueKind == JsonValueKind.Array && type.GetArrayLength() > 0 && type.EnumerateArray().All(t => t.ValueKind == JsonValueKind.String))
+                types.AddRange(type.EnumerateArray().Select(t => t.GetString()!));
+            else throw Error($"{path}.type", "expected a type name or a non-empty array of type names.");
+            foreach (var name in types)
+                if (name is not ("object" or "array" or "string" or "number" or "integer" or "boolean" or "null"))
+                    throw Error($"{path}.type", $"unknown type '{name}'; expected object, array, string, number, integer, boolean or null.");
         }
-        if (schema.TryGetProperty("enum", out var values))
+        bool hasConst = schema.TryGetProperty("const", out var constant), hasEnum = schema.TryGetProperty("enum", out var values);
+        if (hasConst || hasEnum)
         {
-            if (values.ValueKind != JsonValueKind.Array || values.GetArrayLength() == 0)
+            // The values are the schema: beside them only a type (which every value must have) and annotations.
+            if (hasConst && hasEnum) throw Error(path, "'const' and 'enum' together are not supported.");
+            foreach (var property in schema.EnumerateObject())
+                if (Keywords.Contains(property.Name) && property.Name is not ("type" or "const" or "enum"))
+                    throw Error(path, $"'{property.Name}' beside '{(hasConst ? "const" : "enum")}' is not supported: the listed values are the schema.");
+            if (hasEnum && (values.ValueKind != JsonValueKind.Array || values.GetArrayLength() == 0))
                 throw Error($"{path}.enum", "expected a non-empty array of values.");
-            var literals = values.EnumerateArray().Select(Canonical).Distinct(ByteArrayComparer.Instance).ToArray();
+            var listed = hasConst ? [constant] : values.EnumerateArray().ToArray();
+            if (types is not null)
+                foreach (var value in listed)
+                    if (!types.Any(t => HasType(value, t)))
+                        throw Error($"{path}.{(hasConst ? "const" : "enum")}", $"{Shorten(value.GetRawText())} is not of type {string.Join(" or ", types)}.");
+            var literals = listed.Select(v => Canonical(v, $"{path}.{(hasConst ? "const" : "enum")}")).Distinct(ByteArrayComparer.Instance).ToArray();
             if (literals.Length > ushort.MaxValue) throw Error($"{path}.enum", $"more than {ushort.MaxValue} values.");
             Array.Sort(literals, (a, b) => a.AsSpan().SequenceCompareTo(b));
             return Add(new SchemaNode { Kind = SchemaKind.Literals, Literals = literals }, nodes);
         }
-        if (!schema.TryGetProperty("type", out var type))
+        if (types is null)
             throw Error(path, "needs a 'type' (or 'enum' or 'const'): schemas that allow any value are not supported.");
-        List<string> types = [];
-        if (type.ValueKind == JsonValueKind.String) types.Add(type.GetString()!);
-        else if (type.ValueKind == JsonValueKind.Array && type.GetArrayLength() > 0 && type.EnumerateArray().All(t => t.ValueKind == JsonValueKind.String))
-            types.AddRange(type.EnumerateArray().Select(t => t.GetString()!));
-        else throw Error($"{path}.type", "expected a type name or a non-empty array of type names.");
         foreach (var keyword in (string[])["properties", "required", "additionalProperties"])
             if (schema.TryGetProperty(keyword, out _) && !types.Contains("object")) throw Error(path, $"'{keyword}' applies to objects only.");
         foreach (var keyword in (string[])["items", "minItems", "maxItems"])
@@ -181,7 +216,9 @@ internal sealed class CompiledJsonSchema
         {
             if (names.Contains(property.Name)) throw Error($"{path}.properties", $"property '{property.Name}' is listed twice.");
             names.Add(property.Name);
-            keys.Add(Canonical(JsonSerializer.SerializeToElement(property.Name)));
+            var key = new List<byte>();
+            WriteString(property.Name, key, $"{path}.properties");
+            keys.Add([.. key]);
             children.Add(Node(property.Value, $"{path}.properties.{property.Name}", depth + 1, nodes));
         }
         if (schema.TryGetProperty("required", out var required))
@@ -208,9 +245,9 @@ internal sealed class CompiledJsonSchema
     private static int Count(JsonElement schema, string keyword, string path, int absent)
     {
         if (!schema.TryGetProperty(keyword, out var value)) return absent;
-        if (value.ValueKind != JsonValueKind.Number || !value.TryGetInt32(out int count) || count < 0)
-            throw Error($"{path}.{keyword}", $"expected a non-negative integer, got {value.GetRawText()}.");
-        return count;
+        if (value.ValueKind != JsonValueKind.Number || !IsIntegral(value) || !value.TryGetDouble(out double count) || count < 0 || count > int.MaxValue)
+            throw Error($"{path}.{keyword}", $"expected a non-negative integer, got {Shorten(value.GetRawText())}.");
+        return (int)count;
     }
 
     private static SchemaNode Add(SchemaNode node, List<SchemaNode> nodes)
@@ -220,15 +257,96 @@ internal sealed class CompiledJsonSchema
         return node;
     }
 
-    /// <summary>A value as the only bytes that may write it: compact, non-ASCII characters as they are (not escaped).</summary>
-    private static byte[] Canonical(JsonElement value)
+    /// <summary>
+    /// A value as the only bytes that may write it: compact, numbers as the schema writes them, strings with only '"',
+    /// '\\' and control characters escaped (everything else as UTF-8).
+    /// </summary>
+    private static byte[] Canonical(JsonElement value, string path)
     {
-        using var buffer = new MemoryStream();
-        using (var writer = new Utf8JsonWriter(buffer, new JsonWriterOptions { Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping, Indented = false }))
-            value.WriteTo(writer);
-        if (buffer.Length > ushort.MaxValue) throw new ArgumentException($"JsonSchema: a value or property name is longer than {ushort.MaxValue} bytes.");
-        return buffer.ToArray();
+        var bytes = new List<byte>();
+        Write(value, bytes, path);
+        if (bytes.Count > ushort.MaxValue) throw Error(path, $"a value longer than {ushort.MaxValue} bytes.");
+        return [.. bytes];
     }
+
+    private static void Write(JsonElement value, List<byte> output, string path)
+    {
+        switch (value.ValueKind)
+        {
+            case JsonValueKind.Object:
+                output.Add((byte)'{');
+                bool first = true;
+                foreach (var property in value.EnumerateObject())
+                {
+                    if (!first) output.Add((byte)',');
+                    first = false;
+                    WriteString(property.Name, output, path);
+                    output.Add((byte)':');
+                    Write(property.Value, output, path);
+                }
+                output.Add((byte)'}');
+                break;
+            case JsonValueKind.Array:
+                output.Add((byte)'[');
+                int i = 0;
+                foreach (var item in value.EnumerateArray())
+                {
+                    if (i++ > 0) output.Add((byte)',');
+                    Write(item, output, path);
+                }
+                output.Add((byte)']');
+                break;
+            case JsonValueKind.String:
+                WriteString(value.GetString()!, output, path);
+                break;
+            default: // numbers as written, true, false, null
+                output.AddRange(System.Text.Encoding.UTF8.GetBytes(value.GetRawText()));
+                break;
+        }
+    }
+
+    private static void WriteString(string text, List<byte> output, string path)
+    {
+        // The tokenizer shows U+2581 (its space marker) as a space even when byte tokens spell it: such text could be
+        // generated but not shown as it is.
+        if (text.Contains('\u2581')) throw Error(path, "U+2581 (▁) cannot be generated as it is: the tokenizer shows it as a space.");
+        output.Add((byte)'"');
+        Span<byte> utf8 = stackalloc byte[4];
+        foreach (var rune in text.EnumerateRunes())
+        {
+            switch (rune.Value)
+            {
+                case '"': output.AddRange("\\\""u8); break;
+                case '\\': output.AddRange("\\\\"u8); break;
+                case '\b': output.AddRange("\\b"u8); break;
+                case '\f': output.AddRange("\\f"u8); break;
+                case '\n': output.AddRange("\\n"u8); break;
+                case '\r': output.AddRange("\\r"u8); break;
+                case '\t': output.AddRange("\\t"u8); break;
+                case < 0x20: output.AddRange(System.Text.Encoding.ASCII.GetBytes($"\\u{rune.Value:x4}")); break;
+                default: output.AddRange(utf8[..rune.EncodeToUtf8(utf8)]); break;
+            }
+        }
+        output.Add((byte)'"');
+    }
+
+    /// <summary>Whether <paramref name="value"/> is of JSON Schema type <paramref name="type"/> (1.0 is an integer).</summary>
+    private static bool HasType(JsonElement value, string type) => type switch
+    {
+        "object" => value.ValueKind == JsonValueKind.Object,
+        "array" => value.ValueKind == JsonValueKind.Array,
+        "string" => value.ValueKind == JsonValueKind.String,
+        "number" => value.ValueKind == JsonValueKind.Number,
+        "integer" => value.ValueKind == JsonValueKind.Number && IsIntegral(value),
+        "boolean" => value.ValueKind is JsonValueKind.True or JsonValueKind.False,
+        "null" => value.ValueKind == JsonValueKind.Null,
+        _ => false,
+    };
+
+    private static bool IsIntegral(JsonElement number) =>
+        number.TryGetDecimal(out decimal d) ? decimal.Truncate(d) == d : number.TryGetDouble(out double x) && double.IsFinite(x) && Math.Floor(x) == x;
+
+    private static string Shorten(string text) => text.Length <= 40 ? text : text[..40] + "...";
 
     private sealed class ByteArrayComparer : IEqualityComparer<byte[]>
     {

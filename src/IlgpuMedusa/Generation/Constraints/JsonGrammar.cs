@@ -12,7 +12,8 @@ namespace IlgpuMedusa.Generation.Constraints;
 /// before the opening brace and nothing after the closing one: the text is the object, from brace to brace;</item>
 /// <item>strings are well-formed UTF-8 (no overlong forms, no surrogates) and no <c>\u</c> escape names a surrogate
 /// (D800-DFFF), so every string decodes to valid Unicode; characters outside the Basic Multilingual Plane are written
-/// as UTF-8.</item>
+/// as UTF-8; U+2581 is refused (<see cref="JsonStringScanner"/>);</item>
+/// <item>keys are not checked for duplicates (RFC 8259 allows them; some parsers refuse them).</item>
 /// </list>
 /// </summary>
 internal struct JsonGrammar : IByteGrammar

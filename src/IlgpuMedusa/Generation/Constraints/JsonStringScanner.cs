@@ -4,7 +4,8 @@ namespace IlgpuMedusa.Generation.Constraints;
 /// Reads the inside of a JSON string, after its opening quote, one byte at a time, for <see cref="JsonGrammar"/> and
 /// <see cref="JsonSchemaGrammar"/>: escapes (<c>\" \\ \/ \b \f \n \r \t \uXXXX</c>, no <c>\u</c> of a surrogate, D800-DFFF),
 /// no raw control characters, and well-formed UTF-8 (no overlong forms, no surrogates, nothing past U+10FFFF), so every
-/// string read decodes to valid Unicode.
+/// string read decodes to valid Unicode. U+2581 (▁, E2 96 81) is refused too: the tokenizer shows that character, its
+/// space marker, as a space, so text holding it could not be shown as the grammar read it.
 /// </summary>
 internal struct JsonStringScanner
 {
@@ -29,6 +30,7 @@ internal struct JsonStringScanner
     private Mode _mode;
     private byte _pending; // Text: UTF-8 continuation bytes still due; Unicode: hex digits still due
     private byte _low, _high; // Text: range of the next continuation byte; Unicode: _low = 1 when the first digit was D
+    private byte _marker;     // Text: 1 after E2, 2 after E2 96 (U+2581 is E2 96 81)
 
     /// <summary>Between characters, outside an escape: <see cref="JsonGrammar.IsStringText"/> bytes leave the scanner as it is.</summary>
     public readonly bool BetweenCharacters => _mode == Mode.Text && _pending == 0;
@@ -67,6 +69,8 @@ internal struct JsonStringScanner
         if (_pending > 0)
         {
             if (b < _low || b > _high) return Step.Invalid;
+            if (_marker == 2 && b == 0x81) return Step.Invalid; // U+2581
+            _marker = _marker == 1 && b == 0x96 ? (byte)2 : (byte)0;
             _pending--;
             _low = 0x80;
             _high = 0xBF;
@@ -93,6 +97,7 @@ internal struct JsonStringScanner
             0xF4 => ((byte)3, (byte)0x80, (byte)0x8F),
             _ => ((byte)0, (byte)0, (byte)0),
         };
+        _marker = b == 0xE2 ? (byte)1 : (byte)0;
         return _pending > 0 ? Step.Continue : Step.Invalid;
     }
 }
