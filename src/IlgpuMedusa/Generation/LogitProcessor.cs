@@ -54,6 +54,13 @@ internal sealed class LogitProcessor
     /// </summary>
     public bool OnlyConstrains => _json is not null && _bias.Count == 0 && _repetition == 1f && _frequency == 0f && _presence == 0f;
 
+    /// <summary>Whether a constraint (JSON mode, a JSON schema) decides which tokens may come.</summary>
+    public bool Constrains => _json is not null;
+
+    /// <summary>Medusa: the tree's guesses under the constraint (<see cref="Constraints.ITokenConstraint.ConstrainGuesses"/>); nothing without one.</summary>
+    public void ConstrainGuesses(ReadOnlySpan<int> parents, ReadOnlySpan<int> depths, ReadOnlySpan<int> ranks, Span<int> tokens, ReadOnlySpan<int> topK, int width) =>
+        _json?.ConstrainGuesses(parents, depths, ranks, tokens, topK, width);
+
     /// <summary>Whether a constraint lets <paramref name="token"/> follow the history plus <paramref name="pending"/> (true without one).</summary>
     public bool Allows(int token, ReadOnlySpan<int> pending) => _json?.Allows(token, pending) ?? true;
 

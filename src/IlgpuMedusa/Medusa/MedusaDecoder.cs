@@ -234,6 +234,8 @@ internal sealed class MedusaDecoder : SequenceDecoder
         int n = _tree.NodeCount;
         for (int node = 1; node < n; node++) positions[node] = s + _tree.Depths[node];
         if (_tokens.Length < n) _tokens = new int[n];
+        // Under a constraint the guesses are filtered by it on the host: they come back from the device first.
+        if (_onDevice && Processor is { Constrains: true }) ReadGuesses();
         if (_onDevice)
         {
             // Placeholders: WritePlanTokens picks the node tokens from the guesses on the device; CompleteStep reads them.
@@ -243,6 +245,8 @@ internal sealed class MedusaDecoder : SequenceDecoder
         else
         {
             FillNodeTokens(tokens);
+            // A guess the constraint rules out can never be accepted: such a node takes the next allowed guess of its head.
+            Processor?.ConstrainGuesses(_tree.Parents, _tree.Depths, _tree.TopKIndices, tokens.AsSpan(0, n), _topK, MedusaHeads.TopK);
             tokens.AsSpan(0, n).CopyTo(_tokens);
         }
         mask = _mask;

@@ -280,6 +280,40 @@ public sealed class JsonModeTests(DemoEngineFixture fixture) : IClassFixture<Dem
     }
 
     /// <summary>
+    /// Medusa's guesses under the constraint: a node takes the rank-th guess of its head that the constraint allows after
+    /// its path (worked out by hand on a three-node tree), and keeps its guess when too few are allowed or its parent's
+    /// token is ruled out.
+    /// </summary>
+    [Fact]
+    public void TreeGuesses_AreTheAllowedOnesOfEachHead()
+    {
+        var tokenizer = fixture.Engine.Tokenizer;
+        var vocabulary = ConstraintVocabulary.Build(tokenizer, fixture.Engine.Config.VocabSize, fixture.Engine.Config.EndTokenIds);
+        // The word piece spelling exactly these bytes (the last id with them: byte tokens come first).
+        int Token(string text) => Enumerable.Range(0, vocabulary.Size).Last(id => vocabulary.Bytes(id).SequenceEqual(Encoding.UTF8.GetBytes(text)));
+        int brace = Token("{"), quote = Token("\""), close = Token("}"), the = Token(" The"), name = Token(" name");
+        var constraint = new GrammarConstraint<JsonGrammar>(vocabulary, JsonGrammar.Start);
+        constraint.Append(brace); // node 0: the text so far is "{"
+        const int width = 4;
+        int[] topK =
+        [
+            the, quote, the, close,  // head 0: after "{" only '"' and '}' are allowed of these
+            name, the, quote, close, // head 1
+        ];
+        // node 1: head 0's best allowed guess; node 2: its second; node 3 (after node 1): head 1's best allowed;
+        // node 4 (after node 2, whose '}' closes the object): nothing may follow, it keeps its guess.
+        int[] parents = [-1, 0, 0, 1, 2], depths = [0, 1, 1, 2, 2], ranks = [-1, 0, 1, 0, 0];
+        int[] tokens = [brace, the, the, name, name];
+        constraint.ConstrainGuesses(parents, depths, ranks, tokens, topK, width);
+        Assert.Equal([brace, quote, close, name, name], tokens);
+        // Too few allowed guesses for the rank: the node keeps its own.
+        int[] few = [brace, the, the, the, the];
+        constraint.ConstrainGuesses(parents, depths, [-1, 2, 3, 0, 0], few, topK, width);
+        Assert.Equal(the, few[1]);
+        Assert.Equal(the, few[2]);
+    }
+
+    /// <summary>
     /// Random walks through the demo vocabulary, each step a token the mask allows (structural tokens favoured so that
     /// objects close), end in text that the tokenizer decodes to one JSON object System.Text.Json parses.
     /// </summary>

@@ -14,6 +14,15 @@ internal interface ITokenConstraint
 
     /// <summary>Sets the logit of every token that may not come after the text so far plus <paramref name="pending"/> to −∞.</summary>
     void Mask(Span<float> logits, ReadOnlySpan<int> pending);
+
+    /// <summary>
+    /// Guesses for a Medusa tree under the constraint: node n (n ≥ 1, parents before children, node 0 the token last
+    /// appended) takes the <paramref name="ranks"/>[n]-th of the tokens in its head's row of <paramref name="topK"/> (row
+    /// <paramref name="depths"/>[n] − 1, <paramref name="width"/> wide, best first) that the constraint allows after its
+    /// path, instead of the <paramref name="ranks"/>[n]-th of them all; a node keeps its guess in <paramref name="tokens"/>
+    /// when its row has too few allowed tokens or its parent's token is not allowed itself.
+    /// </summary>
+    void ConstrainGuesses(ReadOnlySpan<int> parents, ReadOnlySpan<int> depths, ReadOnlySpan<int> ranks, Span<int> tokens, ReadOnlySpan<int> topK, int width);
 }
 
 /// <summary>
@@ -51,6 +60,42 @@ internal sealed class GrammarConstraint<TGrammar> : ITokenConstraint
 
     /// <inheritdoc />
     public void Mask(Span<float> logits, ReadOnlySpan<int> pending) => _vocabulary.Mask(After(pending), logits, _scratch);
+
+    private TGrammar[] _nodes = [];
+    private bool[] _reachable = [];
+
+    /// <inheritdoc />
+    public void ConstrainGuesses(ReadOnlySpan<int> parents, ReadOnlySpan<int> depths, ReadOnlySpan<int> ranks, Span<int> tokens, ReadOnlySpan<int> topK, int width)
+    {
+        int n = parents.Length;
+        if (_nodes.Length < n)
+        {
+            _nodes = new TGrammar[n];
+            _reachable = new bool[n];
+        }
+        _nodes[0] = _state;
+        _reachable[0] = true;
+        for (int node = 1; node < n; node++)
+        {
+            int parent = parents[node];
+            _reachable[node] = false;
+            if (parent < 0 || parent >= node || !_reachable[parent]) continue;
+            var state = _nodes[parent];
+            var row = topK.Slice((depths[node] - 1) * width, width);
+            for (int k = 0, allowed = 0; k < row.Length; k++)
+            {
+                if (!_vocabulary.Allows(state, row[k])) continue;
+                if (allowed++ < ranks[node]) continue;
+                tokens[node] = row[k];
+                break;
+            }
+            if (_vocabulary.TryAppend(ref state, tokens[node]))
+            {
+                _nodes[node] = state;
+                _reachable[node] = true;
+            }
+        }
+    }
 
     private TGrammar After(ReadOnlySpan<int> pending)
     {
