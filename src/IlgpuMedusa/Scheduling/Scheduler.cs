@@ -132,8 +132,7 @@ public sealed class Scheduler : IDisposable
         if (tree is { } t && t.Tree.NodeCount > MaxBatchTokens)
             throw new ArgumentException($"tree '{t.Tree.Name}' has {t.Tree.NodeCount} nodes but a batch holds {MaxBatchTokens} tokens.");
         var request = new Request(prompt, options, stats, maxNew, maxTokens, tree,
-            // Under a constraint the text is exactly the bytes the grammar read: no dummy-prefix space is dropped from it.
-            _tokenizer.CreateStreamingDetokenizer(prompt.Any(id => id != _tokenizer.BosId) || options.ResponseFormat != ResponseFormat.Text),
+            _tokenizer.CreateStreamingDetokenizer(GeneratedTextContinues(_tokenizer, prompt, options)),
             new Sampler(options.Sampling, options.Seed),
             () => _constraintVocabulary.Value, cancellationToken);
         stats.PromptTokens = prompt.Length;
@@ -159,6 +158,14 @@ public sealed class Scheduler : IDisposable
         }
         return request.Output.Reader;
     }
+
+    /// <summary>
+    /// Whether the generated text is shown as continuing earlier text (see <see cref="ITextTokenizer.CreateStreamingDetokenizer"/>):
+    /// after a prompt with text, and always under a constraint, whose text is exactly the bytes its grammar read (no
+    /// dummy-prefix space dropped from it).
+    /// </summary>
+    internal static bool GeneratedTextContinues(ITextTokenizer tokenizer, IEnumerable<int> prompt, GenerationOptions options) =>
+        options.ResponseFormat != ResponseFormat.Text || prompt.Any(id => id != tokenizer.BosId);
 
     /// <summary>
     /// Forgets every cached prefix no sequence holds, so that the next prompts are computed whole (a benchmark's cold

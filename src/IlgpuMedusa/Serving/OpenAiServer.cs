@@ -514,7 +514,7 @@ public sealed class OpenAiServer : IAsyncDisposable
         string echoed = !request.Echo ? "" : request.PromptIds is null ? request.Prompt : _engine.Tokenizer.Decode(ids);
         // text_offset: where each listed token starts in its choice's text. The echoed prompt is laid out as a text of its
         // own (its first word's dummy-prefix space dropped), the generated tokens as the engine decodes them after it.
-        bool continues = ids.Any(t => t != _engine.Tokenizer.BosId);
+        bool continues = IlgpuMedusa.Scheduling.Scheduler.GeneratedTextContinues(_engine.Tokenizer, ids, options);
         var positions = new int[n];
         var detokenizers = new IStreamingDetokenizer?[n];
         int[] PromptOffsets()

@@ -150,7 +150,7 @@ public sealed class JsonSchemaTests(DemoEngineFixture fixture) : IClassFixture<D
     [InlineData("""{"type": "array", "items": {"type": "string"}, "enum": [[1]]}""", "'items' beside 'enum' is not supported")]
     [InlineData("""{"enum": ["a"], "const": "a"}""", "'const' and 'enum' together")]
     [InlineData("""{"const": "x\u2581y"}""", "U+2581")]
-    [InlineData("""{"const": "\uD800"}""", "unpaired surrogate")]
+    [InlineData("""{"const": "\uD800"}""", "cannot be decoded")]
     [InlineData("""{"type": "array", "items": {"type": "string"}, "minItems": 1.5}""", "$.properties.a.minItems: expected a non-negative integer, got 1.5")]
     public void EnumsAndConsts_AreCheckedAgainstTheirType_AndOddValuesAreRefused(string property, string expected)
     {
@@ -171,9 +171,14 @@ public sealed class JsonSchemaTests(DemoEngineFixture fixture) : IClassFixture<D
         Assert.True(Accepts(schema, "{\"e\":\"é\"}"));
         Assert.True(Accepts(schema, "{\"e\":2}"));
         Assert.True(Accepts(schema, "{\"e\":2.0}")); // numbers as the schema writes them (2.0 is an integer)
-        Assert.Contains("unpaired surrogate", Assert.ThrowsAny<ArgumentException>(() => CompiledJsonSchema.Compile("""{"type": "object", "properties": {"\uD800": {"type": "string"}}}""")).Message, StringComparison.Ordinal);
+        Assert.Contains("cannot be decoded", Assert.ThrowsAny<ArgumentException>(() => CompiledJsonSchema.Compile("""{"type": "object", "properties": {"\uD800": {"type": "string"}}}""")).Message, StringComparison.Ordinal);
         Assert.Contains("U+2581", Assert.ThrowsAny<ArgumentException>(() => CompiledJsonSchema.Compile("""{"type": "object", "properties": {"a\u2581": {"type": "string"}}}""")).Message, StringComparison.Ordinal);
         Assert.Equal(1, CompiledJsonSchema.Compile("""{"type": "object", "properties": {"a": {"type": "array", "items": {"type": "string"}, "minItems": 1.0}}}""").Root.Properties[0].MinItems);
+        // A key the grammar could not count to the end is refused (the grammar's place in a key is 16 bits).
+        string longKey = new('a', 70_000);
+        Assert.Contains("property name longer than", Assert.ThrowsAny<ArgumentException>(() => CompiledJsonSchema.Compile("{\"type\": \"object\", \"properties\": {\"" + longKey + "\": {\"type\": \"null\"}}}")).Message, StringComparison.Ordinal);
+        string fits = new('a', 60_000);
+        Assert.True(Accepts(CompiledJsonSchema.Compile("{\"type\": \"object\", \"properties\": {\"" + fits + "\": {\"type\": \"null\"}}}"), "{\"" + fits + "\":null}"));
     }
 
     [Fact]

@@ -85,15 +85,18 @@ internal sealed class CompiledJsonSchema
     /// <summary>The grammar state before the first byte.</summary>
     public JsonSchemaGrammar Start => new(this);
 
-    // Compiled schemas by the string they came from: options pass the same string through every Validate and the request.
-    private static readonly System.Runtime.CompilerServices.ConditionalWeakTable<string, CompiledJsonSchema> Cache = new();
+    // Compiled schemas by their text (options are validated several times on their way to a request, and clients repeat
+    // their schemas); at most CacheEntries, then it starts over.
+    private static readonly System.Collections.Concurrent.ConcurrentDictionary<string, CompiledJsonSchema> Cache = new(StringComparer.Ordinal);
+    private const int CacheEntries = 32;
 
     /// <summary>Compiles <paramref name="schema"/>, a JSON schema as text; throws <see cref="ArgumentException"/> naming what is wrong or unsupported.</summary>
     public static CompiledJsonSchema Compile(string? schema)
     {
         if (schema is not null && Cache.TryGetValue(schema, out var compiled)) return compiled;
         compiled = CompileText(schema);
-        Cache.AddOrUpdate(schema!, compiled);
+        if (Cache.Count >= CacheEntries) Cache.Clear();
+        Cache[schema!] = compiled;
         return compiled;
     }
 
@@ -123,7 +126,7 @@ internal sealed class CompiledJsonSchema
             catch (InvalidOperationException e)
             {
                 // A name or string the reader cannot decode (an escaped unpaired surrogate such as "\uD800").
-                throw new ArgumentException($"JsonSchema: {e.Message} (a \\u escape of an unpaired surrogate?).", e);
+                throw new ArgumentException($"JsonSchema: the schema holds text that cannot be decoded: {e.Message}", e);
             }
             if (root.Kind != SchemaKind.Object)
                 throw new ArgumentException("JsonSchema: the top-level schema must be an object (\"type\": \"object\" with \"properties\").");
@@ -218,6 +221,7 @@ internal sealed class CompiledJsonSchema
             names.Add(property.Name);
             var key = new List<byte>();
             WriteString(property.Name, key, $"{path}.properties");
+            if (key.Count > ushort.MaxValue) throw Error($"{path}.properties", $"a property name longer than {ushort.MaxValue} bytes.");
             keys.Add([.. key]);
             children.Add(Node(property.Value, $"{path}.properties.{property.Name}", depth + 1, nodes));
         }

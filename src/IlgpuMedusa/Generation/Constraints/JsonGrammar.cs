@@ -62,9 +62,10 @@ internal struct JsonGrammar : IByteGrammar
     /// </summary>
     public readonly bool InStringText => _mode == Mode.String && _string.BetweenCharacters;
 
-    /// <summary>Whether <paramref name="bytes"/> are whole UTF-8 characters, none of them '"', '\\' or a control character.</summary>
+    /// <summary>Whether <paramref name="bytes"/> are whole UTF-8 characters, none of them '"', '\\', a control character or U+2581.</summary>
     public static bool IsStringText(ReadOnlySpan<byte> bytes) =>
-        System.Text.Unicode.Utf8.IsValid(bytes) && bytes.IndexOfAnyInRange((byte)0, (byte)0x1F) < 0 && bytes.IndexOfAny(Quote, Backslash) < 0;
+        System.Text.Unicode.Utf8.IsValid(bytes) && bytes.IndexOfAnyInRange((byte)0, (byte)0x1F) < 0 && bytes.IndexOfAny(Quote, Backslash) < 0 &&
+        bytes.IndexOf("\u2581"u8) < 0; // the one character the string scanner refuses besides those
 
     /// <summary>The top-level object is closed: the text is complete and nothing more may follow.</summary>
     public readonly bool IsComplete => _mode == Mode.Done;
