@@ -104,6 +104,9 @@ internal sealed class ReplSession
                 case "/temp":
                     SetTemperature(argument);
                     break;
+                case "/json":
+                    SetJson(argument);
+                    break;
                 case "/stats":
                     Stats();
                     break;
@@ -133,6 +136,7 @@ internal sealed class ReplSession
         table.AddRow("/medusa on|off", Markup.Escape("decode with the Medusa heads, or one token per forward"));
         table.AddRow("/tree NAME", Markup.Escape($"Medusa tree: {string.Join(", ", TreePresets.Names)}, or a JSON file of paths"));
         table.AddRow("/temp X", "sampling temperature; 0 is greedy");
+        table.AddRow("/json on|off|FILE", "JSON mode (each reply one JSON object), free text, or replies following a JSON schema file");
         table.AddRow("/stats", "accepted tokens per step of the last reply (bar chart), and session totals");
         table.AddRow("/reset", "forget the conversation and the statistics");
         table.AddRow("/quit", "leave (end of input does too)");
@@ -180,6 +184,27 @@ internal sealed class ReplSession
             throw new ArgumentException($"/temp takes a number (0 is greedy), got '{argument}'.");
         _options = _options with { Sampling = Sampling.From(temperature, 1f) };
         _console.MarkupLine(temperature == 0 ? "Greedy decoding." : $"Sampling at temperature {temperature.ToString(CultureInfo.InvariantCulture)}.");
+    }
+
+    private void SetJson(string argument)
+    {
+        switch (argument.ToLowerInvariant())
+        {
+            case "":
+                throw new ArgumentException("/json takes on, off or a JSON schema file.");
+            case "off":
+                _options = _options with { ResponseFormat = ResponseFormat.Text, JsonSchema = null };
+                _console.MarkupLine("Free text.");
+                break;
+            case "on":
+                _options = _options with { ResponseFormat = ResponseFormat.JsonObject, JsonSchema = null };
+                _console.MarkupLine("JSON mode: each reply is one JSON object.");
+                break;
+            default:
+                _options = (_options with { ResponseFormat = ResponseFormat.JsonSchema, JsonSchema = GenerationOptions.ReadJsonSchemaFile(argument) }).Validate();
+                _console.MarkupLine(Markup.Escape($"Each reply follows the JSON schema in {argument}."));
+                break;
+        }
     }
 
     private async Task ReplyAsync(string line)

@@ -93,22 +93,11 @@ internal static class GenerateCommand
         string text;
         try
         {
-            // Read at most one byte past the limit, whatever the file says its length is (a pipe or a device says 0).
-            using var stream = new FileStream(schemaFile.FullName, FileMode.Open, FileAccess.Read);
-            var buffer = new byte[GenerationOptions.MaxJsonSchemaBytes + 1];
-            int read = 0, n;
-            while (read < buffer.Length && (n = stream.Read(buffer, read, buffer.Length - read)) > 0) read += n;
-            if (read > GenerationOptions.MaxJsonSchemaBytes)
-                throw new ArgumentException($"--json-schema: {schemaFile.FullName} has more than {GenerationOptions.MaxJsonSchemaBytes} bytes, the most a schema may have.");
-            text = new System.Text.UTF8Encoding(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: true).GetString(buffer, 0, read).TrimStart('\uFEFF');
+            text = GenerationOptions.ReadJsonSchemaFile(schemaFile.FullName);
         }
-        catch (System.Text.DecoderFallbackException e)
+        catch (ArgumentException e)
         {
-            throw new ArgumentException($"--json-schema: {schemaFile.FullName} is not UTF-8 text.", e);
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            throw new ArgumentException($"--json-schema: cannot read {schemaFile.FullName}: {e.Message}", e);
+            throw new ArgumentException($"--json-schema: {e.Message}", e);
         }
         try
         {

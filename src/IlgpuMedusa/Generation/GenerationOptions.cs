@@ -66,6 +66,33 @@ public sealed record GenerationOptions
     public const int MaxJsonSchemaBytes = 256 * 1024;
 
     /// <summary>
+    /// Reads a JSON schema file (UTF-8, at most <see cref="MaxJsonSchemaBytes"/>; at most one byte more is read, whatever
+    /// the file says its length is) for <see cref="JsonSchema"/>; throws <see cref="ArgumentException"/> naming the file.
+    /// </summary>
+    public static string ReadJsonSchemaFile(string path)
+    {
+        ArgumentException.ThrowIfNullOrWhiteSpace(path);
+        try
+        {
+            using var stream = new FileStream(path, FileMode.Open, FileAccess.Read);
+            var buffer = new byte[MaxJsonSchemaBytes + 1];
+            int read = 0, n;
+            while (read < buffer.Length && (n = stream.Read(buffer, read, buffer.Length - read)) > 0) read += n;
+            if (read > MaxJsonSchemaBytes)
+                throw new ArgumentException($"{path} has more than {MaxJsonSchemaBytes} bytes, the most a schema may have.", nameof(path));
+            return new System.Text.UTF8Encoding(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: true).GetString(buffer, 0, read).TrimStart('\uFEFF');
+        }
+        catch (System.Text.DecoderFallbackException e)
+        {
+            throw new ArgumentException($"{path} is not UTF-8 text.", nameof(path), e);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new ArgumentException($"cannot read {path}: {e.Message}", nameof(path), e);
+        }
+    }
+
+    /// <summary>
     /// Whether the penalties, a logit bias or JSON mode change the logits. Tokens are then chosen on the host from adjusted
     /// rows, for greedy decoding too, and Medusa walks its tree choosing each token as plain decoding would (so the output
     /// is the same with or without Medusa). Log-probabilities stay those of the unadjusted distribution. Typical acceptance

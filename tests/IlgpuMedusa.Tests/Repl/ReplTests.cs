@@ -96,6 +96,21 @@ public class ReplTests
     }
 
     [Fact]
+    public void Json_On_MakesTheReplyAnObject_AndASchemaFileOrOffChangeIt()
+    {
+        string schema = Path.Combine(TestModels.RepositoryRoot, "prompts", "person.schema.json");
+        var result = RunRepl($"/json\n/json no-such-schema.json\n/json on\nOnce upon a time\n/json {schema}\nOnce upon a time\n/json off\n", Args("--max-tokens", "12"));
+        string output = result.StandardOutput;
+        Assert.True(result.ExitCode == 0, $"exit code {result.ExitCode}\n{output}\n{result.StandardError}");
+        Assert.Contains("error: /json takes on, off or a JSON schema file.", output, StringComparison.Ordinal);
+        Assert.Contains("no-such-schema.json", output, StringComparison.Ordinal);
+        Assert.Contains("JSON mode: each reply is one JSON object.", output, StringComparison.Ordinal);
+        Assert.Contains("Once upon a time{", output, StringComparison.Ordinal);         // the continuation opens an object at once
+        Assert.Matches("Once upon a time\\{\\s?\"name\"", output);                   // under the schema: its first key
+        Assert.Contains("Free text.", output, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void ChatTemplate_KeepsTheConversation_UntilReset()
     {
         var result = RunRepl("Hello there\nAnd then?\n/reset\n/quit\n", Args("--max-tokens", "4", "--template", "llama2-chat"));
