@@ -132,8 +132,9 @@ internal abstract class SequenceDecoder
     public virtual bool NeedsLogitRows => !Sampler.IsGreedy || Processor is { OnlyConstrains: false } || ReportsLogprobs || (ScoresPrompt && Prefilling);
 
     /// <summary>
-    /// The request's penalties and logit bias (null: none), applied to a row before each token is chosen from it; it
-    /// belongs to the request, so its counts of generated tokens survive a preemption.
+    /// The request's penalties, logit bias and constraint (JSON mode, a JSON schema; null: none), applied to a row before
+    /// each token is chosen from it; it belongs to the request, so its counts of generated tokens and its grammar state
+    /// survive a preemption.
     /// </summary>
     public LogitProcessor? Processor { get; init; }
 

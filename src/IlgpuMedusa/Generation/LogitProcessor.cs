@@ -22,14 +22,14 @@ internal sealed class LogitProcessor
     private readonly HashSet<int> _seen = [];           // prompt and generated tokens (repetition penalty)
     private readonly Dictionary<int, int> _generated = []; // generated token → count (frequency and presence)
     private readonly Dictionary<int, int> _extra = [];
-    private readonly Constraints.ITokenConstraint? _json;
+    private readonly Constraints.ITokenConstraint? _constraint;
 
     private LogitProcessor(GenerationOptions options, ReadOnlySpan<int> prompt, Func<Constraints.ConstraintVocabulary>? vocabulary)
     {
         if (options.ResponseFormat != ResponseFormat.Text)
         {
-            if (vocabulary is null) throw new ArgumentException("JSON mode needs the model's vocabulary.", nameof(vocabulary));
-            _json = options.ResponseFormat == ResponseFormat.JsonSchema
+            if (vocabulary is null) throw new ArgumentException("a response format needs the model's vocabulary.", nameof(vocabulary));
+            _constraint = options.ResponseFormat == ResponseFormat.JsonSchema
                 ? new Constraints.GrammarConstraint<Constraints.JsonSchemaGrammar>(vocabulary(), Constraints.CompiledJsonSchema.Compile(options.JsonSchema).Start)
                 : new Constraints.GrammarConstraint<Constraints.JsonGrammar>(vocabulary(), Constraints.JsonGrammar.Start);
         }
@@ -52,22 +52,22 @@ internal sealed class LogitProcessor
     /// True when the only adjustment is a constraint (JSON mode): a row's argmax is then its adjusted argmax whenever the
     /// constraint allows it (<see cref="Allows"/>), and the row need not be read.
     /// </summary>
-    public bool OnlyConstrains => _json is not null && _bias.Count == 0 && _repetition == 1f && _frequency == 0f && _presence == 0f;
+    public bool OnlyConstrains => _constraint is not null && _bias.Count == 0 && _repetition == 1f && _frequency == 0f && _presence == 0f;
 
     /// <summary>Whether a constraint (JSON mode, a JSON schema) decides which tokens may come.</summary>
-    public bool Constrains => _json is not null;
+    public bool Constrains => _constraint is not null;
 
     /// <summary>Medusa: the tree's guesses under the constraint (<see cref="Constraints.ITokenConstraint.ConstrainGuesses"/>); nothing without one.</summary>
     public void ConstrainGuesses(ReadOnlySpan<int> parents, ReadOnlySpan<int> depths, ReadOnlySpan<int> ranks, Span<int> tokens, ReadOnlySpan<int> topK, int width) =>
-        _json?.ConstrainGuesses(parents, depths, ranks, tokens, topK, width);
+        _constraint?.ConstrainGuesses(parents, depths, ranks, tokens, topK, width);
 
     /// <summary>Whether a constraint lets <paramref name="token"/> follow the history plus <paramref name="pending"/> (true without one).</summary>
-    public bool Allows(int token, ReadOnlySpan<int> pending) => _json?.Allows(token, pending) ?? true;
+    public bool Allows(int token, ReadOnlySpan<int> pending) => _constraint?.Allows(token, pending) ?? true;
 
     /// <summary>Records a generated token.</summary>
     public void Append(int token)
     {
-        _json?.Append(token);
+        _constraint?.Append(token);
         _seen.Add(token);
         _generated[token] = _generated.GetValueOrDefault(token) + 1;
     }
@@ -93,7 +93,7 @@ internal sealed class LogitProcessor
             foreach (var (token, count) in _extra)
                 if (!_generated.ContainsKey(token)) logits[token] -= count * _frequency + _presence;
         }
-        _json?.Mask(logits, pending);
+        _constraint?.Mask(logits, pending);
     }
 
     private void Repeat(Span<float> logits, int token) =>

@@ -319,9 +319,10 @@ internal sealed class MedusaDecoder : SequenceDecoder
     /// is then one draw from the base model's distribution given the tokens before it, made with the same random stream
     /// as autoregressive sampling makes it (one draw per token), so a seed gives the same text with or without Medusa,
     /// whatever the tree and however many steps fall back to one token, up to the rounding by which a tree's rows, from
-    /// multi-token kernels, differ from one-token steps (a draw within that distance of a token boundary can differ). (Accepting a guess only when it is the argmax
-    /// would make every accepted token a greedy one.) Greedy decoding with penalties or a logit bias walks the same way:
-    /// each node's row is adjusted for the tokens accepted before it (<see cref="_walked"/>), then its argmax is taken.
+    /// multi-token kernels, differ from one-token steps (a draw within that distance of a token boundary can differ).
+    /// (Accepting a guess only when it is the argmax would make every accepted token a greedy one.) Greedy decoding with
+    /// penalties, a logit bias or a constraint (JSON mode) walks the same way: each node's row is adjusted for the tokens
+    /// accepted before it (<see cref="_walked"/>), then its argmax is taken.
     /// </summary>
     private AcceptedPath SampleAlongTree(StepLogits logits, out int drawn)
     {
