@@ -68,6 +68,14 @@ public sealed class OfficialClientTests(OpenAiServerFixture fixture) : IClassFix
         var other = result.GetProperty("otherModel");
         Assert.Equal(404, other.GetProperty("status").GetInt32());
         Assert.Equal("model_not_found", other.GetProperty("code").GetString());
+
+        // Structured output and JSON mode as the SDK sends them: the reply starts with the schema's first key, or an object.
+        Assert.Matches("^\\{\\s?\"mood\"\\s?:\\s?\"(happy|sad)\"", result.GetProperty("structured").GetProperty("text").GetString());
+        Assert.StartsWith("{", result.GetProperty("jsonMode").GetProperty("text").GetString(), StringComparison.Ordinal);
+        var badSchema = result.GetProperty("badSchema");
+        Assert.Equal(400, badSchema.GetProperty("status").GetInt32());
+        Assert.Equal("response_format.json_schema.schema", badSchema.GetProperty("param").GetString());
+        Assert.Contains("keyword 'anyOf' is not supported", badSchema.GetProperty("message").GetString(), StringComparison.Ordinal);
     }
 
     private static JsonElement RunClient(params string[] args) =>

@@ -46,9 +46,23 @@ result.promptScores = {
   usage: echoed.usage,
 };
 
+const schema = {
+  type: "object",
+  properties: { mood: { enum: ["happy", "sad"] }, age: { type: "integer" } },
+  required: ["mood", "age"],
+  additionalProperties: false,
+};
+const structured = await client.chat.completions.create({
+  model, messages, max_tokens: 12, response_format: { type: "json_schema", json_schema: { name: "card", strict: true, schema } },
+});
+result.structured = { text: structured.choices[0].message.content, finish: structured.choices[0].finish_reason };
+const jsonMode = await client.chat.completions.create({ model, messages, max_tokens: 12, response_format: { type: "json_object" } });
+result.jsonMode = { text: jsonMode.choices[0].message.content };
+
 for (const [name, request] of [
   ["badTemperature", { model, messages, temperature: 3 }],
   ["otherModel", { model: "gpt-4o", messages }],
+  ["badSchema", { model, messages, response_format: { type: "json_schema", json_schema: { name: "x", schema: { type: "object", properties: { a: { anyOf: [] } } } } } }],
 ]) {
   try {
     await client.chat.completions.create(request);
