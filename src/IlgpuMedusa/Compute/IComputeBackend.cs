@@ -179,6 +179,14 @@ public interface IComputeBackend : IDisposable
     int EagerLeafRows => 0;
 
     /// <summary>
+    /// True when <see cref="ProductArgMax"/> finds the greedy tokens without computing every logit (the host's bounded
+    /// pass over an 8-bit copy of the classifier): a caller that needs a row only now and then (greedy decoding under a
+    /// constraint, when the argmax is ruled out) computes that row alone. False (the default) when it computes every row
+    /// anyway: such a caller asks for the rows instead, and none is computed twice.
+    /// </summary>
+    bool ArgMaxSkipsLogits => false;
+
+    /// <summary>
     /// True when <see cref="GroupedMatMul"/> takes groups of <paramref name="rowsPerGroup"/> weight rows (the ILGPU backend:
     /// a multiple of 4). The default backend has none.
     /// </summary>

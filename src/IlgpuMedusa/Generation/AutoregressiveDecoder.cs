@@ -126,10 +126,12 @@ internal abstract class SequenceDecoder
     /// <summary>
     /// True when <see cref="Complete"/> or the caller reads logits rows, not only their argmax (sampling with a
     /// temperature, penalties, typical acceptance, log-probabilities). When no sequence of a step needs them, the scheduler
-    /// asks the backend for the greedy tokens only. Greedy decoding under a constraint alone (JSON mode) does not: a row
+    /// asks the backend for the greedy tokens only. Greedy decoding under a constraint alone (JSON mode) does not where
+    /// the backend's argmax pass skips most logits (<see cref="IComputeBackend.ArgMaxSkipsLogits"/>, the host): a row
     /// whose argmax the constraint rules out is computed on its own then, from its hidden state (<see cref="Choose"/>).
     /// </summary>
-    public virtual bool NeedsLogitRows => !Sampler.IsGreedy || Processor is { OnlyConstrains: false } || ReportsLogprobs || (ScoresPrompt && Prefilling);
+    public virtual bool NeedsLogitRows => !Sampler.IsGreedy || (Processor is not null && !(Processor.OnlyConstrains && Backend.ArgMaxSkipsLogits)) ||
+        ReportsLogprobs || (ScoresPrompt && Prefilling);
 
     /// <summary>
     /// The request's penalties, logit bias and constraint (JSON mode, a JSON schema; null: none), applied to a row before

@@ -248,9 +248,9 @@ public sealed class JsonSchemaTests(DemoEngineFixture fixture) : IClassFixture<D
     }
 
     /// <summary>
-    /// On OpenCL (PoCL, the ILGPU kernels): greedy decoding under the schema takes its tokens from the fast argmax pass and
-    /// computes a row on its own where the constraint rules the argmax out; Medusa and plain decoding agree, and the text
-    /// is one the grammar can continue.
+    /// On OpenCL (PoCL, the ILGPU kernels): greedy decoding under the schema keeps the logits rows there (the argmax pass
+    /// computes them anyway) and reads one where the constraint rules the argmax out; Medusa and plain decoding agree, and
+    /// the text is one the grammar can continue.
     /// </summary>
     [Fact]
     public void OnOpenCL_ConstrainedGreedyDecoding_AgreesWithAndWithoutMedusa()

@@ -53,6 +53,9 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
     public int EagerLeafRows => 4;
 
     /// <inheritdoc />
+    public bool ArgMaxSkipsLogits => true;
+
+    /// <inheritdoc />
     /// <remarks>
     /// BF16 for an F32 model where matrices are packed (512-bit vectors): a step's heads stream half the bytes, widened by
     /// a shift. Measured on stories15M (2 cores, <c>dynamic-3</c>, two heads): 54 -> 37 µs up to the lm_head and 48 -> 31-33
