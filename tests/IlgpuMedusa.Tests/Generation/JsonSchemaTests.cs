@@ -104,6 +104,8 @@ public sealed class JsonSchemaTests(DemoEngineFixture fixture) : IClassFixture<D
         Assert.False(Accepts(schema, """{"tags":["a"],"n":1,"c":{"a":[1,"\u00e9"]},"u":7}"""));
         Assert.False(Accepts(schema, """{"tags":["a"],"n":1,"c":{"a":[1,"é"]},"u":7.5}"""));
         Assert.False(Accepts(schema, """{"tags":["a"],"n":1,"c":{"a":[1,"é"]},"u":true}"""));
+        // A type listed twice beside "number" is still a number.
+        Assert.True(Accepts(CompiledJsonSchema.Compile("""{"type": "object", "properties": {"x": {"type": ["integer", "integer", "number"]}}}"""), """{"x":1.5}"""));
         // Every prefix of a valid text continues; the grammar is complete only at its end.
         const string valid = """{"tags":["a","b"],"n":12,"c":{"a":[1,"é"]},"u":"s"}""";
         var bytes = Encoding.UTF8.GetBytes(valid);

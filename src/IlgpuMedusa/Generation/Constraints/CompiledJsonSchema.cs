@@ -186,7 +186,7 @@ internal sealed class CompiledJsonSchema
             if (schema.TryGetProperty(keyword, out _) && !types.Contains("object")) throw Error(path, $"'{keyword}' applies to objects only.");
         foreach (var keyword in (string[])["items", "minItems", "maxItems"])
             if (schema.TryGetProperty(keyword, out _) && !types.Contains("array")) throw Error(path, $"'{keyword}' applies to arrays only.");
-        if (types.Contains("integer") && types.Contains("number")) types.Remove("integer"); // every integer is a number
+        if (types.Contains("number")) types.RemoveAll(t => t == "integer"); // every integer is a number
         // The types start with different bytes ({, [, ", a digit or -, t or f, n): a union reads the first byte to choose.
         var alternatives = types.Distinct().Select(t => Typed(t, schema, path, depth, nodes)).ToArray();
         if (alternatives.Length == 1) return alternatives[0];
