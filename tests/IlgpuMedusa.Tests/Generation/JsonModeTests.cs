@@ -471,9 +471,7 @@ public sealed class JsonModeTests(DemoEngineFixture fixture) : IClassFixture<Dem
                 MaxTokens = 120, Sampling = Sampling.From(0.7f, 1f), Seed = seed, ResponseFormat = ResponseFormat.JsonObject, LogitBias = bias,
             };
             var prompt = engine.EncodePrompt("Tom's toy list:", options);
-            var result = Run(engine, prompt, options);
-            var plain = Run(engine, prompt, options with { UseMedusa = false });
-            Assert.Equal(plain.Ids, result.Ids);
+            var result = Run(engine, prompt, options); // with Medusa (its equality with plain decoding is tested above)
             if (result.Stats.FinishReason != FinishReason.EndToken)
             {
                 Assert.True(IsJsonPrefix(result.Text), result.Text);
