@@ -39,8 +39,8 @@ internal sealed class SchemaNode
     public int MaxItems { get; init; } = int.MaxValue;
     /// <summary>Literals: every allowed value as its bytes, sorted, no duplicates.</summary>
     public byte[][] Literals { get; init; } = [];
-    /// <summary>Union: the alternatives (no two start with the same byte).</summary>
-    public SchemaNode[] Alternatives { get; init; } = [];
+    /// <summary>Union: the alternative a value starting with each byte belongs to (null: none; no two alternatives share a first byte).</summary>
+    public SchemaNode?[] ByFirstByte { get; init; } = [];
 }
 
 /// <summary>
@@ -190,8 +190,23 @@ internal sealed class CompiledJsonSchema
         // The types start with different bytes ({, [, ", a digit or -, t or f, n): a union reads the first byte to choose.
         var alternatives = types.Distinct().Select(t => Typed(t, schema, path, depth, nodes)).ToArray();
         if (alternatives.Length == 1) return alternatives[0];
-        return Add(new SchemaNode { Kind = SchemaKind.Union, Alternatives = alternatives }, nodes);
+        var byFirstByte = new SchemaNode?[256];
+        foreach (var alternative in alternatives)
+            for (int b = 0; b < 256; b++)
+                if (StartsWith(alternative, (byte)b)) byFirstByte[b] = alternative;
+        return Add(new SchemaNode { Kind = SchemaKind.Union, ByFirstByte = byFirstByte }, nodes);
     }
+
+    /// <summary>Whether a value of <paramref name="node"/> (not a union) can start with <paramref name="b"/>.</summary>
+    private static bool StartsWith(SchemaNode node, byte b) => node.Kind switch
+    {
+        SchemaKind.Object => b == (byte)'{',
+        SchemaKind.Array => b == (byte)'[',
+        SchemaKind.String => b == (byte)'"',
+        SchemaKind.Number or SchemaKind.Integer => JsonNumberScanner.Starts(b),
+        SchemaKind.Literals => node.Literals.Any(l => l[0] == b),
+        _ => false,
+    };
 
     private static SchemaNode Typed(string type, JsonElement schema, string path, int depth, List<SchemaNode> nodes) => type switch
     {

@@ -15,7 +15,7 @@ internal sealed class ConstraintVocabulary
     private readonly int[] _order;        // ids with at least one byte, sorted by their bytes
     private readonly int[] _shared;       // _shared[i]: length of the prefix _order[i] shares with _order[i − 1]
     private readonly bool[] _end;         // (V) end tokens
-    private readonly int[] _special;      // ids with bytes that are not string text (JsonGrammar.IsStringText), ascending
+    private readonly int[] _special;      // ids with bytes that are not string text (JsonStringScanner.IsPlainText), ascending
 
     private ConstraintVocabulary(byte[] bytes, int[] offset, int[] order, int[] shared, bool[] end, int[] special, int longest)
     {
@@ -74,7 +74,7 @@ internal sealed class ConstraintVocabulary
             shared[i] = pieces[order[i]].AsSpan().CommonPrefixLength(pieces[order[i - 1]]);
         var special = new List<int>();
         for (int id = 0; id < vocabularySize; id++)
-            if (pieces[id].Length > 0 && !JsonGrammar.IsStringText(pieces[id])) special.Add(id);
+            if (pieces[id].Length > 0 && !JsonStringScanner.IsPlainText(pieces[id])) special.Add(id);
         return new ConstraintVocabulary(bytes, offset, order, shared, end, [.. special], longest);
     }
 
@@ -91,23 +91,22 @@ internal sealed class ConstraintVocabulary
     public bool Allows<TGrammar>(in TGrammar state, int token)
         where TGrammar : struct, IByteGrammar
     {
+        var copy = state;
+        return TryAppend(ref copy, token);
+    }
+
+    /// <summary>Reads <paramref name="token"/> into <paramref name="state"/>; false (the state unchanged) when <see cref="Allows"/> would say no.</summary>
+    public bool TryAppend<TGrammar>(ref TGrammar state, int token)
+        where TGrammar : struct, IByteGrammar
+    {
         if ((uint)token >= (uint)_end.Length) return false;
         if (_end[token]) return state.IsComplete;
         var piece = Bytes(token);
         if (piece.IsEmpty) return false;
-        var s = state;
+        var s = state; // one walk: the state changes only when every byte is allowed
         foreach (byte b in piece)
             if (!s.Advance(b)) return false;
-        return true;
-    }
-
-    /// <summary>Reads <paramref name="token"/> into <paramref name="state"/>; false when <see cref="Allows"/> would say no.</summary>
-    public bool TryAppend<TGrammar>(ref TGrammar state, int token)
-        where TGrammar : struct, IByteGrammar
-    {
-        if (!Allows(state, token)) return false;
-        foreach (byte b in Bytes(token))
-            state.Advance(b);
+        state = s;
         return true;
     }
 

@@ -18,7 +18,7 @@ internal interface IByteGrammar
 
     /// <summary>
     /// Inside free string content, between characters: every token of plain string text
-    /// (<see cref="JsonGrammar.IsStringText"/>) is allowed and leaves the state as it is.
+    /// (<see cref="JsonStringScanner.IsPlainText"/>) is allowed and leaves the state as it is.
     /// </summary>
     bool InStringText { get; }
 }

@@ -24,7 +24,7 @@ internal struct JsonGrammar : IByteGrammar
     /// <summary>Most whitespace bytes in a row.</summary>
     public const int MaxWhitespaceRun = 16;
 
-    private const byte Quote = (byte)'"', Backslash = (byte)'\\';
+    private const byte Quote = (byte)'"';
 
     private enum Mode : byte
     {
@@ -56,16 +56,8 @@ internal struct JsonGrammar : IByteGrammar
     /// <summary>Nothing read yet.</summary>
     public static JsonGrammar Start => default;
 
-    /// <summary>
-    /// Inside a string, between characters: every byte sequence of whole UTF-8 characters without '"', '\\' or control
-    /// characters (<see cref="IsStringText"/>) continues the text and leaves it in this state.
-    /// </summary>
+    /// <inheritdoc />
     public readonly bool InStringText => _mode == Mode.String && _string.BetweenCharacters;
-
-    /// <summary>Whether <paramref name="bytes"/> are whole UTF-8 characters, none of them '"', '\\', a control character or U+2581.</summary>
-    public static bool IsStringText(ReadOnlySpan<byte> bytes) =>
-        System.Text.Unicode.Utf8.IsValid(bytes) && bytes.IndexOfAnyInRange((byte)0, (byte)0x1F) < 0 && bytes.IndexOfAny(Quote, Backslash) < 0 &&
-        bytes.IndexOf("\u2581"u8) < 0; // the one character the string scanner refuses besides those
 
     /// <summary>The top-level object is closed: the text is complete and nothing more may follow.</summary>
     public readonly bool IsComplete => _mode == Mode.Done;

@@ -21,7 +21,7 @@ internal struct JsonSchemaGrammar : IByteGrammar
     /// </summary>
     public const int MaxWhitespaceRun = 1;
 
-    private const byte Quote = (byte)'"', Backslash = (byte)'\\';
+    private const byte Quote = (byte)'"';
 
     private enum Phase : byte
     {
@@ -198,25 +198,11 @@ internal struct JsonSchemaGrammar : IByteGrammar
                 return true;
             }
             case SchemaKind.Union:
-                foreach (var alternative in node.Alternatives)
-                    if (Starts(alternative, b)) return BeginValue(alternative, b);
-                return false;
+                return node.ByFirstByte[b] is { } alternative && BeginValue(alternative, b);
             default:
                 return false;
         }
     }
-
-    /// <summary>Whether a value of <paramref name="node"/> can start with <paramref name="b"/>.</summary>
-    private static bool Starts(SchemaNode node, byte b) => node.Kind switch
-    {
-        SchemaKind.Object => b == (byte)'{',
-        SchemaKind.Array => b == (byte)'[',
-        SchemaKind.String => b == Quote,
-        SchemaKind.Number or SchemaKind.Integer => JsonNumberScanner.Starts(b),
-        SchemaKind.Literals => node.Literals.Any(l => l[0] == b),
-        SchemaKind.Union => node.Alternatives.Any(a => Starts(a, b)),
-        _ => false,
-    };
 
     private bool Push(SchemaNode node, Phase phase)
     {

@@ -32,8 +32,16 @@ internal struct JsonStringScanner
     private byte _low, _high; // Text: range of the next continuation byte; Unicode: _low = 1 when the first digit was D
     private byte _marker;     // Text: 1 after E2, 2 after E2 96 (U+2581 is E2 96 81)
 
-    /// <summary>Between characters, outside an escape: <see cref="JsonGrammar.IsStringText"/> bytes leave the scanner as it is.</summary>
+    /// <summary>Between characters, outside an escape: <see cref="IsPlainText"/> bytes leave the scanner as it is.</summary>
     public readonly bool BetweenCharacters => _mode == Mode.Text && _pending == 0;
+
+    /// <summary>
+    /// Whether <paramref name="bytes"/> are whole UTF-8 characters the scanner reads as they are: none of them '"', '\\',
+    /// a control character or U+2581.
+    /// </summary>
+    public static bool IsPlainText(ReadOnlySpan<byte> bytes) =>
+        System.Text.Unicode.Utf8.IsValid(bytes) && bytes.IndexOfAnyInRange((byte)0, (byte)0x1F) < 0 && bytes.IndexOfAny((byte)'"', (byte)'\\') < 0 &&
+        bytes.IndexOf("\u2581"u8) < 0;
 
     /// <summary>Reads one byte of the string.</summary>
     public Step Advance(byte b)
