@@ -156,6 +156,7 @@ internal static class BenchCommand
         public double DecodeSeconds;
         public long MedusaSteps;
         public long MedusaTokens;
+        public long ForcedTokens;
         public long[] Histogram = [];
         public readonly List<double> Rates = [];
         public readonly List<double> PrefillRates = [];
@@ -203,6 +204,7 @@ internal static class BenchCommand
                 {
                     t.MedusaSteps += m.Steps;
                     t.MedusaTokens += m.Tokens;
+                    t.ForcedTokens += m.ForcedTokens;
                     if (t.Histogram.Length < m.AcceptHistogram.Count) Array.Resize(ref t.Histogram, m.AcceptHistogram.Count);
                     for (int k = 0; k < m.AcceptHistogram.Count; k++) t.Histogram[k] += m.AcceptHistogram[k];
                 }
@@ -249,6 +251,7 @@ internal static class BenchCommand
                 row["mean_accepted"] = Math.Round(meanAccepted, 3);
                 row["step_cost_vs_autoregressive"] = Math.Round(meanAccepted / Math.Max(rate / Math.Max(baseline, 1e-9), 1e-9), 3);
                 row["accept_histogram"] = t.Histogram;
+                row["forced_tokens"] = t.ForcedTokens; // accepted tokens of text a constraint forced, not guessed
                 row["head_hit_rates"] = HitRates(t).Select(r => Math.Round(r, 3)).ToArray();
                 row["identical_to_autoregressive"] = $"{t.Identical}/{t.Compared}";
             }

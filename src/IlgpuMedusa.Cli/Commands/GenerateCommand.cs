@@ -164,6 +164,7 @@ internal static class GenerateCommand
                 ["steps"] = stats.Medusa?.Steps ?? stats.Steps + 1,
                 ["mean_accepted"] = Math.Round(stats.Medusa?.MeanAccepted ?? 1.0, 3),
                 ["accept_histogram"] = stats.Medusa?.AcceptHistogram ?? [],
+                ["forced_tokens"] = stats.Medusa?.ForcedTokens ?? 0,
                 ["head_hit_rates"] = stats.Medusa?.HeadHitRates().Select(r => Math.Round(r, 3)).ToArray() ?? [],
                 ["tree"] = stats.Tree ?? "",
             };
@@ -183,7 +184,9 @@ internal static class GenerateCommand
         else
         {
             Console.WriteLine();
-            var medusa = stats.Medusa is { } m ? $", Medusa {stats.Tree}: {m.MeanAccepted:0.00} tokens/step" : ", no Medusa";
+            var medusa = stats.Medusa is { } m
+                ? $", Medusa {stats.Tree}: {m.MeanAccepted:0.00} tokens/step{(m.ForcedTokens > 0 ? $" ({m.ForcedTokens} of forced text)" : "")}"
+                : ", no Medusa";
             Console.Error.WriteLine(
                 $"[{stats.GeneratedTokens} tokens, {stats.DecodeTokensPerSecond:0.0} tok/s decode{medusa}, prefill {stats.PromptTokens} tokens in {stats.PrefillSeconds * 1000:0} ms, {stats.FinishReason}, {engine.DeviceName}]");
         }

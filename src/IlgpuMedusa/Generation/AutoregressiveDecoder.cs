@@ -192,7 +192,7 @@ internal abstract class SequenceDecoder
             SelectLogitRows(decodeStep: false);
             return true;
         }
-        if (StepSize > budget && (budget < 1 || !ShrinkStep())) return false;
+        if (StepSize > budget && (budget < 1 || !ShrinkStep(budget))) return false;
         Reserve(StepSize);
         PlanCount = PlanStep(_planTokens, _planPositions, out var mask, out int logitsFrom);
         PlanMask = mask;
@@ -211,10 +211,11 @@ internal abstract class SequenceDecoder
     }
 
     /// <summary>
-    /// Called when the next decode step does not fit the rows left in a batch: true when the decoder made its next step
-    /// one token (a Medusa decoder drops its tree for that step); false by default.
+    /// Called when the next decode step does not fit the <paramref name="budget"/> rows left in a batch: true when the
+    /// decoder made its next step fit (a Medusa decoder verifies less forced text, or drops its tree for that step and
+    /// decodes one token); false by default.
     /// </summary>
-    protected virtual bool ShrinkStep() => false;
+    protected virtual bool ShrinkStep(int budget) => false;
 
     /// <summary>Fills the tokens and positions of a decode step; returns the row count.</summary>
     protected abstract int PlanStep(int[] tokens, int[] positions, out DeviceTensor? mask, out int logitsFrom);

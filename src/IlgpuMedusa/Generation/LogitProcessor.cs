@@ -58,8 +58,12 @@ internal sealed class LogitProcessor
     public bool Constrains => _constraint is not null;
 
     /// <summary>Medusa: the tree's guesses under the constraint (<see cref="Constraints.ITokenConstraint.ConstrainGuesses"/>); nothing without one.</summary>
-    public void ConstrainGuesses(ReadOnlySpan<int> parents, ReadOnlySpan<int> depths, ReadOnlySpan<int> ranks, Span<int> tokens, ReadOnlySpan<int> topK, int width) =>
-        _constraint?.ConstrainGuesses(parents, depths, ranks, tokens, topK, width);
+    public void ConstrainGuesses(ReadOnlySpan<int> parents, ReadOnlySpan<int> depths, ReadOnlySpan<int> ranks, Span<int> tokens, ReadOnlySpan<int> topK, int width,
+        Span<bool> allowed = default) =>
+        _constraint?.ConstrainGuesses(parents, depths, ranks, tokens, topK, width, allowed);
+
+    /// <summary>Medusa: the text a constraint forces after the history plus <paramref name="pending"/>, in tokens (<see cref="Constraints.ITokenConstraint.ForcedTokens"/>); 0 without one.</summary>
+    public int ForcedTokens(ReadOnlySpan<int> pending, Span<int> tokens) => _constraint?.ForcedTokens(pending, tokens) ?? 0;
 
     /// <summary>Whether a constraint lets <paramref name="token"/> follow the history plus <paramref name="pending"/> (true without one).</summary>
     public bool Allows(int token, ReadOnlySpan<int> pending) => _constraint?.Allows(token, pending) ?? true;

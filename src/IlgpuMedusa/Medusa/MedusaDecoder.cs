@@ -23,6 +23,10 @@ namespace IlgpuMedusa.Medusa;
 /// With a fixed tree (up to <see cref="IComputeBackend.MaxGatherInts"/> + 1 nodes) the heads' guesses stay on the device:
 /// the next step's node tokens are gathered there (<see cref="WritePlanTokens"/>) and read back after its argmax, when
 /// nothing is queued, so a step makes the host drain the device once, as a decode step does.
+/// Under a constraint (JSON mode, a JSON schema) each step's tree is made on the host: nodes whose path the grammar
+/// rules out are left out, and text the grammar forces (a schema's next key) is added as a chain of up to
+/// <see cref="MaxForcedTokens"/> nodes under the first node of the tree's main path after which it is forced, spelled as
+/// <see cref="LogitProcessor.ForcedTokens"/> spells it; the walk verifies those nodes as any other.
 /// </summary>
 internal sealed class MedusaDecoder : SequenceDecoder
 {
@@ -30,8 +34,11 @@ internal sealed class MedusaDecoder : SequenceDecoder
     private readonly CandidateTree _candidates;
     private readonly DynamicTreePlanner? _planner; // dynamic trees: plans each step's tree
     private readonly Dictionary<int, DeviceTensor>? _ownMasks; // dynamic trees: this decoder's I32[n, n] per node count n
-    private TreeTopology _tree = null!;       // the tree of the next step
-    private DeviceTensor _mask = null!;       // its mask I32[n, n] (a fixed tree's is owned by the engine's tree cache)
+    private TreeTopology _planned = null!;    // the tree planned for the next step (fixed, or from the planner)
+    private DeviceTensor _plannedMask = null!; // its mask I32[n, n] (a fixed tree's is owned by the engine's tree cache)
+    private TreeTopology _tree = null!;       // the tree of the next step: the planned one, or one made under a constraint
+    private DeviceTensor _mask = null!;       // its mask
+    private Dictionary<int, DeviceTensor>? _stepMasks; // masks of trees made under a constraint, per node count
     private readonly Acceptance _acceptance;
     private readonly MedusaStats _stats;
     private readonly int[] _topK;             // [heads · TopK] latest head predictions (token ids)
@@ -41,9 +48,11 @@ internal sealed class MedusaDecoder : SequenceDecoder
     private bool _planOnDevice;               // the planned step's node tokens are written on the device
     private readonly int[] _sources;          // compaction sources
     private readonly DeviceTensor _deviceSources;
+    private int _forcedRoom = MaxForcedTokens; // rows the next step may give forced text (fewer when the batch is short)
+    private readonly int[] _forced = new int[MaxForcedTokens];
     private int[] _tokens = [];               // node tokens of the planned tree
     private bool _fallback;                   // the planned step is a single token (end of context, or no guesses)
-    private readonly bool[] _leaf;            // nodes without children
+    private bool[] _leaf;                     // nodes without children
     private int _leafCount;
     private readonly int[] _nodeArgMax;       // argmax of each node's logits (−1: a leaf, not computed)
     private DeviceTensor? _leafIds, _leafScratch; // for the bonus token of an accepted leaf
@@ -71,10 +80,10 @@ internal sealed class MedusaDecoder : SequenceDecoder
         _acceptance = acceptance;
         _stats = stats;
         _topK = new int[heads.HeadCount * MedusaHeads.TopK];
-        _sources = new int[tree.MaxDepth + 1];
-        _leaf = new bool[tree.NodeCount];
-        _nodeArgMax = new int[tree.NodeCount];
-        _deviceSources = Backend.Allocate(Models.DType.I32, tree.MaxDepth + 1, 1);
+        _sources = new int[tree.MaxDepth + 1 + MaxForcedTokens];
+        _leaf = new bool[tree.NodeCount + MaxForcedTokens];
+        _nodeArgMax = new int[tree.NodeCount + MaxForcedTokens];
+        _deviceSources = Backend.Allocate(Models.DType.I32, tree.MaxDepth + 1 + MaxForcedTokens, 1);
         if (tree.Fixed is { } fixedNodes && fixedNodes.NodeCount - 1 <= IComputeBackend.MaxGatherInts && DeviceGuesses)
         {
             // A fixed tree's node tokens are picked from the heads' top-k on the device: the step after the heads queues
@@ -97,20 +106,41 @@ internal sealed class MedusaDecoder : SequenceDecoder
 
     private static readonly bool DeviceGuesses = Environment.GetEnvironmentVariable(DeviceGuessesVariable)?.Trim() is not "0";
 
+    /// <summary>Most tokens of forced text a step under a constraint verifies beyond its tree.</summary>
+    public const int MaxForcedTokens = 8;
+
+    /// <summary>Environment variable: 0 adds no forced text to the trees of constrained requests (to time what it buys).</summary>
+    public const string ForcedTextVariable = "ILGPU_MEDUSA_FORCED_TEXT";
+
+    private static readonly bool ForcedText = Environment.GetEnvironmentVariable(ForcedTextVariable)?.Trim() is not "0";
+
     /// <summary>Makes <paramref name="topology"/> the tree of the next step (its mask already on the device, or uploaded into this decoder's).</summary>
     private void UseTree(TreeTopology topology, DeviceTensor? mask)
     {
-        if (ReferenceEquals(topology, _tree)) return;
+        if (ReferenceEquals(topology, _planned)) return;
         int n = topology.NodeCount;
         if (n > _candidates.NodeCount)
             throw new InvalidOperationException($"tree '{topology.Name}' has {n} nodes, more than the {_candidates.NodeCount} planned for");
+        _planned = topology;
+        _plannedMask = mask ?? OwnMask(_ownMasks!, topology);
+        SetStepTree(_planned, _plannedMask);
+    }
+
+    /// <summary>A mask of this decoder's for <paramref name="topology"/>, uploaded (one buffer per node count in <paramref name="masks"/>).</summary>
+    private DeviceTensor OwnMask(Dictionary<int, DeviceTensor> masks, TreeTopology topology)
+    {
+        int n = topology.NodeCount;
+        if (!masks.TryGetValue(n, out var mask)) masks[n] = mask = Backend.Allocate(Models.DType.I32, n, n);
+        Backend.Upload(mask, topology.Mask);
+        return mask;
+    }
+
+    /// <summary>Makes <paramref name="topology"/> the tree of the next step and finds its leaves.</summary>
+    private void SetStepTree(TreeTopology topology, DeviceTensor mask)
+    {
         _tree = topology;
-        if (mask is null)
-        {
-            if (!_ownMasks!.TryGetValue(n, out mask)) _ownMasks[n] = mask = Backend.Allocate(Models.DType.I32, n, n);
-            Backend.Upload(mask, topology.Mask);
-        }
         _mask = mask;
+        int n = topology.NodeCount;
         Array.Fill(_leaf, true, 0, n);
         foreach (int parent in topology.Parents)
             if (parent >= 0) _leaf[parent] = false;
@@ -181,8 +211,9 @@ internal sealed class MedusaDecoder : SequenceDecoder
         base.Release();
         _deviceSources.Dispose();
         _deviceTop?.Dispose();
-        if (_ownMasks is not null)
-            foreach (var mask in _ownMasks.Values) mask.Dispose();
+        foreach (var masks in (Dictionary<int, DeviceTensor>?[])[_ownMasks, _stepMasks])
+            if (masks is not null)
+                foreach (var mask in masks.Values) mask.Dispose();
         _leafIds?.Dispose();
         _leafScratch?.Dispose();
     }
@@ -204,13 +235,20 @@ internal sealed class MedusaDecoder : SequenceDecoder
     /// <inheritdoc />
     public override bool NeedsLogitRows => base.NeedsLogitRows || _acceptance is Acceptance.TypicalAcceptance;
 
-    protected override int StepSize => _shrunk || !_guessed || Committed + _candidates.NodeCount > Sequence.MaxTokens ? 1 : _candidates.NodeCount;
+    protected override int StepSize => _shrunk || !_guessed || Committed + _candidates.NodeCount > Sequence.MaxTokens ? 1
+        : _candidates.NodeCount + (Processor is { Constrains: true } && ForcedText ? _forcedRoom : 0);
 
     private bool _shrunk; // the planned step is one token because the tree did not fit the batch
 
     /// <inheritdoc />
-    protected override bool ShrinkStep()
+    protected override bool ShrinkStep(int budget)
     {
+        // Less forced text first; then no tree.
+        if (budget >= _candidates.NodeCount && Processor is { Constrains: true })
+        {
+            _forcedRoom = budget - _candidates.NodeCount;
+            return true;
+        }
         _shrunk = true;
         return true;
     }
@@ -231,11 +269,11 @@ internal sealed class MedusaDecoder : SequenceDecoder
             mask = null;
             return 1;
         }
+        if (!ReferenceEquals(_tree, _planned)) SetStepTree(_planned, _plannedMask);
         int n = _tree.NodeCount;
-        for (int node = 1; node < n; node++) positions[node] = s + _tree.Depths[node];
-        if (_tokens.Length < n) _tokens = new int[n];
         // Under a constraint the guesses are filtered by it on the host: they come back from the device first.
         if (_onDevice && Processor is { Constrains: true }) ReadGuesses();
+        if (_tokens.Length < n) _tokens = new int[n];
         if (_onDevice)
         {
             // Placeholders: WritePlanTokens picks the node tokens from the guesses on the device; CompleteStep reads them.
@@ -245,17 +283,88 @@ internal sealed class MedusaDecoder : SequenceDecoder
         else
         {
             FillNodeTokens(tokens);
-            // A guess the constraint rules out can never be accepted: such a node takes the next allowed guess of its head.
-            Processor?.ConstrainGuesses(_tree.Parents, _tree.Depths, _tree.TopKIndices, tokens.AsSpan(0, n), _topK, MedusaHeads.TopK);
+            if (Processor is { Constrains: true } processor) n = ConstrainTree(processor, tokens, Math.Min(_forcedRoom, Sequence.MaxTokens - s - n));
+            if (_tokens.Length < n) _tokens = new int[n];
             tokens.AsSpan(0, n).CopyTo(_tokens);
         }
+        for (int node = 1; node < n; node++) positions[node] = s + _tree.Depths[node];
         mask = _mask;
         return n;
+    }
+
+    /// <summary>
+    /// The tree of a step under a constraint, from the planned one whose guesses are in <paramref name="tokens"/>: a guess
+    /// the constraint rules out takes the next allowed guess of its head (<see cref="LogitProcessor.ConstrainGuesses"/>);
+    /// nodes whose paths are still ruled out are left out (they could never be accepted); then, walking the main path
+    /// (the root, its first child, that node's first child, ...), the first node after which the grammar forces text
+    /// gets that text's tokens (at most <paramref name="room"/>) as a chain, continuing along children that already
+    /// carry them. Makes it the step's tree and returns its node count.
+    /// </summary>
+    private int ConstrainTree(LogitProcessor processor, int[] tokens, int room)
+    {
+        var planned = _tree;
+        int n = planned.NodeCount;
+        Span<bool> allowed = stackalloc bool[n];
+        processor.ConstrainGuesses(planned.Parents, planned.Depths, planned.TopKIndices, tokens.AsSpan(0, n), _topK, MedusaHeads.TopK, allowed);
+        Span<int> index = stackalloc int[n];   // planned node → node of the step's tree (−1: left out)
+        var parents = new int[n + Math.Max(room, 0)];
+        var ranks = new int[parents.Length];
+        int count = 0;
+        for (int node = 0; node < n; node++)
+        {
+            index[node] = -1;
+            if (node > 0 && !allowed[node]) continue;
+            index[node] = count;
+            parents[count] = node == 0 ? -1 : index[planned.Parents[node]];
+            ranks[count] = planned.TopKIndices[node];
+            tokens[count++] = tokens[node];
+        }
+        int kept = count;
+        if (ForcedText && room > 0)
+        {
+            // The main path's tokens after the root are the pending ones of each node on it.
+            Span<int> path = stackalloc int[n];
+            int at = 0, depth = 0, forced = 0;
+            while (true)
+            {
+                forced = processor.ForcedTokens(path[..depth], _forced.AsSpan(0, room));
+                if (forced > 0) break;
+                int child = FirstChild(parents, count, at);
+                if (child < 0) break;
+                path[depth++] = tokens[child];
+                at = child;
+            }
+            for (int i = 0; i < forced; i++)
+            {
+                int child = FirstChild(parents, count, at, _forced[i], tokens);
+                if (child < 0)
+                {
+                    parents[count] = at;
+                    ranks[count] = -1;
+                    tokens[count] = _forced[i];
+                    child = count++;
+                }
+                at = child;
+            }
+        }
+        if (count == n && kept == n) return n; // nothing ruled out, nothing forced: the planned tree
+        var tree = TreeTopology.FromParents(planned.Name, parents[..count], ranks[..count]);
+        SetStepTree(tree, OwnMask(_stepMasks ??= [], tree));
+        return count;
+    }
+
+    /// <summary>The first node after <paramref name="node"/> among the first <paramref name="count"/> whose parent it is (and whose token is <paramref name="token"/>, unless −1); −1 if none.</summary>
+    private static int FirstChild(int[] parents, int count, int node, int token = -1, int[]? tokens = null)
+    {
+        for (int child = node + 1; child < count; child++)
+            if (parents[child] == node && (token < 0 || tokens![child] == token)) return child;
+        return -1;
     }
 
     protected override void CompleteStep(DeviceTensor hidden, StepLogits logits, List<int> accepted)
     {
         _shrunk = false;
+        _forcedRoom = MaxForcedTokens;
         int s = Committed;
         if (_fallback)
         {
@@ -304,7 +413,11 @@ internal sealed class MedusaDecoder : SequenceDecoder
         Committed = s + length;
 
         // Node i of the path is the token its parent's row chose; the rows are the plan's nodes unless leaves were skipped.
-        for (int i = 1; i < length; i++) Accept(accepted, _tokens[nodes[i]], lazy ? -1 : nodes[i - 1]);
+        for (int i = 1; i < length; i++)
+        {
+            Accept(accepted, _tokens[nodes[i]], lazy ? -1 : nodes[i - 1]);
+            if (_tree.TopKIndices[nodes[i]] < 0) _stats.ForcedTokens++; // forced text, not a guess
+        }
         int last = nodes[length - 1];
         Pending = sampled >= 0 ? sampled : !lazy ? Choose(logits, last) : _nodeArgMax[last] >= 0 ? _nodeArgMax[last] : LeafToken(hidden, last);
         Accept(accepted, Pending, lazy ? -1 : last);
@@ -416,6 +529,11 @@ public sealed class MedusaStats
     public long Steps { get; private set; }
     /// <summary>Tokens emitted by those steps (accepted tree nodes plus the bonus token).</summary>
     public long Tokens { get; private set; }
+    /// <summary>
+    /// Tokens that were not the heads' guesses but text a constraint forced (a JSON schema's next key), verified in the
+    /// tree and accepted; counted in <see cref="Tokens"/> too.
+    /// </summary>
+    public long ForcedTokens { get; internal set; }
     /// <summary>Mean tokens per step.</summary>
     public double MeanAccepted => Steps == 0 ? 0 : (double)Tokens / Steps;
     /// <summary>Histogram: index k = steps that emitted k tokens.</summary>

@@ -18,26 +18,38 @@ namespace IlgpuMedusa.Medusa;
 /// </summary>
 public sealed class TreeTopology
 {
-    private TreeTopology(string name, int[][] choices)
+    private TreeTopology(string name, int[][] choices) : this(name, choices, ParentsOf(choices, out var topK), topK)
     {
-        Name = name;
-        Choices = choices;
+    }
+
+    private static int[] ParentsOf(int[][] choices, out int[] topKIndices)
+    {
         int n = choices.Length + 1;
         var index = new Dictionary<string, int>(StringComparer.Ordinal) { [""] = 0 };
-        Depths = new int[n];
-        Parents = new int[n];
-        TopKIndices = new int[n];
-        Parents[0] = -1;
-        TopKIndices[0] = -1;
+        var parents = new int[n];
+        topKIndices = new int[n];
+        parents[0] = -1;
+        topKIndices[0] = -1;
         for (int i = 0; i < choices.Length; i++)
         {
             var path = choices[i];
             int node = i + 1;
             index[Key(path)] = node;
-            Depths[node] = path.Length;
-            Parents[node] = index[Key(path.AsSpan(0, path.Length - 1))]; // present: validated and sorted before
-            TopKIndices[node] = path[^1];
+            parents[node] = index[Key(path.AsSpan(0, path.Length - 1))]; // present: validated and sorted before
+            topKIndices[node] = path[^1];
         }
+        return parents;
+    }
+
+    private TreeTopology(string name, int[][] choices, int[] parents, int[] topKIndices)
+    {
+        Name = name;
+        Choices = choices;
+        int n = parents.Length;
+        Parents = parents;
+        TopKIndices = topKIndices;
+        Depths = new int[n];
+        for (int node = 1; node < n; node++) Depths[node] = Depths[parents[node]] + 1;
         Mask = new int[n * n];
         for (int node = 0; node < n; node++)
             for (int a = node; a >= 0; a = Parents[a]) Mask[node * n + a] = 1;
@@ -55,12 +67,28 @@ public sealed class TreeTopology
         Paths = [.. paths];
         MaxDepth = Depths.Max();
         TopKPerDepth = new int[MaxDepth];
-        for (int node = 1; node < n; node++) TopKPerDepth[Depths[node] - 1] = Math.Max(TopKPerDepth[Depths[node] - 1], TopKIndices[node] + 1);
+        for (int node = 1; node < n; node++)
+            if (TopKIndices[node] >= 0) TopKPerDepth[Depths[node] - 1] = Math.Max(TopKPerDepth[Depths[node] - 1], TopKIndices[node] + 1);
+    }
+
+    /// <summary>
+    /// A tree of one step given by its parents (<paramref name="parents"/>[0] = −1, every other node after its parent):
+    /// node n takes its token from <paramref name="topKIndices"/>[n] of its head's guesses, or, where that is −1, from
+    /// elsewhere (text a constraint forces, <see cref="MedusaDecoder"/>). It has no <see cref="Choices"/>.
+    /// </summary>
+    internal static TreeTopology FromParents(string name, int[] parents, int[] topKIndices)
+    {
+        if (parents.Length == 0 || parents[0] != -1 || topKIndices.Length != parents.Length)
+            throw new ArgumentException($"tree '{name}': node 0 must be the root (parent −1), with one top-k index per node.");
+        for (int node = 1; node < parents.Length; node++)
+            if (parents[node] < 0 || parents[node] >= node)
+                throw new ArgumentException($"tree '{name}': node {node} has parent {parents[node]}; a parent comes before its children.");
+        return new TreeTopology(name, [], parents, topKIndices);
     }
 
     /// <summary>Name (a preset's name or the file it came from).</summary>
     public string Name { get; }
-    /// <summary>The paths, sorted.</summary>
+    /// <summary>The paths, sorted (none for a tree made with <see cref="FromParents"/>).</summary>
     public IReadOnlyList<int[]> Choices { get; }
     /// <summary>N: tree tokens verified per step, root included.</summary>
     public int NodeCount => Depths.Length;
@@ -70,7 +98,7 @@ public sealed class TreeTopology
     public int[] Depths { get; }
     /// <summary>Parent of each node (root −1).</summary>
     public int[] Parents { get; }
-    /// <summary>Top-k index of each node's token within its head's ranking (root −1).</summary>
+    /// <summary>Top-k index of each node's token within its head's ranking (root −1; −1 also for a node whose token is not a guess).</summary>
     public int[] TopKIndices { get; }
     /// <summary>Tree attention mask [N, N], row-major, 1 = visible.</summary>
     public int[] Mask { get; }

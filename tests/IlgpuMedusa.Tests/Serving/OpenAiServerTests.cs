@@ -813,22 +813,14 @@ public sealed class OpenAiServerTests(OpenAiServerFixture fixture) : IClassFixtu
         await http.GetAsync("v1/models/stories15M");
         await http.GetAsync("no/such/route");
 
-        using var response = await http.GetAsync("metrics");
-        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
-        Assert.Equal("text/plain", response.Content.Headers.ContentType?.MediaType);
-        Assert.Contains(response.Content.Headers.ContentType!.Parameters, p => p.Name == "version" && p.Value == "0.0.4");
-        var text = await response.Content.ReadAsStringAsync();
-        var samples = new Dictionary<string, double>();
-        var typed = new HashSet<string>();
-        foreach (var line in text.Split('\n', StringSplitOptions.RemoveEmptyEntries))
+        // A request is counted once its answer is sent, and leaves the in-flight count a moment after: read until the
+        // last one shows (at most 5 s).
+        Dictionary<string, double> samples = [];
+        for (var clock = System.Diagnostics.Stopwatch.StartNew(); ; await Task.Delay(50))
         {
-            if (line.StartsWith("# TYPE ", StringComparison.Ordinal)) typed.Add(line.Split(' ')[2]);
-            if (line.StartsWith('#')) continue;
-            var match = System.Text.RegularExpressions.Regex.Match(line, @"^([a-z_]+)(\{[^}]*\})? (\S+)$");
-            Assert.True(match.Success, $"not a sample line: '{line}'");
-            string name = match.Groups[1].Value;
-            Assert.Contains(typed, t => name == t || name.StartsWith(t + "_", StringComparison.Ordinal));
-            samples[name + match.Groups[2].Value] = double.Parse(match.Groups[3].Value, System.Globalization.CultureInfo.InvariantCulture);
+            samples = await ReadMetricsAsync(http);
+            if ((samples.ContainsKey("ilgpu_medusa_http_requests_total{route=\"other\",status=\"404\"}") && samples["ilgpu_medusa_http_requests_in_flight"] == 1) ||
+                clock.Elapsed > TimeSpan.FromSeconds(5)) break;
         }
         Assert.Equal(1, samples["ilgpu_medusa_http_requests_total{route=\"/v1/completions\",status=\"200\"}"]);
         Assert.Equal(1, samples["ilgpu_medusa_http_requests_total{route=\"/v1/completions\",status=\"400\"}"]);
@@ -849,6 +841,29 @@ public sealed class OpenAiServerTests(OpenAiServerFixture fixture) : IClassFixtu
         Assert.InRange(samples["ilgpu_medusa_prefix_cache_hits_total"], 0, samples["ilgpu_medusa_prefix_cache_queries_total"]);
         Assert.InRange(samples["ilgpu_medusa_kv_blocks_cached"], 0, samples["ilgpu_medusa_kv_blocks_free"]);
         Assert.Equal(1, samples["ilgpu_medusa_http_requests_in_flight"]); // this request
+    }
+
+    /// <summary>GET /metrics, checked for Prometheus' text format, as name{labels} → value.</summary>
+    private static async Task<Dictionary<string, double>> ReadMetricsAsync(HttpClient http)
+    {
+        using var response = await http.GetAsync("metrics");
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        Assert.Equal("text/plain", response.Content.Headers.ContentType?.MediaType);
+        Assert.Contains(response.Content.Headers.ContentType!.Parameters, p => p.Name == "version" && p.Value == "0.0.4");
+        var text = await response.Content.ReadAsStringAsync();
+        var samples = new Dictionary<string, double>();
+        var typed = new HashSet<string>();
+        foreach (var line in text.Split('\n', StringSplitOptions.RemoveEmptyEntries))
+        {
+            if (line.StartsWith("# TYPE ", StringComparison.Ordinal)) typed.Add(line.Split(' ')[2]);
+            if (line.StartsWith('#')) continue;
+            var match = System.Text.RegularExpressions.Regex.Match(line, @"^([a-z_]+)(\{[^}]*\})? (\S+)$");
+            Assert.True(match.Success, $"not a sample line: '{line}'");
+            string name = match.Groups[1].Value;
+            Assert.Contains(typed, t => name == t || name.StartsWith(t + "_", StringComparison.Ordinal));
+            samples[name + match.Groups[2].Value] = double.Parse(match.Groups[3].Value, System.Globalization.CultureInfo.InvariantCulture);
+        }
+        return samples;
     }
 
     [Fact]

@@ -81,6 +81,28 @@ internal sealed class ConstraintVocabulary
     /// <summary>The bytes of <paramref name="token"/> (empty for end tokens and tokens that carry no text).</summary>
     public ReadOnlySpan<byte> Bytes(int token) => _bytes.AsSpan(_offset[token], _offset[token + 1] - _offset[token]);
 
+    /// <summary>
+    /// The token whose bytes are the longest prefix of <paramref name="text"/> (−1 when no token starts it); of tokens with
+    /// the same bytes the one with the highest id, so that a word piece wins over its byte-fallback token (SentencePiece
+    /// vocabularies list those first). How <see cref="ITokenConstraint.ForcedTokens"/> spells forced text.
+    /// </summary>
+    public int LongestTokenAt(ReadOnlySpan<byte> text)
+    {
+        for (int length = Math.Min(text.Length, LongestToken); length > 0; length--)
+        {
+            var key = text[..length];
+            int lo = 0, hi = _order.Length; // the first token whose bytes are greater than key
+            while (lo < hi)
+            {
+                int mid = (lo + hi) >>> 1;
+                if (Bytes(_order[mid]).SequenceCompareTo(key) <= 0) lo = mid + 1;
+                else hi = mid;
+            }
+            if (lo > 0 && Bytes(_order[lo - 1]).SequenceEqual(key)) return _order[lo - 1];
+        }
+        return -1;
+    }
+
     /// <summary>Whether <paramref name="token"/> ends generation.</summary>
     public bool IsEnd(int token) => _end[token];
 
