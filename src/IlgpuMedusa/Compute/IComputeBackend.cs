@@ -226,6 +226,26 @@ public interface IComputeBackend : IDisposable
     }
 
     /// <summary>
+    /// The greedy token of one hidden row under an additive adjustment: the argmax over v of input · weight[v] + adjust[v]
+    /// (the lowest index on ties), as <see cref="MatMul"/>, the sum and <see cref="ArgMax"/> would give it up to float
+    /// rounding of near-ties. For a constraint's mask (0 for an allowed token, −∞ for the others) where
+    /// <see cref="ArgMaxSkipsLogits"/>: the host then settles only allowed rows exactly. input F32[1, D], weight [V, D],
+    /// scratch F32[1, V] (overwritten), adjust V values.
+    /// </summary>
+    int AdjustedProductArgMax(DeviceTensor input, DeviceTensor weight, DeviceTensor scratch, ReadOnlySpan<float> adjust) =>
+        AdjustedArgMaxByRows(this, input, weight, scratch, adjust);
+
+    /// <summary><see cref="AdjustedProductArgMax"/> from the whole row of logits, computed and read back.</summary>
+    internal static int AdjustedArgMaxByRows(IComputeBackend backend, DeviceTensor input, DeviceTensor weight, DeviceTensor scratch, ReadOnlySpan<float> adjust)
+    {
+        backend.MatMul(scratch, input, weight, accumulate: false);
+        var row = new float[adjust.Length];
+        backend.Download(scratch, row);
+        System.Numerics.Tensors.TensorPrimitives.Add(row, adjust, row);
+        return System.Numerics.Tensors.TensorPrimitives.IndexOfMax(row);
+    }
+
+    /// <summary>
     /// The k largest logits of each row, in descending order (ties: lower index first).
     /// indices I32[T, k], values F32[T, k], logits F32[T, V], k ≤ V.
     /// </summary>

@@ -280,13 +280,15 @@ internal abstract class SequenceDecoder
         DeviceTensor r;
         if (logits.Rows is null)
         {
-            // Only the argmax was computed (greedy under a constraint alone) and the constraint rules it out: this row's
-            // logits now, from its hidden state.
+            // Only the argmax was computed (greedy under a constraint alone) and the constraint rules it out: the greedy
+            // token under the constraint's mask, from this row's hidden state (the host settles only allowed tokens).
             _lazyRow ??= Backend.Allocate(Models.DType.F32, 1, Model.Config.VocabSize);
-            Model.Logits(_stepHidden!.Slice(PlanLogitRows[row], 1), _lazyRow);
-            r = _lazyRow;
+            if (_row.Length != Model.Config.VocabSize) _row = new float[Model.Config.VocabSize];
+            Array.Clear(_row);
+            Processor!.Apply(_row, pending);
+            return Model.GreedyToken(_stepHidden!.Slice(PlanLogitRows[row], 1), _lazyRow, _row);
         }
-        else r = logits.Rows.Slice(row, 1);
+        r = logits.Rows.Slice(row, 1);
         if (_row.Length != r.Columns) _row = new float[r.Columns];
         Backend.Download(r, _row);
         Processor?.Apply(_row, pending);

@@ -239,6 +239,13 @@ public sealed class LlamaModel : IDisposable
     public void GreedyTokens(DeviceTensor hidden, DeviceTensor ids, DeviceTensor scratch) =>
         Backend.ProductArgMax(ids, hidden, _classifier, scratch);
 
+    /// <summary>
+    /// The greedy token of one hidden row F32[1, D] after <paramref name="adjust"/> is added to its logits (a constraint's
+    /// mask), without keeping them (<see cref="IComputeBackend.AdjustedProductArgMax"/>); <paramref name="scratch"/> F32[1, V].
+    /// </summary>
+    public int GreedyToken(DeviceTensor hidden, DeviceTensor scratch, ReadOnlySpan<float> adjust) =>
+        Backend.AdjustedProductArgMax(hidden, _classifier, scratch, adjust);
+
     /// <summary>Frees the weights.</summary>
     public void Dispose()
     {

@@ -288,6 +288,55 @@ public sealed unsafe class HostBackendTests : IDisposable
         }
     }
 
+    /// <summary>
+    /// The argmax under a mask (a constraint's 0 / −∞, and finite offsets too) is the best allowed row of the exact
+    /// logits computed in double, or one within float rounding of it, for a split classifier (its bounded pass) and a
+    /// plain weight (the whole row); a mask that leaves one row picks it, and the −∞ rows are never chosen.
+    /// </summary>
+    [Theory]
+    [InlineData(1000, 288, true)]
+    [InlineData(37, 29, true)]
+    [InlineData(300, 64, false)]
+    public void Adjusted_argmax_is_the_best_allowed_row_of_exact_logits(int n, int k, bool classifier)
+    {
+        var random = new Random(n + 7 * k);
+        var w = Random(random, n * k);
+        using var weight = classifier ? _backend.UploadClassifier([Weight(w, n, k)], DType.F32) : _backend.UploadWeight([Weight(w, n, k)], DType.F32);
+        using var input = _backend.Allocate(DType.F32, 1, k);
+        using var scratch = _backend.Allocate(DType.F32, 1, n);
+        for (int trial = 0; trial < 30; trial++)
+        {
+            var x = Random(random, k);
+            _backend.Upload(input, x);
+            var exact = new double[n];
+            for (int r = 0; r < n; r++)
+                for (int j = 0; j < k; j++) exact[r] += (double)w[r * k + j] * x[j];
+            var adjust = new float[n];
+            int only = random.Next(n);
+            for (int r = 0; r < n; r++)
+                adjust[r] = trial % 3 == 2 ? (r == only ? 0f : float.NegativeInfinity) // one row left
+                    : random.NextDouble() < 0.7 ? float.NegativeInfinity : trial % 3 == 1 ? (float)(20 * random.NextDouble() - 10) : 0f; // offsets as wide as the logits
+            if (trial == 0)
+            {
+                // The unmasked argmax masked out: the choice must move to another row.
+                int top = Array.IndexOf(exact, exact.Max());
+                adjust[top] = float.NegativeInfinity;
+                adjust[(top + 1) % n] = 0f;
+            }
+            double best = double.NegativeInfinity;
+            int bestRow = -1;
+            for (int r = 0; r < n; r++)
+                if (adjust[r] != float.NegativeInfinity && exact[r] + adjust[r] > best) (best, bestRow) = (exact[r] + adjust[r], r);
+            int actual = _backend.AdjustedProductArgMax(input, weight, scratch, adjust);
+            Assert.True(actual >= 0 && actual < n && adjust[actual] != float.NegativeInfinity, $"trial {trial}: row {actual} is masked out");
+            Assert.True(actual == bestRow || best - (exact[actual] + adjust[actual]) <= 1e-5 * Math.Max(1, Math.Abs(best)),
+                $"n={n} k={k} trial {trial}: argmax {actual} ({exact[actual] + adjust[actual]}) but row {bestRow} has {best}");
+            if (trial % 3 == 2) Assert.Equal(only, actual);
+        }
+        var e = Assert.Throws<ArgumentException>(() => _backend.AdjustedProductArgMax(input, weight, scratch, new float[n + 1]));
+        Assert.Contains("adjust", e.Message, StringComparison.Ordinal);
+    }
+
     [Theory]
     [InlineData(1)]
     [InlineData(3)]

@@ -291,7 +291,10 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
     /// candidates (usually one to a handful) are computed exactly from both halves, by one fixed-order dot product
     /// whatever the batch, and the largest wins (the lowest index on ties).
     /// </remarks>
-    public void ProductArgMax(DeviceTensor ids, DeviceTensor input, DeviceTensor weight, DeviceTensor scratch)
+    public void ProductArgMax(DeviceTensor ids, DeviceTensor input, DeviceTensor weight, DeviceTensor scratch) => BoundedArgMax(ids, input, weight, scratch, null);
+
+    /// <summary><see cref="ProductArgMax"/> of (input · weight[v] + adjust[v]) (adjust null: none; one per weight row).</summary>
+    private void BoundedArgMax(DeviceTensor ids, DeviceTensor input, DeviceTensor weight, DeviceTensor scratch, float* adjust)
     {
         var w = OwnWeight(weight);
         if (!w.Split)
@@ -332,23 +335,43 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
                 ArrayPool<short>.Shared.Return(rented);
             }
             // One token's settling is independent of the others'.
-            if (tokens == 1) o.Ints[0] = SettleInt8ArgMax(w, x.FloatRow(0), s.FloatRow(0), inputs[0]);
-            else _workers.For(tokens, t => o.Ints[t] = SettleInt8ArgMax(w, x.FloatRow(t), s.FloatRow(t), inputs[t]));
+            if (tokens == 1) o.Ints[0] = SettleInt8ArgMax(w, x.FloatRow(0), s.FloatRow(0), inputs[0], adjust);
+            else _workers.For(tokens, t => o.Ints[t] = SettleInt8ArgMax(w, x.FloatRow(t), s.FloatRow(t), inputs[t], adjust));
             return;
         }
         RunPanels<HostMatMul.HighHalfPanel>(w, (float*)x.Pointer, tokens, (float*)s.Pointer, accumulate: false, chunks);
-        for (int t = 0; t < tokens; t++) o.Ints[t] = SettleArgMax(w, x.FloatRow(t), s.FloatRow(t));
+        for (int t = 0; t < tokens; t++) o.Ints[t] = SettleArgMax(w, x.FloatRow(t), s.FloatRow(t), adjust);
+    }
+
+    /// <inheritdoc />
+    /// <remarks>
+    /// With a split classifier, as <see cref="ProductArgMax"/> with the adjustment added to each row's first-pass value
+    /// and to its exact value (the bound on their difference is unchanged): a row whose adjustment is −∞ (a token a
+    /// constraint rules out) is never computed exactly, so a constrained choice costs about one 8-bit pass, not a whole
+    /// row of float logits.
+    /// </remarks>
+    public int AdjustedProductArgMax(DeviceTensor input, DeviceTensor weight, DeviceTensor scratch, ReadOnlySpan<float> adjust)
+    {
+        var w = OwnWeight(weight);
+        var x = Own(input);
+        if (x.Rows != 1) throw new ArgumentException($"AdjustedProductArgMax takes one input row, not {x.Rows}", nameof(input));
+        if (adjust.Length != w.Rows) throw new ArgumentException($"the adjustment has {adjust.Length} values for {w.Rows} weight rows", nameof(adjust));
+        if (!w.Split) return IComputeBackend.AdjustedArgMaxByRows(this, input, weight, scratch, adjust);
+        using var id = Allocate(DType.I32, 1, 1);
+        fixed (float* a = adjust) BoundedArgMax(id, input, weight, scratch, a);
+        return Own(id).Ints[0];
     }
 
     /// <summary>Bound factor c of <see cref="ProductArgMax"/>: 2^-7 for the truncation, plus float rounding of two k-term sums with margin.</summary>
     private static double SplitBoundFactor(int k) => Math.Pow(2, -7) + 4.0 * k * Math.Pow(2, -24);
 
     /// <summary>The exact argmax of one row given its high-half logits (see <see cref="ProductArgMax"/>).</summary>
-    private static int SettleArgMax(HostTensor w, Span<float> x, Span<float> approximate)
+    private static int SettleArgMax(HostTensor w, Span<float> x, Span<float> approximate, float* adjust)
     {
+        if (adjust is not null) TensorPrimitives.Add(approximate, new ReadOnlySpan<float>(adjust, approximate.Length), approximate);
         double c = SplitBoundFactor(w.Columns);
         float xInf = MathF.Abs(TensorPrimitives.MaxMagnitude(x)), x2 = TensorPrimitives.Norm(x); // MaxMagnitude keeps the sign
-        if (!float.IsFinite(xInf) || !float.IsFinite(x2)) return TensorPrimitives.IndexOfMax(approximate); // NaN or ∞ in: nothing to bound
+        if (!float.IsFinite(xInf) || !float.IsFinite(x2)) return TensorPrimitives.IndexOfMax(approximate); // NaN or ∞ in: nothing to bound (adjusted)
         var l1 = w.RowL1!;
         var l2 = w.RowL2!;
         // B[v] rounded up a little so float rounding of the bound itself cannot make it smaller than the true bound.
@@ -378,10 +401,10 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
                 for (v = 0; v + 16 <= n; v += 16)
                 {
                     var b = Vector512.Min(Vector512.Load(p1 + v) * s1, Vector512.Load(p2 + v) * s2);
-                    ConsiderEach(w, v, Vector512.GreaterThanOrEqual(Vector512.Load(y + v) + b, floorVector).ExtractMostSignificantBits(), xp, ref best, ref bestValue);
+                    ConsiderEach(w, v, Vector512.GreaterThanOrEqual(Vector512.Load(y + v) + b, floorVector).ExtractMostSignificantBits(), xp, adjust, ref best, ref bestValue);
                 }
                 for (; v < n; v++)
-                    if (y[v] + MathF.Min(p1[v] * scale1, p2[v] * scale2) >= floor) Consider(w, v, xp, ref best, ref bestValue);
+                    if (y[v] + MathF.Min(p1[v] * scale1, p2[v] * scale2) >= floor) Consider(w, v, xp, adjust, ref best, ref bestValue);
             }
             return best;
         }
@@ -432,7 +455,7 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
     /// (<see cref="HostTensor.Int8NormMax"/>; with 16-bit inputs that term is small), so two per-row numbers (s_v and
     /// <see cref="HostTensor.Int8Bound"/>) are read once; the second pass reads the upper ends ŷ + B kept in the scratch.
     /// </summary>
-    private static int SettleInt8ArgMax(HostTensor w, Span<float> x, Span<float> scratch, InputQuantisation input)
+    private static int SettleInt8ArgMax(HostTensor w, Span<float> x, Span<float> scratch, InputQuantisation input, float* adjust)
     {
         int n = scratch.Length;
         // ‖x‖₂ is a k-term float sum itself, so it is taken a little larger.
@@ -453,6 +476,7 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
             {
                 var yv = Avx512F.ConvertToVector512Single(Vector512.Load(raw + v)) * (Vector512.Load(scale + v) * sigma);
                 var b = Vector512.Load(bound + v) * x2 + d2 + Vector512.Abs(yv) * relative;
+                if (adjust is not null) yv += Vector512.Load(adjust + v); // after the bound, which is that of the unadjusted value
                 floors = Vector512.Max(floors, yv - b);
                 (yv + b).Store(y + v);
             }
@@ -462,6 +486,7 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
             {
                 float yv = raw[v] * (scale[v] * input.Scale);
                 float b = bound[v] * a2 + inputTerm + MathF.Abs(yv) * Relative;
+                if (adjust is not null) yv += adjust[v];
                 floor = MathF.Max(floor, yv - b);
                 y[v] = yv + b;
             }
@@ -472,29 +497,38 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
             fixed (float* xp = x)
             {
                 for (v = 0; v + 16 <= n; v += 16)
-                    ConsiderEach(w, v, Vector512.GreaterThanOrEqual(Vector512.Load(y + v), floorVector).ExtractMostSignificantBits(), xp, ref best, ref bestValue);
+                    ConsiderEach(w, v, Vector512.GreaterThanOrEqual(Vector512.Load(y + v), floorVector).ExtractMostSignificantBits(), xp, adjust, ref best, ref bestValue);
                 for (; v < n; v++)
-                    if (y[v] >= floor) Consider(w, v, xp, ref best, ref bestValue);
+                    if (y[v] >= floor) Consider(w, v, xp, adjust, ref best, ref bestValue);
             }
             return best;
         }
     }
 
     /// <summary>Considers rows v + i for each bit i set in <paramref name="bits"/>, in increasing order.</summary>
-    private static void ConsiderEach(HostTensor w, int v, ulong bits, float* x, ref int best, ref float bestValue)
+    private static void ConsiderEach(HostTensor w, int v, ulong bits, float* x, float* adjust, ref int best, ref float bestValue)
     {
         while (bits != 0)
         {
             int u = v + System.Numerics.BitOperations.TrailingZeroCount(bits);
             bits &= bits - 1;
-            Consider(w, u, x, ref best, ref bestValue);
+            Consider(w, u, x, adjust, ref best, ref bestValue);
         }
     }
 
-    /// <summary>Keeps candidate u when its exact logit beats the best so far (candidates come in increasing order, so ties keep the lower index).</summary>
-    private static void Consider(HostTensor w, int u, float* x, ref int best, ref float bestValue)
+    /// <summary>
+    /// Keeps candidate u when its exact logit (plus its adjustment, when given) beats the best so far (candidates come in
+    /// increasing order, so ties keep the lower index). A row adjusted to −∞ is not computed.
+    /// </summary>
+    private static void Consider(HostTensor w, int u, float* x, float* adjust, ref int best, ref float bestValue)
     {
-        float exact = ExactRowDot(w, u, x);
+        float offset = adjust is null ? 0f : adjust[u];
+        if (offset == float.NegativeInfinity)
+        {
+            if (best < 0) (best, bestValue) = (u, float.NegativeInfinity);
+            return;
+        }
+        float exact = ExactRowDot(w, u, x) + offset;
         if (best < 0 || exact > bestValue)
         {
             best = u;
