@@ -383,7 +383,11 @@ public sealed class OpenAiServerTests(OpenAiServerFixture fixture) : IClassFixtu
         var (badStatus, bad) = await PostAsync("v1/chat/completions", """{"messages": [{"role": "user", "content": "Hi"}], "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object", "properties": {"a": {"anyOf": []}}}}}}""");
         Assert.Equal(HttpStatusCode.BadRequest, badStatus);
         Assert.Equal("response_format.json_schema.schema", bad.GetProperty("error").GetProperty("param").GetString());
-        Assert.Contains("keyword 'anyOf' is not supported", bad.GetProperty("error").GetProperty("message").GetString(), StringComparison.Ordinal);
+        Assert.Contains("$.properties.a.anyOf: expected a non-empty array of schemas", bad.GetProperty("error").GetProperty("message").GetString(), StringComparison.Ordinal);
+        // A Pydantic-shaped schema (a nested model under $defs, optional as anyOf with null): followed, not refused.
+        var (pydanticStatus, pydantic) = await PostAsync("v1/chat/completions", """{"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 12, "response_format": {"type": "json_schema", "json_schema": {"name": "Owner", "strict": true, "schema": {"$defs": {"Pet": {"type": "object", "properties": {"kind": {"type": "string"}}, "required": ["kind"], "additionalProperties": false}}, "type": "object", "properties": {"pet": {"anyOf": [{"$ref": "#/$defs/Pet"}, {"type": "null"}], "default": null}}, "required": ["pet"], "additionalProperties": false}}}}""");
+        Assert.Equal(HttpStatusCode.OK, pydanticStatus);
+        Assert.Matches("^\\{\\s?\"pet\"\\s?:\\s?(\\{\\s?\"kind\"|n)", pydantic.GetProperty("choices")[0].GetProperty("message").GetProperty("content").GetString());
     }
 
     [Fact]

@@ -48,7 +48,10 @@ internal sealed class SchemaNode
 /// output needs and that a left-to-right grammar can enforce exactly. Supported: <c>type</c> (<c>object</c>, <c>array</c>,
 /// <c>string</c>, <c>number</c>, <c>integer</c>, <c>boolean</c>, <c>null</c>, or a list of them, such as
 /// <c>["string", "null"]</c>), <c>properties</c>, <c>required</c>, <c>additionalProperties: false</c>, <c>items</c>,
-/// <c>minItems</c>, <c>maxItems</c>, <c>enum</c>, <c>const</c>; <c>title</c>, <c>description</c>, <c>$schema</c>,
+/// <c>minItems</c>, <c>maxItems</c>, <c>enum</c>, <c>const</c>; <c>anyOf</c> and <c>oneOf</c> whose alternatives start
+/// with different bytes (different types, such as a schema or null: what Pydantic writes for optional fields), and
+/// <c>allOf</c> of one schema; <c>$ref</c> to a JSON pointer in the same document (<c>#/$defs/Name</c>, not recursive),
+/// with <c>$defs</c> and <c>definitions</c> holding the schemas it names; <c>title</c>, <c>description</c>, <c>$schema</c>,
 /// <c>$comment</c>, <c>$id</c>, <c>default</c>, <c>examples</c> and <c>format</c> are read as annotations (a format is not
 /// enforced). The text is written as OpenAI's strict structured outputs write it: every listed property, in the listed
 /// order (so optional properties are present too), nothing else; the top level is an object. Anything else is refused
@@ -66,7 +69,8 @@ internal sealed class CompiledJsonSchema
     public const int MaxSchemaBytes = GenerationOptions.MaxJsonSchemaBytes;
 
     private static readonly HashSet<string> Annotations = ["title", "description", "$schema", "$comment", "$id", "default", "examples", "format"];
-    private static readonly HashSet<string> Keywords = ["type", "properties", "required", "additionalProperties", "items", "minItems", "maxItems", "enum", "const"];
+    private static readonly HashSet<string> Keywords = ["type", "properties", "required", "additionalProperties", "items", "minItems", "maxItems", "enum", "const",
+        "anyOf", "oneOf", "allOf", "$ref", "$defs", "definitions"];
     private static readonly byte[][] Booleans = ["false"u8.ToArray(), "true"u8.ToArray()];
     private static readonly byte[][] Null = ["null"u8.ToArray()];
 
@@ -117,7 +121,7 @@ internal sealed class CompiledJsonSchema
         }
         using (document)
         {
-            var nodes = new List<SchemaNode>();
+            var nodes = new Context(document.RootElement);
             SchemaNode root;
             try
             {
@@ -139,7 +143,14 @@ internal sealed class CompiledJsonSchema
 
     private static ArgumentException Error(string path, string message) => new($"JsonSchema at {path}: {message}");
 
-    private static SchemaNode Node(JsonElement schema, string path, int depth, List<SchemaNode> nodes)
+    /// <summary>The nodes compiled so far, the document (for <c>$ref</c>), and the references being expanded (a cycle is refused).</summary>
+    private sealed class Context(JsonElement document) : List<SchemaNode>
+    {
+        public JsonElement Document { get; } = document;
+        public List<string> Expanding { get; } = [];
+    }
+
+    private static SchemaNode Node(JsonElement schema, string path, int depth, Context nodes)
     {
         if (schema.ValueKind != JsonValueKind.Object)
             throw Error(path, $"expected a schema object, got {schema.ValueKind.ToString().ToLowerInvariant()} (boolean schemas are not supported).");
@@ -147,6 +158,18 @@ internal sealed class CompiledJsonSchema
             if (!Keywords.Contains(property.Name) && !Annotations.Contains(property.Name))
                 throw Error(path, $"keyword '{property.Name}' is not supported; supported: {string.Join(", ", Keywords)} (and the annotations {string.Join(", ", Annotations)}).");
         if (nodes.Count >= MaxNodes) throw Error(path, $"the schema has more than {MaxNodes} parts.");
+        foreach (var holder in (string[])["$defs", "definitions"])
+            if (schema.TryGetProperty(holder, out var defined) && defined.ValueKind != JsonValueKind.Object)
+                throw Error($"{path}.{holder}", "expected an object of schemas.");
+        foreach (var combinator in (string[])["$ref", "anyOf", "oneOf", "allOf"])
+        {
+            if (!schema.TryGetProperty(combinator, out var value)) continue;
+            // The referenced or combined schemas are the schema: beside them only annotations (and definitions).
+            foreach (var property in schema.EnumerateObject())
+                if (Keywords.Contains(property.Name) && property.Name != combinator && property.Name is not ("$defs" or "definitions"))
+                    throw Error(path, $"'{property.Name}' beside '{combinator}' is not supported.");
+            return combinator == "$ref" ? Reference(value, path, depth, nodes) : Combined(combinator, value, path, depth, nodes);
+        }
 
         List<string>? types = null;
         if (schema.TryGetProperty("type", out var type))
@@ -197,6 +220,87 @@ internal sealed class CompiledJsonSchema
         return Add(new SchemaNode { Kind = SchemaKind.Union, ByFirstByte = byFirstByte }, nodes);
     }
 
+    /// <summary>The schema <c>$ref</c> points to (a JSON pointer into this document), compiled where the reference stands.</summary>
+    private static SchemaNode Reference(JsonElement reference, string path, int depth, Context nodes)
+    {
+        if (reference.ValueKind != JsonValueKind.String) throw Error($"{path}.$ref", "expected a string such as \"#/$defs/Name\".");
+        string pointer = reference.GetString()!;
+        if (!pointer.StartsWith('#'))
+            throw Error($"{path}.$ref", $"'{Shorten(pointer)}': only references within the schema (\"#/...\") are supported.");
+        string fragment = Uri.UnescapeDataString(pointer[1..]); // the key of the schema it names, however it is escaped
+        if (nodes.Expanding.Contains(fragment))
+            throw Error($"{path}.$ref", $"'{Shorten(pointer)}' refers to itself through #{string.Join(" -> #", nodes.Expanding.SkipWhile(p => p != fragment).Append(fragment))}: recursive schemas are not supported.");
+        var target = nodes.Document;
+        if (fragment.Length > 0)
+        {
+            if (fragment[0] != '/') throw Error($"{path}.$ref", $"'{Shorten(pointer)}' is not a JSON pointer (\"#/...\").");
+            foreach (var segment in fragment[1..].Split('/'))
+            {
+                string name = segment.Replace("~1", "/", StringComparison.Ordinal).Replace("~0", "~", StringComparison.Ordinal);
+                bool found = target.ValueKind switch
+                {
+                    JsonValueKind.Object => target.TryGetProperty(name, out target),
+                    JsonValueKind.Array => int.TryParse(name, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int i) &&
+                        i < target.GetArrayLength() && (target = target[i]).ValueKind != JsonValueKind.Undefined,
+                    _ => false,
+                };
+                if (!found) throw Error($"{path}.$ref", $"'{Shorten(pointer)}' points to nothing in the schema.");
+            }
+        }
+        nodes.Expanding.Add(fragment);
+        var node = Node(target, $"{path}.$ref({Shorten(pointer)})", depth, nodes);
+        nodes.Expanding.RemoveAt(nodes.Expanding.Count - 1);
+        return node;
+    }
+
+    /// <summary>
+    /// anyOf / oneOf: alternatives a value's first byte tells apart (so at most one can match, and oneOf means the same);
+    /// literal alternatives are merged into one set, an integer beside a number is the number. allOf: one schema only.
+    /// </summary>
+    private static SchemaNode Combined(string combinator, JsonElement list, string path, int depth, Context nodes)
+    {
+        if (list.ValueKind != JsonValueKind.Array || list.GetArrayLength() == 0)
+            throw Error($"{path}.{combinator}", "expected a non-empty array of schemas.");
+        if (combinator == "allOf")
+        {
+            if (list.GetArrayLength() > 1) throw Error($"{path}.allOf", "allOf of more than one schema is not supported (only a single schema, as some generators wrap a $ref).");
+            return Node(list[0], $"{path}.allOf[0]", depth, nodes);
+        }
+        var alternatives = new List<(SchemaNode Node, string Path)>();
+        int index = 0;
+        foreach (var item in list.EnumerateArray())
+        {
+            string at = $"{path}.{combinator}[{index++}]";
+            var node = Node(item, at, depth, nodes);
+            if (node.Kind == SchemaKind.Union)
+                alternatives.AddRange(node.ByFirstByte.OfType<SchemaNode>().Distinct().Select(n => (n, at)));
+            else alternatives.Add((node, at));
+        }
+        if (alternatives.Any(a => a.Node.Kind == SchemaKind.Number)) alternatives.RemoveAll(a => a.Node.Kind == SchemaKind.Integer);
+        var literals = alternatives.Where(a => a.Node.Kind == SchemaKind.Literals).ToList();
+        if (literals.Count > 1)
+        {
+            var merged = literals.SelectMany(a => a.Node.Literals).Distinct(ByteArrayComparer.Instance).ToArray();
+            if (merged.Length > ushort.MaxValue) throw Error($"{path}.{combinator}", $"more than {ushort.MaxValue} values.");
+            Array.Sort(merged, (a, b) => a.AsSpan().SequenceCompareTo(b));
+            alternatives.RemoveAll(a => a.Node.Kind == SchemaKind.Literals);
+            alternatives.Add((Add(new SchemaNode { Kind = SchemaKind.Literals, Literals = merged }, nodes), literals[0].Path));
+        }
+        if (alternatives.Count == 1) return alternatives[0].Node;
+        var byFirstByte = new SchemaNode?[256];
+        var owner = new string?[256];
+        foreach (var (node, at) in alternatives)
+            for (int b = 0; b < 256; b++)
+            {
+                if (!StartsWith(node, (byte)b)) continue;
+                if (byFirstByte[b] is { } other && !ReferenceEquals(other, node))
+                    throw Error($"{path}.{combinator}", $"{owner[b]} and {at} can both start with '{(char)b}': alternatives must be told apart by their first byte (different types, such as an object or null).");
+                byFirstByte[b] = node;
+                owner[b] = at;
+            }
+        return Add(new SchemaNode { Kind = SchemaKind.Union, ByFirstByte = byFirstByte }, nodes);
+    }
+
     /// <summary>Whether a value of <paramref name="node"/> (not a union) can start with <paramref name="b"/>.</summary>
     private static bool StartsWith(SchemaNode node, byte b) => node.Kind switch
     {
@@ -208,7 +312,7 @@ internal sealed class CompiledJsonSchema
         _ => false,
     };
 
-    private static SchemaNode Typed(string type, JsonElement schema, string path, int depth, List<SchemaNode> nodes) => type switch
+    private static SchemaNode Typed(string type, JsonElement schema, string path, int depth, Context nodes) => type switch
     {
         "object" => ObjectSchema(schema, path, depth, nodes),
         "array" => ArraySchema(schema, path, depth, nodes),
@@ -220,7 +324,7 @@ internal sealed class CompiledJsonSchema
         _ => throw Error($"{path}.type", $"unknown type '{type}'; expected object, array, string, number, integer, boolean or null."),
     };
 
-    private static SchemaNode ObjectSchema(JsonElement schema, string path, int depth, List<SchemaNode> nodes)
+    private static SchemaNode ObjectSchema(JsonElement schema, string path, int depth, Context nodes)
     {
         if (depth >= MaxDepth) throw Error(path, $"objects and arrays are nested more than {MaxDepth} deep.");
         if (!schema.TryGetProperty("properties", out var properties) || properties.ValueKind != JsonValueKind.Object)
@@ -250,7 +354,7 @@ internal sealed class CompiledJsonSchema
         return Add(new SchemaNode { Kind = SchemaKind.Object, Keys = [.. keys], Properties = [.. children] }, nodes);
     }
 
-    private static SchemaNode ArraySchema(JsonElement schema, string path, int depth, List<SchemaNode> nodes)
+    private static SchemaNode ArraySchema(JsonElement schema, string path, int depth, Context nodes)
     {
         if (depth >= MaxDepth) throw Error(path, $"objects and arrays are nested more than {MaxDepth} deep.");
         if (!schema.TryGetProperty("items", out var items))
@@ -269,7 +373,7 @@ internal sealed class CompiledJsonSchema
         return (int)count;
     }
 
-    private static SchemaNode Add(SchemaNode node, List<SchemaNode> nodes)
+    private static SchemaNode Add(SchemaNode node, Context nodes)
     {
         node.Id = nodes.Count;
         nodes.Add(node);
