@@ -309,7 +309,10 @@ internal sealed class ReplSession
         // Index k: decode steps that emitted k tokens. Autoregressive decoding emits one per step.
         IReadOnlyList<long> histogram = last.Medusa?.AcceptHistogram ?? [0, DecodeStepsOf(last)];
         var chart = new BarChart().Width(60).Label("Accepted tokens per decode step (last reply)").LeftAlignLabel();
-        for (int k = 1; k < histogram.Count; k++)
+        // Up to the longest step of the reply (forced text can make steps longer than the heads reach).
+        int longest = histogram.Count - 1;
+        while (longest > 1 && histogram[longest] == 0) longest--;
+        for (int k = 1; k <= longest; k++)
             chart.AddItem(k == 1 ? "1 token" : $"{k} tokens", histogram[k], k == 1 ? Color.Grey : Color.Aqua);
         _console.Write(chart);
         _console.MarkupLine(Markup.Escape(FormattableString.Invariant(

@@ -158,6 +158,7 @@ internal static class BenchCommand
         public long MedusaTokens;
         public long ForcedTokens;
         public long[] Histogram = [];
+        public long[] Guesses = [];
         public readonly List<double> Rates = [];
         public readonly List<double> PrefillRates = [];
         public int Identical;
@@ -207,6 +208,8 @@ internal static class BenchCommand
                     t.ForcedTokens += m.ForcedTokens;
                     if (t.Histogram.Length < m.AcceptHistogram.Count) Array.Resize(ref t.Histogram, m.AcceptHistogram.Count);
                     for (int k = 0; k < m.AcceptHistogram.Count; k++) t.Histogram[k] += m.AcceptHistogram[k];
+                    if (t.Guesses.Length < m.GuessHistogram.Count) Array.Resize(ref t.Guesses, m.GuessHistogram.Count);
+                    for (int g = 0; g < m.GuessHistogram.Count; g++) t.Guesses[g] += m.GuessHistogram[g];
                 }
                 if (reference is null) reference = tokens;
                 else
@@ -289,19 +292,8 @@ internal static class BenchCommand
 
     private static double Rate(Totals t) => t.Decoded / Math.Max(t.DecodeSeconds, 1e-9);
 
-    /// <summary>Head i's hit rate: the fraction of steps whose accepted path went past depth i + 1.</summary>
-    private static double[] HitRates(Totals t)
-    {
-        long steps = t.Histogram.Sum();
-        var rates = new double[Math.Max(0, t.Histogram.Length - 2)];
-        for (int head = 0; head < rates.Length; head++)
-        {
-            long hits = 0;
-            for (int k = head + 2; k < t.Histogram.Length; k++) hits += t.Histogram[k];
-            rates[head] = steps == 0 ? 0 : (double)hits / steps;
-        }
-        return rates;
-    }
+    /// <summary>Head i's hit rate: the fraction of steps whose accepted path held a guess of head i (forced text is not a guess).</summary>
+    private static double[] HitRates(Totals t) => MedusaStats.HitRates(t.Guesses);
 
     private static double Median(List<double> values)
     {

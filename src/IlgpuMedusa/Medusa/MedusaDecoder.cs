@@ -247,6 +247,7 @@ internal sealed class MedusaDecoder : SequenceDecoder
         if (budget >= _candidates.NodeCount && Processor is { Constrains: true })
         {
             _forcedRoom = budget - _candidates.NodeCount;
+            _stats.ForcedTextCuts++;
             return true;
         }
         _shrunk = true;
@@ -295,7 +296,8 @@ internal sealed class MedusaDecoder : SequenceDecoder
     /// <summary>
     /// The tree of a step under a constraint, from the planned one whose guesses are in <paramref name="tokens"/>: a guess
     /// the constraint rules out takes the next allowed guess of its head (<see cref="LogitProcessor.ConstrainGuesses"/>);
-    /// nodes whose paths are still ruled out are left out (they could never be accepted); then, walking the main path
+    /// nodes whose paths are still ruled out are left out (they could never be accepted), and so are nodes repeating a
+    /// sibling's token, with their subtrees; then, walking the main path
     /// (the root, its first child, that node's first child, ...), the first node after which the grammar forces text
     /// gets that text's tokens (at most <paramref name="room"/>) as a chain, continuing along children that already
     /// carry them. Makes it the step's tree and returns its node count.
@@ -313,7 +315,10 @@ internal sealed class MedusaDecoder : SequenceDecoder
         for (int node = 0; node < n; node++)
         {
             index[node] = -1;
-            if (node > 0 && !allowed[node]) continue;
+            // Left out: a path the constraint rules out, a child of a node left out, and a second child with its
+            // sibling's token (a head with too few allowed guesses keeps its own; the walk follows the first only).
+            if (node > 0 && (!allowed[node] || index[planned.Parents[node]] < 0 ||
+                FirstChild(parents, count, index[planned.Parents[node]], tokens[node], tokens) >= 0)) continue;
             index[node] = count;
             parents[count] = node == 0 ? -1 : index[planned.Parents[node]];
             ranks[count] = planned.TopKIndices[node];
@@ -413,16 +418,17 @@ internal sealed class MedusaDecoder : SequenceDecoder
         Committed = s + length;
 
         // Node i of the path is the token its parent's row chose; the rows are the plan's nodes unless leaves were skipped.
+        int forced = 0;
         for (int i = 1; i < length; i++)
         {
             Accept(accepted, _tokens[nodes[i]], lazy ? -1 : nodes[i - 1]);
-            if (_tree.TopKIndices[nodes[i]] < 0) _stats.ForcedTokens++; // forced text, not a guess
+            if (_tree.TopKIndices[nodes[i]] < 0) forced++; // forced text, not a guess
         }
         int last = nodes[length - 1];
         Pending = sampled >= 0 ? sampled : !lazy ? Choose(logits, last) : _nodeArgMax[last] >= 0 ? _nodeArgMax[last] : LeafToken(hidden, last);
         Accept(accepted, Pending, lazy ? -1 : last);
         Predict(hidden.Slice(last, 1));
-        _stats.Record(length);
+        _stats.Record(length, length - 1 - forced, forced);
     }
 
     /// <summary>
@@ -522,8 +528,17 @@ public sealed class MedusaStats
 {
     private readonly long[] _histogram;
 
-    /// <summary>Creates counters for heads of the given count (accepted lengths 1..heads + 1).</summary>
-    public MedusaStats(int heads) => _histogram = new long[heads + 2];
+    /// <summary>
+    /// Creates counters for heads of the given count (emitted lengths 1..heads + 1, and up to
+    /// <see cref="MedusaDecoder.MaxForcedTokens"/> more with a constraint's forced text).
+    /// </summary>
+    public MedusaStats(int heads)
+    {
+        _histogram = new long[heads + 2 + MedusaDecoder.MaxForcedTokens];
+        _guesses = new long[heads + 1];
+    }
+
+    private readonly long[] _guesses;
 
     /// <summary>Verification steps.</summary>
     public long Steps { get; private set; }
@@ -533,32 +548,43 @@ public sealed class MedusaStats
     /// Tokens that were not the heads' guesses but text a constraint forced (a JSON schema's next key), verified in the
     /// tree and accepted; counted in <see cref="Tokens"/> too.
     /// </summary>
-    public long ForcedTokens { get; internal set; }
+    public long ForcedTokens { get; private set; }
+    /// <summary>Steps whose forced text was cut to fit a batch short of rows (a tree without it still fitted).</summary>
+    internal long ForcedTextCuts { get; set; }
     /// <summary>Mean tokens per step.</summary>
     public double MeanAccepted => Steps == 0 ? 0 : (double)Tokens / Steps;
     /// <summary>Histogram: index k = steps that emitted k tokens.</summary>
     public IReadOnlyList<long> AcceptHistogram => _histogram;
+    /// <summary>Histogram: index g = steps whose accepted path held g of the heads' guesses (forced text not counted).</summary>
+    public IReadOnlyList<long> GuessHistogram => _guesses;
 
     /// <summary>
-    /// Hit rate of head i: the fraction of steps whose accepted path went past depth i + 1, i.e. head i's candidate was
-    /// kept (it needs every head before it to have been kept too).
+    /// Hit rate of head i: the fraction of steps whose accepted path held a guess of head i, i.e. head i's candidate was
+    /// kept (it needs every head before it to have been kept too; forced text is not a guess).
     /// </summary>
-    public double[] HeadHitRates()
+    public double[] HeadHitRates() => HitRates(_guesses);
+
+    /// <summary>Head hit rates from a <see cref="GuessHistogram"/> (one rate per head: its length − 1).</summary>
+    public static double[] HitRates(IReadOnlyList<long> guessHistogram)
     {
-        var rates = new double[_histogram.Length - 2];
+        ArgumentNullException.ThrowIfNull(guessHistogram);
+        long steps = guessHistogram.Sum();
+        var rates = new double[Math.Max(0, guessHistogram.Count - 1)];
         for (int head = 0; head < rates.Length; head++)
         {
             long hits = 0;
-            for (int k = head + 2; k < _histogram.Length; k++) hits += _histogram[k];
-            rates[head] = Steps == 0 ? 0 : (double)hits / Steps;
+            for (int g = head + 1; g < guessHistogram.Count; g++) hits += guessHistogram[g];
+            rates[head] = steps == 0 ? 0 : (double)hits / steps;
         }
         return rates;
     }
 
-    internal void Record(int emitted)
+    internal void Record(int emitted, int guesses = -1, int forced = 0)
     {
         Steps++;
         Tokens += emitted;
+        ForcedTokens += forced;
         _histogram[Math.Min(emitted, _histogram.Length - 1)]++;
+        _guesses[Math.Clamp(guesses < 0 ? emitted - 1 : guesses, 0, _guesses.Length - 1)]++;
     }
 }

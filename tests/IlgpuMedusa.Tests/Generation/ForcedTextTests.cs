@@ -83,6 +83,7 @@ public sealed class ForcedTextTests(DemoEngineFixture fixture) : IClassFixture<D
     [InlineData("{\"name\": \"Bo", "")]                                              // inside a free string
     [InlineData("{\"name\": \"Bob\", \"age\": 7, \"color\": \"red\"}", "")]          // complete: only an end token may come
     [InlineData("", "{\"name\": \"")]                                               // the first key and its string's quote
+    [InlineData("{\"name\": \"Bob\", \"age\": 7, \"color\": \"g", "reen\"}")]
     public void TheSchemasForcedText_IsSpelledByTheLongestTokens(string history, string expected)
     {
         var vocabulary = Vocabulary();
@@ -93,6 +94,28 @@ public sealed class ForcedTextTests(DemoEngineFixture fixture) : IClassFixture<D
         var bytes = Encoding.UTF8.GetBytes(expected);
         for (int i = 0, at = 0; i < count; at += vocabulary.Bytes(tokens[i++]).Length)
             Assert.Equal(LongestByScan(vocabulary, bytes.AsSpan(at)), tokens[i]);
+    }
+
+    /// <summary>
+    /// A space inside a key or an enum value is forced text like any byte; whitespace the text already wrote is not
+    /// doubled by the habit (JSON mode allows several bytes of it).
+    /// </summary>
+    [Fact]
+    public void SpacesInsideKeysAndValues_AreForced_AndWrittenWhitespaceIsNotDoubled()
+    {
+        var vocabulary = Vocabulary();
+        var schema = CompiledJsonSchema.Compile("""
+            {"type": "object", "properties": {"first name": {"type": "string"}, "shade": {"enum": ["dark red", "green"]}}}
+            """);
+        var tokens = new int[16];
+        string Forced<TGrammar>(TGrammar start, string history) where TGrammar : struct, IByteGrammar =>
+            Text(vocabulary, tokens.Take(After(vocabulary, start, history).ForcedTokens([], tokens)));
+        Assert.Equal("{\"first name\": \"", Forced(schema.Start, ""));
+        Assert.Equal("ark red\"}", Forced(schema.Start, "{\"first name\": \"Al\", \"shade\": \"d"));
+        Assert.Equal(", \"shade\": \"", Forced(schema.Start, "{\"first name\": \"Al\""));
+        // JSON mode: the text wrote a space before ':' once; after a key and a space already written, only ':' is forced.
+        Assert.Equal(" :", Forced(JsonGrammar.Start, "{\"x\" : 1, \"a\""));
+        Assert.Equal(":", Forced(JsonGrammar.Start, "{\"x\" : 1, \"a\" "));
     }
 
     /// <summary>Pending tokens (a Medusa path) count as if appended; a short span takes the first tokens only; JSON mode forces a key's colon.</summary>
@@ -162,8 +185,10 @@ public sealed class ForcedTextTests(DemoEngineFixture fixture) : IClassFixture<D
     }
 
     /// <summary>
-    /// In a batch too small for the trees and their forced text, a step verifies less forced text (or none, or no tree):
-    /// two constrained requests together still give what each gives alone.
+    /// In a batch too small for the trees and their forced text (64 rows, the least an engine takes, for requests whose
+    /// tree-32 and tree-16 steps ask for 33 and 17 rows and 8 more of forced text), a later request verifies less forced
+    /// text, or none, or no tree: requests together still give what each gives alone, and some step had its forced text
+    /// cut.
     /// </summary>
     [Fact]
     public async Task InASmallBatch_ForcedTextShrinks_AndRequestsStillEqualAlone()
@@ -172,19 +197,39 @@ public sealed class ForcedTextTests(DemoEngineFixture fixture) : IClassFixture<D
         {
             ModelPath = TestModels.Stories15MDirectory,
             Device = new IlgpuMedusa.Compute.DeviceOptions { Kind = IlgpuMedusa.Compute.DeviceKind.Host },
-            MaxBatchTokens = 8,
+            MaxBatchTokens = 64,
+            SpeculationBatchLimit = 8, // the host's default, 2, would have them decode one token per step
         });
-        var options = new GenerationOptions { MaxTokens = 60, Tree = "dynamic-3", ResponseFormat = ResponseFormat.JsonSchema, JsonSchema = Schema };
-        string[] prompts = ["Tom's card:", "Lily's card:"];
-        var alone = prompts.Select(p => Run(engine, engine.EncodePrompt(p, options), options with { UseMedusa = false }).Ids).ToArray();
-        var stats = prompts.Select(_ => new GenerationStats()).ToArray();
-        var together = await Task.WhenAll(prompts.Select(async (p, i) =>
+        var options = new GenerationOptions { MaxTokens = 60, ResponseFormat = ResponseFormat.JsonSchema, JsonSchema = Schema };
+        (string Prompt, string Tree)[] requests = [("Tom's card:", "tree-32"), ("Lily's card:", "tree-16"), ("A card for Sam:", "tree-32"), ("Ben wrote:", "tree-16")];
+        var alone = requests.Select(r => Run(engine, engine.EncodePrompt(r.Prompt, options), options with { UseMedusa = false }).Ids).ToArray();
+        var stats = requests.Select(_ => new GenerationStats()).ToArray();
+        var together = await Task.WhenAll(requests.Select(async (r, i) =>
         {
             var ids = new List<int>();
-            await foreach (var piece in engine.GenerateAsync(engine.EncodePrompt(p, options), options, stats[i])) ids.AddRange(piece.TokenIds);
+            await foreach (var piece in engine.GenerateAsync(engine.EncodePrompt(r.Prompt, options), options with { Tree = r.Tree }, stats[i])) ids.AddRange(piece.TokenIds);
             return ids;
         }));
-        for (int i = 0; i < prompts.Length; i++) Assert.Equal(alone[i], together[i]);
+        for (int i = 0; i < requests.Length; i++) Assert.Equal(alone[i], together[i]);
         Assert.True(stats.Sum(s => s.Medusa!.ForcedTokens) > 0, "no forced text was accepted");
+        Assert.True(stats.Sum(s => s.Medusa!.ForcedTextCuts) > 0,
+            "no step had its forced text cut (the batch was not short): " + string.Join("; ", stats.Select(s => $"{s.Medusa!.Steps} steps, {s.Medusa.ForcedTokens} forced")));
+    }
+
+    /// <summary>
+    /// Medusa's statistics count forced text apart from the heads' guesses: the head hit rates come from the guesses
+    /// alone, and a step longer than the heads reach has its own histogram entry.
+    /// </summary>
+    [Fact]
+    public void Statistics_TellForcedTextFromGuesses()
+    {
+        var stats = new IlgpuMedusa.Medusa.MedusaStats(heads: 2);
+        stats.Record(emitted: 7, guesses: 0, forced: 6); // a chain under the root: no head was right
+        stats.Record(emitted: 3, guesses: 2, forced: 0);
+        Assert.Equal(1, stats.AcceptHistogram[7]);
+        Assert.Equal(1, stats.AcceptHistogram[3]);
+        Assert.Equal([0.5, 0.5], stats.HeadHitRates());
+        Assert.Equal(6, stats.ForcedTokens);
+        Assert.Equal(5.0, stats.MeanAccepted);
     }
 }

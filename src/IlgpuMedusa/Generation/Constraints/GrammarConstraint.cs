@@ -104,7 +104,8 @@ internal sealed class GrammarConstraint<TGrammar> : ITokenConstraint
             Follow(ref state, ref spacing, token, habit);
         }
         Span<byte> text = stackalloc byte[MaxForcedBytes];
-        int length = ForcedBytes(state, spacing, habit, text), count = 0;
+        // No more bytes than the tokens asked for can hold.
+        int length = ForcedBytes(state, spacing, habit, text[..Math.Min(MaxForcedBytes, tokens.Length * _vocabulary.LongestToken)]), count = 0;
         for (int at = 0; at < length && count < tokens.Length;)
         {
             int token = _vocabulary.LongestTokenAt(text[at..length]);
@@ -118,7 +119,9 @@ internal sealed class GrammarConstraint<TGrammar> : ITokenConstraint
     /// <summary>
     /// The bytes the grammar forces from <paramref name="state"/> on: while exactly one byte other than whitespace may
     /// come, that byte, after the whitespace the text wrote before between the same two bytes (by default a space after
-    /// ',' and ':', none elsewhere) when the grammar allows it. Returns the length written into <paramref name="text"/>.
+    /// ',' and ':', none elsewhere) when the grammar allows it and none was written since; while only one byte may come
+    /// and it is whitespace (a space inside a key or an enum value), that byte. Returns the length written into
+    /// <paramref name="text"/>.
     /// </summary>
     private static int ForcedBytes(TGrammar state, Spacing spacing, int[] habit, Span<byte> text)
     {
@@ -141,8 +144,23 @@ internal sealed class GrammarConstraint<TGrammar> : ITokenConstraint
                 }
                 only = b;
             }
+            if (only == -1)
+            {
+                // Nothing but whitespace may come: forced when it is one byte (text inside a key or a value).
+                foreach (byte white in " \n\t\r"u8)
+                {
+                    var probe = state;
+                    if (!probe.Advance(white)) continue;
+                    if (only >= 0)
+                    {
+                        only = -2;
+                        break;
+                    }
+                    only = white;
+                }
+            }
             if (only < 0) break;
-            int space = spacing.Habit(only, habit);
+            int space = spacing.Space < 0 && !Spacing.IsWhitespace(only) ? spacing.Habit(only, habit) : -1;
             if (space >= 0 && next.Advance((byte)space) && next.Advance((byte)only))
             {
                 if (length + 2 > text.Length) break;
