@@ -75,7 +75,17 @@ public sealed class OfficialClientTests(OpenAiServerFixture fixture) : IClassFix
         var badSchema = result.GetProperty("badSchema");
         Assert.Equal(400, badSchema.GetProperty("status").GetInt32());
         Assert.Equal("response_format.json_schema.schema", badSchema.GetProperty("param").GetString());
-        Assert.Contains("keyword 'anyOf' is not supported", badSchema.GetProperty("message").GetString(), StringComparison.Ordinal);
+        Assert.Contains("$.properties.a: keyword 'not' is not supported", badSchema.GetProperty("message").GetString(), StringComparison.Ordinal);
+
+        // The SDK's zod helper: its schema uses anyOf with null for nullable fields, and parse() validated the reply
+        // against the zod schema (it throws otherwise). The small schema always closes within the token limit.
+        var zod = result.GetProperty("zod");
+        Assert.Contains("anyOf", zod.GetProperty("schema").GetRawText(), StringComparison.Ordinal);
+        Assert.Equal("stop", zod.GetProperty("finish").GetString());
+        var parsed = zod.GetProperty("parsed");
+        Assert.Contains(parsed.GetProperty("size").GetString(), (string[])["S", "M"]);
+        Assert.Contains(parsed.GetProperty("ok").ValueKind, (JsonValueKind[])[JsonValueKind.True, JsonValueKind.False, JsonValueKind.Null]);
+        Assert.Matches("^\\{\\s?\"ok\"", zod.GetProperty("text").GetString());
     }
 
     private static JsonElement RunClient(params string[] args) =>

@@ -1,6 +1,8 @@
 // Drives an IlgpuMedusa server with OpenAI's official JavaScript SDK and prints what it got as one JSON object.
 // Usage: node client.mjs BASE_URL MODEL PROMPT   (BASE_URL like http://127.0.0.1:8080/v1)
 import OpenAI from "openai";
+import { zodResponseFormat } from "openai/helpers/zod";
+import { z } from "zod";
 
 const [baseURL, model, prompt] = process.argv.slice(2);
 const client = new OpenAI({ baseURL, apiKey: "not-checked", maxRetries: 0, timeout: 120_000 });
@@ -59,10 +61,21 @@ result.structured = { text: structured.choices[0].message.content, finish: struc
 const jsonMode = await client.chat.completions.create({ model, messages, max_tokens: 12, response_format: { type: "json_object" } });
 result.jsonMode = { text: jsonMode.choices[0].message.content };
 
+// The SDK's own structured-output helper: a zod schema becomes the request's JSON schema (anyOf with null for nullable
+// fields), and parse() checks the reply against the zod schema itself.
+const Card = z.object({ ok: z.boolean().nullable(), size: z.enum(["S", "M"]), extra: z.object({ tag: z.enum(["a", "b"]) }).nullable() });
+const parsed = await client.chat.completions.parse({ model, messages, max_tokens: 40, response_format: zodResponseFormat(Card, "card") });
+result.zod = {
+  text: parsed.choices[0].message.content,
+  finish: parsed.choices[0].finish_reason,
+  parsed: parsed.choices[0].message.parsed,
+  schema: zodResponseFormat(Card, "card").json_schema.schema,
+};
+
 for (const [name, request] of [
   ["badTemperature", { model, messages, temperature: 3 }],
   ["otherModel", { model: "gpt-4o", messages }],
-  ["badSchema", { model, messages, response_format: { type: "json_schema", json_schema: { name: "x", schema: { type: "object", properties: { a: { anyOf: [] } } } } } }],
+  ["badSchema", { model, messages, response_format: { type: "json_schema", json_schema: { name: "x", schema: { type: "object", properties: { a: { not: { type: "string" } } } } } } }],
 ]) {
   try {
     await client.chat.completions.create(request);
