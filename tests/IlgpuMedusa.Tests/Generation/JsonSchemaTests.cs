@@ -127,11 +127,17 @@ public sealed class JsonSchemaTests(DemoEngineFixture fixture) : IClassFixture<D
     [InlineData("""{"type": "object", "properties": {"a": {"type": "string", "pattern": "^a"}}}""", "$.properties.a: keyword 'pattern' is not supported")]
     [InlineData("""{"type": "object", "properties": {"a": {"not": {"type": "string"}}}}""", "keyword 'not' is not supported")]
     [InlineData("""{"type": "object", "properties": {"a": {"anyOf": [{"type": "object", "properties": {}}, {"type": "object", "properties": {"b": {"type": "string"}}}]}}}""",
-        "$.properties.a.anyOf[0] and $.properties.a.anyOf[1] can both start with '{'")]
+        "$.properties.a.anyOf[0] and $.properties.a.anyOf[1] are both objects: alternative objects must start with the same property (a discriminator)")]
+    [InlineData("""{"type": "object", "properties": {"a": {"anyOf": [{"type": "object", "properties": {"k": {"const": 1}}}, {"type": "object", "properties": {"k": {"enum": [2, 1]}}}]}}}""",
+        "1 is a value of two of them")]
+    [InlineData("""{"type": "object", "properties": {"a": {"type": "object", "anyOf": [{"type": "string"}, {"type": "object", "properties": {}}]}}}""",
+        "$.properties.a.type: an alternative allows string values, which the type object beside them does not")]
+    [InlineData("""{"type": "object", "properties": {"a": {"required": ["y"], "anyOf": [{"type": "object", "properties": {"x": {"const": 1}}}, {"type": "object", "properties": {"x": {"const": 2}, "y": {"type": "string"}}}]}}}""",
+        "$.properties.a.required: \"y\" is not a property of every alternative")]
     [InlineData("""{"type": "object", "properties": {"a": {"anyOf": [{"type": "string"}, {"const": "x"}]}}}""", "can both start with '\"'")]
     [InlineData("""{"type": "object", "properties": {"a": {"anyOf": []}}}""", "$.properties.a.anyOf: expected a non-empty array")]
     [InlineData("""{"type": "object", "properties": {"a": {"allOf": [{"type": "string"}, {"type": "string"}]}}}""", "allOf of more than one schema")]
-    [InlineData("""{"type": "object", "properties": {"a": {"anyOf": [{"type": "string"}], "type": "string"}}}""", "'type' beside 'anyOf'")]
+    [InlineData("""{"type": "object", "properties": {"a": {"anyOf": [{"type": "string"}], "minItems": 1}}}""", "'minItems' beside 'anyOf'")]
     [InlineData("""{"type": "object", "properties": {"a": {"type": "array", "items": {"$ref": "#"}}}}""", "refers to itself through # -> #: recursive schemas are not supported")]
     [InlineData("""{"type": "object", "$defs": {"N": {"anyOf": [{"$ref": "#/%24defs/N"}, {"type": "null"}]}}, "properties": {"a": {"$ref": "#/$defs/N"}}}""",
         "recursive schemas are not supported")]
@@ -271,6 +277,67 @@ public sealed class JsonSchemaTests(DemoEngineFixture fixture) : IClassFixture<D
             if (state.IsComplete) texts.Add(tokenizer.Decode(tokens));
         }
         return (texts, maskChecks);
+    }
+
+    [JsonPolymorphic(TypeDiscriminatorPropertyName = "kind")]
+    [JsonDerivedType(typeof(Cat), "cat")]
+    [JsonDerivedType(typeof(Dog), "dog")]
+    public abstract record Animal;
+
+    public sealed record Cat(int Lives) : Animal;
+
+    public sealed record Dog(bool Good, string Name) : Animal;
+
+    public sealed record Zoo(string Name, Animal Star, List<Animal> Others, Animal? Visitor);
+
+    /// <summary>
+    /// System.Text.Json's schema for a polymorphic type: <c>"type": "object"</c> and <c>"required": ["kind"]</c> beside an
+    /// <c>anyOf</c> of objects without a type, each starting with the discriminator <c>"kind": {"const": ...}</c>.
+    /// </summary>
+    private static readonly string ZooSchema =
+        JsonSchemaExporter.GetJsonSchemaAsNode(Strict, typeof(Zoo), new JsonSchemaExporterOptions { TreatNullObliviousAsNonNullable = true }).ToJsonString();
+
+    [Theory]
+    [InlineData("""{"Name":"Z","Star":{"kind":"cat","Lives":9},"Others":[],"Visitor":null}""", true)]
+    [InlineData("""{"Name": "Z", "Star": {"kind": "dog", "Good": true, "Name": "Rex"}, "Others": [{"kind": "cat", "Lives": 1}, {"kind": "dog", "Good": false, "Name": ""}], "Visitor": {"kind": "cat", "Lives": 2}}""", true)]
+    [InlineData("""{"Name":"Z","Star":{"kind":"dog","Lives":9},"Others":[],"Visitor":null}""", false)]          // a cat's property on a dog
+    [InlineData("""{"Name":"Z","Star":{"kind":"cow","Lives":9},"Others":[],"Visitor":null}""", false)]          // no such kind
+    [InlineData("""{"Name":"Z","Star":{"Lives":9,"kind":"cat"},"Others":[],"Visitor":null}""", false)]          // the discriminator comes first
+    [InlineData("""{"Name":"Z","Star":{"kind":"cat"},"Others":[],"Visitor":null}""", false)]                    // every property written
+    [InlineData("""{"Name":"Z","Star":{"kind":"cat","Lives":9},"Others":[{"kind":"dog","Good":true}],"Visitor":null}""", false)]
+    public void PolymorphicTypes_AreReadByTheirDiscriminator(string text, bool valid) =>
+        Assert.Equal(valid, Accepts(CompiledJsonSchema.Compile(ZooSchema), text));
+
+    /// <summary>Random walks under the polymorphic schema deserialize into <see cref="Zoo"/> (System.Text.Json reads the discriminator, which must come first).</summary>
+    [Fact]
+    public void RandomWalksUnderAPolymorphicSchema_DeserializeStrictly()
+    {
+        var (texts, _) = RandomWalks(CompiledJsonSchema.Compile(ZooSchema), 30);
+        var kinds = new HashSet<Type>();
+        foreach (var text in texts)
+        {
+            var zoo = JsonSerializer.Deserialize<Zoo>(text, Strict);
+            Assert.NotNull(zoo);
+            kinds.Add(zoo.Star.GetType());
+        }
+        Assert.True(texts.Count >= 20, $"{texts.Count} of 30 walks closed their object");
+        Assert.Equal(2, kinds.Count); // both kinds were written
+    }
+
+    /// <summary>A union of a discriminated pair of objects and null, with the discriminator required beside it.</summary>
+    [Fact]
+    public void ADiscriminatedUnion_MayBeNullable_AndItsRequiredPropertiesAreChecked()
+    {
+        var schema = CompiledJsonSchema.Compile("""
+            {"type": "object", "properties": {"a": {"required": ["x"], "anyOf": [{"type": "object", "properties": {"x": {"const": 1}}},
+              {"type": "object", "properties": {"x": {"const": 12}, "y": {"type": "string"}}}, {"type": "null"}]}}}
+            """);
+        Assert.True(Accepts(schema, """{"a":{"x":1}}"""));
+        Assert.True(Accepts(schema, """{"a":{"x":12,"y":"z"}}"""));
+        Assert.True(Accepts(schema, """{"a":null}"""));
+        Assert.False(Accepts(schema, """{"a":{"x":1,"y":"z"}}"""));
+        Assert.False(Accepts(schema, """{"a":{"x":12}}"""));
+        Assert.False(Accepts(schema, """{"a":{"x":2}}"""));
     }
 
     public sealed record PyPet(string Kind, double Weight);

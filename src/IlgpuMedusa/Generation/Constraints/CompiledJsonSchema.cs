@@ -19,6 +19,12 @@ internal enum SchemaKind : byte
     Literals,
     /// <summary>One of several of the kinds above, told apart by their first byte (a list of types, such as ["string", "null"]).</summary>
     Union,
+    /// <summary>
+    /// One of several objects whose first property has the same key and a literal value each object has its own of (a
+    /// discriminator, such as <c>"kind": "cat"</c> or <c>"kind": "dog"</c>): read as an object with that one property
+    /// until its value is known, then as the object that value names.
+    /// </summary>
+    Discriminated,
 }
 
 /// <summary>One schema of a <see cref="CompiledJsonSchema"/>, immutable after compilation.</summary>
@@ -41,6 +47,8 @@ internal sealed class SchemaNode
     public byte[][] Literals { get; init; } = [];
     /// <summary>Union: the alternative a value starting with each byte belongs to (null: none; no two alternatives share a first byte).</summary>
     public SchemaNode?[] ByFirstByte { get; init; } = [];
+    /// <summary>Discriminated: the object each value of the discriminator (the literals of <see cref="Properties"/>[0], in their order) names.</summary>
+    public SchemaNode[] Variants { get; init; } = [];
 }
 
 /// <summary>
@@ -49,7 +57,9 @@ internal sealed class SchemaNode
 /// <c>string</c>, <c>number</c>, <c>integer</c>, <c>boolean</c>, <c>null</c>, or a list of them, such as
 /// <c>["string", "null"]</c>), <c>properties</c>, <c>required</c>, <c>additionalProperties: false</c>, <c>items</c>,
 /// <c>minItems</c>, <c>maxItems</c>, <c>enum</c>, <c>const</c>; <c>anyOf</c> and <c>oneOf</c> whose alternatives start
-/// with different bytes (different types, such as a schema or null: what Pydantic writes for optional fields), and
+/// with different bytes (different types, such as a schema or null: what Pydantic writes for optional fields) or are
+/// objects whose first property is a discriminator with values of their own (System.Text.Json's polymorphic types,
+/// with <c>type</c> and <c>required</c> beside them), and
 /// <c>allOf</c> of one schema; <c>$ref</c> to a JSON pointer in the same document (<c>#/$defs/Name</c>, not recursive),
 /// with <c>$defs</c> and <c>definitions</c> holding the schemas it names; <c>title</c>, <c>description</c>, <c>$schema</c>,
 /// <c>$comment</c>, <c>$id</c>, <c>default</c>, <c>examples</c> and <c>format</c> are read as annotations (a format is not
@@ -150,7 +160,11 @@ internal sealed class CompiledJsonSchema
         public List<string> Expanding { get; } = [];
     }
 
-    private static SchemaNode Node(JsonElement schema, string path, int depth, Context nodes)
+    /// <summary>
+    /// Compiles one schema. <paramref name="implied"/>: the type of an <c>anyOf</c>/<c>oneOf</c> whose alternatives leave
+    /// it out (System.Text.Json writes a polymorphic type so: <c>"type": "object"</c> beside the alternatives).
+    /// </summary>
+    private static SchemaNode Node(JsonElement schema, string path, int depth, Context nodes, JsonElement? implied = null)
     {
         if (schema.ValueKind != JsonValueKind.Object)
             throw Error(path, $"expected a schema object, got {schema.ValueKind.ToString().ToLowerInvariant()} (boolean schemas are not supported).");
@@ -164,15 +178,27 @@ internal sealed class CompiledJsonSchema
         foreach (var combinator in (string[])["$ref", "anyOf", "oneOf", "allOf"])
         {
             if (!schema.TryGetProperty(combinator, out var value)) continue;
-            // The referenced or combined schemas are the schema: beside them only annotations (and definitions).
+            // The referenced or combined schemas are the schema: beside them only annotations (and definitions), and
+            // beside anyOf / oneOf the type its alternatives leave out and properties they must all have.
             foreach (var property in schema.EnumerateObject())
-                if (Keywords.Contains(property.Name) && property.Name != combinator && property.Name is not ("$defs" or "definitions"))
+                if (Keywords.Contains(property.Name) && property.Name != combinator && property.Name is not ("$defs" or "definitions") &&
+                    !(combinator is "anyOf" or "oneOf" && property.Name is "type" or "required"))
                     throw Error(path, $"'{property.Name}' beside '{combinator}' is not supported.");
-            return combinator == "$ref" ? Reference(value, path, depth, nodes) : Combined(combinator, value, path, depth, nodes);
+            if (combinator == "$ref") return Reference(value, path, depth, nodes);
+            var combined = Combined(combinator, value, path, depth, nodes, schema.TryGetProperty("type", out var shared) ? shared : null);
+            if (schema.TryGetProperty("type", out _)) CheckTypes(combined, shared, $"{path}.type");
+            if (schema.TryGetProperty("required", out var needed)) CheckRequired(combined, needed, $"{path}.required");
+            return combined;
         }
 
         List<string>? types = null;
-        if (schema.TryGetProperty("type", out var type))
+        bool typed = schema.TryGetProperty("type", out var type);
+        if (!typed && implied is { } inherited && (schema.TryGetProperty("properties", out _) || schema.TryGetProperty("items", out _)))
+        {
+            typed = true;
+            type = inherited;
+        }
+        if (typed)
         {
             types = [];
             if (type.ValueKind == JsonValueKind.String) types.Add(type.GetString()!);
@@ -257,7 +283,7 @@ internal sealed class CompiledJsonSchema
     /// anyOf / oneOf: alternatives a value's first byte tells apart (so at most one can match, and oneOf means the same);
     /// literal alternatives are merged into one set, an integer beside a number is the number. allOf: one schema only.
     /// </summary>
-    private static SchemaNode Combined(string combinator, JsonElement list, string path, int depth, Context nodes)
+    private static SchemaNode Combined(string combinator, JsonElement list, string path, int depth, Context nodes, JsonElement? implied = null)
     {
         if (list.ValueKind != JsonValueKind.Array || list.GetArrayLength() == 0)
             throw Error($"{path}.{combinator}", "expected a non-empty array of schemas.");
@@ -271,7 +297,7 @@ internal sealed class CompiledJsonSchema
         foreach (var item in list.EnumerateArray())
         {
             string at = $"{path}.{combinator}[{index++}]";
-            var node = Node(item, at, depth, nodes);
+            var node = Node(item, at, depth, nodes, implied);
             if (node.Kind == SchemaKind.Union)
                 alternatives.AddRange(node.ByFirstByte.OfType<SchemaNode>().Distinct().Select(n => (n, at)));
             else alternatives.Add((node, at));
@@ -285,6 +311,12 @@ internal sealed class CompiledJsonSchema
             Array.Sort(merged, (a, b) => a.AsSpan().SequenceCompareTo(b));
             alternatives.RemoveAll(a => a.Node.Kind == SchemaKind.Literals);
             alternatives.Add((Add(new SchemaNode { Kind = SchemaKind.Literals, Literals = merged }, nodes), literals[0].Path));
+        }
+        var objects = alternatives.Where(a => a.Node.Kind == SchemaKind.Object).ToList();
+        if (objects.Count > 1)
+        {
+            alternatives.RemoveAll(a => a.Node.Kind == SchemaKind.Object);
+            alternatives.Add((Discriminate(objects, $"{path}.{combinator}", nodes), objects[0].Path));
         }
         if (alternatives.Count == 1) return alternatives[0].Node;
         var byFirstByte = new SchemaNode?[256];
@@ -301,10 +333,89 @@ internal sealed class CompiledJsonSchema
         return Add(new SchemaNode { Kind = SchemaKind.Union, ByFirstByte = byFirstByte }, nodes);
     }
 
+    /// <summary>The type beside an anyOf / oneOf: every value its alternatives allow has it.</summary>
+    private static void CheckTypes(SchemaNode combined, JsonElement type, string path)
+    {
+        var names = type.ValueKind == JsonValueKind.String ? [type.GetString()!]
+            : type.ValueKind == JsonValueKind.Array && type.EnumerateArray().All(t => t.ValueKind == JsonValueKind.String) ? type.EnumerateArray().Select(t => t.GetString()!).ToArray()
+            : throw Error(path, "expected a type name or a non-empty array of type names.");
+        bool Allowed(string name) => names.Contains(name) || (name == "integer" && names.Contains("number"));
+        var alternatives = combined.Kind == SchemaKind.Union ? combined.ByFirstByte.OfType<SchemaNode>().Distinct() : [combined];
+        foreach (var node in alternatives)
+        {
+            var kinds = node.Kind switch
+            {
+                SchemaKind.Object or SchemaKind.Discriminated => ["object"],
+                SchemaKind.Array => ["array"],
+                SchemaKind.String => ["string"],
+                SchemaKind.Number => ["number"],
+                SchemaKind.Integer => ["integer"],
+                SchemaKind.Literals => node.Literals.Select(l => l[0] switch
+                {
+                    (byte)'"' => "string", (byte)'{' => "object", (byte)'[' => "array", (byte)'t' or (byte)'f' => "boolean", (byte)'n' => "null",
+                    _ => l.AsSpan().IndexOfAny("."u8) < 0 && l.AsSpan().IndexOfAny("eE"u8) < 0 ? "integer" : "number",
+                }).Distinct().ToArray(),
+                _ => (string[])[],
+            };
+            foreach (var kind in kinds)
+                if (!Allowed(kind)) throw Error(path, $"an alternative allows {kind} values, which the type {string.Join(" or ", names)} beside them does not.");
+        }
+    }
+
+    /// <summary>The properties an anyOf / oneOf lists as required beside its alternatives: every object alternative has them (and writes them).</summary>
+    private static void CheckRequired(SchemaNode combined, JsonElement required, string path)
+    {
+        if (required.ValueKind != JsonValueKind.Array) throw Error(path, "expected an array of property names.");
+        var objects = combined.Kind switch
+        {
+            SchemaKind.Object => [combined],
+            SchemaKind.Discriminated => combined.Variants.Distinct(),
+            SchemaKind.Union => combined.ByFirstByte.OfType<SchemaNode>().Distinct().SelectMany(n => n.Kind == SchemaKind.Discriminated ? n.Variants.Distinct() : [n])
+                .Where(n => n.Kind == SchemaKind.Object),
+            _ => [],
+        };
+        foreach (var name in required.EnumerateArray())
+        {
+            if (name.ValueKind != JsonValueKind.String) throw Error(path, $"{Shorten(name.GetRawText())} is not a property name.");
+            var key = new List<byte>();
+            WriteString(name.GetString()!, key, path);
+            foreach (var node in objects)
+                if (!node.Keys.Any(k => k.AsSpan().SequenceEqual(key.ToArray())))
+                    throw Error(path, $"{name.GetRawText()} is not a property of every alternative.");
+        }
+    }
+
+    /// <summary>
+    /// Several objects as one <see cref="SchemaKind.Discriminated"/> node: each must start with the same key whose value is
+    /// a literal (const or enum), no value shared by two of them; otherwise they cannot be told apart as they are read.
+    /// </summary>
+    private static SchemaNode Discriminate(List<(SchemaNode Node, string Path)> objects, string path, Context nodes)
+    {
+        var (first, firstPath) = objects[0];
+        string Why(string at) => $"{firstPath} and {at} are both objects: alternative objects must start with the same property (a discriminator) whose const or enum values differ";
+        if (first.Keys.Length == 0) throw Error(path, Why(objects[1].Path));
+        var key = first.Keys[0];
+        var values = new List<(byte[] Value, SchemaNode Variant)>();
+        foreach (var (node, at) in objects)
+        {
+            if (node.Keys.Length == 0 || !node.Keys[0].AsSpan().SequenceEqual(key) || node.Properties[0].Kind != SchemaKind.Literals)
+                throw Error(path, Why(at) + ".");
+            foreach (var value in node.Properties[0].Literals)
+            {
+                if (values.Any(v => v.Value.AsSpan().SequenceEqual(value)))
+                    throw Error(path, Why(at) + $"; {System.Text.Encoding.UTF8.GetString(value)} is a value of two of them.");
+                values.Add((value, node));
+            }
+        }
+        values.Sort((a, b) => a.Value.AsSpan().SequenceCompareTo(b.Value));
+        var discriminator = Add(new SchemaNode { Kind = SchemaKind.Literals, Literals = [.. values.Select(v => v.Value)] }, nodes);
+        return Add(new SchemaNode { Kind = SchemaKind.Discriminated, Keys = [key], Properties = [discriminator], Variants = [.. values.Select(v => v.Variant)] }, nodes);
+    }
+
     /// <summary>Whether a value of <paramref name="node"/> (not a union) can start with <paramref name="b"/>.</summary>
     private static bool StartsWith(SchemaNode node, byte b) => node.Kind switch
     {
-        SchemaKind.Object => b == (byte)'{',
+        SchemaKind.Object or SchemaKind.Discriminated => b == (byte)'{',
         SchemaKind.Array => b == (byte)'[',
         SchemaKind.String => b == (byte)'"',
         SchemaKind.Number or SchemaKind.Integer => JsonNumberScanner.Starts(b),

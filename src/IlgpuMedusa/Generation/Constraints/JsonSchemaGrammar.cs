@@ -168,7 +168,7 @@ internal struct JsonSchemaGrammar : IByteGrammar
     {
         switch (node.Kind)
         {
-            case SchemaKind.Object:
+            case SchemaKind.Object or SchemaKind.Discriminated:
                 return b == (byte)'{' && Push(node, Phase.BeforeKey);
             case SchemaKind.Array:
                 return b == (byte)'[' && Push(node, Phase.Open);
@@ -229,7 +229,12 @@ internal struct JsonSchemaGrammar : IByteGrammar
             return;
         }
         ref var parent = ref _frames[_depth - 1];
-        if (parent.Phase == Phase.InValue) parent.Phase = Phase.AfterValue;
+        if (parent.Phase == Phase.InValue)
+        {
+            // A discriminator's value is known: the object goes on as the one it names (its first property read).
+            if (_schema.Nodes[parent.Node] is { Kind: SchemaKind.Discriminated } union) parent.Node = (ushort)union.Variants[_from].Id;
+            parent.Phase = Phase.AfterValue;
+        }
         else
         {
             parent.Index++;
