@@ -61,7 +61,8 @@ public static class ChatTemplate
 
     /// <summary>
     /// Lays out <paramref name="messages"/> (and <paramref name="instructions"/>, a system prompt placed first) in the
-    /// template. System messages join the system prompt; every other role but the assistant's counts as the user's.
+    /// template. System messages join the system prompt; every other role but the assistant's counts as the user's (a
+    /// tool's result too). Tool calls and results are laid out as JSON text (<see cref="ToolCalls.TextOf"/>).
     /// The prompt ends where the assistant's reply begins.
     /// </summary>
     public static IReadOnlyList<ChatPromptSegment> Apply(ChatTemplateKind kind, IEnumerable<ChatMessage> messages, string? instructions = null)
@@ -105,7 +106,7 @@ public static class ChatTemplate
         var text = new StringBuilder();
         if (!string.IsNullOrWhiteSpace(instructions)) text.Append(instructions.TrimEnd()).Append('\n');
         foreach (var m in messages.Where(m => m.Role == ChatRole.System && !string.IsNullOrWhiteSpace(m.Text))) text.Append(m.Text.TrimEnd()).Append('\n');
-        foreach (var m in messages.Where(m => m.Role != ChatRole.System)) text.Append(m.Text);
+        foreach (var m in messages.Where(m => m.Role != ChatRole.System)) text.Append(ToolCalls.TextOf(m));
         return new ChatPromptSegment(text.ToString(), Bos: true, Eos: false);
     }
 
@@ -124,7 +125,7 @@ public static class ChatTemplate
         var turns = new List<(string User, string? Assistant)>();
         foreach (var m in messages.Where(m => m.Role != ChatRole.System))
         {
-            var text = m.Text.Trim();
+            var text = ToolCalls.TextOf(m).Trim(); // tool calls and results as JSON text
             if (m.Role == ChatRole.Assistant)
             {
                 if (turns.Count == 0) turns.Add(("", text));

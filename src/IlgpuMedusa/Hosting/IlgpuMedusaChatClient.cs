@@ -34,8 +34,10 @@ public static class IlgpuMedusaChatOptionKeys
 /// A Microsoft.Extensions.AI <see cref="IChatClient"/> on an <see cref="InferenceEngine"/>: messages go through a
 /// <see cref="ChatTemplate"/>, <see cref="ChatOptions"/> map to <see cref="GenerationOptions"/>, and the response carries
 /// <see cref="UsageDetails"/> and a finish reason (<see cref="ChatFinishReason.Stop"/> for an end token or stop sequence,
-/// <see cref="ChatFinishReason.Length"/> for the token limit or a full context). Unsupported options (tools, response
-/// formats) are ignored. The client does not own the engine: disposing it leaves the engine alone.
+/// <see cref="ChatFinishReason.Length"/> for the token limit or a full context, <see cref="ChatFinishReason.ToolCalls"/> for
+/// a required tool call). Tools: when <see cref="ChatOptions.ToolMode"/> requires a call, the reply is constrained to one
+/// (<see cref="ToolCalls"/>) and comes back as a <see cref="FunctionCallContent"/>; otherwise the tools are not offered to
+/// the model. The client does not own the engine: disposing it leaves the engine alone.
 /// </summary>
 public sealed class IlgpuMedusaChatClient : IChatClient
 {
@@ -66,7 +68,8 @@ public sealed class IlgpuMedusaChatClient : IChatClient
     /// <summary>
     /// Maps <paramref name="options"/> onto <see cref="Defaults"/>: MaxOutputTokens, Temperature (0 = greedy), TopP, TopK,
     /// Seed, FrequencyPenalty, PresencePenalty, ResponseFormat (Text; Json without a schema: JSON mode; with one: that
-    /// schema, see <see cref="ResponseFormat.JsonSchema"/>), StopSequences,
+    /// schema, see <see cref="ResponseFormat.JsonSchema"/>), Tools with a required ToolMode (the call's schema,
+    /// <see cref="ToolCalls"/>), StopSequences,
     /// and the <see cref="IlgpuMedusaChatOptionKeys"/> properties. Throws <see cref="ArgumentException"/>
     /// naming the bad option.
     /// </summary>
@@ -119,6 +122,19 @@ public sealed class IlgpuMedusaChatClient : IChatClient
                 break;
             default:
                 throw new ArgumentException($"ChatOptions.ResponseFormat: {options.ResponseFormat.GetType().Name} is not supported; use ChatResponseFormat.Text or ChatResponseFormat.Json.", nameof(options));
+        }
+        if (RequiredFunctions(options) is { } functions)
+        {
+            if (options.ResponseFormat is ChatResponseFormatJson)
+                throw new ArgumentException("ChatOptions.ResponseFormat cannot be combined with a required tool call (ChatOptions.ToolMode): the reply is the call.", nameof(options));
+            try
+            {
+                result = (result with { ResponseFormat = ResponseFormat.JsonSchema, JsonSchema = ToolCalls.CallSchema(functions) }).Validate();
+            }
+            catch (ArgumentException e)
+            {
+                throw new ArgumentException($"ChatOptions.Tools: {e.Message}", nameof(options), e);
+            }
         }
         if (options.StopSequences is { Count: > 0 } stops)
         {
@@ -180,6 +196,32 @@ public sealed class IlgpuMedusaChatClient : IChatClient
         return result.Validate();
     }
 
+    /// <summary>
+    /// The functions a reply must call one of: with <see cref="ChatToolMode.RequireAny"/> every function of
+    /// <see cref="ChatOptions.Tools"/>, with <see cref="ChatToolMode.RequireSpecific"/> the one it names; null when no call
+    /// is required (<see cref="ChatToolMode.Auto"/>, <see cref="ChatToolMode.None"/> or no mode: the reply is text).
+    /// </summary>
+    private static List<AIFunctionDeclaration>? RequiredFunctions(ChatOptions? options)
+    {
+        if (options?.ToolMode is not RequiredChatToolMode required) return null;
+        var functions = options.Tools?.OfType<AIFunctionDeclaration>().ToList() ?? [];
+        if (required.RequiredFunctionName is { } name)
+        {
+            functions = functions.Where(f => f.Name == name).Take(1).ToList();
+            if (functions.Count == 0) throw new ArgumentException($"ChatOptions.ToolMode requires function '{name}', which ChatOptions.Tools does not hold.", nameof(options));
+        }
+        if (functions.Count == 0) throw new ArgumentException("ChatOptions.ToolMode requires a tool call but ChatOptions.Tools holds no functions.", nameof(options));
+        return functions;
+    }
+
+    /// <summary>The reply as a message: a tool call when one was required and the text is a whole call; else the text.</summary>
+    private static (ChatMessage Message, ChatFinishReason Finish) Reply(string text, bool callRequired, GenerationStats stats, string messageId)
+    {
+        if (callRequired && stats.FinishReason == FinishReason.EndToken && ToolCalls.TryParse(text, out var name, out var arguments))
+            return (new ChatMessage(ChatRole.Assistant, [new FunctionCallContent("call_" + NewId()[..24], name, arguments)]) { MessageId = messageId }, ChatFinishReason.ToolCalls);
+        return (new ChatMessage(ChatRole.Assistant, text) { MessageId = messageId }, FinishReasonOf(stats));
+    }
+
     /// <summary>Runs <paramref name="map"/>; an <see cref="ArgumentException"/> is rethrown naming the property.</summary>
     private static GenerationOptions Keyed(string key, Func<GenerationOptions> map)
     {
@@ -218,12 +260,13 @@ public sealed class IlgpuMedusaChatClient : IChatClient
         }
         var reply = text.ToString();
         if (Template != ChatTemplateKind.Plain) reply = reply.TrimStart();
-        return new ChatResponse(new ChatMessage(ChatRole.Assistant, reply) { MessageId = NewId() })
+        var (message, finish) = Reply(reply, RequiredFunctions(options) is not null, stats, NewId());
+        return new ChatResponse(message)
         {
             ResponseId = NewId(),
             ModelId = ModelId,
             CreatedAt = DateTimeOffset.UtcNow,
-            FinishReason = FinishReasonOf(stats),
+            FinishReason = finish,
             Usage = UsageOf(stats),
             AdditionalProperties = PropertiesOf(stats),
             RawRepresentation = pieces,
@@ -239,10 +282,17 @@ public sealed class IlgpuMedusaChatClient : IChatClient
         string responseId = NewId(), messageId = NewId();
         var created = DateTimeOffset.UtcNow;
         bool started = Template == ChatTemplateKind.Plain; // a chat reply's first space is the template's, not the answer's
+        // A required tool call comes whole, in the last update (its text is read as a call once it is complete).
+        var call = RequiredFunctions(options) is not null ? new StringBuilder() : null;
         await foreach (var piece in _engine.GenerateAsync(ids, generation, stats, cancellationToken).ConfigureAwait(false))
         {
             var text = started ? piece.Text : piece.Text.TrimStart();
             started |= text.Length > 0;
+            if (call is not null)
+            {
+                call.Append(text);
+                continue;
+            }
             // A piece with no text yet (half a character) still carries its tokens' log-probabilities when asked for.
             if (text.Length == 0 && piece.Logprobs is not { Count: > 0 }) continue;
             yield return new ChatResponseUpdate(ChatRole.Assistant, text)
@@ -254,13 +304,21 @@ public sealed class IlgpuMedusaChatClient : IChatClient
                 RawRepresentation = piece,
             };
         }
-        yield return new ChatResponseUpdate(ChatRole.Assistant, [new UsageContent(UsageOf(stats))])
+        var finish = FinishReasonOf(stats);
+        List<AIContent> last = [new UsageContent(UsageOf(stats))];
+        if (call is not null)
+        {
+            var (message, callFinish) = Reply(call.ToString(), callRequired: true, stats, messageId);
+            last.InsertRange(0, message.Contents);
+            finish = callFinish;
+        }
+        yield return new ChatResponseUpdate(ChatRole.Assistant, last)
         {
             ResponseId = responseId,
             MessageId = messageId,
             ModelId = ModelId,
             CreatedAt = created,
-            FinishReason = FinishReasonOf(stats),
+            FinishReason = finish,
             AdditionalProperties = PropertiesOf(stats),
         };
     }

@@ -84,6 +84,7 @@ public static class OpenAiRequests
         foreach (var message in messages.EnumerateArray()) list.Add(ParseMessage(message, $"messages[{index++}]"));
         RefuseUnsupported(body, chat: true);
         var options = ParseOptions(body, chat: true, vocabularySize);
+        ParseTools(body, options);
         var (stream, includeUsage) = ParseStream(body);
         bool logprobs = body.TryGetProperty("logprobs", out var lp) && lp.ValueKind != JsonValueKind.Null && ReadBool(lp, "logprobs");
         int? top = body.TryGetProperty("top_logprobs", out var tl) && tl.ValueKind != JsonValueKind.Null
@@ -221,21 +222,74 @@ public static class OpenAiRequests
             "system" or "developer" => ChatRole.System,
             "user" => ChatRole.User,
             "assistant" => ChatRole.Assistant,
-            "tool" or "function" => throw OpenAiErrorException.BadRequest($"{path}.role", $"'{Shorten(roleName)}' is not supported: this server has no tool calling."),
-            _ => throw OpenAiErrorException.BadRequest($"{path}.role", $"unknown role '{Shorten(roleName)}'; expected \"system\", \"developer\", \"user\" or \"assistant\"."),
+            "tool" => ChatRole.Tool,
+            "function" => throw OpenAiErrorException.BadRequest($"{path}.role", "'function' (the deprecated function calling) is not supported; use tools and the 'tool' role."),
+            _ => throw OpenAiErrorException.BadRequest($"{path}.role", $"unknown role '{Shorten(roleName)}'; expected \"system\", \"developer\", \"user\", \"assistant\" or \"tool\"."),
         };
-        if (message.TryGetProperty("tool_calls", out var calls) && calls.ValueKind != JsonValueKind.Null &&
-            !(calls.ValueKind == JsonValueKind.Array && calls.GetArrayLength() == 0))
-            throw OpenAiErrorException.BadRequest($"{path}.tool_calls", "not supported: this server has no tool calling.");
+        var calls = new List<AIContent>();
+        if (message.TryGetProperty("tool_calls", out var toolCalls) && toolCalls.ValueKind != JsonValueKind.Null)
+        {
+            if (role != ChatRole.Assistant) throw OpenAiErrorException.BadRequest($"{path}.tool_calls", "only an assistant message carries tool calls.");
+            if (toolCalls.ValueKind != JsonValueKind.Array) throw OpenAiErrorException.BadRequest($"{path}.tool_calls", $"expected an array, got {Describe(toolCalls)}.");
+            int c = 0;
+            foreach (var call in toolCalls.EnumerateArray()) calls.Add(ParseToolCall(call, $"{path}.tool_calls[{c++}]"));
+        }
+        if (role == ChatRole.Tool)
+        {
+            if (!message.TryGetProperty("tool_call_id", out var callId) || callId.ValueKind != JsonValueKind.String)
+                throw OpenAiErrorException.BadRequest($"{path}.tool_call_id", "required: the id of the call this message answers.");
+            var result = message.TryGetProperty("content", out var resultContent) ? MessageText(resultContent, role, path) : "";
+            return new ChatMessage(ChatRole.Tool, [new FunctionResultContent(Text(callId, $"{path}.tool_call_id"), result)]);
+        }
         if (!message.TryGetProperty("content", out var content))
+        {
+            if (calls.Count > 0) return new ChatMessage(role, calls);
             throw OpenAiErrorException.BadRequest($"{path}.content", "required: a string or an array of text parts.");
+        }
+        string text = MessageText(content, role, path);
+        if (calls.Count == 0) return new ChatMessage(role, text);
+        if (text.Length > 0) calls.Insert(0, new TextContent(text));
+        return new ChatMessage(role, calls);
+    }
+
+    /// <summary>An assistant message's tool call: <c>{"id", "type": "function", "function": {"name", "arguments"}}</c>, the arguments a JSON object as a string.</summary>
+    private static FunctionCallContent ParseToolCall(JsonElement call, string path)
+    {
+        if (call.ValueKind != JsonValueKind.Object) throw OpenAiErrorException.BadRequest(path, $"expected an object {{\"id\", \"type\": \"function\", \"function\"}}, got {Describe(call)}.");
+        if (!call.TryGetProperty("id", out var id) || id.ValueKind != JsonValueKind.String) throw OpenAiErrorException.BadRequest($"{path}.id", "required: a string.");
+        if (call.TryGetProperty("type", out var type) && type.ValueKind != JsonValueKind.Null && !(type.ValueKind == JsonValueKind.String && type.GetString() == "function"))
+            throw OpenAiErrorException.BadRequest($"{path}.type", "only \"function\" is supported.");
+        if (!call.TryGetProperty("function", out var function) || function.ValueKind != JsonValueKind.Object)
+            throw OpenAiErrorException.BadRequest($"{path}.function", "required: an object {\"name\", \"arguments\"}.");
+        if (!function.TryGetProperty("name", out var name) || name.ValueKind != JsonValueKind.String) throw OpenAiErrorException.BadRequest($"{path}.function.name", "required: a string.");
+        var arguments = new Dictionary<string, object?>();
+        if (function.TryGetProperty("arguments", out var text) && text.ValueKind != JsonValueKind.Null)
+        {
+            if (text.ValueKind != JsonValueKind.String) throw OpenAiErrorException.BadRequest($"{path}.function.arguments", $"expected a JSON object as a string, got {Describe(text)}.");
+            try
+            {
+                using var document = JsonDocument.Parse(Text(text, $"{path}.function.arguments"), new JsonDocumentOptions { MaxDepth = 64 });
+                if (document.RootElement.ValueKind != JsonValueKind.Object) throw new JsonException("not an object");
+                foreach (var property in document.RootElement.EnumerateObject()) arguments[property.Name] = property.Value.Clone();
+            }
+            catch (JsonException e)
+            {
+                throw OpenAiErrorException.BadRequest($"{path}.function.arguments", $"expected a JSON object as a string ({e.Message}).");
+            }
+        }
+        return new FunctionCallContent(Text(id, $"{path}.id"), Text(name, $"{path}.function.name"), arguments);
+    }
+
+    /// <summary>A message's content: a string, an array of text parts, or (an assistant's, a tool's) null.</summary>
+    private static string MessageText(JsonElement content, ChatRole role, string path)
+    {
         string text;
         switch (content.ValueKind)
         {
             case JsonValueKind.String:
                 text = Text(content, $"{path}.content");
                 break;
-            case JsonValueKind.Null when role == ChatRole.Assistant:
+            case JsonValueKind.Null when role == ChatRole.Assistant || role == ChatRole.Tool:
                 text = "";
                 break;
             case JsonValueKind.Array:
@@ -258,20 +312,100 @@ public static class OpenAiRequests
             default:
                 throw OpenAiErrorException.BadRequest($"{path}.content", $"expected a string or an array of text parts, got {Describe(content)}.");
         }
-        return new ChatMessage(role, text);
+        return text;
     }
+
+    /// <summary>Most functions one request may offer.</summary>
+    public const int MaxTools = 128;
+
+    /// <summary>
+    /// <c>tools</c> (functions: name, description, parameters as a JSON schema), <c>tool_choice</c> (<c>"none"</c>,
+    /// <c>"auto"</c>, <c>"required"</c> or <c>{"type": "function", "function": {"name": ...}}</c>) and
+    /// <c>parallel_tool_calls</c> (read; a reply makes one call). A required call constrains the reply to one
+    /// (<see cref="ToolCalls"/>); with "auto" the tools are not offered to the model and the reply is text.
+    /// </summary>
+    private static void ParseTools(JsonElement body, ChatOptions options)
+    {
+        var declarations = new List<AIFunctionDeclaration>();
+        if (body.TryGetProperty("tools", out var tools) && tools.ValueKind != JsonValueKind.Null)
+        {
+            if (tools.ValueKind != JsonValueKind.Array) throw OpenAiErrorException.BadRequest("tools", $"expected an array of {{\"type\": \"function\", \"function\": {{...}}}} objects, got {Describe(tools)}.");
+            if (tools.GetArrayLength() > MaxTools) throw OpenAiErrorException.BadRequest("tools", $"at most {MaxTools} tools, got {tools.GetArrayLength()}.");
+            int i = 0;
+            foreach (var tool in tools.EnumerateArray())
+            {
+                string path = $"tools[{i++}]";
+                if (tool.ValueKind != JsonValueKind.Object) throw OpenAiErrorException.BadRequest(path, $"expected an object {{\"type\": \"function\", \"function\": {{...}}}}, got {Describe(tool)}.");
+                if (!tool.TryGetProperty("type", out var type) || type.ValueKind != JsonValueKind.String || type.GetString() != "function")
+                    throw OpenAiErrorException.BadRequest($"{path}.type", "only \"function\" tools are supported.");
+                if (!tool.TryGetProperty("function", out var function) || function.ValueKind != JsonValueKind.Object)
+                    throw OpenAiErrorException.BadRequest($"{path}.function", "required: an object {\"name\", \"description\", \"parameters\"}.");
+                if (!function.TryGetProperty("name", out var nameElement) || nameElement.ValueKind != JsonValueKind.String)
+                    throw OpenAiErrorException.BadRequest($"{path}.function.name", "required: a string.");
+                string name = Text(nameElement, $"{path}.function.name");
+                if (name.Length is 0 or > 64 || !name.All(c => char.IsAsciiLetterOrDigit(c) || c is '_' or '-'))
+                    throw OpenAiErrorException.BadRequest($"{path}.function.name", $"'{Shorten(name)}': 1 to 64 letters, digits, underscores or dashes.");
+                if (declarations.Any(d => d.Name == name)) throw OpenAiErrorException.BadRequest($"{path}.function.name", $"'{name}' is the name of an earlier tool too.");
+                string? description = function.TryGetProperty("description", out var d) && d.ValueKind == JsonValueKind.String ? Text(d, $"{path}.function.description") : null;
+                var parameters = function.TryGetProperty("parameters", out var p) && p.ValueKind != JsonValueKind.Null ? p.Clone() : default;
+                if (parameters.ValueKind is not (JsonValueKind.Undefined or JsonValueKind.Object))
+                    throw OpenAiErrorException.BadRequest($"{path}.function.parameters", $"expected a JSON schema object, got {Describe(parameters)}.");
+                if (function.TryGetProperty("strict", out var strict) && strict.ValueKind is not (JsonValueKind.True or JsonValueKind.False or JsonValueKind.Null))
+                    throw OpenAiErrorException.BadRequest($"{path}.function.strict", $"expected true or false, got {Describe(strict)}.");
+                var declaration = AIFunctionFactory.CreateDeclaration(name, description, parameters.ValueKind == JsonValueKind.Undefined ? EmptyParameters : parameters);
+                try
+                {
+                    ToolCalls.CallSchema([declaration]); // the parameters are checked now, naming the tool
+                }
+                catch (ArgumentException e)
+                {
+                    throw OpenAiErrorException.BadRequest($"{path}.function.parameters", e.Message);
+                }
+                declarations.Add(declaration);
+            }
+        }
+        if (body.TryGetProperty("parallel_tool_calls", out var parallel) && parallel.ValueKind != JsonValueKind.Null) ReadBool(parallel, "parallel_tool_calls");
+        ChatToolMode? mode = declarations.Count > 0 ? ChatToolMode.Auto : null;
+        if (body.TryGetProperty("tool_choice", out var choice) && choice.ValueKind != JsonValueKind.Null)
+        {
+            if (choice.ValueKind == JsonValueKind.String)
+            {
+                mode = Text(choice, "tool_choice") switch
+                {
+                    "none" => ChatToolMode.None,
+                    "auto" => declarations.Count > 0 ? ChatToolMode.Auto : null,
+                    "required" when declarations.Count > 0 => ChatToolMode.RequireAny,
+                    "required" => throw OpenAiErrorException.BadRequest("tool_choice", "\"required\" needs \"tools\" to choose from."),
+                    var other => throw OpenAiErrorException.BadRequest("tool_choice", $"unknown choice '{Shorten(other)}'; expected \"none\", \"auto\", \"required\" or {{\"type\": \"function\", \"function\": {{\"name\": ...}}}}."),
+                };
+            }
+            else
+            {
+                if (choice.ValueKind != JsonValueKind.Object || !choice.TryGetProperty("function", out var chosen) || chosen.ValueKind != JsonValueKind.Object ||
+                    !chosen.TryGetProperty("name", out var chosenName) || chosenName.ValueKind != JsonValueKind.String)
+                    throw OpenAiErrorException.BadRequest("tool_choice", $"expected \"none\", \"auto\", \"required\" or {{\"type\": \"function\", \"function\": {{\"name\": ...}}}}, got {Describe(choice)}.");
+                string name = Text(chosenName, "tool_choice.function.name");
+                if (!declarations.Any(f => f.Name == name))
+                    throw OpenAiErrorException.BadRequest("tool_choice.function.name", $"'{Shorten(name)}' is not one of the request's tools.");
+                mode = ChatToolMode.RequireSpecific(name);
+            }
+        }
+        if (mode is RequiredChatToolMode && options.ResponseFormat is ChatResponseFormatJson)
+            throw OpenAiErrorException.BadRequest("response_format", "cannot be combined with a required tool call (tool_choice): the reply is the call.");
+        if (declarations.Count > 0) options.Tools = [.. declarations];
+        options.ToolMode = mode;
+    }
+
+    private static readonly JsonElement EmptyParameters = JsonDocument.Parse("""{"type": "object", "properties": {}}""").RootElement.Clone();
 
     /// <summary>Fields that would change the output in ways this runtime does not implement: refused unless neutral.</summary>
     private static void RefuseUnsupported(JsonElement body, bool chat)
     {
         if (!chat) return;
-        foreach (var tools in (string[])["tools", "functions"])
-            if (body.TryGetProperty(tools, out var value) && value.ValueKind != JsonValueKind.Null &&
+        foreach (var legacy in (string[])["functions", "function_call"])
+            if (body.TryGetProperty(legacy, out var value) && value.ValueKind != JsonValueKind.Null &&
                 !(value.ValueKind == JsonValueKind.Array && value.GetArrayLength() == 0))
-                throw OpenAiErrorException.BadRequest(tools, "not supported: this server has no tool calling.");
-        if (body.TryGetProperty("tool_choice", out var choice) && choice.ValueKind != JsonValueKind.Null &&
-            !(choice.ValueKind == JsonValueKind.String && Text(choice, "tool_choice") is "none" or "auto"))
-            throw OpenAiErrorException.BadRequest("tool_choice", "only \"none\" or \"auto\" (no tools are called) is supported: this server has no tool calling.");
+                throw OpenAiErrorException.BadRequest(legacy, "the deprecated function calling is not supported; use \"tools\" and \"tool_choice\".");
         if (body.TryGetProperty("modalities", out var modalities) && modalities.ValueKind != JsonValueKind.Null &&
             !(modalities.ValueKind == JsonValueKind.Array && modalities.EnumerateArray().All(m => m.ValueKind == JsonValueKind.String && Text(m, "modalities") == "text")))
             throw OpenAiErrorException.BadRequest("modalities", "only [\"text\"] is supported.");

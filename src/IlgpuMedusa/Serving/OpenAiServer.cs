@@ -411,6 +411,7 @@ public sealed class OpenAiServer : IAsyncDisposable
         var logprobs = Enumerable.Range(0, n).Select(_ => new List<TokenLogprob>()).ToArray();
         var finishes = new ChatFinishReason?[n];
         var usages = new UsageDetails?[n];
+        var calls = Enumerable.Range(0, n).Select(_ => new List<FunctionCallContent>()).ToArray();
         AdditionalPropertiesDictionary? statistics = null; // the first choice's
         int ended = 0, last = 0; // choices ended so far, and the one that ended last
         bool firstToken = false;
@@ -451,9 +452,12 @@ public sealed class OpenAiServer : IAsyncDisposable
                 if (pieceLogprobs is not null) logprobs[index].AddRange(pieceLogprobs);
                 finishes[index] = update.FinishReason ?? finishes[index];
                 usages[index] = update.Contents.OfType<UsageContent>().FirstOrDefault()?.Details ?? usages[index];
+                var newCalls = update.Contents.OfType<FunctionCallContent>().ToList();
+                calls[index].AddRange(newCalls);
                 if (index == 0) statistics = update.AdditionalProperties ?? statistics;
-                if (request.Stream && (text.Length > 0 || pieceLogprobs is { Count: > 0 }))
-                    await exchange.WriteEventAsync(Json(w => WriteChatChunk(w, id, created, index, role: false, text, null, pieceLogprobs))).ConfigureAwait(false);
+                if (request.Stream && (text.Length > 0 || pieceLogprobs is { Count: > 0 } || newCalls.Count > 0))
+                    await exchange.WriteEventAsync(Json(w => WriteChatChunk(w, id, created, index, role: false, text.Length > 0 || newCalls.Count == 0 ? text : null, null, pieceLogprobs,
+                        newCalls))).ConfigureAwait(false);
             }
         }
         var usage = Total(usages);
@@ -476,7 +480,12 @@ public sealed class OpenAiServer : IAsyncDisposable
                 w.WriteNumber("index", i);
                 w.WriteStartObject("message");
                 w.WriteString("role", "assistant");
-                w.WriteString("content", texts[i].ToString());
+                if (calls[i].Count > 0)
+                {
+                    w.WriteNull("content");
+                    WriteToolCalls(w, calls[i], indexed: false);
+                }
+                else w.WriteString("content", texts[i].ToString());
                 w.WriteEndObject();
                 if (request.TopLogprobs is null) w.WriteNull("logprobs");
                 else _logprobs.WriteChat(w, logprobs[i]);
@@ -847,7 +856,27 @@ public sealed class OpenAiServer : IAsyncDisposable
     /// <summary>The connection failed while reading the request or writing the response (not an error of the server's own).</summary>
     private sealed class ClientGoneException(string message, Exception inner) : Exception(message, inner);
 
-    private static string FinishReasonName(ChatFinishReason? reason) => reason == ChatFinishReason.Length ? "length" : "stop";
+    private static string FinishReasonName(ChatFinishReason? reason) =>
+        reason == ChatFinishReason.Length ? "length" : reason == ChatFinishReason.ToolCalls ? "tool_calls" : "stop";
+
+    /// <summary>OpenAI's <c>tool_calls</c> array (the arguments as a JSON string); in a stream each call carries its index.</summary>
+    private static void WriteToolCalls(Utf8JsonWriter w, IReadOnlyList<FunctionCallContent> calls, bool indexed)
+    {
+        w.WriteStartArray("tool_calls");
+        for (int i = 0; i < calls.Count; i++)
+        {
+            w.WriteStartObject();
+            if (indexed) w.WriteNumber("index", i);
+            w.WriteString("id", calls[i].CallId);
+            w.WriteString("type", "function");
+            w.WriteStartObject("function");
+            w.WriteString("name", calls[i].Name);
+            w.WriteString("arguments", JsonSerializer.Serialize(calls[i].Arguments ?? new Dictionary<string, object?>(), ToolCalls.JsonOptions));
+            w.WriteEndObject();
+            w.WriteEndObject();
+        }
+        w.WriteEndArray();
+    }
 
     /// <summary>The token counts of a reply; a prompt scored with <c>"max_tokens": 0</c> generated nothing the client sees.</summary>
     private static UsageDetails UsageOf(GenerationStats stats, bool scoreOnly = false)
@@ -888,7 +917,8 @@ public sealed class OpenAiServer : IAsyncDisposable
         w.WriteString("model", ModelId);
     }
 
-    private void WriteChatChunk(Utf8JsonWriter w, string id, long created, int index, bool role, string? content, string? finish, IReadOnlyList<TokenLogprob>? logprobs)
+    private void WriteChatChunk(Utf8JsonWriter w, string id, long created, int index, bool role, string? content, string? finish, IReadOnlyList<TokenLogprob>? logprobs,
+        IReadOnlyList<FunctionCallContent>? calls = null)
     {
         WriteHeader(w, id, "chat.completion.chunk", created);
         w.WriteStartArray("choices");
@@ -897,6 +927,7 @@ public sealed class OpenAiServer : IAsyncDisposable
         w.WriteStartObject("delta");
         if (role) w.WriteString("role", "assistant");
         if (content is not null) w.WriteString("content", content);
+        if (calls is { Count: > 0 }) WriteToolCalls(w, calls, indexed: true);
         w.WriteEndObject();
         if (logprobs is null) w.WriteNull("logprobs");
         else _logprobs.WriteChat(w, logprobs);

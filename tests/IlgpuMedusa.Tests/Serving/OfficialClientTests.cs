@@ -86,6 +86,13 @@ public sealed class OfficialClientTests(OpenAiServerFixture fixture) : IClassFix
         Assert.Contains(parsed.GetProperty("size").GetString(), (string[])["S", "M"]);
         Assert.Contains(parsed.GetProperty("ok").ValueKind, (JsonValueKind[])[JsonValueKind.True, JsonValueKind.False, JsonValueKind.Null]);
         Assert.Matches("^\\{\\s?\"ok\"", zod.GetProperty("text").GetString());
+
+        // A required tool call, declared with the SDK's zod function helper: its arguments passed the zod schema in parse().
+        var tool = result.GetProperty("tool");
+        Assert.Equal("tool_calls", tool.GetProperty("finish").GetString());
+        Assert.Equal(JsonValueKind.Null, tool.GetProperty("content").ValueKind);
+        Assert.Equal("get_weather", tool.GetProperty("name").GetString());
+        Assert.Contains(tool.GetProperty("parsed").GetProperty("city").GetString(), (string[])["Paris", "Oslo"]);
     }
 
     private static JsonElement RunClient(params string[] args) =>

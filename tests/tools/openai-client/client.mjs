@@ -1,7 +1,7 @@
 // Drives an IlgpuMedusa server with OpenAI's official JavaScript SDK and prints what it got as one JSON object.
 // Usage: node client.mjs BASE_URL MODEL PROMPT   (BASE_URL like http://127.0.0.1:8080/v1)
 import OpenAI from "openai";
-import { zodResponseFormat } from "openai/helpers/zod";
+import { zodFunction, zodResponseFormat } from "openai/helpers/zod";
 import { z } from "zod";
 
 const [baseURL, model, prompt] = process.argv.slice(2);
@@ -70,6 +70,20 @@ result.zod = {
   finish: parsed.choices[0].finish_reason,
   parsed: parsed.choices[0].message.parsed,
   schema: zodResponseFormat(Card, "card").json_schema.schema,
+};
+
+// A required tool call: the SDK's zod function helper declares the tool, and parse() checks the call's arguments
+// against the zod schema (it throws otherwise).
+const Weather = z.object({ city: z.enum(["Paris", "Oslo"]), celsius: z.boolean() });
+const toolReply = await client.chat.completions.parse({
+  model, messages, max_tokens: 100, tools: [zodFunction({ name: "get_weather", parameters: Weather })], tool_choice: "required",
+});
+const toolCall = toolReply.choices[0].message.tool_calls?.[0];
+result.tool = {
+  finish: toolReply.choices[0].finish_reason,
+  content: toolReply.choices[0].message.content,
+  name: toolCall?.function?.name ?? null,
+  parsed: toolCall?.function?.parsed_arguments ?? null,
 };
 
 for (const [name, request] of [

@@ -142,8 +142,8 @@ internal sealed class CompiledJsonSchema
                 // A name or string the reader cannot decode (an escaped unpaired surrogate such as "\uD800").
                 throw new ArgumentException($"JsonSchema: the schema holds text that cannot be decoded: {e.Message}", e);
             }
-            if (root.Kind != SchemaKind.Object)
-                throw new ArgumentException("JsonSchema: the top-level schema must be an object (\"type\": \"object\" with \"properties\").");
+            if (root.Kind is not (SchemaKind.Object or SchemaKind.Discriminated))
+                throw new ArgumentException("JsonSchema: the top-level schema must be an object (\"type\": \"object\" with \"properties\", or objects told apart by a discriminator).");
             return new CompiledJsonSchema(root, [.. nodes]);
         }
     }
