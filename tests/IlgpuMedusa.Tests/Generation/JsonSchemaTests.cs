@@ -202,6 +202,36 @@ public sealed class JsonSchemaTests(DemoEngineFixture fixture) : IClassFixture<D
         Assert.True(Accepts(CompiledJsonSchema.Compile("{\"type\": \"object\", \"properties\": {\"" + fits + "\": {\"type\": \"null\"}}}"), "{\"" + fits + "\":null}"));
     }
 
+    /// <summary>
+    /// Hostile schemas a client may send end in an error, not a stack overflow or a hang: a chain of thousands of
+    /// references, and references that double at every level.
+    /// </summary>
+    [Fact]
+    public void LongReferenceChains_AndDoublingReferences_AreRefused()
+    {
+        var chain = new System.Text.StringBuilder("""{"type": "object", "properties": {"a": {"$ref": "#/$defs/d0"}}, "$defs": {""");
+        for (int i = 0; i < 5000; i++) chain.Append($$"""
+            "d{{i}}": {"$ref": "#/$defs/d{{i + 1}}"},
+            """);
+        chain.Append("""
+            "d5000": {"type": "string"}}}
+            """);
+        var e = Assert.ThrowsAny<ArgumentException>(() => CompiledJsonSchema.Compile(chain.ToString()));
+        Assert.Contains($"references nest more than {CompiledJsonSchema.MaxReferenceDepth} deep", e.Message, StringComparison.Ordinal);
+
+        var doubling = new System.Text.StringBuilder("""{"type": "object", "properties": {"a": {"$ref": "#/$defs/d0"}}, "$defs": {""");
+        for (int i = 0; i < 40; i++) doubling.Append($$"""
+            "d{{i}}": {"type": "array", "items": {"anyOf": [{"$ref": "#/$defs/d{{i + 1}}"}, {"type": "null"}]}, "maxItems": 1},
+            """);
+        doubling.Append("""
+            "d40": {"type": "string"}}}
+            """);
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        e = Assert.ThrowsAny<ArgumentException>(() => CompiledJsonSchema.Compile(doubling.ToString()));
+        Assert.Contains("nested more than", e.Message, StringComparison.Ordinal);
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(5), $"{clock.Elapsed} to refuse it");
+    }
+
     [Fact]
     public void DeepSchemas_AreRefused_AndASchemaWithoutTheFormat_Too()
     {

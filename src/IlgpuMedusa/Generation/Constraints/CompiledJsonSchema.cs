@@ -148,6 +148,9 @@ internal sealed class CompiledJsonSchema
         }
     }
 
+    /// <summary>Most references followed within one another (a long chain would take the stack).</summary>
+    public const int MaxReferenceDepth = 64;
+
     /// <summary>Most levels of JSON in a schema's text (a const value's included).</summary>
     private const int MaxJsonDepth = 256;
 
@@ -273,6 +276,8 @@ internal sealed class CompiledJsonSchema
                 if (!found) throw Error($"{path}.$ref", $"'{Shorten(pointer)}' points to nothing in the schema.");
             }
         }
+        if (nodes.Expanding.Count >= MaxReferenceDepth)
+            throw Error($"{path}.$ref", $"references nest more than {MaxReferenceDepth} deep.");
         nodes.Expanding.Add(fragment);
         var node = Node(target, $"{path}.$ref({Shorten(pointer)})", depth, nodes);
         nodes.Expanding.RemoveAt(nodes.Expanding.Count - 1);
