@@ -127,6 +127,10 @@ public sealed class IlgpuMedusaChatClient : IChatClient
         {
             if (options.ResponseFormat is ChatResponseFormatJson)
                 throw new ArgumentException("ChatOptions.ResponseFormat cannot be combined with a required tool call (ChatOptions.ToolMode): the reply is the call.", nameof(options));
+            if (options.StopSequences is { Count: > 0 })
+                throw new ArgumentException("ChatOptions.StopSequences cannot be combined with a required tool call (ChatOptions.ToolMode): a stop sequence would cut the call.", nameof(options));
+            if (options.AdditionalProperties?.TryGetValue(IlgpuMedusaChatOptionKeys.Logprobs, out var wanted) == true && wanted is not null and not JsonElement { ValueKind: JsonValueKind.Null })
+                throw new ArgumentException($"ChatOptions.AdditionalProperties[\"{IlgpuMedusaChatOptionKeys.Logprobs}\"] cannot be combined with a required tool call (ChatOptions.ToolMode): the call comes whole, without its tokens.", nameof(options));
             try
             {
                 result = (result with { ResponseFormat = ResponseFormat.JsonSchema, JsonSchema = ToolCalls.CallSchema(functions) }).Validate();
@@ -235,10 +239,17 @@ public sealed class IlgpuMedusaChatClient : IChatClient
         }
     }
 
-    /// <summary>The prompt ids of <paramref name="messages"/> under <see cref="Template"/>, checked against the context.</summary>
+    /// <summary>
+    /// The prompt ids of <paramref name="messages"/> under <see cref="Template"/> (with a required tool call, the functions
+    /// described in the system prompt: <see cref="ToolCalls.Describe"/>), checked against the context.
+    /// </summary>
     public IReadOnlyList<int> EncodeMessages(IEnumerable<ChatMessage> messages, ChatOptions? options = null)
     {
-        var ids = ChatTemplate.Encode(ChatTemplate.Apply(Template, messages, options?.Instructions), _engine.Tokenizer);
+        // A required call: the system prompt tells the model of the functions (their names, descriptions, parameters).
+        var instructions = RequiredFunctions(options) is { } functions
+            ? string.IsNullOrWhiteSpace(options!.Instructions) ? ToolCalls.Describe(functions) : options.Instructions + "\n" + ToolCalls.Describe(functions)
+            : options?.Instructions;
+        var ids = ChatTemplate.Encode(ChatTemplate.Apply(Template, messages, instructions), _engine.Tokenizer);
         if (ids.Count >= _engine.Config.MaxSequenceLength)
             throw new ArgumentException(
                 $"the prompt is {ids.Count} tokens but the model's context is {_engine.Config.MaxSequenceLength}: it must leave room for at least one generated token.",

@@ -35,6 +35,7 @@ public static class ToolCalls
         {
             w.WriteStartObject();
             w.WriteStartArray("anyOf");
+            int index = 0;
             foreach (var function in functions)
             {
                 if (string.IsNullOrEmpty(function.Name)) throw new ArgumentException("a function has no name.", nameof(functions));
@@ -48,7 +49,7 @@ public static class ToolCalls
                 w.WriteString("const", function.Name);
                 w.WriteEndObject();
                 w.WritePropertyName("arguments");
-                WriteParameters(w, function.JsonSchema);
+                WriteParameters(w, function.JsonSchema, $"#/anyOf/{index++}/properties/arguments");
                 w.WriteEndObject();
                 w.WriteStartArray("required");
                 w.WriteStringValue("name");
@@ -77,7 +78,7 @@ public static class ToolCalls
                 }
                 catch (ArgumentException e)
                 {
-                    throw new ArgumentException($"function '{function.Name}': {e.Message}", nameof(functions), e);
+                    throw new ArgumentException($"function '{function.Name}': {ParameterMessage(e.Message)}", nameof(functions), e);
                 }
             }
             throw;
@@ -85,16 +86,28 @@ public static class ToolCalls
         return schema;
     }
 
-    /// <summary>A function's parameters: its schema, with an object that lists no properties read as one without any.</summary>
-    private static void WriteParameters(Utf8JsonWriter w, JsonElement parameters)
+    /// <summary>
+    /// A schema error about one function's call schema, with its paths as they are in the function's parameters
+    /// (<c>$.properties.city</c>, not the call schema's <c>$.anyOf[0].properties.arguments.properties.city</c>).
+    /// </summary>
+    public static string ParameterMessage(string message) =>
+        message.Replace("$.anyOf[0].properties.arguments", "$", StringComparison.Ordinal).Replace("#/anyOf/0/properties/arguments", "#", StringComparison.Ordinal)
+            .Replace("JsonSchema at $: ", "JsonSchema: ", StringComparison.Ordinal);
+
+    /// <summary>
+    /// A function's parameters: its schema (references within it pointed at where it now stands, <paramref name="at"/>),
+    /// or an object without properties when it declares none (no schema, or <c>{"type": "object"}</c> with only annotations).
+    /// </summary>
+    private static void WriteParameters(Utf8JsonWriter w, JsonElement parameters, string at)
     {
         bool empty = parameters.ValueKind is JsonValueKind.Undefined or JsonValueKind.Null ||
-            (parameters.ValueKind == JsonValueKind.Object && !parameters.TryGetProperty("properties", out _) &&
+            (parameters.ValueKind == JsonValueKind.Object &&
              parameters.TryGetProperty("type", out var type) && type.ValueKind == JsonValueKind.String && type.GetString() == "object" &&
-             !parameters.EnumerateObject().Any(p => p.Name is "anyOf" or "oneOf" or "allOf" or "$ref"));
+             parameters.EnumerateObject().All(p => p.Name is "type" or "title" or "description" or "$schema" or "$comment" ||
+                 (p.Name == "additionalProperties" && p.Value.ValueKind == JsonValueKind.False)));
         if (!empty)
         {
-            parameters.WriteTo(w);
+            WriteRelocated(w, parameters, at);
             return;
         }
         w.WriteStartObject();
@@ -104,6 +117,53 @@ public static class ToolCalls
         w.WriteEndObject();
         w.WriteBoolean("additionalProperties", false);
         w.WriteEndObject();
+    }
+
+    /// <summary>Writes <paramref name="schema"/> with every local reference (<c>"$ref": "#..."</c>) moved under <paramref name="at"/>.</summary>
+    private static void WriteRelocated(Utf8JsonWriter w, JsonElement schema, string at)
+    {
+        switch (schema.ValueKind)
+        {
+            case JsonValueKind.Object:
+                w.WriteStartObject();
+                foreach (var property in schema.EnumerateObject())
+                {
+                    w.WritePropertyName(property.Name);
+                    if (property.Name == "$ref" && property.Value.ValueKind == JsonValueKind.String && property.Value.GetString() is { } pointer && pointer.StartsWith('#'))
+                        w.WriteStringValue(at + pointer[1..]);
+                    else WriteRelocated(w, property.Value, at);
+                }
+                w.WriteEndObject();
+                break;
+            case JsonValueKind.Array:
+                w.WriteStartArray();
+                foreach (var item in schema.EnumerateArray()) WriteRelocated(w, item, at);
+                w.WriteEndArray();
+                break;
+            default:
+                schema.WriteTo(w);
+                break;
+        }
+    }
+
+    /// <summary>
+    /// The tools as a system prompt tells a model of them when a call is required: each function's name, description
+    /// and parameters, and the shape of a call.
+    /// </summary>
+    public static string Describe(IReadOnlyList<AIFunctionDeclaration> functions)
+    {
+        ArgumentNullException.ThrowIfNull(functions);
+        var text = new StringBuilder("Answer with a call of one of these functions, written as {\"name\": ..., \"arguments\": {...}}:");
+        foreach (var function in functions)
+        {
+            text.Append('\n').Append(JsonSerializer.Serialize(new Dictionary<string, object?>
+            {
+                ["name"] = function.Name,
+                ["description"] = string.IsNullOrWhiteSpace(function.Description) ? null : function.Description,
+                ["parameters"] = function.JsonSchema.ValueKind == JsonValueKind.Undefined ? null : function.JsonSchema,
+            }, JsonOptions));
+        }
+        return text.ToString();
     }
 
     /// <summary>

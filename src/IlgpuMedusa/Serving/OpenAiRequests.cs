@@ -263,7 +263,7 @@ public static class OpenAiRequests
             throw OpenAiErrorException.BadRequest($"{path}.function", "required: an object {\"name\", \"arguments\"}.");
         if (!function.TryGetProperty("name", out var name) || name.ValueKind != JsonValueKind.String) throw OpenAiErrorException.BadRequest($"{path}.function.name", "required: a string.");
         var arguments = new Dictionary<string, object?>();
-        if (function.TryGetProperty("arguments", out var text) && text.ValueKind != JsonValueKind.Null)
+        if (function.TryGetProperty("arguments", out var text) && text.ValueKind != JsonValueKind.Null && !(text.ValueKind == JsonValueKind.String && text.GetString()!.Trim().Length == 0))
         {
             if (text.ValueKind != JsonValueKind.String) throw OpenAiErrorException.BadRequest($"{path}.function.arguments", $"expected a JSON object as a string, got {Describe(text)}.");
             try
@@ -322,7 +322,8 @@ public static class OpenAiRequests
     /// <c>tools</c> (functions: name, description, parameters as a JSON schema), <c>tool_choice</c> (<c>"none"</c>,
     /// <c>"auto"</c>, <c>"required"</c> or <c>{"type": "function", "function": {"name": ...}}</c>) and
     /// <c>parallel_tool_calls</c> (read; a reply makes one call). A required call constrains the reply to one
-    /// (<see cref="ToolCalls"/>); with "auto" the tools are not offered to the model and the reply is text.
+    /// (<see cref="ToolCalls"/>; the functions' parameters are checked then); with "auto" the tools are not offered to the
+    /// model and the reply is text. With a required call, <c>response_format</c>, <c>stop</c> and <c>logprobs</c> are refused.
     /// </summary>
     private static void ParseTools(JsonElement body, ChatOptions options)
     {
@@ -352,16 +353,7 @@ public static class OpenAiRequests
                     throw OpenAiErrorException.BadRequest($"{path}.function.parameters", $"expected a JSON schema object, got {Describe(parameters)}.");
                 if (function.TryGetProperty("strict", out var strict) && strict.ValueKind is not (JsonValueKind.True or JsonValueKind.False or JsonValueKind.Null))
                     throw OpenAiErrorException.BadRequest($"{path}.function.strict", $"expected true or false, got {Describe(strict)}.");
-                var declaration = AIFunctionFactory.CreateDeclaration(name, description, parameters.ValueKind == JsonValueKind.Undefined ? EmptyParameters : parameters);
-                try
-                {
-                    ToolCalls.CallSchema([declaration]); // the parameters are checked now, naming the tool
-                }
-                catch (ArgumentException e)
-                {
-                    throw OpenAiErrorException.BadRequest($"{path}.function.parameters", e.Message);
-                }
-                declarations.Add(declaration);
+                declarations.Add(AIFunctionFactory.CreateDeclaration(name, description, parameters.ValueKind == JsonValueKind.Undefined ? EmptyParameters : parameters));
             }
         }
         if (body.TryGetProperty("parallel_tool_calls", out var parallel) && parallel.ValueKind != JsonValueKind.Null) ReadBool(parallel, "parallel_tool_calls");
@@ -390,8 +382,37 @@ public static class OpenAiRequests
                 mode = ChatToolMode.RequireSpecific(name);
             }
         }
-        if (mode is RequiredChatToolMode && options.ResponseFormat is ChatResponseFormatJson)
-            throw OpenAiErrorException.BadRequest("response_format", "cannot be combined with a required tool call (tool_choice): the reply is the call.");
+        if (mode is RequiredChatToolMode required)
+        {
+            if (options.ResponseFormat is ChatResponseFormatJson)
+                throw OpenAiErrorException.BadRequest("response_format", "cannot be combined with a required tool call (tool_choice): the reply is the call.");
+            if (options.StopSequences is { Count: > 0 })
+                throw OpenAiErrorException.BadRequest("stop", "cannot be combined with a required tool call (tool_choice): a stop sequence would cut the call.");
+            if (body.TryGetProperty("logprobs", out var lp) && lp.ValueKind == JsonValueKind.True)
+                throw OpenAiErrorException.BadRequest("logprobs", "cannot be combined with a required tool call (tool_choice): the call comes whole, without its tokens.");
+            // The functions a call may name are checked now (those of "auto" are never offered to the model): each alone,
+            // naming it, then together.
+            var callable = required.RequiredFunctionName is { } only ? declarations.Where(d => d.Name == only).ToList() : declarations;
+            foreach (var declaration in callable)
+            {
+                try
+                {
+                    ToolCalls.CallSchema([declaration]);
+                }
+                catch (ArgumentException e)
+                {
+                    throw OpenAiErrorException.BadRequest($"tools[{declarations.IndexOf(declaration)}].function.parameters", ToolCalls.ParameterMessage(e.Message));
+                }
+            }
+            try
+            {
+                ToolCalls.CallSchema(callable);
+            }
+            catch (ArgumentException e)
+            {
+                throw OpenAiErrorException.BadRequest("tools", $"the tools' call schema: {e.Message}");
+            }
+        }
         if (declarations.Count > 0) options.Tools = [.. declarations];
         options.ToolMode = mode;
     }

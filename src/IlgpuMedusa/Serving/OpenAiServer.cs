@@ -403,7 +403,7 @@ public sealed class OpenAiServer : IAsyncDisposable
         using var body = await ReadBodyAsync(exchange).ConfigureAwait(false);
         var request = Parse(() => OpenAiRequests.ParseChat(body.RootElement, ModelId, _engine.Tokenizer.VocabularySize));
         using var choiceSlots = TakeChoiceSlots(request.Choices);
-        CheckPromptLength(request.Messages.Sum(m => (long)m.Text.Length), "messages");
+        CheckPromptLength(request.Messages.Sum(m => (long)ToolCalls.TextOf(m).Length), "messages");
         string id = "chatcmpl-" + Guid.NewGuid().ToString("N");
         long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
         int n = request.Choices;

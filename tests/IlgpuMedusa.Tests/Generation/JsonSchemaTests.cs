@@ -232,6 +232,52 @@ public sealed class JsonSchemaTests(DemoEngineFixture fixture) : IClassFixture<D
         Assert.True(clock.Elapsed < TimeSpan.FromSeconds(5), $"{clock.Elapsed} to refuse it");
     }
 
+    /// <summary>
+    /// More hostile schemas: allOf wrappers nesting thousands of schemas through references (each definition within the
+    /// JSON depth limit) end in an error, not a stack overflow; a large enum referenced a thousand times is compiled once.
+    /// </summary>
+    [Fact]
+    public void WrappersNestingThroughReferences_AreRefused_AndAReferencedEnumIsCompiledOnce()
+    {
+        var wrapped = new StringBuilder("""{"type": "object", "properties": {"a": {"$ref": "#/$defs/d0"}}, "$defs": {""");
+        for (int i = 0; i < 63; i++)
+            wrapped.Append($"\"d{i}\": ").Append(string.Concat(Enumerable.Repeat("{\"allOf\": [", 40))).Append($"{{\"$ref\": \"#/$defs/d{i + 1}\"}}")
+                .Append(string.Concat(Enumerable.Repeat("]}", 40))).Append(',');
+        wrapped.Append("\"d63\": {\"type\": \"string\"}}}");
+        var e = Assert.ThrowsAny<ArgumentException>(() => CompiledJsonSchema.Compile(wrapped.ToString()));
+        Assert.Contains($"schemas are nested more than {CompiledJsonSchema.MaxNesting} deep", e.Message, StringComparison.Ordinal);
+
+        var many = new StringBuilder("""{"type": "object", "$defs": {"e": {"enum": [""");
+        many.AppendJoin(", ", Enumerable.Range(0, 30_000)).Append("]}}, \"properties\": {");
+        many.AppendJoin(", ", Enumerable.Range(0, 1000).Select(i => $"\"p{i}\": {{\"$ref\": \"#/$defs/e\"}}")).Append("}}");
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        var schema = CompiledJsonSchema.Compile(many.ToString());
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(10), $"{clock.Elapsed} to compile");
+        Assert.True(schema.Nodes.Length < 1100, $"{schema.Nodes.Length} nodes");
+        Assert.True(Accepts(schema, "{" + string.Join(",", Enumerable.Range(0, 1000).Select(i => $"\"p{i}\":{i * 29}")) + "}"));
+    }
+
+    [Theory]
+    [InlineData("""{"type": "objekt", "anyOf": [{"properties": {}}]}""", "$.properties.a.type: unknown type 'objekt'")]
+    [InlineData("""{"type": [], "anyOf": [{"type": "string"}]}""", "$.properties.a.type: expected a type name or a non-empty array")]
+    public void ATypeBesideAnyOf_IsCheckedAtItsOwnPath(string property, string expected)
+    {
+        var e = Assert.ThrowsAny<ArgumentException>(() => CompiledJsonSchema.Compile("""{"type": "object", "properties": {"a": """ + property + "}}"));
+        Assert.Contains(expected, e.Message, StringComparison.Ordinal);
+    }
+
+    /// <summary>The type beside an anyOf reaches an alternative through a reference, and integral literals such as 1.0 are integers.</summary>
+    [Fact]
+    public void ATypeBesideAnyOf_ReachesReferencedAlternatives()
+    {
+        var schema = CompiledJsonSchema.Compile("""
+            {"type": "object", "$defs": {"C": {"properties": {"k": {"const": "c"}}}}, "properties": {"a": {"type": "object", "anyOf": [{"$ref": "#/$defs/C"}, {"properties": {"k": {"const": "d"}, "n": {"type": "integer", "anyOf": [{"const": 1.0}, {"const": 2}]}}}]}}}
+            """);
+        Assert.True(Accepts(schema, """{"a":{"k":"c"}}"""));
+        Assert.True(Accepts(schema, """{"a":{"k":"d","n":1.0}}"""));
+        Assert.False(Accepts(schema, """{"a":{"k":"d","n":3}}"""));
+    }
+
     [Fact]
     public void DeepSchemas_AreRefused_AndASchemaWithoutTheFormat_Too()
     {

@@ -28,7 +28,13 @@ public sealed class ToolCallChatClientTests(DemoEngineFixture fixture) : IClassF
     {
         using var client = new IlgpuMedusaChatClient(fixture.Engine);
         var weather = AIFunctionFactory.Create(GetWeather, "get_weather");
-        var options = new ChatOptions { Tools = [weather], ToolMode = ChatToolMode.RequireSpecific("get_weather"), MaxOutputTokens = 120 };
+        // A bias toward the quote helps the story model close the city's string.
+        var bias = new Dictionary<int, float> { [fixture.Engine.Tokenizer.Encode("\"", addBos: false)[^1]] = 4f };
+        var options = new ChatOptions
+        {
+            Tools = [weather], ToolMode = ChatToolMode.RequireSpecific("get_weather"), MaxOutputTokens = 250,
+            AdditionalProperties = new() { [IlgpuMedusaChatOptionKeys.LogitBias] = bias },
+        };
         var messages = new List<ChatMessage> { new(ChatRole.User, "What is the weather in Oslo?") };
 
         var response = await client.GetResponseAsync(messages, options);
@@ -85,6 +91,23 @@ public sealed class ToolCallChatClientTests(DemoEngineFixture fixture) : IClassF
         Assert.Contains("pattern", e.Message, StringComparison.Ordinal);
         // Auto: the tools are not offered; the reply is text.
         Assert.Equal(IlgpuMedusa.Generation.ResponseFormat.Text, client.ToGenerationOptions(new ChatOptions { Tools = [weather], ToolMode = ChatToolMode.Auto }).ResponseFormat);
+    }
+
+    /// <summary>With a required call the system prompt describes the functions (name, description, parameters); with Auto it does not.</summary>
+    [Fact]
+    public void ARequiredCall_TellsTheModelOfTheFunctions()
+    {
+        using var client = new IlgpuMedusaChatClient(fixture.Engine);
+        var weather = AIFunctionFactory.Create(GetWeather, "get_weather");
+        ChatMessage[] messages = [new(ChatRole.User, "Hi")];
+        string required = fixture.Engine.Tokenizer.Decode(client.EncodeMessages(messages, new ChatOptions { Tools = [weather], ToolMode = ChatToolMode.RequireAny }));
+        Assert.Contains("get_weather", required, StringComparison.Ordinal);
+        Assert.Contains("The weather in a city.", required, StringComparison.Ordinal);
+        Assert.Contains("The city.", required, StringComparison.Ordinal); // a parameter's description
+        string auto = fixture.Engine.Tokenizer.Decode(client.EncodeMessages(messages, new ChatOptions { Tools = [weather], ToolMode = ChatToolMode.Auto }));
+        Assert.DoesNotContain("get_weather", auto, StringComparison.Ordinal);
+        var e = Assert.Throws<ArgumentException>(() => client.ToGenerationOptions(new ChatOptions { Tools = [weather], ToolMode = ChatToolMode.RequireAny, StopSequences = ["x"] }));
+        Assert.Contains("StopSequences cannot be combined", e.Message, StringComparison.Ordinal);
     }
 
     [Fact]

@@ -116,6 +116,39 @@ public sealed class ToolCallTests(OpenAiServerFixture fixture) : IClassFixture<O
         Assert.NotEqual("tool_calls", json.GetProperty("choices")[0].GetProperty("finish_reason").GetString());
     }
 
+    /// <summary>
+    /// Parameters with their own definitions (what the OpenAI Python SDK's pydantic_function_tool sends: a nested model
+    /// under $defs) are followed; with "auto" the tools' schemas are not compiled at all (they are never offered), so a
+    /// keyword outside the subset does not refuse the request; an empty arguments string in the history is no arguments.
+    /// </summary>
+    [Fact]
+    public async Task ParametersWithDefinitions_AreFollowed_AndAutoDoesNotCheckSchemas()
+    {
+        const string pydantic = """
+            [{"type": "function", "function": {"name": "adopt", "strict": true, "parameters": {"$defs": {"Pet": {"type": "object", "properties": {"kind": {"enum": ["cat", "dog"]}},
+              "required": ["kind"], "additionalProperties": false}}, "type": "object", "properties": {"pet": {"$ref": "#/$defs/Pet"}, "count": {"anyOf": [{"type": "boolean"}, {"type": "null"}]}},
+              "required": ["pet", "count"], "additionalProperties": false}}}]
+            """;
+        var (status, json) = await PostAsync($$"""{"messages": [{"role": "user", "content": "Adopt one."}], "max_tokens": 200, "tools": {{pydantic}}, "tool_choice": "required"}""");
+        Assert.Equal(HttpStatusCode.OK, status);
+        var call = json.GetProperty("choices")[0].GetProperty("message").GetProperty("tool_calls")[0].GetProperty("function");
+        Assert.Equal("adopt", call.GetProperty("name").GetString());
+        using (var arguments = JsonDocument.Parse(call.GetProperty("arguments").GetString()!))
+        {
+            Assert.Contains(arguments.RootElement.GetProperty("pet").GetProperty("kind").GetString(), (string[])["cat", "dog"]);
+            Assert.Contains(arguments.RootElement.GetProperty("count").ValueKind, (JsonValueKind[])[JsonValueKind.True, JsonValueKind.False, JsonValueKind.Null]);
+        }
+
+        const string unsupported = """[{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {"n": {"type": "integer", "minimum": 1}}}}}]""";
+        (status, _) = await PostAsync($$"""{"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, "tools": {{unsupported}}}""");
+        Assert.Equal(HttpStatusCode.OK, status);
+        (status, _) = await PostAsync("""
+            {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": null, "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": ""}}]},
+                          {"role": "tool", "tool_call_id": "c", "content": "ok"}], "max_tokens": 4}
+            """);
+        Assert.Equal(HttpStatusCode.OK, status);
+    }
+
     [Theory]
     [InlineData("\"required\"", ", \"tools\": []", "tool_choice", "\"required\" needs \"tools\"")]
     [InlineData("{\"type\": \"function\", \"function\": {\"name\": \"nope\"}}", "", "tool_choice.function.name", "'nope' is not one of the request's tools")]
@@ -133,8 +166,10 @@ public sealed class ToolCallTests(OpenAiServerFixture fixture) : IClassFixture<O
     }
 
     [Theory]
-    [InlineData("""{"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {"a": {"type": "string", "pattern": "x"}}}}}]}""",
-        "tools[0].function.parameters", "keyword 'pattern' is not supported")]
+    [InlineData("""{"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {"a": {"type": "string", "pattern": "x"}}}}}], "tool_choice": "required"}""",
+        "tools[0].function.parameters", "JsonSchema at $.properties.a: keyword 'pattern' is not supported")]
+    [InlineData("""{"tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "required", "stop": ["x"]}""", "stop", "cannot be combined with a required tool call")]
+    [InlineData("""{"tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "required", "logprobs": true}""", "logprobs", "cannot be combined with a required tool call")]
     [InlineData("""{"tools": [{"type": "function", "function": {"name": "bad name"}}]}""", "tools[0].function.name", "1 to 64 letters")]
     [InlineData("""{"tools": [{"type": "function", "function": {"name": "f"}}, {"type": "function", "function": {"name": "f"}}]}""", "tools[1].function.name", "earlier tool")]
     [InlineData("""{"tools": [{"type": "retrieval"}]}""", "tools[0].type", "only \"function\" tools")]

@@ -161,6 +161,34 @@ internal sealed class CompiledJsonSchema
     {
         public JsonElement Document { get; } = document;
         public List<string> Expanding { get; } = [];
+        /// <summary>Schemas compiled within one another now (each level a few stack frames).</summary>
+        public int Nesting { get; set; }
+        /// <summary>Literal values compiled so far (enums, consts, merged alternatives).</summary>
+        public long Literals { get; set; }
+        /// <summary>Each reference's schema compiled once (by pointer and implied type), with the objects and arrays it nests.</summary>
+        public Dictionary<(string Pointer, string? Implied), (SchemaNode Node, int Height)> References { get; } = [];
+    }
+
+    /// <summary>Most schemas compiled within one another (keywords such as allOf nest without objects or arrays).</summary>
+    public const int MaxNesting = 512;
+
+    /// <summary>Most literal values (enum and const values, counted again where alternatives merge them) in one schema.</summary>
+    public const int MaxLiterals = 1 << 18;
+
+    /// <summary>How many objects and arrays a value of <paramref name="node"/> nests (0 for a scalar).</summary>
+    private static int Height(SchemaNode node, int guard = 0) => guard > MaxDepth + 1 ? guard : node.Kind switch
+    {
+        SchemaKind.Object => 1 + node.Properties.Select(p => Height(p, guard + 1)).DefaultIfEmpty(0).Max(),
+        SchemaKind.Discriminated => node.Variants.Distinct().Select(v => Height(v, guard)).Max(),
+        SchemaKind.Array => 1 + Height(node.Items!, guard + 1),
+        SchemaKind.Union => node.ByFirstByte.OfType<SchemaNode>().Distinct().Select(a => Height(a, guard)).Max(),
+        _ => 0,
+    };
+
+    private static void CountLiterals(Context nodes, int count, string path)
+    {
+        nodes.Literals += count;
+        if (nodes.Literals > MaxLiterals) throw Error(path, $"the schema lists more than {MaxLiterals} enum or const values in all.");
     }
 
     /// <summary>
@@ -168,6 +196,21 @@ internal sealed class CompiledJsonSchema
     /// it out (System.Text.Json writes a polymorphic type so: <c>"type": "object"</c> beside the alternatives).
     /// </summary>
     private static SchemaNode Node(JsonElement schema, string path, int depth, Context nodes, JsonElement? implied = null)
+    {
+        if (nodes.Nesting >= MaxNesting || !System.Runtime.CompilerServices.RuntimeHelpers.TryEnsureSufficientExecutionStack())
+            throw Error(path, $"schemas are nested more than {MaxNesting} deep (through allOf, anyOf and references).");
+        nodes.Nesting++;
+        try
+        {
+            return NodeCore(schema, path, depth, nodes, implied);
+        }
+        finally
+        {
+            nodes.Nesting--;
+        }
+    }
+
+    private static SchemaNode NodeCore(JsonElement schema, string path, int depth, Context nodes, JsonElement? implied)
     {
         if (schema.ValueKind != JsonValueKind.Object)
             throw Error(path, $"expected a schema object, got {schema.ValueKind.ToString().ToLowerInvariant()} (boolean schemas are not supported).");
@@ -187,7 +230,8 @@ internal sealed class CompiledJsonSchema
                 if (Keywords.Contains(property.Name) && property.Name != combinator && property.Name is not ("$defs" or "definitions") &&
                     !(combinator is "anyOf" or "oneOf" && property.Name is "type" or "required"))
                     throw Error(path, $"'{property.Name}' beside '{combinator}' is not supported.");
-            if (combinator == "$ref") return Reference(value, path, depth, nodes);
+            if (combinator == "$ref") return Reference(value, path, depth, nodes, implied);
+            if (schema.TryGetProperty("type", out var sharedType)) TypeNames(sharedType, $"{path}.type"); // checked here, at its own path
             var combined = Combined(combinator, value, path, depth, nodes, schema.TryGetProperty("type", out var shared) ? shared : null);
             if (schema.TryGetProperty("type", out _)) CheckTypes(combined, shared, $"{path}.type");
             if (schema.TryGetProperty("required", out var needed)) CheckRequired(combined, needed, $"{path}.required");
@@ -227,6 +271,7 @@ internal sealed class CompiledJsonSchema
                 foreach (var value in listed)
                     if (!types.Any(t => HasType(value, t)))
                         throw Error($"{path}.{(hasConst ? "const" : "enum")}", $"{Shorten(value.GetRawText())} is not of type {string.Join(" or ", types)}.");
+            CountLiterals(nodes, listed.Length, path);
             var literals = listed.Select(v => Canonical(v, $"{path}.{(hasConst ? "const" : "enum")}")).Distinct(ByteArrayComparer.Instance).ToArray();
             if (literals.Length > ushort.MaxValue) throw Error($"{path}.enum", $"more than {ushort.MaxValue} values.");
             Array.Sort(literals, (a, b) => a.AsSpan().SequenceCompareTo(b));
@@ -250,7 +295,7 @@ internal sealed class CompiledJsonSchema
     }
 
     /// <summary>The schema <c>$ref</c> points to (a JSON pointer into this document), compiled where the reference stands.</summary>
-    private static SchemaNode Reference(JsonElement reference, string path, int depth, Context nodes)
+    private static SchemaNode Reference(JsonElement reference, string path, int depth, Context nodes, JsonElement? implied = null)
     {
         if (reference.ValueKind != JsonValueKind.String) throw Error($"{path}.$ref", "expected a string such as \"#/$defs/Name\".");
         string pointer = reference.GetString()!;
@@ -278,9 +323,18 @@ internal sealed class CompiledJsonSchema
         }
         if (nodes.Expanding.Count >= MaxReferenceDepth)
             throw Error($"{path}.$ref", $"references nest more than {MaxReferenceDepth} deep.");
+        // A schema referenced again is the node compiled the first time (nodes are immutable), where it still nests
+        // within the frames a text can hold.
+        var key = (fragment, implied?.GetRawText());
+        if (nodes.References.TryGetValue(key, out var known))
+        {
+            if (depth + known.Height > MaxDepth) throw Error(path, $"objects and arrays are nested more than {MaxDepth} deep.");
+            return known.Node;
+        }
         nodes.Expanding.Add(fragment);
-        var node = Node(target, $"{path}.$ref({Shorten(pointer)})", depth, nodes);
+        var node = Node(target, $"{path}.$ref({Shorten(pointer)})", depth, nodes, implied);
         nodes.Expanding.RemoveAt(nodes.Expanding.Count - 1);
+        nodes.References[key] = (node, Height(node));
         return node;
     }
 
@@ -311,6 +365,7 @@ internal sealed class CompiledJsonSchema
         var literals = alternatives.Where(a => a.Node.Kind == SchemaKind.Literals).ToList();
         if (literals.Count > 1)
         {
+            CountLiterals(nodes, literals.Sum(a => a.Node.Literals.Length), $"{path}.{combinator}");
             var merged = literals.SelectMany(a => a.Node.Literals).Distinct(ByteArrayComparer.Instance).ToArray();
             if (merged.Length > ushort.MaxValue) throw Error($"{path}.{combinator}", $"more than {ushort.MaxValue} values.");
             Array.Sort(merged, (a, b) => a.AsSpan().SequenceCompareTo(b));
@@ -341,9 +396,7 @@ internal sealed class CompiledJsonSchema
     /// <summary>The type beside an anyOf / oneOf: every value its alternatives allow has it.</summary>
     private static void CheckTypes(SchemaNode combined, JsonElement type, string path)
     {
-        var names = type.ValueKind == JsonValueKind.String ? [type.GetString()!]
-            : type.ValueKind == JsonValueKind.Array && type.EnumerateArray().All(t => t.ValueKind == JsonValueKind.String) ? type.EnumerateArray().Select(t => t.GetString()!).ToArray()
-            : throw Error(path, "expected a type name or a non-empty array of type names.");
+        var names = TypeNames(type, path);
         bool Allowed(string name) => names.Contains(name) || (name == "integer" && names.Contains("number"));
         var alternatives = combined.Kind == SchemaKind.Union ? combined.ByFirstByte.OfType<SchemaNode>().Distinct() : [combined];
         foreach (var node in alternatives)
@@ -358,13 +411,27 @@ internal sealed class CompiledJsonSchema
                 SchemaKind.Literals => node.Literals.Select(l => l[0] switch
                 {
                     (byte)'"' => "string", (byte)'{' => "object", (byte)'[' => "array", (byte)'t' or (byte)'f' => "boolean", (byte)'n' => "null",
-                    _ => l.AsSpan().IndexOfAny("."u8) < 0 && l.AsSpan().IndexOfAny("eE"u8) < 0 ? "integer" : "number",
+                    _ => decimal.TryParse(System.Text.Encoding.UTF8.GetString(l), System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out var d) &&
+                         decimal.Truncate(d) == d ? "integer" : "number",
                 }).Distinct().ToArray(),
                 _ => (string[])[],
             };
             foreach (var kind in kinds)
                 if (!Allowed(kind)) throw Error(path, $"an alternative allows {kind} values, which the type {string.Join(" or ", names)} beside them does not.");
         }
+    }
+
+    /// <summary>A <c>type</c> keyword's names: one, or a non-empty list, each a JSON Schema type.</summary>
+    private static string[] TypeNames(JsonElement type, string path)
+    {
+        var names = type.ValueKind == JsonValueKind.String ? [type.GetString()!]
+            : type.ValueKind == JsonValueKind.Array && type.GetArrayLength() > 0 && type.EnumerateArray().All(t => t.ValueKind == JsonValueKind.String)
+                ? type.EnumerateArray().Select(t => t.GetString()!).ToArray()
+                : throw Error(path, "expected a type name or a non-empty array of type names.");
+        foreach (var name in names)
+            if (name is not ("object" or "array" or "string" or "number" or "integer" or "boolean" or "null"))
+                throw Error(path, $"unknown type '{name}'; expected object, array, string, number, integer, boolean or null.");
+        return names;
     }
 
     /// <summary>The properties an anyOf / oneOf lists as required beside its alternatives: every object alternative has them (and writes them).</summary>
