@@ -181,7 +181,7 @@ def compare_tokens(mine, theirs):
 
 DEMO_STEPS = {"conformance": "demo-conformance", "greedy device": "demo-greedy-device", "greedy host": "demo-greedy-host",
               "bench device": "demo-bench-device", "bench device copy uploads": "demo-bench-device-copy-uploads",
-              "bench host": "demo-bench-host", "sweep device": "demo-sweep-device",
+              "bench host": "demo-bench-host", "bench schema device": "demo-bench-schema-device", "sweep device": "demo-sweep-device",
               "serve device": "demo-serve-device", "prefix cache device": "demo-prefix-cache-device", "op times": "demo-ops"}
 
 
@@ -348,6 +348,7 @@ def summarize_bench(doc):
             "medusa_tokens_per_second": medusa_rate, "medusa_over_ar": ratio(medusa_rate, ar_rate),
             "tree": medusa.get("name"), "tree_nodes": medusa.get("tree_nodes"),
             "mean_accepted": number(medusa.get("mean_accepted")), "head_hit_rates": medusa.get("head_hit_rates"),
+            "forced_tokens": medusa.get("forced_tokens"),
             "identical_to_autoregressive": medusa.get("identical_to_autoregressive"),
             "ms_per_step": {"ar": number(ar.get("ms_per_step")), "medusa": number(medusa.get("ms_per_step"))},
             "host_waits_per_step": {"ar": number(ar.get("host_waits_per_step")), "medusa": number(medusa.get("host_waits_per_step"))},
@@ -399,6 +400,7 @@ def summarize_demo(raw, steps, device):
     bench_device = summarize_bench(extract_json_object(read_text(os.path.join(raw, "demo-bench-device.out"))))
     bench_copies = summarize_bench(extract_json_object(read_text(os.path.join(raw, "demo-bench-device-copy-uploads.out"))))
     bench_host = summarize_bench(extract_json_object(read_text(os.path.join(raw, "demo-bench-host.out"))))
+    bench_schema = summarize_bench(extract_json_object(read_text(os.path.join(raw, "demo-bench-schema-device.out"))))
     sweep = summarize_sweep(extract_json_object(read_text(os.path.join(raw, "demo-sweep-device.out"))))
     op_times = summarize_op_times(extract_json_object(read_text(os.path.join(raw, "demo-ops.out"))))
     serve = extract_json_object(read_text(os.path.join(raw, "demo-serve-device.out"))) or None
@@ -407,7 +409,7 @@ def summarize_demo(raw, steps, device):
         serve.pop("server_log_tail", None)
     demo = {"device": device, "raw": raw, "step_status": status, "conformance": conformance, "greedy": g,
             "decode_tokens_per_second": decode, "bench_device": bench_device,
-            "bench_device_copy_uploads": bench_copies, "bench_host": bench_host,
+            "bench_device_copy_uploads": bench_copies, "bench_host": bench_host, "bench_schema_device": bench_schema,
             "sweep_device": sweep, "serve_device": serve, "prefix_cache_device": prefix_cache, "op_times": op_times}
     if bench_device and bench_host:
         demo["bench_ar_device_over_host"] = ratio(bench_device["ar_tokens_per_second"], bench_host["ar_tokens_per_second"])
@@ -472,6 +474,12 @@ def demo_table(demo, created, gpu, commit):
                      f" tok/s ({x(cu['medusa_over_ar'])}){waits_text(cu)}; fewer waits buy AR"
                      f" {x(ratio((b0 or {}).get('ar_tokens_per_second'), cu['ar_tokens_per_second']))},"
                      f" Medusa {x(ratio((b0 or {}).get('medusa_tokens_per_second'), cu['medusa_tokens_per_second']))}")
+    bs = demo.get("bench_schema_device")
+    if bs:
+        lines.append(f"  structured output on {d} (bench --json-schema prompts/person.schema.json): AR {fmt(bs['ar_tokens_per_second'])} tok/s"
+                     f" ({fmt(bs['ms_per_step']['ar'], 3)} ms/step), {bs['tree'] or 'medusa'} {fmt(bs['medusa_tokens_per_second'])} tok/s"
+                     f" ({x(bs['medusa_over_ar'])}), mean accepted {fmt(bs['mean_accepted'], 2)}, forced tokens {bs.get('forced_tokens')},"
+                     f" identical to AR {bs['identical_to_autoregressive']}")
     sw = demo.get("sweep_device")
     if sw and sw["configurations"]:
         lines.append(f"  tree sweep on {d} (bench --sweep-trees): recommended {sw['recommended_tree'] or '-'}")

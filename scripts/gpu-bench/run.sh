@@ -359,10 +359,12 @@ DEMO_MODEL=$WORK/demo/stories15M-f16
 BENCH_PROMPTS_FILE=""
 DEMO_STEPS=(demo-conformance demo-greedy-device demo-greedy-host demo-bench-device demo-bench-device-copy-uploads demo-sweep-device demo-serve-device demo-prefix-cache-device demo-ops)
 
-# bench_on NAME DEVICE WANT_S: `bench` of AR vs Medusa (the heads in the model directory: --heads auto) on DEVICE.
+# bench_on NAME DEVICE WANT_S [ENV [ARGS...]]: `bench` of AR vs Medusa (the heads in the model directory: --heads auto) on DEVICE.
 bench_on() {
-  run_step "$1" "$3" env ${4:-} "${APP[@]}" bench --model "$DEMO_MODEL" --device "$2" --heads auto --prompts "$BENCH_PROMPTS_FILE" \
-    --max-tokens "$BENCH_TOKENS" --json
+  local name=$1 device=$2 want=$3 environment=${4:-}
+  shift $(($# < 4 ? $# : 4))
+  run_step "$name" "$want" env ${environment} "${APP[@]}" bench --model "$DEMO_MODEL" --device "$device" --heads auto --prompts "$BENCH_PROMPTS_FILE" \
+    --max-tokens "$BENCH_TOKENS" --json "$@"
 }
 
 demo_stage() {
@@ -470,6 +472,27 @@ demo_stage() {
   fi
 }
 
+# Structured output on the device (`bench --json-schema prompts/person.schema.json`: every token masked by the schema's
+# grammar on the host, Medusa with forced text in its trees), after the random-weight shapes and only when its whole
+# allowance is left: the targets come first.
+demo_bench_schema() {
+  local want=60 left schema=$ROOT/prompts/person.schema.json
+  if [[ -z $BENCH_PROMPTS_FILE || ! -f $DEMO_MODEL/model.safetensors ]] || ! ((HAVE_APP)); then
+    skip_step demo-bench-schema-device "no demo model, prompts or app"
+    return
+  fi
+  if [[ ! -f $schema ]]; then
+    skip_step demo-bench-schema-device "no prompts/person.schema.json in this working tree"
+    return
+  fi
+  left=$((DEADLINE - SECONDS - RESERVE_S))
+  if ((left < want)); then
+    skip_step demo-bench-schema-device "not started: ${left}s of the budget left, it wants ${want}s"
+    return
+  fi
+  bench_on demo-bench-schema-device "$DEVICE" "$want" "" --json-schema "$schema"
+}
+
 # The host bench, last but for the compiled transformers runs, and only when its whole allowance is left.
 demo_bench_host() {
   local want=90 left
@@ -537,6 +560,7 @@ if ((DRY_RUN)); then
     skip_step "hf-eager-$shape" "dry run: transformers side skipped"
     skip_step "hf-compiled-$shape" "dry run: transformers side skipped"
   done
+  [[ " ${SHAPE_LIST[*]} " == *" demo "* ]] && demo_bench_schema
   [[ " ${SHAPE_LIST[*]} " == *" demo "* ]] && demo_bench_host
 else
   MODELS_ROOT=${GPU_BENCH_MODELS:-/tmp/models}
@@ -605,6 +629,7 @@ else
       ours_decode_variant "ours-$shape-block-decode" "$dir" "$dir/prompt_ids.json" 60 ILGPU_MEDUSA_DECODE_ATTENTION=blocks
     fi
   done
+  [[ " ${SHAPE_LIST[*]} " == *" demo "* ]] && demo_bench_schema
   [[ " ${SHAPE_LIST[*]} " == *" demo "* ]] && demo_bench_host
   # Last, and only with the time that is left: static cache + torch.compile (compiling takes a minute or more).
   for shape in "${SHAPE_LIST[@]}"; do
