@@ -52,7 +52,7 @@ internal sealed class MedusaDecoder : SequenceDecoder
     private readonly int[] _forced = new int[MaxForcedTokens];
     private int[] _tokens = [];               // node tokens of the planned tree
     private bool _fallback;                   // the planned step is a single token (end of context, or no guesses)
-    private bool[] _leaf;                     // nodes without children
+    private readonly bool[] _leaf;            // nodes without children
     private int _leafCount;
     private readonly int[] _nodeArgMax;       // argmax of each node's logits (−1: a leaf, not computed)
     private DeviceTensor? _leafIds, _leafScratch; // for the bonus token of an accepted leaf

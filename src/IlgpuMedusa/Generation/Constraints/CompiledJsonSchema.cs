@@ -167,6 +167,8 @@ internal sealed class CompiledJsonSchema
         public long Literals { get; set; }
         /// <summary>Each reference's schema compiled once (by pointer and implied type), with the objects and arrays it nests.</summary>
         public Dictionary<(string Pointer, string? Implied), (SchemaNode Node, int Height)> References { get; } = [];
+        /// <summary><see cref="Height"/> of the nodes asked about so far.</summary>
+        public Dictionary<SchemaNode, int> Heights { get; } = new(ReferenceEqualityComparer.Instance);
     }
 
     /// <summary>Most schemas compiled within one another (keywords such as allOf nest without objects or arrays).</summary>
@@ -175,15 +177,24 @@ internal sealed class CompiledJsonSchema
     /// <summary>Most literal values (enum and const values, counted again where alternatives merge them) in one schema.</summary>
     public const int MaxLiterals = 1 << 18;
 
-    /// <summary>How many objects and arrays a value of <paramref name="node"/> nests (0 for a scalar).</summary>
-    private static int Height(SchemaNode node, int guard = 0) => guard > MaxDepth + 1 ? guard : node.Kind switch
+    /// <summary>
+    /// How many objects and arrays a value of <paramref name="node"/> nests (0 for a scalar), each node's worked out once
+    /// (referenced schemas are shared, so the nodes form a graph without cycles, not a tree).
+    /// </summary>
+    private static int Height(SchemaNode node, Context nodes)
     {
-        SchemaKind.Object => 1 + node.Properties.Select(p => Height(p, guard + 1)).DefaultIfEmpty(0).Max(),
-        SchemaKind.Discriminated => node.Variants.Distinct().Select(v => Height(v, guard)).Max(),
-        SchemaKind.Array => 1 + Height(node.Items!, guard + 1),
-        SchemaKind.Union => node.ByFirstByte.OfType<SchemaNode>().Distinct().Select(a => Height(a, guard)).Max(),
-        _ => 0,
-    };
+        if (nodes.Heights.TryGetValue(node, out int known)) return known;
+        int height = node.Kind switch
+        {
+            SchemaKind.Object => 1 + node.Properties.Select(p => Height(p, nodes)).DefaultIfEmpty(0).Max(),
+            SchemaKind.Discriminated => node.Variants.Distinct().Select(v => Height(v, nodes)).Max(),
+            SchemaKind.Array => 1 + Height(node.Items!, nodes),
+            SchemaKind.Union => node.ByFirstByte.OfType<SchemaNode>().Distinct().Select(a => Height(a, nodes)).Max(),
+            _ => 0,
+        };
+        nodes.Heights[node] = height;
+        return height;
+    }
 
     private static void CountLiterals(Context nodes, int count, string path)
     {
@@ -334,7 +345,7 @@ internal sealed class CompiledJsonSchema
         nodes.Expanding.Add(fragment);
         var node = Node(target, $"{path}.$ref({Shorten(pointer)})", depth, nodes, implied);
         nodes.Expanding.RemoveAt(nodes.Expanding.Count - 1);
-        nodes.References[key] = (node, Height(node));
+        nodes.References[key] = (node, Height(node, nodes));
         return node;
     }
 
