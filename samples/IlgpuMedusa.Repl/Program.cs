@@ -7,6 +7,9 @@ using IlgpuMedusa.Scheduling;
 // The sample REPL: streams continuations of the demo model (or --model) as Medusa accepts tokens, with /commands.
 // On a terminal it draws progress bars and colours; with redirected input or output it reads and writes plain lines,
 // so it can be scripted:  printf 'Once upon a time\n/stats\n/quit\n' | dotnet run --project samples/IlgpuMedusa.Repl -c Release
+// Numbers print the same whatever the machine's locale (ICU stays on for the tokenizers' Unicode normalization).
+System.Globalization.CultureInfo.DefaultThreadCurrentCulture = System.Globalization.CultureInfo.InvariantCulture;
+System.Globalization.CultureInfo.CurrentCulture = System.Globalization.CultureInfo.InvariantCulture;
 ReplArguments arguments;
 try
 {

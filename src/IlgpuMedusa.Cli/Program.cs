@@ -9,6 +9,10 @@ public static class Program
     /// <summary>Runs the command line; returns the process exit code (0 success, 1 error, 2 usage error).</summary>
     public static int Main(string[] args)
     {
+        System.Globalization.CultureInfo.DefaultThreadCurrentCulture = System.Globalization.CultureInfo.InvariantCulture;
+        System.Globalization.CultureInfo.DefaultThreadCurrentUICulture = System.Globalization.CultureInfo.InvariantCulture;
+        System.Globalization.CultureInfo.CurrentCulture = System.Globalization.CultureInfo.InvariantCulture;
+        System.Globalization.CultureInfo.CurrentUICulture = System.Globalization.CultureInfo.InvariantCulture;
         var root = new RootCommand("IlgpuMedusa: LLM inference in pure .NET with ILGPU kernels and Medusa decoding.")
         {
             FetchDemoCommand.Create(),

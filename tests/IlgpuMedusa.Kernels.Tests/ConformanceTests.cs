@@ -349,6 +349,20 @@ public abstract class ConformanceTests
         Twin.AssertClose(x, new Tolerance(2e-6, 1e-5), $"Rope Dh={headDim}");
     }
 
+    /// <summary>RoPE with Llama 3.2's scaling (θ 500000, factor 32): the device rotates by the scaled frequencies too.</summary>
+    [Fact]
+    public void Scaled_rope_matches_host()
+    {
+        using var twin = NewTwin(6);
+        const int tokens = 3, heads = 2, headDim = 64;
+        var rope = new IlgpuMedusa.Models.RopeParameters(500000f, new IlgpuMedusa.Models.RopeScaling(IlgpuMedusa.Models.RopeScalingKind.Llama3, 32f, 1f, 4f, 8192));
+        var x = twin.RandomTensor(tokens, heads * headDim, 2f);
+        var positions = twin.Ints(tokens, 1, [3, 900, 20000]);
+        Accelerators.Host.Rope(x.Host, positions.Host, heads, headDim, rope);
+        Device.Rope(x.Device, positions.Device, heads, headDim, rope);
+        Twin.AssertClose(x, new Tolerance(2e-6, 1e-5), "scaled Rope");
+    }
+
     /// <summary>
     /// KV write through a scrambled block table, starting mid-block; float32 elements and binary16 ones (both sides round
     /// to nearest even: the same bits).

@@ -113,10 +113,11 @@ public interface IComputeBackend : IDisposable
 
     /// <summary>
     /// Rotary embedding in place, rotate-half form, on the first <paramref name="heads"/> · <paramref name="headDim"/>
-    /// columns of each row of x F32[T, W]: for head h and j &lt; Dh/2, with angle = positions[t] · θ^(−2j/Dh) (float32 math),
+    /// columns of each row of x F32[T, W]: for head h and j &lt; Dh/2, with angle = positions[t] · frequency[j] and the
+    /// frequencies from <see cref="RopeParameters.Frequencies"/> (θ^(−2j/Dh) in float32 math, then any scaling),
     /// (a, b) = (x[h·Dh + j], x[h·Dh + j + Dh/2]) becomes (a·cos − b·sin, a·sin + b·cos).
     /// </summary>
-    void Rope(DeviceTensor x, DeviceTensor positions, int heads, int headDim, float theta);
+    void Rope(DeviceTensor x, DeviceTensor positions, int heads, int headDim, RopeParameters rope);
 
     /// <summary>
     /// Writes the keys and values of T new tokens into the cache. qkv F32[T, (H + 2Hkv)·Dh] holds Q | K | V per row;
@@ -133,10 +134,10 @@ public interface IComputeBackend : IDisposable
     /// <paramref name="startPosition"/> + t. This default runs the two ops; a backend may fuse them (the ILGPU backend
     /// does: one launch instead of two per layer).
     /// </summary>
-    void RopeKvWrite(DeviceTensor qkv, DeviceTensor positions, int queryHeads, int headDim, float theta, KvCache cache, int layer, DeviceTensor blockTable, int startPosition)
+    void RopeKvWrite(DeviceTensor qkv, DeviceTensor positions, int queryHeads, int headDim, RopeParameters rope, KvCache cache, int layer, DeviceTensor blockTable, int startPosition)
     {
         ArgumentNullException.ThrowIfNull(cache);
-        Rope(qkv, positions, queryHeads + cache.Layout.KvHeads, headDim, theta);
+        Rope(qkv, positions, queryHeads + cache.Layout.KvHeads, headDim, rope);
         KvWrite(cache, layer, qkv, queryHeads, blockTable, startPosition);
     }
 

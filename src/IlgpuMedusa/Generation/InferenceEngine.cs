@@ -104,7 +104,7 @@ public sealed class InferenceEngine : IInferenceEngine, IDisposable
         KvBlockPool? pool = null;
         try
         {
-            var tokenizer = ModelDirectory.OpenTokenizer(options.ModelPath);
+            var tokenizer = ModelDirectory.OpenTokenizer(options.ModelPath, checkpoint.Config.VocabSize);
             if (tokenizer.VocabularySize != checkpoint.Config.VocabSize)
                 throw new InvalidDataException(
                     $"{options.ModelPath}: the tokenizer has {tokenizer.VocabularySize} tokens but the model's vocabulary is {checkpoint.Config.VocabSize}.");

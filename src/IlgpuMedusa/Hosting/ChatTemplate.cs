@@ -16,13 +16,33 @@ public enum ChatTemplateKind
     Llama2Chat,
     /// <summary>Vicuna v1.1: <c>A chat between a curious user and an artificial intelligence assistant... USER: ... ASSISTANT:</c>.</summary>
     Vicuna,
+    /// <summary>
+    /// Llama 3 Instruct: <c>&lt;|begin_of_text|&gt;</c>, then per message <c>&lt;|start_header_id|&gt;role&lt;|end_header_id|&gt;\n\n</c>,
+    /// the text, <c>&lt;|eot_id|&gt;</c>; the prompt ends with the assistant's header. Needs a tokenizer with those special tokens.
+    /// </summary>
+    Llama3,
+    /// <summary>
+    /// ChatML (Qwen, SmolLM and others): per message <c>&lt;|im_start|&gt;role\n</c>, the text, <c>&lt;|im_end|&gt;\n</c>; the
+    /// prompt ends with <c>&lt;|im_start|&gt;assistant\n</c>. Needs a tokenizer with those special tokens.
+    /// </summary>
+    ChatML,
 }
 
-/// <summary>A piece of a templated prompt, encoded on its own so that BOS and EOS are ids, never text a user could type.</summary>
-/// <param name="Text">The text (encoded with the tokenizer's dummy-prefix rule).</param>
+/// <summary>
+/// A piece of a templated prompt, encoded on its own so that BOS, EOS and a template's other special tokens are ids,
+/// never text a user could type.
+/// </summary>
+/// <param name="Text">The text (encoded with the tokenizer's dummy-prefix rule), or the special token's content when <see cref="IsSpecial"/>.</param>
 /// <param name="Bos">BOS goes before the text.</param>
 /// <param name="Eos">EOS goes after the text.</param>
-public readonly record struct ChatPromptSegment(string Text, bool Bos, bool Eos);
+public readonly record struct ChatPromptSegment(string Text, bool Bos, bool Eos)
+{
+    /// <summary>Whether the segment is one special token (<see cref="Text"/> is its content, such as <c>&lt;|eot_id|&gt;</c>).</summary>
+    public bool IsSpecial { get; init; }
+
+    /// <summary>A segment that is the special token <paramref name="content"/>.</summary>
+    public static ChatPromptSegment Special(string content) => new(content, Bos: false, Eos: false) { IsSpecial = true };
+}
 
 /// <summary>The chat templates: messages to prompt segments, segments to token ids.</summary>
 public static class ChatTemplate
@@ -33,7 +53,7 @@ public static class ChatTemplate
 
     /// <summary>
     /// The template a model directory calls for: the <c>chat_template</c> of its tokenizer_config.json when there is one
-    /// ("[INST]" means Llama-2-chat, "ASSISTANT:" Vicuna), else its name or config.json's <c>_name_or_path</c> ("vicuna",
+    /// ("&lt;|start_header_id|&gt;" means Llama 3, "&lt;|im_start|&gt;" ChatML, "[INST]" Llama-2-chat, "ASSISTANT:" Vicuna), else its name or config.json's <c>_name_or_path</c> ("vicuna",
     /// or "llama-2"/"llama2" with "chat"), else <see cref="ChatTemplateKind.Plain"/> (llama2.c checkpoints and base models).
     /// </summary>
     public static ChatTemplateKind Detect(string modelDirectory)
@@ -42,6 +62,8 @@ public static class ChatTemplate
         var template = ReadJsonString(Path.Combine(modelDirectory, "tokenizer_config.json"), "chat_template");
         if (template is not null)
         {
+            if (template.Contains("<|start_header_id|>", StringComparison.Ordinal)) return ChatTemplateKind.Llama3;
+            if (template.Contains("<|im_start|>", StringComparison.Ordinal)) return ChatTemplateKind.ChatML;
             if (template.Contains("[INST]", StringComparison.Ordinal)) return ChatTemplateKind.Llama2Chat;
             if (template.Contains("ASSISTANT:", StringComparison.Ordinal)) return ChatTemplateKind.Vicuna;
         }
@@ -74,11 +96,14 @@ public static class ChatTemplate
             ChatTemplateKind.Plain => [Plain(list, instructions)],
             ChatTemplateKind.Llama2Chat => Llama2Chat(System(list, instructions), Turns(list)),
             ChatTemplateKind.Vicuna => Vicuna(System(list, instructions), Turns(list)),
-            _ => throw new ArgumentException($"chat template {kind} must be resolved to Plain, Llama2Chat or Vicuna first (see ChatTemplate.Detect).", nameof(kind)),
+            ChatTemplateKind.Llama3 => Llama3(System(list, instructions), list),
+            ChatTemplateKind.ChatML => ChatML(System(list, instructions), list),
+            _ => throw new ArgumentException($"chat template {kind} must be resolved to Plain, Llama2Chat, Vicuna, Llama3 or ChatML first (see ChatTemplate.Detect).", nameof(kind)),
         };
     }
 
-    /// <summary>Token ids of the segments: per segment, BOS if asked, the encoded text, EOS if asked.</summary>
+    /// <summary>Token ids of the segments: per segment, BOS if asked, the encoded text, EOS if asked; a special segment is its token's id.</summary>
+    /// <exception cref="InvalidOperationException">The template needs a special token the tokenizer does not have.</exception>
     public static IReadOnlyList<int> Encode(IEnumerable<ChatPromptSegment> segments, ITextTokenizer tokenizer)
     {
         ArgumentNullException.ThrowIfNull(segments);
@@ -86,6 +111,12 @@ public static class ChatTemplate
         var ids = new List<int>();
         foreach (var segment in segments)
         {
+            if (segment.IsSpecial)
+            {
+                ids.Add(tokenizer.SpecialTokenId(segment.Text) ?? throw new InvalidOperationException(
+                    $"the chat template needs the special token '{segment.Text}', which this model's tokenizer does not have; choose the model's own template (--template)."));
+                continue;
+            }
             if (segment.Text.Length > 0) ids.AddRange(tokenizer.Encode(segment.Text, segment.Bos));
             else if (segment.Bos) ids.Add(tokenizer.BosId);
             if (segment.Eos) ids.Add(tokenizer.EosId);
@@ -93,7 +124,7 @@ public static class ChatTemplate
         return ids;
     }
 
-    /// <summary>The segments as one string with <c>&lt;s&gt;</c> and <c>&lt;/s&gt;</c> for BOS and EOS (for display and tests).</summary>
+    /// <summary>The segments as one string with <c>&lt;s&gt;</c> and <c>&lt;/s&gt;</c> for BOS and EOS and special tokens as their content (for display and tests).</summary>
     public static string Render(IEnumerable<ChatPromptSegment> segments) =>
         string.Concat(segments.Select(s => (s.Bos ? "<s>" : "") + s.Text + (s.Eos ? "</s>" : "")));
 
@@ -156,6 +187,53 @@ public static class ChatTemplate
             segments.Add(assistant is null
                 ? new ChatPromptSegment($"[INST] {user} [/INST]", Bos: true, Eos: false)
                 : new ChatPromptSegment($"[INST] {user} [/INST] {assistant} ", Bos: true, Eos: true));
+        return segments;
+    }
+
+    /// <summary>
+    /// Meta's Llama 3 Instruct layout: BOS (<c>&lt;|begin_of_text|&gt;</c>), the system prompt when there is one, then every
+    /// message as <c>&lt;|start_header_id|&gt;role&lt;|end_header_id|&gt;\n\n{text, trimmed}&lt;|eot_id|&gt;</c> (tool results
+    /// as the user's, laid out as JSON), then the assistant's header, where the reply begins.
+    /// </summary>
+    private static List<ChatPromptSegment> Llama3(string? system, List<ChatMessage> messages)
+    {
+        var segments = new List<ChatPromptSegment> { ChatPromptSegment.Special("<|begin_of_text|>") };
+        void Message(string role, string? text)
+        {
+            segments.Add(ChatPromptSegment.Special("<|start_header_id|>"));
+            segments.Add(new ChatPromptSegment(role, Bos: false, Eos: false));
+            segments.Add(ChatPromptSegment.Special("<|end_header_id|>"));
+            if (text is null) return;
+            segments.Add(new ChatPromptSegment("\n\n" + text.Trim(), Bos: false, Eos: false));
+            segments.Add(ChatPromptSegment.Special("<|eot_id|>"));
+        }
+        if (system is not null) Message("system", system);
+        foreach (var m in messages.Where(m => m.Role != ChatRole.System))
+            Message(m.Role == ChatRole.Assistant ? "assistant" : "user", ToolCalls.TextOf(m));
+        Message("assistant", null);
+        segments.Add(new ChatPromptSegment("\n\n", Bos: false, Eos: false));
+        return segments;
+    }
+
+    /// <summary>
+    /// ChatML: the system prompt when there is one, then every message as <c>&lt;|im_start|&gt;role\n{text}&lt;|im_end|&gt;\n</c>
+    /// (tool results as the user's, laid out as JSON), then <c>&lt;|im_start|&gt;assistant\n</c>, where the reply begins.
+    /// </summary>
+    private static List<ChatPromptSegment> ChatML(string? system, List<ChatMessage> messages)
+    {
+        var segments = new List<ChatPromptSegment>();
+        void Message(string role, string? text)
+        {
+            segments.Add(ChatPromptSegment.Special("<|im_start|>"));
+            segments.Add(new ChatPromptSegment(role + "\n" + (text ?? ""), Bos: false, Eos: false));
+            if (text is null) return;
+            segments.Add(ChatPromptSegment.Special("<|im_end|>"));
+            segments.Add(new ChatPromptSegment("\n", Bos: false, Eos: false));
+        }
+        if (system is not null) Message("system", system);
+        foreach (var m in messages.Where(m => m.Role != ChatRole.System))
+            Message(m.Role == ChatRole.Assistant ? "assistant" : "user", ToolCalls.TextOf(m).Trim());
+        Message("assistant", null);
         return segments;
     }
 

@@ -71,6 +71,7 @@ public static class HuggingFaceConfig
             VocabSize = vocab,
             MaxSequenceLength = maxPositions,
             RopeTheta = f.RopeTheta() ?? DefaultRopeTheta,
+            RopeScaling = f.RopeScaling(),
             RmsNormEps = f.OptionalFloat("rms_norm_eps") ?? DefaultRmsNormEps,
             TiedEmbeddings = f.OptionalBool("tie_word_embeddings") ?? false,
             BosTokenId = f.OptionalInt("bos_token_id") ?? DefaultBosTokenId,
@@ -202,13 +203,47 @@ public static class HuggingFaceConfig
             return "default";
         }
 
-        public void RejectUnsupported()
+        /// <summary>
+        /// rope_scaling (or transformers 5's rope_parameters): null for plain RoPE; linear and Llama 3.1's llama3 scaling
+        /// are followed; scalings whose frequencies depend on the sequence (dynamic, yarn, longrope) are refused.
+        /// </summary>
+        public RopeScaling? RopeScaling()
         {
             foreach (var name in new[] { "rope_scaling", "rope_parameters" })
             {
-                if (Get(name) is { } rope && RopeType(rope) is not "default")
-                    throw Error($"field '{name}' ({rope.GetRawText()}) is not supported: this runtime implements plain RoPE only");
+                if (Get(name) is not { } rope || rope.ValueKind == JsonValueKind.Null) continue;
+                string? type = RopeType(rope);
+                if (type == "default") continue;
+                var f = new Fields(path, rope);
+                float Factor(string key, float least)
+                {
+                    float value = f.OptionalFloat(key) ?? throw f.Error($"field '{name}.{key}' is missing ({name}: {rope.GetRawText()})");
+                    if (!float.IsFinite(value) || value < least) throw f.Error($"field '{name}.{key}' is {value}; it must be at least {least}");
+                    return value;
+                }
+                switch (type)
+                {
+                    case "linear":
+                        return new RopeScaling(RopeScalingKind.Linear, Factor("factor", 1f));
+                    case "llama3":
+                        var scaling = new RopeScaling(RopeScalingKind.Llama3, Factor("factor", 1f), Factor("low_freq_factor", float.Epsilon),
+                            Factor("high_freq_factor", float.Epsilon),
+                            f.OptionalInt("original_max_position_embeddings") is int original && original > 0
+                                ? original
+                                : throw Error($"field '{name}.original_max_position_embeddings' must be a positive integer ({name}: {rope.GetRawText()})"));
+                        if (scaling.HighFrequencyFactor <= scaling.LowFrequencyFactor)
+                            throw Error($"field '{name}': high_freq_factor {scaling.HighFrequencyFactor} must be above low_freq_factor {scaling.LowFrequencyFactor}");
+                        return scaling;
+                    default:
+                        throw Error($"field '{name}' ({rope.GetRawText()}) is not supported: this runtime implements plain RoPE and the linear and llama3 scalings");
+                }
             }
+            return null;
+        }
+
+        public void RejectUnsupported()
+        {
+            RopeScaling(); // refuses what it cannot follow
             if (OptionalBool("attention_bias") == true)
                 throw Error("field 'attention_bias' is true: projection biases are not supported");
             if (OptionalBool("mlp_bias") == true)

@@ -23,6 +23,10 @@ public sealed record ModelConfig
     public required int MaxSequenceLength { get; init; }
     /// <summary>RoPE base θ.</summary>
     public float RopeTheta { get; init; } = 10000f;
+    /// <summary>RoPE scaling (config.json's <c>rope_scaling</c>), or null for plain RoPE.</summary>
+    public RopeScaling? RopeScaling { get; init; }
+    /// <summary>θ and the scaling together, as the backends take them.</summary>
+    public RopeParameters Rope => new(RopeTheta, RopeScaling);
     /// <summary>RMSNorm epsilon.</summary>
     public float RmsNormEps { get; init; } = 1e-5f;
     /// <summary>True when the output classifier shares the token-embedding matrix.</summary>

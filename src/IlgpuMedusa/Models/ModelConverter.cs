@@ -119,6 +119,19 @@ public static class ModelConverter
         json.WriteNumber("max_position_embeddings", config.MaxSequenceLength);
         // Written as float32's shortest round-trip text (1E-05, not 9.99999974737875E-06), so it reads back exactly.
         json.WriteNumber("rope_theta", config.RopeTheta);
+        if (config.RopeScaling is { } scaling)
+        {
+            json.WriteStartObject("rope_scaling");
+            json.WriteString("rope_type", scaling.Kind == RopeScalingKind.Llama3 ? "llama3" : "linear");
+            json.WriteNumber("factor", scaling.Factor);
+            if (scaling.Kind == RopeScalingKind.Llama3)
+            {
+                json.WriteNumber("low_freq_factor", scaling.LowFrequencyFactor);
+                json.WriteNumber("high_freq_factor", scaling.HighFrequencyFactor);
+                json.WriteNumber("original_max_position_embeddings", scaling.OriginalMaxPositions);
+            }
+            json.WriteEndObject();
+        }
         json.WriteNumber("rms_norm_eps", config.RmsNormEps);
         json.WriteString("hidden_act", "silu");
         json.WriteBoolean("attention_bias", false);

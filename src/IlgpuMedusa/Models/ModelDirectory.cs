@@ -3,7 +3,7 @@ using IlgpuMedusa.Tokenization;
 namespace IlgpuMedusa.Models;
 
 /// <summary>
-/// Opens a model directory in either layout: Hugging Face (config.json + safetensors + tokenizer.model) or
+/// Opens a model directory in either layout: Hugging Face (config.json + safetensors + tokenizer.model or tokenizer.json) or
 /// llama2.c (one <c>.bin</c> checkpoint + tokenizer.bin).
 /// </summary>
 public static class ModelDirectory
@@ -33,6 +33,16 @@ public static class ModelDirectory
     {
         RequireDirectory(directory);
         return TokenizerLoader.Load(directory);
+    }
+
+    /// <summary>
+    /// Opens the tokenizer of the model in <paramref name="directory"/>, whose vocabulary has <paramref name="vocabularySize"/>
+    /// ids (see <see cref="TokenizerLoader.Load(string, int)"/>).
+    /// </summary>
+    public static ITextTokenizer OpenTokenizer(string directory, int vocabularySize)
+    {
+        RequireDirectory(directory);
+        return TokenizerLoader.Load(directory, vocabularySize);
     }
 
     private static void RequireDirectory(string directory)

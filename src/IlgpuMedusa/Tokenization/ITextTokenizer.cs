@@ -31,6 +31,13 @@ public interface ITextTokenizer
     /// character), nothing for BOS/EOS and other special tokens. This default decodes the id on its own.
     /// </summary>
     byte[] TokenBytes(int id) => System.Text.Encoding.UTF8.GetBytes(Decode([id]));
+
+    /// <summary>
+    /// The id of the special token whose text is <paramref name="content"/> (a chat template's marker such as
+    /// <c>&lt;|eot_id|&gt;</c>), or null when the tokenizer has no such token. Special tokens are never read from text.
+    /// This default has none.
+    /// </summary>
+    int? SpecialTokenId(string content) => null;
 }
 
 /// <summary>Turns a stream of generated ids into text deltas, holding back incomplete UTF-8 sequences.</summary>

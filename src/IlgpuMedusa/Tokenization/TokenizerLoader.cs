@@ -1,8 +1,9 @@
 namespace IlgpuMedusa.Tokenization;
 
 /// <summary>
-/// Finds and loads the tokenizer of a model directory: tokenizer.model (SentencePiece) when present, else llama2.c's
-/// tokenizer.bin converted in memory to the same SentencePiece model.
+/// Finds and loads the tokenizer of a model directory: tokenizer.model (SentencePiece) when present, else a Hugging Face
+/// tokenizer.json of a byte-level BPE tokenizer (<see cref="ByteLevelBpeTokenizer"/>: GPT-2, Llama 3, Qwen, SmolLM), else
+/// llama2.c's tokenizer.bin converted in memory to the same SentencePiece model.
 /// </summary>
 public static class TokenizerLoader
 {
@@ -12,7 +13,7 @@ public static class TokenizerLoader
     /// <summary>File name of a llama2.c tokenizer.</summary>
     public const string Llama2cFileName = "tokenizer.bin";
 
-    /// <summary>File name of a Hugging Face tokenizers JSON file (not supported yet).</summary>
+    /// <summary>File name of a Hugging Face tokenizers JSON file (byte-level BPE ones are supported).</summary>
     public const string HuggingFaceJsonFileName = "tokenizer.json";
 
     /// <summary>Real tokenizer.model files are a few MB; anything far larger is refused before it is read into memory.</summary>
@@ -20,19 +21,22 @@ public static class TokenizerLoader
 
     /// <summary>Loads the tokenizer of <paramref name="directory"/>; for tokenizer.bin the vocabulary size is the file's token count.</summary>
     /// <exception cref="DirectoryNotFoundException">The directory does not exist.</exception>
-    /// <exception cref="FileNotFoundException">The directory has neither tokenizer.model nor tokenizer.bin.</exception>
+    /// <exception cref="FileNotFoundException">The directory has none of tokenizer.model, tokenizer.json and tokenizer.bin.</exception>
     /// <exception cref="InvalidDataException">The tokenizer file is truncated or corrupt.</exception>
+    /// <exception cref="NotSupportedException">tokenizer.json describes a tokenizer other than byte-level BPE.</exception>
     public static ITextTokenizer Load(string directory) => Load(directory, vocabularySize: null);
 
     /// <summary>Loads the tokenizer of <paramref name="directory"/> for a model whose vocabulary has <paramref name="vocabularySize"/> ids.</summary>
     /// <param name="directory">The model directory.</param>
     /// <param name="vocabularySize">
     /// The model's vocabulary size: a tokenizer.bin must hold exactly this many tokens; a tokenizer.model must not hold more
-    /// (Hugging Face models may pad their embedding past the tokenizer).
+    /// (Hugging Face models may pad their embedding past the tokenizer); a tokenizer.json's ids must fit it, and the
+    /// tokenizer then covers all of it (ids it leaves out decode to nothing).
     /// </param>
     /// <exception cref="DirectoryNotFoundException">The directory does not exist.</exception>
-    /// <exception cref="FileNotFoundException">The directory has neither tokenizer.model nor tokenizer.bin.</exception>
+    /// <exception cref="FileNotFoundException">The directory has none of tokenizer.model, tokenizer.json and tokenizer.bin.</exception>
     /// <exception cref="InvalidDataException">The tokenizer file is truncated, corrupt, or does not fit the vocabulary size.</exception>
+    /// <exception cref="NotSupportedException">tokenizer.json describes a tokenizer other than byte-level BPE.</exception>
     public static ITextTokenizer Load(string directory, int vocabularySize)
     {
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(vocabularySize);
@@ -60,8 +64,12 @@ public static class TokenizerLoader
         return GetSentencePieceModelBytes(directory, vocabularySize, out _);
     }
 
-    private static LlamaTextTokenizer Load(string directory, int? vocabularySize)
+    private static ITextTokenizer Load(string directory, int? vocabularySize)
     {
+        ArgumentNullException.ThrowIfNull(directory);
+        string json = Path.Combine(directory, HuggingFaceJsonFileName);
+        if (Directory.Exists(directory) && !File.Exists(Path.Combine(directory, SentencePieceFileName)) && File.Exists(json))
+            return ByteLevelBpeTokenizer.Load(json, vocabularySize);
         var bytes = GetSentencePieceModelBytes(directory, vocabularySize, out string source);
         var tokenizer = LlamaTextTokenizer.FromSentencePieceModel(bytes, source);
         if (vocabularySize is int size && tokenizer.VocabularySize > size)
@@ -89,10 +97,10 @@ public static class TokenizerLoader
         }
 
         string jsonNote = File.Exists(Path.Combine(directory, HuggingFaceJsonFileName))
-            ? $"; it has {HuggingFaceJsonFileName}, which is not supported yet (add the model's {SentencePieceFileName})"
-            : $" ({HuggingFaceJsonFileName} is not supported yet)";
+            ? $"; its {HuggingFaceJsonFileName} is a byte-level BPE tokenizer, which has no SentencePiece model"
+            : "";
         throw new FileNotFoundException(
-            $"no tokenizer in '{directory}': looked for {SentencePieceFileName} (SentencePiece) and {Llama2cFileName} (llama2.c){jsonNote}.",
+            $"no tokenizer in '{directory}': looked for {SentencePieceFileName} (SentencePiece), {HuggingFaceJsonFileName} (Hugging Face, byte-level BPE) and {Llama2cFileName} (llama2.c){jsonNote}.",
             Path.Combine(directory, SentencePieceFileName));
     }
 

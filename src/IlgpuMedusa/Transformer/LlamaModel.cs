@@ -37,6 +37,7 @@ public sealed class LlamaModel : IDisposable
     private readonly DeviceTensor _embedding;   // [V, D]
     private readonly DeviceTensor _finalNorm;   // [1, D]
     private readonly DeviceTensor _classifier;  // [V, D] (the embedding when tied)
+    private readonly RopeParameters _rope;
 
     private LlamaModel(ModelConfig config, IComputeBackend backend, LayerWeights[] layers, DeviceTensor embedding, DeviceTensor finalNorm, DeviceTensor classifier)
     {
@@ -46,6 +47,7 @@ public sealed class LlamaModel : IDisposable
         _embedding = embedding;
         _finalNorm = finalNorm;
         _classifier = classifier;
+        _rope = config.Rope;
     }
 
     /// <summary>The model's shape.</summary>
@@ -194,12 +196,12 @@ public sealed class LlamaModel : IDisposable
                 // One sequence: rotate and write the new keys and values in one op (fused on the ILGPU backend).
                 var segment = segments[0];
                 var cache = segment.Sequence.Cache;
-                b.RopeKvWrite(qkv, inputs.Positions, Config.Heads, Config.HeadDim, Config.RopeTheta, cache, layer, segment.Sequence.DeviceBlockTable, segment.Committed);
+                b.RopeKvWrite(qkv, inputs.Positions, Config.Heads, Config.HeadDim, _rope, cache, layer, segment.Sequence.DeviceBlockTable, segment.Committed);
                 b.Attention(attention, qkv, cache, layer, segment.Sequence.DeviceBlockTable, segment.Committed, segment.Mask);
             }
             else
             {
-                b.Rope(qkv, inputs.Positions, Config.Heads + Config.KvHeads, Config.HeadDim, Config.RopeTheta);
+                b.Rope(qkv, inputs.Positions, Config.Heads + Config.KvHeads, Config.HeadDim, _rope);
                 foreach (var segment in segments)
                 {
                     var rows = qkv.Slice(segment.Start, segment.Count);

@@ -134,12 +134,53 @@ public sealed class HuggingFaceConfigTests
         Assert.Equal(64, Parse(TinyLlama.Replace("\"use_cache\": true", "\"head_dim\": 64")).HeadDim);
     }
 
+    private const string Llama32Scaling =
+        "\"rope_scaling\": {\"factor\": 32.0, \"high_freq_factor\": 4.0, \"low_freq_factor\": 1.0, \"original_max_position_embeddings\": 8192, \"rope_type\": \"llama3\"}";
+
     [Fact]
-    public void Rope_scaling_is_rejected_rather_than_ignored()
+    public void Llama3_rope_scaling_is_read_and_scales_the_frequencies()
     {
-        var e = Assert.Throws<InvalidDataException>(() => Parse(TinyLlama.Replace("\"rope_scaling\": null", "\"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": 8.0}")));
-        Assert.Contains("'rope_scaling'", e.Message);
-        Assert.Contains("not supported", e.Message);
+        var c = Parse(TinyLlama.Replace("\"rope_scaling\": null", Llama32Scaling));
+        Assert.Equal(new RopeScaling(RopeScalingKind.Llama3, 32f, 1f, 4f, 8192), c.RopeScaling);
+        // Worked by hand for θ = 500000, Dh = 64: frequency_j = 500000^(-j/32), wavelength 2π / frequency_j. Wavelengths under
+        // 8192 / 4 = 2048 (j <= 14) are kept, over 8192 / 1 (j >= 18) divided by 32; j = 16: frequency 1/707.107 = 0.00141421,
+        // wavelength 4442.88, smooth = (8192 / 4442.88 - 1) / 3 = 0.281289, scaled = 0.00141421 (0.718711 / 32 + 0.281289) = 0.000429566.
+        var f = new RopeParameters(500000f, c.RopeScaling).Frequencies(64);
+        var plain = new RopeParameters(500000f).Frequencies(64);
+        Assert.Equal(1f, f[0]);
+        Assert.Equal(plain[14], f[14]);
+        Assert.Equal(plain[18] / 32, f[18], 1e-12f);
+        Assert.Equal(3.0167e-6f / 32, f[31], 1e-9f);
+        Assert.Equal(0.000429566, f[16], 1e-8);
+        Assert.True(f[15] > plain[15] / 32 && f[15] < plain[15] && f[17] > plain[17] / 32 && f[17] < plain[17], "j = 15..17 are blended");
+
+        // config.json as the converter writes it reads back the same scaling.
+        using var stream = new MemoryStream();
+        ModelConverter.WriteConfig(stream, c, DType.F16);
+        Assert.Equal(c.RopeScaling, HuggingFaceConfig.Parse(Path, stream.ToArray()).RopeScaling);
+    }
+
+    [Fact]
+    public void Linear_rope_scaling_divides_every_frequency()
+    {
+        var c = Parse(TinyLlama.Replace("\"rope_scaling\": null", "\"rope_scaling\": {\"type\": \"linear\", \"factor\": 2.0}"));
+        var f = c.Rope.Frequencies(c.HeadDim);
+        var plain = new RopeParameters(c.RopeTheta).Frequencies(c.HeadDim);
+        for (int j = 0; j < f.Length; j++) Assert.Equal(plain[j] / 2, f[j]);
+    }
+
+    [Theory]
+    [InlineData("{\"rope_type\": \"yarn\", \"factor\": 4.0, \"original_max_position_embeddings\": 32768}", "not supported")]
+    [InlineData("{\"type\": \"dynamic\", \"factor\": 2.0}", "not supported")]
+    [InlineData("{\"rope_type\": \"llama3\", \"factor\": 8.0}", "'rope_scaling.low_freq_factor' is missing")]
+    [InlineData("{\"rope_type\": \"llama3\", \"factor\": 8.0, \"low_freq_factor\": 1.0, \"high_freq_factor\": 4.0}", "'rope_scaling.original_max_position_embeddings' must be a positive integer")]
+    [InlineData("{\"rope_type\": \"llama3\", \"factor\": 8.0, \"low_freq_factor\": 4.0, \"high_freq_factor\": 4.0, \"original_max_position_embeddings\": 8192}", "must be above low_freq_factor")]
+    [InlineData("{\"rope_type\": \"linear\", \"factor\": 0.5}", "'rope_scaling.factor' is 0.5; it must be at least 1")]
+    public void Rope_scalings_it_cannot_follow_are_refused_naming_the_field(string scaling, string message)
+    {
+        var e = Assert.Throws<InvalidDataException>(() => Parse(TinyLlama.Replace("\"rope_scaling\": null", "\"rope_scaling\": " + scaling)));
+        Assert.Contains("rope_scaling", e.Message);
+        Assert.Contains(message, e.Message);
     }
 
     [Fact]

@@ -717,20 +717,21 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
     }
 
     /// <inheritdoc />
-    public void Rope(DeviceTensor x, DeviceTensor positions, int heads, int headDim, float theta)
+    public void Rope(DeviceTensor x, DeviceTensor positions, int heads, int headDim, RopeParameters rope)
     {
+        ArgumentNullException.ThrowIfNull(rope);
         var t = Own(x);
         var pos = Own(positions).Ints;
         Shapes.Rope(t, positions, heads, headDim);
         int half = headDim / 2;
+        var frequencies = rope.Frequencies(headDim);
         for (int row = 0; row < t.Rows; row++)
         {
             var r = t.FloatRow(row);
             float p = pos[row];
             for (int j = 0; j < half; j++)
             {
-                float frequency = 1f / MathF.Pow(theta, 2f * j / headDim);
-                float angle = p * frequency;
+                float angle = p * frequencies[j];
                 float cos = MathF.Cos(angle), sin = MathF.Sin(angle);
                 for (int h = 0; h < heads; h++)
                 {

@@ -23,7 +23,7 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
     private readonly AcceleratorStream _stream;
     private readonly KernelSet _kernels;
     private readonly MemoryBuffer1D<int, Stride1D.Dense> _noMask;
-    private readonly Dictionary<(int HeadDim, float Theta), MemoryBuffer1D<float, Stride1D.Dense>> _ropeFrequencies = [];
+    private readonly Dictionary<(int HeadDim, RopeParameters Rope), MemoryBuffer1D<float, Stride1D.Dense>> _ropeFrequencies = [];
     private bool _disposed;
     private OpTimer? _timer; // set while op timings are recorded
 
@@ -558,22 +558,23 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
     }
 
     /// <inheritdoc />
-    public void Rope(DeviceTensor x, DeviceTensor positions, int heads, int headDim, float theta)
+    public void Rope(DeviceTensor x, DeviceTensor positions, int heads, int headDim, RopeParameters rope)
     {
         var t = Own(x);
         var p = Own(positions);
         Shapes.Rope(t, p, heads, headDim);
         int op = Begin("rope", t.Rows, t.Columns);
-        _kernels.Rope.Launch(_stream, t.Floats, p.Ints, RopeFrequencies(headDim, theta), t.Rows, t.Columns, heads, headDim);
+        _kernels.Rope.Launch(_stream, t.Floats, p.Ints, RopeFrequencies(headDim, rope), t.Rows, t.Columns, heads, headDim);
         End(op);
     }
 
-    private ArrayView<float> RopeFrequencies(int headDim, float theta)
+    private ArrayView<float> RopeFrequencies(int headDim, RopeParameters rope)
     {
-        if (!_ropeFrequencies.TryGetValue((headDim, theta), out var buffer))
+        ArgumentNullException.ThrowIfNull(rope);
+        if (!_ropeFrequencies.TryGetValue((headDim, rope), out var buffer))
         {
-            buffer = _accelerator.Allocate1D(RopeLauncher.Frequencies(headDim, theta));
-            _ropeFrequencies[(headDim, theta)] = buffer;
+            buffer = _accelerator.Allocate1D(rope.Frequencies(headDim));
+            _ropeFrequencies[(headDim, rope)] = buffer;
         }
         return buffer.View;
     }
@@ -593,7 +594,7 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
     }
 
     /// <inheritdoc />
-    public void RopeKvWrite(DeviceTensor qkv, DeviceTensor positions, int queryHeads, int headDim, float theta, KvCache cache, int layer, DeviceTensor blockTable, int startPosition)
+    public void RopeKvWrite(DeviceTensor qkv, DeviceTensor positions, int queryHeads, int headDim, RopeParameters rope, KvCache cache, int layer, DeviceTensor blockTable, int startPosition)
     {
         var c = OwnCache(cache);
         var q = Own(qkv);
@@ -606,13 +607,13 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
         Shapes.KvWrite(l, layer, q, queryHeads, table, startPosition);
         if (!FusedOps)
         {
-            Rope(q, p, queryHeads + l.KvHeads, headDim, theta);
+            Rope(q, p, queryHeads + l.KvHeads, headDim, rope);
             KvWrite(c, layer, q, queryHeads, table, startPosition);
             return;
         }
         var args = new RopeKvWriteArgs(q.Rows, queryHeads, l.KvHeads, headDim, q.Columns, l.BlockSize, startPosition);
         int op = Begin("rope+kvwrite", q.Rows, q.Columns);
-        _kernels.RopeKvWrite.Launch(_stream, c.Planes(layer), q.Floats, p.Ints, RopeFrequencies(headDim, theta), table.Ints, args);
+        _kernels.RopeKvWrite.Launch(_stream, c.Planes(layer), q.Floats, p.Ints, RopeFrequencies(headDim, rope), table.Ints, args);
         End(op);
     }
 

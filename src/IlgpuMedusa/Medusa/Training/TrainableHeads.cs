@@ -46,11 +46,11 @@ public struct HeadScore
 internal sealed record HeadContextRows(float[][] Keys, float[][] Values, int[] Visible);
 
 /// <summary>The base model's attention shape, which heads with context attention share.</summary>
-internal sealed record ContextShape(int Heads, int KvHeads, int HeadDim, float RopeTheta)
+internal sealed record ContextShape(int Heads, int KvHeads, int HeadDim, RopeParameters Rope)
 {
     public int Width => Heads * HeadDim;
     public int KvDim => KvHeads * HeadDim;
-    public static ContextShape Of(ModelConfig c) => new(c.Heads, c.KvHeads, c.HeadDim, c.RopeTheta);
+    public static ContextShape Of(ModelConfig c) => new(c.Heads, c.KvHeads, c.HeadDim, c.Rope);
 }
 
 /// <summary>
@@ -535,7 +535,7 @@ internal sealed unsafe class TrainableHeads
             var keys = rows.Keys[r];
             var values = rows.Values[r];
             var qr = q.AsSpan(r * a, a);
-            Rope(qr, n, heads, dh, shape.RopeTheta, inverse: false);
+            Rope(qr, n, heads, dh, shape.Rope, inverse: false);
             var orow = o.AsSpan(r * a, a);
             orow.Clear();
             fixed (float* pq = qr, po = orow, pk = keys, pv = values)
@@ -592,7 +592,7 @@ internal sealed unsafe class TrainableHeads
                     TensorPrimitives.Multiply(ds, p, ds);
                     for (int j = 0; j < n; j++) HostMatMul.AddScaled(pdq + h * dh, pk + (long)j * kvDim + kv, ds[j] * scale, dh);
                 }
-            Rope(dqr, n, heads, dh, shape.RopeTheta, inverse: true);
+            Rope(dqr, n, heads, dh, shape.Rope, inverse: true);
         }
         ForEachRow(m, parallel: m >= 4, Row);
         fixed (float* pdq = _dq, pzc = _zc, pgq = ContextQueryGradient![head], pwq = Weights.ContextQuery![head], pdz = _dz)
@@ -607,13 +607,13 @@ internal sealed unsafe class TrainableHeads
     /// Rotary embedding of one row's query heads at <paramref name="position"/> (rotate-half form, the angles in float32
     /// as the backends compute them), or its inverse (the rotation's transpose, for gradients).
     /// </summary>
-    internal static void Rope(Span<float> row, int position, int heads, int headDim, float theta, bool inverse)
+    internal static void Rope(Span<float> row, int position, int heads, int headDim, RopeParameters rope, bool inverse)
     {
         int half = headDim / 2;
+        var frequencies = rope.Frequencies(headDim);
         for (int j = 0; j < half; j++)
         {
-            float frequency = 1f / MathF.Pow(theta, 2f * j / headDim);
-            float angle = position * frequency;
+            float angle = position * frequencies[j];
             float cos = MathF.Cos(angle), sin = inverse ? -MathF.Sin(angle) : MathF.Sin(angle);
             for (int h = 0; h < heads; h++)
             {
