@@ -167,7 +167,9 @@ public sealed class InferenceEngine : IInferenceEngine, IDisposable
         ArgumentNullException.ThrowIfNull(prompt);
         var ids = Tokenizer.Encode(prompt, options.AddBos);
         if (ids.Count == 0)
-            throw new ArgumentException("the prompt is empty and no BOS was requested: there is nothing to continue.", nameof(prompt));
+            throw new ArgumentException(options.AddBos
+                ? "the prompt is empty and this model's tokenizer puts no BOS first: there is nothing to continue."
+                : "the prompt is empty and no BOS was requested: there is nothing to continue.", nameof(prompt));
         if (ids.Count > MaxPromptTokens(options))
             throw new ArgumentException(
                 $"the prompt is {ids.Count} tokens but the model's context is {Config.MaxSequenceLength}: it must leave room for at least one generated token.",

@@ -118,7 +118,7 @@ public static class ChatTemplate
                 continue;
             }
             if (segment.Text.Length > 0) ids.AddRange(tokenizer.Encode(segment.Text, segment.Bos));
-            else if (segment.Bos) ids.Add(tokenizer.BosId);
+            else if (segment.Bos && tokenizer.AddsBos) ids.Add(tokenizer.BosId);
             if (segment.Eos) ids.Add(tokenizer.EosId);
         }
         return ids;

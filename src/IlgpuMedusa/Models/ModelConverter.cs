@@ -7,7 +7,8 @@ namespace IlgpuMedusa.Models;
 /// <summary>
 /// Converts a model directory in any readable layout (llama2.c or Hugging Face) into a Hugging Face directory:
 /// <c>config.json</c> (LlamaForCausalLM), <c>model.safetensors</c> with every tensor in one float type, and
-/// <c>tokenizer.model</c>. Tensors keep their canonical names and q/k rows stay in the rotate-half order the readers
+/// <c>tokenizer.model</c> (a byte-level model's <c>tokenizer.json</c> instead; <c>tokenizer_config.json</c> is copied
+/// when there is one). Tensors keep their canonical names and q/k rows stay in the rotate-half order the readers
 /// produce, which is Hugging Face's own order. The weights are streamed tensor by tensor from the memory-mapped
 /// source; each output file is written under a temporary name and renamed when complete, config.json last, so a
 /// failed conversion never leaves a directory that looks like a finished model.
@@ -20,7 +21,7 @@ public static class ModelConverter
     /// <summary>
     /// Converts <paramref name="sourceDirectory"/> into <paramref name="outputDirectory"/>, storing every tensor as
     /// <paramref name="dtype"/>. Refuses a non-empty output directory unless <paramref name="force"/> is set (then the
-    /// three output files are replaced and anything else there is left alone). <paramref name="progress"/> receives
+    /// output files are replaced and anything else there is left alone). <paramref name="progress"/> receives
     /// the fraction of weight bytes written.
     /// </summary>
     public static void Convert(string sourceDirectory, string outputDirectory, DType dtype, IProgress<double>? progress = null, bool force = false)
@@ -37,13 +38,31 @@ public static class ModelConverter
         using var checkpoint = ModelDirectory.OpenCheckpoint(sourceDirectory);
         var tensors = CanonicalTensors(checkpoint);
         // The tokenizer is converted first: it is cheap, and if it fails nothing has been written.
-        // tokenizer.model is copied as is; llama2.c's tokenizer.bin becomes the equivalent SentencePiece model.
-        var tokenizerModel = TokenizerLoader.GetSentencePieceModelBytes(sourceDirectory, checkpoint.Config.VocabSize);
-        // Loaded once, so that a broken tokenizer.model fails here instead of in every later use of the output.
-        Tokenization.LlamaTextTokenizer.FromSentencePieceModel(tokenizerModel, Path.Combine(sourceDirectory, TokenizerFileName));
+        // tokenizer.model is copied as is; llama2.c's tokenizer.bin becomes the equivalent SentencePiece model; a
+        // byte-level tokenizer.json is copied as is. Each is loaded once, so that a broken one fails here instead of in
+        // every later use of the output.
+        string json = Path.Combine(sourceDirectory, TokenizerLoader.HuggingFaceJsonFileName);
+        bool byteLevel = !File.Exists(Path.Combine(sourceDirectory, TokenizerFileName)) && File.Exists(json);
+        byte[]? tokenizerModel = null;
+        if (byteLevel)
+        {
+            Tokenization.ByteLevelBpeTokenizer.Load(json, checkpoint.Config.VocabSize);
+        }
+        else
+        {
+            tokenizerModel = TokenizerLoader.GetSentencePieceModelBytes(sourceDirectory, checkpoint.Config.VocabSize);
+            Tokenization.LlamaTextTokenizer.FromSentencePieceModel(tokenizerModel, Path.Combine(sourceDirectory, TokenizerFileName));
+        }
 
         Directory.CreateDirectory(outputDirectory);
-        WriteAtomically(Path.Combine(outputDirectory, TokenizerFileName), stream => stream.Write(tokenizerModel));
+        if (tokenizerModel is not null)
+            WriteAtomically(Path.Combine(outputDirectory, TokenizerFileName), stream => stream.Write(tokenizerModel));
+        // tokenizer.json, and tokenizer_config.json (BOS/EOS and the chat template the template detection reads), as they are.
+        foreach (var name in byteLevel ? new[] { TokenizerLoader.HuggingFaceJsonFileName, "tokenizer_config.json" } : ["tokenizer_config.json"])
+        {
+            string source = Path.Combine(sourceDirectory, name);
+            if (File.Exists(source)) WriteAtomically(Path.Combine(outputDirectory, name), stream => { using var input = File.OpenRead(source); input.CopyTo(stream); });
+        }
         WriteWeights(Path.Combine(outputDirectory, HuggingFaceCheckpoint.SingleFileName), tensors, dtype, progress);
         WriteAtomically(Path.Combine(outputDirectory, HuggingFaceConfig.FileName), stream => WriteConfig(stream, checkpoint.Config, dtype));
         progress?.Report(1.0);

@@ -192,7 +192,14 @@ public sealed class OpenAiServer : IAsyncDisposable
             foreach (var exchange in _exchanges.Values) exchange.Abort(); // requests accepted in between
             await Task.WhenAll(_inFlight.Values).ConfigureAwait(false);
         }
-        _listener.Close();
+        try
+        {
+            _listener.Close();
+        }
+        catch (HttpListenerException)
+        {
+            // A listener whose start failed (its port taken) throws that failure again from Close: the start already reported it.
+        }
         _cancelRequests.Dispose();
     }
 

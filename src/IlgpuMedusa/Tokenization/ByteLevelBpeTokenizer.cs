@@ -9,11 +9,13 @@ namespace IlgpuMedusa.Tokenization;
 /// kin), merging with Microsoft.ML.Tokenizers' <see cref="BpeTokenizer"/>.
 /// </summary>
 /// <remarks>
-/// Encoding follows the file: its normalizer (NFC and kin), its splitting patterns (each match and the text between
-/// matches a piece of its own), then per piece either the whole piece when <c>ignore_merges</c> is set and the vocabulary
-/// has it, or BPE merges over the piece's bytes. Added tokens that are not special (Qwen's <c>&lt;think&gt;</c>) are
-/// recognised in text, as the file's own tokenizer does; special tokens (BOS, EOS, chat markers) never are: text a user
-/// typed stays text, and templates put those tokens in by id (<see cref="SpecialTokenId"/>). Decoding maps every token
+/// Encoding follows the file: added tokens that are not special (Qwen's <c>&lt;think&gt;</c>) are found in the raw text
+/// first, as the file's own tokenizer does; the text between them gets the normalizer (NFC and kin), the splitting
+/// patterns (each match and the text between matches a piece of its own; ByteLevel's prefix space before each piece
+/// when the file asks), then per piece either the whole piece when <c>ignore_merges</c> is set and the vocabulary has
+/// it, or BPE merges over the piece's bytes. Special tokens (BOS, EOS, chat markers) are never read from text: text a
+/// user typed stays text, and templates put those tokens in by id (<see cref="SpecialTokenId"/>). Lone UTF-16
+/// surrogates (not text) become U+FFFD. Decoding maps every token
 /// back to its bytes and reads them as UTF-8, invalid bytes as U+FFFD; special tokens, and ids the file does not give a
 /// token (a model's padded embedding rows), decode to nothing. Instances are immutable and safe to share between threads.
 /// </remarks>
@@ -56,7 +58,8 @@ public sealed class ByteLevelBpeTokenizer : ITextTokenizer
     /// <inheritdoc/>
     public int EosId { get; }
 
-    /// <summary>Whether <see cref="Encode"/> with <c>addBos</c> puts BOS first: the file's post-processor or <c>add_bos_token</c> says so.</summary>
+    /// <inheritdoc/>
+    /// <remarks>The file's post-processor (TemplateProcessing) or <c>add_bos_token</c> says so.</remarks>
     public bool AddsBos => _spec.AddsBos;
 
     /// <summary>Loads <c>tokenizer.json</c> at <paramref name="path"/> (and <c>tokenizer_config.json</c> beside it).</summary>
@@ -122,8 +125,12 @@ public sealed class ByteLevelBpeTokenizer : ITextTokenizer
         return new ByteLevelBpeTokenizer(spec, bpe, bytes, bos, eos);
     }
 
-    /// <summary>The id of special token <paramref name="content"/> (such as <c>&lt;|eot_id|&gt;</c>), or null when the tokenizer has none.</summary>
-    public int? SpecialTokenId(string content) => _specials.TryGetValue(content, out int id) ? id : null;
+    /// <summary>
+    /// The id of the added token <paramref name="content"/> (such as <c>&lt;|eot_id|&gt;</c>; special or not, since
+    /// fine-tunes often add chat markers as plain added tokens), or null when the tokenizer has none.
+    /// </summary>
+    public int? SpecialTokenId(string content) =>
+        _specials.TryGetValue(content, out int id) || _textTokens.TryGetValue(content, out id) ? id : null;
 
     /// <inheritdoc/>
     public IReadOnlyList<int> Encode(string text, bool addBos)
@@ -131,8 +138,7 @@ public sealed class ByteLevelBpeTokenizer : ITextTokenizer
         ArgumentNullException.ThrowIfNull(text);
         var ids = new List<int>(text.Length / 3 + 2);
         if (addBos && AddsBos) ids.Add(BosId);
-        foreach (var form in _spec.Normalizations) text = text.Normalize(form);
-        if (_spec.AddPrefixSpace && text.Length > 0 && text[0] != ' ') text = " " + text;
+        text = WithoutLoneSurrogates(text);
 
         if (_textTokenPattern is null)
         {
@@ -152,12 +158,17 @@ public sealed class ByteLevelBpeTokenizer : ITextTokenizer
 
     private void EncodeText(string text, List<int> ids)
     {
+        foreach (var form in _spec.Normalizations) text = text.Normalize(form);
         if (text.Length == 0) return;
         var pieces = new List<string> { text };
-        foreach (var pattern in _spec.SplitPatterns)
+        for (int p = 0; p <= _spec.SplitPatterns.Count; p++)
         {
+            // ByteLevel's prefix space goes before every piece there is when its step comes (Hugging Face's order).
+            if (p == _spec.SplitsBeforeByteLevel && _spec.AddPrefixSpace)
+                pieces = pieces.Select(piece => piece[0] == ' ' ? piece : " " + piece).ToList();
+            if (p == _spec.SplitPatterns.Count) break;
             var next = new List<string>(pieces.Count * 2);
-            foreach (var piece in pieces) Isolate(pattern, piece, next);
+            foreach (var piece in pieces) Isolate(_spec.SplitPatterns[p], piece, next);
             pieces = next;
         }
         foreach (var piece in pieces)
@@ -167,6 +178,20 @@ public sealed class ByteLevelBpeTokenizer : ITextTokenizer
             else
                 ids.AddRange(_bpe.EncodeToIds(piece, considerPreTokenization: false, considerNormalization: false));
         }
+    }
+
+    /// <summary>The text with every unpaired UTF-16 surrogate replaced by U+FFFD (normalization refuses them; UTF-8 cannot hold them).</summary>
+    private static string WithoutLoneSurrogates(string text)
+    {
+        char[]? copy = null;
+        for (int i = 0; i < text.Length; i++)
+        {
+            if (char.IsHighSurrogate(text[i]) && i + 1 < text.Length && char.IsLowSurrogate(text[i + 1])) { i++; continue; }
+            if (!char.IsSurrogate(text[i])) continue;
+            copy ??= text.ToCharArray();
+            copy[i] = '\uFFFD';
+        }
+        return copy is null ? text : new string(copy);
     }
 
     /// <summary>Hugging Face's "Isolated" split: every match and every stretch between matches, in order, empty ones left out.</summary>

@@ -12,7 +12,13 @@ public interface ITextTokenizer
     /// <summary>End-of-sequence id.</summary>
     int EosId { get; }
 
-    /// <summary>Encodes text with SentencePiece Llama rules (dummy prefix, byte fallback); BOS first when <paramref name="addBos"/>.</summary>
+    /// <summary>Whether <see cref="Encode"/> puts BOS first when asked (tokenizers without a BOS token, such as Qwen's, do not).</summary>
+    bool AddsBos => true;
+
+    /// <summary>
+    /// Encodes text (SentencePiece: Llama rules, dummy prefix, byte fallback; tokenizer.json: its own rules); BOS first
+    /// when <paramref name="addBos"/> and <see cref="AddsBos"/>.
+    /// </summary>
     IReadOnlyList<int> Encode(string text, bool addBos);
 
     /// <summary>Decodes ids to text (special tokens such as BOS/EOS produce no text).</summary>

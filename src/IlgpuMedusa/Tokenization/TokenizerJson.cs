@@ -50,8 +50,11 @@ internal sealed class TokenizerJson
     /// <summary>Patterns whose matches and the text between them become separate pieces ("Isolated"), applied in order.</summary>
     public List<Regex> SplitPatterns { get; } = [];
 
-    /// <summary>ByteLevel's add_prefix_space: a space is put before text that does not start with one.</summary>
+    /// <summary>ByteLevel's add_prefix_space: a space is put before every piece that does not start with one.</summary>
     public bool AddPrefixSpace { get; private set; }
+
+    /// <summary>How many of <see cref="SplitPatterns"/> come before the ByteLevel step (where the prefix space is added).</summary>
+    public int SplitsBeforeByteLevel { get; private set; }
 
     /// <summary>model.ignore_merges: a piece that is a vocabulary entry as a whole is that token.</summary>
     public bool IgnoreMerges { get; private set; }
@@ -149,7 +152,7 @@ internal sealed class TokenizerJson
 
         var vocab = Property(model, "vocab") ?? throw Error("model.vocab", "is missing");
         if (vocab.ValueKind != JsonValueKind.Object) throw Error("model.vocab", "must be an object of token -> id");
-        var byId = new Dictionary<int, string>();
+        var byId = _vocabularyById;
         foreach (var entry in vocab.EnumerateObject())
         {
             int id = Id(entry.Value, $"model.vocab[\"{Shorten(entry.Name)}\"]");
@@ -167,6 +170,7 @@ internal sealed class TokenizerJson
         if (merges is null) return;
         if (merges.Value.ValueKind != JsonValueKind.Array) throw Error("model.merges", "must be an array");
         int i = 0;
+        var seen = new Dictionary<string, int>(StringComparer.Ordinal);
         foreach (var merge in merges.Value.EnumerateArray())
         {
             string field = $"model.merges[{i++}]";
@@ -191,6 +195,7 @@ internal sealed class TokenizerJson
             {
                 if (!Vocabulary.ContainsKey(token)) throw Error(field, $"uses \"{Shorten(token)}\", which is not in model.vocab");
             }
+            if (!seen.TryAdd(left + " " + right, i - 1)) throw Error(field, $"repeats model.merges[{seen[left + " " + right]}] (\"{Shorten(left + " " + right)}\")");
             Merges.Add(left + " " + right);
         }
     }
@@ -211,7 +216,16 @@ internal sealed class TokenizerJson
             if (!ids.Add(id)) throw Error($"{field}.id", $"{id} is given to another added token too");
             if (Vocabulary.TryGetValue(content, out int existing) && existing != id)
                 throw Error(field, $"gives \"{Shorten(content)}\" id {id}, but model.vocab has it as {existing}");
-            AddedTokens.Add(new AddedToken(id, content, Bool(token, "special", false, field)));
+            if (_vocabularyById.TryGetValue(id, out var other) && other != content)
+                throw Error(field, $"gives id {id} to \"{Shorten(content)}\", but model.vocab gives it to \"{Shorten(other)}\"");
+            bool special = Bool(token, "special", false, field);
+            // How a token is matched in text: special tokens never are here, so their flags do not matter.
+            foreach (var flag in new[] { "lstrip", "rstrip", "single_word" })
+            {
+                if (!special && Bool(token, flag, false, field))
+                    throw Unsupported($"{field}.{flag}", $"is true for \"{Shorten(content)}\" (added tokens are matched exactly)");
+            }
+            AddedTokens.Add(new AddedToken(id, content, special));
         }
     }
 
@@ -237,6 +251,7 @@ internal sealed class TokenizerJson
     }
 
     private bool _byteLevelSeen;
+    private readonly Dictionary<int, string> _vocabularyById = [];
 
     private void ReadPreTokenizer(JsonElement pre, string field)
     {
@@ -268,6 +283,7 @@ internal sealed class TokenizerJson
                 if (_byteLevelSeen) throw Unsupported(field, "is a second ByteLevel");
                 _byteLevelSeen = true;
                 AddPrefixSpace = Bool(pre, "add_prefix_space", true, field);
+                SplitsBeforeByteLevel = SplitPatterns.Count;
                 if (Bool(pre, "use_regex", true, field)) SplitPatterns.Add(Compile(Gpt2Pattern, field));
                 break;
             default:

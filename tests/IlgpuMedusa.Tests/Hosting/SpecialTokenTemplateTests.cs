@@ -117,4 +117,17 @@ public sealed class SpecialTokenTemplateTests(HuggingFaceReferenceTokenizers ref
         Assert.Equal(response.Text, streamed);
         Assert.True(response.Usage.OutputTokenCount > 0);
     }
+
+    [Fact]
+    public void ConvertKeepsTheTokenizerJsonAndTheChatTemplate()
+    {
+        var source = TinyChatModel();
+        var output = TestModels.TempDirectory("convert-bpe");
+        ModelConverter.Convert(source, output, DType.F16, progress: null, force: true);
+        Assert.False(File.Exists(Path.Combine(output, "tokenizer.model")));
+        Assert.Equal(File.ReadAllBytes(Path.Combine(source, "tokenizer.json")), File.ReadAllBytes(Path.Combine(output, "tokenizer.json")));
+        Assert.Equal(ChatTemplateKind.ChatML, ChatTemplate.Detect(output));
+        var tokenizer = Assert.IsType<ByteLevelBpeTokenizer>(TokenizerLoader.Load(output, 300));
+        Assert.Equal([258, 'o'], tokenizer.Encode("hello", addBos: false));
+    }
 }

@@ -68,10 +68,39 @@ public sealed class TokenizerJsonTests
     [Fact]
     public void TheAlphabetSpellsSpaceAndNewlineAsGpt2Does()
     {
-        Assert.Equal("Ġ", Spell(' '));
-        Assert.Equal("Ċ", Spell('\n'));
-        Assert.Equal("ĉ", Spell('\t'));
-        Assert.Equal("!", Spell('!'));
+        // GPT-2's table: printable Latin-1 stands for itself; the 68 others take U+0100 on, in byte order.
+        Assert.Equal('Ġ', ByteLevelAlphabet.Spell((byte)' '));
+        Assert.Equal('Ċ', ByteLevelAlphabet.Spell((byte)'\n'));
+        Assert.Equal('ĉ', ByteLevelAlphabet.Spell((byte)'\t'));
+        Assert.Equal('Ā', ByteLevelAlphabet.Spell(0));
+        Assert.Equal('!', ByteLevelAlphabet.Spell((byte)'!'));
+        Assert.Equal('\u0143', ByteLevelAlphabet.Spell(0xAD)); // the soft hyphen is the 68th: U+0143
+        for (int b = 0; b < 256; b++) Assert.Equal(Spell(b)[0], ByteLevelAlphabet.Spell((byte)b));
+        Assert.True(ByteLevelAlphabet.TryRead("ĠhiĊ", out var bytes));
+        Assert.Equal(" hi\n"u8.ToArray(), bytes);
+        Assert.False(ByteLevelAlphabet.TryRead("Ő", out _)); // U+0150: past the 68
+    }
+
+    [Fact]
+    public void APrefixSpaceGoesBeforeEveryPieceAndEveryStretchBetweenAddedTokens()
+    {
+        var spec = Spec();
+        spec["pre_tokenizer"]!["pretokenizers"]![1]!["add_prefix_space"] = true;
+        var tokenizer = ByteLevelBpeTokenizer.Load(Write(spec));
+        // pieces "hello" " well" -> " hello" " well"; Ġ h e l l o -> Ġ hell o
+        Assert.Equal([' ', Hell, 'o', SpaceW, 'e', Ll], tokenizer.Encode("hello well", addBos: false));
+        Assert.Equal([' ', 'a', X, ' ', 'b'], tokenizer.Encode("a<x>b", addBos: false));
+    }
+
+    [Fact]
+    public void LoneSurrogatesBecomeReplacementCharacters()
+    {
+        var spec = Spec();
+        spec["normalizer"] = new JsonObject { ["type"] = "NFC" };
+        var tokenizer = ByteLevelBpeTokenizer.Load(Write(spec));
+        Assert.Equal(tokenizer.Encode("a\uFFFDb\uFFFD", addBos: false), tokenizer.Encode("a\uD800b\uDC00", addBos: false));
+        Assert.Equal("a\uFFFDb", tokenizer.Decode(tokenizer.Encode("a\uD800b", addBos: false)));
+        Assert.Equal("\u00e9", tokenizer.Decode(tokenizer.Encode("e\u0301", addBos: false))); // NFC composes
     }
 
     [Fact]
@@ -107,7 +136,8 @@ public sealed class TokenizerJsonTests
         Assert.Equal("<|end|>".Select(c => (int)c), tokenizer.Encode("<|end|>", addBos: false));
         Assert.Equal([X, Hell, 'o', X], tokenizer.Encode("<x>hello<x>", addBos: false));
         Assert.Equal(End, tokenizer.SpecialTokenId("<|end|>"));
-        Assert.Null(tokenizer.SpecialTokenId("<x>"));
+        Assert.Equal(X, tokenizer.SpecialTokenId("<x>")); // templates may use plain added tokens as markers
+        Assert.Null(tokenizer.SpecialTokenId("<y>"));
         Assert.Equal("hello<x> well", tokenizer.Decode([Bos, Hell, 'o', X, SpaceW, 'e', Ll, End]));
     }
 
@@ -165,6 +195,9 @@ public sealed class TokenizerJsonTests
         { "bad regex", "", "'pre_tokenizer.pretokenizers[0].pattern' is not a pattern .NET can run" },
         { "added clash", "", "'added_tokens[0]' gives \"he\" id 261, but model.vocab has it as 256" },
         { "eos unknown", "", "the eos_token \"<|nope|>\" is neither an added token nor in model.vocab" },
+        { "added id clash", "", "'added_tokens[2]' gives id 256 to \"<x>\", but model.vocab gives it to \"he\"" },
+        { "lstrip", "", "'added_tokens[2].lstrip' is true for \"<x>\"" },
+        { "duplicate merge", "", "'model.merges[4]' repeats model.merges[0]" },
     };
 
     [Theory]
@@ -193,6 +226,9 @@ public sealed class TokenizerJsonTests
             case "bad regex": pre[0]!["pattern"] = new JsonObject { ["Regex"] = "(unclosed" }; break;
             case "added clash": spec["added_tokens"]!.AsArray()[0] = new JsonObject { ["id"] = Bos, ["content"] = "he", ["special"] = true }; break;
             case "eos unknown": config = """{"eos_token": "<|nope|>"}"""; break;
+            case "added id clash": spec["added_tokens"]!.AsArray()[2] = new JsonObject { ["id"] = He, ["content"] = "<x>", ["special"] = false }; break;
+            case "lstrip": spec["added_tokens"]!.AsArray()[2]!["lstrip"] = true; break;
+            case "duplicate merge": model["merges"]!.AsArray().Add("h e"); break;
         }
         var path = Write(spec, config);
         var e = Assert.ThrowsAny<Exception>(() => ByteLevelBpeTokenizer.Load(path));

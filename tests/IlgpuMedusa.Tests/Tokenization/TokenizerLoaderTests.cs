@@ -17,18 +17,21 @@ public sealed class TokenizerLoaderTests
         Assert.Contains(dir, error.Message, StringComparison.Ordinal);
         Assert.Contains("tokenizer.model", error.Message, StringComparison.Ordinal);
         Assert.Contains("tokenizer.bin", error.Message, StringComparison.Ordinal);
-        Assert.Contains("tokenizer.json is not supported yet", error.Message, StringComparison.Ordinal);
+        Assert.Contains("tokenizer.json (Hugging Face, byte-level BPE)", error.Message, StringComparison.Ordinal);
     }
 
     [Fact]
-    public void DirectoryWithOnlyTokenizerJson_SaysItIsNotSupported()
+    public void DirectoryWithOnlyABrokenTokenizerJson_SaysWhatIsWrongWithIt()
     {
         var dir = TestModels.TempDirectory("json-tokenizer");
         File.WriteAllText(Path.Combine(dir, "tokenizer.json"), "{}");
 
-        var error = Assert.Throws<FileNotFoundException>(() => TokenizerLoader.Load(dir));
+        var error = Assert.Throws<InvalidDataException>(() => TokenizerLoader.Load(dir));
 
-        Assert.Contains("tokenizer.json, which is not supported yet", error.Message, StringComparison.Ordinal);
+        Assert.Contains(Path.Combine(dir, "tokenizer.json") + ": 'model' is missing", error.Message, StringComparison.Ordinal);
+        // The SentencePiece bytes a conversion wants do not exist for such a directory.
+        var missing = Assert.Throws<FileNotFoundException>(() => TokenizerLoader.GetSentencePieceModelBytes(dir));
+        Assert.Contains("byte-level BPE tokenizer, which has no SentencePiece model", missing.Message, StringComparison.Ordinal);
     }
 
     [Fact]
