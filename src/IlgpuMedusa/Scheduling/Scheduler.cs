@@ -79,11 +79,17 @@ public sealed class Scheduler : IDisposable
         _pool = pool;
         _workspace = workspace;
         _tokenizer = tokenizer;
-        _constraintVocabulary = new(() => ConstraintVocabulary.Build(tokenizer, model.Config.VocabSize, model.Config.EndTokenIds));
+        // The model's end tokens (config.json / generation_config.json) and the tokenizer's EOS, as vLLM does: an
+        // Instruct model whose generation config lists only its base end token still stops at its end-of-turn token.
+        EndTokens = new HashSet<int>(model.Config.EndTokenIds.Append(tokenizer.EosId).Where(id => id >= 0 && id < model.Config.VocabSize));
+        _constraintVocabulary = new(() => ConstraintVocabulary.Build(tokenizer, model.Config.VocabSize, [.. EndTokens]));
         _trees = trees;
         _loop = new Thread(Loop) { IsBackground = true, Name = "ilgpu-medusa scheduler" };
         _loop.Start();
     }
+
+    /// <summary>The tokens that end a sequence: the model's end tokens and the tokenizer's EOS.</summary>
+    public IReadOnlySet<int> EndTokens { get; }
 
     /// <summary>Most tokens in one batched forward.</summary>
     public int MaxBatchTokens => _workspace.MaxTokens;
@@ -617,13 +623,12 @@ public sealed class Scheduler : IDisposable
             }
             return;
         }
-        var c = _model.Config;
         var text = new System.Text.StringBuilder();
         int taken = 0;
         bool finished = false;
         foreach (int token in r.Accepted)
         {
-            if (c.EndTokenIds.Contains(token))
+            if (EndTokens.Contains(token))
             {
                 r.Stats.FinishReason = FinishReason.EndToken;
                 finished = true;

@@ -194,19 +194,85 @@ public sealed class ByteLevelBpeTokenizer : ITextTokenizer
         return copy is null ? text : new string(copy);
     }
 
-    /// <summary>Hugging Face's "Isolated" split: every match and every stretch between matches, in order, empty ones left out.</summary>
+    /// <summary>
+    /// Hugging Face's "Isolated" split: every match and every stretch between matches, in order, empty ones left out.
+    /// The file's patterns are written for code points (Rust's regex), .NET's run on UTF-16 units, where a character
+    /// outside the Basic Multilingual Plane is two surrogates that match neither <c>\p{L}</c> nor <c>\p{N}</c>. So such
+    /// characters are matched as a stand-in of their own Unicode category from the BMP, and the pieces cut from the text.
+    /// </summary>
     private static void Isolate(Regex pattern, string text, List<string> into)
     {
+        var (matched, starts) = WithBmpStandIns(text);
+        int Original(int index) => starts is null ? index : index < starts.Length ? starts[index] : text.Length;
         int at = 0;
-        foreach (Match m in pattern.Matches(text))
+        foreach (Match m in pattern.Matches(matched))
         {
             if (m.Length == 0) continue;
-            if (m.Index > at) into.Add(text[at..m.Index]);
-            into.Add(m.Value);
-            at = m.Index + m.Length;
+            int start = Original(m.Index), end = Original(m.Index + m.Length);
+            if (start > at) into.Add(text[at..start]);
+            into.Add(text[start..end]);
+            at = end;
         }
         if (at < text.Length) into.Add(text[at..]);
     }
+
+    /// <summary>
+    /// The text with each surrogate pair replaced by one BMP character of the same Unicode category, and where each
+    /// character of the result starts in the text (null when the text has no pair).
+    /// </summary>
+    private static (string Text, int[]? Starts) WithBmpStandIns(string text)
+    {
+        if (text.AsSpan().IndexOfAnyInRange('\uD800', '\uDBFF') < 0) return (text, null);
+        var result = new System.Text.StringBuilder(text.Length);
+        var starts = new List<int>(text.Length);
+        for (int i = 0; i < text.Length; i++)
+        {
+            starts.Add(i);
+            if (char.IsHighSurrogate(text[i]) && i + 1 < text.Length && char.IsLowSurrogate(text[i + 1]))
+            {
+                result.Append(StandIn(System.Globalization.CharUnicodeInfo.GetUnicodeCategory(char.ConvertToUtf32(text[i], text[i + 1]))));
+                i++;
+            }
+            else
+            {
+                result.Append(text[i]);
+            }
+        }
+        return (result.ToString(), [.. starts]);
+    }
+
+    /// <summary>
+    /// A BMP character of <paramref name="category"/>, outside ASCII (so that no pattern's literal characters or case-insensitive
+    /// contractions such as <c>'s</c> can match it).
+    /// </summary>
+    private static char StandIn(System.Globalization.UnicodeCategory category) => category switch
+    {
+        System.Globalization.UnicodeCategory.UppercaseLetter => '\u00C0',
+        System.Globalization.UnicodeCategory.LowercaseLetter => '\u00E0',
+        System.Globalization.UnicodeCategory.TitlecaseLetter => '\u01C5',
+        System.Globalization.UnicodeCategory.ModifierLetter => '\u02B0',
+        System.Globalization.UnicodeCategory.OtherLetter => '\u4E00',
+        System.Globalization.UnicodeCategory.NonSpacingMark => '\u0300',
+        System.Globalization.UnicodeCategory.SpacingCombiningMark => '\u0903',
+        System.Globalization.UnicodeCategory.EnclosingMark => '\u20DD',
+        System.Globalization.UnicodeCategory.DecimalDigitNumber => '\u0660',
+        System.Globalization.UnicodeCategory.LetterNumber => '\u2160',
+        System.Globalization.UnicodeCategory.OtherNumber => '\u00B2',
+        System.Globalization.UnicodeCategory.ConnectorPunctuation => '\u203F',
+        System.Globalization.UnicodeCategory.DashPunctuation => '\u2010',
+        System.Globalization.UnicodeCategory.OpenPunctuation => '\u2045',
+        System.Globalization.UnicodeCategory.ClosePunctuation => '\u2046',
+        System.Globalization.UnicodeCategory.InitialQuotePunctuation => '\u00AB',
+        System.Globalization.UnicodeCategory.FinalQuotePunctuation => '\u00BB',
+        System.Globalization.UnicodeCategory.OtherPunctuation => '\u00B6',
+        System.Globalization.UnicodeCategory.MathSymbol => '\u00AC',
+        System.Globalization.UnicodeCategory.CurrencySymbol => '\u00A2',
+        System.Globalization.UnicodeCategory.ModifierSymbol => '\u02C2',
+        System.Globalization.UnicodeCategory.OtherSymbol => '\u00A9',
+        System.Globalization.UnicodeCategory.Format => '\u200B',
+        System.Globalization.UnicodeCategory.PrivateUse => '\uE000',
+        _ => '\u0378', // unassigned (no other category has characters outside the BMP)
+    };
 
     /// <inheritdoc/>
     /// <exception cref="ArgumentOutOfRangeException">An id is outside the vocabulary.</exception>

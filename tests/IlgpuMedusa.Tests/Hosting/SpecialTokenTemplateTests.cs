@@ -82,7 +82,7 @@ public sealed class SpecialTokenTemplateTests(HuggingFaceReferenceTokenizers ref
     }
 
     /// <summary>A tiny random model (vocabulary 300) with the hand-made byte-level tokenizer, ChatML markers and a chat template.</summary>
-    private static string TinyChatModel()
+    private static string TinyChatModel(int[]? configEndTokens = null)
     {
         var spec = TokenizerJsonTests.Spec();
         spec["added_tokens"] = new JsonArray(
@@ -90,7 +90,7 @@ public sealed class SpecialTokenTemplateTests(HuggingFaceReferenceTokenizers ref
             new JsonObject { ["id"] = 262, ["content"] = "<|im_end|>", ["special"] = true });
         spec["post_processor"] = null;
         var json = TokenizerJsonTests.Write(spec, """{"eos_token": "<|im_end|>", "chat_template": "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"}""");
-        var dir = TinyRandomModel.Write(TinyRandomModel.Config with { VocabSize = 300, BosTokenId = 261, EndTokenIds = [262] }, seed: 3, projectionScale: 0.4f, outputScale: 0.3f);
+        var dir = TinyRandomModel.Write(TinyRandomModel.Config with { VocabSize = 300, BosTokenId = 261, EndTokenIds = configEndTokens ?? [262] }, seed: 3, projectionScale: 0.4f, outputScale: 0.3f);
         foreach (var file in Directory.GetFiles(Path.GetDirectoryName(json)!)) File.Copy(file, Path.Combine(dir, Path.GetFileName(file)));
         return dir;
     }
@@ -129,5 +129,18 @@ public sealed class SpecialTokenTemplateTests(HuggingFaceReferenceTokenizers ref
         Assert.Equal(ChatTemplateKind.ChatML, ChatTemplate.Detect(output));
         var tokenizer = Assert.IsType<ByteLevelBpeTokenizer>(TokenizerLoader.Load(output, 300));
         Assert.Equal([258, 'o'], tokenizer.Encode("hello", addBos: false));
+    }
+
+    [Fact]
+    public void GenerationStopsAtTheTokenizersEosEvenWhenTheConfigListsAnother()
+    {
+        // config.json says eos 2; tokenizer_config.json says <|im_end|> (262). A bias makes <|im_end|> the first choice.
+        using var engine = InferenceEngine.Load(new EngineOptions { ModelPath = TinyChatModel(configEndTokens: [2]), Device = new DeviceOptions { Kind = DeviceKind.Host } });
+        Assert.Equal(new HashSet<int> { 2, 262 }, engine.Scheduler.EndTokens.ToHashSet());
+        var stats = new GenerationStats();
+        var options = new GenerationOptions { MaxTokens = 8, LogitBias = new Dictionary<int, float> { [262] = 100f } };
+        var pieces = engine.Generate(engine.EncodePrompt("hello", options), options, stats).ToList();
+        Assert.Equal(FinishReason.EndToken, stats.FinishReason);
+        Assert.Equal(0, stats.GeneratedTokens);
     }
 }

@@ -88,6 +88,9 @@ public sealed class HuggingFaceReferenceTokenizers
     private static List<string> BuildCorpus()
     {
         var texts = new List<string>(TokenizerTestStrings.All.Where(t => t.Length > 0));
+        // Letters and digits outside the Basic Multilingual Plane (one character, two UTF-16 units): the splitting
+        // patterns must see them as the letters and digits they are.
+        texts.AddRange(["a\U00020000b and \U00020001\U00020002", "x\U0001D7CF\U0001D7D0\U0001D7D1\U0001D7D2y", "\U0001D400\U0001D401\U0001D402 bold", "gothic \U00010348\U00010349!", "\U0001F600\U0001F600 \U0001D7CF1"]);
         foreach (var file in new[] { "README.md", "docs/library.md", "src/IlgpuMedusa/Generation/Constraints/JsonGrammar.cs", "scripts/test.sh" })
         {
             var text = File.ReadAllText(Path.Combine(TestModels.RepositoryRoot, file));
