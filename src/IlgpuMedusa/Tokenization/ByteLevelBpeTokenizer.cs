@@ -168,7 +168,15 @@ public sealed class ByteLevelBpeTokenizer : ITextTokenizer
                 pieces = pieces.Select(piece => piece[0] == ' ' ? piece : " " + piece).ToList();
             if (p == _spec.SplitPatterns.Count) break;
             var next = new List<string>(pieces.Count * 2);
-            foreach (var piece in pieces) Isolate(_spec.SplitPatterns[p], piece, next);
+            try
+            {
+                foreach (var piece in pieces) Isolate(_spec.SplitPatterns[p], piece, next);
+            }
+            catch (RegexMatchTimeoutException e)
+            {
+                throw new InvalidOperationException(
+                    $"{_spec.Source}: the pre-tokenizer pattern {_spec.SplitPatterns[p]} ran longer than {TokenizerJson.PatternTimeout.TotalSeconds} s on a text of {text.Length} characters; the tokenizer file's pattern is unusable.", e);
+            }
             pieces = next;
         }
         foreach (var piece in pieces)
