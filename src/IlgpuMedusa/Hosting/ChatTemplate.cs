@@ -216,7 +216,7 @@ public static class ChatTemplate
     }
 
     /// <summary>
-    /// ChatML: the system prompt when there is one, then every message as <c>&lt;|im_start|&gt;role\n{text}&lt;|im_end|&gt;\n</c>
+    /// ChatML: the system prompt when there is one, then every message as <c>&lt;|im_start|&gt;role\n{text, as it is}&lt;|im_end|&gt;\n</c>
     /// (tool results as the user's, laid out as JSON), then <c>&lt;|im_start|&gt;assistant\n</c>, where the reply begins.
     /// </summary>
     private static List<ChatPromptSegment> ChatML(string? system, List<ChatMessage> messages)
@@ -232,7 +232,7 @@ public static class ChatTemplate
         }
         if (system is not null) Message("system", system);
         foreach (var m in messages.Where(m => m.Role != ChatRole.System))
-            Message(m.Role == ChatRole.Assistant ? "assistant" : "user", ToolCalls.TextOf(m).Trim());
+            Message(m.Role == ChatRole.Assistant ? "assistant" : "user", ToolCalls.TextOf(m)); // as Qwen's and SmolLM's templates: not trimmed
         Message("assistant", null);
         return segments;
     }

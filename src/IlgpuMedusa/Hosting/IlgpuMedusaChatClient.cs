@@ -48,11 +48,21 @@ public sealed class IlgpuMedusaChatClient : IChatClient
     /// <param name="engine">The engine (owned by the caller).</param>
     /// <param name="template">The chat template.</param>
     /// <param name="defaults">Generation options of requests before their <see cref="ChatOptions"/> apply (default: <see cref="GenerationOptions"/>'s).</param>
+    /// <exception cref="ArgumentException">The template needs special tokens the model's tokenizer does not have.</exception>
     public IlgpuMedusaChatClient(InferenceEngine engine, ChatTemplateKind template = ChatTemplateKind.Auto, GenerationOptions? defaults = null)
     {
         ArgumentNullException.ThrowIfNull(engine);
         _engine = engine;
         Template = template == ChatTemplateKind.Auto ? ChatTemplate.Detect(engine.Options.ModelPath) : template;
+        try
+        {
+            // An empty conversation uses every marker of the template: one the tokenizer lacks fails here, not in each request.
+            ChatTemplate.Encode(ChatTemplate.Apply(Template, []), engine.Tokenizer);
+        }
+        catch (InvalidOperationException e)
+        {
+            throw new ArgumentException($"chat template {Template} does not fit the model in '{engine.Options.ModelPath}': {e.Message}", nameof(template), e);
+        }
         Defaults = (defaults ?? new GenerationOptions()).Validate();
         ModelId = Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(engine.Options.ModelPath)));
         _metadata = new ChatClientMetadata("ilgpu-medusa", null, ModelId);

@@ -61,6 +61,13 @@ public sealed record ModelConfig
         Require(VocabSize > 0, $"vocab_size must be positive, got {VocabSize}");
         Require(MaxSequenceLength > 0, $"max sequence length must be positive, got {MaxSequenceLength}");
         Require(RopeTheta > 0, $"rope_theta must be positive, got {RopeTheta}");
+        if (RopeScaling is { } scaling)
+        {
+            Require(float.IsFinite(scaling.Factor) && scaling.Factor >= 1, $"rope_scaling factor must be at least 1, got {scaling.Factor}");
+            if (scaling.Kind == RopeScalingKind.Llama3)
+                Require(scaling.LowFrequencyFactor > 0 && scaling.HighFrequencyFactor > scaling.LowFrequencyFactor && scaling.OriginalMaxPositions > 0,
+                    $"llama3 rope_scaling needs 0 < low_freq_factor < high_freq_factor and original_max_position_embeddings > 0, got {scaling.LowFrequencyFactor}, {scaling.HighFrequencyFactor}, {scaling.OriginalMaxPositions}");
+        }
         Require(RmsNormEps > 0, $"rms_norm_eps must be positive, got {RmsNormEps}");
         Require(BosTokenId >= 0 && BosTokenId < VocabSize, $"bos_token_id {BosTokenId} outside the vocabulary");
         return this;

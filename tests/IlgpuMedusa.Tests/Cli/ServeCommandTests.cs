@@ -68,6 +68,7 @@ public class ServeCommandTests
     [InlineData("--port", "70000", "Port (--port) must be from 1 to 65535")]
     [InlineData("--host", "local host", "Host (--host): 'local host' is not a host name or IP address")]
     [InlineData("--template", "alpaca", "--template: unknown chat template 'alpaca'")]
+    [InlineData("--template", "chatml", "chat template ChatML does not fit the model")]
     [InlineData("--host", "::1", "Host (--host): '::1' is an IPv6 address")]
     [InlineData("--allow-origin", "evil.example", "AllowedOrigins (--allow-origin): 'evil.example' is not an origin")]
     [InlineData("--tree", "/nonexistent/tree.json", "/nonexistent/tree.json")]

@@ -49,7 +49,7 @@ public sealed class SpecialTokenTemplateTests(HuggingFaceReferenceTokenizers ref
             "<|im_start|>system\nBe brief.\nYou are a kind storyteller.<|im_end|>\n" +
             "<|im_start|>user\nTell me a story.<|im_end|>\n" +
             "<|im_start|>assistant\nOnce upon a time there was a cat.<|im_end|>\n" +
-            "<|im_start|>user\nAnd then?<|im_end|>\n" +
+            "<|im_start|>user\n  And then?  <|im_end|>\n" + // ChatML keeps the text as it is (Llama 3 trims it)
             "<|im_start|>assistant\n";
         Assert.Equal(expected, ChatTemplate.Render(segments));
         var tokenizer = ByteLevelBpeTokenizer.Load(Path.Combine(references.Qwen3, "tokenizer.json"));

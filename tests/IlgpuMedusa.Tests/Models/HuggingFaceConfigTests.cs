@@ -161,6 +161,16 @@ public sealed class HuggingFaceConfigTests
     }
 
     [Fact]
+    public void A_scaling_built_in_code_is_validated_too()
+    {
+        var c = Parse(TinyLlama);
+        var e = Assert.ThrowsAny<Exception>(() => (c with { RopeScaling = new RopeScaling(RopeScalingKind.Linear, 0f) }).Validate());
+        Assert.Contains("rope_scaling factor must be at least 1", e.Message);
+        e = Assert.ThrowsAny<Exception>(() => (c with { RopeScaling = new RopeScaling(RopeScalingKind.Llama3, 8f, 4f, 1f, 8192) }).Validate());
+        Assert.Contains("low_freq_factor < high_freq_factor", e.Message);
+    }
+
+    [Fact]
     public void Linear_rope_scaling_divides_every_frequency()
     {
         var c = Parse(TinyLlama.Replace("\"rope_scaling\": null", "\"rope_scaling\": {\"type\": \"linear\", \"factor\": 2.0}"));
