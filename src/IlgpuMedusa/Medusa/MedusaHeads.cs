@@ -605,7 +605,7 @@ public sealed class MedusaHeads : IDisposable
         else b.MatMul(queries, start, context.Query[head], accumulate: false);
         Array.Fill(context.HostPositions, committed, 0, count);
         b.Upload(positions, context.HostPositions.AsSpan(0, count));
-        b.Rope(queries, positions, c.Heads, c.HeadDim, c.Rope);
+        b.Rope(queries, positions, c.Heads, c.HeadDim, _model.Rope);
         for (int r = 0; r < count; r++)
             b.Attention(attended.Slice(r, 1), queries.Slice(r, 1), sequence.Cache, c.Layers - 1, sequence.DeviceBlockTable, committed - 1, mask: null);
         if (context.Grouped) b.GroupedMatMul(projected, attended, count == HeadCount ? context.Output[0] : context.Output[0].Slice(0, count * d));

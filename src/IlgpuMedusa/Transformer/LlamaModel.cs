@@ -37,7 +37,6 @@ public sealed class LlamaModel : IDisposable
     private readonly DeviceTensor _embedding;   // [V, D]
     private readonly DeviceTensor _finalNorm;   // [1, D]
     private readonly DeviceTensor _classifier;  // [V, D] (the embedding when tied)
-    private readonly RopeParameters _rope;
 
     private LlamaModel(ModelConfig config, IComputeBackend backend, LayerWeights[] layers, DeviceTensor embedding, DeviceTensor finalNorm, DeviceTensor classifier)
     {
@@ -47,11 +46,13 @@ public sealed class LlamaModel : IDisposable
         _embedding = embedding;
         _finalNorm = finalNorm;
         _classifier = classifier;
-        _rope = config.Rope;
+        Rope = config.Rope;
     }
 
     /// <summary>The model's shape.</summary>
     public ModelConfig Config { get; }
+    /// <summary>The rotary embedding (<see cref="ModelConfig.Rope"/>, built once: backends look its frequency table up by it every layer).</summary>
+    public RopeParameters Rope { get; }
     /// <summary>The backend running it.</summary>
     public IComputeBackend Backend { get; }
     /// <summary>The input embedding table [V, D] on the backend (Medusa heads with a next-token input look tokens up in it).</summary>
@@ -196,12 +197,12 @@ public sealed class LlamaModel : IDisposable
                 // One sequence: rotate and write the new keys and values in one op (fused on the ILGPU backend).
                 var segment = segments[0];
                 var cache = segment.Sequence.Cache;
-                b.RopeKvWrite(qkv, inputs.Positions, Config.Heads, Config.HeadDim, _rope, cache, layer, segment.Sequence.DeviceBlockTable, segment.Committed);
+                b.RopeKvWrite(qkv, inputs.Positions, Config.Heads, Config.HeadDim, Rope, cache, layer, segment.Sequence.DeviceBlockTable, segment.Committed);
                 b.Attention(attention, qkv, cache, layer, segment.Sequence.DeviceBlockTable, segment.Committed, segment.Mask);
             }
             else
             {
-                b.Rope(qkv, inputs.Positions, Config.Heads + Config.KvHeads, Config.HeadDim, _rope);
+                b.Rope(qkv, inputs.Positions, Config.Heads + Config.KvHeads, Config.HeadDim, Rope);
                 foreach (var segment in segments)
                 {
                     var rows = qkv.Slice(segment.Start, segment.Count);
