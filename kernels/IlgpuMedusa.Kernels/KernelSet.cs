@@ -19,6 +19,7 @@ public sealed class KernelSet : IDisposable
         GroupSize = groupSize;
         Embedding = new EmbeddingLauncher(accelerator);
         RmsNorm = new RmsNormLauncher(accelerator, groupSize);
+        HeadRmsNorm = new HeadRmsNormLauncher(accelerator, groupSize);
         MatMul = new MatMulLauncher(accelerator, groupSize);
         Rope = new RopeLauncher(accelerator);
         KvWrite = new KvWriteLauncher(accelerator);
@@ -41,6 +42,8 @@ public sealed class KernelSet : IDisposable
     public EmbeddingLauncher Embedding { get; }
     /// <summary>RMSNorm.</summary>
     public RmsNormLauncher RmsNorm { get; }
+    /// <summary>Per-head RMSNorm of queries and keys (Qwen3).</summary>
+    public HeadRmsNormLauncher HeadRmsNorm { get; }
     /// <summary>Matmul (vector, skinny, tiled).</summary>
     public MatMulLauncher MatMul { get; }
     /// <summary>Rotary embedding.</summary>
@@ -168,6 +171,7 @@ public static class KernelCatalog
             (Action<ArrayView<float>, ArrayView<float>, ArrayView<float>, RmsNormArgs>)RmsNormKernel.Run<float, F32Format>,
             (Action<ArrayView<float>, ArrayView<float>, ArrayView<ushort>, RmsNormArgs>)RmsNormKernel.Run<ushort, F16Format>,
             (Action<ArrayView<float>, ArrayView<float>, ArrayView<ushort>, RmsNormArgs>)RmsNormKernel.Run<ushort, BF16Format>,
+            (Action<ArrayView<float>, ArrayView<float>, ArrayView<float>, HeadRmsNormArgs>)HeadRmsNormKernel.Run,
             (Action<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, MatMulArgs>)MatMulKernels.Vector<float, F32Format, PlainInput>,
             (Action<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, MatMulArgs>)MatMulKernels.Vector<float, F32Format, NormedInput>,
             (Action<ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, MatMulArgs>)MatMulKernels.Vector<float, F32Format, NormedSwiGlu>,

@@ -94,6 +94,36 @@ public abstract class ConformanceTests
         }
     }
 
+    /// <summary>
+    /// Qwen3's per-head RMSNorm of queries and keys, in place: head dims around and above the group size, grouped-query
+    /// shapes, and the values after the keys left as they were.
+    /// </summary>
+    [Fact]
+    public void HeadRmsNorm_matches_host_and_leaves_values_alone()
+    {
+        using var twin = NewTwin(24);
+        foreach (int dh in Sizes.HeadDims)
+        {
+            foreach (var (heads, kvHeads, t) in new[] { (4, 2, 3), (3, 1, 1), (2, 2, 5) })
+            {
+                int width = (heads + 2 * kvHeads) * dh;
+                var qkv = twin.RandomTensor(t, width, 3f);
+                var before = new float[t * width];
+                Accelerators.Host.Download(qkv.Host, before);
+                var queryWeight = twin.RandomWeight(DType.F32, 1, dh);
+                var keyWeight = twin.RandomWeight(DType.F32, 1, dh);
+                Accelerators.Host.HeadRmsNorm(qkv.Host, heads, kvHeads, dh, queryWeight.Host, keyWeight.Host, 1e-6f);
+                Device.HeadRmsNorm(qkv.Device, heads, kvHeads, dh, queryWeight.Device, keyWeight.Device, 1e-6f);
+                Twin.AssertClose(qkv, Tolerance.ForSum(DType.F32, dh), $"HeadRmsNorm Dh={dh} H={heads} Hkv={kvHeads} T={t}");
+                var after = new float[t * width];
+                Device.Download(qkv.Device, after);
+                for (int r = 0; r < t; r++)
+                    for (int j = (heads + kvHeads) * dh; j < width; j++)
+                        Assert.Equal(before[r * width + j], after[r * width + j]);
+            }
+        }
+    }
+
     /// <summary>Matmul through the automatic path choice, with and without accumulation.</summary>
     [Theory]
     [InlineData(DType.F32)]

@@ -41,10 +41,48 @@ public sealed class MedusaOnDevicesTests(Accelerators accelerators) : IDisposabl
     [InlineData("opencl", "dynamic-8")]
     public void GreedyMedusaEqualsGreedyDecodingOverAHalfCache(string device, string treeName) => CheckGreedyMedusa(device, treeName, DType.F16);
 
-    private void CheckGreedyMedusa(string device, string treeName, DType kv)
+    /// <summary>
+    /// The same invariant on the Qwen blocks: Qwen2's q/k/v biases (one more add per layer) and Qwen3's per-head q/k norms
+    /// with a head dimension other than D / H (4 heads of 32 on D = 64, so queries are twice as wide as the model).
+    /// </summary>
+    [Theory]
+    [InlineData(ModelArchitecture.Qwen2, "opencl", "tree-16")]
+    [InlineData(ModelArchitecture.Qwen3, "opencl", "mc_sim_7b_63")]
+    [InlineData(ModelArchitecture.Qwen3, "emulator", "tree-8")]
+    public void GreedyMedusaEqualsGreedyDecodingOnQwenBlocks(ModelArchitecture architecture, string device, string treeName)
+    {
+        var config = global::IlgpuMedusa.Tests.Medusa.TinyRandomModel.Config with { Dim = 64, HiddenDim = 96, Architecture = architecture };
+        if (architecture == ModelArchitecture.Qwen3) config = config with { HeadDim = 32 };
+        var directory = global::IlgpuMedusa.Tests.Medusa.TinyRandomModel.Write(config, seed: 6, projectionScale: 0.3f, outputScale: 0.2f);
+        try
+        {
+            CheckGreedyMedusa(device, treeName, DType.F32, directory);
+        }
+        finally
+        {
+            Directory.Delete(directory, recursive: true);
+        }
+    }
+
+    /// <summary>
+    /// Whole Qwen2 and Qwen3 forwards on the device (biases added after the fused projection; per-head norms with
+    /// Dh = 32 on D = 64) against llama.cpp's logits for the reference files (see IlgpuMedusa.Tests' ReferenceFilesTests).
+    /// </summary>
+    [Theory]
+    [InlineData("emulator", "tiny-qwen3")]
+    [InlineData("opencl", "tiny-qwen2")]
+    [InlineData("opencl", "tiny-qwen3")]
+    public void Qwen_reference_models_give_llama_cpps_logits(string device, string model)
     {
         var backend = device == "emulator" ? accelerators.Emulator : accelerators.OpenCL;
-        using var rig = new Rig(backend, _directory, kv);
+        var (_, max, scale) = global::IlgpuMedusa.Tests.Models.ReferenceModels.Compare(backend, model);
+        Assert.True(max <= 1e-4f, $"{model} on {device}: logits differ from llama.cpp's by {max} (max |logit| {scale})");
+    }
+
+    private void CheckGreedyMedusa(string device, string treeName, DType kv, string? directory = null)
+    {
+        var backend = device == "emulator" ? accelerators.Emulator : accelerators.OpenCL;
+        using var rig = new Rig(backend, directory ?? _directory, kv);
         Assert.Equal(kv, rig.Pool.Layout.ElementType);
         var (model, heads, pool, workspace, c) = (rig.Model, rig.Heads, rig.Pool, rig.Workspace, rig.Model.Config);
         using var tree = global::IlgpuMedusa.Tests.Medusa.CompiledTrees.Resolve(backend, treeName, heads.HeadCount);

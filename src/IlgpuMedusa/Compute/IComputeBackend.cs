@@ -75,6 +75,14 @@ public interface IComputeBackend : IDisposable
     void RmsNorm(DeviceTensor output, DeviceTensor input, DeviceTensor weight, float eps);
 
     /// <summary>
+    /// Per-head RMSNorm of queries and keys in place (Qwen3's q_norm and k_norm): in each row of qkv F32[T, W], each of the
+    /// first <paramref name="queryHeads"/> + <paramref name="kvHeads"/> slices of <paramref name="headDim"/> columns becomes
+    /// slice / sqrt(mean(slice²) + eps) ⊙ weight, with <paramref name="queryWeight"/> [1, Dh] for the query heads and
+    /// <paramref name="keyWeight"/> [1, Dh] for the key heads (both F32); the values after them are left alone.
+    /// </summary>
+    void HeadRmsNorm(DeviceTensor qkv, int queryHeads, int kvHeads, int headDim, DeviceTensor queryWeight, DeviceTensor keyWeight, float eps);
+
+    /// <summary>
     /// output[T, N] = (accumulate ? output : 0) + input[T, K] · weight[N, K]ᵀ. weight in F32, F16 or BF16.
     /// With <paramref name="accumulate"/> the residual add is fused into the projection.
     /// </summary>

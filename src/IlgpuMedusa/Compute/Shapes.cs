@@ -49,6 +49,16 @@ internal static class Shapes
             () => $"output {output.ShapeText} = input {input.ShapeText} · weight {weight.ShapeText}ᵀ: expected [T, N] = [T, K] · [N, K]ᵀ");
     }
 
+    public static void HeadRmsNorm(DeviceTensor qkv, int queryHeads, int kvHeads, int headDim, DeviceTensor queryWeight, DeviceTensor keyWeight)
+    {
+        Float(nameof(HeadRmsNorm), "qkv", qkv);
+        Float(nameof(HeadRmsNorm), "queryWeight", queryWeight);
+        Float(nameof(HeadRmsNorm), "keyWeight", keyWeight);
+        Require(headDim > 0 && queryHeads >= 0 && kvHeads >= 0 && (long)(queryHeads + kvHeads) * headDim <= qkv.Columns
+                && queryWeight.Rows == 1 && queryWeight.Columns == headDim && keyWeight.Rows == 1 && keyWeight.Columns == headDim,
+            nameof(HeadRmsNorm), () => $"qkv {qkv.ShapeText}, {queryHeads} + {kvHeads} heads of {headDim}, weights {queryWeight.ShapeText} and {keyWeight.ShapeText}: expected qkv [T, ≥ (H + Hkv)·Dh] and F32 weights [1, Dh]");
+    }
+
     public static void Rope(DeviceTensor x, DeviceTensor positions, int heads, int headDim)
     {
         Float(nameof(Rope), "x", x);

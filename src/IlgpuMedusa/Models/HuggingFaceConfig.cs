@@ -3,11 +3,11 @@ using System.Text.Json;
 namespace IlgpuMedusa.Models;
 
 /// <summary>
-/// Reads a Hugging Face <c>config.json</c> (LlamaForCausalLM or MistralForCausalLM) and the optional
-/// <c>generation_config.json</c> beside it into a <see cref="ModelConfig"/>. The defaults below are those of the
-/// file format (transformers' LlamaConfig), used only when a field is absent from the file. Features the runtime does
-/// not implement (RoPE scaling, projection biases, other activations, a head_dim other than hidden_size / heads) are
-/// rejected rather than silently computed wrong.
+/// Reads a Hugging Face <c>config.json</c> (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM or
+/// Qwen3ForCausalLM) and the optional <c>generation_config.json</c> beside it into a <see cref="ModelConfig"/>. The
+/// defaults below are those of the file format (transformers' LlamaConfig), used only when a field is absent from the
+/// file. Features the runtime does not implement (RoPE scalings other than linear and llama3, biases other than Qwen2's
+/// q/k/v ones, other activations) are rejected rather than silently computed wrong.
 /// </summary>
 public static class HuggingFaceConfig
 {
@@ -17,7 +17,24 @@ public static class HuggingFaceConfig
     public const string GenerationFileName = "generation_config.json";
 
     /// <summary>Architectures this runtime runs (they share the Llama block).</summary>
-    public static IReadOnlyList<string> SupportedArchitectures { get; } = ["LlamaForCausalLM", "MistralForCausalLM"];
+    public static IReadOnlyList<string> SupportedArchitectures { get; } = ["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"];
+
+    /// <summary>The block variant of an <c>architectures</c> name or a <c>model_type</c>, or null when not supported.</summary>
+    public static ModelArchitecture? ArchitectureOf(string name) => name switch
+    {
+        "LlamaForCausalLM" or "MistralForCausalLM" or "llama" or "mistral" => ModelArchitecture.Llama,
+        "Qwen2ForCausalLM" or "qwen2" => ModelArchitecture.Qwen2,
+        "Qwen3ForCausalLM" or "qwen3" => ModelArchitecture.Qwen3,
+        _ => null,
+    };
+
+    /// <summary>The <c>architectures</c> name and <c>model_type</c> config.json gives for a block variant.</summary>
+    public static (string Architecture, string ModelType) NamesOf(ModelArchitecture architecture) => architecture switch
+    {
+        ModelArchitecture.Qwen2 => ("Qwen2ForCausalLM", "qwen2"),
+        ModelArchitecture.Qwen3 => ("Qwen3ForCausalLM", "qwen3"),
+        _ => ("LlamaForCausalLM", "llama"),
+    };
 
     /// <summary>rope_theta when absent (LlamaConfig's default).</summary>
     public const float DefaultRopeTheta = 10000f;
@@ -49,20 +66,20 @@ public static class HuggingFaceConfig
     {
         using var document = ParseDocument(path, json.ToArray());
         var f = new Fields(path, document.RootElement);
-        f.RequireArchitecture();
-        f.RejectUnsupported();
+        var architecture = f.RequireArchitecture();
+        f.RejectUnsupported(architecture);
 
         int dim = f.RequiredInt("hidden_size");
         int heads = f.RequiredInt("num_attention_heads");
         int vocab = f.RequiredInt("vocab_size");
-        if (f.OptionalInt("head_dim") is int headDim && (heads <= 0 || headDim * heads != dim))
-            throw f.Error($"head_dim {headDim} is not hidden_size / num_attention_heads ({dim} / {heads}); such models are not supported");
         int maxPositions = f.RequiredInt("max_position_embeddings");
-        // Mistral's sliding window: inside the window, windowed attention equals full attention, so cap the context there.
-        if (f.OptionalInt("sliding_window") is int window && window > 0 && window < maxPositions) maxPositions = window;
+        // A sliding window (Mistral; Qwen2/Qwen3 when use_sliding_window is true): inside the window, windowed attention
+        // equals full attention, so cap the context there. Qwen configs carry a sliding_window they do not use.
+        if (f.UsesSlidingWindow() && f.OptionalInt("sliding_window") is int window && window > 0 && window < maxPositions) maxPositions = window;
 
-        return new ModelConfig
+        var config = new ModelConfig
         {
+            Architecture = architecture,
             Dim = dim,
             HiddenDim = f.RequiredInt("intermediate_size"),
             Layers = f.RequiredInt("num_hidden_layers"),
@@ -77,7 +94,15 @@ public static class HuggingFaceConfig
             BosTokenId = f.OptionalInt("bos_token_id") ?? DefaultBosTokenId,
             EndTokenIds = f.CheckIds("eos_token_id", f.EosTokenIds() ?? [DefaultEosTokenId], vocab),
             Source = path,
-        }.Validate();
+        };
+        // head_dim may differ from hidden_size / heads (Qwen3-0.6B: 1024 / 16 but 128); only an explicit one is kept as such.
+        if (f.OptionalInt("head_dim") is int headDim && (heads <= 0 || headDim * heads != dim))
+        {
+            if (headDim <= 0 || headDim > ModelConfig.MaxHeadDim || headDim % 2 != 0)
+                throw f.Error($"field 'head_dim' is {headDim}; it must be even and in 2..{ModelConfig.MaxHeadDim}");
+            config = config with { HeadDim = headDim };
+        }
+        return config.Validate();
     }
 
     private static JsonDocument ParseDocument(string path, byte[] json)
@@ -162,21 +187,34 @@ public static class HuggingFaceConfig
             return ids;
         }
 
-        public void RequireArchitecture()
+        public ModelArchitecture RequireArchitecture()
         {
             if (Get("architectures") is { } list)
             {
                 if (list.ValueKind != JsonValueKind.Array)
                     throw Error($"field 'architectures' must be a list of names, found {list.GetRawText()}");
                 var names = list.EnumerateArray().Select(e => e.ValueKind == JsonValueKind.String ? e.GetString()! : e.GetRawText()).ToArray();
-                if (names.Length == 0 || !names.All(SupportedArchitectures.Contains))
+                var kinds = names.Select(ArchitectureOf).Distinct().ToArray();
+                if (names.Length == 0 || !names.All(SupportedArchitectures.Contains) || kinds.Length != 1)
                     throw Error($"architectures [{string.Join(", ", names)}] is not supported; supported: {string.Join(", ", SupportedArchitectures)}");
-                return;
+                return kinds[0]!.Value;
             }
             // Old configs may lack 'architectures'; their model_type still says what they are.
             string? modelType = Get("model_type") is { ValueKind: JsonValueKind.String } t ? t.GetString() : null;
-            if (modelType is not ("llama" or "mistral"))
-                throw Error($"missing required field 'architectures' (and model_type '{modelType}' is not llama or mistral); supported: {string.Join(", ", SupportedArchitectures)}");
+            return (modelType is null ? null : ArchitectureOf(modelType))
+                ?? throw Error($"missing required field 'architectures' (and model_type '{modelType}' is not llama, mistral, qwen2 or qwen3); supported: {string.Join(", ", SupportedArchitectures)}");
+        }
+
+        /// <summary>
+        /// Whether attention is windowed: Mistral's sliding_window always is; Qwen2/Qwen3 configs carry one that
+        /// applies only with use_sliding_window true (or a layer_types entry "sliding_attention").
+        /// </summary>
+        public bool UsesSlidingWindow()
+        {
+            if (Get("layer_types") is { ValueKind: JsonValueKind.Array } types
+                && types.EnumerateArray().Any(e => e.ValueKind == JsonValueKind.String && e.GetString() == "sliding_attention"))
+                return true;
+            return OptionalBool("use_sliding_window") ?? true;
         }
 
         /// <summary>
@@ -241,11 +279,13 @@ public static class HuggingFaceConfig
             return null;
         }
 
-        public void RejectUnsupported()
+        public void RejectUnsupported(ModelArchitecture architecture)
         {
             RopeScaling(); // refuses what it cannot follow
-            if (OptionalBool("attention_bias") == true)
-                throw Error("field 'attention_bias' is true: projection biases are not supported");
+            // Qwen2's q/k/v biases are part of its block (transformers builds them whatever attention_bias says); elsewhere
+            // attention_bias adds an output-projection bias too, which the runtime does not implement.
+            if (architecture != ModelArchitecture.Qwen2 && OptionalBool("attention_bias") == true)
+                throw Error("field 'attention_bias' is true: projection biases are not supported for this architecture (only Qwen2's q/k/v biases are)");
             if (OptionalBool("mlp_bias") == true)
                 throw Error("field 'mlp_bias' is true: projection biases are not supported");
             foreach (var name in new[] { "hidden_act", "hidden_activation" })

@@ -53,6 +53,16 @@ public static class LlamaTensorNames
     public static string Key(int layer) => $"model.layers.{layer}.self_attn.k_proj.weight";
     /// <summary>Value projection [Hkv Dh, D].</summary>
     public static string Value(int layer) => $"model.layers.{layer}.self_attn.v_proj.weight";
+    /// <summary>Query projection bias [H Dh] (Qwen2), in the rows' order.</summary>
+    public static string QueryBias(int layer) => $"model.layers.{layer}.self_attn.q_proj.bias";
+    /// <summary>Key projection bias [Hkv Dh] (Qwen2), in the rows' order.</summary>
+    public static string KeyBias(int layer) => $"model.layers.{layer}.self_attn.k_proj.bias";
+    /// <summary>Value projection bias [Hkv Dh] (Qwen2).</summary>
+    public static string ValueBias(int layer) => $"model.layers.{layer}.self_attn.v_proj.bias";
+    /// <summary>Per-head query RMSNorm weight [Dh] (Qwen3), in rotate-half order.</summary>
+    public static string QueryNorm(int layer) => $"model.layers.{layer}.self_attn.q_norm.weight";
+    /// <summary>Per-head key RMSNorm weight [Dh] (Qwen3), in rotate-half order.</summary>
+    public static string KeyNorm(int layer) => $"model.layers.{layer}.self_attn.k_norm.weight";
     /// <summary>Attention output projection [D, H Dh].</summary>
     public static string Output(int layer) => $"model.layers.{layer}.self_attn.o_proj.weight";
     /// <summary>Feed-forward RMSNorm weight [D].</summary>

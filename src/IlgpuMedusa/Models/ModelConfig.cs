@@ -1,6 +1,20 @@
 namespace IlgpuMedusa.Models;
 
 /// <summary>
+/// The transformer block variants this runtime runs. All share the Llama block (RMSNorm, RoPE, grouped-query
+/// attention, SwiGLU); the others add to its attention.
+/// </summary>
+public enum ModelArchitecture
+{
+    /// <summary>Llama (and Mistral): no projection biases.</summary>
+    Llama,
+    /// <summary>Qwen2 (Qwen2, Qwen2.5): biases on the q, k and v projections (none on the output projection).</summary>
+    Qwen2,
+    /// <summary>Qwen3: a per-head RMSNorm of the queries and keys (q_norm, k_norm) before RoPE; no biases.</summary>
+    Qwen3,
+}
+
+/// <summary>
 /// The runtime description of a Llama-family transformer, independent of the checkpoint format it came from.
 /// Shape glossary: D = <see cref="Dim"/>, F = <see cref="HiddenDim"/>, L = <see cref="Layers"/>,
 /// H = <see cref="Heads"/>, Hkv = <see cref="KvHeads"/>, Dh = <see cref="HeadDim"/>, V = <see cref="VocabSize"/>.
@@ -13,6 +27,8 @@ public sealed record ModelConfig
     public required int HiddenDim { get; init; }
     /// <summary>Number of transformer blocks L.</summary>
     public required int Layers { get; init; }
+    /// <summary>The block variant (default Llama).</summary>
+    public ModelArchitecture Architecture { get; init; } = ModelArchitecture.Llama;
     /// <summary>Query heads H.</summary>
     public required int Heads { get; init; }
     /// <summary>Key/value heads Hkv (grouped-query attention when smaller than H).</summary>
@@ -38,12 +54,31 @@ public sealed record ModelConfig
     /// <summary>Where the configuration came from (for messages).</summary>
     public string Source { get; init; } = "";
 
-    /// <summary>Head dimension Dh = D / H.</summary>
-    public int HeadDim => Dim / Heads;
+    /// <summary>
+    /// Head dimension Dh: D / H unless the checkpoint says otherwise (config.json's <c>head_dim</c>; Qwen3-0.6B has
+    /// D 1024, H 16 and Dh 128, so its queries are H·Dh = 2048 wide).
+    /// </summary>
+    public int HeadDim
+    {
+        get => _headDim ?? (Heads > 0 ? Dim / Heads : 0);
+        init => _headDim = value;
+    }
+    private readonly int? _headDim;
+    /// <summary>True when <see cref="HeadDim"/> was given rather than derived from D / H.</summary>
+    public bool HasExplicitHeadDim => _headDim is not null;
+    /// <summary>Width of all query heads (and of the attention output): H Dh.</summary>
+    public int QueryDim => Heads * HeadDim;
+    /// <summary>True when the q, k and v projections have biases (<see cref="ModelArchitecture.Qwen2"/>).</summary>
+    public bool HasQkvBias => Architecture == ModelArchitecture.Qwen2;
+    /// <summary>True when queries and keys get a per-head RMSNorm before RoPE (<see cref="ModelArchitecture.Qwen3"/>).</summary>
+    public bool HasQkNorm => Architecture == ModelArchitecture.Qwen3;
     /// <summary>Width of the fused Q|K|V projection output: (H + 2 Hkv) Dh.</summary>
     public int QkvDim => (Heads + 2 * KvHeads) * HeadDim;
     /// <summary>Width of one token's keys (or values): Hkv Dh.</summary>
     public int KvDim => KvHeads * HeadDim;
+
+    /// <summary>Largest head dimension accepted (the attention kernels keep a head's query in registers).</summary>
+    public const int MaxHeadDim = 256;
 
     /// <summary>Throws <see cref="InvalidDataException"/> when the numbers cannot describe a working model.</summary>
     public ModelConfig Validate()
@@ -55,8 +90,14 @@ public sealed record ModelConfig
         Require(Dim > 0, $"dim must be positive, got {Dim}");
         Require(HiddenDim > 0, $"hidden_dim must be positive, got {HiddenDim}");
         Require(Layers > 0, $"n_layers must be positive, got {Layers}");
-        Require(Heads > 0 && Dim % Heads == 0, $"n_heads ({Heads}) must be positive and divide dim ({Dim})");
+        if (_headDim is int explicitHeadDim)
+        {
+            Require(Heads > 0, $"n_heads must be positive, got {Heads}");
+            Require(explicitHeadDim > 0 && explicitHeadDim <= MaxHeadDim, $"head_dim must be in 1..{MaxHeadDim}, got {explicitHeadDim}");
+        }
+        else Require(Heads > 0 && Dim % Heads == 0, $"n_heads ({Heads}) must be positive and divide dim ({Dim})");
         Require(HeadDim % 2 == 0, $"head dim ({HeadDim}) must be even for RoPE");
+        Require(Enum.IsDefined(Architecture), $"unknown architecture {(int)Architecture}");
         Require(KvHeads > 0 && Heads % KvHeads == 0, $"n_kv_heads ({KvHeads}) must be positive and divide n_heads ({Heads})");
         Require(VocabSize > 0, $"vocab_size must be positive, got {VocabSize}");
         Require(MaxSequenceLength > 0, $"max sequence length must be positive, got {MaxSequenceLength}");

@@ -6,7 +6,7 @@ namespace IlgpuMedusa.Models;
 
 /// <summary>
 /// Converts a model directory in any readable layout (llama2.c or Hugging Face) into a Hugging Face directory:
-/// <c>config.json</c> (LlamaForCausalLM), <c>model.safetensors</c> with every tensor in one float type, and
+/// <c>config.json</c> (LlamaForCausalLM, or Qwen2/Qwen3ForCausalLM for those blocks), <c>model.safetensors</c> with every tensor in one float type, and
 /// <c>tokenizer.model</c> (a byte-level model's <c>tokenizer.json</c> instead; <c>tokenizer_config.json</c> is copied
 /// when there is one). Tensors keep their canonical names and q/k rows stay in the rotate-half order the readers
 /// produce, which is Hugging Face's own order. The weights are streamed tensor by tensor from the memory-mapped
@@ -75,7 +75,7 @@ public static class ModelConverter
     private static List<TensorData> CanonicalTensors(ICheckpoint checkpoint)
     {
         var c = checkpoint.Config;
-        int d = c.Dim, f = c.HiddenDim, q = c.Heads * c.HeadDim, kv = c.KvDim;
+        int d = c.Dim, f = c.HiddenDim, q = c.QueryDim, kv = c.KvDim;
         var list = new List<TensorData> { checkpoint.GetTensor(N.Embedding, c.VocabSize, d) };
         for (int i = 0; i < c.Layers; i++)
         {
@@ -83,6 +83,17 @@ public static class ModelConverter
             list.Add(checkpoint.GetTensor(N.Query(i), q, d));
             list.Add(checkpoint.GetTensor(N.Key(i), kv, d));
             list.Add(checkpoint.GetTensor(N.Value(i), kv, d));
+            if (c.HasQkvBias)
+            {
+                list.Add(checkpoint.GetTensor(N.QueryBias(i), q));
+                list.Add(checkpoint.GetTensor(N.KeyBias(i), kv));
+                list.Add(checkpoint.GetTensor(N.ValueBias(i), kv));
+            }
+            if (c.HasQkNorm)
+            {
+                list.Add(checkpoint.GetTensor(N.QueryNorm(i), c.HeadDim));
+                list.Add(checkpoint.GetTensor(N.KeyNorm(i), c.HeadDim));
+            }
             list.Add(checkpoint.GetTensor(N.Output(i), d, q));
             list.Add(checkpoint.GetTensor(N.FfnNorm(i), d));
             list.Add(checkpoint.GetTensor(N.Gate(i), f, d));
@@ -119,15 +130,16 @@ public static class ModelConverter
         _ => throw new ArgumentOutOfRangeException(nameof(dtype), dtype, "not a float dtype"),
     };
 
-    /// <summary>Writes config.json for <paramref name="config"/> in the LlamaForCausalLM form <see cref="HuggingFaceConfig"/> reads back.</summary>
+    /// <summary>Writes config.json for <paramref name="config"/> in the form <see cref="HuggingFaceConfig"/> reads back (and transformers loads).</summary>
     public static void WriteConfig(Stream stream, ModelConfig config, DType dtype)
     {
         using var json = new Utf8JsonWriter(stream, new JsonWriterOptions { Indented = true });
         json.WriteStartObject();
+        var (architecture, modelType) = HuggingFaceConfig.NamesOf(config.Architecture);
         json.WriteStartArray("architectures");
-        json.WriteStringValue("LlamaForCausalLM");
+        json.WriteStringValue(architecture);
         json.WriteEndArray();
-        json.WriteString("model_type", "llama");
+        json.WriteString("model_type", modelType);
         json.WriteNumber("hidden_size", config.Dim);
         json.WriteNumber("intermediate_size", config.HiddenDim);
         json.WriteNumber("num_hidden_layers", config.Layers);
@@ -153,8 +165,10 @@ public static class ModelConverter
         }
         json.WriteNumber("rms_norm_eps", config.RmsNormEps);
         json.WriteString("hidden_act", "silu");
-        json.WriteBoolean("attention_bias", false);
-        json.WriteBoolean("mlp_bias", false);
+        // Qwen2's q/k/v biases are part of its block (its configs carry no attention_bias); elsewhere there are none.
+        if (config.Architecture != ModelArchitecture.Qwen2) json.WriteBoolean("attention_bias", false);
+        if (config.Architecture == ModelArchitecture.Llama) json.WriteBoolean("mlp_bias", false);
+        else json.WriteBoolean("use_sliding_window", false);
         json.WriteBoolean("tie_word_embeddings", config.TiedEmbeddings);
         json.WriteNumber("bos_token_id", config.BosTokenId);
         json.WriteStartArray("eos_token_id");

@@ -10,6 +10,9 @@ internal sealed class LayerWeights : IDisposable
 {
     public required DeviceTensor AttentionNorm { get; init; } // [1, D]
     public required DeviceTensor Qkv { get; init; }           // [(H + 2Hkv)·Dh, D]: Wq | Wk | Wv stacked
+    public DeviceTensor? QkvBias { get; init; }               // F32 [1, (H + 2Hkv)·Dh]: bq | bk | bv (Qwen2), or null
+    public DeviceTensor? QueryNorm { get; init; }             // F32 [1, Dh] (Qwen3), or null
+    public DeviceTensor? KeyNorm { get; init; }               // F32 [1, Dh] (Qwen3), or null
     public required DeviceTensor Output { get; init; }        // [D, H·Dh]
     public required DeviceTensor FfnNorm { get; init; }       // [1, D]
     public required DeviceTensor GateUp { get; init; }        // [2F, D]: W_gate and W_up in the backend's order (IComputeBackend.UploadGateUp)
@@ -19,6 +22,9 @@ internal sealed class LayerWeights : IDisposable
     {
         AttentionNorm.Dispose();
         Qkv.Dispose();
+        QkvBias?.Dispose();
+        QueryNorm?.Dispose();
+        KeyNorm?.Dispose();
         Output.Dispose();
         FfnNorm.Dispose();
         GateUp.Dispose();
@@ -29,6 +35,8 @@ internal sealed class LayerWeights : IDisposable
 /// <summary>
 /// A Llama-family transformer on an <see cref="IComputeBackend"/>. One forward serves prefill (T prompt tokens,
 /// causal), decoding (T = 1) and tree verification (T tree nodes, explicit positions and a T x T mask).
+/// The block is Llama's; Qwen2 adds q/k/v projection biases and Qwen3 a per-head RMSNorm of queries and keys
+/// (<see cref="ModelArchitecture"/>), both applied between the projection and RoPE.
 /// The model holds weights only; the KV cache, positions and mask arrive as arguments.
 /// </summary>
 public sealed class LlamaModel : IDisposable
@@ -73,7 +81,8 @@ public sealed class LlamaModel : IDisposable
         {
             long bytes = _finalNorm.ByteLength + _classifier.ByteLength;
             foreach (var l in _layers)
-                bytes += l.AttentionNorm.ByteLength + l.Qkv.ByteLength + l.Output.ByteLength + l.FfnNorm.ByteLength + l.GateUp.ByteLength + l.Down.ByteLength;
+                bytes += l.AttentionNorm.ByteLength + l.Qkv.ByteLength + l.Output.ByteLength + l.FfnNorm.ByteLength + l.GateUp.ByteLength + l.Down.ByteLength
+                    + (l.QkvBias?.ByteLength ?? 0) + (l.QueryNorm?.ByteLength ?? 0) + (l.KeyNorm?.ByteLength ?? 0);
             return bytes;
         }
     }
@@ -107,7 +116,26 @@ public sealed class LlamaModel : IDisposable
             MappedFile.ReleasePages(up);
             return tensor;
         }
-        DeviceTensor Vector(string name) => Keep(backend.UploadWeight([checkpoint.GetTensor(name, d)], DType.F32));
+        DeviceTensor Vector(string name, int length) => Keep(backend.UploadWeight([checkpoint.GetTensor(name, length)], DType.F32));
+        // The q, k and v biases as one F32 row, added to the fused projection's output.
+        DeviceTensor QkvBias(int layer)
+        {
+            var parts = new[]
+            {
+                checkpoint.GetTensor(N.QueryBias(layer), c.QueryDim),
+                checkpoint.GetTensor(N.KeyBias(layer), c.KvDim),
+                checkpoint.GetTensor(N.ValueBias(layer), c.KvDim),
+            };
+            using var joined = new NativeBuffer((long)c.QkvDim * sizeof(float));
+            var floats = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(joined.Bytes);
+            int at = 0;
+            foreach (var part in parts)
+            {
+                part.ToFloatArray().CopyTo(floats[at..]);
+                at += (int)part.ElementCount;
+            }
+            return Keep(backend.UploadWeight([new TensorData($"model.layers.{layer}.self_attn.qkv_proj.bias", DType.F32, [c.QkvDim], joined.Pointer)], DType.F32));
+        }
         try
         {
             var layers = new LayerWeights[c.Layers];
@@ -115,13 +143,16 @@ public sealed class LlamaModel : IDisposable
             {
                 layers[i] = new LayerWeights
                 {
-                    AttentionNorm = Vector(N.AttentionNorm(i)),
+                    AttentionNorm = Vector(N.AttentionNorm(i), d),
                     Qkv = Matrix(
-                        checkpoint.GetTensor(N.Query(i), c.Heads * dh, d),
+                        checkpoint.GetTensor(N.Query(i), c.QueryDim, d),
                         checkpoint.GetTensor(N.Key(i), c.KvHeads * dh, d),
                         checkpoint.GetTensor(N.Value(i), c.KvHeads * dh, d)),
-                    Output = Matrix(checkpoint.GetTensor(N.Output(i), d, c.Heads * dh)),
-                    FfnNorm = Vector(N.FfnNorm(i)),
+                    QkvBias = c.HasQkvBias ? QkvBias(i) : null,
+                    QueryNorm = c.HasQkNorm ? Vector(N.QueryNorm(i), dh) : null,
+                    KeyNorm = c.HasQkNorm ? Vector(N.KeyNorm(i), dh) : null,
+                    Output = Matrix(checkpoint.GetTensor(N.Output(i), d, c.QueryDim)),
+                    FfnNorm = Vector(N.FfnNorm(i), d),
                     GateUp = GateUp(checkpoint.GetTensor(N.Gate(i), f, d), checkpoint.GetTensor(N.Up(i), f, d)),
                     Down = Matrix(checkpoint.GetTensor(N.Down(i), d, f)),
                 };
@@ -135,7 +166,7 @@ public sealed class LlamaModel : IDisposable
             }
             var embedding = c.TiedEmbeddings ? Classifier(embeddingData) : Matrix(embeddingData);
             var classifier = c.TiedEmbeddings ? embedding : Classifier(checkpoint.GetTensor(N.Classifier, c.VocabSize, d));
-            var finalNorm = Vector(N.FinalNorm);
+            var finalNorm = Vector(N.FinalNorm, d);
             progress?.Report(1.0);
             return new LlamaModel(c, backend, layers, embedding, finalNorm, classifier) { WeightType = type, Signature = ModelSignature.Of(checkpoint) };
         }
@@ -190,8 +221,10 @@ public sealed class LlamaModel : IDisposable
         for (int layer = 0; layer < _layers.Length; layer++)
         {
             var w = _layers[layer];
-            // Attention block: x += Wo · attention(rope(Wqkv · norm(x)))
+            // Attention block: x += Wo · attention(rope(Wqkv · norm(x) [+ b_qkv] [, per-head norms of q and k]))
             b.NormMatMul(qkv, x, w.AttentionNorm, Config.RmsNormEps, w.Qkv, xNorm, accumulate: false);
+            if (w.QkvBias is { } bias) b.Add(qkv, qkv, bias);
+            if (w.QueryNorm is { } queryNorm) b.HeadRmsNorm(qkv, Config.Heads, Config.KvHeads, Config.HeadDim, queryNorm, w.KeyNorm!, Config.RmsNormEps);
             if (segments.Count == 1)
             {
                 // One sequence: rotate and write the new keys and values in one op (fused on the ILGPU backend).

@@ -36,6 +36,28 @@ public sealed unsafe class HostBackendTests : IDisposable
         return v;
     }
 
+    /// <summary>Qwen3's per-head norm worked by hand: Dh 2, one query head, one key head, the value untouched.</summary>
+    [Fact]
+    public void Head_rms_norm_matches_hand_computed_values()
+    {
+        using var qkv = _backend.Allocate(DType.F32, 2, 6);
+        // Row 0: q = (3, 4), k = (0, 2), v = (7, 9). Row 1: q = (−1, 1), k = (6, −8), v = (5, 5).
+        _backend.Upload(qkv, new float[] { 3, 4, 0, 2, 7, 9, -1, 1, 6, -8, 5, 5 });
+        using var queryWeight = _backend.UploadWeight([Weight([1f, 2f], 1, 2)], DType.F32);
+        using var keyWeight = _backend.UploadWeight([Weight([0.5f, 3f], 1, 2)], DType.F32);
+        _backend.HeadRmsNorm(qkv, 1, 1, 2, queryWeight, keyWeight, 1e-6f);
+        var actual = new float[12];
+        _backend.Download(qkv, actual);
+        // q: mean square 12.5, so (3, 4)/√12.5 ⊙ (1, 2) = (0.848528, 2.262742); k: mean square 2, (0, 2)/√2 ⊙ (0.5, 3) =
+        // (0, 4.242641); row 1: q mean square 1 → (−1, 2); k mean square 50 → (6, −8)/√50 ⊙ (0.5, 3) = (0.424264, −3.394113).
+        float[] expected = [0.848528f, 2.262742f, 0f, 4.242641f, 7f, 9f, -1f, 2f, 0.424264f, -3.394113f, 5f, 5f];
+        for (int i = 0; i < 12; i++) Assert.True(Math.Abs(expected[i] - actual[i]) < 2e-5f, $"element {i}: expected {expected[i]}, got {actual[i]}");
+        // Four heads of 2 do not fit 6 columns; a weight of another length is not a head's.
+        var tooMany = Assert.ThrowsAny<ArgumentException>(() => _backend.HeadRmsNorm(qkv, 3, 1, 2, queryWeight, keyWeight, 1e-6f));
+        Assert.Contains("HeadRmsNorm", tooMany.Message);
+        Assert.ThrowsAny<ArgumentException>(() => _backend.HeadRmsNorm(qkv, 1, 1, 3, queryWeight, keyWeight, 1e-6f));
+    }
+
     [Theory]
     [InlineData(2, 3)]
     [InlineData(16, 16)]

@@ -5,7 +5,8 @@ namespace IlgpuMedusa.Tests.Medusa;
 
 /// <summary>
 /// A tiny random Llama written as a Hugging Face directory (F32, untied classifier, GQA: 4 query heads, 2 KV heads),
-/// small enough that whole Medusa runs and head training take a moment on the host.
+/// small enough that whole Medusa runs and head training take a moment on the host. A config with another
+/// <see cref="ModelArchitecture"/> gets that block's extra tensors too (Qwen2's q/k/v biases, Qwen3's q/k norms).
 /// </summary>
 internal static class TinyRandomModel
 {
@@ -29,7 +30,9 @@ internal static class TinyRandomModel
         var arrays = new List<(string Name, float[] Data, int[] Shape)>();
         void Matrix(string name, int rows, int columns, float scale) =>
             arrays.Add((name, Enumerable.Range(0, rows * columns).Select(_ => (float)(random.NextDouble() * 2 - 1) * scale).ToArray(), [rows, columns]));
-        void Norm(string name) => arrays.Add((name, Enumerable.Range(0, config.Dim).Select(_ => 1f + (float)(random.NextDouble() - 0.5) * 0.2f).ToArray(), [config.Dim]));
+        void Norm(string name, int? length = null) =>
+            arrays.Add((name, Enumerable.Range(0, length ?? config.Dim).Select(_ => 1f + (float)(random.NextDouble() - 0.5) * (length is null ? 0.2f : 0.6f)).ToArray(), [length ?? config.Dim]));
+        void Bias(string name, int length) => arrays.Add((name, Enumerable.Range(0, length).Select(_ => (float)(random.NextDouble() * 2 - 1)).ToArray(), [length]));
         int d = config.Dim, dh = config.HeadDim;
         Matrix(LlamaTensorNames.Embedding, config.VocabSize, d, 1f);
         for (int l = 0; l < config.Layers; l++)
@@ -38,6 +41,17 @@ internal static class TinyRandomModel
             Matrix(LlamaTensorNames.Query(l), config.Heads * dh, d, projectionScale);
             Matrix(LlamaTensorNames.Key(l), config.KvHeads * dh, d, projectionScale);
             Matrix(LlamaTensorNames.Value(l), config.KvHeads * dh, d, projectionScale);
+            if (config.HasQkvBias)
+            {
+                Bias(LlamaTensorNames.QueryBias(l), config.Heads * dh);
+                Bias(LlamaTensorNames.KeyBias(l), config.KvHeads * dh);
+                Bias(LlamaTensorNames.ValueBias(l), config.KvHeads * dh);
+            }
+            if (config.HasQkNorm)
+            {
+                Norm(LlamaTensorNames.QueryNorm(l), dh);
+                Norm(LlamaTensorNames.KeyNorm(l), dh);
+            }
             Matrix(LlamaTensorNames.Output(l), d, config.Heads * dh, outputScale);
             Norm(LlamaTensorNames.FfnNorm(l));
             Matrix(LlamaTensorNames.Gate(l), config.HiddenDim, d, projectionScale);

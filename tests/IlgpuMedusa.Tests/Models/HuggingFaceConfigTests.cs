@@ -126,12 +126,134 @@ public sealed class HuggingFaceConfigTests
     }
 
     [Fact]
-    public void Head_dim_other_than_hidden_over_heads_is_not_supported()
+    public void Head_dim_other_than_hidden_over_heads_is_kept()
     {
-        var e = Assert.Throws<InvalidDataException>(() => Parse(TinyLlama.Replace("\"use_cache\": true", "\"head_dim\": 128")));
-        Assert.Contains("head_dim 128", e.Message);
-        Assert.Contains("not supported", e.Message);
-        Assert.Equal(64, Parse(TinyLlama.Replace("\"use_cache\": true", "\"head_dim\": 64")).HeadDim);
+        var c = Parse(TinyLlama.Replace("\"use_cache\": true", "\"head_dim\": 128"));
+        Assert.Equal((128, true, 32 * 128, (32 + 2 * 4) * 128), (c.HeadDim, c.HasExplicitHeadDim, c.QueryDim, c.QkvDim));
+        var same = Parse(TinyLlama.Replace("\"use_cache\": true", "\"head_dim\": 64"));
+        Assert.Equal((64, false), (same.HeadDim, same.HasExplicitHeadDim));
+        foreach (var bad in new[] { "0", "-64", "65", "512" })
+        {
+            var e = Assert.Throws<InvalidDataException>(() => Parse(TinyLlama.Replace("\"use_cache\": true", $"\"head_dim\": {bad}")));
+            Assert.Contains("config.json", e.Message);
+            Assert.Contains("head_dim", e.Message);
+        }
+    }
+
+    /// <summary>The fields of Qwen2.5-0.5B-Instruct's config.json.</summary>
+    private const string Qwen25 = """
+        {
+          "architectures": ["Qwen2ForCausalLM"],
+          "attention_dropout": 0.0,
+          "bos_token_id": 151643,
+          "eos_token_id": 151645,
+          "hidden_act": "silu",
+          "hidden_size": 896,
+          "initializer_range": 0.02,
+          "intermediate_size": 4864,
+          "max_position_embeddings": 32768,
+          "max_window_layers": 21,
+          "model_type": "qwen2",
+          "num_attention_heads": 14,
+          "num_hidden_layers": 24,
+          "num_key_value_heads": 2,
+          "rms_norm_eps": 1e-06,
+          "rope_theta": 1000000.0,
+          "sliding_window": 32768,
+          "tie_word_embeddings": true,
+          "torch_dtype": "bfloat16",
+          "transformers_version": "4.43.1",
+          "use_cache": true,
+          "use_sliding_window": false,
+          "vocab_size": 151936
+        }
+        """;
+
+    /// <summary>The fields of Qwen3-0.6B's config.json (head_dim 128 although hidden_size / heads is 64).</summary>
+    private const string Qwen3 = """
+        {
+          "architectures": ["Qwen3ForCausalLM"],
+          "attention_bias": false,
+          "attention_dropout": 0.0,
+          "bos_token_id": 151643,
+          "eos_token_id": 151645,
+          "head_dim": 128,
+          "hidden_act": "silu",
+          "hidden_size": 1024,
+          "initializer_range": 0.02,
+          "intermediate_size": 3072,
+          "max_position_embeddings": 40960,
+          "max_window_layers": 28,
+          "model_type": "qwen3",
+          "num_attention_heads": 16,
+          "num_hidden_layers": 28,
+          "num_key_value_heads": 8,
+          "rms_norm_eps": 1e-06,
+          "rope_scaling": null,
+          "rope_theta": 1000000,
+          "sliding_window": null,
+          "tie_word_embeddings": true,
+          "torch_dtype": "bfloat16",
+          "transformers_version": "4.51.0",
+          "use_cache": true,
+          "use_sliding_window": false,
+          "vocab_size": 151936
+        }
+        """;
+
+    [Fact]
+    public void Qwen2_config_is_read_with_its_biases_and_without_its_unused_window()
+    {
+        var c = Parse(Qwen25);
+        Assert.Equal((ModelArchitecture.Qwen2, true, false), (c.Architecture, c.HasQkvBias, c.HasQkNorm));
+        Assert.Equal((896, 4864, 24, 14, 2, 64, 151936), (c.Dim, c.HiddenDim, c.Layers, c.Heads, c.KvHeads, c.HeadDim, c.VocabSize));
+        Assert.Equal((1000000f, 1e-6f, true, 151643), (c.RopeTheta, c.RmsNormEps, c.TiedEmbeddings, c.BosTokenId));
+        Assert.Equal([151645], c.EndTokenIds);
+        // use_sliding_window false: the sliding_window Qwen configs carry is not applied...
+        Assert.Equal(32768, Parse(Qwen25.Replace("\"sliding_window\": 32768", "\"sliding_window\": 4096")).MaxSequenceLength);
+        // ...but with it true, the context is capped there as for Mistral.
+        Assert.Equal(4096, Parse(Qwen25.Replace("\"sliding_window\": 32768", "\"sliding_window\": 4096")
+            .Replace("\"use_sliding_window\": false", "\"use_sliding_window\": true")).MaxSequenceLength);
+        // The model type alone names the architecture in configs without 'architectures'.
+        Assert.Equal(ModelArchitecture.Qwen2, Parse(Without(Qwen25, "architectures")).Architecture);
+    }
+
+    [Fact]
+    public void Qwen3_config_is_read_with_its_head_norms_and_head_dim()
+    {
+        var c = Parse(Qwen3);
+        Assert.Equal((ModelArchitecture.Qwen3, false, true), (c.Architecture, c.HasQkvBias, c.HasQkNorm));
+        Assert.Equal((1024, 16, 8, 128, 2048, 4096, 40960), (c.Dim, c.Heads, c.KvHeads, c.HeadDim, c.QueryDim, c.QkvDim, c.MaxSequenceLength));
+        Assert.Equal(ModelArchitecture.Llama, Parse(TinyLlama).Architecture);
+        Assert.Equal(ModelArchitecture.Llama, Parse(TinyLlama.Replace("LlamaForCausalLM", "MistralForCausalLM")).Architecture);
+    }
+
+    [Fact]
+    public void Biases_beyond_qwen2s_are_refused_naming_the_field()
+    {
+        foreach (var json in new[] { Qwen3.Replace("\"attention_bias\": false", "\"attention_bias\": true"), TinyLlama.Replace("\"use_cache\": true", "\"attention_bias\": true") })
+        {
+            var e = Assert.Throws<InvalidDataException>(() => Parse(json));
+            Assert.Contains("config.json", e.Message);
+            Assert.Contains("attention_bias", e.Message);
+        }
+        // Two block variants in one list is not one model.
+        var mixed = Assert.Throws<InvalidDataException>(() => Parse(Qwen3.Replace("[\"Qwen3ForCausalLM\"]", "[\"Qwen3ForCausalLM\", \"Qwen2ForCausalLM\"]")));
+        Assert.Contains("architectures", mixed.Message);
+    }
+
+    [Theory]
+    [InlineData(ModelArchitecture.Qwen2)]
+    [InlineData(ModelArchitecture.Qwen3)]
+    public void Written_qwen_config_reads_back_identically(ModelArchitecture architecture)
+    {
+        var config = Parse(architecture == ModelArchitecture.Qwen2 ? Qwen25 : Qwen3);
+        using var stream = new MemoryStream();
+        ModelConverter.WriteConfig(stream, config, DType.F16);
+        var back = HuggingFaceConfig.Parse(Path, stream.ToArray());
+        Assert.Equal(config with { EndTokenIds = back.EndTokenIds }, back);
+        Assert.Equal(config.EndTokenIds, back.EndTokenIds);
+        Assert.Equal((config.Architecture, config.HeadDim, config.HasExplicitHeadDim), (back.Architecture, back.HeadDim, back.HasExplicitHeadDim));
     }
 
     private const string Llama32Scaling =

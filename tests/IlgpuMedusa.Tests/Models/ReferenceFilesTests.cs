@@ -1,5 +1,6 @@
 using System.Runtime.InteropServices;
 using System.Text.Json;
+using IlgpuMedusa.Compute;
 using IlgpuMedusa.Compute.Host;
 using IlgpuMedusa.Models;
 using IlgpuMedusa.Scheduling;
@@ -14,15 +15,7 @@ namespace IlgpuMedusa.Tests.Models;
 /// </summary>
 public sealed class ReferenceFilesTests(ITestOutputHelper output)
 {
-    private static string ReferenceDirectory
-    {
-        get
-        {
-            var dir = Path.Combine(TestModels.RepositoryRoot, "tests", "IlgpuMedusa.Tests", "Models", "Reference");
-            if (!Directory.Exists(dir)) Assert.Fail($"the reference files are missing from '{dir}'; they are in the repository (regenerate with {dir}/generate.py).");
-            return dir;
-        }
-    }
+    private static string ReferenceDirectory => ReferenceModels.Directory;
 
     [Fact]
     public void File_written_by_safetensors_reads_with_its_bits()
@@ -84,5 +77,26 @@ public sealed class ReferenceFilesTests(ITestOutputHelper output)
         output.WriteLine($"{model}: max |Δlogit| vs transformers = {max} (max |logit| {scale})");
         // Both sides compute in float32 from the same weights; only summation order differs (about 1e-6 relative).
         Assert.True(max <= 1e-4f, $"{model}: logits differ from transformers' by {max}");
+    }
+
+    /// <summary>
+    /// Qwen2 (q/k/v biases, an unused sliding window) and Qwen3 (per-head q/k norms, head_dim 32 on hidden 64, tied
+    /// embeddings) against llama.cpp's logits on the same files (tests/tools/llama-cpp-reference/make.mjs; its GGUF path
+    /// reproduces transformers' tiny-logits.json to 3.3e-6). Leaving the biases or the norms out moves logits by 3.1 and
+    /// 2.7, interleaved RoPE by about 2: the 1e-4 bound separates them.
+    /// </summary>
+    [Theory]
+    [InlineData("tiny-qwen2", ModelArchitecture.Qwen2)]
+    [InlineData("tiny-qwen3", ModelArchitecture.Qwen3)]
+    public void Qwen_models_give_llama_cpps_logits(string model, ModelArchitecture architecture)
+    {
+        using var backend = new HostBackend();
+        var (config, max, scale) = ReferenceModels.Compare(backend, model);
+        Assert.Equal(architecture, config.Architecture);
+        Assert.Equal((64, 160, 2, 4, 2, 256, 128), (config.Dim, config.HiddenDim, config.Layers, config.Heads, config.KvHeads, config.VocabSize, config.MaxSequenceLength));
+        Assert.Equal(architecture == ModelArchitecture.Qwen3 ? (32, true) : (16, false), (config.HeadDim, config.TiedEmbeddings));
+        Assert.Equal(1000000f, config.RopeTheta);
+        output.WriteLine($"{model}: max |Δlogit| vs llama.cpp = {max} (max |logit| {scale})");
+        Assert.True(max <= 1e-4f, $"{model}: logits differ from llama.cpp's by {max}");
     }
 }

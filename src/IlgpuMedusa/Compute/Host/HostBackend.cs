@@ -634,6 +634,32 @@ public sealed unsafe class HostBackend : IComputeBackend, IDeviceDiagnostics
     }
 
     /// <inheritdoc />
+    public void HeadRmsNorm(DeviceTensor qkv, int queryHeads, int kvHeads, int headDim, DeviceTensor queryWeight, DeviceTensor keyWeight, float eps)
+    {
+        var x = Own(qkv);
+        var qw = Own(queryWeight);
+        var kw = Own(keyWeight);
+        Shapes.HeadRmsNorm(x, queryHeads, kvHeads, headDim, qw, kw);
+        float[] decoded = ArrayPool<float>.Shared.Rent(2 * headDim);
+        var q = decoded.AsSpan(0, headDim);
+        var k = decoded.AsSpan(headDim, headDim);
+        DecodeRow(qw, 0, q);
+        DecodeRow(kw, 0, k);
+        for (int t = 0; t < x.Rows; t++)
+        {
+            var row = x.FloatRow(t);
+            for (int h = 0; h < queryHeads + kvHeads; h++)
+            {
+                var head = row.Slice(h * headDim, headDim);
+                float scale = 1f / MathF.Sqrt(TensorPrimitives.SumOfSquares(head) / headDim + eps);
+                TensorPrimitives.Multiply(head, scale, head);
+                TensorPrimitives.Multiply(head, h < queryHeads ? q : k, head);
+            }
+        }
+        ArrayPool<float>.Shared.Return(decoded);
+    }
+
+    /// <inheritdoc />
     public void MatMul(DeviceTensor output, DeviceTensor input, DeviceTensor weight, bool accumulate)
     {
         var o = Own(output);

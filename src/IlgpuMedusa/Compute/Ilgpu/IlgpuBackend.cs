@@ -447,6 +447,18 @@ public sealed class IlgpuBackend : IComputeBackend, IDeviceDiagnostics
     }
 
     /// <inheritdoc />
+    public void HeadRmsNorm(DeviceTensor qkv, int queryHeads, int kvHeads, int headDim, DeviceTensor queryWeight, DeviceTensor keyWeight, float eps)
+    {
+        var x = Own(qkv);
+        var qw = Own(queryWeight);
+        var kw = Own(keyWeight);
+        Shapes.HeadRmsNorm(x, queryHeads, kvHeads, headDim, qw, kw);
+        int op = Begin("headnorm", x.Rows, (queryHeads + kvHeads) * headDim);
+        _kernels.HeadRmsNorm.Launch(_stream, x.Floats, x.Rows, x.Columns, queryHeads, kvHeads, headDim, qw.Floats, kw.Floats, eps);
+        End(op);
+    }
+
+    /// <inheritdoc />
     public void MatMul(DeviceTensor output, DeviceTensor input, DeviceTensor weight, bool accumulate) =>
         MatMul(output, input, weight, accumulate, MatMulPath.Auto);
 
