@@ -82,7 +82,7 @@ public sealed class SpecialTokenTemplateTests(HuggingFaceReferenceTokenizers ref
     }
 
     /// <summary>A tiny random model (vocabulary 300) with the hand-made byte-level tokenizer, ChatML markers and a chat template.</summary>
-    private static string TinyChatModel(int[]? configEndTokens = null)
+    private static string TinyChatModel(int[]? configEndTokens = null, ModelArchitecture architecture = ModelArchitecture.Llama)
     {
         var spec = TokenizerJsonTests.Spec();
         spec["added_tokens"] = new JsonArray(
@@ -90,16 +90,22 @@ public sealed class SpecialTokenTemplateTests(HuggingFaceReferenceTokenizers ref
             new JsonObject { ["id"] = 262, ["content"] = "<|im_end|>", ["special"] = true });
         spec["post_processor"] = null;
         var json = TokenizerJsonTests.Write(spec, """{"eos_token": "<|im_end|>", "chat_template": "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"}""");
-        var dir = TinyRandomModel.Write(TinyRandomModel.Config with { VocabSize = 300, BosTokenId = 261, EndTokenIds = configEndTokens ?? [262] }, seed: 3, projectionScale: 0.4f, outputScale: 0.3f);
+        var config = TinyRandomModel.Config with { VocabSize = 300, BosTokenId = 261, EndTokenIds = configEndTokens ?? [262], Architecture = architecture };
+        if (architecture == ModelArchitecture.Qwen3) config = config with { HeadDim = 16 }; // 4 heads of 16 on D = 32
+        var dir = TinyRandomModel.Write(config, seed: 3, projectionScale: 0.4f, outputScale: 0.3f);
         foreach (var file in Directory.GetFiles(Path.GetDirectoryName(json)!)) File.Copy(file, Path.Combine(dir, Path.GetFileName(file)));
         return dir;
     }
 
-    [Fact]
-    public async Task AModelWithOnlyATokenizerJsonChatsThroughItsTemplate()
+    [Theory]
+    [InlineData(ModelArchitecture.Llama)]
+    [InlineData(ModelArchitecture.Qwen2)]
+    [InlineData(ModelArchitecture.Qwen3)]
+    public async Task AModelWithOnlyATokenizerJsonChatsThroughItsTemplate(ModelArchitecture architecture)
     {
-        var dir = TinyChatModel();
+        var dir = TinyChatModel(architecture: architecture);
         using var engine = InferenceEngine.Load(new EngineOptions { ModelPath = dir, Device = new DeviceOptions { Kind = DeviceKind.Host } });
+        Assert.Equal(architecture, engine.Model.Config.Architecture);
         var tokenizer = Assert.IsType<ByteLevelBpeTokenizer>(engine.Tokenizer);
         Assert.Equal(300, tokenizer.VocabularySize);
         var client = new IlgpuMedusaChatClient(engine);
@@ -118,17 +124,46 @@ public sealed class SpecialTokenTemplateTests(HuggingFaceReferenceTokenizers ref
         Assert.True(response.Usage.OutputTokenCount > 0);
     }
 
-    [Fact]
-    public void ConvertKeepsTheTokenizerJsonAndTheChatTemplate()
+    [Theory]
+    [InlineData(ModelArchitecture.Llama)]
+    [InlineData(ModelArchitecture.Qwen2)]
+    [InlineData(ModelArchitecture.Qwen3)]
+    public void ConvertKeepsTheTokenizerJsonTheChatTemplateAndTheBlock(ModelArchitecture architecture)
     {
-        var source = TinyChatModel();
+        var source = TinyChatModel(architecture: architecture);
         var output = TestModels.TempDirectory("convert-bpe");
         ModelConverter.Convert(source, output, DType.F16, progress: null, force: true);
+        using (var converted = ModelDirectory.OpenCheckpoint(output))
+        using (var original = ModelDirectory.OpenCheckpoint(source))
+        {
+            Assert.Equal(original.Config with { Source = "", EndTokenIds = [] }, converted.Config with { Source = "", EndTokenIds = [] });
+            Assert.Equal(original.TensorNames.Order(), converted.TensorNames.Order()); // biases and q/k norms kept
+        }
+        // Converted to f32, the same weights: the same logits, bit for bit.
+        var f32 = TestModels.TempDirectory("convert-bpe-f32");
+        ModelConverter.Convert(source, f32, DType.F32, progress: null, force: true);
+        Assert.Equal(Logits(source), Logits(f32));
         Assert.False(File.Exists(Path.Combine(output, "tokenizer.model")));
         Assert.Equal(File.ReadAllBytes(Path.Combine(source, "tokenizer.json")), File.ReadAllBytes(Path.Combine(output, "tokenizer.json")));
         Assert.Equal(ChatTemplateKind.ChatML, ChatTemplate.Detect(output));
         var tokenizer = Assert.IsType<ByteLevelBpeTokenizer>(TokenizerLoader.Load(output, 300));
         Assert.Equal([258, 'o'], tokenizer.Encode("hello", addBos: false));
+    }
+
+    private static float[] Logits(string directory)
+    {
+        using var checkpoint = ModelDirectory.OpenCheckpoint(directory);
+        var c = checkpoint.Config;
+        using var backend = new IlgpuMedusa.Compute.Host.HostBackend();
+        using var model = IlgpuMedusa.Transformer.LlamaModel.Load(checkpoint, backend);
+        int[] tokens = [261, 17, 42, 99, 200, 3];
+        using var pool = IlgpuMedusa.Scheduling.KvBlockPool.FromBudget(backend, c.Layers, c.KvHeads, c.HeadDim, 16, 2L * c.Layers * c.KvDim * sizeof(float) * 16);
+        using var workspace = new IlgpuMedusa.Transformer.ForwardWorkspace(backend, c, tokens.Length, tokens.Length);
+        using var sequence = pool.CreateSequence(tokens.Length);
+        var hidden = model.Forward(workspace, workspace.Prepare(tokens, Enumerable.Range(0, tokens.Length).ToArray()), sequence, 0);
+        var logits = new float[tokens.Length * c.VocabSize];
+        backend.Download(model.Logits(workspace, hidden), logits);
+        return logits;
     }
 
     [Fact]

@@ -165,6 +165,27 @@ public class TrainingDataTests(HostStoriesFixture fixture) : IClassFixture<HostS
         Assert.Equal(300, capped.Sum(c => c.Length));
     }
 
+    /// <summary>
+    /// A tokenizer that puts no BOS first (Qwen's) starts each chunk with the config's document start token instead of
+    /// its BOS stand-in (its EOS); one with BOS keeps BOS whatever the config says.
+    /// </summary>
+    [Fact]
+    public void ChunksOfATokenizerWithoutBosStartWithTheDocumentStartToken()
+    {
+        var spec = IlgpuMedusa.Tests.Tokenization.TokenizerJsonTests.Spec();
+        spec["post_processor"] = null;
+        var noBos = ByteLevelBpeTokenizer.Load(IlgpuMedusa.Tests.Tokenization.TokenizerJsonTests.Write(spec));
+        Assert.False(noBos.AddsBos);
+        var path = Path.Combine(TestModels.TempDirectory("text-data"), "data.txt");
+        File.WriteAllText(path, "hello world\n\nhello again");
+        var chunks = TextFileData.Chunks(path, noBos, context: 64, maxTokens: null, documentStart: 7);
+        Assert.Equal(2, chunks.Count);
+        Assert.All(chunks, c => Assert.Equal(7, c[0]));
+        Assert.Equal("hello world", noBos.Decode(chunks[0].Skip(1).ToArray()));
+        Assert.All(TextFileData.Chunks(path, noBos, context: 64, maxTokens: null), c => Assert.Equal(noBos.BosId, c[0]));
+        Assert.All(TextFileData.Chunks(path, fixture.Tokenizer, context: 64, maxTokens: null, documentStart: 7), c => Assert.Equal(fixture.Tokenizer.BosId, c[0]));
+    }
+
     [Fact]
     public void EmptyOrMissingTextFileIsRefusedByName()
     {

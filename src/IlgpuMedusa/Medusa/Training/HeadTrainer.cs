@@ -100,7 +100,7 @@ public static class HeadTrainer
         IReadOnlyList<int[]>? fileChunks = null;
         if (options.DataFile is { } textFile)
         {
-            fileChunks = TextFileData.Chunks(textFile, tokenizer, c.MaxSequenceLength, options.Tokens);
+            fileChunks = TextFileData.Chunks(textFile, tokenizer, c.MaxSequenceLength, options.Tokens, documentStart: c.BosTokenId);
             if (!fileChunks.Any(chunk => chunk.Length > options.Heads + 1))
                 throw TrainingCorpus.TooLittleText(textFile, options.Heads, fileChunks.Select(chunk => chunk.Length).ToList());
         }

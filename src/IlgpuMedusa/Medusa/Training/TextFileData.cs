@@ -24,9 +24,15 @@ public static class TextFileData
             throw new InvalidDataException($"--data: training text file '{path}' is empty.");
     }
 
-    /// <summary>The chunks of token ids (BOS first, at most <paramref name="context"/> long) of a file, up to <paramref name="maxTokens"/> tokens.</summary>
-    public static IReadOnlyList<int[]> Chunks(string path, ITextTokenizer tokenizer, int context, int? maxTokens)
+    /// <summary>
+    /// The chunks of token ids (a start token first, at most <paramref name="context"/> long) of a file, up to
+    /// <paramref name="maxTokens"/> tokens. The start token is the tokenizer's BOS when it puts one first; for tokenizers
+    /// without BOS (Qwen) it is <paramref name="documentStart"/> when given (the config's bos_token_id: Qwen's
+    /// &lt;|endoftext|&gt;, which separates its pretraining documents), else the tokenizer's BOS stand-in.
+    /// </summary>
+    public static IReadOnlyList<int[]> Chunks(string path, ITextTokenizer tokenizer, int context, int? maxTokens, int? documentStart = null)
     {
+        int start = tokenizer.AddsBos ? tokenizer.BosId : documentStart ?? tokenizer.BosId;
         CheckReadable(path);
         var text = File.ReadAllText(path, Encoding.UTF8).Replace("\r\n", "\n", StringComparison.Ordinal);
         var chunks = new List<int[]>();
@@ -35,14 +41,14 @@ public static class TextFileData
         {
             // Encoding one paragraph at a time keeps each tokenizer call short (its cost grows with the length of a call).
             var ids = tokenizer.Encode(paragraph, addBos: false);
-            for (int start = 0; start < ids.Count; start += context - 1)
+            for (int from = 0; from < ids.Count; from += context - 1)
             {
-                int count = Math.Min(context - 1, ids.Count - start);
+                int count = Math.Min(context - 1, ids.Count - from);
                 if (maxTokens is int cap) count = (int)Math.Min(count, cap - total - 1);
                 if (count <= 0) return chunks;
                 var chunk = new int[count + 1];
-                chunk[0] = tokenizer.BosId;
-                for (int i = 0; i < count; i++) chunk[i + 1] = ids[start + i];
+                chunk[0] = start;
+                for (int i = 0; i < count; i++) chunk[i + 1] = ids[from + i];
                 chunks.Add(chunk);
                 total += chunk.Length;
             }
