@@ -37,6 +37,11 @@ if [ -f tests/tools/hf-tokenizers/package.json ] && [ ! -d tests/tools/hf-tokeni
   npm ci --silent --prefix tests/tools/hf-tokenizers
 fi
 
+if [ -f tests/tools/hf-jinja/package.json ] && [ ! -d tests/tools/hf-jinja/node_modules ]; then
+  echo "== installing @huggingface/jinja (the chat template renderer's reference)"
+  npm ci --silent --prefix tests/tools/hf-jinja
+fi
+
 if [ -f tests/tools/llama2c-reference/package.json ] && [ ! -d tests/tools/llama2c-reference/node_modules ]; then
   echo "== installing the reference implementation (llama2.c compiled to WebAssembly, for log-probabilities)"
   npm ci --silent --prefix tests/tools/llama2c-reference

@@ -133,6 +133,9 @@ public sealed class ByteLevelBpeTokenizer : ITextTokenizer
         _specials.TryGetValue(content, out int id) || _textTokens.TryGetValue(content, out id) ? id : null;
 
     /// <inheritdoc/>
+    public IReadOnlyCollection<string> SpecialTokens => _specials.Keys;
+
+    /// <inheritdoc/>
     public IReadOnlyList<int> Encode(string text, bool addBos)
     {
         ArgumentNullException.ThrowIfNull(text);

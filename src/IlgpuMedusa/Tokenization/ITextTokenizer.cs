@@ -44,6 +44,12 @@ public interface ITextTokenizer
     /// This default has none.
     /// </summary>
     int? SpecialTokenId(string content) => null;
+
+    /// <summary>
+    /// The texts of the special tokens (what a model's own chat template writes as markers: <c>&lt;|im_start|&gt;</c>,
+    /// <c>&lt;|eot_id|&gt;</c>...; see <see cref="Hosting.ModelChatTemplate"/>). This default has none.
+    /// </summary>
+    IReadOnlyCollection<string> SpecialTokens => [];
 }
 
 /// <summary>Turns a stream of generated ids into text deltas, holding back incomplete UTF-8 sequences.</summary>
