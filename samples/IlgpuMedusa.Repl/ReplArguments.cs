@@ -12,7 +12,7 @@ internal sealed record ReplArguments
     public const string Usage = """
         usage: IlgpuMedusa.Repl [--model DIR] [--device auto|cuda|opencl|host|cpu-emulator] [--heads auto|none|FILE]
                                 [--kv-dtype f32|f16] [--no-prefix-cache] [--max-tokens N]
-                                [--template auto|plain|llama2-chat|vicuna|llama3|chatml]
+                                [--template auto|model|plain|llama2-chat|vicuna|llama3|chatml]
           --model DIR       model directory (default: the demo model in models/stories15M, fetched when missing)
           --device KIND     device (default auto: CUDA, then an OpenCL GPU, then the CPU)
           --heads SPEC      Medusa heads: auto (those in the model directory), none, or a heads file
@@ -69,6 +69,7 @@ internal sealed record ReplArguments
         "vicuna" => ChatTemplateKind.Vicuna,
         "llama3" or "llama-3" => ChatTemplateKind.Llama3,
         "chatml" => ChatTemplateKind.ChatML,
-        _ => throw new ArgumentException($"--template: unknown template '{text}'; expected auto, plain, llama2-chat, vicuna, llama3 or chatml."),
+        "model" => ChatTemplateKind.Model,
+        _ => throw new ArgumentException($"--template: unknown template '{text}'; expected auto, model, plain, llama2-chat, vicuna, llama3 or chatml."),
     };
 }

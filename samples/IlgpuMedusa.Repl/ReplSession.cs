@@ -18,6 +18,7 @@ internal sealed class ReplSession
     private readonly IAnsiConsole _console;
     private readonly bool _promptVisible;
     private readonly ChatTemplateKind _template;
+    private readonly ModelChatTemplate? _modelTemplate;
     private readonly List<ChatMessage> _history = [];
     private readonly SessionTotals _totals = new();
     private GenerationOptions _options;
@@ -30,6 +31,7 @@ internal sealed class ReplSession
         _console = console;
         _promptVisible = promptVisible;
         _template = template == ChatTemplateKind.Auto ? ChatTemplate.Detect(engine.Options.ModelPath) : template;
+        _modelTemplate = ChatTemplate.LoadModelTemplate(_template, engine.Options.ModelPath);
         _options = new GenerationOptions { MaxTokens = maxTokens };
     }
 
@@ -262,7 +264,16 @@ internal sealed class ReplSession
     {
         if (_template == ChatTemplateKind.Plain) return _engine.EncodePrompt(line, _options);
         _history.Add(new ChatMessage(ChatRole.User, line));
-        var ids = ChatTemplate.Encode(ChatTemplate.Apply(_template, _history), _engine.Tokenizer);
+        IReadOnlyList<int> ids;
+        try
+        {
+            ids = ChatTemplate.Encode(ChatTemplate.Apply(_template, _modelTemplate, _history, null, _engine.Tokenizer), _engine.Tokenizer);
+        }
+        catch
+        {
+            _history.RemoveAt(_history.Count - 1); // a template that refuses the conversation leaves it as it was
+            throw;
+        }
         if (ids.Count < _engine.Config.MaxSequenceLength) return ids;
         _history.RemoveAt(_history.Count - 1);
         throw new ArgumentException($"the conversation is {ids.Count} tokens, which leaves no room in the model's context of {_engine.Config.MaxSequenceLength}; /reset starts a new one.");

@@ -38,7 +38,7 @@ internal static class ServeCommand
         var acceptance = new Option<string>("--acceptance") { Description = "Medusa acceptance for requests that name none: greedy (lossless) or typical.", DefaultValueFactory = _ => "greedy" };
         var template = new Option<string>("--template")
         {
-            Description = "Chat template: auto (from the model directory; plain for base models such as the demo), plain, llama2-chat, vicuna, llama3 or chatml.",
+            Description = "Chat template: auto (from the model directory: its own chat template when it has a tokenizer.json; plain for base models such as the demo), model (its own), plain, llama2-chat, vicuna, llama3 or chatml.",
             DefaultValueFactory = _ => "auto",
         };
         var command = new Command("serve", "Serve the model over HTTP with the OpenAI API (/v1/chat/completions, /v1/completions, /v1/models) until Ctrl+C.")
@@ -100,7 +100,8 @@ internal static class ServeCommand
         "vicuna" => ChatTemplateKind.Vicuna,
         "llama3" or "llama-3" => ChatTemplateKind.Llama3,
         "chatml" => ChatTemplateKind.ChatML,
-        _ => throw new ArgumentException($"--template: unknown chat template '{text}'; expected auto, plain, llama2-chat, vicuna, llama3 or chatml.", nameof(text)),
+        "model" => ChatTemplateKind.Model,
+        _ => throw new ArgumentException($"--template: unknown chat template '{text}'; expected auto, model, plain, llama2-chat, vicuna, llama3 or chatml.", nameof(text)),
     };
 
     /// <summary>Request lines and server errors on standard error, one line each with the time.</summary>

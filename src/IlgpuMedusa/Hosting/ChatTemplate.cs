@@ -22,6 +22,13 @@ public enum ChatTemplateKind
     /// </summary>
     Llama3,
     /// <summary>
+    /// The model's own template (<c>chat_template.jinja</c>, or tokenizer_config.json's <c>chat_template</c>) rendered by
+    /// <see cref="ModelChatTemplate"/> as transformers renders it: every Llama 3.x, Qwen, SmolLM... prompt exactly as the
+    /// model was trained on (default system prompts, dated system blocks, reasoning blocks included). Chosen by
+    /// <see cref="ChatTemplate.Detect"/> for models with a byte-level <c>tokenizer.json</c>.
+    /// </summary>
+    Model,
+    /// <summary>
     /// ChatML (Qwen, SmolLM and others): per message <c>&lt;|im_start|&gt;role\n</c>, the text, <c>&lt;|im_end|&gt;\n</c>; the
     /// prompt ends with <c>&lt;|im_start|&gt;assistant\n</c>. Needs a tokenizer with those special tokens.
     /// </summary>
@@ -52,13 +59,29 @@ public static class ChatTemplate
         "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, detailed, and polite answers to the user's questions.";
 
     /// <summary>
-    /// The template a model directory calls for: the <c>chat_template</c> of its tokenizer_config.json when there is one
+    /// The template a model directory calls for: <see cref="ChatTemplateKind.Model"/> when it has a chat template of its
+    /// own that <see cref="ModelChatTemplate"/> reads and a byte-level <c>tokenizer.json</c> (no <c>tokenizer.model</c>);
+    /// else, from the <c>chat_template</c> of its tokenizer_config.json when there is one
     /// ("&lt;|start_header_id|&gt;" means Llama 3, "&lt;|im_start|&gt;" ChatML, "[INST]" Llama-2-chat, "ASSISTANT:" Vicuna), else its name or config.json's <c>_name_or_path</c> ("vicuna",
     /// or "llama-2"/"llama2" with "chat"), else <see cref="ChatTemplateKind.Plain"/> (llama2.c checkpoints and base models).
+    /// SentencePiece models keep the built-in layouts: how their text between special tokens is encoded depends on
+    /// tokenizer settings this runtime does not read.
     /// </summary>
     public static ChatTemplateKind Detect(string modelDirectory)
     {
         ArgumentNullException.ThrowIfNull(modelDirectory);
+        if (File.Exists(Path.Combine(modelDirectory, TokenizerLoader.HuggingFaceJsonFileName))
+            && !File.Exists(Path.Combine(modelDirectory, TokenizerLoader.SentencePieceFileName)))
+        {
+            try
+            {
+                if (ModelChatTemplate.TryLoad(modelDirectory) is not null) return ChatTemplateKind.Model;
+            }
+            catch (InvalidDataException)
+            {
+                // A template this interpreter cannot read: the built-in layout its markers name, below.
+            }
+        }
         var template = ReadJsonString(Path.Combine(modelDirectory, "tokenizer_config.json"), "chat_template");
         if (template is not null)
         {
@@ -98,8 +121,38 @@ public static class ChatTemplate
             ChatTemplateKind.Vicuna => Vicuna(System(list, instructions), Turns(list)),
             ChatTemplateKind.Llama3 => Llama3(System(list, instructions), list),
             ChatTemplateKind.ChatML => ChatML(System(list, instructions), list),
+            ChatTemplateKind.Model => throw new ArgumentException("the model's own template needs its ModelChatTemplate: use the overload that takes one.", nameof(kind)),
             _ => throw new ArgumentException($"chat template {kind} must be resolved to Plain, Llama2Chat, Vicuna, Llama3 or ChatML first (see ChatTemplate.Detect).", nameof(kind)),
         };
+    }
+
+    /// <summary>
+    /// As <see cref="Apply(ChatTemplateKind, IEnumerable{ChatMessage}, string?)"/>, with <see cref="ChatTemplateKind.Model"/>
+    /// rendered by <paramref name="model"/> and cut at <paramref name="tokenizer"/>'s special tokens.
+    /// </summary>
+    public static IReadOnlyList<ChatPromptSegment> Apply(ChatTemplateKind kind, ModelChatTemplate? model, IEnumerable<ChatMessage> messages, string? instructions, ITextTokenizer tokenizer)
+    {
+        if (kind != ChatTemplateKind.Model) return Apply(kind, messages, instructions);
+        ArgumentNullException.ThrowIfNull(model);
+        return model.Apply(messages, instructions, tokenizer);
+    }
+
+    /// <summary>
+    /// The model's own template for <paramref name="kind"/> <see cref="ChatTemplateKind.Model"/> (null for the others);
+    /// <see cref="ArgumentException"/> when the directory has none or it cannot be read.
+    /// </summary>
+    public static ModelChatTemplate? LoadModelTemplate(ChatTemplateKind kind, string modelDirectory)
+    {
+        if (kind != ChatTemplateKind.Model) return null;
+        try
+        {
+            return ModelChatTemplate.TryLoad(modelDirectory) ?? throw new ArgumentException(
+                $"the model in '{modelDirectory}' has no chat template of its own ({ModelChatTemplate.JinjaFileName}, or chat_template in {ModelChatTemplate.TokenizerConfigFileName}); choose a built-in one (--template).");
+        }
+        catch (InvalidDataException e)
+        {
+            throw new ArgumentException(e.Message, nameof(modelDirectory), e);
+        }
     }
 
     /// <summary>Token ids of the segments: per segment, BOS if asked, the encoded text, EOS if asked; a special segment is its token's id.</summary>

@@ -54,10 +54,13 @@ public sealed class IlgpuMedusaChatClient : IChatClient
         ArgumentNullException.ThrowIfNull(engine);
         _engine = engine;
         Template = template == ChatTemplateKind.Auto ? ChatTemplate.Detect(engine.Options.ModelPath) : template;
+        ModelTemplate = ChatTemplate.LoadModelTemplate(Template, engine.Options.ModelPath);
         try
         {
-            // An empty conversation uses every marker of the template: one the tokenizer lacks fails here, not in each request.
-            ChatTemplate.Encode(ChatTemplate.Apply(Template, []), engine.Tokenizer);
+            // An empty conversation uses every marker of a built-in template: one the tokenizer lacks fails here, not in
+            // each request. The model's own template renders a one-message conversation (most index the first message).
+            if (ModelTemplate is null) ChatTemplate.Encode(ChatTemplate.Apply(Template, []), engine.Tokenizer);
+            else ChatTemplate.Encode(ModelTemplate.Apply([new ChatMessage(ChatRole.User, "Hello")], null, engine.Tokenizer), engine.Tokenizer);
         }
         catch (InvalidOperationException e)
         {
@@ -70,6 +73,12 @@ public sealed class IlgpuMedusaChatClient : IChatClient
 
     /// <summary>The template in use (never Auto).</summary>
     public ChatTemplateKind Template { get; }
+    /// <summary>The model's own template when <see cref="Template"/> is <see cref="ChatTemplateKind.Model"/>, else null.</summary>
+    public ModelChatTemplate? ModelTemplate { get; }
+
+    /// <summary>The prompt of <paramref name="messages"/> under the template, as segments (special tokens apart).</summary>
+    public IReadOnlyList<ChatPromptSegment> Segments(IEnumerable<ChatMessage> messages, string? instructions = null) =>
+        ChatTemplate.Apply(Template, ModelTemplate, messages, instructions, _engine.Tokenizer);
     /// <summary>Generation options before a request's <see cref="ChatOptions"/> apply.</summary>
     public GenerationOptions Defaults { get; }
     /// <summary>The model's name (its directory's name).</summary>
@@ -259,7 +268,7 @@ public sealed class IlgpuMedusaChatClient : IChatClient
         var instructions = RequiredFunctions(options) is { } functions
             ? string.IsNullOrWhiteSpace(options!.Instructions) ? ToolCalls.Describe(functions) : options.Instructions + "\n" + ToolCalls.Describe(functions)
             : options?.Instructions;
-        var ids = ChatTemplate.Encode(ChatTemplate.Apply(Template, messages, instructions), _engine.Tokenizer);
+        var ids = ChatTemplate.Encode(Segments(messages, instructions), _engine.Tokenizer);
         if (ids.Count >= _engine.Config.MaxSequenceLength)
             throw new ArgumentException(
                 $"the prompt is {ids.Count} tokens but the model's context is {_engine.Config.MaxSequenceLength}: it must leave room for at least one generated token.",

@@ -627,7 +627,7 @@ public sealed class OpenAiServer : IAsyncDisposable
         CheckPromptLength(request.Prompt?.Length ?? request.Messages!.Sum(m => (long)m.Text.Length), request.Prompt is null ? "messages" : "prompt");
         var ids = request.Prompt is { } text
             ? _engine.Tokenizer.Encode(text, request.AddSpecialTokens)
-            : ChatTemplate.Encode(ChatTemplate.Apply(_chat.Template, request.Messages!, null), _engine.Tokenizer);
+            : ChatTemplate.Encode(_chat.Segments(request.Messages!), _engine.Tokenizer);
         await exchange.WriteJsonAsync(HttpStatusCode.OK, Json(w =>
         {
             w.WriteNumber("count", ids.Count);

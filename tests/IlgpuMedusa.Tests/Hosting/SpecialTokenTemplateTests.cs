@@ -77,8 +77,13 @@ public sealed class SpecialTokenTemplateTests(HuggingFaceReferenceTokenizers ref
     [Fact]
     public void DetectReadsTheChatTemplate()
     {
-        Assert.Equal(ChatTemplateKind.Llama3, ChatTemplate.Detect(references.Llama3));
-        Assert.Equal(ChatTemplateKind.ChatML, ChatTemplate.Detect(references.Qwen3));
+        // Both ship a tokenizer.json and a chat template: their own template, rendered (ModelChatTemplateTests).
+        Assert.Equal(ChatTemplateKind.Model, ChatTemplate.Detect(references.Llama3));
+        Assert.Equal(ChatTemplateKind.Model, ChatTemplate.Detect(references.Qwen3));
+        // Without a tokenizer.json beside it, the markers of the template name the built-in layout.
+        var dir = TestModels.TempDirectory("template-only");
+        File.Copy(Path.Combine(references.Qwen3, "tokenizer_config.json"), Path.Combine(dir, "tokenizer_config.json"));
+        Assert.Equal(ChatTemplateKind.ChatML, ChatTemplate.Detect(dir));
     }
 
     /// <summary>A tiny random model (vocabulary 300) with the hand-made byte-level tokenizer, ChatML markers and a chat template.</summary>
@@ -89,7 +94,7 @@ public sealed class SpecialTokenTemplateTests(HuggingFaceReferenceTokenizers ref
             new JsonObject { ["id"] = 261, ["content"] = "<|im_start|>", ["special"] = true },
             new JsonObject { ["id"] = 262, ["content"] = "<|im_end|>", ["special"] = true });
         spec["post_processor"] = null;
-        var json = TokenizerJsonTests.Write(spec, """{"eos_token": "<|im_end|>", "chat_template": "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"}""");
+        var json = TokenizerJsonTests.Write(spec, """{"eos_token": "<|im_end|>", "chat_template": "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"}""");
         var config = TinyRandomModel.Config with { VocabSize = 300, BosTokenId = 261, EndTokenIds = configEndTokens ?? [262], Architecture = architecture };
         if (architecture == ModelArchitecture.Qwen3) config = config with { HeadDim = 16 }; // 4 heads of 16 on D = 32
         var dir = TinyRandomModel.Write(config, seed: 3, projectionScale: 0.4f, outputScale: 0.3f);
@@ -109,13 +114,14 @@ public sealed class SpecialTokenTemplateTests(HuggingFaceReferenceTokenizers ref
         var tokenizer = Assert.IsType<ByteLevelBpeTokenizer>(engine.Tokenizer);
         Assert.Equal(300, tokenizer.VocabularySize);
         var client = new IlgpuMedusaChatClient(engine);
-        Assert.Equal(ChatTemplateKind.ChatML, client.Template);
+        Assert.Equal(ChatTemplateKind.Model, client.Template);
 
         // <|im_start|> "user\nhello" <|im_end|> "\n" <|im_start|> "assistant\n", worked out with the hand-made merges:
         // "user" "\n" "hello" -> u s e r, Ċ, hell o; "assistant" "\n" -> bytes.
         int[] expected = [261, 'u', 's', 'e', 'r', 10, 258, 'o', 262, 10, 261, .. "assistant".Select(c => (int)c), 10];
         var messages = new[] { new ChatMessage(ChatRole.User, "hello") };
-        Assert.Equal(expected, ChatTemplate.Encode(ChatTemplate.Apply(client.Template, messages), tokenizer));
+        Assert.Equal(expected, ChatTemplate.Encode(client.Segments(messages), tokenizer));
+        Assert.Equal(expected, ChatTemplate.Encode(ChatTemplate.Apply(ChatTemplateKind.ChatML, messages), tokenizer)); // the built-in layout agrees
         var options = new ChatOptions { MaxOutputTokens = 12, Temperature = 0 };
         var response = await client.GetResponseAsync(messages, options);
         Assert.Equal(expected.Length, response.Usage!.InputTokenCount);
@@ -145,7 +151,7 @@ public sealed class SpecialTokenTemplateTests(HuggingFaceReferenceTokenizers ref
         Assert.Equal(Logits(source), Logits(f32));
         Assert.False(File.Exists(Path.Combine(output, "tokenizer.model")));
         Assert.Equal(File.ReadAllBytes(Path.Combine(source, "tokenizer.json")), File.ReadAllBytes(Path.Combine(output, "tokenizer.json")));
-        Assert.Equal(ChatTemplateKind.ChatML, ChatTemplate.Detect(output));
+        Assert.Equal(ChatTemplateKind.Model, ChatTemplate.Detect(output));
         var tokenizer = Assert.IsType<ByteLevelBpeTokenizer>(TokenizerLoader.Load(output, 300));
         Assert.Equal([258, 'o'], tokenizer.Encode("hello", addBos: false));
     }
