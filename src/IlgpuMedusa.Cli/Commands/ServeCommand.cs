@@ -72,7 +72,7 @@ internal static class ServeCommand
             await using var server = new OpenAiServer(chat, serverOptions, logging.CreateLogger("serve"));
             server.Start();
             Console.Error.WriteLine(
-                $"Serving '{server.ModelId}' ({chat.Template} chat template, {engine.DeviceName}, " +
+                $"Serving '{server.ModelId}' ({(chat.ModelTemplate is { } own ? $"its own chat template from {Path.GetFileName(own.Origin)}" : $"{chat.Template} chat template")}, {engine.DeviceName}, " +
                 $"{(engine.Heads is null ? "no Medusa heads" : $"Medusa tree {defaults.Tree ?? engine.DefaultTree}")}) at {server.BaseAddress}v1" +
                 $"{(server.AllInterfaces ? $" (listening on every IPv4 interface, port {serverOptions.Port})" : "")} " +
                 $"{(serverOptions.ApiKey is null ? "" : "(API key required) ")}- Ctrl+C stops.");
