@@ -31,7 +31,7 @@ internal sealed class ReplSession
         _console = console;
         _promptVisible = promptVisible;
         _template = template == ChatTemplateKind.Auto ? ChatTemplate.Detect(engine.Options.ModelPath) : template;
-        _modelTemplate = ChatTemplate.LoadModelTemplate(_template, engine.Options.ModelPath);
+        _modelTemplate = ChatTemplate.LoadModelTemplate(_template, engine.Options.ModelPath, engine.Tokenizer);
         _options = new GenerationOptions { MaxTokens = maxTokens };
     }
 

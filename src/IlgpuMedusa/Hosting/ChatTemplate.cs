@@ -141,9 +141,14 @@ public static class ChatTemplate
     /// The model's own template for <paramref name="kind"/> <see cref="ChatTemplateKind.Model"/> (null for the others);
     /// <see cref="ArgumentException"/> when the directory has none or it cannot be read.
     /// </summary>
-    public static ModelChatTemplate? LoadModelTemplate(ChatTemplateKind kind, string modelDirectory)
+    public static ModelChatTemplate? LoadModelTemplate(ChatTemplateKind kind, string modelDirectory, ITextTokenizer? tokenizer = null)
     {
         if (kind != ChatTemplateKind.Model) return null;
+        // The rendered text is cut at the tokenizer's special tokens: one that lists none (SentencePiece, llama2.c) would
+        // turn the template's markers into plain text.
+        if (tokenizer is not null && tokenizer.SpecialTokens.Count == 0)
+            throw new ArgumentException(
+                $"the model's own chat template needs a tokenizer.json tokenizer (it lists the special tokens the template writes); the model in '{modelDirectory}' has another; choose a built-in template (--template).");
         try
         {
             return ModelChatTemplate.TryLoad(modelDirectory) ?? throw new ArgumentException(

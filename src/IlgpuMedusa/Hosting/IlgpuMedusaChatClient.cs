@@ -54,7 +54,7 @@ public sealed class IlgpuMedusaChatClient : IChatClient
         ArgumentNullException.ThrowIfNull(engine);
         _engine = engine;
         Template = template == ChatTemplateKind.Auto ? ChatTemplate.Detect(engine.Options.ModelPath) : template;
-        ModelTemplate = ChatTemplate.LoadModelTemplate(Template, engine.Options.ModelPath);
+        ModelTemplate = ChatTemplate.LoadModelTemplate(Template, engine.Options.ModelPath, engine.Tokenizer);
         try
         {
             // An empty conversation uses every marker of a built-in template: one the tokenizer lacks fails here, not in

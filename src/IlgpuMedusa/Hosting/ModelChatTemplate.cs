@@ -19,6 +19,8 @@ public sealed class ModelChatTemplate
     public const string JinjaFileName = "chat_template.jinja";
     /// <summary>The tokenizer configuration that holds the template otherwise, and the special token strings.</summary>
     public const string TokenizerConfigFileName = "tokenizer_config.json";
+    /// <summary>Older models' file of special token strings (tokenizer_config.json's take precedence).</summary>
+    public const string SpecialTokensMapFileName = "special_tokens_map.json";
 
     private readonly JinjaTemplate _template;
     private readonly Dictionary<string, object?> _specialStrings;
@@ -88,21 +90,22 @@ public sealed class ModelChatTemplate
                 };
             }
             if (source is null) return null;
+            // The special token strings the template may print: special_tokens_map.json's, then tokenizer_config.json's over them.
             var specials = new Dictionary<string, object?>(StringComparer.Ordinal);
-            if (config is { } cfg)
+            var mapPath = Path.Combine(modelDirectory, SpecialTokensMapFileName);
+            if (File.Exists(mapPath))
             {
-                foreach (var name in new[] { "bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token" })
+                try
                 {
-                    if (!cfg.TryGetProperty(name, out var value)) continue;
-                    string? text = value.ValueKind switch
-                    {
-                        JsonValueKind.String => value.GetString(),
-                        JsonValueKind.Object when value.TryGetProperty("content", out var content) && content.ValueKind == JsonValueKind.String => content.GetString(),
-                        _ => null,
-                    };
-                    if (text is not null) specials[name] = new JinjaText(text);
+                    using var map = JsonDocument.Parse(File.ReadAllBytes(mapPath));
+                    if (map.RootElement.ValueKind == JsonValueKind.Object) ReadSpecials(map.RootElement, specials);
+                }
+                catch (JsonException e)
+                {
+                    throw new InvalidDataException($"{mapPath}: not valid JSON: {e.Message}", e);
                 }
             }
+            if (config is { } cfg) ReadSpecials(cfg, specials);
             try
             {
                 return new ModelChatTemplate(JinjaTemplate.Parse(source), source, origin!, specials);
@@ -115,6 +118,21 @@ public sealed class ModelChatTemplate
         finally
         {
             document?.Dispose();
+        }
+    }
+
+    private static void ReadSpecials(JsonElement root, Dictionary<string, object?> specials)
+    {
+        foreach (var name in new[] { "bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token" })
+        {
+            if (!root.TryGetProperty(name, out var value)) continue;
+            string? text = value.ValueKind switch
+            {
+                JsonValueKind.String => value.GetString(),
+                JsonValueKind.Object when value.TryGetProperty("content", out var content) && content.ValueKind == JsonValueKind.String => content.GetString(),
+                _ => null,
+            };
+            if (text is not null) specials[name] = new JinjaText(text);
         }
     }
 

@@ -42,6 +42,8 @@ public static class HuggingFaceConfig
     public const float DefaultRmsNormEps = 1e-6f;
     /// <summary>bos_token_id when absent (LlamaConfig's default).</summary>
     public const int DefaultBosTokenId = 1;
+    /// <summary>head_dim of a Qwen3 config that leaves it out (Qwen3Config's default).</summary>
+    public const int Qwen3DefaultHeadDim = 128;
     /// <summary>eos_token_id when absent (LlamaConfig's default).</summary>
     public const int DefaultEosTokenId = 2;
 
@@ -75,7 +77,7 @@ public static class HuggingFaceConfig
         int maxPositions = f.RequiredInt("max_position_embeddings");
         // A sliding window (Mistral; Qwen2/Qwen3 when use_sliding_window is true): inside the window, windowed attention
         // equals full attention, so cap the context there. Qwen configs carry a sliding_window they do not use.
-        if (f.UsesSlidingWindow() && f.OptionalInt("sliding_window") is int window && window > 0 && window < maxPositions) maxPositions = window;
+        if (f.UsesSlidingWindow(architecture) && f.OptionalInt("sliding_window") is int window && window > 0 && window < maxPositions) maxPositions = window;
 
         var config = new ModelConfig
         {
@@ -96,7 +98,8 @@ public static class HuggingFaceConfig
             Source = path,
         };
         // head_dim may differ from hidden_size / heads (Qwen3-0.6B: 1024 / 16 but 128); only an explicit one is kept as such.
-        if (f.OptionalInt("head_dim") is int headDim && (heads <= 0 || headDim * heads != dim))
+        // Qwen3's config class defaults it to 128 rather than deriving it.
+        if ((f.OptionalInt("head_dim") ?? (architecture == ModelArchitecture.Qwen3 ? Qwen3DefaultHeadDim : null)) is int headDim && (heads <= 0 || headDim * heads != dim))
         {
             if (headDim <= 0 || headDim > ModelConfig.MaxHeadDim || headDim % 2 != 0)
                 throw f.Error($"field 'head_dim' is {headDim}; it must be even and in 2..{ModelConfig.MaxHeadDim}");
@@ -207,14 +210,14 @@ public static class HuggingFaceConfig
 
         /// <summary>
         /// Whether attention is windowed: Mistral's sliding_window always is; Qwen2/Qwen3 configs carry one that
-        /// applies only with use_sliding_window true (or a layer_types entry "sliding_attention").
+        /// applies only with use_sliding_window true (its default there is false), or a layer_types entry "sliding_attention".
         /// </summary>
-        public bool UsesSlidingWindow()
+        public bool UsesSlidingWindow(ModelArchitecture architecture)
         {
             if (Get("layer_types") is { ValueKind: JsonValueKind.Array } types
                 && types.EnumerateArray().Any(e => e.ValueKind == JsonValueKind.String && e.GetString() == "sliding_attention"))
                 return true;
-            return OptionalBool("use_sliding_window") ?? true;
+            return OptionalBool("use_sliding_window") ?? architecture == ModelArchitecture.Llama;
         }
 
         /// <summary>

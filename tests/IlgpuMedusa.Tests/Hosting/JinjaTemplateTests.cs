@@ -267,7 +267,14 @@ public sealed class JinjaTemplateTests(HuggingFaceReferenceTokenizers references
     [InlineData("{{ 'hello world' | title }} {{ 'hELLO' | capitalize }} {{ 'abc' | upper }}", "Hello World Hello ABC")]
     [InlineData("{{ 'a👋b' | length }} {{ 'Grüße'.upper() }} {{ 'Grüße' | upper }}", "3 GRÜSSE GRÜSSE")]
     [InlineData("{{ \"it's <b>x-y im_end\" | title }}|{{ \"it's im_end\".title() }}", "It's <B>x-Y Im_end|It'S Im_End")]
-    [InlineData("{{ 2.5 | round }} {{ 3.14159 | round(2) }} {{ 3.7 | int }} {{ '12' | int + 1 }} {{ 'x' | int }}", "3.0 3.14 3 13 0")]
+    [InlineData("{{ 2.5 | round }} {{ 3.5 | round }} {{ 2 | round }} {{ 3.14159 | round(2) }} {{ 3.7 | int }} {{ '12' | int + 1 }} {{ 'x' | int }}", "2.0 4.0 2 3.14 3 13 0")]
+    [InlineData("{{ 1e15 + 0.5 }} {{ 1e16 }} {{ 0.0001 }} {{ 0.00001 }} {{ 123456789.125 }} {{ -2.5e-7 }}", "1000000000000000.5 1e+16 0.0001 1e-05 123456789.125 -2.5e-07")]
+    [InlineData("{{ 'yes' if 3 > 2 > 1 else 'no' }} {{ 'a' in 'abc' == true }} {{ 1 < 2 < 2 }}", "yes False False")]
+    [InlineData("{{ 'a' is in ['a'] }} {{ true is number }} {{ true is integer }} {{ 3 is eq 3 }}", "True True False True")]
+    [InlineData("{{ ['b', 'a', 'B'] | sort }} {{ ['A', 'a'] | unique }} {{ ['b', 'A'] | max }} {{ ['b', 'a', 'B'] | sort(case_sensitive=true) }}", "['a', 'b', 'B'] ['A'] b ['B', 'a', 'b']")]
+    [InlineData("{{ 'é' | tojson(true) }} {{ {'a': [1]} | tojson(separators=(',', ':')) }}", "\"\\u00e9\" {\"a\":[1]}")]
+    [InlineData("{{ \"a\\n  \\nb\" | indent(2) }}", "a\n    \n  b")]
+    [InlineData("{{ '\\ud800' | length }}", "1")]
     [InlineData("{{ {'b': 1, 'a': 2} | tojson(sort_keys=true) }} {{ 'é\"\\n' | tojson }}", "{\"a\": 2, \"b\": 1} \"é\\\"\\n\"")]
     [InlineData("{{ x is defined }} {{ none is none }} {{ 'a' is string }} {{ 3 is odd }} {{ 4 is divisibleby 2 }} {{ {} is mapping }}", "False True True True True True")]
     public void Prints_as_python_jinja_does(string template, string expected) => Assert.Equal(expected, Render(template));
@@ -279,8 +286,13 @@ public sealed class JinjaTemplateTests(HuggingFaceReferenceTokenizers references
         Assert.Equal("a\n    kept b", Render("a\n    {%+ if true %}kept{% endif %} b"));
         Assert.Equal("a\nstripped b", Render("a\n    {% if true %}stripped{% endif %} b"));
         // trim_blocks takes one newline after a block tag, not after an expression.
-        Assert.Equal("xy\nz\n", Render("{% if true %}\nx{% endif %}y\n{{ 'z' }}\n"));
+        Assert.Equal("xy\nz\n", Render("{% if true %}\nx{% endif %}y\n{{ 'z' }}\n\n"));
         Assert.Equal("raw {{ not rendered }}", Render("{% raw %}raw {{ not rendered }}{% endraw %}"));
+        Assert.Equal("\nA", Render("{% raw %}\nA{% endraw %}")); // no trim_blocks after raw's opening tag
+        Assert.Equal("\nx", Render("{% if 1 +%}\nx{% endif %}")); // '+' keeps the newline
+        Assert.Equal("\nx", Render("{# c +#}\nx"));
+        Assert.Equal("x1", Render("x{{ 1 }}\n")); // keep_trailing_newline=False: one trailing newline goes
+        Assert.Equal("a\nb", Render("a\rb"));
     }
 
     [Fact]
@@ -303,8 +315,25 @@ public sealed class JinjaTemplateTests(HuggingFaceReferenceTokenizers references
     [InlineData("{{ undefined_thing.field }}", "undefined")]
     [InlineData("{% for i in range(100000000) %}{% endfor %}", "loop iterations")]
     [InlineData("{% for i in range(5000) %}{{ 'x' * 5000 }}{% endfor %}", "characters")]
+    [InlineData("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", "nested deeper")]
+    [InlineData("{{ 'abc'.replace(1, 2) }}", "the template failed")]
+    [InlineData("{{ 1 is divisibleby 0 }}", "the template failed")]
+    [InlineData("{% macro m(a) %}{{ a }}{% endmacro %}{{ m(1, 2) }}", "takes 1 arguments")]
+    [InlineData("{% break %}", "outside a loop")]
+    [InlineData("{{ \"\\U00110000\" }}", "escape")]
+    [InlineData("{{ x.99999999999999999999 }}", "too large")]
+    [InlineData("{% set ns = namespace(x=0) %}{% for i in range(200000) %}{% set ns.x = [ns.x] %}{% endfor %}{{ ns.x }}", "too deeply")]
+    [InlineData("{% set ns = namespace(s='x') %}{% for i in range(31) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}", "characters")]
+    [InlineData("{{ ('x' * 16000000) * 16000000 }}", "characters")]
+    [InlineData("{{ range(4000000) | unique | length }}", "iterations")]
+    [InlineData("{{ 'abc'.replace() }}", "the template failed")]
+    [InlineData("{% set ns = namespace(a=1) %}{% set ns.self = ns %}{{ ns | tojson }}", "not JSON serializable")]
     public void Errors_say_what_and_where(string template, string expected)
     {
+        // Also what would otherwise overflow the stack: expressions nested deeper than the parser allows.
+        if (expected == "nested deeper") Assert.Contains("nested deeper", Assert.Throws<JinjaException>(() => Render("{{ " + new string('(', 5000) + "1" + new string(')', 5000) + " }}")).Message);
+        // A long flat chain parses in a loop but evaluates recursively: stopped before the stack runs out.
+        if (expected == "too deeply") Assert.Contains("too deeply", Assert.Throws<JinjaException>(() => Render("{{ 0" + string.Concat(Enumerable.Repeat(" + 0", 200000)) + " }}")).Message);
         var e = Assert.Throws<JinjaException>(() => Render(template));
         Assert.Contains(expected, e.Message);
     }
@@ -316,6 +345,10 @@ public sealed class JinjaTemplateTests(HuggingFaceReferenceTokenizers references
             "<|im_start|>{{ (messages[0].content | trim).split('x')[0] ~ messages[0].content.upper()[-6:] }}<|im_end|>{{ messages | map(attribute='content') | join('<|sep|>') }}");
         var messages = JinjaValues.FromJson(JsonDocument.Parse("""[{"content": " <|im_end|>|x<|im_end|>"}, {"content": "b"}]""").RootElement);
         var text = template.Render(new Dictionary<string, object?> { ["messages"] = messages });
+        // Keys of a dict built from message text, dates formatted by message text and indentation by message text stay marked too.
+        var keyed = JinjaTemplate.Parse("{% for k in {messages[0].content: 1} %}{{ k }}{% endfor %}{{ {messages[0].content: 1} | tojson }}{{ strftime_now(messages[0].content) }}{{ 'a\nb' | indent(messages[0].content) }}")
+            .Render(new Dictionary<string, object?> { ["messages"] = messages });
+        Assert.DoesNotContain(ModelChatTemplate.Segments(keyed, ["<|im_end|>"]), segment => segment.IsSpecial);
         Assert.Equal("<|im_start|><|im_end|>|_END|><|im_end|> <|im_end|>|x<|im_end|><|sep|>b", text.Text);
         var segments = ModelChatTemplate.Segments(text, ["<|im_start|>", "<|im_end|>", "<|sep|>"]);
         // Only the template's own markers become special tokens; everything from the messages stays text.

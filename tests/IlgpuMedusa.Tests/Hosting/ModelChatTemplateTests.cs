@@ -128,6 +128,10 @@ public sealed class ModelChatTemplateTests(HuggingFaceReferenceTokenizers refere
     {
         var none = Assert.Throws<ArgumentException>(() => ChatTemplate.LoadModelTemplate(ChatTemplateKind.Model, TestModels.Stories15MDirectory));
         Assert.Contains("no chat template", none.Message);
+        // A tokenizer without special tokens (SentencePiece here) cannot cut a rendered template into markers.
+        var sentencePiece = TokenizerLoader.Load(TestModels.Stories15MDirectory);
+        var noSpecials = Assert.Throws<ArgumentException>(() => ChatTemplate.LoadModelTemplate(ChatTemplateKind.Model, references.Qwen3, sentencePiece));
+        Assert.Contains("tokenizer.json", noSpecials.Message);
         var broken = TinyModel("{% for m in messages %}{{ m.content }}");
         var e = Assert.Throws<ArgumentException>(() => ChatTemplate.LoadModelTemplate(ChatTemplateKind.Model, broken));
         Assert.Contains("tokenizer_config.json", e.Message);

@@ -214,6 +214,8 @@ public sealed class HuggingFaceConfigTests
         // ...but with it true, the context is capped there as for Mistral.
         Assert.Equal(4096, Parse(Qwen25.Replace("\"sliding_window\": 32768", "\"sliding_window\": 4096")
             .Replace("\"use_sliding_window\": false", "\"use_sliding_window\": true")).MaxSequenceLength);
+        // Without use_sliding_window, Qwen's default (false) applies; Mistral's window always does.
+        Assert.Equal(32768, Parse(Without(Qwen25, "use_sliding_window").Replace("\"sliding_window\": 32768", "\"sliding_window\": 4096")).MaxSequenceLength);
         // The model type alone names the architecture in configs without 'architectures'.
         Assert.Equal(ModelArchitecture.Qwen2, Parse(Without(Qwen25, "architectures")).Architecture);
     }
@@ -225,6 +227,8 @@ public sealed class HuggingFaceConfigTests
         Assert.Equal((ModelArchitecture.Qwen3, false, true), (c.Architecture, c.HasQkvBias, c.HasQkNorm));
         Assert.Equal((1024, 16, 8, 128, 2048, 4096, 40960), (c.Dim, c.Heads, c.KvHeads, c.HeadDim, c.QueryDim, c.QkvDim, c.MaxSequenceLength));
         Assert.Equal(ModelArchitecture.Llama, Parse(TinyLlama).Architecture);
+        // Qwen3Config's head_dim is 128 when the file leaves it out (not hidden_size / heads = 64).
+        Assert.Equal(128, Parse(Without(Qwen3, "head_dim")).HeadDim);
         Assert.Equal(ModelArchitecture.Llama, Parse(TinyLlama.Replace("LlamaForCausalLM", "MistralForCausalLM")).Architecture);
     }
 

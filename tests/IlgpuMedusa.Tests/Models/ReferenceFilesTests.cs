@@ -44,36 +44,15 @@ public sealed class ReferenceFilesTests(ITestOutputHelper output)
     [InlineData("tiny-bf16", "tiny-bf16-logits.json", DType.BF16, 1)]
     public void Transformers_saved_llama_gives_transformers_logits(string model, string logitsFile, DType type, int files)
     {
-        var dir = Path.Combine(ReferenceDirectory, model);
-        using var reference = JsonDocument.Parse(File.ReadAllBytes(Path.Combine(ReferenceDirectory, logitsFile)));
-        var tokens = reference.RootElement.GetProperty("tokens").EnumerateArray().Select(e => e.GetInt32()).ToArray();
-        var expected = reference.RootElement.GetProperty("logits").EnumerateArray()
-            .Select(row => row.EnumerateArray().Select(e => e.GetSingle()).ToArray()).ToArray();
-
-        using var checkpoint = (HuggingFaceCheckpoint)ModelDirectory.OpenCheckpoint(dir);
-        Assert.Equal(files, checkpoint.Files.Count);
-        var c = checkpoint.Config;
+        using var backend = new HostBackend();
+        var (c, max, scale) = ReferenceModels.Compare(backend, model, logitsFile, (checkpoint, llama) =>
+        {
+            Assert.Equal(files, Assert.IsType<HuggingFaceCheckpoint>(checkpoint).Files.Count);
+            Assert.Equal(type, llama.WeightType);
+        });
         Assert.Equal((64, 160, 2, 4, 2, 16, 256, 128), (c.Dim, c.HiddenDim, c.Layers, c.Heads, c.KvHeads, c.HeadDim, c.VocabSize, c.MaxSequenceLength));
         Assert.Equal((10000f, 1e-6f, false), (c.RopeTheta, c.RmsNormEps, c.TiedEmbeddings));
         Assert.Equal([2], c.EndTokenIds);
-
-        using var backend = new HostBackend();
-        using var llama = LlamaModel.Load(checkpoint, backend);
-        Assert.Equal(type, llama.WeightType);
-        using var pool = KvBlockPool.FromBudget(backend, c.Layers, c.KvHeads, c.HeadDim, 16, 2L * c.Layers * c.KvDim * sizeof(float) * 32);
-        using var workspace = new ForwardWorkspace(backend, c, tokens.Length, tokens.Length);
-        using var sequence = pool.CreateSequence(tokens.Length);
-        var hidden = llama.Forward(workspace, workspace.Prepare(tokens, Enumerable.Range(0, tokens.Length).ToArray()), sequence, 0);
-        var actual = new float[tokens.Length * c.VocabSize];
-        backend.Download(llama.Logits(workspace, hidden), actual);
-
-        float max = 0, scale = 0;
-        for (int t = 0; t < tokens.Length; t++)
-            for (int v = 0; v < c.VocabSize; v++)
-            {
-                max = Math.Max(max, Math.Abs(actual[t * c.VocabSize + v] - expected[t][v]));
-                scale = Math.Max(scale, Math.Abs(expected[t][v]));
-            }
         output.WriteLine($"{model}: max |Δlogit| vs transformers = {max} (max |logit| {scale})");
         // Both sides compute in float32 from the same weights; only summation order differs (about 1e-6 relative).
         Assert.True(max <= 1e-4f, $"{model}: logits differ from transformers' by {max}");

@@ -26,16 +26,21 @@ internal static class ReferenceModels
     /// Loads Reference/<paramref name="model"/>, runs the tokens of Reference/<paramref name="model"/>-logits.json as one
     /// prefill on <paramref name="backend"/>, and returns the model's config, the largest |Δlogit| and the largest |logit|.
     /// </summary>
-    public static (ModelConfig Config, float Max, float Scale) Compare(IComputeBackend backend, string model)
+    /// <param name="backend">Where the model runs.</param>
+    /// <param name="model">The model's folder under Reference.</param>
+    /// <param name="logitsFile">The reference logits (default: the folder's name + "-logits.json").</param>
+    /// <param name="inspect">Looks at the checkpoint and the loaded model before the forward.</param>
+    public static (ModelConfig Config, float Max, float Scale) Compare(IComputeBackend backend, string model, string? logitsFile = null, Action<ICheckpoint, LlamaModel>? inspect = null)
     {
         var dir = Path.Combine(Directory, model);
-        using var reference = JsonDocument.Parse(File.ReadAllBytes(Path.Combine(Directory, model + "-logits.json")));
+        using var reference = JsonDocument.Parse(File.ReadAllBytes(Path.Combine(Directory, logitsFile ?? model + "-logits.json")));
         var tokens = reference.RootElement.GetProperty("tokens").EnumerateArray().Select(e => e.GetInt32()).ToArray();
         var expected = reference.RootElement.GetProperty("logits").EnumerateArray()
             .Select(row => row.EnumerateArray().Select(e => e.GetSingle()).ToArray()).ToArray();
         using var checkpoint = ModelDirectory.OpenCheckpoint(dir);
         var c = checkpoint.Config;
         using var llama = LlamaModel.Load(checkpoint, backend);
+        inspect?.Invoke(checkpoint, llama);
         using var pool = KvBlockPool.FromBudget(backend, c.Layers, c.KvHeads, c.HeadDim, 16, 2L * c.Layers * c.KvDim * sizeof(float) * 32);
         using var workspace = new ForwardWorkspace(backend, c, tokens.Length, tokens.Length);
         using var sequence = pool.CreateSequence(tokens.Length);

@@ -34,7 +34,8 @@ internal sealed class JinjaParser
 
     private static List<Token> Lex(string source)
     {
-        source = source.Replace("\r\n", "\n", StringComparison.Ordinal);
+        source = source.Replace("\r\n", "\n", StringComparison.Ordinal).Replace('\r', '\n');
+        if (source.EndsWith('\n')) source = source[..^1]; // jinja2's keep_trailing_newline=False
         var tokens = new List<Token>();
         int i = 0, line = 1;
         var pendingText = new StringBuilder();
@@ -61,7 +62,7 @@ internal sealed class JinjaParser
                 {
                     // lstrip_blocks: spaces and tabs between a line's start (in the source) and a block or comment tag go.
                     int newline = text.LastIndexOf('\n');
-                    if ((newline >= 0 || i == 0) && text.AsSpan(newline + 1).Trim(" \t").IsEmpty) text = text[..(newline + 1)];
+                    if ((newline >= 0 || i == 0) && text.AsSpan(newline + 1).ToString().All(c => char.IsWhiteSpace(c) && c != '\n')) text = text[..(newline + 1)];
                 }
             }
             if (stripNextWhitespace) text = text.TrimStart();
@@ -85,17 +86,18 @@ internal sealed class JinjaParser
                 int close = source.IndexOf("#}", bodyStart, StringComparison.Ordinal);
                 if (close < 0) throw new JinjaException($"line {line}: unclosed comment");
                 bool closeMinus = source[close - 1] == '-' && close - 1 >= bodyStart;
+                bool closePlus = source[close - 1] == '+' && close - 1 >= bodyStart;
                 line += CountNewlines(source, open, close);
                 i = close + 2;
                 if (closeMinus) stripNextWhitespace = true;
-                else trimNextNewline = true;
+                else if (!closePlus) trimNextNewline = true;
                 continue;
             }
             FlushText();
             tokens.Add(new Token(kind == '{' ? TokenKind.VariableStart : TokenKind.BlockStart, kind == '{' ? "{{" : "{%", line));
-            i = LexExpression(source, bodyStart, kind == '{' ? '}' : '%', tokens, ref line, out bool endMinus);
-            if (endMinus) stripNextWhitespace = true;
-            else if (kind == '%') trimNextNewline = true;
+            i = LexExpression(source, bodyStart, kind == '{' ? '}' : '%', tokens, ref line, out char endMarker);
+            if (endMarker == '-') stripNextWhitespace = true;
+            else if (kind == '%' && endMarker != '+') trimNextNewline = true;
             // A raw block's body is text up to its end tag.
             if (kind == '%' && tokens.Count >= 2 && tokens[^2] is { Kind: TokenKind.Name, Text: "raw" } && tokens[^3].Kind == TokenKind.BlockStart)
             {
@@ -103,8 +105,7 @@ internal sealed class JinjaParser
                 if (!endRaw.Success) throw new JinjaException($"line {line}: raw block without endraw");
                 tokens.RemoveRange(tokens.Count - 3, 3);
                 string raw = source.Substring(i, endRaw.Index);
-                if (trimNextNewline && raw.StartsWith('\n')) raw = raw[1..];
-                if (stripNextWhitespace) raw = raw.TrimStart();
+                if (stripNextWhitespace) raw = raw.TrimStart(); // {% raw -%}; trim_blocks does not apply after raw's opening tag
                 if (endRaw.Groups[1].Length > 0) raw = raw.TrimEnd();
                 tokens.Add(new Token(TokenKind.Text, raw, line));
                 line += CountNewlines(source, i, i + endRaw.Index + endRaw.Length);
@@ -136,7 +137,7 @@ internal sealed class JinjaParser
         ["**", "//", "==", "!=", "<=", ">=", "+", "-", "*", "/", "%", "~", "<", ">", "=", "(", ")", "[", "]", "{", "}", ",", ".", ":", "|"];
 
     /// <summary>Tokens of one tag's body up to its closing <c>}}</c> or <c>%}</c> (outside brackets); returns the index after it.</summary>
-    private static int LexExpression(string s, int i, char closer, List<Token> tokens, ref int line, out bool endMinus)
+    private static int LexExpression(string s, int i, char closer, List<Token> tokens, ref int line, out char endMarker)
     {
         int depth = 0;
         while (true)
@@ -149,16 +150,16 @@ internal sealed class JinjaParser
             if (i >= s.Length) throw new JinjaException($"line {line}: unclosed tag");
             if (depth == 0)
             {
-                if (s[i] == '-' && i + 2 < s.Length && s[i + 1] == closer && s[i + 2] == '}')
+                if (s[i] is '-' or '+' && i + 2 < s.Length && s[i + 1] == closer && s[i + 2] == '}')
                 {
                     tokens.Add(new Token(closer == '}' ? TokenKind.VariableEnd : TokenKind.BlockEnd, "", line));
-                    endMinus = true;
+                    endMarker = s[i];
                     return i + 3;
                 }
                 if (s[i] == closer && i + 1 < s.Length && s[i + 1] == '}')
                 {
                     tokens.Add(new Token(closer == '}' ? TokenKind.VariableEnd : TokenKind.BlockEnd, "", line));
-                    endMinus = false;
+                    endMarker = ' ';
                     return i + 2;
                 }
             }
@@ -236,9 +237,11 @@ internal sealed class JinjaParser
         char e = s[i + 1];
         int Hex(int digits)
         {
-            if (i + 2 + digits > s.Length || !int.TryParse(s.AsSpan(i + 2, digits), NumberStyles.HexNumber, CultureInfo.InvariantCulture, out int code))
+            if (i + 2 + digits > s.Length || !int.TryParse(s.AsSpan(i + 2, digits), NumberStyles.HexNumber, CultureInfo.InvariantCulture, out int code)
+                || code < 0 || code > 0x10FFFF)
                 throw new JinjaException($"bad \\{e} escape in a string");
-            value.Append(char.ConvertFromUtf32(code));
+            if (code <= 0xFFFF) value.Append((char)code); // a lone surrogate stays, as in Python
+            else value.Append(char.ConvertFromUtf32(code));
             return i + 2 + digits;
         }
         switch (e)
@@ -279,6 +282,8 @@ internal sealed class JinjaParser
         if (t.Kind != kind || text is not null && t.Text != text)
             throw new JinjaException($"line {t.Line}: expected {text ?? kind.ToString()}, found '{(t.Kind is TokenKind.BlockEnd or TokenKind.VariableEnd ? "end of tag" : t.Text)}'");
     }
+
+    private bool IsOp(string op) => Peek.Kind == TokenKind.Operator && Peek.Text == op;
 
     private bool Skip(string op)
     {
@@ -331,6 +336,19 @@ internal sealed class JinjaParser
 
     private JinjaNode ParseStatement()
     {
+        Enter();
+        try
+        {
+            return ParseStatementBody();
+        }
+        finally
+        {
+            _nesting--;
+        }
+    }
+
+    private JinjaNode ParseStatementBody()
+    {
         Expect(TokenKind.BlockStart);
         int line = Peek.Line;
         string keyword = Name();
@@ -375,7 +393,9 @@ internal sealed class JinjaParser
                 if (Skip("if")) filter = ParseExpression(withCondition: false);
                 if (Skip("recursive")) throw new JinjaException($"line {line}: recursive loops are not supported");
                 Expect(TokenKind.BlockEnd);
+                _loops++;
                 var body = ParseBody(["else", "endfor"]);
+                _loops--;
                 Expect(TokenKind.BlockStart);
                 List<JinjaNode>? otherwise = null;
                 if (Name() == "else")
@@ -419,21 +439,22 @@ internal sealed class JinjaParser
                     string p = Name();
                     JinjaExpr? fallback = Skip("=") ? ParseExpression() : null;
                     parameters.Add((p, fallback));
-                    if (!Skip(",") && Peek.Text != ")") throw Error("expected ',' or ')' in the macro's parameters");
+                    if (!Skip(",") && !IsOp(")")) throw Error("expected ',' or ')' in the macro's parameters");
                 }
                 Expect(TokenKind.BlockEnd);
+                int loops = _loops;
+                _loops = 0; // a macro's body is outside any loop
                 var body = ParseBody(["endmacro"]);
+                _loops = loops;
                 Expect(TokenKind.BlockStart);
                 Name();
                 Expect(TokenKind.BlockEnd);
                 return new JinjaNode.Macro(name, parameters, body);
             }
-            case "break":
+            case "break" or "continue":
+                if (_loops == 0) throw new JinjaException($"line {line}: '{keyword}' outside a loop");
                 Expect(TokenKind.BlockEnd);
-                return new JinjaNode.Break();
-            case "continue":
-                Expect(TokenKind.BlockEnd);
-                return new JinjaNode.Continue();
+                return keyword == "break" ? new JinjaNode.Break() : new JinjaNode.Continue();
             case "generation":
             {
                 // transformers' assistant-mask marker: renders its body.
@@ -461,13 +482,37 @@ internal sealed class JinjaParser
     private JinjaExpr ParseTuple()
     {
         var first = ParseExpression();
-        if (Peek.Text != ",") return first;
+        if (!IsOp(",")) return first;
         var items = new List<JinjaExpr> { first };
         while (Skip(",") && Peek.Kind is not (TokenKind.BlockEnd or TokenKind.VariableEnd)) items.Add(ParseExpression());
         return new JinjaExpr.ListLiteral(items, Tuple: true);
     }
 
+    /// <summary>Deepest nesting of expressions and blocks accepted (the parser recurses; a template nested deeper is refused, not a stack overflow).</summary>
+    public const int MaxNesting = 128;
+
+    private int _nesting;
+    private int _loops;
+
+    private void Enter()
+    {
+        if (++_nesting > MaxNesting) throw Error($"nested deeper than {MaxNesting} levels");
+    }
+
     private JinjaExpr ParseExpression(bool withCondition = true)
+    {
+        Enter();
+        try
+        {
+            return ParseConditional(withCondition);
+        }
+        finally
+        {
+            _nesting--;
+        }
+    }
+
+    private JinjaExpr ParseConditional(bool withCondition)
     {
         var value = ParseOr();
         if (!withCondition) return value;
@@ -494,31 +539,46 @@ internal sealed class JinjaParser
         return left;
     }
 
-    private JinjaExpr ParseNot() => Skip("not") ? new JinjaExpr.Not(ParseNot()) : ParseCompare();
+    private JinjaExpr ParseNot()
+    {
+        if (!Skip("not")) return ParseCompare();
+        Enter();
+        try
+        {
+            return new JinjaExpr.Not(ParseNot());
+        }
+        finally
+        {
+            _nesting--;
+        }
+    }
 
+    /// <summary>Comparisons chain as in Python: a &lt; b &lt; c is a &lt; b and b &lt; c.</summary>
     private JinjaExpr ParseCompare()
     {
-        var left = ParseMath1();
+        var first = ParseMath1();
+        var rest = new List<(string, JinjaExpr)>();
         while (true)
         {
             var t = Peek;
             if (t.Kind == TokenKind.Operator && t.Text is "==" or "!=" or "<" or "<=" or ">" or ">=")
             {
                 _at++;
-                left = new JinjaExpr.Binary(t.Text, left, ParseMath1());
+                rest.Add((t.Text, ParseMath1()));
             }
             else if (t is { Kind: TokenKind.Name, Text: "in" })
             {
                 _at++;
-                left = new JinjaExpr.Binary("in", left, ParseMath1());
+                rest.Add(("in", ParseMath1()));
             }
             else if (t is { Kind: TokenKind.Name, Text: "not" } && _tokens[_at + 1] is { Kind: TokenKind.Name, Text: "in" })
             {
                 _at += 2;
-                left = new JinjaExpr.Not(new JinjaExpr.Binary("in", left, ParseMath1()));
+                rest.Add(("not in", ParseMath1()));
             }
-            else return left;
+            else break;
         }
+        return rest.Count == 0 ? first : new JinjaExpr.Compare(first, rest);
     }
 
     private JinjaExpr ParseMath1()
@@ -560,15 +620,18 @@ internal sealed class JinjaParser
     private JinjaExpr ParseUnary(bool withFilter = true)
     {
         JinjaExpr node;
-        if (Peek is { Kind: TokenKind.Operator, Text: "-" })
+        if (Peek is { Kind: TokenKind.Operator, Text: "-" or "+" } op)
         {
             _at++;
-            node = new JinjaExpr.Negate(ParseUnary(false));
-        }
-        else if (Peek is { Kind: TokenKind.Operator, Text: "+" })
-        {
-            _at++;
-            node = ParseUnary(false);
+            Enter();
+            try
+            {
+                node = op.Text == "-" ? new JinjaExpr.Negate(ParseUnary(false)) : ParseUnary(false);
+            }
+            finally
+            {
+                _nesting--;
+            }
         }
         else node = ParsePostfix(ParsePrimary());
         return withFilter ? ParseFilters(node) : node;
@@ -608,7 +671,7 @@ internal sealed class JinjaParser
                 var items = new List<JinjaExpr> { first };
                 while (Skip(","))
                 {
-                    if (Peek.Text == ")") break;
+                    if (IsOp(")")) break;
                     items.Add(ParseExpression());
                 }
                 Expect(TokenKind.Operator, ")");
@@ -620,7 +683,7 @@ internal sealed class JinjaParser
                 while (!Skip("]"))
                 {
                     items.Add(ParseExpression());
-                    if (!Skip(",") && Peek.Text != "]") throw Error("expected ',' or ']'");
+                    if (!Skip(",") && !IsOp("]")) throw Error("expected ',' or ']'");
                 }
                 return new JinjaExpr.ListLiteral(items, Tuple: false);
             }
@@ -632,7 +695,7 @@ internal sealed class JinjaParser
                     var key = ParseExpression();
                     Expect(TokenKind.Operator, ":");
                     entries.Add((key, ParseExpression()));
-                    if (!Skip(",") && Peek.Text != "}") throw Error("expected ',' or '}'");
+                    if (!Skip(",") && !IsOp("}")) throw Error("expected ',' or '}'");
                 }
                 return new JinjaExpr.DictLiteral(entries);
             }
@@ -641,17 +704,20 @@ internal sealed class JinjaParser
         }
     }
 
-    private JinjaExpr ParsePostfix(JinjaExpr node)
+    private JinjaExpr ParsePostfix(JinjaExpr node, bool calls = true)
     {
         while (true)
         {
+            if (!calls && !IsOp(".") && !IsOp("[")) return node;
             if (Skip("."))
             {
                 var t = Next();
                 node = t.Kind switch
                 {
                     TokenKind.Name => new JinjaExpr.Attribute(node, t.Text),
-                    TokenKind.Integer => new JinjaExpr.Index(node, new JinjaExpr.Literal(long.Parse(t.Text, CultureInfo.InvariantCulture))),
+                    TokenKind.Integer => new JinjaExpr.Index(node, new JinjaExpr.Literal(long.TryParse(t.Text, NumberStyles.None, CultureInfo.InvariantCulture, out long index)
+                        ? index
+                        : throw new JinjaException($"line {t.Line}: index {t.Text} is too large"))),
                     _ => throw new JinjaException($"line {t.Line}: expected an attribute name after '.'"),
                 };
             }
@@ -659,20 +725,30 @@ internal sealed class JinjaParser
             {
                 JinjaExpr? start = null, stop = null, step = null;
                 bool slice = false;
-                if (Peek.Text != ":") start = ParseExpression();
+                if (!IsOp(":")) start = ParseExpression();
                 if (Skip(":"))
                 {
                     slice = true;
-                    if (Peek.Text is not (":" or "]")) stop = ParseExpression();
-                    if (Skip(":") && Peek.Text != "]") step = ParseExpression();
+                    if (!IsOp(":") && !IsOp("]")) stop = ParseExpression();
+                    if (Skip(":") && !IsOp("]")) step = ParseExpression();
                 }
                 Expect(TokenKind.Operator, "]");
                 node = slice ? new JinjaExpr.Slice(node, start, stop, step) : new JinjaExpr.Index(node, start!);
             }
-            else if (Peek is { Kind: TokenKind.Operator, Text: "(" })
+            else if (calls && Peek is { Kind: TokenKind.Operator, Text: "(" })
             {
                 node = ParseCall(node);
             }
+            else return node;
+            if (!calls) return node;
+        }
+    }
+
+    private JinjaExpr ParsePostfixNoCall(JinjaExpr node)
+    {
+        while (true)
+        {
+            if (IsOp(".") || IsOp("[")) node = ParsePostfix(node, calls: false);
             else return node;
         }
     }
@@ -702,7 +778,7 @@ internal sealed class JinjaParser
                 if (kwargs.Count > 0) throw Error("a positional argument after keyword arguments");
                 args.Add(ParseExpression());
             }
-            if (!Skip(",") && Peek.Text != ")") throw Error("expected ',' or ')' in the arguments");
+            if (!Skip(",") && !IsOp(")")) throw Error("expected ',' or ')' in the arguments");
         }
         return (args, kwargs);
     }
@@ -729,10 +805,11 @@ internal sealed class JinjaParser
                     var (a, _) = ParseArguments();
                     args.AddRange(a);
                 }
-                else if (Peek.Kind is TokenKind.String or TokenKind.Integer or TokenKind.Float
-                         || Peek.Kind == TokenKind.Name && Peek.Text is not ("and" or "or" or "else" or "if" or "in" or "not" or "is"))
+                else if (Peek.Kind is TokenKind.String or TokenKind.Integer or TokenKind.Float || IsOp("[") || IsOp("{")
+                         || Peek.Kind == TokenKind.Name && Peek.Text is not ("and" or "or" or "else"))
                 {
-                    args.Add(ParsePrimary());
+                    // jinja2: one argument without parentheses, a primary with its attributes and subscripts.
+                    args.Add(ParsePostfixNoCall(ParsePrimary()));
                 }
                 node = new JinjaExpr.Test(node, name, args, negated);
             }
@@ -778,5 +855,6 @@ internal abstract record JinjaExpr
     public sealed record Not(JinjaExpr Value) : JinjaExpr;
     public sealed record Logical(bool Or, JinjaExpr Left, JinjaExpr Right) : JinjaExpr;
     public sealed record Binary(string Op, JinjaExpr Left, JinjaExpr Right) : JinjaExpr;
+    public sealed record Compare(JinjaExpr First, List<(string Op, JinjaExpr Right)> Rest) : JinjaExpr;
     public sealed record Conditional(JinjaExpr Condition, JinjaExpr Then, JinjaExpr? Otherwise) : JinjaExpr;
 }

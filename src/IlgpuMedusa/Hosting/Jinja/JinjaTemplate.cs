@@ -34,9 +34,33 @@ public sealed class JinjaTemplate
         var scope = new Scope(null);
         foreach (var (name, value) in variables) scope.Set(name, Normalize(value));
         run.Globals(scope);
-        run.Execute(_body, scope);
-        return JinjaText.Concat(run.Output);
+        var outer = Run.Current;
+        Run.Current = run;
+        try
+        {
+            run.Execute(_body, scope);
+            return JinjaText.Concat(run.Output);
+        }
+        catch (InsufficientExecutionStackException)
+        {
+            throw new JinjaException("the template nests values or expressions too deeply");
+        }
+        catch (Exception e) when (e is InvalidCastException or ArgumentException or IndexOutOfRangeException or KeyNotFoundException
+                                   or InvalidOperationException or OverflowException or FormatException or NullReferenceException
+                                   or DivideByZeroException)
+        {
+            // A call with arguments of the wrong kind or number (a bug of the template, or a value it did not expect).
+            throw new JinjaException($"the template failed: {e.Message}");
+        }
+        finally
+        {
+            Run.Current = outer;
+        }
     }
+
+
+    /// <summary>Deepest nesting of macro calls a render allows (a macro calling itself without end stops here, not with a stack overflow).</summary>
+    public const int MaxCallDepth = 64;
 
     private static object? Normalize(object? v) => v switch
     {
@@ -68,6 +92,24 @@ public sealed class JinjaTemplate
 
     private sealed class Run(Func<DateTime> now)
     {
+        [ThreadStatic]
+        private static Run? t_current;
+
+        /// <summary>The render in progress on this thread (its budget).</summary>
+        public static Run? Current
+        {
+            get => t_current;
+            set => t_current = value;
+        }
+
+        private static void Charge(long work) => Current?.Spend(work);
+
+        public void Spend(long work)
+        {
+            _iterations += work;
+            if (_iterations > MaxIterations) throw new JinjaException($"the template ran more than {MaxIterations} loop iterations or comparisons");
+        }
+
         public List<JinjaText> Output { get; private set; } = [];
         private long _chars;
         private long _iterations;
@@ -81,7 +123,11 @@ public sealed class JinjaTemplate
                 if (!scope.TryGet(name, out _)) scope.Set(name, new JinjaCallable(name, f));
             }
             Define("raise_exception", (a, _) => throw new JinjaException($"the chat template raised an error: {(a.Count > 0 ? ToText(a[0]).Text : "")}"));
-            Define("strftime_now", (a, _) => new JinjaText(Strftime(now(), a.Count > 0 ? ToText(a[0]).Text : "%Y-%m-%d")));
+            Define("strftime_now", (a, _) =>
+            {
+                var format = a.Count > 0 ? ToText(a[0]) : new JinjaText("%Y-%m-%d");
+                return format.Derived(Strftime(now(), format.Text)); // a format from data gives data
+            });
             Define("namespace", (a, kw) =>
             {
                 var ns = new JinjaNamespace();
@@ -121,10 +167,7 @@ public sealed class JinjaTemplate
             });
         }
 
-        private void Count()
-        {
-            if (++_iterations > MaxIterations) throw new JinjaException($"the template ran more than {MaxIterations} loop iterations");
-        }
+        private void Count() => Spend(1);
 
         private void Write(JinjaText text)
         {
@@ -146,6 +189,7 @@ public sealed class JinjaTemplate
 
         private Flow Execute(JinjaNode node, Scope scope)
         {
+            System.Runtime.CompilerServices.RuntimeHelpers.EnsureSufficientExecutionStack();
             switch (node)
             {
                 case JinjaNode.Output o:
@@ -205,8 +249,24 @@ public sealed class JinjaTemplate
             }
         }
 
+        private int _depth;
+
         private JinjaText CallMacro(JinjaNode.Macro m, List<object?> args, Dictionary<string, object?> kwargs)
         {
+            if (++_depth > MaxCallDepth) throw new JinjaException($"macro '{m.Name}': calls nested deeper than {MaxCallDepth}");
+            try
+            {
+                return CallMacroBody(m, args, kwargs);
+            }
+            finally
+            {
+                _depth--;
+            }
+        }
+
+        private JinjaText CallMacroBody(JinjaNode.Macro m, List<object?> args, Dictionary<string, object?> kwargs)
+        {
+            if (args.Count > m.Parameters.Count) throw new JinjaException($"macro '{m.Name}' takes {m.Parameters.Count} arguments, got {args.Count}");
             var scope = new Scope(_root);
             for (int k = 0; k < m.Parameters.Count; k++)
             {
@@ -283,6 +343,7 @@ public sealed class JinjaTemplate
 
         private static object? Eval(JinjaExpr e, Scope scope)
         {
+            System.Runtime.CompilerServices.RuntimeHelpers.EnsureSufficientExecutionStack();
             switch (e)
             {
                 case JinjaExpr.Literal l:
@@ -294,7 +355,11 @@ public sealed class JinjaTemplate
                 case JinjaExpr.DictLiteral dict:
                 {
                     var d = new JinjaDict();
-                    foreach (var (k, x) in dict.Entries) d.Items[KeyOf(Eval(k, scope))] = Eval(x, scope);
+                    foreach (var (k, x) in dict.Entries)
+                    {
+                        var key = Eval(k, scope);
+                        d.Set(KeyOf(key), Eval(x, scope), fromData: key is JinjaText { HasData: true });
+                    }
                     return d;
                 }
                 case JinjaExpr.Attribute a:
@@ -343,6 +408,18 @@ public sealed class JinjaTemplate
                     return Truthy(Eval(c.Condition, scope)) ? Eval(c.Then, scope) : c.Otherwise is null ? JinjaUndefined.Instance : Eval(c.Otherwise, scope);
                 case JinjaExpr.Binary b:
                     return Binary(b.Op, Eval(b.Left, scope), Eval(b.Right, scope));
+                case JinjaExpr.Compare c:
+                {
+                    var left = Eval(c.First, scope);
+                    foreach (var (op, rightExpr) in c.Rest)
+                    {
+                        var right = Eval(rightExpr, scope);
+                        bool holds = op == "not in" ? !Contains(right, left) : (bool)Binary(op, left, right)!;
+                        if (!holds) return false;
+                        left = right;
+                    }
+                    return true;
+                }
                 default:
                     throw new JinjaException($"unknown expression {e.GetType().Name}");
             }
@@ -387,8 +464,17 @@ public sealed class JinjaTemplate
                     if (a is List<object?> la && b is List<object?> lb) return la.Concat(lb).ToList();
                     break;
                 case "*":
-                    if (a is JinjaText ts && b is long times) return JinjaText.Concat(Enumerable.Repeat(ts, (int)Math.Clamp(times, 0, MaxOutputChars)).ToList());
-                    if (a is List<object?> ls && b is long copies) return Enumerable.Repeat(ls, (int)Math.Clamp(copies, 0, MaxIterations)).SelectMany(x => x).ToList();
+                    if (a is JinjaText ts && b is long times)
+                    {
+                        if (times > 0 && (double)ts.Length * times > MaxOutputChars) throw new JinjaException($"'*' would make a string of more than {MaxOutputChars} characters");
+                        return JinjaText.Concat(Enumerable.Repeat(ts, (int)Math.Max(times, 0)).ToList());
+                    }
+                    if (a is List<object?> ls && b is long copies)
+                    {
+                        if (copies > 0 && (double)ls.Count * copies > MaxIterations) throw new JinjaException($"'*' would make a list of more than {MaxIterations} items");
+                        Charge(Math.Max(copies, 0) * ls.Count);
+                        return Enumerable.Repeat(ls, (int)Math.Max(copies, 0)).SelectMany(x => x).ToList();
+                    }
                     break;
             }
             if (!IsNumber(a) || !IsNumber(b))
@@ -423,6 +509,7 @@ public sealed class JinjaTemplate
 
         private static int Compare(object? a, object? b)
         {
+            System.Runtime.CompilerServices.RuntimeHelpers.EnsureSufficientExecutionStack();
             if (IsNumber(a) && IsNumber(b)) return ToDouble(a).CompareTo(ToDouble(b));
             if (a is JinjaText ta && b is JinjaText tb) return string.CompareOrdinal(ta.Text, tb.Text);
             if (a is List<object?> la && b is List<object?> lb)
@@ -437,7 +524,13 @@ public sealed class JinjaTemplate
             throw new JinjaException($"'<' not supported between '{TypeName(a)}' and '{TypeName(b)}'");
         }
 
-        private static bool Contains(object? haystack, object? needle) => haystack switch
+        private static bool Contains(object? haystack, object? needle)
+        {
+            if (haystack is List<object?> list) Charge(list.Count);
+            return ContainsUncharged(haystack, needle);
+        }
+
+        private static bool ContainsUncharged(object? haystack, object? needle) => haystack switch
         {
             JinjaText t => needle is JinjaText n
                 ? t.Text.Contains(n.Text, StringComparison.Ordinal)
@@ -676,8 +769,11 @@ public sealed class JinjaTemplate
                 case "safe" or "e" or "escape" when name == "safe": return v;
                 case "tojson":
                 {
-                    var indent = Arg(0, "indent", null);
-                    return ToJson(v, indent is null ? null : (int)Int(indent), Truthy(kw.GetValueOrDefault("sort_keys")));
+                    // transformers' tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False)
+                    bool ascii = Truthy(Arg(0, "ensure_ascii", false));
+                    var indent = Arg(1, "indent", null);
+                    (string, string)? separators = Arg(2, "separators", null) is List<object?> { Count: 2 } sep ? (ToText(sep[0]).Text, ToText(sep[1]).Text) : null;
+                    return ToJson(v, indent is null ? null : (int)Int(indent), Truthy(Arg(3, "sort_keys", false)), ascii, separators);
                 }
                 case "int":
                 {
@@ -705,12 +801,13 @@ public sealed class JinjaTemplate
                 {
                     int digits = (int)Int(Arg(0, "precision", 0L));
                     string method = ToText(Arg(1, "method", new JinjaText("common"))).Text;
+                    if (v is long whole && method == "common" && digits >= 0) return whole; // Python's round keeps an int an int
                     double x = ToDouble(v), scale = Math.Pow(10, digits);
                     return method switch
                     {
                         "floor" => Math.Floor(x * scale) / scale,
                         "ceil" => Math.Ceiling(x * scale) / scale,
-                        _ => Math.Round(x * scale, MidpointRounding.AwayFromZero) / scale,
+                        _ => Math.Round(x, Math.Clamp(digits, 0, 15), MidpointRounding.ToEven), // Python's round: halves to even
                     };
                 }
                 case "join":
@@ -785,18 +882,32 @@ public sealed class JinjaTemplate
                 }
                 case "unique":
                 {
+                    bool caseSensitive = Truthy(Arg(0, "case_sensitive", false));
+                    var attribute = Arg(1, "attribute", null) is JinjaText at ? at.Text : null;
                     var result = new List<object?>();
-                    foreach (var x in Iterate(v)) if (!result.Any(y => Equal(x, y))) result.Add(x);
+                    var seen = new List<object?>();
+                    foreach (var x in Iterate(v))
+                    {
+                        var key = SortKey(attribute is null ? x : GetAttributeOrUndefined(x, attribute), caseSensitive);
+                        Charge(seen.Count + 1);
+                        if (seen.Any(y => Equal(key, y))) continue;
+                        seen.Add(key);
+                        result.Add(x);
+                    }
                     return result;
                 }
                 case "sort":
                 {
                     bool reverse = Truthy(Arg(0, "reverse", false));
+                    bool caseSensitive = Truthy(Arg(1, "case_sensitive", false));
                     var attribute = Arg(2, "attribute", null) is JinjaText at ? at.Text : null;
                     var items = Iterate(v).ToList();
-                    items.Sort((x, y) => Compare(attribute is null ? x : GetAttributeOrUndefined(x, attribute), attribute is null ? y : GetAttributeOrUndefined(y, attribute)));
-                    if (reverse) items.Reverse();
-                    return items;
+                    Charge((long)items.Count * Math.Max(1, (int)Math.Log2(items.Count + 1)));
+                    var comparer = Comparer<object?>.Create((x, y) => Compare(x, y));
+                    var keyed = items.Select(x => SortKey(attribute is null ? x : GetAttributeOrUndefined(x, attribute), caseSensitive));
+                    // Stable, as Python's sorted is; reversed by comparing the other way (equal items keep their order).
+                    var order = items.Zip(keyed, (item, key) => (item, key));
+                    return (reverse ? order.OrderByDescending(p => p.key, comparer) : order.OrderBy(p => p.key, comparer)).Select(p => p.item).ToList();
                 }
                 case "sum":
                 {
@@ -807,11 +918,14 @@ public sealed class JinjaTemplate
                 }
                 case "min" or "max":
                 {
+                    bool caseSensitive = Truthy(Arg(0, "case_sensitive", false));
+                    var attribute = Arg(1, "attribute", null) is JinjaText at ? at.Text : null;
                     var items = Iterate(v);
                     if (items.Count == 0) return JinjaUndefined.Instance;
                     var best = items[0];
+                    object? Key(object? x) => SortKey(attribute is null ? x : GetAttributeOrUndefined(x, attribute), caseSensitive);
                     foreach (var x in items.Skip(1))
-                        if (name == "min" ? Compare(x, best) < 0 : Compare(x, best) > 0) best = x;
+                        if (name == "min" ? Compare(Key(x), Key(best)) < 0 : Compare(Key(x), Key(best)) > 0) best = x;
                     return best;
                 }
                 case "attr":
@@ -821,12 +935,14 @@ public sealed class JinjaTemplate
                     var width = Arg(0, "width", 4L);
                     var pad = new JinjaText(width is JinjaText w ? w.Text : new string(' ', (int)Int(width)));
                     bool first = Truthy(Arg(1, "first", false)), blank = Truthy(Arg(2, "blank", false));
+                    if (width is JinjaText { HasData: true } w2) pad = w2;
                     var lines = ToText(v).Split("\n");
                     var parts = new List<JinjaText>();
                     for (int k = 0; k < lines.Count; k++)
                     {
                         if (k > 0) parts.Add(new JinjaText("\n"));
-                        if ((k > 0 || first) && (blank || lines[k].Text.Trim().Length > 0)) parts.Add(pad);
+                        // jinja2: every line after the first that is not empty (or every one with blank); the first with first.
+                        if (k == 0 ? first : blank || lines[k].Length > 0) parts.Add(pad);
                         parts.Add(lines[k]);
                     }
                     return JinjaText.Concat(parts);
@@ -840,6 +956,10 @@ public sealed class JinjaTemplate
                     throw new JinjaException($"the filter '{name}' is not supported");
             }
         }
+
+        /// <summary>What sort, unique, min and max compare: strings lower-cased unless case-sensitive (jinja2's default is not).</summary>
+        private static object? SortKey(object? x, bool caseSensitive) =>
+            !caseSensitive && x is JinjaText t ? new JinjaText(t.Text.ToLowerInvariant()) : x;
 
         private static object? GetAttributeOrUndefined(object? target, string name) =>
             target is JinjaUndefined ? JinjaUndefined.Instance : GetAttribute(target, name) is var v && v is JinjaCallable && target is JinjaDict d && d.Items.TryGetValue(name, out var item) ? item : v;
@@ -855,7 +975,7 @@ public sealed class JinjaTemplate
                 case "true": return v is true;
                 case "false": return v is false;
                 case "string": return v is JinjaText;
-                case "number": return v is long or double;
+                case "number": return v is long or double or bool; // Python's bool is a number
                 case "integer": return v is long;
                 case "float": return v is double;
                 case "mapping": return v is JinjaDict;

@@ -56,7 +56,10 @@ public sealed class JinjaText : IEquatable<JinjaText>
     public static JinjaText Concat(IReadOnlyList<JinjaText> parts)
     {
         if (parts.Count == 1) return parts[0];
-        var text = new StringBuilder();
+        long total = 0;
+        foreach (var p in parts) total += p.Length;
+        if (total > JinjaTemplate.MaxOutputChars) throw new JinjaException($"a string of more than {JinjaTemplate.MaxOutputChars} characters");
+        var text = new StringBuilder((int)total);
         bool any = false;
         foreach (var p in parts)
         {

@@ -18,19 +18,33 @@ public sealed class JinjaUndefined
 }
 
 /// <summary>
-/// A mapping in insertion order (Python's dict). <see cref="KeysFromData"/> says whether its keys came from the caller's
-/// data (a tool's JSON schema) rather than from the template, so that iterating it keeps them marked.
+/// A mapping in insertion order (Python's dict). Keys remember whether they came from the caller's data (a JSON
+/// document's, or a template's dict literal keyed by message text) rather than from the template, so that iterating,
+/// printing or serializing it keeps them marked.
 /// </summary>
 public sealed class JinjaDict(bool keysFromData = false)
 {
+    private HashSet<string>? _dataKeys;
+
     /// <summary>The entries.</summary>
     public OrderedDictionary<string, object?> Items { get; } = new(StringComparer.Ordinal);
 
-    /// <summary>Whether the keys came from data.</summary>
+    /// <summary>Whether every key came from data.</summary>
     public bool KeysFromData { get; } = keysFromData;
 
-    /// <summary>A key as a template string, marked when the keys came from data.</summary>
-    public JinjaText Key(string key) => KeysFromData ? JinjaText.FromData(key) : new JinjaText(key);
+    /// <summary>Whether any key came from data.</summary>
+    public bool AnyKeyFromData => KeysFromData || _dataKeys is { Count: > 0 };
+
+    /// <summary>A key as a template string, marked when it came from data.</summary>
+    public JinjaText Key(string key) => KeysFromData || _dataKeys?.Contains(key) == true ? JinjaText.FromData(key) : new JinjaText(key);
+
+    /// <summary>Sets an entry whose key came from data when <paramref name="fromData"/>.</summary>
+    public void Set(string key, object? value, bool fromData)
+    {
+        Items[key] = value;
+        if (fromData) (_dataKeys ??= new HashSet<string>(StringComparer.Ordinal)).Add(key);
+        else _dataKeys?.Remove(key);
+    }
 
     /// <summary>Sets an entry (fluent).</summary>
     public JinjaDict With(string key, object? value)
@@ -82,6 +96,7 @@ internal static class JinjaValues
     /// <summary>Python's repr (str at the top level for numbers and booleans; repr for strings inside containers).</summary>
     public static JinjaText Repr(object? v, bool top = false)
     {
+        System.Runtime.CompilerServices.RuntimeHelpers.EnsureSufficientExecutionStack();
         switch (v)
         {
             case null: return new JinjaText("None");
@@ -140,33 +155,74 @@ internal static class JinjaValues
         }
     }
 
-    /// <summary>Python's repr of a float: shortest round trip, always with a point or exponent.</summary>
+    /// <summary>
+    /// Python's repr of a float: the shortest digits that round-trip, in positional notation when the decimal exponent
+    /// is from −4 to 15 (with ".0" when integral), else as d.ddde±XX.
+    /// </summary>
     public static string FloatText(double d)
     {
         if (double.IsNaN(d)) return "nan";
         if (double.IsInfinity(d)) return d > 0 ? "inf" : "-inf";
-        if (d == Math.Floor(d) && Math.Abs(d) < 1e16) return d.ToString("0.0", CultureInfo.InvariantCulture);
-        string r = d.ToString("R", CultureInfo.InvariantCulture);
+        if (d == 0) return double.IsNegative(d) ? "-0.0" : "0.0";
+        // "R": the shortest text that round-trips; its digits and decimal exponent, whichever notation it chose.
+        string r = Math.Abs(d).ToString("R", CultureInfo.InvariantCulture);
+        string digits;
+        int exponent;
         int e = r.IndexOf('E');
-        if (e < 0) return r;
-        // 1E+16 -> 1e+16, 1E-05 -> 1e-05
-        string mantissa = r[..e], exponent = r[(e + 1)..];
-        char sign = exponent[0] == '-' ? '-' : '+';
-        exponent = exponent.TrimStart('+', '-');
-        if (exponent.Length < 2) exponent = "0" + exponent;
-        return mantissa + "e" + sign + exponent;
+        if (e >= 0)
+        {
+            digits = r[..e].Replace(".", "", StringComparison.Ordinal);
+            exponent = int.Parse(r[(e + 1)..], NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture);
+        }
+        else
+        {
+            int point = r.IndexOf('.');
+            string whole = point < 0 ? r : r[..point], fraction = point < 0 ? "" : r[(point + 1)..];
+            if (whole != "0")
+            {
+                exponent = whole.Length - 1;
+                digits = whole + fraction;
+            }
+            else
+            {
+                string significant = fraction.TrimStart('0');
+                exponent = -(fraction.Length - significant.Length + 1);
+                digits = significant;
+            }
+        }
+        digits = digits.TrimEnd('0');
+        if (digits.Length == 0) digits = "0";
+        string sign = d < 0 ? "-" : "";
+        if (exponent >= -4 && exponent < 16)
+        {
+            string text;
+            if (exponent >= 0)
+            {
+                text = digits.Length <= exponent + 1
+                    ? digits + new string('0', exponent + 1 - digits.Length) + ".0"
+                    : digits[..(exponent + 1)] + "." + digits[(exponent + 1)..];
+            }
+            else text = "0." + new string('0', -exponent - 1) + digits;
+            return sign + text;
+        }
+        string mantissa = digits.Length == 1 ? digits : digits[0] + "." + digits[1..];
+        return $"{sign}{mantissa}e{(exponent < 0 ? '-' : '+')}{Math.Abs(exponent):00}";
     }
 
     /// <summary>
     /// transformers' tojson: Python's json.dumps with ensure_ascii off, separators ", " and ": " (",", ": " when indented),
     /// keys in order unless <paramref name="sortKeys"/>. The result is marked as data when any string in it is.
     /// </summary>
-    public static JinjaText ToJson(object? v, int? indent, bool sortKeys)
+    public static JinjaText ToJson(object? v, int? indent, bool sortKeys, bool ensureAscii = false, (string Item, string Key)? separators = null)
     {
         var sb = new StringBuilder();
         bool data = false;
+        string itemSeparator = separators?.Item ?? (indent is null ? ", " : ",");
+        string keySeparator = separators?.Key ?? ": ";
         void Write(object? x, int depth)
         {
+            System.Runtime.CompilerServices.RuntimeHelpers.EnsureSufficientExecutionStack();
+            if (sb.Length > JinjaTemplate.MaxOutputChars) throw new JinjaException($"tojson: more than {JinjaTemplate.MaxOutputChars} characters");
             switch (x)
             {
                 case null: sb.Append("null"); break;
@@ -176,7 +232,7 @@ internal static class JinjaValues
                 case double d: sb.Append(double.IsNaN(d) ? "NaN" : double.IsInfinity(d) ? (d > 0 ? "Infinity" : "-Infinity") : FloatText(d)); break;
                 case JinjaText t:
                     data |= t.HasData;
-                    JsonString(sb, t.Text);
+                    JsonString(sb, t.Text, ensureAscii);
                     break;
                 case List<object?> list:
                     if (list.Count == 0)
@@ -187,7 +243,7 @@ internal static class JinjaValues
                     sb.Append('[');
                     for (int i = 0; i < list.Count; i++)
                     {
-                        if (i > 0) sb.Append(indent is null ? ", " : ",");
+                        if (i > 0) sb.Append(itemSeparator);
                         NewLine(depth + 1);
                         Write(list[i], depth + 1);
                     }
@@ -200,25 +256,20 @@ internal static class JinjaValues
                         sb.Append("{}");
                         break;
                     }
-                    data |= dict.KeysFromData;
+                    data |= dict.AnyKeyFromData;
                     sb.Append('{');
                     var keys = dict.Items.Keys.ToList();
                     if (sortKeys) keys.Sort(StringComparer.Ordinal);
                     for (int i = 0; i < keys.Count; i++)
                     {
-                        if (i > 0) sb.Append(indent is null ? ", " : ",");
+                        if (i > 0) sb.Append(itemSeparator);
                         NewLine(depth + 1);
-                        JsonString(sb, keys[i]);
-                        sb.Append(": ");
+                        JsonString(sb, keys[i], ensureAscii);
+                        sb.Append(keySeparator);
                         Write(dict.Items[keys[i]], depth + 1);
                     }
                     NewLine(depth);
                     sb.Append('}');
-                    break;
-                case JinjaNamespace ns:
-                    var asDict = new JinjaDict();
-                    foreach (var (k, value) in ns.Attributes) asDict.Items[k] = value;
-                    Write(asDict, depth);
                     break;
                 default:
                     throw new JinjaException($"tojson: {x.GetType().Name} is not JSON serializable");
@@ -232,7 +283,7 @@ internal static class JinjaValues
         return data ? JinjaText.FromData(sb.ToString()) : new JinjaText(sb.ToString());
     }
 
-    private static void JsonString(StringBuilder sb, string s)
+    private static void JsonString(StringBuilder sb, string s, bool ensureAscii)
     {
         sb.Append('"');
         foreach (char c in s)
@@ -247,7 +298,7 @@ internal static class JinjaValues
                 case '\b': sb.Append("\\b"); break;
                 case '\f': sb.Append("\\f"); break;
                 default:
-                    if (c < 0x20) sb.Append("\\u").Append(((int)c).ToString("x4", CultureInfo.InvariantCulture));
+                    if (c < 0x20 || ensureAscii && c > 0x7e) sb.Append("\\u").Append(((int)c).ToString("x4", CultureInfo.InvariantCulture));
                     else sb.Append(c);
                     break;
             }
@@ -270,6 +321,7 @@ internal static class JinjaValues
     /// <summary>Python's == across types (1 == 1.0; strings by value; lists element by element).</summary>
     public static bool Equal(object? a, object? b)
     {
+        System.Runtime.CompilerServices.RuntimeHelpers.EnsureSufficientExecutionStack();
         if (a is null || b is null) return a is null && b is null;
         if (a is JinjaUndefined || b is JinjaUndefined) return a is JinjaUndefined && b is JinjaUndefined;
         if (IsNumber(a) && IsNumber(b)) return ToDouble(a) == ToDouble(b);
