@@ -490,11 +490,18 @@ public sealed class JinjaTemplate
                     return ToDouble(a) / ToDouble(b);
                 case "//":
                     if (ToDouble(b) == 0) throw new JinjaException("division by zero");
-                    return integers ? (long)Math.Floor((double)Int(a) / Int(b)) : (object)Math.Floor(ToDouble(a) / ToDouble(b));
+                    if (!integers) return Math.Floor(ToDouble(a) / ToDouble(b));
+                    {
+                        long x = Int(a), y = Int(b);
+                        if (y == -1) return x == long.MinValue ? -(double)x : -x; // no hardware trap on overflow
+                        long q = x / y;
+                        return (object)(x % y != 0 && (x < 0) != (y < 0) ? q - 1 : q); // floor, as Python's //
+                    }
                 case "%":
                     if (ToDouble(b) == 0) throw new JinjaException("modulo by zero");
                     if (integers)
                     {
+                        if (Int(b) == -1) return 0L; // long.MinValue % -1 traps in hardware; the answer is 0
                         long m = Int(a) % Int(b);
                         return (object)(m != 0 && (m < 0) != (Int(b) < 0) ? m + Int(b) : m);
                     }
@@ -984,7 +991,13 @@ public sealed class JinjaTemplate
                 case "callable": return v is JinjaCallable;
                 case "odd": return Int(v) % 2 != 0;
                 case "even": return Int(v) % 2 == 0;
-                case "divisibleby": return Int(v) % Int(a[0]) == 0;
+                case "divisibleby":
+                {
+                    // No hardware division by zero: a native library's signal handler (LLVM in PoCL) may take the trap.
+                    long divisor = Int(a[0]);
+                    if (divisor == 0) throw new JinjaException("divisibleby 0");
+                    return divisor == -1 || Int(v) % divisor == 0;
+                }
                 case "eq" or "equalto" or "==": return Equal(v, a[0]);
                 case "ne" or "!=": return !Equal(v, a[0]);
                 case "lt" or "lessthan" or "<": return Compare(v, a[0]) < 0;
