@@ -47,8 +47,7 @@ public sealed class MedusaOnDevicesTests(Accelerators accelerators) : IDisposabl
     /// </summary>
     [Theory]
     [InlineData(ModelArchitecture.Qwen2, "opencl", "tree-16")]
-    [InlineData(ModelArchitecture.Qwen3, "opencl", "mc_sim_7b_63")]
-    [InlineData(ModelArchitecture.Qwen3, "emulator", "tree-8")]
+    [InlineData(ModelArchitecture.Qwen3, "opencl", "mc_sim_7b_63")] // (the emulator's kernels see Qwen3 in Qwen_reference_models_give_llama_cpps_logits: 50 s here)
     public void GreedyMedusaEqualsGreedyDecodingOnQwenBlocks(ModelArchitecture architecture, string device, string treeName)
     {
         var config = global::IlgpuMedusa.Tests.Medusa.TinyRandomModel.Config with { Dim = 64, HiddenDim = 96, Architecture = architecture };
