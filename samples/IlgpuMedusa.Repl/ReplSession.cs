@@ -30,7 +30,7 @@ internal sealed class ReplSession
         _engine = engine;
         _console = console;
         _promptVisible = promptVisible;
-        _template = template == ChatTemplateKind.Auto ? ChatTemplate.Detect(engine.Options.ModelPath) : template;
+        _template = ChatTemplate.Resolve(template, engine.Options.ModelPath, engine.Tokenizer);
         _modelTemplate = ChatTemplate.LoadModelTemplate(_template, engine.Options.ModelPath, engine.Tokenizer);
         _options = new GenerationOptions { MaxTokens = maxTokens };
     }

@@ -67,10 +67,12 @@ public static class ChatTemplate
     /// SentencePiece models keep the built-in layouts: how their text between special tokens is encoded depends on
     /// tokenizer settings this runtime does not read.
     /// </summary>
-    public static ChatTemplateKind Detect(string modelDirectory)
+    /// <param name="modelDirectory">The model directory.</param>
+    /// <param name="modelTemplates">Whether the model's own template may be chosen (false: only the built-in layouts).</param>
+    public static ChatTemplateKind Detect(string modelDirectory, bool modelTemplates = true)
     {
         ArgumentNullException.ThrowIfNull(modelDirectory);
-        if (File.Exists(Path.Combine(modelDirectory, TokenizerLoader.HuggingFaceJsonFileName))
+        if (modelTemplates && File.Exists(Path.Combine(modelDirectory, TokenizerLoader.HuggingFaceJsonFileName))
             && !File.Exists(Path.Combine(modelDirectory, TokenizerLoader.SentencePieceFileName)))
         {
             try
@@ -135,6 +137,16 @@ public static class ChatTemplate
         if (kind != ChatTemplateKind.Model) return Apply(kind, messages, instructions);
         ArgumentNullException.ThrowIfNull(model);
         return model.Apply(messages, instructions, tokenizer);
+    }
+
+    /// <summary>
+    /// What <see cref="ChatTemplateKind.Auto"/> means for a model: <see cref="Detect"/>, but a built-in layout when the
+    /// model's tokenizer lists no special tokens (the model's own template could not be cut into markers).
+    /// </summary>
+    public static ChatTemplateKind Resolve(ChatTemplateKind kind, string modelDirectory, ITextTokenizer tokenizer)
+    {
+        ArgumentNullException.ThrowIfNull(tokenizer);
+        return kind != ChatTemplateKind.Auto ? kind : Detect(modelDirectory, modelTemplates: tokenizer.SpecialTokens.Count > 0);
     }
 
     /// <summary>

@@ -53,7 +53,7 @@ public sealed class IlgpuMedusaChatClient : IChatClient
     {
         ArgumentNullException.ThrowIfNull(engine);
         _engine = engine;
-        Template = template == ChatTemplateKind.Auto ? ChatTemplate.Detect(engine.Options.ModelPath) : template;
+        Template = ChatTemplate.Resolve(template, engine.Options.ModelPath, engine.Tokenizer);
         ModelTemplate = ChatTemplate.LoadModelTemplate(Template, engine.Options.ModelPath, engine.Tokenizer);
         try
         {

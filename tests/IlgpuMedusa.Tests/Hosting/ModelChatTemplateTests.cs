@@ -124,6 +124,22 @@ public sealed class ModelChatTemplateTests(HuggingFaceReferenceTokenizers refere
     }
 
     [Fact]
+    public void Auto_keeps_a_built_in_layout_when_the_tokenizer_lists_no_special_tokens()
+    {
+        var spec = TokenizerJsonTests.Spec();
+        spec["added_tokens"] = new JsonArray(new JsonObject { ["id"] = 261, ["content"] = "<|end|>", ["special"] = false }); // EOS, but not special
+        spec["post_processor"] = null;
+        var json = TokenizerJsonTests.Write(spec, new JsonObject { ["eos_token"] = "<|end|>", ["chat_template"] = "{% for m in messages %}{{ m.content }}{% endfor %}" }.ToJsonString());
+        var dir = TinyRandomModel.Write(TinyRandomModel.Config with { VocabSize = 300 }, seed: 3, projectionScale: 0.4f, outputScale: 0.3f);
+        foreach (var file in Directory.GetFiles(Path.GetDirectoryName(json)!)) File.Copy(file, Path.Combine(dir, Path.GetFileName(file)));
+        using var engine = InferenceEngine.Load(new EngineOptions { ModelPath = dir, Device = new DeviceOptions { Kind = DeviceKind.Host } });
+        Assert.Empty(engine.Tokenizer.SpecialTokens);
+        Assert.Equal(ChatTemplateKind.Model, ChatTemplate.Detect(dir));
+        Assert.Equal(ChatTemplateKind.Plain, new IlgpuMedusaChatClient(engine).Template);
+        Assert.Throws<ArgumentException>(() => new IlgpuMedusaChatClient(engine, ChatTemplateKind.Model));
+    }
+
+    [Fact]
     public void Asking_for_the_models_template_where_there_is_none_or_a_broken_one_says_so()
     {
         var none = Assert.Throws<ArgumentException>(() => ChatTemplate.LoadModelTemplate(ChatTemplateKind.Model, TestModels.Stories15MDirectory));
