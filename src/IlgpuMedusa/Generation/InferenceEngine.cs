@@ -175,8 +175,18 @@ public sealed class InferenceEngine : IInferenceEngine, IDisposable
                 $"the prompt is {ids.Count} tokens but the model's context is {Config.MaxSequenceLength}: it must leave room for at least one generated token.",
                 nameof(prompt));
         // The request's tree too (a name or file that does not fit the heads fails here, before any output).
-        if (options.UseMedusa && Heads is not null) Tree(options.Tree, withMask: false);
+        CheckTree(options);
         return ids;
+    }
+
+    /// <summary>
+    /// Resolves the Medusa tree <paramref name="options"/> name (when they use Medusa and the model has heads), so that a
+    /// name or file that does not fit the heads fails now; <see cref="ArgumentException"/> naming it.
+    /// </summary>
+    public void CheckTree(GenerationOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        if (options.UseMedusa && Heads is not null) Tree(options.Tree, withMask: false);
     }
 
     /// <inheritdoc />

@@ -112,7 +112,7 @@ public sealed class OpenAiServer : IAsyncDisposable
             ObjectDisposedException.ThrowIf(_stopping, this);
             if (_started) throw new InvalidOperationException("the server is already started.");
             // The defaults' tree (a file, perhaps) is resolved now, so that a bad one fails the start, not every request.
-            _engine.EncodePrompt("", _chat.Defaults);
+            _engine.CheckTree(_chat.Defaults);
             try
             {
                 _listener.Start();

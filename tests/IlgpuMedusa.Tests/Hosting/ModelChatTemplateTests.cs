@@ -110,6 +110,31 @@ public sealed class ModelChatTemplateTests(HuggingFaceReferenceTokenizers refere
         Assert.Equal(client.EncodeMessages(messages).Count, response.Usage!.InputTokenCount);
     }
 
+    /// <summary>
+    /// A server for a model whose tokenizer puts no BOS first (Qwen's) starts (it once checked its defaults by encoding an
+    /// empty prompt, which such a tokenizer refuses), chats through the model's template, and answers a conversation the
+    /// template refuses with a 400 that names the template's file.
+    /// </summary>
+    [Fact]
+    public async Task A_server_for_a_model_without_bos_starts_chats_and_refuses_what_its_template_refuses()
+    {
+        const string alternating = "{% for m in messages %}{% if (m.role == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('roles must alternate') }}{% endif %}"
+            + "<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+        using var engine = InferenceEngine.Load(new EngineOptions { ModelPath = TinyModel(alternating), Device = new DeviceOptions { Kind = DeviceKind.Host } });
+        Assert.False(engine.Tokenizer.AddsBos);
+        using var chat = new IlgpuMedusaChatClient(engine);
+        await using var server = new IlgpuMedusa.Serving.OpenAiServer(chat, new IlgpuMedusa.Serving.OpenAiServerOptions { Port = IlgpuMedusa.Tests.Serving.OpenAiServerFixture.FreePort() });
+        server.Start();
+        using var http = new HttpClient { BaseAddress = server.BaseAddress };
+        using var ok = await http.PostAsync("v1/chat/completions", new StringContent("""{"messages": [{"role": "user", "content": "hello"}], "max_tokens": 3}""", System.Text.Encoding.UTF8, "application/json"));
+        Assert.Equal(System.Net.HttpStatusCode.OK, ok.StatusCode);
+        using var refused = await http.PostAsync("v1/chat/completions", new StringContent("""{"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}""", System.Text.Encoding.UTF8, "application/json"));
+        Assert.Equal(System.Net.HttpStatusCode.BadRequest, refused.StatusCode);
+        var body = await refused.Content.ReadAsStringAsync();
+        Assert.Contains("roles must alternate", body);
+        Assert.Contains("tokenizer_config.json", body);
+    }
+
     [Fact]
     public async Task A_template_that_refuses_the_conversation_is_a_bad_request_naming_the_file()
     {
