@@ -66,7 +66,7 @@ internal sealed class ReplSession
     {
         _console.MarkupLine(_template == ChatTemplateKind.Plain
             ? "Completion mode (base model): each line is continued on its own. /help lists the commands."
-            : $"Chat mode ({_template} template): the conversation is kept until /reset. /help lists the commands.");
+            : $"Chat mode ({(_modelTemplate is { } own ? $"the model's own template, {Markup.Escape(Path.GetFileName(own.Origin))}" : $"{_template} template")}): the conversation is kept until /reset. /help lists the commands.");
         while (true)
         {
             if (_promptVisible) _console.Markup("[green]>[/] ");
