@@ -497,6 +497,7 @@ internal sealed class JinjaParser
     private void Enter()
     {
         if (++_nesting > MaxNesting) throw Error($"nested deeper than {MaxNesting} levels");
+        System.Runtime.CompilerServices.RuntimeHelpers.EnsureSufficientExecutionStack();
     }
 
     private JinjaExpr ParseExpression(bool withCondition = true)

@@ -22,7 +22,18 @@ public sealed class JinjaTemplate
     private JinjaTemplate(List<JinjaNode> body) => _body = body;
 
     /// <summary>Parses <paramref name="source"/>; <see cref="JinjaException"/> naming the line when it is not valid.</summary>
-    public static JinjaTemplate Parse(string source) => new(JinjaParser.Parse(source));
+    public static JinjaTemplate Parse(string source)
+    {
+        ArgumentNullException.ThrowIfNull(source);
+        try
+        {
+            return new(JinjaParser.Parse(source));
+        }
+        catch (InsufficientExecutionStackException)
+        {
+            throw new JinjaException("the template nests expressions too deeply");
+        }
+    }
 
     /// <summary>
     /// Renders with <paramref name="variables"/> (values: null, bool, long, double, string or <see cref="JinjaText"/>,
@@ -57,7 +68,6 @@ public sealed class JinjaTemplate
             Run.Current = outer;
         }
     }
-
 
     /// <summary>Deepest nesting of macro calls a render allows (a macro calling itself without end stops here, not with a stack overflow).</summary>
     public const int MaxCallDepth = 64;
