@@ -89,10 +89,7 @@ public sealed class ModelChatTemplateTests(HuggingFaceReferenceTokenizers refere
             new JsonObject { ["id"] = 264, ["content"] = "</s>", ["special"] = true });
         spec["post_processor"] = null;
         var config = new JsonObject { ["eos_token"] = "<|im_end|>", ["bos_token"] = "<s>", ["chat_template"] = template };
-        var json = TokenizerJsonTests.Write(spec, config.ToJsonString());
-        var dir = TinyRandomModel.Write(TinyRandomModel.Config with { VocabSize = 300, BosTokenId = 263, EndTokenIds = [262] }, seed: 3, projectionScale: 0.4f, outputScale: 0.3f);
-        foreach (var file in Directory.GetFiles(Path.GetDirectoryName(json)!)) File.Copy(file, Path.Combine(dir, Path.GetFileName(file)));
-        return dir;
+        return TokenizerJsonTests.ModelWithTokenizer(TinyRandomModel.Config with { VocabSize = 300, BosTokenId = 263, EndTokenIds = [262] }, spec, config.ToJsonString());
     }
 
     [Fact]
@@ -154,9 +151,8 @@ public sealed class ModelChatTemplateTests(HuggingFaceReferenceTokenizers refere
         var spec = TokenizerJsonTests.Spec();
         spec["added_tokens"] = new JsonArray(new JsonObject { ["id"] = 261, ["content"] = "<|end|>", ["special"] = false }); // EOS, but not special
         spec["post_processor"] = null;
-        var json = TokenizerJsonTests.Write(spec, new JsonObject { ["eos_token"] = "<|end|>", ["chat_template"] = "{% for m in messages %}{{ m.content }}{% endfor %}" }.ToJsonString());
-        var dir = TinyRandomModel.Write(TinyRandomModel.Config with { VocabSize = 300 }, seed: 3, projectionScale: 0.4f, outputScale: 0.3f);
-        foreach (var file in Directory.GetFiles(Path.GetDirectoryName(json)!)) File.Copy(file, Path.Combine(dir, Path.GetFileName(file)));
+        var dir = TokenizerJsonTests.ModelWithTokenizer(TinyRandomModel.Config with { VocabSize = 300 }, spec,
+            new JsonObject { ["eos_token"] = "<|end|>", ["chat_template"] = "{% for m in messages %}{{ m.content }}{% endfor %}" }.ToJsonString());
         using var engine = InferenceEngine.Load(new EngineOptions { ModelPath = dir, Device = new DeviceOptions { Kind = DeviceKind.Host } });
         Assert.Empty(engine.Tokenizer.SpecialTokens);
         Assert.Equal(ChatTemplateKind.Model, ChatTemplate.Detect(dir));

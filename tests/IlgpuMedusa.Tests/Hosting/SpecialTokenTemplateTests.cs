@@ -94,12 +94,10 @@ public sealed class SpecialTokenTemplateTests(HuggingFaceReferenceTokenizers ref
             new JsonObject { ["id"] = 261, ["content"] = "<|im_start|>", ["special"] = true },
             new JsonObject { ["id"] = 262, ["content"] = "<|im_end|>", ["special"] = true });
         spec["post_processor"] = null;
-        var json = TokenizerJsonTests.Write(spec, """{"eos_token": "<|im_end|>", "chat_template": "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"}""");
         var config = TinyRandomModel.Config with { VocabSize = 300, BosTokenId = 261, EndTokenIds = configEndTokens ?? [262], Architecture = architecture };
         if (architecture == ModelArchitecture.Qwen3) config = config with { HeadDim = 16 }; // 4 heads of 16 on D = 32
-        var dir = TinyRandomModel.Write(config, seed: 3, projectionScale: 0.4f, outputScale: 0.3f);
-        foreach (var file in Directory.GetFiles(Path.GetDirectoryName(json)!)) File.Copy(file, Path.Combine(dir, Path.GetFileName(file)));
-        return dir;
+        return TokenizerJsonTests.ModelWithTokenizer(config, spec,
+            """{"eos_token": "<|im_end|>", "chat_template": "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"}""");
     }
 
     [Theory]

@@ -1,3 +1,4 @@
+using IlgpuMedusa.Models;
 using System.Text.Json.Nodes;
 using IlgpuMedusa.Tokenization;
 
@@ -63,6 +64,18 @@ public sealed class TokenizerJsonTests
         File.WriteAllText(Path.Combine(dir, "tokenizer.json"), spec.ToJsonString());
         if (config is not null) File.WriteAllText(Path.Combine(dir, "tokenizer_config.json"), config);
         return Path.Combine(dir, "tokenizer.json");
+    }
+
+    /// <summary>
+    /// A tiny random model directory (<see cref="Medusa.TinyRandomModel"/>, seed 3) whose tokenizer is <paramref name="spec"/>
+    /// as tokenizer.json, with <paramref name="tokenizerConfig"/> as tokenizer_config.json.
+    /// </summary>
+    internal static string ModelWithTokenizer(ModelConfig config, JsonObject spec, string tokenizerConfig)
+    {
+        var json = Write(spec, tokenizerConfig);
+        var dir = Medusa.TinyRandomModel.Write(config, seed: 3, projectionScale: 0.4f, outputScale: 0.3f);
+        foreach (var file in Directory.GetFiles(Path.GetDirectoryName(json)!)) File.Copy(file, Path.Combine(dir, Path.GetFileName(file)));
+        return dir;
     }
 
     [Fact]

@@ -783,7 +783,7 @@ public sealed class JinjaTemplate
                 case "title": return ToText(v).WithText(TitleFilter(ToText(v).Text));
                 case "capitalize": return ToText(v).WithText(Capitalize(ToText(v).Text));
                 case "string": return ToText(v);
-                case "safe" or "e" or "escape" when name == "safe": return v;
+                case "safe": return v;
                 case "tojson":
                 {
                     // transformers' tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False)
@@ -890,7 +890,8 @@ public sealed class JinjaTemplate
                     if (kw.TryGetValue("attribute", out var attribute))
                     {
                         var fallback = kw.GetValueOrDefault("default", JinjaUndefined.Instance);
-                        return Iterate(v).Select(x => GetAttributeOrUndefined(x, ToText(attribute).Text) is JinjaUndefined ? fallback : GetAttributeOrUndefined(x, ToText(attribute).Text)).ToList();
+                        string field = ToText(attribute).Text;
+                        return Iterate(v).Select(x => GetAttributeOrUndefined(x, field) is var value and not JinjaUndefined ? value : fallback).ToList();
                     }
                     if (a.Count == 0) throw new JinjaException("map needs a filter name or attribute=");
                     string filter = ToText(a[0]).Text;
@@ -978,8 +979,13 @@ public sealed class JinjaTemplate
         private static object? SortKey(object? x, bool caseSensitive) =>
             !caseSensitive && x is JinjaText t ? new JinjaText(t.Text.ToLowerInvariant()) : x;
 
-        private static object? GetAttributeOrUndefined(object? target, string name) =>
-            target is JinjaUndefined ? JinjaUndefined.Instance : GetAttribute(target, name) is var v && v is JinjaCallable && target is JinjaDict d && d.Items.TryGetValue(name, out var item) ? item : v;
+        /// <summary>How filters read a field (jinja2's environment.getitem): a dict's entry before its methods; undefined stays undefined.</summary>
+        private static object? GetAttributeOrUndefined(object? target, string name) => target switch
+        {
+            JinjaUndefined => JinjaUndefined.Instance,
+            JinjaDict d when d.Items.TryGetValue(name, out var item) => item,
+            _ => GetAttribute(target, name),
+        };
 
         private static bool ApplyTest(string name, object? v, List<object?> a)
         {
